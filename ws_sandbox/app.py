@@ -1,0 +1,90 @@
+"""The Starlette application: routes and the lifespan that owns engine, pool and sessions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+from ws_sandbox import __version__
+from ws_sandbox.backend import DockerBackend
+from ws_sandbox.exceptions import EngineUnavailable
+from ws_sandbox.manager import SessionManager
+from ws_sandbox.pool import WarmPool
+from ws_sandbox.settings import Settings
+from ws_sandbox.websocket import session_endpoint
+
+log = logging.getLogger(__name__)
+
+
+async def health(request: Request) -> JSONResponse:
+    """Engine reachable, image present, pool state, runtime in use; 503 when it cannot serve."""
+    manager: SessionManager = request.app.state.manager
+    settings = manager.settings
+    info = await manager.backend.info()
+    pool = manager.pool.state()
+    runtime = settings.container_runtime or info.default_runtime or "runc"
+    ok = info.reachable and info.image_present and (
+        not settings.container_runtime or settings.container_runtime in info.runtimes)
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "version": __version__,
+        "engine": {"reachable": info.reachable, "version": info.version,
+                   "runtimes": list(info.runtimes), "error": info.error},
+        "image": {"name": settings.container_image, "present": info.image_present},
+        "runtime": runtime,
+        "pool": pool,
+        "sessions": manager.active,
+        "uptime_s": round(time.monotonic() - request.app.state.started, 3),
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def config(request: Request) -> JSONResponse:
+    """Effective limits and enabled languages; never a secret."""
+    manager: SessionManager = request.app.state.manager
+    body = manager.settings.public()
+    body["enabled_languages"] = list(manager.settings.enabled_languages)
+    return JSONResponse(body)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the application for ``settings``."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.started = time.monotonic()
+        async with DockerBackend(settings) as backend:
+            try:
+                removed = await backend.remove_orphans()
+                if removed:
+                    log.info("removed %d containers left by an earlier run", removed)
+            except EngineUnavailable as exc:
+                log.error("Docker engine unavailable at start-up: %s", exc.message)
+            async with WarmPool(backend, settings.enabled_languages,
+                                settings.pool_size) as pool:
+                manager = SessionManager(settings, backend, pool)
+                app.state.manager = manager
+                try:
+                    yield
+                finally:
+                    await manager.shutdown(settings.shutdown_timeout)
+            # Whatever this process still owns goes now (a sandbox mid-replacement, say).
+            try:
+                for cid in await backend.list_ours(all_processes=False):
+                    await backend.remove(cid)
+            except EngineUnavailable as exc:
+                log.error("cannot sweep containers at shutdown: %s", exc.message)
+
+    routes = [
+        WebSocketRoute("/api/v1/sessions/ws", session_endpoint),
+        Route("/api/v1/health", health),
+        Route("/api/v1/config", config),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

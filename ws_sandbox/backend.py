@@ -1,0 +1,333 @@
+"""The narrow backend: aiodocker behind a small typed interface.
+
+Only this module talks to the Docker engine. It starts hardened sandboxes, carries agent
+frames over their attached stdin/stdout, and removes them. Docker errors become our own
+exceptions (:class:`~ws_sandbox.exceptions.EngineUnavailable`,
+:class:`~ws_sandbox.exceptions.ImageMissing`, :class:`~ws_sandbox.exceptions.SandboxLost`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.containers import DockerContainer
+from aiodocker.stream import Stream
+
+from ws_sandbox import agent_wire as aw
+from ws_sandbox.exceptions import (
+    BackendError,
+    EngineUnavailable,
+    ImageMissing,
+    SandboxLost,
+)
+from ws_sandbox.settings import Language, Settings
+
+log = logging.getLogger(__name__)
+
+LABEL_APP = "org.ws_sandbox.app"
+LABEL_INSTANCE = "org.ws_sandbox.instance"
+LABEL_PROCESS = "org.ws_sandbox.process"
+LABEL_LANGUAGE = "org.ws_sandbox.language"
+
+SANDBOX_UID = 65534
+_AGENT_STDERR_KEEP = 4096
+
+
+def container_config(settings: Settings, language: Language, process_id: str) -> dict[str, Any]:
+    """The create-container body for one sandbox, with every hardening default applied.
+
+    Everything here comes from the operator's settings, never from a request.
+    """
+    mib = 1024 * 1024
+    memory = settings.max_memory_mb * mib
+    tmpfs_opts = "rw,nosuid,nodev,exec,uid={uid},gid={uid},mode={mode},size={size}m"
+    security_opt = ["no-new-privileges:true"]
+    if settings.seccomp_profile:
+        profile = Path(settings.seccomp_profile).read_text(encoding="utf-8")
+        security_opt.append("seccomp=" + json.dumps(json.loads(profile)))
+    host_config: dict[str, Any] = {
+        "NetworkMode": settings.network_mode,
+        "ReadonlyRootfs": settings.read_only_root,
+        "Tmpfs": {
+            "/workspace": tmpfs_opts.format(uid=SANDBOX_UID, mode="0700",
+                                            size=settings.workspace_size_mb),
+            "/tmp": tmpfs_opts.format(uid=SANDBOX_UID, mode="1777", size=settings.tmp_size_mb),
+        },
+        "CapDrop": ["ALL"] if settings.drop_all_capabilities else [],
+        "SecurityOpt": security_opt,
+        "PidsLimit": settings.pids_limit,
+        "Memory": memory,
+        "MemorySwap": memory,
+        "NanoCpus": int(settings.cpu_limit * 1e9),
+        "Ulimits": [
+            {"Name": "nofile", "Soft": settings.nofile_limit, "Hard": settings.nofile_limit},
+            {"Name": "fsize", "Soft": settings.fsize_limit_mb * mib,
+             "Hard": settings.fsize_limit_mb * mib},
+            {"Name": "core", "Soft": 0, "Hard": 0},
+        ],
+        "IpcMode": "private",
+        "Privileged": False,
+        "LogConfig": {"Type": "none", "Config": {}},
+        "OomScoreAdj": 500,
+        "AutoRemove": False,
+    }
+    if settings.container_runtime:
+        host_config["Runtime"] = settings.container_runtime
+    return {
+        "Image": settings.container_image,
+        "User": f"{SANDBOX_UID}:{SANDBOX_UID}",
+        "WorkingDir": "/workspace",
+        "Env": [
+            f"WS_SANDBOX_LANGUAGE={language}",
+            "HOME=/workspace",
+            "LANG=C.UTF-8",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+        ],
+        "AttachStdin": True,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "OpenStdin": True,
+        "StdinOnce": False,
+        "Tty": False,
+        "NetworkDisabled": settings.network_mode == "none",
+        "Labels": {
+            LABEL_APP: "ws_sandbox",
+            LABEL_INSTANCE: settings.instance_name,
+            LABEL_PROCESS: process_id,
+            LABEL_LANGUAGE: language,
+        },
+        "HostConfig": host_config,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What health reports about the engine."""
+
+    reachable: bool
+    version: str | None
+    runtimes: tuple[str, ...]
+    default_runtime: str | None
+    image_present: bool
+    error: str | None = None
+
+
+class Sandbox:
+    """One started container with its agent greeted and its streams attached.
+
+    Use :meth:`send` and :meth:`receive` to talk to the agent; :meth:`destroy` removes it.
+    """
+
+    def __init__(self, backend: DockerBackend, container: DockerContainer, stream: Stream,
+                 language: Language) -> None:
+        self._backend = backend
+        self._container = container
+        self._stream = stream
+        self.language = language
+        self.id: str = container.id
+        self.created_at = time.monotonic()
+        self._decoder = aw.AgentDecoder()
+        self._pending: deque[aw.FromAgent] = deque()
+        self._stderr = bytearray()
+        self._destroyed = False
+
+    @property
+    def short_id(self) -> str:
+        """The first 12 characters of the container id."""
+        return self.id[:12]
+
+    async def send(self, frame: aw.ToAgent) -> None:
+        """Write one frame to the agent's stdin.
+
+        Raises:
+            SandboxLost: the container's stdin is gone.
+        """
+        try:
+            await self._stream.write_in(aw.encode(frame))
+        except (OSError, RuntimeError, aiohttp.ClientError) as exc:
+            raise SandboxLost(f"cannot write to sandbox {self.short_id}: {exc}") from exc
+
+    async def receive(self) -> aw.FromAgent:
+        """Read the next frame from the agent.
+
+        Raises:
+            SandboxLost: the stream ended or carried anything but valid frames.
+        """
+        while not self._pending:
+            try:
+                message = await self._stream.read_out()
+            except (OSError, aiohttp.ClientError) as exc:
+                raise SandboxLost(f"sandbox {self.short_id} stream failed: {exc}") from exc
+            if message is None:
+                raise SandboxLost(f"sandbox {self.short_id} exited")
+            if message.stream == 1:
+                self._pending.extend(self._decoder.feed(message.data))
+            else:
+                # The agent's stderr is diagnostics only: keep a bounded tail for logs.
+                self._stderr += message.data
+                del self._stderr[:-_AGENT_STDERR_KEEP]
+        return self._pending.popleft()
+
+    @property
+    def stderr_tail(self) -> str:
+        """The last few KiB the agent wrote to its stderr, for logs only."""
+        return self._stderr.decode("utf-8", "replace")
+
+    async def oom_killed(self) -> bool:
+        """Whether the engine saw this container run out of memory (when it has exited)."""
+        try:
+            info = await self._container.show()
+        except aiodocker.DockerError:
+            return False
+        return bool(info.get("State", {}).get("OOMKilled"))
+
+    async def destroy(self) -> None:
+        """Close the streams and remove the container (idempotent, never raises)."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        with contextlib.suppress(Exception):
+            await self._stream.close()
+        await self._backend.remove(self.id)
+
+
+class DockerBackend:
+    """Owns the aiodocker client; makes and removes sandboxes.
+
+    Use as ``async with DockerBackend(settings) as backend:``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process_id = uuid.uuid4().hex
+        self._docker: aiodocker.Docker | None = None
+        self._connector: aiohttp.BaseConnector | None = None
+
+    async def __aenter__(self) -> DockerBackend:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        if host.startswith("unix://"):
+            # One attached stream per sandbox: lift aiohttp's 100-connection default.
+            self._connector = aiohttp.UnixConnector(path=host[len("unix://"):], limit=0)
+            self._docker = aiodocker.Docker(url="unix://localhost", connector=self._connector)
+        else:
+            self._docker = aiodocker.Docker(url=host)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+        if self._connector is not None:
+            await self._connector.close()
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        """The aiodocker client (only inside ``async with``)."""
+        assert self._docker is not None, "use DockerBackend in async with"
+        return self._docker
+
+    async def info(self) -> EngineInfo:
+        """Probe the engine and the runtime image; never raises."""
+        try:
+            version = await self.docker.version()
+            info = await self.docker.system.info()
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            return EngineInfo(False, None, (), None, False, error=str(exc))
+        try:
+            await self.docker.images.inspect(self.settings.container_image)
+            present = True
+        except aiodocker.DockerError:
+            present = False
+        return EngineInfo(
+            reachable=True,
+            version=str(version.get("Version")),
+            runtimes=tuple(sorted(info.get("Runtimes", {}))),
+            default_runtime=info.get("DefaultRuntime"),
+            image_present=present,
+        )
+
+    async def start_sandbox(self, language: Language) -> Sandbox:
+        """Create, attach and start one hardened container, and greet its agent.
+
+        Raises:
+            EngineUnavailable: the engine does not answer.
+            ImageMissing: the runtime image is not present.
+            SandboxLost: the container started but its agent did not greet in time.
+        """
+        config = container_config(self.settings, language, self.process_id)
+        try:
+            container = await self.docker.containers.create(config)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ImageMissing(
+                    f"runtime image {self.settings.container_image} is missing; run"
+                    " `ws-sandbox build-image`") from exc
+            raise BackendError(f"cannot create a sandbox: {exc.message}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
+        stream = container.attach(stdin=True, stdout=True, stderr=True)
+        sandbox = Sandbox(self, container, stream, language)
+        try:
+            async with asyncio.timeout(self.settings.sandbox_start_timeout):
+                # The agent speaks only when greeted, so attaching after start loses nothing.
+                await container.start()
+                await sandbox.send(aw.Hello())
+                frame = await sandbox.receive()
+            if not isinstance(frame, aw.AgentReady) or frame.language != language:
+                raise SandboxLost(f"agent greeted with {frame!r}")
+        except BaseException as exc:
+            await sandbox.destroy()
+            if isinstance(exc, TimeoutError):
+                raise SandboxLost(
+                    f"sandbox did not start within {self.settings.sandbox_start_timeout:g} s"
+                    f"; agent said: {sandbox.stderr_tail[-300:]!r}") from exc
+            if isinstance(exc, aiodocker.DockerError):
+                raise BackendError(f"cannot start a sandbox: {exc.message}") from exc
+            if isinstance(exc, (aiohttp.ClientError, OSError)):
+                raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
+            raise
+        return sandbox
+
+    async def remove(self, container_id: str) -> None:
+        """Force-remove a container; a missing one is fine. Never raises."""
+        try:
+            await self.docker.containers.container(container_id).delete(force=True, v=True)
+        except aiodocker.DockerError as exc:
+            if exc.status not in (404, 409):
+                log.warning("cannot remove container %s: %s", container_id[:12], exc.message)
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("cannot remove container %s: %s", container_id[:12], exc)
+
+    async def list_ours(self, *, all_processes: bool = True) -> list[str]:
+        """Ids of containers labelled with this service's instance name.
+
+        Args:
+            all_processes: include containers of earlier runs of this instance.
+        """
+        labels = [f"{LABEL_APP}=ws_sandbox", f"{LABEL_INSTANCE}={self.settings.instance_name}"]
+        if not all_processes:
+            labels.append(f"{LABEL_PROCESS}={self.process_id}")
+        try:
+            containers = await self.docker.containers.list(
+                all=True, filters=json.dumps({"label": labels}))
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            raise EngineUnavailable(f"cannot list containers: {exc}") from exc
+        return [c.id for c in containers]
+
+    async def remove_orphans(self) -> int:
+        """Remove containers left by earlier runs of this instance (and only those)."""
+        ours = set(await self.list_ours(all_processes=False))
+        orphans = [cid for cid in await self.list_ours() if cid not in ours]
+        await asyncio.gather(*(self.remove(cid) for cid in orphans))
+        return len(orphans)

@@ -1,0 +1,350 @@
+"""The asyncio driver of one session: feeds the sans-I/O core and runs what it asks.
+
+A :class:`SessionRunner` owns one sandbox and one :class:`~ws_sandbox.session.Session`. One
+task, :meth:`SessionRunner.run`, takes events from a bounded inbox (client frames, agent
+frames, a lost sandbox, a deadline) one at a time, so the core never sees two at once. The
+agent reader blocks on the inbox and the main loop blocks on the client, so a slow client
+slows the sandbox's output instead of growing a buffer: backpressure reaches the container.
+
+Clients reach a runner through a :class:`FrameSink`; the WebSocket endpoint, the REST shim
+and the Jupyter adapter each provide one. The sink may go away and come back (resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ws_sandbox import agent_wire as aw
+from ws_sandbox import frames as fr
+from ws_sandbox.backend import Sandbox
+from ws_sandbox.exceptions import BackendError, SandboxError
+from ws_sandbox.session import (
+    CellFinished,
+    CloseSession,
+    ReplaceSandbox,
+    SendToAgent,
+    Session,
+    State,
+)
+
+log = logging.getLogger(__name__)
+
+INBOX_SIZE = 64
+DETACHED_BUFFER_FRAMES = 1024
+
+
+class FrameSink(Protocol):
+    """Where a session's frames go: a WebSocket, a REST collector, a Jupyter channel."""
+
+    async def send_frame(self, frame: fr.ServerFrame) -> None:
+        """Deliver one frame; may block (backpressure)."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the client connection (idempotent)."""
+
+
+# --- inbox events ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    frame: fr.ClientFrame
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGone:
+    sink: FrameSink
+
+
+@dataclass(frozen=True, slots=True)
+class ClientBack:
+    sink: FrameSink
+    ready: fr.Ready
+
+
+@dataclass(frozen=True, slots=True)
+class AgentMessage:
+    sandbox: Sandbox
+    frame: aw.FromAgent
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLost:
+    sandbox: Sandbox
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewSandbox:
+    sandbox: Sandbox | None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequest:
+    reason: fr.CloseReason
+    message: str
+
+
+Event = (ClientMessage | ClientRequest | ClientGone | ClientBack | AgentMessage | AgentLost
+         | NewSandbox | CloseRequest)
+
+CellObserver = Callable[["SessionRunner", CellFinished], None]
+
+
+class SessionRunner:
+    """Runs one session until it closes, then removes its sandbox.
+
+    Args:
+        core: the session state machine.
+        sandbox: the sandbox it owns.
+        acquire: how to get a replacement sandbox (the warm pool).
+        send_timeout: seconds a client may take to accept one frame (``None``: forever).
+        on_cell: called with every finished cell (stats, audit, history).
+    """
+
+    def __init__(self, core: Session, sandbox: Sandbox, *,
+                 acquire: Callable[[], Awaitable[Sandbox]],
+                 send_timeout: float | None,
+                 on_cell: CellObserver | None = None,
+                 client_id: str = "") -> None:
+        self.core = core
+        self.sandbox: Sandbox | None = sandbox
+        self.client_id = client_id
+        self._acquire = acquire
+        self._send_timeout = send_timeout
+        self._on_cell = on_cell
+        self._inbox: asyncio.Queue[Event] = asyncio.Queue(INBOX_SIZE)
+        self._sink: FrameSink | None = None
+        self._held: deque[fr.ServerFrame] = deque(maxlen=DETACHED_BUFFER_FRAMES)
+        self._reader: asyncio.Task[None] | None = None
+        self._replacer: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def session_id(self) -> str:
+        """The session's public id."""
+        return self.core.session_id
+
+    @property
+    def attached(self) -> bool:
+        """Whether a client is connected."""
+        return self._sink is not None
+
+    # --- called by adapters ----------------------------------------------------------------
+
+    def attach(self, sink: FrameSink) -> None:
+        """Connect the first client (before :meth:`run`)."""
+        self._sink = sink
+
+    async def feed(self, event: Event) -> None:
+        """Queue an event for the main loop (blocks when the inbox is full)."""
+        if not self.closed.is_set():
+            await self._inbox.put(event)
+
+    def feed_nowait(self, event: Event) -> None:
+        """Queue an event without waiting; dropped when the session is closed."""
+        if not self.closed.is_set():
+            with contextlib.suppress(asyncio.QueueFull):
+                self._inbox.put_nowait(event)
+
+    # --- the main loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Process events until the session closes; always removes the sandbox."""
+        try:
+            self._start_reader()
+            await self._flush()
+            while self.core.state is not State.CLOSED:
+                deadline = self.core.next_deadline()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await self._inbox.get()
+                except TimeoutError:
+                    self.core.advance(self._loop.time())
+                else:
+                    await self._dispatch(event)
+                await self._flush()
+        except asyncio.CancelledError:
+            self.core.close("server_shutdown", self._loop.time(), "the server is stopping")
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(1.0):
+                    await self._flush()
+            raise
+        finally:
+            self.closed.set()
+            await self._teardown()
+
+    async def _dispatch(self, event: Event) -> None:
+        now = self._loop.time()
+        core = self.core
+        match event:
+            case ClientMessage(data):
+                core.receive_client(data, now)
+            case ClientRequest(frame):
+                core.receive_frame(frame, now)
+            case ClientGone(sink):
+                if sink is self._sink:
+                    self._sink = None
+                    core.client_detached(now)
+            case ClientBack(sink, ready):
+                old, self._sink = self._sink, sink
+                if old is not None and old is not sink:
+                    with contextlib.suppress(Exception):
+                        await old.close(4000, "session resumed elsewhere")
+                core.client_attached(now)
+                await self._deliver(ready)
+                while self._held and self._sink is not None:
+                    await self._deliver(self._held.popleft())
+            case AgentMessage(sandbox, frame):
+                if sandbox is self.sandbox:
+                    core.receive_agent(frame, now)
+            case AgentLost(sandbox, reason):
+                if sandbox is self.sandbox:
+                    oom = await sandbox.oom_killed()
+                    core.sandbox_failed(reason, now, oom_killed=oom)
+            case NewSandbox(sandbox, reason):
+                if sandbox is None:
+                    core.close("sandbox_lost", now, f"no sandbox could be started: {reason}")
+                else:
+                    self.sandbox = sandbox
+                    self._start_reader()
+                    core.sandbox_replaced(now)
+            case CloseRequest(reason, message):
+                core.close(reason, now, message)
+            case _:  # pragma: no cover - exhaustiveness
+                raise AssertionError(event)
+
+    async def _flush(self) -> None:
+        """Deliver the core's frames, then run its actions, until it has nothing left."""
+        core = self.core
+        while True:
+            frames = core.frames_to_send()
+            actions = core.actions_to_run()
+            if not frames and not actions:
+                return
+            for frame in frames:
+                await self._deliver(frame)
+            for action in actions:
+                match action:
+                    case SendToAgent(to_agent):
+                        await self._to_agent(to_agent)
+                    case ReplaceSandbox(reason):
+                        await self._replace(reason)
+                    case CellFinished():
+                        if self._on_cell is not None:
+                            try:
+                                self._on_cell(self, action)
+                            except Exception:
+                                log.exception("cell observer failed")
+                    case CloseSession(reason):
+                        await self._close_client(reason)
+                    case _:  # pragma: no cover - exhaustiveness
+                        raise AssertionError(action)
+
+    async def _deliver(self, frame: fr.ServerFrame) -> None:
+        sink = self._sink
+        if sink is None:
+            self._held.append(frame)
+            return
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await sink.send_frame(frame)
+        except TimeoutError:
+            log.info("session %s: client too slow, disconnecting", self.session_id)
+            self._sink = None
+            self.core.client_detached(self._loop.time())
+            with contextlib.suppress(Exception):
+                await sink.close(1008, "client too slow")
+        except Exception as exc:  # the client went away mid-send
+            log.debug("session %s: send failed: %r", self.session_id, exc)
+            if self._sink is sink:
+                self._sink = None
+                self.core.client_detached(self._loop.time())
+            self._held.append(frame)
+
+    async def _to_agent(self, frame: aw.ToAgent) -> None:
+        sandbox = self.sandbox
+        if sandbox is None:
+            return
+        try:
+            await sandbox.send(frame)
+        except SandboxError as exc:
+            self.core.sandbox_failed(exc.message, self._loop.time())
+
+    def _start_reader(self) -> None:
+        sandbox = self.sandbox
+        assert sandbox is not None
+        self._reader = asyncio.create_task(self._read_agent(sandbox),
+                                           name=f"agent-{sandbox.short_id}")
+
+    async def _read_agent(self, sandbox: Sandbox) -> None:
+        try:
+            while True:
+                frame = await sandbox.receive()
+                await self._inbox.put(AgentMessage(sandbox, frame))
+        except BackendError as exc:
+            await self._inbox.put(AgentLost(sandbox, exc.message))
+
+    async def _replace(self, reason: str) -> None:
+        old, self.sandbox = self.sandbox, None
+        await self._stop_reader()
+        if old is not None:
+            log.info("session %s: replacing sandbox %s: %s", self.session_id, old.short_id,
+                     reason)
+            await old.destroy()
+        self._replacer = asyncio.create_task(self._bring_sandbox())
+
+    async def _bring_sandbox(self) -> None:
+        try:
+            sandbox = await self._acquire()
+        except SandboxError as exc:
+            await self._inbox.put(NewSandbox(None, exc.message))
+            return
+        if self.closed.is_set():
+            await sandbox.destroy()
+            return
+        await self._inbox.put(NewSandbox(sandbox))
+
+    async def _stop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _close_client(self, reason: fr.CloseReason) -> None:
+        sink, self._sink = self._sink, None
+        if sink is None:
+            return
+        code = 1001 if reason == "server_shutdown" else 1000
+        with contextlib.suppress(Exception):
+            await sink.close(code, reason)
+
+    async def _teardown(self) -> None:
+        await self._stop_reader()
+        replacer, self._replacer = self._replacer, None
+        if replacer is not None:
+            replacer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replacer
+        sandbox, self.sandbox = self.sandbox, None
+        if sandbox is not None:
+            await sandbox.destroy()
+        # A replacement that arrived after the end must not leak either.
+        while not self._inbox.empty():
+            event = self._inbox.get_nowait()
+            if isinstance(event, NewSandbox) and event.sandbox is not None:
+                await event.sandbox.destroy()

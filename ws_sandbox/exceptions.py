@@ -1,0 +1,172 @@
+"""The one exception tree of ws_sandbox.
+
+.. code-block:: text
+
+    SandboxError
+    ├── ConfigError                 bad settings at start-up or from the admin API
+    ├── RequestError                a client asked for something we refuse
+    │   ├── BadRequest              malformed frame or body, wrong field type, empty code
+    │   ├── LanguageUnavailable     unknown or disabled language
+    │   ├── PayloadTooLarge         code or frame above its size limit
+    │   ├── Unauthorized            missing credentials
+    │   ├── Forbidden               wrong credentials or origin
+    │   ├── NotFound                unknown session, execution or token target
+    │   ├── InvalidToken            tampered, expired or foreign resume token
+    │   └── QueueFull               too many cells waiting in one session
+    ├── CapacityError               service at its concurrency limit; retry later
+    ├── RateLimited                 token bucket empty; retry later
+    └── BackendError                the container engine or a sandbox failed us
+        ├── EngineUnavailable       the Docker engine does not answer
+        ├── ImageMissing            the runtime image is not present
+        └── SandboxLost             a sandbox died, broke protocol or stopped answering
+
+Every error carries a machine ``code`` (used in ``error`` frames and JSON bodies), an HTTP
+status and a WebSocket close code, taken from one table: :data:`ERROR_TABLE`.
+"""
+
+from __future__ import annotations
+
+
+class SandboxError(Exception):
+    """Base class of every error ws_sandbox raises on purpose.
+
+    Attributes:
+        code: short machine-readable name, e.g. ``"bad_request"``.
+        message: what went wrong, in words a person understands.
+        retry_after: seconds after which a retry may succeed, if that is known.
+    """
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def http_status(self) -> int:
+        """HTTP status for this error (see :data:`ERROR_TABLE`)."""
+        return ERROR_TABLE[type(self)][0]
+
+    @property
+    def close_code(self) -> int:
+        """WebSocket close code for this error (see :data:`ERROR_TABLE`)."""
+        return ERROR_TABLE[type(self)][1]
+
+
+class ConfigError(SandboxError):
+    """A setting is missing, malformed or unsafe."""
+
+    code = "config_error"
+
+
+class RequestError(SandboxError):
+    """A client asked for something that is refused."""
+
+    code = "bad_request"
+
+
+class BadRequest(RequestError):
+    """Malformed frame or body, a field of the wrong type, empty code."""
+
+    code = "bad_request"
+
+
+class LanguageUnavailable(RequestError):
+    """The language is unknown or switched off by configuration."""
+
+    code = "language_unavailable"
+
+
+class PayloadTooLarge(RequestError):
+    """Code, body or frame above its size limit."""
+
+    code = "payload_too_large"
+
+
+class Unauthorized(RequestError):
+    """Credentials are required and none were given."""
+
+    code = "unauthorized"
+
+
+class Forbidden(RequestError):
+    """Credentials or origin were given and are not accepted."""
+
+    code = "forbidden"
+
+
+class NotFound(RequestError):
+    """The session, execution or kernel does not exist (any more)."""
+
+    code = "not_found"
+
+
+class InvalidToken(RequestError):
+    """A resume token is tampered with, expired or names no live session."""
+
+    code = "invalid_token"
+
+
+class QueueFull(RequestError):
+    """The session's cell queue is full."""
+
+    code = "queue_full"
+
+
+class CapacityError(SandboxError):
+    """The service runs as many sessions as it is allowed to."""
+
+    code = "at_capacity"
+
+
+class RateLimited(SandboxError):
+    """The caller's token bucket is empty."""
+
+    code = "rate_limited"
+
+
+class BackendError(SandboxError):
+    """The container engine or a sandbox failed."""
+
+    code = "backend_error"
+
+
+class EngineUnavailable(BackendError):
+    """The Docker engine does not answer."""
+
+    code = "engine_unavailable"
+
+
+class ImageMissing(BackendError):
+    """The runtime image is not present on the engine."""
+
+    code = "image_missing"
+
+
+class SandboxLost(BackendError):
+    """A sandbox died, broke the agent protocol or stopped answering."""
+
+    code = "sandbox_lost"
+
+
+#: error class -> (HTTP status, WebSocket close code)
+ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
+    SandboxError: (500, 1011),
+    ConfigError: (400, 1008),
+    RequestError: (400, 1008),
+    BadRequest: (400, 1008),
+    LanguageUnavailable: (400, 1008),
+    PayloadTooLarge: (413, 1009),
+    Unauthorized: (401, 1008),
+    Forbidden: (403, 1008),
+    NotFound: (404, 1008),
+    InvalidToken: (403, 1008),
+    QueueFull: (429, 1013),
+    CapacityError: (503, 1013),
+    RateLimited: (429, 1013),
+    BackendError: (503, 1011),
+    EngineUnavailable: (503, 1011),
+    ImageMissing: (503, 1011),
+    SandboxLost: (503, 1011),
+}

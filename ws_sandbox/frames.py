@@ -1,0 +1,153 @@
+"""The public protocol v1: every WebSocket frame as a msgspec Struct.
+
+Client and server frames are tagged unions on ``type``. Decoders and encoders are built once
+here and reused. The JSON Schema in ``protocol/schema.json`` is generated from these structs
+(``ws-sandbox schema``); a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from ws_sandbox.exceptions import BadRequest
+
+CellId = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+                                     description="Chosen by the client, echoed on every frame")]
+Status = Literal["success", "error", "timeout", "interrupted", "killed"]
+StreamName = Literal["stdout", "stderr"]
+CloseReason = Literal["idle_timeout", "max_lifetime", "server_shutdown", "client_closed",
+                      "sandbox_lost", "closed_by_admin", "resume_expired"]
+
+
+class Frame(msgspec.Struct, kw_only=True, tag_field="type"):
+    """Base of every frame; ``type`` is the tag."""
+
+
+# --- client to server ----------------------------------------------------------------------
+
+
+class Execute(Frame, tag="execute"):
+    """Run one cell. ``timeout`` (seconds) is capped by ``MAX_EXECUTION_TIME``."""
+
+    id: CellId
+    code: str
+    timeout: float | None = None
+
+
+class Interrupt(Frame, tag="interrupt"):
+    """Interrupt the running cell (Python gets KeyboardInterrupt)."""
+
+
+class Restart(Frame, tag="restart"):
+    """Restart the interpreter: the session's state is lost, the container kept."""
+
+
+ClientFrame = Execute | Interrupt | Restart
+
+
+# --- server to client ----------------------------------------------------------------------
+
+
+class Limits(msgspec.Struct, kw_only=True):
+    """The limits a session runs under."""
+
+    max_execution_time: float
+    default_execution_time: float
+    max_memory_mb: int
+    max_output_bytes: int
+    max_code_bytes: int
+    max_queued_cells: int
+    idle_timeout: float | None
+    max_lifetime: float | None
+
+
+class Ready(Frame, tag="ready"):
+    """The session is open. ``token`` resumes it after a dropped connection."""
+
+    session_id: str
+    language: str
+    token: str
+    limits: Limits
+    resumed: bool = False
+
+
+class Stream(Frame, tag="stream"):
+    """Output of a cell, live and in order per stream."""
+
+    id: str
+    name: StreamName
+    text: str
+
+
+class Display(Frame, tag="display"):
+    """Rich output: a final expression's value or an image (MIME type to content)."""
+
+    id: str
+    kind: Literal["execute_result", "display_data"]
+    data: dict[str, str]
+
+
+class Result(Frame, tag="result"):
+    """End of a cell: exactly one per cell, after all its output."""
+
+    id: str
+    status: Status
+    exit_code: int | None
+    execution_time_ms: float
+    memory_used_mb: float | None
+    error: str | None
+    truncated: bool = False
+    state_lost: bool = False
+
+
+class Error(Frame, tag="error"):
+    """A refused frame or request; the session goes on where it can."""
+
+    code: str
+    message: str
+    id: str | None = None
+
+
+class Restarted(Frame, tag="restarted"):
+    """The interpreter or the whole sandbox is fresh: the session's state is lost."""
+
+    reason: Literal["interpreter_restarted", "sandbox_replaced"]
+    message: str
+
+
+class Closed(Frame, tag="closed"):
+    """Sent before the server closes the session."""
+
+    reason: CloseReason
+    message: str = ""
+
+
+ServerFrame = Ready | Stream | Display | Result | Error | Restarted | Closed
+
+_client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
+_server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_client(data: str | bytes) -> ClientFrame:
+    """Parse one client frame.
+
+    Raises:
+        BadRequest: with msgspec's description of what was wrong and where.
+    """
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"invalid frame: {exc}") from None
+
+
+def decode_server(data: str | bytes) -> ServerFrame:
+    """Parse one server frame (used by the client SDK and the tests)."""
+    return _server_decoder.decode(data)
+
+
+def encode(frame: Frame) -> bytes:
+    """Serialise a frame to JSON bytes."""
+    return _encoder.encode(frame)

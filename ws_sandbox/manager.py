@@ -1,0 +1,231 @@
+"""The session manager: opens, finds, resumes and ends sessions; enforces the session limit.
+
+It is the one place that knows every live session, so the admin API, stats and shutdown go
+through it. Adapters call :meth:`SessionManager.open` and :meth:`SessionManager.resume`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+
+from ws_sandbox import frames as fr
+from ws_sandbox.backend import DockerBackend, Sandbox
+from ws_sandbox.driver import (
+    CellObserver,
+    ClientBack,
+    CloseRequest,
+    FrameSink,
+    SessionRunner,
+)
+from ws_sandbox.exceptions import (
+    BackendError,
+    CapacityError,
+    InvalidToken,
+    LanguageUnavailable,
+)
+from ws_sandbox.pool import WarmPool
+from ws_sandbox.session import CellFinished, Session, SessionLimits
+from ws_sandbox.settings import Language, Settings
+from ws_sandbox.tokens import TokenSigner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What the admin API shows about a session."""
+
+    session_id: str
+    language: str
+    state: str
+    attached: bool
+    cells_run: int
+    queued: int
+    client_id: str
+    sandbox: str | None
+
+
+class SessionManager:
+    """Registry of live sessions.
+
+    Args:
+        settings: effective settings (limits are read when a session opens).
+        backend: the Docker backend.
+        pool: the warm pool sandboxes come from.
+    """
+
+    def __init__(self, settings: Settings, backend: DockerBackend, pool: WarmPool) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.pool = pool
+        self.signer = TokenSigner(settings.session_secret,
+                                  max_age=settings.max_lifetime or 7 * 24 * 3600)
+        self._runners: dict[str, SessionRunner] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reserved = 0
+        self._observers: list[CellObserver] = []
+        self._closing = False
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def add_cell_observer(self, observer: CellObserver) -> None:
+        """Call ``observer`` with every finished cell of every session."""
+        self._observers.append(observer)
+
+    def limits(self) -> SessionLimits:
+        """The limits a session opened now gets."""
+        s = self.settings
+        return SessionLimits(
+            max_execution_time=s.max_execution_time,
+            default_execution_time=s.default_execution_time,
+            max_memory_mb=s.max_memory_mb,
+            max_output_bytes=s.max_output_bytes,
+            max_code_bytes=s.max_code_bytes,
+            max_queued_cells=s.max_queued_cells,
+            idle_timeout=s.idle_timeout,
+            max_lifetime=s.max_lifetime,
+            resume_grace=s.resume_grace,
+            interrupt_grace=s.interrupt_grace,
+            restart_timeout=s.restart_timeout,
+        )
+
+    # --- sessions --------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Sessions open or opening."""
+        return len(self._runners) + self._reserved
+
+    def check_language(self, language: str) -> Language:
+        """Return ``language`` if it is enabled.
+
+        Raises:
+            LanguageUnavailable: naming the enabled languages.
+        """
+        enabled = self.settings.enabled_languages
+        for lang in enabled:
+            if lang == language:
+                return lang
+        raise LanguageUnavailable(
+            f"language {language!r} is not available; enabled: {', '.join(enabled)}")
+
+    async def open(self, language: str, sink: FrameSink, *, client_id: str = "",
+                   send_ready: bool = True) -> SessionRunner:
+        """Open a session with a sandbox from the pool and start running it.
+
+        Raises:
+            LanguageUnavailable: unknown or disabled language.
+            CapacityError: ``MAX_CONCURRENT_EXECUTIONS`` sessions are open.
+            BackendError: no sandbox could be had.
+        """
+        lang = self.check_language(language)
+        if self._closing:
+            raise CapacityError("the server is shutting down", retry_after=5)
+        if self.active >= self.settings.max_concurrent_executions:
+            raise CapacityError(
+                f"at capacity: {self.settings.max_concurrent_executions} sessions are open",
+                retry_after=5)
+        self._reserved += 1
+        try:
+            sandbox = await self._acquire(lang)
+        finally:
+            self._reserved -= 1
+        loop = asyncio.get_running_loop()
+        session_id = secrets.token_hex(12)
+        core = Session(session_id=session_id, language=lang, limits=self.limits(),
+                       now=loop.time())
+        runner = SessionRunner(core, sandbox, acquire=lambda: self._acquire(lang),
+                               send_timeout=self.settings.send_timeout,
+                               on_cell=self._cell_finished, client_id=client_id)
+        self._runners[session_id] = runner
+        runner.attach(sink)
+        try:
+            if send_ready:
+                await sink.send_frame(self.ready_frame(runner))
+        except BaseException:
+            del self._runners[session_id]
+            await sandbox.destroy()
+            raise
+        task = asyncio.create_task(runner.run(), name=f"session-{session_id}")
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(session_id, t))
+        return runner
+
+    def ready_frame(self, runner: SessionRunner, *, resumed: bool = False) -> fr.Ready:
+        """The ``ready`` frame for ``runner``, with a fresh resume token."""
+        return fr.Ready(session_id=runner.session_id, language=runner.core.language,
+                        token=self.signer.sign(runner.session_id),
+                        limits=runner.core.limits.public(), resumed=resumed)
+
+    async def resume(self, token: str, sink: FrameSink) -> SessionRunner:
+        """Reattach a client to its session.
+
+        Raises:
+            InvalidToken: the token is bad, or its session is gone.
+        """
+        session_id = self.signer.verify(token)
+        runner = self._runners.get(session_id)
+        if runner is None or runner.closed.is_set():
+            raise InvalidToken("the session of this token has ended")
+        await runner.feed(ClientBack(sink, self.ready_frame(runner, resumed=True)))
+        return runner
+
+    def get(self, session_id: str) -> SessionRunner | None:
+        """The live session with this id."""
+        return self._runners.get(session_id)
+
+    def list(self) -> list[SessionInfo]:
+        """Every live session."""
+        return [SessionInfo(
+            session_id=r.session_id, language=r.core.language, state=r.core.state.value,
+            attached=r.attached, cells_run=r.core.cells_run, queued=len(r.core.queue),
+            client_id=r.client_id, sandbox=r.sandbox.short_id if r.sandbox else None)
+            for r in self._runners.values()]
+
+    async def end(self, session_id: str, reason: fr.CloseReason, message: str) -> bool:
+        """Ask a session to close; returns whether it existed."""
+        runner = self._runners.get(session_id)
+        if runner is None:
+            return False
+        await runner.feed(CloseRequest(reason, message))
+        return True
+
+    async def shutdown(self, grace: float) -> None:
+        """Close every session with ``server_shutdown``; cancel what is left after ``grace`` seconds."""
+        self._closing = True
+        for runner in list(self._runners.values()):
+            runner.feed_nowait(CloseRequest("server_shutdown", "the server is stopping"))
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+
+    # --- internals -------------------------------------------------------------------------
+
+    async def _acquire(self, language: Language) -> Sandbox:
+        try:
+            async with asyncio.timeout(self.settings.acquire_timeout):
+                return await self.pool.acquire(language)
+        except TimeoutError:
+            raise BackendError(
+                f"no {language} sandbox within {self.settings.acquire_timeout:g} s") from None
+
+    def _cell_finished(self, runner: SessionRunner, finished: CellFinished) -> None:
+        for observer in self._observers:
+            try:
+                observer(runner, finished)
+            except Exception:
+                log.exception("cell observer failed")
+
+    def _finished(self, session_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._runners.pop(session_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s crashed", session_id, exc_info=task.exception())
+

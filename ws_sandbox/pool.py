@@ -1,0 +1,149 @@
+"""The warm pool: started, greeted, never-used sandboxes, ready per language.
+
+A session takes one with :meth:`WarmPool.acquire` in microseconds instead of waiting for
+``docker create``; a background task per language refills the pool. A pooled sandbox that
+speaks or dies before it is taken is discarded: it may never serve a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from ws_sandbox.backend import DockerBackend, Sandbox
+from ws_sandbox.exceptions import BackendError, SandboxError
+from ws_sandbox.settings import Language
+
+log = logging.getLogger(__name__)
+
+_RETRY_MIN = 0.5
+_RETRY_MAX = 15.0
+
+
+@dataclass(slots=True)
+class _Warm:
+    sandbox: Sandbox
+    watcher: asyncio.Task[None]
+
+
+class _LanguagePool:
+    def __init__(self) -> None:
+        self.ready: deque[_Warm] = deque()
+        self.starting = 0
+        self.wanted = asyncio.Event()
+        self.last_error: str | None = None
+
+
+class WarmPool:
+    """Keeps ``size`` sandboxes per language started and greeted.
+
+    Use as ``async with WarmPool(backend, languages, size) as pool:``; leaving the block
+    removes every sandbox still in the pool.
+    """
+
+    def __init__(self, backend: DockerBackend, languages: tuple[Language, ...],
+                 size: int) -> None:
+        self._backend = backend
+        self._size = size
+        self._pools = {lang: _LanguagePool() for lang in languages}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    async def __aenter__(self) -> WarmPool:
+        for language in self._pools:
+            self._tasks.append(asyncio.create_task(self._fill(language),
+                                                   name=f"pool-fill-{language}"))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop refilling and remove every pooled sandbox."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        doomed: list[Sandbox] = []
+        for pool in self._pools.values():
+            while pool.ready:
+                warm = pool.ready.popleft()
+                warm.watcher.cancel()
+                doomed.append(warm.sandbox)
+        await asyncio.gather(*(sb.destroy() for sb in doomed))
+
+    async def acquire(self, language: Language) -> Sandbox:
+        """Take a warm sandbox, or start one now when the pool is empty.
+
+        Raises:
+            BackendError: no sandbox could be started.
+        """
+        pool = self._pools[language]
+        pool.wanted.set()
+        while pool.ready:
+            warm = pool.ready.popleft()
+            warm.watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm.watcher
+            if not warm.watcher.cancelled():
+                continue  # it spoke or died while waiting: discarded by its watcher
+            return warm.sandbox
+        return await self._backend.start_sandbox(language)
+
+    def state(self) -> dict[str, dict[str, int | str | None]]:
+        """Per language: ready and starting counts, the target, the last start error."""
+        return {lang: {"ready": len(p.ready), "starting": p.starting, "target": self._size,
+                       "last_error": p.last_error}
+                for lang, p in self._pools.items()}
+
+    async def _fill(self, language: Language) -> None:
+        pool = self._pools[language]
+        delay = _RETRY_MIN
+        while not self._closed:
+            if len(pool.ready) + pool.starting >= self._size:
+                pool.wanted.clear()
+                await pool.wanted.wait()
+                continue
+            pool.starting += 1
+            try:
+                sandbox = await self._backend.start_sandbox(language)
+            except SandboxError as exc:
+                pool.last_error = exc.message
+                log.warning("pool: cannot start a %s sandbox: %s", language, exc.message)
+                # Back off on failure, but wake at once if someone asks for a sandbox.
+                pool.wanted.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await pool.wanted.wait()
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            finally:
+                pool.starting -= 1
+            delay = _RETRY_MIN
+            pool.last_error = None
+            if self._closed:
+                await sandbox.destroy()
+                return
+            warm = _Warm(sandbox, asyncio.create_task(self._watch(language, sandbox)))
+            pool.ready.append(warm)
+
+    async def _watch(self, language: Language, sandbox: Sandbox) -> None:
+        """Discard a pooled sandbox that sends anything or dies before it is taken."""
+        try:
+            frame = await sandbox.receive()
+            reason = f"unexpected frame {type(frame).__name__}"
+        except BackendError as exc:
+            reason = exc.message
+        log.warning("pool: discarding %s sandbox %s: %s", language, sandbox.short_id, reason)
+        pool = self._pools[language]
+        for warm in list(pool.ready):
+            if warm.sandbox is sandbox:
+                pool.ready.remove(warm)
+        pool.wanted.set()
+        await sandbox.destroy()

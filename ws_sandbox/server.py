@@ -1,0 +1,65 @@
+"""Run the service under uvicorn, with a graceful drain on SIGTERM and SIGINT.
+
+On the first signal every session gets a ``closed`` frame with reason ``server_shutdown``
+*before* uvicorn closes the connections; the lifespan then removes every container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from ws_sandbox.app import create_app
+from ws_sandbox.exceptions import ConfigError
+from ws_sandbox.manager import SessionManager
+from ws_sandbox.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _DrainingServer(uvicorn.Server):
+    """A uvicorn server that drains our sessions before it stops."""
+
+    def __init__(self, config: uvicorn.Config, settings: Settings, app: Starlette) -> None:
+        super().__init__(config)
+        self._settings = settings
+        self._app = app
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain(sig, frame)))
+
+    async def _drain(self, sig: int, frame: FrameType | None) -> None:
+        manager: SessionManager | None = getattr(self._app.state, "manager", None)
+        if manager is not None:
+            await manager.shutdown(self._settings.shutdown_timeout)
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> int:
+    """Run the service until it is told to stop; returns the exit status."""
+    if not settings.is_loopback and not settings.allow_unauthenticated:
+        raise ConfigError(
+            f"refusing to bind to {settings.host} without API keys; set API_KEYS, or"
+            " ALLOW_UNAUTHENTICATED=true if something in front of us authenticates")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port,
+        ws="websockets-sansio", ws_max_size=min(4 * settings.max_code_bytes + 65536,
+                                                64 * 1024 * 1024),
+        log_level=settings.log_level, lifespan="on", proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout) + 1,
+    )
+    server = _DrainingServer(config, settings, app)
+    server.run()
+    return 0 if server.started else 1
+

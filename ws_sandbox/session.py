@@ -1,0 +1,539 @@
+"""The session state machine, sans I/O.
+
+A :class:`Session` holds everything one client session knows: its cells (one running, a
+bounded FIFO queue behind it), its deadlines and its output counters. It performs no I/O and
+reads no clock: callers feed it events with the current monotonic time (``now``) and then
+collect what it wants done:
+
+* :meth:`Session.frames_to_send` -- protocol frames for the client;
+* :meth:`Session.actions_to_run` -- :class:`SendToAgent`, :class:`ReplaceSandbox`,
+  :class:`CellFinished` and :class:`CloseSession` for the I/O layer;
+* :meth:`Session.next_deadline` -- when to call :meth:`Session.advance` next.
+
+Every adapter (the WebSocket endpoint, the one-shot REST call, the Jupyter kernel endpoint)
+drives this one core, so their behaviour cannot drift apart.
+
+States::
+
+    IDLE --exec--> RUNNING --done--> IDLE
+      |               | deadline: interrupt -> grace: restart -> timeout: replace sandbox
+      |               v
+      +-----------> RECOVERING (waiting for a restarted interpreter or a new sandbox)
+    any --close--> CLOSED
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from ws_sandbox import agent_wire as aw
+from ws_sandbox import frames as fr
+from ws_sandbox.exceptions import BadRequest, PayloadTooLarge, QueueFull, SandboxError
+
+TRUNCATION_MARKER = "\n[output truncated: more than {limit} bytes]\n"
+
+
+class State(enum.Enum):
+    """Where a session is in its life."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    RECOVERING = "recovering"
+    CLOSED = "closed"
+
+
+class Phase(enum.Enum):
+    """How far the stopping of a running cell has escalated."""
+
+    NORMAL = "normal"
+    INTERRUPTING = "interrupting"
+    RESTARTING = "restarting"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Limits of one session, taken from the settings when it opens."""
+
+    max_execution_time: float
+    default_execution_time: float
+    max_memory_mb: int
+    max_output_bytes: int
+    max_code_bytes: int
+    max_queued_cells: int
+    idle_timeout: float | None
+    max_lifetime: float | None
+    resume_grace: float
+    interrupt_grace: float
+    restart_timeout: float
+
+    def public(self) -> fr.Limits:
+        """The limits as announced in the ``ready`` frame."""
+        return fr.Limits(
+            max_execution_time=self.max_execution_time,
+            default_execution_time=self.default_execution_time,
+            max_memory_mb=self.max_memory_mb,
+            max_output_bytes=self.max_output_bytes,
+            max_code_bytes=self.max_code_bytes,
+            max_queued_cells=self.max_queued_cells,
+            idle_timeout=self.idle_timeout,
+            max_lifetime=self.max_lifetime,
+        )
+
+
+@dataclass(slots=True)
+class Cell:
+    """One code cell, from request to result."""
+
+    id: str
+    code: str
+    timeout: float
+    submitted_at: float
+    started_at: float | None = None
+    deadline: float | None = None
+    output_bytes: int = 0
+    truncated: bool = False
+    timed_out: bool = False
+    interrupted: bool = False
+
+
+# --- actions for the I/O layer -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendToAgent:
+    """Write this frame to the agent."""
+
+    frame: aw.ToAgent
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceSandbox:
+    """Destroy the sandbox and bring a fresh one; call :meth:`Session.sandbox_replaced`."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CellFinished:
+    """A cell ended; its record is for stats, audit and history."""
+
+    cell: Cell
+    result: fr.Result
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSession:
+    """End the session: send nothing more, close the client, remove the sandbox."""
+
+    reason: fr.CloseReason
+
+
+Action = SendToAgent | ReplaceSandbox | CellFinished | CloseSession
+
+
+@dataclass(slots=True)
+class _Timers:
+    lifetime: float | None = None
+    idle: float | None = None
+    phase: float | None = None
+    resume: float | None = None
+
+
+@dataclass(slots=True)
+class Session:
+    """The state machine of one session. See the module docstring.
+
+    Args:
+        session_id: the session's public id.
+        language: language of its sandbox.
+        limits: limits in force.
+        now: monotonic time at which the session opens (its sandbox is ready).
+    """
+
+    session_id: str
+    language: str
+    limits: SessionLimits
+    now: float
+    state: State = State.IDLE
+    phase: Phase = Phase.NORMAL
+    running: Cell | None = None
+    queue: deque[Cell] = field(default_factory=deque)
+    cells_run: int = 0
+    close_reason: fr.CloseReason | None = None
+    _frames: list[fr.ServerFrame] = field(default_factory=list)
+    _actions: list[Action] = field(default_factory=list)
+    _timers: _Timers = field(default_factory=_Timers)
+    _restart_pending: bool = False
+
+    def __post_init__(self) -> None:
+        if self.limits.max_lifetime is not None:
+            self._timers.lifetime = self.now + self.limits.max_lifetime
+        self._touch(self.now)
+
+    # --- outputs ---------------------------------------------------------------------------
+
+    def frames_to_send(self) -> list[fr.ServerFrame]:
+        """Frames for the client, in order; each is returned once."""
+        frames, self._frames = self._frames, []
+        return frames
+
+    def actions_to_run(self) -> list[Action]:
+        """Actions for the I/O layer, in order; each is returned once."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :meth:`advance` has something to do."""
+        if self.state is State.CLOSED:
+            return None
+        t = self._timers
+        candidates = [d for d in (t.lifetime, t.idle, t.phase, t.resume) if d is not None]
+        if self.state is State.RUNNING and self.phase is Phase.NORMAL and self.running:
+            candidates.append(self._cell_deadline(self.running))
+        return min(candidates, default=None)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a cell runs or waits."""
+        return self.running is not None or bool(self.queue)
+
+    # --- inputs from the client ------------------------------------------------------------
+
+    def receive_client(self, data: str | bytes, now: float) -> None:
+        """Handle one WebSocket message from the client (text or binary)."""
+        if self.state is State.CLOSED:
+            return
+        self._touch(now)
+        if isinstance(data, bytes):
+            self._error(BadRequest("binary frames are not accepted; send JSON text frames"))
+            return
+        if len(data) > self.limits.max_code_bytes + 65536:
+            self._error(PayloadTooLarge(
+                f"frame of {len(data)} characters exceeds the limit for code of"
+                f" {self.limits.max_code_bytes} bytes"))
+            return
+        try:
+            frame = fr.decode_client(data)
+        except SandboxError as exc:
+            self._error(exc)
+            return
+        self.receive_frame(frame, now)
+
+    def receive_frame(self, frame: fr.ClientFrame, now: float) -> None:
+        """Handle one decoded client frame."""
+        if self.state is State.CLOSED:
+            return
+        self._touch(now)
+        match frame:
+            case fr.Execute():
+                try:
+                    self.submit(frame, now)
+                except SandboxError as exc:
+                    self._error(exc, cell_id=frame.id)
+            case fr.Interrupt():
+                self.interrupt(now)
+            case fr.Restart():
+                self.restart(now)
+            case _:  # pragma: no cover - exhaustiveness
+                raise AssertionError(frame)
+
+    def submit(self, request: fr.Execute, now: float) -> Cell:
+        """Queue a cell, or start it at once when the session is idle.
+
+        Raises:
+            BadRequest: empty code, a bad timeout, or an id already in use.
+            PayloadTooLarge: code above ``max_code_bytes``.
+            QueueFull: too many cells waiting.
+        """
+        limits = self.limits
+        size = len(request.code.encode("utf-8", "surrogatepass"))
+        if size > limits.max_code_bytes:
+            raise PayloadTooLarge(
+                f"code of {size} bytes exceeds the limit of {limits.max_code_bytes} bytes")
+        if not request.code.strip():
+            raise BadRequest("code is empty")
+        timeout = request.timeout
+        if timeout is None:
+            timeout = limits.default_execution_time
+        elif not timeout > 0:
+            raise BadRequest(f"timeout must be a positive number of seconds, not {timeout}")
+        elif timeout > limits.max_execution_time:
+            raise BadRequest(f"timeout of {timeout:g} s exceeds the maximum of"
+                             f" {limits.max_execution_time:g} s")
+        if (self.running and self.running.id == request.id) or any(
+                c.id == request.id for c in self.queue):
+            raise BadRequest(f"cell id {request.id!r} is already running or queued")
+        if self.busy and len(self.queue) >= limits.max_queued_cells:
+            raise QueueFull(f"{len(self.queue)} cells are already waiting; the limit is"
+                            f" {limits.max_queued_cells}")
+        cell = Cell(id=request.id, code=request.code, timeout=timeout, submitted_at=now)
+        self.queue.append(cell)
+        self._start_next(now)
+        return cell
+
+    def interrupt(self, now: float) -> None:
+        """Interrupt the running cell; escalate to a restart if it does not stop."""
+        cell = self.running
+        if self.state is not State.RUNNING or cell is None or self.phase is not Phase.NORMAL:
+            return
+        cell.interrupted = True
+        self._send(aw.Signal())
+        self.phase = Phase.INTERRUPTING
+        self._timers.phase = now + self.limits.interrupt_grace
+
+    def restart(self, now: float) -> None:
+        """Restart the interpreter (state is lost); a running cell ends as interrupted."""
+        if self.state in (State.CLOSED, State.RECOVERING):
+            return
+        if self.running is not None:
+            self.running.interrupted = True
+        self._begin_restart(now)
+
+    # --- inputs from the sandbox -----------------------------------------------------------
+
+    def receive_agent(self, frame: aw.FromAgent, now: float) -> None:
+        """Handle one validated frame from the agent."""
+        if self.state is State.CLOSED:
+            return
+        cell = self.running
+        match frame:
+            case aw.Out():
+                if cell is not None and frame.id == cell.id:
+                    self._output(cell, frame.name, frame.text)
+            case aw.AgentDisplay():
+                if cell is not None and frame.id == cell.id:
+                    self._display(cell, frame)
+            case aw.Done():
+                if cell is not None and frame.id == cell.id:
+                    self._finish_from_agent(cell, frame, now)
+            case aw.Restarted():
+                if self._restart_pending:
+                    self._restart_pending = False
+                    self._timers.phase = None
+                    self._frames.append(fr.Restarted(
+                        reason="interpreter_restarted",
+                        message="the interpreter was restarted; state is lost"))
+                    if self.state is State.RECOVERING:
+                        self.state = State.IDLE
+                        self.phase = Phase.NORMAL
+                        self._start_next(now)
+            case aw.AgentReady():
+                pass  # a stray greeting changes nothing
+            case _:  # pragma: no cover - exhaustiveness
+                raise AssertionError(frame)
+
+    def sandbox_failed(self, reason: str, now: float, *, oom_killed: bool = False) -> None:
+        """The sandbox died or broke protocol: end the running cell, ask for a new one."""
+        if self.state is State.CLOSED:
+            return
+        cell = self.running
+        if cell is not None:
+            if cell.timed_out:
+                status: fr.Status = "timeout"
+                error = self._timeout_error(cell) + "; the sandbox was replaced"
+            elif oom_killed:
+                status, error = "killed", self._oom_error()
+            elif cell.interrupted:
+                status, error = "interrupted", f"the sandbox was replaced: {reason}"
+            else:
+                status, error = "killed", f"the sandbox stopped: {reason}"
+            self._finish(cell, now, status=status, error=error, exit_code=None,
+                         state_lost=True)
+        self._restart_pending = False
+        self.state = State.RECOVERING
+        self.phase = Phase.NORMAL
+        self._timers.phase = None
+        self._actions.append(ReplaceSandbox(reason))
+
+    def sandbox_replaced(self, now: float) -> None:
+        """A fresh sandbox took the place of the lost one."""
+        if self.state is not State.RECOVERING:
+            return
+        self.state = State.IDLE
+        self._frames.append(fr.Restarted(
+            reason="sandbox_replaced", message="the sandbox was replaced; state is lost"))
+        self._start_next(now)
+
+    # --- connection and time ---------------------------------------------------------------
+
+    def client_detached(self, now: float) -> None:
+        """The client's connection dropped; wait ``resume_grace`` for it to come back."""
+        if self.state is not State.CLOSED:
+            self._timers.resume = now + self.limits.resume_grace
+
+    def client_attached(self, now: float) -> None:
+        """The client came back in time."""
+        self._timers.resume = None
+        self._touch(now)
+
+    def advance(self, now: float) -> None:
+        """Act on every deadline that has passed at ``now``."""
+        if self.state is State.CLOSED:
+            return
+        t = self._timers
+        if t.lifetime is not None and now >= t.lifetime:
+            self.close("max_lifetime", now, f"the session reached its maximum lifetime of"
+                       f" {self.limits.max_lifetime:g} s")
+            return
+        if t.resume is not None and now >= t.resume:
+            self.close("resume_expired", now, "the client did not come back in time")
+            return
+        if t.idle is not None and now >= t.idle and not self.busy:
+            self.close("idle_timeout", now, f"no activity for {self.limits.idle_timeout:g} s")
+            return
+        cell = self.running
+        if self.state is State.RUNNING and cell is not None:
+            if self.phase is Phase.NORMAL and now >= self._cell_deadline(cell):
+                cell.timed_out = True
+                self._send(aw.Signal())
+                self.phase = Phase.INTERRUPTING
+                t.phase = now + self.limits.interrupt_grace
+            elif self.phase is Phase.INTERRUPTING and t.phase is not None and now >= t.phase:
+                self._begin_restart(now)
+            elif self.phase is Phase.RESTARTING and t.phase is not None and now >= t.phase:
+                self.sandbox_failed("it did not restart in time", now)
+        elif self.state is State.RECOVERING and t.phase is not None and now >= t.phase:
+            self.sandbox_failed("it did not restart in time", now)
+
+    def close(self, reason: fr.CloseReason, now: float, message: str = "") -> None:
+        """End the session; a running cell ends as ``killed``."""
+        if self.state is State.CLOSED:
+            return
+        cell = self.running
+        if cell is not None:
+            self._finish(cell, now, status="killed", exit_code=None, state_lost=True,
+                         error=f"the session closed: {message or reason}")
+        for queued in self.queue:
+            self._frames.append(fr.Error(code="cancelled", id=queued.id,
+                                         message="the session closed before this cell ran"))
+        self.queue.clear()
+        self.state = State.CLOSED
+        self.close_reason = reason
+        self._frames.append(fr.Closed(reason=reason, message=message))
+        self._actions.append(CloseSession(reason))
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _touch(self, now: float) -> None:
+        if self.limits.idle_timeout is not None:
+            self._timers.idle = now + self.limits.idle_timeout
+
+    def _send(self, frame: aw.ToAgent) -> None:
+        self._actions.append(SendToAgent(frame))
+
+    def _error(self, exc: SandboxError, cell_id: str | None = None) -> None:
+        self._frames.append(fr.Error(code=exc.code, message=exc.message, id=cell_id))
+
+    def _cell_deadline(self, cell: Cell) -> float:
+        assert cell.deadline is not None
+        return cell.deadline
+
+    def _begin_restart(self, now: float) -> None:
+        self._send(aw.RestartWorker())
+        self._restart_pending = True
+        self._timers.phase = now + self.limits.restart_timeout
+        if self.running is not None:
+            self.phase = Phase.RESTARTING
+        else:
+            self.state = State.RECOVERING
+
+    def _start_next(self, now: float) -> None:
+        if self.state is not State.IDLE or not self.queue:
+            return
+        cell = self.queue.popleft()
+        cell.started_at = now
+        cell.deadline = now + cell.timeout
+        self.running = cell
+        self.state = State.RUNNING
+        self.phase = Phase.NORMAL
+        self._send(aw.Exec(id=cell.id, code=cell.code,
+                           max_output_bytes=self.limits.max_output_bytes))
+
+    def _charge(self, cell: Cell, size: int) -> int:
+        """Count ``size`` bytes of output; return how many of them may still be sent."""
+        room = max(self.limits.max_output_bytes - cell.output_bytes, 0)
+        cell.output_bytes += size
+        return min(room, size)
+
+    def _output(self, cell: Cell, name: fr.StreamName, text: str) -> None:
+        if cell.truncated:
+            return
+        raw = text.encode("utf-8", "surrogatepass")
+        allowed = self._charge(cell, len(raw))
+        if allowed < len(raw):
+            text = raw[:allowed].decode("utf-8", "ignore")
+            cell.truncated = True
+            text += TRUNCATION_MARKER.format(limit=self.limits.max_output_bytes)
+        if text:
+            self._frames.append(fr.Stream(id=cell.id, name=name, text=text))
+
+    def _display(self, cell: Cell, frame: aw.AgentDisplay) -> None:
+        if cell.truncated:
+            return
+        size = sum(len(v) for v in frame.data.values())
+        if self._charge(cell, size) < size:
+            cell.truncated = True
+            self._frames.append(fr.Stream(
+                id=cell.id, name="stderr",
+                text=TRUNCATION_MARKER.format(limit=self.limits.max_output_bytes)))
+            return
+        self._frames.append(fr.Display(id=cell.id, kind=frame.kind, data=dict(frame.data)))
+
+    def _oom_error(self) -> str:
+        return f"memory limit of {self.limits.max_memory_mb} MB exceeded"
+
+    def _timeout_error(self, cell: Cell) -> str:
+        return f"execution time limit of {cell.timeout:g} s exceeded"
+
+    def _finish_from_agent(self, cell: Cell, done: aw.Done, now: float) -> None:
+        status: fr.Status
+        error = done.error
+        if cell.timed_out:
+            status, error = "timeout", self._timeout_error(cell)
+        elif done.oom_killed:
+            status, error = "killed", self._oom_error()
+        elif cell.interrupted and done.status in ("interrupted", "error", "killed"):
+            status = "interrupted"
+        else:
+            status = done.status
+        if done.restarted:
+            note = "the interpreter was restarted; state is lost"
+            error = f"{error}; {note}" if error else note
+        if cell.truncated or done.truncated:
+            cell.truncated = True
+        # The agent's clock is hostile; it may only make the cell look faster than we saw.
+        assert cell.started_at is not None
+        seen_ms = (now - cell.started_at) * 1000.0
+        elapsed = min(done.execution_time_ms, seen_ms)
+        memory = done.memory_used_mb
+        if memory is not None:
+            memory = min(memory, float(self.limits.max_memory_mb))
+        self._finish(cell, now, status=status, error=error, exit_code=done.exit_code,
+                     state_lost=done.restarted, elapsed_ms=elapsed, memory_mb=memory)
+        if self._restart_pending:
+            # The restart's own ``restarted`` frame ends the recovery.
+            self.state = State.RECOVERING
+        else:
+            self._start_next(now)
+
+    def _finish(self, cell: Cell, now: float, *, status: fr.Status, error: str | None,
+                exit_code: int | None, state_lost: bool, elapsed_ms: float | None = None,
+                memory_mb: float | None = None) -> None:
+        assert cell.started_at is not None
+        if elapsed_ms is None:
+            elapsed_ms = (now - cell.started_at) * 1000.0
+        result = fr.Result(
+            id=cell.id, status=status, exit_code=exit_code,
+            execution_time_ms=round(elapsed_ms, 3),
+            memory_used_mb=None if memory_mb is None else round(memory_mb, 2),
+            error=error, truncated=cell.truncated, state_lost=state_lost)
+        self._frames.append(result)
+        self._actions.append(CellFinished(cell, result))
+        self.cells_run += 1
+        self.running = None
+        self.state = State.IDLE
+        self.phase = Phase.NORMAL
+        self._timers.phase = None if not self._restart_pending else self._timers.phase
+        self._touch(now)

@@ -1,0 +1,264 @@
+"""Settings: every knob of the service in one object, read from the environment.
+
+The names are those of the original service (``SANDBOX_PORT``, ``MAX_EXECUTION_TIME``...),
+plus ours. ``env.example`` at the repository root lists every one with its default; a test
+keeps the two in step. Timeouts are ``float | None`` seconds (``None``: no limit).
+Requests never change a setting; operators do, at start or through the admin API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args, get_type_hints
+
+from ws_sandbox.exceptions import ConfigError
+
+Language = Literal["python", "javascript", "shell", "rust"]
+LANGUAGES: tuple[Language, ...] = get_args(Language)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Effective configuration. Build it with :meth:`from_env`; it validates itself.
+
+    Each field's metadata names its environment variable and documents it.
+    """
+
+    # --- service -------------------------------------------------------------------------
+    host: str = field(default="127.0.0.1", metadata={"env": "SANDBOX_HOST",
+        "doc": "Address to bind; loopback unless told otherwise"})
+    port: int = field(default=8090, metadata={"env": "SANDBOX_PORT", "doc": "TCP port"})
+    instance_name: str = field(default="ws-sandbox", metadata={"env": "INSTANCE_NAME",
+        "doc": "Label value marking this service's containers; orphans with it are removed"
+        " at start-up"})
+    session_secret: str = field(default="", metadata={"env": "SESSION_SECRET",
+        "doc": "Key signing resume tokens; random per start when empty", "secret": True})
+    allow_unauthenticated: bool = field(default=False, metadata={
+        "env": "ALLOW_UNAUTHENTICATED", "doc": "Allow a non-loopback bind without API keys"
+        " (only behind something that authenticates)"})
+    log_level: str = field(default="info", metadata={"env": "LOG_LEVEL",
+        "doc": "debug, info, warning or error"})
+    # --- languages -----------------------------------------------------------------------
+    enable_python: bool = field(default=True, metadata={"env": "ENABLE_PYTHON",
+        "doc": "Offer Python 3"})
+    enable_javascript: bool = field(default=True, metadata={"env": "ENABLE_JAVASCRIPT",
+        "doc": "Offer JavaScript (Node.js)"})
+    enable_shell: bool = field(default=True, metadata={"env": "ENABLE_SHELL",
+        "doc": "Offer bash"})
+    enable_rust: bool = field(default=True, metadata={"env": "ENABLE_RUST",
+        "doc": "Offer Rust (each cell compiled and run)"})
+    # --- limits --------------------------------------------------------------------------
+    max_execution_time: float = field(default=30.0, metadata={"env": "MAX_EXECUTION_TIME",
+        "doc": "Upper bound of a cell's timeout, seconds"})
+    default_execution_time: float = field(default=10.0, metadata={
+        "env": "DEFAULT_EXECUTION_TIME", "doc": "Cell timeout when a request names none"})
+    max_memory_mb: int = field(default=512, metadata={"env": "MAX_MEMORY_MB",
+        "doc": "Memory of one sandbox (swap equal to it: none extra)"})
+    max_concurrent_executions: int = field(default=10, metadata={
+        "env": "MAX_CONCURRENT_EXECUTIONS", "doc": "Sessions (and one-shot calls) at once"})
+    max_output_bytes: int = field(default=1_048_576, metadata={"env": "MAX_OUTPUT_BYTES",
+        "doc": "Output kept per cell; the rest is cut with a visible marker"})
+    max_code_bytes: int = field(default=1_048_576, metadata={"env": "MAX_CODE_BYTES",
+        "doc": "Largest cell source accepted"})
+    max_queued_cells: int = field(default=16, metadata={"env": "MAX_QUEUED_CELLS",
+        "doc": "Cells waiting behind the running one in a session"})
+    cpu_limit: float = field(default=1.0, metadata={"env": "CPU_LIMIT",
+        "doc": "CPUs one sandbox may use"})
+    pids_limit: int = field(default=128, metadata={"env": "PIDS_LIMIT",
+        "doc": "Processes and threads in one sandbox"})
+    workspace_size_mb: int = field(default=64, metadata={"env": "WORKSPACE_SIZE_MB",
+        "doc": "Size of the /workspace tmpfs"})
+    tmp_size_mb: int = field(default=64, metadata={"env": "TMP_SIZE_MB",
+        "doc": "Size of the /tmp tmpfs"})
+    nofile_limit: int = field(default=1024, metadata={"env": "NOFILE_LIMIT",
+        "doc": "Open files per process"})
+    fsize_limit_mb: int = field(default=64, metadata={"env": "FSIZE_LIMIT_MB",
+        "doc": "Largest file a process may write"})
+    # --- timeouts (seconds; "none" for no limit where allowed) ----------------------------
+    idle_timeout: float | None = field(default=300.0, metadata={"env": "IDLE_TIMEOUT",
+        "doc": "Close a session after this long without a cell or a frame"})
+    max_lifetime: float | None = field(default=3600.0, metadata={"env": "MAX_LIFETIME",
+        "doc": "Close a session this long after it opened"})
+    resume_grace: float = field(default=30.0, metadata={"env": "RESUME_GRACE",
+        "doc": "How long a dropped session waits for its client to resume"})
+    interrupt_grace: float = field(default=1.0, metadata={"env": "INTERRUPT_GRACE",
+        "doc": "After an interrupt, wait this long before restarting the interpreter"})
+    restart_timeout: float = field(default=5.0, metadata={"env": "RESTART_TIMEOUT",
+        "doc": "After a restart request, wait this long before replacing the container"})
+    sandbox_start_timeout: float = field(default=30.0, metadata={
+        "env": "SANDBOX_START_TIMEOUT", "doc": "Create, start and greet one container"})
+    acquire_timeout: float = field(default=30.0, metadata={"env": "ACQUIRE_TIMEOUT",
+        "doc": "How long a new session waits for a container from the pool"})
+    send_timeout: float | None = field(default=30.0, metadata={"env": "SEND_TIMEOUT",
+        "doc": "A client that accepts no frame for this long is disconnected"})
+    shutdown_timeout: float = field(default=10.0, metadata={"env": "SHUTDOWN_TIMEOUT",
+        "doc": "Drain time on SIGTERM before containers are removed"})
+    # --- containers ----------------------------------------------------------------------
+    container_image: str = field(default="ws-sandbox-runtime:latest", metadata={
+        "env": "CONTAINER_IMAGE", "doc": "Runtime image (ws-sandbox build-image makes it)"})
+    container_runtime: str = field(default="", metadata={"env": "CONTAINER_RUNTIME",
+        "doc": "Engine runtime: empty for the engine default (runc), or runsc (gVisor)"})
+    pool_size: int = field(default=2, metadata={"env": "POOL_SIZE",
+        "doc": "Started, never-used containers kept ready per enabled language"})
+    network_mode: str = field(default="none", metadata={"env": "NETWORK_MODE",
+        "doc": "Docker network of sandboxes; anything but none needs ALLOW_UNSAFE_NETWORK"})
+    allow_unsafe_network: bool = field(default=False, metadata={
+        "env": "ALLOW_UNSAFE_NETWORK", "doc": "Explicit opt-in to give sandboxes a network"})
+    read_only_root: bool = field(default=True, metadata={"env": "READ_ONLY_ROOT",
+        "doc": "Mount the sandbox root file system read-only"})
+    drop_all_capabilities: bool = field(default=True, metadata={
+        "env": "DROP_ALL_CAPABILITIES", "doc": "Drop every Linux capability in sandboxes"})
+    seccomp_profile: str = field(default="", metadata={"env": "SECCOMP_PROFILE",
+        "doc": "Path of a seccomp JSON profile; empty: the engine's default profile"})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``env`` (default ``os.environ``), then apply ``overrides``.
+
+        Raises:
+            ConfigError: listing every variable that is malformed or unsafe.
+        """
+        env = os.environ if env is None else env
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = env.get(name)
+            if raw is None or f.name in overrides:
+                continue
+            try:
+                values[f.name] = _parse(raw, hints[f.name])
+            except ValueError as exc:
+                problems.append(f"{name}={raw!r}: {exc}")
+        values.update(overrides)
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+        settings = cls(**values)
+        settings.validate()
+        if not settings.session_secret:
+            settings = dataclasses.replace(settings, session_secret=secrets.token_urlsafe(32))
+        return settings
+
+    def validate(self) -> None:
+        """Check ranges and safety rules.
+
+        Raises:
+            ConfigError: listing every problem found.
+        """
+        problems: list[str] = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                problems.append(message)
+
+        need(0 < self.port < 65536, "SANDBOX_PORT must be between 1 and 65535")
+        need(self.max_execution_time > 0, "MAX_EXECUTION_TIME must be positive")
+        need(0 < self.default_execution_time <= self.max_execution_time,
+             "DEFAULT_EXECUTION_TIME must be positive and at most MAX_EXECUTION_TIME")
+        need(self.max_memory_mb >= 32, "MAX_MEMORY_MB must be at least 32")
+        need(self.max_concurrent_executions >= 1, "MAX_CONCURRENT_EXECUTIONS must be >= 1")
+        need(self.max_output_bytes >= 1024, "MAX_OUTPUT_BYTES must be at least 1024")
+        need(1 <= self.max_code_bytes <= 16 * 1024 * 1024,
+             "MAX_CODE_BYTES must be between 1 and 16777216")
+        need(self.max_queued_cells >= 0, "MAX_QUEUED_CELLS must not be negative")
+        need(0 < self.cpu_limit <= 64, "CPU_LIMIT must be in (0, 64]")
+        need(self.pids_limit >= 16, "PIDS_LIMIT must be at least 16")
+        need(self.workspace_size_mb >= 1, "WORKSPACE_SIZE_MB must be at least 1")
+        need(self.tmp_size_mb >= 1, "TMP_SIZE_MB must be at least 1")
+        need(self.nofile_limit >= 64, "NOFILE_LIMIT must be at least 64")
+        need(self.fsize_limit_mb >= 1, "FSIZE_LIMIT_MB must be at least 1")
+        need(0 <= self.pool_size <= 64, "POOL_SIZE must be between 0 and 64")
+        for name in ("idle_timeout", "max_lifetime", "send_timeout"):
+            value = getattr(self, name)
+            need(value is None or value > 0, f"{name.upper()} must be positive or none")
+        for name in ("resume_grace", "interrupt_grace", "restart_timeout",
+                     "sandbox_start_timeout", "acquire_timeout", "shutdown_timeout"):
+            need(getattr(self, name) > 0, f"{name.upper()} must be positive")
+        need(bool(self.enabled_languages), "at least one language must be enabled")
+        need(self.network_mode == "none" or self.allow_unsafe_network,
+             f"NETWORK_MODE={self.network_mode} gives sandboxes a network; refused unless"
+             " ALLOW_UNSAFE_NETWORK=true")
+        need(self.container_runtime in ("", "runc", "runsc"),
+             "CONTAINER_RUNTIME must be empty, runc or runsc")
+        need(self.log_level in ("debug", "info", "warning", "error"),
+             "LOG_LEVEL must be debug, info, warning or error")
+        need(bool(self.container_image.strip()), "CONTAINER_IMAGE must not be empty")
+        need(bool(self.instance_name.strip()), "INSTANCE_NAME must not be empty")
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def enabled_languages(self) -> tuple[Language, ...]:
+        """Languages switched on, in a fixed order."""
+        return tuple(lang for lang in LANGUAGES if getattr(self, f"enable_{lang}"))
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether :attr:`host` binds to loopback only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def public(self) -> dict[str, Any]:
+        """Settings that may be shown to clients: every field not marked secret."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not f.metadata.get("secret")}
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(raw: str, hint: Any) -> Any:
+    text = raw.strip()
+    args = get_args(hint)
+    if type(None) in args:
+        if text.lower() in ("", "none", "null", "off"):
+            return None
+        (hint,) = (a for a in args if a is not type(None))
+    if hint is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError("expected true or false")
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+    if hint is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("expected a number of seconds") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
+        return value
+    return text
+
+
+def env_example() -> str:
+    """Render ``env.example``: every variable with its default and meaning."""
+    lines = ["# ws_sandbox settings: every variable with its default.",
+             "# Copy to .env and edit; the service reads them from its environment.", ""]
+    for f in fields(Settings):
+        default = f.default
+        if isinstance(default, bool):
+            shown = "true" if default else "false"
+        elif default is None:
+            shown = "none"
+        else:
+            shown = str(default)
+        lines.append(f"# {f.metadata['doc']}")
+        lines.append(f"{f.metadata['env']}={shown}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,77 @@
+"""The WebSocket session endpoint, ``/api/v1/sessions/ws?language=python``.
+
+A thin adapter: it accepts the connection, opens or resumes a session through the
+:class:`~ws_sandbox.manager.SessionManager`, and feeds every message it receives into the
+session's runner. The runner sends frames back through :class:`WebSocketSink`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from ws_sandbox import frames as fr
+from ws_sandbox.driver import ClientGone, ClientMessage
+from ws_sandbox.exceptions import SandboxError
+from ws_sandbox.manager import SessionManager
+
+log = logging.getLogger(__name__)
+
+
+class WebSocketSink:
+    """Delivers frames to one Starlette WebSocket."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+        self._closed = False
+
+    async def send_frame(self, frame: fr.ServerFrame) -> None:
+        """Send one frame as a JSON text message."""
+        await self._ws.send_text(fr.encode(frame).decode())
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ws.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self._ws.close(code, reason)
+
+
+def client_address(websocket: WebSocket) -> str:
+    """The peer's address, as used for rate limits and audit."""
+    return websocket.client.host if websocket.client else "unknown"
+
+
+async def session_endpoint(websocket: WebSocket) -> None:
+    """Serve one WebSocket session until the client leaves."""
+    manager: SessionManager = websocket.app.state.manager
+    await websocket.accept()
+    sink = WebSocketSink(websocket)
+    token = websocket.query_params.get("resume")
+    try:
+        if token:
+            runner = await manager.resume(token, sink)
+        else:
+            language = websocket.query_params.get("language", "python")
+            runner = await manager.open(language, sink, client_id=client_address(websocket))
+    except SandboxError as exc:
+        with contextlib.suppress(Exception):
+            await sink.send_frame(fr.Error(code=exc.code, message=exc.message))
+        await sink.close(exc.close_code, exc.code)
+        return
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            data = text if text is not None else message.get("bytes") or b""
+            await runner.feed(ClientMessage(data))
+    except WebSocketDisconnect:
+        pass
+    finally:
+        runner.feed_nowait(ClientGone(sink))
