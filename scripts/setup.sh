@@ -171,11 +171,6 @@ fi
 # --------------------------------------------------------------------------- 5. image
 if ((build_image)); then
     log "building the runtime image"
-    if [[ -f ws_sandbox/cli.py ]]; then
-        "$VENV/bin/ws-sandbox" build-image "${build_args[@]}"
-    else
-        # Until the ws-sandbox command has its build-image subcommand.
-        "$VENV/bin/python" -m ws_sandbox.image "${build_args[@]}"
-    fi
+    "$VENV/bin/ws-sandbox" build-image "${build_args[@]}"
 fi
 log "setup done"

@@ -194,7 +194,7 @@ class SessionManager:
         return True
 
     async def shutdown(self, grace: float) -> None:
-        """Close every session with ``server_shutdown``; cancel what is left after ``grace`` seconds."""
+        """Close every session with ``server_shutdown``; cancel the rest after ``grace`` s."""
         self._closing = True
         for runner in list(self._runners.values()):
             runner.feed_nowait(CloseRequest("server_shutdown", "the server is stopping"))

@@ -1,0 +1,1 @@
+eval "$__ws_code"

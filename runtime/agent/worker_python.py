@@ -1,0 +1,296 @@
+"""Python worker for the ws_sandbox agent: one persistent interpreter, Jupyter-like cells.
+
+Started by the agent as ``python3 -I -u -X utf8 worker_python.py CTL_IN CTL_OUT``. Cells arrive
+on ``CTL_IN`` as JSON lines ``{"code": "..."}``; the worker answers on ``CTL_OUT`` with JSON
+lines ``ready``, ``display`` and ``done``. The user's stdout/stderr are plain pipes that the
+agent reads; stdin is ``/dev/null``. Nothing here is trusted by the agent.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import builtins
+import io
+import json
+import linecache
+import math
+import os
+import resource
+import shutil
+import signal
+import sys
+import traceback
+import types
+from typing import Any
+
+CO_COROUTINE = 0x0080
+MAX_REPR_CHARS = 100_000
+MAX_IMAGE_B64 = 700_000
+MAX_FIGURE_PIXELS = 4_000_000
+FIGURE_DPI = 100.0
+WORKER_FILE = os.path.abspath(__file__)
+
+
+class _State:
+    running = False
+    cell_number = 0
+    loop: Any = None
+
+
+_state = _State()
+_ctl_out = -1
+
+
+def _send(obj: dict[str, Any]) -> None:
+    """Write one JSON line to the agent; a broken control pipe ends the worker."""
+    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8", "replace")
+    try:
+        while data:
+            n = os.write(_ctl_out, data)
+            data = data[n:]
+    except OSError:
+        os._exit(70)
+
+
+def _on_sigint(_signum: int, _frame: types.FrameType | None) -> None:
+    # Only a running cell is interrupted; a late SIGINT that arrives when the cell already
+    # finished must not kill the worker.
+    if _state.running:
+        raise KeyboardInterrupt
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: S110 - the user may have replaced or closed it
+            pass
+
+
+def _user_traceback(exc: BaseException) -> types.TracebackType | None:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == WORKER_FILE:
+        tb = tb.tb_next
+    return tb
+
+
+def _report_exception(exc: BaseException) -> str:
+    """Print the traceback without the worker's own frames; return ``"Type: message"``."""
+    tb = _user_traceback(exc)
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        sys.stderr.write(text)
+    except Exception:
+        os.write(2, text.encode("utf-8", "replace"))
+    lines = traceback.format_exception_only(type(exc), exc)
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
+def _run(code: types.CodeType, glb: dict[str, Any]) -> Any:
+    result = eval(code, glb)
+    if code.co_flags & CO_COROUTINE:
+        if _state.loop is None:
+            import asyncio
+
+            _state.loop = asyncio.new_event_loop()
+        result = _state.loop.run_until_complete(result)
+    return result
+
+
+def _display(kind: str, data: dict[str, str]) -> None:
+    _send({"t": "display", "kind": kind, "data": data})
+
+
+def _display_value(value: Any) -> None:
+    text = repr(value)
+    if len(text) > MAX_REPR_CHARS:
+        text = text[:MAX_REPR_CHARS] + "…"
+    data = {"text/plain": text}
+    html_fn = getattr(value, "_repr_html_", None)
+    if callable(html_fn) and not isinstance(value, type):
+        try:
+            html = html_fn()
+        except Exception:
+            html = None
+        if isinstance(html, str) and len(html) <= MAX_REPR_CHARS:
+            data["text/html"] = html
+    _display("execute_result", data)
+
+
+def _render_figure(fig: Any) -> dict[str, str]:
+    """Render a figure to PNG with a bounded pixel count and encoded size."""
+    width, height = (float(v) for v in fig.get_size_inches())
+    area = max(width * height, 1e-6)
+    dpi = min(FIGURE_DPI, math.sqrt(MAX_FIGURE_PIXELS / area))
+    data = {"text/plain": repr(fig)}
+    for _ in range(4):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        encoded = base64.b64encode(buf.getvalue()).decode("ascii")
+        if len(encoded) <= MAX_IMAGE_B64:
+            data["image/png"] = encoded
+            return data
+        dpi /= 2
+    return data
+
+
+def _flush_figures(*_args: Any, **_kwargs: Any) -> None:
+    """Send every open pyplot figure as ``display_data`` and close it (also ``plt.show``)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return
+    for num in list(plt.get_fignums()):
+        fig = plt.figure(num)
+        try:
+            _display("display_data", _render_figure(fig))
+        except Exception as exc:
+            _report_exception(exc)
+        finally:
+            plt.close(fig)
+
+
+class _PyplotHook:
+    """Import hook: make ``matplotlib.pyplot.show`` display figures, as in Jupyter."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "matplotlib.pyplot":
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        loader = getattr(spec, "loader", None)
+        original = getattr(loader, "exec_module", None)
+        if spec is None or loader is None or original is None:
+            return spec
+
+        def exec_module(module: types.ModuleType) -> None:
+            original(module)
+            module.show = _flush_figures  # type: ignore[attr-defined]
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def run_cell(code: str, glb: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell in ``glb`` and return the ``done`` message for the agent.
+
+    Args:
+        code: The cell's source.
+        glb: The persistent globals.
+
+    Returns:
+        The ``done`` message (status, exit_code, error).
+
+    Raises:
+        SystemExit: When user code exits; the worker then exits with that code.
+    """
+    _state.cell_number += 1
+    filename = f"<cell-{_state.cell_number}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    status, error, exit_code = "success", None, 0
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    try:
+        _state.running = True
+        tree = ast.parse(code, filename, "exec")
+        last: ast.Expression | None = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
+            last = ast.Expression(tree.body.pop().value)
+        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        _run(compile(tree, filename, "exec", flags=flags, dont_inherit=True), glb)
+        if last is not None:
+            value = _run(compile(last, filename, "eval", flags=flags, dont_inherit=True), glb)
+            if value is not None:
+                glb["_"] = value
+                _display_value(value)
+    except SystemExit:
+        _state.running = False
+        raise
+    except KeyboardInterrupt:
+        _state.running = False
+        status, error, exit_code = "interrupted", "interrupted", 130
+        _flush_std()
+        sys.stderr.write("KeyboardInterrupt\n")
+    except BaseException as exc:
+        _state.running = False
+        status, error, exit_code = "error", _report_exception(exc), 1
+    finally:
+        _state.running = False
+    _flush_std()
+    try:
+        _flush_figures()
+    except Exception as exc:
+        _report_exception(exc)
+    _flush_std()
+    done: dict[str, Any] = {"t": "done", "status": status, "exit_code": exit_code, "error": error}
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if children_after > children_before:
+        done["children_maxrss_kb"] = children_after
+    return done
+
+
+def _seed_matplotlib_cache() -> None:
+    """Copy the font cache built into the image to the (tmpfs) MPLCONFIGDIR."""
+    src, dst = os.environ.get("WS_SANDBOX_MPL_CACHE"), os.environ.get("MPLCONFIGDIR")
+    if not src or not dst or not os.path.isdir(src) or os.path.isdir(dst):
+        return
+    try:
+        shutil.copytree(src, dst)
+    except OSError:
+        pass
+
+
+def _warm_up() -> None:
+    """Import what most cells use, so the first cell does not pay for it."""
+    _seed_matplotlib_cache()
+    for name in os.environ.get("WS_SANDBOX_PRELOAD", "numpy,pandas").split(","):
+        if name.strip():
+            try:
+                __import__(name.strip())
+            except Exception:  # noqa: S112 - optional (e.g. absent on a test host)
+                continue
+
+
+def _read_messages(fd: int) -> Any:
+    """Yield JSON messages (one per line) from the agent until EOF."""
+    buf = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except KeyboardInterrupt:
+            continue
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield json.loads(line)
+
+
+def main() -> None:
+    """Serve cells until the agent closes the control pipe."""
+    global _ctl_out
+    ctl_in, _ctl_out = int(sys.argv[1]), int(sys.argv[2])
+    os.set_inheritable(ctl_in, False)
+    os.set_inheritable(_ctl_out, False)
+    sys.argv = [""]
+    sys.path.insert(0, "")
+    signal.signal(signal.SIGINT, _on_sigint)
+    sys.meta_path.insert(0, _PyplotHook())  # type: ignore[arg-type]
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace", line_buffering=True)
+    _warm_up()
+    glb: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+    _send({"t": "ready"})
+    for message in _read_messages(ctl_in):
+        code = message.get("code", "") if isinstance(message, dict) else ""
+        try:
+            done = run_cell(str(code), glb)
+        except KeyboardInterrupt:
+            done = {"t": "done", "status": "interrupted", "exit_code": 130, "error": "interrupted"}
+        _send(done)
+
+
+if __name__ == "__main__":
+    main()

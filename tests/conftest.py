@@ -1,0 +1,52 @@
+"""Shared test configuration.
+
+Tests marked ``docker`` need a real Docker engine and the runtime image. Locally they skip
+with a reason when either is missing; in CI (``CI`` or ``WS_SANDBOX_REQUIRE_DOCKER`` set)
+a missing engine or image is a failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+
+import pytest
+
+RUNTIME_IMAGE = os.environ.get("CONTAINER_IMAGE", "ws-sandbox-runtime:latest")
+
+
+def docker_required() -> bool:
+    """Whether a missing engine must fail the run instead of skipping."""
+    return bool(os.environ.get("CI") or os.environ.get("WS_SANDBOX_REQUIRE_DOCKER"))
+
+
+@functools.cache
+def docker_problem() -> str | None:
+    """Why Docker tests cannot run here, or ``None`` when they can."""
+    if shutil.which("docker") is None:
+        return "the docker CLI is not installed"
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                              capture_output=True, text=True, timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        return "the Docker engine did not answer within 20 s"
+    if info.returncode != 0:
+        return f"no Docker engine answers: {info.stderr.strip()[:300]}"
+    image = subprocess.run(["docker", "image", "inspect", RUNTIME_IMAGE],
+                           capture_output=True, text=True, timeout=20, check=False)
+    if image.returncode != 0:
+        return f"runtime image {RUNTIME_IMAGE} is missing (run `ws-sandbox build-image`)"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("docker") is None:
+        return
+    problem = docker_problem()
+    if problem is None:
+        return
+    if docker_required():
+        pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
+    pytest.skip(f"needs Docker: {problem}")

@@ -1,0 +1,158 @@
+"""Integration fixtures: a real ``ws-sandbox serve`` process on a real Docker engine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RUNTIME_IMAGE
+
+LABEL_INSTANCE = "org.ws_sandbox.instance"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def docker_ids(*filters: str, all_states: bool = True) -> list[str]:
+    """Ids of containers matching ``docker ps`` filters."""
+    cmd = ["docker", "ps", "-q", "--no-trunc"] + (["-a"] if all_states else [])
+    for f in filters:
+        cmd += ["--filter", f]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30)
+    return out.stdout.split()
+
+
+def container_exists(short_id: str) -> bool:
+    """Whether the engine still knows a container whose id starts with ``short_id``."""
+    return any(cid.startswith(short_id) for cid in docker_ids())
+
+
+@dataclass
+class Service:
+    """A running service process."""
+
+    url: str
+    http: str
+    instance: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def containers(self) -> list[str]:
+        return docker_ids(f"label={LABEL_INSTANCE}={self.instance}")
+
+    def get(self, path: str) -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(self.http + path, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def wait_pool_full(self, timeout: float = 90.0) -> None:
+        """Wait until every language has its warm sandboxes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.get("/api/v1/health")
+            pool = body.get("pool", {})
+            if status == 200 and isinstance(pool, dict) and all(
+                    p["ready"] >= p["target"] for p in pool.values()):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"pool never filled: {self.get('/api/v1/health')}\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def start_service(tmp: Path, **env: str) -> Service:
+    """Start ``ws-sandbox serve`` with settings ``env`` and wait until it is healthy."""
+    port = free_port()
+    instance = f"wsb-test-{uuid.uuid4().hex[:8]}"
+    full_env = {**os.environ, "SANDBOX_PORT": str(port), "INSTANCE_NAME": instance,
+                "POOL_SIZE": "1", "CONTAINER_IMAGE": RUNTIME_IMAGE, "LOG_LEVEL": "info"}
+    full_env.update(env)
+    log_path = tmp / f"service-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "ws_sandbox", "serve"],
+                                   env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    service = Service(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", instance,
+                      process, log_path, env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"service exited with {process.returncode}:\n{service.log()}")
+        with contextlib.suppress(OSError, ValueError):
+            status, _ = service.get("/api/v1/health")
+            if status == 200:
+                return service
+        time.sleep(0.1)
+    service.stop(signal.SIGKILL)
+    raise AssertionError(f"service never became healthy:\n{service.log()}")
+
+
+@contextlib.contextmanager
+def running_service(tmp: Path, **env: str) -> Iterator[Service]:
+    """A service for the duration of the block; on exit it must leave no container."""
+    service = start_service(tmp, **env)
+    try:
+        yield service
+    finally:
+        service.stop()
+        leftover = service.containers()
+        for cid in leftover:
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
+        assert not leftover, f"service left containers behind: {leftover}\n{service.log()}"
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One shared service with default limits, pool of one per language."""
+    from tests.conftest import docker_problem, docker_required
+
+    problem = docker_problem()
+    if problem is not None:
+        if docker_required():
+            pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
+        pytest.skip(f"needs Docker: {problem}")
+    with running_service(tmp_path_factory.mktemp("svc"), MAX_CONCURRENT_EXECUTIONS="12",
+                         MAX_EXECUTION_TIME="20", MAX_OUTPUT_BYTES="65536") as svc:
+        svc.wait_pool_full()
+        yield svc
+
+
+ServiceFactory = Callable[..., contextlib.AbstractContextManager[Service]]
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> ServiceFactory:
+    """Start a dedicated service with special settings: ``with make_service(X="1") as s``."""
+    def factory(**env: str) -> contextlib.AbstractContextManager[Service]:
+        return running_service(tmp_path, **env)
+    return factory

@@ -1,0 +1,268 @@
+"""WebSocket sessions over a real WebSocket, a real service process and a real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import websockets
+
+from tests.integration.conftest import Service, ServiceFactory, container_exists
+from ws_sandbox import frames as fr
+from ws_sandbox.client import ClientSession, SessionClosed, SessionRefused, connect
+
+pytestmark = pytest.mark.docker
+
+STATE_CELLS = {
+    "python": ("x = 20\ndef f(v):\n    return v * 2", "print(f(x) + 2)", "42\n"),
+    "javascript": ("let x = 20; const f = (v) => v * 2;", "console.log(f(x) + 2)", "42\n"),
+    "shell": ("cd /tmp && X=42", 'echo "$X $PWD"', "42 /tmp\n"),
+}
+
+
+async def hostname(session: ClientSession) -> str:
+    r = await session.execute("import socket; print(socket.gethostname())")
+    return r.stdout.strip()
+
+
+@pytest.mark.parametrize("language", sorted(STATE_CELLS))
+async def test_state_persists_across_cells(service: Service, language: str) -> None:
+    first, second, expected = STATE_CELLS[language]
+    async with await connect(service.url, language=language) as s:
+        assert s.ready.language == language
+        r1 = await s.execute(first)
+        assert r1.status == "success", r1
+        r2 = await s.execute(second)
+        assert r2.status == "success", r2
+        assert r2.stdout == expected
+
+
+async def test_rust_cell_compiles_and_runs(service: Service) -> None:
+    async with await connect(service.url, language="rust") as s:
+        r = await s.execute('fn main() { let v: Vec<u32> = (1..=4).collect();'
+                            ' println!("sum={}", v.iter().sum::<u32>()); }')
+        assert r.status == "success", r
+        assert r.stdout == "sum=10\n"
+        bad = await s.execute("fn main() { let x: u32 = \"no\"; }")
+        assert bad.status == "error"
+        assert "mismatched types" in bad.stderr
+
+
+@pytest.mark.parametrize(("language", "code"), [
+    ("python", "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second')"),
+    ("javascript", "console.log('first'); const t = Date.now();"
+                   " while (Date.now() - t < 1500) {} console.log('second');"),
+    ("shell", "echo first; sleep 1.5; echo second"),
+])
+async def test_output_streams_live(service: Service, language: str, code: str) -> None:
+    async with await connect(service.url, language=language) as s:
+        start = time.monotonic()
+        arrivals: list[tuple[float, fr.ServerFrame]] = []
+        async for frame in s.stream(code):
+            arrivals.append((time.monotonic() - start, frame))
+        first = next(t for t, f in arrivals if isinstance(f, fr.Stream) and "first" in f.text)
+        end = arrivals[-1][0]
+        assert isinstance(arrivals[-1][1], fr.Result)
+        assert end - first >= 1.0, f"first chunk came at {first:.2f}s, result at {end:.2f}s"
+
+
+async def test_timeout_ends_cell_and_session_stays_usable(service: Service) -> None:
+    async with await connect(service.url) as s:
+        await s.execute("kept = 'yes'")
+        r = await s.execute("while True:\n    pass", timeout=1)
+        assert r.status == "timeout"
+        assert "time limit of 1 s" in (r.result.error or "")
+        after = await s.execute("print(kept)")
+        assert after.status == "success"
+        assert after.stdout == "yes\n"
+
+
+async def test_timeout_on_signal_ignoring_code_restarts_and_says_state_lost(
+        service: Service) -> None:
+    code = ("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "while True:\n    time.sleep(0.01)")
+    async with await connect(service.url) as s:
+        await s.execute("kept = 1")
+        start = time.monotonic()
+        r = await s.execute(code, timeout=1)
+        assert time.monotonic() - start < 15
+        assert r.status == "timeout"
+        assert r.result.state_lost
+        after = await s.execute("print('kept' in globals())")
+        assert after.stdout == "False\n"
+
+
+async def test_interrupt_keeps_python_state(service: Service) -> None:
+    async with await connect(service.url) as s:
+        await s.execute("kept = 7")
+        cell = asyncio.create_task(s.execute("import time\nwhile True:\n    time.sleep(0.05)"))
+        await asyncio.sleep(0.5)
+        await s.interrupt()
+        r = await asyncio.wait_for(cell, 10)
+        assert r.status == "interrupted"
+        assert "KeyboardInterrupt" in r.stderr
+        assert (await s.execute("print(kept)")).stdout == "7\n"
+
+
+async def test_output_cap_with_marker(service: Service) -> None:
+    async with await connect(service.url) as s:
+        r = await s.execute("import sys\nfor i in range(100000):\n    print('x' * 99)",
+                            timeout=20)
+        assert r.status == "success"
+        assert r.result.truncated
+        assert "[output truncated: more than 65536 bytes]" in r.stdout
+        assert len(r.stdout.encode()) < 65536 + 200
+
+
+async def test_resume_with_token_finds_state(service: Service) -> None:
+    s = await connect(service.url)
+    await s.execute("kept = 'resumed'")
+    token, session_id = s.token, s.session_id
+    await s.ws.close()
+    await s.close()
+    again = await connect(service.url, resume=token)
+    try:
+        assert again.ready.resumed
+        assert again.session_id == session_id
+        assert (await again.execute("print(kept)")).stdout == "resumed\n"
+    finally:
+        await again.close()
+
+
+async def test_tampered_token_is_refused(service: Service) -> None:
+    async with await connect(service.url) as s:
+        token = s.token
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    with pytest.raises(SessionRefused) as info:
+        await connect(service.url, resume=forged)
+    assert info.value.error.code == "invalid_token"
+    with pytest.raises(SessionRefused):
+        await connect(service.url, resume="not-a-token")
+
+
+async def test_sessions_cannot_see_each_other(service: Service) -> None:
+    async with await connect(service.url) as a, await connect(service.url) as b:
+        await a.execute("open('/workspace/secret.txt', 'w').write('mine')\n"
+                        "import subprocess\nsubprocess.Popen(['sleep', '300'])")
+        r = await b.execute(
+            "import os\nprint(os.path.exists('/workspace/secret.txt'))\n"
+            "print(sum(1 for p in os.listdir('/proc') if p.isdigit() and"
+            " b'sleep' in open(f'/proc/{p}/cmdline','rb').read()))")
+        assert r.stdout == "False\n0\n"
+        assert await hostname(a) != await hostname(b)
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    ("not json", "bad_request"),
+    ('{"type": "launch"}', "bad_request"),
+    ('{"type": "execute", "id": "c1"}', "bad_request"),
+    ('{"type": "execute", "id": "c1", "code": 3}', "bad_request"),
+    ('{"type": "execute", "id": "c1", "code": "1", "timeout": "soon"}', "bad_request"),
+    (b"\x00\xffbinary", "bad_request"),
+    ('{"type": "execute", "id": "c1", "code": "' + "x" * 1_200_000 + '"}',
+     "payload_too_large"),
+])
+async def test_bad_frames_get_error_frames(service: Service, message: str | bytes,
+                                           code: str) -> None:
+    async with websockets.connect(f"{service.url}/api/v1/sessions/ws?language=python",
+                                  max_size=None) as ws:
+        ready = json.loads(await ws.recv())
+        assert ready["type"] == "ready"
+        await ws.send(message)
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert error["type"] == "error"
+        assert error["code"] == code
+        assert error["message"]
+        await ws.send(json.dumps({"type": "execute", "id": "ok", "code": "print('alive')"}))
+        frames = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+        assert frames[0] == {"type": "stream", "id": "ok", "name": "stdout", "text": "alive\n"}
+        assert frames[1]["status"] == "success"
+
+
+async def test_unknown_language_is_refused(service: Service) -> None:
+    with pytest.raises(SessionRefused) as info:
+        await connect(service.url, language="cobol")
+    assert info.value.error.code == "language_unavailable"
+    assert "python" in info.value.error.message
+
+
+async def test_limits_idle_lifetime_concurrency_and_disconnect(
+        make_service: ServiceFactory) -> None:
+    with make_service(IDLE_TIMEOUT="1.5", MAX_LIFETIME="6", MAX_CONCURRENT_EXECUTIONS="1",
+                      RESUME_GRACE="1", ENABLE_JAVASCRIPT="false", ENABLE_SHELL="false",
+                      ENABLE_RUST="false") as svc:
+        # idle timeout
+        s = await connect(svc.url)
+        closed = await asyncio.wait_for(s.wait_closed(), 10)
+        assert closed is not None
+        assert closed.reason == "idle_timeout"
+        await s.close()
+        # concurrency: the second client is refused with close code 1013
+        first = await connect(svc.url)
+        await asyncio.sleep(0.3)
+        with pytest.raises(SessionRefused) as info:
+            await connect(svc.url)
+        assert info.value.error.code == "at_capacity"
+        assert info.value.close_code == 1013
+        # a dropped client's container is removed after the resume grace
+        short = await hostname(first)
+        await first.close()
+        deadline = time.monotonic() + 10
+        while container_exists(short) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not container_exists(short)
+        # max lifetime, kept busy so the idle timeout cannot fire first
+        s = await connect(svc.url)
+        opened = time.monotonic()
+        with pytest.raises(SessionClosed):
+            for _ in range(20):
+                await s.execute("import time; time.sleep(0.9)")
+        closed = await asyncio.wait_for(s.wait_closed(), 15)
+        assert closed is not None
+        assert closed.reason == "max_lifetime"
+        assert 5 < time.monotonic() - opened < 12
+
+
+async def test_sigterm_sends_closed_and_removes_containers(
+        make_service: ServiceFactory) -> None:
+    with make_service(ENABLE_JAVASCRIPT="false", ENABLE_RUST="false") as svc:
+        s = await connect(svc.url)
+        await s.execute("x = 1")
+        assert svc.containers()
+        svc.process.send_signal(signal.SIGTERM)
+        closed = await asyncio.wait_for(s.wait_closed(), 30)
+        assert closed is not None
+        assert closed.reason == "server_shutdown"
+        await asyncio.to_thread(svc.process.wait, 60)
+        assert svc.containers() == []
+
+
+async def test_startup_removes_only_its_own_orphans(make_service: ServiceFactory) -> None:
+    with make_service(ENABLE_JAVASCRIPT="false", ENABLE_RUST="false",
+                      ENABLE_SHELL="false") as svc:
+        s = await connect(svc.url)
+        short = await hostname(s)
+        svc.process.send_signal(signal.SIGKILL)
+        svc.process.wait(10)
+        stranger = subprocess.run(
+            ["docker", "create", "--label", "org.ws_sandbox.app=ws_sandbox", "--label",
+             "org.ws_sandbox.instance=someone-else", "--network", "none",
+             "ws-sandbox-runtime:latest"], capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        try:
+            assert container_exists(short)
+            from tests.integration.conftest import start_service
+            again = start_service(svc.log_path.parent, INSTANCE_NAME=svc.instance,
+                                  ENABLE_JAVASCRIPT="false", ENABLE_RUST="false",
+                                  ENABLE_SHELL="false")
+            try:
+                assert not container_exists(short)
+                assert container_exists(stranger[:12])
+            finally:
+                again.stop()
+        finally:
+            subprocess.run(["docker", "rm", "-f", stranger], capture_output=True, check=False)

@@ -1,0 +1,355 @@
+"""The sans-I/O session core, driven by hand: no loop, no Docker, no clock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ws_sandbox import agent_wire as aw
+from ws_sandbox import frames as fr
+from ws_sandbox.session import (
+    TRUNCATION_MARKER,
+    CellFinished,
+    CloseSession,
+    Phase,
+    ReplaceSandbox,
+    SendToAgent,
+    Session,
+    SessionLimits,
+    State,
+)
+
+LIMITS = SessionLimits(
+    max_execution_time=30.0, default_execution_time=10.0, max_memory_mb=512,
+    max_output_bytes=100, max_code_bytes=1000, max_queued_cells=2, idle_timeout=60.0,
+    max_lifetime=600.0, resume_grace=5.0, interrupt_grace=1.0, restart_timeout=2.0)
+
+
+def new(limits: SessionLimits = LIMITS) -> Session:
+    return Session(session_id="s1", language="python", limits=limits, now=0.0)
+
+
+def execute(session: Session, cell_id: str = "c1", code: str = "print(1)",
+            timeout: float | None = None, now: float = 0.0) -> None:
+    frame: dict[str, object] = {"type": "execute", "id": cell_id, "code": code}
+    if timeout is not None:
+        frame["timeout"] = timeout
+    session.receive_client(json.dumps(frame), now)
+
+
+def sent_to_agent(session: Session) -> list[aw.ToAgent]:
+    return [a.frame for a in session.actions_to_run() if isinstance(a, SendToAgent)]
+
+
+def done(cell_id: str = "c1", **fields: object) -> aw.Done:
+    values: dict[str, object] = {"status": "success", "exit_code": 0,
+                                 "execution_time_ms": 2.0, "memory_used_mb": 10.0}
+    values.update(fields)
+    return aw.Done(id=cell_id, **values)  # type: ignore[arg-type]
+
+
+def only(frames: list[fr.ServerFrame], kind: type[fr.Frame]) -> list[fr.ServerFrame]:
+    return [f for f in frames if isinstance(f, kind)]
+
+
+def test_execute_sends_exec_and_result_follows_output() -> None:
+    s = new()
+    execute(s)
+    [frame] = sent_to_agent(s)
+    assert frame == aw.Exec(id="c1", code="print(1)", max_output_bytes=100)
+    assert s.state is State.RUNNING
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="1\n"), 0.1)
+    s.receive_agent(done(), 0.2)
+    frames = s.frames_to_send()
+    assert frames[0] == fr.Stream(id="c1", name="stdout", text="1\n")
+    result = frames[1]
+    assert isinstance(result, fr.Result)
+    assert (result.status, result.exit_code, result.memory_used_mb) == ("success", 0, 10.0)
+    assert s.state is State.IDLE
+    assert any(isinstance(a, CellFinished) for a in s.actions_to_run())
+
+
+def test_agent_time_can_only_shrink_the_measured_time() -> None:
+    s = new()
+    execute(s)
+    s.receive_agent(done(execution_time_ms=99999.0), 0.5)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.execution_time_ms == pytest.approx(500.0)
+
+
+def test_memory_claim_is_capped_at_the_limit() -> None:
+    s = new()
+    execute(s)
+    s.receive_agent(done(memory_used_mb=1e9), 0.1)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.memory_used_mb == 512
+
+
+def test_cells_queue_in_fifo_order_and_queue_is_bounded() -> None:
+    s = new()
+    execute(s, "a")
+    execute(s, "b")
+    execute(s, "c")
+    execute(s, "d")
+    [error] = only(s.frames_to_send(), fr.Error)
+    assert isinstance(error, fr.Error)
+    assert (error.code, error.id) == ("queue_full", "d")
+    assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["a"]
+    s.receive_agent(done("a"), 1.0)
+    assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["b"]
+    s.receive_agent(done("b"), 2.0)
+    assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["c"]
+
+
+def test_duplicate_cell_id_is_refused() -> None:
+    s = new()
+    execute(s, "a")
+    execute(s, "a")
+    [error] = only(s.frames_to_send(), fr.Error)
+    assert isinstance(error, fr.Error)
+    assert error.code == "bad_request" and "already" in error.message
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "words"),
+    [
+        ("not json", "bad_request", "malformed"),
+        ('{"type": "nope"}', "bad_request", "Invalid value 'nope'"),
+        ('{"type": "execute", "id": "c1"}', "bad_request", "missing required field `code`"),
+        ('{"type": "execute", "id": 5, "code": "x"}', "bad_request", "Expected `str`"),
+        ('{"type": "execute", "id": "c1", "code": "   "}', "bad_request", "empty"),
+        ('{"type": "execute", "id": "c1", "code": "x", "timeout": 0}', "bad_request",
+         "positive"),
+        ('{"type": "execute", "id": "c1", "code": "x", "timeout": 31}', "bad_request",
+         "maximum of 30 s"),
+        ('{"type": "execute", "id": "c1", "code": "' + "x" * 1001 + '"}',
+         "payload_too_large", "limit of 1000 bytes"),
+        ("[]", "bad_request", "Expected `object`"),
+    ],
+)
+def test_bad_frames_get_error_frames_and_session_goes_on(message: str, code: str,
+                                                         words: str) -> None:
+    s = new()
+    s.receive_client(message, 0.0)
+    [error] = s.frames_to_send()
+    assert isinstance(error, fr.Error)
+    assert error.code == code
+    assert words in error.message
+    assert s.state is State.IDLE
+    execute(s, "ok")
+    assert s.state is State.RUNNING
+
+
+def test_binary_and_oversized_frames_are_refused() -> None:
+    s = new()
+    s.receive_client(b"\x00\x01", 0.0)
+    s.receive_client("x" * (1000 + 70000), 0.0)
+    errors = s.frames_to_send()
+    assert [e.code for e in errors if isinstance(e, fr.Error)] == ["bad_request",
+                                                                    "payload_too_large"]
+
+
+def test_output_is_capped_with_a_visible_marker() -> None:
+    s = new()
+    execute(s)
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="a" * 60), 0.1)
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="b" * 60), 0.1)
+    s.receive_agent(aw.Out(id="c1", name="stderr", text="c" * 60), 0.1)
+    s.receive_agent(done(), 0.2)
+    frames = s.frames_to_send()
+    streams = [f for f in frames if isinstance(f, fr.Stream)]
+    text = "".join(f.text for f in streams)
+    assert text.startswith("a" * 60 + "b" * 40)
+    assert TRUNCATION_MARKER.format(limit=100) in text
+    assert "ccc" not in text
+    result = frames[-1]
+    assert isinstance(result, fr.Result) and result.truncated
+
+
+def test_cap_never_splits_a_multibyte_character() -> None:
+    s = new()
+    execute(s)
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="é" * 60), 0.1)  # 120 bytes
+    [stream] = only(s.frames_to_send(), fr.Stream)
+    assert isinstance(stream, fr.Stream)
+    assert stream.text.startswith("é" * 50 + "\n[output truncated")
+
+
+def test_output_of_another_cell_is_dropped() -> None:
+    s = new()
+    execute(s, "c2")
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="late"), 0.1)
+    s.receive_agent(done("c1"), 0.1)
+    assert s.frames_to_send() == []
+    assert s.state is State.RUNNING
+
+
+def test_timeout_escalates_interrupt_restart_replace() -> None:
+    s = new()
+    execute(s, timeout=5)
+    s.actions_to_run()
+    assert s.next_deadline() == 5.0
+    s.advance(5.0)
+    assert sent_to_agent(s) == [aw.Signal()]
+    assert s.phase is Phase.INTERRUPTING and s.next_deadline() == 6.0
+    s.advance(6.0)
+    assert sent_to_agent(s) == [aw.RestartWorker()]
+    assert s.next_deadline() == 8.0
+    s.advance(8.0)
+    actions = s.actions_to_run()
+    assert any(isinstance(a, ReplaceSandbox) for a in actions)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.status == "timeout" and result.state_lost
+    assert "execution time limit of 5 s exceeded" in (result.error or "")
+    assert s.state is State.RECOVERING
+    execute(s, "next", now=8.5)
+    assert sent_to_agent(s) == []  # waits for the new sandbox
+    s.sandbox_replaced(9.0)
+    frames = s.frames_to_send()
+    assert isinstance(frames[-1], fr.Restarted)
+    assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["next"]
+
+
+def test_timeout_that_stops_on_interrupt_keeps_state() -> None:
+    s = new()
+    execute(s, timeout=5)
+    s.advance(5.0)
+    s.actions_to_run()
+    s.receive_agent(done(status="interrupted", exit_code=None), 5.1)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.status == "timeout" and not result.state_lost
+    assert s.state is State.IDLE
+
+
+def test_restart_after_timeout_reports_lost_state_then_runs_next() -> None:
+    s = new()
+    execute(s, "a", timeout=1)
+    execute(s, "b")
+    s.advance(1.0)
+    s.advance(2.0)
+    assert aw.RestartWorker() in sent_to_agent(s)
+    s.receive_agent(done("a", status="interrupted", restarted=True), 2.5)
+    assert s.state is State.RECOVERING
+    assert sent_to_agent(s) == []
+    s.receive_agent(aw.Restarted(), 2.6)
+    frames = s.frames_to_send()
+    result = next(f for f in frames if isinstance(f, fr.Result))
+    assert result.status == "timeout" and result.state_lost
+    assert isinstance(frames[-1], fr.Restarted)
+    assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["b"]
+
+
+def test_client_interrupt() -> None:
+    s = new()
+    execute(s)
+    s.actions_to_run()
+    s.receive_client('{"type": "interrupt"}', 1.0)
+    assert sent_to_agent(s) == [aw.Signal()]
+    s.receive_agent(done(status="interrupted", exit_code=None,
+                         error="KeyboardInterrupt"), 1.1)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result) and result.status == "interrupted"
+
+
+def test_interrupt_when_idle_does_nothing() -> None:
+    s = new()
+    s.receive_client('{"type": "interrupt"}', 1.0)
+    assert s.actions_to_run() == [] and s.frames_to_send() == []
+
+
+def test_oom_reported_by_agent_is_killed_with_the_limit_named() -> None:
+    s = new()
+    execute(s)
+    s.receive_agent(done(status="error", exit_code=-9, oom_killed=True, restarted=True), 1)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.status == "killed"
+    assert "memory limit of 512 MB exceeded" in (result.error or "")
+
+
+def test_sandbox_lost_mid_cell() -> None:
+    s = new()
+    execute(s)
+    s.sandbox_failed("sandbox exited", 1.0, oom_killed=True)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.status == "killed" and result.state_lost
+    assert result.error == "memory limit of 512 MB exceeded"
+    assert any(isinstance(a, ReplaceSandbox) for a in s.actions_to_run())
+
+
+def test_idle_timeout_closes_with_reason() -> None:
+    s = new()
+    assert s.next_deadline() == 60.0
+    s.advance(59.9)
+    assert s.state is State.IDLE
+    s.advance(60.0)
+    closed = s.frames_to_send()[-1]
+    assert closed == fr.Closed(reason="idle_timeout", message="no activity for 60 s")
+    assert s.actions_to_run() == [CloseSession("idle_timeout")]
+    assert s.next_deadline() is None
+
+
+def test_idle_timeout_waits_for_a_running_cell() -> None:
+    s = new()
+    execute(s, timeout=30, now=50.0)
+    s.advance(110.0)
+    assert s.state is State.RUNNING
+
+
+def test_max_lifetime_kills_running_cell_then_closes() -> None:
+    s = new()
+    execute(s, timeout=30, now=590.0)
+    s.advance(600.0)
+    frames = s.frames_to_send()
+    result, closed = frames[-2], frames[-1]
+    assert isinstance(result, fr.Result) and result.status == "killed"
+    assert isinstance(closed, fr.Closed) and closed.reason == "max_lifetime"
+
+
+def test_detached_session_expires_after_grace_unless_resumed() -> None:
+    s = new()
+    s.client_detached(10.0)
+    assert s.next_deadline() == 15.0
+    s.client_attached(12.0)
+    s.advance(15.0)
+    assert s.state is State.IDLE
+    s.client_detached(20.0)
+    s.advance(25.0)
+    assert s.close_reason == "resume_expired"
+
+
+def test_close_cancels_queued_cells() -> None:
+    s = new()
+    execute(s, "a")
+    execute(s, "b")
+    s.close("server_shutdown", 1.0, "stopping")
+    frames = s.frames_to_send()
+    assert [type(f).__name__ for f in frames] == ["Result", "Error", "Closed"]
+    s.receive_client('{"type": "interrupt"}', 2.0)
+    execute(s, "c")
+    assert s.frames_to_send() == []
+
+
+def test_client_restart_when_idle() -> None:
+    s = new()
+    s.receive_client('{"type": "restart"}', 1.0)
+    assert sent_to_agent(s) == [aw.RestartWorker()]
+    assert s.state is State.RECOVERING
+    execute(s, "a", now=1.1)
+    assert sent_to_agent(s) == []
+    s.receive_agent(aw.Restarted(), 1.2)
+    assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["a"]
+
+
+def test_restart_that_never_completes_replaces_the_sandbox() -> None:
+    s = new()
+    s.receive_client('{"type": "restart"}', 1.0)
+    s.actions_to_run()
+    s.advance(3.0)
+    assert any(isinstance(a, ReplaceSandbox) for a in s.actions_to_run())

@@ -1,0 +1,224 @@
+"""An async client for ws_sandbox sessions, on the ``websockets`` library.
+
+.. code-block:: python
+
+    from ws_sandbox.client import connect
+
+    async with connect("ws://127.0.0.1:8090", language="python") as session:
+        result = await session.execute("print('hi')", on_output=print)
+        print(result.status, result.stdout)
+
+:meth:`ClientSession.execute` collects a cell's output (calling ``on_output`` live);
+:meth:`ClientSession.stream` yields each frame of a cell as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from urllib.parse import urlencode
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from ws_sandbox import frames as fr
+
+_ids = itertools.count(1)
+
+
+class SessionClosed(Exception):
+    """The server closed the session; ``closed`` holds its ``closed`` frame, if it sent one."""
+
+    def __init__(self, message: str, closed: fr.Closed | None = None) -> None:
+        super().__init__(message)
+        self.closed = closed
+
+
+class SessionRefused(Exception):
+    """The server refused to open (or resume) the session."""
+
+    def __init__(self, error: fr.Error, close_code: int | None) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+        self.close_code = close_code
+
+
+@dataclass(slots=True)
+class CellResult:
+    """Everything one cell produced."""
+
+    result: fr.Result
+    stdout: str = ""
+    stderr: str = ""
+    displays: list[fr.Display] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """The cell's status word."""
+        return self.result.status
+
+
+class ClientSession:
+    """One open session. Make it with :func:`connect`."""
+
+    def __init__(self, ws: ClientConnection, ready: fr.Ready) -> None:
+        self.ws = ws
+        self.ready = ready
+        self._cells: dict[str, asyncio.Queue[fr.ServerFrame]] = {}
+        self.events: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
+        self.closed: fr.Closed | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self.ready.session_id
+
+    @property
+    def token(self) -> str:
+        """The resume token of the last ``ready`` frame."""
+        return self.ready.token
+
+    async def send(self, frame: fr.Frame) -> None:
+        """Send any client frame."""
+        await self.ws.send(fr.encode(frame).decode())
+
+    async def stream(self, code: str, *, timeout: float | None = None,
+                     cell_id: str | None = None) -> AsyncIterator[fr.ServerFrame]:
+        """Run a cell and yield its frames, ending with its ``result`` (or ``error``).
+
+        Raises:
+            SessionClosed: the session ended before the cell did.
+        """
+        cell_id = cell_id or f"c{next(_ids)}"
+        queue: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
+        self._cells[cell_id] = queue
+        try:
+            await self.send(fr.Execute(id=cell_id, code=code, timeout=timeout))
+            while True:
+                frame = await queue.get()
+                if isinstance(frame, fr.Closed):
+                    raise SessionClosed(f"session closed: {frame.reason}", frame)
+                yield frame
+                if isinstance(frame, (fr.Result, fr.Error)):
+                    return
+        finally:
+            self._cells.pop(cell_id, None)
+
+    async def execute(self, code: str, *, timeout: float | None = None,
+                      on_output: Callable[[fr.Stream], object] | None = None) -> CellResult:
+        """Run a cell and collect its output.
+
+        Raises:
+            SessionRefused: the server refused the cell (``error`` frame).
+            SessionClosed: the session ended before the cell did.
+        """
+        stdout: list[str] = []
+        stderr: list[str] = []
+        displays: list[fr.Display] = []
+        async for frame in self.stream(code, timeout=timeout):
+            match frame:
+                case fr.Stream():
+                    (stdout if frame.name == "stdout" else stderr).append(frame.text)
+                    if on_output is not None:
+                        on_output(frame)
+                case fr.Display():
+                    displays.append(frame)
+                case fr.Error():
+                    raise SessionRefused(frame, None)
+                case fr.Result():
+                    return CellResult(frame, "".join(stdout), "".join(stderr), displays)
+        raise SessionClosed("the cell ended without a result")
+
+    async def interrupt(self) -> None:
+        """Interrupt the running cell."""
+        await self.send(fr.Interrupt())
+
+    async def restart(self) -> None:
+        """Restart the interpreter (the session's state is lost)."""
+        await self.send(fr.Restart())
+
+    async def close(self) -> None:
+        """Close the connection (the server removes the sandbox)."""
+        await self.ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+    async def wait_closed(self) -> fr.Closed | None:
+        """Wait until the server ends the session; return its ``closed`` frame."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        return self.closed
+
+    async def __aenter__(self) -> ClientSession:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                frame = fr.decode_server(message)
+                if isinstance(frame, fr.Closed):
+                    self.closed = frame
+                    for queue in self._cells.values():
+                        queue.put_nowait(frame)
+                cell = getattr(frame, "id", None)
+                target = self._cells.get(cell) if isinstance(cell, str) else None
+                if target is not None:
+                    target.put_nowait(frame)
+                else:
+                    self.events.put_nowait(frame)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            closed = self.closed or fr.Closed(reason="client_closed",
+                                              message="connection lost")
+            for queue in self._cells.values():
+                queue.put_nowait(closed)
+
+
+async def connect(url: str, *, language: str = "python", resume: str | None = None,
+                  api_key: str | None = None, open_timeout: float | None = 60.0,
+                  max_size: int | None = 16 * 1024 * 1024) -> ClientSession:
+    """Open (or resume) a session.
+
+    Args:
+        url: the service's base URL, ``ws://host:port`` (a path is ignored).
+        language: language of the session.
+        resume: a token from an earlier ``ready`` frame, to resume that session.
+        api_key: sent as ``Authorization: Bearer``.
+        open_timeout: seconds to wait for the ``ready`` frame.
+        max_size: largest frame accepted from the server.
+
+    Raises:
+        SessionRefused: the server answered with an ``error`` frame.
+    """
+    base = url.rstrip("/")
+    if "/api/" in base:
+        base = base.split("/api/")[0]
+    query = {"resume": resume} if resume else {"language": language}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    ws = await websockets.connect(f"{base}/api/v1/sessions/ws?{urlencode(query)}",
+                                  additional_headers=headers, max_size=max_size,
+                                  open_timeout=open_timeout)
+    try:
+        async with asyncio.timeout(open_timeout):
+            first = fr.decode_server(await ws.recv())
+        if isinstance(first, fr.Error):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.recv()
+            raise SessionRefused(first, ws.close_code)
+        if not isinstance(first, fr.Ready):
+            raise SessionRefused(fr.Error(code="protocol", message=f"got {first!r}"), None)
+    except BaseException:
+        await ws.close()
+        raise
+    return ClientSession(ws, first)
