@@ -5,5 +5,5 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-scripts/setup.sh
+bash scripts/setup.sh
 exec "$ROOT/.venv/bin/ws-sandbox" serve "$@"

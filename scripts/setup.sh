@@ -30,7 +30,7 @@ for arg in "$@"; do
     esac
 done
 
-log() { printf '[setup %6.1fs] %s\n' "$(( ($(date +%s%N) - START_NS) / 1000000 ))e-3" "$*"; }
+log() { LC_ALL=C printf '[setup %6.1fs] %s\n' "$(( ($(date +%s%N) - START_NS) / 1000000 ))e-3" "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 as_root() {
@@ -146,7 +146,7 @@ fi
 # --------------------------------------------------------------------------- 4. venv
 stamp=$VENV/.ws-sandbox-setup
 want="$(python3 --version) $(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [[ ! -x $VENV/bin/python ]]; then
+if [[ ! -x $VENV/bin/pip ]]; then
     log "creating $VENV"
     python3 -m venv "$VENV"
 fi

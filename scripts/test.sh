@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-scripts/setup.sh
+bash scripts/setup.sh
 
 if [[ -n ${CI:-} && ${CI:-} != false && ${CI:-} != 0 ]]; then
     export WS_SANDBOX_REQUIRE_DOCKER=1

@@ -84,8 +84,15 @@ class ClientSession:
         return self.ready.token
 
     async def send(self, frame: fr.Frame) -> None:
-        """Send any client frame."""
-        await self.ws.send(fr.encode(frame).decode())
+        """Send any client frame.
+
+        Raises:
+            SessionClosed: the connection is closed.
+        """
+        try:
+            await self.ws.send(fr.encode(frame).decode())
+        except websockets.ConnectionClosed as exc:
+            raise SessionClosed(f"session closed: {exc}", self.closed) from exc
 
     async def stream(self, code: str, *, timeout: float | None = None,
                      cell_id: str | None = None) -> AsyncIterator[fr.ServerFrame]:

@@ -130,6 +130,7 @@ class SessionRunner:
         self._held: deque[fr.ServerFrame] = deque(maxlen=DETACHED_BUFFER_FRAMES)
         self._reader: asyncio.Task[None] | None = None
         self._replacer: asyncio.Task[None] | None = None
+        self._late: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
@@ -155,10 +156,15 @@ class SessionRunner:
             await self._inbox.put(event)
 
     def feed_nowait(self, event: Event) -> None:
-        """Queue an event without waiting; dropped when the session is closed."""
-        if not self.closed.is_set():
-            with contextlib.suppress(asyncio.QueueFull):
-                self._inbox.put_nowait(event)
+        """Queue an event without waiting (later, if the inbox is full); never lost."""
+        if self.closed.is_set():
+            return
+        try:
+            self._inbox.put_nowait(event)
+        except asyncio.QueueFull:
+            task = asyncio.create_task(self.feed(event))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
 
     # --- the main loop ---------------------------------------------------------------------
 
@@ -334,6 +340,8 @@ class SessionRunner:
             await sink.close(code, reason)
 
     async def _teardown(self) -> None:
+        for task in list(self._late):
+            task.cancel()
         await self._stop_reader()
         replacer, self._replacer = self._replacer, None
         if replacer is not None:

@@ -492,7 +492,13 @@ class Progress:
 
 
 def _docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run a short docker CLI command, capturing its output (never raises on failure)."""
+    """Run a short docker CLI command, capturing its output.
+
+    A non-zero exit status is returned, not raised: callers decide what it means.
+
+    Raises:
+        BuildError: The docker CLI is missing or did not finish within ``timeout``.
+    """
     try:
         return subprocess.run(
             ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
@@ -526,11 +532,13 @@ def _ensure_mmdebstrap(progress: Progress) -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise BuildError("mmdebstrap is not installed; run: apt-get install mmdebstrap")
     progress.say("    mmdebstrap is not installed; installing it with apt-get")
-    install = ["apt-get", "install", "-y", "-q", "mmdebstrap"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=False).returncode != 0:
+    install = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q"]
+    try:
+        progress.stream([*install, "mmdebstrap"])
+    except BuildError:
+        # A bare machine has no package lists yet.
         progress.stream(["apt-get", "update", "-q"])
-        progress.stream(install)
+        progress.stream([*install, "mmdebstrap"])
 
 
 def make_local_base(

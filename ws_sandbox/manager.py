@@ -96,8 +96,9 @@ class SessionManager:
 
     @property
     def active(self) -> int:
-        """Sessions open or opening."""
-        return len(self._runners) + self._reserved
+        """Sessions open or opening (a closed one frees its slot while its container goes)."""
+        live = sum(1 for r in self._runners.values() if not r.closed.is_set())
+        return live + self._reserved
 
     def check_language(self, language: str) -> Language:
         """Return ``language`` if it is enabled.

@@ -501,8 +501,12 @@ class Session:
         if done.restarted:
             note = "the interpreter was restarted; state is lost"
             error = f"{error}; {note}" if error else note
-        if cell.truncated or done.truncated:
+        if done.truncated and not cell.truncated:
+            # The agent stopped forwarding at the cap: the marker is still ours to show.
             cell.truncated = True
+            self._frames.append(fr.Stream(
+                id=cell.id, name="stdout",
+                text=TRUNCATION_MARKER.format(limit=self.limits.max_output_bytes)))
         # The agent's clock is hostile; it may only make the cell look faster than we saw.
         assert cell.started_at is not None
         seen_ms = (now - cell.started_at) * 1000.0

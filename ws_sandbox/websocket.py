@@ -13,7 +13,7 @@ import logging
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ws_sandbox import frames as fr
-from ws_sandbox.driver import ClientGone, ClientMessage
+from ws_sandbox.driver import ClientGone, ClientMessage, CloseRequest
 from ws_sandbox.exceptions import SandboxError
 from ws_sandbox.manager import SessionManager
 
@@ -63,15 +63,21 @@ async def session_endpoint(websocket: WebSocket) -> None:
             await sink.send_frame(fr.Error(code=exc.code, message=exc.message))
         await sink.close(exc.close_code, exc.code)
         return
+    deliberate = False
     try:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
+                # 1000 is a deliberate goodbye: end now. Anything else may be a dropped
+                # connection, so the session waits RESUME_GRACE for its client.
+                deliberate = message.get("code") == 1000
                 break
             text = message.get("text")
             data = text if text is not None else message.get("bytes") or b""
             await runner.feed(ClientMessage(data))
-    except WebSocketDisconnect:
-        pass
+    except WebSocketDisconnect as exc:
+        deliberate = exc.code == 1000
     finally:
+        if deliberate:
+            runner.feed_nowait(CloseRequest("client_closed", "the client closed the session"))
         runner.feed_nowait(ClientGone(sink))

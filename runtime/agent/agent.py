@@ -435,9 +435,7 @@ class Agent:
         for fd in self._user_fds():
             self._want(fd, user_events)
         if self.worker is not None:
-            self._want(
-                self.worker.ctl_w, selectors.EVENT_WRITE if self.worker.ctl_out else 0
-            )
+            self._want(self.worker.ctl_w, selectors.EVENT_WRITE if self.worker.ctl_out else 0)
 
     def run(self) -> int:
         """Run until stdin closes, SIGTERM arrives, or a bad frame is read.
@@ -771,9 +769,7 @@ class Agent:
             self._drain_streams(self.cell)
         self._kill_user_processes()
         if self.cell is not None:
-            self._finish_cell(
-                "interrupted", 137, "the interpreter was restarted", restarted=True
-            )
+            self._finish_cell("interrupted", 137, "the interpreter was restarted", restarted=True)
         self.pending_exec = None
         self.state_lost = False
         self.restart_pending = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import base64
 import builtins
+import contextlib
 import io
 import json
 import linecache
@@ -62,10 +63,9 @@ def _on_sigint(_signum: int, _frame: types.FrameType | None) -> None:
 
 def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        # The user may have replaced or closed them.
+        with contextlib.suppress(Exception):
             stream.flush()
-        except Exception:  # noqa: S110 - the user may have replaced or closed it
-            pass
 
 
 def _user_traceback(exc: BaseException) -> types.TracebackType | None:
@@ -194,8 +194,10 @@ def run_cell(code: str, glb: dict[str, Any]) -> dict[str, Any]:
         _state.running = True
         tree = ast.parse(code, filename, "exec")
         last: ast.Expression | None = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
-            last = ast.Expression(tree.body.pop().value)
+        tail = tree.body[-1] if tree.body else None
+        if isinstance(tail, ast.Expr) and not code.rstrip().endswith(";"):
+            tree.body.pop()
+            last = ast.Expression(tail.value)
         flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         _run(compile(tree, filename, "exec", flags=flags, dont_inherit=True), glb)
         if last is not None:
@@ -234,10 +236,8 @@ def _seed_matplotlib_cache() -> None:
     src, dst = os.environ.get("WS_SANDBOX_MPL_CACHE"), os.environ.get("MPLCONFIGDIR")
     if not src or not dst or not os.path.isdir(src) or os.path.isdir(dst):
         return
-    try:
+    with contextlib.suppress(OSError):
         shutil.copytree(src, dst)
-    except OSError:
-        pass
 
 
 def _warm_up() -> None:
@@ -247,7 +247,7 @@ def _warm_up() -> None:
         if name.strip():
             try:
                 __import__(name.strip())
-            except Exception:  # noqa: S112 - optional (e.g. absent on a test host)
+            except Exception:
                 continue
 
 
@@ -276,7 +276,7 @@ def main() -> None:
     sys.argv = [""]
     sys.path.insert(0, "")
     signal.signal(signal.SIGINT, _on_sigint)
-    sys.meta_path.insert(0, _PyplotHook())  # type: ignore[arg-type]
+    sys.meta_path.insert(0, _PyplotHook())
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace", line_buffering=True)

@@ -141,8 +141,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         if docker_required():
             pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
         pytest.skip(f"needs Docker: {problem}")
-    with running_service(tmp_path_factory.mktemp("svc"), MAX_CONCURRENT_EXECUTIONS="12",
-                         MAX_EXECUTION_TIME="20", MAX_OUTPUT_BYTES="65536") as svc:
+    with running_service(tmp_path_factory.mktemp("svc"), MAX_CONCURRENT_EXECUTIONS="30",
+                         MAX_EXECUTION_TIME="20", MAX_OUTPUT_BYTES="65536",
+                         RESUME_GRACE="5") as svc:
         svc.wait_pool_full()
         yield svc
 

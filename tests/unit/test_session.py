@@ -353,3 +353,15 @@ def test_restart_that_never_completes_replaces_the_sandbox() -> None:
     s.actions_to_run()
     s.advance(3.0)
     assert any(isinstance(a, ReplaceSandbox) for a in s.actions_to_run())
+
+
+def test_agent_side_truncation_still_shows_the_marker() -> None:
+    s = new()
+    execute(s)
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="a" * 100), 0.1)
+    s.receive_agent(done(truncated=True), 0.2)
+    frames = s.frames_to_send()
+    assert frames[1] == fr.Stream(id="c1", name="stdout",
+                                  text=TRUNCATION_MARKER.format(limit=100))
+    assert isinstance(frames[2], fr.Result)
+    assert frames[2].truncated

@@ -1,0 +1,628 @@
+"""Cells in every language, run by the agent as a host subprocess (no Docker).
+
+The driver reads frames on a thread into a queue, so every wait has a deadline and no test can
+hang. Tests that need numpy or matplotlib on the host are skipped when those are absent; the
+integration tests cover them inside the runtime image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import queue
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+AGENT = Path(__file__).resolve().parents[2] / "runtime" / "agent" / "agent.py"
+DEADLINE = 20.0
+
+
+@dataclass
+class CellResult:
+    """Every frame of one cell, up to and including its ``done``."""
+
+    frames: list[dict[str, Any]]
+    sent_at: float
+    out_times: list[float] = field(default_factory=list)
+
+    @property
+    def done(self) -> dict[str, Any]:
+        return self.frames[-1]
+
+    def text(self, name: str = "stdout") -> str:
+        return "".join(f["text"] for f in self.frames if f["t"] == "out" and f["name"] == name)
+
+    @property
+    def displays(self) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["t"] == "display"]
+
+
+class AgentDriver:
+    """Drive one agent process over its stdin/stdout with deadlines."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.frames: queue.Queue[tuple[float, dict[str, Any] | None]] = queue.Queue()
+        self.stderr = b""
+        self._ids = 0
+        self.reading = threading.Event()
+        self.reading.set()
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read(self) -> None:
+        out = self.proc.stdout
+        assert out is not None
+        while True:
+            self.reading.wait()
+            header = out.read(4)
+            if len(header) < 4:
+                break
+            (size,) = struct.unpack(">I", header)
+            assert size <= 1 << 20, "agent frame over MAX_AGENT_FRAME"
+            body = out.read(size)
+            self.frames.put((time.monotonic(), json.loads(body)))
+        self.frames.put((time.monotonic(), None))
+
+    def _read_stderr(self) -> None:
+        err = self.proc.stderr
+        assert err is not None
+        for line in err:
+            self.stderr += line
+
+    def send(self, obj: dict[str, Any]) -> float:
+        body = json.dumps(obj).encode()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(struct.pack(">I", len(body)) + body)
+        self.proc.stdin.flush()
+        return time.monotonic()
+
+    def recv(self, timeout: float = DEADLINE) -> tuple[float, dict[str, Any]]:
+        try:
+            at, obj = self.frames.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"no frame from the agent within {timeout} s; stderr: {self.stderr!r}")
+        if obj is None:
+            pytest.fail(f"the agent closed its stdout; stderr: {self.stderr!r}")
+        return at, obj
+
+    def hello(self) -> dict[str, Any]:
+        self.send({"t": "hello"})
+        return self.recv()[1]
+
+    def exec(self, code: str, max_output_bytes: int = 1 << 20) -> str:
+        self._ids += 1
+        cell_id = f"c{self._ids}"
+        self.send({"t": "exec", "id": cell_id, "code": code, "max_output_bytes": max_output_bytes})
+        return cell_id
+
+    def collect(self, cell_id: str, sent_at: float, timeout: float = DEADLINE) -> CellResult:
+        result = CellResult([], sent_at)
+        deadline = time.monotonic() + timeout
+        while True:
+            at, obj = self.recv(max(deadline - time.monotonic(), 0.01))
+            if obj.get("id") != cell_id:
+                continue  # late output of an earlier cell
+            result.frames.append(obj)
+            if obj["t"] == "out":
+                result.out_times.append(at)
+            if obj["t"] == "done":
+                return result
+
+    def run(
+        self, code: str, max_output_bytes: int = 1 << 20, timeout: float = DEADLINE
+    ) -> CellResult:
+        sent_at = time.monotonic()
+        cell_id = self.exec(code, max_output_bytes)
+        return self.collect(cell_id, sent_at, timeout)
+
+    def run_interrupted(self, code: str, after: float = 0.5) -> CellResult:
+        sent_at = time.monotonic()
+        cell_id = self.exec(code)
+        time.sleep(after)
+        self.send({"t": "interrupt"})
+        return self.collect(cell_id, sent_at)
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self.proc.kill()
+            self.proc.wait()
+            assert self.proc.stdout is not None
+            assert self.proc.stderr is not None
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+def start(language: str) -> AgentDriver:
+    driver = AgentDriver([sys.executable, str(AGENT), language])
+    ready = driver.hello()
+    assert ready == {"t": "ready", "language": language, "version": 1}
+    return driver
+
+
+@pytest.fixture
+def py() -> Iterator[AgentDriver]:
+    driver = start("python")
+    yield driver
+    assert driver.close() == 0
+
+
+@pytest.fixture
+def js() -> Iterator[AgentDriver]:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed on this host")
+    driver = start("javascript")
+    yield driver
+    assert driver.close() == 0
+
+
+@pytest.fixture
+def sh() -> Iterator[AgentDriver]:
+    driver = start("shell")
+    yield driver
+    assert driver.close() == 0
+
+
+@pytest.fixture
+def rs() -> Iterator[AgentDriver]:
+    if shutil.which("rustc") is None:
+        pytest.skip("rustc is not installed on this host")
+    driver = start("rust")
+    yield driver
+    assert driver.close() == 0
+
+
+def assert_success(result: CellResult) -> None:
+    assert result.done["status"] == "success", result.frames
+    assert result.done["error"] is None
+
+
+def assert_done_shape(done: dict[str, Any]) -> None:
+    assert set(done) >= {
+        "t",
+        "id",
+        "status",
+        "exit_code",
+        "execution_time_ms",
+        "memory_used_mb",
+        "error",
+        "restarted",
+        "truncated",
+    }
+    assert isinstance(done["execution_time_ms"], float)
+    assert done["execution_time_ms"] >= 0
+    assert done["memory_used_mb"] > 0
+
+
+# ------------------------------------------------------------------------------- python
+
+
+def test_python_state_and_final_expression(py: AgentDriver) -> None:
+    assert_success(py.run("x = 40\ndef f(y):\n    return x + y"))
+    result = py.run("print('hi')\nf(2)")
+    assert_success(result)
+    assert result.text() == "hi\n"
+    assert result.displays == [
+        {
+            "t": "display",
+            "id": result.done["id"],
+            "kind": "execute_result",
+            "data": {"text/plain": "42"},
+        }
+    ]
+    assert_done_shape(result.done)
+    assert py.run("None").displays == []
+    assert py.run("x;").displays == []
+
+
+def test_python_exception_traceback_hides_worker(py: AgentDriver) -> None:
+    result = py.run("a = 1\n1/0")
+    assert result.done["status"] == "error"
+    assert result.done["error"] == "ZeroDivisionError: division by zero"
+    assert result.done["exit_code"] == 1
+    stderr = result.text("stderr")
+    assert stderr.startswith("Traceback (most recent call last):\n")
+    assert "1/0" in stderr
+    assert "worker_python" not in stderr
+    # State survives an exception.
+    assert py.run("a").displays[0]["data"]["text/plain"] == "1"
+
+
+def test_python_syntax_error(py: AgentDriver) -> None:
+    result = py.run("x = = 1")
+    assert result.done["status"] == "error"
+    assert result.done["error"].startswith("SyntaxError")
+
+
+def test_python_sys_exit_restarts(py: AgentDriver) -> None:
+    py.run("keep = 1")
+    result = py.run("import sys; sys.exit(3)")
+    assert result.done["status"] == "error"
+    assert result.done["exit_code"] == 3
+    assert result.done["restarted"] is True
+    assert "exited with code 3" in result.done["error"]
+    assert py.run("'keep' in globals()").displays[0]["data"]["text/plain"] == "False"
+    ok = py.run("raise SystemExit(0)")
+    assert ok.done["status"] == "success"
+    assert ok.done["restarted"] is True
+
+
+@pytest.mark.parametrize(
+    ("code", "signal_name"),
+    [
+        ("import os; os.abort()", "SIGABRT"),
+        ("import ctypes; ctypes.string_at(0)", "SIGSEGV"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "SIGKILL"),
+    ],
+)
+def test_python_crash_restarts(py: AgentDriver, code: str, signal_name: str) -> None:
+    result = py.run("print('before', flush=True)\n" + code)
+    assert result.text() == "before\n"
+    assert result.done["status"] == "error"
+    assert result.done["restarted"] is True
+    assert signal_name in result.done["error"]
+    assert_success(py.run("1 + 1"))
+
+
+def test_python_os_exit_restarts(py: AgentDriver) -> None:
+    result = py.run("import os; os._exit(7)")
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 7)
+    assert result.done["restarted"] is True
+
+
+def test_python_interrupt_keeps_state(py: AgentDriver) -> None:
+    py.run("state = 'kept'")
+    result = py.run_interrupted("import time\nwhile True:\n    time.sleep(0.01)")
+    assert result.done["status"] == "interrupted"
+    assert result.done["restarted"] is False
+    assert "KeyboardInterrupt" in result.text("stderr")
+    assert py.run("state").displays[0]["data"]["text/plain"] == "'kept'"
+
+
+def test_interrupt_when_idle_is_ignored(py: AgentDriver) -> None:
+    py.run("v = 5")
+    py.send({"t": "interrupt"})
+    time.sleep(0.2)
+    assert py.run("v").displays[0]["data"]["text/plain"] == "5"
+
+
+def test_python_stdin_is_eof(py: AgentDriver) -> None:
+    start_at = time.monotonic()
+    result = py.run("input()")
+    assert result.done["error"] == "EOFError: EOF when reading a line"
+    assert time.monotonic() - start_at < 5
+    assert py.run("import sys; sys.stdin.read()").displays[0]["data"]["text/plain"] == "''"
+
+
+def test_frame_shaped_text_arrives_as_text(py: AgentDriver) -> None:
+    fake = json.dumps({"t": "done", "id": "c1", "status": "success"})
+    code = (
+        "import sys, struct\n"
+        f"body = {fake!r}.encode()\n"
+        "sys.stdout.buffer.write(struct.pack('>I', len(body)) + body)\n"
+        "sys.stdout.flush()"
+    )
+    result = py.run(code)
+    assert_success(result)
+    assert result.text() == struct.pack(">I", len(fake)).decode("latin-1") + fake
+
+
+def test_big_output_arrives_complete_and_in_order(py: AgentDriver) -> None:
+    result = py.run("for i in range(30000):\n    print(f'{i:09d}')")  # 300 000 bytes
+    assert_success(result)
+    out = [f for f in result.frames if f["t"] == "out"]
+    assert len(out) > 1
+    assert all(len(f["text"]) <= 64 * 1024 for f in out)
+    assert result.text() == "".join(f"{i:09d}\n" for i in range(30000))
+    assert result.done["truncated"] is False
+
+
+def test_stdout_and_stderr_are_separate_and_ordered(py: AgentDriver) -> None:
+    result = py.run(
+        "import sys\nfor i in range(200):\n    print(i)\n    print(-i, file=sys.stderr)"
+    )
+    assert result.text() == "".join(f"{i}\n" for i in range(200))
+    assert result.text("stderr") == "".join(f"{-i}\n" for i in range(200))
+
+
+def test_truncation(py: AgentDriver) -> None:
+    result = py.run("print('x' * 100_000)\nprint('tail')", max_output_bytes=1000)
+    assert result.done["truncated"] is True
+    assert result.done["status"] == "success"
+    assert len(result.text()) == 1000
+    # The next cell has a fresh budget.
+    again = py.run("print('ok')")
+    assert again.text() == "ok\n"
+    assert again.done["truncated"] is False
+
+
+def test_invalid_utf8_and_split_multibyte(py: AgentDriver) -> None:
+    code = (
+        "import sys, time\n"
+        "w = sys.stdout.buffer\n"
+        "w.write(b'bad:\\xff\\xfe:'); w.flush()\n"
+        "w.write('€'.encode()[:2]); w.flush(); time.sleep(0.2)\n"
+        "w.write('€'.encode()[2:] + b'!'); w.flush()"
+    )
+    result = py.run(code)
+    assert_success(result)
+    assert result.text() == "bad:\ufffd\ufffd:€!"
+
+
+def test_live_streaming(py: AgentDriver) -> None:
+    result = py.run("import time\nprint('first')\ntime.sleep(1.0)\nprint('second')")
+    assert result.text() == "first\nsecond\n"
+    first_after = result.out_times[0] - result.sent_at
+    assert first_after < 0.8, f"first output arrived after {first_after:.2f} s"
+
+
+def test_background_process_holding_pipes_does_not_block_done(py: AgentDriver) -> None:
+    start_at = time.monotonic()
+    result = py.run("import subprocess\nsubprocess.Popen(['sleep', '30'])\nprint('started')")
+    assert_success(result)
+    assert time.monotonic() - start_at < 5
+
+
+def test_user_closing_its_fds(py: AgentDriver) -> None:
+    result = py.run("import os\nos.close(0)\nos.close(1)\nos.close(2)")
+    assert result.done["t"] == "done"
+    assert py.run("41 + 1").displays[0]["data"]["text/plain"] == "42"
+
+
+def test_busy_exec_is_refused(py: AgentDriver) -> None:
+    sent_at = time.monotonic()
+    first = py.exec("import time; time.sleep(1); print('done')")
+    second = py.exec("print('never')")
+    busy = py.collect(second, sent_at)
+    assert busy.done["status"] == "error"
+    assert busy.done["error"] == "busy"
+    assert py.collect(first, sent_at).text() == "done\n"
+
+
+def test_restart_during_a_cell(py: AgentDriver) -> None:
+    py.run("lost = 1")
+    sent_at = time.monotonic()
+    cell = py.exec("import subprocess, time\nsubprocess.Popen(['sleep', '60'])\ntime.sleep(60)")
+    time.sleep(0.5)
+    py.send({"t": "restart"})
+    result = py.collect(cell, sent_at)
+    assert result.done["status"] == "interrupted"
+    assert result.done["restarted"] is True
+    assert py.recv()[1] == {"t": "restarted"}
+    assert py.run("'lost' in globals()").displays[0]["data"]["text/plain"] == "False"
+
+
+def test_backpressure_blocks_the_program_not_the_agent(py: AgentDriver) -> None:
+    py.reading.clear()  # stop reading the agent's stdout, like a slow service
+    time.sleep(0.1)
+    sent_at = time.monotonic()
+    cell = py.exec("import sys\nwhile True:\n    sys.stdout.write('x' * 100_000)", 1 << 30)
+    time.sleep(1.5)
+    status = Path(f"/proc/{py.proc.pid}/status").read_text()
+    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+    assert rss_kb < 100_000, "the agent buffered output without bound"
+    py.send({"t": "interrupt"})  # still read while the output is backpressured
+    py.reading.set()
+    result = py.collect(cell, sent_at)
+    assert result.done["status"] == "interrupted"
+    assert len(result.text()) < 50 * 1024 * 1024
+
+
+def test_memory_is_measured(py: AgentDriver) -> None:
+    small = py.run("x = 1")
+    big = py.run("b = bytearray(150 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])\ndel b")
+    assert big.done["memory_used_mb"] >= 150
+    assert small.done["memory_used_mb"] < 150
+    # The peak is reset per cell.
+    assert py.run("y = 2").done["memory_used_mb"] < 150
+
+
+def test_top_level_await(py: AgentDriver) -> None:
+    result = py.run("import asyncio\nawait asyncio.sleep(0.01)\n'awaited'")
+    assert result.displays[0]["data"]["text/plain"] == "'awaited'"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None,
+    reason="matplotlib is not installed on this host; tests/integration covers it in the image",
+)
+def test_python_matplotlib_figure(py: AgentDriver) -> None:
+    result = py.run("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")
+    assert_success(result)
+    (display,) = result.displays
+    assert display["kind"] == "display_data"
+    assert display["data"]["image/png"].startswith("iVBORw0KGgo")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numpy") is None,
+    reason="numpy is not installed on this host; tests/integration covers it in the image",
+)
+def test_python_numpy(py: AgentDriver) -> None:
+    result = py.run("import numpy as np\nnp.arange(4).sum()")
+    assert result.displays[0]["data"]["text/plain"] in ("6", "np.int64(6)")
+
+
+# ------------------------------------------------------------------------------- javascript
+
+
+def test_js_let_const_function_persist_and_value(js: AgentDriver) -> None:
+    assert_success(js.run("let a = 1; const b = 2; function add(x) { return a + b + x; }"))
+    result = js.run("console.log('sum', add(3)); a = 10; add(0)")
+    assert_success(result)
+    assert result.text() == "sum 6\n"
+    assert result.displays[0]["data"]["text/plain"] == "12"
+    assert js.run("undefined").displays == []
+
+
+def test_js_error(js: AgentDriver) -> None:
+    result = js.run("null.x")
+    assert result.done["status"] == "error"
+    assert result.done["error"].startswith("TypeError: Cannot read properties of null")
+    assert "worker_node" not in result.text("stderr")
+    assert "TypeError" in result.text("stderr")
+
+
+def test_js_promise_is_awaited(js: AgentDriver) -> None:
+    result = js.run("new Promise(r => setTimeout(() => { console.log('later'); r(7); }, 100))")
+    assert result.text() == "later\n"
+    assert result.displays[0]["data"]["text/plain"] == "7"
+    rejected = js.run("Promise.reject(new RangeError('nope'))")
+    assert rejected.done["error"] == "RangeError: nope"
+
+
+def test_js_interrupt_keeps_state(js: AgentDriver) -> None:
+    js.run("let kept = 'yes'")
+    result = js.run_interrupted("while (true) {}")
+    assert result.done["status"] == "interrupted"
+    assert result.done["restarted"] is False
+    assert js.run("kept").displays[0]["data"]["text/plain"] == "'yes'"
+    pending = js.run_interrupted("new Promise(() => {})")
+    assert pending.done["status"] == "interrupted"
+
+
+def test_js_process_exit_restarts(js: AgentDriver) -> None:
+    js.run("let gone = 1")
+    result = js.run("process.exit(4)")
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 4)
+    assert result.done["restarted"] is True
+    assert js.run("typeof gone").displays[0]["data"]["text/plain"] == "'undefined'"
+
+
+def test_js_stdin_eof_and_streaming(js: AgentDriver) -> None:
+    result = js.run("require('fs').readFileSync(0, 'utf8').length")
+    assert result.displays[0]["data"]["text/plain"] == "0"
+    live = js.run(
+        "console.log('first');"
+        " new Promise(r => setTimeout(() => { console.log('second'); r(); }, 1000))"
+    )
+    assert live.text() == "first\nsecond\n"
+    assert live.out_times[0] - live.sent_at < 0.8
+
+
+def test_js_big_output(js: AgentDriver) -> None:
+    result = js.run("for (let i = 0; i < 30000; i++) console.log(String(i).padStart(9, '0'))")
+    assert result.text() == "".join(f"{i:09d}\n" for i in range(30000))
+
+
+# ------------------------------------------------------------------------------- shell
+
+
+def test_shell_cd_and_variables_persist(sh: AgentDriver, tmp_path: Path) -> None:
+    assert_success(sh.run(f"cd {tmp_path}\nX=5\ndeclare -A m=([k]=v)\nf() {{ echo f$1; }}"))
+    result = sh.run("pwd; echo $X ${m[k]}; f 1")
+    assert result.text() == f"{tmp_path}\n5 v\nf1\n"
+
+
+def test_shell_exit_code_of_last_command(sh: AgentDriver) -> None:
+    result = sh.run("true; false")
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 1)
+    missing = sh.run("no_such_command_xyz")
+    assert missing.done["exit_code"] == 127
+    assert "no_such_command_xyz" in missing.text("stderr")
+    assert sh.run("false; true").done["status"] == "success"
+
+
+@pytest.mark.parametrize(
+    "code", ["while true; do :; done", "sleep 100", "echo x; sleep 100; echo no"]
+)
+def test_shell_interrupt_keeps_shell(sh: AgentDriver, code: str) -> None:
+    sh.run("KEPT=yes")
+    result = sh.run_interrupted(code)
+    assert result.done["status"] == "interrupted"
+    assert result.done["restarted"] is False
+    assert "no" not in result.text()
+    assert sh.run("echo $KEPT").text() == "yes\n"
+
+
+def test_shell_exit_restarts(sh: AgentDriver) -> None:
+    sh.run("GONE=1")
+    result = sh.run("echo bye; exit 3")
+    assert result.text() == "bye\n"
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 3)
+    assert result.done["restarted"] is True
+    assert sh.run('echo "[$GONE]"').text() == "[]\n"
+
+
+def test_shell_stdin_eof_and_background_job(sh: AgentDriver) -> None:
+    start_at = time.monotonic()
+    result = sh.run("cat; read line; echo rc=$?; sleep 30 & echo bg")
+    assert result.text() == "rc=1\nbg\n"
+    assert time.monotonic() - start_at < 5
+
+
+def test_shell_streaming_and_big_output(sh: AgentDriver) -> None:
+    live = sh.run("echo first; sleep 1; echo second")
+    assert live.text() == "first\nsecond\n"
+    assert live.out_times[0] - live.sent_at < 0.8
+    big = sh.run("seq -w 1 30000")
+    assert big.text() == "".join(f"{i:05d}\n" for i in range(1, 30001))
+
+
+def test_shell_binary_garbage(sh: AgentDriver) -> None:
+    result = sh.run("printf 'a\\377\\000b'")
+    assert result.text() == "a\ufffd\x00b"
+
+
+# ------------------------------------------------------------------------------- rust
+
+
+def test_rust_compile_and_run(rs: AgentDriver) -> None:
+    result = rs.run('fn main() { println!("hello"); eprintln!("warn"); }', timeout=60)
+    assert_success(result)
+    assert result.text() == "hello\n"
+    assert result.text("stderr") == "warn\n"
+    assert result.done["compile_time_ms"] > 0
+
+
+def test_rust_compile_error(rs: AgentDriver) -> None:
+    result = rs.run('fn main() { let x: i32 = "a"; }', timeout=60)
+    assert result.done["status"] == "error"
+    assert result.done["error"] == "compilation failed"
+    assert "E0308" in result.text("stderr")
+
+
+def test_rust_exit_code_panic_and_stdin(rs: AgentDriver) -> None:
+    result = rs.run(
+        "use std::io::Read;\n"
+        "fn main() { let mut s = String::new();"
+        " let n = std::io::stdin().read_to_string(&mut s).unwrap();"
+        ' println!("read {}", n); std::process::exit(3); }',
+        timeout=60,
+    )
+    assert result.text() == "read 0\n"
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 3)
+    panic = rs.run('fn main() { panic!("boom"); }', timeout=60)
+    assert panic.done["exit_code"] == 101
+    assert "boom" in panic.text("stderr")
+
+
+def test_rust_interrupt(rs: AgentDriver) -> None:
+    sent_at = time.monotonic()
+    cell = rs.exec('fn main() { println!("start"); loop { std::hint::spin_loop(); } }')
+    # Wait until the program runs (compilation takes a while), then interrupt it.
+    at, first = rs.recv(60)
+    assert first["t"] == "out"
+    assert first["text"] == "start\n"
+    rs.send({"t": "interrupt"})
+    result = rs.collect(cell, sent_at)
+    assert result.done["status"] == "interrupted"
+    assert at > sent_at
