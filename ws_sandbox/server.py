@@ -47,7 +47,8 @@ class _DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     """Run the service until it is told to stop; returns the exit status."""
-    if not settings.is_loopback and not settings.allow_unauthenticated:
+    if (not settings.is_loopback and not settings.api_key_list
+            and not settings.allow_unauthenticated):
         raise ConfigError(
             f"refusing to bind to {settings.host} without API keys; set API_KEYS, or"
             " ALLOW_UNAUTHENTICATED=true if something in front of us authenticates")

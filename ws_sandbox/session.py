@@ -82,6 +82,32 @@ class SessionLimits:
         )
 
 
+def validate_cell(limits: SessionLimits, code: str, timeout: float | None) -> float:
+    """Check a cell's code and timeout; return the timeout in force.
+
+    Shared by every adapter (WebSocket cells, the one-shot REST call) so that a refused
+    request reads the same everywhere. A timeout is never silently clamped.
+
+    Raises:
+        PayloadTooLarge: code above ``max_code_bytes``.
+        BadRequest: empty code, or a timeout that is not positive or above the maximum.
+    """
+    size = len(code.encode("utf-8", "surrogatepass"))
+    if size > limits.max_code_bytes:
+        raise PayloadTooLarge(
+            f"code of {size} bytes exceeds the limit of {limits.max_code_bytes} bytes")
+    if not code.strip():
+        raise BadRequest("code is empty")
+    if timeout is None:
+        return limits.default_execution_time
+    if not timeout > 0:
+        raise BadRequest(f"timeout must be a positive number of seconds, not {timeout}")
+    if timeout > limits.max_execution_time:
+        raise BadRequest(f"timeout of {timeout:g} s exceeds the maximum of"
+                         f" {limits.max_execution_time:g} s")
+    return timeout
+
+
 @dataclass(slots=True)
 class Cell:
     """One code cell, from request to result."""
@@ -248,20 +274,7 @@ class Session:
             QueueFull: too many cells waiting.
         """
         limits = self.limits
-        size = len(request.code.encode("utf-8", "surrogatepass"))
-        if size > limits.max_code_bytes:
-            raise PayloadTooLarge(
-                f"code of {size} bytes exceeds the limit of {limits.max_code_bytes} bytes")
-        if not request.code.strip():
-            raise BadRequest("code is empty")
-        timeout = request.timeout
-        if timeout is None:
-            timeout = limits.default_execution_time
-        elif not timeout > 0:
-            raise BadRequest(f"timeout must be a positive number of seconds, not {timeout}")
-        elif timeout > limits.max_execution_time:
-            raise BadRequest(f"timeout of {timeout:g} s exceeds the maximum of"
-                             f" {limits.max_execution_time:g} s")
+        timeout = validate_cell(limits, request.code, request.timeout)
         if (self.running and self.running.id == request.id) or any(
                 c.id == request.id for c in self.queue):
             raise BadRequest(f"cell id {request.id!r} is already running or queued")

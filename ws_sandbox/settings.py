@@ -116,6 +116,39 @@ class Settings:
     seccomp_profile: str = field(default="", metadata={"env": "SECCOMP_PROFILE",
         "doc": "Path of a seccomp JSON profile; empty: the engine's default profile"})
 
+    # --- service surface: audit, history, rate limits, keys ------------------------------
+    api_keys: str = field(default="", metadata={"env": "API_KEYS",
+        "doc": "Comma-separated API keys; when set, every call needs one (Authorization:"
+        " Bearer, or ?api_key= for browser WebSockets)", "secret": True})
+    admin_api_key: str = field(default="", metadata={"env": "ADMIN_API_KEY",
+        "doc": "Key of the admin API; empty: the admin API is switched off", "secret": True})
+    allowed_origins: str = field(default="", metadata={"env": "ALLOWED_ORIGINS",
+        "doc": "Comma-separated origins allowed to open WebSockets and call the API from a"
+        " browser (same host is always allowed); * allows any"})
+    rate_limit_per_minute: int = field(default=120, metadata={
+        "env": "RATE_LIMIT_PER_MINUTE", "doc": "Calls (REST executions, session opens,"
+        " cells) per minute per API key or client address; 0 switches limiting off"})
+    rate_limit_burst: int = field(default=20, metadata={"env": "RATE_LIMIT_BURST",
+        "doc": "Calls allowed at once before the per-minute rate applies"})
+    enable_audit_log: bool = field(default=True, metadata={"env": "ENABLE_AUDIT_LOG",
+        "doc": "Write one JSON line per execution to AUDIT_LOG_PATH"})
+    audit_log_path: str = field(default="audit.log", metadata={"env": "AUDIT_LOG_PATH",
+        "doc": "File of the audit log"})
+    audit_log_max_bytes: int = field(default=10_485_760, metadata={
+        "env": "AUDIT_LOG_MAX_BYTES", "doc": "Rotate the audit log when it reaches this size"})
+    audit_log_backups: int = field(default=5, metadata={"env": "AUDIT_LOG_BACKUPS",
+        "doc": "Rotated audit log files kept (audit.log.1 ... audit.log.N)"})
+    enable_history: bool = field(default=True, metadata={"env": "ENABLE_HISTORY",
+        "doc": "Keep executions in HISTORY_DB_PATH for /api/v1/executions"})
+    history_db_path: str = field(default="history.sqlite3", metadata={
+        "env": "HISTORY_DB_PATH", "doc": "SQLite file of the execution history"})
+    history_retention_days: float = field(default=7.0, metadata={
+        "env": "HISTORY_RETENTION_DAYS", "doc": "Forget executions older than this"})
+    history_max_rows: int = field(default=100_000, metadata={"env": "HISTORY_MAX_ROWS",
+        "doc": "Keep at most this many executions (the oldest go first)"})
+    history_output_bytes: int = field(default=65_536, metadata={
+        "env": "HISTORY_OUTPUT_BYTES", "doc": "Stdout and stderr kept per execution"})
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read settings from ``env`` (default ``os.environ``), then apply ``overrides``.
@@ -190,6 +223,17 @@ class Settings:
              "LOG_LEVEL must be debug, info, warning or error")
         need(bool(self.container_image.strip()), "CONTAINER_IMAGE must not be empty")
         need(bool(self.instance_name.strip()), "INSTANCE_NAME must not be empty")
+        need(self.rate_limit_per_minute >= 0, "RATE_LIMIT_PER_MINUTE must not be negative")
+        need(self.rate_limit_burst >= 1, "RATE_LIMIT_BURST must be at least 1")
+        need(self.audit_log_max_bytes >= 4096, "AUDIT_LOG_MAX_BYTES must be at least 4096")
+        need(0 <= self.audit_log_backups <= 1000, "AUDIT_LOG_BACKUPS must be in [0, 1000]")
+        need(self.history_retention_days > 0, "HISTORY_RETENTION_DAYS must be positive")
+        need(self.history_max_rows >= 1, "HISTORY_MAX_ROWS must be at least 1")
+        need(self.history_output_bytes >= 0, "HISTORY_OUTPUT_BYTES must not be negative")
+        need(not self.enable_audit_log or bool(self.audit_log_path.strip()),
+             "AUDIT_LOG_PATH must not be empty when ENABLE_AUDIT_LOG is on")
+        need(not self.enable_history or bool(self.history_db_path.strip()),
+             "HISTORY_DB_PATH must not be empty when ENABLE_HISTORY is on")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
 
@@ -197,6 +241,16 @@ class Settings:
     def enabled_languages(self) -> tuple[Language, ...]:
         """Languages switched on, in a fixed order."""
         return tuple(lang for lang in LANGUAGES if getattr(self, f"enable_{lang}"))
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """The configured API keys (empty: no key needed)."""
+        return _split(self.api_keys)
+
+    @property
+    def allowed_origin_list(self) -> tuple[str, ...]:
+        """Origins allowed besides the service's own host."""
+        return _split(self.allowed_origins)
 
     @property
     def is_loopback(self) -> bool:
@@ -212,6 +266,10 @@ class Settings:
         """Settings that may be shown to clients: every field not marked secret."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if not f.metadata.get("secret")}
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 _TRUE = {"1", "true", "yes", "on"}

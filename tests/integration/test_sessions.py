@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+from typing import Any
 
 import pytest
 import websockets
@@ -178,7 +179,7 @@ async def test_bad_frames_get_error_frames(service: Service, message: str | byte
         assert error["code"] == code
         assert error["message"]
         await ws.send(json.dumps({"type": "execute", "id": "ok", "code": "print('alive')"}))
-        frames = []
+        frames: list[dict[str, Any]] = []
         while not frames or frames[-1]["type"] != "result":
             frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
         assert "".join(f["text"] for f in frames if f["type"] == "stream") == "alive\n"
