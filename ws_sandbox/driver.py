@@ -122,6 +122,8 @@ class SessionRunner:
         self.core = core
         self.sandbox: Sandbox | None = sandbox
         self.client_id = client_id
+        #: Which adapter drives the session: "session" (WebSocket, Jupyter) or "rest".
+        self.origin = "session"
         self._acquire = acquire
         self._send_timeout = send_timeout
         self._on_cell = on_cell
@@ -132,6 +134,8 @@ class SessionRunner:
         self._replacer: asyncio.Task[None] | None = None
         self._late: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
+        #: Set once the session's sandbox is gone too (``closed`` is set before teardown).
+        self.finished = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -191,7 +195,10 @@ class SessionRunner:
             raise
         finally:
             self.closed.set()
-            await self._teardown()
+            try:
+                await self._teardown()
+            finally:
+                self.finished.set()
 
     async def _dispatch(self, event: Event) -> None:
         now = self._loop.time()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ws_sandbox import frames as fr
@@ -114,12 +115,16 @@ class SessionManager:
             f"language {language!r} is not available; enabled: {', '.join(enabled)}")
 
     async def open(self, language: str, sink: FrameSink, *, client_id: str = "",
-                   send_ready: bool = True) -> SessionRunner:
+                   send_ready: bool = True,
+                   admit_cell: Callable[[], None] | None = None) -> SessionRunner:
         """Open a session with a sandbox from the pool and start running it.
 
         Raises:
             LanguageUnavailable: unknown or disabled language.
             CapacityError: ``MAX_CONCURRENT_EXECUTIONS`` sessions are open.
+
+        ``admit_cell`` is asked before each client cell is queued (a rate limit, say); it
+        refuses by raising a :class:`~ws_sandbox.exceptions.SandboxError`.
             BackendError: no sandbox could be had.
         """
         lang = self.check_language(language)
@@ -137,7 +142,7 @@ class SessionManager:
         loop = asyncio.get_running_loop()
         session_id = secrets.token_hex(12)
         core = Session(session_id=session_id, language=lang, limits=self.limits(),
-                       now=loop.time())
+                       now=loop.time(), admit_cell=admit_cell)
         runner = SessionRunner(core, sandbox, acquire=lambda: self._acquire(lang),
                                send_timeout=self.settings.send_timeout,
                                on_cell=self._cell_finished, client_id=client_id)

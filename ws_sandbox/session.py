@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ws_sandbox import agent_wire as aw
@@ -122,6 +123,9 @@ class Cell:
     truncated: bool = False
     timed_out: bool = False
     interrupted: bool = False
+    # What the client was sent (capped at max_output_bytes): kept for history and REST.
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
 
 
 # --- actions for the I/O layer -------------------------------------------------------------
@@ -188,6 +192,8 @@ class Session:
     queue: deque[Cell] = field(default_factory=deque)
     cells_run: int = 0
     close_reason: fr.CloseReason | None = None
+    #: Decides whether a client's cell may be queued at all (raises SandboxError if not).
+    admit_cell: Callable[[], None] | None = None
     _frames: list[fr.ServerFrame] = field(default_factory=list)
     _actions: list[Action] = field(default_factory=list)
     _timers: _Timers = field(default_factory=_Timers)
@@ -255,6 +261,8 @@ class Session:
         match frame:
             case fr.Execute():
                 try:
+                    if self.admit_cell is not None:
+                        self.admit_cell()  # e.g. a rate limit; raises to refuse the cell
                     self.submit(frame, now)
                 except SandboxError as exc:
                     self._error(exc, cell_id=frame.id)
@@ -480,6 +488,7 @@ class Session:
             cell.truncated = True
             text += TRUNCATION_MARKER.format(limit=self.limits.max_output_bytes)
         if text:
+            (cell.stdout if name == "stdout" else cell.stderr).append(text)
             self._frames.append(fr.Stream(id=cell.id, name=name, text=text))
 
     def _display(self, cell: Cell, frame: aw.AgentDisplay) -> None:
@@ -517,9 +526,9 @@ class Session:
         if done.truncated and not cell.truncated:
             # The agent stopped forwarding at the cap: the marker is still ours to show.
             cell.truncated = True
-            self._frames.append(fr.Stream(
-                id=cell.id, name="stdout",
-                text=TRUNCATION_MARKER.format(limit=self.limits.max_output_bytes)))
+            marker = TRUNCATION_MARKER.format(limit=self.limits.max_output_bytes)
+            cell.stdout.append(marker)
+            self._frames.append(fr.Stream(id=cell.id, name="stdout", text=marker))
         # The agent's clock is hostile; it may only make the cell look faster than we saw.
         assert cell.started_at is not None
         seen_ms = (now - cell.started_at) * 1000.0

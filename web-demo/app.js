@@ -1,0 +1,592 @@
+// ws_sandbox web demo: a plain client of the public protocol v1 (protocol/ in the repo).
+// No build step, no dependency, nothing fetched from elsewhere: the service serves this file
+// and answers on the same origin.
+"use strict";
+
+(() => {
+  const EXAMPLES = {
+    python: [
+      "import sys, time",
+      "",
+      "for i in range(3):",
+      "    print(f\"tick {i}\")",
+      "    time.sleep(0.3)",
+      "print(\"this line goes to stderr\", file=sys.stderr)",
+      "",
+      "# State survives between cells; the value of the last expression is shown.",
+      "squares = [n * n for n in range(8)]",
+      "squares",
+    ].join("\n"),
+    javascript: [
+      "const fib = (n) => (n < 2 ? n : fib(n - 1) + fib(n - 2));",
+      "for (let i = 0; i < 10; i++) {",
+      "  console.log(`fib(${i}) = ${fib(i)}`);",
+      "}",
+      "console.error(\"this line goes to stderr\");",
+    ].join("\n"),
+    shell: [
+      "echo \"hello from $(uname -s) as uid $(id -u)\"",
+      "cd /tmp && pwd",
+      "for i in 1 2 3; do echo \"tick $i\"; sleep 0.3; done",
+      "echo \"this line goes to stderr\" >&2",
+    ].join("\n"),
+    rust: [
+      "fn main() {",
+      "    let squares: Vec<u64> = (1..=10).map(|n| n * n).collect();",
+      "    println!(\"squares: {:?}\", squares);",
+      "    println!(\"sum: {}\", squares.iter().sum::<u64>());",
+      "    eprintln!(\"this line goes to stderr\");",
+      "}",
+    ].join("\n"),
+  };
+  const LANGUAGE_NAMES = {
+    python: "Python", javascript: "JavaScript", shell: "Shell (bash)", rust: "Rust",
+  };
+  const ALL_LANGUAGES = ["python", "javascript", "shell", "rust"];
+  const INDENT = "    ";
+
+  const CLOSE_REASONS = {
+    idle_timeout: "idle for too long",
+    max_lifetime: "the session reached its maximum lifetime",
+    server_shutdown: "the server is shutting down",
+    client_closed: "you closed the session",
+    sandbox_lost: "the sandbox was lost",
+    closed_by_admin: "closed by an administrator",
+    resume_expired: "the connection was lost for too long",
+  };
+  const ERROR_TEXT = {
+    at_capacity: "The service is running as many sessions as it allows. Try again in a moment.",
+    rate_limited: "Too many requests from this address. Wait a little, then try again.",
+    unauthorized: "This service needs an API key: open the page with ?api_key=YOUR_KEY.",
+    forbidden: "The API key (or this page's origin) was refused.",
+    language_unavailable: "That language is not enabled on this service.",
+    queue_full: "Too many cells are waiting in this session; wait for some to finish.",
+    payload_too_large: "The code is larger than the service accepts.",
+    invalid_token: "The session could not be resumed: it expired or was closed.",
+    not_found: "The session does not exist any more.",
+    bad_request: "The service did not understand the request.",
+    cancelled: "Cancelled before it ran.",
+    engine_unavailable: "The sandbox engine is not available right now.",
+    image_missing: "The sandbox image is missing on the server.",
+    sandbox_lost: "The sandbox stopped answering.",
+    backend_error: "The sandbox engine failed.",
+    internal_error: "The service hit an internal error.",
+  };
+  // Close codes, for a connection that ends without a frame saying why.
+  const CLOSE_CODES = {
+    1001: "the server went away",
+    1006: "the connection was lost",
+    1008: "the request was refused",
+    1009: "the message was too large",
+    1011: "the server hit an error",
+    1013: "the service is busy; try again later",
+    4000: "the session was resumed in another tab",
+  };
+  const STATUS_TEXT = {
+    queued: "queued", running: "running", success: "success", error: "error",
+    timeout: "timed out", interrupted: "interrupted", killed: "killed",
+    refused: "refused", unknown: "unknown",
+  };
+  const RECONNECT_MAX_ATTEMPTS = 8;
+  const RECONNECT_BASE_MS = 500;
+  const RECONNECT_MAX_MS = 8000;
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    state: $("state"), language: $("language"), timeout: $("timeout"), code: $("code"),
+    run: $("run"), interrupt: $("interrupt"), restart: $("restart"),
+    reconnect: $("reconnect"), notice: $("notice"), cells: $("cells"), empty: $("empty"),
+    clear: $("clear"), history: $("history"), limits: $("limits"),
+  };
+
+  const params = new URLSearchParams(location.search);
+  const apiKey = params.get("api_key") || "";
+
+  const S = {
+    ws: null,            // the current WebSocket
+    generation: 0,       // bumps on every new socket; events of older sockets are ignored
+    language: "python",
+    token: null,         // resume token of the live session
+    sessionId: null,
+    limits: null,
+    ready: false,
+    closedFrame: null,   // the server's `closed` frame, when it sent one
+    lastError: null,     // the last error frame without a cell id (explains a refusal)
+    attempts: 0,         // reconnection attempts since the last `ready`
+    timer: null,         // pending reconnection
+    cells: new Map(),    // cell id -> {el, status, ...}
+    pending: new Set(),  // ids of cells sent and not finished
+    counter: 0,
+    exampleShown: "",    // the example last put in the editor (untouched editor = this)
+  };
+
+  // ------------------------------------------------------------------ small helpers
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  function errorWords(code, message) {
+    const ours = ERROR_TEXT[code];
+    if (ours && message && message !== ours) return `${ours} (${message})`;
+    return ours || message || code;
+  }
+
+  function showNotice(text, kind = "error") {
+    ui.notice.textContent = text;
+    ui.notice.dataset.kind = kind;
+    ui.notice.hidden = false;
+  }
+
+  function hideNotice() {
+    ui.notice.hidden = true;
+    ui.notice.textContent = "";
+  }
+
+  function setState(state, text) {
+    ui.state.dataset.state = state;
+    ui.state.textContent = text;
+    document.body.dataset.state = state;
+    const live = state === "ready" || state === "running";
+    ui.run.disabled = !live;
+    ui.interrupt.disabled = state !== "running";
+    ui.restart.disabled = !live;
+    ui.reconnect.hidden = state !== "closed";
+  }
+
+  function refreshRunningState() {
+    if (!S.ready) return;
+    const n = S.pending.size;
+    if (n === 0) setState("ready", `ready — ${LANGUAGE_NAMES[S.language] || S.language}`);
+    else setState("running", `running — ${n} cell${n === 1 ? "" : "s"} in progress`);
+  }
+
+  function wsUrl(query) {
+    // Relative to the page, so the demo also works behind a path prefix.
+    const url = new URL("api/v1/sessions/ws", location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    for (const [key, value] of Object.entries(query)) url.searchParams.set(key, value);
+    if (apiKey) url.searchParams.set("api_key", apiKey);
+    return url.toString();
+  }
+
+  // ------------------------------------------------------------------ connection
+  function connect({ resume = false } = {}) {
+    clearTimeout(S.timer);
+    S.timer = null;
+    const generation = ++S.generation;
+    S.ready = false;
+    S.closedFrame = null;
+    S.lastError = null;
+    if (!resume) {
+      S.token = null;
+      S.sessionId = null;
+    }
+    setState("connecting", resume ? "reconnecting…" : "connecting…");
+    let ws;
+    try {
+      ws = new WebSocket(resume ? wsUrl({ resume: S.token }) : wsUrl({ language: S.language }));
+    } catch (err) {
+      finalClose(`could not connect (${err.message})`);
+      return;
+    }
+    S.ws = ws;
+    ws.onmessage = (event) => {
+      if (generation !== S.generation) return;
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return; // not ours to guess at
+      }
+      onFrame(frame);
+    };
+    ws.onclose = (event) => {
+      if (generation !== S.generation) return;
+      onClose(event);
+    };
+  }
+
+  function closeDeliberately() {
+    // Code 1000 tells the server to end the session now, not to wait for a resume.
+    S.generation++;
+    clearTimeout(S.timer);
+    S.timer = null;
+    if (S.ws && S.ws.readyState <= WebSocket.OPEN) S.ws.close(1000, "client closed");
+    S.ws = null;
+    S.ready = false;
+    S.token = null;
+    abandonPending("session closed");
+  }
+
+  function onClose(event) {
+    S.ready = false;
+    S.ws = null;
+    if (S.closedFrame) {
+      const reason = S.closedFrame.reason;
+      finalClose(CLOSE_REASONS[reason] || S.closedFrame.message || reason);
+      return;
+    }
+    if (S.lastError) {
+      // A refusal (capacity, rate limit, key, language, stale token): retrying blindly
+      // would only be refused again, so say why and let the person decide.
+      const { code, message } = S.lastError;
+      showNotice(errorWords(code, message));
+      finalClose(ERROR_TEXT[code] ? code.replace(/_/g, " ") : (message || code));
+      return;
+    }
+    if (event.code === 1000) {
+      finalClose("the server ended the session");
+      return;
+    }
+    // A dropped connection: resume the same session (same sandbox, same state) with backoff.
+    if (S.attempts >= RECONNECT_MAX_ATTEMPTS) {
+      finalClose(`${CLOSE_CODES[event.code] || "the connection was lost"}; gave up reconnecting`);
+      return;
+    }
+    const delay = Math.min(RECONNECT_BASE_MS * 2 ** S.attempts, RECONNECT_MAX_MS)
+      * (0.8 + Math.random() * 0.4);
+    S.attempts += 1;
+    const resume = Boolean(S.token);
+    const why = CLOSE_CODES[event.code] || "the connection was lost";
+    setState("reconnecting",
+      `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${S.attempts})`);
+    S.timer = setTimeout(() => connect({ resume }), delay);
+  }
+
+  function finalClose(reasonWords) {
+    S.token = null;
+    abandonPending("the session closed before this cell finished");
+    setState("closed", `closed: ${reasonWords}`);
+  }
+
+  // ------------------------------------------------------------------ frames
+  function onFrame(frame) {
+    switch (frame.type) {
+      case "ready": return onReady(frame);
+      case "stream": return onStream(frame);
+      case "display": return onDisplay(frame);
+      case "result": return onResult(frame);
+      case "error": return onError(frame);
+      case "restarted": return onRestarted(frame);
+      case "closed":
+        S.closedFrame = frame;
+        return undefined;
+      default:
+        return undefined; // newer servers may add frames; ignore what we do not know
+    }
+  }
+
+  function onReady(frame) {
+    S.ready = true;
+    S.attempts = 0;
+    S.token = frame.token;
+    S.sessionId = frame.session_id;
+    S.limits = frame.limits || null;
+    if (frame.resumed) showNotice("Reconnected: the session and its state were kept.", "info");
+    else if (ui.notice.dataset.kind !== "error") hideNotice();
+    if (S.limits) {
+      const l = S.limits;
+      ui.timeout.max = String(l.max_execution_time);
+      ui.timeout.placeholder = `default ${l.default_execution_time}`;
+      const parts = [`Cell time limit ${l.max_execution_time} s`,
+        `memory ${l.max_memory_mb} MB`];
+      if (l.idle_timeout) parts.push(`idle timeout ${l.idle_timeout} s`);
+      ui.limits.textContent = parts.join(", ") + ".";
+    }
+    refreshRunningState();
+  }
+
+  function cellOf(frame) {
+    return S.cells.get(frame.id);
+  }
+
+  function onStream(frame) {
+    const cell = cellOf(frame);
+    if (!cell) return;
+    setCellStatus(cell, "running");
+    const name = frame.name === "stderr" ? "stderr" : "stdout";
+    let run = cell.out.lastElementChild;
+    if (!run || !run.classList.contains("run") || run.dataset.stream !== name) {
+      // A run is a stretch of one stream; stderr gets a visible label, both a spoken one.
+      run = el("div", { class: `run ${name}`, "data-stream": name },
+        el("span", { class: name === "stderr" ? "run-label" : "visually-hidden", text: name }),
+        el("pre", { class: "run-text" }));
+      cell.out.append(run);
+    }
+    run.lastElementChild.append(frame.text);
+    cell.out.hidden = false;
+  }
+
+  function onDisplay(frame) {
+    const cell = cellOf(frame);
+    if (!cell) return;
+    const data = frame.data || {};
+    let node;
+    if (typeof data["image/png"] === "string") {
+      node = el("img", { src: `data:image/png;base64,${data["image/png"]}`,
+        alt: data["text/plain"] || `image output of cell ${cell.n}` });
+    } else if (typeof data["text/plain"] === "string") {
+      node = el("pre", { class: "run-text", text: data["text/plain"] });
+    } else {
+      node = el("p", { class: "note", text: `(output of type ${Object.keys(data).join(", ")})` });
+    }
+    const kind = frame.kind === "execute_result" ? "value" : "display";
+    cell.out.append(el("div", { class: `run display ${kind}`, "data-kind": kind },
+      el("span", { class: "visually-hidden", text: kind === "value" ? "value" : "display" }),
+      node));
+    cell.out.hidden = false;
+  }
+
+  function onResult(frame) {
+    const cell = cellOf(frame);
+    if (!cell) return;
+    S.pending.delete(frame.id);
+    setCellStatus(cell, frame.status);
+    const meta = [`${formatMs(frame.execution_time_ms)}`];
+    meta.push(frame.memory_used_mb == null ? "memory n/a" : `${frame.memory_used_mb.toFixed(1)} MB`);
+    if (frame.exit_code != null) meta.push(`exit ${frame.exit_code}`);
+    cell.meta.textContent = meta.join(" · ");
+    const notes = [];
+    if (frame.error) notes.push(frame.error);
+    if (frame.truncated) notes.push("Output was truncated: the cell printed more than the limit.");
+    if (frame.state_lost) notes.push("The interpreter was restarted: variables from earlier cells are gone.");
+    for (const text of notes) cell.notes.append(el("p", { class: "note", text }));
+    refreshRunningState();
+  }
+
+  function onError(frame) {
+    const cell = frame.id ? S.cells.get(frame.id) : null;
+    if (cell) {
+      S.pending.delete(frame.id);
+      setCellStatus(cell, frame.code === "cancelled" ? "unknown" : "refused");
+      cell.notes.append(el("p", { class: "note", text: errorWords(frame.code, frame.message) }));
+      refreshRunningState();
+      return;
+    }
+    if (!S.ready) S.lastError = frame; // a refusal before (or instead of) `ready`
+    showNotice(errorWords(frame.code, frame.message));
+  }
+
+  function onRestarted(frame) {
+    const text = frame.reason === "sandbox_replaced"
+      ? "The sandbox was replaced: all state from earlier cells is gone."
+      : "The interpreter was restarted: variables from earlier cells are gone.";
+    showNotice(frame.message ? `${text} (${frame.message})` : text, "info");
+    ui.cells.append(el("li", { class: "divider", text: "— restarted —" }));
+  }
+
+  function formatMs(ms) {
+    if (typeof ms !== "number") return "—";
+    return ms < 1000 ? `${ms.toFixed(ms < 10 ? 1 : 0)} ms` : `${(ms / 1000).toFixed(2)} s`;
+  }
+
+  // ------------------------------------------------------------------ cells
+  function setCellStatus(cell, status) {
+    if (cell.status === status) return;
+    if (cell.status !== "queued" && cell.status !== "running" && status === "running") return;
+    cell.status = status;
+    cell.el.dataset.status = status;
+    cell.badge.textContent = STATUS_TEXT[status] || status;
+  }
+
+  function abandonPending(why) {
+    for (const id of S.pending) {
+      const cell = S.cells.get(id);
+      if (!cell) continue;
+      setCellStatus(cell, "unknown");
+      cell.notes.append(el("p", { class: "note", text: why }));
+    }
+    S.pending.clear();
+  }
+
+  function addCell(id, code) {
+    const n = ++S.counter;
+    const badge = el("span", { class: "badge", text: STATUS_TEXT.queued });
+    const meta = el("span", { class: "meta" });
+    const firstLine = code.split("\n", 1)[0];
+    const codeView = el("details", { class: "cell-code" },
+      el("summary", { text: firstLine.length > 60 ? `${firstLine.slice(0, 60)}…` : firstLine }),
+      el("pre", { text: code }));
+    const out = el("div", { class: "out" });
+    const notes = el("div", { class: "notes" });
+    const li = el("li", { class: "cell", "data-cell-id": id, "data-status": "queued",
+      "data-language": S.language },
+      el("div", { class: "cell-head" },
+        el("span", { class: "cell-n", text: `[${n}] ${LANGUAGE_NAMES[S.language] || S.language}` }),
+        badge, meta),
+      codeView, out, notes);
+    ui.cells.append(li);
+    ui.empty.hidden = true;
+    const cell = { el: li, badge, meta, out, notes, status: "queued", n, code };
+    S.cells.set(id, cell);
+    li.scrollIntoView({ block: "nearest" });
+    return cell;
+  }
+
+  function addHistory(code, language) {
+    const firstLine = code.split("\n").find((line) => line.trim()) || "(empty)";
+    const button = el("button", { type: "button", class: "history-item",
+      title: "Load this code into the editor" },
+      el("span", { class: "history-lang", text: LANGUAGE_NAMES[language] || language }),
+      el("span", { class: "history-code", text: firstLine }));
+    button.addEventListener("click", () => {
+      if (language !== S.language && [...ui.language.options].some((o) => o.value === language)) {
+        ui.language.value = language;
+        switchLanguage(language, { keepEditor: true });
+      }
+      setEditor(code, false);
+      ui.code.focus();
+    });
+    ui.history.prepend(el("li", {}, button));
+  }
+
+  function run() {
+    if (!S.ready || !S.ws) {
+      showNotice("Not connected: wait for the session to be ready.");
+      return;
+    }
+    const code = ui.code.value;
+    if (!code.trim()) {
+      showNotice("There is no code to run.", "info");
+      return;
+    }
+    const id = `c${S.counter + 1}-${Date.now().toString(36)}`;
+    const frame = { type: "execute", id, code };
+    const timeout = Number(ui.timeout.value);
+    if (ui.timeout.value && timeout > 0) frame.timeout = timeout;
+    addCell(id, code);
+    addHistory(code, S.language);
+    S.pending.add(id);
+    S.ws.send(JSON.stringify(frame));
+    refreshRunningState();
+  }
+
+  function send(frame) {
+    if (S.ready && S.ws) S.ws.send(JSON.stringify(frame));
+  }
+
+  // ------------------------------------------------------------------ editor
+  function setEditor(text, isExample) {
+    ui.code.value = text;
+    S.exampleShown = isExample ? text : "";
+  }
+
+  function editorUntouched() {
+    return !ui.code.value.trim() || ui.code.value === S.exampleShown;
+  }
+
+  let tabLeaves = false; // after Escape, the next Tab moves focus instead of indenting
+
+  function onEditorKey(event) {
+    if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
+      event.preventDefault();
+      run();
+      return;
+    }
+    if (event.key === "Escape") {
+      tabLeaves = true;
+      return;
+    }
+    if (event.key !== "Tab" || event.shiftKey || event.altKey || event.ctrlKey || event.metaKey) {
+      if (event.key !== "Shift") tabLeaves = false;
+      return;
+    }
+    if (tabLeaves) {
+      tabLeaves = false;
+      return; // let the browser move focus on
+    }
+    event.preventDefault();
+    indent(ui.code);
+  }
+
+  function indent(area) {
+    const { selectionStart: start, selectionEnd: end, value } = area;
+    if (start === end || !value.slice(start, end).includes("\n")) {
+      area.setRangeText(INDENT, start, end, "end");
+    } else {
+      // Indent every selected line.
+      const lineStart = value.lastIndexOf("\n", start - 1) + 1;
+      const block = value.slice(lineStart, end);
+      const indented = block.replace(/^/gm, INDENT);
+      area.setRangeText(indented, lineStart, end, "select");
+    }
+    area.dispatchEvent(new Event("input", { bubbles: true }));
+  }
+
+  // ------------------------------------------------------------------ languages
+  function switchLanguage(language, { keepEditor = false } = {}) {
+    if (!keepEditor && editorUntouched()) setEditor(EXAMPLES[language] || "", true);
+    S.language = language;
+    closeDeliberately();
+    hideNotice();
+    connect();
+  }
+
+  async function loadConfig() {
+    const headers = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+    try {
+      const response = await fetch(new URL("api/v1/config", location.href), { headers });
+      if (response.ok) {
+        const body = await response.json();
+        const enabled = (body.enabled_languages || []).filter((l) => ALL_LANGUAGES.includes(l));
+        if (enabled.length) return enabled;
+      } else if (response.status === 401 || response.status === 403) {
+        showNotice(ERROR_TEXT[response.status === 401 ? "unauthorized" : "forbidden"]);
+      }
+    } catch {
+      // Fall through: offer every language and let the server say which it refuses.
+    }
+    return ALL_LANGUAGES;
+  }
+
+  async function start() {
+    ui.code.addEventListener("keydown", onEditorKey);
+    ui.code.addEventListener("focus", () => { tabLeaves = false; });
+    document.addEventListener("keydown", (event) => {
+      if ((event.ctrlKey || event.metaKey) && event.key === "Enter" && event.target !== ui.code) {
+        event.preventDefault();
+        run();
+      }
+    });
+    ui.run.addEventListener("click", run);
+    ui.interrupt.addEventListener("click", () => send({ type: "interrupt" }));
+    ui.restart.addEventListener("click", () => send({ type: "restart" }));
+    ui.reconnect.addEventListener("click", () => {
+      hideNotice();
+      S.attempts = 0;
+      connect();
+    });
+    ui.clear.addEventListener("click", () => {
+      for (const node of [...ui.cells.children]) {
+        const id = node.dataset.cellId;
+        if (id && S.pending.has(id)) continue; // keep cells still running
+        if (id) S.cells.delete(id);
+        node.remove();
+      }
+      ui.empty.hidden = ui.cells.children.length > 0;
+    });
+    ui.language.addEventListener("change", () => switchLanguage(ui.language.value));
+    // A page that goes away ends its session at once instead of holding a sandbox.
+    window.addEventListener("pagehide", () => closeDeliberately());
+
+    const enabled = await loadConfig();
+    ui.language.replaceChildren(...enabled.map((l) =>
+      el("option", { value: l, text: LANGUAGE_NAMES[l] || l })));
+    const wanted = params.get("language");
+    S.language = enabled.includes(wanted) ? wanted : enabled[0];
+    ui.language.value = S.language;
+    ui.language.disabled = false;
+    if (editorUntouched()) setEditor(EXAMPLES[S.language] || "", true);
+    connect();
+  }
+
+  setState("connecting", "connecting…");
+  start();
+})();

@@ -1,0 +1,169 @@
+"""API keys, admin key and WebSocket origins.
+
+With ``API_KEYS`` set, every call but the public ones (health, the API description, the web
+demo's static files) must carry a key: ``Authorization: Bearer <key>``, or for a WebSocket
+from a browser (which cannot set headers) ``?api_key=<key>``. Admin endpoints need
+``ADMIN_API_KEY``; with none set the admin API is off. Keys are compared in constant time.
+
+A WebSocket upgrade whose ``Origin`` names another site is refused (cross-site WebSocket
+hijacking): the service's own host is allowed, and so is every entry of ``ALLOWED_ORIGINS``.
+
+:func:`check_request` and :func:`check_origin` are plain functions, so every adapter (the
+REST routes, the session endpoint, the Jupyter endpoint) applies the same rules;
+:class:`AuthMiddleware` applies them to this application's routes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ws_sandbox.exceptions import Forbidden, SandboxError, Unauthorized
+from ws_sandbox.settings import Settings
+
+#: Paths anyone may read: nothing secret, and monitors must reach health without a key.
+PUBLIC_PATHS = frozenset({"/api/v1/health", "/api/v1/openapi.json", "/docs"})
+ADMIN_PREFIX = "/api/v1/admin"
+
+
+def _matches(given: str, keys: tuple[str, ...]) -> bool:
+    # compare_digest against every key, without an early exit, so timing says nothing.
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given.encode(), key.encode())
+    return found
+
+
+def key_identity(key: str) -> str:
+    """A stable, non-secret name for an API key (for rate limits and the audit log)."""
+    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header value."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def check_request(settings: Settings, *, authorization: str | None = None,
+                  api_key: str | None = None, address: str = "unknown",
+                  admin: bool = False) -> str:
+    """Check a call's credentials; return the caller's identity.
+
+    Args:
+        settings: effective settings (``API_KEYS``, ``ADMIN_API_KEY``).
+        authorization: the ``Authorization`` header, if any.
+        api_key: the ``api_key`` query parameter, if any.
+        address: the peer's address, the identity when no key is needed.
+        admin: whether the call is to the admin API.
+
+    Returns:
+        ``key:<hash>`` for a keyed caller, otherwise ``address``.
+
+    Raises:
+        Unauthorized: a key is needed and none was given.
+        Forbidden: the key given is not accepted (or the admin API is off).
+    """
+    given = bearer(authorization) or api_key or None
+    if admin:
+        if not settings.admin_api_key:
+            raise Forbidden("the admin API is switched off; set ADMIN_API_KEY")
+        if given is None:
+            raise Unauthorized("the admin API needs ADMIN_API_KEY as a Bearer token")
+        if not _matches(given, (settings.admin_api_key,)):
+            raise Forbidden("this key is not the admin key")
+        return key_identity(given)
+    keys = settings.api_key_list
+    if not keys:
+        return key_identity(given) if given and _matches(
+            given, (settings.admin_api_key,)) else address
+    if given is None:
+        raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+    accepted = keys + ((settings.admin_api_key,) if settings.admin_api_key else ())
+    if not _matches(given, accepted):
+        raise Forbidden("the API key is not valid")
+    return key_identity(given)
+
+
+def check_origin(settings: Settings, origin: str | None, host: str | None) -> None:
+    """Refuse a browser WebSocket from another site.
+
+    Raises:
+        Forbidden: ``origin`` is neither this host nor in ``ALLOWED_ORIGINS``.
+    """
+    if origin is None:
+        return  # not a browser: keys, not origins, protect against those
+    allowed = settings.allowed_origin_list
+    if "*" in allowed or origin.rstrip("/") in (o.rstrip("/") for o in allowed):
+        return
+    netloc = urlsplit(origin).netloc
+    if host and netloc and netloc.lower() == host.lower():
+        return
+    raise Forbidden(f"origin {origin} is not allowed; add it to ALLOWED_ORIGINS")
+
+
+def _headers(scope: Scope) -> Mapping[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in scope.get("headers", [])}
+
+
+class AuthMiddleware:
+    """Applies :func:`check_request` (and for WebSockets :func:`check_origin`) to each call.
+
+    The caller's identity is put in ``scope["state"]["client_id"]``, so routes read it as
+    ``request.state.client_id``. Settings are read per call, so admin changes apply at once.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        manager = getattr(scope.get("app"), "state", None)
+        settings: Settings | None = getattr(getattr(manager, "manager", None), "settings",
+                                            None)
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        state = scope.setdefault("state", {})
+        state["client_id"] = address
+        protected = path.startswith("/api/") or path == "/metrics"
+        if settings is None or not protected or path in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            if scope["type"] == "websocket":
+                check_origin(settings, headers.get("origin"), headers.get("host"))
+            state["client_id"] = check_request(
+                settings, authorization=headers.get("authorization"),
+                api_key=(query.get("api_key") or [None])[0], address=address,
+                admin=path.startswith(ADMIN_PREFIX))
+        except SandboxError as exc:
+            await _refuse(scope, receive, send, exc)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxError) -> None:
+    if scope["type"] == "websocket":
+        # Closing before accepting makes the server answer the upgrade with HTTP 403.
+        await send({"type": "websocket.close", "code": exc.close_code, "reason": exc.code})
+        return
+    body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if exc.http_status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="ws-sandbox"'))
+    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,154 @@
+"""Jupyter messaging protocol 5.3 over the JSON WebSocket of Jupyter Server.
+
+Each message is one JSON object with ``header``, ``parent_header``, ``metadata``,
+``content``, ``channel`` and ``buffers``; like Jupyter Server we also put ``msg_id`` and
+``msg_type`` at the top level. Incoming messages are decoded leniently, because real clients
+send ``date`` as an empty string, leave out ``buffers`` or ``channel``, or add fields of their
+own; outgoing ones are built here so that every reply carries its request's header as
+``parent_header``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from ws_sandbox.exceptions import BadRequest
+
+PROTOCOL_VERSION = "5.3"
+#: Largest JSON message a client may send: code plus room for the envelope.
+MAX_INCOMING_CHARS = 16 * 1024 * 1024 + 65536
+#: Stream text is cut into pieces of at most this many characters (4 bytes each at worst
+#: in UTF-8, so one message stays well under 1 MiB).
+STREAM_CHUNK_CHARS = 192 * 1024
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+
+
+class Header(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """A message header. Unknown fields are ignored; missing ones get harmless defaults."""
+
+    msg_id: str = ""
+    msg_type: str = ""
+    username: str = ""
+    session: str = ""
+    date: str = ""
+    version: str = PROTOCOL_VERSION
+
+
+class Incoming(msgspec.Struct, kw_only=True):
+    """A message from the client, as tolerant as real clients need."""
+
+    header: Header
+    parent_header: dict[str, Any] = msgspec.field(default_factory=dict)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    content: dict[str, Any] = msgspec.field(default_factory=dict)
+    channel: str | None = None
+    buffers: list[Any] = msgspec.field(default_factory=list)
+
+    @property
+    def msg_type(self) -> str:
+        """The message's type, from its header."""
+        return self.header.msg_type
+
+    @property
+    def channel_name(self) -> str:
+        """The channel it came on; no channel means shell, as Jupyter Server assumes."""
+        return self.channel or "shell"
+
+
+class Outgoing(msgspec.Struct, kw_only=True):
+    """A message to the client."""
+
+    header: Header
+    msg_id: str
+    msg_type: str
+    parent_header: dict[str, Any]
+    metadata: dict[str, Any]
+    content: dict[str, Any]
+    channel: str
+    buffers: list[Any] = msgspec.field(default_factory=list)
+
+
+_decoder = msgspec.json.Decoder(Incoming)
+_encoder = msgspec.json.Encoder()
+
+
+def decode(data: str | bytes) -> Incoming:
+    """Parse one client message.
+
+    Raises:
+        BadRequest: not JSON, not an object, or a field of the wrong type.
+    """
+    if len(data) > MAX_INCOMING_CHARS:
+        raise BadRequest(f"message of {len(data)} characters is too large")
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"invalid Jupyter message: {exc}") from None
+
+
+def encode(message: Outgoing) -> str:
+    """Serialise a message to JSON text."""
+    return _encoder.encode(message).decode()
+
+
+def now_iso() -> str:
+    """The current time as ISO 8601 with a time zone, as the protocol asks."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def header_dict(header: Header) -> dict[str, Any]:
+    """A header as a plain dict (for ``parent_header``)."""
+    return msgspec.structs.asdict(header)
+
+
+def build(msg_type: str, content: dict[str, Any], *, channel: str,
+          parent: Header | None, session: str, metadata: dict[str, Any] | None = None
+          ) -> Outgoing:
+    """Build one outgoing message.
+
+    Args:
+        msg_type: e.g. ``"status"`` or ``"execute_reply"``.
+        content: the message content.
+        channel: ``"shell"``, ``"iopub"``, ``"control"`` or ``"stdin"``.
+        parent: the request this message answers (copied into ``parent_header``).
+        session: the kernel's session id.
+        metadata: message metadata.
+    """
+    msg_id = uuid.uuid4().hex
+    header = Header(msg_id=msg_id, msg_type=msg_type, username="kernel", session=session,
+                    date=now_iso(), version=PROTOCOL_VERSION)
+    return Outgoing(header=header, msg_id=msg_id, msg_type=msg_type,
+                    parent_header=header_dict(parent) if parent is not None else {},
+                    metadata=metadata or {}, content=content, channel=channel)
+
+
+def strip_ansi(text: str) -> str:
+    """Remove ANSI escape sequences (colours, cursor moves) from ``text``."""
+    return _ANSI.sub("", text)
+
+
+def split_text(text: str, size: int = STREAM_CHUNK_CHARS) -> list[str]:
+    """Cut ``text`` into pieces of at most ``size`` characters (at least one piece)."""
+    if len(text) <= size:
+        return [text]
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def split_error(error: str | None, fallback: str) -> tuple[str, str]:
+    """``"ZeroDivisionError: division by zero"`` -> ``("ZeroDivisionError", "division by zero")``.
+
+    Args:
+        error: our result's error sentence.
+        fallback: the ``ename`` when the sentence does not start with an exception name.
+    """
+    text = strip_ansi(error or "").strip()
+    name, sep, value = text.partition(": ")
+    if sep and re.fullmatch(r"[A-Za-z_][\w.]*", name):
+        return name, value
+    return fallback, text

@@ -1,0 +1,63 @@
+"""``GET /metrics``: the Prometheus text exposition format (version 0.0.4), written by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from ws_sandbox.stats import BUCKETS, Stats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    body = ",".join(
+        f'{k}="{v}"'.replace("\n", " ") if '"' not in v and "\\" not in v
+        else f'{k}="' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for k, v in labels.items())
+    return "{" + body + "}"
+
+
+def _family(name: str, kind: str, doc: str,
+            samples: Iterable[tuple[str, Mapping[str, str], float]]) -> list[str]:
+    lines = [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{suffix}{_labels(labels)} {value:g}" for suffix, labels, value in samples]
+    return lines
+
+
+def render(stats: Stats, *, sessions: int, queued_cells: int,
+           pool: Mapping[str, Mapping[str, int | str | None]], rate_limited: int) -> str:
+    """The service's metrics as Prometheus text."""
+    lines: list[str] = []
+    lines += _family("ws_sandbox_executions_total", "counter",
+                     "Finished executions (REST calls and session cells)",
+                     [("", {"status": s, "language": lang}, n)
+                      for (s, lang), n in sorted(stats.by_status_language.items())])
+    cumulative = 0
+    samples: list[tuple[str, Mapping[str, str], float]] = []
+    for bound, n in zip(BUCKETS, stats.bucket_counts, strict=True):
+        cumulative += n
+        samples.append(("_bucket", {"le": f"{bound:g}"}, cumulative))
+    samples += [("_bucket", {"le": "+Inf"}, stats.count), ("_sum", {}, stats.time_sum_s),
+                ("_count", {}, stats.count)]
+    lines += _family("ws_sandbox_execution_seconds", "histogram",
+                     "Execution time of finished executions", samples)
+    lines += _family("ws_sandbox_output_truncated_total", "counter",
+                     "Executions whose output was cut at MAX_OUTPUT_BYTES",
+                     [("", {}, stats.truncated)])
+    lines += _family("ws_sandbox_rate_limited_total", "counter",
+                     "Calls refused by the rate limiter", [("", {}, rate_limited)])
+    lines += _family("ws_sandbox_sessions_active", "gauge", "Sessions open or opening",
+                     [("", {}, sessions)])
+    lines += _family("ws_sandbox_cells_queued", "gauge", "Cells waiting in sessions",
+                     [("", {}, queued_cells)])
+    ready = [("", {"language": lang}, float(int(p.get("ready") or 0)))
+             for lang, p in sorted(pool.items())]
+    lines += _family("ws_sandbox_pool_ready", "gauge", "Warm sandboxes ready", ready)
+    target = [("", {"language": lang}, float(int(p.get("target") or 0)))
+              for lang, p in sorted(pool.items())]
+    lines += _family("ws_sandbox_pool_target", "gauge", "Warm sandboxes wanted", target)
+    lines += _family("ws_sandbox_uptime_seconds", "gauge", "Seconds since start",
+                     [("", {}, round(stats.uptime_s, 3))])
+    return "\n".join(lines) + "\n"
