@@ -24,7 +24,7 @@ CELLS = {"python": "print(1)", "javascript": "console.log(1)", "shell": "echo 1"
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -32,10 +32,15 @@ def summary(values: list[float]) -> dict[str, float]:
             "p99_ms": round(pct(values, 0.99), 3), "min_ms": round(min(values), 3)}
 
 
+def pool_state(http: str, language: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{http}/api/v1/health", timeout=10) as r:
+        pool: dict[str, int] = json.loads(r.read())["pool"][language]
+    return pool
+
+
 async def pool_ready(http: str, language: str) -> None:
     while True:
-        with urllib.request.urlopen(f"{http}/api/v1/health", timeout=10) as r:
-            pool = json.loads(r.read())["pool"][language]
+        pool = await asyncio.to_thread(pool_state, http, language)
         if pool["ready"] >= pool["target"]:
             return
         await asyncio.sleep(0.05)

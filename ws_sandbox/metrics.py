@@ -9,14 +9,14 @@ from ws_sandbox.stats import BUCKETS, Stats
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 def _labels(labels: Mapping[str, str]) -> str:
     if not labels:
         return ""
-    body = ",".join(
-        f'{k}="{v}"'.replace("\n", " ") if '"' not in v and "\\" not in v
-        else f'{k}="' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        for k, v in labels.items())
-    return "{" + body + "}"
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
 
 
 def _family(name: str, kind: str, doc: str,

@@ -1,0 +1,202 @@
+"""Execution history in an embedded SQLite database (``HISTORY_DB_PATH``).
+
+All database work runs on one dedicated thread that owns the connection, so the event loop
+never blocks on the disk and writes and reads keep their order (a call can read its own
+execution as soon as it has its result). Outputs are stored cut to
+``HISTORY_OUTPUT_BYTES``. Rows older than ``HISTORY_RETENTION_DAYS`` or beyond
+``HISTORY_MAX_ROWS`` are deleted as new ones arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ws_sandbox.records import ExecutionRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS executions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    execution_id TEXT NOT NULL UNIQUE,
+    session_id TEXT NOT NULL,
+    cell_id TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    client TEXT NOT NULL,
+    language TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    code_bytes INTEGER NOT NULL,
+    code_sha256 TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    execution_time_ms REAL NOT NULL,
+    memory_used_mb REAL,
+    output_bytes INTEGER NOT NULL,
+    truncated INTEGER NOT NULL,
+    error TEXT,
+    stdout TEXT NOT NULL,
+    stderr TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS executions_finished ON executions (finished_at);
+CREATE INDEX IF NOT EXISTS executions_status ON executions (status, seq);
+CREATE INDEX IF NOT EXISTS executions_language ON executions (language, seq);
+"""
+_COLUMNS = tuple(ExecutionRecord.__struct_fields__)
+#: Columns of a list entry: everything but the outputs.
+SUMMARY_COLUMNS = tuple(c for c in _COLUMNS if c not in ("stdout", "stderr"))
+PRUNE_EVERY = 100
+
+
+class ExecutionPage(msgspec.Struct, kw_only=True):
+    """One page of ``GET /api/v1/executions``, newest first."""
+
+    items: list[dict[str, Any]]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, with a marker when it was cut."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode("utf-8", "ignore") + f"\n[history: cut at {limit} bytes]\n"
+
+
+class History:
+    """The history database. Use as ``async with History(path, ...) as history:``.
+
+    Args:
+        path: SQLite file (created with its directory).
+        retention_days: rows older than this are deleted.
+        max_rows: at most this many rows are kept.
+        output_bytes: stdout and stderr are each cut to this many bytes.
+    """
+
+    def __init__(self, path: str | Path, *, retention_days: float, max_rows: int,
+                 output_bytes: int) -> None:
+        self.path = Path(path)
+        self.retention_days = retention_days
+        self.max_rows = max_rows
+        self.output_bytes = output_bytes
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="history")
+        self._db: sqlite3.Connection | None = None
+        self._inserted = 0
+
+    async def __aenter__(self) -> History:
+        await self._call(self._open)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Finish every queued write, then close the database."""
+        await self._call(self._close)
+        self._executor.shutdown(wait=True)
+
+    # --- writes (queued, never awaited by the caller) -------------------------------------
+
+    def record(self, record: ExecutionRecord) -> None:
+        """Queue one finished execution for insertion."""
+        row = msgspec.structs.replace(record, stdout=cut(record.stdout, self.output_bytes),
+                                      stderr=cut(record.stderr, self.output_bytes))
+        self._executor.submit(self._insert, row)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def get(self, execution_id: str) -> dict[str, Any] | None:
+        """One execution with its outputs, or ``None``."""
+        return await self._call(self._get, execution_id)
+
+    async def list(self, *, status: str | None = None, language: str | None = None,
+                   limit: int = 50, offset: int = 0) -> ExecutionPage:
+        """A page of executions, newest first, optionally filtered."""
+        return await self._call(self._list, status, language, limit, offset)
+
+    async def prune(self, now: float | None = None) -> int:
+        """Apply the retention rules now; return the rows deleted."""
+        return await self._call(self._prune, time.time() if now is None else now)
+
+    # --- on the database thread -----------------------------------------------------------
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+        self._prune(time.time())
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _conn(self) -> sqlite3.Connection:
+        assert self._db is not None, "history database is not open"
+        return self._db
+
+    def _insert(self, record: ExecutionRecord) -> None:
+        values = [getattr(record, c) for c in _COLUMNS]
+        self._conn().execute(
+            f"INSERT OR REPLACE INTO executions ({', '.join(_COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(_COLUMNS))})", values)
+        self._inserted += 1
+        if self._inserted % PRUNE_EVERY == 0:
+            self._prune(time.time())
+
+    def _prune(self, now: float) -> int:
+        db = self._conn()
+        cutoff = now - self.retention_days * 86400.0
+        deleted = db.execute("DELETE FROM executions WHERE finished_at < ?",
+                             (cutoff,)).rowcount
+        deleted += db.execute(
+            "DELETE FROM executions WHERE seq <= (SELECT seq FROM executions"
+            " ORDER BY seq DESC LIMIT 1 OFFSET ?)", (self.max_rows,)).rowcount
+        return int(deleted)
+
+    def _get(self, execution_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM executions WHERE execution_id = ?",
+            (execution_id,)).fetchone()
+        return None if row is None else _row(row)
+
+    def _list(self, status: str | None, language: str | None, limit: int,
+              offset: int) -> ExecutionPage:
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if language:
+            where.append("language = ?")
+            args.append(language)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        db = self._conn()
+        total = int(db.execute(f"SELECT COUNT(*) FROM executions{clause}", args).fetchone()[0])
+        rows = db.execute(
+            f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM executions{clause}"
+            " ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        items = [_row(r) for r in rows]
+        more = offset + len(items) < total
+        return ExecutionPage(items=items, total=total, limit=limit, offset=offset,
+                             next_offset=offset + len(items) if more else None)
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    item = dict(row)
+    item["truncated"] = bool(item["truncated"])
+    return item
