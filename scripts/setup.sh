@@ -44,6 +44,7 @@ missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v runsc >/dev/null || missing+=(runsc)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+command -v chromium >/dev/null || missing+=(chromium)  # browser tests (tests/browser)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     log "installing apt packages: ${missing[*]}"

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from ws_sandbox import __version__
+from ws_sandbox import __version__, web
 from ws_sandbox.backend import DockerBackend
 from ws_sandbox.exceptions import EngineUnavailable
 from ws_sandbox.manager import SessionManager
@@ -87,4 +87,5 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/v1/health", health),
         Route("/api/v1/config", config),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    # The demo's mount at / matches every path: it must come last.
+    return Starlette(routes=[*routes, *web.routes()], lifespan=lifespan)

@@ -8,6 +8,7 @@
     │   ├── BadRequest              malformed frame or body, wrong field type, empty code
     │   ├── LanguageUnavailable     unknown or disabled language
     │   ├── PayloadTooLarge         code or frame above its size limit
+    │   ├── UnsupportedMediaType    a REST body that is not JSON
     │   ├── Unauthorized            missing credentials
     │   ├── Forbidden               wrong credentials or origin
     │   ├── NotFound                unknown session, execution or token target
@@ -84,6 +85,12 @@ class PayloadTooLarge(RequestError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(RequestError):
+    """A request body in a content type other than JSON."""
+
+    code = "unsupported_media_type"
+
+
 class Unauthorized(RequestError):
     """Credentials are required and none were given."""
 
@@ -158,6 +165,7 @@ ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
     BadRequest: (400, 1008),
     LanguageUnavailable: (400, 1008),
     PayloadTooLarge: (413, 1009),
+    UnsupportedMediaType: (415, 1003),
     Unauthorized: (401, 1008),
     Forbidden: (403, 1008),
     NotFound: (404, 1008),

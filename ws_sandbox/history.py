@@ -90,6 +90,7 @@ class History:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="history")
         self._db: sqlite3.Connection | None = None
         self._inserted = 0
+        self._closed = False
 
     async def __aenter__(self) -> History:
         await self._call(self._open)
@@ -100,6 +101,9 @@ class History:
 
     async def close(self) -> None:
         """Finish every queued write, then close the database."""
+        if self._closed:
+            return
+        self._closed = True
         await self._call(self._close)
         self._executor.shutdown(wait=True)
 
@@ -107,6 +111,8 @@ class History:
 
     def record(self, record: ExecutionRecord) -> None:
         """Queue one finished execution for insertion."""
+        if self._closed:
+            return
         row = msgspec.structs.replace(record, stdout=cut(record.stdout, self.output_bytes),
                                       stderr=cut(record.stderr, self.output_bytes))
         self._executor.submit(self._insert, row)

@@ -9,6 +9,7 @@ import json
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,9 @@ def test_agent_answers_hello_ignores_unknown_frames_and_exits_0_on_eof() -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
+    # The reads below block; a watchdog kills the agent so a silent one fails, never hangs.
+    watchdog = threading.Timer(20, proc.kill)
+    watchdog.start()
     try:
         assert proc.stdin is not None
         assert proc.stdout is not None
@@ -173,6 +177,7 @@ def test_agent_answers_hello_ignores_unknown_frames_and_exits_0_on_eof() -> None
         assert proc.wait(timeout=10) == 0
         assert proc.stdout.read() == b""
     finally:
+        watchdog.cancel()
         proc.kill()
         proc.wait()
         if proc.stdout is not None:

@@ -1,0 +1,449 @@
+"""One Jupyter kernel: a session of ours, seen through the Jupyter messaging protocol.
+
+A :class:`Kernel` is the :class:`~ws_sandbox.driver.FrameSink` of its session: the session's
+frames come in through :meth:`Kernel.send_frame` and go out as Jupyter messages to every
+WebSocket connected to the kernel (iopub) or to the one that asked (shell, control). A kernel
+lives without any WebSocket (it is created over REST); messages for nobody are kept in a
+small bounded buffer and replayed to the next connection.
+
+Execute requests wait in the kernel's own queue and go to the session one at a time, so that
+``stop_on_error`` can abort the ones behind a failed cell, as Jupyter kernels do.
+
+Python tracebacks: our worker prints them on stderr. Jupyter clients expect them in an
+``error`` message instead (Open WebUI adds that message's traceback to stderr itself), so a
+stderr chunk that starts a traceback is held back until the cell ends: when the cell failed it
+becomes the ``error`` message's traceback, otherwise it is sent as the stream it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ws_sandbox import __version__
+from ws_sandbox import frames as fr
+from ws_sandbox.driver import ClientRequest, CloseRequest, SessionRunner
+from ws_sandbox.exceptions import BackendError
+from ws_sandbox.jupyter import messages as jm
+from ws_sandbox.jupyter.specs import KernelSpec
+
+log = logging.getLogger(__name__)
+
+#: Messages kept for a kernel with no WebSocket; older ones are dropped.
+HELD_MESSAGES = 256
+#: Characters of a held-back Python traceback; past it, it is sent as a stream after all.
+TRACEBACK_HOLD_CHARS = 64 * 1024
+#: Largest ``data`` of a display message (an image above it is replaced by a note).
+MAX_DISPLAY_CHARS = 900 * 1024
+_TRACEBACK_START = re.compile(r'^(Traceback \(most recent call last\):|  File "<cell-\d+>")',
+                              re.MULTILINE)
+_ENAMES: dict[str, str] = {"timeout": "TimeoutError", "interrupted": "KeyboardInterrupt",
+                           "killed": "KernelKilled", "error": "Error"}
+
+
+class Connection(Protocol):
+    """One WebSocket connected to a kernel."""
+
+    async def send_text(self, text: str) -> None:
+        """Send one message; raises when the connection is gone or too slow."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection (idempotent)."""
+
+
+@dataclass(slots=True)
+class _Execution:
+    """One ``execute_request`` from its arrival to its ``execute_reply``."""
+
+    parent: jm.Header
+    origin: Connection | None
+    code: str
+    silent: bool
+    stop_on_error: bool
+    cell_id: str = ""
+    count: int = 0
+    held_stderr: str | None = None
+
+
+class Kernel:
+    """A Jupyter kernel backed by one session.
+
+    Args:
+        spec: the kernelspec it was started with.
+        send_timeout: seconds one WebSocket may take to accept a message before it is
+            dropped (so a slow client never stalls the session for the others).
+        execution_timeout: the time limit of each cell, seconds.
+        restart_timeout: seconds a restart may take before it is reported failed.
+    """
+
+    def __init__(self, spec: KernelSpec, *, send_timeout: float | None,
+                 execution_timeout: float, restart_timeout: float) -> None:
+        self.id = str(uuid.uuid4())
+        self.spec = spec
+        self.session = uuid.uuid4().hex
+        self.runner: SessionRunner | None = None
+        self.execution_count = 0
+        self.last_activity = jm.now_iso()
+        self.dead = False
+        self._send_timeout = send_timeout
+        self._execution_timeout = execution_timeout
+        self._restart_timeout = restart_timeout
+        self._connections: list[Connection] = []
+        self._held: deque[str] = deque(maxlen=HELD_MESSAGES)
+        self._current: _Execution | None = None
+        self._pending: deque[_Execution] = deque()
+        self._restarting = False
+        self._restart_waiters: list[asyncio.Future[None]] = []
+        self._cells = 0
+
+    # --- model -----------------------------------------------------------------------------
+
+    @property
+    def execution_state(self) -> str:
+        """``idle``, ``busy``, ``restarting`` or ``dead``, as Jupyter Server reports it."""
+        if self.dead:
+            return "dead"
+        if self._restarting:
+            return "restarting"
+        return "busy" if self._current is not None else "idle"
+
+    def model(self) -> dict[str, Any]:
+        """The kernel as the REST API shows it."""
+        return {"id": self.id, "name": self.spec.name, "last_activity": self.last_activity,
+                "execution_state": self.execution_state,
+                "connections": len(self._connections)}
+
+    def bind(self, runner: SessionRunner) -> None:
+        """Attach the session that backs this kernel (right after it opened)."""
+        self.runner = runner
+
+    # --- connections -----------------------------------------------------------------------
+
+    async def connect(self, conn: Connection) -> None:
+        """Add a WebSocket; it first gets what was held while nobody listened."""
+        self._connections.append(conn)
+        self._touch()
+        while self._held and conn in self._connections:
+            await self._send_to(conn, self._held.popleft())
+
+    def disconnect(self, conn: Connection) -> None:
+        """Remove a WebSocket (the kernel lives on)."""
+        with contextlib.suppress(ValueError):
+            self._connections.remove(conn)
+
+    # --- client messages -------------------------------------------------------------------
+
+    async def handle(self, msg: jm.Incoming, origin: Connection | None) -> None:
+        """Act on one message from a client."""
+        self._touch()
+        match msg.msg_type:
+            case "execute_request":
+                await self._execute_request(msg, origin)
+            case "kernel_info_request":
+                await self._reply(msg, origin, "kernel_info_reply", self.kernel_info())
+            case "interrupt_request":
+                self.interrupt()
+                await self._reply(msg, origin, "interrupt_reply", {"status": "ok"})
+            case "shutdown_request":
+                restart = bool(msg.content.get("restart", False))
+                await self._reply(msg, origin, "shutdown_reply",
+                                  {"status": "ok", "restart": restart})
+                if restart:
+                    await self.restart()
+                else:
+                    await self.shutdown("the client shut the kernel down")
+            case "comm_info_request":
+                await self._reply(msg, origin, "comm_info_reply", {"status": "ok", "comms": {}})
+            case "is_complete_request":
+                await self._reply(msg, origin, "is_complete_reply", {"status": "unknown"})
+            case "complete_request":
+                cursor = msg.content.get("cursor_pos", 0)
+                await self._reply(msg, origin, "complete_reply", {
+                    "status": "ok", "matches": [], "cursor_start": cursor,
+                    "cursor_end": cursor, "metadata": {}})
+            case "inspect_request":
+                await self._reply(msg, origin, "inspect_reply",
+                                  {"status": "ok", "found": False, "data": {}, "metadata": {}})
+            case "history_request":
+                await self._reply(msg, origin, "history_reply", {"status": "ok", "history": []})
+            case _:
+                log.debug("kernel %s: ignoring %s", self.id, msg.msg_type)
+
+    def kernel_info(self) -> dict[str, Any]:
+        """The content of ``kernel_info_reply``."""
+        return {"status": "ok", "protocol_version": jm.PROTOCOL_VERSION,
+                "implementation": "ws_sandbox", "implementation_version": __version__,
+                "language_info": self.spec.language_info,
+                "banner": f"{self.spec.display_name}, run by ws_sandbox {__version__}",
+                "help_links": []}
+
+    async def _reply(self, msg: jm.Incoming, origin: Connection | None, msg_type: str,
+                     content: dict[str, Any]) -> None:
+        """busy, the reply on the request's channel, idle: how kernels answer a request."""
+        await self._publish("status", {"execution_state": "busy"}, msg.header)
+        await self._send(self._build(msg_type, content, msg.channel_name, msg.header), origin)
+        await self._publish("status", {"execution_state": "idle"}, msg.header)
+
+    async def _execute_request(self, msg: jm.Incoming, origin: Connection | None) -> None:
+        content = msg.content
+        code = content.get("code", "")
+        if not isinstance(code, str):
+            code = ""
+        execution = _Execution(parent=msg.header, origin=origin, code=code,
+                               silent=bool(content.get("silent", False)),
+                               stop_on_error=bool(content.get("stop_on_error", True)))
+        if self.dead:
+            await self._abort(execution)
+            return
+        self._pending.append(execution)
+        if self._current is None and not self._restarting:
+            await self._start_next()
+
+    async def _start_next(self) -> None:
+        while self._current is None and self._pending and not self.dead:
+            execution = self._pending.popleft()
+            self._current = execution
+            if not execution.silent:
+                self.execution_count += 1
+            execution.count = self.execution_count
+            await self._publish("status", {"execution_state": "busy"}, execution.parent)
+            if not execution.silent:
+                await self._publish("execute_input", {"code": execution.code,
+                                                      "execution_count": execution.count},
+                                    execution.parent)
+            if not execution.code.strip():
+                # Jupyter runs empty code as a no-op; our sessions refuse it.
+                await self._end_current(None)
+                continue
+            self._cells += 1
+            execution.cell_id = f"k{self._cells}"
+            if self.runner is not None:
+                self.runner.feed_nowait(ClientRequest(fr.Execute(
+                    id=execution.cell_id, code=execution.code,
+                    timeout=self._execution_timeout)))
+
+    # --- REST operations -------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Interrupt the running cell."""
+        self._touch()
+        if self.runner is not None:
+            self.runner.feed_nowait(ClientRequest(fr.Interrupt()))
+
+    async def restart(self) -> None:
+        """Restart the interpreter and wait until it is fresh.
+
+        Raises:
+            BackendError: the kernel died or did not come back in time.
+        """
+        self._touch()
+        if self.dead or self.runner is None:
+            raise BackendError("the kernel is dead")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._restart_waiters.append(waiter)
+        self._restarting = True
+        while self._pending:
+            await self._abort(self._pending.popleft())
+        self.runner.feed_nowait(ClientRequest(fr.Restart()))
+        try:
+            async with asyncio.timeout(self._restart_timeout):
+                await asyncio.shield(waiter)
+        except TimeoutError:
+            raise BackendError("the kernel did not restart in time") from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._restart_waiters.remove(waiter)
+
+    async def shutdown(self, message: str) -> None:
+        """Close the session; :attr:`runner` ``.finished`` is set once the container is gone."""
+        if self.runner is not None:
+            await self.runner.feed(CloseRequest("client_closed", message))
+
+    # --- FrameSink: frames of the session --------------------------------------------------
+
+    async def send_frame(self, frame: fr.ServerFrame) -> None:
+        """Translate one session frame into Jupyter messages; never raises."""
+        try:
+            await self._on_frame(frame)
+        except Exception:
+            log.exception("kernel %s: cannot translate %s", self.id, type(frame).__name__)
+
+    async def close(self, code: int, reason: str) -> None:
+        """The session ended: close every WebSocket of the kernel."""
+        self._mark_dead()
+        conns, self._connections = self._connections, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close(code, reason)
+
+    async def _on_frame(self, frame: fr.ServerFrame) -> None:
+        current = self._current
+        match frame:
+            case fr.Stream(id=cell_id, name=name, text=text):
+                if current is not None and cell_id == current.cell_id:
+                    await self._stream(current, name, text)
+            case fr.Display(id=cell_id):
+                if current is not None and cell_id == current.cell_id:
+                    await self._flush_stderr(current)
+                    await self._display(current, frame)
+            case fr.Result(id=cell_id):
+                if current is not None and cell_id == current.cell_id:
+                    await self._end_current(frame)
+            case fr.Error(id=cell_id, code=code, message=message):
+                # A cell the session refused (too large, say) gets no result: end it here.
+                if current is not None and cell_id is not None and cell_id == current.cell_id:
+                    await self._end_current(fr.Result(
+                        id=cell_id, status="error", exit_code=None, execution_time_ms=0.0,
+                        memory_used_mb=None, error=f"{code}: {message}"))
+                else:
+                    log.info("kernel %s: session error %s: %s", self.id, code, message)
+            case fr.Restarted():
+                self._restarting = False
+                await self._publish("status", {"execution_state": "restarting"}, None)
+                await self._publish("status", {"execution_state": "idle"}, None)
+                for waiter in self._restart_waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                await self._start_next()
+            case fr.Closed():
+                self._mark_dead()
+                while self._pending:
+                    await self._abort(self._pending.popleft())
+            case fr.Ready():
+                pass
+            case _:  # pragma: no cover - exhaustiveness
+                raise AssertionError(frame)
+
+    async def _stream(self, current: _Execution, name: fr.StreamName, text: str) -> None:
+        if name == "stdout":
+            await self._flush_stderr(current)
+            await self._publish_stream(current, name, text)
+            return
+        if current.held_stderr is not None:
+            current.held_stderr += text
+            if len(current.held_stderr) > TRACEBACK_HOLD_CHARS:
+                await self._flush_stderr(current)
+            return
+        match = (_TRACEBACK_START.search(text)
+                 if self.spec.language == "python" else None)
+        if match is None:
+            await self._publish_stream(current, name, text)
+            return
+        before, current.held_stderr = text[:match.start()], text[match.start():]
+        if before:
+            await self._publish_stream(current, name, before)
+
+    async def _flush_stderr(self, current: _Execution) -> None:
+        held, current.held_stderr = current.held_stderr, None
+        if held:
+            await self._publish_stream(current, "stderr", held)
+
+    async def _publish_stream(self, current: _Execution, name: str, text: str) -> None:
+        for piece in jm.split_text(text):
+            await self._publish("stream", {"name": name, "text": piece}, current.parent)
+
+    async def _display(self, current: _Execution, frame: fr.Display) -> None:
+        data: dict[str, str] = dict(frame.data)
+        if sum(len(v) for v in data.values()) > MAX_DISPLAY_CHARS:
+            data = {"text/plain": "[output too large to display]"}
+        if frame.kind == "execute_result":
+            if current.silent:
+                return
+            await self._publish("execute_result", {"execution_count": current.count,
+                                                   "data": data, "metadata": {}},
+                                current.parent)
+        else:
+            await self._publish("display_data", {"data": data, "metadata": {},
+                                                 "transient": {}}, current.parent)
+
+    async def _end_current(self, result: fr.Result | None) -> None:
+        """Publish the error (if any), the reply and ``idle``; then start the next request."""
+        current = self._current
+        if current is None:
+            return
+        held, current.held_stderr = current.held_stderr, None
+        failed = result is not None and result.status != "success"
+        reply: dict[str, Any] = {"status": "ok", "execution_count": current.count,
+                                 "user_expressions": {}, "payload": []}
+        if result is not None and failed:
+            ename, evalue = jm.split_error(result.error, _ENAMES.get(result.status, "Error"))
+            if result.status in ("timeout", "interrupted", "killed"):
+                ename, evalue = _ENAMES[result.status], result.error or result.status
+            traceback = jm.strip_ansi(held).splitlines() if held else [f"{ename}: {evalue}"]
+            error = {"ename": ename, "evalue": evalue, "traceback": traceback}
+            await self._publish("error", error, current.parent)
+            reply = {"status": "error", "execution_count": current.count, **error}
+        elif held:
+            await self._publish_stream(current, "stderr", held)
+        await self._send(self._build("execute_reply", reply, "shell", current.parent,
+                                     metadata={"status": reply["status"]}), current.origin)
+        await self._publish("status", {"execution_state": "idle"}, current.parent)
+        self._current = None
+        if failed and current.stop_on_error:
+            while self._pending:
+                await self._abort(self._pending.popleft())
+        if not self._restarting:
+            await self._start_next()
+
+    async def _abort(self, execution: _Execution) -> None:
+        await self._publish("status", {"execution_state": "busy"}, execution.parent)
+        await self._send(self._build("execute_reply", {
+            "status": "aborted", "execution_count": self.execution_count,
+            "user_expressions": {}, "payload": []}, "shell", execution.parent,
+            metadata={"status": "aborted"}), execution.origin)
+        await self._publish("status", {"execution_state": "idle"}, execution.parent)
+
+    def _mark_dead(self) -> None:
+        self.dead = True
+        self._restarting = False
+        for waiter in self._restart_waiters:
+            if not waiter.done():
+                waiter.set_exception(BackendError("the kernel died"))
+                waiter.exception()  # retrieved: a waiter that timed out must not warn
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def _build(self, msg_type: str, content: dict[str, Any], channel: str,
+               parent: jm.Header | None, metadata: dict[str, Any] | None = None
+               ) -> jm.Outgoing:
+        return jm.build(msg_type, content, channel=channel, parent=parent,
+                        session=self.session, metadata=metadata)
+
+    async def _publish(self, msg_type: str, content: dict[str, Any],
+                       parent: jm.Header | None) -> None:
+        await self._send(self._build(msg_type, content, "iopub", parent), None)
+
+    async def _send(self, message: jm.Outgoing, target: Connection | None) -> None:
+        """iopub (``target`` None) goes to every connection, a reply to the one that asked."""
+        self._touch()
+        text = jm.encode(message)
+        if target is not None:
+            if target in self._connections:
+                await self._send_to(target, text)
+            return
+        if not self._connections:
+            if message.parent_header:
+                self._held.append(text)
+            return
+        for conn in list(self._connections):
+            await self._send_to(conn, text)
+
+    async def _send_to(self, conn: Connection, text: str) -> None:
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await conn.send_text(text)
+        except Exception as exc:  # gone or too slow: drop it, the kernel goes on
+            log.info("kernel %s: dropping a connection: %r", self.id, exc)
+            self.disconnect(conn)
+            with contextlib.suppress(Exception):
+                await conn.close(1008, "too slow")
+
+    def _touch(self) -> None:
+        self.last_activity = jm.now_iso()
+

@@ -1,0 +1,94 @@
+"""The kernel registry: kernel id to :class:`~ws_sandbox.jupyter.kernel.Kernel`.
+
+Every kernel is a session opened through the :class:`~ws_sandbox.manager.SessionManager`,
+so it counts against ``MAX_CONCURRENT_EXECUTIONS`` and keeps every limit of a session. A
+kernel nobody deletes is closed by the session's idle timeout or maximum lifetime; a watcher
+then drops it from the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ws_sandbox.exceptions import NotFound
+from ws_sandbox.jupyter.kernel import Kernel
+from ws_sandbox.jupyter.specs import find_spec
+from ws_sandbox.manager import SessionManager
+
+log = logging.getLogger(__name__)
+
+
+class KernelRegistry:
+    """Live kernels of one service.
+
+    Args:
+        manager: the session manager kernels' sessions come from.
+    """
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+        self._kernels: dict[str, Kernel] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    async def start(self, name: str | None, *, client_id: str = "") -> Kernel:
+        """Start a kernel of kernelspec ``name`` (the default when empty).
+
+        Raises:
+            NotFound: no such kernelspec.
+            CapacityError: the service runs as many sessions as it may.
+            BackendError: no sandbox could be had.
+        """
+        settings = self.manager.settings
+        spec = find_spec(name, settings.enabled_languages)
+        kernel = Kernel(spec, send_timeout=settings.send_timeout,
+                        execution_timeout=settings.max_execution_time,
+                        restart_timeout=settings.restart_timeout
+                        + settings.sandbox_start_timeout + settings.acquire_timeout)
+        runner = await self.manager.open(spec.language, kernel,
+                                         client_id=client_id or "jupyter", send_ready=False)
+        kernel.bind(runner)
+        self._kernels[kernel.id] = kernel
+        watcher = asyncio.create_task(self._watch(kernel), name=f"kernel-{kernel.id}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        log.info("kernel %s (%s) started on session %s", kernel.id, spec.name,
+                 runner.session_id)
+        return kernel
+
+    def get(self, kernel_id: str) -> Kernel:
+        """The live kernel with this id.
+
+        Raises:
+            NotFound: no such kernel, or it has ended.
+        """
+        kernel = self._kernels.get(kernel_id)
+        if kernel is None or kernel.dead:
+            raise NotFound(f"kernel {kernel_id} does not exist")
+        return kernel
+
+    def list(self) -> list[Kernel]:
+        """Every live kernel."""
+        return [k for k in self._kernels.values() if not k.dead]
+
+    async def delete(self, kernel_id: str) -> None:
+        """Shut a kernel down and wait until its container is removed.
+
+        Raises:
+            NotFound: no such kernel.
+        """
+        kernel = self.get(kernel_id)
+        runner = kernel.runner
+        await kernel.shutdown("the kernel was deleted")
+        if runner is not None:
+            await runner.finished.wait()
+        self._kernels.pop(kernel_id, None)
+
+    async def _watch(self, kernel: Kernel) -> None:
+        runner = kernel.runner
+        if runner is not None:
+            await runner.closed.wait()
+        reason = runner.core.close_reason if runner is not None else None
+        log.info("kernel %s ended (%s)", kernel.id, reason)
+        self._kernels.pop(kernel.id, None)
+        await kernel.close(1000, str(reason or "closed"))

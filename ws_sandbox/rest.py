@@ -1,0 +1,219 @@
+"""The one-shot REST call, ``POST /api/v1/execute``: a shim over the session machinery.
+
+It opens a session like any other adapter (a sandbox from the warm pool, the same sans-I/O
+core, the same limits), feeds it one ``execute`` request, collects the frames in a
+:class:`CollectingSink` until the ``result`` arrives, and closes the session. Requests are
+checked with :func:`~ws_sandbox.session.validate_cell` *before* a sandbox is taken, so a bad
+request costs no container and reads exactly as it would in a WebSocket session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ws_sandbox import frames as fr
+from ws_sandbox.driver import ClientRequest, CloseRequest
+from ws_sandbox.exceptions import (
+    ERROR_TABLE,
+    BadRequest,
+    PayloadTooLarge,
+    SandboxError,
+    SandboxLost,
+    UnsupportedMediaType,
+)
+from ws_sandbox.manager import SessionManager
+from ws_sandbox.ratelimit import RateLimiter
+from ws_sandbox.session import validate_cell
+
+#: Seconds allowed beyond a cell's own timeout before the call gives up on the session.
+#: The core itself ends a runaway cell within interrupt_grace + restart_timeout.
+RESULT_GRACE = 10.0
+DISPLAY_LIMIT = 16
+
+
+class ExecuteRequest(msgspec.Struct, kw_only=True):
+    """Body of ``POST /api/v1/execute``."""
+
+    code: str
+    language: str = "python"
+    timeout: float | None = None
+
+
+class ExecuteResponse(msgspec.Struct, kw_only=True):
+    """Result of ``POST /api/v1/execute``; ``status`` uses the words of the protocol."""
+
+    execution_id: str
+    status: fr.Status
+    stdout: str
+    stderr: str
+    execution_time_ms: float
+    memory_used_mb: float | None
+    exit_code: int | None
+    error: str | None
+    language: str
+    truncated: bool = False
+    display: list[dict[str, str]] = msgspec.field(default_factory=list)
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    """What went wrong: a machine ``code`` and a sentence for people."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Body of every error response."""
+
+    error: ErrorDetail
+
+
+_decoder = msgspec.json.Decoder(ExecuteRequest)
+_encoder = msgspec.json.Encoder()
+
+
+class JSONBody(Response):
+    """A response whose content is encoded by msgspec (structs, dicts, lists)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _encoder.encode(content)
+
+
+def error_response(exc: SandboxError) -> JSONBody:
+    """The JSON response of an error, with Retry-After when a retry makes sense."""
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="ws-sandbox"'
+    return JSONBody(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message)),
+                    status_code=exc.http_status, headers=headers)
+
+
+class CollectingSink:
+    """Collects one cell's frames; the core already caps its output at MAX_OUTPUT_BYTES."""
+
+    def __init__(self, cell_id: str) -> None:
+        self.cell_id = cell_id
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.display: list[dict[str, str]] = []
+        self.result: asyncio.Future[fr.Result] = asyncio.get_running_loop().create_future()
+
+    async def send_frame(self, frame: fr.ServerFrame) -> None:
+        """Keep output; resolve :attr:`result` at the end of the cell."""
+        match frame:
+            case fr.Stream(name="stdout"):
+                self.stdout.append(frame.text)
+            case fr.Stream():
+                self.stderr.append(frame.text)
+            case fr.Display():
+                if len(self.display) < DISPLAY_LIMIT:
+                    self.display.append(frame.data)
+            case fr.Result():
+                self._settle(frame)
+            case fr.Error(id=cell_id) if cell_id in (self.cell_id, None):
+                self._fail(_error_of(frame))
+            case fr.Closed():
+                self._fail(SandboxLost(f"the session closed before the result: "
+                                       f"{frame.message or frame.reason}"))
+            case _:
+                pass
+
+    async def close(self, code: int, reason: str) -> None:
+        """Nothing to close: the HTTP response is written by the route."""
+        self._fail(SandboxLost(f"the session closed before the result: {reason}"))
+
+    def _settle(self, result: fr.Result) -> None:
+        if not self.result.done():
+            self.result.set_result(result)
+
+    def _fail(self, exc: SandboxError) -> None:
+        if not self.result.done():
+            self.result.set_exception(exc)
+
+
+def _error_of(frame: fr.Error) -> SandboxError:
+    for cls in ERROR_TABLE:
+        if cls.code == frame.code:
+            return cls(frame.message)
+    return SandboxLost(frame.message)
+
+
+def body_limit(max_code_bytes: int) -> int:
+    """Largest request body read: room for JSON escaping of the largest accepted code."""
+    return 4 * max_code_bytes + 65536
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it as soon as it exceeds ``limit`` bytes.
+
+    Raises:
+        PayloadTooLarge: the body (or its announced length) is above ``limit``.
+    """
+    announced = request.headers.get("content-length")
+    too_large = PayloadTooLarge(f"request body exceeds {limit} bytes")
+    if announced is not None and announced.isdigit() and int(announced) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def execute(request: Request) -> Response:
+    """``POST /api/v1/execute``: run one program in a fresh sandbox and return its result."""
+    manager: SessionManager = request.app.state.manager
+    limiter: RateLimiter = request.app.state.limiter
+    client_id: str = getattr(request.state, "client_id", "unknown")
+    limiter.check(client_id)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, not {media or 'missing'}")
+    body = await read_body(request, body_limit(manager.settings.max_code_bytes))
+    try:
+        req = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"invalid request body: {exc}") from None
+    language = manager.check_language(req.language)
+    timeout = validate_cell(manager.limits(), req.code, req.timeout)
+    execution_id = uuid.uuid4().hex
+    sink = CollectingSink(execution_id)
+    runner = await manager.open(language, sink, client_id=client_id, send_ready=False)
+    runner.origin = "rest"
+    try:
+        await runner.feed(ClientRequest(fr.Execute(id=execution_id, code=req.code,
+                                                   timeout=timeout)))
+        try:
+            async with asyncio.timeout(timeout + RESULT_GRACE + manager.settings.interrupt_grace
+                                       + manager.settings.restart_timeout):
+                result = await sink.result
+        except TimeoutError:
+            raise SandboxLost("the sandbox gave no result in time") from None
+    finally:
+        runner.feed_nowait(CloseRequest("client_closed", "the one-shot execution ended"))
+        # Wait for the session's end (not its container's removal): by then every cell
+        # observer (stats, audit, history) has seen this execution.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await runner.closed.wait()
+    return JSONBody(ExecuteResponse(
+        execution_id=execution_id, status=result.status, stdout="".join(sink.stdout),
+        stderr="".join(sink.stderr), execution_time_ms=result.execution_time_ms,
+        memory_used_mb=result.memory_used_mb, exit_code=result.exit_code,
+        error=result.error, language=language, truncated=result.truncated,
+        display=sink.display))

@@ -1,0 +1,104 @@
+"""The web demo: ``web-demo/`` served at ``/`` as static files with strict security headers.
+
+The page is a plain client of the public protocol; the service only hands out its files. Put
+:func:`routes` last in the route list: its mount at ``/`` matches every path, so anything
+listed after it would be shadowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from starlette.responses import PlainTextResponse
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
+
+log = logging.getLogger(__name__)
+
+#: ``web-demo/`` at the repository root (the package is installed editable).
+DEMO_DIR = Path(__file__).resolve().parent.parent / "web-demo"
+
+#: The page runs only its own script and style, talks only to its own origin (plus the
+#: WebSocket schemes), shows images from itself or ``data:`` URLs (plots), and may not be
+#: framed.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self' ws: wss:",
+    "font-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+])
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+    # Small files that change with the code: always revalidate, never serve a stale page.
+    (b"cache-control", b"no-cache"),
+)
+
+
+class SecureStatic:
+    """ASGI wrapper: adds :data:`SECURITY_HEADERS` to every HTTP response of ``app``.
+
+    A WebSocket that reaches it asked for a path no route serves; it is closed, as Starlette's
+    router does, instead of reaching :class:`StaticFiles` (which handles HTTP only).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await WebSocketClose()(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in SECURITY_HEADERS}
+                headers = [(k, v) for k, v in message.get("headers", []) if k not in names]
+                message = {**message, "headers": [*headers, *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def missing_demo(directory: Path) -> ASGIApp:
+    """An app that explains, on every request, why there is no demo page."""
+    text = (f"The web demo is not available: {directory} does not exist. It is served from"
+            " the repository's web-demo/ directory; install ws_sandbox from a checkout"
+            " (pip install -e .) to get it.\n")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse(text, status_code=404)(scope, receive, send)
+
+    return app
+
+
+def routes(directory: Path | None = None) -> list[BaseRoute]:
+    """The route serving the demo at ``/``; add it after every other route.
+
+    Args:
+        directory: the demo's files; default :data:`DEMO_DIR`.
+    """
+    directory = DEMO_DIR if directory is None else directory
+    if (directory / "index.html").is_file():
+        app: ASGIApp = StaticFiles(directory=directory, html=True)
+    else:
+        log.error("web demo not served: %s has no index.html", directory)
+        app = missing_demo(directory)
+    return [Mount("/", app=SecureStatic(app), name="web-demo")]
