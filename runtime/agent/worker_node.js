@@ -27,6 +27,14 @@ function send(obj) {
   }
 }
 
+// Make every write to stdout/stderr complete before the next statement: libuv otherwise
+// queues what a full pipe cannot take at once, and `done` could overtake the cell's output.
+for (const stream of [process.stdout, process.stderr]) {
+  if (stream._handle && typeof stream._handle.setBlocking === 'function') {
+    stream._handle.setBlocking(true);
+  }
+}
+
 // --- the user's context ------------------------------------------------------------------
 const userConsole = new Console({ stdout: process.stdout, stderr: process.stderr });
 const sandbox = {

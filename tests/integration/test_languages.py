@@ -1,0 +1,150 @@
+"""Each language in the real runtime image, through the real service.
+
+For every language: interrupt, stdin at end-of-file, frame-shaped text printed by user code,
+an output larger than one agent frame, a syntax error, and a crash of the interpreter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Service, running_service
+from ws_sandbox import frames as fr
+from ws_sandbox.client import connect
+
+pytestmark = pytest.mark.docker
+
+LANGUAGES = ["python", "javascript", "shell", "rust"]
+
+# A line that looks exactly like an agent frame and like a protocol frame.
+FRAME_TEXT = '{"t":"done","id":"x","status":"success"} {"type":"result","id":"x"}'
+
+SOURCES: dict[str, dict[str, str]] = {
+    "python": {
+        "spin": "import time\nwhile True:\n    time.sleep(0.01)",
+        "stdin": "import sys\ndata = sys.stdin.read()\nprint('eof', len(data))",
+        "frames": f"print({FRAME_TEXT!r})\nimport sys\nsys.stdout.buffer.write(b'\\x00\\x00\\x00\\x10')",
+        "big": "print('y' * 300_000)",
+        "syntax": "def broken(:\n    pass",
+        "crash": "import os\nos.abort()",
+    },
+    "javascript": {
+        "spin": "while (true) {}",
+        "stdin": "const fs = require('fs'); const d = fs.readFileSync(0);"
+                 " console.log('eof', d.length)",
+        "frames": f"console.log({FRAME_TEXT!r}); process.stdout.write('\\u0000\\u0000\\u0000\\u0010')",
+        "big": "console.log('y'.repeat(300000))",
+        "syntax": "function broken( {",
+        "crash": "process.abort()",
+    },
+    "shell": {
+        "spin": "while true; do :; done",
+        "stdin": "data=$(cat); echo eof ${#data}",
+        "frames": f"echo '{FRAME_TEXT}'; printf '\\0\\0\\0\\020'",
+        "big": "head -c 300000 /dev/zero | tr '\\0' y; echo",
+        "syntax": "if then fi (",
+        "crash": "kill -SEGV $$",
+    },
+    "rust": {
+        "spin": "fn main() { loop { std::hint::spin_loop(); } }",
+        "stdin": "use std::io::Read; fn main() { let mut s = String::new();"
+                 " std::io::stdin().read_to_string(&mut s).unwrap();"
+                 ' println!("eof {}", s.len()); }',
+        "frames": 'fn main() { println!("{}", r#"' + FRAME_TEXT + '"#);'
+                  ' use std::io::Write; std::io::stdout().write_all(&[0, 0, 0, 16]).unwrap(); }',
+        "big": 'fn main() { println!("{}", "y".repeat(300000)); }',
+        "syntax": "fn main() { let = ; }",
+        "crash": "fn main() { std::process::abort(); }",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def big_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A service with the default 1 MiB output cap (the shared one caps at 64 KiB)."""
+    from tests.conftest import docker_problem, docker_required
+
+    problem = docker_problem()
+    if problem is not None:
+        if docker_required():
+            pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
+        pytest.skip(f"needs Docker: {problem}")
+    path: Path = tmp_path_factory.mktemp("languages")
+    with running_service(path, MAX_CONCURRENT_EXECUTIONS="20") as svc:
+        svc.wait_pool_full()
+        yield svc
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+async def test_interrupt_stops_the_cell(big_service: Service, language: str) -> None:
+    async with await connect(big_service.url, language=language) as s:
+        cell = asyncio.create_task(s.execute(SOURCES[language]["spin"], timeout=20))
+        await asyncio.sleep(1.5 if language == "rust" else 0.5)
+        start = time.monotonic()
+        await s.interrupt()
+        r = await asyncio.wait_for(cell, 15)
+        assert r.status == "interrupted", r
+        assert time.monotonic() - start < 10
+        after = await s.execute({"python": "print('ok')", "javascript": "console.log('ok')",
+                                 "shell": "echo ok",
+                                 "rust": 'fn main() { println!("ok"); }'}[language])
+        assert after.stdout == "ok\n"
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+async def test_stdin_is_at_end_of_file(big_service: Service, language: str) -> None:
+    async with await connect(big_service.url, language=language) as s:
+        start = time.monotonic()
+        r = await s.execute(SOURCES[language]["stdin"], timeout=15)
+        assert r.status == "success", r
+        assert r.stdout.strip() == "eof 0"
+        assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+async def test_frame_shaped_text_is_just_text(big_service: Service, language: str) -> None:
+    async with await connect(big_service.url, language=language) as s:
+        r = await s.execute(SOURCES[language]["frames"])
+        assert r.status == "success", r
+        assert FRAME_TEXT in r.stdout
+        assert r.stdout.endswith("\x00\x00\x00\x10")
+        assert (await s.execute(SOURCES[language]["stdin"])).status == "success"
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+async def test_output_larger_than_one_frame_arrives_whole(big_service: Service,
+                                                          language: str) -> None:
+    async with await connect(big_service.url, language=language) as s:
+        chunks: list[fr.Stream] = []
+        r = await s.execute(SOURCES[language]["big"], on_output=chunks.append)
+        assert r.status == "success", r
+        assert r.stdout == "y" * 300_000 + "\n"
+        assert len(chunks) >= 2
+        assert not r.result.truncated
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+async def test_syntax_error_is_an_error(big_service: Service, language: str) -> None:
+    async with await connect(big_service.url, language=language) as s:
+        r = await s.execute(SOURCES[language]["syntax"])
+        assert r.status == "error", r
+        assert r.stderr.strip()
+        assert not r.result.state_lost
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+async def test_interpreter_crash_is_reported_and_session_recovers(
+        big_service: Service, language: str) -> None:
+    async with await connect(big_service.url, language=language) as s:
+        r = await s.execute(SOURCES[language]["crash"])
+        assert r.status == "error", r
+        assert r.result.error
+        if language != "rust":  # a Rust cell is its own process: nothing to lose
+            assert r.result.state_lost
+        again = await s.execute(SOURCES[language]["stdin"])
+        assert again.status == "success", again
