@@ -96,7 +96,9 @@ def start_service(tmp: Path, **env: str) -> Service:
     port = free_port()
     instance = f"wsb-test-{uuid.uuid4().hex[:8]}"
     full_env = {**os.environ, "SANDBOX_PORT": str(port), "INSTANCE_NAME": instance,
-                "POOL_SIZE": "1", "CONTAINER_IMAGE": RUNTIME_IMAGE, "LOG_LEVEL": "info"}
+                "POOL_SIZE": "1", "CONTAINER_IMAGE": RUNTIME_IMAGE, "LOG_LEVEL": "info",
+                # Tests open sessions and run cells fast; only rate-limit tests want limits.
+                "RATE_LIMIT_PER_MINUTE": "100000", "RATE_LIMIT_BURST": "10000"}
     full_env.update(env)
     log_path = tmp / f"service-{port}.log"
     with log_path.open("wb") as log:

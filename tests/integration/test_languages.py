@@ -28,7 +28,8 @@ SOURCES: dict[str, dict[str, str]] = {
     "python": {
         "spin": "import time\nwhile True:\n    time.sleep(0.01)",
         "stdin": "import sys\ndata = sys.stdin.read()\nprint('eof', len(data))",
-        "frames": f"print({FRAME_TEXT!r})\nimport sys\nsys.stdout.buffer.write(b'\\x00\\x00\\x00\\x10')",
+        "frames": f"print({FRAME_TEXT!r})\nimport sys\n"
+                  "sys.stdout.buffer.write(b'\\x00\\x00\\x00\\x10')",
         "big": "print('y' * 300_000)",
         "syntax": "def broken(:\n    pass",
         "crash": "import os\nos.abort()",
@@ -37,7 +38,8 @@ SOURCES: dict[str, dict[str, str]] = {
         "spin": "while (true) {}",
         "stdin": "const fs = require('fs'); const d = fs.readFileSync(0);"
                  " console.log('eof', d.length)",
-        "frames": f"console.log({FRAME_TEXT!r}); process.stdout.write('\\u0000\\u0000\\u0000\\u0010')",
+        "frames": f"console.log({FRAME_TEXT!r});"
+                  " process.stdout.write('\\u0000\\u0000\\u0000\\u0010')",
         "big": "console.log('y'.repeat(300000))",
         "syntax": "function broken( {",
         "crash": "process.abort()",
