@@ -1,0 +1,185 @@
+"""Baselines measured in the same run as our numbers.
+
+* ``docker run --rm`` of the same one-line program;
+* a raw ``docker attach`` round trip into a warm container: the physical floor for a cell;
+* the engine's container churn (create, start, wait, remove, in parallel): the ceiling for
+  single-use containers;
+* Jupyter Kernel Gateway from PyPI (kernel start, cell round trip): the unsandboxed system we
+  replace. It is installed into ``bench/.venv-jkg`` on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import websockets
+
+from bench.stats import summary
+
+IMAGE = "ws-sandbox-runtime:latest"
+HARDENING = ["--network", "none", "--read-only", "--cap-drop", "ALL",
+             "--security-opt", "no-new-privileges", "--user", "65534:65534"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def docker_run(n: int, runtime: str) -> dict[str, float]:
+    """``docker run --rm`` of ``print(1)``, sequentially."""
+    samples = []
+    extra = ["--runtime", runtime] if runtime else []
+    for _ in range(n):
+        start = time.perf_counter()
+        out = subprocess.run(["docker", "run", "--rm", *HARDENING, *extra, "--entrypoint",
+                              "python3", IMAGE, "-c", "print(1)"],
+                             capture_output=True, text=True, check=True)
+        samples.append((time.perf_counter() - start) * 1000)
+        assert out.stdout == "1\n"
+    return summary(samples)
+
+
+def _config(cmd: list[str], runtime: str, stdin: bool = False) -> dict[str, Any]:
+    host: dict[str, Any] = {"NetworkMode": "none", "ReadonlyRootfs": True, "CapDrop": ["ALL"],
+                            "SecurityOpt": ["no-new-privileges:true"]}
+    if runtime:
+        host["Runtime"] = runtime
+    return {"Image": IMAGE, "Entrypoint": cmd[:1], "Cmd": cmd[1:], "User": "65534:65534",
+            "OpenStdin": stdin, "AttachStdin": stdin, "AttachStdout": stdin,
+            "AttachStderr": stdin, "HostConfig": host,
+            "Labels": {"org.ws_sandbox.bench": "1"}}
+
+
+async def attach_floor(n: int, runtime: str) -> dict[str, float]:
+    """Round trip of one line through ``docker attach`` into a warm Python echo loop."""
+    echo = ("import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n"
+            "    sys.stdout.flush()")
+    async with aiodocker.Docker() as docker:
+        container = await docker.containers.create(
+            _config(["python3", "-u", "-c", echo], runtime, stdin=True))
+        try:
+            await container.start()
+            async with container.attach(stdin=True, stdout=True, stderr=True) as stream:
+                samples = []
+                for i in range(n + 20):
+                    line = f"{i}\n".encode()
+                    start = time.perf_counter()
+                    await stream.write_in(line)
+                    got = b""
+                    while not got.endswith(b"\n"):
+                        msg = await stream.read_out()
+                        assert msg is not None
+                        got += msg.data
+                    if i >= 20:  # warm-up
+                        samples.append((time.perf_counter() - start) * 1000)
+                    assert got == line
+        finally:
+            await container.delete(force=True)
+    return summary(samples)
+
+
+async def churn(total: int, parallel: int, runtime: str) -> dict[str, float]:
+    """Containers per second through create, start, wait, remove at ``parallel`` at once."""
+    async with aiodocker.Docker() as docker:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(total):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                c = await docker.containers.create(
+                    _config(["python3", "-c", "print(1)"], runtime),
+                    name=f"wsb-bench-{uuid.uuid4().hex[:10]}")
+                await c.start()
+                await c.wait()
+                await c.delete(force=True)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(parallel)))
+        elapsed = time.perf_counter() - start
+    return {"containers": total, "parallel": parallel, "seconds": round(elapsed, 2),
+            "per_second": round(total / elapsed, 2)}
+
+
+# --- Jupyter Kernel Gateway ------------------------------------------------------------------
+
+
+def _jkg_python() -> Path:
+    venv = ROOT / "bench" / ".venv-jkg"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "jupyter_kernel_gateway",
+                        "ipykernel"], check=True)
+    return python
+
+
+def _message(msg_type: str, content: dict[str, Any]) -> str:
+    return json.dumps({"header": {"msg_id": uuid.uuid4().hex, "msg_type": msg_type,
+                                  "username": "bench", "session": "bench", "date": "",
+                                  "version": "5.3"},
+                       "parent_header": {}, "metadata": {}, "content": content,
+                       "channel": "shell", "buffers": []})
+
+
+async def jupyter_gateway(n: int, starts: int, port: int = 8899) -> dict[str, Any]:
+    """Kernel start (create to first reply) and ``print(1)`` round trip on Kernel Gateway."""
+    import urllib.request
+
+    python = await asyncio.to_thread(_jkg_python)
+    proc = await asyncio.create_subprocess_exec(
+        str(python), "-m", "jupyter", "kernelgateway", f"--KernelGatewayApp.port={port}",
+        "--KernelGatewayApp.ip=127.0.0.1",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"127.0.0.1:{port}"
+
+    def http(method: str, path: str) -> dict[str, Any]:
+        req = urllib.request.Request(f"http://{base}{path}", method=method,
+                                     data=b"{}" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = r.read()
+        return json.loads(body) if body else {}
+
+    try:
+        for _ in range(100):
+            try:
+                await asyncio.to_thread(http, "GET", "/api")
+                break
+            except OSError:
+                await asyncio.sleep(0.2)
+        start_samples: list[float] = []
+        trips: list[float] = []
+        for k in range(starts):
+            start = time.perf_counter()
+            kernel = await asyncio.to_thread(http, "POST", "/api/kernels")
+            async with websockets.connect(
+                    f"ws://{base}/api/kernels/{kernel['id']}/channels") as ws:
+                await ws.send(_message("kernel_info_request", {}))
+                while json.loads(await ws.recv())["msg_type"] != "kernel_info_reply":
+                    pass
+                start_samples.append((time.perf_counter() - start) * 1000)
+                if k == 0:
+                    for i in range(n + 10):
+                        t0 = time.perf_counter()
+                        await ws.send(_message("execute_request", {
+                            "code": "print(1)", "silent": False, "store_history": True,
+                            "user_expressions": {}, "allow_stdin": False,
+                            "stop_on_error": True}))
+                        while True:
+                            msg = json.loads(await ws.recv())
+                            if (msg["msg_type"] == "status"
+                                    and msg["content"]["execution_state"] == "idle"):
+                                break
+                        if i >= 10:
+                            trips.append((time.perf_counter() - t0) * 1000)
+            await asyncio.to_thread(http, "DELETE", f"/api/kernels/{kernel['id']}")
+        return {"kernel_start": summary(start_samples), "cell_round_trip": summary(trips)}
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -1,0 +1,178 @@
+"""Our numbers, measured against a running service through its public interfaces."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.stats import summary
+from ws_sandbox import frames as fr
+from ws_sandbox.client import connect
+
+CELLS = {"python": "print(1)", "javascript": "console.log(1)", "shell": "echo 1",
+         "rust": 'fn main() { println!("1"); }'}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        body: dict[str, Any] = json.loads(r.read())
+    return body
+
+
+async def pool_ready(http: str, language: str) -> None:
+    """Wait until the pool holds its target for ``language``."""
+    while True:
+        pool = (await asyncio.to_thread(_get, f"{http}/api/v1/health"))["pool"][language]
+        if pool["ready"] >= pool["target"]:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def session_open(url: str, http: str, n: int, *, wait_for_pool: bool) -> dict[str, float]:
+    """Connect to ``ready`` frame; with ``wait_for_pool`` every open takes a pooled sandbox."""
+    samples = []
+    for _ in range(n):
+        if wait_for_pool:
+            await pool_ready(http, "python")
+        start = time.perf_counter()
+        session = await connect(url, language="python")
+        samples.append((time.perf_counter() - start) * 1000)
+        await session.close()
+    return summary(samples)
+
+
+async def cell_round_trip(url: str, language: str, n: int) -> dict[str, float]:
+    """``print(1)`` (or its equivalent) sent to result received, on a warm session."""
+    code = CELLS[language]
+    async with await connect(url, language=language) as session:
+        for _ in range(3):
+            await session.execute(code)
+        samples = []
+        for _ in range(n):
+            start = time.perf_counter()
+            r = await session.execute(code)
+            samples.append((time.perf_counter() - start) * 1000)
+            assert r.stdout == "1\n", r
+    return summary(samples)
+
+
+async def streaming_latency(url: str, lines: int = 300) -> dict[str, float]:
+    """From a line written inside the container (its timestamp) to its frame at the client.
+
+    The container shares the host's clock, so both ends read the same ``time.time()``.
+    """
+    code = (f"import sys, time\nfor i in range({lines}):\n"
+            "    sys.stdout.write(f'{time.time()!r}\\n'); sys.stdout.flush()\n"
+            "    time.sleep(0.003)")
+    samples: list[float] = []
+
+    def on_output(frame: fr.Stream) -> None:
+        now = time.time()
+        for line in frame.text.splitlines():
+            samples.append((now - float(line)) * 1000)
+
+    async with await connect(url, language="python") as session:
+        await session.execute("import sys, time")
+        r = await session.execute(code, on_output=on_output)
+        assert r.status == "success"
+    return summary(samples)
+
+
+def _post(http: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(f"{http}/api/v1/execute", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        result: dict[str, Any] = json.loads(r.read())
+    return result
+
+
+async def rest_one_shot(http: str, n: int) -> dict[str, float]:
+    """Sequential ``POST /api/v1/execute`` of ``print(1)``, waiting for the pool each time."""
+    samples = []
+    for _ in range(n):
+        await pool_ready(http, "python")
+        start = time.perf_counter()
+        r = await asyncio.to_thread(_post, http, {"code": "print(1)", "language": "python"})
+        samples.append((time.perf_counter() - start) * 1000)
+        assert r["stdout"] == "1\n", r
+    return summary(samples)
+
+
+async def rest_throughput(http: str, total: int, parallel: int) -> dict[str, float]:
+    """One-shot calls per second at ``parallel`` concurrent clients."""
+    done = 0
+    failed = 0
+
+    async def client(count: int) -> None:
+        nonlocal done, failed
+        for _ in range(count):
+            try:
+                r = await asyncio.to_thread(_post, http, {"code": "print(1)",
+                                                          "language": "python"})
+                done += r["stdout"] == "1\n"
+            except urllib.error.HTTPError:
+                failed += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(total // parallel) for _ in range(parallel)))
+    elapsed = time.perf_counter() - start
+    return {"calls": done, "failed": failed, "parallel": parallel,
+            "seconds": round(elapsed, 2), "per_second": round(done / elapsed, 2)}
+
+
+async def idle_sessions(url: str, pid: int, count: int) -> dict[str, float]:
+    """Service resident memory with ``count`` open, idle sessions."""
+    before = rss_mb(pid)
+    sessions = []
+    try:
+        for _ in range(count):
+            sessions.append(await connect(url, language="python"))
+        await asyncio.sleep(1)
+        during = rss_mb(pid)
+    finally:
+        await asyncio.gather(*(s.close() for s in sessions))
+    return {"sessions": count, "rss_before_mb": round(before, 1),
+            "rss_mb": round(during, 1), "growth_mb": round(during - before, 1)}
+
+
+async def flood(url: str, pid: int, gigabytes: float = 1.0) -> dict[str, float | str]:
+    """A cell printing ``gigabytes`` GB: service memory growth and time to its result."""
+    chunks = int(gigabytes * 1024)
+    code = (f"import sys\nb = 'x' * (1 << 20)\nfor _ in range({chunks}):\n"
+            "    sys.stdout.write(b)\nsys.stdout.flush()")
+    peak = 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(0.02):
+            peak = max(peak, rss_mb(pid))
+
+    async with await connect(url, language="python") as session:
+        await session.execute("pass")
+        before = rss_mb(pid)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        start = time.perf_counter()
+        r = await session.execute(code, timeout=120)
+        elapsed = time.perf_counter() - start
+        stop.set()
+        sampler.join()
+    assert r.result.truncated
+    return {"gigabytes": gigabytes, "seconds": round(elapsed, 2),
+            "rss_before_mb": round(before, 1), "rss_peak_mb": round(peak, 1),
+            "growth_mb": round(max(peak - before, 0.0), 1), "status": r.status}

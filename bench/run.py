@@ -1,0 +1,171 @@
+"""Run the whole benchmark suite and write ``BENCHMARKS.md`` and ``bench/results.json``.
+
+    .venv/bin/python -m bench.run                # runc and runsc, full repetitions
+    .venv/bin/python -m bench.run --quick        # fewer repetitions
+    .venv/bin/python -m bench.run --runtimes runc
+
+Every target is judged against numbers and baselines measured in this same invocation, so a
+noisy machine moves both sides. Nothing here is a test: the suite never asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import baselines, ours
+from tests.integration.conftest import Service, start_service
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def engine_version() -> str:
+    out = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    return (f"{platform.system()} {platform.release()}, {cpu}, "
+            f"{len(__import__('os').sched_getaffinity(0))} cores, {mem} GiB, "
+            f"Python {platform.python_version()}")
+
+
+async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any]:
+    reps = 0.2 if quick else 1.0
+
+    def n(x: int) -> int:
+        return max(5, int(x * reps))
+
+    rt = "" if runtime == "runc" else runtime
+    results: dict[str, Any] = {}
+    print(f"[{runtime}] baselines: docker run --rm, attach floor, churn", flush=True)
+    results["docker_run"] = await asyncio.to_thread(baselines.docker_run, n(15), rt)
+    results["attach_floor"] = await baselines.attach_floor(n(500), rt)
+    results["churn"] = await baselines.churn(n(40), 6, rt)
+    env = {"POOL_SIZE": "2", "MAX_CONCURRENT_EXECUTIONS": "130", "CONTAINER_RUNTIME": rt,
+           "MAX_OUTPUT_BYTES": "1048576", "IDLE_TIMEOUT": "600", "LOG_LEVEL": "warning",
+           "MAX_EXECUTION_TIME": "120"}
+    service: Service = await asyncio.to_thread(start_service, tmp, **env)
+    try:
+        await asyncio.to_thread(service.wait_pool_full, 180)
+        url, http, pid = service.url, service.http, service.process.pid
+        print(f"[{runtime}] ours: session open, cells, streaming, REST", flush=True)
+        results["session_open_warm"] = await ours.session_open(url, http, n(40),
+                                                               wait_for_pool=True)
+        for language in ours.CELLS:
+            count = n(300) if language != "rust" else n(20)
+            results[f"cell_{language}"] = await ours.cell_round_trip(url, language, count)
+        results["streaming"] = await ours.streaming_latency(url, n(300))
+        results["rest_one_shot"] = await ours.rest_one_shot(http, n(40))
+        results["rest_throughput"] = await ours.rest_throughput(http, n(60), 6)
+        print(f"[{runtime}] ours: 100 idle sessions, 1 GB flood", flush=True)
+        results["idle_sessions"] = await ours.idle_sessions(url, pid, 100)
+        results["flood"] = await ours.flood(url, pid, 1.0)
+    finally:
+        await asyncio.to_thread(service.stop)
+    cold: Service = await asyncio.to_thread(start_service, tmp, **{**env, "POOL_SIZE": "0"})
+    try:
+        results["session_open_cold"] = await ours.session_open(cold.url, cold.http, n(15),
+                                                               wait_for_pool=False)
+    finally:
+        await asyncio.to_thread(cold.stop)
+    return results
+
+
+def verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each target of the issue."""
+    floor = r["attach_floor"]["p50_ms"]
+    cell = r["cell_python"]["p50_ms"]
+    rest = r["rest_one_shot"]["p50_ms"]
+    run = r["docker_run"]["p50_ms"]
+    thr = r["rest_throughput"]["per_second"]
+    ceiling = r["churn"]["per_second"]
+    return [
+        ("session open from a warm pool <= 15 ms median",
+         f"{r['session_open_warm']['p50_ms']:.2f} ms", r["session_open_warm"]["p50_ms"] <= 15),
+        ("cell round trip <= 1.5 ms median", f"{cell:.3f} ms", cell <= 1.5),
+        ("cell round trip <= 4x raw attach floor",
+         f"{cell / floor:.2f}x ({floor:.3f} ms floor)", cell <= 4 * floor),
+        ("REST one-shot <= 40 ms median", f"{rest:.1f} ms", rest <= 40),
+        ("REST one-shot >= 8x faster than docker run --rm",
+         f"{run / rest:.1f}x ({run:.0f} ms docker run)", run / rest >= 8),
+        ("one-shot throughput >= 90% of engine churn ceiling",
+         f"{thr:.2f}/s vs {ceiling:.2f}/s = {100 * thr / ceiling:.0f}%", thr >= 0.9 * ceiling),
+        ("streaming latency <= 2 ms median", f"{r['streaming']['p50_ms']:.3f} ms",
+         r["streaming"]["p50_ms"] <= 2),
+        ("100 idle sessions in <= 150 MB service memory",
+         f"{r['idle_sessions']['rss_mb']:.0f} MB", r["idle_sessions"]["rss_mb"] <= 150),
+        ("1 GB flood grows service memory by <= 20 MB",
+         f"{r['flood']['growth_mb']:.1f} MB in {r['flood']['seconds']} s",
+         r["flood"]["growth_mb"] <= 20),
+    ]
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = ["# Benchmarks", "",
+             f"Measured {data['date']} on {data['machine']}; Docker engine "
+             f"{data['engine']}. Produced by `.venv/bin/python -m bench.run"
+             f"{' --quick' if data['quick'] else ''}`; raw numbers in `bench/results.json`.",
+             "Targets are judged against baselines measured in the same run.", ""]
+    jkg = data.get("jupyter_kernel_gateway")
+    for runtime, r in data["runtimes"].items():
+        lines += [f"## {runtime}", "", "| target | measured | met |", "|---|---|---|"]
+        for target, measured, met in verdicts(r):
+            lines.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+        lines += ["", "| measurement | n | median ms | p99 ms |", "|---|---|---|---|"]
+        for key, value in r.items():
+            if isinstance(value, dict) and "p50_ms" in value:
+                lines.append(f"| {key} | {value['n']} | {value['p50_ms']} | {value['p99_ms']} |")
+        for key in ("churn", "rest_throughput", "idle_sessions", "flood"):
+            lines.append(f"| {key} | {json.dumps(r[key])} | | |")
+        lines.append("")
+    if jkg:
+        lines += ["## Jupyter Kernel Gateway (unsandboxed, from PyPI)", "",
+                  f"- kernel start: median {jkg['kernel_start']['p50_ms']} ms, "
+                  f"p99 {jkg['kernel_start']['p99_ms']} ms",
+                  f"- cell round trip: median {jkg['cell_round_trip']['p50_ms']} ms, "
+                  f"p99 {jkg['cell_round_trip']['p99_ms']} ms", ""]
+    notes = ROOT / "bench" / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    return "\n".join(lines) + "\n"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runtimes", default="runc,runsc")
+    parser.add_argument("--no-jupyter", action="store_true")
+    args = parser.parse_args()
+    data: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                            "machine": machine(), "engine": engine_version(),
+                            "quick": args.quick, "runtimes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime in args.runtimes.split(","):
+            data["runtimes"][runtime] = await measure_runtime(runtime, args.quick, Path(tmp))
+    if not args.no_jupyter:
+        print("baseline: Jupyter Kernel Gateway", flush=True)
+        data["jupyter_kernel_gateway"] = await baselines.jupyter_gateway(
+            50 if args.quick else 200, 3 if args.quick else 10)
+    (ROOT / "bench" / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    report = render(data)
+    (ROOT / "BENCHMARKS.md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
