@@ -20,6 +20,8 @@ from ws_sandbox.settings import Language
 log = logging.getLogger(__name__)
 
 _RETRY_MIN = 0.5
+FILL_PARALLEL = 3
+"""Sandboxes one language's pool starts at once: the engine's churn peaks at a few in flight."""
 _RETRY_MAX = 15.0
 
 
@@ -103,35 +105,53 @@ class WarmPool:
                 for lang, p in self._pools.items()}
 
     async def _fill(self, language: Language) -> None:
+        """Keep ``size`` sandboxes ready, starting up to :data:`FILL_PARALLEL` at once."""
         pool = self._pools[language]
         delay = _RETRY_MIN
-        while not self._closed:
-            if len(pool.ready) + pool.starting >= self._size:
-                pool.wanted.clear()
-                await pool.wanted.wait()
-                continue
-            pool.starting += 1
-            try:
-                sandbox = await self._backend.start_sandbox(language)
-            except SandboxError as exc:
-                pool.last_error = exc.message
-                log.warning("pool: cannot start a %s sandbox: %s", language, exc.message)
+        starts: set[asyncio.Task[bool]] = set()
+        try:
+            while not self._closed:
+                while (len(pool.ready) + pool.starting < self._size
+                       and pool.starting < FILL_PARALLEL):
+                    pool.starting += 1
+                    starts.add(asyncio.create_task(self._start_one(language)))
+                if not starts:
+                    pool.wanted.clear()
+                    await pool.wanted.wait()
+                    continue
+                finished, starts = await asyncio.wait(starts,
+                                                      return_when=asyncio.FIRST_COMPLETED)
+                if all(task.result() for task in finished):
+                    delay = _RETRY_MIN
+                    continue
                 # Back off on failure, but wake at once if someone asks for a sandbox.
                 pool.wanted.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await pool.wanted.wait()
                 delay = min(delay * 2, _RETRY_MAX)
-                continue
-            finally:
-                pool.starting -= 1
-            delay = _RETRY_MIN
-            pool.last_error = None
-            if self._closed:
-                await sandbox.destroy()
-                return
-            warm = _Warm(sandbox, asyncio.create_task(self._watch(language, sandbox)))
-            pool.ready.append(warm)
+        finally:
+            for task in starts:
+                task.cancel()
+            await asyncio.gather(*starts, return_exceptions=True)
+
+    async def _start_one(self, language: Language) -> bool:
+        """Start one sandbox into the pool; returns whether it worked."""
+        pool = self._pools[language]
+        try:
+            sandbox = await self._backend.start_sandbox(language)
+        except SandboxError as exc:
+            pool.last_error = exc.message
+            log.warning("pool: cannot start a %s sandbox: %s", language, exc.message)
+            return False
+        finally:
+            pool.starting -= 1
+        pool.last_error = None
+        if self._closed:
+            await sandbox.destroy()
+            return True
+        pool.ready.append(_Warm(sandbox, asyncio.create_task(self._watch(language, sandbox))))
+        return True
 
     async def _watch(self, language: Language, sandbox: Sandbox) -> None:
         """Discard a pooled sandbox that sends anything or dies before it is taken."""
