@@ -1,4 +1,4 @@
-"""The ``ws-sandbox`` command: ``serve``, ``build-image``, ``env-example``, ``schema``."""
+"""The ``ws-sandbox`` command: ``serve``, ``exec``, ``build-image``, ``env-example``, ``schema``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,43 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exec(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ws_sandbox.client import SessionClosed, SessionRefused, connect
+
+    code = sys.stdin.read() if args.code == "-" else args.code
+
+    def show(frame: object) -> None:
+        from ws_sandbox import frames as fr
+
+        assert isinstance(frame, fr.Stream)
+        stream = sys.stdout if frame.name == "stdout" else sys.stderr
+        stream.write(frame.text)
+        stream.flush()
+
+    async def run() -> int:
+        session = await connect(args.url, language=args.language, api_key=args.api_key)
+        async with session:
+            cell = await session.execute(code, timeout=args.timeout, on_output=show)
+        for display in cell.displays:
+            if "text/plain" in display.data:
+                print(display.data["text/plain"])
+        result = cell.result
+        if result.status != "success":
+            print(f"[{result.status}] {result.error or ''}".rstrip(), file=sys.stderr)
+        return result.exit_code if result.exit_code is not None else 1
+
+    try:
+        return asyncio.run(run())
+    except SessionRefused as exc:
+        print(f"ws-sandbox: refused: {exc}", file=sys.stderr)
+        return 2
+    except (SessionClosed, OSError) as exc:
+        print(f"ws-sandbox: {exc}", file=sys.stderr)
+        return 2
+
+
 def _build_image(args: argparse.Namespace) -> int:
     from ws_sandbox import image
 
@@ -57,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (SANDBOX_HOST)")
     serve.add_argument("--port", type=int, help="port (SANDBOX_PORT)")
     serve.set_defaults(func=_serve)
+
+    run = sub.add_parser("exec", help="run one cell on a running service, streaming output")
+    run.add_argument("code", help="the code, or - to read it from standard input")
+    run.add_argument("-l", "--language", default="python",
+                     help="python, javascript, shell or rust (default: python)")
+    run.add_argument("--url", default="ws://127.0.0.1:8090", help="the service's address")
+    run.add_argument("--timeout", type=float, help="seconds (default: the service's)")
+    run.add_argument("--api-key", help="API key, when the service requires one")
+    run.set_defaults(func=_exec)
 
     build = sub.add_parser("build-image", help="build the sandbox runtime image")
     from ws_sandbox import image

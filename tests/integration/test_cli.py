@@ -1,0 +1,38 @@
+"""``ws-sandbox exec`` against the real service: streamed output and the cell's exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import Service
+
+pytestmark = pytest.mark.docker
+
+
+def run_cli(service: Service, *args: str,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ws_sandbox", "exec", "--url", service.url,
+                           *args], input=stdin, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_exec_streams_output_and_returns_exit_code(service: Service) -> None:
+    done = run_cli(service, "-l", "shell", "echo out; echo err >&2; exit 4")
+    assert done.stdout == "out\n"
+    assert done.stderr.startswith("err\n")
+    assert done.returncode == 4
+
+
+def test_exec_reads_code_from_stdin_and_prints_the_value(service: Service) -> None:
+    done = run_cli(service, "-", stdin="x = 6\nx * 7\n")
+    assert done.stdout == "42\n"
+    assert done.returncode == 0
+
+
+def test_exec_reports_a_refusal(service: Service) -> None:
+    done = run_cli(service, "-l", "cobol", "whatever")
+    assert done.returncode == 2
+    assert "language_unavailable" in done.stderr
