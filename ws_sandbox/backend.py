@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -32,7 +31,7 @@ from ws_sandbox.exceptions import (
     ImageMissing,
     SandboxLost,
 )
-from ws_sandbox.settings import Language, Settings
+from ws_sandbox.settings import Language, Settings, load_seccomp_profile
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,9 @@ def container_config(settings: Settings, language: Language, process_id: str) ->
     mib = 1024 * 1024
     memory = settings.max_memory_mb * mib
     tmpfs_opts = "rw,nosuid,nodev,exec,uid={uid},gid={uid},mode={mode},size={size}m"
-    security_opt = ["no-new-privileges:true"]
-    if settings.seccomp_profile:
-        profile = Path(settings.seccomp_profile).read_text(encoding="utf-8")
-        security_opt.append("seccomp=" + json.dumps(json.loads(profile)))
+    # The profile is read once per path (cached), never per container.
+    security_opt = ["no-new-privileges:true",
+                    "seccomp=" + load_seccomp_profile(settings.seccomp_profile_path)]
     host_config: dict[str, Any] = {
         "NetworkMode": settings.network_mode,
         "ReadonlyRootfs": settings.read_only_root,
@@ -214,6 +212,7 @@ class DockerBackend:
         self.process_id = uuid.uuid4().hex
         self._docker: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
+        self._unremoved: set[str] = set()
 
     async def __aenter__(self) -> DockerBackend:
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
@@ -297,17 +296,34 @@ class DockerBackend:
             if isinstance(exc, (aiohttp.ClientError, OSError)):
                 raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
             raise
+        if self._unremoved:  # the engine answers again: finish what it could not do before
+            await self.retry_removals()
         return sandbox
 
     async def remove(self, container_id: str) -> None:
-        """Force-remove a container; a missing one is fine. Never raises."""
+        """Force-remove a container; a missing one is fine. Never raises.
+
+        A container the engine could not remove (it was restarting, say) is remembered and
+        removed by :meth:`retry_removals` once the engine answers again.
+        """
         try:
             await self.docker.containers.container(container_id).delete(force=True, v=True)
         except aiodocker.DockerError as exc:
-            if exc.status not in (404, 409):
-                log.warning("cannot remove container %s: %s", container_id[:12], exc.message)
+            if exc.status in (404, 409):  # gone, or its removal is already under way
+                self._unremoved.discard(container_id)
+                return
+            log.warning("cannot remove container %s: %s", container_id[:12], exc.message)
+            self._unremoved.add(container_id)
         except (aiohttp.ClientError, OSError) as exc:
             log.warning("cannot remove container %s: %s", container_id[:12], exc)
+            self._unremoved.add(container_id)
+        else:
+            self._unremoved.discard(container_id)
+
+    async def retry_removals(self) -> None:
+        """Try again to remove every container an earlier :meth:`remove` could not."""
+        pending, self._unremoved = self._unremoved, set()
+        await asyncio.gather(*(self.remove(cid) for cid in pending))
 
     async def list_ours(self, *, all_processes: bool = True) -> list[str]:
         """Ids of containers labelled with this service's instance name.
