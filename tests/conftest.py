@@ -50,3 +50,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if docker_required():
         pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
     pytest.skip(f"needs Docker: {problem}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Disruptive tests (they restart the Docker engine) run after all others."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
