@@ -358,8 +358,14 @@ class SessionRunner:
         sandbox, self.sandbox = self.sandbox, None
         if sandbox is not None:
             await sandbox.destroy()
-        # A replacement that arrived after the end must not leak either.
+        # A replacement that arrived after the end must not leak, and a client that tried
+        # to resume just as the session ended must hear that it did.
         while not self._inbox.empty():
             event = self._inbox.get_nowait()
             if isinstance(event, NewSandbox) and event.sandbox is not None:
                 await event.sandbox.destroy()
+            elif isinstance(event, ClientBack):
+                with contextlib.suppress(Exception):
+                    await event.sink.send_frame(fr.Error(
+                        code="invalid_token", message="the session of this token has ended"))
+                    await event.sink.close(1008, "invalid_token")
