@@ -1,0 +1,165 @@
+"""The asyncio driver with a scripted fake sandbox and sink (the engine is not under test)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, cast
+
+from ws_sandbox import agent_wire as aw
+from ws_sandbox import frames as fr
+from ws_sandbox.backend import Sandbox
+from ws_sandbox.driver import ClientBack, ClientGone, ClientMessage, CloseRequest, SessionRunner
+from ws_sandbox.exceptions import SandboxLost
+from ws_sandbox.session import Session, SessionLimits
+
+LIMITS = SessionLimits(
+    max_execution_time=5.0, default_execution_time=2.0, max_memory_mb=64,
+    max_output_bytes=1000, max_code_bytes=1000, max_queued_cells=4, idle_timeout=30.0,
+    max_lifetime=60.0, resume_grace=0.5, interrupt_grace=0.1, restart_timeout=0.2)
+
+
+class FakeSandbox:
+    """Answers every exec with one stdout chunk (the code itself) and a done."""
+
+    def __init__(self, name: str = "fake") -> None:
+        self.short_id = name
+        self.frames: asyncio.Queue[aw.FromAgent | None] = asyncio.Queue()
+        self.sent: list[aw.ToAgent] = []
+        self.destroyed = False
+
+    async def send(self, frame: aw.ToAgent) -> None:
+        self.sent.append(frame)
+        if isinstance(frame, aw.Exec):
+            self.frames.put_nowait(aw.Out(id=frame.id, name="stdout", text=frame.code))
+            self.frames.put_nowait(aw.Done(id=frame.id, status="success", exit_code=0))
+
+    async def receive(self) -> aw.FromAgent:
+        frame = await self.frames.get()
+        if frame is None:
+            raise SandboxLost("exited")
+        return frame
+
+    async def oom_killed(self) -> bool:
+        return False
+
+    async def destroy(self) -> None:
+        self.destroyed = True
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
+        self.closed: tuple[int, str] | None = None
+
+    async def send_frame(self, frame: fr.ServerFrame) -> None:
+        self.frames.put_nowait(frame)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    async def next(self, kind: type[Any]) -> Any:
+        async with asyncio.timeout(5):
+            while True:
+                frame = await self.frames.get()
+                if isinstance(frame, kind):
+                    return frame
+
+
+def start(sandbox: FakeSandbox, sink: Sink,
+          acquire: Any = None) -> tuple[SessionRunner, asyncio.Task[None]]:
+    loop = asyncio.get_running_loop()
+    core = Session(session_id="s", language="python", limits=LIMITS, now=loop.time())
+
+    async def no_sandbox() -> Sandbox:
+        raise SandboxLost("no engine")
+
+    runner = SessionRunner(core, cast(Sandbox, sandbox), acquire=acquire or no_sandbox,
+                           send_timeout=1.0)
+    runner.attach(sink)
+    return runner, asyncio.create_task(runner.run())
+
+
+def execute(cell_id: str, code: str) -> ClientMessage:
+    return ClientMessage(fr.encode(fr.Execute(id=cell_id, code=code)).decode())
+
+
+async def test_cell_flows_through_and_close_removes_the_sandbox() -> None:
+    sandbox, sink = FakeSandbox(), Sink()
+    runner, task = start(sandbox, sink)
+    await runner.feed(execute("c1", "hello"))
+    stream = await sink.next(fr.Stream)
+    assert stream.text == "hello"
+    result = await sink.next(fr.Result)
+    assert result.status == "success"
+    await runner.feed(CloseRequest("client_closed", "bye"))
+    await asyncio.wait_for(task, 5)
+    assert sandbox.destroyed
+    assert sink.closed == (1000, "client_closed")
+
+
+async def test_frames_made_while_detached_are_replayed_on_resume() -> None:
+    sandbox, first = FakeSandbox(), Sink()
+    runner, task = start(sandbox, first)
+    await runner.feed(ClientGone(first))
+    await runner.feed(execute("c1", "while away"))
+    await asyncio.sleep(0.05)
+    second = Sink()
+    ready = fr.Ready(session_id="s", language="python", token="t", limits=LIMITS.public(),
+                     resumed=True)
+    await runner.feed(ClientBack(second, ready))
+    assert (await second.next(fr.Ready)).resumed
+    assert (await second.next(fr.Stream)).text == "while away"
+    assert (await second.next(fr.Result)).id == "c1"
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, 5)
+
+
+async def test_no_resume_within_grace_ends_the_session() -> None:
+    sandbox, sink = FakeSandbox(), Sink()
+    runner, task = start(sandbox, sink)
+    await runner.feed(ClientGone(sink))
+    await asyncio.wait_for(task, 5)
+    assert runner.core.close_reason == "resume_expired"
+    assert sandbox.destroyed
+
+
+async def test_lost_sandbox_is_replaced_and_the_client_told() -> None:
+    old, new, sink = FakeSandbox("old"), FakeSandbox("new"), Sink()
+
+    async def acquire() -> Sandbox:
+        return cast(Sandbox, new)
+
+    runner, task = start(old, sink, acquire)
+    old.frames.put_nowait(None)  # the container died
+    restarted = await sink.next(fr.Restarted)
+    assert restarted.reason == "sandbox_replaced"
+    assert old.destroyed
+    await runner.feed(execute("c2", "on the new one"))
+    assert (await sink.next(fr.Stream)).text == "on the new one"
+    assert any(isinstance(f, aw.Exec) for f in new.sent)
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, 5)
+    assert new.destroyed
+
+
+async def test_no_replacement_closes_with_sandbox_lost() -> None:
+    sandbox, sink = FakeSandbox(), Sink()
+    _, task = start(sandbox, sink)
+    sandbox.frames.put_nowait(None)
+    closed = await sink.next(fr.Closed)
+    assert closed.reason == "sandbox_lost"
+    await asyncio.wait_for(task, 5)
+
+
+async def test_cancellation_sends_server_shutdown() -> None:
+    sandbox, sink = FakeSandbox(), Sink()
+    runner, task = start(sandbox, sink)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    closed = await sink.next(fr.Closed)
+    assert closed.reason == "server_shutdown"
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert sandbox.destroyed
+    assert runner.closed.is_set()
