@@ -13,7 +13,7 @@
       "    time.sleep(0.3)",
       "print(\"this line goes to stderr\", file=sys.stderr)",
       "",
-      "# State survives between cells; the value of the last expression is shown.",
+      "# State is kept between cells; a last expression is shown.",
       "squares = [n * n for n in range(8)]",
       "squares",
     ].join("\n"),
@@ -71,6 +71,16 @@
     sandbox_lost: "The sandbox stopped answering.",
     backend_error: "The sandbox engine failed.",
     internal_error: "The service hit an internal error.",
+  };
+  // The state line after a refusal: "closed: <words>".
+  const REFUSAL_STATE = {
+    at_capacity: "the service is at capacity",
+    rate_limited: "rate limited",
+    unauthorized: "an API key is required",
+    forbidden: "the API key was refused",
+    language_unavailable: "language not available",
+    invalid_token: "the session could not be resumed",
+    not_found: "the session does not exist any more",
   };
   // Close codes, for a connection that ends without a frame saying why.
   const CLOSE_CODES = {
@@ -197,6 +207,8 @@
       return;
     }
     S.ws = ws;
+    let opened = false;
+    ws.onopen = () => { opened = true; };
     ws.onmessage = (event) => {
       if (generation !== S.generation) return;
       let frame;
@@ -209,7 +221,17 @@
     };
     ws.onclose = (event) => {
       if (generation !== S.generation) return;
-      onClose(event);
+      if (opened || resume) {
+        onClose(event);
+        return;
+      }
+      // Refused during the handshake (no frame can say why): ask the HTTP side whether it
+      // is the API key, so the person reads the cause instead of watching retries.
+      probeRefusal().then((code) => {
+        if (generation !== S.generation) return;
+        if (code) refuse(code);
+        else onClose(event);
+      });
     };
   }
 
@@ -236,9 +258,7 @@
     if (S.lastError) {
       // A refusal (capacity, rate limit, key, language, stale token): retrying blindly
       // would only be refused again, so say why and let the person decide.
-      const { code, message } = S.lastError;
-      showNotice(errorWords(code, message));
-      finalClose(ERROR_TEXT[code] ? code.replace(/_/g, " ") : (message || code));
+      refuse(S.lastError.code, S.lastError.message);
       return;
     }
     if (event.code === 1000) {
@@ -258,6 +278,27 @@
     setState("reconnecting",
       `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${S.attempts})`);
     S.timer = setTimeout(() => connect({ resume }), delay);
+  }
+
+  function refuse(code, message = "") {
+    showNotice(errorWords(code, message));
+    finalClose(REFUSAL_STATE[code] || message || code.replace(/_/g, " "));
+  }
+
+  function authHeaders() {
+    return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+  }
+
+  async function probeRefusal() {
+    try {
+      const response = await fetch(new URL("api/v1/config", location.href),
+        { headers: authHeaders() });
+      if (response.status === 401) return "unauthorized";
+      if (response.status === 403) return "forbidden";
+    } catch {
+      // unreachable: a plain dropped connection, retried as such
+    }
+    return null;
   }
 
   function finalClose(reasonWords) {
@@ -529,21 +570,23 @@
     connect();
   }
 
+  // The enabled languages, and the refusal code when the service turns this caller away.
   async function loadConfig() {
-    const headers = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
     try {
-      const response = await fetch(new URL("api/v1/config", location.href), { headers });
+      const response = await fetch(new URL("api/v1/config", location.href),
+        { headers: authHeaders() });
       if (response.ok) {
         const body = await response.json();
         const enabled = (body.enabled_languages || []).filter((l) => ALL_LANGUAGES.includes(l));
-        if (enabled.length) return enabled;
+        if (enabled.length) return { enabled, refused: null };
       } else if (response.status === 401 || response.status === 403) {
-        showNotice(ERROR_TEXT[response.status === 401 ? "unauthorized" : "forbidden"]);
+        const refused = response.status === 401 ? "unauthorized" : "forbidden";
+        return { enabled: ALL_LANGUAGES, refused };
       }
     } catch {
       // Fall through: offer every language and let the server say which it refuses.
     }
-    return ALL_LANGUAGES;
+    return { enabled: ALL_LANGUAGES, refused: null };
   }
 
   async function start() {
@@ -576,7 +619,7 @@
     // A page that goes away ends its session at once instead of holding a sandbox.
     window.addEventListener("pagehide", () => closeDeliberately());
 
-    const enabled = await loadConfig();
+    const { enabled, refused } = await loadConfig();
     ui.language.replaceChildren(...enabled.map((l) =>
       el("option", { value: l, text: LANGUAGE_NAMES[l] || l })));
     const wanted = params.get("language");
@@ -584,7 +627,8 @@
     ui.language.value = S.language;
     ui.language.disabled = false;
     if (editorUntouched()) setEditor(EXAMPLES[S.language] || "", true);
-    connect();
+    if (refused) refuse(refused);
+    else connect();
   }
 
   setState("connecting", "connecting…");

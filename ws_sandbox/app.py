@@ -8,16 +8,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from ws_sandbox import __version__, web
+from ws_sandbox.auth import AuthMiddleware
 from ws_sandbox.backend import DockerBackend
 from ws_sandbox.exceptions import EngineUnavailable
+from ws_sandbox.jupyter.routes import routes as jupyter_routes
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.pool import WarmPool
+from ws_sandbox.routes import exception_handlers, service_routes
 from ws_sandbox.settings import Settings
+from ws_sandbox.surface import Surface
 from ws_sandbox.websocket import session_endpoint
 
 log = logging.getLogger(__name__)
@@ -71,10 +76,15 @@ def create_app(settings: Settings) -> Starlette:
                                 settings.pool_size) as pool:
                 manager = SessionManager(settings, backend, pool)
                 app.state.manager = manager
-                try:
-                    yield
-                finally:
-                    await manager.shutdown(settings.shutdown_timeout)
+                # The surface outlives the sessions: cells ending at shutdown are recorded.
+                async with Surface(settings) as surface:
+                    app.state.surface = surface
+                    app.state.limiter = surface.limiter
+                    manager.add_cell_observer(surface.observe)
+                    try:
+                        yield
+                    finally:
+                        await manager.shutdown(settings.shutdown_timeout)
             # Whatever this process still owns goes now (a sandbox mid-replacement, say).
             try:
                 for cid in await backend.list_ours(all_processes=False):
@@ -86,6 +96,10 @@ def create_app(settings: Settings) -> Starlette:
         WebSocketRoute("/api/v1/sessions/ws", session_endpoint),
         Route("/api/v1/health", health),
         Route("/api/v1/config", config),
+        *service_routes(),
+        *jupyter_routes(),
     ]
     # The demo's mount at / matches every path: it must come last.
-    return Starlette(routes=[*routes, *web.routes()], lifespan=lifespan)
+    return Starlette(routes=[*routes, *web.routes()], lifespan=lifespan,
+                     middleware=[Middleware(AuthMiddleware)],
+                     exception_handlers=exception_handlers())

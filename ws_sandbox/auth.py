@@ -29,6 +29,9 @@ from ws_sandbox.settings import Settings
 #: Paths anyone may read: nothing secret, and monitors must reach health without a key.
 PUBLIC_PATHS = frozenset({"/api/v1/health", "/api/v1/openapi.json", "/docs"})
 ADMIN_PREFIX = "/api/v1/admin"
+#: Paths whose adapter checks credentials itself: the Jupyter endpoint takes Jupyter's
+#: token forms (``?token=``, ``Authorization: token``), its login cookie and API keys.
+DELEGATED_PREFIXES = ("/api/kernels", "/api/kernelspecs")
 
 
 def _matches(given: str, keys: tuple[str, ...]) -> bool:
@@ -137,7 +140,8 @@ class AuthMiddleware:
         state = scope.setdefault("state", {})
         state["client_id"] = address
         protected = path.startswith("/api/") or path == "/metrics"
-        if settings is None or not protected or path in PUBLIC_PATHS:
+        if (settings is None or not protected or path in PUBLIC_PATHS
+                or path.startswith(DELEGATED_PREFIXES)):
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)

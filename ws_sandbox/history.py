@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -51,6 +52,7 @@ _COLUMNS = tuple(ExecutionRecord.__struct_fields__)
 #: Columns of a list entry: everything but the outputs.
 SUMMARY_COLUMNS = tuple(c for c in _COLUMNS if c not in ("stdout", "stderr"))
 PRUNE_EVERY = 100
+T = TypeVar("T")
 
 
 class ExecutionPage(msgspec.Struct, kw_only=True):
@@ -134,7 +136,7 @@ class History:
 
     # --- on the database thread -----------------------------------------------------------
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> None:

@@ -9,17 +9,40 @@ Requests never change a setting; operators do, at start or through the admin API
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
+import json
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
 from ws_sandbox.exceptions import ConfigError
 
 Language = Literal["python", "javascript", "shell", "rust"]
 LANGUAGES: tuple[Language, ...] = get_args(Language)
+
+#: The seccomp profile shipped with the service (``runtime/seccomp.md`` explains it).
+SHIPPED_SECCOMP_PROFILE = Path(__file__).resolve().parent.parent / "runtime" / "seccomp.json"
+
+
+@functools.cache
+def load_seccomp_profile(path: Path) -> str:
+    """Read a seccomp JSON profile once and return it compact, ready for ``seccomp=``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, or not a JSON object with a
+            ``defaultAction``.
+    """
+    try:
+        profile = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"SECCOMP_PROFILE {path}: cannot load: {exc}") from exc
+    if not isinstance(profile, dict) or "defaultAction" not in profile:
+        raise ConfigError(f"SECCOMP_PROFILE {path}: not a seccomp profile (no defaultAction)")
+    return json.dumps(profile, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +137,8 @@ class Settings:
     drop_all_capabilities: bool = field(default=True, metadata={
         "env": "DROP_ALL_CAPABILITIES", "doc": "Drop every Linux capability in sandboxes"})
     seccomp_profile: str = field(default="", metadata={"env": "SECCOMP_PROFILE",
-        "doc": "Path of a seccomp JSON profile; empty: the engine's default profile"})
+        "doc": "Path of a seccomp JSON profile; empty: the shipped runtime/seccomp.json"
+        " (unconfined is refused)"})
 
     # --- service surface: audit, history, rate limits, keys ------------------------------
     api_keys: str = field(default="", metadata={"env": "API_KEYS",
@@ -148,6 +172,15 @@ class Settings:
         "doc": "Keep at most this many executions (the oldest go first)"})
     history_output_bytes: int = field(default=65_536, metadata={
         "env": "HISTORY_OUTPUT_BYTES", "doc": "Stdout and stderr kept per execution"})
+
+    # --- Jupyter kernel endpoint (/api/kernels) ------------------------------------------
+    jupyter_token: str = field(default="", metadata={"env": "JUPYTER_TOKEN",
+        "doc": "Token of the Jupyter endpoint (?token= or Authorization: token); API keys"
+        " are accepted too. Empty with no password and no API keys: as open as the service",
+        "secret": True})
+    jupyter_password: str = field(default="", metadata={"env": "JUPYTER_PASSWORD",
+        "doc": "Password of the Jupyter login form (POST /login, then a signed cookie and"
+        " X-XSRFToken)", "secret": True})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -217,6 +250,13 @@ class Settings:
         need(self.network_mode == "none" or self.allow_unsafe_network,
              f"NETWORK_MODE={self.network_mode} gives sandboxes a network; refused unless"
              " ALLOW_UNSAFE_NETWORK=true")
+        need(self.seccomp_profile.strip().lower() != "unconfined",
+             "SECCOMP_PROFILE=unconfined is refused: sandboxes always run under seccomp")
+        if self.seccomp_profile.strip().lower() != "unconfined":
+            try:
+                load_seccomp_profile(self.seccomp_profile_path)
+            except ConfigError as exc:
+                problems.append(str(exc))
         need(self.container_runtime in ("", "runc", "runsc"),
              "CONTAINER_RUNTIME must be empty, runc or runsc")
         need(self.log_level in ("debug", "info", "warning", "error"),
@@ -241,6 +281,12 @@ class Settings:
     def enabled_languages(self) -> tuple[Language, ...]:
         """Languages switched on, in a fixed order."""
         return tuple(lang for lang in LANGUAGES if getattr(self, f"enable_{lang}"))
+
+    @property
+    def seccomp_profile_path(self) -> Path:
+        """The seccomp profile applied to sandboxes: the operator's, or the shipped one."""
+        chosen = self.seccomp_profile.strip()
+        return Path(chosen).resolve() if chosen else SHIPPED_SECCOMP_PROFILE
 
     @property
     def api_key_list(self) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ session's runner. The runner sends frames back through :class:`WebSocketSink`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -16,6 +17,7 @@ from ws_sandbox import frames as fr
 from ws_sandbox.driver import ClientGone, ClientMessage, CloseRequest
 from ws_sandbox.exceptions import SandboxError
 from ws_sandbox.manager import SessionManager
+from ws_sandbox.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,15 @@ async def session_endpoint(websocket: WebSocket) -> None:
             runner = await manager.resume(token, sink)
         else:
             language = websocket.query_params.get("language", "python")
-            runner = await manager.open(language, sink, client_id=client_address(websocket))
+            # The auth middleware names the caller (an API key or the peer's address).
+            client_id = getattr(websocket.state, "client_id", client_address(websocket))
+            limiter: RateLimiter | None = getattr(websocket.app.state, "limiter", None)
+            admit = None
+            if limiter is not None:
+                limiter.check(client_id)  # opening a session takes a token, each cell one
+                admit = functools.partial(limiter.check, client_id)
+            runner = await manager.open(language, sink, client_id=client_id,
+                                        admit_cell=admit)
     except SandboxError as exc:
         with contextlib.suppress(Exception):
             await sink.send_frame(fr.Error(code=exc.code, message=exc.message))

@@ -41,10 +41,16 @@ class _State:
 
 _state = _State()
 _ctl_out = -1
+# The worker's own pid. A cell that calls os.fork() leaves a copy of this loop in the child:
+# that copy must never speak on (or read from) the control pipe, or it would report the
+# parent's cells done and steal the next cell's code. It exits when its copy of the cell ends.
+_worker_pid = os.getpid()
 
 
 def _send(obj: dict[str, Any]) -> None:
     """Write one JSON line to the agent; a broken control pipe ends the worker."""
+    if os.getpid() != _worker_pid:
+        return  # a forked child of a cell: not the worker
     data = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8", "replace")
     try:
         while data:
@@ -269,7 +275,8 @@ def _read_messages(fd: int) -> Any:
 
 def main() -> None:
     """Serve cells until the agent closes the control pipe."""
-    global _ctl_out
+    global _ctl_out, _worker_pid
+    _worker_pid = os.getpid()
     ctl_in, _ctl_out = int(sys.argv[1]), int(sys.argv[2])
     os.set_inheritable(ctl_in, False)
     os.set_inheritable(_ctl_out, False)
@@ -289,6 +296,10 @@ def main() -> None:
             done = run_cell(str(code), glb)
         except KeyboardInterrupt:
             done = {"t": "done", "status": "interrupted", "exit_code": 130, "error": "interrupted"}
+        if os.getpid() != _worker_pid:
+            # A child forked by the cell finished its copy of the cell: end it here.
+            _flush_std()
+            os._exit(int(done.get("exit_code") or 0))
         _send(done)
 
 

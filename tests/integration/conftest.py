@@ -98,7 +98,10 @@ def start_service(tmp: Path, **env: str) -> Service:
     full_env = {**os.environ, "SANDBOX_PORT": str(port), "INSTANCE_NAME": instance,
                 "POOL_SIZE": "1", "CONTAINER_IMAGE": RUNTIME_IMAGE, "LOG_LEVEL": "info",
                 # Tests open sessions and run cells fast; only rate-limit tests want limits.
-                "RATE_LIMIT_PER_MINUTE": "100000", "RATE_LIMIT_BURST": "10000"}
+                "RATE_LIMIT_PER_MINUTE": "100000", "RATE_LIMIT_BURST": "10000",
+                # The audit log and history of a test service stay in its directory.
+                "AUDIT_LOG_PATH": str(tmp / f"audit-{port}.log"),
+                "HISTORY_DB_PATH": str(tmp / f"history-{port}.sqlite3")}
     full_env.update(env)
     log_path = tmp / f"service-{port}.log"
     with log_path.open("wb") as log:

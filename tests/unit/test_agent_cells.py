@@ -297,6 +297,22 @@ def test_python_interrupt_keeps_state(py: AgentDriver) -> None:
     assert py.run("state").displays[0]["data"]["text/plain"] == "'kept'"
 
 
+def test_python_forked_children_never_speak_for_the_worker(py: AgentDriver) -> None:
+    """Children a cell forked end with their copy of the cell; the worker's state survives."""
+    py.run("state = 'kept'")
+    forked = py.run("import os\npid = os.fork()\nif pid:\n    os.waitpid(pid, 0)\n"
+                    "print('parent' if pid else 'child')")
+    assert forked.done["status"] == "success"
+    assert forked.done["restarted"] is False
+    assert sorted(forked.text("stdout").split()) == ["child", "parent"]
+    result = py.run_interrupted("import os, time\nfor _ in range(3):\n    os.fork()\n"
+                                "while True:\n    time.sleep(0.01)")
+    assert result.done["status"] == "interrupted"
+    after = py.run("print(state)")
+    assert after.done["restarted"] is False, after.done
+    assert after.text("stdout") == "kept\n"
+
+
 def test_interrupt_when_idle_is_ignored(py: AgentDriver) -> None:
     py.run("v = 5")
     py.send({"t": "interrupt"})

@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
+
 from ws_sandbox import __version__
 from ws_sandbox import frames as fr
 from ws_sandbox.driver import ClientRequest, CloseRequest, SessionRunner
@@ -38,11 +40,15 @@ log = logging.getLogger(__name__)
 #: Messages kept for a kernel with no WebSocket; older ones are dropped.
 HELD_MESSAGES = 256
 #: Characters of a held-back Python traceback; past it, it is sent as a stream after all.
-TRACEBACK_HOLD_CHARS = 64 * 1024
-#: Largest ``data`` of a display message (an image above it is replaced by a note).
-MAX_DISPLAY_CHARS = 900 * 1024
+TRACEBACK_HOLD_CHARS = 32 * 1024
+#: Largest ``data`` of a display message as JSON bytes (above it, a note instead).
+MAX_DISPLAY_BYTES = 900 * 1024
+#: Code echoed in ``execute_input`` and text of an error's ``evalue``, at most (characters);
+#: with the limits above, every message stays under 1 MiB.
+MAX_ECHO_CHARS = 32 * 1024
 _TRACEBACK_START = re.compile(r'^(Traceback \(most recent call last\):|  File "<cell-\d+>")',
                               re.MULTILINE)
+_json = msgspec.json.Encoder()
 _ENAMES: dict[str, str] = {"timeout": "TimeoutError", "interrupted": "KeyboardInterrupt",
                            "killed": "KernelKilled", "error": "Error"}
 
@@ -214,7 +220,7 @@ class Kernel:
             execution.count = self.execution_count
             await self._publish("status", {"execution_state": "busy"}, execution.parent)
             if not execution.silent:
-                await self._publish("execute_input", {"code": execution.code,
+                await self._publish("execute_input", {"code": _cut(execution.code),
                                                       "execution_count": execution.count},
                                     execution.parent)
             if not execution.code.strip():
@@ -350,7 +356,7 @@ class Kernel:
 
     async def _display(self, current: _Execution, frame: fr.Display) -> None:
         data: dict[str, str] = dict(frame.data)
-        if sum(len(v) for v in data.values()) > MAX_DISPLAY_CHARS:
+        if len(_json.encode(data)) > MAX_DISPLAY_BYTES:
             data = {"text/plain": "[output too large to display]"}
         if frame.kind == "execute_result":
             if current.silent:
@@ -376,7 +382,8 @@ class Kernel:
             if result.status in ("timeout", "interrupted", "killed"):
                 ename, evalue = _ENAMES[result.status], result.error or result.status
             traceback = jm.strip_ansi(held).splitlines() if held else [f"{ename}: {evalue}"]
-            error = {"ename": ename, "evalue": evalue, "traceback": traceback}
+            error = {"ename": _cut(ename), "evalue": _cut(evalue),
+                     "traceback": [_cut(line) for line in traceback]}
             await self._publish("error", error, current.parent)
             reply = {"status": "error", "execution_count": current.count, **error}
         elif held:
@@ -447,3 +454,9 @@ class Kernel:
     def _touch(self) -> None:
         self.last_activity = jm.now_iso()
 
+
+def _cut(text: str) -> str:
+    """``text``, cut to :data:`MAX_ECHO_CHARS` characters with a visible mark."""
+    if len(text) <= MAX_ECHO_CHARS:
+        return text
+    return text[:MAX_ECHO_CHARS] + "\n[... cut: too long to echo]"

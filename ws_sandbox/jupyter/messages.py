@@ -22,9 +22,9 @@ from ws_sandbox.exceptions import BadRequest
 PROTOCOL_VERSION = "5.3"
 #: Largest JSON message a client may send: code plus room for the envelope.
 MAX_INCOMING_CHARS = 16 * 1024 * 1024 + 65536
-#: Stream text is cut into pieces of at most this many characters (4 bytes each at worst
-#: in UTF-8, so one message stays well under 1 MiB).
-STREAM_CHUNK_CHARS = 192 * 1024
+#: Stream text is cut into pieces of at most this many characters: at worst 6 bytes each
+#: in JSON (a control character as ``\u0001``), so one message stays under 1 MiB.
+STREAM_CHUNK_CHARS = 128 * 1024
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 

@@ -1,0 +1,94 @@
+"""Regenerate ``runtime/seccomp.json`` (see ``runtime/seccomp.md`` for every decision).
+
+Derived from the Moby (Docker) default seccomp profile (Apache-2.0), with the rules that
+only apply to added capabilities removed (sandboxes have none) and the groups listed in
+``DENIED`` taken out of the allow-list. Run: ``python scripts/gen_seccomp.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Moby's unconditional allow-list (profiles/seccomp/default.json), one name per word.
+MOBY_ALLOW = Path(__file__).with_name("seccomp_moby_allow.txt").read_text().split()
+
+# Denied here although Docker's default allows them; the reasons are in runtime/seccomp.md.
+DENIED_FROM_MOBY = {
+    "adjtimex", "clock_adjtime", "clock_adjtime64",          # clock
+    "io_uring_setup", "io_uring_enter", "io_uring_register",  # io_uring
+    "name_to_handle_at",                                       # file handles
+    "fanotify_mark",                                           # fanotify
+}
+
+# Every syscall this profile must never allow (the unit test checks each one).
+DENIED = sorted(DENIED_FROM_MOBY | {
+    "mount", "umount", "umount2", "mount_setattr", "move_mount", "open_tree", "fsopen",
+    "fsconfig", "fsmount", "fspick", "pivot_root", "chroot",
+    "unshare", "setns", "clone3",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+    "process_madvise",
+    "keyctl", "add_key", "request_key",
+    "bpf", "perf_event_open", "userfaultfd",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "reboot", "swapon", "swapoff", "acct", "syslog", "sethostname", "setdomainname",
+    "open_by_handle_at", "lookup_dcookie", "fanotify_init",
+    "iopl", "ioperm", "vm86", "vm86old", "modify_ldt",
+    "settimeofday", "stime", "clock_settime", "clock_settime64",
+    "quotactl", "quotactl_fd", "nfsservctl", "vhangup",
+    "mbind", "migrate_pages", "move_pages", "set_mempolicy", "get_mempolicy",
+    "set_mempolicy_home_node", "uselib", "ustat", "sysfs", "_sysctl",
+    "create_module", "get_kernel_syms", "query_module", "afs_syscall", "tuxcall",
+    "security", "getpmsg", "putpmsg",
+})
+
+# CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET: clone may set none of them.
+CLONE_NAMESPACE_FLAGS = 0x7E020000
+AF_VSOCK = 40
+PERSONALITY_SAFE = (0x0, 0x8, 0xFFFFFFFF)  # PER_LINUX, PER_LINUX32, query current
+
+
+def profile() -> dict[str, object]:
+    allow = sorted(n for n in MOBY_ALLOW if n not in DENIED)
+    rules: list[dict[str, object]] = [{"names": allow, "action": "SCMP_ACT_ALLOW"}]
+    rules.append({"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{"index": 0, "value": AF_VSOCK, "op": "SCMP_CMP_NE"}]})
+    for value in PERSONALITY_SAFE:
+        rules.append({"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                      "args": [{"index": 0, "value": value, "op": "SCMP_CMP_EQ"}]})
+    rules.append({"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW",
+                  "includes": {"arches": ["amd64", "x32"]}})
+    rules.append({"names": ["arm_fadvise64_64", "arm_sync_file_range", "sync_file_range2",
+                            "breakpoint", "cacheflush", "set_tls"],
+                  "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["arm", "arm64"]}})
+    rules.append({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0,
+                            "op": "SCMP_CMP_MASKED_EQ"}],
+                  "excludes": {"arches": ["s390", "s390x"]}})
+    rules.append({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{"index": 1, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0,
+                            "op": "SCMP_CMP_MASKED_EQ"}],
+                  "includes": {"arches": ["s390", "s390x"]}})
+    # clone3 passes its flags in memory, where seccomp cannot look: answer ENOSYS so that
+    # glibc and Node fall back to clone, whose flags the rule above checks.
+    rules.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38})
+    return {
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "archMap": [
+            {"architecture": "SCMP_ARCH_X86_64",
+             "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
+            {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]},
+        ],
+        "syscalls": rules,
+    }
+
+
+def main() -> None:
+    target = Path(__file__).resolve().parent.parent / "runtime" / "seccomp.json"
+    target.write_text(json.dumps(profile(), indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""The web demo in a real headless chromium, against a real service on a real engine.
+
+The page is driven as a person would: pick a language, type, press Run or Ctrl+Enter, read
+what appears. Every test is a plain ``def`` (Playwright's sync API refuses a running loop).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, WebSocketRoute, expect
+
+from tests.integration.conftest import Service, ServiceFactory
+
+pytestmark = pytest.mark.docker
+# Generous functional bounds: the machine may be busy (2 cores, a container per session).
+expect.set_options(timeout=15_000)
+
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
+NAMES = {"python": "Python", "javascript": "JavaScript", "shell": "Shell", "rust": "Rust"}
+
+
+def open_page(browser: Browser, url: str, *, width: int = 1280, height: int = 860,
+              problems: list[str] | None = None) -> Page:
+    """A new page at ``url``; script errors and CSP violations are added to ``problems``."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(20_000)
+    if problems is not None:
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.on("console", lambda msg: problems.append(f"console: {msg.text}")
+                if msg.type == "error" else None)
+    page.goto(url)
+    return page
+
+
+def wait_ready(page: Page, language: str = "python") -> None:
+    expect(page.locator("#state")).to_have_attribute("data-state", "ready", timeout=30_000)
+    expect(page.locator("#state")).to_contain_text(NAMES[language])
+
+
+def run_cell(page: Page, code: str) -> Locator:
+    """Type ``code`` into the editor, press Run; the new cell's element."""
+    before = page.locator("#cells > li.cell").count()
+    page.fill("#code", code)
+    page.click("#run")
+    cell = page.locator("#cells > li.cell").nth(before)
+    expect(cell).to_be_attached()
+    return cell
+
+
+def stdout(cell: Locator) -> str:
+    return "".join(cell.locator(".run.stdout .run-text").all_inner_texts())
+
+
+@pytest.fixture
+def page(browser: Browser, service: Service) -> Iterator[Page]:
+    problems: list[str] = []
+    page = open_page(browser, service.http + "/", problems=problems)
+    wait_ready(page)
+    yield page
+    page.close()
+    assert not problems, problems
+
+
+def test_page_is_served_with_security_headers(service: Service) -> None:
+    with urllib.request.urlopen(service.http + "/", timeout=10) as r:
+        body = r.read().decode()
+        headers = r.headers
+    assert "<title>ws_sandbox" in body
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp
+    assert "connect-src 'self' ws: wss:" in csp and "frame-ancestors 'none'" in csp
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    # The mount at / does not shadow the API.
+    status, config = service.get("/api/v1/config")
+    assert status == 200 and "enabled_languages" in config
+
+
+def test_each_language_runs_and_streams_are_told_apart(page: Page) -> None:
+    programs = {
+        "python": "import sys\nprint('out', 6 * 7)\nprint('oops', file=sys.stderr)",
+        "javascript": "console.log('out', 6 * 7); console.error('oops');",
+        "shell": "echo out $((6 * 7)); echo oops >&2",
+        "rust": 'fn main() { println!("out {}", 6 * 7); eprintln!("oops"); }',
+    }
+    for language, code in programs.items():
+        if language != "python":
+            page.select_option("#language", language)
+            wait_ready(page, language)
+        cell = run_cell(page, code)
+        expect(cell).to_have_attribute("data-status", "success", timeout=30_000)
+        assert stdout(cell).strip() == "out 42", language
+        stderr = cell.locator(".run.stderr")
+        expect(stderr).to_contain_text("oops")
+        expect(stderr.locator(".run-label")).to_have_text("stderr")
+        expect(cell.locator(".meta")).to_have_text(re.compile(r"^[\d.]+ m?s · [\d.]+ MB · exit 0$"))
+    # Four cells, four history entries; choosing one loads its code again.
+    expect(page.locator("#history li")).to_have_count(4)
+    page.locator("#history button", has_text="println").click()
+    expect(page.locator("#code")).to_have_value(programs["rust"])
+
+
+def test_example_loads_when_editor_untouched(page: Page) -> None:
+    assert "tick" in page.input_value("#code")
+    page.select_option("#language", "javascript")
+    wait_ready(page, "javascript")
+    assert "fib" in page.input_value("#code")
+    page.fill("#code", "console.log('mine')")
+    page.select_option("#language", "shell")
+    wait_ready(page, "shell")
+    assert page.input_value("#code") == "console.log('mine')"
+
+
+def test_output_appears_while_the_cell_runs(page: Page) -> None:
+    cell = run_cell(page, "import time\nprint('first', flush=True)\ntime.sleep(5)\n"
+                          "print('second')")
+    expect(cell.locator(".run.stdout")).to_contain_text("first")
+    assert cell.get_attribute("data-status") == "running"
+    assert "second" not in stdout(cell)
+    expect(page.locator("#state")).to_have_attribute("data-state", "running")
+    expect(page.locator("#interrupt")).to_be_enabled()
+    expect(cell).to_have_attribute("data-status", "success", timeout=10_000)
+    assert stdout(cell) == "first\nsecond\n"
+
+
+def test_interrupt_an_endless_loop(page: Page) -> None:
+    cell = run_cell(page, "print('spinning', flush=True)\nwhile True:\n    pass")
+    expect(cell.locator(".run.stdout")).to_contain_text("spinning")
+    page.click("#interrupt")
+    expect(cell).to_have_attribute("data-status", "interrupted", timeout=10_000)
+    expect(page.locator("#state")).to_have_attribute("data-state", "ready")
+    # The session goes on.
+    after = run_cell(page, "print('still here')")
+    expect(after).to_have_attribute("data-status", "success")
+
+
+def test_timeout_shows_the_status(page: Page) -> None:
+    page.fill("#timeout", "1")
+    cell = run_cell(page, "while True:\n    pass")
+    expect(cell).to_have_attribute("data-status", "timeout", timeout=10_000)
+    expect(cell.locator(".badge")).to_have_text("timed out")
+    expect(cell.locator(".notes")).to_contain_text("time limit of 1 s")
+
+
+def test_restart_loses_state(page: Page) -> None:
+    expect(run_cell(page, "kept = 1")).to_have_attribute("data-status", "success")
+    page.click("#restart")
+    expect(page.locator("#notice")).to_contain_text("restarted")
+    cell = run_cell(page, "kept")
+    expect(cell).to_have_attribute("data-status", "error")
+    expect(cell.locator(".notes")).to_contain_text("NameError")
+
+
+def test_keyboard_only(page: Page) -> None:
+    editor = page.locator("#code")
+    editor.fill("")
+    editor.focus()
+    page.keyboard.type("for i in range(2):")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    page.keyboard.type("print('kbd', i)")
+    assert editor.input_value() == "for i in range(2):\n    print('kbd', i)"
+    page.keyboard.press("Control+Enter")
+    cell = page.locator("#cells > li.cell").last
+    expect(cell).to_have_attribute("data-status", "success")
+    assert stdout(cell) == "kbd 0\nkbd 1\n"
+    # Escape, then Tab leaves the editor instead of indenting.
+    page.keyboard.press("Escape")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "run"
+    assert editor.input_value() == "for i in range(2):\n    print('kbd', i)"
+
+
+def test_reconnects_with_the_resume_token(page: Page, service: Service,
+                                          browser: Browser) -> None:
+    page.close()
+    page = browser.new_page()
+    page.set_default_timeout(20_000)
+    routes: list[WebSocketRoute] = []
+    urls: list[str] = []
+
+    def proxy(ws: WebSocketRoute) -> None:
+        urls.append(ws.url)
+        routes.append(ws)
+        ws.connect_to_server()
+
+    page.route_web_socket("**/api/v1/sessions/ws*", proxy)
+    page.goto(service.http + "/")
+    wait_ready(page)
+    expect(run_cell(page, "x = 41")).to_have_attribute("data-status", "success")
+    routes[-1].close(code=4001, reason="network blip")  # a drop, not a goodbye
+    expect(page.locator("#notice")).to_contain_text("Reconnected", timeout=15_000)
+    wait_ready(page)
+    assert len(urls) == 2 and "resume=" in urls[1], urls
+    cell = run_cell(page, "print(x + 1)")
+    expect(cell).to_have_attribute("data-status", "success")
+    assert stdout(cell) == "42\n"
+    # A deliberate close (switching language) opens a new session; it resumes nothing.
+    page.select_option("#language", "shell")
+    wait_ready(page, "shell")
+    assert len(urls) == 3 and "language=shell" in urls[2] and "resume=" not in urls[2], urls
+    page.close()
+
+
+def test_refusals_and_idle_timeout(browser: Browser, make_service: ServiceFactory) -> None:
+    with make_service(IDLE_TIMEOUT="2", MAX_CONCURRENT_EXECUTIONS="1", MAX_CODE_BYTES="1024",
+                      API_KEYS="demo-key", ENABLE_JAVASCRIPT="0", ENABLE_RUST="0",
+                      ENABLE_SHELL="0") as svc:
+        svc.wait_pool_full()
+        # Without a key, or with a wrong one, the page says so instead of retrying.
+        for query, words in (("", "an API key is required"),
+                             ("?api_key=wrong", "the API key was refused")):
+            refused = open_page(browser, svc.http + "/" + query)
+            expect(refused.locator("#state")).to_have_text(f"closed: {words}")
+            expect(refused.locator("#notice")).to_contain_text("API key")
+            refused.close()
+        url = svc.http + "/?api_key=demo-key"
+        first = open_page(browser, url)
+        wait_ready(first)
+        expect(first.locator("#language option")).to_have_count(1)
+        # A second page is refused: the service runs as many sessions as it allows.
+        second = open_page(browser, url)
+        expect(second.locator("#notice")).to_contain_text("as many sessions")
+        expect(second.locator("#state")).to_have_text("closed: the service is at capacity")
+        # Left alone, the first session is closed for idleness, and says so in words.
+        expect(first.locator("#state")).to_have_text("closed: idle for too long",
+                                                     timeout=15_000)
+        expect(first.locator("#run")).to_be_disabled()
+        expect(first.locator("#reconnect")).to_be_visible()
+        # Now there is room again: the refused page starts a new session on request.
+        second.click("#reconnect")
+        wait_ready(second)
+        # A cell above the code size limit is refused, in words, and the session goes on.
+        big = run_cell(second, "# " + "x" * 2000)
+        expect(big).to_have_attribute("data-status", "refused")
+        expect(big.locator(".notes")).to_contain_text("larger than the service accepts")
+        expect(second.locator("#state")).to_have_attribute("data-state", "ready")
+        first.close()
+        second.close()
+
+
+def test_screenshot_with_output(browser: Browser, service: Service, artifacts: Path) -> None:
+    page = open_page(browser, service.http + "/", width=1280, height=780)
+    wait_ready(page)
+    example = page.input_value("#code")
+    cell = run_cell(page, example)
+    expect(cell).to_have_attribute("data-status", "success", timeout=15_000)
+    plot = run_cell(page, "import matplotlib.pyplot as plt\nimport numpy as np\n"
+                          "x = np.linspace(0, 4 * np.pi, 200)\n"
+                          "plt.figure(figsize=(5, 2.6))\nplt.plot(x, np.sin(x), label='sin')\n"
+                          "plt.plot(x, np.cos(x), label='cos')\nplt.legend()\nplt.show()")
+    expect(plot).to_have_attribute("data-status", "success", timeout=20_000)
+    expect(plot.locator("img")).to_be_visible()
+    page.fill("#code", example)
+    page.evaluate("document.activeElement.blur()")
+    page.screenshot(path=str(artifacts / "web-demo.png"), full_page=True)
+    shutil.copyfile(artifacts / "web-demo.png", DOCS_SCREENSHOT)
+    page.close()
+
+    # Phone width: nothing wider than the screen, everything still there.
+    phone = open_page(browser, service.http + "/", width=375, height=740)
+    wait_ready(phone)
+    cell = run_cell(phone, "print('hello from a phone')")
+    expect(cell).to_have_attribute("data-status", "success")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 375
+    phone.screenshot(path=str(artifacts / "web-demo-phone.png"), full_page=True)
+    phone.close()

@@ -1,0 +1,473 @@
+"""The Jupyter kernel endpoint, driven as Open WebUI's code interpreter drives it.
+
+Open WebUI (``backend/open_webui/utils/code_interpreter.py``) logs in (password mode) or puts
+``?token=`` on every call, creates a kernel with ``POST /api/kernels``, opens
+``/api/kernels/{id}/channels``, sends one ``execute_request``, reads messages whose parent is
+that request until ``status`` idle, and deletes the kernel. :func:`open_webui_run` does the
+same steps with the same libraries (aiohttp for HTTP, websockets for the channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+
+from tests.integration.conftest import Service, ServiceFactory, container_exists
+from ws_sandbox import frames as fr
+from ws_sandbox.client import connect
+
+pytestmark = pytest.mark.docker
+
+TOKEN = "jupyter-test-token"
+PASSWORD = "jupyter-test-password"
+API_KEY = "jupyter-test-api-key"
+PYTHON_ONLY = {"ENABLE_JAVASCRIPT": "false", "ENABLE_SHELL": "false", "ENABLE_RUST": "false"}
+
+PLOT = """
+import sys
+import matplotlib
+import matplotlib.pyplot as plt
+print("hello from stdout")
+print("a warning", file=sys.stderr)
+plt.plot([1, 2, 3], [1, 4, 9])
+plt.show()
+6 * 7
+"""
+
+
+@dataclass
+class Run:
+    """What Open WebUI collects from one execution, plus every message for our checks."""
+
+    stdout: str = ""
+    stderr: str = ""
+    result: list[str] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    kernel_id: str = ""
+
+
+def execute_request(code: str, msg_id: str) -> dict[str, Any]:
+    """An ``execute_request`` shaped exactly like Open WebUI's."""
+    return {
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "user",
+                   "session": uuid.uuid4().hex, "date": "", "version": "5.3"},
+        "parent_header": {},
+        "metadata": {},
+        "content": {"code": code, "silent": False, "store_history": True,
+                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+        "channel": "shell",
+    }
+
+
+async def read_until_idle(ws: websockets.ClientConnection, msg_id: str, run: Run,
+                          timeout: float = 60.0) -> None:
+    """Open WebUI's read loop: messages of our request until ``status`` idle."""
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if message.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        run.messages.append(message)
+        content = message["content"]
+        match message.get("msg_type"):
+            case "stream":
+                if content["name"] == "stdout":
+                    run.stdout += content["text"]
+                else:
+                    run.stderr += content["text"]
+            case "execute_result" | "display_data":
+                data = content["data"]
+                if "image/png" in data:
+                    run.result.append(f"data:image/png;base64,{data['image/png']}")
+                elif "text/plain" in data:
+                    run.result.append(data["text/plain"])
+            case "error":
+                run.stderr += "\n".join(content["traceback"])
+            case "status":
+                if content["execution_state"] == "idle":
+                    return
+
+
+async def open_webui_run(base: str, code: str, *, token: str = "", password: str = "",
+                         delete: bool = True) -> Run:
+    """Run ``code`` the way Open WebUI's ``execute_code_jupyter`` does."""
+    run = Run()
+    params: dict[str, str] = {}
+    async with aiohttp.ClientSession(base_url=base + "/") as http:
+        if password and not token:
+            async with http.get("login") as response:
+                response.raise_for_status()
+                xsrf = response.cookies["_xsrf"].value
+                http.cookie_jar.update_cookies(response.cookies)
+                http.headers.update({"X-XSRFToken": xsrf})
+            async with http.post("login", data={"_xsrf": xsrf, "password": password},
+                                 allow_redirects=False) as response:
+                response.raise_for_status()
+                assert response.status == 302
+                http.cookie_jar.update_cookies(response.cookies)
+        if token:
+            params["token"] = token
+        async with http.post("api/kernels", params=params) as response:
+            response.raise_for_status()
+            assert response.status == 201
+            run.kernel_id = (await response.json())["id"]
+        query = "?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else ""
+        url = f"{base.replace('http', 'ws', 1)}/api/kernels/{run.kernel_id}/channels{query}"
+        headers: dict[str, str] = {}
+        if password and not token:
+            headers = {"Cookie": "; ".join(f"{c.key}={c.value}" for c in http.cookie_jar),
+                       **http.headers}
+        try:
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                msg_id = uuid.uuid4().hex
+                await ws.send(json.dumps(execute_request(code, msg_id)))
+                await read_until_idle(ws, msg_id, run)
+        finally:
+            if delete:
+                async with http.delete(f"api/kernels/{run.kernel_id}",
+                                       params=params) as response:
+                    response.raise_for_status()
+                    assert response.status == 204
+    return run
+
+
+def check_envelope(run: Run) -> None:
+    """Every message is complete; busy comes first, idle last, one execute_reply on shell."""
+    for message in run.messages:
+        for key in ("header", "parent_header", "metadata", "content", "channel", "buffers",
+                    "msg_id", "msg_type"):
+            assert key in message, (key, message)
+        assert message["msg_id"] == message["header"]["msg_id"]
+        assert message["msg_type"] == message["header"]["msg_type"]
+        assert message["header"]["date"]
+    iopub = [m for m in run.messages if m["channel"] == "iopub"]
+    assert iopub[0]["msg_type"] == "status"
+    assert iopub[0]["content"]["execution_state"] == "busy"
+    assert iopub[1]["msg_type"] == "execute_input"
+    assert run.messages[-1]["msg_type"] == "status"
+    replies = [m for m in run.messages if m["msg_type"] == "execute_reply"]
+    assert len(replies) == 1 and replies[0]["channel"] == "shell"
+
+
+async def hostname(base: str, token: str) -> tuple[str, Run]:
+    run = await open_webui_run(base, "import socket; print(socket.gethostname())",
+                               delete=False, token=token)
+    return run.stdout.strip(), run
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A service with a Jupyter token, a Jupyter password and an API key."""
+    from tests.integration.conftest import running_service
+
+    with running_service(tmp_path_factory.mktemp("jupyter"), JUPYTER_TOKEN=TOKEN,
+                         JUPYTER_PASSWORD=PASSWORD, API_KEYS=API_KEY,
+                         **PYTHON_ONLY) as svc:
+        svc.wait_pool_full()
+        yield svc
+
+
+@pytest.mark.parametrize("mode", ["token", "password"])
+async def test_open_webui_flow(secured: Service, mode: str) -> None:
+    token, password = (TOKEN, "") if mode == "token" else ("", PASSWORD)
+    run = await open_webui_run(secured.http, PLOT, token=token, password=password)
+    assert run.stdout.strip() == "hello from stdout"
+    assert run.stderr.strip() == "a warning"
+    assert run.result[0].startswith("data:image/png;base64,iVBORw0KGgo")
+    assert run.result[1] == "42"
+    check_envelope(run)
+    kinds = [m["msg_type"] for m in run.messages]
+    assert kinds.index("display_data") < kinds.index("execute_result")
+    reply = next(m for m in run.messages if m["msg_type"] == "execute_reply")
+    assert reply["content"]["status"] == "ok"
+
+    failed = await open_webui_run(secured.http, "x = 1\n1 / (x - 1)", token=token,
+                                  password=password)
+    assert "ZeroDivisionError: division by zero" in failed.stderr
+    assert "Traceback (most recent call last)" in failed.stderr
+    assert "\x1b" not in failed.stderr
+    assert failed.stderr.count("ZeroDivisionError") == 1  # not also on the stderr stream
+    error = next(m for m in failed.messages if m["msg_type"] == "error")
+    assert error["content"]["ename"] == "ZeroDivisionError"
+    assert error["content"]["evalue"] == "division by zero"
+    reply = next(m for m in failed.messages if m["msg_type"] == "execute_reply")
+    assert reply["content"]["status"] == "error"
+    check_envelope(failed)
+
+
+async def test_credentials_are_checked(secured: Service) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(secured.http + "/api/kernels") as response:
+            assert response.status == 401
+        async with http.post(secured.http + "/api/kernels",
+                             params={"token": "wrong"}) as response:
+            assert response.status == 403
+        async with http.get(secured.http + "/api/kernels",
+                            headers={"Authorization": f"token {TOKEN}"}) as response:
+            assert response.status == 200
+        async with http.get(secured.http + "/api/kernelspecs",
+                            headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            assert response.status == 200
+        async with http.get(secured.http + "/api") as response:
+            assert response.status == 200
+            assert "version" in await response.json()
+    # Password mode: a wrong password, and a POST without the X-XSRFToken header.
+    async with aiohttp.ClientSession(base_url=secured.http + "/") as http:
+        async with http.get("login") as response:
+            xsrf = response.cookies["_xsrf"].value
+            http.cookie_jar.update_cookies(response.cookies)
+        async with http.post("login", data={"_xsrf": xsrf, "password": "nope"},
+                             allow_redirects=False) as response:
+            assert response.status == 403
+        async with http.post("login", data={"_xsrf": "forged", "password": PASSWORD},
+                             allow_redirects=False) as response:
+            assert response.status == 403
+        async with http.post("login", data={"_xsrf": xsrf, "password": PASSWORD},
+                             allow_redirects=False) as response:
+            assert response.status == 302
+            http.cookie_jar.update_cookies(response.cookies)
+        async with http.get("api/kernels") as response:
+            assert response.status == 200
+        async with http.post("api/kernels") as response:
+            assert response.status == 403  # no X-XSRFToken
+    with pytest.raises(websockets.InvalidStatus):
+        async with websockets.connect(secured.url + "/api/kernels/x/channels?token=wrong"):
+            pass
+
+
+async def test_api_key_and_header_token(secured: Service) -> None:
+    """An API key is a Jupyter token; older clients put the token in a WebSocket header."""
+    run = await open_webui_run(secured.http, "print('keyed')", token=API_KEY)
+    assert run.stdout == "keyed\n"
+    headers = {"Authorization": f"token {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(secured.http + "/api/kernels", json={"name": "python3"}
+                             ) as response:
+            assert response.status == 201
+            kernel_id = (await response.json())["id"]
+        async with websockets.connect(f"{secured.url}/api/kernels/{kernel_id}/channels",
+                                      additional_headers=headers) as ws:
+            msg_id = uuid.uuid4().hex
+            await ws.send(json.dumps(execute_request("print(6 * 7)", msg_id)))
+            got = Run()
+            await read_until_idle(ws, msg_id, got)
+            assert got.stdout == "42\n"
+        async with http.delete(f"{secured.http}/api/kernels/{kernel_id}") as response:
+            assert response.status == 204
+
+
+async def test_delete_removes_the_container(secured: Service) -> None:
+    host, run = await hostname(secured.http, token=TOKEN)
+    assert host and container_exists(host)
+    async with aiohttp.ClientSession() as http:
+        url = f"{secured.http}/api/kernels/{run.kernel_id}"
+        async with http.get(url, params={"token": TOKEN}) as response:
+            model = await response.json()
+            assert model["id"] == run.kernel_id and model["name"] == "python3"
+            assert model["execution_state"] == "idle"
+        async with http.delete(url, params={"token": TOKEN}) as response:
+            assert response.status == 204
+        assert not container_exists(host)
+        async with http.get(url, params={"token": TOKEN}) as response:
+            assert response.status == 404
+
+
+async def test_kernelspecs(service: Service) -> None:
+    status, body = service.get("/api/kernelspecs")
+    assert status == 200
+    assert body["default"] == "python3"
+    specs = body["kernelspecs"]
+    assert isinstance(specs, dict)
+    assert sorted(specs) == ["bash", "javascript", "python3", "rust"]
+    assert specs["python3"]["spec"]["language"] == "python"
+    status, version = service.get("/api")
+    assert status == 200 and "version" in version
+
+
+async def test_kernelspecs_follow_enabled_languages(secured: Service) -> None:
+    async with aiohttp.ClientSession() as http, http.get(secured.http + "/api/kernelspecs",
+                        params={"token": TOKEN}) as response:
+        body = await response.json()
+    assert list(body["kernelspecs"]) == ["python3"]
+
+
+class Kernel:
+    """A kernel on the shared (open, loopback) service, with its channel."""
+
+    def __init__(self, service: Service, http: aiohttp.ClientSession, kernel_id: str,
+                 ws: websockets.ClientConnection) -> None:
+        self.service = service
+        self.http = http
+        self.id = kernel_id
+        self.ws = ws
+
+    async def execute(self, code: str) -> Run:
+        msg_id = uuid.uuid4().hex
+        await self.ws.send(json.dumps(execute_request(code, msg_id)))
+        run = Run(kernel_id=self.id)
+        await read_until_idle(self.ws, msg_id, run)
+        return run
+
+    async def post(self, action: str) -> int:
+        async with self.http.post(f"{self.service.http}/api/kernels/{self.id}/{action}"
+                                  ) as response:
+            return response.status
+
+
+async def start_kernel(service: Service, http: aiohttp.ClientSession,
+                       name: str | None = None) -> str:
+    body = {"name": name} if name else None
+    async with http.post(service.http + "/api/kernels", json=body) as response:
+        assert response.status == 201, await response.text()
+        model = await response.json()
+    for key in ("id", "name", "last_activity", "execution_state", "connections"):
+        assert key in model
+    return str(model["id"])
+
+
+async def test_restart_loses_state(service: Service) -> None:
+    async with aiohttp.ClientSession() as http:
+        kernel_id = await start_kernel(service, http)
+        async with websockets.connect(f"{service.url}/api/kernels/{kernel_id}/channels") as ws:
+            k = Kernel(service, http, kernel_id, ws)
+            assert (await k.execute("kept = 'yes'\nprint(kept)")).stdout == "yes\n"
+            assert await k.post("restart") == 200
+            after = await k.execute("print(kept)")
+            error = next(m for m in after.messages if m["msg_type"] == "error")
+            assert error["content"]["ename"] == "NameError"
+            again = await k.execute("print('fresh')")
+            assert again.stdout == "fresh\n"
+        async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
+            assert response.status == 204
+
+
+async def test_interrupt_ends_a_running_cell(service: Service) -> None:
+    async with aiohttp.ClientSession() as http:
+        kernel_id = await start_kernel(service, http)
+        async with websockets.connect(f"{service.url}/api/kernels/{kernel_id}/channels") as ws:
+            k = Kernel(service, http, kernel_id, ws)
+            await k.execute("counter = 0")
+            msg_id = uuid.uuid4().hex
+            await ws.send(json.dumps(execute_request(
+                "import time\nwhile True:\n    counter += 1\n"
+                "    if counter == 1:\n        print('started', flush=True)\n"
+                "    time.sleep(0.01)", msg_id)))
+            run = Run()
+            while "started" not in run.stdout:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if message["msg_type"] == "stream":
+                    run.stdout += message["content"]["text"]
+            assert await k.post("interrupt") == 204
+            await read_until_idle(ws, msg_id, run, timeout=30)
+            error = next(m for m in run.messages if m["msg_type"] == "error")
+            assert error["content"]["ename"] == "KeyboardInterrupt"
+            reply = next(m for m in run.messages if m["msg_type"] == "execute_reply")
+            assert reply["content"]["status"] == "error"
+            after = await k.execute("print(counter > 0)")
+            assert after.stdout == "True\n"  # state survived the interrupt
+        async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
+            assert response.status == 204
+
+
+async def test_kernel_info_and_tolerant_parsing(service: Service) -> None:
+    async with aiohttp.ClientSession() as http:
+        kernel_id = await start_kernel(service, http, "bash")
+        # A client that offers the v1 subprotocol gets none: we speak the JSON protocol.
+        async with websockets.connect(
+                f"{service.url}/api/kernels/{kernel_id}/channels",
+                subprotocols=[websockets.Subprotocol("v1.kernel.websocket.jupyter.org")],
+        ) as ws:
+            assert ws.subprotocol is None
+            # No channel, no buffers, empty date, no metadata: all tolerated.
+            await ws.send(json.dumps({"header": {"msg_id": "info-1", "msg_type":
+                                                 "kernel_info_request", "date": ""},
+                                      "parent_header": {}, "content": {}}))
+            run = Run()
+            await read_until_idle(ws, "info-1", run, timeout=10)
+            reply = next(m for m in run.messages if m["msg_type"] == "kernel_info_reply")
+            assert reply["channel"] == "shell"
+            assert reply["parent_header"]["msg_id"] == "info-1"
+            assert reply["content"]["language_info"]["name"] == "bash"
+            assert reply["content"]["protocol_version"] == "5.3"
+            await ws.send("not json")  # ignored, the channel goes on
+            k = Kernel(service, http, kernel_id, ws)
+            shell = await k.execute("echo from-bash; echo oops >&2; false")
+            assert shell.stdout == "from-bash\n"
+            assert "oops" in shell.stderr
+        async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
+            assert response.status == 204
+        async with http.get(f"{service.http}/api/kernels/{kernel_id}") as response:
+            assert response.status == 404
+
+
+async def test_long_stream_is_split_under_one_mebibyte(service: Service) -> None:
+    async with aiohttp.ClientSession() as http:
+        kernel_id = await start_kernel(service, http)
+        async with websockets.connect(f"{service.url}/api/kernels/{kernel_id}/channels",
+                                      max_size=1024 * 1024) as ws:
+            run = await Kernel(service, http, kernel_id, ws).execute(
+                "print('x' * 60000)")
+            assert run.stdout == "x" * 60000 + "\n"
+        async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
+            assert response.status == 204
+
+
+async def test_syntax_error_is_an_error_message(service: Service) -> None:
+    run = await open_webui_run(service.http, "def broken(:\n    pass")
+    error = next(m for m in run.messages if m["msg_type"] == "error")
+    assert error["content"]["ename"] == "SyntaxError"
+    assert run.stderr.count("SyntaxError") == 1
+    assert not [m for m in run.messages if m["msg_type"] == "stream"]
+
+
+async def test_matplotlib_reaches_our_own_protocol(service: Service) -> None:
+    async with await connect(service.url) as s:
+        r = await s.execute("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+        assert r.status == "success", r
+        assert len(r.displays) == 1
+        display = r.displays[0]
+        assert isinstance(display, fr.Display)
+        assert display.kind == "display_data"
+        assert display.data["image/png"].startswith("iVBORw0KGgo")
+
+
+async def test_limits_and_reaping(make_service: ServiceFactory) -> None:
+    """A cell is ended by its time limit though the client waits; an abandoned kernel goes."""
+    with make_service(IDLE_TIMEOUT="2", MAX_EXECUTION_TIME="2", DEFAULT_EXECUTION_TIME="1",
+                      INTERRUPT_GRACE="0.5", **PYTHON_ONLY) as svc:
+        svc.wait_pool_full()
+        async with aiohttp.ClientSession() as http:
+            kernel_id = await start_kernel(svc, http)
+            async with websockets.connect(f"{svc.url}/api/kernels/{kernel_id}/channels") as ws:
+                k = Kernel(svc, http, kernel_id, ws)
+                started = time.monotonic()
+                run = await k.execute("import time\ntime.sleep(600)")
+                assert time.monotonic() - started < 20
+                error = next(m for m in run.messages if m["msg_type"] == "error")
+                assert error["content"]["ename"] == "TimeoutError"
+                assert "time limit of 2 s" in error["content"]["evalue"]
+                host = (await k.execute("import socket; print(socket.gethostname())")
+                        ).stdout.strip()
+            assert container_exists(host)
+            # Abandoned: never deleted. The idle timeout closes its session.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                async with http.get(f"{svc.http}/api/kernels/{kernel_id}") as response:
+                    if response.status == 404:
+                        break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("the abandoned kernel was never reaped")
+            while container_exists(host) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert not container_exists(host)
+            async with http.get(f"{svc.http}/api/kernels") as response:
+                assert await response.json() == []

@@ -1,0 +1,424 @@
+"""The REST shim and the service surface, against a real service process and engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.integration.conftest import Service, ServiceFactory, running_service
+from ws_sandbox.client import SessionRefused, connect
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
+JSON = {"Content-Type": "application/json"}
+
+
+def call(service: Service, path: str, body: bytes | dict[str, Any] | None = None, *,
+         method: str | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 60) -> tuple[int, dict[str, str], Any]:
+    """One HTTP call; returns status, headers and the decoded JSON body."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    hdrs = dict(JSON if data is not None else {})
+    hdrs.update(headers or {})
+    req = urllib.request.Request(service.http + path, data=data, headers=hdrs,
+                                 method=method or ("POST" if data is not None else "GET"))
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            status, got = r.status, dict(r.headers)
+    except urllib.error.HTTPError as e:
+        raw, status, got = e.read(), e.code, dict(e.headers)
+    ctype = got.get("content-type", "")
+    return status, got, json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def run(service: Service, code: str, language: str = "python", **kw: Any) -> dict[str, Any]:
+    status, _, body = call(service, "/api/v1/execute",
+                           {"code": code, "language": language, **kw})
+    assert status == 200, body
+    assert isinstance(body, dict)
+    return body
+
+
+def curl(service: Service, *args: str) -> dict[str, Any]:
+    out = subprocess.run(["curl", "-s", "-X", "POST", f"{service.http}/api/v1/execute",
+                          "-H", "Content-Type: application/json", *args],
+                         capture_output=True, text=True, check=True, timeout=120, cwd=ROOT)
+    body = json.loads(out.stdout)
+    assert isinstance(body, dict)
+    return body
+
+
+# --- the original README's examples, verbatim ------------------------------------------
+
+
+@pytest.mark.parametrize(("body", "expect"), [
+    ('{"code": "print(\'Hello, World!\')", "language": "python"}', "Hello, World!\n"),
+    ('{"code": "console.log(\'Hello from JavaScript\')", "language": "javascript"}',
+     "Hello from JavaScript\n"),
+    ('{"code": "echo Hello", "language": "shell"}', "Hello\n"),
+    ('{"code": "date", "language": "shell"}', None),
+    ('{"code": "ls -la", "language": "shell"}', "total"),
+    ('{"code": "import pandas as pd\\nimport numpy as np\\n'
+     'df = pd.DataFrame({\'a\': np.arange(3)})\\nprint(df[\'a\'].sum())",'
+     ' "language": "python"}', "3\n"),
+])
+def test_readme_curl_examples(service: Service, body: str, expect: str | None) -> None:
+    result = curl(service, "-d", body)
+    assert result["status"] == "success", result
+    assert result["exit_code"] == 0
+    if expect is not None:
+        assert result["stdout"].startswith(expect), result
+
+
+@pytest.mark.parametrize(("example", "expect"), [
+    ("python_example.json", "Hello from Python"),
+    ("javascript_example.json", "Hello from JavaScript 2,4,6"),
+    ("shell_example.json", "Hello from bash\n42\n"),
+    ("rust_example.json", "Hello from Rust, total = 55"),
+])
+def test_examples_folder(service: Service, example: str, expect: str) -> None:
+    result = curl(service, "-d", f"@examples/{example}")
+    assert result["status"] == "success", result
+    assert expect in result["stdout"]
+
+
+# --- the response ----------------------------------------------------------------------
+
+
+def test_execute_fields_and_statuses(service: Service) -> None:
+    ok = run(service, "import sys\nprint('out')\nprint('err', file=sys.stderr)")
+    assert set(ok) >= {"execution_id", "status", "stdout", "stderr", "execution_time_ms",
+                       "memory_used_mb", "exit_code", "error"}
+    assert (ok["status"], ok["stdout"], ok["stderr"], ok["exit_code"], ok["error"]) == (
+        "success", "out\n", "err\n", 0, None)
+    assert ok["execution_time_ms"] >= 0 and len(ok["execution_id"]) == 32
+    failed = run(service, "raise ValueError('boom')")
+    assert failed["status"] == "error" and "ValueError: boom" in failed["stderr"]
+    slow = run(service, "while True:\n    pass", timeout=1)
+    assert slow["status"] == "timeout"
+    assert "time limit of 1 s" in slow["error"]
+    shell = run(service, "exit 3", "shell")
+    assert (shell["status"], shell["exit_code"]) == ("error", 3)
+    no_stdin = run(service, "import sys; print(repr(sys.stdin.read()))", timeout=5)
+    assert no_stdin["stdout"] == "''\n"
+
+
+def test_each_call_gets_a_fresh_sandbox(service: Service) -> None:
+    run(service, "open('/workspace/mark', 'w').write('x')")
+    again = run(service, "import os; print(os.path.exists('/workspace/mark'))")
+    assert again["stdout"] == "False\n"
+
+
+def test_output_is_capped_with_a_marker(service: Service) -> None:
+    big = run(service, "print('x' * 200000)")
+    assert big["truncated"] is True
+    assert "[output truncated" in big["stdout"]
+    assert len(big["stdout"]) < 70000  # the shared service caps output at 64 KiB
+
+
+# --- refusals: a clear JSON error, never a 500, never a hang -----------------------------
+
+
+@pytest.mark.parametrize(("body", "status", "code", "words"), [
+    (b"{not json", 400, "bad_request", "JSON is malformed"),
+    (b'{"code": 5}', 400, "bad_request", "Expected `str`, got `int` - at `$.code`"),
+    (b'{"language": "python"}', 400, "bad_request", "missing required field `code`"),
+    (b'{"code": "1", "timeout": "soon"}', 400, "bad_request", "$.timeout"),
+    (b'{"code": "1", "language": "cobol"}', 400, "language_unavailable",
+     "enabled: python, javascript, shell, rust"),
+    (b'{"code": "   "}', 400, "bad_request", "code is empty"),
+    (b'{"code": "1", "timeout": 0}', 400, "bad_request", "must be a positive number"),
+    (b'{"code": "1", "timeout": -2}', 400, "bad_request", "must be a positive number"),
+    (b'{"code": "1", "timeout": 21}', 400, "bad_request", "exceeds the maximum of 20 s"),
+])
+def test_bad_requests(service: Service, body: bytes, status: int, code: str,
+                      words: str) -> None:
+    got, _, err = call(service, "/api/v1/execute", body)
+    assert got == status, err
+    assert err["error"]["code"] == code
+    assert words in err["error"]["message"]
+
+
+def test_code_above_max_code_bytes_is_413_with_the_websocket_message(service: Service) -> None:
+    code = "#" * (1_048_576 + 1)
+    status, _, err = call(service, "/api/v1/execute", {"code": code})
+    assert status == 413
+    assert err["error"] == {"code": "payload_too_large", "message":
+                            "code of 1048577 bytes exceeds the limit of 1048576 bytes"}
+
+
+def test_huge_body_is_refused_without_reading_it(service: Service) -> None:
+    # Announce 10 MB and send none of it: the answer comes from the header alone.
+    host, port = service.http.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 10485760\r\n\r\n")
+        raw = b""
+        while b"payload_too_large" not in raw:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+        head = raw.decode()
+    assert head.startswith("HTTP/1.1 413"), head
+    assert "payload_too_large" in head
+
+
+def test_huge_chunked_body_is_refused(service: Service, tmp_path: Path) -> None:
+    big = tmp_path / "big.json"
+    big.write_bytes(b'{"code": "' + b"a" * (10 * 1024 * 1024) + b'"}')
+    out = subprocess.run(
+        ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST",
+         f"{service.http}/api/v1/execute", "-H", "Content-Type: application/json",
+         "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{big}"],
+        capture_output=True, text=True, timeout=60, check=False)
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "413", out
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_wrong_content_type_is_415(service: Service) -> None:
+    status, _, err = call(service, "/api/v1/execute", b'{"code": "print(1)"}',
+                          headers={"Content-Type": "text/plain"})
+    assert status == 415 and err["error"]["code"] == "unsupported_media_type"
+
+
+def test_unknown_path_and_method_are_json(service: Service) -> None:
+    status, _, err = call(service, "/api/v1/nothing")
+    assert status == 404 and err["error"]["code"] == "not_found"
+    # GET on the POST-only route falls through to the demo's mount at /: a JSON 404.
+    status, _, err = call(service, "/api/v1/execute")
+    assert status in (404, 405) and "code" in err["error"]
+
+
+# --- stats, metrics, config, history, docs ----------------------------------------------
+
+
+def test_stats_metrics_config_and_history(service: Service) -> None:
+    done = run(service, "print('kept')", "python")
+    status, _, stats = call(service, "/api/v1/stats")
+    assert status == 200
+    for key in ("total", "by_status", "by_language", "active_sessions", "queued_cells",
+                "latency_ms", "uptime_s", "pool"):
+        assert key in stats
+    assert stats["by_language"]["python"] >= 1 and stats["by_status"]["success"] >= 1
+    assert stats["latency_ms"]["p50"] is not None and stats["latency_ms"]["p99"] is not None
+    status, headers, text = call(service, "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'ws_sandbox_executions_total{status="success",language="python"}' in text
+    assert 'ws_sandbox_execution_seconds_bucket{le="+Inf"}' in text
+    assert "ws_sandbox_sessions_active" in text and "ws_sandbox_pool_ready" in text
+    status, _, config = call(service, "/api/v1/config")
+    assert status == 200 and "python" in config["enabled_languages"]
+    assert "api_keys" not in config and "admin_api_key" not in config
+    assert "session_secret" not in config
+    status, _, item = call(service, f"/api/v1/executions/{done['execution_id']}")
+    assert status == 200
+    assert (item["stdout"], item["status"], item["origin"]) == ("kept\n", "success", "rest")
+    status, _, page = call(service, "/api/v1/executions?language=python&status=success"
+                                    "&limit=1")
+    assert status == 200 and len(page["items"]) == 1 and page["next_offset"] == 1
+    assert page["items"][0]["language"] == "python"
+    status, _, err = call(service, "/api/v1/executions?limit=0")
+    assert status == 400 and "limit" in err["error"]["message"]
+    status, _, err = call(service, "/api/v1/executions/nope")
+    assert status == 404
+
+
+def test_openapi_and_docs(service: Service) -> None:
+    status, _, doc = call(service, "/api/v1/openapi.json")
+    assert status == 200 and "/api/v1/execute" in doc["paths"]
+    status, headers, page = call(service, "/docs")
+    assert status == 200 and "text/html" in headers["content-type"]
+    assert "/api/v1/executions" in page
+
+
+# --- audit log and history: one line per execution, kept across a restart ----------------
+
+
+async def test_audit_has_one_line_per_execution_and_history_survives_restart(
+        make_service: ServiceFactory, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.log"
+    db = tmp_path / "history.sqlite3"
+    env = {"AUDIT_LOG_PATH": str(audit), "HISTORY_DB_PATH": str(db),
+           "MAX_CONCURRENT_EXECUTIONS": "20"}
+    with make_service(**env) as svc:
+        svc.wait_pool_full()
+
+        async def session_cells() -> None:
+            async with await connect(svc.url, language="shell") as s:
+                for n in range(6):
+                    r = await s.execute(f"echo cell{n}")
+                    assert r.status == "success"
+
+        with ThreadPoolExecutor(14) as pool:
+            calls = [asyncio.get_running_loop().run_in_executor(
+                pool, run, svc, f"print({n})") for n in range(14)]
+            results = await asyncio.gather(session_cells(), *calls)
+        rest_ids = {r["execution_id"] for r in results[1:] if r}
+        assert len(rest_ids) == 14
+    # The service stopped: everything must be on disk by now.
+    lines = [json.loads(x) for x in audit.read_text().splitlines()]
+    executions = [x for x in lines if x["event"] == "execution"]
+    assert len(executions) == 20
+    assert len({x["execution_id"] for x in executions}) == 20
+    assert rest_ids <= {x["execution_id"] for x in executions}
+    assert sum(x["origin"] == "session" for x in executions) == 6
+    sample = executions[0]
+    assert len(sample["code_sha256"]) == 64 and sample["client"] == "127.0.0.1"
+    with make_service(**env) as again:
+        status, _, page = call(again, "/api/v1/executions?limit=100")
+        assert status == 200 and page["total"] == 20
+        some = next(iter(rest_ids))
+        status, _, item = call(again, f"/api/v1/executions/{some}")
+        assert status == 200 and item["status"] == "success"
+        status, _, shell = call(again, "/api/v1/executions?language=shell")
+        assert shell["total"] == 6
+
+
+# --- keys, origins, rate limits, capacity, admin: one locked-down service ------------------
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    from tests.conftest import docker_problem
+
+    if docker_problem() is not None:
+        pytest.skip(docker_problem() or "")
+    tmp = tmp_path_factory.mktemp("locked")
+    with running_service(
+            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc", ADMIN_API_KEY="boss",
+            ALLOWED_ORIGINS="https://ok.example", RATE_LIMIT_PER_MINUTE="1",
+            RATE_LIMIT_BURST="3", MAX_CONCURRENT_EXECUTIONS="1", ENABLE_RUST="false",
+            AUDIT_LOG_PATH=str(tmp / "audit.log")) as svc:
+        svc.env["AUDIT_LOG_PATH"] = str(tmp / "audit.log")
+        yield svc
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_keys_are_required(locked: Service) -> None:
+    body = {"code": "print(1)"}
+    status, headers, err = call(locked, "/api/v1/execute", body)
+    assert status == 401 and err["error"]["code"] == "unauthorized"
+    assert headers["www-authenticate"].startswith("Bearer")
+    status, _, err = call(locked, "/api/v1/execute", body, headers=bearer("wrong"))
+    assert status == 403 and err["error"]["code"] == "forbidden"
+    for path in ("/api/v1/stats", "/metrics", "/api/v1/config", "/api/v1/executions"):
+        assert call(locked, path)[0] == 401, path
+    assert call(locked, "/api/v1/health")[0] == 200  # monitors need no key
+    status, _, ok = call(locked, "/api/v1/execute", body, headers=bearer("k-auth"))
+    assert status == 200 and ok["stdout"] == "1\n"
+
+
+async def test_websocket_keys_and_origins(locked: Service) -> None:
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await connect(locked.url)
+    assert info.value.response.status_code == 403  # refused before the upgrade
+    with pytest.raises(websockets.InvalidStatus):
+        await connect(locked.url, api_key="wrong")
+    url = f"{locked.url}/api/v1/sessions/ws?language=python&api_key=k-auth"
+    with pytest.raises(websockets.InvalidStatus):
+        await websockets.connect(url, origin=websockets.Origin("https://evil.example"))
+    for origin in ("https://ok.example", locked.http):
+        async with websockets.connect(url, origin=websockets.Origin(origin)) as ws:
+            ready = json.loads(await ws.recv())
+            assert ready["type"] == "ready"
+            await ws.close()
+        await asyncio.sleep(0.3)  # the one slot frees when the session closes
+
+
+def test_disabled_language_lists_the_enabled_ones(locked: Service) -> None:
+    status, _, err = call(locked, "/api/v1/execute", {"code": "fn main(){}",
+                                                      "language": "rust"},
+                          headers=bearer("k-misc"))
+    assert status == 400 and err["error"]["code"] == "language_unavailable"
+    assert "enabled: python, javascript, shell" in err["error"]["message"]
+
+
+def test_rate_limit_lets_the_burst_through_then_refuses(locked: Service) -> None:
+    for _ in range(3):
+        status, _, ok = call(locked, "/api/v1/execute", {"code": "print(1)"},
+                             headers=bearer("k-rate"))
+        assert status == 200, ok
+    status, headers, err = call(locked, "/api/v1/execute", {"code": "print(1)"},
+                                headers=bearer("k-rate"))
+    assert status == 429 and err["error"]["code"] == "rate_limited"
+    assert int(headers["retry-after"]) >= 1
+    # Another key has its own bucket.
+    assert call(locked, "/api/v1/execute", {"code": "print(1)"},
+                headers=bearer("k-misc"))[0] == 200
+
+
+async def test_rate_limit_counts_session_opens_and_cells(locked: Service) -> None:
+    async with await connect(locked.url, api_key="k-cells") as s:  # token 1
+        assert (await s.execute("print(1)")).status == "success"  # token 2
+        assert (await s.execute("print(2)")).status == "success"  # token 3
+        with pytest.raises(SessionRefused) as refused:
+            await s.execute("print(3)")
+        assert refused.value.error.code == "rate_limited"
+        assert "retry in" in refused.value.error.message
+    await asyncio.sleep(0.3)
+    with pytest.raises(SessionRefused) as again:
+        await connect(locked.url, api_key="k-cells")
+    assert again.value.error.code == "rate_limited"
+
+
+async def test_at_capacity_is_503_with_retry_after(locked: Service) -> None:
+    async with await connect(locked.url, api_key="k-cap"):
+        status, headers, err = call(locked, "/api/v1/execute", {"code": "print(1)"},
+                                    headers=bearer("k-misc"))
+        assert status == 503 and err["error"]["code"] == "at_capacity"
+        assert int(headers["retry-after"]) >= 1
+    await asyncio.sleep(0.3)
+
+
+async def test_admin_api(locked: Service) -> None:
+    admin = bearer("boss")
+    assert call(locked, "/api/v1/admin/limits", headers=bearer("k-misc"))[0] == 403
+    assert call(locked, "/api/v1/admin/limits")[0] == 401
+    status, _, limits = call(locked, "/api/v1/admin/limits", headers=admin)
+    assert status == 200 and limits["max_execution_time"] == 30.0
+    status, _, err = call(locked, "/api/v1/admin/limits", {"default_execution_time": 99},
+                          method="PATCH", headers=admin)
+    assert status == 400 and "DEFAULT_EXECUTION_TIME" in err["error"]["message"]
+    status, _, err = call(locked, "/api/v1/admin/limits", {"max_memory_mb": 1},
+                          method="PATCH", headers=admin)
+    assert status == 400  # not changeable at run time
+    status, _, limits = call(locked, "/api/v1/admin/limits", {"max_execution_time": 12},
+                             method="PATCH", headers=admin)
+    assert status == 200 and limits["max_execution_time"] == 12.0
+    status, _, err = call(locked, "/api/v1/execute", {"code": "1", "timeout": 13},
+                          headers=admin)
+    assert status == 400 and "maximum of 12 s" in err["error"]["message"]
+    async with await connect(locked.url, api_key="boss") as s:
+        status, _, listed = call(locked, "/api/v1/admin/sessions", headers=admin)
+        assert status == 200
+        (info,) = listed["sessions"]
+        assert info["session_id"] == s.ready.session_id and info["language"] == "python"
+        status, _, _ = call(locked, f"/api/v1/admin/sessions/{s.ready.session_id}",
+                            method="DELETE", headers=admin)
+        assert status == 200
+        async with asyncio.timeout(10):
+            closed = await s.wait_closed()
+        assert closed is not None and closed.reason == "closed_by_admin"
+    assert call(locked, "/api/v1/admin/sessions/nope", method="DELETE",
+                headers=admin)[0] == 404
+    events = [json.loads(x)["event"] for x in
+              Path(locked.env["AUDIT_LOG_PATH"]).read_text().splitlines()]
+    assert "admin_limits_changed" in events and "admin_session_ended" in events

@@ -1,0 +1,57 @@
+"""Security battery fixtures: the integration fixtures, plus one hardened service for the battery.
+
+``WS_SANDBOX_TEST_RUNTIME=runsc`` runs every service of the battery under gVisor
+(``CONTAINER_RUNTIME=runsc``); ``scripts/security-runsc.sh`` does that.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import (  # noqa: F401  (fixtures re-exported)
+    Service,
+    make_service,
+    running_service,
+    service,
+)
+
+#: The engine runtime the battery runs under: "" (the engine default, runc) or "runsc".
+RUNTIME = os.environ.get("WS_SANDBOX_TEST_RUNTIME", "")
+if RUNTIME:
+    # start_service passes os.environ on, so every service of this run uses the runtime.
+    os.environ["CONTAINER_RUNTIME"] = RUNTIME
+
+#: Limits of the battery's service; tests assert against these numbers.
+BATTERY_ENV = {
+    "MAX_EXECUTION_TIME": "20",
+    "MAX_OUTPUT_BYTES": "65536",
+    "MAX_MEMORY_MB": "256",
+    "PIDS_LIMIT": "128",
+    "WORKSPACE_SIZE_MB": "64",
+    "TMP_SIZE_MB": "64",
+    "FSIZE_LIMIT_MB": "64",
+    "MAX_CONCURRENT_EXECUTIONS": "30",
+    "RATE_LIMIT_PER_MINUTE": "0",
+    "RESUME_GRACE": "2",
+    "SESSION_SECRET": "canary-session-secret-3f9a",
+    "ADMIN_API_KEY": "canary-admin-key-3f9a",
+    "AWS_SECRET_ACCESS_KEY": "canary-aws-3f9a",
+}
+
+
+@pytest.fixture(scope="session")
+def battery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One service shared by the whole battery, with canary secrets in its environment."""
+    from tests.conftest import docker_problem, docker_required
+
+    problem = docker_problem()
+    if problem is not None:
+        if docker_required():
+            pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
+        pytest.skip(f"needs Docker: {problem}")
+    with running_service(tmp_path_factory.mktemp("battery"), **BATTERY_ENV) as svc:
+        svc.wait_pool_full()
+        yield svc

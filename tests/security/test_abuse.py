@@ -1,0 +1,705 @@
+"""The abuse battery: hostile programs in all four languages, each with its specific containment.
+
+Every test is one attack (parametrized tests: one attack per case). The battery shares one
+service (``battery`` in ``conftest.py``: 256 MB, 128 pids, 64 MB tmpfs, 64 KiB output per
+cell, canary secrets in its environment). Set ``WS_SANDBOX_TEST_RUNTIME=runsc`` to run it
+under gVisor; the few expectations that differ there are marked ``RUNSC``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.integration.conftest import Service, container_exists
+from tests.security.conftest import BATTERY_ENV, RUNTIME
+from ws_sandbox import frames as fr
+from ws_sandbox.client import CellResult, ClientSession, SessionClosed, connect
+
+pytestmark = pytest.mark.docker
+
+RUNSC = RUNTIME == "runsc"
+OUTPUT_CAP = int(BATTERY_ENV["MAX_OUTPUT_BYTES"])
+MARKER = f"[output truncated: more than {OUTPUT_CAP} bytes]"
+# A cell killed at its timeout ends within: timeout + interrupt grace + restart + slack.
+END_SLACK = 15.0
+
+
+async def run(svc: Service, language: str, code: str, timeout: float | None = None
+              ) -> CellResult:
+    async with await connect(svc.url, language=language) as s:
+        return await s.execute(code, timeout=timeout)
+
+
+async def still_works(s: ClientSession, language: str = "python") -> None:
+    """The session serves a normal cell after the attack."""
+    code = {"python": "print(6 * 7)", "javascript": "console.log(6 * 7)",
+            "shell": "echo $((6 * 7))",
+            "rust": 'fn main() { println!("{}", 6 * 7); }'}[language]
+    r = await s.execute(code, timeout=20)
+    assert (r.status, r.stdout) == ("success", "42\n"), r
+
+
+async def container_id(s: ClientSession) -> str:
+    r = await s.execute("import socket; print(socket.gethostname())")
+    return r.stdout.strip()
+
+
+async def wait_gone(short_id: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while container_exists(short_id):
+        assert time.monotonic() < deadline, f"container {short_id} still exists"
+        await asyncio.sleep(0.3)
+
+
+def healthy(svc: Service) -> None:
+    status, body = svc.get("/api/v1/health")
+    assert status == 200, body
+
+
+# --------------------------------------------------------------------------- resources
+
+@pytest.mark.parametrize(("language", "bomb"), [
+    ("shell", ":(){ :|:& };:"),
+    ("python", "import os\nwhile True:\n    try:\n        os.fork()\n"
+               "    except OSError:\n        pass"),
+    ("javascript", "const cp = require('child_process');\n"
+                   "for (;;) { try { cp.spawn('sleep', ['600']); } catch (e) {} }"),
+])
+async def test_fork_bomb_is_held_by_the_pids_limit(battery: Service, language: str,
+                                                   bomb: str) -> None:
+    async with await connect(battery.url, language=language) as s:
+        start = time.monotonic()
+        r = await s.execute(bomb, timeout=4)
+        assert time.monotonic() - start < 4 + END_SLACK
+        if language == "shell":
+            # `:|:&` returns at once: the bomb goes on in the background, held by the pids
+            # limit (counted with a builtin glob: a fork would fail now); a restart ends it.
+            assert "Resource temporarily unavailable" in r.stderr, r
+            await asyncio.sleep(1)
+            n = await s.execute("p=(/proc/[0-9]*); echo ${#p[@]}")
+            assert 1 <= int(n.stdout) <= int(BATTERY_ENV["PIDS_LIMIT"]), n
+            await s.restart()
+            async with asyncio.timeout(30):
+                while not isinstance(await s.events.get(), fr.Restarted):
+                    pass
+            n = await s.execute("p=(/proc/[0-9]*); echo ${#p[@]}")
+            assert int(n.stdout) < 10, n
+        else:
+            assert r.status in ("timeout", "error", "killed"), r
+        await still_works(s, language)
+    async with await connect(battery.url, language="python") as other:
+        await still_works(other)
+
+
+async def test_rust_thread_bomb_fails_at_the_pids_limit(battery: Service) -> None:
+    code = ("fn main() { let mut n = 0u32; loop { match std::thread::Builder::new()"
+            ".spawn(|| std::thread::sleep(std::time::Duration::from_secs(600))) {"
+            " Ok(_) => n += 1, Err(e) => { println!(\"stopped at {} threads: {}\", n, e);"
+            " return; } } } }")
+    r = await run(battery, "rust", code, timeout=15)
+    assert r.status == "success", r
+    threads = int(r.stdout.split()[2])
+    assert threads < int(BATTERY_ENV["PIDS_LIMIT"]), r.stdout
+
+
+@pytest.mark.parametrize(("language", "bomb"), [
+    ("python", "b = []\nwhile True:\n    b.append(bytearray(b'x' * 10_000_000))"),
+    ("javascript", "const a = []; for (;;) a.push(Buffer.alloc(1e7, 1));"),
+    ("rust", "fn main() { let mut v: Vec<Vec<u8>> = Vec::new();"
+             " loop { v.push(vec![1u8; 10_000_000]); } }"),
+])
+async def test_memory_bomb_is_killed_at_the_memory_limit(battery: Service, language: str,
+                                                         bomb: str) -> None:
+    async with await connect(battery.url, language=language) as s:
+        r = await s.execute(bomb, timeout=20)
+        assert r.status == "killed", r
+        assert f"memory limit of {BATTERY_ENV['MAX_MEMORY_MB']} MB" in (r.result.error or "")
+        await still_works(s, language)
+
+
+def docker_disk_used() -> int:
+    path = "/var/lib/docker" if os.path.isdir("/var/lib/docker") else "/"
+    return shutil.disk_usage(path).used
+
+
+async def test_filling_workspace_and_tmp_is_bounded_in_memory(battery: Service) -> None:
+    code = """
+import os
+for d in ("/workspace", "/tmp", "/dev/shm"):
+    written, err = 0, None
+    try:
+        for i in range(40):
+            with open(f"{d}/fill{i}", "wb") as f:
+                for _ in range(4):
+                    f.write(b"z" * (1 << 20))
+                    written += 1
+    except OSError as e:
+        err = e.errno
+    st = os.statvfs(d)
+    print(d, written, err, st.f_blocks * st.f_frsize >> 20)
+"""
+    before = docker_disk_used()
+    async with await connect(battery.url) as s:
+        cid = await container_id(s)
+        r = await s.execute(code, timeout=20)
+        assert r.status == "success", r
+        dirs = ("/workspace", "/tmp", "/dev/shm")  # /dev/shm: the engine's 64 MB default
+        for line, d in zip(r.stdout.splitlines(), dirs, strict=True):
+            name, written, err, size = line.split()
+            assert name == d
+            assert err == str(errno.ENOSPC), line
+            assert int(written) <= 64 and int(size) == 64, line
+        # Nothing reached the container's writable layer on the host disk.
+        size_rw = subprocess.run(["docker", "container", "inspect", "--size", "-f",
+                                  "{{.SizeRw}}", cid], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        assert int(size_rw) < 1 << 20, size_rw
+        after = docker_disk_used()
+        # 192 MB were written; the host disk grew by far less (others may share the disk).
+        assert after - before < 100 << 20, (before, after)
+        await still_works(s)
+
+
+async def test_single_file_beyond_fsize_is_refused(battery: Service) -> None:
+    r = await run(battery, "shell",
+                  "dd if=/dev/zero of=/tmp/big bs=1M count=100 2>&1; echo rc=$?;"
+                  " du -m /tmp/big | cut -f1")
+    assert r.status == "success", r
+    lines = r.stdout.split()
+    # SIGXFSZ (rc 153) at the 64 MB fsize limit, or ENOSPC at the 64 MB tmpfs.
+    assert "rc=153" in lines or "No space left" in r.stdout, r.stdout
+    assert int(lines[-1]) <= 64
+
+
+@pytest.mark.parametrize(("language", "code"), [
+    ("python", "import sys\nfor _ in range(200_000):\n    sys.stdout.write('x' * 99 + '\\n')"),
+    ("shell", "head -c 30000000 /dev/zero | tr '\\0' y"),
+    ("javascript", "for (let i = 0; i < 30; i++) process.stdout.write('z'.repeat(1e6));"),
+    ("rust", "use std::io::Write; fn main() { let s = vec![b'r'; 1 << 20];"
+             " let mut o = std::io::stdout(); for _ in 0..30 { o.write_all(&s).unwrap(); } }"),
+])
+async def test_output_flood_is_capped_with_a_marker(battery: Service, language: str,
+                                                    code: str) -> None:
+    start = time.monotonic()
+    async with await connect(battery.url, language=language) as s:
+        r = await s.execute(code, timeout=20)
+        assert r.status == "success", r
+        assert r.result.truncated
+        assert MARKER in r.stdout
+        assert len(r.stdout.encode()) <= OUTPUT_CAP + len(MARKER) + 8
+        assert time.monotonic() - start < 20
+        await still_works(s, language)
+
+
+async def test_endless_stderr_flood_ends_at_the_timeout(battery: Service) -> None:
+    start = time.monotonic()
+    r = await run(battery, "python", "import sys\nwhile True:\n    sys.stderr.write('e' * 4096)",
+                  timeout=3)
+    assert r.status == "timeout", r
+    assert r.result.truncated
+    assert len(r.stderr.encode()) <= OUTPUT_CAP + len(MARKER) + 8
+    assert time.monotonic() - start < 3 + END_SLACK
+
+
+@pytest.mark.parametrize(("language", "spin"), [
+    ("python", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+               "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    pass"),
+    ("shell", "trap '' INT TERM; while :; do :; done"),
+    ("javascript", "process.on('SIGINT', () => {}); process.on('SIGTERM', () => {});"
+                   " for (;;) {}"),
+    ("rust", "fn main() { let mut x = 0u64; loop { x = x.wrapping_add(1);"
+             " if x == 0 { println!(\"{}\", x); } } }"),
+])
+async def test_cpu_spin_ignoring_signals_ends_at_the_timeout(battery: Service, language: str,
+                                                             spin: str) -> None:
+    async with await connect(battery.url, language=language) as s:
+        start = time.monotonic()
+        r = await s.execute(spin, timeout=2)
+        elapsed = time.monotonic() - start
+        assert r.status == "timeout", r
+        assert "time limit of 2 s" in (r.result.error or "")
+        assert 1.5 < elapsed < 2 + END_SLACK
+        if language != "rust":  # a rust cell is a fresh process: there is no state to lose
+            assert r.result.state_lost, r
+        await still_works(s, language)
+
+
+# --------------------------------------------------------------------------- persistence
+
+COUNT_SLEEPERS = ("import os\nn = 0\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n"
+                  "        try:\n            c = open(f'/proc/{p}/cmdline', 'rb').read()\n"
+                  "        except OSError:\n            continue\n"
+                  "        n += c.startswith(b'sleep\\x0077')\nprint(n)")
+
+
+async def test_background_and_double_forked_processes_die_with_the_interpreter(
+        battery: Service) -> None:
+    spawn = """
+import os, subprocess
+subprocess.Popen(["sleep", "771"], start_new_session=True)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", "772"])
+    os._exit(0)
+os.wait()
+"""
+    async with await connect(battery.url) as s:
+        r = await s.execute(spawn)
+        assert r.status == "success", r
+        alive = await s.execute(COUNT_SLEEPERS)
+        assert alive.stdout.strip() == "2", alive  # they did outlive the cell...
+        await s.restart()
+        async with asyncio.timeout(20):
+            while not isinstance(await s.events.get(), fr.Restarted):
+                pass
+        gone = await s.execute(COUNT_SLEEPERS)
+        assert gone.stdout.strip() == "0", gone  # ...but not the restart
+
+
+async def test_processes_do_not_outlive_the_session(battery: Service) -> None:
+    async with await connect(battery.url, language="shell") as s:
+        cid = (await s.execute("hostname")).stdout.strip()
+        assert container_exists(cid)
+        r = await s.execute("nohup setsid sleep 10000 >/dev/null 2>&1 &"
+                            " (trap '' HUP TERM; sleep 10000) >/dev/null 2>&1 & disown -a;"
+                            " echo started")
+        assert r.stdout == "started\n", r
+    await wait_gone(cid)
+
+
+# --------------------------------------------------------------------------- network
+
+def connect_code(host: str, port: int) -> str:
+    return (f"import socket, time\nt = time.monotonic()\ns = socket.socket()\n"
+            f"s.settimeout(5)\ntry:\n    s.connect(({host!r}, {port}))\n    print('connected')\n"
+            f"except OSError as e:\n    print(e.errno, round(time.monotonic() - t, 2))")
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    (("1.1.1.1", 53), errno.ENETUNREACH),          # a public address
+    (("172.17.0.1", 2375), errno.ENETUNREACH),     # the Docker bridge gateway
+    (("169.254.169.254", 80), errno.ENETUNREACH),  # cloud metadata
+    (("8.8.8.8", 443), errno.ENETUNREACH),
+])
+async def test_egress_fails_immediately(battery: Service, target: tuple[str, int],
+                                        expected: int) -> None:
+    r = await run(battery, "python", connect_code(*target))
+    code, seconds = r.stdout.split()
+    assert int(code) == expected, r.stdout
+    assert float(seconds) < 1.0
+
+
+async def test_service_port_on_loopback_is_the_containers_own(battery: Service) -> None:
+    port = int(battery.url.rsplit(":", 1)[1])
+    r = await run(battery, "python", connect_code("127.0.0.1", port))
+    assert int(r.stdout.split()[0]) == errno.ECONNREFUSED, r.stdout
+
+
+async def test_dns_lookup_fails(battery: Service) -> None:
+    r = await run(battery, "python",
+                  "import socket\ntry:\n    print(socket.getaddrinfo('example.com', 443))\n"
+                  "except socket.gaierror as e:\n    print('gaierror', e.errno)")
+    assert r.stdout.startswith("gaierror"), r.stdout
+
+
+async def test_only_loopback_interface_exists(battery: Service) -> None:
+    r = await run(battery, "python", "import os; print(sorted(os.listdir('/sys/class/net')))")
+    assert r.stdout.strip() == "['lo']", r.stdout
+
+
+@pytest.mark.parametrize(("language", "code", "needle"), [
+    ("javascript", "await new Promise((ok) => require('net').connect(53, '1.1.1.1')"
+                   ".on('error', (e) => { console.log(e.code); ok(); })"
+                   ".on('connect', () => { console.log('connected'); ok(); }));", "ENETUNREACH"),
+    ("shell", "exec 3<>/dev/tcp/1.1.1.1/53", "unreachable"),
+    ("rust", "fn main() { match std::net::TcpStream::connect(\"1.1.1.1:53\") {"
+             " Ok(_) => println!(\"connected\"),"
+             " Err(e) => println!(\"{:?}\", e.raw_os_error()) } }", "Some(101)"),
+])
+async def test_egress_fails_in_every_language(battery: Service, language: str, code: str,
+                                              needle: str) -> None:
+    r = await run(battery, language, code, timeout=10)
+    assert needle in (r.stdout + r.stderr), r
+    assert "connected" not in r.stdout
+
+
+# --------------------------------------------------------------------------- secrets
+
+async def test_service_secrets_are_not_in_the_sandbox(battery: Service) -> None:
+    r = await run(battery, "shell",
+                  "env; cat /proc/1/environ; for f in /proc/[0-9]*/environ;"
+                  " do tr '\\0' '\\n' < $f; done 2>/dev/null; echo END")
+    assert r.stdout.endswith("END\n"), r
+    assert "canary" not in r.stdout
+    assert "WS_SANDBOX_LANGUAGE=shell" in r.stdout  # the environment was actually read
+    for name in ("SESSION_SECRET", "ADMIN_API_KEY", "AWS_SECRET_ACCESS_KEY", "DOCKER_HOST"):
+        assert name not in r.stdout
+
+
+async def test_docker_socket_is_absent(battery: Service) -> None:
+    r = await run(battery, "shell",
+                  "ls -la /var/run/docker.sock /run/docker.sock 2>&1;"
+                  " find / -xdev -type s 2>/dev/null; echo END")
+    assert r.stdout.count("No such file or directory") == 2, r.stdout
+    assert r.stdout.splitlines()[-1] == "END"
+    assert "docker" not in r.stdout.replace("docker.sock': No such file", "")
+
+
+# --------------------------------------------------------------------------- privilege
+
+async def test_no_privilege(battery: Service) -> None:
+    r = await run(battery, "python", "print(open('/proc/self/status').read())")
+    status = dict(line.split(":\t", 1) for line in r.stdout.splitlines() if ":\t" in line)
+    assert status["Uid"].split()[:2] == ["65534", "65534"]
+    assert status["Gid"].split()[:2] == ["65534", "65534"]
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[cap], 16) == 0, (cap, status[cap])
+    assert status["NoNewPrivs"].strip() == "1"
+    if not RUNSC:  # RUNSC: gVisor filters in its own kernel; /proc shows no seccomp mode
+        assert status["Seccomp"].strip() == "2"
+
+
+async def test_no_setuid_or_setgid_binaries(battery: Service) -> None:
+    r = await run(battery, "shell", "find / -xdev -perm /6000 -type f 2>/dev/null; echo END",
+                  timeout=20)
+    assert r.stdout == "END\n", r.stdout
+
+
+SYSCALL = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return r, ctypes.get_errno()
+"""
+
+# x86_64 numbers. Each would succeed, or fail with another errno, without the hardening.
+SYSCALLS = {
+    "mount": (165, 0, 0, 0, 0, 0),
+    "umount2": (166, 0, 0),
+    "unshare_newuser": (272, 0x10000000),
+    "unshare_newns": (272, 0x00020000),
+    "setns": (308, 0, 0),
+    "ptrace_attach_pid1": (101, 16, 1, 0, 0),
+    "keyctl_session_keyring": (250, 0, -3, 0),
+    "add_key": (248, 0, 0, 0, 0, 0),
+    "bpf": (321, 0, 0, 0),
+    "perf_event_open": (298, 0, 0, -1, -1, 0),
+    "userfaultfd": (323, 0),
+    "io_uring_setup": (425, 1, 0),
+    "init_module": (175, 0, 0, 0),
+    "reboot": (169, 0xFEE1DEAD, 672274793, 0x4321FEDC, 0),
+    "chroot": (161, 0),
+    "clock_settime": (227, 0, 0),
+    "personality_no_aslr": (135, 0x0040000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYSCALLS))
+async def test_dangerous_syscall_is_denied(battery: Service, name: str) -> None:
+    nr, *args = SYSCALLS[name]
+    r = await run(battery, "python", SYSCALL + f"print(*call({nr}, *{args!r}))")
+    ret, err = map(int, r.stdout.split())
+    assert ret == -1, r.stdout
+    allowed = {errno.EPERM, errno.ENOSYS}
+    if RUNSC:  # RUNSC: gVisor's own kernel answers; pointer args may be read first
+        allowed |= {errno.EFAULT, errno.EINVAL, errno.EACCES}
+    assert err in allowed, (name, r.stdout)
+
+
+async def test_clone_with_new_user_namespace_is_denied(battery: Service) -> None:
+    # SIGCHLD | CLONE_NEWUSER through the raw clone: it must never create a child.
+    r = await run(battery, "python", SYSCALL + "print(*call(56, 17 | 0x10000000, 0, 0, 0, 0))")
+    ret, err = map(int, r.stdout.split())
+    assert ret == -1 and err in (errno.EPERM, errno.ENOSYS, errno.EINVAL), r.stdout
+
+
+# --------------------------------------------------------------------------- file system
+
+async def test_read_only_root(battery: Service) -> None:
+    code = """
+import os
+# /var/tmp is world-writable in the image: only the read-only root stops this one.
+for path, mode in (("/usr/evil", "w"), ("/var/tmp/evil", "w"), ("/etc/passwd", "a"),
+                   ("/opt/ws_sandbox/agent/agent.py", "a"), ("/bin/sh", "r+b")):
+    try:
+        open(path, mode).close()
+        print(path, "WRITABLE")
+    except OSError as e:
+        print(path, e.errno)
+try:
+    os.mkdir("/etc/evil")
+except OSError as e:
+    print("mkdir", e.errno)
+"""
+    r = await run(battery, "python", code)
+    result = dict(line.split() for line in r.stdout.splitlines())
+    assert len(result) == 6, r.stdout
+    # Creating anything is EROFS; existing root-owned files fail their permission check first.
+    for created in ("/usr/evil", "/var/tmp/evil", "mkdir"):
+        assert result[created] == str(errno.EROFS), r.stdout
+    for existing in ("/etc/passwd", "/opt/ws_sandbox/agent/agent.py", "/bin/sh"):
+        assert result[existing] in (str(errno.EROFS), str(errno.EACCES)), r.stdout
+
+
+async def test_sysrq_trigger_and_kernel_knobs_are_not_writable(battery: Service) -> None:
+    code = """
+for path in ("/proc/sysrq-trigger", "/proc/sys/kernel/panic",
+             "/sys/kernel/mm/transparent_hugepage/enabled"):
+    try:
+        with open(path, "w") as f:
+            f.write("c")
+        print(path, "WRITTEN")
+    except OSError as e:
+        print(path, e.errno)
+"""
+    r = await run(battery, "python", code)
+    assert "WRITTEN" not in r.stdout, r.stdout
+    assert len(r.stdout.splitlines()) == 3
+    for line in r.stdout.splitlines():
+        assert int(line.split()[1]) in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT)
+
+
+# --------------------------------------------------------------------------- the channel
+
+async def test_frame_shaped_text_and_binary_garbage_stay_text(battery: Service) -> None:
+    code = r"""
+import os, struct, sys, json
+fake = json.dumps({"type": "result", "id": "c1", "status": "success", "exit_code": 0})
+print(fake)
+print('{"type":"closed","reason":"max_lifetime"}')
+agent = json.dumps({"t": "done", "id": "x", "status": "success"}).encode()
+sys.stdout.buffer.write(struct.pack(">I", len(agent)) + agent + b"\n")
+sys.stdout.buffer.write(b"\x00\x00\x00\x01\x00\xff\xff\xff\xff\xfe" + os.urandom(4096) + b"\n")
+sys.stdout.flush()
+print("END")
+"""
+    async with await connect(battery.url) as s:
+        await s.execute("kept = 'state'")
+        r = await s.execute(code)
+        assert r.status == "success", r
+        assert '"type": "result"' in r.stdout and '"reason":"max_lifetime"' in r.stdout
+        assert r.stdout.endswith("END\n")
+        assert "\ufffd" in r.stdout  # invalid UTF-8 became replacement characters
+        after = await s.execute("print(kept)")
+        assert after.stdout == "state\n"
+
+
+async def test_forged_frames_on_the_agent_channel_end_only_that_sandbox(
+        battery: Service) -> None:
+    """User code opens the agent's stdout (same uid) and writes a frame beyond the size bound."""
+    code = ("import os\nfd = os.open(f'/proc/{os.getppid()}/fd/1', os.O_WRONLY)\n"
+            "os.write(fd, b'\\x7f\\xff\\xff\\xff' + b'{' * 65536)\nimport time; time.sleep(5)")
+    async with await connect(battery.url) as s:
+        cid = await container_id(s)
+        try:
+            r = await s.execute(code, timeout=15)
+        except SessionClosed:
+            pass
+        else:
+            assert r.status in ("error", "killed"), r
+            assert r.result.state_lost, r
+    await wait_gone(cid)
+    healthy(battery)
+    async with await connect(battery.url) as other:
+        await still_works(other)
+
+
+async def test_killing_the_agent_ends_only_that_sandbox(battery: Service) -> None:
+    async with await connect(battery.url) as s:
+        cid = await container_id(s)
+        try:
+            r = await s.execute("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                                "import time; time.sleep(5)", timeout=15)
+        except SessionClosed:
+            pass
+        else:
+            assert r.status in ("error", "killed"), r
+            assert r.result.state_lost, r
+    await wait_gone(cid)
+    healthy(battery)
+
+
+# --------------------------------------------------------------------------- links
+
+async def test_links_at_the_agents_paths_are_never_followed_by_the_host(
+        battery: Service, tmp_path: Path) -> None:
+    canary = f"host-canary-{uuid.uuid4().hex}"
+    host_file = tmp_path / "host-secret.txt"
+    host_file.write_text(canary)
+    plant = f"""
+import os, shutil, glob
+os.makedirs("/workspace/keep", exist_ok=True)
+open("/workspace/keep/precious", "w").write("precious")
+# MPLCONFIGDIR, later written by matplotlib and seeded by the worker
+shutil.rmtree("/tmp/.matplotlib", ignore_errors=True)
+os.symlink("{host_file}", "/tmp/.matplotlib")
+for name, target in (("/tmp/main.rs", "/etc/shadow"), ("/tmp/main", "{host_file}"),
+                     ("/workspace/main.rs", "/proc/1/environ"), ("/tmp/ws-rust-x", "/"),
+                     ("/workspace/out", "/var/run/docker.sock"), ("/tmp/host", "{tmp_path}")):
+    os.symlink(target, name)
+open("/tmp/precious", "w").write("precious")
+os.link("/tmp/precious", "/tmp/hardlink")
+print(open("/tmp/hardlink").read())
+"""
+    async with await connect(battery.url) as py:
+        r = await py.execute(plant)
+        assert r.status == "success", r
+        plot = await py.execute("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+        assert plot.status in ("success", "error"), plot
+        look = await py.execute("import os\nfor p in ('/tmp/main', '/tmp/host'):\n"
+                                "    try:\n        print(open(p).read())\n"
+                                "    except OSError as e:\n        print(p, e.errno)")
+        assert canary not in look.stdout + look.stderr
+        assert look.stdout.split() == ["/tmp/main", "2", "/tmp/host", "2"]  # ENOENT inside
+        assert canary not in plot.stdout + plot.stderr
+    async with await connect(battery.url, language="rust") as rs:
+        # A program that swaps its own build dir for links to the user's files before the
+        # agent removes that dir: rmtree must unlink the links, not what they point at.
+        hostile = (
+            "use std::os::unix::fs::symlink; fn main() {"
+            " let d = std::env::current_dir().unwrap();"
+            " std::fs::create_dir_all(\"/workspace/keep\").unwrap();"
+            " std::fs::write(\"/workspace/keep/precious\", \"precious\").unwrap();"
+            " std::fs::remove_file(d.join(\"main.rs\")).unwrap();"
+            " symlink(\"/workspace/keep\", d.join(\"main.rs\")).unwrap();"
+            " symlink(\"/workspace/keep\", d.join(\"sub\")).unwrap();"
+            " std::fs::hard_link(\"/workspace/keep/precious\", d.join(\"hard\")).unwrap();"
+            " println!(\"{}\", d.display()); }")
+        r = await rs.execute(hostile, timeout=20)
+        assert r.status == "success", r
+        check = await rs.execute(
+            "fn main() { println!(\"{}\","
+            " std::fs::read_to_string(\"/workspace/keep/precious\").unwrap()); }", timeout=20)
+        assert check.stdout == "precious\n", check
+        assert canary not in r.stdout + check.stdout
+
+
+# --------------------------------------------------------------------------- requests
+
+async def test_request_cannot_switch_the_network_on(battery: Service) -> None:
+    base = battery.url
+    query = "language=python&network_mode=host&network=host&privileged=true&cap_add=ALL"
+    async with websockets.connect(f"{base}/api/v1/sessions/ws?{query}") as ws:
+        ready = fr.decode_server(await ws.recv())
+        assert isinstance(ready, fr.Ready), ready
+        await ws.send(json.dumps({
+            "type": "execute", "id": "n1", "network": "host", "network_mode": "host",
+            "privileged": True, "HostConfig": {"NetworkMode": "host", "Privileged": True},
+            "code": "import os, socket\nprint(sorted(os.listdir('/sys/class/net')))\n"
+                    "s = socket.socket()\ntry:\n    s.connect(('1.1.1.1', 53))\n"
+                    "    print('connected')\nexcept OSError as e:\n    print(e.errno)\n"
+                    "print(open('/proc/self/status').read().count('CapEff:\\t0000000000000000'))",
+        }))
+        frames = []
+        async with asyncio.timeout(20):
+            while True:
+                frame = fr.decode_server(await ws.recv())
+                frames.append(frame)
+                if isinstance(frame, (fr.Result, fr.Error)):
+                    break
+    if isinstance(frames[-1], fr.Result):
+        out = "".join(f.text for f in frames if isinstance(f, fr.Stream))
+        assert out.split("\n")[:3] == ["['lo']", str(errno.ENETUNREACH), "1"], out
+    else:  # refusing the frame outright is containment too
+        assert isinstance(frames[-1], fr.Error)
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"NETWORK_MODE": "host"}, "ALLOW_UNSAFE_NETWORK"),
+    ({"NETWORK_MODE": "bridge"}, "ALLOW_UNSAFE_NETWORK"),
+    ({"SECCOMP_PROFILE": "unconfined"}, "unconfined"),
+])
+def test_unsafe_settings_make_the_service_refuse_to_start(env: dict[str, str],
+                                                          needle: str) -> None:
+    full = {k: v for k, v in os.environ.items() if k not in ("ALLOW_UNSAFE_NETWORK",)}
+    full.update(env, SANDBOX_PORT="1")
+    p = subprocess.run([sys.executable, "-m", "ws_sandbox", "serve"], env=full,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert needle in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(("language", "code", "expect"), [
+    ("python", "import sys\nprint(repr(sys.stdin.read()))\ninput()", "''\n"),
+    ("javascript", "console.log(JSON.stringify(require('fs').readFileSync(0, 'utf8')))", '""\n'),
+    ("shell", "read -r line; echo \"rc=$?\"; cat; echo end", "rc=1\nend\n"),
+    ("rust", "fn main() { let mut s = String::new();"
+             " println!(\"{:?}\", std::io::stdin().read_line(&mut s).map_err(|e| e.kind())); }",
+     "Ok(0)\n"),
+])
+async def test_reading_stdin_gets_end_of_file(battery: Service, language: str, code: str,
+                                              expect: str) -> None:
+    start = time.monotonic()
+    r = await run(battery, language, code, timeout=15)
+    assert r.status != "timeout", r
+    assert r.stdout == expect, r
+    if language == "python":
+        assert "EOFError" in r.stderr
+    assert time.monotonic() - start < 10
+
+
+async def test_ten_megabyte_code_over_websocket_is_refused(battery: Service) -> None:
+    body = json.dumps({"type": "execute", "id": "big", "code": "#" * (10 << 20)})
+    async with websockets.connect(f"{battery.url}/api/v1/sessions/ws?language=python",
+                                  max_size=None) as ws:
+        assert isinstance(fr.decode_server(await ws.recv()), fr.Ready)
+        await ws.send(body)
+        code: int | None = None
+        error: fr.Error | None = None
+        try:
+            async with asyncio.timeout(20):
+                while True:
+                    frame = fr.decode_server(await ws.recv())
+                    if isinstance(frame, fr.Error):
+                        error = frame
+                        break
+        except websockets.ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+    assert (error is not None and error.code == "payload_too_large") or code == 1009, (error, code)
+    healthy(battery)
+
+
+def rest_status(svc: Service, body: bytes, send_body: bool) -> int:
+    """POST ``body`` (or only announce its length) and return the HTTP status."""
+    host, port = svc.http.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest("POST", "/api/v1/execute")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        if send_body:
+            # The server may answer and close before reading it all: that is fine.
+            with contextlib.suppress(ConnectionError):
+                for i in range(0, len(body), 1 << 16):
+                    conn.sock.sendall(body[i:i + (1 << 16)])
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_ten_megabyte_rest_body_is_refused_with_413(battery: Service) -> None:
+    body = json.dumps({"language": "python", "code": "#" * (10 << 20)}).encode()
+    assert rest_status(battery, body, send_body=False) == 413
+    # The server may close first; then the announced-length case above saw the 413.
+    with contextlib.suppress(ConnectionError):
+        assert rest_status(battery, body, send_body=True) == 413
+    healthy(battery)

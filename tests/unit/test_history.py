@@ -1,0 +1,72 @@
+"""The SQLite execution history: queries, pagination, retention, restart, output bound."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ws_sandbox.history import History
+from ws_sandbox.records import ExecutionRecord
+
+
+def record(n: int, *, status: str = "success", language: str = "python",
+           finished_at: float | None = None, stdout: str = "out\n") -> ExecutionRecord:
+    now = time.time() if finished_at is None else finished_at
+    return ExecutionRecord(
+        execution_id=f"e{n}", session_id="s", cell_id=f"c{n}", origin="rest",
+        client="127.0.0.1", language=language, started_at=now - 0.01, finished_at=now,
+        code_bytes=8, code_sha256="ab" * 32, status=status,  # type: ignore[arg-type]
+        exit_code=0 if status == "success" else 1, execution_time_ms=10.0,
+        memory_used_mb=None, output_bytes=len(stdout), truncated=False, error=None,
+        stdout=stdout, stderr="")
+
+
+def history(path: Path, **kw: float) -> History:
+    return History(path, retention_days=kw.get("days", 7.0),
+                   max_rows=int(kw.get("rows", 1000)), output_bytes=int(kw.get("out", 100)))
+
+
+async def test_filters_and_pages_newest_first(tmp_path: Path) -> None:
+    async with history(tmp_path / "h.db") as h:
+        for n in range(10):
+            h.record(record(n, status="error" if n % 2 else "success",
+                            language="shell" if n < 4 else "python"))
+        page = await h.list(limit=3)
+        assert [i["execution_id"] for i in page.items] == ["e9", "e8", "e7"]
+        assert (page.total, page.next_offset) == (10, 3)
+        assert "stdout" not in page.items[0]
+        errors = await h.list(status="error", language="python", limit=50)
+        assert [i["execution_id"] for i in errors.items] == ["e9", "e7", "e5"]
+        assert errors.next_offset is None
+        last = await h.list(limit=3, offset=9)
+        assert [i["execution_id"] for i in last.items] == ["e0"]
+        one = await h.get("e4")
+        assert one is not None and one["stdout"] == "out\n" and one["truncated"] is False
+        assert await h.get("nope") is None
+
+
+async def test_survives_a_restart(tmp_path: Path) -> None:
+    async with history(tmp_path / "h.db") as h:
+        h.record(record(1))
+    async with history(tmp_path / "h.db") as h:
+        assert (await h.get("e1")) is not None
+
+
+async def test_outputs_are_cut_to_the_bound(tmp_path: Path) -> None:
+    async with history(tmp_path / "h.db", out=10) as h:
+        h.record(record(1, stdout="x" * 1000))
+        item = await h.get("e1")
+    assert item is not None
+    assert item["stdout"].startswith("x" * 10 + "\n[history: cut at 10 bytes]")
+
+
+async def test_retention_by_age_and_by_rows(tmp_path: Path) -> None:
+    now = time.time()
+    async with history(tmp_path / "h.db", days=1, rows=3) as h:
+        h.record(record(0, finished_at=now - 3 * 86400))
+        for n in range(1, 6):
+            h.record(record(n, finished_at=now))
+        deleted = await h.prune(now)
+        page = await h.list()
+    assert deleted == 3
+    assert [i["execution_id"] for i in page.items] == ["e5", "e4", "e3"]

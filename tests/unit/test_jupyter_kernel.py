@@ -1,0 +1,339 @@
+"""One kernel translating session frames into Jupyter messages, with a fake session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, cast
+
+import pytest
+
+from ws_sandbox import frames as fr
+from ws_sandbox.driver import ClientRequest, CloseRequest, Event, SessionRunner
+from ws_sandbox.exceptions import BackendError
+from ws_sandbox.jupyter import messages as jm
+from ws_sandbox.jupyter.kernel import TRACEBACK_HOLD_CHARS, Kernel
+from ws_sandbox.jupyter.specs import find_spec
+
+
+class FakeRunner:
+    """Records what the kernel asks of its session."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def feed_nowait(self, event: Event) -> None:
+        self.events.append(event)
+
+    async def feed(self, event: Event) -> None:
+        self.events.append(event)
+
+    def executes(self) -> list[fr.Execute]:
+        return [e.frame for e in self.events
+                if isinstance(e, ClientRequest) and isinstance(e.frame, fr.Execute)]
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    async def send_text(self, text: str) -> None:
+        assert len(text.encode()) < 1024 * 1024
+        self.sent.append(json.loads(text))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def types(self) -> list[str]:
+        return [m["msg_type"] for m in self.sent]
+
+    def of(self, msg_type: str) -> list[dict[str, Any]]:
+        return [m for m in self.sent if m["msg_type"] == msg_type]
+
+
+async def make_kernel(language: str = "python3") -> tuple[Kernel, FakeRunner, FakeConnection]:
+    kernel = Kernel(find_spec(language, ("python", "shell")), send_timeout=5.0,
+                    execution_timeout=30.0, restart_timeout=1.0)
+    runner = FakeRunner()
+    kernel.bind(cast(SessionRunner, runner))
+    conn = FakeConnection()
+    await kernel.connect(conn)
+    return kernel, runner, conn
+
+
+def request(code: str, msg_id: str = "m1", **content: Any) -> jm.Incoming:
+    return jm.decode(json.dumps({
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "date": ""},
+        "content": {"code": code, **content}}))
+
+
+def result(cell_id: str, status: fr.Status = "success", error: str | None = None
+           ) -> fr.Result:
+    return fr.Result(id=cell_id, status=status, exit_code=0 if status == "success" else 1,
+                     execution_time_ms=1.0, memory_used_mb=None, error=error)
+
+
+async def test_execute_success_sequence() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("print(1)\n2"), conn)
+    (execute,) = runner.executes()
+    assert execute.code == "print(1)\n2" and execute.timeout == 30.0
+    assert kernel.execution_state == "busy"
+    await kernel.send_frame(fr.Stream(id=execute.id, name="stdout", text="1\n"))
+    await kernel.send_frame(fr.Display(id=execute.id, kind="execute_result",
+                                       data={"text/plain": "2"}))
+    await kernel.send_frame(fr.Display(id=execute.id, kind="display_data",
+                                       data={"image/png": "iVBOR", "text/plain": "<Fig>"}))
+    await kernel.send_frame(result(execute.id))
+    assert conn.types() == ["status", "execute_input", "stream", "execute_result",
+                            "display_data", "execute_reply", "status"]
+    assert all(m["parent_header"]["msg_id"] == "m1" for m in conn.sent)
+    assert conn.sent[0]["content"] == {"execution_state": "busy"}
+    assert conn.sent[-1]["content"] == {"execution_state": "idle"}
+    assert conn.of("execute_input")[0]["content"]["execution_count"] == 1
+    assert conn.of("execute_result")[0]["content"]["execution_count"] == 1
+    assert conn.of("display_data")[0]["content"]["data"]["image/png"] == "iVBOR"
+    reply = conn.of("execute_reply")[0]
+    assert reply["channel"] == "shell" and reply["content"]["status"] == "ok"
+    assert {m["channel"] for m in conn.sent if m["msg_type"] != "execute_reply"} == {"iopub"}
+    assert kernel.execution_state == "idle"
+
+
+async def test_python_traceback_becomes_the_error_message() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("1/0"), conn)
+    cell = runner.executes()[0].id
+    await kernel.send_frame(fr.Stream(id=cell, name="stderr", text="warn\n"))
+    await kernel.send_frame(fr.Stream(
+        id=cell, name="stderr",
+        text='Traceback (most recent call last):\n  File "<cell-1>", line 1\n'))
+    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+                                      text="\x1b[31mZeroDivisionError\x1b[0m: division by zero\n"))
+    await kernel.send_frame(result(cell, "error", "ZeroDivisionError: division by zero"))
+    streams = "".join(m["content"]["text"] for m in conn.of("stream"))
+    assert streams == "warn\n"
+    (error,) = conn.of("error")
+    assert error["content"]["ename"] == "ZeroDivisionError"
+    assert error["content"]["evalue"] == "division by zero"
+    assert error["content"]["traceback"] == [
+        "Traceback (most recent call last):", '  File "<cell-1>", line 1',
+        "ZeroDivisionError: division by zero"]
+    reply = conn.of("execute_reply")[0]["content"]
+    assert reply["status"] == "error" and reply["ename"] == "ZeroDivisionError"
+    assert conn.types()[-1] == "status"
+
+
+async def test_held_traceback_is_a_stream_when_the_cell_succeeds() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("import traceback"), conn)
+    cell = runner.executes()[0].id
+    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+                                      text="Traceback (most recent call last):\n  x\n"))
+    await kernel.send_frame(fr.Stream(id=cell, name="stdout", text="after\n"))
+    await kernel.send_frame(result(cell))
+    texts = [(m["content"]["name"], m["content"]["text"]) for m in conn.of("stream")]
+    assert texts == [("stderr", "Traceback (most recent call last):\n  x\n"),
+                     ("stdout", "after\n")]
+    assert not conn.of("error")
+
+
+async def test_huge_held_stderr_is_flushed() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    cell = runner.executes()[0].id
+    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+                                      text="Traceback (most recent call last):\n"))
+    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+                                      text="y" * (TRACEBACK_HOLD_CHARS + 1)))
+    assert len(conn.of("stream")) == 1
+
+
+async def test_long_stream_is_split() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    cell = runner.executes()[0].id
+    text = "€" * (jm.STREAM_CHUNK_CHARS * 2)
+    await kernel.send_frame(fr.Stream(id=cell, name="stdout", text=text))
+    assert "".join(m["content"]["text"] for m in conn.of("stream")) == text
+    assert len(conn.of("stream")) == 2
+
+
+async def test_huge_display_is_replaced() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    cell = runner.executes()[0].id
+    await kernel.send_frame(fr.Display(id=cell, kind="display_data",
+                                       data={"image/png": "A" * 2_000_000}))
+    assert "image/png" not in conn.of("display_data")[0]["content"]["data"]
+
+
+@pytest.mark.parametrize(("status", "ename"), [("timeout", "TimeoutError"),
+                                               ("interrupted", "KeyboardInterrupt"),
+                                               ("killed", "KernelKilled")])
+async def test_statuses_become_errors(status: fr.Status, ename: str) -> None:
+    kernel, runner, conn = await make_kernel("bash")
+    await kernel.handle(request("sleep 9"), conn)
+    cell = runner.executes()[0].id
+    await kernel.send_frame(result(cell, status, f"why: {status}"))
+    (error,) = conn.of("error")
+    assert error["content"]["ename"] == ename
+    assert error["content"]["traceback"] == [f"{ename}: why: {status}"]
+
+
+async def test_queue_and_stop_on_error_abort() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("a", "m1"), conn)
+    await kernel.handle(request("b", "m2"), conn)
+    await kernel.handle(request("c", "m3", stop_on_error=False), conn)
+    assert len(runner.executes()) == 1  # one at a time
+    await kernel.send_frame(result(runner.executes()[0].id, "error", "E: x"))
+    replies = {m["parent_header"]["msg_id"]: m["content"]["status"]
+               for m in conn.of("execute_reply")}
+    assert replies == {"m1": "error", "m2": "aborted", "m3": "aborted"}
+    assert len(runner.executes()) == 1
+
+
+async def test_next_request_starts_after_success() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("a", "m1"), conn)
+    await kernel.handle(request("b", "m2"), conn)
+    await kernel.send_frame(result(runner.executes()[0].id))
+    assert [e.code for e in runner.executes()] == ["a", "b"]
+    inputs = conn.of("execute_input")
+    assert [m["content"]["execution_count"] for m in inputs] == [1, 2]
+
+
+async def test_empty_code_is_a_no_op_and_silent_hides_input() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("   ", "m1"), conn)
+    assert runner.executes() == []
+    assert conn.types() == ["status", "execute_input", "execute_reply", "status"]
+    conn.sent.clear()
+    await kernel.handle(request("x", "m2", silent=True), conn)
+    cell = runner.executes()[0].id
+    await kernel.send_frame(fr.Display(id=cell, kind="execute_result", data={"text/plain": "1"}))
+    await kernel.send_frame(result(cell))
+    assert conn.types() == ["status", "execute_reply", "status"]
+
+
+async def test_refused_cell_ends_with_error() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    cell = runner.executes()[0].id
+    await kernel.send_frame(fr.Error(code="payload_too_large", message="too big", id=cell))
+    assert conn.of("execute_reply")[0]["content"]["status"] == "error"
+    assert kernel.execution_state == "idle"
+
+
+async def test_kernel_info_and_other_requests() -> None:
+    kernel, _, conn = await make_kernel()
+    await kernel.handle(jm.decode('{"header": {"msg_id": "k", "msg_type":'
+                                  ' "kernel_info_request"}}'), conn)
+    assert conn.types() == ["status", "kernel_info_reply", "status"]
+    info = conn.of("kernel_info_reply")[0]
+    assert info["channel"] == "shell"
+    assert info["content"]["language_info"]["name"] == "python"
+    for req in ("comm_info_request", "is_complete_request", "complete_request",
+                "inspect_request", "history_request"):
+        conn.sent.clear()
+        await kernel.handle(jm.decode(json.dumps(
+            {"header": {"msg_id": "r", "msg_type": req}})), conn)
+        assert conn.types()[1] == req.replace("_request", "_reply")
+
+
+async def test_interrupt_and_shutdown_requests() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(jm.decode('{"header": {"msg_id": "i", "msg_type":'
+                                  ' "interrupt_request"}, "channel": "control"}'), conn)
+    assert isinstance(runner.events[-1], ClientRequest)
+    assert isinstance(runner.events[-1].frame, fr.Interrupt)
+    assert conn.of("interrupt_reply")[0]["channel"] == "control"
+    await kernel.handle(jm.decode('{"header": {"msg_id": "s", "msg_type":'
+                                  ' "shutdown_request"}, "channel": "control"}'), conn)
+    assert isinstance(runner.events[-1], CloseRequest)
+
+
+async def test_restart_waits_for_restarted() -> None:
+    kernel, runner, conn = await make_kernel()
+
+    async def restarted() -> None:
+        await kernel.send_frame(fr.Restarted(reason="interpreter_restarted", message=""))
+
+    task = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    assert kernel.execution_state == "restarting"
+    assert isinstance(runner.events[-1], ClientRequest)
+    assert isinstance(runner.events[-1].frame, fr.Restart)
+    await restarted()
+    await task
+    assert kernel.execution_state == "idle"
+    states = [m["content"]["execution_state"] for m in conn.of("status")]
+    assert states == ["restarting", "idle"]
+
+
+async def test_restart_times_out() -> None:
+    kernel, _, _ = await make_kernel()
+    with pytest.raises(BackendError, match="in time"):
+        await kernel.restart()
+
+
+async def test_messages_held_without_connection_and_replayed() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    kernel.disconnect(conn)
+    cell = runner.executes()[0].id
+    await kernel.send_frame(fr.Stream(id=cell, name="stdout", text="late\n"))
+    await kernel.send_frame(result(cell))
+    later = FakeConnection()
+    await kernel.connect(later)
+    # iopub was held and is replayed; the shell reply belonged to the connection that left.
+    assert later.types() == ["stream", "status"]
+    assert kernel.model()["connections"] == 1
+
+
+async def test_closed_session_kills_kernel() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("a", "m1"), conn)
+    await kernel.handle(request("b", "m2"), conn)
+    await kernel.send_frame(result(runner.executes()[0].id, "killed", "the session closed"))
+    await kernel.send_frame(fr.Closed(reason="idle_timeout"))
+    await kernel.close(1000, "idle_timeout")
+    assert kernel.dead and kernel.execution_state == "dead"
+    assert conn.closed == (1000, "idle_timeout")
+    statuses = {m["parent_header"]["msg_id"]: m["content"]["status"]
+                for m in conn.of("execute_reply")}
+    assert statuses == {"m1": "error", "m2": "aborted"}
+
+
+async def test_slow_connection_is_dropped() -> None:
+    kernel, _, conn = await make_kernel()
+
+    class Broken(FakeConnection):
+        async def send_text(self, text: str) -> None:
+            raise ConnectionError("gone")
+
+    broken = Broken()
+    await kernel.connect(broken)
+    await kernel.handle(request("x"), conn)
+    assert broken.closed is not None
+    assert kernel.model()["connections"] == 1
+    assert conn.types()[:2] == ["status", "execute_input"]
+
+
+async def test_every_message_under_one_mebibyte_at_worst() -> None:
+    """Control characters cost 6 bytes in JSON; huge errors and code are cut."""
+    kernel, runner, conn = await make_kernel()  # FakeConnection asserts < 1 MiB per message
+    nasty = "\x01" * 2_000_000
+    await kernel.handle(request(nasty), conn)
+    cell = runner.executes()[0].id
+    await kernel.send_frame(fr.Stream(id=cell, name="stdout", text=nasty))
+    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+                                      text="Traceback (most recent call last):\n"))
+    for _ in range(3):
+        await kernel.send_frame(fr.Stream(id=cell, name="stderr", text="\x02" * 65536))
+    await kernel.send_frame(fr.Display(id=cell, kind="display_data",
+                                       data={"text/html": '"' * 600_000}))
+    await kernel.send_frame(result(cell, "error", "E: " + nasty))
+    assert conn.types()[-1] == "status"
+    assert "text/html" not in conn.of("display_data")[0]["content"]["data"]

@@ -1,0 +1,108 @@
+"""The shipped seccomp profile: valid, an errno default, and every dangerous call denied."""
+
+from __future__ import annotations
+
+import errno
+import json
+from typing import Any
+
+import pytest
+
+from ws_sandbox.backend import container_config
+from ws_sandbox.exceptions import ConfigError
+from ws_sandbox.settings import SHIPPED_SECCOMP_PROFILE, Settings
+
+# Never allowed, with or without arguments (runtime/seccomp.md says why, group by group).
+DENIED = [
+    "mount", "umount", "umount2", "mount_setattr", "move_mount", "open_tree", "fsopen",
+    "fsconfig", "fsmount", "fspick", "pivot_root", "chroot", "unshare", "setns", "clone3",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
+    "swapon", "swapoff", "acct", "open_by_handle_at", "name_to_handle_at",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "fanotify_init",
+    "lookup_dcookie", "iopl", "ioperm", "settimeofday", "clock_settime", "clock_settime64",
+    "adjtimex", "clock_adjtime", "vm86", "vm86old", "quotactl", "nfsservctl", "mbind",
+    "migrate_pages", "move_pages", "set_mempolicy", "syslog", "sethostname",
+]
+
+CLONE_NAMESPACE_FLAGS = 0x7E020000  # NEWNS NEWCGROUP NEWUTS NEWIPC NEWUSER NEWPID NEWNET
+
+
+def profile() -> dict[str, Any]:
+    data = json.loads(SHIPPED_SECCOMP_PROFILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def allow_rules(name: str) -> list[dict[str, Any]]:
+    return [r for r in profile()["syscalls"]
+            if name in r["names"] and r["action"] == "SCMP_ACT_ALLOW"]
+
+
+def test_default_action_is_an_errno() -> None:
+    data = profile()
+    assert data["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert data["defaultErrnoRet"] == errno.EPERM
+
+
+@pytest.mark.parametrize("name", DENIED)
+def test_dangerous_syscall_is_in_no_allow_rule(name: str) -> None:
+    assert allow_rules(name) == []
+
+
+def test_clone3_answers_enosys_so_libc_falls_back_to_checked_clone() -> None:
+    (rule,) = [r for r in profile()["syscalls"] if "clone3" in r["names"]]
+    assert rule["action"] == "SCMP_ACT_ERRNO"
+    assert rule["errnoRet"] == errno.ENOSYS
+
+
+def test_clone_never_allowed_with_namespace_flags() -> None:
+    rules = allow_rules("clone")
+    assert rules
+    for rule in rules:
+        (arg,) = rule["args"]
+        assert arg["op"] == "SCMP_CMP_MASKED_EQ"
+        assert arg["value"] == CLONE_NAMESPACE_FLAGS
+        assert arg.get("valueTwo", 0) == 0
+
+
+def test_personality_only_safe_values() -> None:
+    values = {r["args"][0]["value"] for r in allow_rules("personality")}
+    assert values == {0x0, 0x8, 0xFFFFFFFF}
+    assert all(r["args"][0]["op"] == "SCMP_CMP_EQ" for r in allow_rules("personality"))
+
+
+def test_socket_denies_vsock() -> None:
+    (rule,) = allow_rules("socket")
+    assert rule["args"] == [{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}]
+
+
+def test_everyday_syscalls_still_allowed() -> None:
+    for name in ("read", "write", "openat", "mmap", "execve", "wait4", "futex", "epoll_wait",
+                 "pipe2", "socketpair", "prctl", "getrandom", "statx", "rseq"):
+        assert allow_rules(name), name
+
+
+def test_shipped_profile_is_the_default_and_reaches_the_container() -> None:
+    settings = Settings.from_env({})
+    assert settings.seccomp_profile_path == SHIPPED_SECCOMP_PROFILE
+    opts = container_config(settings, "python", "p")["HostConfig"]["SecurityOpt"]
+    (seccomp,) = [o for o in opts if o.startswith("seccomp=")]
+    assert json.loads(seccomp.removeprefix("seccomp=")) == profile()
+    assert "no-new-privileges:true" in opts
+
+
+@pytest.mark.parametrize("value", ["unconfined", "Unconfined", " unconfined "])
+def test_unconfined_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="unconfined"):
+        Settings.from_env({"SECCOMP_PROFILE": value})
+
+
+def test_missing_or_bad_profile_is_refused_at_start(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="cannot load"):
+        Settings.from_env({"SECCOMP_PROFILE": str(tmp_path / "nope.json")})
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"syscalls": []}')
+    with pytest.raises(ConfigError, match="defaultAction"):
+        Settings.from_env({"SECCOMP_PROFILE": str(bad)})

@@ -1,0 +1,74 @@
+"""The web demo's static route: files, security headers, and what happens without them."""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from ws_sandbox import web
+
+
+async def api(_request: Request) -> PlainTextResponse:
+    return PlainTextResponse("api")
+
+
+def client(directory: Path | None = None) -> httpx.AsyncClient:
+    app = Starlette(routes=[Route("/api/v1/config", api), *web.routes(directory)])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+async def test_serves_the_demo_with_security_headers() -> None:
+    async with client() as c:
+        page = await c.get("/")
+        assert page.status_code == 200
+        assert '<script src="app.js"' in page.text
+        for path in ("/", "/app.js", "/style.css"):
+            headers = (await c.get(path)).headers
+            assert headers["content-security-policy"] == web.CONTENT_SECURITY_POLICY
+            assert headers["x-content-type-options"] == "nosniff"
+            assert headers["referrer-policy"] == "no-referrer"
+            assert headers["x-frame-options"] == "DENY"
+        assert (await c.get("/app.js")).headers["content-type"].startswith("text/javascript")
+        # Routes listed before the mount still answer; unknown paths are a plain 404.
+        assert (await c.get("/api/v1/config")).text == "api"
+        assert (await c.get("/nope.txt")).status_code == 404
+
+
+def test_page_has_no_inline_script_or_remote_asset() -> None:
+    for name in ("index.html", "app.js", "style.css"):
+        text = (web.DEMO_DIR / name).read_text()
+        assert "http://" not in text and "https://" not in text, name
+    html = (web.DEMO_DIR / "index.html").read_text()
+    assert "<script>" not in html and "style=" not in html and "onclick" not in html
+
+
+async def test_websocket_to_an_unknown_path_is_closed() -> None:
+    app = Starlette(routes=web.routes())
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/nowhere", "root_path": "", "headers": [],
+             "query_string": b"", "scheme": "ws", "server": ("test", 80)}
+    await app(scope, receive, send)
+    assert [m["type"] for m in sent] == ["websocket.close"]
+
+
+async def test_missing_directory_explains_itself(tmp_path: Path) -> None:
+    async with client(tmp_path / "web-demo") as c:
+        response = await c.get("/")
+        assert response.status_code == 404
+        assert "web demo is not available" in response.text
+        assert "web-demo" in response.text
+        assert (await c.get("/api/v1/config")).text == "api"

@@ -1,0 +1,95 @@
+"""The admin API (``ADMIN_API_KEY``): limits at run time, live sessions, ending a session.
+
+Changed limits are validated by :meth:`Settings.validate` exactly as at start-up, apply to
+sessions opened afterwards (a session keeps the limits it was opened with), and are written
+to the audit log. Container resources (memory, CPUs, pids) are fixed when a sandbox is
+created, so they are not among the limits changed here: restart the service for those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ws_sandbox.exceptions import BadRequest, NotFound
+from ws_sandbox.manager import SessionManager
+from ws_sandbox.rest import JSONBody, body_limit, read_body
+from ws_sandbox.surface import Surface
+
+UNSET: Any = msgspec.UNSET
+
+
+class LimitsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``PATCH /api/v1/admin/limits``: the limits to change, by setting name."""
+
+    max_execution_time: float | msgspec.UnsetType = UNSET
+    default_execution_time: float | msgspec.UnsetType = UNSET
+    max_concurrent_executions: int | msgspec.UnsetType = UNSET
+    max_output_bytes: int | msgspec.UnsetType = UNSET
+    max_code_bytes: int | msgspec.UnsetType = UNSET
+    max_queued_cells: int | msgspec.UnsetType = UNSET
+    idle_timeout: float | msgspec.UnsetType | None = UNSET
+    max_lifetime: float | msgspec.UnsetType | None = UNSET
+    rate_limit_per_minute: int | msgspec.UnsetType = UNSET
+    rate_limit_burst: int | msgspec.UnsetType = UNSET
+
+
+MUTABLE = tuple(LimitsUpdate.__struct_fields__)
+_decoder = msgspec.json.Decoder(LimitsUpdate)
+
+
+def _limits(manager: SessionManager) -> dict[str, Any]:
+    return {name: getattr(manager.settings, name) for name in MUTABLE}
+
+
+async def get_limits(request: Request) -> Response:
+    """``GET /api/v1/admin/limits``: the limits that can be changed, and their values."""
+    return JSONBody(_limits(request.app.state.manager))
+
+
+async def update_limits(request: Request) -> Response:
+    """``PATCH /api/v1/admin/limits``: change some limits; all or none are applied."""
+    manager: SessionManager = request.app.state.manager
+    surface: Surface = request.app.state.surface
+    body = await read_body(request, body_limit(1024))
+    try:
+        update = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"invalid limits: {exc}") from None
+    changes = {name: getattr(update, name) for name in MUTABLE
+               if getattr(update, name) is not msgspec.UNSET}
+    if not changes:
+        raise BadRequest(f"name at least one limit to change: {', '.join(MUTABLE)}")
+    before = _limits(manager)
+    new = dataclasses.replace(manager.settings, **changes)
+    new.validate()  # ConfigError (400) names every problem; nothing is applied
+    manager.settings = new
+    surface.limiter.configure(new.rate_limit_per_minute, new.rate_limit_burst)
+    if surface.audit is not None:
+        surface.audit.event("admin_limits_changed", client=request.state.client_id,
+                            changes=changes,
+                            before={k: before[k] for k in changes})
+    return JSONBody(_limits(manager))
+
+
+async def list_sessions(request: Request) -> Response:
+    """``GET /api/v1/admin/sessions``: every live session."""
+    manager: SessionManager = request.app.state.manager
+    return JSONBody({"sessions": [dataclasses.asdict(info) for info in manager.list()]})
+
+
+async def end_session(request: Request) -> Response:
+    """``DELETE /api/v1/admin/sessions/{session_id}``: close it with ``closed_by_admin``."""
+    manager: SessionManager = request.app.state.manager
+    surface: Surface = request.app.state.surface
+    session_id = request.path_params["session_id"]
+    if not await manager.end(session_id, "closed_by_admin", "closed by an administrator"):
+        raise NotFound(f"no session {session_id!r}")
+    if surface.audit is not None:
+        surface.audit.event("admin_session_ended", client=request.state.client_id,
+                            session_id=session_id)
+    return JSONBody({"session_id": session_id, "ending": True})

@@ -1,0 +1,113 @@
+"""Read-only service routes: stats, metrics, execution history; JSON error handlers."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from ws_sandbox import metrics
+from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError
+from ws_sandbox.manager import SessionManager
+from ws_sandbox.rest import ErrorBody, ErrorDetail, JSONBody, error_response
+from ws_sandbox.surface import Surface
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 500
+
+
+def _queued(manager: SessionManager) -> int:
+    return sum(info.queued for info in manager.list())
+
+
+async def stats(request: Request) -> Response:
+    """``GET /api/v1/stats``: totals, active sessions, queue depth, latency, uptime."""
+    manager: SessionManager = request.app.state.manager
+    surface: Surface = request.app.state.surface
+    body = surface.stats.snapshot()
+    body["active_sessions"] = manager.active
+    body["queued_cells"] = _queued(manager)
+    body["pool"] = manager.pool.state()
+    body["rate_limited"] = surface.limiter.refused
+    return JSONBody(body)
+
+
+async def prometheus(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text format."""
+    manager: SessionManager = request.app.state.manager
+    surface: Surface = request.app.state.surface
+    text = metrics.render(surface.stats, sessions=manager.active,
+                          queued_cells=_queued(manager), pool=manager.pool.state(),
+                          rate_limited=surface.limiter.refused)
+    return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
+
+
+def _history(request: Request) -> Surface:
+    surface: Surface = request.app.state.surface
+    if surface.history is None:
+        raise NotFound("execution history is switched off (ENABLE_HISTORY=false)")
+    return surface
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+async def executions(request: Request) -> Response:
+    """``GET /api/v1/executions?status=&language=&limit=&offset=``: newest first."""
+    history = _history(request).history
+    assert history is not None
+    page = await history.list(
+        status=request.query_params.get("status") or None,
+        language=request.query_params.get("language") or None,
+        limit=_int(request, "limit", 50, 1, MAX_PAGE),
+        offset=_int(request, "offset", 0, 0, 2**31))
+    return JSONBody(page)
+
+
+async def execution(request: Request) -> Response:
+    """``GET /api/v1/executions/{id}``: one execution with its (cut) outputs."""
+    history = _history(request).history
+    assert history is not None
+    execution_id = request.path_params["execution_id"]
+    item = await history.get(execution_id)
+    if item is None:
+        raise NotFound(f"no execution {execution_id!r} in the history")
+    return JSONBody(item)
+
+
+# --- error handlers ------------------------------------------------------------------------
+
+
+async def on_sandbox_error(request: Request, exc: Exception) -> Response:
+    """Every deliberate error becomes ``{"error": {"code", "message"}}`` with its status."""
+    assert isinstance(exc, SandboxError)
+    return error_response(exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (404, 405) in the same JSON shape."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONBody(ErrorBody(error=ErrorDetail(code=code, message=str(exc.detail))),
+                    status_code=exc.status_code, headers=exc.headers)
+
+
+async def on_bug(request: Request, exc: Exception) -> Response:
+    """A true bug: log it, answer a JSON 500 without details."""
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONBody(ErrorBody(error=ErrorDetail(
+        code="internal_error", message="internal error; it has been logged")),
+        status_code=500)

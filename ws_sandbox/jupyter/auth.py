@@ -1,0 +1,159 @@
+"""Credentials as Jupyter clients send them.
+
+* **Token**: ``?token=<t>`` on any request or WebSocket, or ``Authorization: token <t>`` or
+  ``Bearer <t>``. Accepted: ``JUPYTER_TOKEN``, and any API key of the service.
+* **Password** (Jupyter's login form, which Open WebUI also drives): ``GET /login`` sets an
+  ``_xsrf`` cookie; a form ``POST /login`` with ``_xsrf`` and ``password`` answers 302 with a
+  login cookie signed with ``SESSION_SECRET``. Later calls carry the cookie, and every call
+  but a GET also an ``X-XSRFToken`` header equal to the ``_xsrf`` cookie (double submit). A
+  browser WebSocket authenticated by cookie must come from an allowed origin.
+* With no ``JUPYTER_TOKEN``, ``JUPYTER_PASSWORD`` nor ``API_KEYS`` the endpoint is as open
+  as the rest of the service (which then binds to loopback, or was told
+  ``ALLOW_UNAUTHENTICATED``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import itsdangerous
+
+from ws_sandbox.auth import check_origin, key_identity
+from ws_sandbox.exceptions import Forbidden, Unauthorized
+from ws_sandbox.settings import Settings
+
+LOGIN_COOKIE = "ws_sandbox_jupyter_login"
+XSRF_COOKIE = "_xsrf"
+XSRF_HEADER = "x-xsrftoken"
+LOGIN_MAX_AGE = 12 * 3600
+_SALT = "ws_sandbox.jupyter.login.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What one request carries, taken from its query, headers and cookies."""
+
+    token: str | None
+    login_cookie: str | None
+    xsrf_cookie: str | None
+    xsrf_header: str | None
+    origin: str | None
+    host: str | None
+
+    @classmethod
+    def from_parts(cls, query: Mapping[str, str], headers: Mapping[str, str],
+                   cookies: Mapping[str, str]) -> Credentials:
+        """Collect credentials (``headers`` must have lower-case keys or be case-blind)."""
+        token = query.get("token") or query.get("api_key") or _auth_header(
+            headers.get("authorization"))
+        return cls(token=token or None, login_cookie=cookies.get(LOGIN_COOKIE),
+                   xsrf_cookie=cookies.get(XSRF_COOKIE), xsrf_header=headers.get(XSRF_HEADER),
+                   origin=headers.get("origin"), host=headers.get("host"))
+
+
+def _auth_header(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() in ("token", "bearer"):
+        return rest.strip() or None
+    return None
+
+
+def _equal(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def is_open(settings: Settings) -> bool:
+    """Whether no credential at all is configured for the Jupyter endpoint."""
+    return not (settings.jupyter_token or settings.jupyter_password
+                or settings.api_key_list)
+
+
+def token_identity(settings: Settings, token: str) -> str | None:
+    """The caller's identity if ``token`` is accepted, else ``None``."""
+    by_token = bool(settings.jupyter_token) and _equal(token, settings.jupyter_token)
+    keys = settings.api_key_list + ((settings.admin_api_key,) if settings.admin_api_key
+                                    else ())
+    by_key = False
+    for key in keys:  # no early exit: timing says nothing about which key matched
+        by_key |= _equal(token, key)
+    if by_key:
+        return key_identity(token)
+    return "jupyter-token" if by_token else None
+
+
+class LoginSigner:
+    """Signs and checks login cookies; a new ``JUPYTER_PASSWORD`` voids the old ones."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._serializer = itsdangerous.URLSafeTimedSerializer(settings.session_secret,
+                                                               salt=_SALT)
+        self._stamp = hashlib.sha256(
+            (settings.jupyter_password or settings.jupyter_token).encode()).hexdigest()[:16]
+
+    def sign(self) -> str:
+        """A fresh login cookie value."""
+        return str(self._serializer.dumps(self._stamp))
+
+    def valid(self, value: str) -> bool:
+        """Whether ``value`` is a login cookie of ours, unexpired, for this password."""
+        try:
+            stamp = self._serializer.loads(value, max_age=LOGIN_MAX_AGE)
+        except itsdangerous.BadData:
+            return False
+        return isinstance(stamp, str) and _equal(stamp, self._stamp)
+
+
+def new_xsrf() -> str:
+    """A fresh ``_xsrf`` value."""
+    return secrets.token_urlsafe(24)
+
+
+def check_password(settings: Settings, password: str) -> bool:
+    """Whether the login form's ``password`` logs in (Jupyter also takes the token there)."""
+    if settings.jupyter_password:
+        return _equal(password, settings.jupyter_password)
+    if settings.jupyter_token or settings.api_key_list:
+        return token_identity(settings, password) is not None
+    return True
+
+
+def authenticate(settings: Settings, creds: Credentials, *, method: str, websocket: bool,
+                 address: str) -> str:
+    """Check one request's credentials; return the caller's identity.
+
+    Args:
+        settings: effective settings.
+        creds: what the request carries.
+        method: the HTTP method (``GET`` for a WebSocket upgrade).
+        websocket: whether this is a WebSocket upgrade.
+        address: the peer's address, the identity on an open endpoint.
+
+    Raises:
+        Unauthorized: credentials are needed and none were given.
+        Forbidden: the credentials, the XSRF token or the origin are not accepted.
+    """
+    if creds.token is not None:
+        identity = token_identity(settings, creds.token)
+        if identity is not None:
+            return identity
+        if not is_open(settings):
+            raise Forbidden("the token is not valid")
+    if creds.login_cookie is not None and LoginSigner(settings).valid(creds.login_cookie):
+        if websocket:
+            check_origin(settings, creds.origin, creds.host)
+        elif method not in ("GET", "HEAD", "OPTIONS") and not (
+                creds.xsrf_cookie and creds.xsrf_header
+                and _equal(creds.xsrf_header, creds.xsrf_cookie)):
+            raise Forbidden("'_xsrf' argument missing or not matching the _xsrf cookie")
+        return "jupyter-login"
+    if is_open(settings):
+        if websocket:
+            check_origin(settings, creds.origin, creds.host)
+        return address
+    raise Unauthorized("a Jupyter token or login is required: send ?token=<token>")

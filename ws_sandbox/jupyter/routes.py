@@ -1,0 +1,281 @@
+"""Starlette routes of the Jupyter Server kernel API.
+
+``GET /api``, ``GET /api/kernelspecs``, ``GET|POST /api/kernels``,
+``GET|DELETE /api/kernels/{id}``, ``POST /api/kernels/{id}/interrupt|restart``, the
+WebSocket ``/api/kernels/{id}/channels`` and the login form ``GET|POST /login``. Errors are
+JSON bodies ``{"message", "reason"}`` as Jupyter Server sends them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from ws_sandbox import __version__
+from ws_sandbox.exceptions import BadRequest, Forbidden, SandboxError
+from ws_sandbox.jupyter import auth
+from ws_sandbox.jupyter import messages as jm
+from ws_sandbox.jupyter.kernels import KernelRegistry
+from ws_sandbox.jupyter.specs import kernelspecs_model
+from ws_sandbox.manager import SessionManager
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 65536
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def registry(app: Starlette) -> KernelRegistry:
+    """The app's kernel registry, made on first use for the app's session manager."""
+    manager: SessionManager = app.state.manager
+    current: KernelRegistry | None = getattr(app.state, "jupyter_kernels", None)
+    if current is None or current.manager is not manager:
+        current = KernelRegistry(manager)
+        app.state.jupyter_kernels = current
+    return current
+
+
+def error_response(exc: SandboxError) -> JSONResponse:
+    """A Jupyter Server style error body."""
+    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
+    return JSONResponse({"message": exc.message, "reason": exc.code},
+                        status_code=exc.http_status, headers=headers)
+
+
+def _address(conn: HTTPConnection) -> str:
+    return conn.client.host if conn.client else "unknown"
+
+
+def _authenticate(conn: HTTPConnection, *, method: str, websocket: bool) -> str:
+    settings = conn.app.state.manager.settings
+    creds = auth.Credentials.from_parts(conn.query_params, conn.headers, conn.cookies)
+    return auth.authenticate(settings, creds, method=method, websocket=websocket,
+                             address=_address(conn))
+
+
+def guarded(handler: Handler) -> Handler:
+    """Authenticate the request, then run ``handler``; errors become Jupyter bodies."""
+    async def endpoint(request: Request) -> Response:
+        try:
+            request.state.jupyter_identity = _authenticate(
+                request, method=request.method, websocket=False)
+            return await handler(request)
+        except SandboxError as exc:
+            return error_response(exc)
+    endpoint.__doc__ = handler.__doc__
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def _kernel_id(request: Request) -> str:
+    return str(request.path_params["kernel_id"])
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest("request body too large")
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise BadRequest("request body is not JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object")
+    return value
+
+
+# --- REST ----------------------------------------------------------------------------------
+
+
+async def api_version(request: Request) -> Response:
+    """``GET /api``: the version, which Jupyter clients probe; needs no credentials."""
+    return JSONResponse({"version": __version__})
+
+
+async def kernelspecs(request: Request) -> Response:
+    """``GET /api/kernelspecs``: one kernelspec per enabled language."""
+    manager: SessionManager = request.app.state.manager
+    return JSONResponse(kernelspecs_model(manager.settings.enabled_languages))
+
+
+async def list_kernels(request: Request) -> Response:
+    """``GET /api/kernels``."""
+    return JSONResponse([k.model() for k in registry(request.app).list()])
+
+
+async def start_kernel(request: Request) -> Response:
+    """``POST /api/kernels`` with an empty body or ``{"name": ...}``: 201 and the model."""
+    body = await _json_body(request)
+    name = body.get("name")
+    if name is not None and not isinstance(name, str):
+        raise BadRequest("name must be a string")
+    kernel = await registry(request.app).start(
+        name, client_id=str(getattr(request.state, "jupyter_identity", "")))
+    return JSONResponse(kernel.model(), status_code=201,
+                        headers={"Location": f"/api/kernels/{kernel.id}"})
+
+
+async def get_kernel(request: Request) -> Response:
+    """``GET /api/kernels/{id}``."""
+    return JSONResponse(registry(request.app).get(_kernel_id(request)).model())
+
+
+async def delete_kernel(request: Request) -> Response:
+    """``DELETE /api/kernels/{id}``: 204 once its container is removed."""
+    await registry(request.app).delete(_kernel_id(request))
+    return Response(status_code=204)
+
+
+async def interrupt_kernel(request: Request) -> Response:
+    """``POST /api/kernels/{id}/interrupt``: 204."""
+    registry(request.app).get(_kernel_id(request)).interrupt()
+    return Response(status_code=204)
+
+
+async def restart_kernel(request: Request) -> Response:
+    """``POST /api/kernels/{id}/restart``: 200 and the model once the interpreter is fresh."""
+    kernel = registry(request.app).get(_kernel_id(request))
+    await kernel.restart()
+    return JSONResponse(kernel.model())
+
+
+async def kernel_item(request: Request) -> Response:
+    """``GET`` or ``DELETE /api/kernels/{id}``."""
+    if request.method == "DELETE":
+        return await delete_kernel(request)
+    return await get_kernel(request)
+
+
+async def kernels(request: Request) -> Response:
+    """``GET`` or ``POST /api/kernels``."""
+    if request.method == "POST":
+        return await start_kernel(request)
+    return await list_kernels(request)
+
+
+# --- login ---------------------------------------------------------------------------------
+
+_LOGIN_PAGE = """<!doctype html><title>ws_sandbox login</title>
+<form method="post" action="/login"><input type="hidden" name="_xsrf" value="{xsrf}">
+<input type="password" name="password" autofocus><button>Log in</button></form>"""
+
+
+async def login(request: Request) -> Response:
+    """``GET /login`` sets ``_xsrf``; ``POST /login`` checks the password, 302 with a cookie."""
+    settings = request.app.state.manager.settings
+    xsrf = request.cookies.get(auth.XSRF_COOKIE)
+    if request.method != "POST":
+        xsrf = xsrf or auth.new_xsrf()
+        response: Response = HTMLResponse(_LOGIN_PAGE.format(xsrf=xsrf))
+        response.set_cookie(auth.XSRF_COOKIE, xsrf, path="/", samesite="strict")
+        return response
+    try:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise BadRequest("request body too large")
+        form = parse_qs(body.decode("utf-8", "replace"))
+        given_xsrf = (form.get("_xsrf") or [""])[0] or request.headers.get(auth.XSRF_HEADER)
+        if not (xsrf and given_xsrf and given_xsrf == xsrf):
+            raise Forbidden("'_xsrf' argument missing or not matching the _xsrf cookie")
+        if not auth.check_password(settings, (form.get("password") or [""])[0]):
+            raise Forbidden("invalid password")
+    except SandboxError as exc:
+        return error_response(exc)
+    target = request.query_params.get("next", "/api")
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        target = "/api"
+    response = RedirectResponse(target, status_code=302)
+    response.set_cookie(auth.LOGIN_COOKIE, auth.LoginSigner(settings).sign(), path="/",
+                        max_age=auth.LOGIN_MAX_AGE, httponly=True, samesite="lax")
+    return response
+
+
+# --- WebSocket -----------------------------------------------------------------------------
+
+
+class WebSocketConnection:
+    """A kernel's view of one WebSocket."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+        self._closed = False
+
+    async def send_text(self, text: str) -> None:
+        """Send one JSON message."""
+        await self._ws.send_text(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ws.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self._ws.close(code, reason[:120])
+
+
+async def channels(websocket: WebSocket) -> None:
+    """``/api/kernels/{id}/channels``: Jupyter messages as JSON text, in both directions.
+
+    No subprotocol is accepted: we speak Jupyter Server's default JSON protocol, which
+    clients that offered ``v1.kernel.websocket.jupyter.org`` fall back to.
+    """
+    try:
+        _authenticate(websocket, method="GET", websocket=True)
+        kernel = registry(websocket.app).get(str(websocket.path_params["kernel_id"]))
+    except SandboxError as exc:
+        # Closing before accepting makes the server refuse the upgrade (HTTP 403).
+        await websocket.close(exc.close_code, exc.code)
+        return
+    await websocket.accept()
+    conn = WebSocketConnection(websocket)
+    await kernel.connect(conn)
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                log.info("kernel %s: binary message ignored (v1 protocol is not spoken)",
+                         kernel.id)
+                continue
+            try:
+                msg = jm.decode(text)
+            except BadRequest as exc:
+                log.info("kernel %s: %s", kernel.id, exc.message)
+                continue
+            try:
+                await kernel.handle(msg, conn)
+            except SandboxError as exc:  # a failed restart, say: the channel goes on
+                log.info("kernel %s: %s failed: %s", kernel.id, msg.msg_type, exc.message)
+    finally:
+        kernel.disconnect(conn)
+
+
+def routes() -> list[BaseRoute]:
+    """Every route of the Jupyter endpoint, to add to the application."""
+    return [
+        Route("/api", api_version, methods=["GET"]),
+        Route("/api/kernelspecs", guarded(kernelspecs), methods=["GET"]),
+        Route("/api/kernels", guarded(kernels), methods=["GET", "POST"]),
+        Route("/api/kernels/{kernel_id}", guarded(kernel_item), methods=["GET", "DELETE"]),
+        Route("/api/kernels/{kernel_id}/interrupt", guarded(interrupt_kernel),
+              methods=["POST"]),
+        Route("/api/kernels/{kernel_id}/restart", guarded(restart_kernel), methods=["POST"]),
+        WebSocketRoute("/api/kernels/{kernel_id}/channels", channels),
+        Route("/login", login, methods=["GET", "POST"]),
+    ]
