@@ -618,6 +618,8 @@
     ui.language.addEventListener("change", () => switchLanguage(ui.language.value));
     // A page that goes away ends its session at once instead of holding a sandbox.
     window.addEventListener("pagehide", () => closeDeliberately());
+    // Back from the browser's page cache: that session is gone, start a fresh one.
+    window.addEventListener("pageshow", (event) => { if (event.persisted) connect(); });
 
     const { enabled, refused } = await loadConfig();
     ui.language.replaceChildren(...enabled.map((l) =>
