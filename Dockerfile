@@ -30,6 +30,7 @@ RUN set -eux; \
 WORKDIR /app
 COPY ws_sandbox/ /app/ws_sandbox/
 COPY web-demo/ /app/web-demo/
+COPY runtime/seccomp.json /app/runtime/seccomp.json
 COPY pyproject.toml README.md /app/
 
 ENV PYTHONPATH=/app \

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -47,6 +47,7 @@ class AuditLog:
         self._queue: queue.SimpleQueue[bytes | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._closed = False
+        self._stream: BinaryIO
 
     async def __aenter__(self) -> AuditLog:
         self.start()
@@ -56,8 +57,9 @@ class AuditLog:
         await self.close()
 
     def start(self) -> None:
-        """Open the file and start the writer thread."""
+        """Open the file (here, so a bad path stops the start-up) and start the writer."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream = self.path.open("ab")
         self._thread.start()
 
     async def close(self) -> None:
@@ -97,7 +99,7 @@ class AuditLog:
     # --- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
-        stream = self.path.open("ab")
+        stream = self._stream
         try:
             while True:
                 item = self._queue.get()
@@ -126,7 +128,7 @@ class AuditLog:
         finally:
             stream.close()
 
-    def _write(self, stream: Any, line: bytes) -> Any:
+    def _write(self, stream: BinaryIO, line: bytes) -> BinaryIO:
         if stream.tell() and stream.tell() + len(line) > self.max_bytes:
             stream.close()
             rotate(self.path, self.backups)

@@ -139,7 +139,9 @@ class AuthMiddleware:
         address = client[0] if client else "unknown"
         state = scope.setdefault("state", {})
         state["client_id"] = address
-        protected = path.startswith("/api/") or path == "/metrics"
+        # Only our own API: the Jupyter-compatible endpoint (/api/kernels...) speaks
+        # Jupyter's credentials and checks them itself, with the same functions.
+        protected = path.startswith("/api/v1/") or path == "/metrics"
         if (settings is None or not protected or path in PUBLIC_PATHS
                 or path.startswith(DELEGATED_PREFIXES)):
             await self.app(scope, receive, send)

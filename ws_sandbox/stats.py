@@ -7,6 +7,7 @@ percentiles. It is fed on the event loop and does no I/O.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, deque
 from typing import Any
@@ -24,7 +25,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100.0 * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100.0 * len(ordered)) - 1))
     return ordered[rank]
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from ws_sandbox import agent_wire as aw
 from ws_sandbox import frames as fr
+from ws_sandbox.exceptions import BadRequest, RateLimited
 from ws_sandbox.session import (
     TRUNCATION_MARKER,
     CellFinished,
@@ -18,6 +19,7 @@ from ws_sandbox.session import (
     Session,
     SessionLimits,
     State,
+    validate_cell,
 )
 
 LIMITS = SessionLimits(
@@ -365,3 +367,33 @@ def test_agent_side_truncation_still_shows_the_marker() -> None:
                                   text=TRUNCATION_MARKER.format(limit=100))
     assert isinstance(frames[2], fr.Result)
     assert frames[2].truncated
+
+
+def test_validate_cell_is_what_submit_uses() -> None:
+    assert validate_cell(LIMITS, "x", None) == LIMITS.default_execution_time
+    assert validate_cell(LIMITS, "x", 2.5) == 2.5
+    too_long = LIMITS.max_execution_time + 1
+    with pytest.raises(BadRequest) as direct:
+        validate_cell(LIMITS, "x", too_long)
+    assert f"maximum of {LIMITS.max_execution_time:g} s" in direct.value.message
+    session = new()
+    session.receive_frame(fr.Execute(id="c1", code="x", timeout=too_long), now=1.0)
+    (error,) = session.frames_to_send()
+    assert isinstance(error, fr.Error) and error.message == direct.value.message
+
+
+def test_admit_cell_can_refuse_a_cell_and_the_session_goes_on() -> None:
+    allowed = iter([True, False, True])
+
+    def admit() -> None:
+        if not next(allowed):
+            raise RateLimited("slow down", retry_after=1.0)
+
+    session = new()
+    session.admit_cell = admit
+    session.receive_frame(fr.Execute(id="a", code="1"), now=1.0)
+    session.receive_frame(fr.Execute(id="b", code="2"), now=1.0)
+    frames = session.frames_to_send()
+    assert [(f.code, f.id) for f in frames if isinstance(f, fr.Error)] == [
+        ("rate_limited", "b")]
+    assert session.running is not None and session.running.id == "a"
