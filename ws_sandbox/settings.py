@@ -156,7 +156,7 @@ class Settings:
         "doc": "Calls allowed at once before the per-minute rate applies"})
     enable_audit_log: bool = field(default=True, metadata={"env": "ENABLE_AUDIT_LOG",
         "doc": "Write one JSON line per execution to AUDIT_LOG_PATH"})
-    audit_log_path: str = field(default="audit.log", metadata={"env": "AUDIT_LOG_PATH",
+    audit_log_path: str = field(default="data/audit.log", metadata={"env": "AUDIT_LOG_PATH",
         "doc": "File of the audit log"})
     audit_log_max_bytes: int = field(default=10_485_760, metadata={
         "env": "AUDIT_LOG_MAX_BYTES", "doc": "Rotate the audit log when it reaches this size"})
@@ -164,7 +164,7 @@ class Settings:
         "doc": "Rotated audit log files kept (audit.log.1 ... audit.log.N)"})
     enable_history: bool = field(default=True, metadata={"env": "ENABLE_HISTORY",
         "doc": "Keep executions in HISTORY_DB_PATH for /api/v1/executions"})
-    history_db_path: str = field(default="history.sqlite3", metadata={
+    history_db_path: str = field(default="data/history.sqlite3", metadata={
         "env": "HISTORY_DB_PATH", "doc": "SQLite file of the execution history"})
     history_retention_days: float = field(default=7.0, metadata={
         "env": "HISTORY_RETENTION_DAYS", "doc": "Forget executions older than this"})
