@@ -463,6 +463,10 @@ class Agent:
         else:
             self._start_worker()
         while self.exit_code is None:
+            if self.outbuf:
+                # Write what this iteration produced at once, in one write: waiting for
+                # EVENT_WRITE would cost a poll round trip per frame on the hot path.
+                self._on_stdout(1)
             self._update_interest()
             for key, _mask in self.sel.select():
                 callback = self.callbacks.get(int(key.fd))
