@@ -25,6 +25,8 @@ from ws_sandbox.records import ExecutionRecord
 log = logging.getLogger(__name__)
 
 _STOP = object()
+FLUSH_INTERVAL = 0.1
+"""Seconds lines wait in the event loop before the writer thread takes them as a batch."""
 _encoder = msgspec.json.Encoder()
 
 
@@ -44,7 +46,9 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.backups = backups
         self.lines_written = 0
-        self._queue: queue.SimpleQueue[bytes | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[bytes] | object] = queue.SimpleQueue()
+        self._pending: list[bytes] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._closed = False
         self._stream: BinaryIO
@@ -66,6 +70,9 @@ class AuditLog:
         """Write every queued line, then stop the writer."""
         if self._closed:
             return
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._hand_over()
         self._closed = True
         self._queue.put(_STOP)
         await asyncio.to_thread(self._thread.join)
@@ -94,7 +101,19 @@ class AuditLog:
         if self._closed:
             log.error("audit line after close, written to the log instead: %s", line)
             return
-        self._queue.put(_encoder.encode(line) + b"\n")
+        # Lines wait here briefly and reach the writer in batches: waking its thread for
+        # every cell would take the GIL from the event loop on the cell's hot path.
+        self._pending.append(_encoder.encode(line) + b"\n")
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                FLUSH_INTERVAL, self._hand_over)
+
+    def _hand_over(self) -> None:
+        """Give every pending line to the writer thread in one batch."""
+        self._flush_handle = None
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._queue.put(batch)
 
     # --- the writer thread ----------------------------------------------------------------
 
@@ -106,8 +125,8 @@ class AuditLog:
                 batch: list[bytes] = []
                 stop = item is _STOP
                 if not stop:
-                    assert isinstance(item, bytes)
-                    batch.append(item)
+                    assert isinstance(item, list)
+                    batch.extend(item)
                 while not stop:  # take what else is waiting: one flush per burst
                     try:
                         more = self._queue.get_nowait()
@@ -116,8 +135,8 @@ class AuditLog:
                     if more is _STOP:
                         stop = True
                     else:
-                        assert isinstance(more, bytes)
-                        batch.append(more)
+                        assert isinstance(more, list)
+                        batch.extend(more)
                 for line in batch:
                     stream = self._write(stream, line)
                 stream.flush()

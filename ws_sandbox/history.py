@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +52,8 @@ _COLUMNS = tuple(ExecutionRecord.__struct_fields__)
 #: Columns of a list entry: everything but the outputs.
 SUMMARY_COLUMNS = tuple(c for c in _COLUMNS if c not in ("stdout", "stderr"))
 PRUNE_EVERY = 100
+FLUSH_INTERVAL = 0.1
+"""Seconds rows wait in the event loop before the database thread takes them as a batch."""
 T = TypeVar("T")
 
 
@@ -92,6 +94,8 @@ class History:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="history")
         self._db: sqlite3.Connection | None = None
         self._inserted = 0
+        self._pending: list[ExecutionRecord] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def __aenter__(self) -> History:
@@ -117,7 +121,21 @@ class History:
             return
         row = msgspec.structs.replace(record, stdout=cut(record.stdout, self.output_bytes),
                                       stderr=cut(record.stderr, self.output_bytes))
-        self._executor.submit(self._insert, row)
+        # Rows wait here briefly and reach the database thread in batches (one transaction):
+        # waking it for every cell would take the GIL from the event loop on the hot path.
+        self._pending.append(row)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                FLUSH_INTERVAL, self._hand_over)
+
+    def _hand_over(self) -> None:
+        """Queue every pending row for insertion; reads queued later see them (FIFO)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._executor.submit(self._insert_many, batch)
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -137,6 +155,7 @@ class History:
     # --- on the database thread -----------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        self._hand_over()  # a read sees every execution recorded before it
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> None:
@@ -158,13 +177,16 @@ class History:
         assert self._db is not None, "history database is not open"
         return self._db
 
-    def _insert(self, record: ExecutionRecord) -> None:
-        values = [getattr(record, c) for c in _COLUMNS]
-        self._conn().execute(
-            f"INSERT OR REPLACE INTO executions ({', '.join(_COLUMNS)})"
-            f" VALUES ({', '.join('?' * len(_COLUMNS))})", values)
-        self._inserted += 1
-        if self._inserted % PRUNE_EVERY == 0:
+    def _insert_many(self, records: Sequence[ExecutionRecord]) -> None:
+        db = self._conn()
+        with db:  # one transaction per batch
+            db.execute("BEGIN")
+            db.executemany(
+                f"INSERT OR REPLACE INTO executions ({', '.join(_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(_COLUMNS))})",
+                [[getattr(r, c) for c in _COLUMNS] for r in records])
+        before, self._inserted = self._inserted, self._inserted + len(records)
+        if before // PRUNE_EVERY != self._inserted // PRUNE_EVERY:
             self._prune(time.time())
 
     def _prune(self, now: float) -> int:

@@ -9,8 +9,8 @@ cannot disagree.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -59,7 +59,7 @@ def record_of(runner: SessionRunner, finished: CellFinished) -> ExecutionRecord:
     now = time.time()
     origin = runner.origin
     return ExecutionRecord(
-        execution_id=cell.id if origin == "rest" else uuid.uuid4().hex,
+        execution_id=cell.id if origin == "rest" else os.urandom(16).hex(),
         session_id=runner.session_id,
         cell_id=cell.id,
         origin=origin,

@@ -1110,7 +1110,27 @@ def main(argv: list[str] | None = None) -> int:
     if language not in LANGUAGES:
         _log(f"unknown language {language!r}; expected one of {', '.join(LANGUAGES)}")
         return EXIT_BAD_FRAME
+    if container:
+        _make_undumpable()
     return Agent(language, container=container).run()
+
+
+def _make_undumpable() -> None:
+    """Hide the agent's ``/proc/<pid>/fd`` from user code, which runs as the same uid.
+
+    Without this a cell could open ``/proc/<agent>/fd/1`` (the attached stdout) and write
+    frames straight to the service. Non-dumpable makes those files root's; the workers the
+    agent execs are dumpable again (execve resets it), so their ``clear_refs`` still works.
+    """
+    import ctypes
+
+    pr_set_dumpable = 4
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+            _log(f"prctl(PR_SET_DUMPABLE, 0) failed: errno {ctypes.get_errno()}")
+    except OSError as exc:
+        _log(f"cannot make the agent undumpable: {exc}")
 
 
 if __name__ == "__main__":

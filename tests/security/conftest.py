@@ -20,6 +20,7 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures re-exported)
 
 #: The engine runtime the battery runs under: "" (the engine default, runc) or "runsc".
 RUNTIME = os.environ.get("WS_SANDBOX_TEST_RUNTIME", "")
+RUNSC = RUNTIME == "runsc"
 if RUNTIME:
     # start_service passes os.environ on, so every service of this run uses the runtime.
     os.environ["CONTAINER_RUNTIME"] = RUNTIME

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.integration.conftest import Service
+from tests.security.conftest import RUNSC
 from ws_sandbox.client import connect
 
 pytestmark = pytest.mark.docker
@@ -32,7 +33,10 @@ async def test_neighbour_cells_stay_correct_and_fast(battery: Service, attack: s
         assert warm.status == "success"
         bad = asyncio.create_task(hostile.execute(code, timeout=8))
         await asyncio.sleep(1.5)  # let the attack take hold
-        assert not bad.done(), bad
+        if not RUNSC:
+            # RUNSC: a bomb may bring down its whole gVisor sandbox at the memory limit
+            # sooner; the neighbour's cells below must be unaffected either way.
+            assert not bad.done(), bad
         trips = []
         for i in range(1, 8):
             start = time.monotonic()
