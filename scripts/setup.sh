@@ -69,21 +69,33 @@ except FileNotFoundError:
 except ValueError as exc:
     sys.exit(f"{path} is not valid JSON ({exc}); fix it by hand")
 runtimes = config.setdefault("runtimes", {})
-if "runsc" in runtimes:
-    print("present")
-    sys.exit()
-runtimes["runsc"] = {"path": runsc, "runtimeArgs": ["--network=none"]}
+# --network=none: no network stack inside gVisor at all. (--oci-seccomp, which would apply
+# our seccomp profile inside gVisor too, breaks thread creation in node and rustc there: the
+# clone3 fallback sees EPERM instead of ENOSYS. gVisor's own kernel is the boundary instead.)
+wanted = ["--network=none"]
+entry = runtimes.get("runsc")
+if entry is not None:
+    args = entry.setdefault("runtimeArgs", [])
+    missing = [a for a in wanted if a not in args]
+    if not missing:
+        print("present")
+        sys.exit()
+    args.extend(missing)
+    state = "updated"
+else:
+    runtimes["runsc"] = {"path": runsc, "runtimeArgs": wanted}
+    state = "added"
 os.makedirs(os.path.dirname(path), exist_ok=True)
 with open(path + ".tmp", "w") as f:
     json.dump(config, f, indent=2)
     f.write("\n")
 os.replace(path + ".tmp", path)
-print("added")
+print(state)
 PY
 }
 runsc_state=$(register_runsc)
-if [[ $runsc_state == added ]]; then
-    log "registered runsc (gVisor) in $DAEMON_JSON"
+if [[ $runsc_state == added || $runsc_state == updated ]]; then
+    log "registered runsc (gVisor) in $DAEMON_JSON ($runsc_state)"
 else
     log "runsc already registered in $DAEMON_JSON"
 fi
@@ -122,10 +134,10 @@ wait_for_engine() {
 starting_pid=
 if engine_answers; then
     log "Docker engine answers; reusing it"
-    if ! has_runsc; then
+    if ! has_runsc || [[ $runsc_state == updated ]]; then
         pid=$(dockerd_pid)
         [[ -n $pid ]] || die "the engine does not list runsc and no dockerd pid was found to reload"
-        log "reloading dockerd (pid $pid, SIGHUP) so it picks up runsc"
+        log "reloading dockerd (pid $pid, SIGHUP) so it picks up the runsc settings"
         as_root kill -HUP "$pid"
         wait_for_engine runsc
     fi
