@@ -70,8 +70,6 @@ class AuditLog:
         """Write every queued line, then stop the writer."""
         if self._closed:
             return
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
         self._hand_over()
         self._closed = True
         self._queue.put(_STOP)
@@ -96,6 +94,7 @@ class AuditLog:
     def event(self, event: str, **fields: Any) -> None:
         """Queue a line for a non-execution event (an admin action, say)."""
         self._put({"time": _iso(time.time()), "event": event, **fields})
+        self._hand_over()  # rare and important: written at once, not batched
 
     def _put(self, line: dict[str, Any]) -> None:
         if self._closed:
@@ -110,7 +109,9 @@ class AuditLog:
 
     def _hand_over(self) -> None:
         """Give every pending line to the writer thread in one batch."""
-        self._flush_handle = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if self._pending:
             batch, self._pending = self._pending, []
             self._queue.put(batch)
