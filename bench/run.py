@@ -17,6 +17,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,15 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+async def attempt(results: dict[str, Any], name: str, measurement: Awaitable[Any]) -> None:
+    """Run one measurement; a failure is recorded as such and the suite goes on."""
+    try:
+        results[name] = await measurement
+    except Exception as exc:
+        print(f"    {name} failed: {exc!r}"[:500], flush=True)
+        results[name] = {"error": repr(exc)[:500]}
+
+
 async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any]:
     reps = 0.2 if quick else 1.0
 
@@ -53,9 +63,9 @@ async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any
     rt = "" if runtime == "runc" else runtime
     results: dict[str, Any] = {}
     print(f"[{runtime}] baselines: docker run --rm, attach floor, churn", flush=True)
-    results["docker_run"] = await asyncio.to_thread(baselines.docker_run, n(15), rt)
-    results["attach_floor"] = await baselines.attach_floor(n(500), rt)
-    results["churn"] = await baselines.churn(n(40), 6, rt)
+    await attempt(results, "docker_run", asyncio.to_thread(baselines.docker_run, n(15), rt))
+    await attempt(results, "attach_floor", baselines.attach_floor(n(500), rt))
+    await attempt(results, "churn", baselines.churn(n(40), 6, rt))
     env = {"POOL_SIZE": "2", "MAX_CONCURRENT_EXECUTIONS": "130", "CONTAINER_RUNTIME": rt,
            "MAX_OUTPUT_BYTES": "1048576", "IDLE_TIMEOUT": "600", "LOG_LEVEL": "warning",
            "MAX_EXECUTION_TIME": "120"}
@@ -64,23 +74,24 @@ async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any
         await asyncio.to_thread(service.wait_pool_full, 180)
         url, http, pid = service.url, service.http, service.process.pid
         print(f"[{runtime}] ours: session open, cells, streaming, REST", flush=True)
-        results["session_open_warm"] = await ours.session_open(url, http, n(40),
-                                                               wait_for_pool=True)
+        await attempt(results, "session_open_warm",
+                      ours.session_open(url, http, n(40), wait_for_pool=True))
         for language in ours.CELLS:
             count = n(300) if language != "rust" else n(20)
-            results[f"cell_{language}"] = await ours.cell_round_trip(url, language, count)
-        results["streaming"] = await ours.streaming_latency(url, n(300))
-        results["rest_one_shot"] = await ours.rest_one_shot(http, n(40))
-        results["rest_throughput"] = await ours.rest_throughput(http, n(60), 6)
+            await attempt(results, f"cell_{language}",
+                          ours.cell_round_trip(url, language, count))
+        await attempt(results, "streaming", ours.streaming_latency(url, n(300)))
+        await attempt(results, "rest_one_shot", ours.rest_one_shot(http, n(40)))
+        await attempt(results, "rest_throughput", ours.rest_throughput(http, n(60), 6))
         print(f"[{runtime}] ours: 100 idle sessions, 1 GB flood", flush=True)
-        results["idle_sessions"] = await ours.idle_sessions(url, pid, 100)
-        results["flood"] = await ours.flood(url, pid, 1.0)
+        await attempt(results, "idle_sessions", ours.idle_sessions(url, pid, 100))
+        await attempt(results, "flood", ours.flood(url, pid, 1.0))
     finally:
         await asyncio.to_thread(service.stop)
     cold: Service = await asyncio.to_thread(start_service, tmp, **{**env, "POOL_SIZE": "0"})
     try:
-        results["session_open_cold"] = await ours.session_open(cold.url, cold.http, n(15),
-                                                               wait_for_pool=False)
+        await attempt(results, "session_open_cold",
+                      ours.session_open(cold.url, cold.http, n(15), wait_for_pool=False))
     finally:
         await asyncio.to_thread(cold.stop)
     return results
@@ -88,6 +99,23 @@ async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any
 
 def verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for each target of the issue."""
+    failed = [k for k, v in r.items() if isinstance(v, dict) and "error" in v]
+    if failed:
+        return [(f"measurement {k}", f"failed: {r[k]['error']}", False) for k in failed] + [
+            row for row in _verdicts({k: v for k, v in r.items() if k not in failed})]
+    return _verdicts(r)
+
+
+def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    out: list[tuple[str, str, bool]] = []
+    try:
+        out = _all_verdicts(r)
+    except KeyError as missing:
+        out = [(f"targets needing {missing}", "not measured", False)]
+    return out
+
+
+def _all_verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     floor = r["attach_floor"]["p50_ms"]
     cell = r["cell_python"]["p50_ms"]
     rest = r["rest_one_shot"]["p50_ms"]
@@ -131,7 +159,7 @@ def render(data: dict[str, Any]) -> str:
             if isinstance(value, dict) and "p50_ms" in value:
                 lines.append(f"| {key} | {value['n']} | {value['p50_ms']} | {value['p99_ms']} |")
         for key in ("churn", "rest_throughput", "idle_sessions", "flood"):
-            lines.append(f"| {key} | {json.dumps(r[key])} | | |")
+            lines.append(f"| {key} | {json.dumps(r.get(key))} | | |")
         lines.append("")
     if jkg:
         lines += ["## Jupyter Kernel Gateway (unsandboxed, from PyPI)", "",
@@ -150,18 +178,27 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runtimes", default="runc,runsc")
     parser.add_argument("--no-jupyter", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep other runtimes' results from bench/results.json")
     args = parser.parse_args()
     data: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                             "machine": machine(), "engine": engine_version(),
                             "quick": args.quick, "runtimes": {}}
+    results_path = ROOT / "bench" / "results.json"
+    if args.merge and results_path.exists():
+        previous = json.loads(results_path.read_text())
+        data["runtimes"] = previous.get("runtimes", {})
+        if "jupyter_kernel_gateway" in previous:
+            data["jupyter_kernel_gateway"] = previous["jupyter_kernel_gateway"]
     with tempfile.TemporaryDirectory() as tmp:
         for runtime in args.runtimes.split(","):
             data["runtimes"][runtime] = await measure_runtime(runtime, args.quick, Path(tmp))
+            results_path.write_text(json.dumps(data, indent=2) + "\n")
     if not args.no_jupyter:
         print("baseline: Jupyter Kernel Gateway", flush=True)
         data["jupyter_kernel_gateway"] = await baselines.jupyter_gateway(
             50 if args.quick else 200, 3 if args.quick else 10)
-    (ROOT / "bench" / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    results_path.write_text(json.dumps(data, indent=2) + "\n")
     report = render(data)
     (ROOT / "BENCHMARKS.md").write_text(report)
     print(report)

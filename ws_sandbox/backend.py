@@ -92,6 +92,7 @@ def container_config(settings: Settings, language: Language, process_id: str) ->
             "HOME=/workspace",
             "LANG=C.UTF-8",
             "PATH=/usr/local/bin:/usr/bin:/bin",
+            f"WS_SANDBOX_PRELOAD={settings.python_preload}",
         ],
         "AttachStdin": True,
         "AttachStdout": True,
