@@ -24,6 +24,7 @@ from tests.integration.conftest import Service, running_service
 
 pytestmark = pytest.mark.docker
 
+ADMIN_KEY = "fuzz-admin-key-0d3e"
 FUZZ_SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                          suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                 HealthCheck.too_slow])
@@ -64,7 +65,7 @@ def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
                          ENABLE_JAVASCRIPT="false", ENABLE_RUST="false",
                          MAX_EXECUTION_TIME="5", DEFAULT_EXECUTION_TIME="2",
                          RATE_LIMIT_PER_MINUTE="0", MAX_CODE_BYTES="4096",
-                         MAX_CONCURRENT_EXECUTIONS="20") as svc:
+                         MAX_CONCURRENT_EXECUTIONS="20", ADMIN_API_KEY=ADMIN_KEY) as svc:
         svc.wait_pool_full()
         yield svc
 
@@ -156,6 +157,7 @@ def test_schemathesis_finds_no_server_error(fuzz_service: Service, tmp_path: Pat
     done = subprocess.run(
         [cli, "run", f"{fuzz_service.http}/api/v1/openapi.json",
          "--checks", "not_a_server_error", "--max-examples", "25",
+         "--header", f"Authorization: Bearer {ADMIN_KEY}",  # the admin API is fuzzed too
          "--request-timeout", "60", "--generation-deterministic",
          "--report-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600, check=False,
