@@ -44,6 +44,19 @@ SANDBOX_UID = 65534
 _AGENT_STDERR_KEEP = 4096
 
 
+RUNSC_MIN_PIDS = 1024
+"""Under gVisor the pids cgroup counts the sandbox kernel's own host threads, not the user's
+processes (those live inside gVisor and are held by its memory limit and the cell timeout).
+The sentry's threads grow with work (a few Rust compiles pass 128), so it gets this floor."""
+
+
+def pids_limit(settings: Settings) -> int:
+    """The engine's pids limit for one sandbox under the configured runtime."""
+    if settings.container_runtime == "runsc":
+        return max(settings.pids_limit, RUNSC_MIN_PIDS)
+    return settings.pids_limit
+
+
 def container_config(settings: Settings, language: Language, process_id: str) -> dict[str, Any]:
     """The create-container body for one sandbox, with every hardening default applied.
 
@@ -65,7 +78,7 @@ def container_config(settings: Settings, language: Language, process_id: str) ->
         },
         "CapDrop": ["ALL"] if settings.drop_all_capabilities else [],
         "SecurityOpt": security_opt,
-        "PidsLimit": settings.pids_limit,
+        "PidsLimit": pids_limit(settings),
         "Memory": memory,
         "MemorySwap": memory,
         "NanoCpus": int(settings.cpu_limit * 1e9),

@@ -57,8 +57,8 @@ def serve(settings: Settings) -> int:
         app, host=settings.host, port=settings.port,
         # permessage-deflate would compress every small frame on the hot path (and lets a
         # client make us inflate): off. The websockets library still carries every byte.
-        ws="websockets-sansio", ws_per_message_deflate=False, ws_max_size=min(4 * settings.max_code_bytes + 65536,
-                                                64 * 1024 * 1024),
+        ws="websockets-sansio", ws_per_message_deflate=False,
+        ws_max_size=min(4 * settings.max_code_bytes + 65536, 64 * 1024 * 1024),
         log_level=settings.log_level, lifespan="on", proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout) + 1,
     )

@@ -64,3 +64,14 @@ def test_public_view_hides_secrets() -> None:
     s = Settings.from_env({"SESSION_SECRET": "hunter2"})
     assert "hunter2" not in repr(s.public())
     assert "session_secret" not in s.public()
+
+
+def test_runsc_gets_a_pids_floor_for_its_own_threads() -> None:
+    from ws_sandbox.backend import RUNSC_MIN_PIDS, container_config
+
+    runc = container_config(Settings.from_env({"PIDS_LIMIT": "128"}), "rust", "p")
+    runsc = container_config(Settings.from_env({"PIDS_LIMIT": "128",
+                                                "CONTAINER_RUNTIME": "runsc"}), "rust", "p")
+    assert runc["HostConfig"]["PidsLimit"] == 128
+    assert runsc["HostConfig"]["PidsLimit"] == RUNSC_MIN_PIDS
+    assert runsc["HostConfig"]["Runtime"] == "runsc"
