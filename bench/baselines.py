@@ -120,8 +120,8 @@ def _jkg_python() -> Path:
     return python
 
 
-def _message(msg_type: str, content: dict[str, Any]) -> str:
-    return json.dumps({"header": {"msg_id": uuid.uuid4().hex, "msg_type": msg_type,
+def _message(msg_type: str, content: dict[str, Any], msg_id: str = "") -> str:
+    return json.dumps({"header": {"msg_id": msg_id or uuid.uuid4().hex, "msg_type": msg_type,
                                   "username": "bench", "session": "bench", "date": "",
                                   "version": "5.3"},
                        "parent_header": {}, "metadata": {}, "content": content,
@@ -166,15 +166,17 @@ async def jupyter_gateway(n: int, starts: int, port: int = 8899) -> dict[str, An
                 start_samples.append((time.perf_counter() - start) * 1000)
                 if k == 0:
                     for i in range(n + 10):
+                        msg_id = uuid.uuid4().hex
                         t0 = time.perf_counter()
                         await ws.send(_message("execute_request", {
                             "code": "print(1)", "silent": False, "store_history": True,
                             "user_expressions": {}, "allow_stdin": False,
-                            "stop_on_error": True}))
-                        while True:
+                            "stop_on_error": True}, msg_id))
+                        while True:  # until *this* request's kernel goes idle
                             msg = json.loads(await ws.recv())
                             if (msg["msg_type"] == "status"
-                                    and msg["content"]["execution_state"] == "idle"):
+                                    and msg["content"]["execution_state"] == "idle"
+                                    and msg["parent_header"].get("msg_id") == msg_id):
                                 break
                         if i >= 10:
                             trips.append((time.perf_counter() - t0) * 1000)

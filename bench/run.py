@@ -191,7 +191,7 @@ async def main() -> None:
         if "jupyter_kernel_gateway" in previous:
             data["jupyter_kernel_gateway"] = previous["jupyter_kernel_gateway"]
     with tempfile.TemporaryDirectory() as tmp:
-        for runtime in args.runtimes.split(","):
+        for runtime in filter(None, args.runtimes.split(",")):
             data["runtimes"][runtime] = await measure_runtime(runtime, args.quick, Path(tmp))
             results_path.write_text(json.dumps(data, indent=2) + "\n")
     if not args.no_jupyter:
