@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -56,3 +57,24 @@ def battery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     with running_service(tmp_path_factory.mktemp("battery"), **BATTERY_ENV) as svc:
         svc.wait_pool_full()
         yield svc
+
+
+@pytest.fixture(autouse=True)
+def no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every battery test the engine lists no container of ours beyond the warm pool."""
+    yield
+    if "battery" not in request.fixturenames:
+        return
+    svc: Service = request.getfixturevalue("battery")
+    deadline = time.monotonic() + 30
+    while True:
+        _, health = svc.get("/api/v1/health")
+        pool = health.get("pool", {})
+        allowed = sum(p["target"] for p in pool.values()) if isinstance(pool, dict) else 0
+        ours = svc.containers()
+        if health.get("sessions") == 0 and len(ours) <= allowed:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{len(ours)} containers of ours after the test, pool allows"
+                        f" {allowed}; sessions still open: {health.get('sessions')}")
+        time.sleep(0.2)
