@@ -41,15 +41,19 @@ def docker_problem() -> str | None:
     return None
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("docker") is None:
-        return
+def require_docker() -> None:
+    """Fail (in CI) or skip (locally) the calling test or fixture when Docker is unusable."""
     problem = docker_problem()
     if problem is None:
         return
     if docker_required():
         pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
     pytest.skip(f"needs Docker: {problem}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("docker") is not None:
+        require_docker()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

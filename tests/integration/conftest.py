@@ -139,13 +139,9 @@ def running_service(tmp: Path, **env: str) -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One shared service with default limits, pool of one per language."""
-    from tests.conftest import docker_problem, docker_required
+    from tests.conftest import require_docker
 
-    problem = docker_problem()
-    if problem is not None:
-        if docker_required():
-            pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
-        pytest.skip(f"needs Docker: {problem}")
+    require_docker()
     with running_service(tmp_path_factory.mktemp("svc"), MAX_CONCURRENT_EXECUTIONS="30",
                          MAX_EXECUTION_TIME="20", MAX_OUTPUT_BYTES="65536",
                          RESUME_GRACE="5") as svc:

@@ -69,13 +69,9 @@ SOURCES: dict[str, dict[str, str]] = {
 @pytest.fixture(scope="module")
 def big_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A service with the default 1 MiB output cap (the shared one caps at 64 KiB)."""
-    from tests.conftest import docker_problem, docker_required
+    from tests.conftest import require_docker
 
-    problem = docker_problem()
-    if problem is not None:
-        if docker_required():
-            pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
-        pytest.skip(f"needs Docker: {problem}")
+    require_docker()
     path: Path = tmp_path_factory.mktemp("languages")
     with running_service(path, MAX_CONCURRENT_EXECUTIONS="20") as svc:
         svc.wait_pool_full()

@@ -47,13 +47,9 @@ BATTERY_ENV = {
 @pytest.fixture(scope="session")
 def battery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One service shared by the whole battery, with canary secrets in its environment."""
-    from tests.conftest import docker_problem, docker_required
+    from tests.conftest import require_docker
 
-    problem = docker_problem()
-    if problem is not None:
-        if docker_required():
-            pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
-        pytest.skip(f"needs Docker: {problem}")
+    require_docker()
     with running_service(tmp_path_factory.mktemp("battery"), **BATTERY_ENV) as svc:
         svc.wait_pool_full()
         yield svc

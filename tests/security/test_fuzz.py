@@ -54,13 +54,9 @@ frames = st.one_of(
 
 @pytest.fixture(scope="module")
 def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    from tests.conftest import docker_problem, docker_required
+    from tests.conftest import require_docker
 
-    problem = docker_problem()
-    if problem is not None:
-        if docker_required():
-            pytest.fail(f"Docker is required in CI: {problem}", pytrace=False)
-        pytest.skip(f"needs Docker: {problem}")
+    require_docker()
     with running_service(tmp_path_factory.mktemp("fuzz"), POOL_SIZE="2",
                          ENABLE_JAVASCRIPT="false", ENABLE_RUST="false",
                          MAX_EXECUTION_TIME="5", DEFAULT_EXECUTION_TIME="2",
