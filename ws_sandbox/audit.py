@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
+from ws_sandbox.batching import Batcher
 from ws_sandbox.records import ExecutionRecord
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,7 @@ class AuditLog:
         self.backups = backups
         self.lines_written = 0
         self._queue: queue.SimpleQueue[list[bytes] | object] = queue.SimpleQueue()
-        self._pending: list[bytes] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._batcher: Batcher[bytes] = Batcher(self._queue.put, FLUSH_INTERVAL)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._closed = False
         self._stream: BinaryIO
@@ -100,21 +100,11 @@ class AuditLog:
         if self._closed:
             log.error("audit line after close, written to the log instead: %s", line)
             return
-        # Lines wait here briefly and reach the writer in batches: waking its thread for
-        # every cell would take the GIL from the event loop on the cell's hot path.
-        self._pending.append(_encoder.encode(line) + b"\n")
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                FLUSH_INTERVAL, self._hand_over)
+        self._batcher.add(_encoder.encode(line) + b"\n")
 
     def _hand_over(self) -> None:
         """Give every pending line to the writer thread in one batch."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self._queue.put(batch)
+        self._batcher.flush()
 
     # --- the writer thread ----------------------------------------------------------------
 

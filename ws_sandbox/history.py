@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from ws_sandbox.batching import Batcher
 from ws_sandbox.records import ExecutionRecord
 
 _SCHEMA = """
@@ -94,8 +95,8 @@ class History:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="history")
         self._db: sqlite3.Connection | None = None
         self._inserted = 0
-        self._pending: list[ExecutionRecord] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._batcher: Batcher[ExecutionRecord] = Batcher(
+            lambda batch: self._executor.submit(self._insert_many, batch), FLUSH_INTERVAL)
         self._closed = False
 
     async def __aenter__(self) -> History:
@@ -121,21 +122,11 @@ class History:
             return
         row = msgspec.structs.replace(record, stdout=cut(record.stdout, self.output_bytes),
                                       stderr=cut(record.stderr, self.output_bytes))
-        # Rows wait here briefly and reach the database thread in batches (one transaction):
-        # waking it for every cell would take the GIL from the event loop on the hot path.
-        self._pending.append(row)
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                FLUSH_INTERVAL, self._hand_over)
+        self._batcher.add(row)  # batched: one thread wake-up and transaction per batch
 
     def _hand_over(self) -> None:
         """Queue every pending row for insertion; reads queued later see them (FIFO)."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self._executor.submit(self._insert_many, batch)
+        self._batcher.flush()
 
     # --- reads ----------------------------------------------------------------------------
 

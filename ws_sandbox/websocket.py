@@ -22,12 +22,22 @@ from ws_sandbox.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 
+async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close a WebSocket unless it is closed already; a peer that is gone is no error.
+
+    Starlette marks the socket disconnected before it awaits the close, so a second call,
+    even a concurrent one, does nothing.
+    """
+    if websocket.application_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await websocket.close(code, reason[:120])  # a close reason fits in 123 bytes
+
+
 class WebSocketSink:
     """Delivers frames to one Starlette WebSocket."""
 
     def __init__(self, websocket: WebSocket) -> None:
         self._ws = websocket
-        self._closed = False
 
     async def send_frame(self, frame: fr.ServerFrame) -> None:
         """Send one frame as a JSON text message."""
@@ -35,12 +45,7 @@ class WebSocketSink:
 
     async def close(self, code: int, reason: str) -> None:
         """Close the connection once."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._ws.application_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                await self._ws.close(code, reason)
+        await close_quietly(self._ws, code, reason)
 
 
 def client_address(websocket: WebSocket) -> str:

@@ -8,7 +8,6 @@ JSON bodies ``{"message", "reason"}`` as Jupyter Server sends them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket
 
 from ws_sandbox import __version__
 from ws_sandbox.exceptions import BadRequest, Forbidden, SandboxError
@@ -28,6 +27,7 @@ from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.kernels import KernelRegistry
 from ws_sandbox.jupyter.specs import kernelspecs_model
 from ws_sandbox.manager import SessionManager
+from ws_sandbox.websocket import close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,6 @@ class WebSocketConnection:
 
     def __init__(self, websocket: WebSocket) -> None:
         self._ws = websocket
-        self._closed = False
 
     async def send_text(self, text: str) -> None:
         """Send one JSON message."""
@@ -219,12 +218,7 @@ class WebSocketConnection:
 
     async def close(self, code: int, reason: str) -> None:
         """Close once."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._ws.application_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                await self._ws.close(code, reason[:120])
+        await close_quietly(self._ws, code, reason)
 
 
 async def channels(websocket: WebSocket) -> None:
