@@ -19,7 +19,10 @@ RUNTIME_IMAGE = os.environ.get("CONTAINER_IMAGE", "ws-sandbox-runtime:latest")
 
 def docker_required() -> bool:
     """Whether a missing engine must fail the run instead of skipping."""
-    return bool(os.environ.get("CI") or os.environ.get("WS_SANDBOX_REQUIRE_DOCKER"))
+    def set_(name: str) -> bool:
+        return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+    return set_("CI") or set_("WS_SANDBOX_REQUIRE_DOCKER")
 
 
 @functools.cache
