@@ -178,19 +178,35 @@ class Sandbox:
             SandboxLost: the stream ended or carried anything but valid frames.
         """
         while not self._pending:
-            try:
-                message = await self._stream.read_out()
-            except (OSError, aiohttp.ClientError) as exc:
-                raise SandboxLost(f"sandbox {self.short_id} stream failed: {exc}") from exc
-            if message is None:
-                raise SandboxLost(f"sandbox {self.short_id} exited")
-            if message.stream == 1:
-                self._pending.extend(self._decoder.feed(message.data))
-            else:
-                # The agent's stderr is diagnostics only: keep a bounded tail for logs.
-                self._stderr += message.data
-                del self._stderr[:-_AGENT_STDERR_KEEP]
+            await self._read_more()
         return self._pending.popleft()
+
+    async def receive_many(self) -> list[aw.FromAgent]:
+        """Read every frame available now (at least one), to be handled as one batch.
+
+        Raises:
+            SandboxLost: the stream ended or carried anything but valid frames.
+        """
+        while not self._pending:
+            await self._read_more()
+        frames = list(self._pending)
+        self._pending.clear()
+        return frames
+
+    async def _read_more(self) -> None:
+        """Read one message of the attached stream and decode the frames it completes."""
+        try:
+            message = await self._stream.read_out()
+        except (OSError, aiohttp.ClientError) as exc:
+            raise SandboxLost(f"sandbox {self.short_id} stream failed: {exc}") from exc
+        if message is None:
+            raise SandboxLost(f"sandbox {self.short_id} exited")
+        if message.stream == 1:
+            self._pending.extend(self._decoder.feed(message.data))
+        else:
+            # The agent's stderr is diagnostics only: keep a bounded tail for logs.
+            self._stderr += message.data
+            del self._stderr[:-_AGENT_STDERR_KEEP]
 
     @property
     def stderr_tail(self) -> str:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,8 +42,9 @@ DETACHED_BUFFER_FRAMES = 1024
 class FrameSink(Protocol):
     """Where a session's frames go: a WebSocket, a REST collector, a Jupyter channel."""
 
-    async def send_frame(self, frame: fr.ServerFrame) -> None:
-        """Deliver one frame; may block (backpressure)."""
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        """Deliver frames in order, as one write where the transport allows; may block
+        (backpressure)."""
 
     async def close(self, code: int, reason: str) -> None:
         """Close the client connection (idempotent)."""
@@ -74,9 +75,11 @@ class ClientBack:
 
 
 @dataclass(frozen=True, slots=True)
-class AgentMessage:
+class AgentMessages:
+    """Every frame decoded from one read of the agent's stream, handled as one event."""
+
     sandbox: Sandbox
-    frame: aw.FromAgent
+    frames: list[aw.FromAgent]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,7 @@ class CloseRequest:
     message: str
 
 
-Event = (ClientMessage | ClientRequest | ClientGone | ClientBack | AgentMessage | AgentLost
+Event = (ClientMessage | ClientRequest | ClientGone | ClientBack | AgentMessages | AgentLost
          | NewSandbox | CloseRequest)
 
 CellObserver = Callable[["SessionRunner", CellFinished], None]
@@ -218,12 +221,12 @@ class SessionRunner:
                     with contextlib.suppress(Exception):
                         await old.close(4000, "session resumed elsewhere")
                 core.client_attached(now)
-                await self._deliver(ready)
-                while self._held and self._sink is not None:
-                    await self._deliver(self._held.popleft())
-            case AgentMessage(sandbox, frame):
+                held, self._held = [ready, *self._held], deque(maxlen=DETACHED_BUFFER_FRAMES)
+                await self._deliver(held)
+            case AgentMessages(sandbox, frames):
                 if sandbox is self.sandbox:
-                    core.receive_agent(frame, now)
+                    for agent_frame in frames:
+                        core.receive_agent(agent_frame, now)
             case AgentLost(sandbox, reason):
                 if sandbox is self.sandbox:
                     oom = await sandbox.oom_killed()
@@ -248,8 +251,8 @@ class SessionRunner:
             actions = core.actions_to_run()
             if not frames and not actions:
                 return
-            for frame in frames:
-                await self._deliver(frame)
+            if frames:
+                await self._deliver(frames)
             for action in actions:
                 match action:
                     case SendToAgent(to_agent):
@@ -267,14 +270,19 @@ class SessionRunner:
                     case _:  # pragma: no cover - exhaustiveness
                         raise AssertionError(action)
 
-    async def _deliver(self, frame: fr.ServerFrame) -> None:
+    async def _deliver(self, frames: Sequence[fr.ServerFrame]) -> None:
+        """Send frames to the client, or hold them for a resume while it is away.
+
+        Frames of a batch whose send failed are held whole: after a resume the client may
+        see some of them twice, never lose one.
+        """
         sink = self._sink
         if sink is None:
-            self._held.append(frame)
+            self._held.extend(frames)
             return
         try:
             async with asyncio.timeout(self._send_timeout):
-                await sink.send_frame(frame)
+                await sink.send_frames(frames)
         except TimeoutError:
             log.info("session %s: client too slow, disconnecting", self.session_id)
             self._sink = None
@@ -286,7 +294,7 @@ class SessionRunner:
             if self._sink is sink:
                 self._sink = None
                 self.core.client_detached(self._loop.time())
-            self._held.append(frame)
+            self._held.extend(frames)
 
     async def _to_agent(self, frame: aw.ToAgent) -> None:
         sandbox = self.sandbox
@@ -306,8 +314,8 @@ class SessionRunner:
     async def _read_agent(self, sandbox: Sandbox) -> None:
         try:
             while True:
-                frame = await sandbox.receive()
-                await self._inbox.put(AgentMessage(sandbox, frame))
+                frames = await sandbox.receive_many()
+                await self._inbox.put(AgentMessages(sandbox, frames))
         except BackendError as exc:
             await self._inbox.put(AgentLost(sandbox, exc.message))
 
@@ -366,6 +374,6 @@ class SessionRunner:
                 await event.sandbox.destroy()
             elif isinstance(event, ClientBack):
                 with contextlib.suppress(Exception):
-                    await event.sink.send_frame(fr.Error(
-                        code="invalid_token", message="the session of this token has ended"))
+                    await event.sink.send_frames([fr.Error(
+                        code="invalid_token", message="the session of this token has ended")])
                     await event.sink.close(1008, "invalid_token")

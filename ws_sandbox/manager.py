@@ -150,7 +150,7 @@ class SessionManager:
         runner.attach(sink)
         try:
             if send_ready:
-                await sink.send_frame(self.ready_frame(runner))
+                await sink.send_frames([self.ready_frame(runner)])
         except BaseException:
             del self._runners[session_id]
             await sandbox.destroy()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -109,8 +110,12 @@ class CollectingSink:
         self.display: list[dict[str, str]] = []
         self.result: asyncio.Future[fr.Result] = asyncio.get_running_loop().create_future()
 
-    async def send_frame(self, frame: fr.ServerFrame) -> None:
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Keep output; resolve :attr:`result` at the end of the cell."""
+        for frame in frames:
+            self._take(frame)
+
+    def _take(self, frame: fr.ServerFrame) -> None:
         match frame:
             case fr.Stream(name="stdout"):
                 self.stdout.append(frame.text)

@@ -17,6 +17,7 @@ from ws_sandbox.app import create_app
 from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.settings import Settings
+from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def serve(settings: Settings) -> int:
         app, host=settings.host, port=settings.port,
         # permessage-deflate would compress every small frame on the hot path (and lets a
         # client make us inflate): off. The websockets library still carries every byte.
-        ws="websockets-sansio", ws_per_message_deflate=False,
+        # uvicorn's sans-I/O protocol, plus sending a batch of frames in one write.
+        ws=BatchingWebSocketProtocol, ws_per_message_deflate=False,
         ws_max_size=min(4 * settings.max_code_bytes + 65536, 64 * 1024 * 1024),
         log_level=settings.log_level, lifespan="on", proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout) + 1,

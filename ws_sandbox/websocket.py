@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Sequence
 
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ws_sandbox import frames as fr
@@ -18,6 +20,7 @@ from ws_sandbox.driver import ClientGone, ClientMessage, CloseRequest
 from ws_sandbox.exceptions import SandboxError
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.ratelimit import RateLimiter
+from ws_sandbox.ws_protocol import SEND_MANY
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +37,25 @@ async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
 
 
 class WebSocketSink:
-    """Delivers frames to one Starlette WebSocket."""
+    """Delivers frames to one Starlette WebSocket.
 
-    def __init__(self, websocket: WebSocket) -> None:
+    Args:
+        websocket: the connection.
+        send_many: the raw ASGI ``send`` when the server offers :data:`SEND_MANY` (then a
+            batch of frames leaves in one write), else None (one message at a time).
+    """
+
+    def __init__(self, websocket: WebSocket, send_many: Send | None = None) -> None:
         self._ws = websocket
+        self._send_many = send_many
 
-    async def send_frame(self, frame: fr.ServerFrame) -> None:
-        """Send one frame as a JSON text message."""
-        await self._ws.send_text(fr.encode(frame).decode())
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        """Send frames as JSON text messages, in one write where the server allows."""
+        if self._send_many is not None:
+            await self._send_many({"type": SEND_MANY, "texts": [fr.encode(f) for f in frames]})
+            return
+        for frame in frames:
+            await self._ws.send_text(fr.encode(frame).decode())
 
     async def close(self, code: int, reason: str) -> None:
         """Close the connection once."""
@@ -53,11 +67,27 @@ def client_address(websocket: WebSocket) -> str:
     return websocket.client.host if websocket.client else "unknown"
 
 
-async def session_endpoint(websocket: WebSocket) -> None:
+class SessionEndpoint:
+    """The ASGI application of the session endpoint.
+
+    An object, not a function, so that Starlette hands it the raw ASGI ``send`` (which
+    :data:`SEND_MANY` needs) instead of wrapping it in a WebSocket.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one connection."""
+        batching = SEND_MANY in scope.get("extensions", {})
+        websocket = WebSocket(scope, receive, send)
+        await serve_session(websocket, WebSocketSink(websocket, send if batching else None))
+
+
+session_endpoint = SessionEndpoint()
+
+
+async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
     """Serve one WebSocket session until the client leaves."""
     manager: SessionManager = websocket.app.state.manager
     await websocket.accept()
-    sink = WebSocketSink(websocket)
     token = websocket.query_params.get("resume")
     try:
         if token:
@@ -75,7 +105,7 @@ async def session_endpoint(websocket: WebSocket) -> None:
                                         admit_cell=admit)
     except SandboxError as exc:
         with contextlib.suppress(Exception):
-            await sink.send_frame(fr.Error(code=exc.code, message=exc.message))
+            await sink.send_frames([fr.Error(code=exc.code, message=exc.message)])
         await sink.close(exc.close_code, exc.code)
         return
     deliberate = False

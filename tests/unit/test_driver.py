@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any, cast
 
 from ws_sandbox import agent_wire as aw
@@ -34,11 +35,15 @@ class FakeSandbox:
             self.frames.put_nowait(aw.Out(id=frame.id, name="stdout", text=frame.code))
             self.frames.put_nowait(aw.Done(id=frame.id, status="success", exit_code=0))
 
-    async def receive(self) -> aw.FromAgent:
+    async def receive_many(self) -> list[aw.FromAgent]:
+        """Like the real one: everything queued now (what one read would carry)."""
         frame = await self.frames.get()
         if frame is None:
             raise SandboxLost("exited")
-        return frame
+        frames = [frame]
+        while not self.frames.empty() and (more := self.frames.get_nowait()) is not None:
+            frames.append(more)
+        return frames
 
     async def oom_killed(self) -> bool:
         return False
@@ -50,10 +55,13 @@ class FakeSandbox:
 class Sink:
     def __init__(self) -> None:
         self.frames: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
+        self.batches: list[list[str]] = []
         self.closed: tuple[int, str] | None = None
 
-    async def send_frame(self, frame: fr.ServerFrame) -> None:
-        self.frames.put_nowait(frame)
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        self.batches.append([type(f).__name__ for f in frames])
+        for frame in frames:
+            self.frames.put_nowait(frame)
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
@@ -96,6 +104,18 @@ async def test_cell_flows_through_and_close_removes_the_sandbox() -> None:
     await asyncio.wait_for(task, 5)
     assert sandbox.destroyed
     assert sink.closed == (1000, "client_closed")
+
+
+async def test_frames_of_one_agent_read_reach_the_client_as_one_batch() -> None:
+    # The agent sends a short cell's output and its done in one write; the client gets
+    # the stream and result frames in one send (one WebSocket write, one wake-up).
+    sandbox, sink = FakeSandbox(), Sink()
+    runner, task = start(sandbox, sink)
+    await runner.feed(execute("c1", "hello"))
+    await sink.next(fr.Result)
+    assert sink.batches[-1] == ["Stream", "Result"]
+    await runner.feed(CloseRequest("client_closed", "bye"))
+    await asyncio.wait_for(task, 5)
 
 
 async def test_frames_made_while_detached_are_replayed_on_resume() -> None:

@@ -62,6 +62,10 @@ async def make_kernel(language: str = "python3") -> tuple[Kernel, FakeRunner, Fa
     return kernel, runner, conn
 
 
+async def send(kernel: Kernel, frame: fr.ServerFrame) -> None:
+    await kernel.send_frames([frame])
+
+
 def request(code: str, msg_id: str = "m1", **content: Any) -> jm.Incoming:
     return jm.decode(json.dumps({
         "header": {"msg_id": msg_id, "msg_type": "execute_request", "date": ""},
@@ -80,12 +84,12 @@ async def test_execute_success_sequence() -> None:
     (execute,) = runner.executes()
     assert execute.code == "print(1)\n2" and execute.timeout == 30.0
     assert kernel.execution_state == "busy"
-    await kernel.send_frame(fr.Stream(id=execute.id, name="stdout", text="1\n"))
-    await kernel.send_frame(fr.Display(id=execute.id, kind="execute_result",
+    await send(kernel, fr.Stream(id=execute.id, name="stdout", text="1\n"))
+    await send(kernel, fr.Display(id=execute.id, kind="execute_result",
                                        data={"text/plain": "2"}))
-    await kernel.send_frame(fr.Display(id=execute.id, kind="display_data",
+    await send(kernel, fr.Display(id=execute.id, kind="display_data",
                                        data={"image/png": "iVBOR", "text/plain": "<Fig>"}))
-    await kernel.send_frame(result(execute.id))
+    await send(kernel, result(execute.id))
     assert conn.types() == ["status", "execute_input", "stream", "execute_result",
                             "display_data", "execute_reply", "status"]
     assert all(m["parent_header"]["msg_id"] == "m1" for m in conn.sent)
@@ -104,13 +108,13 @@ async def test_python_traceback_becomes_the_error_message() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("1/0"), conn)
     cell = runner.executes()[0].id
-    await kernel.send_frame(fr.Stream(id=cell, name="stderr", text="warn\n"))
-    await kernel.send_frame(fr.Stream(
+    await send(kernel, fr.Stream(id=cell, name="stderr", text="warn\n"))
+    await send(kernel, fr.Stream(
         id=cell, name="stderr",
         text='Traceback (most recent call last):\n  File "<cell-1>", line 1\n'))
-    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+    await send(kernel, fr.Stream(id=cell, name="stderr",
                                       text="\x1b[31mZeroDivisionError\x1b[0m: division by zero\n"))
-    await kernel.send_frame(result(cell, "error", "ZeroDivisionError: division by zero"))
+    await send(kernel, result(cell, "error", "ZeroDivisionError: division by zero"))
     streams = "".join(m["content"]["text"] for m in conn.of("stream"))
     assert streams == "warn\n"
     (error,) = conn.of("error")
@@ -128,10 +132,10 @@ async def test_held_traceback_is_a_stream_when_the_cell_succeeds() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("import traceback"), conn)
     cell = runner.executes()[0].id
-    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+    await send(kernel, fr.Stream(id=cell, name="stderr",
                                       text="Traceback (most recent call last):\n  x\n"))
-    await kernel.send_frame(fr.Stream(id=cell, name="stdout", text="after\n"))
-    await kernel.send_frame(result(cell))
+    await send(kernel, fr.Stream(id=cell, name="stdout", text="after\n"))
+    await send(kernel, result(cell))
     texts = [(m["content"]["name"], m["content"]["text"]) for m in conn.of("stream")]
     assert texts == [("stderr", "Traceback (most recent call last):\n  x\n"),
                      ("stdout", "after\n")]
@@ -142,9 +146,9 @@ async def test_huge_held_stderr_is_flushed() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("x"), conn)
     cell = runner.executes()[0].id
-    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+    await send(kernel, fr.Stream(id=cell, name="stderr",
                                       text="Traceback (most recent call last):\n"))
-    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+    await send(kernel, fr.Stream(id=cell, name="stderr",
                                       text="y" * (TRACEBACK_HOLD_CHARS + 1)))
     assert len(conn.of("stream")) == 1
 
@@ -154,7 +158,7 @@ async def test_long_stream_is_split() -> None:
     await kernel.handle(request("x"), conn)
     cell = runner.executes()[0].id
     text = "€" * (jm.STREAM_CHUNK_CHARS * 2)
-    await kernel.send_frame(fr.Stream(id=cell, name="stdout", text=text))
+    await send(kernel, fr.Stream(id=cell, name="stdout", text=text))
     assert "".join(m["content"]["text"] for m in conn.of("stream")) == text
     assert len(conn.of("stream")) == 2
 
@@ -163,7 +167,7 @@ async def test_huge_display_is_replaced() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("x"), conn)
     cell = runner.executes()[0].id
-    await kernel.send_frame(fr.Display(id=cell, kind="display_data",
+    await send(kernel, fr.Display(id=cell, kind="display_data",
                                        data={"image/png": "A" * 2_000_000}))
     assert "image/png" not in conn.of("display_data")[0]["content"]["data"]
 
@@ -175,7 +179,7 @@ async def test_statuses_become_errors(status: fr.Status, ename: str) -> None:
     kernel, runner, conn = await make_kernel("bash")
     await kernel.handle(request("sleep 9"), conn)
     cell = runner.executes()[0].id
-    await kernel.send_frame(result(cell, status, f"why: {status}"))
+    await send(kernel, result(cell, status, f"why: {status}"))
     (error,) = conn.of("error")
     assert error["content"]["ename"] == ename
     assert error["content"]["traceback"] == [f"{ename}: why: {status}"]
@@ -187,7 +191,7 @@ async def test_queue_and_stop_on_error_abort() -> None:
     await kernel.handle(request("b", "m2"), conn)
     await kernel.handle(request("c", "m3", stop_on_error=False), conn)
     assert len(runner.executes()) == 1  # one at a time
-    await kernel.send_frame(result(runner.executes()[0].id, "error", "E: x"))
+    await send(kernel, result(runner.executes()[0].id, "error", "E: x"))
     replies = {m["parent_header"]["msg_id"]: m["content"]["status"]
                for m in conn.of("execute_reply")}
     assert replies == {"m1": "error", "m2": "aborted", "m3": "aborted"}
@@ -198,7 +202,7 @@ async def test_next_request_starts_after_success() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("a", "m1"), conn)
     await kernel.handle(request("b", "m2"), conn)
-    await kernel.send_frame(result(runner.executes()[0].id))
+    await send(kernel, result(runner.executes()[0].id))
     assert [e.code for e in runner.executes()] == ["a", "b"]
     inputs = conn.of("execute_input")
     assert [m["content"]["execution_count"] for m in inputs] == [1, 2]
@@ -212,8 +216,8 @@ async def test_empty_code_is_a_no_op_and_silent_hides_input() -> None:
     conn.sent.clear()
     await kernel.handle(request("x", "m2", silent=True), conn)
     cell = runner.executes()[0].id
-    await kernel.send_frame(fr.Display(id=cell, kind="execute_result", data={"text/plain": "1"}))
-    await kernel.send_frame(result(cell))
+    await send(kernel, fr.Display(id=cell, kind="execute_result", data={"text/plain": "1"}))
+    await send(kernel, result(cell))
     assert conn.types() == ["status", "execute_reply", "status"]
 
 
@@ -221,7 +225,7 @@ async def test_refused_cell_ends_with_error() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("x"), conn)
     cell = runner.executes()[0].id
-    await kernel.send_frame(fr.Error(code="payload_too_large", message="too big", id=cell))
+    await send(kernel, fr.Error(code="payload_too_large", message="too big", id=cell))
     assert conn.of("execute_reply")[0]["content"]["status"] == "error"
     assert kernel.execution_state == "idle"
 
@@ -258,7 +262,7 @@ async def test_restart_waits_for_restarted() -> None:
     kernel, runner, conn = await make_kernel()
 
     async def restarted() -> None:
-        await kernel.send_frame(fr.Restarted(reason="interpreter_restarted", message=""))
+        await send(kernel, fr.Restarted(reason="interpreter_restarted", message=""))
 
     task = asyncio.create_task(kernel.restart())
     await asyncio.sleep(0)
@@ -283,8 +287,8 @@ async def test_messages_held_without_connection_and_replayed() -> None:
     await kernel.handle(request("x"), conn)
     kernel.disconnect(conn)
     cell = runner.executes()[0].id
-    await kernel.send_frame(fr.Stream(id=cell, name="stdout", text="late\n"))
-    await kernel.send_frame(result(cell))
+    await send(kernel, fr.Stream(id=cell, name="stdout", text="late\n"))
+    await send(kernel, result(cell))
     later = FakeConnection()
     await kernel.connect(later)
     # iopub was held and is replayed; the shell reply belonged to the connection that left.
@@ -296,8 +300,8 @@ async def test_closed_session_kills_kernel() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("a", "m1"), conn)
     await kernel.handle(request("b", "m2"), conn)
-    await kernel.send_frame(result(runner.executes()[0].id, "killed", "the session closed"))
-    await kernel.send_frame(fr.Closed(reason="idle_timeout"))
+    await send(kernel, result(runner.executes()[0].id, "killed", "the session closed"))
+    await send(kernel, fr.Closed(reason="idle_timeout"))
     await kernel.close(1000, "idle_timeout")
     assert kernel.dead and kernel.execution_state == "dead"
     assert conn.closed == (1000, "idle_timeout")
@@ -327,13 +331,13 @@ async def test_every_message_under_one_mebibyte_at_worst() -> None:
     nasty = "\x01" * 2_000_000
     await kernel.handle(request(nasty), conn)
     cell = runner.executes()[0].id
-    await kernel.send_frame(fr.Stream(id=cell, name="stdout", text=nasty))
-    await kernel.send_frame(fr.Stream(id=cell, name="stderr",
+    await send(kernel, fr.Stream(id=cell, name="stdout", text=nasty))
+    await send(kernel, fr.Stream(id=cell, name="stderr",
                                       text="Traceback (most recent call last):\n"))
     for _ in range(3):
-        await kernel.send_frame(fr.Stream(id=cell, name="stderr", text="\x02" * 65536))
-    await kernel.send_frame(fr.Display(id=cell, kind="display_data",
+        await send(kernel, fr.Stream(id=cell, name="stderr", text="\x02" * 65536))
+    await send(kernel, fr.Display(id=cell, kind="display_data",
                                        data={"text/html": '"' * 600_000}))
-    await kernel.send_frame(result(cell, "error", "E: " + nasty))
+    await send(kernel, result(cell, "error", "E: " + nasty))
     assert conn.types()[-1] == "status"
     assert "text/html" not in conn.of("display_data")[0]["content"]["data"]

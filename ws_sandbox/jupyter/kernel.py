@@ -1,7 +1,7 @@
 """One Jupyter kernel: a session of ours, seen through the Jupyter messaging protocol.
 
 A :class:`Kernel` is the :class:`~ws_sandbox.driver.FrameSink` of its session: the session's
-frames come in through :meth:`Kernel.send_frame` and go out as Jupyter messages to every
+frames come in through :meth:`Kernel.send_frames` and go out as Jupyter messages to every
 WebSocket connected to the kernel (iopub) or to the one that asked (shell, control). A kernel
 lives without any WebSocket (it is created over REST); messages for nobody are kept in a
 small bounded buffer and replayed to the next connection.
@@ -23,6 +23,7 @@ import logging
 import re
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -273,12 +274,13 @@ class Kernel:
 
     # --- FrameSink: frames of the session --------------------------------------------------
 
-    async def send_frame(self, frame: fr.ServerFrame) -> None:
-        """Translate one session frame into Jupyter messages; never raises."""
-        try:
-            await self._on_frame(frame)
-        except Exception:
-            log.exception("kernel %s: cannot translate %s", self.id, type(frame).__name__)
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        """Translate session frames into Jupyter messages; never raises."""
+        for frame in frames:
+            try:
+                await self._on_frame(frame)
+            except Exception:
+                log.exception("kernel %s: cannot translate %s", self.id, type(frame).__name__)
 
     async def close(self, code: int, reason: str) -> None:
         """The session ended: close every WebSocket of the kernel."""

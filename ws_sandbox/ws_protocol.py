@@ -1,0 +1,55 @@
+"""uvicorn's WebSocket protocol with one ASGI extension: several messages in one write.
+
+A short cell ends with two frames, ``stream`` and ``result``, produced together. Sent as two
+ASGI ``websocket.send`` messages they cost two socket writes and wake the client twice; the
+write to a loopback or LAN socket is the most expensive step the service takes per frame.
+This protocol advertises the extension :data:`SEND_MANY` in the connection's scope and
+accepts ``{"type": SEND_MANY, "texts": [b"...", ...]}``: every item becomes one text message
+(UTF-8 bytes, already encoded) and all of them leave in one ``transport.write``.
+
+Everything else is uvicorn's ``websockets-sansio`` protocol unchanged. An application that
+does not see the extension in ``scope["extensions"]`` (another server, a test client) sends
+message by message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+
+SEND_MANY = "ws_sandbox.websocket.send_many"
+"""The ASGI message type (and scope extension key) of a batch of text messages."""
+
+
+class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """``websockets-sansio`` plus :data:`SEND_MANY`."""
+
+    def handle_connect(self, event: Request) -> None:
+        """Accept as uvicorn does, then advertise the extension to the application."""
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # None: the handshake was refused
+            scope["extensions"][SEND_MANY] = {}
+
+    async def send(self, message: ASGISendEvent) -> None:
+        """Send a batch in one write; any other message goes to uvicorn."""
+        raw = cast(Mapping[str, Any], message)
+        if raw["type"] != SEND_MANY:
+            await super().send(message)
+            return
+        await self.writable.wait()
+        if (self.disconnected or self.close_sent or not self.handshake_complete
+                or self.initial_response is not None):
+            raise ClientDisconnected()
+        try:
+            for text in raw["texts"]:
+                self.conn.send_text(bytes(text))
+        except InvalidState:
+            raise ClientDisconnected() from None
+        self.transport.write(b"".join(self.conn.data_to_send()))
