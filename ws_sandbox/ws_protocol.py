@@ -43,12 +43,16 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         if raw["type"] != SEND_MANY:
             await super().send(message)
             return
+        texts = raw["texts"]
+        if not all(isinstance(text, (bytes, bytearray, memoryview)) for text in texts):
+            # Checked before anything is queued: a batch goes out whole or not at all.
+            raise TypeError(f"{SEND_MANY}: every item of 'texts' must be UTF-8 bytes")
         await self.writable.wait()
         if (self.disconnected or self.close_sent or not self.handshake_complete
                 or self.initial_response is not None):
             raise ClientDisconnected()
         try:
-            for text in raw["texts"]:
+            for text in texts:
                 self.conn.send_text(bytes(text))
         except InvalidState:
             raise ClientDisconnected() from None

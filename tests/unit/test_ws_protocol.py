@@ -1,0 +1,357 @@
+"""``BatchingWebSocketProtocol`` over a real socket: uvicorn in-process, a ``websockets`` client.
+
+The server runs on the test's event loop, so the test calls the application's ASGI ``send``
+itself (handed over by a tiny raw ASGI app) and counts the protocol's ``transport.write``
+calls. Every wait is bounded with ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from uvicorn.protocols.utils import ClientDisconnected
+from websockets.asyncio.client import ClientConnection, connect
+
+from ws_sandbox import frames as fr
+from ws_sandbox.websocket import WebSocketSink
+from ws_sandbox.ws_protocol import SEND_MANY, BatchingWebSocketProtocol
+
+BOUND = 10.0
+"""Generous bound on any single wait (seconds)."""
+
+TEXTS = ['{"n":1}', "héllo wörld — ünïcødé €", "日本語 😀 last"]
+
+
+class CountingProtocol(BatchingWebSocketProtocol):
+    """The batching protocol, recording every ``transport.write`` of its connection."""
+
+    instances: ClassVar[list[CountingProtocol]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.writes: list[bytes] = []
+        original = self.transport.write
+
+        def write(data: bytes | bytearray | memoryview) -> None:
+            self.writes.append(bytes(data))
+            original(data)
+
+        setattr(self.transport, "write", write)  # noqa: B010 - an instance attribute on purpose
+        CountingProtocol.instances.append(self)
+
+
+@dataclass
+class Connection:
+    """One WebSocket connection as the application sees it."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    websocket: WebSocket
+    """Starlette's view of the connection, already accepted through it."""
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Server:
+    """A running uvicorn server and the connections its application accepted."""
+
+    port: int
+    connections: asyncio.Queue[Connection]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    async def next_connection(self) -> Connection:
+        async with asyncio.timeout(BOUND):
+            return await self.connections.get()
+
+
+@contextlib.asynccontextmanager
+async def running_server(ws: type[asyncio.Protocol] | str) -> AsyncIterator[Server]:
+    """Run uvicorn with ``ws`` on a free loopback port; the app accepts and hands over."""
+    connections: asyncio.Queue[Connection] = asyncio.Queue()
+    handed: list[Connection] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "websocket"
+        websocket = WebSocket(scope, receive, send)
+        await websocket.accept()
+        conn = Connection(scope, receive, send, websocket)
+        handed.append(conn)
+        connections.put_nowait(conn)
+        await conn.release.wait()
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, ws=ws, ws_per_message_deflate=False,
+        lifespan="off", log_level="warning", timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(BOUND):
+            while not server.started:
+                if task.done():
+                    task.result()  # raises what made startup fail
+                    pytest.fail("uvicorn stopped before it started")
+                await asyncio.sleep(0.005)
+        port = int(server.servers[0].sockets[0].getsockname()[1])
+        yield Server(port, connections)
+    finally:
+        for conn in handed:
+            conn.release.set()
+        server.should_exit = True
+        async with asyncio.timeout(BOUND):
+            await task
+
+
+@pytest.fixture
+async def batching() -> AsyncIterator[Server]:
+    CountingProtocol.instances.clear()
+    async with running_server(CountingProtocol) as server:
+        yield server
+    CountingProtocol.instances.clear()
+
+
+@pytest.fixture
+async def plain() -> AsyncIterator[Server]:
+    async with running_server("websockets-sansio") as server:
+        yield server
+
+
+def the_protocol() -> CountingProtocol:
+    assert len(CountingProtocol.instances) == 1
+    return CountingProtocol.instances[0]
+
+
+async def recv_text(client: ClientConnection) -> str:
+    async with asyncio.timeout(BOUND):
+        message = await client.recv()
+    assert isinstance(message, str), f"expected a text message, got {message!r}"
+    return message
+
+
+async def assert_no_message(client: ClientConnection, wait: float = 0.2) -> None:
+    """Nothing more arrives within ``wait`` (a small grace, only to catch extra messages)."""
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(wait):
+            await client.recv()
+
+
+def frame_length(payload: bytes) -> int:
+    """Bytes of one unmasked, uncompressed server frame carrying ``payload``."""
+    n = len(payload)
+    return n + (2 if n < 126 else 4 if n < 1 << 16 else 10)
+
+
+# ----------------------------------------------------------------------------- extension
+
+
+async def test_extension_is_advertised_in_the_scope(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        assert SEND_MANY in conn.scope["extensions"]
+        assert conn.scope["extensions"][SEND_MANY] == {}
+        # uvicorn's own extension is still there: the scope was extended, not replaced.
+        assert "websocket.http.response" in conn.scope["extensions"]
+        await client.close()
+
+
+async def test_plain_uvicorn_protocol_has_no_extension(plain: Server) -> None:
+    async with connect(plain.url) as client:
+        conn = await plain.next_connection()
+        assert SEND_MANY not in conn.scope["extensions"]
+        await client.close()
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+async def test_batch_arrives_as_separate_text_messages_in_one_write(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        protocol = the_protocol()
+        payloads = [t.encode() for t in TEXTS]
+        before = len(protocol.writes)
+        await conn.send({"type": SEND_MANY, "texts": payloads})
+        batch_writes = protocol.writes[before:]
+        assert len(batch_writes) == 1, f"expected one transport.write, got {len(batch_writes)}"
+        # That one write carries all three frames, nothing more, nothing less.
+        assert len(batch_writes[0]) == sum(frame_length(p) for p in payloads)
+        assert [await recv_text(client) for _ in TEXTS] == TEXTS
+        await assert_no_message(client)
+        await client.close()
+
+
+async def test_separate_sends_cost_one_write_each(batching: Server) -> None:
+    """The control for the counter: uvicorn's ``websocket.send`` writes per message."""
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        protocol = the_protocol()
+        before = len(protocol.writes)
+        for text in TEXTS:
+            await conn.send({"type": "websocket.send", "text": text})
+        assert len(protocol.writes) - before == len(TEXTS)
+        assert [await recv_text(client) for _ in TEXTS] == TEXTS
+        await client.close()
+
+
+async def test_batch_accepts_bytearray_and_memoryview_items(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        items: list[Any] = [bytearray(b"first"), memoryview("sécond".encode())]
+        await conn.send({"type": SEND_MANY, "texts": items})
+        assert [await recv_text(client) for _ in items] == ["first", "sécond"]
+        await client.close()
+
+
+async def test_large_batch_keeps_order_and_one_write(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        protocol = the_protocol()
+        texts = [f"message {i} " + "x" * (i * 997 % 70_000) for i in range(40)]
+        before = len(protocol.writes)
+        await conn.send({"type": SEND_MANY, "texts": [t.encode() for t in texts]})
+        assert len(protocol.writes) - before == 1
+        assert len(protocol.writes[-1]) == sum(frame_length(t.encode()) for t in texts)
+        assert [await recv_text(client) for _ in texts] == texts
+        await client.close()
+
+
+async def test_send_and_close_still_work_after_a_batch(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        await conn.send({"type": SEND_MANY, "texts": [b"one", b"two"]})
+        await conn.send({"type": "websocket.send", "text": "three"})
+        await conn.send({"type": "websocket.send", "bytes": b"\x00four"})
+        await conn.send({"type": SEND_MANY, "texts": [b"five"]})
+        assert await recv_text(client) == "one"
+        assert await recv_text(client) == "two"
+        assert await recv_text(client) == "three"
+        async with asyncio.timeout(BOUND):
+            assert await client.recv() == b"\x00four"
+        assert await recv_text(client) == "five"
+
+        await conn.send({"type": "websocket.close", "code": 4001, "reason": "bye"})
+        async with asyncio.timeout(BOUND):
+            await client.wait_closed()
+        assert client.close_code == 4001
+        assert client.close_reason == "bye"
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+async def test_batch_after_client_closed_raises(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        await client.close()
+    async with asyncio.timeout(BOUND):
+        message = await conn.receive()
+    assert message["type"] == "websocket.disconnect"
+    protocol = the_protocol()
+    before = len(protocol.writes)
+    with pytest.raises(ClientDisconnected):
+        async with asyncio.timeout(BOUND):
+            await conn.send({"type": SEND_MANY, "texts": [b"too late"]})
+    assert len(protocol.writes) == before, "a batch for a gone client must write nothing"
+
+
+async def test_batch_after_connection_dropped_raises(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        client.transport.abort()  # no closing handshake: the TCP connection just ends
+        async with asyncio.timeout(BOUND):
+            message = await conn.receive()
+        assert message["type"] == "websocket.disconnect"
+        assert message["code"] in (1005, 1006)  # uvicorn: 1005 once the handshake completed
+        with pytest.raises(ClientDisconnected):
+            async with asyncio.timeout(BOUND):
+                await conn.send({"type": SEND_MANY, "texts": [b"a", b"b"]})
+
+
+async def test_batch_after_the_app_closed_raises(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        await conn.send({"type": "websocket.close", "code": 1000})
+        protocol = the_protocol()
+        before = len(protocol.writes)
+        with pytest.raises(ClientDisconnected):
+            async with asyncio.timeout(BOUND):
+                await conn.send({"type": SEND_MANY, "texts": [b"after close"]})
+        assert len(protocol.writes) == before
+        async with asyncio.timeout(BOUND):
+            await client.wait_closed()
+        assert client.close_code == 1000
+
+
+async def test_a_batch_with_a_str_item_is_refused_whole(batching: Server) -> None:
+    """Items must be bytes; a bad one is caught before any item is queued or written."""
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        protocol = the_protocol()
+        before = len(protocol.writes)
+        with pytest.raises(TypeError, match="UTF-8 bytes"):
+            await conn.send({"type": SEND_MANY, "texts": [b"first", "second"]})
+        assert protocol.writes[before:] == []
+        await conn.send({"type": SEND_MANY, "texts": [b"next"]})
+        assert await recv_text(client) == "next"  # nothing of the refused batch came along
+        await client.close()
+
+
+async def test_other_messages_still_go_to_uvicorn(batching: Server) -> None:
+    """An unknown message type is uvicorn's error, not silently swallowed by the subclass."""
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        with pytest.raises(RuntimeError, match=r"websocket\.bogus"):
+            await conn.send({"type": "websocket.bogus"})
+        await conn.send({"type": "websocket.send", "text": "still open"})
+        assert await recv_text(client) == "still open"
+        await client.close()
+
+
+# ----------------------------------------------------------------------------- WebSocketSink
+
+
+def sample_frames() -> list[fr.ServerFrame]:
+    return [
+        fr.Stream(id="c1", name="stdout", text="héllo €\n"),
+        fr.Stream(id="c1", name="stderr", text="warn 😀\n"),
+        fr.Result(id="c1", status="success", exit_code=0, execution_time_ms=1.5,
+                  memory_used_mb=2.0, error=None),
+    ]
+
+
+async def test_sink_fallback_sends_one_message_per_frame(plain: Server) -> None:
+    async with connect(plain.url) as client:
+        conn = await plain.next_connection()
+        assert SEND_MANY not in conn.scope["extensions"]
+        frames = sample_frames()
+        await WebSocketSink(conn.websocket, None).send_frames(frames)
+        received = [await recv_text(client) for _ in frames]
+        assert [fr.decode_server(r.encode()) for r in received] == frames
+        await assert_no_message(client)
+        await client.close()
+
+
+async def test_sink_uses_the_extension_in_one_write(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        protocol = the_protocol()
+        frames = sample_frames()
+        before = len(protocol.writes)
+        await WebSocketSink(conn.websocket, conn.send).send_frames(frames)
+        assert len(protocol.writes) - before == 1
+        received = [await recv_text(client) for _ in frames]
+        assert [fr.decode_server(r.encode()) for r in received] == frames
+        await assert_no_message(client)
+        await client.close()
