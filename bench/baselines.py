@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -23,6 +24,8 @@ import aiodocker
 import websockets
 
 from bench.stats import summary
+from ws_sandbox.backend import container_config
+from ws_sandbox.settings import Settings
 
 IMAGE = "ws-sandbox-runtime:latest"
 HARDENING = ["--network", "none", "--read-only", "--cap-drop", "ALL",
@@ -44,47 +47,88 @@ def docker_run(n: int, runtime: str) -> dict[str, float]:
     return summary(samples)
 
 
-def _config(cmd: list[str], runtime: str, stdin: bool = False) -> dict[str, Any]:
+def _config(cmd: list[str], runtime: str) -> dict[str, Any]:
+    """A plain hardened container (what ``docker run`` with :data:`HARDENING` makes)."""
     host: dict[str, Any] = {"NetworkMode": "none", "ReadonlyRootfs": True, "CapDrop": ["ALL"],
                             "SecurityOpt": ["no-new-privileges:true"]}
     if runtime:
         host["Runtime"] = runtime
     return {"Image": IMAGE, "Entrypoint": cmd[:1], "Cmd": cmd[1:], "User": "65534:65534",
-            "OpenStdin": stdin, "AttachStdin": stdin, "AttachStdout": stdin,
-            "AttachStderr": stdin, "HostConfig": host,
-            "Labels": {"org.ws_sandbox.bench": "1"}}
+            "HostConfig": host, "Labels": {"org.ws_sandbox.bench": "1"}}
+
+
+def _sandbox_config(cmd: list[str], runtime: str) -> dict[str, Any]:
+    """A sandbox's own create body (hardening, limits, seccomp, no logging) running ``cmd``."""
+    config = container_config(Settings.from_env({}, container_runtime=runtime), "python",
+                              "bench")
+    config["Entrypoint"], config["Cmd"] = cmd[:1], cmd[1:]
+    config["Labels"] = {"org.ws_sandbox.bench": "1"}
+    return config
+
+
+class AttachEcho:
+    """A warm container configured exactly like a sandbox, running a Python echo loop
+    behind ``docker attach``: one line in, the same line out. Its round trip is the floor
+    for a cell (client, engine, container process, engine, client)."""
+
+    def __init__(self, runtime: str) -> None:
+        self.runtime = runtime
+        self._stack = contextlib.AsyncExitStack()
+        self._stream: Any = None
+        self._count = 0
+
+    async def __aenter__(self) -> AttachEcho:
+        echo = ("import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n"
+                "    sys.stdout.flush()")
+        async with contextlib.AsyncExitStack() as stack:
+            docker = await stack.enter_async_context(aiodocker.Docker())
+            container = await docker.containers.create(
+                _sandbox_config(["python3", "-u", "-c", echo], self.runtime))
+            stack.push_async_callback(container.delete, force=True)
+            await container.start()
+            self._stream = container.attach(stdin=True, stdout=True, stderr=True)
+            stack.push_async_callback(self._stream.close)
+            await self.round_trips(20)  # warm-up
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    async def round_trips(self, n: int) -> list[float]:
+        """``n`` round trips of one line, in milliseconds."""
+        samples = []
+        for _ in range(n):
+            self._count += 1
+            line = f"{self._count}\n".encode()
+            start = time.perf_counter()
+            await self._stream.write_in(line)
+            got = b""
+            while not got.endswith(b"\n"):
+                msg = await self._stream.read_out()
+                assert msg is not None
+                got += msg.data
+            samples.append((time.perf_counter() - start) * 1000)
+            assert got == line
+        return samples
 
 
 async def attach_floor(n: int, runtime: str) -> dict[str, float]:
-    """Round trip of one line through ``docker attach`` into a warm Python echo loop."""
-    echo = ("import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n"
-            "    sys.stdout.flush()")
-    async with aiodocker.Docker() as docker:
-        container = await docker.containers.create(
-            _config(["python3", "-u", "-c", echo], runtime, stdin=True))
-        try:
-            await container.start()
-            async with container.attach(stdin=True, stdout=True, stderr=True) as stream:
-                samples = []
-                for i in range(n + 20):
-                    line = f"{i}\n".encode()
-                    start = time.perf_counter()
-                    await stream.write_in(line)
-                    got = b""
-                    while not got.endswith(b"\n"):
-                        msg = await stream.read_out()
-                        assert msg is not None
-                        got += msg.data
-                    if i >= 20:  # warm-up
-                        samples.append((time.perf_counter() - start) * 1000)
-                    assert got == line
-        finally:
-            await container.delete(force=True)
-    return summary(samples)
+    """Round trip of one line through ``docker attach`` into a warm sandbox-like echo."""
+    async with AttachEcho(runtime) as echo:
+        return summary(await echo.round_trips(n))
 
 
-async def churn(total: int, parallel: int, runtime: str) -> dict[str, float]:
-    """Containers per second through create, start, wait, remove at ``parallel`` at once."""
+async def churn(total: int, parallel: int, runtime: str, *,
+                sandbox_like: bool = True) -> dict[str, float]:
+    """Containers per second through create, start, wait, remove at ``parallel`` at once.
+
+    With ``sandbox_like`` each container has a sandbox's own configuration (the containers
+    our one-shot calls go through: tmpfs mounts, seccomp profile, limits); without it, a
+    plain hardened ``python3 -c`` container.
+    """
+    cmd = ["python3", "-c", "print(1)"]
+    config = _sandbox_config(cmd, runtime) if sandbox_like else _config(cmd, runtime)
     async with aiodocker.Docker() as docker:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(total):
@@ -94,8 +138,7 @@ async def churn(total: int, parallel: int, runtime: str) -> dict[str, float]:
             while not queue.empty():
                 queue.get_nowait()
                 c = await docker.containers.create(
-                    _config(["python3", "-c", "print(1)"], runtime),
-                    name=f"wsb-bench-{uuid.uuid4().hex[:10]}")
+                    config, name=f"wsb-bench-{uuid.uuid4().hex[:10]}")
                 await c.start()
                 await c.wait()
                 await c.delete(force=True)

@@ -11,9 +11,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.baselines import AttachEcho
 from bench.stats import summary
 from ws_sandbox import frames as fr
-from ws_sandbox.client import connect
+from ws_sandbox.client import ClientSession, connect
 
 CELLS = {"python": "print(1)", "javascript": "console.log(1)", "shell": "echo 1",
          "rust": 'fn main() { println!("1"); }'}
@@ -57,17 +58,37 @@ async def session_open(url: str, http: str, n: int, *, wait_for_pool: bool) -> d
 
 async def cell_round_trip(url: str, language: str, n: int) -> dict[str, float]:
     """``print(1)`` (or its equivalent) sent to result received, on a warm session."""
-    code = CELLS[language]
     async with await connect(url, language=language) as session:
-        for _ in range(3):
-            await session.execute(code)
-        samples = []
-        for _ in range(n):
-            start = time.perf_counter()
-            r = await session.execute(code)
-            samples.append((time.perf_counter() - start) * 1000)
-            assert r.stdout == "1\n", r
-    return summary(samples)
+        await _cells(session, language, 3)
+        return summary(await _cells(session, language, n))
+
+
+async def cell_round_trip_beside(url: str, floor: AttachEcho, n: int, rounds: int = 10
+                                 ) -> tuple[dict[str, float], dict[str, float]]:
+    """Python cell round trips and attach-floor round trips, interleaved in ``rounds``.
+
+    Both see the same moments of a noisy machine, so their ratio is not decided by which
+    one happened to run while something else did. Returns (cells, floor).
+    """
+    cells: list[float] = []
+    floors: list[float] = []
+    async with await connect(url, language="python") as session:
+        await _cells(session, "python", 3)
+        for _ in range(rounds):
+            floors += await floor.round_trips(max(1, n // rounds))
+            cells += await _cells(session, "python", max(1, n // rounds))
+    return summary(cells), summary(floors)
+
+
+async def _cells(session: ClientSession, language: str, n: int) -> list[float]:
+    code = CELLS[language]
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        r = await session.execute(code)
+        samples.append((time.perf_counter() - start) * 1000)
+        assert r.stdout == "1\n", r
+    return samples
 
 
 async def streaming_latency(url: str, lines: int = 300) -> dict[str, float]:

@@ -54,6 +54,14 @@ async def attempt(results: dict[str, Any], name: str, measurement: Awaitable[Any
         results[name] = {"error": repr(exc)[:500]}
 
 
+async def cells_beside_floor(results: dict[str, Any], url: str, runtime: str,
+                             n: int) -> dict[str, float]:
+    """Python cells interleaved with the attach floor; stores the floor, returns the cells."""
+    async with baselines.AttachEcho(runtime) as floor:
+        cells, results["attach_floor"] = await ours.cell_round_trip_beside(url, floor, n)
+    return cells
+
+
 async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any]:
     reps = 0.2 if quick else 1.0
 
@@ -64,8 +72,8 @@ async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any
     results: dict[str, Any] = {}
     print(f"[{runtime}] baselines: docker run --rm, attach floor, churn", flush=True)
     await attempt(results, "docker_run", asyncio.to_thread(baselines.docker_run, n(15), rt))
-    await attempt(results, "attach_floor", baselines.attach_floor(n(500), rt))
     await attempt(results, "churn", baselines.churn(n(40), 6, rt))
+    await attempt(results, "churn_plain", baselines.churn(n(40), 6, rt, sandbox_like=False))
     env = {"POOL_SIZE": "2", "MAX_CONCURRENT_EXECUTIONS": "130", "CONTAINER_RUNTIME": rt,
            "MAX_OUTPUT_BYTES": "1048576", "IDLE_TIMEOUT": "600", "LOG_LEVEL": "warning",
            "MAX_EXECUTION_TIME": "120"}
@@ -76,7 +84,8 @@ async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any
         print(f"[{runtime}] ours: session open, cells, streaming, REST", flush=True)
         await attempt(results, "session_open_warm",
                       ours.session_open(url, http, n(40), wait_for_pool=True))
-        for language in ours.CELLS:
+        await attempt(results, "cell_python", cells_beside_floor(results, url, rt, n(500)))
+        for language in ("javascript", "shell", "rust"):
             count = n(300) if language != "rust" else n(20)
             await attempt(results, f"cell_{language}",
                           ours.cell_round_trip(url, language, count))
@@ -158,7 +167,7 @@ def render(data: dict[str, Any]) -> str:
         for key, value in r.items():
             if isinstance(value, dict) and "p50_ms" in value:
                 lines.append(f"| {key} | {value['n']} | {value['p50_ms']} | {value['p99_ms']} |")
-        for key in ("churn", "rest_throughput", "idle_sessions", "flood"):
+        for key in ("churn", "churn_plain", "rest_throughput", "idle_sessions", "flood"):
             lines.append(f"| {key} | {json.dumps(r.get(key))} | | |")
         lines.append("")
     if jkg:
