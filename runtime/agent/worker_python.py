@@ -9,7 +9,6 @@ agent reads; stdin is ``/dev/null``. Nothing here is trusted by the agent.
 from __future__ import annotations
 
 import ast
-import base64
 import builtins
 import contextlib
 import io
@@ -18,12 +17,15 @@ import linecache
 import math
 import os
 import resource
-import shutil
 import signal
 import sys
-import traceback
 import types
-from typing import Any
+
+# Every sandbox start pays for these imports; what only some cells need (traceback, base64,
+# shutil) is imported where it is used, and typing only for the type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CO_COROUTINE = 0x0080
 MAX_REPR_CHARS = 100_000
@@ -83,6 +85,8 @@ def _user_traceback(exc: BaseException) -> types.TracebackType | None:
 
 def _report_exception(exc: BaseException) -> str:
     """Print the traceback without the worker's own frames; return ``"Type: message"``."""
+    import traceback
+
     tb = _user_traceback(exc)
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     try:
@@ -126,6 +130,8 @@ def _display_value(value: Any) -> None:
 
 def _render_figure(fig: Any) -> dict[str, str]:
     """Render a figure to PNG with a bounded pixel count and encoded size."""
+    import base64
+
     width, height = (float(v) for v in fig.get_size_inches())
     area = max(width * height, 1e-6)
     dpi = min(FIGURE_DPI, math.sqrt(MAX_FIGURE_PIXELS / area))
@@ -160,6 +166,9 @@ class _PyplotHook:
     """Import hook: make ``matplotlib.pyplot.show`` display figures, as in Jupyter."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname == "matplotlib":
+            _seed_matplotlib_cache()  # before matplotlib reads its config directory
+            return None
         if fullname != "matplotlib.pyplot":
             return None
         import importlib.machinery
@@ -242,13 +251,14 @@ def _seed_matplotlib_cache() -> None:
     src, dst = os.environ.get("WS_SANDBOX_MPL_CACHE"), os.environ.get("MPLCONFIGDIR")
     if not src or not dst or not os.path.isdir(src) or os.path.isdir(dst):
         return
+    import shutil
+
     with contextlib.suppress(OSError):
         shutil.copytree(src, dst)
 
 
 def _warm_up() -> None:
     """Import what most cells use, so the first cell does not pay for it."""
-    _seed_matplotlib_cache()
     for name in os.environ.get("WS_SANDBOX_PRELOAD", "numpy,pandas").split(","):
         if name.strip():
             try:
