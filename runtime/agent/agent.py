@@ -65,6 +65,10 @@ so that both leave in one write: one wake-up of the engine and the service inste
 Streaming latency grows by at most this much."""
 LINGER_BYTES: Final = 64 * 1024
 """Output queued beyond this is written at once, lingering or not."""
+LINGER_OVERSLEEP: Final = 0.001
+"""A linger that sleeps longer than this (gVisor's timers sleep 1.3 ms for 0.3) costs more
+than it saves; after :data:`LINGER_OVERSLEEPS` in a row the agent stops lingering."""
+LINGER_OVERSLEEPS: Final = 3
 MAX_CONTROL_LINE: Final = 2 << 20
 """Largest message a worker may send over its control pipe."""
 MAX_ID_LEN: Final = 256
@@ -516,6 +520,8 @@ class Agent:
         self.terminate = False
         self.oom_counter = open_oom_counter()
         self.linger_until: float | None = None
+        self.lingering = True  # off once the platform's timers prove too coarse
+        self.oversleeps = 0
 
     def _oom_kills(self) -> int | None:
         """The memory cgroup's OOM-kill count now, None if unknown."""
@@ -634,8 +640,22 @@ class Agent:
             return [int(key.fd) for key, _mask in self.sel.select(timeout)]
         readers = [fd for fd, ev in self.interest.items() if ev & selectors.EVENT_READ]
         writers = [fd for fd, ev in self.interest.items() if ev & selectors.EVENT_WRITE]
+        start = time.monotonic()
         readable, writable, _ = select.select(readers, writers, [], timeout)
+        if not readable and not writable:
+            self._judge_linger(time.monotonic() - start)
         return list(dict.fromkeys(readable + writable))
+
+    def _judge_linger(self, slept: float) -> None:
+        """A linger ran out after ``slept`` seconds: stop lingering if timers oversleep."""
+        if slept <= LINGER_OVERSLEEP:
+            self.oversleeps = 0
+            return
+        self.oversleeps += 1
+        if self.oversleeps >= LINGER_OVERSLEEPS and self.lingering:
+            self.lingering = False
+            _log(f"a {LINGER * 1e6:.0f} us wait slept {slept * 1e6:.0f} us: output is sent"
+                 " at once from now on")
 
     def _on_sigterm(self, _signum: int, _frame: object) -> None:
         self.terminate = True
@@ -800,7 +820,7 @@ class Agent:
         if not data:
             return
         cell.forwarded += len(data)
-        if self.cell is cell and not self.outbuf:
+        if self.lingering and self.cell is cell and not self.outbuf:
             self.linger_until = time.monotonic() + LINGER
         self._send_text(cell.id, stream.name, stream.decoder.decode(data))
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -404,3 +406,62 @@ def test_wait_ignores_descriptors_without_interest(
     assert r not in ag.interest
     assert ag._wait(0.0002) == []
     assert ag._wait(0.002) == []
+
+
+# ----------------------------------------------------------------------------- oversleeping
+
+
+def slow_select(sleep: float, ready: list[int] | None = None) -> Any:
+    """A ``select.select`` that sleeps ``sleep`` seconds (as gVisor's timers do for 0.3 ms)."""
+
+    def fake(r: list[int], w: list[int], x: list[int], timeout: float) -> Any:
+        time.sleep(sleep)
+        return (ready or [], [], [])
+
+    return fake
+
+
+def test_timers_that_oversleep_turn_lingering_off(
+    ag: agent.Agent, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r, _w = pipe
+    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
+    monkeypatch.setattr(select, "select", slow_select(2 * agent.LINGER_OVERSLEEP))
+    for _ in range(agent.LINGER_OVERSLEEPS - 1):
+        assert ag._wait(agent.LINGER) == []
+    assert ag.lingering  # not yet: one slow wait may be the machine, not the timers
+    assert ag._wait(agent.LINGER) == []
+    assert not ag.lingering
+    running_cell(ag)
+    ag._forward(stdout_stream(), b"hi\n")
+    assert ag.linger_until is None  # output now leaves at once
+    assert ag._linger_left() is None
+    ag._want(r, 0)
+
+
+def test_a_wait_that_keeps_time_resets_the_count(
+    ag: agent.Agent, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r, _w = pipe
+    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
+    for _ in range(2):
+        monkeypatch.setattr(select, "select", slow_select(2 * agent.LINGER_OVERSLEEP))
+        for _ in range(agent.LINGER_OVERSLEEPS - 1):
+            ag._wait(agent.LINGER)
+        monkeypatch.setattr(select, "select", slow_select(0.0))
+        ag._wait(agent.LINGER)
+        assert ag.oversleeps == 0
+    assert ag.lingering
+    ag._want(r, 0)
+
+
+def test_a_wait_ended_by_a_ready_descriptor_is_not_judged(
+    ag: agent.Agent, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r, _w = pipe
+    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
+    monkeypatch.setattr(select, "select", slow_select(2 * agent.LINGER_OVERSLEEP, [r]))
+    for _ in range(agent.LINGER_OVERSLEEPS + 1):
+        assert ag._wait(agent.LINGER) == [r]
+    assert ag.lingering and ag.oversleeps == 0
+    ag._want(r, 0)
