@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run                # runc and runsc, full repetitions
     .venv/bin/python -m bench.run --quick        # fewer repetitions
     .venv/bin/python -m bench.run --runtimes runc
+    .venv/bin/python -m bench.run --render       # BENCHMARKS.md from results.json, NOTES.md
 
 Every target is judged against numbers and baselines measured in this same invocation, so a
 noisy machine moves both sides. Nothing here is a test: the suite never asserts a time.
@@ -189,11 +190,16 @@ async def main() -> None:
     parser.add_argument("--no-jupyter", action="store_true")
     parser.add_argument("--merge", action="store_true",
                         help="keep other runtimes' results from bench/results.json")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite BENCHMARKS.md from bench/results.json and NOTES.md")
     args = parser.parse_args()
+    results_path = ROOT / "bench" / "results.json"
+    if args.render:
+        (ROOT / "BENCHMARKS.md").write_text(render(json.loads(results_path.read_text())))
+        return
     data: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                             "machine": machine(), "engine": engine_version(),
                             "quick": args.quick, "runtimes": {}}
-    results_path = ROOT / "bench" / "results.json"
     if args.merge and results_path.exists():
         previous = json.loads(results_path.read_text())
         data["runtimes"] = previous.get("runtimes", {})
