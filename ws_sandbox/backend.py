@@ -182,7 +182,8 @@ class Sandbox:
         return self._pending.popleft()
 
     async def receive_many(self) -> list[aw.FromAgent]:
-        """Read every frame available now (at least one), to be handled as one batch.
+        """Read the frames that one read of the stream completes (at least one), to be
+        handled as one batch.
 
         Raises:
             SandboxLost: the stream ended or carried anything but valid frames.

@@ -42,9 +42,13 @@ DETACHED_BUFFER_FRAMES = 1024
 class FrameSink(Protocol):
     """Where a session's frames go: a WebSocket, a REST collector, a Jupyter channel."""
 
+    #: True when :meth:`send_frames` delivers a batch whole or not at all (one write); the
+    #: runner then hands it several frames at once. False: one frame per call, so that a
+    #: failed send tells exactly which frames the client has not seen.
+    whole_batches: bool
+
     async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
-        """Deliver frames in order, as one write where the transport allows; may block
-        (backpressure)."""
+        """Deliver frames in order; may block (backpressure)."""
 
     async def close(self, code: int, reason: str) -> None:
         """Close the client connection (idempotent)."""
@@ -113,7 +117,8 @@ class SessionRunner:
         core: the session state machine.
         sandbox: the sandbox it owns.
         acquire: how to get a replacement sandbox (the warm pool).
-        send_timeout: seconds a client may take to accept one frame (``None``: forever).
+        send_timeout: seconds a client may take to accept one send, a frame or a batch
+            written at once (``None``: forever).
         on_cell: called with every finished cell (stats, audit, history).
     """
 
@@ -273,16 +278,28 @@ class SessionRunner:
     async def _deliver(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Send frames to the client, or hold them for a resume while it is away.
 
-        Frames of a batch whose send failed are held whole: after a resume the client may
-        see some of them twice, never lose one.
+        A send that fails or times out detaches the client; what it did not deliver is held,
+        so a resumed client sees every frame once.
         """
+        sink = self._sink
+        if sink is None or sink.whole_batches or len(frames) == 1:
+            await self._send(frames)
+            return
+        for i, frame in enumerate(frames):
+            if not await self._send([frame]):
+                self._held.extend(frames[i + 1:])
+                return
+
+    async def _send(self, frames: Sequence[fr.ServerFrame]) -> bool:
+        """One send to the client; False (and the frames held) when it did not happen."""
         sink = self._sink
         if sink is None:
             self._held.extend(frames)
-            return
+            return False
         try:
             async with asyncio.timeout(self._send_timeout):
                 await sink.send_frames(frames)
+            return True
         except TimeoutError:
             log.info("session %s: client too slow, disconnecting", self.session_id)
             self._sink = None
@@ -294,7 +311,8 @@ class SessionRunner:
             if self._sink is sink:
                 self._sink = None
                 self.core.client_detached(self._loop.time())
-            self._held.extend(frames)
+        self._held.extend(frames)
+        return False
 
     async def _to_agent(self, frame: aw.ToAgent) -> None:
         sandbox = self.sandbox

@@ -103,6 +103,8 @@ def error_response(exc: SandboxError) -> JSONBody:
 class CollectingSink:
     """Collects one cell's frames; the core already caps its output at MAX_OUTPUT_BYTES."""
 
+    whole_batches = True  # it never fails
+
     def __init__(self, cell_id: str) -> None:
         self.cell_id = cell_id
         self.stdout: list[str] = []

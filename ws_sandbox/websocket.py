@@ -16,11 +16,11 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ws_sandbox import frames as fr
+from ws_sandbox.asgi_extensions import SEND_MANY
 from ws_sandbox.driver import ClientGone, ClientMessage, CloseRequest
 from ws_sandbox.exceptions import SandboxError
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.ratelimit import RateLimiter
-from ws_sandbox.ws_protocol import SEND_MANY
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class WebSocketSink:
     def __init__(self, websocket: WebSocket, send_many: Send | None = None) -> None:
         self._ws = websocket
         self._send_many = send_many
+        self.whole_batches = send_many is not None
 
     async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Send frames as JSON text messages, in one write where the server allows."""

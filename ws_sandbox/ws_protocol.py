@@ -23,8 +23,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 
-SEND_MANY = "ws_sandbox.websocket.send_many"
-"""The ASGI message type (and scope extension key) of a batch of text messages."""
+from ws_sandbox.asgi_extensions import SEND_MANY
+
+__all__ = ["SEND_MANY", "BatchingWebSocketProtocol"]
 
 
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):

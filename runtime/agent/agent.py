@@ -62,7 +62,8 @@ HARD_WATER: Final = 4 << 20
 LINGER: Final = 0.0003
 """Seconds a running cell's output may wait for what follows it (often the cell's ``done``)
 so that both leave in one write: one wake-up of the engine and the service instead of two.
-Streaming latency grows by at most this much."""
+Streaming latency grows by this much, or by what the platform's timers oversleep until the
+agent stops lingering (see :data:`LINGER_OVERSLEEP`)."""
 LINGER_BYTES: Final = 64 * 1024
 """Output queued beyond this is written at once, lingering or not."""
 LINGER_OVERSLEEP: Final = 0.001
@@ -185,8 +186,9 @@ class _Value:
     __slots__: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and all(
-            getattr(self, name) == getattr(other, name) for name in self.__slots__)
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
 
     def __hash__(self) -> int:
         return hash((type(self), *(getattr(self, name) for name in self.__slots__)))
@@ -283,7 +285,9 @@ def _which(name: str) -> str | None:
     """The first executable ``name`` on ``PATH`` (what ``shutil.which`` does, without
     importing shutil at every start)."""
     for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(directory or ".", name)
+        if not os.path.isabs(directory):
+            continue  # never a program relative to wherever the agent happens to be
+        path = os.path.join(directory, name)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
     return None

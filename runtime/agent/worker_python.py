@@ -9,6 +9,7 @@ agent reads; stdin is ``/dev/null``. Nothing here is trusted by the agent.
 from __future__ import annotations
 
 import ast
+import binascii
 import builtins
 import contextlib
 import io
@@ -19,10 +20,12 @@ import os
 import resource
 import signal
 import sys
+import traceback
 import types
 
-# Every sandbox start pays for these imports; what only some cells need (traceback, base64,
-# shutil) is imported where it is used, and typing only for the type checker.
+# Every sandbox start pays for these imports, so nothing else is imported (typing only for
+# the type checker). Nothing is imported later either: by then the working directory, where
+# user code writes files, is first on sys.path and could shadow a standard module.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -85,8 +88,6 @@ def _user_traceback(exc: BaseException) -> types.TracebackType | None:
 
 def _report_exception(exc: BaseException) -> str:
     """Print the traceback without the worker's own frames; return ``"Type: message"``."""
-    import traceback
-
     tb = _user_traceback(exc)
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     try:
@@ -130,8 +131,6 @@ def _display_value(value: Any) -> None:
 
 def _render_figure(fig: Any) -> dict[str, str]:
     """Render a figure to PNG with a bounded pixel count and encoded size."""
-    import base64
-
     width, height = (float(v) for v in fig.get_size_inches())
     area = max(width * height, 1e-6)
     dpi = min(FIGURE_DPI, math.sqrt(MAX_FIGURE_PIXELS / area))
@@ -139,7 +138,7 @@ def _render_figure(fig: Any) -> dict[str, str]:
     for _ in range(4):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
-        encoded = base64.b64encode(buf.getvalue()).decode("ascii")
+        encoded = binascii.b2a_base64(buf.getvalue(), newline=False).decode("ascii")
         if len(encoded) <= MAX_IMAGE_B64:
             data["image/png"] = encoded
             return data
@@ -166,9 +165,6 @@ class _PyplotHook:
     """Import hook: make ``matplotlib.pyplot.show`` display figures, as in Jupyter."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname == "matplotlib":
-            _seed_matplotlib_cache()  # before matplotlib reads its config directory
-            return None
         if fullname != "matplotlib.pyplot":
             return None
         import importlib.machinery
@@ -247,18 +243,26 @@ def run_cell(code: str, glb: dict[str, Any]) -> dict[str, Any]:
 
 
 def _seed_matplotlib_cache() -> None:
-    """Copy the font cache built into the image to the (tmpfs) MPLCONFIGDIR."""
+    """Copy the font cache built into the image (one small file) to the tmpfs MPLCONFIGDIR,
+    so that matplotlib, in the worker or in a program it starts, does not rebuild it.
+
+    Plain ``os`` calls: ``shutil`` alone would cost every sandbox start more than the copy.
+    """
     src, dst = os.environ.get("WS_SANDBOX_MPL_CACHE"), os.environ.get("MPLCONFIGDIR")
     if not src or not dst or not os.path.isdir(src) or os.path.isdir(dst):
         return
-    import shutil
-
     with contextlib.suppress(OSError):
-        shutil.copytree(src, dst)
+        os.makedirs(dst, mode=0o700)
+        for entry in os.scandir(src):
+            if entry.is_file(follow_symlinks=False):
+                with open(entry.path, "rb") as source, open(
+                        os.path.join(dst, entry.name), "wb") as target:
+                    target.write(source.read())
 
 
 def _warm_up() -> None:
     """Import what most cells use, so the first cell does not pay for it."""
+    _seed_matplotlib_cache()
     for name in os.environ.get("WS_SANDBOX_PRELOAD", "numpy,pandas").split(","):
         if name.strip():
             try:

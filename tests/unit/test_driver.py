@@ -53,6 +53,8 @@ class FakeSandbox:
 
 
 class Sink:
+    whole_batches = True
+
     def __init__(self) -> None:
         self.frames: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
         self.batches: list[list[str]] = []
@@ -74,8 +76,8 @@ class Sink:
                     return frame
 
 
-def start(sandbox: FakeSandbox, sink: Sink,
-          acquire: Any = None) -> tuple[SessionRunner, asyncio.Task[None]]:
+def start(sandbox: FakeSandbox, sink: Sink, acquire: Any = None,
+          send_timeout: float = 1.0) -> tuple[SessionRunner, asyncio.Task[None]]:
     loop = asyncio.get_running_loop()
     core = Session(session_id="s", language="python", limits=LIMITS, now=loop.time())
 
@@ -83,7 +85,7 @@ def start(sandbox: FakeSandbox, sink: Sink,
         raise SandboxLost("no engine")
 
     runner = SessionRunner(core, cast(Sandbox, sandbox), acquire=acquire or no_sandbox,
-                           send_timeout=1.0)
+                           send_timeout=send_timeout)
     runner.attach(sink)
     return runner, asyncio.create_task(runner.run())
 
@@ -131,6 +133,67 @@ async def test_frames_made_while_detached_are_replayed_on_resume() -> None:
     assert (await second.next(fr.Ready)).resumed
     assert (await second.next(fr.Stream)).text == "while away"
     assert (await second.next(fr.Result)).id == "c1"
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, 5)
+
+
+class StuckSink(Sink):
+    """A client that stops reading: every send blocks until the runner gives up."""
+
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        await asyncio.Event().wait()
+
+
+class FailingSink(Sink):
+    """A client that does not take frames one at a time and drops after ``ok`` of them."""
+
+    whole_batches = False
+
+    def __init__(self, ok: int) -> None:
+        super().__init__()
+        self.ok = ok
+
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        assert len(frames) == 1, "a sink without whole batches gets one frame per send"
+        if self.ok == 0:
+            raise ConnectionResetError("gone")
+        self.ok -= 1
+        await super().send_frames(frames)
+
+
+async def resume(runner: SessionRunner) -> Sink:
+    sink = Sink()
+    ready = fr.Ready(session_id="s", language="python", token="t", limits=LIMITS.public(),
+                     resumed=True)
+    await runner.feed(ClientBack(sink, ready))
+    assert (await sink.next(fr.Ready)).resumed
+    return sink
+
+
+async def test_a_batch_that_times_out_is_held_for_the_resume() -> None:
+    sandbox, stuck = FakeSandbox(), StuckSink()
+    runner, task = start(sandbox, stuck, send_timeout=0.2)
+    await runner.feed(execute("c1", "unread"))
+    async with asyncio.timeout(5):
+        while stuck.closed is None:
+            await asyncio.sleep(0.01)
+    assert stuck.closed == (1008, "client too slow")
+    second = await resume(runner)
+    assert (await second.next(fr.Stream)).text == "unread"
+    assert (await second.next(fr.Result)).id == "c1"
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_frame_by_frame_sink_that_fails_midway_replays_only_the_rest() -> None:
+    sandbox, flaky = FakeSandbox(), FailingSink(ok=1)
+    runner, task = start(sandbox, flaky)
+    await runner.feed(execute("c1", "seen once"))
+    assert (await flaky.next(fr.Stream)).text == "seen once"
+    await asyncio.sleep(0.05)
+    second = await resume(runner)
+    assert (await second.next(fr.Result)).id == "c1"
+    assert [b for b in second.batches if "Stream" in b] == []  # not sent twice
     await runner.feed(CloseRequest("client_closed", ""))
     await asyncio.wait_for(task, 5)
 

@@ -89,6 +89,9 @@ class Kernel:
         restart_timeout: seconds a restart may take before it is reported failed.
     """
 
+    #: One frame per call: each becomes messages on every connection of the kernel.
+    whole_batches = False
+
     def __init__(self, spec: KernelSpec, *, send_timeout: float | None,
                  execution_timeout: float, restart_timeout: float) -> None:
         self.id = str(uuid.uuid4())

@@ -1,0 +1,11 @@
+"""Names of the ASGI extensions shared by the server protocol and the application.
+
+Kept apart from :mod:`ws_sandbox.ws_protocol` (which builds on uvicorn's internals) so that
+the application imports nothing of a particular server.
+"""
+
+from __future__ import annotations
+
+SEND_MANY = "ws_sandbox.websocket.send_many"
+"""Scope extension, and ASGI message type, of a batch of text messages sent in one write:
+``{"type": SEND_MANY, "texts": [b"...", ...]}`` (each item UTF-8 bytes)."""
