@@ -113,12 +113,6 @@ class AttachEcho:
         return samples
 
 
-async def attach_floor(n: int, runtime: str) -> dict[str, float]:
-    """Round trip of one line through ``docker attach`` into a warm sandbox-like echo."""
-    async with AttachEcho(runtime) as echo:
-        return summary(await echo.round_trips(n))
-
-
 async def churn(total: int, parallel: int, runtime: str, *,
                 sandbox_like: bool = True) -> dict[str, float]:
     """Containers per second through create, start, wait, remove at ``parallel`` at once.

@@ -70,6 +70,8 @@ LINGER_OVERSLEEP: Final = 0.001
 """A linger that sleeps longer than this (gVisor's timers sleep 1.3 ms for 0.3) costs more
 than it saves; after :data:`LINGER_OVERSLEEPS` in a row the agent stops lingering."""
 LINGER_OVERSLEEPS: Final = 3
+PROC_READ: Final = 16 * 1024
+"""Bytes read from a ``/proc`` or cgroup file (``status`` is about 1.5 KiB) per ``pread``."""
 MAX_CONTROL_LINE: Final = 2 << 20
 """Largest message a worker may send over its control pipe."""
 MAX_ID_LEN: Final = 256
@@ -341,7 +343,7 @@ class ProcFile:
         if self.fd is None:
             return None
         try:
-            return os.pread(self.fd, 1 << 16, 0)
+            return os.pread(self.fd, PROC_READ, 0)
         except OSError:
             return None
 
