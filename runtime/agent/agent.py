@@ -23,29 +23,43 @@ Only the Python standard library is used; the file runs on Debian bookworm's pyt
 from __future__ import annotations
 
 import codecs
-import contextlib
 import fcntl
-import json
 import os
 import select
-import selectors
-import signal
 import struct
-import subprocess
 import sys
 import termios
 import time
 
 # Every sandbox start pays for the agent's imports (a pool refill, a one-shot call), so the
-# agent imports only what its loop needs: no typing, dataclasses or pathlib at run time
-# (about 25 ms less per start); shutil and tempfile are imported where Rust needs them.
+# agent imports only C modules and what Python's own start has loaded: no typing, dataclasses
+# or pathlib; no json (it imports re, enum, functools and collections; JSON goes through
+# json's C core in json_core, shared with the Python worker), no selectors (epoll directly),
+# no subprocess (posix_spawn), no contextlib, and signal's C core `_signal` (signal.py builds
+# an enum). That saves about 12 ms of CPU per start; shutil, tempfile and subprocess are
+# imported where Rust needs them. An isolated interpreter (`-I`) does not put a script's
+# directory on sys.path: json_core is found through the agent's own.
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+from json_core import dumps, dumps_ascii, loads
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
+    import subprocess
     from collections.abc import Callable
-    from typing import Any, Final
+    from types import TracebackType
+    from typing import Any, Final, Protocol
+
+    class ChildProcess(Protocol):
+        """A direct child of the agent: a spawned worker or a Rust ``Popen``."""
+
+        pid: int
+        returncode: int | None
 
     Callback = Callable[[int], None]
     ChildExit = Callable[[int, int, Any], None]
+else:
+    import _signal as signal
 
 PROTOCOL_VERSION: Final = 1
 MAX_AGENT_FRAME: Final = 1 << 20
@@ -83,10 +97,28 @@ EXIT_BAD_FRAME: Final = 2
 
 HEADER: Final = struct.Struct(">I")
 AGENT_DIR: Final = os.path.dirname(os.path.realpath(__file__))
+READ: Final = select.EPOLLIN
+WRITE: Final = select.EPOLLOUT
 
 
 class FrameError(Exception):
     """A frame is malformed, too large, or not valid for the protocol."""
+
+
+class _suppress:
+    """``contextlib.suppress`` without importing contextlib at every start."""
+
+    __slots__ = ("_kinds",)
+
+    def __init__(self, *kinds: type[BaseException]) -> None:
+        self._kinds = kinds
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        return kind is not None and issubclass(kind, self._kinds)
 
 
 def encode_frame(obj: dict[str, Any], limit: int = MAX_AGENT_FRAME) -> bytes:
@@ -105,15 +137,11 @@ def encode_frame(obj: dict[str, Any], limit: int = MAX_AGENT_FRAME) -> bytes:
     Raises:
         FrameError: If the body would be larger than ``limit``.
     """
-    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    body = dumps(obj)
     data = body.encode("utf-8", "replace")
     if len(data) > limit:
         raise FrameError(f"frame of {len(data)} bytes exceeds the limit of {limit}")
     return HEADER.pack(len(data)) + data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
@@ -129,7 +157,7 @@ def decode_body(body: bytes) -> dict[str, Any]:
         FrameError: If the body is not strict UTF-8 JSON, not an object, or has no string ``t``.
     """
     try:
-        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        obj = loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FrameError(f"invalid JSON frame: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
@@ -264,6 +292,16 @@ def parse_service_frame(obj: dict[str, Any]) -> ServiceFrame | None:
     return Exec(cell_id, code, limit)
 
 
+def _signal_names() -> dict[int, str]:
+    """Signal numbers to names, as ``signal.Signals`` names them (aliases resolve to the
+    alphabetically first name, as the enum's members are made)."""
+    names: dict[int, str] = {}
+    for name in sorted(dir(signal)):
+        if name.startswith("SIG") and not name.startswith("SIG_") and name.isupper():
+            names.setdefault(getattr(signal, name), name)
+    return names
+
+
 def signal_description(signum: int) -> str:
     """Describe a signal for a person, e.g. ``"SIGSEGV (segmentation fault)"``.
 
@@ -273,10 +311,7 @@ def signal_description(signum: int) -> str:
     Returns:
         The signal's name, with its description where the platform knows one.
     """
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
+    name = _signal_names().get(signum, f"signal {signum}")
     desc = signal.strsignal(signum)
     if signum == signal.SIGKILL:
         desc = "killed, possibly by the out-of-memory killer"
@@ -304,7 +339,7 @@ def _remove_tree(path: str) -> None:
 
 def _log(message: str) -> None:
     """Write a diagnostic line to the agent's stderr (never parsed by the service)."""
-    with contextlib.suppress(OSError):
+    with _suppress(OSError):
         os.write(2, f"ws_sandbox agent: {message}\n".encode("utf-8", "replace"))
 
 
@@ -319,6 +354,60 @@ def _pending_bytes(fd: int) -> int:
     except OSError:
         return 0
     return int(struct.unpack("i", buf)[0])
+
+
+class Child:
+    """A process started by :func:`spawn`; the agent reaps it (``os.wait4``) itself."""
+
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+
+def spawn(argv: list[str], env: dict[str, str], *, stdout: int, stderr: int,
+          pass_fds: tuple[int, ...]) -> Child:
+    """Start ``argv`` in a new session, as ``subprocess.Popen`` would with ``stdin=DEVNULL``,
+    ``start_new_session=True`` and the default ``close_fds`` and ``restore_signals``.
+
+    ``posix_spawn`` (a vfork and an exec) instead of subprocess, whose import costs every
+    start milliseconds. Only ``pass_fds`` and the three standard streams are inherited: every
+    other descriptor of the agent is close-on-exec (Python opens them so, and :func:`main`
+    marks the ones it inherited), and SIGPIPE and SIGXFSZ, which Python ignores, are default
+    again in the child.
+
+    Raises:
+        OSError: If the program cannot be started.
+    """
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    try:
+        pid = os.posix_spawnp(
+            argv[0], argv, env,
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                          (os.POSIX_SPAWN_DUP2, stdout, 1),
+                          (os.POSIX_SPAWN_DUP2, stderr, 2)],
+            setsid=True,
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+    finally:
+        for fd in pass_fds:
+            os.set_inheritable(fd, False)
+    return Child(pid)
+
+
+def _close_on_exec_inherited() -> None:
+    """Mark every descriptor above 2 that the agent inherited close-on-exec, so that no
+    worker inherits it (what ``close_fds`` did for subprocess)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            with _suppress(OSError):
+                os.set_inheritable(fd, False)
 
 
 class ProcFile:
@@ -350,13 +439,13 @@ class ProcFile:
     def write(self, data: bytes) -> None:
         """Write ``data`` (e.g. to ``clear_refs``); failures are ignored."""
         if self.fd is not None:
-            with contextlib.suppress(OSError):
+            with _suppress(OSError):
                 os.write(self.fd, data)
 
     def close(self) -> None:
         """Close the descriptor (idempotent)."""
         if self.fd is not None:
-            with contextlib.suppress(OSError):
+            with _suppress(OSError):
                 os.close(self.fd)
             self.fd = None
 
@@ -464,7 +553,7 @@ class Worker:
         "streams",
     )
 
-    def __init__(self, proc: subprocess.Popen[bytes], ctl_w: int, ctl_r: int,
+    def __init__(self, proc: ChildProcess, ctl_w: int, ctl_r: int,
                  streams: list[Stream], memory: WorkerMemory) -> None:
         self.proc = proc
         self.ctl_w = ctl_w
@@ -501,7 +590,7 @@ class Agent:
             raise ValueError(f"unknown language {language!r}")
         self.language = language
         self.container = container
-        self.sel = selectors.DefaultSelector()
+        self.sel = select.epoll()
         self.interest: dict[int, int] = {}
         self.callbacks: dict[int, Callback] = {}
         self.outbuf = bytearray()
@@ -516,7 +605,7 @@ class Agent:
         self.last_cell: Cell | None = None
         self.pending_exec: Exec | None = None
         self.worker: Worker | None = None
-        self.children: dict[int, tuple[subprocess.Popen[bytes], ChildExit]] = {}
+        self.children: dict[int, tuple[ChildProcess, ChildExit]] = {}
         self.sessions: set[int] = set()
         self.cell_count = 0
         self.rust_child: subprocess.Popen[bytes] | None = None
@@ -557,7 +646,7 @@ class Agent:
         """Unregister and close ``fd``."""
         self._want(fd, 0)
         self.callbacks.pop(fd, None)
-        with contextlib.suppress(OSError):
+        with _suppress(OSError):
             os.close(fd)
 
     def _user_fds(self) -> list[int]:
@@ -573,16 +662,16 @@ class Agent:
 
     def _update_interest(self) -> None:
         """Apply backpressure: read user pipes only while the outgoing buffer is small."""
-        read = selectors.EVENT_READ
+        read = READ
         writing = self.outbuf and self.linger_until is None
-        self._want(1, selectors.EVENT_WRITE if writing else 0, self._on_stdout)
+        self._want(1, WRITE if writing else 0, self._on_stdout)
         if self.stdin_open:
             self._want(0, read if len(self.outbuf) < HARD_WATER else 0, self._on_stdin)
         user_events = read if len(self.outbuf) < HIGH_WATER else 0
         for fd in self._user_fds():
             self._want(fd, user_events)
         if self.worker is not None:
-            self._want(self.worker.ctl_w, selectors.EVENT_WRITE if self.worker.ctl_out else 0)
+            self._want(self.worker.ctl_w, WRITE if self.worker.ctl_out else 0)
 
     def run(self) -> int:
         """Run until stdin closes, SIGTERM arrives, or a bad frame is read.
@@ -599,7 +688,7 @@ class Agent:
         signal.signal(signal.SIGINT, lambda *_: None)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        self._want(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
+        self._want(self.wake_r, READ, self._on_wakeup)
         if self.language == "rust":
             for name in ("stdout", "stderr"):
                 r, w = os.pipe2(os.O_CLOEXEC)
@@ -643,9 +732,9 @@ class Agent:
         all small numbers).
         """
         if timeout is None or timeout >= 0.001 or max(self.interest, default=0) >= 1024:
-            return [int(key.fd) for key, _mask in self.sel.select(timeout)]
-        readers = [fd for fd, ev in self.interest.items() if ev & selectors.EVENT_READ]
-        writers = [fd for fd, ev in self.interest.items() if ev & selectors.EVENT_WRITE]
+            return [fd for fd, _events in self.sel.poll(timeout)]
+        readers = [fd for fd, ev in self.interest.items() if ev & READ]
+        writers = [fd for fd, ev in self.interest.items() if ev & WRITE]
         start = time.monotonic()
         readable, writable, _ = select.select(readers, writers, [], timeout)
         if not readable and not writable:
@@ -667,7 +756,7 @@ class Agent:
         self.terminate = True
 
     def _on_wakeup(self, _fd: int) -> None:
-        with contextlib.suppress(OSError):
+        with _suppress(OSError):
             while os.read(self.wake_r, 4096):
                 pass
         self._reap()
@@ -713,7 +802,7 @@ class Agent:
 
     def _flush_stdout_blocking(self) -> None:
         """Write whatever is still queued before the process exits."""
-        with contextlib.suppress(OSError):
+        with _suppress(OSError):
             fcntl.fcntl(1, fcntl.F_SETFL, fcntl.fcntl(1, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             while self.outbuf:
                 n = os.write(1, self.outbuf)
@@ -865,7 +954,7 @@ class Agent:
         if self.language == "shell":
             message = frame.code.replace("\0", "").encode("utf-8", "replace") + b"\0"
         else:
-            message = json.dumps({"code": frame.code}).encode() + b"\n"
+            message = dumps_ascii({"code": frame.code}).encode() + b"\n"
         worker.ctl_out += message
         self._on_ctl_writable(worker.ctl_w)
 
@@ -951,10 +1040,10 @@ class Agent:
         cell.interrupted = True
         if self.language == "rust":
             if self.rust_child is not None:
-                with contextlib.suppress(OSError):
+                with _suppress(OSError):
                     os.killpg(self.rust_child.pid, signal.SIGINT)
         elif self.worker is not None:
-            with contextlib.suppress(OSError):
+            with _suppress(OSError):
                 os.killpg(self.worker.pid, signal.SIGINT)
 
     def _restart(self) -> None:
@@ -977,14 +1066,14 @@ class Agent:
             # kill(-1) reaches every process we may signal except PID 1 and ourselves, in one
             # step, so even a fork bomb cannot outrun it.
             for _ in range(3):
-                with contextlib.suppress(OSError):
+                with _suppress(OSError):
                     os.kill(-1, signal.SIGKILL)
         else:
             self._kill_sessions()
         for pid, (proc, _handler) in list(self.children.items()):
-            with contextlib.suppress(OSError):
+            with _suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
+            with _suppress(ChildProcessError):
                 os.wait4(pid, 0)
             proc.returncode = -signal.SIGKILL
             del self.children[pid]
@@ -997,7 +1086,7 @@ class Agent:
     def _kill_sessions(self) -> None:
         """Outside a container: kill every process in a session the agent created."""
         for sid in self.sessions:
-            with contextlib.suppress(OSError):
+            with _suppress(OSError):
                 os.killpg(sid, signal.SIGKILL)
         if not self.sessions:
             return
@@ -1018,7 +1107,8 @@ class Agent:
     def _worker_argv(self, ctl_in: int, ctl_out: int) -> list[str]:
         fds = [str(ctl_in), str(ctl_out)]
         if self.language == "python":
-            script = os.path.join(AGENT_DIR, "worker_python.py")
+            # An agent run from bytecode (the image) runs the worker's bytecode too.
+            script = os.path.join(AGENT_DIR, "worker_python" + os.path.splitext(__file__)[1])
             return [sys.executable or "python3", "-I", "-u", "-X", "utf8", script, *fds]
         if self.language == "javascript":
             node = _which("node") or _which("nodejs") or "node"
@@ -1040,15 +1130,8 @@ class Agent:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            proc = subprocess.Popen(
-                self._worker_argv(code_r, res_w),
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(code_r, res_w),
-                start_new_session=True,
-                env=self._child_env(),
-            )
+            proc = spawn(self._worker_argv(code_r, res_w), self._child_env(), stdout=out_w,
+                         stderr=err_w, pass_fds=(code_r, res_w))
         finally:
             for fd in (code_r, res_w, out_w, err_w):
                 os.close(fd)
@@ -1166,7 +1249,7 @@ class Agent:
         if worker is None:
             return
         worker.broken = why
-        with contextlib.suppress(OSError):
+        with _suppress(OSError):
             os.killpg(worker.pid, signal.SIGKILL)
         worker.ctl_eof = True
         self._want(worker.ctl_r, 0)
@@ -1213,6 +1296,8 @@ class Agent:
     # ----------------------------------------------------------------- rust
 
     def _spawn_rust(self, argv: list[str], cwd: str, handler: ChildExit) -> bool:
+        import subprocess  # posix_spawn has no working directory before Python 3.13
+
         try:
             proc = subprocess.Popen(
                 argv,
@@ -1307,6 +1392,7 @@ def main(argv: list[str] | None = None) -> int:
     if language not in LANGUAGES:
         _log(f"unknown language {language!r}; expected one of {', '.join(LANGUAGES)}")
         return EXIT_BAD_FRAME
+    _close_on_exec_inherited()
     if container:
         _make_undumpable()
     return Agent(language, container=container).run()

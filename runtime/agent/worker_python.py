@@ -8,34 +8,47 @@ agent reads; stdin is ``/dev/null``. Nothing here is trusted by the agent.
 
 from __future__ import annotations
 
-import ast
+import _ast
 import binascii
 import builtins
-import contextlib
 import io
-import json
-import linecache
 import math
 import os
 import resource
-import signal
 import sys
-import traceback
-import types
 
-# Every sandbox start pays for these imports, so nothing else is imported (typing only for
-# the type checker). Nothing is imported later either: by then the working directory, where
-# user code writes files, is first on sys.path and could shadow a standard module.
+# Every sandbox start pays for the worker's imports, so it imports only C modules and what
+# the interpreter's start has loaded: `_ast`, not ast (which imports enum and contextlib);
+# signal's C core; JSON through json_core. traceback (with linecache, tokenize and re) is
+# imported when a traceback is first formatted, by :func:`_import_stdlib`: by then the
+# working directory, where cells write files, is on sys.path, and it is left out for that.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
+    import types
+    from collections.abc import Callable
     from typing import Any
+else:
+    import _signal as signal
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+from json_core import dumps_ascii, loads  # noqa: E402
+
+del sys.path[0]
 
 CO_COROUTINE = 0x0080
 MAX_REPR_CHARS = 100_000
 MAX_IMAGE_B64 = 700_000
 MAX_FIGURE_PIXELS = 4_000_000
 FIGURE_DPI = 100.0
-WORKER_FILE = os.path.abspath(__file__)
+
+
+def _worker_code_filename() -> str:
+    """The file name the worker's frames carry (the source's, also when run from .pyc)."""
+    return _worker_code_filename.__code__.co_filename
+
+
+WORKER_FILE = _worker_code_filename()
 
 
 class _State:
@@ -56,7 +69,7 @@ def _send(obj: dict[str, Any]) -> None:
     """Write one JSON line to the agent; a broken control pipe ends the worker."""
     if os.getpid() != _worker_pid:
         return  # a forked child of a cell: not the worker
-    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8", "replace")
+    data = (dumps_ascii(obj) + "\n").encode("utf-8", "replace")
     try:
         while data:
             n = os.write(_ctl_out, data)
@@ -75,8 +88,10 @@ def _on_sigint(_signum: int, _frame: types.FrameType | None) -> None:
 def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
         # The user may have replaced or closed them.
-        with contextlib.suppress(Exception):
+        try:
             stream.flush()
+        except Exception:
+            continue
 
 
 def _user_traceback(exc: BaseException) -> types.TracebackType | None:
@@ -86,25 +101,57 @@ def _user_traceback(exc: BaseException) -> types.TracebackType | None:
     return tb
 
 
+def _import_stdlib(name: str) -> Any:
+    """Import a standard module the worker needs only sometimes (traceback, asyncio).
+
+    The working directory, which :func:`main` puts first on sys.path for the user's own
+    modules, is left out while it loads: a cell's ``traceback.py`` or ``tokenize.py`` must not
+    stand in for the standard one. A module already loaded (the user's doing) is used as is.
+    """
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    saved = sys.path[:]
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in saved if p not in ("", ".", cwd)]
+    try:
+        __import__(name)
+    finally:
+        sys.path[:] = saved
+    return sys.modules[name]
+
+
+def _plain_summary(exc: BaseException) -> str:
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<exception str() failed>"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def _report_exception(exc: BaseException) -> str:
     """Print the traceback without the worker's own frames; return ``"Type: message"``."""
     tb = _user_traceback(exc)
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        traceback = _import_stdlib("traceback")
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        lines = traceback.format_exception_only(type(exc), exc)
+        summary = lines[-1].strip() if lines else type(exc).__name__
+    except Exception:  # the user replaced traceback, linecache or their helpers
+        summary = _plain_summary(exc)
+        text = summary + "\n"
     try:
         sys.stderr.write(text)
     except Exception:
         os.write(2, text.encode("utf-8", "replace"))
-    lines = traceback.format_exception_only(type(exc), exc)
-    return lines[-1].strip() if lines else type(exc).__name__
+    return summary
 
 
 def _run(code: types.CodeType, glb: dict[str, Any]) -> Any:
     result = eval(code, glb)
     if code.co_flags & CO_COROUTINE:
         if _state.loop is None:
-            import asyncio
-
-            _state.loop = asyncio.new_event_loop()
+            _state.loop = _import_stdlib("asyncio").new_event_loop()
         result = _state.loop.run_until_complete(result)
     return result
 
@@ -161,15 +208,48 @@ def _flush_figures(*_args: Any, **_kwargs: Any) -> None:
             plt.close(fig)
 
 
-class _PyplotHook:
-    """Import hook: make ``matplotlib.pyplot.show`` display figures, as in Jupyter."""
+def _show_displays_figures(pyplot: types.ModuleType) -> None:
+    pyplot.show = _flush_figures  # type: ignore[attr-defined]
+
+
+_sources: dict[str, tuple[int, None, list[str], str]] = {}
+"""Every cell's source, as linecache keeps it, for tracebacks and ``inspect``. linecache is
+imported when first needed (by the worker or the user), and learns them all then."""
+
+
+def _linecache_learns_cells(linecache: types.ModuleType) -> None:
+    cache = getattr(linecache, "cache", None)
+    if isinstance(cache, dict):
+        cache.update(_sources)
+
+
+def _remember_source(filename: str, code: str) -> None:
+    entry = (len(code), None, code.splitlines(True), filename)
+    _sources[filename] = entry
+    linecache = sys.modules.get("linecache")
+    if linecache is not None:
+        _linecache_learns_cells(linecache)
+
+
+_AFTER_LOAD: dict[str, Callable[[types.ModuleType], None]] = {
+    "matplotlib.pyplot": _show_displays_figures,
+    "linecache": _linecache_learns_cells,
+}
+
+
+class _ImportHook:
+    """Import hook that adjusts a few modules right after they load:
+
+    - ``matplotlib.pyplot``: ``show`` displays the figures, as in Jupyter;
+    - ``linecache``: it learns the cells' sources (see :data:`_sources`).
+    """
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "matplotlib.pyplot":
+        adjust = _AFTER_LOAD.get(fullname)
+        if adjust is None:
             return None
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        machinery = _import_stdlib("importlib.machinery")
+        spec = machinery.PathFinder.find_spec(fullname, path)
         loader = getattr(spec, "loader", None)
         original = getattr(loader, "exec_module", None)
         if spec is None or loader is None or original is None:
@@ -177,7 +257,7 @@ class _PyplotHook:
 
         def exec_module(module: types.ModuleType) -> None:
             original(module)
-            module.show = _flush_figures  # type: ignore[attr-defined]
+            adjust(module)
 
         loader.exec_module = exec_module
         return spec
@@ -198,18 +278,19 @@ def run_cell(code: str, glb: dict[str, Any]) -> dict[str, Any]:
     """
     _state.cell_number += 1
     filename = f"<cell-{_state.cell_number}>"
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    _remember_source(filename, code)
     status, error, exit_code = "success", None, 0
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     try:
         _state.running = True
-        tree = ast.parse(code, filename, "exec")
-        last: ast.Expression | None = None
+        tree = compile(code, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+        assert isinstance(tree, _ast.Module)
+        last: _ast.Expression | None = None
         tail = tree.body[-1] if tree.body else None
-        if isinstance(tail, ast.Expr) and not code.rstrip().endswith(";"):
+        if isinstance(tail, _ast.Expr) and not code.rstrip().endswith(";"):
             tree.body.pop()
-            last = ast.Expression(tail.value)
-        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+            last = _ast.Expression(tail.value)
+        flags = _ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         _run(compile(tree, filename, "exec", flags=flags, dont_inherit=True), glb)
         if last is not None:
             value = _run(compile(last, filename, "eval", flags=flags, dont_inherit=True), glb)
@@ -251,13 +332,15 @@ def _seed_matplotlib_cache() -> None:
     src, dst = os.environ.get("WS_SANDBOX_MPL_CACHE"), os.environ.get("MPLCONFIGDIR")
     if not src or not dst or not os.path.isdir(src) or os.path.isdir(dst):
         return
-    with contextlib.suppress(OSError):
+    try:
         os.makedirs(dst, mode=0o700)
         for entry in os.scandir(src):
             if entry.is_file(follow_symlinks=False):
                 with open(entry.path, "rb") as source, open(
                         os.path.join(dst, entry.name), "wb") as target:
                     target.write(source.read())
+    except OSError:
+        pass
 
 
 def _warm_up() -> None:
@@ -284,7 +367,7 @@ def _read_messages(fd: int) -> Any:
         buf += chunk
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            yield json.loads(line)
+            yield loads(line.decode("utf-8", "replace"))
 
 
 def main() -> None:
@@ -297,7 +380,7 @@ def main() -> None:
     sys.argv = [""]
     sys.path.insert(0, "")
     signal.signal(signal.SIGINT, _on_sigint)
-    sys.meta_path.insert(0, _PyplotHook())
+    sys.meta_path.insert(0, _ImportHook())
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace", line_buffering=True)

@@ -246,6 +246,32 @@ def test_python_exception_traceback_hides_worker(py: AgentDriver) -> None:
     assert py.run("a").displays[0]["data"]["text/plain"] == "1"
 
 
+def test_python_traceback_in_user_code_shows_an_earlier_cells_source(py: AgentDriver) -> None:
+    assert_success(py.run("def f():\n    return 1 / 0"))
+    result = py.run("import traceback\ntry:\n    f()\nexcept ZeroDivisionError:\n"
+                    "    traceback.print_exc()")
+    assert_success(result)
+    assert "return 1 / 0" in result.text("stderr"), result.text("stderr")
+
+
+def test_python_traceback_is_not_shadowed_by_the_users_modules(py: AgentDriver) -> None:
+    """The worker imports traceback when it first formats one; a cell's files named like the
+    modules it needs (in the working directory, first on sys.path) must not stand in."""
+    assert_success(py.run(
+        "import os, sys, tempfile\nos.chdir(tempfile.mkdtemp())\n"
+        "for name in ('traceback', 'linecache', 'tokenize'):\n"
+        "    with open(name + '.py', 'w') as f:\n"
+        "        f.write('raise RuntimeError(\"the user module was imported\")')\n"
+        "    sys.modules.pop(name, None)\n"))
+    result = py.run("x = 1\n1/0")
+    assert result.done["error"] == "ZeroDivisionError: division by zero"
+    stderr = result.text("stderr")
+    assert stderr.startswith("Traceback (most recent call last):\n"), stderr
+    assert "1/0" in stderr and "user module" not in stderr
+    assert_success(py.run("import shutil, os\nd = os.getcwd()\nos.chdir('/')\n"
+                          "shutil.rmtree(d)"))
+
+
 def test_python_syntax_error(py: AgentDriver) -> None:
     result = py.run("x = = 1")
     assert result.done["status"] == "error"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import selectors
 import sys
 import time
 from collections.abc import Iterator
@@ -353,7 +352,7 @@ def test_wait_short_timeout_returns_a_readable_pipe(
 ) -> None:
     r, w = pipe
     calls: list[int] = []
-    ag._want(r, selectors.EVENT_READ, calls.append)
+    ag._want(r, agent.READ, calls.append)
     assert ag.callbacks[r] == calls.append
     os.write(w, b"data")
     assert ag._wait(0.0002) == [r]
@@ -364,7 +363,7 @@ def test_wait_short_timeout_on_an_empty_pipe_returns_nothing(
     ag: agent.Agent, pipe: tuple[int, int]
 ) -> None:
     r, _w = pipe
-    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
+    ag._want(r, agent.READ, lambda _fd: None)
     start = time.monotonic()
     assert ag._wait(0.0002) == []
     assert time.monotonic() - start < BOUND
@@ -375,8 +374,8 @@ def test_wait_short_timeout_reports_writable_and_readable_once(
     ag: agent.Agent, pipe: tuple[int, int]
 ) -> None:
     r, w = pipe
-    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
-    ag._want(w, selectors.EVENT_WRITE, lambda _fd: None)
+    ag._want(r, agent.READ, lambda _fd: None)
+    ag._want(w, agent.WRITE, lambda _fd: None)
     assert ag._wait(0.0002) == [w]  # an empty pipe: writable, not readable
     os.write(w, b"x")
     assert sorted(ag._wait(0.0002)) == sorted([r, w])
@@ -386,7 +385,7 @@ def test_wait_short_timeout_reports_writable_and_readable_once(
 
 def test_wait_long_timeout_uses_the_selector(ag: agent.Agent, pipe: tuple[int, int]) -> None:
     r, w = pipe
-    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
+    ag._want(r, agent.READ, lambda _fd: None)
     os.write(w, b"x")
     assert ag._wait(0.5) == [r]  # ready: returns at once, not after 0.5 s
     os.read(r, 1)
@@ -401,7 +400,7 @@ def test_wait_ignores_descriptors_without_interest(
 ) -> None:
     r, w = pipe
     os.write(w, b"x")
-    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
+    ag._want(r, agent.READ, lambda _fd: None)
     ag._want(r, 0)  # interest withdrawn, e.g. backpressure
     assert r not in ag.interest
     assert ag._wait(0.0002) == []
@@ -425,7 +424,7 @@ def test_timers_that_oversleep_turn_lingering_off(
     ag: agent.Agent, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r, _w = pipe
-    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
+    ag._want(r, agent.READ, lambda _fd: None)
     monkeypatch.setattr(select, "select", slow_select(2 * agent.LINGER_OVERSLEEP))
     for _ in range(agent.LINGER_OVERSLEEPS - 1):
         assert ag._wait(agent.LINGER) == []
@@ -443,7 +442,7 @@ def test_a_wait_that_keeps_time_resets_the_count(
     ag: agent.Agent, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r, _w = pipe
-    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
+    ag._want(r, agent.READ, lambda _fd: None)
     for _ in range(2):
         monkeypatch.setattr(select, "select", slow_select(2 * agent.LINGER_OVERSLEEP))
         for _ in range(agent.LINGER_OVERSLEEPS - 1):
@@ -459,7 +458,7 @@ def test_a_wait_ended_by_a_ready_descriptor_is_not_judged(
     ag: agent.Agent, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r, _w = pipe
-    ag._want(r, selectors.EVENT_READ, lambda _fd: None)
+    ag._want(r, agent.READ, lambda _fd: None)
     monkeypatch.setattr(select, "select", slow_select(2 * agent.LINGER_OVERSLEEP, [r]))
     for _ in range(agent.LINGER_OVERSLEEPS + 1):
         assert ag._wait(agent.LINGER) == [r]
