@@ -23,6 +23,7 @@ import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
+from yarl import URL
 
 from ws_sandbox import agent_wire as aw
 from ws_sandbox.exceptions import (
@@ -232,6 +233,23 @@ class Sandbox:
         await self._backend.remove(self.id)
 
 
+def attach(docker: aiodocker.Docker, container_id: str) -> Stream:
+    """Attach to a sandbox's stdin, stdout and stderr (connected at the first write or read).
+
+    aiodocker's ``DockerContainer.attach`` inspects the container first, to learn whether it
+    has a TTY: one more engine request per sandbox, and the biggest reply the engine sends.
+    A sandbox never has one (``container_config``), so the stream is made here without it.
+    """
+    query: dict[str, str | int] = {"detachKeys": "", "logs": 0, "stdin": 1, "stdout": 1,
+                                   "stderr": 1, "stream": 1}
+    url = URL(f"containers/{container_id}/attach").with_query(query)
+
+    async def setup() -> tuple[URL, bytes | None, bool]:
+        return url, None, False  # no request body; no TTY
+
+    return Stream(docker, setup, aiohttp.ClientTimeout(total=None, sock_read=None))
+
+
 class DockerBackend:
     """Owns the aiodocker client; makes and removes sandboxes.
 
@@ -306,7 +324,7 @@ class DockerBackend:
             raise BackendError(f"cannot create a sandbox: {exc.message}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
-        stream = container.attach(stdin=True, stdout=True, stderr=True)
+        stream = attach(self.docker, container.id)
         sandbox = Sandbox(self, container, stream, language)
         try:
             async with asyncio.timeout(self.settings.sandbox_start_timeout):
