@@ -216,10 +216,21 @@ class Sandbox:
         return self._stderr.decode("utf-8", "replace")
 
     async def oom_killed(self) -> bool:
-        """Whether the engine saw this container run out of memory (when it has exited)."""
+        """Whether the engine saw this container run out of memory.
+
+        Asked when the container's stream ended. The engine records ``OOMKilled`` when it
+        handles the exit, which can come after the stream's end (under gVisor, where running
+        out of memory ends the whole sandbox, it often does): so first wait, at most
+        ``exit_wait_timeout`` seconds, for the container to stop.
+        """
+        try:
+            async with asyncio.timeout(self._backend.settings.exit_wait_timeout):
+                await self._container.wait()
+        except (TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError):
+            pass  # still running, or the engine is gone: judge by what it says now
         try:
             info = await self._container.show()
-        except aiodocker.DockerError:
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError):
             return False
         return bool(info.get("State", {}).get("OOMKilled"))
 

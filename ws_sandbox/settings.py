@@ -115,6 +115,9 @@ class Settings:
         "doc": "After a restart request, wait this long before replacing the container"})
     sandbox_start_timeout: float = field(default=30.0, metadata={
         "env": "SANDBOX_START_TIMEOUT", "doc": "Create, start and greet one container"})
+    exit_wait_timeout: float = field(default=2.0, metadata={"env": "EXIT_WAIT_TIMEOUT",
+        "doc": "When a sandbox's stream ends, wait this long for the engine to record its"
+               " exit (and whether it ran out of memory) before deciding why it stopped"})
     acquire_timeout: float = field(default=30.0, metadata={"env": "ACQUIRE_TIMEOUT",
         "doc": "How long a new session waits for a container from the pool"})
     send_timeout: float | None = field(default=30.0, metadata={"env": "SEND_TIMEOUT",
