@@ -206,35 +206,31 @@ def test_python_starts_from_bytecode_without_slow_imports() -> None:
     try:
         sandbox.send({"t": "hello"})
         assert sandbox.recv(60)[1]["t"] == "ready"
-        _check_lean_python(sandbox)
+        code = (
+            "import os, sys\n"
+            "slow = ('re', 'enum', 'json', 'traceback', 'linecache', 'ast', 'contextlib',"
+            " 'collections', 'functools', 'importlib.util')\n"
+            "print([m for m in slow if m in sys.modules])\n"
+            "for pid in (os.getppid(), os.getpid()):\n"
+            "    args = open(f'/proc/{pid}/cmdline', 'rb').read().decode().split('\\0')\n"
+            "    print(next(a for a in args if a.startswith('/opt/')))\n"
+            "import mpl_toolkits.mplot3d, mpl_toolkits.axes_grid1\n"
+            "print(mpl_toolkits.__path__)"
+        )
+        _, frames = sandbox.run(code)
+        assert done(frames)["status"] == "success", text(frames, "stderr")
+        lines = text(frames).splitlines()
+        assert lines[0] == "[]"
+        assert lines[1:3] == ["/opt/ws_sandbox/agent/agent.pyc",
+                              "/opt/ws_sandbox/agent/worker_python.pyc"]
+        assert lines[3] == "['/usr/lib/python3/dist-packages/mpl_toolkits']"
+        # A traceback still shows the cell's own source lines.
+        _, frames = sandbox.run("def f():\n    return 1 / 0")
+        _, frames = sandbox.run("x = 1\nf()")
+        assert done(frames)["error"] == "ZeroDivisionError: division by zero"
+        assert "return 1 / 0" in text(frames, "stderr")
     finally:
         sandbox.close()
-
-
-def _check_lean_python(sandbox: Sandbox) -> None:
-    code = (
-        "import os, sys\n"
-        "slow = ('re', 'enum', 'json', 'traceback', 'linecache', 'ast', 'contextlib',"
-        " 'collections', 'functools', 'importlib.util')\n"
-        "print([m for m in slow if m in sys.modules])\n"
-        "for pid in (os.getppid(), os.getpid()):\n"
-        "    args = open(f'/proc/{pid}/cmdline', 'rb').read().decode().split('\\0')\n"
-        "    print(next(a for a in args if a.startswith('/opt/')))\n"
-        "import mpl_toolkits.mplot3d, mpl_toolkits.axes_grid1\n"
-        "print(mpl_toolkits.__path__)"
-    )
-    _, frames = sandbox.run(code)
-    assert done(frames)["status"] == "success", text(frames, "stderr")
-    lines = text(frames).splitlines()
-    assert lines[0] == "[]"
-    assert lines[1:3] == ["/opt/ws_sandbox/agent/agent.pyc",
-                          "/opt/ws_sandbox/agent/worker_python.pyc"]
-    assert lines[3] == "['/usr/lib/python3/dist-packages/mpl_toolkits']"
-    # A traceback still shows the cell's own source lines.
-    _, frames = sandbox.run("def f():\n    return 1 / 0")
-    _, frames = sandbox.run("x = 1\nf()")
-    assert done(frames)["error"] == "ZeroDivisionError: division by zero"
-    assert "return 1 / 0" in text(frames, "stderr")
 
 
 @pytest.mark.parametrize("sandbox", ["python"], indirect=True)
