@@ -155,6 +155,7 @@ class Sandbox:
         self._pending: deque[aw.FromAgent] = deque()
         self._stderr = bytearray()
         self._destroyed = False
+        self._ended = False  # the engine closed the stream: the container is stopping
 
     @property
     def short_id(self) -> str:
@@ -202,6 +203,7 @@ class Sandbox:
         except (OSError, aiohttp.ClientError) as exc:
             raise SandboxLost(f"sandbox {self.short_id} stream failed: {exc}") from exc
         if message is None:
+            self._ended = True
             raise SandboxLost(f"sandbox {self.short_id} exited")
         if message.stream == 1:
             self._pending.extend(self._decoder.feed(message.data))
@@ -218,16 +220,18 @@ class Sandbox:
     async def oom_killed(self) -> bool:
         """Whether the engine saw this container run out of memory.
 
-        Asked when the container's stream ended. The engine records ``OOMKilled`` when it
-        handles the exit, which can come after the stream's end (under gVisor, where running
-        out of memory ends the whole sandbox, it often does): so first wait, at most
-        ``exit_wait_timeout`` seconds, for the container to stop.
+        Asked when the sandbox was lost. The engine records ``OOMKilled`` when it handles the
+        exit, which can come after the stream's end (under gVisor, where running out of
+        memory ends the whole sandbox, it often does): so when the stream ended, first wait,
+        at most ``exit_wait_timeout`` seconds, for the container to stop. A sandbox lost for
+        another reason (bad frames, say) is still running: no wait.
         """
-        try:
-            async with asyncio.timeout(self._backend.settings.exit_wait_timeout):
-                await self._container.wait()
-        except (TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError):
-            pass  # still running, or the engine is gone: judge by what it says now
+        if self._ended:
+            try:
+                async with asyncio.timeout(self._backend.settings.exit_wait_timeout):
+                    await self._container.wait()
+            except (TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError):
+                pass  # still running, or the engine is gone: judge by what it says now
         try:
             info = await self._container.show()
         except (aiodocker.DockerError, aiohttp.ClientError, OSError):

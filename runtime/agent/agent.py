@@ -375,7 +375,9 @@ def spawn(argv: list[str], env: dict[str, str], *, stdout: int, stderr: int,
     start milliseconds. Only ``pass_fds`` and the three standard streams are inherited: every
     other descriptor of the agent is close-on-exec (Python opens them so, and :func:`main`
     marks the ones it inherited), and SIGPIPE and SIGXFSZ, which Python ignores, are default
-    again in the child.
+    again in the child. One difference from subprocess: glibc's posix_spawn leaves its two
+    internal signals (32 and 33, below SIGRTMIN) ignored in the child; glibc sets its own
+    handlers before it uses them, and programs cannot use them.
 
     Raises:
         OSError: If the program cannot be started.

@@ -101,24 +101,34 @@ def _user_traceback(exc: BaseException) -> types.TracebackType | None:
     return tb
 
 
-def _import_stdlib(name: str) -> Any:
-    """Import a standard module the worker needs only sometimes (traceback, asyncio).
+class _StandardPath:
+    """While in effect, sys.path without the working directory, which :func:`main` puts first
+    for the user's own modules: a cell's ``traceback.py``, ``tokenize.py`` or ``ast.py`` must
+    not stand in for the standard ones when the worker loads them, or when what it loaded
+    imports more as it runs (traceback imports ast to place its carets)."""
 
-    The working directory, which :func:`main` puts first on sys.path for the user's own
-    modules, is left out while it loads: a cell's ``traceback.py`` or ``tokenize.py`` must not
-    stand in for the standard one. A module already loaded (the user's doing) is used as is.
-    """
+    def __enter__(self) -> None:
+        self._saved = sys.path[:]
+        try:
+            cwd: str | None = os.getcwd()
+        except OSError:  # a cell removed its working directory
+            cwd = None
+        sys.path[:] = [p for p in self._saved if p not in ("", ".", cwd)]
+
+    def __exit__(self, *_exc: object) -> None:
+        sys.path[:] = self._saved
+
+
+def _import_stdlib(name: str) -> Any:
+    """Import a standard module the worker needs only sometimes (traceback, asyncio), from
+    the standard path (:class:`_StandardPath`). A module already loaded (by the user, from
+    wherever) is used as it is."""
     module = sys.modules.get(name)
-    if module is not None:
-        return module
-    saved = sys.path[:]
-    cwd = os.getcwd()
-    sys.path[:] = [p for p in saved if p not in ("", ".", cwd)]
-    try:
-        __import__(name)
-    finally:
-        sys.path[:] = saved
-    return sys.modules[name]
+    if module is None:
+        with _StandardPath():
+            __import__(name)
+        module = sys.modules[name]
+    return module
 
 
 def _plain_summary(exc: BaseException) -> str:
@@ -133,9 +143,10 @@ def _report_exception(exc: BaseException) -> str:
     """Print the traceback without the worker's own frames; return ``"Type: message"``."""
     tb = _user_traceback(exc)
     try:
-        traceback = _import_stdlib("traceback")
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        lines = traceback.format_exception_only(type(exc), exc)
+        with _StandardPath():
+            traceback = _import_stdlib("traceback")
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+            lines = traceback.format_exception_only(type(exc), exc)
         summary = lines[-1].strip() if lines else type(exc).__name__
     except Exception:  # the user replaced traceback, linecache or their helpers
         summary = _plain_summary(exc)

@@ -255,21 +255,35 @@ def test_python_traceback_in_user_code_shows_an_earlier_cells_source(py: AgentDr
 
 
 def test_python_traceback_is_not_shadowed_by_the_users_modules(py: AgentDriver) -> None:
-    """The worker imports traceback when it first formats one; a cell's files named like the
-    modules it needs (in the working directory, first on sys.path) must not stand in."""
+    """The worker imports traceback when it first formats one (and traceback imports ast as it
+    formats); a cell's files named like the modules it needs (in the working directory, first
+    on sys.path) must not stand in."""
+    shadow = ("import sys\n"
+              "sys.stderr.write('the user module was imported\\n')\n"
+              "raise RuntimeError('the user module was imported')\n")
     assert_success(py.run(
-        "import os, sys, tempfile\nos.chdir(tempfile.mkdtemp())\n"
-        "for name in ('traceback', 'linecache', 'tokenize'):\n"
+        f"import os, sys, tempfile\nos.chdir(tempfile.mkdtemp())\nshadow = {shadow!r}\n"
+        "for name in ('traceback', 'linecache', 'tokenize', 'ast'):\n"
         "    with open(name + '.py', 'w') as f:\n"
-        "        f.write('raise RuntimeError(\"the user module was imported\")')\n"
+        "        f.write(shadow)\n"
         "    sys.modules.pop(name, None)\n"))
-    result = py.run("x = 1\n1/0")
+    result = py.run("x = 1\ny = x / 0")  # part of a line: traceback places carets
     assert result.done["error"] == "ZeroDivisionError: division by zero"
     stderr = result.text("stderr")
     assert stderr.startswith("Traceback (most recent call last):\n"), stderr
-    assert "1/0" in stderr and "user module" not in stderr
+    assert "y = x / 0" in stderr and "user module" not in stderr
     assert_success(py.run("import shutil, os\nd = os.getcwd()\nos.chdir('/')\n"
                           "shutil.rmtree(d)"))
+
+
+def test_python_traceback_after_the_working_directory_was_removed(py: AgentDriver) -> None:
+    assert_success(py.run("import os, sys, tempfile\nd = tempfile.mkdtemp()\nos.chdir(d)\n"
+                          "os.rmdir(d)\nfor name in ('traceback', 'linecache'):\n"
+                          "    sys.modules.pop(name, None)"))
+    result = py.run("1/0")
+    assert result.done["error"] == "ZeroDivisionError: division by zero"
+    assert result.text("stderr").startswith("Traceback (most recent call last):\n")
+    assert_success(py.run("async def f():\n    return 2\nawait f()"))  # asyncio loads too
 
 
 def test_python_syntax_error(py: AgentDriver) -> None:
