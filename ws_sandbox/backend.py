@@ -47,8 +47,8 @@ _AGENT_STDERR_KEEP = 4096
 
 RUNSC_MIN_PIDS = 1024
 """Under gVisor the pids cgroup counts the sandbox kernel's own host threads, not the user's
-processes (those live inside gVisor and are held by its memory limit and the cell timeout).
-The sentry's threads grow with work (a few Rust compiles pass 128), so it gets this floor."""
+processes (those live inside gVisor, where `user_task_limit` bounds them). The sentry's
+threads grow with work (a few Rust compiles pass 128), so it gets this floor."""
 
 
 def pids_limit(settings: Settings) -> int:
@@ -56,6 +56,19 @@ def pids_limit(settings: Settings) -> int:
     if settings.container_runtime == "runsc":
         return max(settings.pids_limit, RUNSC_MIN_PIDS)
     return settings.pids_limit
+
+
+def user_task_limit(settings: Settings) -> list[dict[str, Any]]:
+    """The ulimit that bounds the user's processes and threads where the pids cgroup cannot.
+
+    Under gVisor the sandbox has a kernel of its own, and RLIMIT_NPROC counts the tasks of
+    the sandbox user inside it: a fork or thread bomb fails with EAGAIN at PIDS_LIMIT, as the
+    pids cgroup makes it under runc. Under runc the limit is not set: RLIMIT_NPROC counts a
+    user's processes across the whole host, and every sandbox runs as the same uid.
+    """
+    if settings.container_runtime != "runsc":
+        return []
+    return [{"Name": "nproc", "Soft": settings.pids_limit, "Hard": settings.pids_limit}]
 
 
 def container_config(settings: Settings, language: Language, process_id: str) -> dict[str, Any]:
@@ -88,6 +101,7 @@ def container_config(settings: Settings, language: Language, process_id: str) ->
             {"Name": "fsize", "Soft": settings.fsize_limit_mb * mib,
              "Hard": settings.fsize_limit_mb * mib},
             {"Name": "core", "Soft": 0, "Hard": 0},
+            *user_task_limit(settings),
         ],
         "IpcMode": "private",
         "Privileged": False,

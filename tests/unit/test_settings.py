@@ -75,3 +75,17 @@ def test_runsc_gets_a_pids_floor_for_its_own_threads() -> None:
     assert runc["HostConfig"]["PidsLimit"] == 128
     assert runsc["HostConfig"]["PidsLimit"] == RUNSC_MIN_PIDS
     assert runsc["HostConfig"]["Runtime"] == "runsc"
+
+
+def test_runsc_bounds_the_users_tasks_with_nproc_and_runc_does_not() -> None:
+    from ws_sandbox.backend import container_config
+
+    def nproc(env: dict[str, str]) -> list[dict[str, object]]:
+        config = container_config(Settings.from_env(env), "python", "p")
+        return [u for u in config["HostConfig"]["Ulimits"] if u["Name"] == "nproc"]
+
+    assert nproc({"PIDS_LIMIT": "96", "CONTAINER_RUNTIME": "runsc"}) == [
+        {"Name": "nproc", "Soft": 96, "Hard": 96}]
+    # RLIMIT_NPROC is per host uid under runc, shared by every sandbox: never set there.
+    assert nproc({"PIDS_LIMIT": "96"}) == []
+    assert nproc({"PIDS_LIMIT": "96", "CONTAINER_RUNTIME": "runc"}) == []
