@@ -69,10 +69,10 @@ except FileNotFoundError:
 except ValueError as exc:
     sys.exit(f"{path} is not valid JSON ({exc}); fix it by hand")
 runtimes = config.setdefault("runtimes", {})
-# --network=none: no network stack inside gVisor at all. (--oci-seccomp, which would apply
-# our seccomp profile inside gVisor too, breaks thread creation in node and rustc there: the
-# clone3 fallback sees EPERM instead of ENOSYS. gVisor's own kernel is the boundary instead.)
-wanted = ["--network=none"]
+# --network=none: no network stack inside gVisor at all. --oci-seccomp: the sandbox's seccomp
+# profile is applied inside gVisor too, so calls it denies never reach gVisor's kernel (the
+# service lets clone3 through under runsc: settings.RUNSC_PASS_THROUGH says why).
+wanted = ["--network=none", "--oci-seccomp"]
 entry = runtimes.get("runsc")
 if entry is not None:
     args = entry.setdefault("runtimeArgs", [])

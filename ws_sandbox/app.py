@@ -34,7 +34,7 @@ async def health(request: Request) -> JSONResponse:
     settings = manager.settings
     info = await manager.backend.info()
     pool = manager.pool.state()
-    runtime = settings.container_runtime or info.default_runtime or "runc"
+    runtime = info.runtime_in_use(settings.container_runtime)
     ok = info.reachable and info.image_present and (
         not settings.container_runtime or settings.container_runtime in info.runtimes)
     body = {
@@ -44,6 +44,7 @@ async def health(request: Request) -> JSONResponse:
                    "runtimes": list(info.runtimes), "error": info.error},
         "image": {"name": settings.container_image, "present": info.image_present},
         "runtime": runtime,
+        "warnings": info.warnings(settings.container_runtime),
         "pool": pool,
         "sessions": manager.active,
         "uptime_s": round(time.monotonic() - request.app.state.started, 3),
@@ -72,6 +73,9 @@ def create_app(settings: Settings) -> Starlette:
                     log.info("removed %d containers left by an earlier run", removed)
             except EngineUnavailable as exc:
                 log.error("Docker engine unavailable at start-up: %s", exc.message)
+            info = await backend.info()
+            for warning in info.warnings(settings.container_runtime):
+                log.warning("%s", warning)
             async with WarmPool(backend, settings.enabled_languages,
                                 settings.pool_size) as pool:
                 manager = SessionManager(settings, backend, pool)

@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiodocker
@@ -43,6 +43,7 @@ LABEL_LANGUAGE = "org.ws_sandbox.language"
 
 SANDBOX_UID = 65534
 _AGENT_STDERR_KEEP = 4096
+_EXIT_SIGKILL = 128 + 9  # a container's exit code when its init was killed by SIGKILL
 
 
 RUNSC_MIN_PIDS = 1024
@@ -81,7 +82,8 @@ def container_config(settings: Settings, language: Language, process_id: str) ->
     tmpfs_opts = "rw,nosuid,nodev,exec,uid={uid},gid={uid},mode={mode},size={size}m"
     # The profile is read once per path (cached), never per container.
     security_opt = ["no-new-privileges:true",
-                    "seccomp=" + load_seccomp_profile(settings.seccomp_profile_path)]
+                    "seccomp=" + load_seccomp_profile(settings.seccomp_profile_path,
+                                                      settings.container_runtime)]
     host_config: dict[str, Any] = {
         "NetworkMode": settings.network_mode,
         "ReadonlyRootfs": settings.read_only_root,
@@ -149,6 +151,20 @@ class EngineInfo:
     default_runtime: str | None
     image_present: bool
     error: str | None = None
+    runtime_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Each registered runtime's arguments, as the engine reports them."""
+
+    def runtime_in_use(self, configured: str) -> str:
+        """The runtime sandboxes run under: the configured one, else the engine's default."""
+        return configured or self.default_runtime or "runc"
+
+    def warnings(self, configured: str) -> list[str]:
+        """What weakens a sandbox on this engine, for health and the start-up log."""
+        runtime = self.runtime_in_use(configured)
+        if runtime == "runsc" and "--oci-seccomp" not in self.runtime_args.get(runtime, ()):
+            return ["runsc runs without --oci-seccomp: the seccomp profile is not applied"
+                    " inside gVisor (scripts/setup.sh registers runsc with it)"]
+        return []
 
 
 class Sandbox:
@@ -165,6 +181,7 @@ class Sandbox:
         self.language = language
         self.id: str = container.id
         self.created_at = time.monotonic()
+        self._created_wall = time.time()  # the engine's events are stamped with wall time
         self._decoder = aw.AgentDecoder()
         self._pending: deque[aw.FromAgent] = deque()
         self._stderr = bytearray()
@@ -235,22 +252,48 @@ class Sandbox:
         """Whether the engine saw this container run out of memory.
 
         Asked when the sandbox was lost. The engine records ``OOMKilled`` when it handles the
-        exit, which can come after the stream's end (under gVisor, where running out of
-        memory ends the whole sandbox, it often does): so when the stream ended, first wait,
-        at most ``exit_wait_timeout`` seconds, for the container to stop. A sandbox lost for
-        another reason (bad frames, say) is still running: no wait.
+        container's ``oom`` event, and under gVisor (where running out of memory kills the
+        whole sandbox) that can come after the stream's end and even after the exit. So when
+        the stream ended: wait for the container to stop, and if it was killed (exit code
+        137) with no ``OOMKilled`` yet, wait for the engine's ``oom`` event for it; each
+        wait at most ``exit_wait_timeout``. A sandbox lost for another reason (bad frames,
+        say) is still running: only its recorded state counts, at once.
         """
+        grace = self._backend.settings.exit_wait_timeout
         if self._ended:
             try:
-                async with asyncio.timeout(self._backend.settings.exit_wait_timeout):
+                async with asyncio.timeout(grace):
                     await self._container.wait()
             except (TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError):
                 pass  # still running, or the engine is gone: judge by what it says now
         try:
-            info = await self._container.show()
+            state = (await self._container.show()).get("State") or {}
         except (aiodocker.DockerError, aiohttp.ClientError, OSError):
             return False
-        return bool(info.get("State", {}).get("OOMKilled"))
+        if state.get("OOMKilled"):
+            return True
+        if self._ended and state.get("ExitCode") == _EXIT_SIGKILL:
+            try:
+                async with asyncio.timeout(grace):
+                    return await self._oom_event()
+            except (TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError):
+                pass
+        if self._ended:
+            log.info("sandbox %s stopped: exit code %s, not out of memory",
+                     self.short_id, state.get("ExitCode", "unknown"))
+        return False
+
+    async def _oom_event(self) -> bool:
+        """Wait for the engine's ``oom`` event for this container (past events replay)."""
+        params = {"since": str(int(self._created_wall) - 1),
+                  "filters": json.dumps({"container": [self.id], "event": ["oom"]})}
+        async with self._backend.docker._query(
+                "events", params=params,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as response:
+            async for line in response.content:  # one JSON event per line, filtered
+                if line.strip():
+                    return True
+        return False
 
     async def destroy(self) -> None:
         """Close the streams and remove the container (idempotent, never raises)."""
@@ -332,6 +375,9 @@ class DockerBackend:
             runtimes=tuple(sorted(info.get("Runtimes", {}))),
             default_runtime=info.get("DefaultRuntime"),
             image_present=present,
+            runtime_args={name: tuple(str(a) for a in entry.get("runtimeArgs") or ())
+                          for name, entry in (info.get("Runtimes") or {}).items()
+                          if isinstance(entry, dict)},
         )
 
     async def start_sandbox(self, language: Language) -> Sandbox:

@@ -28,9 +28,28 @@ LANGUAGES: tuple[Language, ...] = get_args(Language)
 SHIPPED_SECCOMP_PROFILE = Path(__file__).resolve().parent.parent / "runtime" / "seccomp.json"
 
 
+#: Calls that gVisor's kernel must answer itself. runsc's converter of the OCI profile (with
+#: ``--oci-seccomp``) turns every ``SCMP_ACT_ERRNO`` rule into EPERM whatever its
+#: ``errnoRet`` says (google/gvisor#14688). A denied ``clone3`` must fail with ENOSYS, or
+#: glibc does not fall back to ``clone`` and no thread starts (Node.js, rustc, Python
+#: threads). So under runsc the profile lets ``clone3`` through to the Sentry, which does
+#: not implement it and answers ENOSYS; were it implemented there, it could create only
+#: namespaces of gVisor's own kernel.
+RUNSC_PASS_THROUGH = frozenset({"clone3"})
+
+#: runsc's converter looks each name up in gVisor's own system call table, which spells some
+#: differently from Linux and libseccomp: a rule naming only the Linux name would not allow
+#: the call inside gVisor. ``pselect6`` (270) is ``pselect`` there, and glibc implements
+#: ``select()`` with it. Under runsc a rule naming the Linux name names gVisor's too.
+RUNSC_ALIASES = {"pselect6": "pselect"}
+
+
 @functools.cache
-def load_seccomp_profile(path: Path) -> str:
+def load_seccomp_profile(path: Path, runtime: str = "") -> str:
     """Read a seccomp JSON profile once and return it compact, ready for ``seccomp=``.
+
+    With ``runtime="runsc"`` the rules for :data:`RUNSC_PASS_THROUGH` allow the call instead,
+    and rules also name gVisor's spelling of the calls in :data:`RUNSC_ALIASES`.
 
     Raises:
         ConfigError: the file is missing, unreadable, or not a JSON object with a
@@ -42,6 +61,15 @@ def load_seccomp_profile(path: Path) -> str:
         raise ConfigError(f"SECCOMP_PROFILE {path}: cannot load: {exc}") from exc
     if not isinstance(profile, dict) or "defaultAction" not in profile:
         raise ConfigError(f"SECCOMP_PROFILE {path}: not a seccomp profile (no defaultAction)")
+    if runtime == "runsc":
+        for rule in profile.get("syscalls") or []:
+            names = set(rule.get("names") or ()) if isinstance(rule, dict) else set()
+            if names and names <= RUNSC_PASS_THROUGH:
+                rule["action"] = "SCMP_ACT_ALLOW"
+                rule.pop("errnoRet", None)
+            aliases = [RUNSC_ALIASES[n] for n in sorted(names & RUNSC_ALIASES.keys())]
+            if aliases:
+                rule["names"] = [*rule["names"], *aliases]
     return json.dumps(profile, separators=(",", ":"))
 
 

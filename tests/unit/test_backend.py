@@ -8,6 +8,7 @@ Everything else in ``ws_sandbox/backend.py`` talks to the engine and is tested a
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -39,21 +40,56 @@ async def test_attach_asks_for_all_three_streams_without_inspecting() -> None:
 
 
 class _Container:
-    """Stands in for aiodocker's container: ``wait`` never returns (it is still running)."""
+    """Stands in for aiodocker's container: ``wait`` never returns unless it has an exit
+    code (it is still running)."""
 
     id = "f" * 64
 
-    def __init__(self, oom_killed: bool) -> None:
+    def __init__(self, oom_killed: bool, exit_code: int | None = None) -> None:
         self.oom = oom_killed
+        self.exit_code = exit_code
         self.waited = 0
 
     async def wait(self) -> dict[str, Any]:
         self.waited += 1
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        if self.exit_code is None:
+            await asyncio.Event().wait()
+        return {"StatusCode": self.exit_code}
 
     async def show(self) -> dict[str, Any]:
-        return {"State": {"OOMKilled": self.oom}}
+        return {"State": {"OOMKilled": self.oom, "ExitCode": self.exit_code or 0}}
+
+
+class _Events:
+    """Stands in for the engine's events endpoint: the lines it streams, then silence."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+        self.params: dict[str, str] = {}
+
+    def _query(self, path: str, **kwargs: Any) -> Any:
+        assert path == "events"
+        self.params = kwargs["params"]
+        events = self
+
+        async def content() -> Any:
+            for line in events.lines:
+                yield line
+            await asyncio.Event().wait()  # the stream stays open: no more events
+            yield b""
+
+        class _Response:
+            def __init__(self) -> None:
+                self.content = content()
+
+            async def __aenter__(self) -> Any:
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                return None
+
+        response = _Response()
+        return response
 
 
 class _EndedStream:
@@ -80,3 +116,52 @@ async def test_oom_check_waits_for_the_exit_only_when_the_stream_ended() -> None
         assert await sandbox.oom_killed() is True
     assert stopped.waited == 1
     assert 0.15 <= time.monotonic() - start < 2  # waited, and no longer than the setting
+
+
+def test_health_warns_when_runsc_runs_without_the_seccomp_profile() -> None:
+    from ws_sandbox.backend import EngineInfo
+
+    def info(runsc_args: tuple[str, ...], default: str = "runc") -> EngineInfo:
+        return EngineInfo(True, "24", ("runc", "runsc"), default, True,
+                          runtime_args={"runc": (), "runsc": runsc_args})
+
+    bare = info(("--network=none",))
+    assert bare.runtime_in_use("runsc") == "runsc"
+    (warning,) = bare.warnings("runsc")
+    assert "--oci-seccomp" in warning
+    assert bare.warnings("") == bare.warnings("runc") == []
+    assert info(("--network=none",), default="runsc").warnings("") == [warning]
+    assert info(("--network=none", "--oci-seccomp")).warnings("runsc") == []
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    ([b'{"status":"oom","id":"ffff","Action":"oom"}\n'], True),
+    ([], False),
+])
+async def test_a_killed_sandbox_waits_for_the_engines_oom_event(lines: list[bytes],
+                                                                  expected: bool) -> None:
+    """Under gVisor the engine can record the exit (137, SIGKILL) before it handles the oom
+    event: the check then waits, bounded, for that event (past events replay)."""
+    events = _Events(lines)
+    backend = SimpleNamespace(settings=Settings(exit_wait_timeout=0.2), docker=events)
+    killed = _Container(oom_killed=False, exit_code=137)
+    sandbox = Sandbox(backend, killed, _EndedStream(), "python")  # type: ignore[arg-type]
+    with pytest.raises(SandboxLost, match="exited"):
+        await sandbox.receive()
+    start = time.monotonic()
+    async with asyncio.timeout(5):
+        assert await sandbox.oom_killed() is expected
+    assert time.monotonic() - start < (0.15 if expected else 2)
+    assert json.loads(events.params["filters"]) == {"container": [killed.id],
+                                                    "event": ["oom"]}
+    assert int(events.params["since"]) <= time.time()
+
+
+async def test_a_sandbox_that_exited_otherwise_asks_for_no_event() -> None:
+    backend = SimpleNamespace(settings=Settings(exit_wait_timeout=0.2), docker=None)
+    crashed = _Container(oom_killed=False, exit_code=1)
+    sandbox = Sandbox(backend, crashed, _EndedStream(), "python")  # type: ignore[arg-type]
+    with pytest.raises(SandboxLost, match="exited"):
+        await sandbox.receive()
+    async with asyncio.timeout(5):
+        assert await sandbox.oom_killed() is False  # docker=None: no events asked for

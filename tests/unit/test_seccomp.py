@@ -93,6 +93,49 @@ def test_shipped_profile_is_the_default_and_reaches_the_container() -> None:
     assert "no-new-privileges:true" in opts
 
 
+def test_under_runsc_clone3_goes_through_and_pselect6_gets_gvisors_name() -> None:
+    # runsc --oci-seccomp answers every errno rule with EPERM (google/gvisor#14688), which
+    # would stop glibc's clone3-to-clone fallback: clone3 goes through to gVisor's kernel,
+    # which answers ENOSYS. gVisor's table calls pselect6 "pselect": its rule names both.
+    # Every other rule, and the default, stay as shipped.
+    settings = Settings.from_env({"CONTAINER_RUNTIME": "runsc"})
+    opts = container_config(settings, "python", "p")["HostConfig"]["SecurityOpt"]
+    (seccomp,) = [o for o in opts if o.startswith("seccomp=")]
+    runsc = json.loads(seccomp.removeprefix("seccomp="))
+    shipped = profile()
+    changed = [(a, b) for a, b in zip(shipped["syscalls"], runsc["syscalls"], strict=True)
+               if a != b]
+    assert len(changed) == 2, changed
+    (clone3, pselect) = sorted(changed, key=lambda pair: "pselect6" in pair[0]["names"])
+    assert clone3 == ({"names": ["clone3"], "action": "SCMP_ACT_ERRNO",
+                       "errnoRet": errno.ENOSYS},
+                      {"names": ["clone3"], "action": "SCMP_ACT_ALLOW"})
+    before, after = pselect
+    assert after == {**before, "names": [*before["names"], "pselect"]}
+    assert before["action"] == "SCMP_ACT_ALLOW"
+    assert {k: v for k, v in runsc.items() if k != "syscalls"} == \
+        {k: v for k, v in shipped.items() if k != "syscalls"}
+    for name in DENIED:
+        if name != "clone3":
+            assert not [r for r in runsc["syscalls"]
+                        if name in r["names"] and r["action"] == "SCMP_ACT_ALLOW"], name
+
+
+def test_runsc_variant_touches_only_its_own_names(tmp_path: Any) -> None:
+    custom = tmp_path / "custom.json"
+    custom.write_text(json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": [], "action": "SCMP_ACT_ERRNO"},
+        {"names": ["clone3", "unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+        {"names": ["pselect6"], "action": "SCMP_ACT_ERRNO"},
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}))
+    settings = Settings.from_env({"CONTAINER_RUNTIME": "runsc", "SECCOMP_PROFILE": str(custom)})
+    opts = container_config(settings, "python", "p")["HostConfig"]["SecurityOpt"]
+    (seccomp,) = [o for o in opts if o.startswith("seccomp=")]
+    rules = json.loads(custom.read_text())["syscalls"]
+    rules[2]["names"].append("pselect")  # a deny rule names gVisor's spelling too
+    assert json.loads(seccomp.removeprefix("seccomp="))["syscalls"] == rules
+
+
 @pytest.mark.parametrize("value", ["unconfined", "Unconfined", " unconfined "])
 def test_unconfined_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="unconfined"):
