@@ -102,7 +102,12 @@ fi
 
 # --------------------------------------------------------------------------- 3. engine
 engine_answers() { timeout 10 docker info >/dev/null 2>&1; }
-has_runsc() { [[ $(timeout 10 docker info --format '{{json .Runtimes}}' 2>/dev/null) == *'"runsc"'* ]]; }
+# runsc is listed with its arguments: after a reload, wait until the engine has the new ones.
+has_runsc() {
+    local runtimes
+    runtimes=$(timeout 10 docker info --format '{{json .Runtimes}}' 2>/dev/null)
+    [[ $runtimes == *'"runsc"'* && $runtimes == *'--oci-seccomp'* ]]
+}
 dockerd_pid() {
     local pid
     pid=$(cat /var/run/docker.pid 2>/dev/null || pidof -s dockerd || true)

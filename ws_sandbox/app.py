@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 from ws_sandbox import __version__, web
 from ws_sandbox.auth import AuthMiddleware
 from ws_sandbox.backend import DockerBackend
-from ws_sandbox.exceptions import EngineUnavailable
+from ws_sandbox.exceptions import ConfigError, EngineUnavailable
 from ws_sandbox.jupyter.routes import routes as jupyter_routes
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.pool import WarmPool
@@ -35,7 +35,8 @@ async def health(request: Request) -> JSONResponse:
     info = await manager.backend.info()
     pool = manager.pool.state()
     runtime = info.runtime_in_use(settings.container_runtime)
-    ok = info.reachable and info.image_present and (
+    problems = info.problems(settings.container_runtime)
+    ok = info.reachable and info.image_present and not problems and (
         not settings.container_runtime or settings.container_runtime in info.runtimes)
     body = {
         "status": "ok" if ok else "unavailable",
@@ -44,7 +45,7 @@ async def health(request: Request) -> JSONResponse:
                    "runtimes": list(info.runtimes), "error": info.error},
         "image": {"name": settings.container_image, "present": info.image_present},
         "runtime": runtime,
-        "warnings": info.warnings(settings.container_runtime),
+        "problems": problems,
         "pool": pool,
         "sessions": manager.active,
         "uptime_s": round(time.monotonic() - request.app.state.started, 3),
@@ -73,9 +74,9 @@ def create_app(settings: Settings) -> Starlette:
                     log.info("removed %d containers left by an earlier run", removed)
             except EngineUnavailable as exc:
                 log.error("Docker engine unavailable at start-up: %s", exc.message)
-            info = await backend.info()
-            for warning in info.warnings(settings.container_runtime):
-                log.warning("%s", warning)
+            problems = (await backend.info()).problems(settings.container_runtime)
+            if problems:
+                raise ConfigError("refusing to start: " + "; ".join(problems))
             async with WarmPool(backend, settings.enabled_languages,
                                 settings.pool_size) as pool:
                 manager = SessionManager(settings, backend, pool)

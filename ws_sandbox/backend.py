@@ -158,13 +158,38 @@ class EngineInfo:
         """The runtime sandboxes run under: the configured one, else the engine's default."""
         return configured or self.default_runtime or "runc"
 
-    def warnings(self, configured: str) -> list[str]:
-        """What weakens a sandbox on this engine, for health and the start-up log."""
+    def problems(self, configured: str) -> list[str]:
+        """What would leave sandboxes on this engine weaker than SECURITY.md says.
+
+        The service refuses to start with any, and health reports them (503). Under runsc
+        the task limit is RLIMIT_NPROC inside gVisor (:func:`user_task_limit`), and only the
+        seccomp profile keeps user code from escaping it through a user namespace of
+        gVisor's own: so runsc must run with ``--oci-seccomp``, and the service must know
+        it runs sandboxes under runsc.
+        """
         runtime = self.runtime_in_use(configured)
-        if runtime == "runsc" and "--oci-seccomp" not in self.runtime_args.get(runtime, ()):
-            return ["runsc runs without --oci-seccomp: the seccomp profile is not applied"
-                    " inside gVisor (scripts/setup.sh registers runsc with it)"]
-        return []
+        if runtime != "runsc":
+            return []
+        found = []
+        if configured != "runsc":
+            found.append("the engine's default runtime is runsc: set CONTAINER_RUNTIME=runsc,"
+                         " which gives sandboxes gVisor's task limit and seccomp profile")
+        if not _flag_enabled(self.runtime_args.get("runsc", ()), "--oci-seccomp"):
+            found.append("runsc runs without --oci-seccomp: the seccomp profile would not"
+                         " apply inside gVisor, and a user namespace would escape the task"
+                         " limit (scripts/setup.sh registers runsc with the flag)")
+        return found
+
+
+def _flag_enabled(args: tuple[str, ...], flag: str) -> bool:
+    """Whether a Go-style boolean flag is on in ``args`` (the last of ``--f``, ``--f=v``)."""
+    enabled = False
+    for arg in args:
+        if arg == flag:
+            enabled = True
+        elif arg.startswith(flag + "="):
+            enabled = arg.removeprefix(flag + "=").lower() in ("true", "1", "t")
+    return enabled
 
 
 class Sandbox:
@@ -255,7 +280,7 @@ class Sandbox:
         container's ``oom`` event, and under gVisor (where running out of memory kills the
         whole sandbox) that can come after the stream's end and even after the exit. So when
         the stream ended: wait for the container to stop, and if it was killed (exit code
-        137) with no ``OOMKilled`` yet, wait for the engine's ``oom`` event for it; each
+        137) under runsc with no ``OOMKilled`` yet, wait for the engine's ``oom`` event; each
         wait at most ``exit_wait_timeout``. A sandbox lost for another reason (bad frames,
         say) is still running: only its recorded state counts, at once.
         """
@@ -272,10 +297,11 @@ class Sandbox:
             return False
         if state.get("OOMKilled"):
             return True
-        if self._ended and state.get("ExitCode") == _EXIT_SIGKILL:
+        if (self._ended and state.get("ExitCode") == _EXIT_SIGKILL
+                and self._backend.settings.container_runtime == "runsc"):
             try:
                 async with asyncio.timeout(grace):
-                    return await self._oom_event()
+                    return await self._oom_event(grace)
             except (TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError):
                 pass
         if self._ended:
@@ -283,17 +309,24 @@ class Sandbox:
                      self.short_id, state.get("ExitCode", "unknown"))
         return False
 
-    async def _oom_event(self) -> bool:
-        """Wait for the engine's ``oom`` event for this container (past events replay)."""
+    async def _oom_event(self, within: float | None) -> bool:
+        """Whether the engine reports an ``oom`` event for this container: past events
+        replay at once, and the engine ends the stream ``within`` seconds from now."""
+        now = time.time()
         params = {"since": str(int(self._created_wall) - 1),
                   "filters": json.dumps({"container": [self.id], "event": ["oom"]})}
+        if within is not None:
+            params["until"] = str(int(now + within) + 1)
         async with self._backend.docker._query(
                 "events", params=params,
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as response:
-            async for line in response.content:  # one JSON event per line, filtered
-                if line.strip():
-                    return True
-        return False
+            try:
+                async for line in response.content:  # one JSON event per line, filtered
+                    if line.strip():
+                        return True
+                return False
+            finally:
+                response.close()  # aiodocker's _query leaves a streamed response open
 
     async def destroy(self) -> None:
         """Close the streams and remove the container (idempotent, never raises)."""

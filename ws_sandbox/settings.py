@@ -9,6 +9,7 @@ Requests never change a setting; operators do, at start or through the admin API
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import ipaddress
 import json
@@ -32,9 +33,10 @@ SHIPPED_SECCOMP_PROFILE = Path(__file__).resolve().parent.parent / "runtime" / "
 #: ``--oci-seccomp``) turns every ``SCMP_ACT_ERRNO`` rule into EPERM whatever its
 #: ``errnoRet`` says (google/gvisor#14688). A denied ``clone3`` must fail with ENOSYS, or
 #: glibc does not fall back to ``clone`` and no thread starts (Node.js, rustc, Python
-#: threads). So under runsc the profile lets ``clone3`` through to the Sentry, which does
-#: not implement it and answers ENOSYS; were it implemented there, it could create only
-#: namespaces of gVisor's own kernel.
+#: threads). So under runsc a rule answering ``clone3`` with ENOSYS lets it through to the
+#: Sentry instead, which (gVisor 20221219, Debian 12's) does not implement it and answers
+#: ENOSYS itself. Should a newer gVisor implement it, ``clone3(CLONE_NEWUSER)`` would create
+#: a user namespace inside gVisor: the security battery's clone3 test fails then.
 RUNSC_PASS_THROUGH = frozenset({"clone3"})
 
 #: runsc's converter looks each name up in gVisor's own system call table, which spells some
@@ -48,8 +50,9 @@ RUNSC_ALIASES = {"pselect6": "pselect"}
 def load_seccomp_profile(path: Path, runtime: str = "") -> str:
     """Read a seccomp JSON profile once and return it compact, ready for ``seccomp=``.
 
-    With ``runtime="runsc"`` the rules for :data:`RUNSC_PASS_THROUGH` allow the call instead,
-    and rules also name gVisor's spelling of the calls in :data:`RUNSC_ALIASES`.
+    With ``runtime="runsc"``, a rule answering only calls of :data:`RUNSC_PASS_THROUGH` with
+    ENOSYS allows them instead (no other rule is loosened), and rules also name gVisor's
+    spelling of the calls in :data:`RUNSC_ALIASES`.
 
     Raises:
         ConfigError: the file is missing, unreadable, or not a JSON object with a
@@ -64,7 +67,8 @@ def load_seccomp_profile(path: Path, runtime: str = "") -> str:
     if runtime == "runsc":
         for rule in profile.get("syscalls") or []:
             names = set(rule.get("names") or ()) if isinstance(rule, dict) else set()
-            if names and names <= RUNSC_PASS_THROUGH:
+            if (names and names <= RUNSC_PASS_THROUGH and rule.get("action") == "SCMP_ACT_ERRNO"
+                    and rule.get("errnoRet") == errno.ENOSYS):
                 rule["action"] = "SCMP_ACT_ALLOW"
                 rule.pop("errnoRet", None)
             aliases = [RUNSC_ALIASES[n] for n in sorted(names & RUNSC_ALIASES.keys())]

@@ -95,16 +95,19 @@ async def test_fork_bomb_is_held_by_the_pids_limit(battery: Service, language: s
             count = ("p=(/proc/[0-9]*); echo ${#p[@]}; ulimit -u" if RUNSC else
                      "d=/sys/fs/cgroup; [ -e $d/pids.max ] || d=$d/pids;"  # v2, or v1
                      " read c < $d/pids.current; read m < $d/pids.max; echo $c $m")
-            peak = 0
+            peak, refused = 0, "Resource temporarily unavailable" in r.stderr
             for _ in range(20):
                 n = await s.execute(count)
+                refused = refused or "Resource temporarily unavailable" in n.stderr
                 fields = n.stdout.split()
                 if len(fields) == 2:  # empty when bash itself could not fork
                     assert fields[1] == BATTERY_ENV["PIDS_LIMIT"], n
                     peak = max(peak, int(fields[0]))
                 assert peak <= int(BATTERY_ENV["PIDS_LIMIT"]), n
                 await asyncio.sleep(0.2)
-            assert peak > 20, peak  # the bomb did go off
+            # The bomb did go off: it was seen near the limit, or its forks were refused
+            # (it can burn out between two counts when every fork fails at once).
+            assert peak > 20 or refused, peak
             await s.restart()
             async with asyncio.timeout(30):
                 while not isinstance(await s.events.get(), fr.Restarted):
@@ -545,6 +548,23 @@ async def test_clone_with_new_user_namespace_is_denied(battery: Service) -> None
     assert ret == -1 and err in (errno.EPERM, errno.ENOSYS, errno.EINVAL), r.stdout
 
 
+async def test_clone3_with_a_new_user_namespace_is_denied(battery: Service) -> None:
+    # clone3 passes its flags in memory, out of seccomp's sight: the profile answers every
+    # clone3 with ENOSYS so that glibc falls back to the clone it can check. RUNSC: the
+    # runsc variant lets clone3 through to gVisor's kernel, which answers ENOSYS itself
+    # (settings.RUNSC_PASS_THROUGH); this fails if a gVisor upgrade implements clone3, and
+    # then a user namespace would escape the task limit (RLIMIT_NPROC) there.
+    code = SYSCALL + (
+        "import struct\n"
+        "args = ctypes.create_string_buffer(struct.pack('<QQQQQQQQ', 0x10000000, 0, 0, 0,"
+        " 17, 0, 0, 0))\n"  # flags = CLONE_NEWUSER, exit_signal = SIGCHLD
+        "r = call(435, ctypes.addressof(args), 64)\n"
+        "if r[0] == 0:\n    os._exit(0)\nprint(*r)")
+    r = await run(battery, "python", code)
+    ret, err = map(int, r.stdout.split())
+    assert (ret, err) == (-1, errno.ENOSYS), r.stdout
+
+
 # --------------------------------------------------------------------------- file system
 
 async def test_read_only_root(battery: Service) -> None:
@@ -860,4 +880,4 @@ async def test_sandbox_runs_under_the_configured_runtime_and_profile(battery: Se
     assert profile == json.loads(load_seccomp_profile(shipped, runtime))
     _, health = battery.get("/api/v1/health")
     assert health["runtime"] == runtime
-    assert health["warnings"] == []  # RUNSC: the engine's runsc has --oci-seccomp
+    assert health["problems"] == []  # RUNSC: the engine's runsc has --oci-seccomp

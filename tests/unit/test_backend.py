@@ -63,13 +63,17 @@ class _Container:
 class _Events:
     """Stands in for the engine's events endpoint: the lines it streams, then silence."""
 
-    def __init__(self, lines: list[bytes]) -> None:
+    def __init__(self, lines: list[bytes], error: Exception | None = None) -> None:
         self.lines = lines
+        self.error = error
         self.params: dict[str, str] = {}
+        self.closed = False
 
     def _query(self, path: str, **kwargs: Any) -> Any:
         assert path == "events"
         self.params = kwargs["params"]
+        if self.error is not None:
+            raise self.error
         events = self
 
         async def content() -> Any:
@@ -86,7 +90,10 @@ class _Events:
                 return self
 
             async def __aexit__(self, *exc: object) -> None:
-                return None
+                return None  # as aiodocker's _query: the response stays open
+
+            def close(self) -> None:
+                events.closed = True
 
         response = _Response()
         return response
@@ -118,20 +125,38 @@ async def test_oom_check_waits_for_the_exit_only_when_the_stream_ended() -> None
     assert 0.15 <= time.monotonic() - start < 2  # waited, and no longer than the setting
 
 
-def test_health_warns_when_runsc_runs_without_the_seccomp_profile() -> None:
+def _info(runsc_args: tuple[str, ...], default: str = "runc") -> Any:
     from ws_sandbox.backend import EngineInfo
 
-    def info(runsc_args: tuple[str, ...], default: str = "runc") -> EngineInfo:
-        return EngineInfo(True, "24", ("runc", "runsc"), default, True,
-                          runtime_args={"runc": (), "runsc": runsc_args})
+    return EngineInfo(True, "24", ("runc", "runsc"), default, True,
+                      runtime_args={"runc": (), "runsc": runsc_args})
 
-    bare = info(("--network=none",))
+
+def test_runsc_without_oci_seccomp_is_a_problem() -> None:
+    """Without the profile inside gVisor a user namespace escapes the task limit: the
+    service refuses to start, and health answers 503 with the reason."""
+    bare = _info(("--network=none",))
     assert bare.runtime_in_use("runsc") == "runsc"
-    (warning,) = bare.warnings("runsc")
-    assert "--oci-seccomp" in warning
-    assert bare.warnings("") == bare.warnings("runc") == []
-    assert info(("--network=none",), default="runsc").warnings("") == [warning]
-    assert info(("--network=none", "--oci-seccomp")).warnings("runsc") == []
+    (problem,) = bare.problems("runsc")
+    assert "--oci-seccomp" in problem
+    assert bare.problems("") == bare.problems("runc") == []
+    for args in (("--oci-seccomp",), ("--oci-seccomp=true",), ("--oci-seccomp=false",
+                                                               "--oci-seccomp")):
+        assert _info(args).problems("runsc") == [], args
+    for args in (("--oci-seccomp=false",), ("--oci-seccomp", "--oci-seccomp=false"),
+                 ("--oci-seccomp-x",)):
+        assert len(_info(args).problems("runsc")) == 1, args
+
+
+def test_runsc_as_the_engines_default_must_be_configured() -> None:
+    """The service applies gVisor's task limit and profile variant only when it knows it
+    runs under runsc: an engine defaulting to runsc needs CONTAINER_RUNTIME=runsc."""
+    info = _info(("--oci-seccomp",), default="runsc")
+    assert info.runtime_in_use("") == "runsc"
+    (problem,) = info.problems("")
+    assert "CONTAINER_RUNTIME=runsc" in problem
+    assert info.problems("runsc") == []
+    assert info.problems("runc") == []
 
 
 @pytest.mark.parametrize(("lines", "expected"), [
@@ -141,9 +166,11 @@ def test_health_warns_when_runsc_runs_without_the_seccomp_profile() -> None:
 async def test_a_killed_sandbox_waits_for_the_engines_oom_event(lines: list[bytes],
                                                                   expected: bool) -> None:
     """Under gVisor the engine can record the exit (137, SIGKILL) before it handles the oom
-    event: the check then waits, bounded, for that event (past events replay)."""
+    event: the check then waits, bounded, for that event (past events replay), and closes
+    the event stream whatever happens."""
     events = _Events(lines)
-    backend = SimpleNamespace(settings=Settings(exit_wait_timeout=0.2), docker=events)
+    settings = Settings(exit_wait_timeout=0.2, container_runtime="runsc")
+    backend = SimpleNamespace(settings=settings, docker=events)
     killed = _Container(oom_killed=False, exit_code=137)
     sandbox = Sandbox(backend, killed, _EndedStream(), "python")  # type: ignore[arg-type]
     with pytest.raises(SandboxLost, match="exited"):
@@ -151,17 +178,36 @@ async def test_a_killed_sandbox_waits_for_the_engines_oom_event(lines: list[byte
     start = time.monotonic()
     async with asyncio.timeout(5):
         assert await sandbox.oom_killed() is expected
-    assert time.monotonic() - start < (0.15 if expected else 2)
+    assert time.monotonic() - start < (0.1 if expected else 0.6)
+    assert events.closed
     assert json.loads(events.params["filters"]) == {"container": [killed.id],
                                                     "event": ["oom"]}
-    assert int(events.params["since"]) <= time.time()
+    assert time.time() - 5 < int(events.params["since"]) <= time.time()
+    assert time.time() < int(events.params["until"]) <= time.time() + 2
 
 
-async def test_a_sandbox_that_exited_otherwise_asks_for_no_event() -> None:
-    backend = SimpleNamespace(settings=Settings(exit_wait_timeout=0.2), docker=None)
-    crashed = _Container(oom_killed=False, exit_code=1)
-    sandbox = Sandbox(backend, crashed, _EndedStream(), "python")  # type: ignore[arg-type]
+async def test_an_engine_error_on_the_event_stream_is_no_oom() -> None:
+    events = _Events([], error=aiodocker.DockerError(500, "boom"))
+    settings = Settings(exit_wait_timeout=0.2, container_runtime="runsc")
+    backend = SimpleNamespace(settings=settings, docker=events)
+    sandbox = Sandbox(backend, _Container(False, 137),  # type: ignore[arg-type]
+                      _EndedStream(), "python")  # type: ignore[arg-type]
     with pytest.raises(SandboxLost, match="exited"):
         await sandbox.receive()
     async with asyncio.timeout(5):
-        assert await sandbox.oom_killed() is False  # docker=None: no events asked for
+        assert await sandbox.oom_killed() is False
+    assert events.params  # it did ask
+
+
+@pytest.mark.parametrize(("runtime", "exit_code"), [("runsc", 1), ("runc", 137)])
+async def test_no_event_is_asked_for_otherwise(runtime: str, exit_code: int) -> None:
+    """Only a SIGKILLed gVisor sandbox can have been ended by memory without OOMKilled
+    recorded yet (under runc the kernel kills a process inside and the agent reports it)."""
+    settings = Settings(exit_wait_timeout=0.2, container_runtime=runtime)
+    backend = SimpleNamespace(settings=settings, docker=None)  # docker=None: no events
+    sandbox = Sandbox(backend, _Container(False, exit_code),  # type: ignore[arg-type]
+                      _EndedStream(), "python")  # type: ignore[arg-type]
+    with pytest.raises(SandboxLost, match="exited"):
+        await sandbox.receive()
+    async with asyncio.timeout(5):
+        assert await sandbox.oom_killed() is False
