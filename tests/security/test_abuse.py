@@ -96,8 +96,10 @@ async def test_fork_bomb_is_held_by_the_pids_limit(battery: Service, language: s
                      "d=/sys/fs/cgroup; [ -e $d/pids.max ] || d=$d/pids;"  # v2, or v1
                      " read c < $d/pids.current; read m < $d/pids.max; echo $c $m")
             peak, refused = 0, "Resource temporarily unavailable" in r.stderr
+            seen = [r]
             for _ in range(20):
                 n = await s.execute(count)
+                seen.append(n)
                 refused = refused or "Resource temporarily unavailable" in n.stderr
                 fields = n.stdout.split()
                 if len(fields) == 2:  # empty when bash itself could not fork
@@ -106,8 +108,10 @@ async def test_fork_bomb_is_held_by_the_pids_limit(battery: Service, language: s
                 assert peak <= int(BATTERY_ENV["PIDS_LIMIT"]), n
                 await asyncio.sleep(0.2)
             # The bomb did go off: it was seen near the limit, or its forks were refused
-            # (it can burn out between two counts when every fork fails at once).
-            assert peak > 20 or refused, peak
+            # (it can burn out between two counts when every fork fails at once). RUNSC:
+            # forks are slow enough in gVisor that the bomb can also burn out below the
+            # limit; the limit itself is proven there by the next test, which counts.
+            assert peak > (5 if RUNSC else 20) or refused, (peak, seen)
             await s.restart()
             async with asyncio.timeout(30):
                 while not isinstance(await s.events.get(), fr.Restarted):
