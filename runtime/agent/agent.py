@@ -63,6 +63,10 @@ else:
 
 PROTOCOL_VERSION: Final = 1
 MAX_AGENT_FRAME: Final = 1 << 20
+READ_SIZE: Final = 1 << 16
+"""Bytes asked for per read of the service's frames. A frame larger than this takes more
+than one read; a read of 1 MiB made glibc map, shrink and unmap a fresh 1 MiB buffer at
+every read (three memory-map calls per frame, which gVisor serves slowly)."""
 """Largest frame body the agent sends (agent -> service)."""
 MAX_SERVICE_FRAME: Final = 16 << 20
 """Largest frame body the agent accepts (service -> agent)."""
@@ -814,7 +818,7 @@ class Agent:
 
     def _on_stdin(self, _fd: int) -> None:
         try:
-            data = os.read(0, 1 << 20)
+            data = os.read(0, READ_SIZE)
         except BlockingIOError:
             return
         except OSError as exc:

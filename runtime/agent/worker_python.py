@@ -370,7 +370,7 @@ def _read_messages(fd: int) -> Any:
     buf = b""
     while True:
         try:
-            chunk = os.read(fd, 1 << 20)
+            chunk = os.read(fd, 1 << 16)  # a 1 MiB read mapped a fresh buffer each time
         except KeyboardInterrupt:
             continue
         if not chunk:

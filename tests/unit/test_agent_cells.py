@@ -391,6 +391,16 @@ def test_big_output_arrives_complete_and_in_order(py: AgentDriver) -> None:
     assert result.done["truncated"] is False
 
 
+def test_a_cell_larger_than_one_read_arrives_whole(py: AgentDriver) -> None:
+    # The agent and the worker read 64 KiB at a time: a 600 KB cell takes many reads of
+    # the service's frame and of the control pipe, and must still run as one cell.
+    blob = "".join(f"{i:07d}" for i in range(80_000))  # 560 000 characters
+    result = py.run(f"s = {blob!r}\nprint(len(s), s[:7], s[-7:])")
+    assert_success(result)
+    assert result.text() == "560000 0000000 0079999\n"
+    assert_success(py.run("print(len(s))"))  # and the next frame is read cleanly after it
+
+
 def test_stdout_and_stderr_are_separate_and_ordered(py: AgentDriver) -> None:
     result = py.run(
         "import sys\nfor i in range(200):\n    print(i)\n    print(-i, file=sys.stderr)"
