@@ -160,7 +160,8 @@ class Settings:
     container_image: str = field(default="ws-sandbox-runtime:latest", metadata={
         "env": "CONTAINER_IMAGE", "doc": "Runtime image (ws-sandbox build-image makes it)"})
     container_runtime: str = field(default="", metadata={"env": "CONTAINER_RUNTIME",
-        "doc": "Engine runtime: empty for the engine default (runc), or runsc (gVisor)"})
+        "doc": "Engine runtime: empty for the engine default (runc), or runsc (gVisor; the"
+        " engine's runsc needs --oci-seccomp, which scripts/setup.sh registers)"})
     python_preload: str = field(default="", metadata={"env": "PYTHON_PRELOAD",
         "doc": "Modules a Python sandbox imports before it joins the pool (e.g. numpy,pandas):"
         " faster first cells, but each sandbox costs more CPU to start and more memory"})
