@@ -502,6 +502,21 @@ def open_oom_counter() -> ProcFile | None:
     return None
 
 
+class Batch:
+    """What one wait of the loop saw: the descriptors it reported ready, and which ones it
+    watched for reading."""
+
+    __slots__ = ("interest", "ready")
+
+    def __init__(self, ready: list[int], interest: dict[int, int]) -> None:
+        self.ready = frozenset(ready)
+        self.interest = dict(interest)
+
+    def was_empty(self, fd: int) -> bool:
+        """Whether ``fd`` was watched for reading and had nothing to read at the wait."""
+        return fd not in self.ready and bool(self.interest.get(fd, 0) & READ)
+
+
 class Stream:
     """One output pipe of user programs (stdout or stderr), read end owned by the agent."""
 
@@ -623,6 +638,7 @@ class Agent:
         self.linger_until: float | None = None
         self.lingering = True  # off once the platform's timers prove too coarse
         self.oversleeps = 0
+        self.batch: Batch | None = None  # the wait whose descriptors are being handled
 
     def _oom_kills(self) -> int | None:
         """The memory cgroup's OOM-kill count now, None if unknown."""
@@ -711,10 +727,13 @@ class Agent:
                 # EVENT_WRITE would cost a poll round trip per frame on the hot path.
                 self._on_stdout(1)
             self._update_interest()
-            for fd in self._wait(linger):
+            ready = self._wait(linger)
+            self.batch = Batch(ready, self.interest)
+            for fd in ready:
                 callback = self.callbacks.get(fd)
                 if callback is not None and self.exit_code is None:
                     callback(fd)
+            self.batch = None
             if self.terminate and self.exit_code is None:
                 self._shutdown(0)
         self._flush_stdout_blocking()
@@ -930,10 +949,18 @@ class Agent:
             chunk = text[i : i + MAX_TEXT_CHUNK]
             self._send({"t": "out", "id": cell_id, "name": name, "text": chunk})
 
-    def _drain_streams(self, cell: Cell) -> None:
-        """Forward what is already in the pipes (not more: a background job may never stop)."""
+    def _drain_streams(self, cell: Cell, after: Batch | None = None) -> None:
+        """Forward what is already in the pipes (not more: a background job may never stop).
+
+        ``after``: the wait that delivered the worker's ``done``. The worker wrote its output
+        before it wrote ``done``, so a pipe that wait watched and did not report readable
+        was empty: no need to ask it (one system call per pipe, about 80 us under gVisor).
+        """
         for stream in self._streams():
-            pending = _pending_bytes(stream.fd)
+            if after is not None and after.was_empty(stream.fd):
+                pending = 0
+            else:
+                pending = _pending_bytes(stream.fd)
             while pending > 0:
                 n = self._read_stream(stream, min(pending, MAX_TEXT_CHUNK))
                 if n <= 0:
@@ -1000,13 +1027,14 @@ class Agent:
         *,
         restarted: bool = False,
         peak_kb: int = 0,
+        after: Batch | None = None,
     ) -> None:
         """Drain the pipes, then send the cell's one ``done``."""
         cell = self.cell
         if cell is None:
             return
         elapsed_ms = (time.monotonic() - cell.started) * 1000
-        self._drain_streams(cell)
+        self._drain_streams(cell, after)
         worker = self.worker
         if worker is not None and worker.proc.returncode is None and not restarted:
             peak_kb = max(peak_kb, worker.memory.peak_kb())
@@ -1229,7 +1257,7 @@ class Agent:
                 error = "interrupted"
             children_kb = msg.get("children_maxrss_kb")
             peak = children_kb if isinstance(children_kb, int) and children_kb > 0 else 0
-            self._finish_cell(str(status), exit_code, error, peak_kb=peak)
+            self._finish_cell(str(status), exit_code, error, peak_kb=peak, after=self.batch)
         else:
             raise FrameError(f"unknown worker message {tag!r}")
 
@@ -1267,7 +1295,9 @@ class Agent:
         worker = self.worker
         if worker is None or worker.pid != pid:
             return
-        # A message the worker sent just before exiting (e.g. its last `done`) comes first.
+        # A message the worker sent just before exiting (e.g. its last `done`) comes first,
+        # read outside the wait that saw the exit: its pipes are drained in full.
+        self.batch = None
         while not worker.ctl_eof and _pending_bytes(worker.ctl_r) > 0 and self.worker is worker:
             self._on_ctl_readable(worker.ctl_r)
         if self.worker is not worker:

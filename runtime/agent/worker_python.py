@@ -55,6 +55,7 @@ class _State:
     running = False
     cell_number = 0
     loop: Any = None
+    children_maxrss = 0  # RUSAGE_CHILDREN's ru_maxrss when the last cell ended
 
 
 _state = _State()
@@ -65,9 +66,12 @@ _ctl_out = -1
 _worker_pid = os.getpid()
 
 
-def _send(obj: dict[str, Any]) -> None:
-    """Write one JSON line to the agent; a broken control pipe ends the worker."""
-    if os.getpid() != _worker_pid:
+def _send(obj: dict[str, Any], *, pid_checked: bool = False) -> None:
+    """Write one JSON line to the agent; a broken control pipe ends the worker.
+
+    ``pid_checked``: the caller has just made sure this is the worker, not a forked child.
+    """
+    if not pid_checked and os.getpid() != _worker_pid:
         return  # a forked child of a cell: not the worker
     data = (dumps_ascii(obj) + "\n").encode("utf-8", "replace")
     try:
@@ -291,7 +295,9 @@ def run_cell(code: str, glb: dict[str, Any]) -> dict[str, Any]:
     filename = f"<cell-{_state.cell_number}>"
     _remember_source(filename, code)
     status, error, exit_code = "success", None, 0
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # Children are waited for while cells run: the peak at the last cell's end stands for
+    # the one before this cell (one system call per cell fewer).
+    children_before = _state.children_maxrss
     try:
         _state.running = True
         tree = compile(code, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
@@ -329,6 +335,7 @@ def run_cell(code: str, glb: dict[str, Any]) -> dict[str, Any]:
     _flush_std()
     done: dict[str, Any] = {"t": "done", "status": status, "exit_code": exit_code, "error": error}
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    _state.children_maxrss = children_after
     if children_after > children_before:
         done["children_maxrss_kb"] = children_after
     return done
@@ -396,6 +403,7 @@ def main() -> None:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace", line_buffering=True)
     _warm_up()
+    _state.children_maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     glb: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
     _send({"t": "ready"})
     for message in _read_messages(ctl_in):
@@ -408,7 +416,7 @@ def main() -> None:
             # A child forked by the cell finished its copy of the cell: end it here.
             _flush_std()
             os._exit(int(done.get("exit_code") or 0))
-        _send(done)
+        _send(done, pid_checked=True)
 
 
 if __name__ == "__main__":

@@ -492,6 +492,38 @@ def test_backpressure_blocks_the_program_not_the_agent(py: AgentDriver) -> None:
     assert len(result.text()) < 50 * 1024 * 1024
 
 
+def test_output_held_back_by_backpressure_still_comes_before_done(py: AgentDriver) -> None:
+    # The service reads slowly: the agent's buffer fills and output is still on its way
+    # when the program ends. All of it must come, whole and before done. (The wait that
+    # delivers done decides which pipes need asking: see the next test.)
+    py.reading.clear()
+    time.sleep(0.1)
+    sent_at = time.monotonic()
+    size = (1 << 20) + (1 << 16) + 30_000  # the agent's 1 MiB buffer, a pipe, and more
+    cell = py.exec(f"import sys\nfor i in range({size} // 1000):\n"
+                   "    sys.stdout.write(str(i % 10) * 999 + '\\n')", 1 << 30)
+    time.sleep(1.0)  # the program fills the agent's buffer and the pipe, then finishes
+    py.reading.set()
+    result = py.collect(cell, sent_at)
+    assert_success(result)
+    expected = "".join(str(i % 10) * 999 + "\n" for i in range(size // 1000))
+    assert len(result.text()) == len(expected)
+    assert result.text() == expected
+
+
+def test_a_wait_tells_which_watched_pipes_were_empty() -> None:
+    spec = importlib.util.spec_from_file_location("ws_agent_batch", AGENT)
+    assert spec is not None and spec.loader is not None
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    batch = agent.Batch([5], {5: agent.READ, 6: agent.READ, 7: 0, 8: agent.WRITE})
+    assert not batch.was_empty(5)  # reported ready: ask it
+    assert batch.was_empty(6)  # watched, not reported: it was empty
+    assert not batch.was_empty(7)  # not watched (backpressure): it may hold output
+    assert not batch.was_empty(8)
+    assert not batch.was_empty(9)  # unknown to the wait
+
+
 def test_memory_is_measured(py: AgentDriver) -> None:
     small = py.run("x = 1")
     big = py.run("b = bytearray(150 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])\ndel b")
