@@ -104,6 +104,16 @@ class _EndedStream:
         return None  # the engine closed the stream
 
 
+async def _lost(container: _Container, runtime: str = "", docker: Any = None) -> Sandbox:
+    """A sandbox whose stream the engine has just ended."""
+    settings = Settings(exit_wait_timeout=0.2, container_runtime=runtime)
+    backend = SimpleNamespace(settings=settings, docker=docker)
+    sandbox = Sandbox(backend, container, _EndedStream(), "python")  # type: ignore[arg-type]
+    with pytest.raises(SandboxLost, match="exited"):
+        await sandbox.receive()
+    return sandbox
+
+
 async def test_oom_check_waits_for_the_exit_only_when_the_stream_ended() -> None:
     """A sandbox lost because its stream ended may not have been marked OOMKilled yet: wait
     (bounded) for the exit. One lost for another reason is still running: do not wait."""
@@ -115,9 +125,7 @@ async def test_oom_check_waits_for_the_exit_only_when_the_stream_ended() -> None
     assert running.waited == 0
 
     stopped = _Container(oom_killed=True)
-    sandbox = Sandbox(backend, stopped, _EndedStream(), "python")  # type: ignore[arg-type]
-    with pytest.raises(SandboxLost, match="exited"):
-        await sandbox.receive()
+    sandbox = await _lost(stopped)
     start = time.monotonic()
     async with asyncio.timeout(5):
         assert await sandbox.oom_killed() is True
@@ -169,12 +177,8 @@ async def test_a_killed_sandbox_waits_for_the_engines_oom_event(lines: list[byte
     event: the check then waits, bounded, for that event (past events replay), and closes
     the event stream whatever happens."""
     events = _Events(lines)
-    settings = Settings(exit_wait_timeout=0.2, container_runtime="runsc")
-    backend = SimpleNamespace(settings=settings, docker=events)
     killed = _Container(oom_killed=False, exit_code=137)
-    sandbox = Sandbox(backend, killed, _EndedStream(), "python")  # type: ignore[arg-type]
-    with pytest.raises(SandboxLost, match="exited"):
-        await sandbox.receive()
+    sandbox = await _lost(killed, "runsc", events)
     start = time.monotonic()
     async with asyncio.timeout(5):
         assert await sandbox.oom_killed() is expected
@@ -188,12 +192,7 @@ async def test_a_killed_sandbox_waits_for_the_engines_oom_event(lines: list[byte
 
 async def test_an_engine_error_on_the_event_stream_is_no_oom() -> None:
     events = _Events([], error=aiodocker.DockerError(500, "boom"))
-    settings = Settings(exit_wait_timeout=0.2, container_runtime="runsc")
-    backend = SimpleNamespace(settings=settings, docker=events)
-    sandbox = Sandbox(backend, _Container(False, 137),  # type: ignore[arg-type]
-                      _EndedStream(), "python")  # type: ignore[arg-type]
-    with pytest.raises(SandboxLost, match="exited"):
-        await sandbox.receive()
+    sandbox = await _lost(_Container(False, 137), "runsc", events)
     async with asyncio.timeout(5):
         assert await sandbox.oom_killed() is False
     assert events.params  # it did ask
@@ -203,11 +202,6 @@ async def test_an_engine_error_on_the_event_stream_is_no_oom() -> None:
 async def test_no_event_is_asked_for_otherwise(runtime: str, exit_code: int) -> None:
     """Only a SIGKILLed gVisor sandbox can have been ended by memory without OOMKilled
     recorded yet (under runc the kernel kills a process inside and the agent reports it)."""
-    settings = Settings(exit_wait_timeout=0.2, container_runtime=runtime)
-    backend = SimpleNamespace(settings=settings, docker=None)  # docker=None: no events
-    sandbox = Sandbox(backend, _Container(False, exit_code),  # type: ignore[arg-type]
-                      _EndedStream(), "python")  # type: ignore[arg-type]
-    with pytest.raises(SandboxLost, match="exited"):
-        await sandbox.receive()
+    sandbox = await _lost(_Container(False, exit_code), runtime)  # docker=None: no events
     async with asyncio.timeout(5):
         assert await sandbox.oom_killed() is False
