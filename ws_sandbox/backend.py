@@ -302,7 +302,8 @@ class Sandbox:
             try:
                 async with asyncio.timeout(grace):
                     return await self._oom_event(grace)
-            except (TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError):
+            except (TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError,
+                    ValueError):  # ValueError: aiohttp refuses an event line over 64 KiB
                 pass
         if self._ended:
             log.info("sandbox %s stopped: exit code %s, not out of memory",

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiodocker
+import aiohttp
 import pytest
 
 from ws_sandbox.backend import Sandbox, attach, container_config
@@ -63,9 +64,11 @@ class _Container:
 class _Events:
     """Stands in for the engine's events endpoint: the lines it streams, then silence."""
 
-    def __init__(self, lines: list[bytes], error: Exception | None = None) -> None:
+    def __init__(self, lines: list[bytes], error: Exception | None = None,
+                 broken: Exception | None = None) -> None:
         self.lines = lines
         self.error = error
+        self.broken = broken  # raised by the stream after its lines
         self.params: dict[str, str] = {}
         self.closed = False
 
@@ -79,6 +82,8 @@ class _Events:
         async def content() -> Any:
             for line in events.lines:
                 yield line
+            if events.broken is not None:
+                raise events.broken
             await asyncio.Event().wait()  # the stream stays open: no more events
             yield b""
 
@@ -196,6 +201,18 @@ async def test_an_engine_error_on_the_event_stream_is_no_oom() -> None:
     async with asyncio.timeout(5):
         assert await sandbox.oom_killed() is False
     assert events.params  # it did ask
+
+
+@pytest.mark.parametrize("broken", [ValueError("Chunk too big"),
+                                    aiohttp.ClientPayloadError("connection reset")])
+async def test_a_broken_event_stream_is_no_oom_and_is_closed(broken: Exception) -> None:
+    """aiohttp refuses a line over 64 KiB with ValueError; an engine that breaks the stream
+    off gives a payload error. Either is "no oom event seen", never an exception."""
+    events = _Events([], broken=broken)
+    sandbox = await _lost(_Container(False, 137), "runsc", events)
+    async with asyncio.timeout(5):
+        assert await sandbox.oom_killed() is False
+    assert events.closed
 
 
 @pytest.mark.parametrize(("runtime", "exit_code"), [("runsc", 1), ("runc", 137)])
