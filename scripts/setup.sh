@@ -3,7 +3,8 @@
 #
 #   scripts/setup.sh [--no-image] [build-image options...]
 #
-# 1. apt packages: docker.io, runsc (gVisor), mmdebstrap, python3-venv, when missing.
+# 1. apt packages: docker.io, runsc (gVisor), mmdebstrap, chromium, gcc, python3-venv, when
+#    missing.
 # 2. gVisor: registers runsc in /etc/docker/daemon.json (merged, never clobbered).
 # 3. Docker engine: reuses one that answers; otherwise starts dockerd in the background
 #    (log: $WS_SANDBOX_DOCKERD_LOG, default /var/log/ws-sandbox-dockerd.log).
@@ -45,6 +46,7 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v runsc >/dev/null || missing+=(runsc)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v chromium >/dev/null || missing+=(chromium)  # browser tests (tests/browser)
+command -v gcc >/dev/null || missing+=(gcc libc6-dev)  # the unit tests build the C agent
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     log "installing apt packages: ${missing[*]}"
@@ -52,7 +54,7 @@ if ((${#missing[@]})); then
     as_root apt-get update -q
     as_root apt-get install -y -q "${missing[@]}"
 else
-    log "apt packages present (dockerd, runsc, mmdebstrap, python3-venv)"
+    log "apt packages present (dockerd, runsc, mmdebstrap, chromium, gcc, python3-venv)"
 fi
 
 # --------------------------------------------------------------------------- 2. runsc

@@ -198,7 +198,8 @@ def test_numpy_pandas_matplotlib(sandbox: Sandbox) -> None:
 
 
 def test_python_starts_from_bytecode_without_slow_imports() -> None:
-    """The agent and the worker run from the bytecode compiled into the image, and a fresh
+    """The agent runs from its binary and the worker from the bytecode compiled into the
+    image, and a fresh
     worker (no preload, the service's default) has loaded none of the modules that cost a
     start milliseconds; what the image dropped for speed (matplotlib's namespace .pth,
     Debian's sitecustomize) loses nothing."""
@@ -221,7 +222,7 @@ def test_python_starts_from_bytecode_without_slow_imports() -> None:
         assert done(frames)["status"] == "success", text(frames, "stderr")
         lines = text(frames).splitlines()
         assert lines[0] == "[]"
-        assert lines[1:3] == ["/opt/ws_sandbox/agent/agent.pyc",
+        assert lines[1:3] == ["/opt/ws_sandbox/agent/agent",
                               "/opt/ws_sandbox/agent/worker_python.pyc"]
         assert lines[3] == "['/usr/lib/python3/dist-packages/mpl_toolkits']"
         # A traceback still shows the cell's own source lines.

@@ -576,8 +576,8 @@ async def test_read_only_root(battery: Service) -> None:
 import os
 # /var/tmp is world-writable in the image: only the read-only root stops this one.
 for path, mode in (("/usr/evil", "w"), ("/var/tmp/evil", "w"), ("/etc/passwd", "a"),
-                   ("/opt/ws_sandbox/agent/agent.py", "a"),
-                   ("/opt/ws_sandbox/agent/agent.pyc", "r+b"),
+                   ("/opt/ws_sandbox/agent/agent", "r+b"),
+                   ("/opt/ws_sandbox/agent/agent.c", "a"),
                    ("/opt/ws_sandbox/agent/worker_python.pyc", "r+b"), ("/bin/sh", "r+b")):
     try:
         open(path, mode).close()
@@ -598,9 +598,9 @@ except OSError as e:
         ok = {str(errno.EROFS), str(errno.EACCES)} if RUNSC and created != "/var/tmp/evil" \
             else {str(errno.EROFS)}
         assert result[created] in ok, r.stdout
-    # The agent and the Python worker run from the bytecode files.
-    for existing in ("/etc/passwd", "/opt/ws_sandbox/agent/agent.py",
-                     "/opt/ws_sandbox/agent/agent.pyc", "/opt/ws_sandbox/agent/worker_python.pyc",
+    # The agent runs from its binary, the Python worker from its bytecode.
+    for existing in ("/etc/passwd", "/opt/ws_sandbox/agent/agent",
+                     "/opt/ws_sandbox/agent/agent.c", "/opt/ws_sandbox/agent/worker_python.pyc",
                      "/bin/sh"):
         assert result[existing] in (str(errno.EROFS), str(errno.EACCES)), r.stdout
 

@@ -1,4 +1,5 @@
-"""Cells in every language, run by the agent as a host subprocess (no Docker).
+"""Cells in every language, run by the agent (the C binary, ``tests.agent_binary``) as a host
+subprocess (no Docker).
 
 The driver reads frames on a thread into a queue, so every wait has a deadline and no test can
 hang. Tests that need numpy or matplotlib on the host are skipped when those are absent; the
@@ -14,7 +15,6 @@ import queue
 import shutil
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-AGENT = Path(__file__).resolve().parents[2] / "runtime" / "agent" / "agent.py"
+from tests.agent_binary import agent_binary
+
 DEADLINE = 20.0
 
 
@@ -51,9 +52,9 @@ class CellResult:
 class AgentDriver:
     """Drive one agent process over its stdin/stdout with deadlines."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], **popen: Any) -> None:
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen
         )
         self.frames: queue.Queue[tuple[float, dict[str, Any] | None]] = queue.Queue()
         self.stderr = b""
@@ -151,8 +152,9 @@ class AgentDriver:
             self.proc.stderr.close()
 
 
-def start(language: str) -> AgentDriver:
-    driver = AgentDriver([sys.executable, str(AGENT), language])
+def start(language: str, **popen: Any) -> AgentDriver:
+    """An agent for ``language`` that has answered ``hello``; ``popen``: extra Popen options."""
+    driver = AgentDriver([str(agent_binary()), language], **popen)
     ready = driver.hello()
     assert ready == {"t": "ready", "language": language, "version": 1}
     return driver
@@ -306,20 +308,42 @@ def test_python_sys_exit_restarts(py: AgentDriver) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "signal_name"),
+    ("code", "signum", "description"),
     [
-        ("import os; os.abort()", "SIGABRT"),
-        ("import ctypes; ctypes.string_at(0)", "SIGSEGV"),
-        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "SIGKILL"),
+        ("import os; os.abort()", 6, "SIGABRT (aborted)"),
+        ("import ctypes; ctypes.string_at(0)", 11, "SIGSEGV (segmentation fault)"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 9,
+         "SIGKILL (killed, possibly by the out-of-memory killer)"),
     ],
 )
-def test_python_crash_restarts(py: AgentDriver, code: str, signal_name: str) -> None:
+def test_python_crash_restarts(py: AgentDriver, code: str, signum: int,
+                               description: str) -> None:
     result = py.run("print('before', flush=True)\n" + code)
     assert result.text() == "before\n"
     assert result.done["status"] == "error"
     assert result.done["restarted"] is True
-    assert signal_name in result.done["error"]
+    assert result.done["exit_code"] == 128 + signum
+    assert result.done["error"] == (
+        f"interpreter was killed by signal {description}; state was reset"
+    )
     assert_success(py.run("1 + 1"))
+
+
+def test_lone_surrogates_from_the_worker_leave_as_question_marks(py: AgentDriver) -> None:
+    """The worker writes its control lines as ASCII JSON, so a lone surrogate in a repr or an
+    exception message reaches the agent as a ``\\ud800`` escape; frames are UTF-8, where it
+    has no encoding: it is replaced by '?' (Python's ``encode("utf-8", "replace")``)."""
+    shown = py.run("class Odd:\n    def __repr__(self):\n        return 'a\\ud800b\\udfffc'\n"
+                   "Odd()")
+    assert_success(shown)
+    assert shown.displays[0]["data"] == {"text/plain": "a?b?c"}
+    failed = py.run("raise ValueError('x\\udc80y')")
+    assert failed.done["status"] == "error"
+    assert failed.done["error"] == "ValueError: x?y"
+    # A well-formed pair is one character, not two replacements.
+    pair = py.run("class Pair:\n    def __repr__(self):\n        return '\\ud83d\\ude00'\n"
+                  "Pair()")
+    assert pair.displays[0]["data"] == {"text/plain": "\U0001f600"}
 
 
 def test_python_os_exit_restarts(py: AgentDriver) -> None:
@@ -399,6 +423,24 @@ def test_a_cell_larger_than_one_read_arrives_whole(py: AgentDriver) -> None:
     assert_success(result)
     assert result.text() == "560000 0000000 0079999\n"
     assert_success(py.run("print(len(s))"))  # and the next frame is read cleanly after it
+
+
+def test_frames_over_the_frame_limit_are_cut_down_not_sent(py: AgentDriver) -> None:
+    """No frame the agent sends exceeds 1 MiB (the driver's reader checks every one): a display
+    that would is replaced by a notice, and a worker's error text is cut to 2000 characters."""
+    # The worker caps repr and HTML at 100 000 characters each; control characters take six
+    # bytes each in JSON (\\u0001), so both together make a frame of ~1.2 MB.
+    shown = py.run("class Huge:\n    def __repr__(self):\n        return '\\x01' * 100_000\n"
+                   "    def _repr_html_(self):\n        return '\\x01' * 100_000\nHuge()",
+                   max_output_bytes=1 << 30)
+    assert_success(shown)
+    assert shown.displays[0]["data"] == {"text/plain": "<output too large to display>"}
+    failed = py.run("raise ValueError('e' * 1_500_000)", max_output_bytes=1 << 30)
+    assert failed.done["status"] == "error"
+    error = failed.done["error"]
+    assert error.startswith("ValueError: eee") and set(error[12:]) == {"e"}
+    assert len(error) == 2000  # the agent keeps at most 2000 characters of a worker's error
+    assert_success(py.run("1"))
 
 
 def test_stdout_and_stderr_are_separate_and_ordered(py: AgentDriver) -> None:
@@ -494,8 +536,7 @@ def test_backpressure_blocks_the_program_not_the_agent(py: AgentDriver) -> None:
 
 def test_output_held_back_by_backpressure_still_comes_before_done(py: AgentDriver) -> None:
     # The service reads slowly: the agent's buffer fills and output is still on its way
-    # when the program ends. All of it must come, whole and before done. (The wait that
-    # delivers done decides which pipes need asking: see the next test.)
+    # when the program ends. All of it must come, whole and before done.
     py.reading.clear()
     time.sleep(0.1)
     sent_at = time.monotonic()
@@ -511,19 +552,6 @@ def test_output_held_back_by_backpressure_still_comes_before_done(py: AgentDrive
     assert result.text() == expected
 
 
-def test_a_wait_tells_which_watched_pipes_were_empty() -> None:
-    spec = importlib.util.spec_from_file_location("ws_agent_batch", AGENT)
-    assert spec is not None and spec.loader is not None
-    agent = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(agent)
-    batch = agent.Batch([5], {5: agent.READ, 6: agent.READ, 7: 0, 8: agent.WRITE})
-    assert not batch.was_empty(5)  # reported ready: ask it
-    assert batch.was_empty(6)  # watched, not reported: it was empty
-    assert not batch.was_empty(7)  # not watched (backpressure): it may hold output
-    assert not batch.was_empty(8)
-    assert not batch.was_empty(9)  # unknown to the wait
-
-
 def test_memory_is_measured(py: AgentDriver) -> None:
     small = py.run("x = 1")
     big = py.run("b = bytearray(150 * 1024 * 1024)\nb[::4096] = b'x' * len(b[::4096])\ndel b")
@@ -531,6 +559,73 @@ def test_memory_is_measured(py: AgentDriver) -> None:
     assert small.done["memory_used_mb"] < 150
     # The peak is reset per cell.
     assert py.run("y = 2").done["memory_used_mb"] < 150
+
+
+def write_calls(pid: int) -> int:
+    """How many write system calls process ``pid`` has made (task I/O accounting)."""
+    io = Path(f"/proc/{pid}/io")
+    if not io.exists():
+        pytest.skip("this kernel has no task I/O accounting (/proc/PID/io)")
+    line = next(line for line in io.read_text().splitlines() if line.startswith("syscw:"))
+    return int(line.split()[1])
+
+
+def test_a_short_cells_output_and_done_usually_leave_in_one_write(
+    sh: AgentDriver, tmp_path: Path
+) -> None:
+    """Counted in the agent's write calls: a cell that prints a line costs no more writes than
+    a silent one (its out frame waited for its done), while output that its cell outlives
+    costs one write more. "Usually": one short cell in twenty is enough."""
+    pid = sh.proc.pid
+
+    def writes_of(code: str) -> int:
+        before = write_calls(pid)
+        assert_success(sh.run(code))
+        return write_calls(pid) - before
+
+    silent = min(writes_of("true") for _ in range(3))
+    short = [writes_of("echo hi") for _ in range(20)]
+    assert min(short) == silent, (silent, short)
+    # The control: the cell goes on only once the service holds its output, so the output
+    # and the done cannot leave together (no timing involved).
+    flag = tmp_path / "received"
+    before = write_calls(pid)
+    sent_at = time.monotonic()
+    cell = sh.exec(f"echo hi; until [ -e {flag} ]; do sleep 0.01; done")
+    _at, out = sh.recv()
+    assert out == {"t": "out", "id": cell, "name": "stdout", "text": "hi\n"}
+    flag.touch()
+    assert_success(sh.collect(cell, sent_at))
+    assert write_calls(pid) - before == silent + 1
+
+
+def test_memory_of_a_shell_cell_grows_with_what_it_holds(sh: AgentDriver) -> None:
+    small = sh.run("x=1")
+    big = sh.run("x=$(head -c 100000000 /dev/zero | tr '\\0' x); echo ${#x}")
+    assert big.text() == "100000000\n"
+    assert big.done["memory_used_mb"] >= small.done["memory_used_mb"] + 90, (small, big)
+
+
+def test_max_output_bytes_zero_sends_no_output_and_marks_truncated(sh: AgentDriver) -> None:
+    result = sh.run("echo hidden; echo also >&2", max_output_bytes=0)
+    assert [f["t"] for f in result.frames] == ["done"]
+    assert result.done["truncated"] is True
+    assert result.done["status"] == "success"
+
+
+def test_exec_without_max_output_bytes_has_a_budget_of_1_mib(sh: AgentDriver) -> None:
+    sent_at = sh.send({"t": "exec", "id": "big", "code": "head -c 1048600 /dev/zero | tr '\\0' x"})
+    result = sh.collect("big", sent_at)
+    assert result.done["truncated"] is True
+    assert result.text() == "x" * (1 << 20)
+
+
+def test_late_output_of_a_background_job_carries_the_last_cells_id(sh: AgentDriver) -> None:
+    cell = sh.run("(sleep 1; echo late) &")
+    assert_success(cell)
+    _at, frame = sh.recv()
+    assert frame == {"t": "out", "id": cell.done["id"], "name": "stdout", "text": "late\n"}
+    assert sh.run("echo next").text() == "next\n"
 
 
 def test_top_level_await(py: AgentDriver) -> None:
@@ -673,6 +768,25 @@ def test_shell_streaming_and_big_output(sh: AgentDriver) -> None:
     assert live.out_times[0] - live.sent_at < 0.8
     big = sh.run("seq -w 1 30000")
     assert big.text() == "".join(f"{i:05d}\n" for i in range(1, 30001))
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "signum", "description"),
+    [
+        ("SEGV", 11, "SIGSEGV (segmentation fault)"),
+        ("KILL", 9, "SIGKILL (killed, possibly by the out-of-memory killer)"),
+        ("TERM", 15, "SIGTERM (terminated)"),
+    ],
+)
+def test_shell_killed_by_a_signal_is_described(sh: AgentDriver, signal_name: str, signum: int,
+                                               description: str) -> None:
+    sh.run("GONE=1")
+    result = sh.run(f"echo before; kill -{signal_name} $$")
+    assert result.text() == "before\n"
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 128 + signum)
+    assert result.done["restarted"] is True
+    assert result.done["error"] == f"shell was killed by signal {description}; state was reset"
+    assert sh.run('echo "[$GONE]"').text() == "[]\n"
 
 
 def test_shell_binary_garbage(sh: AgentDriver) -> None:

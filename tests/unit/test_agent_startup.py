@@ -1,11 +1,11 @@
-"""What the agent and the Python worker do to start cheaply, and that they lose nothing by it.
+"""What the Python worker does to start cheaply, and that it loses nothing by it; and how the
+agent starts its workers.
 
-Every sandbox start pays for both processes' imports, so they import only C modules and what
-Python's own start has loaded: JSON goes through json's C core (``json_core``), workers are
-started with ``posix_spawn`` (:func:`agent.spawn`) instead of subprocess,
-``contextlib.suppress`` is :class:`agent._suppress`, and the worker loads traceback (and
-linecache) only to format a traceback. These tests hold each replacement to the behaviour of
-what it replaces. No Docker.
+Every sandbox start pays for the worker's imports, so it imports only C modules and what
+Python's own start has loaded: JSON goes through json's C core (``json_core``), and the worker
+loads traceback (and linecache) only to format a traceback. These tests hold each replacement
+to the behaviour of what it replaces. The agent (the C binary, ``tests.agent_binary``) starts
+each worker in a clean process: a cell inspects its own worker to prove it. No Docker.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.unit.test_agent_cells import AgentDriver, assert_success, start
+
 AGENT_DIR = Path(__file__).resolve().parents[2] / "runtime" / "agent"
 sys.path.insert(0, str(AGENT_DIR))
 
-import agent  # noqa: E402
 import json_core  # noqa: E402
 import worker_python  # noqa: E402
 
@@ -99,16 +101,15 @@ SLOW = {"json", "re", "enum", "functools", "collections", "contextlib", "subproc
 """Modules that cost a start milliseconds (most import re, enum or collections)."""
 
 
-@pytest.mark.parametrize("module", ["agent", "worker_python"])
-def test_start_imports_none_of_the_slow_modules(module: str) -> None:
+def test_worker_start_imports_none_of_the_slow_modules() -> None:
     # -S: the worker runs with site, which is the image's business (its .pth files), not the
     # worker's; this holds the worker's own imports.
-    code = (f"import sys; sys.path.insert(0, sys.argv[1]); import {module}; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import worker_python; "
             "print(' '.join(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(AGENT_DIR)],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     loaded = set(out.split())
-    assert {module, "json_core", "_json"} <= loaded
+    assert {"worker_python", "json_core", "_json"} <= loaded
     assert loaded & SLOW == set()
 
 
@@ -125,82 +126,119 @@ def test_linecache_learns_every_cell_when_it_is_first_imported() -> None:
     worker_python._sources.pop("<cell-test-1>")
 
 
-def test_suppress_swallows_the_named_kinds_only() -> None:
-    with agent._suppress(OSError):
-        raise FileNotFoundError("subclass of OSError")
-    with pytest.raises(KeyError), agent._suppress(OSError, ValueError):
-        raise KeyError("not suppressed")
-    with agent._suppress(OSError):
-        pass
+# ----------------------------------------------------------------------------- workers
+
+DESCRIBE_PYTHON_WORKER = """\
+import json, os
+def _open_fds():
+    listed = [int(fd) for fd in os.listdir('/proc/self/fd')]
+    still = []
+    for fd in listed:  # the listing's own descriptor is closed by now
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        still.append(fd)
+    return sorted(still)
+_status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines())
+_argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')[:-1]
+print(json.dumps({
+    'pid': os.getpid(), 'ppid': os.getppid(), 'sid': os.getsid(0), 'pgid': os.getpgid(0),
+    'stdin': os.readlink('/proc/self/fd/0'), 'fds': _open_fds(),
+    'targets': [os.readlink(f'/proc/self/fd/{fd}') for fd in _open_fds()],
+    'control': [int(a) for a in _argv[-2:]],
+    'sig_blk': int(_status['SigBlk'], 16),
+    'env': sorted(k for k in os.environ if k.startswith('WS_SANDBOX')),
+}))
+"""
 
 
-def _spawned(pass_fds: tuple[int, ...] = ()) -> tuple[int, str]:
-    """Spawn a shell that describes itself; return its exit code and what it printed."""
-    script = ("echo sid=$(cut -d' ' -f6 /proc/self/stat) pid=$$; "
-              "echo stdin=$(readlink /proc/self/fd/0); "
-              "echo fds=$(ls /proc/self/fd | sort -n | tr '\\n' ' '); "
-              "grep SigIgn /proc/self/status; echo oops >&2")
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    try:
-        child = agent.spawn(["sh", "-c", script], dict(os.environ), stdout=out_w, stderr=err_w,
-                            pass_fds=pass_fds)
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-    with os.fdopen(out_r) as out, os.fdopen(err_r) as err:
-        text = out.read()
-        assert err.read() == "oops\n"
-    _pid, status = os.waitpid(child.pid, 0)
-    assert child.returncode is None  # the agent reaps and records it itself
-    return os.waitstatus_to_exitcode(status), text
+def describe(driver: AgentDriver) -> dict[str, Any]:
+    result = driver.run(DESCRIBE_PYTHON_WORKER)
+    assert_success(result)
+    described: dict[str, Any] = json.loads(result.text())
+    return described
 
 
-def test_spawn_starts_a_new_session_with_dev_null_as_stdin() -> None:
-    code, text = _spawned()
-    assert code == 0
-    fields = dict(item.split("=", 1) for item in text.split() if "=" in item)
-    assert fields["sid"] == fields["pid"]  # its own session: killpg reaches all it starts
-    assert fields["stdin"] == "/dev/null"
+def pipe_name(fd: int) -> str:
+    """What /proc/PID/fd/N links to in any process that holds this pipe."""
+    return f"pipe:[{os.fstat(fd).st_ino}]"
 
 
-def test_spawn_restores_the_signals_python_ignores() -> None:
-    """Python ignores SIGPIPE and SIGXFSZ; a child must not inherit that (subprocess's
-    ``restore_signals``), or `yes | head` in a shell cell would never end."""
-    _code, text = _spawned()
-    sig_ign = int(text.split("SigIgn:")[1].split()[0], 16)
-    for signum in (13, 25):  # SIGPIPE, SIGXFSZ
-        assert not sig_ign & (1 << (signum - 1)), text
-
-
-def test_spawn_passes_exactly_the_named_descriptors() -> None:
-    passed_r, passed_w = os.pipe()
-    kept_r, kept_w = os.pipe()  # non-inheritable, as Python opens everything
-    try:
-        _code, text = _spawned(pass_fds=(passed_r,))
-        fds = {int(fd) for fd in text.split("fds=")[1].split("\n")[0].split()}
-        assert passed_r in fds
-        assert kept_r not in fds and kept_w not in fds and passed_w not in fds
-        # The parent's copy is close-on-exec again afterwards.
-        assert not os.get_inheritable(passed_r)
-    finally:
-        for fd in (passed_r, passed_w, kept_r, kept_w):
-            os.close(fd)
-
-
-def test_spawn_of_a_missing_program_raises() -> None:
-    with pytest.raises(FileNotFoundError):
-        agent.spawn(["/nonexistent/program"], {}, stdout=1, stderr=2, pass_fds=())
-
-
-def test_inherited_descriptors_are_made_close_on_exec() -> None:
+@pytest.fixture
+def inherited_pipe() -> Iterator[tuple[int, int]]:
     r, w = os.pipe()
-    standard = [os.get_inheritable(fd) for fd in (0, 1, 2)]
     try:
-        os.set_inheritable(r, True)
-        agent._close_on_exec_inherited()
-        assert not os.get_inheritable(r)
-        assert [os.get_inheritable(fd) for fd in (0, 1, 2)] == standard  # left as they were
+        yield r, w
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_the_python_worker_is_a_clean_session_leader(inherited_pipe: tuple[int, int]) -> None:
+    """Started with an extra inherited descriptor and WS_SANDBOX_AGENT* variables, the agent
+    gives its worker neither: the worker has stdin from /dev/null, its stdout and stderr, its
+    two control pipes and nothing else, in a session of its own (so killpg reaches all it
+    starts), with no signal blocked."""
+    passed, _ = inherited_pipe
+    env = {**os.environ, "WS_SANDBOX_AGENT_SECRET": "x", "WS_SANDBOX_AGENTX": "y",
+           "WS_SANDBOX_OTHER": "kept"}
+    driver = start("python", env=env, pass_fds=(passed,))
+    try:
+        me = describe(driver)
+        assert me["ppid"] == driver.proc.pid
+        assert me["sid"] == me["pid"] == me["pgid"]
+        assert me["stdin"] == "/dev/null"
+        control = me["control"]
+        assert len(control) == 2 and min(control) > 2
+        assert me["fds"] == sorted([0, 1, 2, *control]), me
+        assert pipe_name(passed) not in me["targets"]
+        assert me["sig_blk"] == 0
+        assert me["env"] == ["WS_SANDBOX_OTHER"]
+        # A fresh worker (after a restart) is started the same way.
+        driver.send({"t": "restart"})
+        assert driver.recv()[1] == {"t": "restarted"}
+        again = describe(driver)
+        assert again["pid"] != me["pid"]
+        assert again["ppid"] == driver.proc.pid
+        assert again["sid"] == again["pid"] == again["pgid"]
+        assert again["stdin"] == "/dev/null"
+        assert again["fds"] == sorted([0, 1, 2, *again["control"]]), again
+        assert pipe_name(passed) not in again["targets"]
+        assert (again["sig_blk"], again["env"]) == (0, ["WS_SANDBOX_OTHER"])
+    finally:
+        assert driver.close() == 0
+
+
+SIGPIPE, SIGXFSZ = 13, 25
+
+
+def test_the_shell_worker_has_default_sigpipe_and_sigxfsz(
+    inherited_pipe: tuple[int, int],
+) -> None:
+    """The agent's own dispositions never reach a worker: SIGPIPE and SIGXFSZ are neither
+    ignored nor blocked (else `yes | head` in a shell cell would never end), in the worker and
+    in what it starts."""
+    passed, _ = inherited_pipe
+    env = {**os.environ, "WS_SANDBOX_AGENT_SECRET": "x"}
+    driver = start("shell", env=env, pass_fds=(passed,))
+    try:
+        result = driver.run("echo worker $(grep -E '^Sig(Ign|Blk)' /proc/$$/status | cut -f2)\n"
+                            "echo child $(grep -E '^Sig(Ign|Blk)' /proc/self/status | cut -f2)\n"
+                            "echo session $(cut -d' ' -f6 /proc/$$/stat) $$\n"
+                            "echo stdin $(readlink /proc/$$/fd/0)\n"
+                            "echo targets $(for f in /proc/$$/fd/*; do readlink $f; done)\n"
+                            "echo env $(env | grep -c '^WS_SANDBOX_AGENT')")
+        assert_success(result)
+        said = {line.split()[0]: line.split()[1:] for line in result.text().splitlines()}
+        for mask in said["worker"] + said["child"]:  # SigIgn and SigBlk of each
+            assert not int(mask, 16) & (1 << (SIGPIPE - 1) | 1 << (SIGXFSZ - 1)), said
+        sid, pid = said["session"]
+        assert sid == pid
+        assert said["stdin"] == ["/dev/null"]
+        assert pipe_name(passed) not in said["targets"]
+        assert said["env"] == ["0"]
+        yes = driver.run("yes | head -n 2; echo ${PIPESTATUS[0]}", timeout=10)
+        assert yes.text() == "y\ny\n141\n"  # yes was ended by SIGPIPE (128 + 13)
+    finally:
+        assert driver.close() == 0

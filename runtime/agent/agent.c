@@ -1,0 +1,3060 @@
+/*
+ * ws_sandbox in-container agent, in C (protocol/agent.md, version 1).
+ *
+ * It replaced agent.py, the Python agent (removed; it is in the git history), as a drop-in
+ * replacement: same frames, same validation, same workers started with the same argv, fds and
+ * environment. It was written because the Python agent cost ~14 ms of CPU to start and
+ * ~0.3 ms per cell; this one makes no more system calls per cell than agent.py did (fewer:
+ * ppoll instead of epoll registrations, signals through ppoll's mask instead of a wake-up
+ * pipe, no fcntl per cell, no FIONREAD on a pipe known to be empty). Comments below that name
+ * agent.py refer to that implementation, whose behaviour this one keeps.
+ *
+ * Build: sh runtime/agent/build.sh [OUTPUT] (gcc -std=gnu11 -O2 -Wall -Wextra -Werror ...)
+ *
+ * Strings taken from JSON are kept as "WTF-8": UTF-8 in which a lone surrogate escape
+ * (\ud800) is stored as its 3-byte generalized encoding (ED A0..BF xx). Such a sequence counts
+ * as one character like in Python, is written as '?' in frames (Python's
+ * encode("utf-8", "replace")) and as a \uXXXX escape in ASCII JSON (dumps_ascii).
+ *
+ * Known differences from agent.py (none visible to a well-behaved worker or service):
+ * - Within one wait, the worker's control pipe is read before its output pipes (agent.py
+ *   follows epoll's readiness order), so a `display` read in the same wait as output written
+ *   just before it may be sent before that output.
+ * - Python's repr() of values in error texts about a misbehaving worker decides which
+ *   non-ASCII characters are printable without Unicode's tables (an approximation).
+ * - Integers are saturated at 64 bits where the agent computes with them (max_output_bytes,
+ *   children_maxrss_kb); exit codes are copied as written, at any size.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define PROTOCOL_VERSION 1
+#define MAX_AGENT_FRAME ((size_t)1 << 20)
+#define READ_SIZE ((size_t)1 << 16)
+#define MAX_SERVICE_FRAME ((size_t)16 << 20)
+#define MAX_TEXT_CHUNK ((size_t)64 * 1024)
+#define DEFAULT_MAX_OUTPUT ((int64_t)1 << 20)
+#define HIGH_WATER ((size_t)1 << 20)
+#define HARD_WATER ((size_t)4 << 20)
+#define LINGER 0.0003
+#define LINGER_BYTES ((size_t)64 * 1024)
+#define LINGER_OVERSLEEP 0.001
+#define LINGER_OVERSLEEPS 3
+#define PROC_READ (16 * 1024)
+#define MAX_CONTROL_LINE ((size_t)2 << 20)
+#define MAX_ID_LEN 256
+#define MAX_ERROR_LEN 2000
+#define EXIT_BAD_FRAME 2
+/* Nesting accepted in a JSON body: agent.py parses under Python's recursion limit (1000)
+ * less its own call stack, which leaves 992 levels for a service frame and 993 for a
+ * worker's control line. */
+#define JSON_DEPTH_SERVICE 992
+#define JSON_DEPTH_CONTROL 993
+#define INT_MAX_STR_DIGITS 4300 /* Python 3.11's int/str conversion limit */
+
+/* ------------------------------------------------------------------------------- basics */
+
+static void out_of_memory(void) {
+    static const char msg[] = "ws_sandbox agent: out of memory\n";
+    ssize_t r = write(2, msg, sizeof msg - 1);
+    (void)r;
+    _exit(1);
+}
+
+static void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (q == NULL) out_of_memory();
+    return q;
+}
+
+static char *xstrndup(const char *s, size_t n) {
+    char *d = xrealloc(NULL, n + 1);
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+/* A growable byte buffer; bytes before `off` are consumed. */
+typedef struct {
+    char *data;
+    size_t off, len, cap; /* live bytes are data[off .. len) */
+} Buf;
+
+static size_t buf_size(const Buf *b) { return b->len - b->off; }
+static char *buf_head(const Buf *b) { return b->data + b->off; }
+
+static void buf_reserve(Buf *b, size_t extra) {
+    if (b->off > 0 && (b->off == b->len || b->off >= b->cap / 2)) {
+        memmove(b->data, b->data + b->off, b->len - b->off);
+        b->len -= b->off;
+        b->off = 0;
+    }
+    if (extra > SIZE_MAX / 4 - b->len) out_of_memory();
+    if (b->len + extra <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra) cap *= 2;
+    b->data = xrealloc(b->data, cap);
+    b->cap = cap;
+}
+
+static void buf_add(Buf *b, const void *p, size_t n) {
+    if (n == 0) return;
+    buf_reserve(b, n);
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+static void buf_addc(Buf *b, char c) {
+    buf_reserve(b, 1);
+    b->data[b->len++] = c;
+}
+
+static void buf_adds(Buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+
+static void buf_addf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void buf_addf(Buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char tmp[512];
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n < sizeof tmp) {
+        buf_add(b, tmp, (size_t)n);
+        return;
+    }
+    buf_reserve(b, (size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+static void buf_consume(Buf *b, size_t n) {
+    if (n > buf_size(b)) n = buf_size(b);
+    b->off += n;
+    if (b->off == b->len) b->off = b->len = 0;
+}
+
+static void buf_clear(Buf *b) { b->off = b->len = 0; }
+
+static void buf_free(Buf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->off = b->len = b->cap = 0;
+}
+
+/* A NUL-terminated copy of the buffer's live bytes (the buffer owns it until changed). */
+static const char *buf_cstr(Buf *b) {
+    buf_reserve(b, 1);
+    b->data[b->len] = '\0';
+    return b->data + b->off;
+}
+
+static void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void log_msg(const char *fmt, ...) {
+    Buf b = {0};
+    buf_adds(&b, "ws_sandbox agent: ");
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0) buf_add(&b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+    buf_addc(&b, '\n');
+    ssize_t r = write(2, buf_head(&b), buf_size(&b));
+    (void)r;
+    buf_free(&b);
+}
+
+/* Log a message held in a buffer (may be longer than log_msg's limit). */
+static void log_buf(Buf *msg) {
+    Buf b = {0};
+    buf_adds(&b, "ws_sandbox agent: ");
+    buf_add(&b, buf_head(msg), buf_size(msg));
+    buf_addc(&b, '\n');
+    size_t done = 0;
+    while (done < buf_size(&b)) {
+        ssize_t r = write(2, buf_head(&b) + done, buf_size(&b) - done);
+        if (r <= 0) break;
+        done += (size_t)r;
+    }
+    buf_free(&b);
+}
+
+/* Python's str(OSError): "[Errno 2] No such file or directory". */
+static void add_oserror(Buf *b, int err) { buf_addf(b, "[Errno %d] %s", err, strerror(err)); }
+
+static double monotonic(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------------------------- UTF-8 */
+
+/* Length of the valid sequence starting at s[0] (of n bytes), 0 if ill-formed;
+ * *sub = the length of its maximal valid prefix (at least 1) when ill-formed or truncated,
+ * *incomplete = true when the bytes end inside a valid prefix. Surrogates (ED A0..BF) are
+ * ill-formed unless allow_surrogates (internal WTF-8). */
+static size_t utf8_seq(const unsigned char *s, size_t n, bool allow_surrogates, size_t *sub,
+                       bool *incomplete) {
+    unsigned char c = s[0];
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xBF;
+    *incomplete = false;
+    *sub = 1;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) need = 1;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        need = 2;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED && !allow_surrogates) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 3;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i <= need; i++) {
+        if (i >= n) {
+            *sub = i;
+            *incomplete = true;
+            return 0;
+        }
+        unsigned char d = s[i];
+        unsigned char l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
+        if (d < l || d > h) {
+            *sub = i;
+            return 0;
+        }
+    }
+    return need + 1;
+}
+
+/* Strict validation like bytes.decode("utf-8"); on error, the message of Python's
+ * UnicodeDecodeError goes to err. */
+static bool utf8_check(const unsigned char *s, size_t n, Buf *err) {
+    size_t i = 0;
+    while (i < n) {
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t sub;
+        bool incomplete;
+        size_t k = utf8_seq(s + i, n - i, false, &sub, &incomplete);
+        if (k) {
+            i += k;
+            continue;
+        }
+        const char *why;
+        size_t end;
+        if (s[i] < 0xC2 || s[i] > 0xF4) {
+            why = "invalid start byte";
+            end = i + 1;
+        } else if (incomplete) {
+            why = "unexpected end of data";
+            end = n;
+        } else {
+            why = "invalid continuation byte";
+            end = i + sub;
+        }
+        if (end - i == 1)
+            buf_addf(err, "'utf-8' codec can't decode byte 0x%02x in position %zu: %s", s[i], i,
+                     why);
+        else
+            buf_addf(err, "'utf-8' codec can't decode bytes in position %zu-%zu: %s", i, end - 1,
+                     why);
+        return false;
+    }
+    return true;
+}
+
+/* Number of characters (code points, a lone surrogate counting one) in WTF-8 text. */
+static size_t char_count(const char *s, size_t n) {
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)s[i] & 0xC0) != 0x80) count++;
+    return count;
+}
+
+/* Byte offset of the first `chars` characters of WTF-8 text (n if it has fewer). */
+static size_t char_offset(const char *s, size_t n, size_t chars) {
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (((unsigned char)s[i] & 0xC0) != 0x80) {
+            if (count == chars) return i;
+            count++;
+        }
+    }
+    return n;
+}
+
+static void add_codepoint(Buf *b, uint32_t c) {
+    char t[4];
+    size_t n;
+    if (c < 0x80) {
+        t[0] = (char)c;
+        n = 1;
+    } else if (c < 0x800) {
+        t[0] = (char)(0xC0 | (c >> 6));
+        t[1] = (char)(0x80 | (c & 0x3F));
+        n = 2;
+    } else if (c < 0x10000) {
+        t[0] = (char)(0xE0 | (c >> 12));
+        t[1] = (char)(0x80 | ((c >> 6) & 0x3F));
+        t[2] = (char)(0x80 | (c & 0x3F));
+        n = 3;
+    } else {
+        t[0] = (char)(0xF0 | (c >> 18));
+        t[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+        t[2] = (char)(0x80 | ((c >> 6) & 0x3F));
+        t[3] = (char)(0x80 | (c & 0x3F));
+        n = 4;
+    }
+    buf_add(b, t, n);
+}
+
+/* Decode one code point of WTF-8 text (already validated) at s; returns its length. */
+static size_t wtf8_next(const unsigned char *s, size_t n, uint32_t *cp) {
+    unsigned char c = s[0];
+    if (c < 0x80 || n < 2) {
+        *cp = c;
+        return 1;
+    }
+    if (c < 0xE0) {
+        *cp = ((uint32_t)(c & 0x1F) << 6) | (s[1] & 0x3F);
+        return 2;
+    }
+    if (c < 0xF0 || n < 4) {
+        if (n < 3) {
+            *cp = c;
+            return 1;
+        }
+        *cp = ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+        return 3;
+    }
+    *cp = ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) |
+          ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
+    return 4;
+}
+
+/* codecs' incremental UTF-8 decoder with errors="replace". */
+typedef struct {
+    unsigned char pend[4];
+    size_t npend;
+} Utf8Decoder;
+
+static const char REPLACEMENT[] = "\xEF\xBF\xBD";
+
+static void utf8_decode_part(Utf8Decoder *d, const unsigned char *s, size_t n, bool final,
+                             Buf *out) {
+    /* Complete a held sequence first, one byte at a time. */
+    size_t i = 0;
+    while (d->npend > 0) {
+        if (i >= n) {
+            if (final) {
+                buf_add(out, REPLACEMENT, 3);
+                d->npend = 0;
+            }
+            return;
+        }
+        d->pend[d->npend++] = s[i++];
+        size_t sub;
+        bool incomplete;
+        size_t k = utf8_seq(d->pend, d->npend, false, &sub, &incomplete);
+        if (k) {
+            buf_add(out, d->pend, k);
+            d->npend = 0;
+        } else if (!incomplete) {
+            /* The maximal subpart is replaced; the rest (here: the byte just added, since
+             * every held byte was a valid prefix) is decoded afresh. */
+            buf_add(out, REPLACEMENT, 3);
+            size_t rest = d->npend - sub;
+            d->npend = 0;
+            i -= rest;
+        }
+    }
+    size_t start = i;
+    while (i < n) {
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t sub;
+        bool incomplete;
+        size_t k = utf8_seq(s + i, n - i, false, &sub, &incomplete);
+        if (k) {
+            i += k;
+            continue;
+        }
+        buf_add(out, s + start, i - start);
+        if (incomplete) {
+            if (final) {
+                buf_add(out, REPLACEMENT, 3);
+            } else {
+                memcpy(d->pend, s + i, n - i);
+                d->npend = n - i;
+            }
+            return;
+        }
+        buf_add(out, REPLACEMENT, 3);
+        i += sub;
+        start = i;
+    }
+    buf_add(out, s + start, n - start);
+}
+
+/* ------------------------------------------------------------------------------- JSON in */
+
+enum { J_NONE, J_NULL, J_TRUE, J_FALSE, J_INT, J_FLOAT, J_STR, J_ARR, J_OBJ };
+
+typedef struct {
+    int type;
+    size_t start, end;  /* the value's bytes in the source */
+    char *str;          /* J_STR: decoded WTF-8 (owned) */
+    size_t slen;
+    int64_t ival;       /* J_INT: saturated value */
+} JVal;
+
+typedef struct {
+    char *key;
+    size_t klen;
+    JVal val;
+} JMember;
+
+typedef struct {
+    JMember *m;
+    size_t n, cap;
+} JObj;
+
+typedef struct {
+    const unsigned char *s;
+    size_t n;    /* bytes of the (stripped) text */
+    size_t pos;
+    Buf *err;    /* message on failure */
+    bool failed;
+    size_t max_depth;
+} JParser;
+
+static bool j_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+static void j_fail_at(JParser *p, const char *msg, size_t at) {
+    if (p->failed) return;
+    p->failed = true;
+    size_t chars = char_count((const char *)p->s, at);
+    size_t line = 1, col;
+    size_t last_nl = SIZE_MAX;
+    for (size_t i = 0; i < at; i++)
+        if (p->s[i] == '\n') {
+            line++;
+            last_nl = i;
+        }
+    if (last_nl == SIZE_MAX) col = chars + 1;
+    else col = chars - char_count((const char *)p->s, last_nl + 1) + 1;
+    buf_addf(p->err, "%s: line %zu column %zu (char %zu)", msg, line, col, chars);
+}
+
+/* StopIteration(idx): no JSON value starts at idx. */
+static void j_stop(JParser *p, size_t at) {
+    if (p->failed) return;
+    p->failed = true;
+    buf_addf(p->err, "expecting a JSON value at character %zu",
+             char_count((const char *)p->s, at));
+}
+
+static void j_plain(JParser *p, const char *msg) {
+    if (p->failed) return;
+    p->failed = true;
+    buf_adds(p->err, msg);
+}
+
+static int hexval(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Whether at least k characters follow byte i (the text is valid UTF-8). */
+static bool j_has_chars(JParser *p, size_t i, size_t k) {
+    while (k > 0 && i < p->n) {
+        i++;
+        while (i < p->n && (p->s[i] & 0xC0) == 0x80) i++;
+        k--;
+    }
+    return k == 0;
+}
+
+/* Four hex digits at i (ASCII bytes, so byte == character); -1 if not. */
+static long j_hex4(JParser *p, size_t i) {
+    long v = 0;
+    for (size_t k = 0; k < 4; k++) {
+        int h = i + k < p->n ? hexval(p->s[i + k]) : -1;
+        if (h < 0) return -1;
+        v = (v << 4) | h;
+    }
+    return v;
+}
+
+/* scanstring_unicode: p->pos is after the opening quote. out may be NULL (validate only). */
+static void j_string(JParser *p, Buf *out) {
+    size_t begin = p->pos - 1;
+    size_t i = p->pos;
+    for (;;) {
+        size_t chunk = i;
+        while (i < p->n && p->s[i] != '"' && p->s[i] != '\\') {
+            if (p->s[i] <= 0x1F) {
+                j_fail_at(p, "Invalid control character at", i);
+                return;
+            }
+            i++;
+        }
+        if (out) buf_add(out, p->s + chunk, i - chunk);
+        if (i >= p->n) {
+            j_fail_at(p, "Unterminated string starting at", begin);
+            return;
+        }
+        if (p->s[i] == '"') {
+            p->pos = i + 1;
+            return;
+        }
+        /* a backslash */
+        i++;
+        if (i >= p->n) {
+            j_fail_at(p, "Unterminated string starting at", begin);
+            return;
+        }
+        unsigned char c = p->s[i];
+        if (c != 'u') {
+            char r;
+            switch (c) {
+            case '"': r = '"'; break;
+            case '\\': r = '\\'; break;
+            case '/': r = '/'; break;
+            case 'b': r = '\b'; break;
+            case 'f': r = '\f'; break;
+            case 'n': r = '\n'; break;
+            case 'r': r = '\r'; break;
+            case 't': r = '\t'; break;
+            default:
+                j_fail_at(p, "Invalid \\escape", i - 1);
+                return;
+            }
+            if (out) buf_addc(out, r);
+            i++;
+            continue;
+        }
+        /* \uXXXX: Python needs at least one character after the four digits. */
+        i++;
+        if (!j_has_chars(p, i, 5)) {
+            j_fail_at(p, "Invalid \\uXXXX escape", i - 1);
+            return;
+        }
+        long c1 = j_hex4(p, i);
+        if (c1 < 0) {
+            j_fail_at(p, "Invalid \\uXXXX escape", i - 1);
+            return;
+        }
+        i += 4;
+        uint32_t cp = (uint32_t)c1;
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            /* a pair needs "\uXXXX" plus one more character after it */
+            if (j_has_chars(p, i, 7) && p->s[i] == '\\' && p->s[i + 1] == 'u') {
+                long c2 = j_hex4(p, i + 2);
+                if (c2 < 0) {
+                    j_fail_at(p, "Invalid \\uXXXX escape", i + 1);
+                    return;
+                }
+                if (c2 >= 0xDC00 && c2 <= 0xDFFF) {
+                    cp = 0x10000 + (((cp - 0xD800) << 10) | ((uint32_t)c2 - 0xDC00));
+                    i += 6;
+                }
+            }
+        }
+        if (out) add_codepoint(out, cp); /* a lone surrogate becomes WTF-8 */
+    }
+}
+
+static void j_value(JParser *p, size_t depth, JVal *v, bool keep_str);
+
+static void j_number(JParser *p, JVal *v) {
+    const unsigned char *s = p->s;
+    size_t n = p->n, start = p->pos, i = p->pos;
+    bool neg = false;
+    if (s[i] == '-') {
+        neg = true;
+        i++;
+        if (i >= n) {
+            j_stop(p, start);
+            return;
+        }
+    }
+    if (s[i] >= '1' && s[i] <= '9') {
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    } else if (s[i] == '0') {
+        i++;
+    } else {
+        j_stop(p, start);
+        return;
+    }
+    size_t int_end = i;
+    bool is_float = false;
+    if (i + 1 < n && s[i] == '.' && s[i + 1] >= '0' && s[i + 1] <= '9') {
+        is_float = true;
+        i += 2;
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    if (i + 1 < n && (s[i] == 'e' || s[i] == 'E')) {
+        size_t e_start = i;
+        i++;
+        if (i + 1 < n && (s[i] == '-' || s[i] == '+')) i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+        if (s[i - 1] >= '0' && s[i - 1] <= '9') is_float = true;
+        else i = e_start;
+    }
+    p->pos = i;
+    if (v) {
+        v->type = is_float ? J_FLOAT : J_INT;
+        v->ival = 0;
+    }
+    if (!is_float) {
+        size_t digits = int_end - start - (neg ? 1 : 0);
+        if (digits > INT_MAX_STR_DIGITS) {
+            if (!p->failed) {
+                p->failed = true;
+                buf_addf(p->err,
+                         "Exceeds the limit (%d digits) for integer string conversion: value has "
+                         "%zu digits; use sys.set_int_max_str_digits() to increase the limit",
+                         INT_MAX_STR_DIGITS, digits);
+            }
+            return;
+        }
+        if (v) {
+            int64_t x = 0;
+            for (size_t k = start + (neg ? 1 : 0); k < int_end; k++) {
+                int dg = s[k] - '0';
+                if (x > (INT64_MAX - dg) / 10) {
+                    x = INT64_MAX;
+                    break;
+                }
+                x = x * 10 + dg;
+            }
+            v->ival = neg ? -x : x;
+        }
+    }
+}
+
+static bool j_lit(JParser *p, const char *word) {
+    size_t k = strlen(word);
+    return p->pos + k <= p->n && memcmp(p->s + p->pos, word, k) == 0;
+}
+
+static void j_constant(JParser *p, const char *name) {
+    if (p->failed) return;
+    p->failed = true;
+    buf_addf(p->err, "non-standard JSON constant %s", name);
+}
+
+static void j_object(JParser *p, size_t depth, JObj *obj);
+static void j_array(JParser *p, size_t depth);
+
+/* scan_once: one value at p->pos. v may be NULL (validate only). */
+static void j_value(JParser *p, size_t depth, JVal *v, bool keep_str) {
+    if (v) {
+        memset(v, 0, sizeof *v);
+        v->start = p->pos;
+    }
+    if (p->pos >= p->n) {
+        j_stop(p, p->pos);
+        return;
+    }
+    unsigned char c = p->s[p->pos];
+    switch (c) {
+    case '"': {
+        p->pos++;
+        if (v) v->type = J_STR;
+        if (v && keep_str) {
+            Buf b = {0};
+            j_string(p, &b);
+            if (p->failed) {
+                buf_free(&b);
+                return;
+            }
+            v->slen = buf_size(&b);
+            v->str = xstrndup(b.data ? buf_head(&b) : "", v->slen);
+            buf_free(&b);
+        } else {
+            j_string(p, NULL);
+        }
+        break;
+    }
+    case '{':
+        if (depth >= p->max_depth) {
+            j_plain(p, "maximum recursion depth exceeded while decoding a JSON object from a "
+                       "unicode string");
+            return;
+        }
+        p->pos++;
+        if (v) v->type = J_OBJ;
+        j_object(p, depth + 1, NULL);
+        break;
+    case '[':
+        if (depth >= p->max_depth) {
+            j_plain(p, "maximum recursion depth exceeded while decoding a JSON array from a "
+                       "unicode string");
+            return;
+        }
+        p->pos++;
+        if (v) v->type = J_ARR;
+        j_array(p, depth + 1);
+        break;
+    default:
+        /* Python checks idx + len - 1 < length, i.e. the whole word fits. */
+        if (c == 'n' && j_lit(p, "null")) {
+            p->pos += 4;
+            if (v) v->type = J_NULL;
+        } else if (c == 't' && j_lit(p, "true")) {
+            p->pos += 4;
+            if (v) v->type = J_TRUE;
+        } else if (c == 'f' && j_lit(p, "false")) {
+            p->pos += 5;
+            if (v) v->type = J_FALSE;
+        } else if (c == 'N' && j_lit(p, "NaN")) {
+            j_constant(p, "NaN");
+        } else if (c == 'I' && j_lit(p, "Infinity")) {
+            j_constant(p, "Infinity");
+        } else if (c == '-' && j_lit(p, "-Infinity")) {
+            j_constant(p, "-Infinity");
+        } else {
+            j_number(p, v);
+        }
+    }
+    if (v) v->end = p->pos;
+}
+
+static void j_skip_ws(JParser *p) {
+    while (p->pos < p->n && j_ws(p->s[p->pos])) p->pos++;
+}
+
+static void jobj_free(JObj *o) {
+    for (size_t i = 0; i < o->n; i++) {
+        free(o->m[i].key);
+        free(o->m[i].val.str);
+    }
+    free(o->m);
+    o->m = NULL;
+    o->n = o->cap = 0;
+}
+
+/* _parse_object_unicode: p->pos is after '{'. obj (may be NULL) receives the members, with
+ * decoded keys and decoded string values. */
+static void j_object(JParser *p, size_t depth, JObj *obj) {
+    j_skip_ws(p);
+    if (p->pos < p->n && p->s[p->pos] == '}') {
+        p->pos++;
+        return;
+    }
+    for (;;) {
+        if (p->pos >= p->n || p->s[p->pos] != '"') {
+            j_fail_at(p, "Expecting property name enclosed in double quotes", p->pos);
+            return;
+        }
+        p->pos++;
+        Buf key = {0};
+        j_string(p, obj ? &key : NULL);
+        if (p->failed) {
+            buf_free(&key);
+            return;
+        }
+        j_skip_ws(p);
+        if (p->pos >= p->n || p->s[p->pos] != ':') {
+            buf_free(&key);
+            j_fail_at(p, "Expecting ':' delimiter", p->pos);
+            return;
+        }
+        p->pos++;
+        j_skip_ws(p);
+        if (obj) {
+            if (obj->n == obj->cap) {
+                obj->cap = obj->cap ? obj->cap * 2 : 8;
+                obj->m = xrealloc(obj->m, obj->cap * sizeof *obj->m);
+            }
+            JMember *m = &obj->m[obj->n];
+            m->klen = buf_size(&key);
+            m->key = xstrndup(key.data ? buf_head(&key) : "", m->klen);
+            buf_free(&key);
+            j_value(p, depth, &m->val, true);
+            obj->n++;
+        } else {
+            j_value(p, depth, NULL, false);
+        }
+        if (p->failed) return;
+        j_skip_ws(p);
+        if (p->pos < p->n && p->s[p->pos] == '}') {
+            p->pos++;
+            return;
+        }
+        if (p->pos >= p->n || p->s[p->pos] != ',') {
+            j_fail_at(p, "Expecting ',' delimiter", p->pos);
+            return;
+        }
+        p->pos++;
+        j_skip_ws(p);
+    }
+}
+
+static void j_array(JParser *p, size_t depth) {
+    j_skip_ws(p);
+    if (p->pos < p->n && p->s[p->pos] == ']') {
+        p->pos++;
+        return;
+    }
+    for (;;) {
+        j_value(p, depth, NULL, false);
+        if (p->failed) return;
+        j_skip_ws(p);
+        if (p->pos < p->n && p->s[p->pos] == ']') {
+            p->pos++;
+            return;
+        }
+        if (p->pos >= p->n || p->s[p->pos] != ',') {
+            j_fail_at(p, "Expecting ',' delimiter", p->pos);
+            return;
+        }
+        p->pos++;
+        j_skip_ws(p);
+    }
+}
+
+/* The member for `key`, the last one with that key (a dict keeps the last value). */
+static JVal *jobj_get(JObj *o, const char *key) {
+    size_t k = strlen(key);
+    for (size_t i = o->n; i-- > 0;)
+        if (o->m[i].klen == k && memcmp(o->m[i].key, key, k) == 0) return &o->m[i].val;
+    return NULL;
+}
+
+/* decode_body + the object check: strict UTF-8, json_core.loads, a JSON object with a string
+ * field "t". On failure returns false with FrameError's message in err. On success, `src`
+ * (which the object's spans refer to) is s+lead, n-lead. */
+typedef struct {
+    JObj obj;
+    const unsigned char *src; /* stripped text, for re-parsing nested spans */
+    size_t srclen;
+    void *owned; /* an allocation to free with the body, or NULL */
+} Body;
+
+static bool decode_body(const unsigned char *s, size_t n, size_t max_depth, Body *out,
+                        Buf *err) {
+    memset(out, 0, sizeof *out);
+    Buf why = {0};
+    if (!utf8_check(s, n, &why)) {
+        buf_adds(err, "invalid JSON frame: ");
+        buf_add(err, buf_head(&why), buf_size(&why));
+        buf_free(&why);
+        return false;
+    }
+    size_t a = 0, b = n;
+    while (a < b && j_ws(s[a])) a++;
+    while (b > a && j_ws(s[b - 1])) b--;
+    JParser p = {.s = s + a, .n = b - a, .pos = 0, .err = &why, .failed = false,
+                 .max_depth = max_depth};
+    bool is_obj = p.n > 0 && p.s[0] == '{';
+    if (is_obj) {
+        p.pos = 1;
+        j_object(&p, 1, &out->obj);
+    } else {
+        j_value(&p, 0, NULL, false);
+    }
+    if (!p.failed && p.pos != p.n) {
+        p.failed = true;
+        buf_addf(&why, "extra data after the JSON value at character %zu",
+                 char_count((const char *)p.s, p.pos));
+    }
+    if (p.failed) {
+        buf_adds(err, "invalid JSON frame: ");
+        buf_add(err, buf_head(&why), buf_size(&why));
+        buf_free(&why);
+        jobj_free(&out->obj);
+        return false;
+    }
+    buf_free(&why);
+    JVal *t = is_obj ? jobj_get(&out->obj, "t") : NULL;
+    if (t == NULL || t->type != J_STR) {
+        buf_adds(err, "a frame must be a JSON object with a string field 't'");
+        jobj_free(&out->obj);
+        return false;
+    }
+    out->src = p.s;
+    out->srclen = p.n;
+    return true;
+}
+
+static bool jstr_eq(const JVal *v, const char *s) {
+    return v && v->type == J_STR && v->slen == strlen(s) && memcmp(v->str, s, v->slen) == 0;
+}
+
+/* ------------------------------------------------------------------------------- JSON out */
+
+/* json's encode_basestring (ensure_ascii=False) then encode("utf-8", "replace"); ascii: like
+ * encode_basestring_ascii. The text is WTF-8. */
+static void json_str(Buf *b, const char *s, size_t n, bool ascii) {
+    static const char hex[] = "0123456789abcdef";
+    buf_reserve(b, n + 2);
+    buf_addc(b, '"');
+    size_t i = 0;
+    while (i < n) {
+        size_t run = i;
+        while (i < n) {
+            unsigned char c = (unsigned char)s[i];
+            if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80) break;
+            i++;
+        }
+        buf_add(b, s + run, i - run);
+        if (i >= n) break;
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x80) {
+            char e[7];
+            switch (c) {
+            case '"': buf_add(b, "\\\"", 2); break;
+            case '\\': buf_add(b, "\\\\", 2); break;
+            case '\n': buf_add(b, "\\n", 2); break;
+            case '\r': buf_add(b, "\\r", 2); break;
+            case '\t': buf_add(b, "\\t", 2); break;
+            case '\b': buf_add(b, "\\b", 2); break;
+            case '\f': buf_add(b, "\\f", 2); break;
+            default:
+                e[0] = '\\', e[1] = 'u', e[2] = '0', e[3] = '0', e[4] = hex[c >> 4],
+                e[5] = hex[c & 15];
+                buf_add(b, e, 6);
+            }
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        size_t k = wtf8_next((const unsigned char *)s + i, n - i, &cp);
+        bool surrogate = cp >= 0xD800 && cp <= 0xDFFF;
+        if (!ascii) {
+            if (surrogate || k == 1) buf_addc(b, '?');
+            else buf_add(b, s + i, k);
+        } else {
+            uint32_t units[2];
+            int nu = 1;
+            if (cp >= 0x10000) {
+                units[0] = 0xD800 + ((cp - 0x10000) >> 10);
+                units[1] = 0xDC00 + ((cp - 0x10000) & 0x3FF);
+                nu = 2;
+            } else {
+                units[0] = cp;
+            }
+            for (int u = 0; u < nu; u++) {
+                char e[6] = {'\\', 'u', hex[(units[u] >> 12) & 15], hex[(units[u] >> 8) & 15],
+                             hex[(units[u] >> 4) & 15], hex[units[u] & 15]};
+                buf_add(b, e, 6);
+            }
+        }
+        i += k;
+    }
+    buf_addc(b, '"');
+}
+
+static void json_cstr(Buf *b, const char *s) { json_str(b, s, strlen(s), false); }
+
+/* Python's repr() of a float. */
+static void py_float_repr(Buf *b, double x) {
+    if (isnan(x)) {
+        buf_adds(b, "nan");
+        return;
+    }
+    if (isinf(x)) {
+        buf_adds(b, x < 0 ? "-inf" : "inf");
+        return;
+    }
+    char tmp[64];
+    int prec;
+    for (prec = 1; prec <= 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*e", prec - 1, x);
+        if (strtod(tmp, NULL) == x) break;
+    }
+    if (prec > 17) prec = 17;
+    snprintf(tmp, sizeof tmp, "%.*e", prec - 1, x);
+    /* tmp: [-]d[.ddd]e[+-]XX */
+    char digits[32];
+    size_t nd = 0;
+    const char *q = tmp;
+    bool neg = false;
+    if (*q == '-') {
+        neg = true;
+        q++;
+    }
+    for (; *q && *q != 'e'; q++)
+        if (*q >= '0' && *q <= '9' && nd < sizeof digits - 1) digits[nd++] = *q;
+    int exp10 = *q == 'e' ? atoi(q + 1) : 0;
+    while (nd > 1 && digits[nd - 1] == '0') nd--;
+    digits[nd] = '\0';
+    int decpt = exp10 + 1; /* value = 0.DIGITS * 10^decpt */
+    if (neg) buf_addc(b, '-');
+    if (decpt > -4 && decpt <= 16) {
+        if (decpt <= 0) {
+            buf_adds(b, "0.");
+            for (int k = 0; k < -decpt; k++) buf_addc(b, '0');
+            buf_add(b, digits, nd);
+        } else if ((size_t)decpt >= nd) {
+            buf_add(b, digits, nd);
+            for (size_t k = nd; k < (size_t)decpt; k++) buf_addc(b, '0');
+            buf_adds(b, ".0");
+        } else {
+            buf_add(b, digits, (size_t)decpt);
+            buf_addc(b, '.');
+            buf_add(b, digits + decpt, nd - (size_t)decpt);
+        }
+    } else {
+        buf_addc(b, digits[0]);
+        if (nd > 1) {
+            buf_addc(b, '.');
+            buf_add(b, digits + 1, nd - 1);
+        }
+        int e = decpt - 1;
+        buf_addf(b, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
+    }
+}
+
+/* Python's round(x, nd) (correctly rounded, like glibc's printf). */
+static double py_round(double x, int nd) {
+    if (!isfinite(x)) return x;
+    char tmp[400];
+    snprintf(tmp, sizeof tmp, "%.*f", nd, x);
+    return strtod(tmp, NULL);
+}
+
+/* ----------------------------------------------------------------- Python repr (errors) */
+
+/* An approximation of str.isprintable for characters outside ASCII (no Unicode database). */
+static bool py_printable(uint32_t c) {
+    if (c < 0x20 || c == 0x7F) return false;
+    if (c < 0x7F) return true;
+    if (c <= 0xA0 || c == 0xAD) return false;
+    if (c >= 0xD800 && c <= 0xDFFF) return false;
+    if ((c >= 0x2000 && c <= 0x200F) || (c >= 0x2028 && c <= 0x202F) ||
+        (c >= 0x205F && c <= 0x206F) || c == 0x1680 || c == 0x3000 || c == 0xFEFF ||
+        (c >= 0xFFF0 && c <= 0xFFFB) || (c & 0xFFFE) == 0xFFFE || c == 0x180E ||
+        c == 0x061C || (c >= 0x0600 && c <= 0x0605) || c == 0x06DD || c == 0x070F ||
+        (c >= 0xE000 && c <= 0xF8FF) || c >= 0xF0000 || (c >= 0xE0000 && c <= 0xE0FFF))
+        return false;
+    return true;
+}
+
+/* repr() of a str given as WTF-8. */
+static void py_str_repr(Buf *b, const char *s, size_t n) {
+    bool sq = memchr(s, '\'', n) != NULL, dq = memchr(s, '"', n) != NULL;
+    char quote = sq && !dq ? '"' : '\'';
+    buf_addc(b, quote);
+    size_t i = 0;
+    while (i < n) {
+        uint32_t c;
+        size_t k = wtf8_next((const unsigned char *)s + i, n - i, &c);
+        if (c == (uint32_t)quote || c == '\\') {
+            buf_addc(b, '\\');
+            buf_addc(b, (char)c);
+        } else if (c == '\t') buf_adds(b, "\\t");
+        else if (c == '\n') buf_adds(b, "\\n");
+        else if (c == '\r') buf_adds(b, "\\r");
+        else if (py_printable(c)) buf_add(b, s + i, k);
+        else if (c <= 0xFF) buf_addf(b, "\\x%02x", c);
+        else if (c <= 0xFFFF) buf_addf(b, "\\u%04x", c);
+        else buf_addf(b, "\\U%08x", c);
+        i += k;
+    }
+    buf_addc(b, quote);
+}
+
+/* repr() of bytes. */
+static void py_bytes_repr(Buf *b, const unsigned char *s, size_t n) {
+    bool sq = memchr(s, '\'', n) != NULL, dq = memchr(s, '"', n) != NULL;
+    char quote = sq && !dq ? '"' : '\'';
+    buf_addc(b, 'b');
+    buf_addc(b, quote);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == (unsigned char)quote || c == '\\') {
+            buf_addc(b, '\\');
+            buf_addc(b, (char)c);
+        } else if (c == '\t') buf_adds(b, "\\t");
+        else if (c == '\n') buf_adds(b, "\\n");
+        else if (c == '\r') buf_adds(b, "\\r");
+        else if (c < 0x20 || c >= 0x7F) buf_addf(b, "\\x%02x", c);
+        else buf_addc(b, (char)c);
+    }
+    buf_addc(b, quote);
+}
+
+/* A dict made of an object's members: for each member that is the first with its key, the
+ * index of the last member with that key (the dict's value); -1 for the others. O(n log n):
+ * a stable merge sort of the indices by key. The caller frees the array. */
+static int member_cmp(const JMember *a, const JMember *b) {
+    size_t l = a->klen < b->klen ? a->klen : b->klen;
+    int c = memcmp(a->key, b->key, l);
+    if (c == 0) c = a->klen < b->klen ? -1 : a->klen > b->klen ? 1 : 0;
+    return c;
+}
+
+static long *jobj_dedup(const JObj *o) {
+    size_t n = o->n;
+    size_t *idx = xrealloc(NULL, (n ? n : 1) * sizeof(size_t));
+    size_t *tmp = xrealloc(NULL, (n ? n : 1) * sizeof(size_t));
+    for (size_t i = 0; i < n; i++) idx[i] = i;
+    for (size_t width = 1; width < n; width *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * width) {
+            size_t mid = n - lo > width ? lo + width : n;
+            size_t hi = n - lo > 2 * width ? lo + 2 * width : n;
+            size_t a = lo, b = mid, t = lo;
+            while (a < mid && b < hi)
+                tmp[t++] = member_cmp(&o->m[idx[a]], &o->m[idx[b]]) <= 0 ? idx[a++] : idx[b++];
+            while (a < mid) tmp[t++] = idx[a++];
+            while (b < hi) tmp[t++] = idx[b++];
+        }
+        memcpy(idx, tmp, n * sizeof(size_t));
+    }
+    free(tmp);
+    long *use = xrealloc(NULL, (n ? n : 1) * sizeof(long));
+    for (size_t i = 0; i < n; i++) use[i] = -1;
+    for (size_t a = 0; a < n;) {
+        size_t b = a + 1;
+        while (b < n && member_cmp(&o->m[idx[a]], &o->m[idx[b]]) == 0) b++;
+        use[idx[a]] = (long)idx[b - 1];
+        a = b;
+    }
+    free(idx);
+    return use;
+}
+
+static void py_repr_at(JParser *p, Buf *out);
+
+/* repr() (or str() when as_str, for a top-level str) of a decoded JSON value; containers are
+ * re-read from their (already validated) text. */
+static void py_repr_value(Buf *b, const Body *body, const JVal *v, bool as_str) {
+    if (v->type == J_STR) {
+        if (as_str) buf_add(b, v->str, v->slen);
+        else py_str_repr(b, v->str, v->slen);
+        return;
+    }
+    Buf err = {0};
+    JParser p = {.s = body->src, .n = v->end, .pos = v->start, .err = &err, .max_depth = SIZE_MAX};
+    py_repr_at(&p, b);
+    buf_free(&err);
+}
+
+/* repr() of the (validated) JSON value at p->pos, in one pass: a list's items are written
+ * as they are read; a dict's too, rewritten only when a key repeats (first position, last
+ * value). */
+static void py_repr_at(JParser *p, Buf *out) {
+    if (p->pos >= p->n || p->failed) return;
+    const unsigned char *s = p->s;
+    unsigned char c = s[p->pos];
+    if (c == '[') {
+        p->pos++;
+        buf_addc(out, '[');
+        j_skip_ws(p);
+        bool first = true;
+        while (p->pos < p->n && s[p->pos] != ']' && !p->failed) {
+            if (!first) buf_adds(out, ", ");
+            first = false;
+            size_t before = p->pos;
+            py_repr_at(p, out);
+            if (p->pos == before) break;
+            j_skip_ws(p);
+            if (p->pos < p->n && s[p->pos] == ',') p->pos++;
+            j_skip_ws(p);
+        }
+        if (p->pos < p->n) p->pos++;
+        buf_addc(out, ']');
+        return;
+    }
+    if (c == '{') {
+        p->pos++;
+        buf_addc(out, '{');
+        size_t base = buf_size(out);
+        JObj o = {0};
+        size_t *vstart = NULL;
+        j_skip_ws(p);
+        while (p->pos < p->n && s[p->pos] == '"' && !p->failed) {
+            p->pos++;
+            Buf key = {0};
+            j_string(p, &key);
+            j_skip_ws(p);
+            if (p->pos < p->n && s[p->pos] == ':') p->pos++;
+            j_skip_ws(p);
+            if (o.n == o.cap) {
+                o.cap = o.cap ? o.cap * 2 : 8;
+                o.m = xrealloc(o.m, o.cap * sizeof *o.m);
+                vstart = xrealloc(vstart, o.cap * sizeof *vstart);
+            }
+            JMember *m = &o.m[o.n];
+            memset(m, 0, sizeof *m);
+            m->klen = buf_size(&key);
+            m->key = xstrndup(key.data ? buf_head(&key) : "", m->klen);
+            buf_free(&key);
+            if (o.n) buf_adds(out, ", ");
+            m->val.start = buf_size(out);
+            py_str_repr(out, m->key, m->klen);
+            buf_adds(out, ": ");
+            vstart[o.n] = buf_size(out);
+            size_t before = p->pos;
+            py_repr_at(p, out);
+            m->val.end = buf_size(out);
+            o.n++;
+            if (p->pos == before) break;
+            j_skip_ws(p);
+            if (p->pos < p->n && s[p->pos] == ',') p->pos++;
+            j_skip_ws(p);
+        }
+        if (p->pos < p->n) p->pos++;
+        long *use = jobj_dedup(&o);
+        bool dup = false;
+        for (size_t i = 0; i < o.n; i++)
+            if (use[i] != (long)i) dup = true;
+        if (dup) {
+            size_t len = buf_size(out) - base;
+            char *tmp = xrealloc(NULL, len ? len : 1);
+            memcpy(tmp, buf_head(out) + base, len);
+            out->len = out->off + base;
+            bool first = true;
+            for (size_t i = 0; i < o.n; i++) {
+                if (use[i] < 0) continue;
+                if (!first) buf_adds(out, ", ");
+                first = false;
+                size_t last = (size_t)use[i];
+                buf_add(out, tmp + (o.m[i].val.start - base), vstart[i] - o.m[i].val.start);
+                buf_add(out, tmp + (vstart[last] - base), o.m[last].val.end - vstart[last]);
+            }
+            free(tmp);
+        }
+        free(use);
+        free(vstart);
+        jobj_free(&o);
+        buf_addc(out, '}');
+        return;
+    }
+    JVal v;
+    size_t start = p->pos;
+    j_value(p, 0, &v, true);
+    switch (v.type) {
+    case J_NULL: buf_adds(out, "None"); break;
+    case J_TRUE: buf_adds(out, "True"); break;
+    case J_FALSE: buf_adds(out, "False"); break;
+    case J_STR: py_str_repr(out, v.str, v.slen); break;
+    case J_INT: {
+        /* the literal is canonical except for "-0" */
+        size_t len = p->pos - start;
+        if (len == 2 && s[start] == '-' && s[start + 1] == '0') buf_addc(out, '0');
+        else buf_add(out, s + start, len);
+        break;
+    }
+    case J_FLOAT: {
+        char *lit = xstrndup((const char *)s + start, p->pos - start);
+        py_float_repr(out, strtod(lit, NULL));
+        free(lit);
+        break;
+    }
+    default: break;
+    }
+    free(v.str);
+}
+
+/* ------------------------------------------------------------------------------- state */
+
+enum { L_PYTHON, L_JAVASCRIPT, L_SHELL, L_RUST };
+static const char *const LANGUAGES[] = {"python", "javascript", "shell", "rust"};
+
+typedef struct {
+    const char *name;
+    int fd;
+    bool eof;
+    Utf8Decoder dec;
+    bool handled; /* drained while handling this wait: its own callback is skipped */
+} Stream;
+
+typedef struct {
+    char *id;
+    size_t idlen;
+    int64_t max_output;
+    double started;
+    int64_t forwarded;
+    bool truncated, interrupted;
+    long peak_kb;
+    bool oom_known;
+    long long oom_before;
+    char *workdir;
+    double compile_ms; /* < 0: none */
+} Cell;
+
+typedef struct {
+    pid_t pid;
+    bool reaped;
+    int ctl_w, ctl_r;
+    Stream streams[2];
+    int status_fd, clear_refs_fd;
+    bool ready;
+    Buf ctl_buf, ctl_out;
+    bool ctl_eof;
+    char *broken;
+} Worker;
+
+enum { H_WORKER, H_RUSTC, H_PROGRAM };
+typedef struct {
+    pid_t pid;
+    int handler;
+} ChildEntry;
+
+typedef struct {
+    char *id;
+    size_t idlen;
+    char *code;
+    size_t codelen;
+    int64_t max_output;
+} Exec;
+
+#define MAX_CHILDREN 8
+#define MAX_SESSIONS 8
+#define MAX_POLL 16
+
+static struct {
+    int language;
+    bool container;
+    Buf outbuf;
+    Buf inbuf;
+    int exit_code; /* -1: running */
+    bool stdin_open;
+    bool hello, ready_sent, restart_pending, state_lost;
+    Cell *cell, *last_cell;
+    Exec *pending_exec;
+    Worker *worker;
+    ChildEntry children[MAX_CHILDREN];
+    size_t nchildren;
+    pid_t sessions[MAX_SESSIONS];
+    size_t nsessions;
+    long cell_count;
+    pid_t rust_child;
+    Stream rust_streams[2];
+    int rust_write_fds[2];
+    int oom_fd;
+    double linger_until; /* < 0: none */
+    bool lingering;
+    int oversleeps;
+    /* the wait whose descriptors are being handled */
+    bool in_batch;
+    struct pollfd batch[MAX_POLL];
+    size_t nbatch;
+    char agent_dir[PATH_MAX];
+    char **child_env;
+    char *which_cache[5];
+} A;
+
+static volatile sig_atomic_t got_sigchld, got_sigterm;
+
+static void on_sigchld(int sig) { (void)sig; got_sigchld = 1; }
+static void on_sigterm(int sig) { (void)sig; got_sigterm = 1; }
+static void on_sigint(int sig) { (void)sig; }
+
+/* ------------------------------------------------------------------------------- /proc */
+
+/* The integer after `key` on its line ("VmHWM:  123 kB", "oom_kill 2"); false if none. */
+static bool proc_field(const char *content, size_t n, const char *key, long long *out) {
+    size_t klen = strlen(key);
+    size_t i = 0;
+    while (i < n) {
+        size_t e = i;
+        while (e < n && content[e] != '\n' && content[e] != '\r') e++;
+        /* tokens of the line */
+        size_t a = i;
+        while (a < e && (content[a] == ' ' || content[a] == '\t' || content[a] == '\v' ||
+                         content[a] == '\f'))
+            a++;
+        size_t ae = a;
+        while (ae < e && !(content[ae] == ' ' || content[ae] == '\t' || content[ae] == '\v' ||
+                           content[ae] == '\f'))
+            ae++;
+        size_t c = ae;
+        while (c < e && (content[c] == ' ' || content[c] == '\t' || content[c] == '\v' ||
+                         content[c] == '\f'))
+            c++;
+        size_t ce = c;
+        while (ce < e && !(content[ce] == ' ' || content[ce] == '\t' || content[ce] == '\v' ||
+                           content[ce] == '\f'))
+            ce++;
+        if (ae > a && ce > c && ae - a == klen && memcmp(content + a, key, klen) == 0) {
+            size_t k = c;
+            bool neg = false;
+            if (content[k] == '+' || content[k] == '-') {
+                neg = content[k] == '-';
+                k++;
+            }
+            if (k == ce) return false;
+            long long v = 0;
+            for (; k < ce; k++) {
+                if (content[k] < '0' || content[k] > '9') return false;
+                if (v > (LLONG_MAX - 9) / 10) return false;
+                v = v * 10 + (content[k] - '0');
+            }
+            *out = neg ? -v : v;
+            return true;
+        }
+        i = e + 1;
+        if (e + 1 < n && content[e] == '\r' && content[e + 1] == '\n') i = e + 2;
+    }
+    return false;
+}
+
+static bool proc_read_field(int fd, const char *key, long long *out) {
+    if (fd < 0) return false;
+    char buf[PROC_READ];
+    ssize_t n = pread(fd, buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    return proc_field(buf, (size_t)n, key, out);
+}
+
+static void open_oom_counter(void) {
+    static const char *const paths[] = {"/sys/fs/cgroup/memory.events",
+                                        "/sys/fs/cgroup/memory/memory.oom_control"};
+    A.oom_fd = -1;
+    for (size_t i = 0; i < 2; i++) {
+        int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        long long v;
+        if (proc_read_field(fd, "oom_kill", &v)) {
+            A.oom_fd = fd;
+            return;
+        }
+        close(fd);
+    }
+}
+
+static bool oom_kills(long long *out) { return proc_read_field(A.oom_fd, "oom_kill", out); }
+
+/* ------------------------------------------------------------------------------- processes */
+
+static const char *which(int slot, const char *name) {
+    if (A.which_cache[slot]) return A.which_cache[slot];
+    const char *path = getenv("PATH");
+    if (path == NULL) path = "/bin:/usr/bin";
+    const char *p = path;
+    for (;;) {
+        const char *e = strchr(p, ':');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len > 0 && p[0] == '/' && len + strlen(name) + 2 < PATH_MAX) {
+            char full[PATH_MAX];
+            snprintf(full, sizeof full, "%.*s%s%s", (int)len, p, p[len - 1] == '/' ? "" : "/",
+                     name);
+            struct stat st;
+            if (access(full, X_OK) == 0 && stat(full, &st) == 0 && !S_ISDIR(st.st_mode)) {
+                A.which_cache[slot] = xstrndup(full, strlen(full));
+                return A.which_cache[slot];
+            }
+        }
+        if (!e) break;
+        p = e + 1;
+    }
+    return NULL;
+}
+
+static void build_child_env(void) {
+    size_t n = 0;
+    for (char **e = environ; *e; e++) n++;
+    A.child_env = xrealloc(NULL, (n + 4) * sizeof(char *));
+    size_t k = 0;
+    bool path = false, lang = false, mpl = false;
+    for (char **e = environ; *e; e++) {
+        if (strncmp(*e, "WS_SANDBOX_AGENT", 16) == 0) continue;
+        if (strchr(*e, '=') == NULL) continue;
+        if (strncmp(*e, "PATH=", 5) == 0) path = true;
+        if (strncmp(*e, "LANG=", 5) == 0) lang = true;
+        if (strncmp(*e, "MPLBACKEND=", 11) == 0) mpl = true;
+        A.child_env[k++] = *e;
+    }
+    if (!path) A.child_env[k++] = "PATH=/usr/local/bin:/usr/bin:/bin";
+    if (!lang) A.child_env[k++] = "LANG=C.UTF-8";
+    if (!mpl) A.child_env[k++] = "MPLBACKEND=Agg";
+    A.child_env[k] = NULL;
+}
+
+/* Start argv in a new session with stdin from /dev/null, stdout/stderr given, the pass fds
+ * inherited (dup2 onto themselves clears close-on-exec), default signal dispositions for what
+ * the agent ignores, an empty signal mask. Returns the pid, or -errno. */
+static pid_t spawn(char *const argv[], int out, int err, const int *pass, size_t npass,
+                   const char *cwd) {
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    pid_t pid = -1;
+    int rc = posix_spawn_file_actions_init(&fa);
+    if (rc) return -rc;
+    rc = posix_spawnattr_init(&at);
+    if (rc) {
+        posix_spawn_file_actions_destroy(&fa);
+        return -rc;
+    }
+    sigset_t def, mask;
+    sigemptyset(&def);
+    sigaddset(&def, SIGPIPE);
+    sigaddset(&def, SIGXFSZ);
+    sigemptyset(&mask);
+    if (!rc) rc = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF |
+                                                     POSIX_SPAWN_SETSIGMASK);
+    if (!rc) rc = posix_spawnattr_setsigdefault(&at, &def);
+    if (!rc) rc = posix_spawnattr_setsigmask(&at, &mask);
+    if (!rc) rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    if (!rc) rc = posix_spawn_file_actions_adddup2(&fa, out, 1);
+    if (!rc) rc = posix_spawn_file_actions_adddup2(&fa, err, 2);
+    for (size_t i = 0; i < npass && !rc; i++)
+        rc = posix_spawn_file_actions_adddup2(&fa, pass[i], pass[i]);
+    if (!rc && cwd) rc = posix_spawn_file_actions_addchdir_np(&fa, cwd);
+    if (!rc) rc = posix_spawnp(&pid, argv[0], &fa, &at, argv, A.child_env);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    return rc ? -rc : pid;
+}
+
+static void add_child(pid_t pid, int handler) {
+    if (A.nchildren < MAX_CHILDREN) A.children[A.nchildren++] = (ChildEntry){pid, handler};
+    if (A.nsessions < MAX_SESSIONS) A.sessions[A.nsessions++] = pid;
+}
+
+static void discard_session(pid_t pid) {
+    for (size_t i = 0; i < A.nsessions; i++)
+        if (A.sessions[i] == pid) {
+            A.sessions[i] = A.sessions[--A.nsessions];
+            return;
+        }
+}
+
+static int exitcode_of(int status) {
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return -WTERMSIG(status);
+    return status;
+}
+
+/* "SIGSEGV (segmentation fault)": the name Python's signal module gives (aliases resolve to
+ * the alphabetically first name; SIGRTMIN and SIGRTMAX named, other real-time signals not),
+ * then strsignal's text in lower case unless glibc does not know the signal. */
+static void signal_description(Buf *b, int sig) {
+    const char *abbrev = sig > 0 && sig < NSIG ? sigabbrev_np(sig) : NULL;
+    if (sig == SIGABRT) abbrev = "ABRT";
+    if (sig == SIGIO) abbrev = "IO";
+    if (sig == SIGCHLD) abbrev = "CHLD";
+    if (sig == SIGRTMIN) abbrev = "RTMIN";
+    if (sig == SIGRTMAX) abbrev = "RTMAX";
+    if (abbrev) buf_addf(b, "SIG%s", abbrev);
+    else buf_addf(b, "signal %d", sig);
+    const char *desc = NULL;
+    if (sig == SIGKILL) {
+        desc = "killed, possibly by the out-of-memory killer";
+    } else {
+        errno = 0;
+        desc = strsignal(sig);
+        if (errno || (desc && strstr(desc, "Unknown signal"))) desc = NULL;
+    }
+    if (desc && *desc) {
+        buf_adds(b, " (");
+        for (const char *q = desc; *q; q++) {
+            char c = *q;
+            buf_addc(b, (char)(c >= 'A' && c <= 'Z' ? c + 32 : c));
+        }
+        buf_addc(b, ')');
+    }
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)ftw;
+    if (flag == FTW_DP || flag == FTW_D) rmdir(path);
+    else unlink(path);
+    return 0;
+}
+
+static void remove_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+static int pending_bytes(int fd) {
+    int n = 0;
+    if (ioctl(fd, FIONREAD, &n) < 0) return 0;
+    return n;
+}
+
+static void set_nonblocking_rd(int fd) { fcntl(fd, F_SETFL, O_RDONLY | O_NONBLOCK); }
+static void set_nonblocking_wr(int fd) { fcntl(fd, F_SETFL, O_WRONLY | O_NONBLOCK); }
+
+/* ------------------------------------------------------------------------------- frames */
+
+/* A frame is built in place at the end of the outgoing buffer: frame_open reserves its
+ * header and returns its position, relative to the buffer's live head (the buffer may be
+ * compacted while the body is written, which keeps relative positions). */
+static size_t frame_open(void) {
+    buf_reserve(&A.outbuf, 256);
+    size_t mark = buf_size(&A.outbuf);
+    A.outbuf.len += 4;
+    return mark;
+}
+
+/* Write the header of the frame opened at mark; false (and the frame dropped) if its body is
+ * larger than MAX_AGENT_FRAME. */
+static bool frame_close(size_t mark) {
+    size_t body = buf_size(&A.outbuf) - mark - 4;
+    if (body > MAX_AGENT_FRAME) {
+        A.outbuf.len = A.outbuf.off + mark;
+        return false;
+    }
+    unsigned char *h = (unsigned char *)buf_head(&A.outbuf) + mark;
+    h[0] = (unsigned char)(body >> 24);
+    h[1] = (unsigned char)(body >> 16);
+    h[2] = (unsigned char)(body >> 8);
+    h[3] = (unsigned char)body;
+    return true;
+}
+
+static void send_simple(const char *body) {
+    A.linger_until = -1;
+    size_t mark = frame_open();
+    buf_adds(&A.outbuf, body);
+    frame_close(mark);
+}
+
+static void send_text(const char *id, size_t idlen, const char *name, const char *text,
+                      size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        size_t k = char_offset(text + i, n - i, MAX_TEXT_CHUNK);
+        size_t mark = frame_open();
+        buf_adds(&A.outbuf, "{\"t\":\"out\",\"id\":");
+        json_str(&A.outbuf, id, idlen, false);
+        buf_adds(&A.outbuf, ",\"name\":");
+        json_cstr(&A.outbuf, name);
+        buf_adds(&A.outbuf, ",\"text\":");
+        json_str(&A.outbuf, text + i, k, false);
+        buf_addc(&A.outbuf, '}');
+        if (!frame_close(mark)) log_msg("an out frame exceeded the limit; dropped");
+        i += k;
+    }
+}
+
+typedef struct {
+    const char *status;
+    bool has_exit;
+    long long exit_code;
+    const char *exit_literal; /* a worker's integer, printed as is */
+    size_t exit_literal_len;
+    const char *error;        /* WTF-8 or NULL */
+    size_t errlen;
+    double elapsed_ms;
+    long long peak_kb;
+    bool restarted, truncated, oom_killed;
+    double compile_ms; /* < 0: none */
+} Done;
+
+static void send_done(const char *id, size_t idlen, const Done *d) {
+    A.linger_until = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        size_t mark = frame_open();
+        Buf *b = &A.outbuf;
+        buf_adds(b, "{\"t\":\"done\",\"id\":");
+        json_str(b, id, idlen, false);
+        buf_adds(b, ",\"status\":");
+        json_cstr(b, d->status);
+        buf_adds(b, ",\"exit_code\":");
+        if (d->exit_literal) buf_add(b, d->exit_literal, d->exit_literal_len);
+        else if (d->has_exit) buf_addf(b, "%lld", d->exit_code);
+        else buf_adds(b, "null");
+        buf_adds(b, ",\"execution_time_ms\":");
+        py_float_repr(b, py_round(d->elapsed_ms, 3));
+        buf_adds(b, ",\"memory_used_mb\":");
+        py_float_repr(b, py_round((double)d->peak_kb / 1024.0, 2));
+        buf_adds(b, ",\"error\":");
+        if (d->error) {
+            size_t n = d->errlen;
+            if (attempt == 1) n = char_offset(d->error, n, MAX_ERROR_LEN);
+            json_str(b, d->error, n, false);
+        } else {
+            buf_adds(b, attempt == 1 ? "\"None\"" : "null");
+        }
+        buf_adds(b, d->restarted ? ",\"restarted\":true" : ",\"restarted\":false");
+        buf_adds(b, d->truncated ? ",\"truncated\":true" : ",\"truncated\":false");
+        if (d->oom_killed) buf_adds(b, ",\"oom_killed\":true");
+        if (d->compile_ms >= 0) {
+            buf_adds(b, ",\"compile_time_ms\":");
+            py_float_repr(b, py_round(d->compile_ms, 3));
+        }
+        buf_addc(b, '}');
+        if (frame_close(mark)) return;
+    }
+}
+
+/* ------------------------------------------------------------------------------- agent */
+
+static void kill_user_processes(void);
+static void start_worker(void);
+static void read_stream(Stream *s, size_t size, size_t *got);
+static void on_ctl_readable(void);
+
+static void shutdown_agent(int code) {
+    kill_user_processes();
+    if (A.cell && A.cell->workdir) remove_tree(A.cell->workdir);
+    A.exit_code = code;
+}
+
+static void free_cell(Cell *c) {
+    if (!c) return;
+    free(c->id);
+    free(c->workdir);
+    free(c);
+}
+
+static void free_exec(Exec *e) {
+    if (!e) return;
+    free(e->id);
+    free(e->code);
+    free(e);
+}
+
+static size_t streams_of(Stream **out) {
+    if (A.language == L_RUST) {
+        *out = A.rust_streams;
+        return 2;
+    }
+    if (A.worker) {
+        *out = A.worker->streams;
+        return 2;
+    }
+    *out = NULL;
+    return 0;
+}
+
+static void forward(Stream *s, const unsigned char *data, size_t n) {
+    Cell *cell = A.cell ? A.cell : A.last_cell;
+    if (cell == NULL) {
+        Buf m = {0};
+        buf_addf(&m, "%s before the first cell: ", s->name);
+        py_bytes_repr(&m, data, n < 1000 ? n : 1000);
+        log_buf(&m);
+        buf_free(&m);
+        return;
+    }
+    int64_t room = cell->max_output - cell->forwarded;
+    if ((int64_t)n > room) {
+        n = room > 0 ? (size_t)room : 0;
+        cell->truncated = true;
+    }
+    if (n == 0) return;
+    cell->forwarded += (int64_t)n;
+    if (A.lingering && A.cell == cell && buf_size(&A.outbuf) == 0)
+        A.linger_until = monotonic() + LINGER;
+    Buf text = {0};
+    utf8_decode_part(&s->dec, data, n, false, &text);
+    send_text(cell->id, cell->idlen, s->name, text.data ? buf_head(&text) : "", buf_size(&text));
+    buf_free(&text);
+}
+
+static unsigned char iobuf[1 << 16];
+
+/* Read up to size bytes from a user pipe and forward them. */
+static void read_stream(Stream *s, size_t size, size_t *got) {
+    *got = 0;
+    if (size > sizeof iobuf) size = sizeof iobuf;
+    ssize_t r = read(s->fd, iobuf, size);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (r <= 0) {
+        s->eof = true;
+        return;
+    }
+    forward(s, iobuf, (size_t)r);
+    *got = (size_t)r;
+}
+
+/* Whether fd was watched for reading by the current wait and reported nothing. */
+static bool batch_was_empty(int fd) {
+    for (size_t i = 0; i < A.nbatch; i++)
+        if (A.batch[i].fd == fd) return (A.batch[i].events & POLLIN) && A.batch[i].revents == 0;
+    return false;
+}
+
+/* Whether fd was reported readable by the current wait. */
+static bool batch_was_ready(int fd) {
+    for (size_t i = 0; i < A.nbatch; i++)
+        if (A.batch[i].fd == fd) return (A.batch[i].events & POLLIN) && A.batch[i].revents;
+    return false;
+}
+
+/* Forward what is already in the pipes (not more: a background job may never stop).
+ *
+ * after: the worker's `done` was just read while handling a wait. The worker wrote its output
+ * before it wrote `done`, so a pipe that the wait watched and did not report readable was
+ * empty (agent.py's Batch.was_empty); a pipe it reported readable is read at once (it has
+ * data: nobody else reads it), and a read that comes back short of MAX_TEXT_CHUNK emptied it
+ * of everything written before `done`: no FIONREAD for either. The pipe's own callback in
+ * this wait is skipped (it would find the pipe empty). */
+static void drain_streams(Cell *cell, bool after) {
+    Stream *ss;
+    size_t ns = streams_of(&ss);
+    for (size_t i = 0; i < ns; i++) {
+        Stream *s = &ss[i];
+        long pending;
+        if (after && batch_was_empty(s->fd)) {
+            pending = 0;
+        } else if (after && !s->eof && !s->handled && batch_was_ready(s->fd)) {
+            size_t got;
+            read_stream(s, MAX_TEXT_CHUNK, &got);
+            pending = got == MAX_TEXT_CHUNK ? pending_bytes(s->fd) : 0;
+        } else {
+            pending = pending_bytes(s->fd);
+        }
+        if (A.in_batch) s->handled = true;
+        while (pending > 0) {
+            size_t got;
+            size_t want = (size_t)pending < MAX_TEXT_CHUNK ? (size_t)pending : MAX_TEXT_CHUNK;
+            read_stream(s, want, &got);
+            if (got == 0) break;
+            pending -= (long)got;
+        }
+        Buf tail = {0};
+        utf8_decode_part(&s->dec, NULL, 0, true, &tail);
+        s->dec.npend = 0;
+        if (buf_size(&tail) && !cell->truncated)
+            send_text(cell->id, cell->idlen, s->name, buf_head(&tail), buf_size(&tail));
+        buf_free(&tail);
+    }
+}
+
+static bool can_start(void) {
+    if (A.language == L_RUST) return true;
+    return A.worker && A.worker->ready && !A.restart_pending;
+}
+
+static void finish_cell(const char *status, bool has_exit, long long exit_code,
+                        const char *exit_literal, size_t exit_literal_len, const char *error,
+                        size_t errlen, bool restarted, long long peak_kb, bool after) {
+    Cell *cell = A.cell;
+    if (!cell) return;
+    double elapsed_ms = (monotonic() - cell->started) * 1000;
+    drain_streams(cell, after);
+    Worker *w = A.worker;
+    if (w && !w->reaped && !restarted) {
+        long long hwm = 0;
+        if (proc_read_field(w->status_fd, "VmHWM:", &hwm) && hwm > peak_kb) peak_kb = hwm;
+    }
+    if (cell->peak_kb > peak_kb) peak_kb = cell->peak_kb;
+    Done d = {.status = status, .has_exit = has_exit, .exit_code = exit_code,
+              .exit_literal = exit_literal, .exit_literal_len = exit_literal_len,
+              .error = error, .errlen = errlen, .elapsed_ms = elapsed_ms, .peak_kb = peak_kb,
+              .restarted = restarted, .truncated = cell->truncated, .compile_ms = -1};
+    Buf err2 = {0};
+    long long oom_after;
+    if (cell->oom_known && oom_kills(&oom_after) && oom_after > cell->oom_before) {
+        d.oom_killed = true;
+        if (strcmp(status, "success") != 0) {
+            buf_adds(&err2, "memory limit exceeded (the kernel killed a process); ");
+            if (error) buf_add(&err2, error, errlen);
+            /* rstrip("; ") */
+            while (buf_size(&err2) && (err2.data[err2.len - 1] == ';' ||
+                                       err2.data[err2.len - 1] == ' '))
+                err2.len--;
+            d.error = buf_cstr(&err2);
+            d.errlen = buf_size(&err2);
+        }
+    }
+    if (cell->compile_ms >= 0) d.compile_ms = cell->compile_ms;
+    if (A.state_lost) {
+        d.restarted = true;
+        A.state_lost = false;
+    }
+    send_done(cell->id, cell->idlen, &d);
+    buf_free(&err2);
+    if (cell->workdir) remove_tree(cell->workdir);
+    free_cell(A.last_cell);
+    A.last_cell = cell;
+    A.cell = NULL;
+}
+
+static void finish_simple(const char *status, long long exit_code, const char *error,
+                          long long peak_kb) {
+    finish_cell(status, true, exit_code, NULL, 0, error, error ? strlen(error) : 0, false,
+                peak_kb, false);
+}
+
+/* ------------------------------------------------------------------------------- rust */
+
+static bool spawn_rust(char *const argv[], const char *cwd, int handler) {
+    pid_t pid = spawn(argv, A.rust_write_fds[0], A.rust_write_fds[1], NULL, 0, cwd);
+    if (pid < 0) {
+        int err = (int)-pid;
+        Buf m = {0};
+        add_oserror(&m, err);
+        buf_adds(&m, ": ");
+        py_str_repr(&m, argv[0], strlen(argv[0]));
+        buf_addc(&m, '\n');
+        if (A.cell) send_text(A.cell->id, A.cell->idlen, "stderr", buf_head(&m), buf_size(&m));
+        else send_text("", 0, "stderr", buf_head(&m), buf_size(&m));
+        buf_clear(&m);
+        buf_addf(&m, "could not start %s: %s", argv[0], strerror(err));
+        finish_simple("error", 127, buf_cstr(&m), 0);
+        buf_free(&m);
+        return false;
+    }
+    A.rust_child = pid;
+    add_child(pid, handler);
+    return true;
+}
+
+/* tempfile.mkdtemp(prefix="ws-rust-") under $TMPDIR (else /tmp): eight random characters
+ * of [a-z0-9_], mode 0700, another name on a collision. */
+static bool make_tempdir(Buf *path, int *err) {
+    static const char chars[] = "abcdefghijklmnopqrstuvwxyz0123456789_";
+    const char *tmp = getenv("TMPDIR");
+    struct stat st;
+    if (!tmp || !*tmp || stat(tmp, &st) != 0 || !S_ISDIR(st.st_mode)) tmp = "/tmp";
+    size_t tlen = strlen(tmp);
+    while (tlen > 1 && tmp[tlen - 1] == '/') tlen--;
+    for (int attempt = 0; attempt < 10000; attempt++) {
+        unsigned char rnd[8];
+        if (getrandom(rnd, sizeof rnd, GRND_NONBLOCK) != (ssize_t)sizeof rnd) {
+            uint64_t x = (uint64_t)(monotonic() * 1e9) ^ ((uint64_t)getpid() << 32) ^
+                         (uint64_t)attempt * 0x9E3779B97F4A7C15ull;
+            for (size_t k = 0; k < sizeof rnd; k++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                rnd[k] = (unsigned char)x;
+            }
+        }
+        buf_clear(path);
+        buf_add(path, tmp, tlen);
+        buf_adds(path, "/ws-rust-");
+        for (size_t k = 0; k < sizeof rnd; k++) buf_addc(path, chars[rnd[k] % (sizeof chars - 1)]);
+        if (mkdir(buf_cstr(path), 0700) == 0) return true;
+        if (errno != EEXIST) {
+            *err = errno;
+            return false;
+        }
+    }
+    *err = EEXIST;
+    return false;
+}
+
+static void start_rust(Cell *cell, const char *code, size_t codelen) {
+    Buf dir = {0};
+    Buf err = {0};
+    int e;
+    if (!make_tempdir(&dir, &e)) {
+        buf_adds(&err, "could not write the program: ");
+        add_oserror(&err, e);
+        buf_adds(&err, ": ");
+        py_str_repr(&err, buf_head(&dir), buf_size(&dir));
+        finish_simple("error", 1, buf_cstr(&err), 0);
+        buf_free(&err);
+        buf_free(&dir);
+        return;
+    }
+    char *path = (char *)buf_cstr(&dir);
+    Buf file = {0};
+    buf_addf(&file, "%s/main.rs", path);
+    int fd = open(buf_cstr(&file), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    bool ok = fd >= 0;
+    e = errno;
+    if (ok) {
+        /* encode("utf-8", "replace"): a lone surrogate becomes '?' */
+        Buf src = {0};
+        size_t i = 0;
+        while (i < codelen) {
+            uint32_t c;
+            size_t k = wtf8_next((const unsigned char *)code + i, codelen - i, &c);
+            if (c >= 0xD800 && c <= 0xDFFF) buf_addc(&src, '?');
+            else buf_add(&src, code + i, k);
+            i += k;
+        }
+        size_t done = 0;
+        while (done < buf_size(&src)) {
+            ssize_t w = write(fd, buf_head(&src) + done, buf_size(&src) - done);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                ok = false;
+                e = errno;
+                break;
+            }
+            done += (size_t)w;
+        }
+        buf_free(&src);
+        if (close(fd) != 0 && ok) {
+            ok = false;
+            e = errno;
+        }
+    }
+    if (!ok) {
+        buf_adds(&err, "could not write the program: ");
+        add_oserror(&err, e);
+        if (fd < 0) {
+            buf_adds(&err, ": ");
+            py_str_repr(&err, buf_cstr(&file), buf_size(&file));
+        }
+        finish_simple("error", 1, buf_cstr(&err), 0);
+        buf_free(&err);
+        buf_free(&dir);
+        buf_free(&file);
+        return;
+    }
+    buf_free(&file);
+    cell->workdir = xstrndup(path, strlen(path));
+    buf_free(&dir);
+    const char *rustc = which(3, "rustc");
+    char *argv[] = {(char *)(rustc ? rustc : "rustc"), "--edition", "2021", "--crate-name",
+                    "main", "-o", "main", "main.rs", NULL};
+    spawn_rust(argv, cell->workdir, H_RUSTC);
+}
+
+static void on_rustc_exit(pid_t pid, int status, bool have_rusage, const struct rusage *ru) {
+    A.rust_child = 0;
+    discard_session(pid);
+    Cell *cell = A.cell;
+    if (!cell) return;
+    cell->compile_ms = (monotonic() - cell->started) * 1000;
+    int code = have_rusage ? exitcode_of(status) : 0;
+    if (code != 0) {
+        long long peak = have_rusage ? ru->ru_maxrss : 0;
+        if (cell->interrupted) {
+            finish_simple("interrupted", 128 + SIGINT, "interrupted", peak);
+        } else if (code < 0) {
+            Buf m = {0};
+            buf_adds(&m, "rustc was killed by signal ");
+            signal_description(&m, -code);
+            finish_simple("error", 128 - code, buf_cstr(&m), peak);
+            buf_free(&m);
+        } else {
+            finish_simple("error", code, "compilation failed", peak);
+        }
+        return;
+    }
+    Buf prog = {0};
+    buf_addf(&prog, "%s/main", cell->workdir);
+    char *argv[] = {(char *)buf_cstr(&prog), NULL};
+    spawn_rust(argv, NULL, H_PROGRAM);
+    buf_free(&prog);
+}
+
+static void on_program_exit(pid_t pid, int status, bool have_rusage, const struct rusage *ru) {
+    A.rust_child = 0;
+    discard_session(pid);
+    if (!A.cell) return;
+    int code = have_rusage ? exitcode_of(status) : 0;
+    long long peak = have_rusage ? ru->ru_maxrss : 0;
+    Buf m = {0};
+    if (code == 0) {
+        finish_simple("success", 0, NULL, peak);
+    } else if (code > 0) {
+        buf_addf(&m, "process exited with code %d", code);
+        finish_simple("error", code, buf_cstr(&m), peak);
+    } else {
+        int sig = -code;
+        if (A.cell->interrupted && sig == SIGINT) {
+            finish_simple("interrupted", 128 + sig, "interrupted", peak);
+        } else {
+            buf_adds(&m, "process was killed by signal ");
+            signal_description(&m, sig);
+            finish_simple("error", 128 + sig, buf_cstr(&m), peak);
+        }
+    }
+    buf_free(&m);
+}
+
+/* ------------------------------------------------------------------------------- workers */
+
+static const char *noun(void) { return A.language == L_SHELL ? "shell" : "interpreter"; }
+
+static void close_fd(int *fd) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+}
+
+static void close_worker(Worker *w) {
+    close_fd(&w->status_fd);
+    close_fd(&w->clear_refs_fd);
+    close_fd(&w->ctl_w);
+    close_fd(&w->ctl_r);
+    close_fd(&w->streams[0].fd);
+    close_fd(&w->streams[1].fd);
+    buf_free(&w->ctl_buf);
+    buf_free(&w->ctl_out);
+    free(w->broken);
+    free(w);
+}
+
+static void start_worker(void) {
+    int code_p[2], res_p[2], out_p[2], err_p[2];
+    if (pipe2(code_p, O_CLOEXEC) || pipe2(res_p, O_CLOEXEC) || pipe2(out_p, O_CLOEXEC) ||
+        pipe2(err_p, O_CLOEXEC)) {
+        log_msg("cannot create the worker's pipes: %s", strerror(errno));
+        _exit(1);
+    }
+    char fd1[16], fd2[16];
+    snprintf(fd1, sizeof fd1, "%d", code_p[0]);
+    snprintf(fd2, sizeof fd2, "%d", res_p[1]);
+    char script[PATH_MAX + 64];
+    char *argv[12];
+    size_t k = 0;
+    if (A.language == L_PYTHON) {
+        snprintf(script, sizeof script, "%s/worker_python.pyc", A.agent_dir);
+        if (access(script, F_OK) != 0)
+            snprintf(script, sizeof script, "%s/worker_python.py", A.agent_dir);
+        const char *py = which(0, "python3");
+        argv[k++] = (char *)(py ? py : "python3");
+        argv[k++] = "-I";
+        argv[k++] = "-u";
+        argv[k++] = "-X";
+        argv[k++] = "utf8";
+    } else if (A.language == L_JAVASCRIPT) {
+        snprintf(script, sizeof script, "%s/worker_node.js", A.agent_dir);
+        const char *node = which(1, "node");
+        if (!node) node = which(2, "nodejs");
+        argv[k++] = (char *)(node ? node : "node");
+    } else {
+        snprintf(script, sizeof script, "%s/worker_shell.bash", A.agent_dir);
+        const char *bash = which(4, "bash");
+        argv[k++] = (char *)(bash ? bash : "/bin/bash");
+        argv[k++] = "--norc";
+        argv[k++] = "--noprofile";
+    }
+    argv[k++] = script;
+    argv[k++] = fd1;
+    argv[k++] = fd2;
+    argv[k] = NULL;
+    int pass[2] = {code_p[0], res_p[1]};
+    pid_t pid = spawn(argv, out_p[1], err_p[1], pass, 2, NULL);
+    close(code_p[0]);
+    close(res_p[1]);
+    close(out_p[1]);
+    close(err_p[1]);
+    if (pid < 0) {
+        log_msg("cannot start the worker %s: %s", argv[0], strerror((int)-pid));
+        _exit(1);
+    }
+    set_nonblocking_wr(code_p[1]);
+    set_nonblocking_rd(res_p[0]);
+    set_nonblocking_rd(out_p[0]);
+    set_nonblocking_rd(err_p[0]);
+    Worker *w = xrealloc(NULL, sizeof *w);
+    memset(w, 0, sizeof *w);
+    w->pid = pid;
+    w->ctl_w = code_p[1];
+    w->ctl_r = res_p[0];
+    w->streams[0] = (Stream){.name = "stdout", .fd = out_p[0]};
+    w->streams[1] = (Stream){.name = "stderr", .fd = err_p[0]};
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    w->status_fd = open(path, O_RDONLY | O_CLOEXEC);
+    snprintf(path, sizeof path, "/proc/%d/clear_refs", (int)pid);
+    w->clear_refs_fd = open(path, O_WRONLY | O_CLOEXEC);
+    A.worker = w;
+    add_child(pid, H_WORKER);
+}
+
+static void on_ctl_writable(void) {
+    Worker *w = A.worker;
+    if (!w || !buf_size(&w->ctl_out)) return;
+    ssize_t n = write(w->ctl_w, buf_head(&w->ctl_out), buf_size(&w->ctl_out));
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) return;
+        buf_clear(&w->ctl_out); /* the worker closed its end; its exit comes as SIGCHLD */
+        return;
+    }
+    buf_consume(&w->ctl_out, (size_t)n);
+}
+
+static void worker_broken(const char *why) {
+    log_msg("worker broke the control protocol: %s", why);
+    Worker *w = A.worker;
+    if (!w) return;
+    free(w->broken);
+    w->broken = xstrndup(why, strlen(why));
+    kill(-w->pid, SIGKILL);
+    w->ctl_eof = true;
+}
+
+static void maybe_ready(void);
+static void start_cell(Exec *e);
+
+static void on_display(Body *msg, Buf *err) {
+    Cell *cell = A.cell ? A.cell : A.last_cell;
+    JVal *kind = jobj_get(&msg->obj, "kind");
+    JVal *data = jobj_get(&msg->obj, "data");
+    bool kind_ok = jstr_eq(kind, "execute_result") || jstr_eq(kind, "display_data");
+    if (!kind_ok || !data || data->type != J_OBJ) {
+        buf_adds(err, "invalid display message");
+        return;
+    }
+    /* The data object's members: first-seen key order, last value, only str: str. */
+    JObj o = {0};
+    Buf perr = {0};
+    JParser p = {.s = msg->src, .n = data->end, .pos = data->start + 1, .err = &perr,
+                 .max_depth = SIZE_MAX};
+    j_object(&p, 2, &o);
+    buf_free(&perr);
+    size_t n = o.n;
+    long *use = jobj_dedup(&o);
+    size_t clean = 0;
+    int64_t size = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (use[i] < 0) continue;
+        JVal *v = &o.m[use[i]].val;
+        if (v->type != J_STR) {
+            use[i] = -1;
+            continue;
+        }
+        clean++;
+        size += (int64_t)char_count(v->str, v->slen);
+    }
+    if (cell && clean) {
+        if (cell->forwarded + size > cell->max_output) {
+            cell->truncated = true;
+        } else {
+            cell->forwarded += size;
+            A.linger_until = -1;
+            size_t mark = frame_open();
+            Buf *b = &A.outbuf;
+            buf_adds(b, "{\"t\":\"display\",\"id\":");
+            json_str(b, cell->id, cell->idlen, false);
+            buf_adds(b, ",\"kind\":");
+            json_str(b, kind->str, kind->slen, false);
+            buf_adds(b, ",\"data\":{");
+            bool first = true;
+            for (size_t i = 0; i < n; i++) {
+                if (use[i] < 0) continue;
+                if (!first) buf_addc(b, ',');
+                first = false;
+                json_str(b, o.m[i].key, o.m[i].klen, false);
+                buf_addc(b, ':');
+                json_str(b, o.m[use[i]].val.str, o.m[use[i]].val.slen, false);
+            }
+            buf_adds(b, "}}");
+            if (!frame_close(mark)) {
+                mark = frame_open();
+                buf_adds(b, "{\"t\":\"display\",\"id\":");
+                json_str(b, cell->id, cell->idlen, false);
+                buf_adds(b, ",\"kind\":");
+                json_str(b, kind->str, kind->slen, false);
+                buf_adds(b, ",\"data\":{\"text/plain\":\"<output too large to display>\"}}");
+                frame_close(mark);
+            }
+        }
+    }
+    free(use);
+    jobj_free(&o);
+}
+
+/* Handle one control message; on a protocol violation the message goes to err. */
+static void on_worker_message(Body *msg, Buf *err) {
+    Worker *w = A.worker;
+    JVal *t = jobj_get(&msg->obj, "t");
+    if (jstr_eq(t, "ready")) {
+        w->ready = true;
+        maybe_ready();
+    } else if (jstr_eq(t, "display")) {
+        on_display(msg, err);
+    } else if (jstr_eq(t, "done")) {
+        if (!A.cell) {
+            buf_adds(err, "worker sent done outside a cell");
+            return;
+        }
+        JVal *status = jobj_get(&msg->obj, "status");
+        JVal *exit_code = jobj_get(&msg->obj, "exit_code");
+        JVal *error = jobj_get(&msg->obj, "error");
+        if (!(jstr_eq(status, "success") || jstr_eq(status, "error") ||
+              jstr_eq(status, "interrupted"))) {
+            buf_adds(err, "worker sent an invalid status ");
+            if (status) py_repr_value(err, msg, status, false);
+            else buf_adds(err, "None");
+            return;
+        }
+        bool has_exit = exit_code && exit_code->type == J_INT;
+        const char *lit = NULL;
+        size_t litlen = 0;
+        if (has_exit) {
+            lit = (const char *)msg->src + exit_code->start;
+            litlen = exit_code->end - exit_code->start;
+            if (litlen == 2 && lit[0] == '-' && lit[1] == '0') {
+                lit = "0";
+                litlen = 1;
+            }
+        }
+        Buf e = {0};
+        bool have_err = false;
+        if (error && error->type != J_NULL) {
+            py_repr_value(&e, msg, error, true);
+            have_err = true;
+            size_t cut = char_offset(buf_head(&e), buf_size(&e), MAX_ERROR_LEN);
+            e.len = e.off + cut;
+        }
+        if (jstr_eq(status, "error") && (!have_err || buf_size(&e) == 0)) {
+            buf_clear(&e);
+            buf_adds(&e, "exited with code ");
+            if (has_exit) buf_add(&e, lit, litlen);
+            else buf_adds(&e, "None");
+            have_err = true;
+        }
+        if (jstr_eq(status, "interrupted") && (!have_err || buf_size(&e) == 0)) {
+            buf_clear(&e);
+            buf_adds(&e, "interrupted");
+            have_err = true;
+        }
+        JVal *ck = jobj_get(&msg->obj, "children_maxrss_kb");
+        /* isinstance(True, int): a bool counts as 1 */
+        long long peak = ck && ck->type == J_INT && ck->ival > 0 ? ck->ival
+                         : ck && ck->type == J_TRUE                ? 1
+                                                                   : 0;
+        const char *errp = have_err ? buf_cstr(&e) : NULL;
+        char st[16];
+        snprintf(st, sizeof st, "%.*s", (int)status->slen, status->str);
+        finish_cell(st, has_exit, 0, lit, litlen, errp, have_err ? buf_size(&e) : 0, false,
+                    peak, A.in_batch);
+        buf_free(&e);
+    } else {
+        buf_adds(err, "unknown worker message ");
+        py_repr_value(err, msg, t, false);
+    }
+}
+
+static void on_ctl_readable(void) {
+    Worker *w = A.worker;
+    if (!w) return;
+    ssize_t r = read(w->ctl_r, iobuf, sizeof iobuf);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (r <= 0) {
+        w->ctl_eof = true;
+        return;
+    }
+    buf_add(&w->ctl_buf, iobuf, (size_t)r);
+    while (A.worker == w) {
+        char *head = buf_head(&w->ctl_buf);
+        char *nl = memchr(head, '\n', buf_size(&w->ctl_buf));
+        if (!nl) {
+            if (buf_size(&w->ctl_buf) > MAX_CONTROL_LINE) worker_broken("oversized control message");
+            return;
+        }
+        size_t len = (size_t)(nl - head);
+        Body body;
+        Buf err = {0};
+        /* copy the line: handling it may append to ctl_buf's owner (not here, but be safe) */
+        char *line = xstrndup(head, len);
+        buf_consume(&w->ctl_buf, len + 1);
+        if (decode_body((const unsigned char *)line, len, JSON_DEPTH_CONTROL, &body, &err)) {
+            on_worker_message(&body, &err);
+            jobj_free(&body.obj);
+        }
+        free(line);
+        if (buf_size(&err)) {
+            if (A.worker == w) worker_broken(buf_cstr(&err));
+            buf_free(&err);
+            return;
+        }
+        buf_free(&err);
+    }
+}
+
+static void on_worker_exit(pid_t pid, int status, bool have_rusage, const struct rusage *ru) {
+    Worker *w = A.worker;
+    if (!w || w->pid != pid) return;
+    w->reaped = true;
+    /* Its last messages (e.g. `done`) come first, read outside the wait that saw the exit. */
+    A.in_batch = false;
+    while (!w->ctl_eof && pending_bytes(w->ctl_r) > 0 && A.worker == w) on_ctl_readable();
+    if (A.worker != w) return;
+    int code = have_rusage ? exitcode_of(status) : 0;
+    long long peak = have_rusage ? ru->ru_maxrss : 0;
+    Cell *cell = A.cell;
+    if (cell) {
+        drain_streams(cell, false);
+        const char *st;
+        long long exit_code;
+        Buf err = {0};
+        bool has_err = false;
+        if (code >= 0) {
+            st = code == 0 ? "success" : "error";
+            if (code != 0) {
+                buf_addf(&err, "%s exited with code %d", noun(), code);
+                has_err = true;
+            }
+            exit_code = code;
+        } else {
+            int sig = -code;
+            st = cell->interrupted && sig == SIGINT ? "interrupted" : "error";
+            buf_addf(&err, "%s was killed by signal ", noun());
+            signal_description(&err, sig);
+            has_err = true;
+            exit_code = 128 + sig;
+        }
+        if (w->broken) {
+            buf_clear(&err);
+            buf_addf(&err, "%s broke the control protocol (", noun());
+            buf_adds(&err, w->broken);
+            buf_addc(&err, ')');
+            has_err = true;
+        }
+        if (has_err) buf_adds(&err, "; state was reset");
+        finish_cell(st, true, exit_code, NULL, 0, has_err ? buf_cstr(&err) : NULL,
+                    has_err ? buf_size(&err) : 0, true, peak, false);
+        buf_free(&err);
+    } else {
+        log_msg("worker %d exited with %d while idle; restarting it", (int)pid, code);
+        A.state_lost = true;
+    }
+    close_worker(w);
+    A.worker = NULL;
+    discard_session(pid);
+    start_worker();
+}
+
+/* ------------------------------------------------------------------------------- cells */
+
+static void start_cell(Exec *e) {
+    A.cell_count++;
+    Cell *cell = xrealloc(NULL, sizeof *cell);
+    memset(cell, 0, sizeof *cell);
+    cell->id = e->id;
+    cell->idlen = e->idlen;
+    e->id = NULL;
+    cell->max_output = e->max_output;
+    cell->started = monotonic();
+    cell->compile_ms = -1;
+    long long oom;
+    cell->oom_known = oom_kills(&oom);
+    cell->oom_before = oom;
+    A.cell = cell;
+    if (A.language == L_RUST) {
+        start_rust(cell, e->code, e->codelen);
+        return;
+    }
+    Worker *w = A.worker;
+    if (w->clear_refs_fd >= 0) {
+        ssize_t r = write(w->clear_refs_fd, "5", 1);
+        (void)r;
+    }
+    if (A.language == L_SHELL) {
+        /* NULs dropped, lone surrogates as '?', then a NUL */
+        size_t i = 0;
+        buf_reserve(&w->ctl_out, e->codelen + 1);
+        while (i < e->codelen) {
+            uint32_t c;
+            size_t k = wtf8_next((const unsigned char *)e->code + i, e->codelen - i, &c);
+            if (c >= 0xD800 && c <= 0xDFFF) buf_addc(&w->ctl_out, '?');
+            else if (c != 0) buf_add(&w->ctl_out, e->code + i, k);
+            i += k;
+        }
+        buf_addc(&w->ctl_out, '\0');
+    } else {
+        buf_adds(&w->ctl_out, "{\"code\":");
+        json_str(&w->ctl_out, e->code, e->codelen, true);
+        buf_adds(&w->ctl_out, "}\n");
+    }
+    on_ctl_writable();
+}
+
+static void maybe_ready(void) {
+    if (A.hello && !A.ready_sent && can_start()) {
+        A.ready_sent = true;
+        char body[96];
+        snprintf(body, sizeof body, "{\"t\":\"ready\",\"language\":\"%s\",\"version\":%d}",
+                 LANGUAGES[A.language], PROTOCOL_VERSION);
+        send_simple(body);
+    }
+    if (A.restart_pending && (A.language == L_RUST || (A.worker && A.worker->ready))) {
+        A.restart_pending = false;
+        send_simple("{\"t\":\"restarted\"}");
+    }
+    if (A.pending_exec && !A.cell && can_start()) {
+        Exec *e = A.pending_exec;
+        A.pending_exec = NULL;
+        start_cell(e);
+        free_exec(e);
+    }
+}
+
+static void kill_sessions(void) {
+    for (size_t i = 0; i < A.nsessions; i++) kill(-A.sessions[i], SIGKILL);
+    if (A.nsessions == 0) return;
+    DIR *d = opendir("/proc");
+    if (!d) return;
+    struct dirent *ent;
+    while ((ent = readdir(d)) != NULL) {
+        const char *name = ent->d_name;
+        bool digits = *name != '\0';
+        for (const char *q = name; *q; q++)
+            if (*q < '0' || *q > '9') digits = false;
+        if (!digits || strlen(name) > 10) continue;
+        char path[320], stat[1024];
+        snprintf(path, sizeof path, "/proc/%s/stat", name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t n = read(fd, stat, sizeof stat - 1);
+        close(fd);
+        if (n <= 0) continue;
+        stat[n] = '\0';
+        char *rp = strrchr(stat, ')');
+        if (!rp || rp[1] == '\0') continue;
+        /* fields after ") ": state ppid pgrp session */
+        char *q = rp + 2;
+        long field[4];
+        int got = 0;
+        for (int f = 0; f < 4; f++) {
+            while (*q == ' ') q++;
+            if (!*q) break;
+            if (f == 0) {
+                while (*q && *q != ' ') q++;
+                got++;
+                continue;
+            }
+            char *end;
+            errno = 0;
+            field[f] = strtol(q, &end, 10);
+            if (end == q || errno) break;
+            q = end;
+            got++;
+        }
+        if (got < 4) continue;
+        for (size_t i = 0; i < A.nsessions; i++)
+            if (field[3] == A.sessions[i]) {
+                kill((pid_t)atol(name), SIGKILL);
+                break;
+            }
+    }
+    closedir(d);
+}
+
+static void kill_user_processes(void) {
+    if (A.container) {
+        for (int i = 0; i < 3; i++) kill(-1, SIGKILL);
+    } else {
+        kill_sessions();
+    }
+    for (size_t i = 0; i < A.nchildren; i++) {
+        kill(A.children[i].pid, SIGKILL);
+        struct rusage ru;
+        int st;
+        while (wait4(A.children[i].pid, &st, 0, &ru) < 0 && errno == EINTR) {
+        }
+    }
+    A.nchildren = 0;
+    if (A.worker) {
+        close_worker(A.worker);
+        A.worker = NULL;
+    }
+    A.rust_child = 0;
+    A.nsessions = 0;
+}
+
+static void reap(void) {
+    /* a snapshot, like agent.py: children started by a handler are not asked this time */
+    pid_t snap[MAX_CHILDREN];
+    size_t nsnap = A.nchildren;
+    for (size_t i = 0; i < nsnap; i++) snap[i] = A.children[i].pid;
+    for (size_t s = 0; s < nsnap; s++) {
+        size_t i = 0;
+        while (i < A.nchildren && A.children[i].pid != snap[s]) i++;
+        if (i == A.nchildren) continue;
+        pid_t pid = A.children[i].pid;
+        int status = 0;
+        struct rusage ru;
+        memset(&ru, 0, sizeof ru);
+        pid_t w;
+        do {
+            w = wait4(pid, &status, WNOHANG, &ru);
+        } while (w < 0 && errno == EINTR);
+        bool have = true;
+        if (w < 0) { /* ChildProcessError: treated as gone, with no rusage */
+            status = 0;
+            have = false;
+        } else if (w == 0) {
+            continue;
+        }
+        int handler = A.children[i].handler;
+        A.children[i] = A.children[--A.nchildren];
+        if (handler == H_WORKER) on_worker_exit(pid, status, have, &ru);
+        else if (handler == H_RUSTC) on_rustc_exit(pid, status, have, &ru);
+        else on_program_exit(pid, status, have, &ru);
+    }
+}
+
+static void do_interrupt(void) {
+    Cell *cell = A.cell;
+    if (!cell) return;
+    cell->interrupted = true;
+    if (A.language == L_RUST) {
+        if (A.rust_child > 0) kill(-A.rust_child, SIGINT);
+    } else if (A.worker) {
+        kill(-A.worker->pid, SIGINT);
+    }
+}
+
+static void do_restart(void) {
+    if (A.cell) drain_streams(A.cell, false);
+    kill_user_processes();
+    if (A.cell)
+        finish_cell("interrupted", true, 137, NULL, 0, "the interpreter was restarted",
+                    strlen("the interpreter was restarted"), true, 0, false);
+    free_exec(A.pending_exec);
+    A.pending_exec = NULL;
+    A.state_lost = false;
+    A.restart_pending = true;
+    if (A.language != L_RUST) start_worker();
+    maybe_ready();
+}
+
+/* ------------------------------------------------------------------------------- service */
+
+enum { F_UNKNOWN, F_HELLO, F_EXEC, F_INTERRUPT, F_RESTART };
+
+/* parse_service_frame; false with the message in err on invalid fields. */
+static bool parse_service_frame(Body *b, int *kind, Exec **exec, Buf *err) {
+    JVal *t = jobj_get(&b->obj, "t");
+    *exec = NULL;
+    if (jstr_eq(t, "hello")) *kind = F_HELLO;
+    else if (jstr_eq(t, "interrupt")) *kind = F_INTERRUPT;
+    else if (jstr_eq(t, "restart")) *kind = F_RESTART;
+    else if (!jstr_eq(t, "exec")) *kind = F_UNKNOWN;
+    else {
+        *kind = F_EXEC;
+        JVal *id = jobj_get(&b->obj, "id"), *code = jobj_get(&b->obj, "code");
+        JVal *limit = jobj_get(&b->obj, "max_output_bytes");
+        size_t idchars = id && id->type == J_STR ? char_count(id->str, id->slen) : 0;
+        if (!id || id->type != J_STR || idchars == 0 || idchars > MAX_ID_LEN) {
+            buf_adds(err, "exec: 'id' must be a non-empty string of at most 256 characters");
+            return false;
+        }
+        if (!code || code->type != J_STR) {
+            buf_adds(err, "exec: 'code' must be a string");
+            return false;
+        }
+        if (limit && (limit->type != J_INT || limit->ival < 0)) {
+            buf_adds(err, "exec: 'max_output_bytes' must be a non-negative integer");
+            return false;
+        }
+        Exec *e = xrealloc(NULL, sizeof *e);
+        e->id = id->str;
+        e->idlen = id->slen;
+        id->str = NULL;
+        e->code = code->str;
+        e->codelen = code->slen;
+        code->str = NULL;
+        e->max_output = limit ? limit->ival : DEFAULT_MAX_OUTPUT;
+        *exec = e;
+    }
+    return true;
+}
+
+static void handle_frame(Body *b, int kind, Exec *e) {
+    switch (kind) {
+    case F_HELLO:
+        A.hello = true;
+        maybe_ready();
+        break;
+    case F_EXEC:
+        if (A.cell || A.pending_exec) {
+            Done d = {.status = "error", .error = "busy", .errlen = 4, .compile_ms = -1};
+            send_done(e->id, e->idlen, &d);
+            free_exec(e);
+        } else if (can_start()) {
+            start_cell(e);
+            free_exec(e);
+        } else {
+            A.pending_exec = e;
+        }
+        break;
+    case F_INTERRUPT:
+        do_interrupt();
+        break;
+    case F_RESTART:
+        do_restart();
+        break;
+    default: {
+        JVal *t = jobj_get(&b->obj, "t");
+        Buf m = {0};
+        buf_adds(&m, "ignoring unknown frame type ");
+        py_str_repr(&m, t->str, t->slen);
+        log_buf(&m);
+        buf_free(&m);
+    }
+    }
+}
+
+static void on_stdin(void) {
+    unsigned char data[READ_SIZE];
+    ssize_t r = read(0, data, sizeof data);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (r < 0) {
+        Buf m = {0};
+        buf_adds(&m, "stdin error (");
+        add_oserror(&m, errno);
+        buf_adds(&m, "); exiting");
+        log_buf(&m);
+        buf_free(&m);
+        r = 0;
+    }
+    if (r == 0) {
+        A.stdin_open = false;
+        shutdown_agent(0);
+        return;
+    }
+    buf_add(&A.inbuf, data, (size_t)r);
+    /* FrameDecoder.feed: decode every complete frame first; one bad frame fails them all. */
+    Body *frames = NULL;
+    size_t nframes = 0, cap = 0;
+    Buf err = {0};
+    bool bad = false;
+    while (buf_size(&A.inbuf) >= 4) {
+        const unsigned char *h = (const unsigned char *)buf_head(&A.inbuf);
+        size_t size = ((size_t)h[0] << 24) | ((size_t)h[1] << 16) | ((size_t)h[2] << 8) | h[3];
+        if (size > MAX_SERVICE_FRAME) {
+            buf_addf(&err, "frame of %zu bytes exceeds the limit of %zu", size,
+                     MAX_SERVICE_FRAME);
+            bad = true;
+            break;
+        }
+        if (buf_size(&A.inbuf) < 4 + size) break;
+        if (nframes == cap) {
+            cap = cap ? cap * 2 : 4;
+            frames = xrealloc(frames, cap * sizeof *frames);
+        }
+        /* the body is referenced by the parsed frame: keep a copy */
+        unsigned char *body = xrealloc(NULL, size ? size : 1);
+        memcpy(body, h + 4, size);
+        buf_consume(&A.inbuf, 4 + size);
+        Body *f = &frames[nframes];
+        if (!decode_body(body, size, JSON_DEPTH_SERVICE, f, &err)) {
+            free(body);
+            bad = true;
+            break;
+        }
+        f->owned = body;
+        nframes++;
+    }
+    size_t i = 0;
+    if (!bad) {
+        for (; i < nframes; i++) {
+            int kind;
+            Exec *e;
+            Buf ferr = {0};
+            if (!parse_service_frame(&frames[i], &kind, &e, &ferr)) {
+                buf_add(&err, buf_head(&ferr), buf_size(&ferr));
+                buf_free(&ferr);
+                bad = true;
+                break;
+            }
+            buf_free(&ferr);
+            handle_frame(&frames[i], kind, e);
+            if (A.exit_code >= 0) break;
+        }
+    }
+    if (bad && A.exit_code < 0) {
+        Buf m = {0};
+        buf_adds(&m, "malformed frame from the service: ");
+        buf_add(&m, buf_head(&err), buf_size(&err));
+        log_buf(&m);
+        buf_free(&m);
+        shutdown_agent(EXIT_BAD_FRAME);
+    }
+    for (size_t k = 0; k < nframes; k++) {
+        jobj_free(&frames[k].obj);
+        free(frames[k].owned);
+    }
+    buf_free(&err);
+    free(frames);
+}
+
+/* ------------------------------------------------------------------------------- stdout */
+
+static void on_stdout(void) {
+    size_t n = buf_size(&A.outbuf);
+    if (n == 0) return;
+    if (n > MAX_AGENT_FRAME) n = MAX_AGENT_FRAME;
+    ssize_t r = write(1, buf_head(&A.outbuf), n);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR) return;
+        Buf m = {0};
+        buf_adds(&m, "stdout closed (");
+        add_oserror(&m, errno);
+        buf_adds(&m, "); exiting");
+        log_buf(&m);
+        buf_free(&m);
+        buf_clear(&A.outbuf);
+        shutdown_agent(0);
+        return;
+    }
+    buf_consume(&A.outbuf, (size_t)r);
+}
+
+static void flush_stdout_blocking(void) {
+    if (buf_size(&A.outbuf) == 0) return;
+    int fl = fcntl(1, F_GETFL);
+    if (fl < 0 || fcntl(1, F_SETFL, fl & ~O_NONBLOCK) < 0) return;
+    while (buf_size(&A.outbuf)) {
+        ssize_t r = write(1, buf_head(&A.outbuf), buf_size(&A.outbuf));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return;
+        buf_consume(&A.outbuf, (size_t)r);
+    }
+}
+
+/* ------------------------------------------------------------------------------- loop */
+
+/* Seconds the queued output may still wait; false to write it now. */
+static bool linger_left(double *left) {
+    if (A.linger_until >= 0 && buf_size(&A.outbuf) < LINGER_BYTES) {
+        double l = A.linger_until - monotonic();
+        if (l > 0) {
+            *left = l;
+            return true;
+        }
+    }
+    A.linger_until = -1;
+    return false;
+}
+
+static void judge_linger(double slept) {
+    if (slept <= LINGER_OVERSLEEP) {
+        A.oversleeps = 0;
+        return;
+    }
+    A.oversleeps++;
+    if (A.oversleeps >= LINGER_OVERSLEEPS && A.lingering) {
+        A.lingering = false;
+        log_msg("a %.0f us wait slept %.0f us: output is sent at once from now on", LINGER * 1e6,
+                slept * 1e6);
+    }
+}
+
+static void add_poll(struct pollfd *fds, size_t *n, int fd, short events) {
+    if (fd < 0 || *n >= MAX_POLL) return;
+    fds[*n].fd = fd;
+    fds[*n].events = events;
+    fds[*n].revents = 0;
+    (*n)++;
+}
+
+static void dispatch(int fd) {
+    if (fd == 0) {
+        if (A.stdin_open) on_stdin();
+        return;
+    }
+    if (fd == 1) {
+        on_stdout();
+        return;
+    }
+    Stream *ss;
+    size_t ns = streams_of(&ss);
+    for (size_t i = 0; i < ns; i++)
+        if (ss[i].fd == fd) {
+            size_t got;
+            if (!ss[i].eof && !ss[i].handled) read_stream(&ss[i], MAX_TEXT_CHUNK, &got);
+            return;
+        }
+    Worker *w = A.worker;
+    if (w && fd == w->ctl_r) {
+        if (!w->ctl_eof) on_ctl_readable();
+    } else if (w && fd == w->ctl_w) {
+        on_ctl_writable();
+    }
+}
+
+static int run(void) {
+    int fl = fcntl(0, F_GETFL);
+    if (fl >= 0) fcntl(0, F_SETFL, fl | O_NONBLOCK);
+    fl = fcntl(1, F_GETFL);
+    if (fl >= 0) fcntl(1, F_SETFL, fl | O_NONBLOCK);
+
+    /* SIGCHLD and SIGTERM are blocked except inside ppoll, which they interrupt. */
+    sigset_t block, waitmask;
+    sigemptyset(&block);
+    sigaddset(&block, SIGCHLD);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &waitmask);
+    sigdelset(&waitmask, SIGCHLD);
+    sigdelset(&waitmask, SIGTERM);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_sigchld;
+    sigaction(SIGCHLD, &sa, NULL);
+    sa.sa_handler = on_sigterm;
+    sigaction(SIGTERM, &sa, NULL);
+    /* A no-op handler, not SIG_IGN: an ignored SIGINT would be inherited by the workers, and
+     * bash cannot trap a signal that was ignored when it started. */
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sa.sa_flags = 0;
+    sigaction(SIGPIPE, &sa, NULL);
+
+    if (A.language == L_RUST) {
+        static const char *const names[] = {"stdout", "stderr"};
+        for (int i = 0; i < 2; i++) {
+            int p[2];
+            if (pipe2(p, O_CLOEXEC) != 0) {
+                log_msg("cannot create a pipe: %s", strerror(errno));
+                return 1;
+            }
+            set_nonblocking_rd(p[0]);
+            A.rust_streams[i] = (Stream){.name = names[i], .fd = p[0]};
+            A.rust_write_fds[i] = p[1];
+        }
+    } else {
+        start_worker();
+    }
+
+    while (A.exit_code < 0) {
+        double linger = 0;
+        bool lingered = buf_size(&A.outbuf) && linger_left(&linger);
+        if (buf_size(&A.outbuf) && !lingered) {
+            /* Write what this iteration produced at once, in one write. */
+            on_stdout();
+            if (A.exit_code >= 0) break;
+        }
+        struct pollfd fds[MAX_POLL];
+        size_t n = 0;
+        size_t queued = buf_size(&A.outbuf);
+        if (A.stdin_open && queued < HARD_WATER) add_poll(fds, &n, 0, POLLIN);
+        if (queued < HIGH_WATER) {
+            /* the control pipe first: a display is sent before output read with it */
+            if (A.worker && !A.worker->ctl_eof) add_poll(fds, &n, A.worker->ctl_r, POLLIN);
+            Stream *ss;
+            size_t ns = streams_of(&ss);
+            for (size_t i = 0; i < ns; i++)
+                if (!ss[i].eof) add_poll(fds, &n, ss[i].fd, POLLIN);
+        }
+        if (A.worker && buf_size(&A.worker->ctl_out)) add_poll(fds, &n, A.worker->ctl_w, POLLOUT);
+        if (queued && A.linger_until < 0) add_poll(fds, &n, 1, POLLOUT);
+        struct timespec ts;
+        double t0 = 0;
+        if (lingered) {
+            ts.tv_sec = (time_t)linger;
+            ts.tv_nsec = (long)((linger - (double)ts.tv_sec) * 1e9);
+            if (ts.tv_nsec < 0) ts.tv_nsec = 0;
+            if (ts.tv_nsec > 999999999) ts.tv_nsec = 999999999;
+            t0 = monotonic();
+        }
+        int r = ppoll(fds, n, lingered ? &ts : NULL, &waitmask);
+        if (r < 0 && errno != EINTR && errno != EAGAIN) {
+            log_msg("ppoll failed: %s", strerror(errno));
+            shutdown_agent(1);
+            break;
+        }
+        if (r == 0 && lingered && linger < 0.001) judge_linger(monotonic() - t0);
+        if (r > 0) {
+            memcpy(A.batch, fds, n * sizeof fds[0]);
+            A.nbatch = n;
+            A.in_batch = true;
+            Stream *ss;
+            size_t ns = streams_of(&ss);
+            for (size_t i = 0; i < ns; i++) ss[i].handled = false;
+            for (size_t i = 0; i < n && A.exit_code < 0; i++)
+                if (fds[i].revents) dispatch(fds[i].fd);
+            A.in_batch = false;
+            A.nbatch = 0;
+            ns = streams_of(&ss);
+            for (size_t i = 0; i < ns; i++) ss[i].handled = false;
+        }
+        if (got_sigchld) {
+            got_sigchld = 0;
+            if (A.exit_code < 0) reap();
+        }
+        if (got_sigterm && A.exit_code < 0) shutdown_agent(0);
+    }
+    flush_stdout_blocking();
+    return A.exit_code;
+}
+
+/* Mark every descriptor above 2 that the agent inherited close-on-exec. */
+static void close_on_exec_inherited(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return;
+    int fds[256];
+    size_t n = 0;
+    int self = dirfd(d);
+    struct dirent *ent;
+    while ((ent = readdir(d)) != NULL) {
+        char *end;
+        long fd = strtol(ent->d_name, &end, 10);
+        if (end == ent->d_name || *end || fd <= 2 || fd == self || fd > INT_MAX) continue;
+        if (n < sizeof fds / sizeof fds[0]) fds[n++] = (int)fd;
+        else ioctl((int)fd, FIOCLEX);
+    }
+    closedir(d);
+    for (size_t i = 0; i < n; i++) ioctl(fds[i], FIOCLEX);
+}
+
+int main(int argc, char **argv) {
+    bool container = false;
+    const char *language = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--container") == 0) container = true;
+        else if (!language) language = argv[i];
+    }
+    if (!language) language = getenv("WS_SANDBOX_LANGUAGE");
+    if (!language) language = "python";
+    int lang = -1;
+    for (int i = 0; i < 4; i++)
+        if (strcmp(language, LANGUAGES[i]) == 0) lang = i;
+    if (lang < 0) {
+        Buf m = {0};
+        buf_adds(&m, "unknown language ");
+        py_str_repr(&m, language, strlen(language));
+        buf_adds(&m, "; expected one of python, javascript, shell, rust");
+        log_buf(&m);
+        buf_free(&m);
+        return EXIT_BAD_FRAME;
+    }
+    close_on_exec_inherited();
+    if (container && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        log_msg("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", errno);
+    /* The kernel's link is already the resolved path (realpath would walk it component by
+     * component, a readlink each). */
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0 || exe[0] != '/') {
+        log_msg("cannot find the agent's directory: %s", len < 0 ? strerror(errno) : "?");
+        return 1;
+    }
+    exe[len] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash == exe) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    snprintf(A.agent_dir, sizeof A.agent_dir, "%s", exe);
+    A.language = lang;
+    A.container = container;
+    A.exit_code = -1;
+    A.stdin_open = true;
+    A.linger_until = -1;
+    A.lingering = true;
+    A.rust_write_fds[0] = A.rust_write_fds[1] = -1;
+    A.rust_streams[0].fd = A.rust_streams[1].fd = -1;
+    open_oom_counter();
+    build_child_env();
+    return run();
+}
