@@ -95,6 +95,35 @@ def _on_sigint(_signum: int, _frame: types.FrameType | None) -> None:
         raise KeyboardInterrupt
 
 
+def _print(*args: object, sep: str | None = " ", end: str | None = "\n", file: Any = None,
+           flush: bool = False) -> None:
+    """``print`` with one ``write`` per call. The builtin writes each argument, separator and
+    ``end`` separately, and the worker's streams are unbuffered (every write reaches the
+    agent at once, for live output): ``print(1)`` was two system calls and two reads by the
+    agent, ``print(a, b)`` four; each costs about 80 us under gVisor. Same arguments, errors
+    and output as the builtin's."""
+    if sep is None:
+        sep = " "
+    elif not isinstance(sep, str):
+        raise TypeError(f"sep must be None or a string, not {type(sep).__name__}")
+    if end is None:
+        end = "\n"
+    elif not isinstance(end, str):
+        raise TypeError(f"end must be None or a string, not {type(end).__name__}")
+    if file is None:
+        file = sys.stdout
+        if file is None:  # no stdout (the user set it to None): print does nothing
+            return
+    file.write(sep.join([str(arg) for arg in args]) + end)
+    if flush:
+        file.flush()
+
+
+_print.__module__ = "builtins"
+_print.__qualname__ = _print.__name__ = "print"
+_print.__doc__ = builtins.print.__doc__
+
+
 def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
         # The user may have replaced or closed them.
@@ -405,6 +434,7 @@ def main() -> None:
     sys.path.insert(0, "")
     signal.signal(signal.SIGINT, _on_sigint)
     sys.meta_path.insert(0, _ImportHook())
+    builtins.print = _print
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace", line_buffering=True)
