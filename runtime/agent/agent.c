@@ -14,7 +14,25 @@
  * Strings taken from JSON are kept as "WTF-8": UTF-8 in which a lone surrogate escape
  * (\ud800) is stored as its 3-byte generalized encoding (ED A0..BF xx). Such a sequence counts
  * as one character like in Python, is written as '?' in frames (Python's
- * encode("utf-8", "replace")) and as a \uXXXX escape in ASCII JSON (dumps_ascii).
+ * encode("utf-8", "replace")) and as a \uXXXX escape in ASCII JSON (dumps_ascii). Text that
+ * comes from elsewhere (a path, an environment value such as a PATH entry) may be ill-formed:
+ * each maximal ill-formed subpart is written as one '?' in frames and its bytes as \xNN
+ * escapes in a repr(), so every frame is valid UTF-8.
+ *
+ * Process and budget rules that user code cannot get around:
+ * - The agent is PID 1 of the container (no tini: tini was dumpable, so user code could open
+ *   /proc/1/mem). It reaps every child that exits (wait4(-1, WNOHANG) until none is left),
+ *   orphans of user code included; a known child's exit goes to its handler. Under
+ *   --container it is also a child subreaper, should it ever not be PID 1. Its signal handling
+ *   is unchanged: as PID 1, the kernel drops the signals it has no handler for.
+ * - A display counts against max_output_bytes by the characters of each key and each value,
+ *   plus one per entry (an empty entry is not free): user code can write display lines to the
+ *   control pipe itself (its fd is in /proc/self/cmdline).
+ * - When a worker exits, its control pipe is read for what it held at that moment, no more: a
+ *   process the worker forked may hold the pipe's write end and never let it empty.
+ * - Exactly one done per exec: an exec held until the worker is ready (received before
+ *   `ready` or during a restart) that a restart discards gets a done "interrupted", exit code
+ *   137, error "the interpreter was restarted", restarted true.
  *
  * Known differences from agent.py (none visible to a well-behaved worker or service):
  * - Within one wait, the worker's control pipe is read before its output pipes (agent.py
@@ -926,7 +944,9 @@ static bool jstr_eq(const JVal *v, const char *s) {
 /* ------------------------------------------------------------------------------- JSON out */
 
 /* json's encode_basestring (ensure_ascii=False) then encode("utf-8", "replace"); ascii: like
- * encode_basestring_ascii. The text is WTF-8. */
+ * encode_basestring_ascii. The text is WTF-8, or bytes from elsewhere (a path, an environment
+ * value) that may be ill-formed: each maximal ill-formed subpart is written as one '?', so a
+ * frame is always valid UTF-8. */
 static void json_str(Buf *b, const char *s, size_t n, bool ascii) {
     static const char hex[] = "0123456789abcdef";
     buf_reserve(b, n + 2);
@@ -960,11 +980,18 @@ static void json_str(Buf *b, const char *s, size_t n, bool ascii) {
             i++;
             continue;
         }
+        size_t sub;
+        bool incomplete;
+        if (utf8_seq((const unsigned char *)s + i, n - i, true, &sub, &incomplete) == 0) {
+            buf_addc(b, '?');
+            i += sub;
+            continue;
+        }
         uint32_t cp;
         size_t k = wtf8_next((const unsigned char *)s + i, n - i, &cp);
         bool surrogate = cp >= 0xD800 && cp <= 0xDFFF;
         if (!ascii) {
-            if (surrogate || k == 1) buf_addc(b, '?');
+            if (surrogate) buf_addc(b, '?');
             else buf_add(b, s + i, k);
         } else {
             uint32_t units[2];
@@ -1073,13 +1100,24 @@ static bool py_printable(uint32_t c) {
     return true;
 }
 
-/* repr() of a str given as WTF-8. */
+/* repr() of a str given as WTF-8; the bytes of an ill-formed sequence (text from a path or
+ * an environment value) are written as \xNN escapes, so the result is always valid UTF-8. */
 static void py_str_repr(Buf *b, const char *s, size_t n) {
     bool sq = memchr(s, '\'', n) != NULL, dq = memchr(s, '"', n) != NULL;
     char quote = sq && !dq ? '"' : '\'';
     buf_addc(b, quote);
     size_t i = 0;
     while (i < n) {
+        if ((unsigned char)s[i] >= 0x80) {
+            size_t sub;
+            bool incomplete;
+            if (utf8_seq((const unsigned char *)s + i, n - i, true, &sub, &incomplete) == 0) {
+                for (size_t j = 0; j < sub; j++)
+                    buf_addf(b, "\\x%02x", (unsigned char)s[i + j]);
+                i += sub;
+                continue;
+            }
+        }
         uint32_t c;
         size_t k = wtf8_next((const unsigned char *)s + i, n - i, &c);
         if (c == (uint32_t)quote || c == '\\') {
@@ -2229,7 +2267,9 @@ static void on_display(Body *msg, Buf *err) {
             continue;
         }
         clean++;
-        size += (int64_t)char_count(v->str, v->slen);
+        /* every entry costs its key, its value and one more: none is free */
+        size += (int64_t)char_count(o.m[i].key, o.m[i].klen) +
+                (int64_t)char_count(v->str, v->slen) + 1;
     }
     if (cell && clean) {
         if (cell->forwarded + size > cell->max_output) {
@@ -2341,14 +2381,17 @@ static void on_worker_message(Body *msg, Buf *err) {
     }
 }
 
-static void on_ctl_readable(void) {
+/* Read up to size bytes of the control pipe and handle its complete lines; returns the
+ * number of bytes read (0 at EOF, on EAGAIN or on an error). */
+static size_t read_ctl(size_t size) {
     Worker *w = A.worker;
-    if (!w) return;
-    ssize_t r = read(w->ctl_r, iobuf, sizeof iobuf);
-    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (!w) return 0;
+    if (size > sizeof iobuf) size = sizeof iobuf;
+    ssize_t r = read(w->ctl_r, iobuf, size);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
     if (r <= 0) {
         w->ctl_eof = true;
-        return;
+        return 0;
     }
     buf_add(&w->ctl_buf, iobuf, (size_t)r);
     while (A.worker == w) {
@@ -2356,7 +2399,7 @@ static void on_ctl_readable(void) {
         char *nl = memchr(head, '\n', buf_size(&w->ctl_buf));
         if (!nl) {
             if (buf_size(&w->ctl_buf) > MAX_CONTROL_LINE) worker_broken("oversized control message");
-            return;
+            return (size_t)r;
         }
         size_t len = (size_t)(nl - head);
         Body body;
@@ -2372,19 +2415,29 @@ static void on_ctl_readable(void) {
         if (buf_size(&err)) {
             if (A.worker == w) worker_broken(buf_cstr(&err));
             buf_free(&err);
-            return;
+            return (size_t)r;
         }
         buf_free(&err);
     }
+    return (size_t)r;
 }
+
+static void on_ctl_readable(void) { read_ctl(sizeof iobuf); }
 
 static void on_worker_exit(pid_t pid, int status, bool have_rusage, const struct rusage *ru) {
     Worker *w = A.worker;
     if (!w || w->pid != pid) return;
     w->reaped = true;
-    /* Its last messages (e.g. `done`) come first, read outside the wait that saw the exit. */
+    /* Its last messages (e.g. `done`) come first, read outside the wait that saw the exit:
+     * what the pipe held then and no more (like drain_streams), since a process the worker
+     * forked may still hold the write end and keep the pipe from ever being empty. */
     A.in_batch = false;
-    while (!w->ctl_eof && pending_bytes(w->ctl_r) > 0 && A.worker == w) on_ctl_readable();
+    long pending = w->ctl_eof ? 0 : pending_bytes(w->ctl_r);
+    while (pending > 0 && !w->ctl_eof && A.worker == w) {
+        size_t got = read_ctl((size_t)pending);
+        if (got == 0) break;
+        pending -= (long)got;
+    }
     if (A.worker != w) return;
     int code = have_rusage ? exitcode_of(status) : 0;
     long long peak = have_rusage ? ru->ru_maxrss : 0;
@@ -2477,14 +2530,18 @@ static void start_cell(Exec *e) {
 }
 
 static void maybe_ready(void) {
-    if (A.hello && !A.ready_sent && can_start()) {
+    /* `ready` once the interpreter is warm, also when a restart is pending (a `hello` and a
+     * `restart` that both came before the first worker was ready): then `ready` first, and
+     * `restarted` right after it, for the same fresh interpreter. */
+    bool warm = A.language == L_RUST || (A.worker && A.worker->ready);
+    if (A.hello && !A.ready_sent && warm) {
         A.ready_sent = true;
         char body[96];
         snprintf(body, sizeof body, "{\"t\":\"ready\",\"language\":\"%s\",\"version\":%d}",
                  LANGUAGES[A.language], PROTOCOL_VERSION);
         send_simple(body);
     }
-    if (A.restart_pending && (A.language == L_RUST || (A.worker && A.worker->ready))) {
+    if (A.restart_pending && warm) {
         A.restart_pending = false;
         send_simple("{\"t\":\"restarted\"}");
     }
@@ -2569,35 +2626,44 @@ static void kill_user_processes(void) {
     A.nsessions = 0;
 }
 
+/* Dispatch a known child's exit to its handler; false if pid is not a known child. */
+static bool dispatch_exit(pid_t pid, int status, bool have, const struct rusage *ru) {
+    size_t i = 0;
+    while (i < A.nchildren && A.children[i].pid != pid) i++;
+    if (i == A.nchildren) return false;
+    int handler = A.children[i].handler;
+    A.children[i] = A.children[--A.nchildren];
+    if (handler == H_WORKER) on_worker_exit(pid, status, have, ru);
+    else if (handler == H_RUSTC) on_rustc_exit(pid, status, have, ru);
+    else on_program_exit(pid, status, have, ru);
+    return true;
+}
+
+/* Reap every child that has exited: the agent is PID 1 of the container (a subreaper under
+ * --container otherwise), so orphaned processes of user code become its children and must not
+ * stay zombies. A known child's exit goes to its handler; any other pid is discarded. */
 static void reap(void) {
-    /* a snapshot, like agent.py: children started by a handler are not asked this time */
-    pid_t snap[MAX_CHILDREN];
-    size_t nsnap = A.nchildren;
-    for (size_t i = 0; i < nsnap; i++) snap[i] = A.children[i].pid;
-    for (size_t s = 0; s < nsnap; s++) {
-        size_t i = 0;
-        while (i < A.nchildren && A.children[i].pid != snap[s]) i++;
-        if (i == A.nchildren) continue;
-        pid_t pid = A.children[i].pid;
+    bool swept = false;
+    while (A.exit_code < 0) {
         int status = 0;
         struct rusage ru;
         memset(&ru, 0, sizeof ru);
-        pid_t w;
-        do {
-            w = wait4(pid, &status, WNOHANG, &ru);
-        } while (w < 0 && errno == EINTR);
-        bool have = true;
-        if (w < 0) { /* ChildProcessError: treated as gone, with no rusage */
-            status = 0;
-            have = false;
-        } else if (w == 0) {
+        pid_t pid = wait4(-1, &status, WNOHANG, &ru);
+        if (pid < 0 && errno == EINTR) continue;
+        if (pid == 0) return;
+        if (pid > 0) {
+            dispatch_exit(pid, status, true, &ru);
             continue;
         }
-        int handler = A.children[i].handler;
-        A.children[i] = A.children[--A.nchildren];
-        if (handler == H_WORKER) on_worker_exit(pid, status, have, &ru);
-        else if (handler == H_RUSTC) on_rustc_exit(pid, status, have, &ru);
-        else on_program_exit(pid, status, have, &ru);
+        /* ECHILD: a known child that is not there any more (agent.py's ChildProcessError) is
+         * treated as gone, with no rusage; once, as handlers may start new children. */
+        if (swept || A.nchildren == 0) return;
+        swept = true;
+        pid_t snap[MAX_CHILDREN];
+        size_t nsnap = A.nchildren;
+        for (size_t k = 0; k < nsnap; k++) snap[k] = A.children[k].pid;
+        for (size_t k = 0; k < nsnap && A.exit_code < 0; k++)
+            dispatch_exit(snap[k], 0, false, &ru);
     }
 }
 
@@ -2618,8 +2684,17 @@ static void do_restart(void) {
     if (A.cell)
         finish_cell("interrupted", true, 137, NULL, 0, "the interpreter was restarted",
                     strlen("the interpreter was restarted"), true, 0, false);
-    free_exec(A.pending_exec);
-    A.pending_exec = NULL;
+    if (A.pending_exec) {
+        /* a held exec (received before `ready` or during a restart) gets its one done too */
+        Exec *e = A.pending_exec;
+        A.pending_exec = NULL;
+        Done d = {.status = "interrupted", .has_exit = true, .exit_code = 137,
+                  .error = "the interpreter was restarted",
+                  .errlen = strlen("the interpreter was restarted"), .restarted = true,
+                  .compile_ms = -1};
+        send_done(e->id, e->idlen, &d);
+        free_exec(e);
+    }
     A.state_lost = false;
     A.restart_pending = true;
     if (A.language != L_RUST) start_worker();
@@ -3033,6 +3108,9 @@ int main(int argc, char **argv) {
     close_on_exec_inherited();
     if (container && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
         log_msg("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", errno);
+    /* Orphans come to the agent (reap() reaps them) also if it is ever not PID 1. */
+    if (container && prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+        log_msg("prctl(PR_SET_CHILD_SUBREAPER, 1) failed: errno %d", errno);
     /* The kernel's link is already the resolved path (realpath would walk it component by
      * component, a readlink each). */
     char exe[PATH_MAX];

@@ -116,7 +116,7 @@ async def test_fork_bomb_is_held_by_the_pids_limit(battery: Service, language: s
             async with asyncio.timeout(30):
                 while not isinstance(await s.events.get(), fr.Restarted):
                     pass
-            # Killed bomb processes vanish once tini has reaped them.
+            # Killed bomb processes vanish once the agent (PID 1) has reaped them.
             for _ in range(20):
                 n = await s.execute("p=(/proc/[0-9]*); echo ${#p[@]}")
                 if n.stdout.strip().isdigit() and int(n.stdout) < 10:
@@ -649,13 +649,28 @@ print("END")
 
 
 async def test_agent_channel_is_closed_to_user_code(battery: Service) -> None:
-    """User code (same uid as the agent) cannot open the agent's stdout to forge frames."""
+    """User code (same uid as the agent) cannot open the agent's stdout to forge frames,
+    nor its memory or environment. The agent is PID 1 and the worker's parent; no other
+    process of the sandbox (tini, once) holds the channel."""
+    probe = ("import os\n"
+             "print(os.getppid())\n"
+             "for path, flags in (('fd/1', os.O_WRONLY), ('fd/0', os.O_RDONLY),"
+             " ('mem', os.O_RDWR), ('environ', os.O_RDONLY)):\n"
+             "    try:\n        os.close(os.open(f'/proc/1/{path}', flags))\n"
+             "        print(path, 'OPEN')\n"
+             "    except OSError as e:\n        print(path, e.errno)")
     code = ("import os\ntry:\n    fd = os.open(f'/proc/{os.getppid()}/fd/1', os.O_WRONLY)\n"
             "except OSError as e:\n    print('denied', e.errno)\nelse:\n"
             "    os.write(fd, b'\\x7f\\xff\\xff\\xff' + b'{' * 65536)\n"
             "    import time; time.sleep(5)")
     async with await connect(battery.url) as s:
         cid = await container_id(s)
+        looked = await s.execute(probe)
+        lines = looked.stdout.splitlines()
+        assert lines[0] == "1", looked  # the worker's parent is the agent, PID 1
+        if not RUNSC:  # RUNSC: gVisor may let these opens through; the bound below holds
+            denied = {str(errno.EACCES), str(errno.EPERM)}
+            assert all(line.split()[1] in denied for line in lines[1:]), looked
         try:
             r = await s.execute(code, timeout=15)
         except SessionClosed:
@@ -674,11 +689,19 @@ async def test_agent_channel_is_closed_to_user_code(battery: Service) -> None:
         await still_works(other)
 
 
-async def test_killing_the_agent_ends_only_that_sandbox(battery: Service) -> None:
+async def test_user_code_cannot_kill_or_stop_the_agent(battery: Service) -> None:
+    """The agent is the sandbox's init: the kernel drops the signals it has no handler for
+    (SIGKILL and SIGSTOP included) when they come from inside, so a cell cannot take the
+    channel down or freeze it. SIGTERM, which it handles, ends that sandbox only."""
     async with await connect(battery.url) as s:
         cid = await container_id(s)
+        for sig in ("SIGKILL", "SIGSTOP", "SIGTSTP", "SIGUSR1", "SIGHUP", "SIGQUIT"):
+            r = await s.execute(f"import os, signal\nos.kill(1, signal.{sig})\n"
+                                "import time; time.sleep(0.2)\nprint('alive')", timeout=15)
+            assert r.status == "success" and r.stdout == "alive\n", (sig, r)
+        await still_works(s)
         try:
-            r = await s.execute("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+            r = await s.execute("import os, signal\nos.kill(1, signal.SIGTERM)\n"
                                 "import time; time.sleep(5)", timeout=15)
         except SessionClosed:
             pass
@@ -687,6 +710,8 @@ async def test_killing_the_agent_ends_only_that_sandbox(battery: Service) -> Non
             assert r.result.state_lost, r
     await wait_gone(cid)
     healthy(battery)
+    async with await connect(battery.url) as other:
+        await still_works(other)
 
 
 # --------------------------------------------------------------------------- links

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import queue
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -75,7 +77,12 @@ class AgentDriver:
             (size,) = struct.unpack(">I", header)
             assert size <= 1 << 20, "agent frame over MAX_AGENT_FRAME"
             body = out.read(size)
-            self.frames.put((time.monotonic(), json.loads(body)))
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:  # a test looks for this stand-in; the agent never sends it
+                self.frames.put((time.monotonic(), {"t": "not UTF-8", "body": repr(body)}))
+                continue
+            self.frames.put((time.monotonic(), json.loads(text)))
         self.frames.put((time.monotonic(), None))
 
     def _read_stderr(self) -> None:
@@ -838,3 +845,187 @@ def test_rust_interrupt(rs: AgentDriver) -> None:
     result = rs.collect(cell, sent_at)
     assert result.done["status"] == "interrupted"
     assert at > sent_at
+
+
+# ------------------------------------------------------------------------------- security review
+
+# User code can find the worker's control fd (its last argument) in /proc/self/cmdline and
+# write its own lines to the agent.
+FORGE_DISPLAYS = (
+    "import json, os\n"
+    "fd = int(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2])\n"
+    "def forge(data, times):\n"
+    "    line = (json.dumps({'t': 'display', 'kind': 'display_data', 'data': data})\n"
+    "            + '\\n').encode()\n"
+    "    for _ in range(times):\n"
+    "        done = 0\n"
+    "        while done < len(line):\n"
+    "            done += os.write(fd, line[done:])\n"
+)
+
+
+def test_display_keys_and_empty_entries_count_against_max_output_bytes(py: AgentDriver) -> None:
+    """Each entry of a display costs its key's and its value's characters, plus one."""
+    keys = py.run(FORGE_DISPLAYS + "forge({'k' * 40_000: ''}, 5)", max_output_bytes=10)
+    assert keys.displays == []
+    assert keys.done["truncated"] is True
+    empty = py.run(FORGE_DISPLAYS + "forge({'': ''}, 20)", max_output_bytes=10)
+    assert [d["data"] for d in empty.displays] == [{"": ""}] * 10
+    assert empty.done["truncated"] is True
+    # "text/plain" (10) + "ab" (2) + 1 = 13 characters: fits 13, not 12.
+    fits = py.run(FORGE_DISPLAYS + "forge({'text/plain': 'ab'}, 1)", max_output_bytes=13)
+    assert [d["data"] for d in fits.displays] == [{"text/plain": "ab"}]
+    assert fits.done["truncated"] is False
+    over = py.run(FORGE_DISPLAYS + "forge({'text/plain': 'ab'}, 1)", max_output_bytes=12)
+    assert (over.displays, over.done["truncated"]) == ([], True)
+
+
+def test_a_child_flooding_the_control_pipe_does_not_stall_the_agent(py: AgentDriver) -> None:
+    """When the worker exits, the agent reads what its control pipe held then, not until the
+    pipe is empty: forked children that keep writing to it cannot hold the agent there."""
+    # The service stops reading and a child writes output until the agent's queue passes its
+    # high-water mark: the agent stops reading the worker's pipes and sleeps, so it sees the
+    # worker's exit at once. Three writers have filled the control pipe (1 MiB) by then and
+    # keep it full for up to 30 s; the cell's done must not wait for them.
+    code = (
+        "import fcntl, os, sys, time\n"
+        "fd = int(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2])\n"
+        "fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ\n"
+        "if os.fork() == 0:\n"
+        "    try:\n"
+        "        os.write(1, b'x' * (3 << 20))\n"
+        "    finally:\n"
+        "        os._exit(0)\n"
+        "time.sleep(1)\n"
+        "for _ in range(3):\n"
+        "    if os.fork() == 0:\n"
+        "        lines = b'{\"t\":\"ready\"}\\n' * 292  # under PIPE_BUF: atomic\n"
+        "        end = time.monotonic() + 30\n"
+        "        try:\n"
+        "            while time.monotonic() < end:\n"
+        "                os.write(fd, lines)\n"
+        "        finally:\n"
+        "            os._exit(0)\n"  # BrokenPipeError once the agent closed its end
+        "time.sleep(0.5)\n"
+        "os._exit(0)\n"
+    )
+    py.reading.clear()
+    time.sleep(0.1)
+    sent_at = time.monotonic()
+    cell = py.exec(code, 1 << 30)
+    time.sleep(3)
+    py.reading.set()
+    result = py.collect(cell, sent_at, timeout=10)
+    assert (result.done["status"], result.done["restarted"]) == ("success", True)
+    assert_success(py.run("1 + 1"))
+
+
+def test_an_exec_held_across_a_restart_gets_exactly_one_done() -> None:
+    """An exec that arrives during a restart waits for the new worker; a second restart ends
+    it with a done like a running cell's. The `hello` that came first is answered as well."""
+    driver = AgentDriver([str(agent_binary()), "python"])
+    try:
+        bodies = [{"t": "hello"}, {"t": "restart"},
+                  {"t": "exec", "id": "held", "code": "print('never')"}, {"t": "restart"}]
+        data = b"".join(struct.pack(">I", len(b)) + b for b in
+                        (json.dumps(body).encode() for body in bodies))
+        assert driver.proc.stdin is not None
+        driver.proc.stdin.write(data)  # one write: the agent reads all four frames at once
+        driver.proc.stdin.flush()
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1] != {"t": "restarted"}:
+            frames.append(driver.recv()[1])
+        # `ready` too, once the fresh worker is warm, before `restarted`.
+        assert [f["t"] for f in frames] == ["done", "ready", "restarted"], frames
+        done = frames[0]
+        assert done["id"] == "held"
+        assert (done["status"], done["exit_code"]) == ("interrupted", 137)
+        assert done["error"] == "the interpreter was restarted"
+        assert (done["restarted"], done["truncated"]) == (True, False)
+        after = driver.run("print('after')")
+        assert after.text() == "after\n"
+        assert [f["id"] for f in after.frames if f["t"] == "done"] == ["c1"]
+    finally:
+        assert driver.close() == 0
+    assert driver.frames.empty() or driver.frames.get()[1] is None  # no late done for "held"
+
+
+def test_a_non_utf8_path_entry_leaves_every_frame_valid_utf8(tmp_path: Path) -> None:
+    """Text from the environment (here a PATH directory, in the message about a rustc that
+    cannot be started) reaches frames with its ill-formed bytes replaced."""
+    bad = os.fsencode(tmp_path) + b"/bin\xff"
+    os.mkdir(bad)
+    with open(bad + b"/rustc", "wb") as f:
+        f.write(b"#!/nonexistent/interpreter\n")  # executable, but cannot be started
+    os.chmod(bad + b"/rustc", 0o755)
+    env = dict(os.environb)
+    env[b"PATH"] = bad + b":/usr/bin:/bin"
+    driver = start("rust", env=env)
+    try:
+        sent_at = time.monotonic()
+        cell = driver.exec("fn main() {}")
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1]["t"] != "done":
+            frames.append(driver.recv()[1])
+        assert [f for f in frames if f["t"] == "not UTF-8"] == []
+        result = CellResult([f for f in frames if f.get("id") == cell], sent_at)
+        assert (result.done["status"], result.done["exit_code"]) == ("error", 127)
+        assert result.done["error"] == (
+            f"could not start {tmp_path}/bin?/rustc: No such file or directory")
+        assert result.text("stderr") == (
+            f"[Errno 2] No such file or directory: '{tmp_path}/bin\\xff/rustc'\n")
+    finally:
+        assert driver.close() == 0
+
+
+# Starts the agent as a child subreaper, as it is as PID 1 of a container (and under
+# --container, which tests never pass): orphaned processes of user code become its children.
+AS_SUBREAPER = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER\n"
+    "    raise OSError(ctypes.get_errno(), 'prctl(PR_SET_CHILD_SUBREAPER)')\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """The processes whose parent is pid, with their state (``Z``: a zombie)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        if int(ppid) == pid:
+            found[int(entry.name)] = state
+    return found
+
+
+def test_orphans_that_come_to_the_agent_are_reaped(tmp_path: Path) -> None:
+    driver = AgentDriver([sys.executable, "-c", AS_SUBREAPER, str(agent_binary()), "shell"])
+    try:
+        assert driver.hello() == {"t": "ready", "language": "shell", "version": 1}
+        pids = tmp_path / "pids"
+        # A background job that forks three short sleeps and exits: they are orphans.
+        result = driver.run(f"(for i in 1 2 3; do sleep 0.2 & echo $! >> {pids}; done) &\n"
+                            "wait\necho started")
+        assert_success(result)
+        assert result.text() == "started\n"
+        orphans = [int(line) for line in pids.read_text().split()]
+        assert len(orphans) == 3
+        deadline = time.monotonic() + 15
+        while True:
+            left = [pid for pid in orphans if Path(f"/proc/{pid}").exists()]
+            zombies = {pid: s for pid, s in children_of(driver.proc.pid).items() if s == "Z"}
+            if not left and not zombies:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"not reaped: orphans {left}, zombie children {zombies}")
+            time.sleep(0.05)
+        assert driver.run("echo next").text() == "next\n"
+    finally:
+        assert driver.close() == 0
