@@ -2983,6 +2983,14 @@ static int run(void) {
     sa.sa_handler = on_sigint;
     sa.sa_flags = SA_RESTART;
     sigaction(SIGINT, &sa, NULL);
+    /* Signals user code (same uid) could otherwise end or stop the agent with. As PID 1
+     * under runc the kernel drops them anyway; gVisor does not protect a namespace's init,
+     * and outside a container the agent is not init. Handlers, not SIG_IGN, for the same
+     * reason as SIGINT's: exec resets them to the default in every worker. */
+    static const int harmless[] = {SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM,
+                                   SIGPROF, SIGIO, SIGPWR, SIGTSTP, SIGTTIN, SIGTTOU};
+    for (size_t i = 0; i < sizeof harmless / sizeof harmless[0]; i++)
+        sigaction(harmless[i], &sa, NULL);
     sa.sa_handler = SIG_IGN;
     sa.sa_flags = 0;
     sigaction(SIGPIPE, &sa, NULL);

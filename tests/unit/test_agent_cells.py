@@ -1029,3 +1029,20 @@ def test_orphans_that_come_to_the_agent_are_reaped(tmp_path: Path) -> None:
         assert driver.run("echo next").text() == "next\n"
     finally:
         assert driver.close() == 0
+
+
+@pytest.mark.parametrize("signal_name", ["SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM",
+                                         "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGPWR"])
+def test_signals_from_user_code_neither_end_nor_stop_the_agent(py: AgentDriver,
+                                                               signal_name: str) -> None:
+    """User code runs as the agent's uid and may signal it. Under runc the agent is PID 1
+    and the kernel drops what it does not handle; gVisor does not protect init, and on this
+    host the agent is not init: its handlers do. The worker has the default dispositions."""
+    r = py.run(f"import os, signal, time\nos.kill(os.getppid(), signal.{signal_name})\n"
+               "time.sleep(0.2)\nprint('alive')")
+    assert_success(r)
+    assert r.text() == "alive\n"
+    r = py.run("import signal\n"
+               f"print(signal.getsignal(signal.{signal_name}) is signal.SIG_DFL)")
+    assert r.text() == "True\n"
+    assert py.proc.poll() is None
