@@ -34,13 +34,13 @@ def _get(url: str) -> dict[str, Any]:
     return body
 
 
-async def pool_ready(http: str, language: str) -> None:
-    """Wait until the pool holds its target for ``language``."""
+async def pool_ready(http: str, language: str, interval: float = 0.05) -> None:
+    """Wait until the pool holds its target for ``language`` (asking every ``interval`` s)."""
     while True:
         pool = (await asyncio.to_thread(_get, f"{http}/api/v1/health"))["pool"][language]
         if pool["ready"] >= pool["target"]:
             return
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)
 
 
 async def session_open(url: str, http: str, n: int, *, wait_for_pool: bool) -> dict[str, float]:
@@ -133,8 +133,13 @@ async def rest_one_shot(http: str, n: int) -> dict[str, float]:
     return summary(samples)
 
 
-async def rest_throughput(http: str, total: int, parallel: int) -> dict[str, float]:
-    """One-shot calls per second at ``parallel`` concurrent clients."""
+async def rest_throughput(http: str, total: int, parallel: int, *,
+                          refilled: bool = False) -> dict[str, float]:
+    """One-shot calls per second at ``parallel`` concurrent clients.
+
+    ``refilled``: the time runs until the warm pool is full again, so that every call pays
+    for the sandbox that replaced the one it used (start with a full pool).
+    """
     done = 0
     failed = 0
 
@@ -150,6 +155,8 @@ async def rest_throughput(http: str, total: int, parallel: int) -> dict[str, flo
 
     start = time.perf_counter()
     await asyncio.gather(*(client(total // parallel) for _ in range(parallel)))
+    if refilled:
+        await pool_ready(http, "python", interval=0.01)
     elapsed = time.perf_counter() - start
     return {"calls": done, "failed": failed, "parallel": parallel,
             "seconds": round(elapsed, 2), "per_second": round(done / elapsed, 2)}
