@@ -181,8 +181,9 @@ def test_the_python_worker_is_a_clean_session_leader(inherited_pipe: tuple[int, 
     two control pipes and nothing else, in a session of its own (so killpg reaches all it
     starts), with no signal blocked."""
     passed, _ = inherited_pipe
-    env = {**os.environ, "WS_SANDBOX_AGENT_SECRET": "x", "WS_SANDBOX_AGENTX": "y",
-           "WS_SANDBOX_OTHER": "kept"}
+    # The run's own WS_SANDBOX_* settings (CI sets WS_SANDBOX_REQUIRE_DOCKER) stay out.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WS_SANDBOX")},
+           "WS_SANDBOX_AGENT_SECRET": "x", "WS_SANDBOX_AGENTX": "y", "WS_SANDBOX_OTHER": "kept"}
     driver = start("python", env=env, pass_fds=(passed,))
     try:
         me = describe(driver)
