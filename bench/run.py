@@ -170,7 +170,7 @@ def _all_verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
         ("REST one-shot >= 8x faster than docker run --rm",
          f"{run / rest:.1f}x ({run:.0f} ms docker run)", run / rest >= 8),
         ("one-shot throughput >= 90% of engine churn ceiling",
-         f"{thr:.2f}/s vs {ceiling:.2f}/s = {100 * thr / ceiling:.0f}%", thr >= 0.9 * ceiling),
+         f"{thr:.2f}/s vs {ceiling:.2f}/s = {100 * thr / ceiling:.1f}%", thr >= 0.9 * ceiling),
         ("streaming latency <= 2 ms median", f"{r['streaming']['p50_ms']:.3f} ms",
          r["streaming"]["p50_ms"] <= 2),
         ("100 idle sessions in <= 150 MB service memory",
