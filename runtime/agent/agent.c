@@ -276,22 +276,29 @@ static size_t utf8_seq(const unsigned char *s, size_t n, bool allow_surrogates, 
     return need + 1;
 }
 
-/* Strict validation like bytes.decode("utf-8"); on error, the message of Python's
- * UnicodeDecodeError goes to err. */
-static bool utf8_check(const unsigned char *s, size_t n, Buf *err) {
-    size_t i = 0;
+/* The end of the well-formed UTF-8 that starts at s[i]: the index of the first ill-formed
+ * sequence, which *sub and *incomplete then describe (as utf8_seq does), or n. */
+static size_t utf8_valid_to(const unsigned char *s, size_t n, size_t i, size_t *sub,
+                            bool *incomplete) {
     while (i < n) {
         if (s[i] < 0x80) {
             i++;
             continue;
         }
-        size_t sub;
-        bool incomplete;
-        size_t k = utf8_seq(s + i, n - i, false, &sub, &incomplete);
-        if (k) {
-            i += k;
-            continue;
-        }
+        size_t k = utf8_seq(s + i, n - i, false, sub, incomplete);
+        if (!k) return i;
+        i += k;
+    }
+    return n;
+}
+
+/* Strict validation like bytes.decode("utf-8"); on error, the message of Python's
+ * UnicodeDecodeError goes to err. */
+static bool utf8_check(const unsigned char *s, size_t n, Buf *err) {
+    size_t sub;
+    bool incomplete;
+    size_t i = utf8_valid_to(s, n, 0, &sub, &incomplete);
+    if (i < n) {
         const char *why;
         size_t end;
         if (s[i] < 0xC2 || s[i] > 0xF4) {
@@ -422,17 +429,10 @@ static void utf8_decode_part(Utf8Decoder *d, const unsigned char *s, size_t n, b
     }
     size_t start = i;
     while (i < n) {
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
         size_t sub;
         bool incomplete;
-        size_t k = utf8_seq(s + i, n - i, false, &sub, &incomplete);
-        if (k) {
-            i += k;
-            continue;
-        }
+        i = utf8_valid_to(s, n, i, &sub, &incomplete);
+        if (i == n) break;
         buf_add(out, s + start, i - start);
         if (incomplete) {
             if (final) {
@@ -793,6 +793,23 @@ static void jobj_free(JObj *o) {
     o->n = o->cap = 0;
 }
 
+/* After an object's member or an array's element: true when the container ends here (its
+ * `close` is consumed) or on an error (p->failed), false after a ',' (the next item follows). */
+static bool j_after_item(JParser *p, char close) {
+    j_skip_ws(p);
+    if (p->pos < p->n && p->s[p->pos] == close) {
+        p->pos++;
+        return true;
+    }
+    if (p->pos >= p->n || p->s[p->pos] != ',') {
+        j_fail_at(p, "Expecting ',' delimiter", p->pos);
+        return true;
+    }
+    p->pos++;
+    j_skip_ws(p);
+    return false;
+}
+
 /* _parse_object_unicode: p->pos is after '{'. obj (may be NULL) receives the members, with
  * decoded keys and decoded string values. */
 static void j_object(JParser *p, size_t depth, JObj *obj) {
@@ -835,18 +852,7 @@ static void j_object(JParser *p, size_t depth, JObj *obj) {
         } else {
             j_value(p, depth, NULL, false);
         }
-        if (p->failed) return;
-        j_skip_ws(p);
-        if (p->pos < p->n && p->s[p->pos] == '}') {
-            p->pos++;
-            return;
-        }
-        if (p->pos >= p->n || p->s[p->pos] != ',') {
-            j_fail_at(p, "Expecting ',' delimiter", p->pos);
-            return;
-        }
-        p->pos++;
-        j_skip_ws(p);
+        if (p->failed || j_after_item(p, '}')) return;
     }
 }
 
@@ -858,18 +864,7 @@ static void j_array(JParser *p, size_t depth) {
     }
     for (;;) {
         j_value(p, depth, NULL, false);
-        if (p->failed) return;
-        j_skip_ws(p);
-        if (p->pos < p->n && p->s[p->pos] == ']') {
-            p->pos++;
-            return;
-        }
-        if (p->pos >= p->n || p->s[p->pos] != ',') {
-            j_fail_at(p, "Expecting ',' delimiter", p->pos);
-            return;
-        }
-        p->pos++;
-        j_skip_ws(p);
+        if (p->failed || j_after_item(p, ']')) return;
     }
 }
 
