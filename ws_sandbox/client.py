@@ -62,13 +62,52 @@ class CellResult:
         return self.result.status
 
 
+class _Collector:
+    """Gathers one cell's frames for :meth:`ClientSession.execute`, as the reader sees them.
+
+    The reader task hands each frame straight to it, so a cell costs its caller one wake-up
+    (the result), not one per frame.
+    """
+
+    __slots__ = ("displays", "done", "on_output", "stderr", "stdout")
+
+    def __init__(self, on_output: Callable[[fr.Stream], object] | None) -> None:
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.displays: list[fr.Display] = []
+        self.on_output = on_output
+        self.done: asyncio.Future[CellResult] = asyncio.get_running_loop().create_future()
+
+    def __call__(self, frame: fr.ServerFrame) -> None:
+        if self.done.done():
+            return
+        match frame:
+            case fr.Stream():
+                (self.stdout if frame.name == "stdout" else self.stderr).append(frame.text)
+                if self.on_output is not None:
+                    try:
+                        self.on_output(frame)
+                    except Exception as exc:  # the caller's callback: its error is theirs
+                        self.done.set_exception(exc)
+            case fr.Display():
+                self.displays.append(frame)
+            case fr.Result():
+                self.done.set_result(CellResult(frame, "".join(self.stdout),
+                                                "".join(self.stderr), self.displays))
+            case fr.Error():
+                self.done.set_exception(SessionRefused(frame, None))
+            case fr.Closed():
+                self.done.set_exception(SessionClosed(f"session closed: {frame.reason}", frame))
+
+
 class ClientSession:
     """One open session. Make it with :func:`connect`."""
 
     def __init__(self, ws: ClientConnection, ready: fr.Ready) -> None:
         self.ws = ws
         self.ready = ready
-        self._cells: dict[str, asyncio.Queue[fr.ServerFrame]] = {}
+        # Where each running cell's frames go: a collector (execute) or a queue (stream).
+        self._cells: dict[str, Callable[[fr.ServerFrame], None]] = {}
         self.events: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
         self.closed: fr.Closed | None = None
         self._reader = asyncio.create_task(self._read())
@@ -83,6 +122,11 @@ class ClientSession:
         """The resume token of the last ``ready`` frame."""
         return self.ready.token
 
+    def _check_open(self) -> None:
+        """Refuse a new cell once nothing reads the connection (its result would never come)."""
+        if self._reader.done():
+            raise SessionClosed("session closed", self.closed)
+
     async def send(self, frame: fr.Frame) -> None:
         """Send any client frame.
 
@@ -90,7 +134,7 @@ class ClientSession:
             SessionClosed: the connection is closed.
         """
         try:
-            await self.ws.send(fr.encode(frame).decode())
+            await self.ws.send(fr.encode(frame), text=True)  # JSON is UTF-8 already
         except websockets.ConnectionClosed as exc:
             raise SessionClosed(f"session closed: {exc}", self.closed) from exc
 
@@ -101,9 +145,10 @@ class ClientSession:
         Raises:
             SessionClosed: the session ended before the cell did.
         """
+        self._check_open()
         cell_id = cell_id or f"c{next(_ids)}"
         queue: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
-        self._cells[cell_id] = queue
+        self._cells[cell_id] = queue.put_nowait
         try:
             await self.send(fr.Execute(id=cell_id, code=code, timeout=timeout))
             while True:
@@ -124,22 +169,15 @@ class ClientSession:
             SessionRefused: the server refused the cell (``error`` frame).
             SessionClosed: the session ended before the cell did.
         """
-        stdout: list[str] = []
-        stderr: list[str] = []
-        displays: list[fr.Display] = []
-        async for frame in self.stream(code, timeout=timeout):
-            match frame:
-                case fr.Stream():
-                    (stdout if frame.name == "stdout" else stderr).append(frame.text)
-                    if on_output is not None:
-                        on_output(frame)
-                case fr.Display():
-                    displays.append(frame)
-                case fr.Error():
-                    raise SessionRefused(frame, None)
-                case fr.Result():
-                    return CellResult(frame, "".join(stdout), "".join(stderr), displays)
-        raise SessionClosed("the cell ended without a result")
+        self._check_open()
+        cell_id = f"c{next(_ids)}"
+        collector = _Collector(on_output)
+        self._cells[cell_id] = collector
+        try:
+            await self.send(fr.Execute(id=cell_id, code=code, timeout=timeout))
+            return await collector.done
+        finally:
+            self._cells.pop(cell_id, None)
 
     async def interrupt(self) -> None:
         """Interrupt the running cell."""
@@ -170,17 +208,21 @@ class ClientSession:
         await self.close()
 
     async def _read(self) -> None:
+        cells = self._cells
         try:
-            async for message in self.ws:
-                frame = fr.decode_server(message)
+            while True:
+                # Bytes, not str: msgspec checks the UTF-8 as it parses.
+                frame = fr.decode_server(await self.ws.recv(decode=False))
                 if isinstance(frame, fr.Closed):
                     self.closed = frame
-                    for queue in self._cells.values():
-                        queue.put_nowait(frame)
+                    for each in list(cells.values()):
+                        each(frame)
+                    self.events.put_nowait(frame)
+                    continue
                 cell = getattr(frame, "id", None)
-                target = self._cells.get(cell) if isinstance(cell, str) else None
-                if target is not None:
-                    target.put_nowait(frame)
+                deliver = cells.get(cell) if isinstance(cell, str) else None
+                if deliver is not None:
+                    deliver(frame)
                 else:
                     self.events.put_nowait(frame)
         except websockets.ConnectionClosed:
@@ -188,9 +230,8 @@ class ClientSession:
         finally:
             closed = self.closed or fr.Closed(reason="client_closed",
                                               message="connection lost")
-            for queue in self._cells.values():
-                queue.put_nowait(closed)
-
+            for each in list(cells.values()):
+                each(closed)
 
 async def connect(url: str, *, language: str = "python", resume: str | None = None,
                   api_key: str | None = None, open_timeout: float | None = 60.0,

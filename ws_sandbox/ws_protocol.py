@@ -7,6 +7,13 @@ This protocol advertises the extension :data:`SEND_MANY` in the connection's sco
 accepts ``{"type": SEND_MANY, "texts": [b"...", ...]}``: every item becomes one text message
 (UTF-8 bytes, already encoded) and all of them leave in one ``transport.write``.
 
+It also reads ahead a little. uvicorn stops reading the socket after every message it queues
+for the application and starts again once the application took it: two ``epoll_ctl`` system
+calls per client frame, on every cell's path. This protocol keeps reading while fewer than
+:data:`READ_AHEAD_MESSAGES` messages wait and the message is at most
+:data:`READ_AHEAD_BYTES`; past either bound it stops reading as uvicorn does, so a client that
+outruns the application still meets backpressure with a bounded buffer.
+
 Everything else is uvicorn's ``websockets-sansio`` protocol unchanged. An application that
 does not see the extension in ``scope["extensions"]`` (another server, a test client) sends
 message by message.
@@ -25,7 +32,12 @@ from websockets.http11 import Request
 
 from ws_sandbox.asgi_extensions import SEND_MANY
 
-__all__ = ["SEND_MANY", "BatchingWebSocketProtocol"]
+__all__ = ["READ_AHEAD_BYTES", "READ_AHEAD_MESSAGES", "SEND_MANY", "BatchingWebSocketProtocol"]
+
+READ_AHEAD_MESSAGES = 8
+"""Messages that may wait for the application while the socket is still read."""
+READ_AHEAD_BYTES = 64 * 1024
+"""A longer message stops the reading at once, as in uvicorn."""
 
 
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -37,6 +49,24 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:  # None: the handshake was refused
             scope["extensions"][SEND_MANY] = {}
+
+    def send_receive_event_to_app(self) -> None:
+        """Queue a complete message for the application; pause reading only past the bounds.
+
+        uvicorn pauses unless ``read_paused`` is set, and its ``receive`` resumes a paused
+        transport once the queue is empty (asyncio's ``resume_reading`` of a transport that
+        reads is a no-op). So within the bounds the flag is raised around uvicorn's call and
+        restored after it: the flag still tells whether reading is paused.
+        """
+        size = sum(len(part) for part in self.frames)
+        if self.queue.qsize() < READ_AHEAD_MESSAGES - 1 and size <= READ_AHEAD_BYTES:
+            paused, self.read_paused = self.read_paused, True
+            try:
+                super().send_receive_event_to_app()
+            finally:
+                self.read_paused = paused
+        else:
+            super().send_receive_event_to_app()
 
     async def send(self, message: ASGISendEvent) -> None:
         """Send a batch in one write; any other message goes to uvicorn."""

@@ -22,7 +22,12 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from ws_sandbox import frames as fr
 from ws_sandbox.websocket import WebSocketSink
-from ws_sandbox.ws_protocol import SEND_MANY, BatchingWebSocketProtocol
+from ws_sandbox.ws_protocol import (
+    READ_AHEAD_BYTES,
+    READ_AHEAD_MESSAGES,
+    SEND_MANY,
+    BatchingWebSocketProtocol,
+)
 
 BOUND = 10.0
 """Generous bound on any single wait (seconds)."""
@@ -45,7 +50,21 @@ class CountingProtocol(BatchingWebSocketProtocol):
             original(data)
 
         setattr(self.transport, "write", write)  # noqa: B010 - an instance attribute on purpose
+        self.queued = 0
+        self.queued_changed = asyncio.Event()
         CountingProtocol.instances.append(self)
+
+    def send_receive_event_to_app(self) -> None:
+        super().send_receive_event_to_app()
+        self.queued += 1
+        self.queued_changed.set()
+
+    async def wait_queued(self, n: int) -> None:
+        """Until ``n`` client messages have been queued for the application in all."""
+        async with asyncio.timeout(BOUND):
+            while self.queued < n:
+                self.queued_changed.clear()
+                await self.queued_changed.wait()
 
 
 @dataclass
@@ -246,6 +265,79 @@ async def test_send_and_close_still_work_after_a_batch(batching: Server) -> None
             await client.wait_closed()
         assert client.close_code == 4001
         assert client.close_reason == "bye"
+
+
+# ----------------------------------------------------------------------------- read-ahead
+
+
+def is_reading(protocol: CountingProtocol) -> bool:
+    transport = protocol.transport
+    assert isinstance(transport, asyncio.ReadTransport)
+    return transport.is_reading()
+
+
+async def receive_text(conn: Connection) -> str:
+    async with asyncio.timeout(BOUND):
+        message = await conn.receive()
+    assert message["type"] == "websocket.receive", message
+    text = message["text"]
+    assert isinstance(text, str)
+    return text
+
+
+async def test_small_messages_taken_at_once_never_pause_reading(batching: Server) -> None:
+    """uvicorn stops and restarts reading around every message; within the bounds we don't."""
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        protocol = the_protocol()
+        for i in range(20):
+            await client.send(f"cell {i}")
+            await protocol.wait_queued(i + 1)
+            assert is_reading(protocol), f"reading paused after message {i}"
+            assert protocol.read_paused is False
+            assert await receive_text(conn) == f"cell {i}"
+        await client.close()
+
+
+async def test_a_client_that_outruns_the_application_is_paused_at_the_bound(
+        batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        protocol = the_protocol()
+        texts = [f"m{i}" for i in range(READ_AHEAD_MESSAGES + 4)]
+        for i, text in enumerate(texts[:READ_AHEAD_MESSAGES]):
+            await client.send(text)
+            await protocol.wait_queued(i + 1)
+            # Reading goes on while fewer than READ_AHEAD_MESSAGES wait, and stops at that.
+            assert is_reading(protocol) is (i + 1 < READ_AHEAD_MESSAGES), i
+        assert protocol.read_paused is True
+        for text in texts[READ_AHEAD_MESSAGES:]:
+            await client.send(text)  # into the socket's buffers: nobody reads them yet
+        assert protocol.queue.qsize() == READ_AHEAD_MESSAGES
+        # The application catches up: reading resumes and every message arrives in order.
+        assert [await receive_text(conn) for _ in texts] == texts
+        assert is_reading(protocol)
+        assert protocol.read_paused is False
+        await client.close()
+
+
+async def test_a_long_message_pauses_reading_at_once(batching: Server) -> None:
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        protocol = the_protocol()
+        await client.send("x" * READ_AHEAD_BYTES)  # at the bound: still read ahead
+        await protocol.wait_queued(1)
+        assert is_reading(protocol)
+        long = "y" * (READ_AHEAD_BYTES + 1)
+        await client.send(long)
+        await protocol.wait_queued(2)
+        assert not is_reading(protocol)
+        assert protocol.read_paused is True
+        assert await receive_text(conn) == "x" * READ_AHEAD_BYTES
+        assert not is_reading(protocol), "resumed with a message still waiting"
+        assert await receive_text(conn) == long
+        assert is_reading(protocol)
+        await client.close()
 
 
 # ----------------------------------------------------------------------------- failures

@@ -1,0 +1,232 @@
+"""``ws_sandbox.client`` against a scripted server: a real ``websockets`` server in-process.
+
+The server greets with ``ready`` and answers each ``execute`` with the frames a script
+returns for it, so every path of the client (collecting, routing by cell id, refusals,
+closes, a dropped connection, a failing callback) is driven by real WebSocket traffic.
+Every wait is bounded with ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from ws_sandbox import frames as fr
+from ws_sandbox.client import ClientSession, SessionClosed, SessionRefused, connect
+
+BOUND = 10.0
+"""Generous bound on any single wait (seconds)."""
+
+LIMITS = fr.Limits(max_execution_time=60, default_execution_time=30, max_memory_mb=512,
+                   max_output_bytes=1 << 20, max_code_bytes=1 << 20, max_queued_cells=4,
+                   idle_timeout=None, max_lifetime=None)
+
+Script = Callable[[fr.Execute], list[fr.ServerFrame | str]]
+"""The server's answer to one cell: frames, or ``"drop"`` (abort the connection there)."""
+
+
+def result(cell: str, status: str = "success") -> fr.Result:
+    return fr.Result(id=cell, status=status, exit_code=0,  # type: ignore[arg-type]
+                     execution_time_ms=1.0, memory_used_mb=None, error=None)
+
+
+def echo(request: fr.Execute) -> list[fr.ServerFrame | str]:
+    """stdout, stderr, a display and the result, as a cell of ``request.code`` would."""
+    return [fr.Stream(id=request.id, name="stdout", text=f"out {request.code}\n"),
+            fr.Stream(id=request.id, name="stderr", text="err\n"),
+            fr.Display(id=request.id, kind="display_data", data={"text/plain": "d"}),
+            fr.Stream(id=request.id, name="stdout", text="more\n"),
+            result(request.id)]
+
+
+@dataclass
+class Server:
+    """The scripted server and what it received."""
+
+    url: str
+    script: Script = echo
+    received: list[str | bytes] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def scripted_server() -> AsyncIterator[Server]:
+    server = Server(url="")
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(fr.encode(fr.Ready(session_id="s1", language="python", token="t",
+                                         limits=LIMITS)).decode())
+        async for message in ws:
+            server.received.append(message)
+            frame = fr.decode_client(message)
+            if not isinstance(frame, fr.Execute):
+                continue
+            for item in server.script(frame):
+                if item == "drop":
+                    ws.transport.abort()
+                    return
+                assert not isinstance(item, str)
+                await ws.send(fr.encode(item).decode())
+
+    async with serve(handler, "127.0.0.1", 0) as ws_server:
+        port = next(iter(ws_server.sockets)).getsockname()[1]
+        server.url = f"ws://127.0.0.1:{port}"
+        yield server
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with scripted_server() as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def session(server: Server) -> AsyncIterator[ClientSession]:
+    async with asyncio.timeout(BOUND):
+        opened = await connect(server.url)
+    try:
+        yield opened
+    finally:
+        async with asyncio.timeout(BOUND):
+            await opened.close()
+
+
+async def test_execute_collects_output_in_order_and_calls_back_live(server: Server) -> None:
+    seen: list[str] = []
+    async with session(server) as s:
+        assert s.session_id == "s1"
+        async with asyncio.timeout(BOUND):
+            r = await s.execute("x", on_output=lambda frame: seen.append(frame.text))
+    assert r.status == "success"
+    assert r.stdout == "out x\nmore\n"
+    assert r.stderr == "err\n"
+    assert [d.data for d in r.displays] == [{"text/plain": "d"}]
+    assert seen == ["out x\n", "err\n", "more\n"]
+
+
+async def test_frames_leave_as_text_messages(server: Server) -> None:
+    async with session(server) as s:
+        async with asyncio.timeout(BOUND):
+            await s.execute("print(1)", timeout=2.5)
+            await s.interrupt()
+            await s.execute("y")  # the interrupt is on the server before this cell's answer
+    assert all(isinstance(m, str) for m in server.received), server.received
+    first = fr.decode_client(server.received[0])
+    assert isinstance(first, fr.Execute)
+    assert (first.code, first.timeout) == ("print(1)", 2.5)
+    assert isinstance(fr.decode_client(server.received[1]), fr.Interrupt)
+
+
+async def test_frames_of_other_cells_and_without_a_cell_go_to_events(server: Server) -> None:
+    stray = fr.Stream(id="someone-else", name="stdout", text="stray\n")
+    restarted = fr.Restarted(reason="interpreter_restarted", message="m")
+    server.script = lambda request: [stray, restarted, *echo(request)]
+    async with session(server) as s:
+        async with asyncio.timeout(BOUND):
+            r = await s.execute("x")
+            events = [await s.events.get(), await s.events.get()]
+    assert r.stdout == "out x\nmore\n"
+    assert events == [stray, restarted]
+
+
+async def test_an_error_frame_refuses_the_cell_and_the_session_goes_on(server: Server) -> None:
+    server.script = lambda request: [fr.Error(code="queue_full", message="full", id=request.id)]
+    async with session(server) as s:
+        with pytest.raises(SessionRefused, match="queue_full: full") as refused:
+            async with asyncio.timeout(BOUND):
+                await s.execute("x")
+        assert refused.value.error.id is not None
+        server.script = echo
+        async with asyncio.timeout(BOUND):
+            assert (await s.execute("again")).stdout == "out again\nmore\n"
+
+
+async def test_a_closed_frame_ends_the_running_cell(server: Server) -> None:
+    closed = fr.Closed(reason="idle_timeout", message="idle")
+    server.script = lambda request: [fr.Stream(id=request.id, name="stdout", text="a"), closed]
+    async with session(server) as s:
+        with pytest.raises(SessionClosed, match="idle_timeout") as ended:
+            async with asyncio.timeout(BOUND):
+                await s.execute("x")
+        assert ended.value.closed == closed
+        assert s.closed == closed
+        async with asyncio.timeout(BOUND):
+            assert await s.events.get() == closed
+
+
+async def test_a_dropped_connection_ends_the_running_cell(server: Server) -> None:
+    server.script = lambda request: [fr.Stream(id=request.id, name="stdout", text="a"), "drop"]
+    async with session(server) as s:
+        with pytest.raises(SessionClosed) as ended:
+            async with asyncio.timeout(BOUND):
+                await s.execute("x")
+        assert ended.value.closed is not None
+        assert ended.value.closed.reason == "client_closed"
+        # Nothing reads the connection any more: a new cell is refused at once, not hung.
+        with pytest.raises(SessionClosed):
+            async with asyncio.timeout(BOUND):
+                await s.execute("y")
+
+
+async def test_a_failing_callback_fails_only_its_cell(server: Server) -> None:
+    def boom(frame: fr.Stream) -> None:
+        raise ValueError(f"callback refused {frame.text!r}")
+
+    async with session(server) as s:
+        with pytest.raises(ValueError, match="callback refused 'out x"):
+            async with asyncio.timeout(BOUND):
+                await s.execute("x", on_output=boom)
+        async with asyncio.timeout(BOUND):
+            r = await s.execute("y")
+    assert r.stdout == "out y\nmore\n"
+
+
+async def test_concurrent_cells_each_get_their_own_frames(server: Server) -> None:
+    gate = asyncio.Event()
+    held: list[fr.Execute] = []
+
+    def interleave(request: fr.Execute) -> list[fr.ServerFrame | str]:
+        held.append(request)
+        if len(held) < 2:
+            return []
+        a, b = held
+        gate.set()
+        return [fr.Stream(id=b.id, name="stdout", text="b1"),
+                fr.Stream(id=a.id, name="stdout", text="a1"),
+                result(b.id),
+                fr.Stream(id=a.id, name="stdout", text="a2"),
+                result(a.id, "error")]
+
+    server.script = interleave
+    async with session(server) as s:
+        async with asyncio.timeout(BOUND):
+            first = asyncio.create_task(s.execute("a"))
+            await asyncio.sleep(0)  # "a" is sent first
+            second = asyncio.create_task(s.execute("b"))
+            ra, rb = await asyncio.gather(first, second)
+    assert gate.is_set()
+    assert (ra.stdout, ra.status) == ("a1a2", "error")
+    assert (rb.stdout, rb.status) == ("b1", "success")
+
+
+async def test_stream_yields_every_frame_through_the_result(server: Server) -> None:
+    async with session(server) as s:
+        async with asyncio.timeout(BOUND):
+            frames = [frame async for frame in s.stream("z", cell_id="mine")]
+    assert [type(f).__name__ for f in frames] == ["Stream", "Stream", "Display", "Stream",
+                                                  "Result"]
+    assert all(getattr(f, "id", None) == "mine" for f in frames)
+
+
+async def test_a_cancelled_execute_leaves_the_session_usable(server: Server) -> None:
+    server.script = lambda request: [] if request.code == "hang" else echo(request)
+    async with session(server) as s:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await s.execute("hang")
+        async with asyncio.timeout(BOUND):
+            assert (await s.execute("next")).status == "success"
