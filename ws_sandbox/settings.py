@@ -150,6 +150,10 @@ class Settings:
     exit_wait_timeout: float = field(default=2.0, metadata={"env": "EXIT_WAIT_TIMEOUT",
         "doc": "When a sandbox's stream ends, wait this long for the engine to record its"
                " exit (and whether it ran out of memory) before deciding why it stopped"})
+    stop_timeout: float = field(default=1.0, metadata={"env": "STOP_TIMEOUT",
+        "doc": "A sandbox being removed gets this long to stop on its own once its stdin is"
+               " closed (its agent ends every process and exits) before it is killed; 0"
+               " kills at once"})
     acquire_timeout: float = field(default=30.0, metadata={"env": "ACQUIRE_TIMEOUT",
         "doc": "How long a new session waits for a container from the pool"})
     send_timeout: float | None = field(default=30.0, metadata={"env": "SEND_TIMEOUT",
@@ -288,6 +292,7 @@ class Settings:
         for name in ("resume_grace", "interrupt_grace", "restart_timeout",
                      "sandbox_start_timeout", "acquire_timeout", "shutdown_timeout"):
             need(getattr(self, name) > 0, f"{name.upper()} must be positive")
+        need(self.stop_timeout >= 0, "STOP_TIMEOUT must not be negative")
         need(bool(self.enabled_languages), "at least one language must be enabled")
         need(self.network_mode == "none" or self.allow_unsafe_network,
              f"NETWORK_MODE={self.network_mode} gives sandboxes a network; refused unless"
