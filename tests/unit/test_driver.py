@@ -226,6 +226,35 @@ async def test_lost_sandbox_is_replaced_and_the_client_told() -> None:
     assert new.destroyed
 
 
+async def test_the_replacement_is_asked_for_before_the_old_sandbox_is_gone() -> None:
+    """Removing the old sandbox may take up to STOP_TIMEOUT: the new one does not wait."""
+    old, new, sink = FakeSandbox("old"), FakeSandbox("new"), Sink()
+    release = asyncio.Event()
+    asked = asyncio.Event()
+
+    async def slow_destroy() -> None:
+        async with asyncio.timeout(5):
+            await asked.wait()  # fails the test (timeout) if acquire waits for this
+        old.destroyed = True
+        await release.wait()
+
+    async def acquire() -> Sandbox:
+        asked.set()
+        return cast(Sandbox, new)
+
+    old.destroy = slow_destroy  # type: ignore[method-assign]
+    runner, task = start(old, sink, acquire)
+    old.frames.put_nowait(None)  # the container died
+    async with asyncio.timeout(5):
+        await asked.wait()
+    release.set()
+    assert (await sink.next(fr.Restarted)).reason == "sandbox_replaced"
+    assert old.destroyed
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, 5)
+    assert new.destroyed
+
+
 async def test_no_replacement_closes_with_sandbox_lost() -> None:
     sandbox, sink = FakeSandbox(), Sink()
     _, task = start(sandbox, sink)
