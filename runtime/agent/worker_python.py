@@ -273,12 +273,28 @@ def _linecache_learns_cells(linecache: types.ModuleType) -> None:
         cache.update(_sources)
 
 
+def _cell_filename(number: int) -> str:
+    return f"<cell-{number}>"
+
+
 def _remember_source(filename: str, code: str) -> None:
+    """Keep a cell's source; a loaded linecache learns it too.
+
+    One entry per cell, not the whole history (copying every cell's source at every cell
+    made a long session's cells slower and slower). A cache that lost the earlier cells
+    (``linecache.clearcache()``, say) learns them all again.
+    """
+    previous = _cell_filename(_state.cell_number - 1)
     entry = (len(code), None, code.splitlines(True), filename)
     _sources[filename] = entry
     linecache = sys.modules.get("linecache")
-    if linecache is not None:
-        _linecache_learns_cells(linecache)
+    cache = getattr(linecache, "cache", None)
+    if not isinstance(cache, dict):
+        return
+    if previous in _sources and previous not in cache:
+        cache.update(_sources)
+    else:
+        cache[filename] = entry
 
 
 _AFTER_LOAD: dict[str, Callable[[types.ModuleType], None]] = {
@@ -327,7 +343,7 @@ def run_cell(code: str, glb: dict[str, Any]) -> dict[str, Any]:
         SystemExit: When user code exits; the worker then exits with that code.
     """
     _state.cell_number += 1
-    filename = f"<cell-{_state.cell_number}>"
+    filename = _cell_filename(_state.cell_number)
     _remember_source(filename, code)
     status, error, exit_code = "success", None, 0
     # Children are waited for while cells run: the peak at the last cell's end stands for
@@ -343,7 +359,8 @@ def run_cell(code: str, glb: dict[str, Any]) -> dict[str, Any]:
             tree.body.pop()
             last = _ast.Expression(tail.value)
         flags = _ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-        _run(compile(tree, filename, "exec", flags=flags, dont_inherit=True), glb)
+        if tree.body:  # a lone expression leaves nothing to run here
+            _run(compile(tree, filename, "exec", flags=flags, dont_inherit=True), glb)
         if last is not None:
             value = _run(compile(last, filename, "eval", flags=flags, dont_inherit=True), glb)
             if value is not None:

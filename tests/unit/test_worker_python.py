@@ -1,7 +1,8 @@
 """The Python worker's own behaviour (``runtime/agent/worker_python.py``), run by the agent.
 
 Cells of every language through the agent are in ``test_agent_cells.py``; these are what the
-Python worker adds: its ``print``, which writes once per call.
+Python worker adds: its ``print``, which writes once per call, and the cells' sources it
+keeps for tracebacks.
 """
 
 from __future__ import annotations
@@ -75,3 +76,54 @@ def test_print_keeps_the_builtins_interface(py: AgentDriver) -> None:
         "|['sep must be None or a string, not int', 'end must be None or a string, not bytes']"
         "|True|print|builtins|True|True",
     ]
+
+
+COUNTING_CACHE = (
+    "import linecache\n"
+    "class Counting(dict):\n"
+    "    written = 0\n"
+    "    def __setitem__(self, key, value):\n"
+    "        Counting.written += 1\n"
+    "        super().__setitem__(key, value)\n"
+    "    def update(self, *args, **kwargs):\n"
+    "        other = dict(*args, **kwargs)\n"
+    "        Counting.written += len(other)\n"
+    "        super().update(other)\n"
+    "linecache.cache = Counting(linecache.cache)\n"
+)
+
+
+def test_each_cell_adds_one_source_to_linecache(py: AgentDriver) -> None:
+    """linecache learns each cell's source as it comes, not the whole history again: a
+    session's cells would cost more and more (every source copied at every cell)."""
+    for i in range(40):
+        assert_success(py.run(f"x{i} = {i}"))
+    assert_success(py.run(COUNTING_CACHE))
+    for _ in range(5):
+        assert_success(py.run("pass"))
+    r = py.run("print(Counting.written)")
+    assert_success(r)
+    assert r.text() == "6\n"  # five cells and this one
+
+
+def test_tracebacks_show_earlier_cells_even_after_linecache_is_cleared(
+        py: AgentDriver) -> None:
+    assert_success(py.run("def f():\n    raise ValueError('from the first cell')"))
+    assert_success(py.run("import linecache\nlinecache.clearcache()"))
+    r = py.run("f()")
+    assert r.done["status"] == "error"
+    trace = r.text("stderr")
+    assert "raise ValueError('from the first cell')" in trace, trace
+    assert "ValueError: from the first cell" in trace
+
+
+def test_a_lone_expression_is_displayed_and_a_statement_before_it_runs(
+        py: AgentDriver) -> None:
+    r = py.run("40 + 2")
+    assert_success(r)
+    assert r.displays[0]["data"]["text/plain"] == "42"
+    r = py.run("y = 5\ny * 2")
+    assert_success(r)
+    assert r.displays[0]["data"]["text/plain"] == "10"
+    r = py.run("y")
+    assert r.displays[0]["data"]["text/plain"] == "5"
