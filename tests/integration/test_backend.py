@@ -73,39 +73,31 @@ async def test_a_destroyed_sandbox_stops_on_its_own_before_removal() -> None:
     assert "destroy" in seen
 
 
-async def test_a_sandbox_that_ignores_eof_is_killed_after_stop_timeout() -> None:
-    """The bound holds for a container whose process does not read its stdin at all."""
+@pytest.mark.parametrize("grace", [0.5, 0.0])
+async def test_a_sandbox_that_ignores_eof_is_killed_after_stop_timeout(grace: float) -> None:
+    """The bound holds for a container whose process never reads its stdin; with a
+    ``STOP_TIMEOUT`` of 0 the removal does not wait at all."""
     since = time.time()
-    grace = 0.5
     async with DockerBackend(settings(stop_timeout=grace)) as backend:
         config = container_config(backend.settings, "python", backend.process_id)
         config["Entrypoint"] = ["sleep", "600"]
         container = await backend.docker.containers.create(config)
         sandbox = Sandbox(backend, container, attach(backend.docker, container.id), "python")
         try:
-            await container.start()
             await sandbox.send(aw.Hello())  # connects the stream; sleep never reads it
+            await container.start()
         except BaseException:
             await sandbox.destroy()
             raise
         start = time.monotonic()
-        await sandbox.destroy()
+        async with asyncio.timeout(BOUND):
+            await sandbox.destroy()
         took = time.monotonic() - start
-    assert grace <= took < BOUND, took
+    assert grace <= took < BOUND / 3, took
     assert not exists(sandbox.id)
     seen = actions(engine_events(container.id, since))
     assert seen.get("kill", {}).get("signal") == "9", seen
     assert seen["die"]["exitCode"] == "137", seen
-
-
-async def test_no_wait_when_stop_timeout_is_zero() -> None:
-    since = time.time()
-    async with DockerBackend(settings(stop_timeout=0)) as backend:
-        sandbox = await backend.start_sandbox("shell")
-        await sandbox.destroy()
-    assert not exists(sandbox.id)
-    seen = actions(engine_events(sandbox.id, since))
-    assert seen.get("kill", {}).get("signal") == "9", seen
 
 
 async def test_sandboxes_of_a_killed_service_stop_on_their_own(
