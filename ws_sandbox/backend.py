@@ -334,7 +334,7 @@ class Sandbox:
             finally:
                 response.close()  # aiodocker's _query leaves a streamed response open
 
-    async def destroy(self) -> None:
+    async def destroy(self, *, graceful: bool = True) -> None:
         """End the sandbox and remove its container (idempotent, never raises).
 
         Closing the attached stream closes the agent's stdin (``StdinOnce``); the agent then
@@ -343,13 +343,17 @@ class Sandbox:
         stopped on its own is the engine's cheaper removal: no ``runc kill`` and no kill
         handling in dockerd, about 7 ms less machine CPU per sandbox under runc
         (BENCHMARKS.md).
+
+        Args:
+            graceful: False for a sandbox that is known not to answer (it missed a deadline
+                or broke the protocol): it is killed at once, without the wait.
         """
         if self._destroyed:
             return
         self._destroyed = True
         with contextlib.suppress(Exception):
             await self._stream.close()
-        grace = self._backend.settings.stop_timeout
+        grace = self._backend.settings.stop_timeout if graceful else 0.0
         try:
             if grace > 0 and (self._attached or self._ended):  # else no EOF reached it
                 async with asyncio.timeout(grace):
@@ -357,7 +361,8 @@ class Sandbox:
         except (TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError):
             pass  # still running (killed now), or gone already
         finally:
-            await self._backend.remove(self.id)
+            # Shielded: a cancellation (a shutdown, say) must not leave the container.
+            await asyncio.shield(self._backend.remove(self.id))
 
 
 def attach(docker: aiodocker.Docker, container_id: str) -> Stream:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlencode
 
+import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -165,6 +166,10 @@ class ClientSession:
                       on_output: Callable[[fr.Stream], object] | None = None) -> CellResult:
         """Run a cell and collect its output.
 
+        ``on_output`` is called with each ``stream`` frame as it arrives, from the task that
+        reads the connection: it should return quickly. An exception it raises fails this
+        cell's ``execute`` (the cell itself runs on).
+
         Raises:
             SessionRefused: the server refused the cell (``error`` frame).
             SessionClosed: the session ended before the cell did.
@@ -212,7 +217,14 @@ class ClientSession:
         try:
             while True:
                 # Bytes, not str: msgspec checks the UTF-8 as it parses.
-                frame = fr.decode_server(await self.ws.recv(decode=False))
+                data = await self.ws.recv(decode=False)
+                try:
+                    frame = fr.decode_server(data)
+                except msgspec.DecodeError as exc:  # not a frame of this protocol: give up
+                    self.closed = fr.Closed(reason="client_closed",
+                                            message=f"the server sent an invalid frame: {exc}")
+                    await self.ws.close(1002, "invalid frame")
+                    return
                 if isinstance(frame, fr.Closed):
                     self.closed = frame
                     for each in list(cells.values()):

@@ -340,12 +340,12 @@ class SessionRunner:
     async def _replace(self, reason: str) -> None:
         old, self.sandbox = self.sandbox, None
         await self._stop_reader()
-        # The replacement is on its way while the old sandbox stops (up to STOP_TIMEOUT).
         self._replacer = asyncio.create_task(self._bring_sandbox())
         if old is not None:
             log.info("session %s: replacing sandbox %s: %s", self.session_id, old.short_id,
                      reason)
-            await old.destroy()
+            # Dead, unresponsive or in breach of the protocol: no wait for it to stop.
+            await old.destroy(graceful=False)
 
     async def _bring_sandbox(self) -> None:
         try:

@@ -55,6 +55,21 @@ def exists(container_id: str) -> bool:
                           check=False).returncode == 0
 
 
+async def sleeping_sandbox(backend: DockerBackend) -> Sandbox:
+    """A started sandbox whose process never reads its stdin (so it ignores EOF)."""
+    config = container_config(backend.settings, "python", backend.process_id)
+    config["Entrypoint"] = ["sleep", "600"]
+    container = await backend.docker.containers.create(config)
+    sandbox = Sandbox(backend, container, attach(backend.docker, container.id), "python")
+    try:
+        await sandbox.send(aw.Hello())  # connects the stream; sleep never reads it
+        await container.start()
+    except BaseException:
+        await sandbox.destroy()
+        raise
+    return sandbox
+
+
 async def test_a_destroyed_sandbox_stops_on_its_own_before_removal() -> None:
     since = time.time()
     async with DockerBackend(settings(stop_timeout=BOUND)) as backend:
@@ -79,25 +94,42 @@ async def test_a_sandbox_that_ignores_eof_is_killed_after_stop_timeout(grace: fl
     ``STOP_TIMEOUT`` of 0 the removal does not wait at all."""
     since = time.time()
     async with DockerBackend(settings(stop_timeout=grace)) as backend:
-        config = container_config(backend.settings, "python", backend.process_id)
-        config["Entrypoint"] = ["sleep", "600"]
-        container = await backend.docker.containers.create(config)
-        sandbox = Sandbox(backend, container, attach(backend.docker, container.id), "python")
-        try:
-            await sandbox.send(aw.Hello())  # connects the stream; sleep never reads it
-            await container.start()
-        except BaseException:
-            await sandbox.destroy()
-            raise
+        sandbox = await sleeping_sandbox(backend)
         start = time.monotonic()
         async with asyncio.timeout(BOUND):
             await sandbox.destroy()
         took = time.monotonic() - start
     assert grace <= took < BOUND / 3, took
     assert not exists(sandbox.id)
-    seen = actions(engine_events(container.id, since))
+    seen = actions(engine_events(sandbox.id, since))
     assert seen.get("kill", {}).get("signal") == "9", seen
     assert seen["die"]["exitCode"] == "137", seen
+
+
+async def test_a_cancelled_destroy_still_removes_the_container() -> None:
+    """Shutdown cancels sessions, sometimes twice: the removal must happen all the same."""
+    async with DockerBackend(settings(stop_timeout=BOUND)) as backend:
+        sandbox = await sleeping_sandbox(backend)
+        destroying = asyncio.create_task(sandbox.destroy())
+        await asyncio.sleep(0.3)  # waiting for a stop that does not come
+        destroying.cancel()
+        await asyncio.sleep(0)  # the task takes the first cancellation and starts the removal
+        destroying.cancel()
+        await asyncio.gather(destroying, return_exceptions=True)
+        async with asyncio.timeout(BOUND):
+            while exists(sandbox.id):
+                await asyncio.sleep(0.05)
+    assert not exists(sandbox.id)
+
+
+async def test_a_graceless_destroy_does_not_wait() -> None:
+    async with DockerBackend(settings(stop_timeout=BOUND)) as backend:
+        sandbox = await sleeping_sandbox(backend)
+        start = time.monotonic()
+        async with asyncio.timeout(BOUND):
+            await sandbox.destroy(graceful=False)
+        assert time.monotonic() - start < BOUND / 3
+    assert not exists(sandbox.id)
 
 
 async def test_sandboxes_of_a_killed_service_stop_on_their_own(

@@ -27,7 +27,8 @@ LIMITS = fr.Limits(max_execution_time=60, default_execution_time=30, max_memory_
                    idle_timeout=None, max_lifetime=None)
 
 Script = Callable[[fr.Execute], list[fr.ServerFrame | str]]
-"""The server's answer to one cell: frames, or ``"drop"`` (abort the connection there)."""
+"""The server's answer to one cell: frames, ``"drop"`` (abort the connection there), or any
+other string, sent as it is."""
 
 
 def result(cell: str, status: str = "success") -> fr.Result:
@@ -69,8 +70,7 @@ async def scripted_server() -> AsyncIterator[Server]:
                 if item == "drop":
                     ws.transport.abort()
                     return
-                assert not isinstance(item, str)
-                await ws.send(fr.encode(item).decode())
+                await ws.send(item if isinstance(item, str) else fr.encode(item).decode())
 
     async with serve(handler, "127.0.0.1", 0) as ws_server:
         port = next(iter(ws_server.sockets)).getsockname()[1]
@@ -93,6 +93,11 @@ async def session(server: Server) -> AsyncIterator[ClientSession]:
     finally:
         async with asyncio.timeout(BOUND):
             await opened.close()
+
+
+async def frames_of(stream: AsyncIterator[fr.ServerFrame]) -> list[fr.ServerFrame]:
+    async with asyncio.timeout(BOUND):
+        return [frame async for frame in stream]
 
 
 async def test_execute_collects_output_in_order_and_calls_back_live(server: Server) -> None:
@@ -172,6 +177,40 @@ async def test_a_dropped_connection_ends_the_running_cell(server: Server) -> Non
                 await s.execute("y")
 
 
+async def test_an_invalid_frame_ends_the_session_with_a_reason(server: Server) -> None:
+    """A frame that is not of the protocol ends the session: the running cell fails with
+    the reason, and later cells are refused at once although the socket was still open."""
+    server.script = lambda request: [fr.Stream(id=request.id, name="stdout", text="a"),
+                                     '{"type": "no such frame"}']
+    async with session(server) as s:
+        with pytest.raises(SessionClosed, match="session closed") as ended:
+            async with asyncio.timeout(BOUND):
+                await s.execute("x")
+        assert ended.value.closed is not None
+        assert "invalid frame" in ended.value.closed.message
+        assert s.closed is ended.value.closed
+        with pytest.raises(SessionClosed):
+            async with asyncio.timeout(BOUND):
+                await s.execute("y")
+        async with asyncio.timeout(BOUND):
+            assert await s.wait_closed() is s.closed
+
+
+async def test_no_cell_is_sent_once_nothing_reads_the_connection(server: Server) -> None:
+    """Whatever ended the reader, a new cell must fail at once, not wait forever for a
+    result nobody would read (here the socket itself is still open)."""
+    async with session(server) as s:
+        s._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await s._reader
+        with pytest.raises(SessionClosed):
+            async with asyncio.timeout(BOUND):
+                await s.execute("y")
+        with pytest.raises(SessionClosed):
+            await frames_of(s.stream("z"))
+    assert len(server.received) == 0  # neither cell was sent
+
+
 async def test_a_failing_callback_fails_only_its_cell(server: Server) -> None:
     def boom(frame: fr.Stream) -> None:
         raise ValueError(f"callback refused {frame.text!r}")
@@ -215,8 +254,7 @@ async def test_concurrent_cells_each_get_their_own_frames(server: Server) -> Non
 
 async def test_stream_yields_every_frame_through_the_result(server: Server) -> None:
     async with session(server) as s:
-        async with asyncio.timeout(BOUND):
-            frames = [frame async for frame in s.stream("z", cell_id="mine")]
+        frames = await frames_of(s.stream("z", cell_id="mine"))
     assert [type(f).__name__ for f in frames] == ["Stream", "Stream", "Display", "Stream",
                                                   "Result"]
     assert all(getattr(f, "id", None) == "mine" for f in frames)

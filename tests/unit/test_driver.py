@@ -28,6 +28,7 @@ class FakeSandbox:
         self.frames: asyncio.Queue[aw.FromAgent | None] = asyncio.Queue()
         self.sent: list[aw.ToAgent] = []
         self.destroyed = False
+        self.graceful: bool | None = None
 
     async def send(self, frame: aw.ToAgent) -> None:
         self.sent.append(frame)
@@ -48,8 +49,9 @@ class FakeSandbox:
     async def oom_killed(self) -> bool:
         return False
 
-    async def destroy(self) -> None:
+    async def destroy(self, *, graceful: bool = True) -> None:
         self.destroyed = True
+        self.graceful = graceful
 
 
 class Sink:
@@ -105,6 +107,7 @@ async def test_cell_flows_through_and_close_removes_the_sandbox() -> None:
     await runner.feed(CloseRequest("client_closed", "bye"))
     await asyncio.wait_for(task, 5)
     assert sandbox.destroyed
+    assert sandbox.graceful is True  # a healthy sandbox gets STOP_TIMEOUT to stop
     assert sink.closed == (1000, "client_closed")
 
 
@@ -218,6 +221,7 @@ async def test_lost_sandbox_is_replaced_and_the_client_told() -> None:
     restarted = await sink.next(fr.Restarted)
     assert restarted.reason == "sandbox_replaced"
     assert old.destroyed
+    assert old.graceful is False  # a replaced sandbox is killed at once
     await runner.feed(execute("c2", "on the new one"))
     assert (await sink.next(fr.Stream)).text == "on the new one"
     assert any(isinstance(f, aw.Exec) for f in new.sent)
@@ -232,7 +236,7 @@ async def test_the_replacement_is_asked_for_before_the_old_sandbox_is_gone() -> 
     release = asyncio.Event()
     asked = asyncio.Event()
 
-    async def slow_destroy() -> None:
+    async def slow_destroy(*, graceful: bool = True) -> None:
         async with asyncio.timeout(5):
             await asked.wait()  # fails the test (timeout) if acquire waits for this
         old.destroyed = True

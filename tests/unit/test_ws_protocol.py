@@ -313,7 +313,11 @@ async def test_a_client_that_outruns_the_application_is_paused_at_the_bound(
         assert protocol.read_paused is True
         for text in texts[READ_AHEAD_MESSAGES:]:
             await client.send(text)  # into the socket's buffers: nobody reads them yet
+        # A grace in which a protocol that still read would queue them (only to catch that).
+        await asyncio.sleep(0.2)
+        assert protocol.queued == READ_AHEAD_MESSAGES
         assert protocol.queue.qsize() == READ_AHEAD_MESSAGES
+        assert not is_reading(protocol)
         # The application catches up: reading resumes and every message arrives in order.
         assert [await receive_text(conn) for _ in texts] == texts
         assert is_reading(protocol)
