@@ -52,7 +52,6 @@
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -876,9 +875,10 @@ static JVal *jobj_get(JObj *o, const char *key) {
     return NULL;
 }
 
-/* decode_body + the object check: strict UTF-8, json_core.loads, a JSON object with a string
- * field "t". On failure returns false with FrameError's message in err. On success, `src`
- * (which the object's spans refer to) is s+lead, n-lead. */
+/* decode_body + the object check: strict UTF-8, strict JSON (json.loads without NaN or the
+ * infinities), a JSON object with a string field "t". On failure returns false with
+ * FrameError's message in err. On success, `src` (which the object's spans refer to) is
+ * s+lead, n-lead. */
 typedef struct {
     JObj obj;
     const unsigned char *src; /* stripped text, for re-parsing nested spans */
@@ -1540,39 +1540,59 @@ static void build_child_env(void) {
 }
 
 /* Start argv in a new session with stdin from /dev/null, stdout/stderr given, the pass fds
- * inherited (dup2 onto themselves clears close-on-exec), default signal dispositions for what
- * the agent ignores, an empty signal mask. Returns the pid, or -errno. */
+ * inherited, default dispositions for the signals the agent handles or ignores, an empty
+ * signal mask. Returns the pid, or -errno.
+ *
+ * Not posix_spawn: glibc's child resets the disposition of every signal, a sigaction to
+ * read it and one to set it for each of the 64, about 130 system calls before the exec.
+ * That is nothing under runc, but each call costs about 80 us under gVisor: 10 ms of every
+ * sandbox's start (the worker) and of every Rust cell (rustc, then the program). Here the
+ * child resets only what needs it, the same way posix_spawn does: every signal is blocked
+ * around vfork, so no handler of the agent's runs in the child, which shares the agent's
+ * memory until it execs; exec resets the handled signals to the default, and the child
+ * resets the ignored ones (SIGPIPE; SIGXFSZ too, should the agent have inherited it
+ * ignored) and the two the agent's handlers would otherwise act on (SIGCHLD and SIGTERM,
+ * which set the agent's flags) before it unblocks. The no-op handlers (SIGINT and the
+ * others the agent keeps from user code) may run in the child between that and the exec,
+ * and do nothing. */
 static pid_t spawn(char *const argv[], int out, int err, const int *pass, size_t npass,
                    const char *cwd) {
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    pid_t pid = -1;
-    int rc = posix_spawn_file_actions_init(&fa);
-    if (rc) return -rc;
-    rc = posix_spawnattr_init(&at);
-    if (rc) {
-        posix_spawn_file_actions_destroy(&fa);
-        return -rc;
+    static const int reset[] = {SIGCHLD, SIGTERM, SIGPIPE, SIGXFSZ};
+    sigset_t all, old, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    volatile int failure = 0; /* written by the child, which shares this frame */
+    pid_t pid = vfork();
+    if (pid == 0) {
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        int fd;
+        if (setsid() < 0) goto fail;
+        for (size_t i = 0; i < sizeof reset / sizeof reset[0]; i++)
+            if (sigaction(reset[i], &dfl, NULL) != 0) goto fail;
+        fd = open("/dev/null", O_RDONLY);
+        if (fd < 0 || (fd != 0 && (dup2(fd, 0) != 0 || close(fd) != 0))) goto fail;
+        if (dup2(out, 1) != 1 || dup2(err, 2) != 2) goto fail;
+        for (size_t i = 0; i < npass; i++)
+            if (fcntl(pass[i], F_SETFD, 0) != 0) goto fail;
+        if (cwd && chdir(cwd) != 0) goto fail;
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execvpe(argv[0], argv, A.child_env);
+    fail:
+        failure = errno ? errno : EINVAL;
+        _exit(127);
     }
-    sigset_t def, mask;
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
-    sigaddset(&def, SIGXFSZ);
-    sigemptyset(&mask);
-    if (!rc) rc = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF |
-                                                     POSIX_SPAWN_SETSIGMASK);
-    if (!rc) rc = posix_spawnattr_setsigdefault(&at, &def);
-    if (!rc) rc = posix_spawnattr_setsigmask(&at, &mask);
-    if (!rc) rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    if (!rc) rc = posix_spawn_file_actions_adddup2(&fa, out, 1);
-    if (!rc) rc = posix_spawn_file_actions_adddup2(&fa, err, 2);
-    for (size_t i = 0; i < npass && !rc; i++)
-        rc = posix_spawn_file_actions_adddup2(&fa, pass[i], pass[i]);
-    if (!rc && cwd) rc = posix_spawn_file_actions_addchdir_np(&fa, cwd);
-    if (!rc) rc = posix_spawnp(&pid, argv[0], &fa, &at, argv, A.child_env);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
-    return rc ? -rc : pid;
+    int saved = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) return -saved;
+    if (failure) {
+        /* The child is gone (or going): reap it here, it never ran the program. */
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+        return -failure;
+    }
+    return pid;
 }
 
 static void add_child(pid_t pid, int handler) {
@@ -2140,6 +2160,23 @@ static void close_worker(Worker *w) {
     free(w);
 }
 
+/* How the Python worker starts: `python3 -I -S -u -X utf8 -c PY_BOOT FILE CTL_IN CTL_OUT`
+ * runs FILE (worker_python.pyc, or the source when there is none) as __main__. Given a file to
+ * run, the interpreter first opens it as a zip archive, then opens it twice more to tell
+ * bytecode from source and load it: about 30 system calls, 2.5 ms of every sandbox's start
+ * under gVisor. Here it is one open and one read. A .pyc of another Python version is
+ * compiled as source and fails, as the interpreter would refuse it. */
+static const char PY_BOOT[] =
+    "def _boot():\n"
+    " import sys,marshal,_frozen_importlib_external as b\n"
+    " del sys.argv[0]\n"
+    " p=sys.argv[0]\n"
+    " with open(p,'rb') as f:d=f.read()\n"
+    " g=globals();g['__file__']=p;del g['_boot']\n"
+    " exec(marshal.loads(memoryview(d)[16:]) if d[:4]==b.MAGIC_NUMBER\n"
+    "      else compile(d,p,'exec',dont_inherit=True),g)\n"
+    "_boot()\n";
+
 static void start_worker(void) {
     int code_p[2], res_p[2], out_p[2], err_p[2];
     if (pipe2(code_p, O_CLOEXEC) || pipe2(res_p, O_CLOEXEC) || pipe2(out_p, O_CLOEXEC) ||
@@ -2160,9 +2197,12 @@ static void start_worker(void) {
         const char *py = which(0, "python3");
         argv[k++] = (char *)(py ? py : "python3");
         argv[k++] = "-I";
+        argv[k++] = "-S"; /* the worker does what it needs of site itself (_site) */
         argv[k++] = "-u";
         argv[k++] = "-X";
         argv[k++] = "utf8";
+        argv[k++] = "-c";
+        argv[k++] = (char *)PY_BOOT;
     } else if (A.language == L_JAVASCRIPT) {
         snprintf(script, sizeof script, "%s/worker_node.js", A.agent_dir);
         const char *node = which(1, "node");

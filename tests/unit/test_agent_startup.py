@@ -2,10 +2,11 @@
 agent starts its workers.
 
 Every sandbox start pays for the worker's imports, so it imports only C modules and what
-Python's own start has loaded: JSON goes through json's C core (``json_core``), and the worker
-loads traceback (and linecache) only to format a traceback. These tests hold each replacement
-to the behaviour of what it replaces. The agent (the C binary, ``tests.agent_binary``) starts
-each worker in a clean process: a cell inspects its own worker to prove it. No Docker.
+Python's own start has loaded: JSON goes through json's C core (``_json``), the worker loads
+traceback (and linecache) only to format a traceback, and it does the part of ``site`` it
+needs itself. These tests hold each replacement to the behaviour of what it replaces. The
+agent (the C binary, ``tests.agent_binary``) starts each worker in a clean process, without
+posix_spawn: a cell inspects its own worker to prove it. No Docker.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import importlib.util
 import json
 import math
 import os
+import py_compile
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,12 +27,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.agent_binary import agent_binary
 from tests.unit.test_agent_cells import AgentDriver, assert_success, start
 
 AGENT_DIR = Path(__file__).resolve().parents[2] / "runtime" / "agent"
 sys.path.insert(0, str(AGENT_DIR))
 
-import json_core  # noqa: E402
 import worker_python  # noqa: E402
 
 # Every JSON value, with strings that include lone surrogates (a hostile worker can send them
@@ -44,16 +47,9 @@ json_values = st.recursive(
 
 
 @given(json_values)
-def test_dumps_is_json_dumps_compact_unicode(value: Any) -> None:
-    obj = {"t": "out", "v": value}
-    assert json_core.dumps(obj) == json.dumps(obj, ensure_ascii=False, separators=(",", ":"),
-                                          allow_nan=False)
-
-
-@given(json_values)
 def test_dumps_ascii_escapes_everything_json_escapes(value: Any) -> None:
     obj = {"code": value}
-    text = json_core.dumps_ascii(obj)
+    text = worker_python.dumps_ascii(obj)
     assert text == json.dumps(obj, separators=(",", ":"), allow_nan=False)
     assert text.isascii()
 
@@ -61,18 +57,18 @@ def test_dumps_ascii_escapes_everything_json_escapes(value: Any) -> None:
 @given(json_values, st.sampled_from(["", " ", "\n", " \t\r\n "]))
 def test_loads_is_json_loads(value: Any, space: str) -> None:
     text = space + json.dumps(value, indent=1 if isinstance(value, dict) else None) + space
-    assert json_core.loads(text) == json.loads(text)
+    assert worker_python.loads(text) == json.loads(text)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_dumps_refuses_non_finite_floats(value: float) -> None:
     with pytest.raises(ValueError, match="not JSON compliant"):
-        json_core.dumps({"t": "x", "v": value})
+        worker_python.dumps_ascii({"t": "x", "v": value})
 
 
 def test_dumps_refuses_what_json_has_no_type_for() -> None:
     with pytest.raises(TypeError, match="bytes is not JSON serializable"):
-        json_core.dumps({"t": "x", "v": b"raw"})
+        worker_python.dumps_ascii({"t": "x", "v": b"raw"})
 
 
 @pytest.mark.parametrize("text", ["", "   ", "NaN", "[Infinity]", '{"a": -Infinity}', "1 2",
@@ -80,15 +76,15 @@ def test_dumps_refuses_what_json_has_no_type_for() -> None:
 def test_loads_refuses_what_json_loads_refuses_and_non_finite_constants(text: str) -> None:
     with pytest.raises(ValueError, match=r"(?i)expecting|extra data|constant|unterminated"
                                           r"|invalid control"):
-        json_core.loads(text)
+        worker_python.loads(text)
 
 
 @pytest.mark.parametrize("text", ['{"t": "x"', "[1,]", "nul", '"\\ud800', "{}x"])
 def test_loads_reports_errors_in_an_interpreter_without_json(text: str) -> None:
     """_json raises its error class through json.decoder, which neither process imports at
     start: the first error loads it instead of failing with SystemError."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import json_core\n"
-            "try:\n    json_core.loads(sys.argv[2])\n"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import worker_python\n"
+            "try:\n    worker_python.loads(sys.argv[2])\n"
             "except ValueError as exc:\n    print(type(exc).__name__)\n")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(AGENT_DIR), text],
                          capture_output=True, text=True, timeout=30, check=True).stdout
@@ -109,7 +105,8 @@ def test_worker_start_imports_none_of_the_slow_modules() -> None:
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(AGENT_DIR)],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     loaded = set(out.split())
-    assert {"worker_python", "json_core", "_json"} <= loaded
+    assert {"worker_python", "_json"} <= loaded
+    assert "__future__" not in loaded
     assert loaded & SLOW == set()
 
 
@@ -243,3 +240,116 @@ def test_the_shell_worker_has_default_sigpipe_and_sigxfsz(
         assert yes.text() == "y\ny\n141\n"  # yes was ended by SIGPIPE (128 + 13)
     finally:
         assert driver.close() == 0
+
+
+def test_what_a_shell_cell_starts_inherits_no_signal_state_of_the_agent() -> None:
+    """The agent blocks SIGCHLD and SIGTERM, catches fifteen signals and ignores SIGPIPE; its
+    spawn resets what exec would not (the mask, the ignored signals), so a program a cell
+    starts has nothing blocked and nothing ignored."""
+    driver = start("shell")
+    try:
+        result = driver.run("grep -E '^Sig(Blk|Ign)' /proc/self/status")
+        assert_success(result)
+        masks = dict(line.split(":") for line in result.text().splitlines())
+        assert {k: int(v, 16) for k, v in masks.items()} == {"SigBlk": 0, "SigIgn": 0}, masks
+    finally:
+        assert driver.close() == 0
+
+
+# ------------------------------------------------------------- how the Python worker starts
+
+MARK_BYTECODE = '_LOADED_FROM = "bytecode"\n\n\ndef main() -> None:'
+
+
+def agent_with_worker(directory: Path, *, bytecode: bool) -> Path:
+    """A copy of the agent in ``directory`` with the Python worker's source beside it, and
+    when ``bytecode``, a ``worker_python.pyc`` compiled from that source with one line more
+    (``_LOADED_FROM``), so a cell can tell which of the two its worker runs."""
+    binary = directory / "agent"
+    binary.write_bytes(agent_binary().read_bytes())
+    binary.chmod(0o755)
+    source = (AGENT_DIR / "worker_python.py").read_text(encoding="utf-8")
+    (directory / "worker_python.py").write_text(source, encoding="utf-8")
+    if bytecode:
+        assert source.count("def main() -> None:") == 1
+        marked = directory / "marked.py"
+        marked.write_text(source.replace("def main() -> None:", MARK_BYTECODE), encoding="utf-8")
+        py_compile.compile(str(marked), cfile=str(directory / "worker_python.pyc"),
+                           dfile=str(directory / "worker_python.py"), doraise=True)
+        marked.unlink()
+    return binary
+
+
+WHO_RUNS = ("import __main__, sys\n"
+            "print(getattr(__main__, '_LOADED_FROM', 'source'), __main__.__file__, sys.argv)")
+
+
+@pytest.mark.parametrize("bytecode", [True, False])
+def test_the_worker_runs_its_bytecode_or_else_its_source(tmp_path: Path, bytecode: bool) -> None:
+    """The agent runs the worker through a bootstrap (``python3 -c``) that loads
+    ``worker_python.pyc`` when it is there and the source when not, as ``__main__`` with
+    its ``__file__``; the cells' tracebacks show neither the bootstrap nor the worker."""
+    binary = agent_with_worker(tmp_path, bytecode=bytecode)
+    driver = AgentDriver([str(binary), "python"])
+    try:
+        assert driver.hello() == {"t": "ready", "language": "python", "version": 1}
+        result = driver.run(WHO_RUNS)
+        assert_success(result)
+        expected = tmp_path / ("worker_python.pyc" if bytecode else "worker_python.py")
+        loaded = "bytecode" if bytecode else "source"
+        assert result.text() == f"{loaded} {expected} ['']\n"
+        failed = driver.run("def f():\n    return 1 / 0\nf()")
+        assert failed.done["error"] == "ZeroDivisionError: division by zero"
+        trace = failed.text("stderr")
+        assert "return 1 / 0" in trace
+        assert "<string>" not in trace and "worker_python" not in trace, trace
+    finally:
+        assert driver.close() == 0
+
+
+SITE_REPORT = ("import builtins, json, sys\n"
+               "print(json.dumps([sys.path, sys.flags.no_site, sys.flags.isolated,"
+               " [callable(getattr(builtins, n, None)) for n in"
+               " ('exit', 'quit', 'help', 'copyright', 'credits', 'license')]]))")
+
+
+def test_the_worker_has_the_path_and_builtins_site_gives() -> None:
+    """The worker runs with ``-S`` and does the part of ``site`` it needs itself: its
+    ``sys.path`` is a normal isolated interpreter's (the same site-packages, in the same
+    order) after the working directory, and ``exit``, ``help`` and the others exist."""
+    python = shutil.which("python3")
+    assert python is not None
+    plain = json.loads(subprocess.run(
+        [python, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"],
+        capture_output=True, text=True, timeout=60, check=True).stdout)
+    driver = start("python")
+    try:
+        result = driver.run(SITE_REPORT)
+        assert_success(result)
+        path, no_site, isolated, builtins_there = json.loads(result.text())
+        assert path == ["", *plain]
+        assert (no_site, isolated) == (1, 1)
+        assert builtins_there == [True] * 6
+    finally:
+        assert driver.close() == 0
+
+
+def test_the_workers_site_runs_pth_files(tmp_path: Path) -> None:
+    """``.pth`` files in a site-packages directory still count: the lines that name a
+    directory add it to ``sys.path``, the ``import`` lines run (site's own functions do it)."""
+    site_dir, extra = tmp_path / "site-packages", tmp_path / "extra"
+    site_dir.mkdir()
+    extra.mkdir()
+    (site_dir / "zz.pth").write_text(
+        f"{extra}\nimport os; os.environ['PTH_RAN'] = 'yes'\n", encoding="utf-8")
+    code = ("import os, site, sys\n"
+            "site.getsitepackages = lambda prefixes=None: [sys.argv[2]]\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import worker_python\n"
+            "worker_python._site()\n"
+            "print(sys.path[-2:] == [sys.argv[2], sys.argv[3]], os.environ.get('PTH_RAN'),"
+            " callable(exit))\n")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(AGENT_DIR),
+                          str(site_dir), str(extra)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == ["True", "yes", "True"]

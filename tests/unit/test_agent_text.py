@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tests.agent_binary import AGENT_DIR
 
 sys.path.insert(0, str(AGENT_DIR))
-from json_core import loads
+from worker_python import loads
 
 HARNESS = Path(__file__).with_name("agent_harness.c")
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
