@@ -1578,8 +1578,16 @@ static pid_t spawn(char *const argv[], int out, int err, const int *pass, size_t
         for (size_t i = 0; i < npass; i++)
             if (fcntl(pass[i], F_SETFD, 0) != 0) goto fail;
         if (cwd && chdir(cwd) != 0) goto fail;
+        /* argv[0] is which()'s full path; a bare name means PATH has no such program
+         * (posix_spawnp's search would fail the same way). execve, not execvpe: no search
+         * relative to the working directory, and a file without a #! line fails with
+         * ENOEXEC instead of running under /bin/sh, as with posix_spawn. */
+        if (!strchr(argv[0], '/')) {
+            errno = ENOENT;
+            goto fail;
+        }
         sigprocmask(SIG_SETMASK, &none, NULL);
-        execvpe(argv[0], argv, A.child_env);
+        execve(argv[0], argv, A.child_env);
     fail:
         failure = errno ? errno : EINVAL;
         _exit(127);

@@ -978,6 +978,25 @@ def test_a_non_utf8_path_entry_leaves_every_frame_valid_utf8(tmp_path: Path) -> 
         assert driver.close() == 0
 
 
+def test_a_program_without_a_shebang_is_not_run_by_the_shell(tmp_path: Path) -> None:
+    """The agent starts programs with execve: an executable text file without a #! line
+    fails with ENOEXEC (execvp would run it with /bin/sh instead)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "ran"
+    rustc = bin_dir / "rustc"
+    rustc.write_text(f"touch {marker}\n", encoding="utf-8")
+    rustc.chmod(0o755)
+    driver = start("rust", env={**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    try:
+        result = driver.run("fn main() {}")
+        assert (result.done["status"], result.done["exit_code"]) == ("error", 127)
+        assert result.done["error"] == f"could not start {rustc}: Exec format error"
+        assert not marker.exists()
+    finally:
+        assert driver.close() == 0
+
+
 # Starts the agent as a child subreaper, as it is as PID 1 of a container (and under
 # --container, which tests never pass): orphaned processes of user code become its children.
 AS_SUBREAPER = (
