@@ -1539,6 +1539,43 @@ static void build_child_env(void) {
     A.child_env[k] = NULL;
 }
 
+/* The child's side of spawn(), in a frame of its own below spawn()'s: the child shares the
+ * agent's stack until it execs, and must write nothing into the frame the agent resumes in
+ * but *failure. Never returns. */
+static __attribute__((noinline, noreturn)) void spawn_child(char *const argv[], int out,
+                                                            int err, const int *pass,
+                                                            size_t npass, const char *cwd,
+                                                            const sigset_t *none,
+                                                            volatile int *failure) {
+    static const int reset[] = {SIGCHLD, SIGTERM, SIGPIPE, SIGXFSZ};
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    int fd;
+    if (setsid() < 0) goto fail;
+    for (size_t i = 0; i < sizeof reset / sizeof reset[0]; i++)
+        if (sigaction(reset[i], &dfl, NULL) != 0) goto fail;
+    fd = open("/dev/null", O_RDONLY);
+    if (fd < 0 || (fd != 0 && (dup2(fd, 0) != 0 || close(fd) != 0))) goto fail;
+    if (dup2(out, 1) != 1 || dup2(err, 2) != 2) goto fail;
+    for (size_t i = 0; i < npass; i++)
+        if (fcntl(pass[i], F_SETFD, 0) != 0) goto fail;
+    if (cwd && chdir(cwd) != 0) goto fail;
+    /* argv[0] is which()'s full path; a bare name means PATH has no such program
+     * (posix_spawnp's search would fail the same way). execve, not execvpe: no search
+     * relative to the working directory, and a file without a #! line fails with ENOEXEC
+     * instead of running under /bin/sh, as with posix_spawn. */
+    if (!strchr(argv[0], '/')) {
+        errno = ENOENT;
+        goto fail;
+    }
+    sigprocmask(SIG_SETMASK, none, NULL);
+    execve(argv[0], argv, A.child_env);
+fail:
+    *failure = errno ? errno : EINVAL;
+    _exit(127);
+}
+
 /* Start argv in a new session with stdin from /dev/null, stdout/stderr given, the pass fds
  * inherited, default dispositions for the signals the agent handles or ignores, an empty
  * signal mask. Returns the pid, or -errno.
@@ -1557,41 +1594,13 @@ static void build_child_env(void) {
  * and do nothing. */
 static pid_t spawn(char *const argv[], int out, int err, const int *pass, size_t npass,
                    const char *cwd) {
-    static const int reset[] = {SIGCHLD, SIGTERM, SIGPIPE, SIGXFSZ};
     sigset_t all, old, none;
     sigfillset(&all);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &all, &old);
-    volatile int failure = 0; /* written by the child, which shares this frame */
+    volatile int failure = 0; /* written by the child, which shares the agent's memory */
     pid_t pid = vfork();
-    if (pid == 0) {
-        struct sigaction dfl;
-        memset(&dfl, 0, sizeof dfl);
-        dfl.sa_handler = SIG_DFL;
-        int fd;
-        if (setsid() < 0) goto fail;
-        for (size_t i = 0; i < sizeof reset / sizeof reset[0]; i++)
-            if (sigaction(reset[i], &dfl, NULL) != 0) goto fail;
-        fd = open("/dev/null", O_RDONLY);
-        if (fd < 0 || (fd != 0 && (dup2(fd, 0) != 0 || close(fd) != 0))) goto fail;
-        if (dup2(out, 1) != 1 || dup2(err, 2) != 2) goto fail;
-        for (size_t i = 0; i < npass; i++)
-            if (fcntl(pass[i], F_SETFD, 0) != 0) goto fail;
-        if (cwd && chdir(cwd) != 0) goto fail;
-        /* argv[0] is which()'s full path; a bare name means PATH has no such program
-         * (posix_spawnp's search would fail the same way). execve, not execvpe: no search
-         * relative to the working directory, and a file without a #! line fails with
-         * ENOEXEC instead of running under /bin/sh, as with posix_spawn. */
-        if (!strchr(argv[0], '/')) {
-            errno = ENOENT;
-            goto fail;
-        }
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        execve(argv[0], argv, A.child_env);
-    fail:
-        failure = errno ? errno : EINVAL;
-        _exit(127);
-    }
+    if (pid == 0) spawn_child(argv, out, err, pass, npass, cwd, &none, &failure);
     int saved = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) return -saved;
@@ -2172,14 +2181,17 @@ static void close_worker(Worker *w) {
  * runs FILE (worker_python.pyc, or the source when there is none) as __main__. Given a file to
  * run, the interpreter first opens it as a zip archive, then opens it twice more to tell
  * bytecode from source and load it: about 30 system calls, 2.5 ms of every sandbox's start
- * under gVisor. Here it is one open and one read. A .pyc of another Python version is
- * compiled as source and fails, as the interpreter would refuse it. */
+ * under gVisor. Here it is one open and one read. A .pyc of another Python version (the
+ * interpreter upgraded, the image not rebuilt) gives way to the source beside it. */
 static const char PY_BOOT[] =
     "def _boot():\n"
     " import sys,marshal,_frozen_importlib_external as b\n"
     " del sys.argv[0]\n"
     " p=sys.argv[0]\n"
     " with open(p,'rb') as f:d=f.read()\n"
+    " if d[:4]!=b.MAGIC_NUMBER and p.endswith('.pyc'):\n"
+    "  p=p[:-1]\n"
+    "  with open(p,'rb') as f:d=f.read()\n"
     " g=globals();g['__file__']=p;del g['_boot']\n"
     " exec(marshal.loads(memoryview(d)[16:]) if d[:4]==b.MAGIC_NUMBER\n"
     "      else compile(d,p,'exec',dont_inherit=True),g)\n"

@@ -261,10 +261,11 @@ def test_what_a_shell_cell_starts_inherits_no_signal_state_of_the_agent() -> Non
 MARK_BYTECODE = '_LOADED_FROM = "bytecode"\n\n\ndef main() -> None:'
 
 
-def agent_with_worker(directory: Path, *, bytecode: bool) -> Path:
+def agent_with_worker(directory: Path, *, bytecode: bool, stale: bool = False) -> Path:
     """A copy of the agent in ``directory`` with the Python worker's source beside it, and
     when ``bytecode``, a ``worker_python.pyc`` compiled from that source with one line more
-    (``_LOADED_FROM``), so a cell can tell which of the two its worker runs."""
+    (``_LOADED_FROM``), so a cell can tell which of the two its worker runs; ``stale``
+    gives that .pyc another Python version's magic number."""
     binary = directory / "agent"
     binary.write_bytes(agent_binary().read_bytes())
     binary.chmod(0o755)
@@ -274,9 +275,13 @@ def agent_with_worker(directory: Path, *, bytecode: bool) -> Path:
         assert source.count("def main() -> None:") == 1
         marked = directory / "marked.py"
         marked.write_text(source.replace("def main() -> None:", MARK_BYTECODE), encoding="utf-8")
-        py_compile.compile(str(marked), cfile=str(directory / "worker_python.pyc"),
-                           dfile=str(directory / "worker_python.py"), doraise=True)
+        pyc = directory / "worker_python.pyc"
+        py_compile.compile(str(marked), cfile=str(pyc), dfile=str(directory / "worker_python.py"),
+                           doraise=True)
         marked.unlink()
+        if stale:
+            data = pyc.read_bytes()
+            pyc.write_bytes(bytes([data[0] ^ 1]) + data[1:])
     return binary
 
 
@@ -284,19 +289,22 @@ WHO_RUNS = ("import __main__, sys\n"
             "print(getattr(__main__, '_LOADED_FROM', 'source'), __main__.__file__, sys.argv)")
 
 
-@pytest.mark.parametrize("bytecode", [True, False])
-def test_the_worker_runs_its_bytecode_or_else_its_source(tmp_path: Path, bytecode: bool) -> None:
+@pytest.mark.parametrize(("bytecode", "stale"), [(True, False), (False, False), (True, True)])
+def test_the_worker_runs_its_bytecode_or_else_its_source(tmp_path: Path, bytecode: bool,
+                                                         stale: bool) -> None:
     """The agent runs the worker through a bootstrap (``python3 -c``) that loads
-    ``worker_python.pyc`` when it is there and the source when not, as ``__main__`` with
-    its ``__file__``; the cells' tracebacks show neither the bootstrap nor the worker."""
-    binary = agent_with_worker(tmp_path, bytecode=bytecode)
+    ``worker_python.pyc`` when it is there and the source when not (or when the .pyc is
+    another Python version's), as ``__main__`` with its ``__file__``; the cells' tracebacks
+    show neither the bootstrap nor the worker."""
+    binary = agent_with_worker(tmp_path, bytecode=bytecode, stale=stale)
     driver = AgentDriver([str(binary), "python"])
     try:
         assert driver.hello() == {"t": "ready", "language": "python", "version": 1}
         result = driver.run(WHO_RUNS)
         assert_success(result)
-        expected = tmp_path / ("worker_python.pyc" if bytecode else "worker_python.py")
-        loaded = "bytecode" if bytecode else "source"
+        runs_pyc = bytecode and not stale
+        expected = tmp_path / ("worker_python.pyc" if runs_pyc else "worker_python.py")
+        loaded = "bytecode" if runs_pyc else "source"
         assert result.text() == f"{loaded} {expected} ['']\n"
         failed = driver.run("def f():\n    return 1 / 0\nf()")
         assert failed.done["error"] == "ZeroDivisionError: division by zero"
@@ -353,3 +361,25 @@ def test_the_workers_site_runs_pth_files(tmp_path: Path) -> None:
                           str(site_dir), str(extra)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.split() == ["True", "yes", "True"]
+
+
+def test_the_workers_site_honours_a_virtual_environment(tmp_path: Path) -> None:
+    """Run by a virtual environment's interpreter (a host's python3 may be one), the worker
+    gets the environment's prefix and site-packages, as ``site`` would give them."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)],
+                   capture_output=True, timeout=120, check=True)
+    code = ("import json, sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import worker_python\n"
+            "worker_python._site()\n"
+            "print(json.dumps([sys.prefix, sys.path]))\n")
+    with_site = json.loads(subprocess.run(
+        [str(venv / "bin" / "python"), "-I", "-c", "import json, sys\n"
+         "print(json.dumps([sys.prefix, sys.path]))"],
+        capture_output=True, text=True, timeout=60, check=True).stdout)
+    prefix, path = json.loads(subprocess.run(
+        [str(venv / "bin" / "python"), "-I", "-S", "-c", code, str(AGENT_DIR)],
+        capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert prefix == with_site[0] == str(venv)
+    assert path[1:] == with_site[1]  # the worker's own directory first, then site's path
