@@ -87,6 +87,10 @@ extern char **environ;
 #define MAX_ID_LEN 256
 #define MAX_ERROR_LEN 2000
 #define EXIT_BAD_FRAME 2
+/* A worker that exits before it is ready is started again; after this many in a row the
+ * agent gives up and exits 1 (the sandbox ends at once instead of starting interpreters
+ * until the service's start timeout: a broken image, a preload that crashes). */
+#define MAX_UNREADY_EXITS 3
 /* Nesting accepted in a JSON body: agent.py parses under Python's recursion limit (1000)
  * less its own call stack, which leaves 992 levels for a service frame and 993 for a
  * worker's control line. */
@@ -1383,6 +1387,7 @@ typedef struct {
 static struct {
     int language;
     bool container;
+    int unready_exits; /* workers in a row that exited before they were ready */
     Buf outbuf;
     Buf inbuf;
     int exit_code; /* -1: running */
@@ -2370,6 +2375,7 @@ static void on_worker_message(Body *msg, Buf *err) {
     JVal *t = jobj_get(&msg->obj, "t");
     if (jstr_eq(t, "ready")) {
         w->ready = true;
+        A.unready_exits = 0;
         maybe_ready();
     } else if (jstr_eq(t, "display")) {
         on_display(msg, err);
@@ -2529,6 +2535,10 @@ static void on_worker_exit(pid_t pid, int status, bool have_rusage, const struct
         finish_cell(st, true, exit_code, NULL, 0, has_err ? buf_cstr(&err) : NULL,
                     has_err ? buf_size(&err) : 0, true, peak, false);
         buf_free(&err);
+    } else if (!w->ready && ++A.unready_exits >= MAX_UNREADY_EXITS) {
+        log_msg("worker %d exited with %d before it was ready, %d workers in a row; giving up",
+                (int)pid, code, A.unready_exits);
+        _exit(1);
     } else {
         log_msg("worker %d exited with %d while idle; restarting it", (int)pid, code);
         A.state_lost = true;

@@ -383,3 +383,62 @@ def test_the_workers_site_honours_a_virtual_environment(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=True).stdout)
     assert prefix == with_site[0] == str(venv)
     assert path[1:] == with_site[1]  # the worker's own directory first, then site's path
+
+
+def agent_with_failing_worker(directory: Path, failing: str) -> Path:
+    """A copy of the agent whose Python worker exits with code 3 before it is ready at the
+    starts that ``failing`` (a Python expression of ``n``, the start's number) names; it
+    counts its starts in ``directory/starts``."""
+    binary = agent_with_worker(directory, bytecode=False)
+    source = directory / "worker_python.py"
+    counting = ("import os as _os\n"
+                "_starts = _os.path.join(_os.path.dirname(__file__), 'starts')\n"
+                "with open(_starts, 'a') as _f:\n"
+                "    _f.write('x')\n"
+                f"n = _os.path.getsize(_starts)\nif {failing}:\n"
+                "    raise SystemExit(3)\n")
+    source.write_text(counting + source.read_text(encoding="utf-8"), encoding="utf-8")
+    return binary
+
+
+def test_a_worker_that_exits_before_it_is_ready_is_started_again(tmp_path: Path) -> None:
+    """Two in a row are started again; a worker that gets ready starts the count anew, so
+    two more after it are too."""
+    binary = agent_with_failing_worker(tmp_path, failing="n in (1, 2, 4, 5)")
+    driver = AgentDriver([str(binary), "python"])
+    try:
+        assert driver.hello() == {"t": "ready", "language": "python", "version": 1}
+        result = driver.run("print('up')")
+        assert_success(result)
+        assert result.text() == "up\n"
+        assert (tmp_path / "starts").read_text() == "xxx"
+        ended = driver.run("import os\nos._exit(0)")
+        assert ended.done["restarted"] is True
+        again = driver.run("print('again')")
+        assert_success(again)
+        assert again.text() == "again\n"
+        assert (tmp_path / "starts").read_text() == "xxxxxx"
+    finally:
+        assert driver.close() == 0
+
+
+def test_the_agent_gives_up_on_a_worker_that_never_gets_ready(tmp_path: Path) -> None:
+    """Three workers in a row that exit before they are ready (a broken image, a preload
+    that crashes) end the agent with status 1, and so the sandbox, at once: before, it
+    started interpreters until the service's start timeout removed the sandbox."""
+    binary = agent_with_failing_worker(tmp_path, failing="True")
+    log = tmp_path / "stderr"
+    with log.open("wb") as err:
+        # stdin stays open (EOF would end the agent) until the agent exits on its own.
+        proc = subprocess.Popen([str(binary), "python"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        status = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        assert proc.stdin is not None
+        proc.stdin.close()
+    stderr = log.read_bytes()
+    assert status == 1, stderr
+    assert (tmp_path / "starts").read_text() == "xxx"
+    assert b"before it was ready, 3 workers in a row; giving up" in stderr
