@@ -7,12 +7,15 @@ a missing engine or image is a failure, never a silent skip.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Mapping
 
 import pytest
+import uvloop
 
 RUNTIME_IMAGE = os.environ.get("CONTAINER_IMAGE", "ws-sandbox-runtime:latest")
 
@@ -62,3 +65,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Disruptive tests (they restart the Docker engine) run after all others."""
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
+                                  ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+    """Tests marked ``event_loops`` run twice: on asyncio's own loop and on uvloop's.
+
+    The service runs on uvloop (``ws_sandbox/server.py``); code that leans on how a
+    transport behaves is checked on both. Every other test runs on asyncio's loop, as it
+    would without this hook (one factory adds nothing to the test's id).
+    """
+    if item.get_closest_marker("event_loops") is None:
+        return {"asyncio": asyncio.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,9 @@ def test_exec_reports_a_refusal(service: Service) -> None:
     done = run_cli(service, "-l", "cobol", "whatever")
     assert done.returncode == 2
     assert "language_unavailable" in done.stderr
+
+
+def test_the_service_runs_on_uvloop(service: Service) -> None:
+    """``serve`` names uvloop (a cell's round trip is about 50 us shorter on it)."""
+    maps = Path(f"/proc/{service.process.pid}/maps").read_text()
+    assert "/uvloop/loop." in maps, "uvloop's extension is not loaded in the service"

@@ -2,7 +2,8 @@
 
 The server runs on the test's event loop, so the test calls the application's ASGI ``send``
 itself (handed over by a tiny raw ASGI app) and counts the protocol's ``transport.write``
-calls. Every wait is bounded with ``asyncio.timeout``.
+calls. Every test runs on asyncio's loop and on uvloop's, whose transports the service uses.
+Every wait is bounded with ``asyncio.timeout``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 
 import pytest
 import uvicorn
+import uvloop
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.protocols.utils import ClientDisconnected
@@ -34,6 +36,26 @@ BOUND = 10.0
 
 TEXTS = ['{"n":1}', "héllo wörld — ünïcødé €", "日本語 😀 last"]
 
+pytestmark = pytest.mark.event_loops
+
+
+class CountingTransport:
+    """A transport that records every ``write`` and passes everything to the real one.
+
+    A wrapper, not a patched method: uvloop's transports take no new attributes.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.wrapped = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        self.wrapped.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
 
 class CountingProtocol(BatchingWebSocketProtocol):
     """The batching protocol, recording every ``transport.write`` of its connection."""
@@ -42,14 +64,9 @@ class CountingProtocol(BatchingWebSocketProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.writes: list[bytes] = []
-        original = self.transport.write
-
-        def write(data: bytes | bytearray | memoryview) -> None:
-            self.writes.append(bytes(data))
-            original(data)
-
-        setattr(self.transport, "write", write)  # noqa: B010 - an instance attribute on purpose
+        counting = CountingTransport(self.transport)
+        self.transport = counting  # type: ignore[assignment]  # duck-typed on purpose
+        self.writes = counting.writes
         self.queued = 0
         self.queued_changed = asyncio.Event()
         CountingProtocol.instances.append(self)
@@ -172,6 +189,12 @@ def frame_length(payload: bytes) -> int:
     return n + (2 if n < 126 else 4 if n < 1 << 16 else 10)
 
 
+async def test_each_run_is_on_the_loop_it_names(request: pytest.FixtureRequest) -> None:
+    assert request.node.callspec.id in ("asyncio", "uvloop")
+    on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    assert on_uvloop is (request.node.callspec.id == "uvloop")
+
+
 # ----------------------------------------------------------------------------- extension
 
 
@@ -272,8 +295,8 @@ async def test_send_and_close_still_work_after_a_batch(batching: Server) -> None
 
 def is_reading(protocol: CountingProtocol) -> bool:
     transport = protocol.transport
-    assert isinstance(transport, asyncio.ReadTransport)
-    return transport.is_reading()
+    assert isinstance(transport, CountingTransport)
+    return transport.wrapped.is_reading()
 
 
 async def receive_text(conn: Connection) -> str:
