@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
 from ws_sandbox import frames as fr
@@ -26,9 +27,13 @@ LIMITS = fr.Limits(max_execution_time=60, default_execution_time=30, max_memory_
                    max_output_bytes=1 << 20, max_code_bytes=1 << 20, max_queued_cells=4,
                    idle_timeout=None, max_lifetime=None)
 
-Script = Callable[[fr.Execute], list[fr.ServerFrame | str]]
-"""The server's answer to one cell: frames, ``"drop"`` (abort the connection there), or any
-other string, sent as it is."""
+Item = fr.ServerFrame | str | tuple[str, ...]
+Script = Callable[[fr.Execute], list[Item]]
+"""The server's answer to one cell: frames, ``"drop"`` (abort the connection there), a
+tuple of strings (sent as the fragments of one message), or any other string, sent as it
+is."""
+
+READY = fr.Ready(session_id="s1", language="python", token="t", limits=LIMITS)
 
 
 def result(cell: str, status: str = "success") -> fr.Result:
@@ -36,7 +41,7 @@ def result(cell: str, status: str = "success") -> fr.Result:
                      execution_time_ms=1.0, memory_used_mb=None, error=None)
 
 
-def echo(request: fr.Execute) -> list[fr.ServerFrame | str]:
+def echo(request: fr.Execute) -> list[Item]:
     """stdout, stderr, a display and the result, as a cell of ``request.code`` would."""
     return [fr.Stream(id=request.id, name="stdout", text=f"out {request.code}\n"),
             fr.Stream(id=request.id, name="stderr", text="err\n"),
@@ -51,7 +56,17 @@ class Server:
 
     url: str
     script: Script = echo
+    opening: list[Item] = field(default_factory=lambda: [READY])
+    """Sent as soon as a client connects, without a pause between them; ``"refuse"`` closes
+    the connection there with code 1008."""
     received: list[str | bytes] = field(default_factory=list)
+
+
+async def send_item(ws: ServerConnection, item: Item) -> None:
+    if isinstance(item, tuple):
+        await ws.send(iter(item))  # one text message in len(item) frames
+    else:
+        await ws.send(item if isinstance(item, str) else fr.encode(item).decode())
 
 
 @contextlib.asynccontextmanager
@@ -59,8 +74,11 @@ async def scripted_server() -> AsyncIterator[Server]:
     server = Server(url="")
 
     async def handler(ws: ServerConnection) -> None:
-        await ws.send(fr.encode(fr.Ready(session_id="s1", language="python", token="t",
-                                         limits=LIMITS)).decode())
+        for item in server.opening:
+            if item == "refuse":
+                await ws.close(1008, "refused")
+                return
+            await send_item(ws, item)
         async for message in ws:
             server.received.append(message)
             frame = fr.decode_client(message)
@@ -70,7 +88,7 @@ async def scripted_server() -> AsyncIterator[Server]:
                 if item == "drop":
                     ws.transport.abort()
                     return
-                await ws.send(item if isinstance(item, str) else fr.encode(item).decode())
+                await send_item(ws, item)
 
     async with serve(handler, "127.0.0.1", 0) as ws_server:
         port = next(iter(ws_server.sockets)).getsockname()[1]
@@ -228,7 +246,7 @@ async def test_concurrent_cells_each_get_their_own_frames(server: Server) -> Non
     gate = asyncio.Event()
     held: list[fr.Execute] = []
 
-    def interleave(request: fr.Execute) -> list[fr.ServerFrame | str]:
+    def interleave(request: fr.Execute) -> list[Item]:
         held.append(request)
         if len(held) < 2:
             return []
@@ -268,3 +286,42 @@ async def test_a_cancelled_execute_leaves_the_session_usable(server: Server) -> 
                 await s.execute("hang")
         async with asyncio.timeout(BOUND):
             assert (await s.execute("next")).status == "success"
+
+
+async def test_a_message_in_fragments_arrives_whole(server: Server) -> None:
+    text = fr.encode(fr.Stream(id="PLACE", name="stdout", text="héllo wörld " * 50)).decode()
+
+    def fragmented(request: fr.Execute) -> list[Item]:
+        whole = text.replace("PLACE", request.id)
+        return [tuple(whole[i:i + 100] for i in range(0, len(whole), 100)), result(request.id)]
+
+    server.script = fragmented
+    async with session(server) as s, asyncio.timeout(BOUND):
+        r = await s.execute("x")
+    assert r.stdout == "héllo wörld " * 50
+
+
+async def test_frames_right_behind_ready_are_not_lost(server: Server) -> None:
+    """Frames that arrive with ``ready``, before the session exists, still reach it."""
+    notice = fr.Error(code="notice", message="right behind ready")
+    early = fr.Stream(id="c-early", name="stdout", text="early")
+    server.opening = [READY, notice, early]
+    async with session(server) as s, asyncio.timeout(BOUND):
+        assert await s.events.get() == notice
+        assert await s.events.get() == early
+        assert (await s.execute("x")).stdout == "out x\nmore\n"
+
+
+async def test_a_refusal_before_ready_raises_with_the_close_code(server: Server) -> None:
+    server.opening = [fr.Error(code="no_capacity", message="full"), "refuse"]
+    with pytest.raises(SessionRefused, match="no_capacity: full") as refused:
+        async with asyncio.timeout(BOUND):
+            await connect(server.url)
+    assert refused.value.close_code == 1008
+
+
+async def test_a_close_before_ready_raises_connection_closed(server: Server) -> None:
+    server.opening = ["refuse"]
+    with pytest.raises(websockets.ConnectionClosed):
+        async with asyncio.timeout(BOUND):
+            await connect(server.url)
