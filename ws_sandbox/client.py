@@ -118,9 +118,9 @@ class CellResult:
 
 
 class _Collector:
-    """Gathers one cell's frames for :meth:`ClientSession.execute`, as the reader sees them.
+    """Gathers one cell's frames for :meth:`ClientSession.execute`, as they arrive.
 
-    The reader task hands each frame straight to it, so a cell costs its caller one wake-up
+    The connection hands each frame straight to it, so a cell costs its caller one wake-up
     (the result), not one per frame.
     """
 
@@ -228,9 +228,10 @@ class ClientSession:
                       on_output: Callable[[fr.Stream], object] | None = None) -> CellResult:
         """Run a cell and collect its output.
 
-        ``on_output`` is called with each ``stream`` frame as it arrives, from the task that
-        reads the connection: it should return quickly. An exception it raises fails this
-        cell's ``execute`` (the cell itself runs on).
+        ``on_output`` is called with each ``stream`` frame as it arrives, from the event
+        loop's callback that reads the connection: it must return quickly and must not
+        block (nothing else is read meanwhile). An exception it raises fails this cell's
+        ``execute`` (the cell itself runs on).
 
         Raises:
             SessionRefused: the server refused the cell (``error`` frame).
