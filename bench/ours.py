@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import threading
 import time
 import urllib.error
@@ -64,20 +65,26 @@ async def cell_round_trip(url: str, language: str, n: int) -> dict[str, float]:
 
 
 async def cell_round_trip_beside(url: str, floor: AttachEcho, n: int, rounds: int = 10
-                                 ) -> tuple[dict[str, float], dict[str, float]]:
+                                 ) -> tuple[dict[str, float], dict[str, float], list[float]]:
     """Python cell round trips and attach-floor round trips, interleaved in ``rounds``.
 
     Both see the same moments of a noisy machine, so their ratio is not decided by which
-    one happened to run while something else did. Returns (cells, floor).
+    one happened to run while something else did. Returns (cells, floor, and each round's
+    ratio of their medians, which shows how far the ratio moves within one run).
     """
     cells: list[float] = []
     floors: list[float] = []
+    ratios: list[float] = []
     async with await connect(url, language="python") as session:
         await _cells(session, "python", 3)
         for _ in range(rounds):
-            floors += await floor.round_trips(max(1, n // rounds))
-            cells += await _cells(session, "python", max(1, n // rounds))
-    return summary(cells), summary(floors)
+            floor_round = await floor.round_trips(max(1, n // rounds))
+            cell_round = await _cells(session, "python", max(1, n // rounds))
+            floors += floor_round
+            cells += cell_round
+            ratios.append(round(statistics.median(cell_round)
+                                / statistics.median(floor_round), 2))
+    return summary(cells), summary(floors), ratios
 
 
 async def _cells(session: ClientSession, language: str, n: int) -> list[float]:
