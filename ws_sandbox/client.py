@@ -281,7 +281,9 @@ class ClientSession:
             return  # an invalid frame came before: nothing after it counts
         try:
             frame = fr.decode_server(data)  # bytes: msgspec checks the UTF-8 as it parses
-        except msgspec.DecodeError as exc:  # not a frame of this protocol: give up
+        # Not a frame of this protocol: give up. msgspec raises RecursionError for JSON nested
+        # too deep; nothing may escape into the connection's data_received.
+        except (msgspec.DecodeError, RecursionError) as exc:
             self.closed = fr.Closed(reason="client_closed",
                                     message=f"the server sent an invalid frame: {exc}")
             self._end_cells(self.closed)
@@ -322,7 +324,8 @@ async def connect(url: str, *, language: str = "python", resume: str | None = No
         language: language of the session.
         resume: a token from an earlier ``ready`` frame, to resume that session.
         api_key: sent as ``Authorization: Bearer``.
-        open_timeout: seconds to wait for the ``ready`` frame.
+        open_timeout: seconds to wait for the handshake, then as long for the ``ready``
+            frame (after a refusal, as long again for the server to close).
         max_size: largest frame accepted from the server.
 
     Raises:
@@ -344,9 +347,13 @@ async def connect(url: str, *, language: str = "python", resume: str | None = No
                 assert ws.protocol.close_exc is not None
                 raise ws.protocol.close_exc
             first = fr.decode_server(ws.pending.pop(0))
-            if isinstance(first, fr.Error):
-                await ws.wait_closed()  # the server closes after a refusal: its code
-                raise SessionRefused(first, ws.close_code)
+        if isinstance(first, fr.Error):
+            # The server closes after a refusal, and its close code says more; one that does
+            # not close is waited for up to open_timeout again, and refused all the same.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(open_timeout):
+                    await ws.wait_closed()
+            raise SessionRefused(first, ws.close_code)
         if not isinstance(first, fr.Ready):
             raise SessionRefused(fr.Error(code="protocol", message=f"got {first!r}"), None)
     except BaseException:

@@ -325,3 +325,27 @@ async def test_a_close_before_ready_raises_connection_closed(server: Server) -> 
     with pytest.raises(websockets.ConnectionClosed):
         async with asyncio.timeout(BOUND):
             await connect(server.url)
+
+
+async def test_json_nested_too_deep_is_an_invalid_frame(server: Server) -> None:
+    """msgspec refuses it with RecursionError, not DecodeError: it must still end the session
+    with its reason (1002 sent), not escape into the connection's callback and drop it."""
+    deep = '{"x": ' + "[" * 5000 + "]" * 5000 + ', "type": "closed", "reason": "idle_timeout"}'
+    server.script = lambda request: [fr.Stream(id=request.id, name="stdout", text="a"), deep]
+    async with session(server) as s:
+        with pytest.raises(SessionClosed) as ended:
+            async with asyncio.timeout(BOUND):
+                await s.execute("x")
+        assert ended.value.closed is not None
+        assert "invalid frame" in ended.value.closed.message
+        async with asyncio.timeout(BOUND):
+            await s.wait_closed()
+        assert s.ws.close_code == 1002
+
+
+async def test_a_refusal_without_a_close_is_still_a_refusal(server: Server) -> None:
+    server.opening = [fr.Error(code="no_capacity", message="full")]  # and no close
+    with pytest.raises(SessionRefused, match="no_capacity: full") as refused:
+        async with asyncio.timeout(BOUND):
+            await connect(server.url, open_timeout=0.5)
+    assert refused.value.close_code is None
