@@ -15,7 +15,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ws_sandbox.exceptions import BadRequest, NotFound
+from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, NotFound
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.rest import JSONBody, body_limit, read_body
 from ws_sandbox.surface import Surface
@@ -58,7 +58,7 @@ async def update_limits(request: Request) -> Response:
     body = await read_body(request, body_limit(1024))
     try:
         update = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise BadRequest(f"invalid limits: {exc}") from None
     changes = {name: getattr(update, name) for name in MUTABLE
                if getattr(update, name) is not msgspec.UNSET}

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ws_sandbox.exceptions import SandboxLost
+from ws_sandbox.exceptions import DECODE_ERRORS, SandboxLost
 
 MAX_AGENT_FRAME = 1024 * 1024
 """Largest frame the service accepts from an agent."""
@@ -139,7 +139,7 @@ class AgentDecoder:
                 break
             try:
                 frames.append(_decoder.decode(bytes(buf[start + 4:end])))
-            except msgspec.DecodeError as exc:
+            except DECODE_ERRORS as exc:
                 raise SandboxLost(f"invalid agent frame: {exc}") from None
             start = end
         if start:

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlencode
 
-import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import DATA_OPCODES, Frame
 from websockets.protocol import Event
 
 from ws_sandbox import frames as fr
+from ws_sandbox.exceptions import DECODE_ERRORS
 
 _ids = itertools.count(1)
 
@@ -281,9 +281,8 @@ class ClientSession:
             return  # an invalid frame came before: nothing after it counts
         try:
             frame = fr.decode_server(data)  # bytes: msgspec checks the UTF-8 as it parses
-        # Not a frame of this protocol: give up. msgspec raises RecursionError for JSON nested
-        # too deep; nothing may escape into the connection's data_received.
-        except (msgspec.DecodeError, RecursionError) as exc:
+        # Not a frame of this protocol: give up (nothing may escape into data_received).
+        except DECODE_ERRORS as exc:
             self.closed = fr.Closed(reason="client_closed",
                                     message=f"the server sent an invalid frame: {exc}")
             self._end_cells(self.closed)

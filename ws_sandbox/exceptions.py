@@ -27,6 +27,8 @@ status and a WebSocket close code, taken from one table: :data:`ERROR_TABLE`.
 
 from __future__ import annotations
 
+import msgspec
+
 
 class SandboxError(Exception):
     """Base class of every error ws_sandbox raises on purpose.
@@ -178,3 +180,10 @@ ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
     ImageMissing: (503, 1011),
     SandboxLost: (503, 1011),
 }
+
+
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, RecursionError)
+"""What msgspec raises for JSON that is not what we expect: ``DecodeError`` (malformed, a
+wrong type, bad UTF-8) and ``RecursionError`` (nested deeper than about 1,000 levels, even
+in a field that would be ignored). Every decoder of input from a client or a sandbox catches
+both, so that neither becomes a 500, a dropped session or a hang."""

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ws_sandbox.exceptions import BadRequest
+from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest
 
 CellId = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
                                      description="Chosen by the client, echoed on every frame")]
@@ -139,7 +139,7 @@ def decode_client(data: str | bytes) -> ClientFrame:
     """
     try:
         return _client_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise BadRequest(f"invalid frame: {exc}") from None
 
 

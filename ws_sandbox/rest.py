@@ -22,6 +22,7 @@ from starlette.responses import Response
 from ws_sandbox import frames as fr
 from ws_sandbox.driver import ClientRequest, CloseRequest
 from ws_sandbox.exceptions import (
+    DECODE_ERRORS,
     ERROR_TABLE,
     BadRequest,
     PayloadTooLarge,
@@ -194,7 +195,7 @@ async def execute(request: Request) -> Response:
     body = await read_body(request, body_limit(manager.settings.max_code_bytes))
     try:
         req = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise BadRequest(f"invalid request body: {exc}") from None
     language = manager.check_language(req.language)
     timeout = validate_cell(manager.limits(), req.code, req.timeout)

@@ -333,6 +333,20 @@ async def start_kernel(service: Service, http: aiohttp.ClientSession,
     return str(model["id"])
 
 
+@pytest.mark.parametrize(("body", "words"), [
+    (b"{not json", "request body is not JSON"),
+    (b'{"name": ' + b"[" * 2000 + b"]" * 2000 + b"}", "request body is not JSON"),  # too deep
+    (b"[1]", "must be a JSON object"),
+])
+async def test_a_bad_kernel_request_body_is_a_400(service: Service, body: bytes,
+                                                  words: str) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+            service.http + "/api/kernels", data=body,
+            headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 400, await response.text()
+        assert words in await response.text()
+
+
 async def test_restart_loses_state(service: Service) -> None:
     async with aiohttp.ClientSession() as http:
         kernel_id = await start_kernel(service, http)

@@ -143,6 +143,9 @@ def test_output_is_capped_with_a_marker(service: Service) -> None:
     (b'{"code": "1", "timeout": 0}', 400, "bad_request", "must be a positive number"),
     (b'{"code": "1", "timeout": -2}', 400, "bad_request", "must be a positive number"),
     (b'{"code": "1", "timeout": 21}', 400, "bad_request", "exceeds the maximum of 20 s"),
+    # msgspec refuses JSON nested this deep with RecursionError, not DecodeError
+    (b'{"code": "1", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "bad_request",
+     "maximum recursion depth exceeded"),
 ])
 def test_bad_requests(service: Service, body: bytes, status: int, code: str,
                       words: str) -> None:

@@ -164,6 +164,8 @@ async def test_sessions_cannot_see_each_other(service: Service) -> None:
     ('{"type": "execute", "id": "c1", "code": 3}', "bad_request"),
     ('{"type": "execute", "id": "c1", "code": "1", "timeout": "soon"}', "bad_request"),
     (b"\x00\xffbinary", "bad_request"),
+    ('{"type": "execute", "id": "c1", "code": "1", "x": ' + "[" * 2000 + "]" * 2000 + "}",
+     "bad_request"),  # nested too deep: msgspec raises RecursionError, not DecodeError
     ('{"type": "execute", "id": "c1", "code": "' + "x" * 1_200_000 + '"}',
      "payload_too_large"),
 ])

@@ -44,6 +44,7 @@ def test_oversized_frame_is_refused_before_it_is_buffered() -> None:
     b'{"t": "done", "id": "c1", "status": "success", "execution_time_ms": -1}',
     b'{"t": "out", "id": "' + b"x" * 200 + b'", "name": "stdout", "text": "x"}',
     b'{"t": "display", "id": "c1", "kind": "display_data", "data": {"a": 1}}',
+    b'{"t": "out", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}",  # RecursionError in msgspec
 ])
 def test_invalid_frames_are_refused(body: bytes) -> None:
     with pytest.raises(SandboxLost):

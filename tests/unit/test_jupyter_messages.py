@@ -31,7 +31,8 @@ def test_decode_minimal_header_only() -> None:
 
 
 @pytest.mark.parametrize("data", ["not json", "[]", '{"content": {}}',
-                                  '{"header": {"msg_id": 3}}'])
+                                  '{"header": {"msg_id": 3}}',
+                                  '{"content": {"x": ' + "[" * 2000 + "]" * 2000 + "}}"])
 def test_decode_refuses_garbage(data: str) -> None:
     with pytest.raises(BadRequest):
         jm.decode(data)

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from ws_sandbox.exceptions import BadRequest
+from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest
 
 PROTOCOL_VERSION = "5.3"
 #: Largest JSON message a client may send: code plus room for the envelope.
@@ -88,7 +88,7 @@ def decode(data: str | bytes) -> Incoming:
         raise BadRequest(f"message of {len(data)} characters is too large")
     try:
         return _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise BadRequest(f"invalid Jupyter message: {exc}") from None
 
 

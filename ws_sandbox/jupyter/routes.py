@@ -90,7 +90,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise BadRequest("request body is not JSON") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
