@@ -106,7 +106,10 @@ def check_origin(settings: Settings, origin: str | None, host: str | None) -> No
     allowed = settings.allowed_origin_list
     if "*" in allowed or origin.rstrip("/") in (o.rstrip("/") for o in allowed):
         return
-    netloc = urlsplit(origin).netloc
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[", say: not a URL, so not this host either
+        netloc = ""
     if host and netloc and netloc.lower() == host.lower():
         return
     raise Forbidden(f"origin {origin} is not allowed; add it to ALLOWED_ORIGINS")

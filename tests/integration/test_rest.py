@@ -336,8 +336,10 @@ async def test_websocket_keys_and_origins(locked: Service) -> None:
     with pytest.raises(websockets.InvalidStatus):
         await connect(locked.url, api_key="wrong")
     url = f"{locked.url}/api/v1/sessions/ws?language=python&api_key=k-auth"
-    with pytest.raises(websockets.InvalidStatus):
-        await websockets.connect(url, origin=websockets.Origin("https://evil.example"))
+    for bad in ("https://evil.example", "http://[", "http://[zz]"):  # the last two: not URLs
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await websockets.connect(url, origin=websockets.Origin(bad))
+        assert info.value.response.status_code == 403, bad
     for origin in ("https://ok.example", locked.http):
         async with websockets.connect(url, origin=websockets.Origin(origin)) as ws:
             ready = json.loads(await ws.recv())

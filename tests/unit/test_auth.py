@@ -51,5 +51,12 @@ def test_origins() -> None:
     check_origin(settings(ALLOWED_ORIGINS="*"), "https://any.example", "h")
 
 
+@pytest.mark.parametrize("origin", ["http://[", "http://[::1", "http://[zz]"])
+def test_an_origin_that_is_not_a_url_is_forbidden_not_a_crash(origin: str) -> None:
+    """urlsplit raises ValueError on these (a 500 before); they are simply not allowed."""
+    with pytest.raises(Forbidden, match="is not allowed"):
+        check_origin(settings(), origin, "localhost:8090")
+
+
 def test_key_identity_does_not_reveal_the_key() -> None:
     assert "secret" not in key_identity("secret-key")
