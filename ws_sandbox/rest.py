@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ws_sandbox import frames as fr
@@ -167,6 +167,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
     Raises:
         PayloadTooLarge: the body (or its announced length) is above ``limit``.
+        BadRequest: the client went away before the whole body came (nobody reads the
+            answer; it keeps the error log for real errors).
     """
     announced = request.headers.get("content-length")
     too_large = PayloadTooLarge(f"request body exceeds {limit} bytes")
@@ -174,11 +176,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadRequest(f"the client disconnected after {size} bytes of the body") from None
     return b"".join(chunks)
 
 

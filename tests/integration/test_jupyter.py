@@ -347,6 +347,20 @@ async def test_a_bad_kernel_request_body_is_a_400(service: Service, body: bytes,
         assert words in await response.text()
 
 
+@pytest.mark.parametrize("path", ["/login", "/api/kernels"])
+async def test_a_body_over_64_kib_is_refused_as_it_streams(service: Service, path: str) -> None:
+    """Chunked, so no length is announced: refused with 413 once 64 KiB have come, not
+    read whole first (a 400 after buffering all of it, before)."""
+    async def chunks() -> Any:
+        for _ in range(40):
+            yield b"x" * 4096
+
+    async with aiohttp.ClientSession() as http, http.post(
+            service.http + path, data=chunks(),
+            headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 413, await response.text()
+
+
 async def test_restart_loses_state(service: Service) -> None:
     async with aiohttp.ClientSession() as http:
         kernel_id = await start_kernel(service, http)

@@ -427,3 +427,20 @@ async def test_admin_api(locked: Service) -> None:
     events = [json.loads(x)["event"] for x in
               Path(locked.env["AUDIT_LOG_PATH"]).read_text().splitlines()]
     assert "admin_limits_changed" in events and "admin_session_ended" in events
+
+
+def test_a_client_gone_mid_body_is_not_an_error_in_the_log(service: Service) -> None:
+    """A body cut short by the client's hang-up ends as a refused request, not as an
+    "unhandled error" with a traceback (nobody reads the answer)."""
+    host, port = service.http.removeprefix("http://").split(":")
+    start = service.log_path.stat().st_size
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                     b'{"code": "print(1)", "lang')
+    # The service reads the hang-up at once; a later call goes through after it.
+    assert call(service, "/api/v1/execute", {"code": "print(2)"})[2]["stdout"] == "2\n"
+    with service.log_path.open("rb") as log:
+        log.seek(start)
+        written = log.read().decode(errors="replace")
+    assert "ClientDisconnect" not in written and "unhandled error" not in written, written

@@ -27,6 +27,7 @@ from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.kernels import KernelRegistry
 from ws_sandbox.jupyter.specs import kernelspecs_model
 from ws_sandbox.manager import SessionManager
+from ws_sandbox.rest import read_body
 from ws_sandbox.websocket import close_quietly
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,7 @@ def _kernel_id(request: Request) -> str:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise BadRequest("request body too large")
+    body = await read_body(request, MAX_BODY_BYTES)
     if not body.strip():
         return {}
     try:
@@ -183,9 +182,7 @@ async def login(request: Request) -> Response:
         response.set_cookie(auth.XSRF_COOKIE, xsrf, path="/", samesite="strict")
         return response
     try:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise BadRequest("request body too large")
+        body = await read_body(request, MAX_BODY_BYTES)
         form = parse_qs(body.decode("utf-8", "replace"))
         given_xsrf = (form.get("_xsrf") or [""])[0] or request.headers.get(auth.XSRF_HEADER)
         if not (xsrf and given_xsrf and given_xsrf == xsrf):
