@@ -14,6 +14,9 @@ calls per client frame, on every cell's path. This protocol keeps reading while 
 :data:`READ_AHEAD_BYTES`; past either bound it stops reading as uvicorn does, so a client that
 outruns the application still meets backpressure with a bounded buffer.
 
+And it answers an upgrade request that websockets could not parse (see
+:meth:`BatchingWebSocketProtocol.data_received`), which uvicorn leaves hanging.
+
 Everything else is uvicorn's ``websockets-sansio`` protocol unchanged. An application that
 does not see the extension in ``scope["extensions"]`` (another server, a test client) sends
 message by message.
@@ -49,6 +52,21 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:  # None: the handshake was refused
             scope["extensions"][SEND_MANY] = {}
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, plus an answer to an upgrade request that websockets refused.
+
+        A request line or header line that is too long (websockets queues a 414 or 431), or
+        bytes that are not HTTP at all (it queues nothing), never become a request event,
+        and uvicorn waits for one: the connection stayed open, unanswered, for good (and a
+        shutdown then failed on it). Here whatever websockets queued is sent and the
+        connection closed, marked as closed so that a shutdown leaves it alone.
+        """
+        super().data_received(data)
+        if self.conn.handshake_exc is not None and not self.close_sent:
+            self.handshake_complete = self.close_sent = True
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
 
     def send_receive_event_to_app(self) -> None:
         """Queue a complete message for the application; pause reading only past the bounds.

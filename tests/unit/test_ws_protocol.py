@@ -474,3 +474,41 @@ async def test_sink_uses_the_extension_in_one_write(batching: Server) -> None:
         assert [fr.decode_server(r.encode()) for r in received] == frames
         await assert_no_message(client)
         await client.close()
+
+
+# ----------------------------------------------------------------- requests websockets refused
+
+
+async def raw_exchange(server: Server, request: bytes) -> bytes:
+    """Send ``request`` on a plain socket; everything the server sends until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(BOUND):
+            return await reader.read()  # to EOF: the server must close
+    finally:
+        writer.close()
+
+
+UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nHost: x\r\n")
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [  # too long a line, too many headers
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + UPGRADE + b"\r\n", b"414"),
+    (b"GET / HTTP/1.1\r\n" + UPGRADE + b"X-Pad: " + b"a" * 9000 + b"\r\n\r\n", b"431"),
+    (b"GET / HTTP/1.1\r\n" + UPGRADE + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+     + b"\r\n", b"431"),
+])
+async def test_a_request_websockets_refused_is_answered_and_closed(
+        batching: Server, request_bytes: bytes, status: bytes) -> None:
+    """uvicorn's HTTP parser takes these and hands them over for the upgrade, where
+    websockets' stricter one refuses them; uvicorn alone then never answered and never
+    closed (the test would time out)."""
+    answer = await raw_exchange(batching, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:100]
+    # The server goes on serving.
+    async with connect(batching.url) as client:
+        conn = await batching.next_connection()
+        await client.send("still here")
+        assert await receive_text(conn) == "still here"
