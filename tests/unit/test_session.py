@@ -349,6 +349,19 @@ def test_client_restart_when_idle() -> None:
     assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["a"]
 
 
+def test_restarts_while_one_is_in_progress_are_part_of_it() -> None:
+    """protocol/spec.md: one ``restarted`` frame answers every restart sent before it."""
+    s = new()
+    s.receive_client('{"type": "restart"}', 1.0)
+    s.receive_client('{"type": "restart"}', 1.1)
+    s.receive_client('{"type": "restart"}', 1.2)
+    assert sent_to_agent(s) == [aw.RestartWorker()]  # one restart of the worker
+    s.receive_agent(aw.Restarted(), 1.3)
+    assert [type(f).__name__ for f in s.frames_to_send()] == ["Restarted"]
+    s.receive_client('{"type": "restart"}', 2.0)  # after it: a restart of its own
+    assert sent_to_agent(s) == [aw.RestartWorker()]
+
+
 def test_restart_that_never_completes_replaces_the_sandbox() -> None:
     s = new()
     s.receive_client('{"type": "restart"}', 1.0)
