@@ -230,6 +230,20 @@ async def test_refused_cell_ends_with_error() -> None:
     assert kernel.execution_state == "idle"
 
 
+@pytest.mark.parametrize("code", [5, ["x = 1"], None])
+async def test_code_that_is_not_a_string_is_an_error_reply(code: Any) -> None:
+    """Run as empty code and answered ``ok`` before; ipykernel fails such a request too."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request(code), conn)
+    assert runner.executes() == []
+    reply = conn.of("execute_reply")[0]["content"]
+    assert reply["status"] == "error"
+    assert reply["ename"] == "TypeError"
+    assert reply["evalue"] == f"'code' must be a string, not {type(code).__name__}"
+    assert conn.of("error")[0]["content"]["ename"] == "TypeError"
+    assert kernel.execution_state == "idle"
+
+
 async def test_kernel_info_and_other_requests() -> None:
     kernel, _, conn = await make_kernel()
     await kernel.handle(jm.decode('{"header": {"msg_id": "k", "msg_type":'

@@ -76,6 +76,8 @@ class _Execution:
     cell_id: str = ""
     count: int = 0
     held_stderr: str | None = None
+    refused: str | None = None
+    """Why the request cannot run (``code`` not a string): it gets an error reply."""
 
 
 class Kernel:
@@ -203,11 +205,15 @@ class Kernel:
     async def _execute_request(self, msg: jm.Incoming, origin: Connection | None) -> None:
         content = msg.content
         code = content.get("code", "")
+        refused = None
         if not isinstance(code, str):
+            refused = f"TypeError: 'code' must be a string, not {type(code).__name__}"
             code = ""
+        # Flags are read for their truth, as ipykernel reads them ("false" is true there too).
         execution = _Execution(parent=msg.header, origin=origin, code=code,
                                silent=bool(content.get("silent", False)),
-                               stop_on_error=bool(content.get("stop_on_error", True)))
+                               stop_on_error=bool(content.get("stop_on_error", True)),
+                               refused=refused)
         if self.dead:
             await self._abort(execution)
             return
@@ -227,6 +233,11 @@ class Kernel:
                 await self._publish("execute_input", {"code": _cut(execution.code),
                                                       "execution_count": execution.count},
                                     execution.parent)
+            if execution.refused is not None:
+                await self._end_current(fr.Result(
+                    id="", status="error", exit_code=None, execution_time_ms=0.0,
+                    memory_used_mb=None, error=execution.refused))
+                continue
             if not execution.code.strip():
                 # Jupyter runs empty code as a no-op; our sessions refuse it.
                 await self._end_current(None)
