@@ -361,6 +361,15 @@ async def test_a_body_over_64_kib_is_refused_as_it_streams(service: Service, pat
         assert response.status == 413, await response.text()
 
 
+async def test_an_open_endpoint_refuses_a_foreign_site_s_kernel(service: Service) -> None:
+    """A cross-site form (text/plain: no preflight) cannot start kernels on an open service."""
+    async with aiohttp.ClientSession() as http, http.post(
+            service.http + "/api/kernels", data=b"{}",
+            headers={"Content-Type": "text/plain", "Origin": "http://evil.example"}) as response:
+        assert response.status == 403, await response.text()
+        assert "origin" in await response.text()
+
+
 async def test_restart_loses_state(service: Service) -> None:
     async with aiohttp.ClientSession() as http:
         kernel_id = await start_kernel(service, http)

@@ -92,6 +92,18 @@ def test_cookie_websocket_checks_origin() -> None:
               websocket=True)
 
 
+def test_open_endpoint_refuses_a_foreign_site_s_writes() -> None:
+    """A cross-site form (text/plain, no preflight) must not start kernels on an open
+    endpoint; clients that are not browsers send no Origin and are let through."""
+    s = settings()
+    assert check(s, creds(), "POST") == "1.2.3.4"
+    assert check(s, creds(origin="http://svc:8090", host="svc:8090"), "POST") == "1.2.3.4"
+    assert check(s, creds(origin="http://evil.example", host="svc:8090")) == "1.2.3.4"  # GET
+    for method in ("POST", "DELETE", "PATCH"):
+        with pytest.raises(Forbidden, match="origin"):
+            check(s, creds(origin="http://evil.example", host="svc:8090"), method)
+
+
 def test_check_password() -> None:
     assert auth.check_password(settings(jupyter_password="pw"), "pw")
     assert not auth.check_password(settings(jupyter_password="pw"), "PW")

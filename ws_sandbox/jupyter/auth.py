@@ -9,7 +9,8 @@
   browser WebSocket authenticated by cookie must come from an allowed origin.
 * With no ``JUPYTER_TOKEN``, ``JUPYTER_PASSWORD`` nor ``API_KEYS`` the endpoint is as open
   as the rest of the service (which then binds to loopback, or was told
-  ``ALLOW_UNAUTHENTICATED``).
+  ``ALLOW_UNAUTHENTICATED``), except to browsers on other sites: a WebSocket, ``POST``,
+  ``PATCH`` or ``DELETE`` whose ``Origin`` is not allowed is refused.
 """
 
 from __future__ import annotations
@@ -153,7 +154,9 @@ def authenticate(settings: Settings, creds: Credentials, *, method: str, websock
             raise Forbidden("'_xsrf' argument missing or not matching the _xsrf cookie")
         return "jupyter-login"
     if is_open(settings):
-        if websocket:
+        # No credentials to forge, so a browser must not act from another site: a page's
+        # cross-site form could otherwise start kernels. Reads stay open (CORS hides them).
+        if websocket or method not in ("GET", "HEAD", "OPTIONS"):
             check_origin(settings, creds.origin, creds.host)
         return address
     raise Unauthorized("a Jupyter token or login is required: send ?token=<token>")
