@@ -521,8 +521,13 @@ class Session:
         else:
             status = done.status
         if done.restarted:
-            note = "the interpreter was restarted; state is lost"
-            error = f"{error}; {note}" if error else note
+            # The agent's own error for a restart already says it was restarted: said once.
+            said = "the interpreter was restarted"
+            if not error:
+                error = said
+            elif said not in error:
+                error = f"{error}; {said}"
+            error = f"{error}; state is lost"
         if done.truncated and not cell.truncated:
             # The agent stopped forwarding at the cap: the marker is still ours to show.
             cell.truncated = True

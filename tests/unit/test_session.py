@@ -349,6 +349,22 @@ def test_client_restart_when_idle() -> None:
     assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["a"]
 
 
+@pytest.mark.parametrize(("agent_error", "error"), [
+    ("the interpreter was restarted", "the interpreter was restarted; state is lost"),
+    (None, "the interpreter was restarted; state is lost"),
+    ("MemoryError", "MemoryError; the interpreter was restarted; state is lost"),
+])
+def test_a_restart_is_said_once_in_the_error(agent_error: str | None, error: str) -> None:
+    s = new()
+    execute(s)
+    s.receive_agent(done(status="interrupted", exit_code=137, error=agent_error,
+                         restarted=True), 0.5)
+    (result,) = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.error == error
+    assert result.state_lost is True
+
+
 def test_restarts_while_one_is_in_progress_are_part_of_it() -> None:
     """protocol/spec.md: one ``restarted`` frame answers every restart sent before it."""
     s = new()
