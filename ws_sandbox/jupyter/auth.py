@@ -31,6 +31,8 @@ LOGIN_COOKIE = "ws_sandbox_jupyter_login"
 XSRF_COOKIE = "_xsrf"
 XSRF_HEADER = "x-xsrftoken"
 LOGIN_MAX_AGE = 12 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that only read: no XSRF token, no origin check."""
 _SALT = "ws_sandbox.jupyter.login.v1"
 
 
@@ -148,7 +150,7 @@ def authenticate(settings: Settings, creds: Credentials, *, method: str, websock
     if creds.login_cookie is not None and LoginSigner(settings).valid(creds.login_cookie):
         if websocket:
             check_origin(settings, creds.origin, creds.host)
-        elif method not in ("GET", "HEAD", "OPTIONS") and not (
+        elif method not in SAFE_METHODS and not (
                 creds.xsrf_cookie and creds.xsrf_header
                 and _equal(creds.xsrf_header, creds.xsrf_cookie)):
             raise Forbidden("'_xsrf' argument missing or not matching the _xsrf cookie")
@@ -156,7 +158,7 @@ def authenticate(settings: Settings, creds: Credentials, *, method: str, websock
     if is_open(settings):
         # No credentials to forge, so a browser must not act from another site: a page's
         # cross-site form could otherwise start kernels. Reads stay open (CORS hides them).
-        if websocket or method not in ("GET", "HEAD", "OPTIONS"):
+        if websocket or method not in SAFE_METHODS:
             check_origin(settings, creds.origin, creds.host)
         return address
     raise Unauthorized("a Jupyter token or login is required: send ?token=<token>")
