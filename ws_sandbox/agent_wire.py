@@ -85,7 +85,10 @@ class Done(AgentFrame, tag="done"):
 
     id: _Id
     status: Literal["success", "error", "interrupted", "killed"]
-    exit_code: int | None = None
+    # A process's exit status fits in 32 bits; a larger number (forged by user code on the
+    # worker's control pipe, which the agent copies as written) would not fit the history's
+    # INTEGER column and failed the insert of every row in its batch.
+    exit_code: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] | None = None
     execution_time_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     memory_used_mb: Annotated[float, msgspec.Meta(ge=0)] | None = None
     error: Annotated[str, msgspec.Meta(max_length=4096)] | None = None

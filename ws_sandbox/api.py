@@ -41,7 +41,7 @@ async def prometheus(request: Request) -> Response:
     surface: Surface = request.app.state.surface
     text = metrics.render(surface.stats, sessions=manager.active,
                           queued_cells=_queued(manager), pool=manager.pool.state(),
-                          rate_limited=surface.limiter.refused)
+                          rate_limited=surface.limiter.refused, stores=surface.stores())
     return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
 
 

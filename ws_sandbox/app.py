@@ -35,7 +35,8 @@ async def health(request: Request) -> JSONResponse:
     info = await manager.backend.info()
     pool = manager.pool.state()
     runtime = info.runtime_in_use(settings.container_runtime)
-    problems = info.problems(settings.container_runtime)
+    surface: Surface = request.app.state.surface
+    problems = info.problems(settings.container_runtime) + surface.problems()
     ok = info.reachable and info.image_present and not problems and (
         not settings.container_runtime or settings.container_runtime in info.runtimes)
     body = {
@@ -69,33 +70,38 @@ def create_app(settings: Settings) -> Starlette:
         app.state.started = time.monotonic()
         async with DockerBackend(settings) as backend:
             try:
-                removed = await backend.remove_orphans()
-                if removed:
-                    log.info("removed %d containers left by an earlier run", removed)
-            except EngineUnavailable as exc:
-                log.error("Docker engine unavailable at start-up: %s", exc.message)
-            problems = (await backend.info()).problems(settings.container_runtime)
-            if problems:
-                raise ConfigError("refusing to start: " + "; ".join(problems))
-            async with WarmPool(backend, settings.enabled_languages,
-                                settings.pool_size) as pool:
-                manager = SessionManager(settings, backend, pool)
-                app.state.manager = manager
-                # The surface outlives the sessions: cells ending at shutdown are recorded.
+                try:
+                    removed = await backend.remove_orphans()
+                    if removed:
+                        log.info("removed %d containers left by an earlier run", removed)
+                except EngineUnavailable as exc:
+                    log.error("Docker engine unavailable at start-up: %s", exc.message)
+                problems = (await backend.info()).problems(settings.container_runtime)
+                if problems:
+                    raise ConfigError("refusing to start: " + "; ".join(problems))
+                # The surface first: a bad AUDIT_LOG_PATH or HISTORY_DB_PATH stops the start
+                # before a sandbox is made. It outlives the sessions: cells ending at
+                # shutdown are recorded.
                 async with Surface(settings) as surface:
                     app.state.surface = surface
                     app.state.limiter = surface.limiter
-                    manager.add_cell_observer(surface.observe)
-                    try:
-                        yield
-                    finally:
-                        await manager.shutdown(settings.shutdown_timeout)
-            # Whatever this process still owns goes now (a sandbox mid-replacement, say).
-            try:
-                for cid in await backend.list_ours(all_processes=False):
-                    await backend.remove(cid)
-            except EngineUnavailable as exc:
-                log.error("cannot sweep containers at shutdown: %s", exc.message)
+                    async with WarmPool(backend, settings.enabled_languages,
+                                        settings.pool_size) as pool:
+                        manager = SessionManager(settings, backend, pool)
+                        app.state.manager = manager
+                        manager.add_cell_observer(surface.observe)
+                        try:
+                            yield
+                        finally:
+                            await manager.shutdown(settings.shutdown_timeout)
+            finally:
+                # Whatever this process still owns goes now, at a failed start too (a
+                # sandbox mid-replacement, one whose creation was cancelled).
+                try:
+                    for cid in await backend.list_ours(all_processes=False):
+                        await backend.remove(cid)
+                except EngineUnavailable as exc:
+                    log.error("cannot sweep containers at shutdown: %s", exc.message)
 
     routes = [
         WebSocketRoute("/api/v1/sessions/ws", session_endpoint),

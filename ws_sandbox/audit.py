@@ -1,22 +1,32 @@
 """The audit log: one JSON line per execution, REST call or session cell alike.
 
 Lines are handed to a dedicated writer thread through a queue, so the event loop never
-waits on the disk; the thread writes whatever has accumulated, flushes, and rotates the file
-by size (``audit.log`` -> ``audit.log.1`` ... ``audit.log.N``). Closing the log (the
-service's shutdown) drains the queue first: no line is lost. Admin actions are audited too,
-as lines with an ``event`` field.
+waits on the disk; the thread writes whatever has accumulated and rotates the file by size
+(``audit.log`` -> ``audit.log.1`` ... ``audit.log.N``). Closing the log (the service's
+shutdown) drains the queue first: no line is lost. Admin actions are audited too, as lines
+with an ``event`` field.
+
+A write that fails (a full disk, a directory in the way of a rotation) does not stop the
+writer: the lines wait in memory, in order, and are tried again every ``RETRY_INTERVAL``
+seconds and with each new batch; :attr:`AuditLog.error` says why meanwhile (the health
+check reports it). The writer counts the bytes that reached the file, so a line cut short
+by a full disk is finished, not written twice. Beyond ``MAX_WAITING_BYTES`` the oldest
+waiting lines are dropped and counted; lines still waiting at close go to the service's own
+log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import os
 import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgspec
 
@@ -28,6 +38,11 @@ log = logging.getLogger(__name__)
 _STOP = object()
 FLUSH_INTERVAL = 0.1
 """Seconds lines wait in the event loop before the writer thread takes them as a batch."""
+RETRY_INTERVAL = 1.0
+"""Seconds between attempts while the file cannot be written."""
+MAX_WAITING_BYTES = 64 << 20
+"""Lines held in memory while the file cannot be written; beyond this the oldest are dropped."""
+FILE_MODE = 0o640
 _encoder = msgspec.json.Encoder()
 
 
@@ -47,11 +62,27 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.backups = backups
         self.lines_written = 0
+        self.write_errors = 0
+        """Failed attempts to write or rotate the file."""
+        self.lines_dropped = 0
+        """Lines dropped because too many waited for a file that could not be written."""
+        self.error: str | None = None
+        """Why lines are waiting (the last failure), or ``None`` while the file is written."""
         self._queue: queue.SimpleQueue[list[bytes] | object] = queue.SimpleQueue()
         self._batcher: Batcher[bytes] = Batcher(self._queue.put, FLUSH_INTERVAL)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._closed = False
-        self._stream: BinaryIO
+        # Owned by the writer thread once it runs:
+        self._waiting: collections.deque[bytes] = collections.deque()
+        self._waiting_bytes = 0
+        self._offset = 0  # bytes of the first waiting line already in the file
+        self._fd = -1
+        self._size = 0  # the file's size as this writer knows it
+
+    @property
+    def lines_waiting(self) -> int:
+        """Lines taken from the queue and not yet in the file."""
+        return len(self._waiting)
 
     async def __aenter__(self) -> AuditLog:
         self.start()
@@ -61,9 +92,13 @@ class AuditLog:
         await self.close()
 
     def start(self) -> None:
-        """Open the file (here, so a bad path stops the start-up) and start the writer."""
+        """Open the file (here, so a bad path stops the start-up) and start the writer.
+
+        Raises:
+            OSError: the directory cannot be made or the file cannot be opened.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._stream = self.path.open("ab")
+        self._open()
         self._thread.start()
 
     async def close(self) -> None:
@@ -109,43 +144,94 @@ class AuditLog:
     # --- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
-        stream = self._stream
-        try:
-            while True:
-                item = self._queue.get()
-                batch: list[bytes] = []
-                stop = item is _STOP
-                if not stop:
+        stop = False
+        while not stop:
+            try:
+                item = self._queue.get(timeout=RETRY_INTERVAL if self._waiting else None)
+            except queue.Empty:
+                item = None  # time to try the waiting lines again
+            while item is not None:  # take what else is waiting: one pass per burst
+                if item is _STOP:
+                    stop = True
+                else:
                     assert isinstance(item, list)
-                    batch.extend(item)
-                while not stop:  # take what else is waiting: one flush per burst
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is _STOP:
-                        stop = True
-                    else:
-                        assert isinstance(more, list)
-                        batch.extend(more)
-                for line in batch:
-                    stream = self._write(stream, line)
-                stream.flush()
-                if stop:
-                    return
-        except Exception:
-            log.exception("the audit writer failed")
-        finally:
-            stream.close()
+                    self._take(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            try:
+                self._write_waiting()
+            except Exception as exc:  # a bug must not end the audit: report it, try again
+                log.exception("the audit writer failed")
+                self._failed(exc)
+        if self._waiting:
+            log.error("%d audit lines could not be written to %s (%s); they follow",
+                      len(self._waiting), self.path, self.error)
+            for line in self._waiting:
+                log.error("audit line not written: %s", line.decode(errors="replace").rstrip())
+        self._close_file()
 
-    def _write(self, stream: BinaryIO, line: bytes) -> BinaryIO:
-        if stream.tell() and stream.tell() + len(line) > self.max_bytes:
-            stream.close()
-            rotate(self.path, self.backups)
-            stream = self.path.open("ab")
-        stream.write(line)
-        self.lines_written += 1
-        return stream
+    def _take(self, batch: list[bytes]) -> None:
+        self._waiting.extend(batch)
+        self._waiting_bytes += sum(map(len, batch))
+        dropped = 0
+        while self._waiting_bytes > MAX_WAITING_BYTES and len(self._waiting) > 1:
+            # The first line may be partly written already: drop the one after it.
+            index = 1 if self._offset else 0
+            self._waiting_bytes -= len(self._waiting[index])
+            del self._waiting[index]
+            dropped += 1
+        if dropped:
+            self.lines_dropped += dropped
+            log.error("%d audit lines dropped: more than %d bytes wait for %s (%s)",
+                      dropped, MAX_WAITING_BYTES, self.path, self.error)
+
+    def _write_waiting(self) -> None:
+        """Write the waiting lines in order; on a failure, keep the rest for the next try."""
+        waiting = self._waiting
+        while waiting:
+            line = waiting[0]
+            try:
+                if self._fd < 0:
+                    self._open()
+                if not self._offset and self._size and self._size + len(line) > self.max_bytes:
+                    self._close_file()
+                    rotate(self.path, self.backups)
+                    self._open()
+                written = os.write(self._fd, memoryview(line)[self._offset:])
+            except OSError as exc:
+                self._failed(exc)
+                return
+            self._size += written
+            self._offset += written
+            if self._offset == len(line):
+                waiting.popleft()
+                self._waiting_bytes -= len(line)
+                self._offset = 0
+                self.lines_written += 1
+        if self.error is not None:
+            log.warning("the audit log %s is written again", self.path)
+            self.error = None
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                           FILE_MODE)
+        self._size = os.fstat(self._fd).st_size
+
+    def _failed(self, exc: Exception) -> None:
+        self.write_errors += 1
+        if self.error is None:
+            log.error("cannot write the audit log %s: %s; %d lines wait, tried again every"
+                      " %g s", self.path, exc, len(self._waiting), RETRY_INTERVAL)
+        self.error = str(exc)
+        self._close_file()  # reopened on the next try: the path may have been fixed or moved
+
+    def _close_file(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def rotate(path: Path, backups: int) -> None:

@@ -182,8 +182,10 @@ ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
 }
 
 
-DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, RecursionError)
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 """What msgspec raises for JSON that is not what we expect: ``DecodeError`` (malformed, a
-wrong type, bad UTF-8) and ``RecursionError`` (nested deeper than about 1,000 levels, even
-in a field that would be ignored). Every decoder of input from a client or a sandbox catches
-both, so that neither becomes a 500, a dropped session or a hang."""
+wrong type, bad UTF-8 outside a string), ``RecursionError`` (nested deeper than about 1,000
+levels, even in a field that would be ignored) and ``UnicodeDecodeError`` (bad UTF-8 inside a
+string or a key). Every decoder of input from a client or a sandbox catches all three, so
+that none becomes a 500, a dropped session or a hang."""

@@ -5,11 +5,19 @@ never blocks on the disk and writes and reads keep their order (a call can read 
 execution as soon as it has its result). Outputs are stored cut to
 ``HISTORY_OUTPUT_BYTES``. Rows older than ``HISTORY_RETENTION_DAYS`` or beyond
 ``HISTORY_MAX_ROWS`` are deleted as new ones arrive.
+
+A write that fails (a full disk, a locked or broken database) keeps its rows: they wait, in
+order, and are written with the next batch, before the next read and at close;
+:attr:`History.error` says why meanwhile (the health check reports it). Beyond
+``MAX_WAITING_ROWS`` the oldest waiting rows are dropped and counted. A row the database
+refuses for its own content (not a failure of the database) is dropped alone, with its id in
+the log, so that it cannot take the rows beside it down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -49,12 +57,16 @@ CREATE INDEX IF NOT EXISTS executions_finished ON executions (finished_at);
 CREATE INDEX IF NOT EXISTS executions_status ON executions (status, seq);
 CREATE INDEX IF NOT EXISTS executions_language ON executions (language, seq);
 """
+log = logging.getLogger(__name__)
+
 _COLUMNS = tuple(ExecutionRecord.__struct_fields__)
 #: Columns of a list entry: everything but the outputs.
 SUMMARY_COLUMNS = tuple(c for c in _COLUMNS if c not in ("stdout", "stderr"))
 PRUNE_EVERY = 100
 FLUSH_INTERVAL = 0.1
 """Seconds rows wait in the event loop before the database thread takes them as a batch."""
+MAX_WAITING_ROWS = 10_000
+"""Rows held in memory while the database cannot be written; beyond this the oldest go."""
 T = TypeVar("T")
 
 
@@ -95,9 +107,21 @@ class History:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="history")
         self._db: sqlite3.Connection | None = None
         self._inserted = 0
+        self.write_errors = 0
+        """Failed attempts to write rows."""
+        self.rows_dropped = 0
+        """Rows dropped: too many waited, or the database refused their content."""
+        self.error: str | None = None
+        """Why rows are waiting (the last failure), or ``None`` while the database is written."""
+        self._waiting: list[ExecutionRecord] = []  # the database thread's
         self._batcher: Batcher[ExecutionRecord] = Batcher(
             lambda batch: self._executor.submit(self._insert_many, batch), FLUSH_INTERVAL)
         self._closed = False
+
+    @property
+    def rows_waiting(self) -> int:
+        """Rows handed to the database thread and not yet written."""
+        return len(self._waiting)
 
     async def __aenter__(self) -> History:
         await self._call(self._open)
@@ -161,6 +185,11 @@ class History:
 
     def _close(self) -> None:
         if self._db is not None:
+            self._write_waiting()
+            if self._waiting:
+                log.error("%d executions could not be written to the history %s (%s): %s",
+                          len(self._waiting), self.path, self.error,
+                          ", ".join(r.execution_id for r in self._waiting))
             self._db.close()
             self._db = None
 
@@ -169,6 +198,58 @@ class History:
         return self._db
 
     def _insert_many(self, records: Sequence[ExecutionRecord]) -> None:
+        self._waiting.extend(records)
+        excess = len(self._waiting) - MAX_WAITING_ROWS
+        if excess > 0:
+            dropped, self._waiting = self._waiting[:excess], self._waiting[excess:]
+            self.rows_dropped += excess
+            log.error("%d executions dropped from the history: more than %d wait for %s"
+                      " (%s): %s", excess, MAX_WAITING_ROWS, self.path, self.error,
+                      ", ".join(r.execution_id for r in dropped))
+        self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        """Insert the waiting rows in one transaction; on a failure, keep them."""
+        if not self._waiting:
+            return
+        written = len(self._waiting)
+        try:
+            try:
+                self._insert(self._waiting)
+            except sqlite3.Error:
+                raise
+            except Exception:  # a row the database cannot take (a bug): drop it alone
+                log.exception("the history refused a batch; inserting its rows one by one")
+                while self._waiting:
+                    try:
+                        self._insert(self._waiting[:1])
+                    except sqlite3.Error:
+                        raise
+                    except Exception as exc:
+                        written -= 1
+                        self.rows_dropped += 1
+                        log.error("execution %s dropped from the history: %s",
+                                  self._waiting[0].execution_id, exc)
+                    del self._waiting[0]
+        except sqlite3.Error as exc:  # the database's trouble: the rows wait for the next try
+            self.write_errors += 1
+            if self.error is None:
+                log.error("cannot write the history %s: %s; %d executions wait, tried again"
+                          " with the next batch or read", self.path, exc, len(self._waiting))
+            self.error = str(exc)
+            return
+        self._waiting = []
+        if self.error is not None:
+            log.warning("the history %s is written again", self.path)
+            self.error = None
+        before, self._inserted = self._inserted, self._inserted + written
+        if before // PRUNE_EVERY != self._inserted // PRUNE_EVERY:
+            try:
+                self._prune(time.time())
+            except sqlite3.Error as exc:
+                log.error("cannot prune the history %s: %s", self.path, exc)
+
+    def _insert(self, records: Sequence[ExecutionRecord]) -> None:
         db = self._conn()
         with db:  # one transaction per batch
             db.execute("BEGIN")
@@ -176,9 +257,6 @@ class History:
                 f"INSERT OR REPLACE INTO executions ({', '.join(_COLUMNS)})"
                 f" VALUES ({', '.join('?' * len(_COLUMNS))})",
                 [[getattr(r, c) for c in _COLUMNS] for r in records])
-        before, self._inserted = self._inserted, self._inserted + len(records)
-        if before // PRUNE_EVERY != self._inserted // PRUNE_EVERY:
-            self._prune(time.time())
 
     def _prune(self, now: float) -> int:
         db = self._conn()
@@ -191,6 +269,7 @@ class History:
         return int(deleted)
 
     def _get(self, execution_id: str) -> dict[str, Any] | None:
+        self._write_waiting()  # a read sees every execution recorded before it
         row = self._conn().execute(
             f"SELECT {', '.join(_COLUMNS)} FROM executions WHERE execution_id = ?",
             (execution_id,)).fetchone()
@@ -198,6 +277,7 @@ class History:
 
     def _list(self, status: str | None, language: str | None, limit: int,
               offset: int) -> ExecutionPage:
+        self._write_waiting()
         where, args = [], []
         if status:
             where.append("status = ?")

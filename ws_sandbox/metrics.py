@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from ws_sandbox.stats import BUCKETS, Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class StoreState(NamedTuple):
+    """How one record store (the audit log, the history) keeps up with its writes."""
+
+    write_errors: int
+    waiting: int
+    dropped: int
 
 
 def _escape(value: str) -> str:
@@ -27,7 +36,8 @@ def _family(name: str, kind: str, doc: str,
 
 
 def render(stats: Stats, *, sessions: int, queued_cells: int,
-           pool: Mapping[str, Mapping[str, int | str | None]], rate_limited: int) -> str:
+           pool: Mapping[str, Mapping[str, int | str | None]], rate_limited: int,
+           stores: Mapping[str, StoreState] | None = None) -> str:
     """The service's metrics as Prometheus text."""
     lines: list[str] = []
     lines += _family("ws_sandbox_executions_total", "counter",
@@ -58,6 +68,16 @@ def render(stats: Stats, *, sessions: int, queued_cells: int,
     target = [("", {"language": lang}, float(int(p.get("target") or 0)))
               for lang, p in sorted(pool.items())]
     lines += _family("ws_sandbox_pool_target", "gauge", "Warm sandboxes wanted", target)
+    stores = stores or {}
+    lines += _family("ws_sandbox_record_write_errors_total", "counter",
+                     "Failed writes of the audit log or the history (their records wait)",
+                     [("", {"store": k}, v.write_errors) for k, v in sorted(stores.items())])
+    lines += _family("ws_sandbox_records_waiting", "gauge",
+                     "Records waiting in memory for their store to be writable again",
+                     [("", {"store": k}, v.waiting) for k, v in sorted(stores.items())])
+    lines += _family("ws_sandbox_records_dropped_total", "counter",
+                     "Records dropped: too many waited, or the store refused their content",
+                     [("", {"store": k}, v.dropped) for k, v in sorted(stores.items())])
     lines += _family("ws_sandbox_uptime_seconds", "gauge", "Seconds since start",
                      [("", {}, round(stats.uptime_s, 3))])
     return "\n".join(lines) + "\n"

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 from types import TracebackType
 
 from ws_sandbox.audit import AuditLog
 from ws_sandbox.driver import SessionRunner
+from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.history import History
+from ws_sandbox.metrics import StoreState
 from ws_sandbox.ratelimit import RateLimiter
 from ws_sandbox.records import record_of
 from ws_sandbox.session import CellFinished
@@ -44,15 +47,45 @@ class Surface:
     async def __aenter__(self) -> Surface:
         async with contextlib.AsyncExitStack() as stack:
             if self.audit is not None:
-                await stack.enter_async_context(self.audit)
+                try:
+                    await stack.enter_async_context(self.audit)
+                except OSError as exc:
+                    raise ConfigError(f"AUDIT_LOG_PATH={self.audit.path}: cannot open it"
+                                      f" ({exc.strerror or exc})") from exc
             if self.history is not None:
-                await stack.enter_async_context(self.history)
+                try:
+                    await stack.enter_async_context(self.history)
+                except (OSError, sqlite3.Error) as exc:
+                    raise ConfigError(f"HISTORY_DB_PATH={self.history.path}: cannot open it"
+                                      f" as a database ({exc})") from exc
             self._stack = stack.pop_all()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self._stack.aclose()
+
+    def problems(self) -> list[str]:
+        """What keeps executions from being recorded right now (for the health check)."""
+        found = []
+        if self.audit is not None and self.audit.error is not None:
+            found.append(f"the audit log cannot be written ({self.audit.error});"
+                         f" {self.audit.lines_waiting} lines wait")
+        if self.history is not None and self.history.error is not None:
+            found.append(f"the history cannot be written ({self.history.error});"
+                         f" {self.history.rows_waiting} executions wait")
+        return found
+
+    def stores(self) -> dict[str, StoreState]:
+        """The audit log's and the history's write state, by name (for the metrics)."""
+        found = {}
+        if self.audit is not None:
+            found["audit"] = StoreState(self.audit.write_errors, self.audit.lines_waiting,
+                                        self.audit.lines_dropped)
+        if self.history is not None:
+            found["history"] = StoreState(self.history.write_errors,
+                                          self.history.rows_waiting, self.history.rows_dropped)
+        return found
 
     def observe(self, runner: SessionRunner, finished: CellFinished) -> None:
         """The cell observer: record one finished execution everywhere."""

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,15 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.integration.conftest import Service, ServiceFactory, running_service
+from tests.conftest import RUNTIME_IMAGE
+from tests.integration.conftest import (
+    LABEL_INSTANCE,
+    Service,
+    ServiceFactory,
+    docker_ids,
+    free_port,
+    running_service,
+)
 from ws_sandbox.client import SessionRefused, connect
 
 pytestmark = pytest.mark.docker
@@ -146,6 +159,8 @@ def test_output_is_capped_with_a_marker(service: Service) -> None:
     # msgspec refuses JSON nested this deep with RecursionError, not DecodeError
     (b'{"code": "1", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "bad_request",
      "maximum recursion depth exceeded"),
+    # bad UTF-8 inside a string: msgspec raises UnicodeDecodeError (was a 500)
+    (b'{"code": "print(1)#\xff"}', 400, "bad_request", "can't decode byte 0xff"),
 ])
 def test_bad_requests(service: Service, body: bytes, status: int, code: str,
                       words: str) -> None:
@@ -292,6 +307,58 @@ async def test_audit_has_one_line_per_execution_and_history_survives_restart(
         assert shell["total"] == 6
 
 
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_an_audit_log_that_cannot_be_written_is_reported_and_catches_up(
+        make_service: ServiceFactory, tmp_path: Path) -> None:
+    # The file is full, and a directory stands where its rotation must go: every write
+    # fails, as on a full disk. The writer thread used to die on the first failure, and no
+    # later execution was audited while health said "ok".
+    audit = tmp_path / "audit.log"
+    audit.write_text(json.dumps({"event": "padding", "pad": "x" * 4000}) + "\n")
+    blocker = tmp_path / "audit.log.1"
+    (blocker / "x").mkdir(parents=True)
+    with make_service(AUDIT_LOG_PATH=str(audit), AUDIT_LOG_MAX_BYTES="4096",
+                      AUDIT_LOG_BACKUPS="1") as svc:
+        ids = [run(svc, f"print({n})")["execution_id"] for n in range(3)]
+        wait_until(lambda: svc.get("/api/v1/health")[0] == 503, "health to report it")
+        _, health = svc.get("/api/v1/health")
+        problems = health["problems"]
+        assert isinstance(problems, list) and len(problems) == 1
+        problem = str(problems[0])
+        assert "the audit log cannot be written" in problem and "audit.log.1" in problem
+        wait_until(lambda: 'ws_sandbox_records_waiting{store="audit"} 3' in
+                   call(svc, "/metrics")[2], "the metrics to count three lines waiting")
+        assert 'ws_sandbox_records_waiting{store="history"} 0' in call(svc, "/metrics")[2]
+        shutil.rmtree(blocker)  # fixed: the waiting lines go out on the next try
+        wait_until(lambda: svc.get("/api/v1/health")[0] == 200, "the audit to catch up")
+        ids.append(run(svc, "print(3)")["execution_id"])
+    lines = [json.loads(x) for p in (blocker, audit) for x in p.read_text().splitlines()]
+    assert [x["execution_id"] for x in lines if x["event"] == "execution"] == ids
+
+
+@pytest.mark.parametrize("setting", ["AUDIT_LOG_PATH", "HISTORY_DB_PATH"])
+def test_a_store_that_cannot_be_opened_stops_the_start_and_makes_no_sandbox(
+        tmp_path: Path, setting: str) -> None:
+    # A directory where the file should be. The history used to fail after the warm pool
+    # had started filling, and left its sandboxes behind in "Created".
+    instance = f"wsb-test-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "SANDBOX_PORT": str(free_port()), "INSTANCE_NAME": instance,
+           "POOL_SIZE": "2", "CONTAINER_IMAGE": RUNTIME_IMAGE,
+           "AUDIT_LOG_PATH": str(tmp_path / "audit.log"),
+           "HISTORY_DB_PATH": str(tmp_path / "history.sqlite3"), setting: str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "ws_sandbox", "serve"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert f"{setting}={tmp_path}: cannot open it" in done.stderr, done.stderr[-3000:]
+    assert docker_ids(f"label={LABEL_INSTANCE}={instance}") == []
+
+
 # --- keys, origins, rate limits, capacity, admin: one locked-down service ------------------
 
 
@@ -405,6 +472,9 @@ async def test_admin_api(locked: Service) -> None:
     status, _, err = call(locked, "/api/v1/admin/limits", {"max_memory_mb": 1},
                           method="PATCH", headers=admin)
     assert status == 400  # not changeable at run time
+    status, _, err = call(locked, "/api/v1/admin/limits", b'{"\xff": 1}', method="PATCH",
+                          headers=admin)  # bad UTF-8 in a key: UnicodeDecodeError (was a 500)
+    assert status == 400 and "can't decode byte 0xff" in err["error"]["message"]
     status, _, limits = call(locked, "/api/v1/admin/limits", {"max_execution_time": 12},
                              method="PATCH", headers=admin)
     assert status == 200 and limits["max_execution_time"] == 12.0

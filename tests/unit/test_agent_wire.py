@@ -45,6 +45,9 @@ def test_oversized_frame_is_refused_before_it_is_buffered() -> None:
     b'{"t": "out", "id": "' + b"x" * 200 + b'", "name": "stdout", "text": "x"}',
     b'{"t": "display", "id": "c1", "kind": "display_data", "data": {"a": 1}}',
     b'{"t": "out", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}",  # RecursionError in msgspec
+    b'{"t": "out", "id": "c1", "name": "stdout", "text": "\xff"}',  # UnicodeDecodeError
+    b'{"t": "done", "id": "c1", "status": "error", "exit_code": 99999999999999999999999}',
+    b'{"t": "done", "id": "c1", "status": "error", "exit_code": -2147483649}',
 ])
 def test_invalid_frames_are_refused(body: bytes) -> None:
     with pytest.raises(SandboxLost):
@@ -67,3 +70,10 @@ def test_garbage_never_escapes_as_anything_but_sandbox_lost(garbage: bytes) -> N
         return
     assert all(isinstance(f, aw.AgentFrame) for f in frames)
     assert decoder.buffered <= 4 + 4096
+
+
+@pytest.mark.parametrize("code", [-(2**31), -9, 0, 137, 2**31 - 1])
+def test_exit_codes_that_fit_32_bits_pass(code: int) -> None:
+    (done,) = aw.AgentDecoder().feed(frame({"t": "done", "id": "c1", "status": "error",
+                                            "exit_code": code}))
+    assert isinstance(done, aw.Done) and done.exit_code == code

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from ws_sandbox import audit as audit_module
 from ws_sandbox.audit import AuditLog, rotate
 from ws_sandbox.records import ExecutionRecord
 
@@ -57,3 +65,91 @@ def test_rotate_with_no_backups_drops_the_file(tmp_path: Path) -> None:
     path.write_text("x\n")
     rotate(path, 0)
     assert not path.exists()
+
+
+def lines_of(*paths: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for p in paths for line in p.read_text().splitlines()]
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_failed_rotation_keeps_the_lines_and_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A non-empty directory where the rotation must put audit.log.1: every rotation fails,
+    # as with a full disk. The writer used to die on it, and every later line was lost.
+    monkeypatch.setattr(audit_module, "RETRY_INTERVAL", 0.05)
+    path = tmp_path / "audit.log"
+    blocker = tmp_path / "audit.log.1"
+    (blocker / "x").mkdir(parents=True)
+    async with AuditLog(path, max_bytes=6000, backups=1) as audit:  # ~18 lines a file
+        for n in range(20):
+            audit.record(record(n))
+        audit.event("admin_limits_changed", changes={})  # handed over at once
+        await wait_for(lambda: audit.error is not None)
+        assert audit.error is not None and "audit.log.1" in audit.error
+        assert audit.lines_waiting > 0 and audit.write_errors >= 1
+        errors = audit.write_errors
+        await wait_for(lambda: audit.write_errors > errors)  # tried again on its own
+        shutil.rmtree(blocker)
+        await wait_for(lambda: audit.error is None)  # no new line needed
+        for n in range(20, 30):
+            audit.record(record(n))
+    assert audit.lines_waiting == 0 and audit.lines_dropped == 0
+    got = lines_of(blocker, path)
+    ids = [x.get("execution_id", x["event"]) for x in got]
+    assert ids == [f"e{n}" for n in range(20)] + ["admin_limits_changed"] + \
+        [f"e{n}" for n in range(20, 30)]
+
+
+async def test_a_line_cut_short_by_a_full_disk_is_finished_not_repeated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_module, "RETRY_INTERVAL", 0.05)
+    path = tmp_path / "audit.log"
+    real_write = os.write
+    calls = 0
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        nonlocal calls
+        if os.readlink(f"/proc/self/fd/{fd}") != str(path):
+            return real_write(fd, data)  # not the audit writer's
+        calls += 1
+        if calls == 3:
+            return real_write(fd, bytes(data)[:7])  # a short write, then ENOSPC
+        if 4 <= calls <= 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    async with AuditLog(path, max_bytes=10_000_000, backups=1) as audit:
+        for n in range(10):
+            audit.record(record(n))
+        await wait_for(lambda: audit.write_errors == 3 and audit.error is None)
+    assert [x["execution_id"] for x in lines_of(path)] == [f"e{n}" for n in range(10)]
+    assert audit.lines_written == 10
+
+
+async def test_lines_beyond_the_bound_are_dropped_oldest_first_and_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(audit_module, "MAX_WAITING_BYTES", 2000)
+    path = tmp_path / "audit.log"
+    audit = AuditLog(path, max_bytes=10_000_000, backups=1)
+    audit.start()
+    path.unlink()
+    path.mkdir()  # every reopen fails from now on
+    audit._close_file()  # as after a failure: the next write reopens
+    for n in range(40):
+        audit.record(record(n))
+    await audit.close()
+    assert audit.lines_dropped > 0
+    assert audit.lines_dropped + audit.lines_waiting == 40
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("audit lines dropped" in m for m in logged)
+    # The lines left at close go to the service's log, newest last: nothing silently lost.
+    not_written = [m for m in logged if m.startswith("audit line not written")]
+    assert len(not_written) == audit.lines_waiting
+    assert '"execution_id":"e39"' in not_written[-1]

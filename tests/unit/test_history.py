@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import msgspec
+import pytest
 
 from ws_sandbox.history import History
 from ws_sandbox.records import ExecutionRecord
@@ -70,3 +76,58 @@ async def test_retention_by_age_and_by_rows(tmp_path: Path) -> None:
         page = await h.list()
     assert deleted == 3
     assert [i["execution_id"] for i in page.items] == ["e5", "e4", "e3"]
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_rows_wait_while_the_database_fails_and_none_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    async with history(path) as h:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("ALTER TABLE executions RENAME TO elsewhere")  # every insert fails
+        for n in range(3):
+            h.record(record(n))
+        h._hand_over()
+        await wait_for(lambda: h.error is not None)
+        assert h.error is not None and "no such table" in h.error
+        assert h.rows_waiting == 3 and h.write_errors == 1
+        h.record(record(3))  # the next batch tries again, and waits behind the others
+        h._hand_over()
+        await wait_for(lambda: h.write_errors == 2)
+        assert h.rows_waiting == 4
+        other.execute("ALTER TABLE elsewhere RENAME TO executions")
+        other.close()
+        page = await h.list()  # a read writes what waits first
+        assert [x["execution_id"] for x in page.items] == ["e3", "e2", "e1", "e0"]
+        assert h.error is None and h.rows_waiting == 0 and h.rows_dropped == 0
+
+
+async def test_rows_still_waiting_at_close_are_named_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "h.db"
+    async with history(path) as h:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("DROP TABLE executions")
+        other.close()
+        h.record(record(7))
+    assert any("could not be written" in r.getMessage() and "e7" in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_a_row_the_database_cannot_take_is_dropped_alone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 2**70 does not fit SQLite's INTEGER: before, the whole batch failed in the thread,
+    # unseen, and the rows of every other session in it were lost.
+    bad = msgspec.structs.replace(record(1), exit_code=2**70)
+    async with history(tmp_path / "h.db") as h:
+        h.record(record(0))
+        h.record(bad)
+        h.record(record(2))
+        page = await h.list()
+    assert [x["execution_id"] for x in page.items] == ["e2", "e0"]
+    assert h.rows_dropped == 1 and h.error is None
+    assert any("execution e1 dropped" in r.getMessage() for r in caplog.records)

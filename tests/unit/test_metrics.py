@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ws_sandbox.metrics import render
+from ws_sandbox.metrics import StoreState, render
 from ws_sandbox.records import ExecutionRecord
 from ws_sandbox.stats import Stats, percentile
 
@@ -32,7 +32,9 @@ def test_snapshot_and_exposition() -> None:
     assert snap["by_language"] == {"python": 1, "shell": 1}
     text = render(stats, sessions=2, queued_cells=1, rate_limited=4,
                   pool={"python": {"ready": 1, "target": 2, "starting": 1,
-                                   "last_error": None}})
+                                   "last_error": None}},
+                  stores={"audit": StoreState(write_errors=3, waiting=5, dropped=0),
+                          "history": StoreState(0, 0, 2)})
     assert 'ws_sandbox_executions_total{status="error",language="shell"} 1' in text
     assert 'ws_sandbox_execution_seconds_bucket{le="0.005"} 1' in text
     assert 'ws_sandbox_execution_seconds_bucket{le="1"} 2' in text
@@ -41,5 +43,8 @@ def test_snapshot_and_exposition() -> None:
     assert "ws_sandbox_sessions_active 2" in text
     assert 'ws_sandbox_pool_ready{language="python"} 1' in text
     assert "ws_sandbox_rate_limited_total 4" in text
+    assert 'ws_sandbox_record_write_errors_total{store="audit"} 3' in text
+    assert 'ws_sandbox_records_waiting{store="audit"} 5' in text
+    assert 'ws_sandbox_records_dropped_total{store="history"} 2' in text
     for line in text.splitlines():
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
