@@ -508,3 +508,28 @@ async def test_limits_and_reaping(make_service: ServiceFactory) -> None:
             assert not container_exists(host)
             async with http.get(f"{svc.http}/api/kernels") as response:
                 assert await response.json() == []
+
+
+async def test_kernels_and_their_cells_take_rate_limit_tokens(
+        make_service: ServiceFactory) -> None:
+    """As a WebSocket session does: a kernel takes a token, each cell one. Kernels ignored
+    the rate limit before (a helper's probe ran 5 cells and 2 kernels on a burst of 2)."""
+    with make_service(RATE_LIMIT_PER_MINUTE="1", RATE_LIMIT_BURST="3", **PYTHON_ONLY) as svc:
+        svc.wait_pool_full()
+        async with aiohttp.ClientSession() as http:
+            kernel_id = await start_kernel(svc, http)  # token 1
+            async with websockets.connect(f"{svc.url}/api/kernels/{kernel_id}/channels") as ws:
+                k = Kernel(svc, http, kernel_id, ws)
+                assert (await k.execute("print(1)")).stdout == "1\n"  # token 2
+                assert (await k.execute("print(2)")).stdout == "2\n"  # token 3
+                refused = await k.execute("print(3)")
+                assert refused.stdout == ""
+                reply = next(m for m in refused.messages if m["msg_type"] == "execute_reply")
+                assert reply["content"]["status"] == "error"
+                assert "rate limit of 1 calls per minute" in reply["content"]["evalue"]
+            async with http.post(svc.http + "/api/kernels") as response:
+                assert response.status == 429, await response.text()
+                assert (await response.json())["reason"] == "rate_limited"
+                assert int(response.headers["Retry-After"]) >= 1
+            async with http.delete(f"{svc.http}/api/kernels/{kernel_id}") as response:
+                assert response.status == 204

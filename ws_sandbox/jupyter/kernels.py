@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from ws_sandbox.exceptions import NotFound
 from ws_sandbox.jupyter.kernel import Kernel
@@ -31,8 +32,12 @@ class KernelRegistry:
         self._kernels: dict[str, Kernel] = {}
         self._watchers: set[asyncio.Task[None]] = set()
 
-    async def start(self, name: str | None, *, client_id: str = "") -> Kernel:
+    async def start(self, name: str | None, *, client_id: str = "",
+                    admit_cell: Callable[[], None] | None = None) -> Kernel:
         """Start a kernel of kernelspec ``name`` (the default when empty).
+
+        ``admit_cell`` is asked before each cell is queued, as for a WebSocket session (a
+        rate limit: a refused cell gets an error reply).
 
         Raises:
             NotFound: no such kernelspec.
@@ -46,7 +51,8 @@ class KernelRegistry:
                         restart_timeout=settings.restart_timeout
                         + settings.sandbox_start_timeout + settings.acquire_timeout)
         runner = await self.manager.open(spec.language, kernel,
-                                         client_id=client_id or "jupyter", send_ready=False)
+                                         client_id=client_id or "jupyter", send_ready=False,
+                                         admit_cell=admit_cell)
         kernel.bind(runner)
         self._kernels[kernel.id] = kernel
         watcher = asyncio.create_task(self._watch(kernel), name=f"kernel-{kernel.id}")

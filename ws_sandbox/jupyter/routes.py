@@ -8,6 +8,7 @@ JSON bodies ``{"message", "reason"}`` as Jupyter Server sends them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.kernels import KernelRegistry
 from ws_sandbox.jupyter.specs import kernelspecs_model
 from ws_sandbox.manager import SessionManager
+from ws_sandbox.ratelimit import RateLimiter
 from ws_sandbox.rest import read_body
 from ws_sandbox.websocket import close_quietly
 
@@ -121,8 +123,11 @@ async def start_kernel(request: Request) -> Response:
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         raise BadRequest("name must be a string")
+    identity = str(request.state.jupyter_identity)
+    limiter: RateLimiter = request.app.state.limiter
+    limiter.check(identity)  # a kernel takes a token and each cell one, as a session does
     kernel = await registry(request.app).start(
-        name, client_id=str(getattr(request.state, "jupyter_identity", "")))
+        name, client_id=identity, admit_cell=functools.partial(limiter.check, identity))
     return JSONResponse(kernel.model(), status_code=201,
                         headers={"Location": f"/api/kernels/{kernel.id}"})
 
