@@ -151,13 +151,23 @@ class AuthMiddleware:
             return
         headers = _headers(scope)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        websocket = scope["type"] == "websocket"
+        in_query = (query.get("api_key") or [None])[0]
         try:
-            if scope["type"] == "websocket":
+            if websocket:
                 check_origin(settings, headers.get("origin"), headers.get("host"))
-            state["client_id"] = check_request(
-                settings, authorization=headers.get("authorization"),
-                api_key=(query.get("api_key") or [None])[0], address=address,
-                admin=path.startswith(ADMIN_PREFIX))
+            try:
+                # ?api_key= only where no header can be sent: a browser's WebSocket. A URL
+                # ends up in proxies' and browsers' logs.
+                state["client_id"] = check_request(
+                    settings, authorization=headers.get("authorization"),
+                    api_key=in_query if websocket else None, address=address,
+                    admin=path.startswith(ADMIN_PREFIX))
+            except Unauthorized as exc:
+                if in_query is None or websocket:
+                    raise
+                raise Unauthorized(f"{exc.message} (?api_key= is taken on WebSocket"
+                                   " upgrades only: send Authorization: Bearer <key>)") from None
         except SandboxError as exc:
             await _refuse(scope, receive, send, exc)
             return

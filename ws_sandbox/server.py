@@ -13,6 +13,7 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
+from ws_sandbox import redact
 from ws_sandbox.app import create_app
 from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.manager import SessionManager
@@ -68,6 +69,7 @@ def serve(settings: Settings) -> int:
         log_level=settings.log_level, lifespan="on", proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout) + 1,
     )
+    redact.install()  # after uvicorn.Config has configured its loggers
     server = _DrainingServer(config, settings, app)
     server.run()
     return 0 if server.started else 1

@@ -413,6 +413,17 @@ async def test_websocket_keys_and_origins(locked: Service) -> None:
             assert ready["type"] == "ready"
             await ws.close()
         await asyncio.sleep(0.3)  # the one slot frees when the session closes
+    # uvicorn logs the upgrade's path with its query: the key must not reach the log.
+    log = locked.log_path.read_text(errors="replace")
+    assert "api_key=[redacted]" in log and "k-auth" not in log
+
+
+def test_an_api_key_in_a_rest_url_is_refused_with_a_hint(locked: Service) -> None:
+    # Taken on WebSocket upgrades only (a browser's WebSocket cannot send a header).
+    status, _, err = call(locked, "/api/v1/config?api_key=k-auth")
+    assert status == 401
+    assert "send Authorization: Bearer <key>" in err["error"]["message"]
+    assert call(locked, "/api/v1/config", headers=bearer("k-auth"))[0] == 200
 
 
 def test_disabled_language_lists_the_enabled_ones(locked: Service) -> None:

@@ -1,0 +1,46 @@
+"""Keep credentials that travel in URLs out of the logs.
+
+A browser's WebSocket cannot send headers, so an API key may come as ``?api_key=``, a
+Jupyter client puts ``?token=`` on every call, and a session is resumed with ``?resume=``.
+uvicorn logs each request's path with its query string (the access log, and the WebSocket
+handshake's ``[accepted]`` line): :class:`RedactSecrets` rewrites those values to
+``[redacted]`` in every record of the loggers it is installed on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+SECRET_PARAMS = ("api_key", "token", "resume")
+"""Query parameters that carry a credential."""
+
+_SECRET = re.compile(r"([?&](?:" + "|".join(SECRET_PARAMS) + r")=)[^&#\s\"']*",
+                     re.IGNORECASE)
+LOGGERS = ("uvicorn.access", "uvicorn.error")
+"""uvicorn's loggers that write request paths."""
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the value of every secret query parameter replaced."""
+    return _SECRET.sub(r"\1[redacted]", text)
+
+
+class RedactSecrets(logging.Filter):
+    """A filter that redacts secret query parameters in a record's message and arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_url(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_url(a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+def install(loggers: tuple[str, ...] = LOGGERS) -> None:
+    """Add one :class:`RedactSecrets` to each of ``loggers`` (once)."""
+    for name in loggers:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
