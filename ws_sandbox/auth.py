@@ -47,6 +47,11 @@ def key_identity(key: str) -> str:
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def is_key_identity(identity: str) -> bool:
+    """Whether ``identity`` names an API key (rather than a peer's address)."""
+    return identity.startswith("key:")
+
+
 def bearer(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer`` header value."""
     if not authorization:

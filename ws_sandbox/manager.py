@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ws_sandbox import frames as fr
+from ws_sandbox.auth import is_key_identity
 from ws_sandbox.backend import DockerBackend, Sandbox
 from ws_sandbox.driver import (
     CellObserver,
@@ -166,16 +167,23 @@ class SessionManager:
                         token=self.signer.sign(runner.session_id),
                         limits=runner.core.limits.public(), resumed=resumed)
 
-    async def resume(self, token: str, sink: FrameSink) -> SessionRunner:
+    async def resume(self, token: str, sink: FrameSink, *, client_id: str = "") -> SessionRunner:
         """Reattach a client to its session.
 
+        A session opened with an API key is resumed only with the same key (``client_id``
+        is the caller's identity): a token that leaks does not hand the session to another
+        key's holder. Without keys the identity is an address, which may change on a
+        reconnect, so the token alone decides.
+
         Raises:
-            InvalidToken: the token is bad, or its session is gone.
+            InvalidToken: the token is bad, its session is gone, or it is another key's.
         """
         session_id = self.signer.verify(token)
         runner = self._runners.get(session_id)
         if runner is None or runner.closed.is_set():
             raise InvalidToken("the session of this token has ended")
+        if is_key_identity(runner.client_id) and client_id != runner.client_id:
+            raise InvalidToken("this session was opened with another API key")
         await runner.feed(ClientBack(sink, self.ready_frame(runner, resumed=True)))
         return runner
 

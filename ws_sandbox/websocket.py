@@ -90,13 +90,13 @@ async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
     manager: SessionManager = websocket.app.state.manager
     await websocket.accept()
     token = websocket.query_params.get("resume")
+    # The auth middleware names the caller (an API key or the peer's address).
+    client_id = getattr(websocket.state, "client_id", client_address(websocket))
     try:
         if token:
-            runner = await manager.resume(token, sink)
+            runner = await manager.resume(token, sink, client_id=client_id)
         else:
             language = websocket.query_params.get("language", "python")
-            # The auth middleware names the caller (an API key or the peer's address).
-            client_id = getattr(websocket.state, "client_id", client_address(websocket))
             limiter: RateLimiter | None = getattr(websocket.app.state, "limiter", None)
             admit = None
             if limiter is not None:

@@ -370,7 +370,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         pytest.skip(docker_problem() or "")
     tmp = tmp_path_factory.mktemp("locked")
     with running_service(
-            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc", ADMIN_API_KEY="boss",
+            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc,k-resume", ADMIN_API_KEY="boss",
             ALLOWED_ORIGINS="https://ok.example", RATE_LIMIT_PER_MINUTE="1",
             RATE_LIMIT_BURST="3", MAX_CONCURRENT_EXECUTIONS="1", ENABLE_RUST="false",
             AUDIT_LOG_PATH=str(tmp / "audit.log")) as svc:
@@ -416,6 +416,22 @@ async def test_websocket_keys_and_origins(locked: Service) -> None:
     # uvicorn logs the upgrade's path with its query: the key must not reach the log.
     log = locked.log_path.read_text(errors="replace")
     assert "api_key=[redacted]" in log and "k-auth" not in log
+
+
+async def test_a_session_is_resumed_only_with_its_own_key(locked: Service) -> None:
+    s = await connect(locked.url, api_key="k-resume")
+    await s.execute("kept = 1")
+    token = s.token
+    s.ws.transport.abort()  # dropped, not a goodbye: the session waits to be resumed
+    await s.wait_closed()
+    with pytest.raises(SessionRefused) as refused:  # a leaked token, another key's holder
+        await connect(locked.url, api_key="k-auth", resume=token)
+    assert refused.value.error.code == "invalid_token"
+    assert "another API key" in refused.value.error.message
+    async with await connect(locked.url, api_key="k-resume", resume=token) as again:
+        assert again.ready.resumed
+        assert (await again.execute("print(kept)")).stdout == "1\n"
+    await asyncio.sleep(0.3)  # the one slot frees when the session closes
 
 
 def test_an_api_key_in_a_rest_url_is_refused_with_a_hint(locked: Service) -> None:
