@@ -66,6 +66,7 @@ class SessionManager:
         self.signer = TokenSigner(settings.session_secret,
                                   max_age=settings.max_lifetime or 7 * 24 * 3600)
         self._runners: dict[str, SessionRunner] = {}
+        self._ending: set[str] = set()  # asked to end by end(), not finished yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._reserved = 0
         self._observers: list[CellObserver] = []
@@ -133,8 +134,8 @@ class SessionManager:
             raise CapacityError("the server is shutting down", retry_after=5)
         if self.active >= self.settings.max_concurrent_executions:
             raise CapacityError(
-                f"at capacity: {self.settings.max_concurrent_executions} sessions are open",
-                retry_after=5)
+                f"at capacity: {self.active} sessions are open, the limit is"
+                f" {self.settings.max_concurrent_executions}", retry_after=5)
         self._reserved += 1
         try:
             sandbox = await self._acquire(lang)
@@ -200,10 +201,15 @@ class SessionManager:
             for r in self._runners.values()]
 
     async def end(self, session_id: str, reason: fr.CloseReason, message: str) -> bool:
-        """Ask a session to close; returns whether it existed."""
+        """Ask a session to close; returns whether this call ended it.
+
+        ``False`` for no such session, and for one already asked to end by an earlier call:
+        concurrent requests to end one session end it, and are reported (audited), once.
+        """
         runner = self._runners.get(session_id)
-        if runner is None:
+        if runner is None or session_id in self._ending:
             return False
+        self._ending.add(session_id)  # until the session's task ends (_finished)
         await runner.feed(CloseRequest(reason, message))
         return True
 
@@ -240,6 +246,7 @@ class SessionManager:
     def _finished(self, session_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._runners.pop(session_id, None)
+        self._ending.discard(session_id)
         if not task.cancelled() and task.exception() is not None:
             log.error("session %s crashed", session_id, exc_info=task.exception())
 
