@@ -15,9 +15,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ws_sandbox import frames as fr
 from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, NotFound
 from ws_sandbox.manager import SessionManager
-from ws_sandbox.rest import JSONBody, body_limit, read_body
+from ws_sandbox.rest import JSONBody, read_body
 from ws_sandbox.surface import Surface
 
 UNSET: Any = msgspec.UNSET
@@ -55,7 +56,7 @@ async def update_limits(request: Request) -> Response:
     """``PATCH /api/v1/admin/limits``: change some limits; all or none are applied."""
     manager: SessionManager = request.app.state.manager
     surface: Surface = request.app.state.surface
-    body = await read_body(request, body_limit(1024))
+    body = await read_body(request, fr.message_limit(1024))
     try:
         update = _decoder.decode(body)
     except DECODE_ERRORS as exc:
@@ -67,6 +68,13 @@ async def update_limits(request: Request) -> Response:
     before = _limits(manager)
     new = dataclasses.replace(manager.settings, **changes)
     new.validate()  # ConfigError (400) names every problem; nothing is applied
+    frame_limit: int = request.app.state.ws_max_size
+    if fr.ws_message_limit(new.max_code_bytes) > frame_limit:
+        most = (frame_limit - fr.message_limit(0)) // 4
+        raise BadRequest(
+            f"max_code_bytes can be raised at run time to at most {most}: WebSocket messages"
+            f" were limited to {frame_limit} bytes when the service started; restart it"
+            f" with MAX_CODE_BYTES={new.max_code_bytes} for more")
     manager.settings = new
     surface.limiter.configure(new.rate_limit_per_minute, new.rate_limit_burst)
     if surface.audit is not None:

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from ws_sandbox import __version__, web
+from ws_sandbox import frames as fr
 from ws_sandbox.auth import AuthMiddleware
 from ws_sandbox.backend import DockerBackend
 from ws_sandbox.exceptions import ConfigError, EngineUnavailable
@@ -111,6 +112,9 @@ def create_app(settings: Settings) -> Starlette:
         *jupyter_routes(),
     ]
     # The demo's mount at / matches every path: it must come last.
-    return Starlette(routes=[*routes, *web.routes()], lifespan=lifespan,
-                     middleware=[Middleware(AuthMiddleware)],
-                     exception_handlers=exception_handlers())
+    app = Starlette(routes=[*routes, *web.routes()], lifespan=lifespan,
+                    middleware=[Middleware(AuthMiddleware)],
+                    exception_handlers=exception_handlers())
+    # The server's WebSocket message limit: set once, at start (server.serve).
+    app.state.ws_max_size = fr.ws_message_limit(settings.max_code_bytes)
+    return app

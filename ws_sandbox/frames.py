@@ -131,6 +131,22 @@ _server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(Server
 _encoder = msgspec.json.Encoder()
 
 
+MAX_WS_MESSAGE = 64 * 1024 * 1024
+"""The largest WebSocket message the server accepts, whatever ``max_code_bytes`` is."""
+
+
+def message_limit(max_code_bytes: int) -> int:
+    """The largest JSON message (a REST body, a frame) read for code of ``max_code_bytes``:
+    room for escaping (a byte of code may take up to four bytes of JSON, on average far
+    fewer) and the other fields."""
+    return 4 * max_code_bytes + 65536
+
+
+def ws_message_limit(max_code_bytes: int) -> int:
+    """The WebSocket message limit for ``max_code_bytes``: fixed when the server starts."""
+    return min(message_limit(max_code_bytes), MAX_WS_MESSAGE)
+
+
 def decode_client(data: str | bytes) -> ClientFrame:
     """Parse one client frame.
 

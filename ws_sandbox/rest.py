@@ -157,11 +157,6 @@ def _error_of(frame: fr.Error) -> SandboxError:
     return SandboxLost(frame.message)
 
 
-def body_limit(max_code_bytes: int) -> int:
-    """Largest request body read: room for JSON escaping of the largest accepted code."""
-    return 4 * max_code_bytes + 65536
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the body, refusing it as soon as it exceeds ``limit`` bytes.
 
@@ -197,7 +192,7 @@ async def execute(request: Request) -> Response:
     if media != "application/json":
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, not {media or 'missing'}")
-    body = await read_body(request, body_limit(manager.settings.max_code_bytes))
+    body = await read_body(request, fr.message_limit(manager.settings.max_code_bytes))
     try:
         req = _decoder.decode(body)
     except DECODE_ERRORS as exc:

@@ -65,7 +65,7 @@ def serve(settings: Settings) -> int:
         # of falling back in silence. It takes about 50 us off a cell's round trip, which
         # wakes the service's loop twice (bench/NOTES.md).
         loop="uvloop",
-        ws_max_size=min(4 * settings.max_code_bytes + 65536, 64 * 1024 * 1024),
+        ws_max_size=app.state.ws_max_size,  # fixed here: admin changes stay under it
         log_level=settings.log_level, lifespan="on", proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout) + 1,
     )

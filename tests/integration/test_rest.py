@@ -503,6 +503,16 @@ async def test_admin_api(locked: Service) -> None:
     status, _, err = call(locked, "/api/v1/admin/limits", b'{"\xff": 1}', method="PATCH",
                           headers=admin)  # bad UTF-8 in a key: UnicodeDecodeError (was a 500)
     assert status == 400 and "can't decode byte 0xff" in err["error"]["message"]
+    # The WebSocket message limit is the server's, fixed at start: a larger max_code_bytes
+    # would be taken by REST and refused on WebSockets (1009). Lowering is fine.
+    status, _, err = call(locked, "/api/v1/admin/limits", {"max_code_bytes": 2_000_000},
+                          method="PATCH", headers=admin)
+    assert status == 400 and err["error"]["message"].startswith(
+        "max_code_bytes can be raised at run time to at most 1048576")
+    for size in (1000, 1_048_576):
+        status, _, limits = call(locked, "/api/v1/admin/limits", {"max_code_bytes": size},
+                                 method="PATCH", headers=admin)
+        assert status == 200 and limits["max_code_bytes"] == size
     status, _, limits = call(locked, "/api/v1/admin/limits", {"max_execution_time": 12},
                              method="PATCH", headers=admin)
     assert status == 200 and limits["max_execution_time"] == 12.0
