@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import typing
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from ws_sandbox import frames as fr
 from ws_sandbox import metrics
 from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.rest import ErrorBody, ErrorDetail, JSONBody, error_response
+from ws_sandbox.settings import Language
 from ws_sandbox.surface import Surface
 
 log = logging.getLogger(__name__)
@@ -65,13 +68,21 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    """A filter's value, or ``None`` when absent; one that can match nothing is refused."""
+    raw = request.query_params.get(name) or None
+    if raw is not None and raw not in allowed:
+        raise BadRequest(f"{name} must be one of {', '.join(allowed)}, not {raw!r}")
+    return raw
+
+
 async def executions(request: Request) -> Response:
     """``GET /api/v1/executions?status=&language=&limit=&offset=``: newest first."""
     history = _history(request).history
     assert history is not None
     page = await history.list(
-        status=request.query_params.get("status") or None,
-        language=request.query_params.get("language") or None,
+        status=_choice(request, "status", typing.get_args(fr.Status)),
+        language=_choice(request, "language", typing.get_args(Language)),
         limit=_int(request, "limit", 50, 1, MAX_PAGE),
         offset=_int(request, "offset", 0, 0, 2**31))
     return JSONBody(page)

@@ -252,6 +252,12 @@ def test_stats_metrics_config_and_history(service: Service) -> None:
     assert page["items"][0]["language"] == "python"
     status, _, err = call(service, "/api/v1/executions?limit=0")
     assert status == 400 and "limit" in err["error"]["message"]
+    status, _, err = call(service, "/api/v1/executions?status=bogus")  # an empty page before
+    assert status == 400 and err["error"]["message"] == (
+        "status must be one of success, error, timeout, interrupted, killed, not 'bogus'")
+    status, _, err = call(service, "/api/v1/executions?language=cobol")
+    assert status == 400 and "language must be one of python, javascript" in \
+        err["error"]["message"]
     status, _, err = call(service, "/api/v1/executions/nope")
     assert status == 404
 
