@@ -26,6 +26,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ws_sandbox.exceptions import Forbidden, SandboxError, Unauthorized
 from ws_sandbox.settings import Settings
 
+#: The ASGI extension that lets a WebSocket upgrade be refused with any HTTP response.
+DENIAL_RESPONSE = "websocket.http.response"
+
 #: Paths anyone may read: nothing secret, and monitors must reach health without a key.
 PUBLIC_PATHS = frozenset({"/api/v1/health", "/api/v1/openapi.json", "/docs"})
 ADMIN_PREFIX = "/api/v1/admin"
@@ -180,14 +183,18 @@ class AuthMiddleware:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxError) -> None:
+    prefix = ""
     if scope["type"] == "websocket":
-        # Closing before accepting makes the server answer the upgrade with HTTP 403.
-        await send({"type": "websocket.close", "code": exc.close_code, "reason": exc.code})
-        return
+        if DENIAL_RESPONSE not in scope.get("extensions", {}):
+            # Closing before accepting makes the server answer the upgrade with HTTP 403.
+            await send({"type": "websocket.close", "code": exc.close_code, "reason": exc.code})
+            return
+        prefix = "websocket."  # the upgrade is answered as any call is: status and body
     body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
     if exc.http_status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="ws-sandbox"'))
-    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{prefix}http.response.start", "status": exc.http_status,
+                "headers": headers})
+    await send({"type": f"{prefix}http.response.body", "body": body})

@@ -238,9 +238,15 @@ async def test_credentials_are_checked(secured: Service) -> None:
             assert response.status == 200
         async with http.post("api/kernels") as response:
             assert response.status == 403  # no X-XSRFToken
-    with pytest.raises(websockets.InvalidStatus):
+    with pytest.raises(websockets.InvalidStatus) as info:
         async with websockets.connect(secured.url + "/api/kernels/x/channels?token=wrong"):
             pass
+    assert info.value.response.status_code == 403
+    with pytest.raises(websockets.InvalidStatus) as info:  # a 403 before, as any refusal
+        async with websockets.connect(secured.url + f"/api/kernels/x/channels?token={TOKEN}"):
+            pass
+    assert info.value.response.status_code == 404
+    assert json.loads(info.value.response.body)["message"] == "kernel x does not exist"
 
 
 async def test_api_key_and_header_token(secured: Service) -> None:

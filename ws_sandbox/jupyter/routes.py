@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from ws_sandbox import __version__
+from ws_sandbox.auth import DENIAL_RESPONSE
 from ws_sandbox.exceptions import BadRequest, Forbidden, SandboxError
 from ws_sandbox.jupyter import auth
 from ws_sandbox.jupyter import messages as jm
@@ -233,8 +234,10 @@ async def channels(websocket: WebSocket) -> None:
         _authenticate(websocket, method="GET", websocket=True)
         kernel = registry(websocket.app).get(str(websocket.path_params["kernel_id"]))
     except SandboxError as exc:
-        # Closing before accepting makes the server refuse the upgrade (HTTP 403).
-        await websocket.close(exc.close_code, exc.code)
+        if DENIAL_RESPONSE in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(error_response(exc))  # 401, 403, 404
+        else:  # closing before accepting makes the server refuse the upgrade (HTTP 403)
+            await websocket.close(exc.close_code, exc.code)
         return
     await websocket.accept()
     conn = WebSocketConnection(websocket)
