@@ -9,12 +9,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 from bench.baselines import AttachEcho
 from bench.stats import summary
+from ws_sandbox import agent_wire as aw
 from ws_sandbox import frames as fr
+from ws_sandbox.backend import Sandbox
 from ws_sandbox.client import ClientSession, connect
 
 CELLS = {"python": "print(1)", "javascript": "console.log(1)", "shell": "echo 1",
@@ -64,27 +67,62 @@ async def cell_round_trip(url: str, language: str, n: int) -> dict[str, float]:
         return summary(await _cells(session, language, n))
 
 
-async def cell_round_trip_beside(url: str, floor: AttachEcho, n: int, rounds: int = 10
-                                 ) -> tuple[dict[str, float], dict[str, float], list[float]]:
+async def cell_round_trip_beside(url: str, floor: AttachEcho, n: int, rounds: int = 10, *,
+                                 sandbox: Sandbox | None = None) -> dict[str, Any]:
     """Python cell round trips and attach-floor round trips, interleaved in ``rounds``.
 
     Both see the same moments of a noisy machine, so their ratio is not decided by which
-    one happened to run while something else did. Returns (cells, floor, and each round's
-    ratio of their medians, which shows how far the ratio moves within one run).
+    one happened to run while something else did. With ``sandbox``, a third leg in each
+    round: the same cell sent straight to a sandbox's agent through the engine, without the
+    service, the WebSocket or the client (what the sandbox and the engine cost on their own).
+    Returns summaries (``cells``, ``floor``, ``direct``) and each round's ratios of the
+    medians (``rounds``, ``direct_rounds``), which show how far a ratio moves in one run.
     """
     cells: list[float] = []
     floors: list[float] = []
+    direct: list[float] = []
     ratios: list[float] = []
+    direct_ratios: list[float] = []
+    per_round = max(1, n // rounds)
     async with await connect(url, language="python") as session:
         await _cells(session, "python", 3)
+        if sandbox is not None:
+            await sandbox_cells(sandbox, 3)
         for _ in range(rounds):
-            floor_round = await floor.round_trips(max(1, n // rounds))
-            cell_round = await _cells(session, "python", max(1, n // rounds))
+            floor_round = await floor.round_trips(per_round)
+            cell_round = await _cells(session, "python", per_round)
             floors += floor_round
             cells += cell_round
             ratios.append(round(statistics.median(cell_round)
                                 / statistics.median(floor_round), 2))
-    return summary(cells), summary(floors), ratios
+            if sandbox is not None:
+                direct_round = await sandbox_cells(sandbox, per_round)
+                direct += direct_round
+                direct_ratios.append(round(statistics.median(direct_round)
+                                           / statistics.median(floor_round), 2))
+    out: dict[str, Any] = {"cells": summary(cells), "floor": summary(floors), "rounds": ratios}
+    if sandbox is not None:
+        out |= {"direct": summary(direct), "direct_rounds": direct_ratios}
+    return out
+
+
+async def sandbox_cells(sandbox: Sandbox, n: int) -> list[float]:
+    """``print(1)`` cells sent to a sandbox's agent, ``exec`` written to ``done`` read."""
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await sandbox.send(aw.Exec(id=uuid.uuid4().hex[:12], code="print(1)",
+                                   max_output_bytes=1 << 20))
+        out: list[str] = []
+        done = False
+        while not done:
+            for frame in await sandbox.receive_many():
+                if isinstance(frame, aw.Out):
+                    out.append(frame.text)
+                done = done or isinstance(frame, aw.Done)
+        samples.append((time.perf_counter() - start) * 1000)
+        assert "".join(out) == "1\n", out
+    return samples
 
 
 async def _cells(session: ClientSession, language: str, n: int) -> list[float]:

@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import baselines, ours
+from tests.conftest import RUNTIME_IMAGE
 from tests.integration.conftest import Service, start_service
+from ws_sandbox.backend import DockerBackend
+from ws_sandbox.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,11 +60,21 @@ async def attempt(results: dict[str, Any], name: str, measurement: Awaitable[Any
 
 async def cells_beside_floor(results: dict[str, Any], url: str, runtime: str,
                              n: int) -> dict[str, float]:
-    """Python cells interleaved with the attach floor; stores the floor and each round's
-    ratio, returns the cells."""
-    async with baselines.AttachEcho(runtime) as floor:
-        cells, results["attach_floor"], results["cell_floor_rounds"] = (
-            await ours.cell_round_trip_beside(url, floor, n))
+    """Python cells interleaved with the attach floor and with the same cell sent to a
+    sandbox without the service; stores the floor, that service-less cell and each round's
+    ratios, returns the cells."""
+    settings = Settings.from_env({"CONTAINER_RUNTIME": runtime, "CONTAINER_IMAGE": RUNTIME_IMAGE,
+                                  "INSTANCE_NAME": "ws-sandbox-bench-direct"})
+    async with baselines.AttachEcho(runtime) as floor, DockerBackend(settings) as backend:
+        sandbox = await backend.start_sandbox("python")
+        try:
+            got = await ours.cell_round_trip_beside(url, floor, n, sandbox=sandbox)
+        finally:
+            await sandbox.destroy()
+    results["attach_floor"], results["cell_floor_rounds"] = got["floor"], got["rounds"]
+    results["cell_without_service"] = got["direct"]
+    results["cell_without_service_floor_rounds"] = got["direct_rounds"]
+    cells: dict[str, float] = got["cells"]
     return cells
 
 
@@ -169,7 +182,8 @@ def _all_verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
          f"{r['session_open_warm']['p50_ms']:.2f} ms", r["session_open_warm"]["p50_ms"] <= 15),
         ("cell round trip <= 1.5 ms median", f"{cell:.3f} ms", cell <= 1.5),
         ("cell round trip <= 4x raw attach floor",
-         f"{cell / floor:.2f}x ({floor:.3f} ms floor{spread})", cell <= 4 * floor),
+         f"{cell / floor:.2f}x ({floor:.3f} ms floor{spread}){_without_service(r)}",
+         cell <= 4 * floor),
         ("REST one-shot <= 40 ms median", f"{rest:.1f} ms", rest <= 40),
         ("REST one-shot >= 8x faster than docker run --rm",
          f"{run / rest:.1f}x ({run:.0f} ms docker run)", run / rest >= 8),
@@ -183,6 +197,16 @@ def _all_verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
          f"{r['flood']['growth_mb']:.1f} MB in {r['flood']['seconds']} s",
          r["flood"]["growth_mb"] <= 20),
     ]
+
+
+def _without_service(r: dict[str, Any]) -> str:
+    """The cell without the service beside the same floor (runs from 2026-11-26 23:30)."""
+    direct, rounds = r.get("cell_without_service"), r.get("cell_without_service_floor_rounds")
+    if not direct or not rounds:
+        return ""
+    return (f"; without the service {direct['p50_ms']:.3f} ms ="
+            f" {direct['p50_ms'] / r['attach_floor']['p50_ms']:.2f}x, rounds"
+            f" {min(rounds):.2f} to {max(rounds):.2f}x")
 
 
 def render(data: dict[str, Any]) -> str:
