@@ -1065,3 +1065,15 @@ def test_signals_from_user_code_neither_end_nor_stop_the_agent(py: AgentDriver,
                f"print(signal.getsignal(signal.{signal_name}) is signal.SIG_DFL)")
     assert r.text() == "True\n"
     assert py.proc.poll() is None
+
+
+def test_output_written_after_a_large_display_comes_before_done(py: AgentDriver) -> None:
+    """A display larger than one read of the control pipe, then a print: the print comes
+    before ``done``. (The race that lost such a print, between a wait's look at the output
+    pipes and the read of ``done``, is too narrow to hit here; the integration test
+    ``test_output_printed_after_a_figure_is_never_lost`` hits it through the service.)"""
+    code = FORGE_DISPLAYS + "forge({'text/plain': 'x' * 600_000}, 1)\nprint('after', flush=True)"
+    for _ in range(5):
+        result = py.run(code)
+        assert len(result.displays) == 1
+        assert result.text() == "after\n", result.frames[-3:]
