@@ -76,6 +76,8 @@ extern char **environ;
 #define READ_SIZE ((size_t)1 << 16)
 #define MAX_SERVICE_FRAME ((size_t)16 << 20)
 #define MAX_TEXT_CHUNK ((size_t)64 * 1024)
+#define MAX_DISPLAY_ENTRIES 8 /* a display's data: at most 8 entries (agent_wire.AgentDisplay) */
+#define MAX_DISPLAY_KEY 100   /* with keys of at most 100 characters */
 #define DEFAULT_MAX_OUTPUT ((int64_t)1 << 20)
 #define HIGH_WATER ((size_t)1 << 20)
 #define HARD_WATER ((size_t)4 << 20)
@@ -2341,7 +2343,10 @@ static void on_display(Body *msg, Buf *err) {
     for (size_t i = 0; i < n; i++) {
         if (use[i] < 0) continue;
         JVal *v = &o.m[use[i]].val;
-        if (v->type != J_STR) {
+        /* what the service takes (agent_wire.AgentDisplay): the rest is dropped here, not
+         * sent for the service to refuse with the whole sandbox */
+        if (v->type != J_STR || clean == MAX_DISPLAY_ENTRIES ||
+            char_count(o.m[i].key, o.m[i].klen) > MAX_DISPLAY_KEY) {
             use[i] = -1;
             continue;
         }

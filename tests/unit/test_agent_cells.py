@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.agent_binary import agent_binary
+from ws_sandbox import agent_wire as aw
 
 DEADLINE = 20.0
 
@@ -866,7 +867,7 @@ FORGE_DISPLAYS = (
 
 def test_display_keys_and_empty_entries_count_against_max_output_bytes(py: AgentDriver) -> None:
     """Each entry of a display costs its key's and its value's characters, plus one."""
-    keys = py.run(FORGE_DISPLAYS + "forge({'k' * 40_000: ''}, 5)", max_output_bytes=10)
+    keys = py.run(FORGE_DISPLAYS + "forge({'k' * 100: ''}, 5)", max_output_bytes=10)
     assert keys.displays == []
     assert keys.done["truncated"] is True
     empty = py.run(FORGE_DISPLAYS + "forge({'': ''}, 20)", max_output_bytes=10)
@@ -1077,3 +1078,19 @@ def test_output_written_after_a_large_display_comes_before_done(py: AgentDriver)
         result = py.run(code)
         assert len(result.displays) == 1
         assert result.text() == "after\n", result.frames[-3:]
+
+
+def test_a_display_is_cut_to_what_the_service_takes(py: AgentDriver) -> None:
+    """At most 8 entries with keys of at most 100 characters (agent_wire.AgentDisplay): the
+    agent drops the rest. It forwarded them, and the service refused the frame and replaced
+    the whole sandbox (a helper's probe)."""
+    nine = {f"k{n}": "v" for n in range(9)}
+    long_key = {"k" * 101: "dropped", "k" * 100: "kept", "text/plain": "x"}
+    for data, expected in ((nine, dict(list(nine.items())[:8])),
+                           (long_key, {"k" * 100: "kept", "text/plain": "x"})):
+        result = py.run(FORGE_DISPLAYS + f"forge({data!r}, 1)")
+        (display,) = result.displays
+        assert display["data"] == expected
+        body = json.dumps(display).encode()
+        (frame,) = aw.AgentDecoder().feed(struct.pack(">I", len(body)) + body)
+        assert isinstance(frame, aw.AgentDisplay)
