@@ -41,7 +41,7 @@ ENV PYTHONPATH=/app \
     HISTORY_DB_PATH=/var/lib/ws-sandbox/history.sqlite3
 
 # Root inside this container is what talking to the Docker socket needs anyway; the
-# sandboxes it starts run as uid 65534 with every hardening default.
+# sandboxes it starts each run as a non-root uid of their own with every hardening default.
 VOLUME /var/lib/ws-sandbox
 EXPOSE 8090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
+import secrets
 import time
 import uuid
 from collections import deque
@@ -42,6 +44,12 @@ LABEL_PROCESS = "org.ws_sandbox.process"
 LABEL_LANGUAGE = "org.ws_sandbox.language"
 
 SANDBOX_UID = 65534
+"""The image's user (nobody), for a container made without a uid of its own."""
+SANDBOX_UIDS = range(1_000_000, 2_000_000)
+"""Each sandbox of a service runs as a uid of its own from here, taken in turn from a random
+start: no host account has one, and two live sandboxes do not share one, so that the
+kernel's per-user limits (inotify instances, message-queue bytes, pending signals, pipe
+buffer pages, RLIMIT_NPROC) are not shared between sessions under runc."""
 _AGENT_STDERR_KEEP = 4096
 _EXIT_SIGKILL = 128 + 9  # a container's exit code when its init was killed by SIGKILL
 
@@ -64,18 +72,20 @@ def user_task_limit(settings: Settings) -> list[dict[str, Any]]:
 
     Under gVisor the sandbox has a kernel of its own, and RLIMIT_NPROC counts the tasks of
     the sandbox user inside it: a fork or thread bomb fails with EAGAIN at PIDS_LIMIT, as the
-    pids cgroup makes it under runc. Under runc the limit is not set: RLIMIT_NPROC counts a
-    user's processes across the whole host, and every sandbox runs as the same uid.
+    pids cgroup makes it under runc. Under runc the limit is not set: the pids cgroup bounds
+    the sandbox there.
     """
     if settings.container_runtime != "runsc":
         return []
     return [{"Name": "nproc", "Soft": settings.pids_limit, "Hard": settings.pids_limit}]
 
 
-def container_config(settings: Settings, language: Language, process_id: str) -> dict[str, Any]:
+def container_config(settings: Settings, language: Language, process_id: str,
+                     uid: int = SANDBOX_UID) -> dict[str, Any]:
     """The create-container body for one sandbox, with every hardening default applied.
 
-    Everything here comes from the operator's settings, never from a request.
+    Everything here comes from the operator's settings, never from a request. ``uid`` is
+    the sandbox's user and group (:class:`DockerBackend` gives each sandbox its own).
     """
     mib = 1024 * 1024
     memory = settings.max_memory_mb * mib
@@ -88,9 +98,9 @@ def container_config(settings: Settings, language: Language, process_id: str) ->
         "NetworkMode": settings.network_mode,
         "ReadonlyRootfs": settings.read_only_root,
         "Tmpfs": {
-            "/workspace": tmpfs_opts.format(uid=SANDBOX_UID, mode="0700",
+            "/workspace": tmpfs_opts.format(uid=uid, mode="0700",
                                             size=settings.workspace_size_mb),
-            "/tmp": tmpfs_opts.format(uid=SANDBOX_UID, mode="1777", size=settings.tmp_size_mb),
+            "/tmp": tmpfs_opts.format(uid=uid, mode="1777", size=settings.tmp_size_mb),
         },
         "CapDrop": ["ALL"] if settings.drop_all_capabilities else [],
         "SecurityOpt": security_opt,
@@ -115,7 +125,7 @@ def container_config(settings: Settings, language: Language, process_id: str) ->
         host_config["Runtime"] = settings.container_runtime
     return {
         "Image": settings.container_image,
-        "User": f"{SANDBOX_UID}:{SANDBOX_UID}",
+        "User": f"{uid}:{uid}",
         "WorkingDir": "/workspace",
         "Env": [
             f"WS_SANDBOX_LANGUAGE={language}",
@@ -394,6 +404,11 @@ class DockerBackend:
         self._docker: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
         self._unremoved: set[str] = set()
+        self._uids = itertools.count(secrets.randbelow(len(SANDBOX_UIDS)))
+
+    def next_uid(self) -> int:
+        """The uid of the next sandbox: the next of ``SANDBOX_UIDS`` in turn."""
+        return SANDBOX_UIDS[next(self._uids) % len(SANDBOX_UIDS)]
 
     async def __aenter__(self) -> DockerBackend:
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
@@ -448,7 +463,7 @@ class DockerBackend:
             ImageMissing: the runtime image is not present.
             SandboxLost: the container started but its agent did not greet in time.
         """
-        config = container_config(self.settings, language, self.process_id)
+        config = container_config(self.settings, language, self.process_id, self.next_uid())
         try:
             container = await self.docker.containers.create(config)
         except aiodocker.DockerError as exc:

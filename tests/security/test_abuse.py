@@ -27,6 +27,7 @@ import websockets
 from tests.integration.conftest import Service, container_exists
 from tests.security.conftest import BATTERY_ENV, RUNSC
 from ws_sandbox import frames as fr
+from ws_sandbox.backend import SANDBOX_UIDS
 from ws_sandbox.client import CellResult, ClientSession, SessionClosed, connect
 from ws_sandbox.settings import load_seccomp_profile
 
@@ -433,13 +434,57 @@ print(socks)
     assert r.stdout == "[False, False]\n[]\n", r
 
 
+# --------------------------------------------------------------------------- other sessions
+
+INOTIFY_HOG = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+try:
+    limit = int(open('/proc/sys/fs/inotify/max_user_instances').read())
+except OSError:  # not in every kernel's /proc (gVisor's)
+    limit = 128
+held = []
+while len(held) < limit + 10:
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        break
+    held.append(fd)
+print(len(held) >= min(limit, 100))
+"""
+INOTIFY_CHECK = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+print(fd >= 0, os.strerror(ctypes.get_errno()) if fd < 0 else "")
+if fd >= 0:
+    os.close(fd)
+"""
+
+
+async def test_a_session_cannot_use_up_another_s_per_user_kernel_limits(
+        battery: Service) -> None:
+    """Each sandbox runs as a uid of its own: one holding every inotify instance its user
+    may have (the kernel counts them per uid, host-wide) leaves another's untouched. With
+    one uid for all sandboxes, the second failed with EMFILE (a helper's probe; message
+    queues, pending signals and pipe buffers are counted per uid the same way)."""
+    async with await connect(battery.url) as hog, await connect(battery.url) as other:
+        held = await hog.execute(INOTIFY_HOG)  # kept open: the session keeps its state
+        assert held.stdout == "True\n", held
+        check = await other.execute(INOTIFY_CHECK)
+        assert check.stdout == "True \n", check
+        uids = [(await s.execute("import os; print(os.getuid())")).stdout for s in (hog, other)]
+        assert uids[0] != uids[1]
+
+
 # --------------------------------------------------------------------------- privilege
 
 async def test_no_privilege(battery: Service) -> None:
     r = await run(battery, "python", "print(open('/proc/self/status').read())")
     status = dict(line.split(":\t", 1) for line in r.stdout.splitlines() if ":\t" in line)
-    assert status["Uid"].split()[:2] == ["65534", "65534"]
-    assert status["Gid"].split()[:2] == ["65534", "65534"]
+    uid = status["Uid"].split()[0]
+    assert int(uid) in SANDBOX_UIDS  # a uid of its own, not root, not a host account's
+    assert status["Uid"].split()[:2] == [uid, uid]
+    assert status["Gid"].split()[:2] == [uid, uid]
     for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         if RUNSC and cap not in status:  # RUNSC: gVisor's /proc has no CapAmb line
             continue

@@ -8,6 +8,7 @@ Everything else in ``ws_sandbox/backend.py`` talks to the engine and is tested a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from types import SimpleNamespace
@@ -17,7 +18,13 @@ import aiodocker
 import aiohttp
 import pytest
 
-from ws_sandbox.backend import Sandbox, attach, container_config
+from ws_sandbox.backend import (
+    SANDBOX_UIDS,
+    DockerBackend,
+    Sandbox,
+    attach,
+    container_config,
+)
 from ws_sandbox.exceptions import SandboxLost
 from ws_sandbox.settings import Settings
 
@@ -222,3 +229,15 @@ async def test_no_event_is_asked_for_otherwise(runtime: str, exit_code: int) -> 
     sandbox = await _lost(_Container(False, exit_code), runtime)  # docker=None: no events
     async with asyncio.timeout(5):
         assert await sandbox.oom_killed() is False
+
+
+def test_each_sandbox_gets_a_uid_of_its_own() -> None:
+    backend = DockerBackend(Settings())
+    uids = [backend.next_uid() for _ in range(1000)]
+    assert len(set(uids)) == 1000  # in turn: no two live sandboxes share one
+    assert all(uid in SANDBOX_UIDS for uid in uids)
+    assert all(b - a in (1, 1 - len(SANDBOX_UIDS)) for a, b in itertools.pairwise(uids))
+    config = container_config(Settings(), "python", "test", uids[0])
+    assert config["User"] == f"{uids[0]}:{uids[0]}"
+    for mount in config["HostConfig"]["Tmpfs"].values():
+        assert f"uid={uids[0]},gid={uids[0]}," in mount
