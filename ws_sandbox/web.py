@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from starlette.responses import PlainTextResponse
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -101,4 +101,20 @@ def routes(directory: Path | None = None) -> list[BaseRoute]:
     else:
         log.error("web demo not served: %s has no index.html", directory)
         app = missing_demo(directory)
-    return [Mount("/", app=SecureStatic(app), name="web-demo")]
+    return [DemoMount("/", app=SecureStatic(app), name="web-demo")]
+
+
+API_PREFIXES = ("/api/",)
+"""Paths the API owns (``/api/v1/...`` and Jupyter's ``/api/...``), never the demo's."""
+
+
+class DemoMount(Mount):
+    """The demo's mount at ``/``, which leaves the API's paths alone: a path there that no
+    route serves fully gets the router's own answer, so a wrong method on an API route is a
+    405 with ``Allow`` (not the demo's 404) and an unknown API path a 404."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path: str = scope.get("path", "")
+        if path.startswith(API_PREFIXES) or path in ("/api", "/metrics"):
+            return Match.NONE, {}
+        return super().matches(scope)

@@ -217,9 +217,11 @@ def test_wrong_content_type_is_415(service: Service) -> None:
 def test_unknown_path_and_method_are_json(service: Service) -> None:
     status, _, err = call(service, "/api/v1/nothing")
     assert status == 404 and err["error"]["code"] == "not_found"
-    # GET on the POST-only route falls through to the demo's mount at /: a JSON 404.
-    status, _, err = call(service, "/api/v1/execute")
-    assert status in (404, 405) and "code" in err["error"]
+    # GET on the POST-only route: a 405 that says which method (the demo's mount at / used
+    # to answer it with a 404).
+    status, headers, err = call(service, "/api/v1/execute")
+    assert status == 405 and err["error"]["code"] == "method_not_allowed"
+    assert headers["allow"] == "POST"
 
 
 # --- stats, metrics, config, history, docs ----------------------------------------------
