@@ -78,3 +78,10 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
     if item.get_closest_marker("event_loops") is None:
         return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, for something a thread does (a test helper)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)

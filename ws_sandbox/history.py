@@ -212,25 +212,8 @@ class History:
         """Insert the waiting rows in one transaction; on a failure, keep them."""
         if not self._waiting:
             return
-        written = len(self._waiting)
         try:
-            try:
-                self._insert(self._waiting)
-            except sqlite3.Error:
-                raise
-            except Exception:  # a row the database cannot take (a bug): drop it alone
-                log.exception("the history refused a batch; inserting its rows one by one")
-                while self._waiting:
-                    try:
-                        self._insert(self._waiting[:1])
-                    except sqlite3.Error:
-                        raise
-                    except Exception as exc:
-                        written -= 1
-                        self.rows_dropped += 1
-                        log.error("execution %s dropped from the history: %s",
-                                  self._waiting[0].execution_id, exc)
-                    del self._waiting[0]
+            written = self._insert_waiting()
         except sqlite3.Error as exc:  # the database's trouble: the rows wait for the next try
             self.write_errors += 1
             if self.error is None:
@@ -238,7 +221,6 @@ class History:
                           " with the next batch or read", self.path, exc, len(self._waiting))
             self.error = str(exc)
             return
-        self._waiting = []
         if self.error is not None:
             log.warning("the history %s is written again", self.path)
             self.error = None
@@ -248,6 +230,38 @@ class History:
                 self._prune(time.time())
             except sqlite3.Error as exc:
                 log.error("cannot prune the history %s: %s", self.path, exc)
+
+    def _insert_waiting(self) -> int:
+        """Insert every waiting row; return how many went in.
+
+        Raises:
+            sqlite3.Error: the database failed; the rows not yet in keep waiting.
+        """
+        try:
+            self._insert(self._waiting)
+        except sqlite3.Error:
+            raise
+        except Exception:  # a row the database cannot take (a bug): find it, keep the rest
+            log.exception("the history refused a batch; inserting its rows one by one")
+            return self._insert_one_by_one()
+        written, self._waiting = len(self._waiting), []
+        return written
+
+    def _insert_one_by_one(self) -> int:
+        written = 0
+        while self._waiting:
+            record = self._waiting[0]
+            try:
+                self._insert([record])
+                written += 1
+            except sqlite3.Error:
+                raise
+            except Exception as exc:
+                self.rows_dropped += 1
+                log.error("execution %s dropped from the history: %s", record.execution_id,
+                          exc)
+            del self._waiting[0]
+        return written
 
     def _insert(self, records: Sequence[ExecutionRecord]) -> None:
         db = self._conn()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
 from ws_sandbox import audit as audit_module
 from ws_sandbox.audit import AuditLog, rotate
 from ws_sandbox.records import ExecutionRecord
@@ -69,12 +68,6 @@ def test_rotate_with_no_backups_drops_the_file(tmp_path: Path) -> None:
 
 def lines_of(*paths: Path) -> list[dict[str, object]]:
     return [json.loads(line) for p in paths for line in p.read_text().splitlines()]
-
-
-async def wait_for(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_a_failed_rotation_keeps_the_lines_and_the_writer(

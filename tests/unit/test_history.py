@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from tests.conftest import wait_for
 from ws_sandbox.history import History
 from ws_sandbox.records import ExecutionRecord
 
@@ -76,12 +75,6 @@ async def test_retention_by_age_and_by_rows(tmp_path: Path) -> None:
         page = await h.list()
     assert deleted == 3
     assert [i["execution_id"] for i in page.items] == ["e5", "e4", "e3"]
-
-
-async def wait_for(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_rows_wait_while_the_database_fails_and_none_is_lost(tmp_path: Path) -> None:
