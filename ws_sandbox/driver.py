@@ -24,6 +24,7 @@ from ws_sandbox import agent_wire as aw
 from ws_sandbox import frames as fr
 from ws_sandbox.backend import Sandbox
 from ws_sandbox.exceptions import BackendError, SandboxError
+from ws_sandbox.records import Origin
 from ws_sandbox.session import (
     CellFinished,
     CloseSession,
@@ -126,12 +127,12 @@ class SessionRunner:
                  acquire: Callable[[], Awaitable[Sandbox]],
                  send_timeout: float | None,
                  on_cell: CellObserver | None = None,
-                 client_id: str = "") -> None:
+                 client_id: str = "", origin: Origin = "session") -> None:
         self.core = core
         self.sandbox: Sandbox | None = sandbox
         self.client_id = client_id
-        #: Which adapter drives the session: "session" (WebSocket, Jupyter) or "rest".
-        self.origin = "session"
+        #: Which adapter drives the session (see :data:`~ws_sandbox.records.Origin`).
+        self.origin: Origin = origin
         self._acquire = acquire
         self._send_timeout = send_timeout
         self._on_cell = on_cell

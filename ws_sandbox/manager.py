@@ -29,6 +29,7 @@ from ws_sandbox.exceptions import (
     LanguageUnavailable,
 )
 from ws_sandbox.pool import WarmPool
+from ws_sandbox.records import Origin
 from ws_sandbox.session import CellFinished, Session, SessionLimits
 from ws_sandbox.settings import Language, Settings
 from ws_sandbox.tokens import TokenSigner
@@ -117,16 +118,17 @@ class SessionManager:
             f"language {language!r} is not available; enabled: {', '.join(enabled)}")
 
     async def open(self, language: str, sink: FrameSink, *, client_id: str = "",
-                   send_ready: bool = True,
+                   origin: Origin = "session", send_ready: bool = True,
                    admit_cell: Callable[[], None] | None = None) -> SessionRunner:
         """Open a session with a sandbox from the pool and start running it.
+
+        ``origin`` names the adapter in the session's execution records (stats, audit,
+        history). ``admit_cell`` is asked before each client cell is queued (a rate limit,
+        say); it refuses by raising a :class:`~ws_sandbox.exceptions.SandboxError`.
 
         Raises:
             LanguageUnavailable: unknown or disabled language.
             CapacityError: ``MAX_CONCURRENT_EXECUTIONS`` sessions are open.
-
-        ``admit_cell`` is asked before each client cell is queued (a rate limit, say); it
-        refuses by raising a :class:`~ws_sandbox.exceptions.SandboxError`.
             BackendError: no sandbox could be had.
         """
         lang = self.check_language(language)
@@ -147,7 +149,8 @@ class SessionManager:
                        now=loop.time(), admit_cell=admit_cell)
         runner = SessionRunner(core, sandbox, acquire=lambda: self._acquire(lang),
                                send_timeout=self.settings.send_timeout,
-                               on_cell=self._cell_finished, client_id=client_id)
+                               on_cell=self._cell_finished, client_id=client_id,
+                               origin=origin)
         self._runners[session_id] = runner
         runner.attach(sink)
         try:

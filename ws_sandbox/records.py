@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from ws_sandbox.driver import SessionRunner
     from ws_sandbox.session import CellFinished
 
-Origin = Literal["rest", "session"]
+#: The adapter an execution came through: a WebSocket session, ``POST /api/v1/execute``, or
+#: a Jupyter kernel.
+Origin = Literal["session", "rest", "jupyter"]
 
 
 class ExecutionRecord(msgspec.Struct, kw_only=True):
@@ -30,7 +32,7 @@ class ExecutionRecord(msgspec.Struct, kw_only=True):
     execution_id: str
     session_id: str
     cell_id: str
-    origin: str
+    origin: Origin
     client: str
     language: str
     started_at: float

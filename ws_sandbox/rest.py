@@ -201,8 +201,8 @@ async def execute(request: Request) -> Response:
     timeout = validate_cell(manager.limits(), req.code, req.timeout)
     execution_id = uuid.uuid4().hex
     sink = CollectingSink(execution_id)
-    runner = await manager.open(language, sink, client_id=client_id, send_ready=False)
-    runner.origin = "rest"
+    runner = await manager.open(language, sink, client_id=client_id, origin="rest",
+                                send_ready=False)
     try:
         await runner.feed(ClientRequest(fr.Execute(id=execution_id, code=req.code,
                                                    timeout=timeout)))

@@ -10,6 +10,7 @@ same steps with the same libraries (aiohttp for HTTP, websockets for the channel
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -21,6 +22,7 @@ import aiohttp
 import pytest
 import websockets
 
+from tests.conftest import wait_for
 from tests.integration.conftest import Service, ServiceFactory, container_exists
 from ws_sandbox import frames as fr
 from ws_sandbox.client import connect
@@ -469,6 +471,35 @@ async def test_syntax_error_is_an_error_message(service: Service) -> None:
     assert error["content"]["ename"] == "SyntaxError"
     assert run.stderr.count("SyntaxError") == 1
     assert not [m for m in run.messages if m["msg_type"] == "stream"]
+
+
+async def test_executions_are_counted_as_jupyter(service: Service) -> None:
+    def by_origin() -> dict[str, int]:
+        status, stats = service.get("/api/v1/stats")
+        assert status == 200
+        counts = stats["by_origin"]
+        assert isinstance(counts, dict)
+        return counts
+
+    before = by_origin()
+    code = f"print('origin-{uuid.uuid4().hex}')"
+    run = await open_webui_run(service.http, code)
+    assert run.stdout.startswith("origin-")
+    after = by_origin()
+    assert after.get("jupyter", 0) == before.get("jupyter", 0) + 1
+    assert after.get("session", 0) == before.get("session", 0)
+    digest = hashlib.sha256(code.encode()).hexdigest()
+
+    def history_row() -> dict[str, Any] | None:
+        status, page = service.get("/api/v1/executions?limit=20")
+        assert status == 200
+        items = page["items"]
+        assert isinstance(items, list)
+        return next((x for x in items if x["code_sha256"] == digest), None)
+
+    await wait_for(lambda: history_row() is not None)
+    row = history_row()
+    assert row is not None and row["origin"] == "jupyter"
 
 
 async def test_matplotlib_reaches_our_own_protocol(service: Service) -> None:

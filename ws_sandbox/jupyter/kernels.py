@@ -51,7 +51,8 @@ class KernelRegistry:
                         restart_timeout=settings.restart_timeout
                         + settings.sandbox_start_timeout + settings.acquire_timeout)
         runner = await self.manager.open(spec.language, kernel,
-                                         client_id=client_id or "jupyter", send_ready=False,
+                                         client_id=client_id or "jupyter", origin="jupyter",
+                                         send_ready=False,
                                          admit_cell=admit_cell)
         kernel.bind(runner)
         self._kernels[kernel.id] = kernel
