@@ -34,9 +34,10 @@ SHIPPED_SECCOMP_PROFILE = Path(__file__).resolve().parent.parent / "runtime" / "
 #: ``errnoRet`` says (google/gvisor#14688). A denied ``clone3`` must fail with ENOSYS, or
 #: glibc does not fall back to ``clone`` and no thread starts (Node.js, rustc, Python
 #: threads). So under runsc a rule answering ``clone3`` with ENOSYS lets it through to the
-#: Sentry instead, which (gVisor 20221219, Debian 12's) does not implement it and answers
-#: ENOSYS itself. Should a newer gVisor implement it, ``clone3(CLONE_NEWUSER)`` would create
-#: a user namespace inside gVisor: the security battery's clone3 test fails then.
+#: Sentry instead. gVisor 20221219 (Debian 12's) does not implement it and answers ENOSYS;
+#: gVisor 20240729 (Debian 13's) implements it, and ``clone3(CLONE_NEWUSER)`` made a user
+#: namespace there. The agent's own seccomp filter (``agent.c``: ``deny_clone3``) answers
+#: ENOSYS before any runtime sees the call; the security battery checks both.
 RUNSC_PASS_THROUGH = frozenset({"clone3"})
 
 #: runsc's converter looks each name up in gVisor's own system call table, which spells some

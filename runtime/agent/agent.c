@@ -59,6 +59,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
@@ -3162,6 +3165,34 @@ static int run(void) {
     return A.exit_code;
 }
 
+/* A seccomp filter of the agent's own, inherited by every process it starts: `clone3`
+ * fails with ENOSYS, so glibc falls back to `clone`, whose flags the engine's profile
+ * checks (clone3 passes its flags in memory, out of any filter's sight).
+ *
+ * The engine's profile says the same under runc, but not under runsc: runsc answers every
+ * denied call with EPERM (google/gvisor#14688), which stops glibc's fallback and every
+ * thread, so the service lets clone3 through to gVisor's kernel there
+ * (settings.RUNSC_PASS_THROUGH). gVisor 20221219 (Debian 12) answers ENOSYS itself; gVisor
+ * 20240729 (Debian 13, bookworm-backports) implements clone3, and a cell's
+ * clone3(CLONE_NEWUSER) made a user namespace, outside the task limit. A filter installed
+ * inside the sandbox is answered with its own errno under both runtimes and any version.
+ * Returns 0, or -1 with errno set. */
+static int deny_clone3(void) {
+    /* No check of the architecture, on purpose: calls numbered from 424 on have one number
+     * on every architecture, so 435 is clone3 for the native, the 32-bit and the x32 ABIs
+     * alike (x32 sets bit 30). */
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 435, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 435 | 0x40000000, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog program = {.len = sizeof filter / sizeof filter[0], .filter = filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program, 0, 0);
+}
+
 /* Mark every descriptor above 2 that the agent inherited close-on-exec. */
 static void close_on_exec_inherited(void) {
     DIR *d = opendir("/proc/self/fd");
@@ -3203,6 +3234,11 @@ int main(int argc, char **argv) {
         return EXIT_BAD_FRAME;
     }
     close_on_exec_inherited();
+    if (container && deny_clone3() != 0) {
+        /* Fail closed: a sandbox without it may let user code make a user namespace. */
+        log_msg("cannot install the agent's seccomp filter: %s", strerror(errno));
+        return 1;
+    }
     if (container && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
         log_msg("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", errno);
     /* Orphans come to the agent (reap() reaps them) also if it is ever not PID 1. */
