@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from types import FrameType
 
 import uvicorn
@@ -16,11 +17,30 @@ from starlette.applications import Starlette
 from ws_sandbox import redact
 from ws_sandbox.app import create_app
 from ws_sandbox.exceptions import ConfigError
+from ws_sandbox.http_protocol import with_request_timeout
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.settings import Settings
 from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
 
 log = logging.getLogger(__name__)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit.
+
+    Every connection and every sandbox's stream holds a descriptor; the usual soft limit
+    (1024 under systemd) would refuse connections long before memory runs short, and the
+    event loop (epoll) has no use for the lower limit. Returns (before, after).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+        return soft, soft
+    return soft, hard
 
 
 class _DrainingServer(uvicorn.Server):
@@ -61,6 +81,8 @@ def serve(settings: Settings) -> int:
         # client make us inflate): off. The websockets library still carries every byte.
         # uvicorn's sans-I/O protocol, plus sending a batch of frames in one write.
         ws=BatchingWebSocketProtocol, ws_per_message_deflate=False,
+        # A deadline for each request to arrive whole (REQUEST_TIMEOUT): uvicorn has none.
+        http=with_request_timeout(settings.request_timeout),
         # uvloop, named rather than "auto" so that a missing install fails at start instead
         # of falling back in silence. It takes about 50 us off a cell's round trip, which
         # wakes the service's loop twice (bench/NOTES.md).
@@ -70,6 +92,9 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_timeout) + 1,
     )
     redact.install()  # after uvicorn.Config has configured its loggers
+    before, after = raise_open_files_limit()
+    if after != before:
+        log.info("open files limit raised from %d to %d", before, after)
     server = _DrainingServer(config, settings, app)
     server.run()
     return 0 if server.started else 1

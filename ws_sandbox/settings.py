@@ -159,6 +159,10 @@ class Settings:
         "doc": "How long a new session waits for a container from the pool"})
     send_timeout: float | None = field(default=30.0, metadata={"env": "SEND_TIMEOUT",
         "doc": "A client that accepts no frame for this long is disconnected"})
+    request_timeout: float | None = field(default=60.0, metadata={"env": "REQUEST_TIMEOUT",
+        "doc": "Each HTTP request must arrive whole (head and body; a WebSocket upgrade: its"
+               " head) within this long of the connection being ready for it, or the"
+               " connection is closed: a client cannot hold a socket by never finishing one"})
     shutdown_timeout: float = field(default=10.0, metadata={"env": "SHUTDOWN_TIMEOUT",
         "doc": "Drain time on SIGTERM before containers are removed"})
     # --- containers ----------------------------------------------------------------------
@@ -287,7 +291,7 @@ class Settings:
         need(self.nofile_limit >= 64, "NOFILE_LIMIT must be at least 64")
         need(self.fsize_limit_mb >= 1, "FSIZE_LIMIT_MB must be at least 1")
         need(0 <= self.pool_size <= 64, "POOL_SIZE must be between 0 and 64")
-        for name in ("idle_timeout", "max_lifetime", "send_timeout"):
+        for name in ("idle_timeout", "max_lifetime", "send_timeout", "request_timeout"):
             value = getattr(self, name)
             need(value is None or value > 0, f"{name.upper()} must be positive or none")
         for name in ("resume_grace", "interrupt_grace", "restart_timeout",

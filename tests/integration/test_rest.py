@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -575,3 +577,35 @@ def test_a_client_gone_mid_body_is_not_an_error_in_the_log(service: Service) -> 
         log.seek(start)
         written = log.read().decode(errors="replace")
     assert "ClientDisconnect" not in written and "unhandled error" not in written, written
+
+
+async def test_a_request_that_never_ends_is_closed_at_request_timeout(
+        make_service: ServiceFactory) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard > 512, "this test needs a hard limit on open files above 512"
+    with contextlib.ExitStack() as stack:
+        # The service inherits a low soft limit, as under systemd (1024), and raises it.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+        try:
+            svc = stack.enter_context(make_service(REQUEST_TIMEOUT="0.5", POOL_SIZE="0"))
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        host, port = svc.http.removeprefix("http://").split(":")
+        held = []
+        for _ in range(20):  # half a request each, as a slowloris client sends
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+            held.append((reader, writer))
+        start = time.monotonic()
+        async with asyncio.timeout(30):
+            answers = [await reader.read() for reader, _ in held]
+        assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers[0]
+        assert time.monotonic() - start < 10
+        for _, writer in held:
+            writer.close()
+        status, health = svc.get("/api/v1/health")  # whole requests are served as before
+        assert status == 200, health
+        # Each connection holds a descriptor: the service runs with its hard limit.
+        limits = Path(f"/proc/{svc.process.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line

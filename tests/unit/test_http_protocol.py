@@ -1,0 +1,178 @@
+"""``RequestDeadlineProtocol`` over a real socket: uvicorn in-process, raw clients.
+
+Each request must arrive whole within the deadline; what the application does afterwards is
+not timed, and a WebSocket is left alone once upgraded. Every test runs on asyncio's loop
+and on uvloop's. Every wait is bounded with ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect
+
+from ws_sandbox.http_protocol import TIMEOUT_RESPONSE, with_request_timeout
+from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
+
+DEADLINE = 0.4
+"""The request deadline under test (seconds)."""
+BOUND = 10.0
+"""Generous bound on any single wait (seconds)."""
+
+pytestmark = pytest.mark.event_loops
+
+
+class App:
+    """``/echo`` answers with the body it read, ``/slow`` after 2 deadlines, ``/ws`` echoes."""
+
+    def __init__(self) -> None:
+        self.disconnects = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            websocket = WebSocket(scope, receive, send)
+            await websocket.accept()
+            while True:
+                await websocket.send_text(await websocket.receive_text())
+        request = Request(scope, receive)
+        if scope["path"] == "/slow":
+            await asyncio.sleep(2 * DEADLINE)
+            body = b"slow"
+        else:
+            try:
+                body = await request.body()
+            except ClientDisconnect:
+                self.disconnects += 1
+                return
+        await PlainTextResponse(body)(scope, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def running_server(timeout: float | None) -> AsyncIterator[tuple[int, App]]:
+    app = App()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, http=with_request_timeout(timeout),
+        ws=BatchingWebSocketProtocol, lifespan="off", log_level="warning",
+        timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(BOUND):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    pytest.fail("uvicorn stopped before it started")
+                await asyncio.sleep(0.005)
+        yield int(server.servers[0].sockets[0].getsockname()[1]), app
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(BOUND):
+            await task
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[int, App]]:
+    async with running_server(DEADLINE) as running:
+        yield running
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and when it closed (monotonic)."""
+    async with asyncio.timeout(BOUND):
+        data = await reader.read()
+    return data, time.monotonic()
+
+
+async def test_a_request_head_that_never_ends_gets_a_408(server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start = time.monotonic()
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n")  # no blank line: the head goes on
+    data, closed = await read_until_closed(reader)
+    assert data == TIMEOUT_RESPONSE
+    assert DEADLINE * 0.9 <= closed - start < BOUND
+    writer.close()
+
+
+async def test_a_connection_that_sends_nothing_is_closed(server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start = time.monotonic()
+    data, closed = await read_until_closed(reader)
+    assert data == b""
+    assert DEADLINE * 0.9 <= closed - start < BOUND
+    writer.close()
+
+
+async def test_a_trickling_body_is_cut_off(server: tuple[int, App]) -> None:
+    port, app = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    for _ in range(3):  # bytes keep coming, but the body is never whole in time
+        await asyncio.sleep(DEADLINE / 3)
+        writer.write(b"d")
+    data, _ = await read_until_closed(reader)
+    assert data == b""  # the application was still reading: nothing was answered
+    async with asyncio.timeout(BOUND):
+        while app.disconnects != 1:  # the application saw the client go
+            await asyncio.sleep(0.01)
+    writer.close()
+
+
+async def test_the_application_s_own_time_is_not_counted(server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data, _ = await read_until_closed(reader)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nslow")
+    writer.close()
+
+
+async def test_each_request_on_a_kept_connection_gets_its_own_deadline(
+        server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for n in range(3):  # whole requests, each in time, together longer than one deadline
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n%02d" % n)
+        async with asyncio.timeout(BOUND):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert await reader.readexactly(2) == b"%02d" % n
+        await asyncio.sleep(DEADLINE / 2)
+    start = time.monotonic()
+    writer.write(b"GET /echo HTTP/1.1\r\n")  # then a request that never ends
+    data, closed = await read_until_closed(reader)
+    assert data == TIMEOUT_RESPONSE
+    assert DEADLINE * 0.4 <= closed - start < BOUND  # the deadline began at the last response
+    writer.close()
+
+
+async def test_an_upgraded_websocket_outlives_the_deadline(server: tuple[int, App]) -> None:
+    port, _ = server
+    async with asyncio.timeout(BOUND):
+        async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await asyncio.sleep(3 * DEADLINE)
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+
+
+async def test_no_deadline_when_the_timeout_is_none() -> None:
+    async with running_server(None) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(3 * DEADLINE):
+                await reader.read(1)
+        writer.write(b"\r\n")  # the head ends late, and is still answered
+        async with asyncio.timeout(BOUND):
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200 ")
+        writer.close()
