@@ -8,13 +8,15 @@ a missing engine or image is a failure, never a silent skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
+import uvicorn
 import uvloop
 
 RUNTIME_IMAGE = os.environ.get("CONTAINER_IMAGE", "ws-sandbox-runtime:latest")
@@ -85,3 +87,26 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_in_process(config: uvicorn.Config, bound: float = 10.0
+                             ) -> AsyncIterator[int]:
+    """Serve ``config`` on this event loop (a test helper); yields the port it listens on.
+
+    Give ``port=0``: the kernel picks a free one. ``bound`` bounds the start and the stop.
+    """
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(bound):
+            while not server.started:
+                if task.done():
+                    task.result()  # raises what made startup fail
+                    pytest.fail("uvicorn stopped before it started")
+                await asyncio.sleep(0.005)
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(bound):
+            await task

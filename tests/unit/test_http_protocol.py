@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
+from tests.conftest import uvicorn_in_process
 from ws_sandbox.http_protocol import TIMEOUT_RESPONSE, with_request_timeout
 from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
 
@@ -63,20 +64,8 @@ async def running_server(timeout: float | None) -> AsyncIterator[tuple[int, App]
         app, host="127.0.0.1", port=0, http=with_request_timeout(timeout),
         ws=BatchingWebSocketProtocol, lifespan="off", log_level="warning",
         timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(BOUND):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    pytest.fail("uvicorn stopped before it started")
-                await asyncio.sleep(0.005)
-        yield int(server.servers[0].sockets[0].getsockname()[1]), app
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(BOUND):
-            await task
+    async with uvicorn_in_process(config, BOUND) as port:
+        yield port, app
 
 
 @pytest.fixture

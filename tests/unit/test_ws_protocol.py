@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.utils import ClientDisconnected
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.conftest import uvicorn_in_process
 from ws_sandbox import frames as fr
 from ws_sandbox.websocket import WebSocketSink
 from ws_sandbox.ws_protocol import (
@@ -131,23 +132,12 @@ async def running_server(ws: type[asyncio.Protocol] | str) -> AsyncIterator[Serv
         app, host="127.0.0.1", port=0, ws=ws, ws_per_message_deflate=False,
         lifespan="off", log_level="warning", timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(BOUND):
-            while not server.started:
-                if task.done():
-                    task.result()  # raises what made startup fail
-                    pytest.fail("uvicorn stopped before it started")
-                await asyncio.sleep(0.005)
-        port = int(server.servers[0].sockets[0].getsockname()[1])
-        yield Server(port, connections)
-    finally:
-        for conn in handed:
-            conn.release.set()
-        server.should_exit = True
-        async with asyncio.timeout(BOUND):
-            await task
+    async with uvicorn_in_process(config, BOUND) as port:
+        try:
+            yield Server(port, connections)
+        finally:
+            for conn in handed:
+                conn.release.set()
 
 
 @pytest.fixture
