@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline for reading each request.
+"""uvicorn's HTTP/1.1 protocol with deadlines for reading each request and for writing.
 
 uvicorn's h11 protocol waits for a request for as long as the client likes. It closes a
 connection that stays idle between requests (``timeout_keep_alive``), but any byte cancels
@@ -13,7 +13,17 @@ response is complete), to arrive whole: its head and its body, or for a WebSocke
 its head (the session's own limits take over from there). Past the deadline the connection
 is closed; a client that had sent part of a request head first gets a ``408``, and an
 application still reading a body sees the client disconnect (``ClientDisconnect``). The
-time the application takes to answer does not count.
+time the application takes to answer does not count, with two exceptions: a client that
+sent ``Expect: 100-continue`` waits for the application to start reading before it sends
+the body, and a body that outruns the application (64 KiB buffered) stops being read until
+the application reads on; the service's handlers read their bodies first, so neither waits
+long there.
+
+The other way round, a client that does not read what it asked for would hold the
+connection, and the application's task waiting to write, for good: once the transport's
+buffer is full, uvicorn waits for it to drain without a limit. Writing that stays paused
+for ``SEND_TIMEOUT`` seconds closes the connection (as a WebSocket that accepts no frame for
+that long is closed).
 
 Everything else is uvicorn's ``h11`` protocol unchanged.
 """
@@ -27,7 +37,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["RequestDeadlineProtocol", "with_request_timeout"]
+__all__ = ["RequestDeadlineProtocol", "with_timeouts"]
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +53,19 @@ TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; 
 
 
 class RequestDeadlineProtocol(H11Protocol):
-    """H11Protocol that closes a connection whose request does not arrive in time."""
+    """H11Protocol that closes a connection whose request does not arrive in time, or
+    that accepts nothing of a response in time."""
 
     #: Seconds a request may take to arrive; ``None``: no deadline (uvicorn's behaviour).
     request_timeout: float | None = None
+    #: Seconds writing may stay paused; ``None``: no limit (uvicorn's behaviour).
+    send_timeout: float | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._partial = False  # bytes of the awaited request have arrived
+        self._stalled: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,12 +73,26 @@ class RequestDeadlineProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._writable()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        waiting_for_head = self.conn.their_state is h11.IDLE
         self._partial = True
         super().data_received(data)
+        if not waiting_for_head and self.conn.their_state is h11.IDLE:
+            # The end of a body answered early (a 413, say) began the next request here.
+            self._arm()
         self._disarm_once_read()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.send_timeout is not None and self._stalled is None:
+            self._stalled = self.loop.call_later(self.send_timeout, self._stalled_too_long)
+
+    def resume_writing(self) -> None:
+        self._writable()
+        super().resume_writing()
 
     def on_response_complete(self) -> None:
         self._arm()  # the next request's time starts now; a pipelined one may be read below
@@ -91,6 +119,18 @@ class RequestDeadlineProtocol(H11Protocol):
         if self.conn.their_state not in _ARRIVING:
             self._disarm()
 
+    def _writable(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _stalled_too_long(self) -> None:
+        self._stalled = None
+        log.debug("closing %s: it read nothing for %s s", self.client, self.send_timeout)
+        # Not close(), which would still wait for the buffer to drain. connection_lost
+        # follows, which releases the application's wait to write.
+        self.transport.abort()
+
     def _expired(self) -> None:
         self._deadline = None
         if self.transport.is_closing():
@@ -102,7 +142,8 @@ class RequestDeadlineProtocol(H11Protocol):
         self.transport.close()
 
 
-def with_request_timeout(timeout: float | None) -> type[RequestDeadlineProtocol]:
-    """The protocol class for uvicorn's ``http=``, with ``timeout`` seconds per request."""
+def with_timeouts(request_timeout: float | None,
+                  send_timeout: float | None) -> type[RequestDeadlineProtocol]:
+    """The protocol class for uvicorn's ``http=``, with these deadlines (seconds)."""
     return type("RequestDeadlineProtocol", (RequestDeadlineProtocol,),
-                {"request_timeout": timeout})
+                {"request_timeout": request_timeout, "send_timeout": send_timeout})

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from ws_sandbox import redact
 from ws_sandbox.app import create_app
 from ws_sandbox.exceptions import ConfigError
-from ws_sandbox.http_protocol import with_request_timeout
+from ws_sandbox.http_protocol import with_timeouts
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.settings import Settings
 from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
@@ -25,22 +25,28 @@ from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
 log = logging.getLogger(__name__)
 
 
+MAX_OPEN_FILES = 1 << 20
+"""The most open files the service raises its soft limit to."""
+
+
 def raise_open_files_limit() -> tuple[int, int]:
-    """Raise this process's soft limit on open files to its hard limit.
+    """Raise this process's soft limit on open files to its hard limit (at most a million).
 
     Every connection and every sandbox's stream holds a descriptor; the usual soft limit
     (1024 under systemd) would refuse connections long before memory runs short, and the
     event loop (epoll) has no use for the lower limit. Returns (before, after).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft == hard:
+    # Some container set-ups allow about 1e9: enough is a million.
+    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft >= target:
         return soft, soft
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError) as exc:
-        log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
         return soft, soft
-    return soft, hard
+    return soft, target
 
 
 class _DrainingServer(uvicorn.Server):
@@ -81,8 +87,9 @@ def serve(settings: Settings) -> int:
         # client make us inflate): off. The websockets library still carries every byte.
         # uvicorn's sans-I/O protocol, plus sending a batch of frames in one write.
         ws=BatchingWebSocketProtocol, ws_per_message_deflate=False,
-        # A deadline for each request to arrive whole (REQUEST_TIMEOUT): uvicorn has none.
-        http=with_request_timeout(settings.request_timeout),
+        # A deadline for each request to arrive whole (REQUEST_TIMEOUT), and for a client to
+        # read on (SEND_TIMEOUT): uvicorn has neither.
+        http=with_timeouts(settings.request_timeout, settings.send_timeout),
         # uvloop, named rather than "auto" so that a missing install fails at start instead
         # of falling back in silence. It takes about 50 us off a cell's round trip, which
         # wakes the service's loop twice (bench/NOTES.md).

@@ -3178,9 +3178,9 @@ static int run(void) {
  * inside the sandbox is answered with its own errno under both runtimes and any version.
  * Returns 0, or -1 with errno set. */
 static int deny_clone3(void) {
-    /* No check of the architecture, on purpose: calls numbered from 424 on have one number
-     * on every architecture, so 435 is clone3 for the native, the 32-bit and the x32 ABIs
-     * alike (x32 sets bit 30). */
+    /* No check of the architecture, on purpose: from 424 on, x86's 64-bit, 32-bit and x32
+     * ABIs (and the asm-generic ones, arm64's) give a call one number, so 435 is clone3 in
+     * each (x32 sets bit 30) and no other call anywhere a process here can reach. */
     struct sock_filter filter[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 435, 1, 0),

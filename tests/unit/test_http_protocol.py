@@ -1,7 +1,8 @@
 """``RequestDeadlineProtocol`` over a real socket: uvicorn in-process, raw clients.
 
 Each request must arrive whole within the deadline; what the application does afterwards is
-not timed, and a WebSocket is left alone once upgraded. Every test runs on asyncio's loop
+not timed, and a WebSocket is left alone once upgraded. A client that reads nothing of a
+response for the send deadline is disconnected. Every test runs on asyncio's loop
 and on uvloop's. Every wait is bounded with ``asyncio.timeout``.
 """
 
@@ -9,19 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
 from tests.conftest import uvicorn_in_process
-from ws_sandbox.http_protocol import TIMEOUT_RESPONSE, with_request_timeout
+from ws_sandbox.http_protocol import TIMEOUT_RESPONSE, with_timeouts
 from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
 
 DEADLINE = 0.4
@@ -32,11 +34,18 @@ BOUND = 10.0
 pytestmark = pytest.mark.event_loops
 
 
+CHUNK = 512 << 10
+BIG = 64 * CHUNK
+"""``/big``'s response, in 64 pieces: more than the kernel's buffers hold."""
+
+
 class App:
-    """``/echo`` answers with the body it read, ``/slow`` after 2 deadlines, ``/ws`` echoes."""
+    """``/echo`` answers with the body it read, ``/slow`` after 2 deadlines, ``/big`` with
+    :data:`BIG` bytes, ``/reject`` with a 413 before reading the body; ``/ws`` echoes."""
 
     def __init__(self) -> None:
         self.disconnects = 0
+        self.big_sent = asyncio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -45,6 +54,15 @@ class App:
             while True:
                 await websocket.send_text(await websocket.receive_text())
         request = Request(scope, receive)
+        if scope["path"] == "/big":
+            # Piece by piece: uvicorn waits for the buffer to drain before each next one.
+            pieces = (b"x" * CHUNK for _ in range(BIG // CHUNK))
+            await StreamingResponse(pieces)(scope, receive, send)
+            self.big_sent.set()
+            return
+        if scope["path"] == "/reject":
+            await PlainTextResponse("too large", status_code=413)(scope, receive, send)
+            return
         if scope["path"] == "/slow":
             await asyncio.sleep(2 * DEADLINE)
             body = b"slow"
@@ -58,10 +76,11 @@ class App:
 
 
 @contextlib.asynccontextmanager
-async def running_server(timeout: float | None) -> AsyncIterator[tuple[int, App]]:
+async def running_server(timeout: float | None, send_timeout: float | None = DEADLINE
+                         ) -> AsyncIterator[tuple[int, App]]:
     app = App()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, http=with_request_timeout(timeout),
+        app, host="127.0.0.1", port=0, http=with_timeouts(timeout, send_timeout),
         ws=BatchingWebSocketProtocol, lifespan="off", log_level="warning",
         timeout_graceful_shutdown=1)
     async with uvicorn_in_process(config, BOUND) as port:
@@ -165,3 +184,39 @@ async def test_no_deadline_when_the_timeout_is_none() -> None:
         async with asyncio.timeout(BOUND):
             assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200 ")
         writer.close()
+
+
+async def test_a_client_that_reads_nothing_is_disconnected(server: tuple[int, App]) -> None:
+    port, app = server
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(BOUND):  # the application's write gave up: it is not stuck
+        await app.big_sent.wait()  # while the client has read nothing
+    received = 0
+    with contextlib.suppress(ConnectionResetError):  # the server aborted the connection
+        async with asyncio.timeout(BOUND):
+            while chunk := await reader.read(1 << 20):
+                received += len(chunk)
+    assert received < BIG  # cut off
+    writer.close()
+
+
+async def test_a_body_that_ends_after_an_early_answer_starts_the_next_deadline(
+        server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /reject HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+    async with asyncio.timeout(BOUND):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    await asyncio.sleep(DEADLINE / 2)
+    start = time.monotonic()
+    writer.write(b"cd")  # the rest of that body; no byte of another request follows
+    data, closed = await read_until_closed(reader)
+    assert data == b"too large"  # closed without a 408: no request had begun
+    assert DEADLINE * 0.9 <= closed - start < BOUND  # counted from the body's end
+    writer.close()
