@@ -25,6 +25,11 @@ from ws_sandbox.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 
+def close_reason(reason: str) -> str:
+    """``reason`` cut to the 123 bytes of UTF-8 a close frame has room for, whole characters."""
+    return reason.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
+
+
 async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
     """Close a WebSocket unless it is closed already; a peer that is gone is no error.
 
@@ -33,7 +38,7 @@ async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
     """
     if websocket.application_state is WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):
-            await websocket.close(code, reason[:120])  # a close reason fits in 123 bytes
+            await websocket.close(code, close_reason(reason))
 
 
 class WebSocketSink:

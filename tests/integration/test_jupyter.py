@@ -442,11 +442,39 @@ async def test_kernel_info_and_tolerant_parsing(service: Service) -> None:
             assert reply["parent_header"]["msg_id"] == "info-1"
             assert reply["content"]["language_info"]["name"] == "bash"
             assert reply["content"]["protocol_version"] == "5.3"
-            await ws.send("not json")  # ignored, the channel goes on
             k = Kernel(service, http, kernel_id, ws)
             shell = await k.execute("echo from-bash; echo oops >&2; false")
             assert shell.stdout == "from-bash\n"
             assert "oops" in shell.stderr
+            # A request we do not serve is answered, not left waiting.
+            await ws.send(json.dumps({"header": {"msg_id": "dbg", "msg_type": "debug_request"},
+                                      "channel": "control"}))
+            run = Run()
+            await read_until_idle(ws, "dbg", run, timeout=10)
+            reply = next(m for m in run.messages if m["msg_type"] == "debug_reply")
+            assert reply["content"]["status"] == "error"
+            assert "debug_request" in reply["content"]["evalue"]
+            # A message we cannot read closes the channel with the reason; the kernel lives.
+            await ws.send("not json")
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1008
+            assert (ws.close_reason or "").startswith("invalid Jupyter message: JSON is malformed")
+        async with websockets.connect(f"{service.url}/api/kernels/{kernel_id}/channels") as ws:
+            # Jupyter Server's binary form of a message (count, offsets, JSON, buffers).
+            body = json.dumps(execute_request("echo again; x=kept", "bin-1")).encode()
+            await ws.send(b"".join([(2).to_bytes(4, "big"), (12).to_bytes(4, "big"),
+                                    (12 + len(body)).to_bytes(4, "big"), body, b"buffer"]))
+            run = Run()
+            await read_until_idle(ws, "bin-1", run, timeout=30)
+            assert run.stdout == "again\n"
+            k = Kernel(service, http, kernel_id, ws)
+            assert (await k.execute("echo $x")).stdout == "kept\n"  # the same kernel
+            await ws.send(b"\x00\x00\x00\x09garbage")
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1008
+            assert ws.close_reason == "invalid binary Jupyter message: 9 parts in 11 bytes"
         async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
             assert response.status == 204
         async with http.get(f"{service.http}/api/kernels/{kernel_id}") as response:

@@ -260,6 +260,41 @@ async def test_kernel_info_and_other_requests() -> None:
         assert conn.types()[1] == req.replace("_request", "_reply")
 
 
+async def test_unknown_request_gets_an_error_reply() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(jm.decode(json.dumps(
+        {"header": {"msg_id": "d", "msg_type": "debug_request"}, "channel": "control"})),
+        conn)
+    assert conn.types() == ["status", "debug_reply", "status"]
+    reply = conn.of("debug_reply")[0]
+    assert reply["channel"] == "control"
+    assert reply["parent_header"]["msg_id"] == "d"
+    assert reply["content"] == {"status": "error", "ename": "NotImplementedError",
+                                "evalue": "ws_sandbox does not serve debug_request",
+                                "traceback": []}
+    assert runner.events == []
+
+
+async def test_comm_open_is_answered_with_comm_close() -> None:
+    kernel, _, conn = await make_kernel()
+    await kernel.handle(jm.decode(json.dumps(
+        {"header": {"msg_id": "c", "msg_type": "comm_open"},
+         "content": {"comm_id": "w1", "target_name": "jupyter.widget", "data": {}}})), conn)
+    assert conn.types() == ["status", "comm_close", "status"]
+    close = conn.of("comm_close")[0]
+    assert close["channel"] == "iopub"
+    assert close["content"] == {"comm_id": "w1", "data": {}}
+    assert close["parent_header"]["msg_id"] == "c"
+
+
+@pytest.mark.parametrize("msg_type", ["comm_msg", "comm_close", "input_reply", "custom"])
+async def test_messages_that_want_no_answer_get_none(msg_type: str) -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(jm.decode(json.dumps({"header": {"msg_type": msg_type}})), conn)
+    assert conn.sent == []
+    assert runner.events == []
+
+
 async def test_interrupt_and_shutdown_requests() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(jm.decode('{"header": {"msg_id": "i", "msg_type":'

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ws_sandbox.exceptions import BadRequest, NotFound
+from ws_sandbox.exceptions import BadRequest, NotFound, PayloadTooLarge
 from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.specs import find_spec, kernelspecs_model
 from ws_sandbox.settings import Language
@@ -32,6 +32,7 @@ def test_decode_minimal_header_only() -> None:
 
 @pytest.mark.parametrize("data", ["not json", "[]", '{"content": {}}',
                                   '{"header": {"msg_id": 3}}',
+                                  '{"header": {"msg_id": "m1"}}',  # no msg_type
                                   '{"content": {"x": ' + "[" * 2000 + "]" * 2000 + "}}"])
 def test_decode_refuses_garbage(data: str) -> None:
     with pytest.raises(BadRequest):
@@ -39,8 +40,52 @@ def test_decode_refuses_garbage(data: str) -> None:
 
 
 def test_decode_refuses_huge_message() -> None:
-    with pytest.raises(BadRequest, match="too large"):
+    with pytest.raises(PayloadTooLarge, match="exceeds the limit"):
         jm.decode("x" * (jm.MAX_INCOMING_CHARS + 1))
+
+
+def binary(*parts: bytes) -> bytes:
+    """Jupyter Server's binary form: a count, one offset per part, the parts."""
+    offset = 4 * (len(parts) + 1)
+    offsets = []
+    for part in parts:
+        offsets.append(offset)
+        offset += len(part)
+    return b"".join([len(parts).to_bytes(4, "big"),
+                     *(o.to_bytes(4, "big") for o in offsets), *parts])
+
+
+def test_decode_binary_reads_the_message_and_drops_the_buffers() -> None:
+    body = json.dumps({"header": {"msg_id": "b1", "msg_type": "comm_msg"},
+                       "content": {"data": {}}, "channel": "shell"}).encode()
+    msg = jm.decode_binary(binary(body, b"\x00\x01buffer", b""))
+    assert msg.msg_type == "comm_msg"
+    assert msg.header.msg_id == "b1"
+    assert msg.buffers == []
+    assert jm.decode_binary(binary(body)).msg_type == "comm_msg"  # no buffers at all
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (b"", "0 bytes"),
+    (b"\x00\x00\x00\x01", "4 bytes"),
+    ((0).to_bytes(4, "big") + b"{}{}", "0 parts"),
+    ((3).to_bytes(4, "big") + (16).to_bytes(4, "big") + b"{}", "3 parts in 10 bytes"),
+    ((1).to_bytes(4, "big") + (4).to_bytes(4, "big") + b"{}", "offsets do not fit"),
+    ((2).to_bytes(4, "big") + (12).to_bytes(4, "big") + (99).to_bytes(4, "big") + b"{}",
+     "offsets do not fit"),  # a buffer past the end
+    ((2).to_bytes(4, "big") + (12).to_bytes(4, "big") + (10).to_bytes(4, "big") + b"{}",
+     "offsets do not fit"),  # offsets going back
+    (binary(b"not json"), "invalid Jupyter message"),
+    (binary(b'{"header": {}}'), "no msg_type"),
+])
+def test_decode_binary_refuses_what_does_not_fit(data: bytes, why: str) -> None:
+    with pytest.raises(BadRequest, match=why):
+        jm.decode_binary(data)
+
+
+def test_decode_binary_refuses_huge_message() -> None:
+    with pytest.raises(PayloadTooLarge):
+        jm.decode_binary(binary(b"x" * (jm.MAX_INCOMING_CHARS + 1)))
 
 
 def test_build_copies_parent_and_has_top_level_fields() -> None:

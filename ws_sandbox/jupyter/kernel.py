@@ -184,7 +184,18 @@ class Kernel:
                                   {"status": "ok", "found": False, "data": {}, "metadata": {}})
             case "history_request":
                 await self._reply(msg, origin, "history_reply", {"status": "ok", "history": []})
-            case _:
+            case "comm_open":
+                # No comm target exists here: the protocol asks for an immediate comm_close.
+                await self._publish("status", {"execution_state": "busy"}, msg.header)
+                await self._publish("comm_close", {"comm_id": msg.content.get("comm_id", ""),
+                                                   "data": {}}, msg.header)
+                await self._publish("status", {"execution_state": "idle"}, msg.header)
+            case str(other) if other.endswith("_request"):
+                # A client waiting for the reply learns why instead of waiting forever.
+                await self._reply(msg, origin, other.removesuffix("_request") + "_reply", {
+                    "status": "error", "ename": "NotImplementedError",
+                    "evalue": f"ws_sandbox does not serve {other}", "traceback": []})
+            case _:  # comm_msg, comm_close, input_reply: nothing waits for an answer
                 log.debug("kernel %s: ignoring %s", self.id, msg.msg_type)
 
     def kernel_info(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ own; outgoing ones are built here so that every reply carries its request's head
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest
+from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, PayloadTooLarge
 
 PROTOCOL_VERSION = "5.3"
 #: Largest JSON message a client may send: code plus room for the envelope.
@@ -82,14 +83,45 @@ def decode(data: str | bytes) -> Incoming:
     """Parse one client message.
 
     Raises:
-        BadRequest: not JSON, not an object, or a field of the wrong type.
+        PayloadTooLarge: above :data:`MAX_INCOMING_CHARS`.
+        BadRequest: not JSON, not an object, a field of the wrong type, or no ``msg_type``.
     """
     if len(data) > MAX_INCOMING_CHARS:
-        raise BadRequest(f"message of {len(data)} characters is too large")
+        raise PayloadTooLarge(f"message of {len(data)} characters exceeds the limit of"
+                              f" {MAX_INCOMING_CHARS}")
     try:
-        return _decoder.decode(data)
+        message = _decoder.decode(data)
     except DECODE_ERRORS as exc:
         raise BadRequest(f"invalid Jupyter message: {exc}") from None
+    if not message.header.msg_type:
+        raise BadRequest("invalid Jupyter message: its header has no msg_type")
+    return message
+
+
+def decode_binary(data: bytes) -> Incoming:
+    """Parse one message in Jupyter Server's binary form (how its default protocol carries
+    a message with buffers): a big-endian 32-bit count of parts, one 32-bit offset per part
+    from the start of the data, then the parts; the first is the message as JSON. The
+    buffers are dropped: nothing we serve (no comms) reads them.
+
+    Raises:
+        PayloadTooLarge: above :data:`MAX_INCOMING_CHARS` bytes.
+        BadRequest: a layout that does not fit the data, or a first part :func:`decode`
+            refuses.
+    """
+    if len(data) > MAX_INCOMING_CHARS:
+        raise PayloadTooLarge(f"message of {len(data)} bytes exceeds the limit of"
+                              f" {MAX_INCOMING_CHARS}")
+    if len(data) < 8:
+        raise BadRequest(f"invalid binary Jupyter message: {len(data)} bytes")
+    parts = int.from_bytes(data[:4], "big")
+    if not 1 <= parts <= (len(data) - 4) // 4:
+        raise BadRequest(f"invalid binary Jupyter message: {parts} parts in {len(data)} bytes")
+    offsets = [int.from_bytes(data[4 * i:4 * i + 4], "big") for i in range(1, parts + 1)]
+    offsets.append(len(data))
+    if offsets[0] != 4 * (parts + 1) or any(a > b for a, b in itertools.pairwise(offsets)):
+        raise BadRequest("invalid binary Jupyter message: its offsets do not fit the data")
+    return decode(data[offsets[0]:offsets[1]])
 
 
 def encode(message: Outgoing) -> str:

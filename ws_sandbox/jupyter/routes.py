@@ -247,16 +247,16 @@ async def channels(websocket: WebSocket) -> None:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
-            text = message.get("text")
-            if text is None:
-                log.info("kernel %s: binary message ignored (v1 protocol is not spoken)",
-                         kernel.id)
-                continue
+            text, data = message.get("text"), message.get("bytes")
             try:
-                msg = jm.decode(text)
-            except BadRequest as exc:
-                log.info("kernel %s: %s", kernel.id, exc.message)
-                continue
+                msg = jm.decode(text) if text is not None else jm.decode_binary(data or b"")
+            except SandboxError as exc:
+                # No reply can name a message we cannot read: the client learns why from
+                # the close, as Jupyter Server's clients learn it from a dropped connection.
+                # The kernel goes on; the client may connect again.
+                log.info("kernel %s: closing a channel: %s", kernel.id, exc.message)
+                await conn.close(exc.close_code, exc.message)
+                break
             try:
                 await kernel.handle(msg, conn)
             except SandboxError as exc:  # a failed restart, say: the channel goes on
