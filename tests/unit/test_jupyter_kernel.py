@@ -12,7 +12,7 @@ from ws_sandbox import frames as fr
 from ws_sandbox.driver import ClientRequest, CloseRequest, Event, SessionRunner
 from ws_sandbox.exceptions import BackendError
 from ws_sandbox.jupyter import messages as jm
-from ws_sandbox.jupyter.kernel import TRACEBACK_HOLD_CHARS, Kernel
+from ws_sandbox.jupyter.kernel import HELD_CHARS, HELD_MESSAGES, TRACEBACK_HOLD_CHARS, Kernel
 from ws_sandbox.jupyter.specs import find_spec
 
 
@@ -52,9 +52,10 @@ class FakeConnection:
         return [m for m in self.sent if m["msg_type"] == msg_type]
 
 
-async def make_kernel(language: str = "python3") -> tuple[Kernel, FakeRunner, FakeConnection]:
+async def make_kernel(language: str = "python3", max_queued: int = 16
+                      ) -> tuple[Kernel, FakeRunner, FakeConnection]:
     kernel = Kernel(find_spec(language, ("python", "shell")), send_timeout=5.0,
-                    execution_timeout=30.0, restart_timeout=1.0)
+                    execution_timeout=30.0, restart_timeout=1.0, max_queued=max_queued)
     runner = FakeRunner()
     kernel.bind(cast(SessionRunner, runner))
     conn = FakeConnection()
@@ -195,6 +196,40 @@ async def test_queue_and_stop_on_error_abort() -> None:
     replies = {m["parent_header"]["msg_id"]: m["content"]["status"]
                for m in conn.of("execute_reply")}
     assert replies == {"m1": "error", "m2": "aborted", "m3": "aborted"}
+    assert len(runner.executes()) == 1
+
+
+async def test_queue_is_bounded_and_a_request_beyond_it_is_refused() -> None:
+    kernel, runner, conn = await make_kernel(max_queued=2)
+    for n in range(1, 5):  # one runs, two wait, the fourth finds the queue full
+        await kernel.handle(request(f"print({n})", f"m{n}"), conn)
+    refused = [m for m in conn.sent if m["parent_header"]["msg_id"] == "m4"]
+    assert [m["msg_type"] for m in refused] == ["status", "error", "execute_reply", "status"]
+    reply = refused[2]["content"]
+    assert reply["status"] == "error"
+    assert reply["ename"] == "QueueFull"
+    assert reply["evalue"] == "2 cells are already waiting; the limit is 2"
+    assert refused[1]["content"]["ename"] == "QueueFull"
+    assert len(runner.executes()) == 1
+    for n in (1, 2):  # the queued ones still run, in order; then there is room again
+        await send(kernel, result(runner.executes()[-1].id))
+        assert runner.executes()[-1].code == f"print({n + 1})"
+    await kernel.handle(request("print(5)", "m5"), conn)
+    await send(kernel, result(runner.executes()[-1].id))  # the third
+    await send(kernel, result(runner.executes()[-1].id))  # the fifth
+    assert [e.code for e in runner.executes()] == [f"print({n})" for n in (1, 2, 3, 5)]
+    statuses = {m["parent_header"]["msg_id"]: m["content"]["status"]
+                for m in conn.of("execute_reply")}
+    assert statuses == {"m1": "ok", "m2": "ok", "m3": "ok", "m4": "error", "m5": "ok"}
+    # Refused requests are not counted: the fifth request ran as the fourth cell.
+    assert conn.of("execute_reply")[-1]["content"]["execution_count"] == 4
+
+
+async def test_no_queue_at_all() -> None:
+    kernel, runner, conn = await make_kernel(max_queued=0)
+    await kernel.handle(request("a", "m1"), conn)
+    await kernel.handle(request("b", "m2"), conn)
+    assert [m["content"]["status"] for m in conn.of("execute_reply")] == ["error"]
     assert len(runner.executes()) == 1
 
 
@@ -343,6 +378,32 @@ async def test_messages_held_without_connection_and_replayed() -> None:
     # iopub was held and is replayed; the shell reply belonged to the connection that left.
     assert later.types() == ["stream", "status"]
     assert kernel.model()["connections"] == 1
+
+
+async def test_held_messages_are_bounded_by_count_and_size() -> None:
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    kernel.disconnect(conn)
+    cell = runner.executes()[0].id
+    big = "y" * (100 * 1024)
+    for n in range(100):  # 10 MB of output for nobody
+        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"{n:03d}{big}"))
+    for n in range(300):  # many small messages
+        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"small {n}\n"))
+    later = FakeConnection()
+    await kernel.connect(later)
+    texts = [m["content"]["text"] for m in later.sent]
+    assert len(texts) == HELD_MESSAGES
+    assert texts[-1] == "small 299\n"  # the newest are kept
+    assert texts[0] == "small 44\n"
+    kernel.disconnect(later)
+    for n in range(100):
+        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"{n:03d}{big}"))
+    last = FakeConnection()
+    await kernel.connect(last)
+    held = sum(len(json.dumps(m)) for m in last.sent)
+    assert HELD_CHARS * 0.9 < held <= HELD_CHARS
+    assert last.sent[-1]["content"]["text"].startswith("099")
 
 
 async def test_closed_session_kills_kernel() -> None:

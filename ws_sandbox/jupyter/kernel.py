@@ -4,10 +4,13 @@ A :class:`Kernel` is the :class:`~ws_sandbox.driver.FrameSink` of its session: t
 frames come in through :meth:`Kernel.send_frames` and go out as Jupyter messages to every
 WebSocket connected to the kernel (iopub) or to the one that asked (shell, control). A kernel
 lives without any WebSocket (it is created over REST); messages for nobody are kept in a
-small bounded buffer and replayed to the next connection.
+bounded buffer (:data:`HELD_MESSAGES`, :data:`HELD_CHARS`) and replayed to the next
+connection.
 
 Execute requests wait in the kernel's own queue and go to the session one at a time, so that
-``stop_on_error`` can abort the ones behind a failed cell, as Jupyter kernels do.
+``stop_on_error`` can abort the ones behind a failed cell, as Jupyter kernels do. The queue
+holds at most ``MAX_QUEUED_CELLS`` requests behind the running one, as a session's does; a
+request beyond it gets an error reply at once.
 
 Python tracebacks: our worker prints them on stderr. Jupyter clients expect them in an
 ``error`` message instead (Open WebUI adds that message's traceback to stderr itself), so a
@@ -38,8 +41,10 @@ from ws_sandbox.jupyter.specs import KernelSpec
 
 log = logging.getLogger(__name__)
 
-#: Messages kept for a kernel with no WebSocket; older ones are dropped.
+#: Messages kept for a kernel with no WebSocket, and their characters at most; older ones
+#: are dropped.
 HELD_MESSAGES = 256
+HELD_CHARS = 4 * 1024 * 1024
 #: Characters of a held-back Python traceback; past it, it is sent as a stream after all.
 TRACEBACK_HOLD_CHARS = 32 * 1024
 #: Largest ``data`` of a display message as JSON bytes (above it, a note instead).
@@ -89,13 +94,14 @@ class Kernel:
             dropped (so a slow client never stalls the session for the others).
         execution_timeout: the time limit of each cell, seconds.
         restart_timeout: seconds a restart may take before it is reported failed.
+        max_queued: execute requests that may wait behind the running one.
     """
 
     #: One frame per call: each becomes messages on every connection of the kernel.
     whole_batches = False
 
     def __init__(self, spec: KernelSpec, *, send_timeout: float | None,
-                 execution_timeout: float, restart_timeout: float) -> None:
+                 execution_timeout: float, restart_timeout: float, max_queued: int) -> None:
         self.id = str(uuid.uuid4())
         self.spec = spec
         self.session = uuid.uuid4().hex
@@ -106,8 +112,10 @@ class Kernel:
         self._send_timeout = send_timeout
         self._execution_timeout = execution_timeout
         self._restart_timeout = restart_timeout
+        self._max_queued = max_queued
         self._connections: list[Connection] = []
-        self._held: deque[str] = deque(maxlen=HELD_MESSAGES)
+        self._held: deque[str] = deque()
+        self._held_chars = 0
         self._current: _Execution | None = None
         self._pending: deque[_Execution] = deque()
         self._restarting = False
@@ -142,7 +150,9 @@ class Kernel:
         self._connections.append(conn)
         self._touch()
         while self._held and conn in self._connections:
-            await self._send_to(conn, self._held.popleft())
+            text = self._held.popleft()
+            self._held_chars -= len(text)
+            await self._send_to(conn, text)
 
     def disconnect(self, conn: Connection) -> None:
         """Remove a WebSocket (the kernel lives on)."""
@@ -227,6 +237,12 @@ class Kernel:
                                refused=refused)
         if self.dead:
             await self._abort(execution)
+            return
+        if ((self._current is not None or self._restarting)
+                and len(self._pending) >= self._max_queued):
+            await self._refuse(execution, "QueueFull",
+                               f"{len(self._pending)} cells are already waiting; the limit is"
+                               f" {self._max_queued}")
             return
         self._pending.append(execution)
         if self._current is None and not self._restarting:
@@ -425,6 +441,16 @@ class Kernel:
         if not self._restarting:
             await self._start_next()
 
+    async def _refuse(self, execution: _Execution, ename: str, evalue: str) -> None:
+        """An error reply to a request that never ran (nor counted)."""
+        error = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+        await self._publish("status", {"execution_state": "busy"}, execution.parent)
+        await self._publish("error", error, execution.parent)
+        await self._send(self._build("execute_reply", {
+            "status": "error", "execution_count": self.execution_count, **error},
+            "shell", execution.parent, metadata={"status": "error"}), execution.origin)
+        await self._publish("status", {"execution_state": "idle"}, execution.parent)
+
     async def _abort(self, execution: _Execution) -> None:
         await self._publish("status", {"execution_state": "busy"}, execution.parent)
         await self._send(self._build("execute_reply", {
@@ -464,6 +490,9 @@ class Kernel:
         if not self._connections:
             if message.parent_header:
                 self._held.append(text)
+                self._held_chars += len(text)
+                while len(self._held) > HELD_MESSAGES or self._held_chars > HELD_CHARS:
+                    self._held_chars -= len(self._held.popleft())
             return
         for conn in list(self._connections):
             await self._send_to(conn, text)

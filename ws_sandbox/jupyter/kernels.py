@@ -49,7 +49,8 @@ class KernelRegistry:
         kernel = Kernel(spec, send_timeout=settings.send_timeout,
                         execution_timeout=settings.max_execution_time,
                         restart_timeout=settings.restart_timeout
-                        + settings.sandbox_start_timeout + settings.acquire_timeout)
+                        + settings.sandbox_start_timeout + settings.acquire_timeout,
+                        max_queued=settings.max_queued_cells)
         runner = await self.manager.open(spec.language, kernel,
                                          client_id=client_id or "jupyter", origin="jupyter",
                                          send_ready=False,
