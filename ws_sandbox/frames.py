@@ -131,15 +131,21 @@ _server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(Server
 _encoder = msgspec.json.Encoder()
 
 
-MAX_WS_MESSAGE = 64 * 1024 * 1024
-"""The largest WebSocket message the server accepts, whatever ``max_code_bytes`` is."""
+JSON_BYTES_PER_CODE_BYTE = 6
+"""The most bytes of JSON one byte of code can take: a control character is ``\\u001b``
+(an ASCII-only encoder, Python's ``json.dumps`` by default, also writes two-byte characters
+as six bytes and four-byte ones as twelve: three per byte)."""
 
 
 def message_limit(max_code_bytes: int) -> int:
     """The largest JSON message (a REST body, a frame) read for code of ``max_code_bytes``:
-    room for escaping (a byte of code may take up to four bytes of JSON, on average far
-    fewer) and the other fields."""
-    return 4 * max_code_bytes + 65536
+    room for the code however it is escaped, and for the other fields."""
+    return JSON_BYTES_PER_CODE_BYTE * max_code_bytes + 65536
+
+
+MAX_WS_MESSAGE = message_limit(16 * 1024 * 1024)
+"""The largest WebSocket message the server accepts, whatever ``max_code_bytes`` is (its
+ceiling, ``Settings.validate``, is 16 MiB)."""
 
 
 def ws_message_limit(max_code_bytes: int) -> int:

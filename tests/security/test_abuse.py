@@ -404,6 +404,13 @@ async def test_egress_fails_in_every_language(battery: Service, language: str, c
 
 # --------------------------------------------------------------------------- secrets
 
+#: Every variable of a Python cell's environment (SECURITY.md, "minimal environment"): the
+#: service's five, the image's defaults (runtime/Dockerfile) and the engine's HOSTNAME.
+SANDBOX_ENVIRONMENT = ["WS_SANDBOX_LANGUAGE", "WS_SANDBOX_PRELOAD", "HOME", "LANG", "PATH",
+                       "TMPDIR", "MPLBACKEND", "MPLCONFIGDIR", "WS_SANDBOX_MPL_CACHE",
+                       "PYTHONDONTWRITEBYTECODE", "HOSTNAME"]
+
+
 async def test_service_secrets_are_not_in_the_sandbox(battery: Service) -> None:
     r = await run(battery, "shell",
                   "env; cat /proc/1/environ; for f in /proc/[0-9]*/environ;"
@@ -413,6 +420,9 @@ async def test_service_secrets_are_not_in_the_sandbox(battery: Service) -> None:
     assert "WS_SANDBOX_LANGUAGE=shell" in r.stdout  # the environment was actually read
     for name in ("SESSION_SECRET", "ADMIN_API_KEY", "AWS_SECRET_ACCESS_KEY", "DOCKER_HOST"):
         assert name not in r.stdout
+    # Nothing else is there: the environment is what SECURITY.md lists.
+    first = await run(battery, "python", "import os\nprint(*sorted(os.environ))")
+    assert sorted(first.stdout.split()) == sorted(SANDBOX_ENVIRONMENT), first
 
 
 async def test_docker_socket_is_absent(battery: Service) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ws_sandbox import frames as fr
@@ -22,3 +24,17 @@ def test_a_malformed_client_frame_is_a_bad_request(data: str | bytes, words: str
     with pytest.raises(BadRequest) as refused:
         fr.decode_client(data)
     assert words in str(refused.value)
+
+
+@pytest.mark.parametrize("max_code_bytes", [1, 1000, 1024 * 1024, 16 * 1024 * 1024])
+@pytest.mark.parametrize("char", ["\x1b", "\u00e9", "\u4e2d", "\U0001f600", "a"])
+def test_code_of_the_maximum_size_fits_the_message_limit(max_code_bytes: int, char: str
+                                                         ) -> None:
+    """However a client's encoder escapes it (Python's json.dumps: ASCII only)."""
+    code = char * (max_code_bytes // len(char.encode()))
+    frame = json.dumps({"type": "execute", "id": "\x01" * 128, "code": code,
+                        "timeout": 1.0000000000000002})
+    assert len(frame.encode()) <= fr.ws_message_limit(max_code_bytes)
+    assert fr.ws_message_limit(max_code_bytes) <= fr.MAX_WS_MESSAGE
+    body = json.dumps({"language": "python", "code": code, "timeout": 1.5})
+    assert len(body.encode()) <= fr.message_limit(max_code_bytes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +26,13 @@ DENIED = [
     "lookup_dcookie", "iopl", "ioperm", "settimeofday", "clock_settime", "clock_settime64",
     "adjtimex", "clock_adjtime", "vm86", "vm86old", "quotactl", "nfsservctl", "mbind",
     "migrate_pages", "move_pages", "set_mempolicy", "syslog", "sethostname",
+    "process_madvise", "create_module", "fanotify_mark", "modify_ldt", "stime", "quotactl_fd",
+    "get_mempolicy", "set_mempolicy_home_node", "setdomainname", "vhangup",
+    # obsolete calls
+    "uselib", "ustat", "sysfs", "_sysctl", "get_kernel_syms", "query_module", "afs_syscall",
+    "tuxcall", "security", "getpmsg", "putpmsg",
 ]
+SECCOMP_DOC = Path(__file__).resolve().parents[2] / "runtime" / "seccomp.md"
 
 CLONE_NAMESPACE_FLAGS = 0x7E020000  # NEWNS NEWCGROUP NEWUTS NEWIPC NEWUSER NEWPID NEWNET
 
@@ -49,6 +57,20 @@ def test_default_action_is_an_errno() -> None:
 @pytest.mark.parametrize("name", DENIED)
 def test_dangerous_syscall_is_in_no_allow_rule(name: str) -> None:
     assert allow_rules(name) == []
+
+
+def test_denied_list_is_the_documented_one() -> None:
+    """Every call runtime/seccomp.md names under "Denied groups" is in DENIED and back (a
+    call allowed with arguments, "`clone` with ...", and "beyond safe values" are not)."""
+    section = SECCOMP_DOC.read_text(encoding="utf-8").split("## Denied groups, and why")[1]
+    section = section.split("\n## ")[0]
+    documented = set()
+    for heading in re.findall(r"^### (.*)$", section, re.MULTILINE):
+        if "beyond" in heading:
+            continue
+        documented |= set(re.findall(r"`([a-z_][a-z0-9_]*)`(?! with)", heading))
+    assert len(documented) > 70
+    assert documented == set(DENIED)
 
 
 def test_clone3_answers_enosys_so_libc_falls_back_to_checked_clone() -> None:
