@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import time
 from typing import Any
@@ -294,3 +295,56 @@ async def test_startup_removes_only_its_own_orphans(make_service: ServiceFactory
                 again.stop()
         finally:
             subprocess.run(["docker", "rm", "-f", stranger], capture_output=True, check=False)
+
+
+async def drain(ws: websockets.ClientConnection) -> None:
+    """Read until the connection closes (then ``ConnectionClosed``)."""
+    while True:
+        await ws.recv()
+
+
+async def test_a_client_that_reads_nothing_is_dropped_at_send_timeout(
+        make_service: ServiceFactory) -> None:
+    """SEND_TIMEOUT: a client that stops reading while a cell floods it is disconnected with
+    1008 "client too slow" (the cell runs on), and the session waits for it to resume."""
+    mib = 1 << 20
+    with make_service(SEND_TIMEOUT="1", MAX_OUTPUT_BYTES=str(40 * mib), RESUME_GRACE="60",
+                      ENABLE_JAVASCRIPT="false", ENABLE_SHELL="false",
+                      ENABLE_RUST="false") as svc:
+        host, port = svc.http.removeprefix("http://").split(":")
+        sock = socket.socket()
+        # A small receive buffer, fixed (no autotuning): the kernel holds little for us.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.setblocking(False)
+        ws = await websockets.connect(f"{svc.url}/api/v1/sessions/ws?language=python",
+                                      sock=sock, max_queue=1, max_size=None)
+        try:
+            ready = json.loads(await ws.recv())
+            code = ("import sys\nfor _ in range(32):\n    sys.stdout.write('x' * (1 << 20))\n"
+                    "print('end')")
+            await ws.send(json.dumps({"type": "execute", "id": "flood", "code": code}))
+            sent = time.monotonic()
+            async with asyncio.timeout(30):  # read nothing until the service gives up on us
+                while "client too slow" not in svc.log_path.read_text(errors="replace"):
+                    await asyncio.sleep(0.1)
+            assert time.monotonic() - sent < 15
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(drain(ws), 30)
+        finally:
+            ws.transport.abort()
+        assert ws.close_code == 1008, (ws.close_code, ws.close_reason)
+        assert ws.close_reason == "client too slow"
+        # The session was kept for the client: the rest of the cell arrives on resume.
+        async with websockets.connect(
+                f"{svc.url}/api/v1/sessions/ws?resume={ready['token']}",
+                max_size=None) as again:
+            frames: list[dict[str, Any]] = []
+            async with asyncio.timeout(60):
+                while not frames or frames[-1]["type"] != "result":
+                    frames.append(json.loads(await again.recv()))
+            assert frames[0]["type"] == "ready"
+            assert frames[0]["resumed"] is True
+            assert frames[-1]["id"] == "flood"
+            assert frames[-1]["status"] == "success"
+            assert "".join(f["text"] for f in frames if f["type"] == "stream").endswith("end\n")
