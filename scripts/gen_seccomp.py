@@ -46,13 +46,23 @@ DENIED = sorted(DENIED_FROM_MOBY | {
 CLONE_NAMESPACE_FLAGS = 0x7E020000
 AF_VSOCK = 40
 PERSONALITY_SAFE = (0x0, 0x8, 0xFFFFFFFF)  # PER_LINUX, PER_LINUX32, query current
+# mknod and mknodat make only files, FIFOs and sockets: their mode's file type (S_IFMT) is
+# none (a regular file), S_IFREG, S_IFIFO or S_IFSOCK, never S_IFCHR nor S_IFBLK.
+S_IFMT = 0o170000
+MKNOD_TYPES = (0, 0o100000, 0o010000, 0o140000)
+MKNOD_MODE_ARG = {"mknod": 1, "mknodat": 2}
 
 
 def profile() -> dict[str, object]:
-    allow = sorted(n for n in MOBY_ALLOW if n not in DENIED)
+    allow = sorted(n for n in MOBY_ALLOW if n not in DENIED and n not in MKNOD_MODE_ARG)
     rules: list[dict[str, object]] = [{"names": allow, "action": "SCMP_ACT_ALLOW"}]
     rules.append({"names": ["socket"], "action": "SCMP_ACT_ALLOW",
                   "args": [{"index": 0, "value": AF_VSOCK, "op": "SCMP_CMP_NE"}]})
+    for name, index in MKNOD_MODE_ARG.items():
+        for kind in MKNOD_TYPES:
+            rules.append({"names": [name], "action": "SCMP_ACT_ALLOW",
+                          "args": [{"index": index, "value": S_IFMT, "valueTwo": kind,
+                                    "op": "SCMP_CMP_MASKED_EQ"}]})
     for value in PERSONALITY_SAFE:
         rules.append({"names": ["personality"], "action": "SCMP_ACT_ALLOW",
                       "args": [{"index": 0, "value": value, "op": "SCMP_CMP_EQ"}]})

@@ -89,6 +89,23 @@ def test_clone_never_allowed_with_namespace_flags() -> None:
         assert arg.get("valueTwo", 0) == 0
 
 
+@pytest.mark.parametrize(("name", "mode_index"), [("mknod", 1), ("mknodat", 2)])
+def test_mknod_makes_no_device_nodes(name: str, mode_index: int) -> None:
+    """Files, FIFOs and sockets only: under runc the missing CAP_MKNOD refuses devices too,
+    but gVisor let a sandbox make and open /dev/fuse and /dev/net/tun nodes without it."""
+    s_ifmt = 0o170000
+    rules = allow_rules(name)
+    kinds = set()
+    for rule in rules:
+        (arg,) = rule["args"]
+        assert arg["op"] == "SCMP_CMP_MASKED_EQ"
+        assert arg["index"] == mode_index
+        assert arg["value"] == s_ifmt
+        kinds.add(arg["valueTwo"])
+    assert kinds == {0, 0o100000, 0o010000, 0o140000}  # none, S_IFREG, S_IFIFO, S_IFSOCK
+    assert not kinds & {0o020000, 0o060000}  # S_IFCHR, S_IFBLK
+
+
 def test_personality_only_safe_values() -> None:
     values = {r["args"][0]["value"] for r in allow_rules("personality")}
     assert values == {0x0, 0x8, 0xFFFFFFFF}
