@@ -598,3 +598,100 @@ async def test_kernels_and_their_cells_take_rate_limit_tokens(
                 assert int(response.headers["Retry-After"]) >= 1
             async with http.delete(f"{svc.http}/api/kernels/{kernel_id}") as response:
                 assert response.status == 204
+
+
+async def test_kernels_count_against_max_concurrent_executions(
+        make_service: ServiceFactory) -> None:
+    """docs/jupyter.md: kernels count against MAX_CONCURRENT_EXECUTIONS. With a limit of one,
+    a held WebSocket session refuses a kernel (503 at_capacity with Retry-After, promptly),
+    a held kernel refuses a session and a second kernel, and each freed slot can be used."""
+    from ws_sandbox.client import SessionRefused
+
+    async def refused_kernel(http: aiohttp.ClientSession) -> None:
+        started = time.monotonic()
+        async with http.post(svc.http + "/api/kernels", json={"name": "python3"}) as response:
+            body = await response.json()
+            assert response.status == 503, (response.status, body)
+            assert body == {"message": "at capacity: 1 sessions are open, the limit is 1",
+                            "reason": "at_capacity"}
+            assert int(response.headers["Retry-After"]) >= 1
+        assert time.monotonic() - started < 10  # a refusal, not a wait for a free slot
+
+    async def sessions_drained() -> None:
+        deadline = time.monotonic() + 30
+        while svc.get("/api/v1/health")[1]["sessions"] != 0:
+            assert time.monotonic() < deadline, svc.get("/api/v1/health")
+            await asyncio.sleep(0.1)
+
+    with make_service(MAX_CONCURRENT_EXECUTIONS="1", **PYTHON_ONLY) as svc:
+        svc.wait_pool_full()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            # A WebSocket session holds the only slot: no kernel.
+            session = await connect(svc.url)
+            try:
+                assert (await session.execute("print('held')")).stdout == "held\n"
+                await refused_kernel(http)
+                async with http.get(svc.http + "/api/kernels") as response:
+                    assert await response.json() == []  # no half-made kernel is listed
+            finally:
+                await session.close()
+            await sessions_drained()
+            # The slot is free again: a kernel starts, and it holds the slot in turn.
+            kernel_id = await start_kernel(svc, http)
+            async with websockets.connect(f"{svc.url}/api/kernels/{kernel_id}/channels") as ws:
+                k = Kernel(svc, http, kernel_id, ws)
+                assert (await k.execute("print('kernel')")).stdout == "kernel\n"
+                with pytest.raises(SessionRefused) as info:
+                    await asyncio.wait_for(connect(svc.url), 30)
+                assert info.value.error.code == "at_capacity"
+                assert info.value.close_code == 1013
+                await refused_kernel(http)
+                # The held kernel is unharmed by the refusals.
+                assert (await k.execute("print('still')")).stdout == "still\n"
+            async with http.delete(f"{svc.http}/api/kernels/{kernel_id}") as response:
+                assert response.status == 204
+            # DELETE answers once the container is gone: the slot is free at once.
+            second = await start_kernel(svc, http)
+            async with http.delete(f"{svc.http}/api/kernels/{second}") as response:
+                assert response.status == 204
+            await sessions_drained()
+            # And a WebSocket session may open again.
+            async with await connect(svc.url) as s:
+                assert (await s.execute("print('free')")).stdout == "free\n"
+        await sessions_drained()
+        log = svc.log_path.read_text(errors="replace")
+        assert "Traceback" not in log and " ERROR " not in log, log[-5000:]
+
+
+async def test_execute_requests_beyond_max_queued_cells_are_refused(
+        make_service: ServiceFactory) -> None:
+    """A kernel's queue holds MAX_QUEUED_CELLS requests behind the running one; the next is
+    answered at once with QueueFull, and the queued ones still run."""
+    with make_service(MAX_QUEUED_CELLS="2", **PYTHON_ONLY) as svc:
+        async with aiohttp.ClientSession() as http:
+            kernel_id = await start_kernel(svc, http)
+            async with websockets.connect(
+                    f"{svc.url}/api/kernels/{kernel_id}/channels") as ws:
+                await ws.send(json.dumps(execute_request("import time; time.sleep(2)", "q0")))
+                for n in (1, 2, 3):
+                    await ws.send(json.dumps(execute_request(f"print({n})", f"q{n}")))
+                replies: list[dict[str, Any]] = []
+                stdout: dict[str, str] = {}
+                async with asyncio.timeout(60):
+                    while len(replies) < 4:
+                        message = json.loads(await ws.recv())
+                        parent = message["parent_header"].get("msg_id", "")
+                        if message["msg_type"] == "execute_reply":
+                            replies.append(message)
+                        elif message["msg_type"] == "stream":
+                            stdout[parent] = stdout.get(parent, "") + message["content"]["text"]
+            order = [r["parent_header"]["msg_id"] for r in replies]
+            assert order == ["q3", "q0", "q1", "q2"]  # the refusal did not wait for q0
+            refused = replies[0]["content"]
+            assert refused["status"] == "error"
+            assert refused["ename"] == "QueueFull"
+            assert refused["evalue"] == "2 cells are already waiting; the limit is 2"
+            assert [r["content"]["status"] for r in replies[1:]] == ["ok"] * 3
+            assert stdout == {"q1": "1\n", "q2": "2\n"}
+            async with http.delete(f"{svc.http}/api/kernels/{kernel_id}") as response:
+                assert response.status == 204

@@ -124,3 +124,46 @@ async def test_a_row_the_database_cannot_take_is_dropped_alone(
     assert [x["execution_id"] for x in page.items] == ["e2", "e0"]
     assert h.rows_dropped == 1 and h.error is None
     assert any("execution e1 dropped" in r.getMessage() for r in caplog.records)
+
+
+PRUNE_EVERY = 100  # docs/service.md: rows are deleted "at start and every 100 inserts"
+
+
+async def test_rows_are_pruned_every_n_inserts_without_asking(tmp_path: Path) -> None:
+    # HISTORY_MAX_ROWS of 5: after PRUNE_EVERY inserts the store prunes on its own.
+    async with history(tmp_path / "h.db", rows=5) as h:
+        for n in range(PRUNE_EVERY):
+            h.record(record(n))
+        page = await h.list(limit=PRUNE_EVERY)  # a read: every row handed over is written
+        assert page.total == 5
+        assert [i["execution_id"] for i in page.items] == \
+            [f"e{n}" for n in range(PRUNE_EVERY - 1, PRUNE_EVERY - 6, -1)]
+        # Whatever the batching, the table never holds more than the bound plus the rows
+        # since the last prune.
+        for n in range(PRUNE_EVERY, 3 * PRUNE_EVERY + 7):
+            h.record(record(n))
+            if n % 37 == 0:
+                assert (await h.list(limit=1)).total < 5 + PRUNE_EVERY
+        page = await h.list(limit=1)
+        assert page.total <= 5 + 7
+        assert page.items[0]["execution_id"] == f"e{3 * PRUNE_EVERY + 6}"
+
+
+async def test_reopening_the_store_prunes_by_age_and_by_rows(tmp_path: Path) -> None:
+    now = time.time()
+    async with history(tmp_path / "h.db", days=7, rows=1000) as h:
+        for n in range(4):  # two days old: kept under the first store's 7 days
+            h.record(record(n, finished_at=now - 2 * 86400))
+        for n in range(4, 10):
+            h.record(record(n, finished_at=now))
+        assert (await h.list()).total == 10
+    # Reopened with 1 day and 3 rows, and nothing else done: the old rows and the oldest
+    # of the recent ones are gone.
+    async with history(tmp_path / "h.db", days=1, rows=3) as h:
+        page = await h.list()
+    assert page.total == 3
+    assert [i["execution_id"] for i in page.items] == ["e9", "e8", "e7"]
+    async with history(tmp_path / "h.db", days=1, rows=1000) as h:  # by age alone
+        h.record(record(20, finished_at=now - 2 * 86400))
+    async with history(tmp_path / "h.db", days=1, rows=1000) as h:
+        assert [i["execution_id"] for i in (await h.list()).items] == ["e9", "e8", "e7"]

@@ -116,3 +116,69 @@ def test_check_password() -> None:
 def test_secrets_are_not_public() -> None:
     public = settings(jupyter_token="tok", jupyter_password="pw").public()
     assert "jupyter_token" not in public and "jupyter_password" not in public
+
+
+class _Clock:
+    """The clock itsdangerous reads (``TimestampSigner.get_timestamp``), set by the test."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, now: int) -> None:
+        import itsdangerous
+
+        self.now = now
+        monkeypatch.setattr(itsdangerous.TimestampSigner, "get_timestamp",
+                            lambda _signer: self.now)
+
+
+@pytest.mark.parametrize(("age", "accepted"), [
+    (0, True),
+    (12 * 3600 - 60, True),   # just under 12 hours
+    (12 * 3600, True),        # exactly 12 hours: itsdangerous expires on age > max_age
+    (12 * 3600 + 1, False),   # 12 hours and a second
+    (12 * 3600 + 60, False),  # 12 hours and a minute
+    (7 * 24 * 3600, False),
+])
+def test_login_cookie_lasts_12_hours(monkeypatch: pytest.MonkeyPatch, age: int,
+                                     accepted: bool) -> None:
+    """docs/jupyter.md: the login cookie lasts 12 hours. Time is the signer's clock, moved
+    by the test: the cookie is signed at ``t0`` and presented at ``t0 + age``."""
+    t0 = 1_900_000_000
+    clock = _Clock(monkeypatch, t0)
+    s = settings(jupyter_password="pw")
+    cookie = auth.LoginSigner(s).sign()
+    clock.now = t0 + age
+    assert auth.LoginSigner(s).valid(cookie) is accepted
+    if accepted:
+        assert check(s, creds(**{auth.LOGIN_COOKIE: cookie})) == "jupyter-login"
+    else:
+        with pytest.raises(Unauthorized):
+            check(s, creds(**{auth.LOGIN_COOKIE: cookie}))
+
+
+async def test_an_expired_login_cookie_is_a_401_over_http(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same through the routes: an expired cookie gets Jupyter's 401 body, a fresh one
+    is let in (the app is the Jupyter routes alone; ``/api/kernelspecs`` needs no Docker)."""
+    from types import SimpleNamespace
+
+    import httpx
+    from starlette.applications import Starlette
+
+    from ws_sandbox.jupyter.routes import routes
+
+    s = settings(jupyter_password="pw")
+    app = Starlette(routes=routes())
+    app.state.manager = SimpleNamespace(settings=s)
+    t0 = 1_900_000_000
+    clock = _Clock(monkeypatch, t0)
+    cookie = auth.LoginSigner(s).sign()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://svc:8090",
+                                 cookies={auth.LOGIN_COOKIE: cookie}) as client:
+        clock.now = t0 + 12 * 3600 - 30  # just under 12 hours
+        fresh = await client.get("/api/kernelspecs")
+        assert fresh.status_code == 200, fresh.text
+        assert fresh.json()["default"] == "python3"
+        clock.now = t0 + 12 * 3600 + 30  # just over
+        stale = await client.get("/api/kernelspecs")
+        assert stale.status_code == 401, stale.text
+        assert stale.json()["reason"] == "unauthorized"

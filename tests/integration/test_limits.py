@@ -1,0 +1,344 @@
+"""Every service-level limit we claim is enforced: start, acquire and shutdown timeouts,
+the REST display cap, and limits changed at run time through the admin API.
+
+Each group of settings shares one service (module-scoped fixtures) to keep the run short.
+Bounds on time are generous: they tell "enforced" from "not enforced" (seconds against
+tens of seconds or minutes), never fast from slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.conftest import RUNTIME_IMAGE, docker_problem
+from tests.integration.conftest import Service, ServiceFactory, running_service
+from tests.integration.test_rest import bearer, call, run
+from ws_sandbox.client import SessionClosed, SessionRefused, connect
+
+pytestmark = pytest.mark.docker
+
+PYTHON_ONLY = {"ENABLE_JAVASCRIPT": "false", "ENABLE_SHELL": "false", "ENABLE_RUST": "false"}
+ADMIN_KEY = "limits-admin"
+
+
+def need_docker() -> None:
+    problem = docker_problem()
+    if problem is not None:
+        pytest.skip(problem)
+
+
+def wait_no_containers(svc: Service, bound: float = 15.0) -> list[str]:
+    """The service's containers once none are left, or those still there after ``bound``."""
+    deadline = time.monotonic() + bound
+    while (left := svc.containers()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+# --- SANDBOX_START_TIMEOUT and ACQUIRE_TIMEOUT: sandboxes that never greet ------------------
+
+
+@pytest.fixture(scope="module")
+def mute_image() -> Iterator[str]:
+    """The runtime image with an entrypoint that never greets: built locally, removed after."""
+    need_docker()
+    tag = f"ws-sandbox-test-mute:{uuid.uuid4().hex[:8]}"
+    dockerfile = f'FROM {RUNTIME_IMAGE}\nENTRYPOINT ["sleep", "1000"]\nCMD []\n'
+    subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=dockerfile.encode(),
+                   capture_output=True, check=True, timeout=120)
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False,
+                       timeout=60)
+
+
+@pytest.fixture(scope="module")
+def start_times_out(mute_image: str, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[Service]:
+    """No warm pool; a sandbox start gives up after 2 s; acquiring could wait 60 s."""
+    with running_service(tmp_path_factory.mktemp("start"), CONTAINER_IMAGE=mute_image,
+                         POOL_SIZE="0", SANDBOX_START_TIMEOUT="2", ACQUIRE_TIMEOUT="60",
+                         **PYTHON_ONLY) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def acquire_times_out(mute_image: str, tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[Service]:
+    """No warm pool; a start could take 60 s, but a session waits 2 s for its sandbox."""
+    with running_service(tmp_path_factory.mktemp("acquire"), CONTAINER_IMAGE=mute_image,
+                         POOL_SIZE="0", SANDBOX_START_TIMEOUT="60", ACQUIRE_TIMEOUT="2",
+                         **PYTHON_ONLY) as svc:
+        yield svc
+
+
+async def check_never_ready(svc: Service, code: str, message: str) -> None:
+    """A REST call and a session open on ``svc`` fail cleanly in about 2 s, leaving nothing."""
+    started = time.monotonic()
+    status, _, err = await asyncio.to_thread(call, svc, "/api/v1/execute",
+                                             {"code": "print(1)"}, timeout=90)
+    took = time.monotonic() - started
+    assert status == 503, err
+    assert err["error"]["code"] == code, err
+    assert message in err["error"]["message"], err
+    assert 1.5 <= took < 20, f"the REST call failed after {took:.1f} s"
+
+    started = time.monotonic()
+    with pytest.raises(SessionRefused) as refused:
+        await asyncio.wait_for(connect(svc.url), 90)
+    took = time.monotonic() - started
+    assert refused.value.error.code == code
+    assert message in refused.value.error.message
+    assert refused.value.close_code == 1011
+    assert 1.5 <= took < 20, f"the session open failed after {took:.1f} s"
+
+    assert await asyncio.to_thread(wait_no_containers, svc) == []
+    status, health = svc.get("/api/v1/health")  # the service is still up and well
+    assert status == 200, health
+    assert svc.process.poll() is None
+
+
+async def test_sandbox_start_timeout_is_a_clean_503(start_times_out: Service) -> None:
+    await check_never_ready(start_times_out, "sandbox_lost",
+                            "sandbox did not start within 2 s")
+
+
+async def test_acquire_timeout_is_a_clean_503(acquire_times_out: Service) -> None:
+    # ACQUIRE_TIMEOUT bounds SessionManager._acquire: the whole WarmPool.acquire, which
+    # with an empty pool starts a sandbox there and then (cut short here, at 2 s of 60).
+    await check_never_ready(acquire_times_out, "backend_error",
+                            "no python sandbox within 2 s")
+
+
+# --- SHUTDOWN_TIMEOUT ---------------------------------------------------------------------
+
+
+async def test_shutdown_timeout_bounds_the_drain(make_service: ServiceFactory) -> None:
+    """SIGTERM with a long cell running and a client that reads nothing: the drain ends
+    after SHUTDOWN_TIMEOUT, not when the stuck client's send times out (SEND_TIMEOUT=300)."""
+    with make_service(SHUTDOWN_TIMEOUT="2", SEND_TIMEOUT="300", MAX_EXECUTION_TIME="900",
+                      MAX_OUTPUT_BYTES="1000000000", POOL_SIZE="2", **PYTHON_ONLY) as svc:
+        svc.wait_pool_full()
+        good = await connect(svc.url)
+        cell = asyncio.create_task(good.execute("import time; time.sleep(600)", timeout=600))
+        # A client that stops reading while its cell floods output: the session blocks in
+        # a send to it, which only SEND_TIMEOUT (300 s) would end. No keepalive pings: their
+        # timeout (about 40 s) would end the connection from this side.
+        stuck = await websockets.connect(f"{svc.url}/api/v1/sessions/ws?language=python",
+                                         max_size=None, max_queue=1, ping_interval=None)
+        assert json.loads(await stuck.recv())["type"] == "ready"
+        await stuck.send(json.dumps({
+            "type": "execute", "id": "flood", "timeout": 600,
+            "code": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)"}))
+        await asyncio.sleep(3)  # the flood fills every buffer between sandbox and client
+        assert not cell.done()
+        assert len(svc.containers()) >= 2
+
+        sent = time.monotonic()
+        svc.process.send_signal(signal.SIGTERM)
+        closed = await asyncio.wait_for(good.wait_closed(), 30)
+        assert closed is not None and closed.reason == "server_shutdown"
+        try:  # the running cell ends with the session (protocol: killed)
+            ended = (await asyncio.wait_for(cell, 10)).status
+        except SessionClosed:
+            ended = "session closed"
+        assert ended in ("killed", "session closed")
+        await good.close()
+        try:
+            await asyncio.to_thread(svc.process.wait, 90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the service did not exit within 90 s of SIGTERM\n{svc.log()}")
+        took = time.monotonic() - sent
+        stuck.transport.abort()
+        await stuck.wait_closed()
+        # 2 s of drain, 2 s for cancelled sessions, uvicorn's own 3 s, container removal.
+        assert took < 25, f"exit took {took:.1f} s with SHUTDOWN_TIMEOUT=2"
+        assert svc.containers() == []
+
+
+# --- REST display cap, and limits changed through the admin API -----------------------------
+
+
+@pytest.fixture(scope="module")
+def admin_svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    need_docker()
+    with running_service(tmp_path_factory.mktemp("admin"), ADMIN_API_KEY=ADMIN_KEY,
+                         POOL_SIZE="2", MAX_CONCURRENT_EXECUTIONS="4", **PYTHON_ONLY) as svc:
+        svc.wait_pool_full()
+        yield svc
+
+
+def limits(svc: Service) -> dict[str, Any]:
+    status, _, body = call(svc, "/api/v1/admin/limits", headers=bearer(ADMIN_KEY))
+    assert status == 200, body
+    assert isinstance(body, dict)
+    return body
+
+
+def patch(svc: Service, body: dict[str, Any] | bytes) -> tuple[int, Any]:
+    status, _, answer = call(svc, "/api/v1/admin/limits", body, method="PATCH",
+                             headers=bearer(ADMIN_KEY))
+    return status, answer
+
+
+@pytest.fixture
+def restore_limits(admin_svc: Service) -> Iterator[Service]:
+    """Put back every limit a test changes, so that tests do not depend on their order."""
+    before = limits(admin_svc)
+    try:
+        yield admin_svc
+    finally:
+        status, body = patch(admin_svc, before)
+        assert status == 200, body
+
+
+def test_rest_display_is_capped_at_16(admin_svc: Service) -> None:
+    # 20 figures, each shown on its own, told apart by width (repr: "size WxH").
+    code = ("import matplotlib.pyplot as plt\n"
+            "for i in range(20):\n"
+            "    plt.figure(figsize=(1 + i / 10, 1), dpi=10)\n"
+            "    plt.show()\n"
+            "print('after the figures')")
+    body = run(admin_svc, code)
+    assert body["status"] == "success", body
+    assert body["stdout"] == "after the figures\n"  # the rest of the cell is not cut
+    shown = body["display"]
+    assert len(shown) == 16  # docs/service.md: "display (...), at most 16"
+    assert all("image/png" in d for d in shown)
+    # The first 16, in order; the 4 beyond the cap are dropped.
+    assert [d["text/plain"] for d in shown] == \
+        [f"<Figure size {10 + i}x10 with 0 Axes>" for i in range(16)]
+
+
+async def test_admin_patch_applies_to_new_sessions_and_calls(restore_limits: Service) -> None:
+    svc = restore_limits
+    noisy = "print('y' * 10000)"
+    assert run(svc, noisy)["truncated"] is False  # before: MAX_OUTPUT_BYTES is 1 MiB
+
+    status, new = patch(svc, {"max_output_bytes": 2048, "max_code_bytes": 100,
+                              "max_queued_cells": 1, "idle_timeout": 1.5,
+                              "default_execution_time": 1})
+    assert status == 200, new
+    assert (new["max_output_bytes"], new["max_code_bytes"], new["max_queued_cells"],
+            new["idle_timeout"], new["default_execution_time"]) == (2048, 100, 1, 1.5, 1.0)
+
+    # max_output_bytes: a new REST call is cut at 2048 bytes, with the marker.
+    out = run(svc, noisy)
+    assert out["truncated"] is True
+    assert "[output truncated: more than 2048 bytes]" in out["stdout"] + out["stderr"]
+    assert len(out["stdout"].encode()) < 2048 + 200
+
+    # max_code_bytes (lowered): REST and a new session both refuse 101 bytes.
+    long_code = "#" * 101
+    status, _, err = call(svc, "/api/v1/execute", {"code": long_code})
+    assert status == 413 and err["error"]["code"] == "payload_too_large", err
+    assert "limit of 100 bytes" in err["error"]["message"]
+    async with await connect(svc.url) as s:
+        with pytest.raises(SessionRefused) as refused:
+            await s.execute(long_code)
+        assert refused.value.error.code == "payload_too_large"
+        assert "limit of 100 bytes" in refused.value.error.message
+
+    # default_execution_time: a REST call naming no timeout stops after 1 s.
+    started = time.monotonic()
+    slow = await asyncio.to_thread(run, svc, "import time; time.sleep(30)")
+    assert slow["status"] == "timeout", slow
+    assert "limit of 1 s" in (slow["error"] or "")
+    assert time.monotonic() - started < 20
+
+    # max_queued_cells: one running, one waiting, the third refused with queue_full.
+    async with websockets.connect(f"{svc.url}/api/v1/sessions/ws?language=python") as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
+        for n, code in enumerate(("import time; time.sleep(3)", "1", "2")):
+            await ws.send(json.dumps({"type": "execute", "id": f"q{n}", "code": code,
+                                      "timeout": 10}))
+        error: dict[str, Any] | None = None
+        async with asyncio.timeout(20):
+            while error is None:
+                frame = json.loads(await ws.recv())
+                assert not (frame["type"] == "result" and frame["id"] == "q2"), frame
+                if frame["type"] == "error":
+                    error = frame
+        assert error["id"] == "q2" and error["code"] == "queue_full", error
+        assert "the limit is 1" in error["message"]
+
+    # idle_timeout: a new session with nothing to do is closed after 1.5 s.
+    opened = time.monotonic()
+    s = await connect(svc.url)
+    try:
+        closed = await asyncio.wait_for(s.wait_closed(), 30)
+    finally:
+        await s.close()
+    assert closed is not None and closed.reason == "idle_timeout"
+    assert time.monotonic() - opened < 15
+
+
+async def test_admin_patch_of_capacity_and_rate_limits(restore_limits: Service) -> None:
+    svc = restore_limits
+    # max_concurrent_executions: with one session open, a REST call is at capacity.
+    status, new = patch(svc, {"max_concurrent_executions": 1})
+    assert status == 200 and new["max_concurrent_executions"] == 1, new
+    async with await connect(svc.url):
+        status, _, err = call(svc, "/api/v1/execute", {"code": "print(1)"})
+        assert status == 503 and err["error"]["code"] == "at_capacity", err
+        assert "the limit is 1" in err["error"]["message"]
+    await asyncio.sleep(0.5)  # the slot frees when the session closes
+    assert (await asyncio.to_thread(run, svc, "print(1)"))["stdout"] == "1\n"
+
+    # rate limits: the bucket is cut to the new burst at once, then refills at 1 a minute.
+    status, new = patch(svc, {"rate_limit_per_minute": 1, "rate_limit_burst": 1})
+    assert status == 200 and (new["rate_limit_per_minute"], new["rate_limit_burst"]) == (1, 1)
+    assert (await asyncio.to_thread(run, svc, "print(2)"))["stdout"] == "2\n"
+    status, headers, err = call(svc, "/api/v1/execute", {"code": "print(3)"})
+    assert status == 429 and err["error"]["code"] == "rate_limited", err
+    assert int(headers["retry-after"]) >= 1
+    with pytest.raises(SessionRefused) as refused:  # a session open takes a token too
+        await connect(svc.url)
+    assert refused.value.error.code == "rate_limited"
+    assert refused.value.close_code == 1013
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"max_output_bytes": -1}, "max_output_bytes"),
+    ({"max_output_bytes": 1023}, "max_output_bytes"),  # below the bound (1024)
+    ({"max_code_bytes": 0}, "max_code_bytes"),
+    ({"max_code_bytes": 16 * 1024 * 1024 + 1}, "max_code_bytes"),  # above the bound
+    ({"max_queued_cells": -1}, "max_queued_cells"),
+    ({"max_queued_cells": "many"}, "max_queued_cells"),  # wrong type
+    ({"max_queued_cells": True}, "max_queued_cells"),
+    ({"max_concurrent_executions": 1.5}, "max_concurrent_executions"),
+    ({"max_concurrent_executions": 0}, "max_concurrent_executions"),
+    ({"idle_timeout": -5}, "idle_timeout"),
+    ({"idle_timeout": "soon"}, "idle_timeout"),
+    ({"max_lifetime": 0}, "max_lifetime"),
+    ({"rate_limit_per_minute": -1}, "rate_limit_per_minute"),
+    ({"rate_limit_burst": 0}, "rate_limit_burst"),
+    ({"max_execution_time": -1}, "max_execution_time"),
+    # All or nothing: a valid change beside an invalid one is not applied either.
+    ({"max_output_bytes": 4096, "idle_timeout": -1}, "idle_timeout"),
+    ({"max_queued_cells": 3, "rate_limit_burst": "x"}, "rate_limit_burst"),
+])
+def test_an_invalid_patch_is_a_400_naming_the_field_and_changes_nothing(
+        admin_svc: Service, body: dict[str, Any], field: str) -> None:
+    before = limits(admin_svc)
+    status, err = patch(admin_svc, body)
+    assert status == 400, err
+    # A value of the wrong type is msgspec's bad_request; one out of range, Settings.validate's
+    # config_error (both 400).
+    assert err["error"]["code"] in ("bad_request", "config_error"), err
+    assert field in err["error"]["message"].lower(), err
+    assert limits(admin_svc) == before
+    status, config = admin_svc.get("/api/v1/config")  # what sessions read is unchanged too
+    assert status == 200
+    assert {k: config[k] for k in before} == before
