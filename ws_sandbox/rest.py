@@ -111,6 +111,8 @@ class CollectingSink:
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.display: list[dict[str, str]] = []
+        self.display_dropped = 0
+        """Displays beyond :data:`DISPLAY_LIMIT`, not kept: the response says ``truncated``."""
         self.result: asyncio.Future[fr.Result] = asyncio.get_running_loop().create_future()
 
     async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
@@ -127,6 +129,8 @@ class CollectingSink:
             case fr.Display():
                 if len(self.display) < DISPLAY_LIMIT:
                     self.display.append(frame.data)
+                else:
+                    self.display_dropped += 1
             case fr.Result():
                 self._settle(frame)
             case fr.Error(id=cell_id) if cell_id in (self.cell_id, None):
@@ -223,5 +227,5 @@ async def execute(request: Request) -> Response:
         execution_id=execution_id, status=result.status, stdout="".join(sink.stdout),
         stderr="".join(sink.stderr), execution_time_ms=result.execution_time_ms,
         memory_used_mb=result.memory_used_mb, exit_code=result.exit_code,
-        error=result.error, language=language, truncated=result.truncated,
-        display=sink.display))
+        error=result.error, language=language,
+        truncated=result.truncated or sink.display_dropped > 0, display=sink.display))

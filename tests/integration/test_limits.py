@@ -216,7 +216,8 @@ def test_rest_display_is_capped_at_16(admin_svc: Service) -> None:
     shown = body["display"]
     assert len(shown) == 16  # docs/service.md: "display (...), at most 16"
     assert all("image/png" in d for d in shown)
-    # The first 16, in order; the 4 beyond the cap are dropped.
+    assert body["truncated"] is True  # the 4 beyond the cap were dropped, and it says so
+    # The first 16, in order.
     assert [d["text/plain"] for d in shown] == \
         [f"<Figure size {10 + i}x10 with 0 Axes>" for i in range(16)]
 
