@@ -70,7 +70,7 @@ async def update_limits(request: Request) -> Response:
     new.validate()  # ConfigError (400) names every problem; nothing is applied
     frame_limit: int = request.app.state.ws_max_size
     if fr.ws_message_limit(new.max_code_bytes) > frame_limit:
-        most = (frame_limit - fr.message_limit(0)) // 4
+        most = (frame_limit - fr.message_limit(0)) // fr.JSON_BYTES_PER_CODE_BYTE
         raise BadRequest(
             f"max_code_bytes can be raised at run time to at most {most}: WebSocket messages"
             f" were limited to {frame_limit} bytes when the service started; restart it"
