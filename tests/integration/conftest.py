@@ -136,16 +136,24 @@ def running_service(tmp: Path, **env: str) -> Iterator[Service]:
         assert not leftover, f"service left containers behind: {leftover}\n{service.log()}"
 
 
-@pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """One shared service with default limits, pool of one per language."""
+@contextlib.contextmanager
+def warm_service(tmp: Path, **env: str) -> Iterator[Service]:
+    """A service for a shared fixture: Docker is required (a failure in CI, not a skip),
+    and every warm pool is full before the first test uses it."""
     from tests.conftest import require_docker
 
     require_docker()
-    with running_service(tmp_path_factory.mktemp("svc"), MAX_CONCURRENT_EXECUTIONS="30",
-                         MAX_EXECUTION_TIME="20", MAX_OUTPUT_BYTES="65536",
-                         RESUME_GRACE="5") as svc:
+    with running_service(tmp, **env) as svc:
         svc.wait_pool_full()
+        yield svc
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One shared service with default limits, pool of one per language."""
+    with warm_service(tmp_path_factory.mktemp("svc"), MAX_CONCURRENT_EXECUTIONS="30",
+                      MAX_EXECUTION_TIME="20", MAX_OUTPUT_BYTES="65536",
+                      RESUME_GRACE="5") as svc:
         yield svc
 
 

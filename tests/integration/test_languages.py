@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Service, running_service
+from tests.integration.conftest import Service, warm_service
 from ws_sandbox import frames as fr
 from ws_sandbox.client import connect
 
@@ -69,12 +69,8 @@ SOURCES: dict[str, dict[str, str]] = {
 @pytest.fixture(scope="module")
 def big_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A service with the default 1 MiB output cap (the shared one caps at 64 KiB)."""
-    from tests.conftest import require_docker
-
-    require_docker()
     path: Path = tmp_path_factory.mktemp("languages")
-    with running_service(path, MAX_CONCURRENT_EXECUTIONS="20") as svc:
-        svc.wait_pool_full()
+    with warm_service(path, MAX_CONCURRENT_EXECUTIONS="20") as svc:
         yield svc
 
 

@@ -63,24 +63,21 @@ def mute_image() -> Iterator[str]:
                        timeout=60)
 
 
-@pytest.fixture(scope="module")
-def start_times_out(mute_image: str, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Iterator[Service]:
-    """No warm pool; a sandbox start gives up after 2 s; acquiring could wait 60 s."""
-    with running_service(tmp_path_factory.mktemp("start"), CONTAINER_IMAGE=mute_image,
-                         POOL_SIZE="0", SANDBOX_START_TIMEOUT="2", ACQUIRE_TIMEOUT="60",
-                         **PYTHON_ONLY) as svc:
-        yield svc
+#: Which timeout cuts the wait for a sandbox that never greets: (SANDBOX_START_TIMEOUT,
+#: ACQUIRE_TIMEOUT), the other at 60 s.
+NEVER_READY = {"start": ("2", "60"), "acquire": ("60", "2")}
 
 
-@pytest.fixture(scope="module")
-def acquire_times_out(mute_image: str, tmp_path_factory: pytest.TempPathFactory
-                      ) -> Iterator[Service]:
-    """No warm pool; a start could take 60 s, but a session waits 2 s for its sandbox."""
-    with running_service(tmp_path_factory.mktemp("acquire"), CONTAINER_IMAGE=mute_image,
-                         POOL_SIZE="0", SANDBOX_START_TIMEOUT="60", ACQUIRE_TIMEOUT="2",
+@pytest.fixture(scope="module", params=sorted(NEVER_READY))
+def never_ready(request: pytest.FixtureRequest, mute_image: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Service]]:
+    """No warm pool, and sandboxes that never greet: the start, or the acquire, gives up."""
+    which: str = request.param
+    start, acquire = NEVER_READY[which]
+    with running_service(tmp_path_factory.mktemp(which), CONTAINER_IMAGE=mute_image,
+                         POOL_SIZE="0", SANDBOX_START_TIMEOUT=start, ACQUIRE_TIMEOUT=acquire,
                          **PYTHON_ONLY) as svc:
-        yield svc
+        yield which, svc
 
 
 async def check_never_ready(svc: Service, code: str, message: str) -> None:
@@ -109,16 +106,15 @@ async def check_never_ready(svc: Service, code: str, message: str) -> None:
     assert svc.process.poll() is None
 
 
-async def test_sandbox_start_timeout_is_a_clean_503(start_times_out: Service) -> None:
-    await check_never_ready(start_times_out, "sandbox_lost",
-                            "sandbox did not start within 2 s")
-
-
-async def test_acquire_timeout_is_a_clean_503(acquire_times_out: Service) -> None:
-    # ACQUIRE_TIMEOUT bounds SessionManager._acquire: the whole WarmPool.acquire, which
-    # with an empty pool starts a sandbox there and then (cut short here, at 2 s of 60).
-    await check_never_ready(acquire_times_out, "backend_error",
-                            "no python sandbox within 2 s")
+async def test_a_sandbox_that_never_starts_is_a_clean_503(never_ready: tuple[str, Service]
+                                                          ) -> None:
+    which, svc = never_ready
+    if which == "start":
+        await check_never_ready(svc, "sandbox_lost", "sandbox did not start within 2 s")
+    else:
+        # ACQUIRE_TIMEOUT bounds SessionManager._acquire: the whole WarmPool.acquire, which
+        # with an empty pool starts a sandbox there and then (cut short here, at 2 s of 60).
+        await check_never_ready(svc, "backend_error", "no python sandbox within 2 s")
 
 
 # --- SHUTDOWN_TIMEOUT ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures re-exported)
     make_service,
     running_service,
     service,
+    warm_service,
 )
 
 #: The engine runtime the battery runs under: "" (the engine default, runc) or "runsc".
@@ -47,11 +48,7 @@ BATTERY_ENV = {
 @pytest.fixture(scope="session")
 def battery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One service shared by the whole battery, with canary secrets in its environment."""
-    from tests.conftest import require_docker
-
-    require_docker()
-    with running_service(tmp_path_factory.mktemp("battery"), **BATTERY_ENV) as svc:
-        svc.wait_pool_full()
+    with warm_service(tmp_path_factory.mktemp("battery"), **BATTERY_ENV) as svc:
         yield svc
 
 

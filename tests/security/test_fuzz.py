@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
-from tests.integration.conftest import Service, running_service
+from tests.integration.conftest import Service, warm_service
 
 pytestmark = pytest.mark.docker
 
@@ -54,15 +54,11 @@ frames = st.one_of(
 
 @pytest.fixture(scope="module")
 def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    from tests.conftest import require_docker
-
-    require_docker()
-    with running_service(tmp_path_factory.mktemp("fuzz"), POOL_SIZE="2",
+    with warm_service(tmp_path_factory.mktemp("fuzz"), POOL_SIZE="2",
                          ENABLE_JAVASCRIPT="false", ENABLE_RUST="false",
                          MAX_EXECUTION_TIME="5", DEFAULT_EXECUTION_TIME="2",
                          RATE_LIMIT_PER_MINUTE="0", MAX_CODE_BYTES="4096",
                          MAX_CONCURRENT_EXECUTIONS="20", ADMIN_API_KEY=ADMIN_KEY) as svc:
-        svc.wait_pool_full()
         yield svc
 
 

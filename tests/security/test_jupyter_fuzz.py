@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.integration.conftest import Service, running_service
+from tests.integration.conftest import Service, warm_service
 from tests.integration.test_jupyter import PYTHON_ONLY, execute_request
 
 pytestmark = pytest.mark.docker
@@ -54,15 +54,11 @@ def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any], times: int
 
 @pytest.fixture(scope="module")
 def jservice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    from tests.conftest import require_docker
-
-    require_docker()
-    with running_service(tmp_path_factory.mktemp("jfuzz"), POOL_SIZE="2",
+    with warm_service(tmp_path_factory.mktemp("jfuzz"), POOL_SIZE="2",
                          JUPYTER_TOKEN=TOKEN, JUPYTER_PASSWORD=PASSWORD,
                          MAX_EXECUTION_TIME="5", DEFAULT_EXECUTION_TIME="2",
                          RATE_LIMIT_PER_MINUTE="0", MAX_CONCURRENT_EXECUTIONS="20",
                          **PYTHON_ONLY) as svc:
-        svc.wait_pool_full()
         yield svc
 
 

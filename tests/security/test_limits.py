@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import Service, running_service
+from tests.integration.conftest import Service, warm_service
 from tests.security.conftest import BATTERY_ENV, RUNSC
 from tests.security.test_abuse import container_id, still_works
 from ws_sandbox.client import connect
@@ -50,11 +50,7 @@ LIMITS_ENV = {
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One service with every custom limit of this module, shared by its tests."""
-    from tests.conftest import require_docker
-
-    require_docker()
-    with running_service(tmp_path_factory.mktemp("limits"), **LIMITS_ENV) as svc:
-        svc.wait_pool_full()
+    with warm_service(tmp_path_factory.mktemp("limits"), **LIMITS_ENV) as svc:
         yield svc
 
 
