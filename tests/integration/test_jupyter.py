@@ -695,3 +695,43 @@ async def test_execute_requests_beyond_max_queued_cells_are_refused(
             assert stdout == {"q1": "1\n", "q2": "2\n"}
             async with http.delete(f"{svc.http}/api/kernels/{kernel_id}") as response:
                 assert response.status == 204
+
+
+async def test_a_kernel_keeps_the_output_memory_and_lifetime_limits(
+        make_service: ServiceFactory) -> None:
+    """docs/jupyter.md: each kernel is a session with all its limits. Output past
+    MAX_OUTPUT_BYTES is cut with the marker, a memory bomb is killed at MAX_MEMORY_MB and the
+    kernel goes on, and MAX_LIFETIME ends a kernel kept busy (its channel closes, it is
+    gone, and so is its container)."""
+    with make_service(MAX_OUTPUT_BYTES="4096", MAX_MEMORY_MB="128", MAX_LIFETIME="10",
+                      IDLE_TIMEOUT="60", **PYTHON_ONLY) as svc:
+        async with aiohttp.ClientSession() as http:
+            opened = time.monotonic()
+            kernel_id = await start_kernel(svc, http)
+            async with websockets.connect(f"{svc.url}/api/kernels/{kernel_id}/channels") as ws:
+                k = Kernel(svc, http, kernel_id, ws)
+                flood = await k.execute("print('x' * 100_000)")
+                assert "[output truncated: more than 4096 bytes]" in flood.stdout
+                assert len(flood.stdout.encode()) < 4096 + 200
+                bomb = await k.execute(
+                    "b = []\nwhile True:\n    b.append(bytearray(b'x' * 10_000_000))")
+                error = next(m for m in bomb.messages if m["msg_type"] == "error")
+                assert error["content"]["ename"] == "KernelKilled"
+                assert "memory limit of 128 MB exceeded" in error["content"]["evalue"]
+                host = (await k.execute("import socket; print(socket.gethostname())")
+                        ).stdout.strip()
+                assert container_exists(host)
+
+                async def keep_busy() -> None:  # so that the idle timeout cannot end it
+                    for _ in range(30):
+                        await k.execute("import time; time.sleep(1)")
+
+                with pytest.raises(websockets.ConnectionClosed):
+                    await keep_busy()
+            assert 8 < time.monotonic() - opened < 30
+            async with http.get(f"{svc.http}/api/kernels/{kernel_id}") as response:
+                assert response.status == 404
+            deadline = time.monotonic() + 20
+            while container_exists(host) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert not container_exists(host)
