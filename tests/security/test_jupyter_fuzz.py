@@ -295,16 +295,18 @@ _HEADER_STRINGS = ("msg_id", "msg_type", "username", "session", "date", "version
 def readable(message: Any) -> bool:
     """Whether the documented rules let the service read ``message`` (an independent oracle):
     an object, a header object with a non-empty string msg_type, header strings that are
-    strings, dict fields that are objects, a string (or null) channel, a list of buffers."""
+    strings of at most 256 characters, dict fields that are objects (``parent_header`` is
+    not read), a string (or null) channel, a list of buffers."""
     if not isinstance(message, dict) or not isinstance(message.get("header"), dict):
         return False
     header = message["header"]
-    if any(k in header and not isinstance(header[k], str) for k in _HEADER_STRINGS):
+    if any(k in header and not (isinstance(header[k], str) and len(header[k]) <= 256)
+           for k in _HEADER_STRINGS):
         return False
     if not header.get("msg_type"):
         return False
     if any(k in message and not isinstance(message[k], dict)
-           for k in ("parent_header", "metadata", "content")):
+           for k in ("metadata", "content")):
         return False
     if "channel" in message and not isinstance(message["channel"], str | None):
         return False
@@ -401,7 +403,8 @@ def expected_answer(message: Any) -> str | None:
     """The message type a readable message must be answered with, if any."""
     msg_type = message["header"]["msg_type"]
     if msg_type == "comm_open":
-        return "comm_close"
+        comm_id = message.get("content", {}).get("comm_id")
+        return "comm_close" if isinstance(comm_id, str) and len(comm_id) <= 256 else None
     if msg_type.endswith("_request"):
         return str(msg_type.removesuffix("_request") + "_reply")
     return None

@@ -52,10 +52,12 @@ class FakeConnection:
         return [m for m in self.sent if m["msg_type"] == msg_type]
 
 
-async def make_kernel(language: str = "python3", max_queued: int = 16
+async def make_kernel(language: str = "python3", max_queued: int = 16,
+                      max_code_bytes: int = 4 * 1024 * 1024
                       ) -> tuple[Kernel, FakeRunner, FakeConnection]:
     kernel = Kernel(find_spec(language, ("python", "shell")), send_timeout=5.0,
-                    execution_timeout=30.0, restart_timeout=1.0, max_queued=max_queued)
+                    execution_timeout=30.0, restart_timeout=1.0, max_queued=max_queued,
+                    max_code_bytes=max_code_bytes)
     runner = FakeRunner()
     kernel.bind(cast(SessionRunner, runner))
     conn = FakeConnection()
@@ -223,6 +225,29 @@ async def test_queue_is_bounded_and_a_request_beyond_it_is_refused() -> None:
     assert statuses == {"m1": "ok", "m2": "ok", "m3": "ok", "m4": "error", "m5": "ok"}
     # Refused requests are not counted: the fifth request ran as the fourth cell.
     assert conn.of("execute_reply")[-1]["content"]["execution_count"] == 4
+
+
+async def test_code_above_max_code_bytes_is_refused_on_arrival() -> None:
+    kernel, runner, conn = await make_kernel(max_code_bytes=30)
+    await kernel.handle(request("import time; time.sleep(9)", "m1"), conn)  # running
+    await kernel.handle(request("é" * 16, "m2"), conn)  # 32 bytes: never queued
+    (reply,) = conn.of("execute_reply")
+    assert reply["parent_header"]["msg_id"] == "m2"
+    assert reply["content"]["ename"] == "PayloadTooLarge"
+    assert reply["content"]["evalue"] == "code of 32 bytes exceeds the limit of 30 bytes"
+    await kernel.handle(request("x" * 30, "m3"), conn)  # at the limit: queued
+    assert len(conn.of("execute_reply")) == 1
+    await send(kernel, result(runner.executes()[0].id))
+    assert [e.code for e in runner.executes()] == ["import time; time.sleep(9)", "x" * 30]
+
+
+async def test_comm_open_without_a_usable_comm_id_gets_nothing() -> None:
+    kernel, _, conn = await make_kernel()
+    for comm_id in (None, 7, {"x": 1}, "c" * 257):
+        await kernel.handle(jm.decode(json.dumps(
+            {"header": {"msg_id": "c", "msg_type": "comm_open"},
+             "content": {"comm_id": comm_id}})), conn)
+    assert conn.sent == []
 
 
 async def test_no_queue_at_all() -> None:

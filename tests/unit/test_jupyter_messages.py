@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -33,6 +34,10 @@ def test_decode_minimal_header_only() -> None:
 @pytest.mark.parametrize("data", ["not json", "[]", '{"content": {}}',
                                   '{"header": {"msg_id": 3}}',
                                   '{"header": {"msg_id": "m1"}}',  # no msg_type
+                                  # header fields are echoed in every reply: bounded
+                                  '{"header": {"msg_type": "' + "x" * 257 + '"}}',
+                                  '{"header": {"msg_type": "a", "session": "'
+                                  + "s" * 257 + '"}}',
                                   '{"content": {"x": ' + "[" * 2000 + "]" * 2000 + "}}"])
 def test_decode_refuses_garbage(data: str) -> None:
     with pytest.raises(BadRequest):
@@ -81,6 +86,16 @@ def test_decode_binary_reads_the_message_and_drops_the_buffers() -> None:
 def test_decode_binary_refuses_what_does_not_fit(data: bytes, why: str) -> None:
     with pytest.raises(BadRequest, match=why):
         jm.decode_binary(data)
+
+
+def test_decode_binary_with_a_million_parts_is_refused_cheaply() -> None:
+    parts = 1_000_000
+    data = parts.to_bytes(4, "big") + (4 * (parts + 1)).to_bytes(4, "big") + b"\xff" * (
+        4 * parts)
+    start = time.perf_counter()
+    with pytest.raises(BadRequest, match="offsets do not fit"):
+        jm.decode_binary(data)
+    assert time.perf_counter() - start < 0.05  # it read two offsets, not a million
 
 
 def test_decode_binary_refuses_huge_message() -> None:

@@ -95,13 +95,16 @@ class Kernel:
         execution_timeout: the time limit of each cell, seconds.
         restart_timeout: seconds a restart may take before it is reported failed.
         max_queued: execute requests that may wait behind the running one.
+        max_code_bytes: the largest code a request may carry (UTF-8 bytes); larger code is
+            refused on arrival, so the queue holds no more than ``max_queued`` cells of it.
     """
 
     #: One frame per call: each becomes messages on every connection of the kernel.
     whole_batches = False
 
     def __init__(self, spec: KernelSpec, *, send_timeout: float | None,
-                 execution_timeout: float, restart_timeout: float, max_queued: int) -> None:
+                 execution_timeout: float, restart_timeout: float, max_queued: int,
+                 max_code_bytes: int) -> None:
         self.id = str(uuid.uuid4())
         self.spec = spec
         self.session = uuid.uuid4().hex
@@ -113,6 +116,7 @@ class Kernel:
         self._execution_timeout = execution_timeout
         self._restart_timeout = restart_timeout
         self._max_queued = max_queued
+        self._max_code_bytes = max_code_bytes
         self._connections: list[Connection] = []
         self._held: deque[str] = deque()
         self._held_chars = 0
@@ -196,9 +200,12 @@ class Kernel:
                 await self._reply(msg, origin, "history_reply", {"status": "ok", "history": []})
             case "comm_open":
                 # No comm target exists here: the protocol asks for an immediate comm_close.
+                comm_id = msg.content.get("comm_id")
+                if not isinstance(comm_id, str) or len(comm_id) > jm.MAX_HEADER_CHARS:
+                    log.debug("kernel %s: comm_open without a usable comm_id", self.id)
+                    return
                 await self._publish("status", {"execution_state": "busy"}, msg.header)
-                await self._publish("comm_close", {"comm_id": msg.content.get("comm_id", ""),
-                                                   "data": {}}, msg.header)
+                await self._publish("comm_close", {"comm_id": comm_id, "data": {}}, msg.header)
                 await self._publish("status", {"execution_state": "idle"}, msg.header)
             case str(other) if other.endswith("_request"):
                 # A client waiting for the reply learns why instead of waiting forever.
@@ -237,6 +244,12 @@ class Kernel:
                                refused=refused)
         if self.dead:
             await self._abort(execution)
+            return
+        size = len(code.encode("utf-8", "surrogatepass"))
+        if size > self._max_code_bytes:
+            await self._refuse(execution, "PayloadTooLarge",
+                               f"code of {size} bytes exceeds the limit of"
+                               f" {self._max_code_bytes} bytes")
             return
         if ((self._current is not None or self._restarting)
                 and len(self._pending) >= self._max_queued):

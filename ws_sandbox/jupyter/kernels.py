@@ -50,7 +50,8 @@ class KernelRegistry:
                         execution_timeout=settings.max_execution_time,
                         restart_timeout=settings.restart_timeout
                         + settings.sandbox_start_timeout + settings.acquire_timeout,
-                        max_queued=settings.max_queued_cells)
+                        max_queued=settings.max_queued_cells,
+                        max_code_bytes=settings.max_code_bytes)
         runner = await self.manager.open(spec.language, kernel,
                                          client_id=client_id or "jupyter", origin="jupyter",
                                          send_ready=False,

@@ -10,19 +10,25 @@ own; outgoing ones are built here so that every reply carries its request's head
 
 from __future__ import annotations
 
-import itertools
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, PayloadTooLarge
+from ws_sandbox.frames import MAX_WS_MESSAGE
 
 PROTOCOL_VERSION = "5.3"
-#: Largest JSON message a client may send: code plus room for the envelope.
-MAX_INCOMING_CHARS = 16 * 1024 * 1024 + 65536
+#: Largest message decoded: the WebSocket ceiling. The server's own message limit, fixed at
+#: start from ``MAX_CODE_BYTES`` (:func:`ws_sandbox.frames.ws_message_limit`), is lower.
+MAX_INCOMING_CHARS = MAX_WS_MESSAGE
+#: Longest header field (``msg_id``, ``msg_type``, ``session``, ...): each is echoed in every
+#: message answering the request, to every connection of the kernel.
+MAX_HEADER_CHARS = 256
+
+HeaderField = Annotated[str, msgspec.Meta(max_length=MAX_HEADER_CHARS)]
 #: Stream text is cut into pieces of at most this many characters: at worst 6 bytes each
 #: in JSON (a control character as ``\u0001``), so one message stays under 1 MiB.
 STREAM_CHUNK_CHARS = 128 * 1024
@@ -33,19 +39,19 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\
 class Header(msgspec.Struct, kw_only=True, omit_defaults=False):
     """A message header. Unknown fields are ignored; missing ones get harmless defaults."""
 
-    msg_id: str = ""
-    msg_type: str = ""
-    username: str = ""
-    session: str = ""
-    date: str = ""
-    version: str = PROTOCOL_VERSION
+    msg_id: HeaderField = ""
+    msg_type: HeaderField = ""
+    username: HeaderField = ""
+    session: HeaderField = ""
+    date: HeaderField = ""
+    version: HeaderField = PROTOCOL_VERSION
 
 
 class Incoming(msgspec.Struct, kw_only=True):
-    """A message from the client, as tolerant as real clients need."""
+    """A message from the client, as tolerant as real clients need. Its ``parent_header`` is
+    not kept: nothing reads it, and replies carry the request's own header."""
 
     header: Header
-    parent_header: dict[str, Any] = msgspec.field(default_factory=dict)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     content: dict[str, Any] = msgspec.field(default_factory=dict)
     channel: str | None = None
@@ -117,11 +123,13 @@ def decode_binary(data: bytes) -> Incoming:
     parts = int.from_bytes(data[:4], "big")
     if not 1 <= parts <= (len(data) - 4) // 4:
         raise BadRequest(f"invalid binary Jupyter message: {parts} parts in {len(data)} bytes")
-    offsets = [int.from_bytes(data[4 * i:4 * i + 4], "big") for i in range(1, parts + 1)]
-    offsets.append(len(data))
-    if offsets[0] != 4 * (parts + 1) or any(a > b for a, b in itertools.pairwise(offsets)):
+    # Only the first part is read, so only its bounds are checked: a message claiming a
+    # million parts costs no more than one claiming two.
+    start = int.from_bytes(data[4:8], "big")
+    end = int.from_bytes(data[8:12], "big") if parts > 1 else len(data)
+    if not start == 4 * (parts + 1) <= end <= len(data):
         raise BadRequest("invalid binary Jupyter message: its offsets do not fit the data")
-    return decode(data[offsets[0]:offsets[1]])
+    return decode(data[start:end])
 
 
 def encode(message: Outgoing) -> str:
