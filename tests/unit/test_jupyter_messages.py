@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -88,14 +87,15 @@ def test_decode_binary_refuses_what_does_not_fit(data: bytes, why: str) -> None:
         jm.decode_binary(data)
 
 
-def test_decode_binary_with_a_million_parts_is_refused_cheaply() -> None:
+def test_decode_binary_reads_only_the_first_part_s_bounds() -> None:
+    """A message claiming a million parts costs what one claiming two does: the offsets of
+    the buffers (dropped anyway) are never read, so garbage there does not matter."""
     parts = 1_000_000
-    data = parts.to_bytes(4, "big") + (4 * (parts + 1)).to_bytes(4, "big") + b"\xff" * (
-        4 * parts)
-    start = time.perf_counter()
-    with pytest.raises(BadRequest, match="offsets do not fit"):
-        jm.decode_binary(data)
-    assert time.perf_counter() - start < 0.05  # it read two offsets, not a million
+    body = b'{"header": {"msg_type": "kernel_info_request"}}'
+    head = 4 * (parts + 1)
+    data = (parts.to_bytes(4, "big") + head.to_bytes(4, "big")
+            + (head + len(body)).to_bytes(4, "big") + b"\xff" * (4 * (parts - 2)) + body)
+    assert jm.decode_binary(data).msg_type == "kernel_info_request"
 
 
 def test_decode_binary_refuses_huge_message() -> None:
