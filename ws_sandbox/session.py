@@ -83,6 +83,17 @@ class SessionLimits:
         )
 
 
+def check_code_size(code: str, max_code_bytes: int) -> None:
+    """Refuse code above ``max_code_bytes`` bytes of UTF-8.
+
+    Raises:
+        PayloadTooLarge: naming the size and the limit.
+    """
+    size = len(code.encode("utf-8", "surrogatepass"))
+    if size > max_code_bytes:
+        raise PayloadTooLarge(f"code of {size} bytes exceeds the limit of {max_code_bytes} bytes")
+
+
 def validate_cell(limits: SessionLimits, code: str, timeout: float | None) -> float:
     """Check a cell's code and timeout; return the timeout in force.
 
@@ -93,10 +104,7 @@ def validate_cell(limits: SessionLimits, code: str, timeout: float | None) -> fl
         PayloadTooLarge: code above ``max_code_bytes``.
         BadRequest: empty code, or a timeout that is not positive or above the maximum.
     """
-    size = len(code.encode("utf-8", "surrogatepass"))
-    if size > limits.max_code_bytes:
-        raise PayloadTooLarge(
-            f"code of {size} bytes exceeds the limit of {limits.max_code_bytes} bytes")
+    check_code_size(code, limits.max_code_bytes)
     if not code.strip():
         raise BadRequest("code is empty")
     if timeout is None:

@@ -35,9 +35,10 @@ import msgspec
 from ws_sandbox import __version__
 from ws_sandbox import frames as fr
 from ws_sandbox.driver import ClientRequest, CloseRequest, SessionRunner
-from ws_sandbox.exceptions import BackendError
+from ws_sandbox.exceptions import BackendError, PayloadTooLarge
 from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.specs import KernelSpec
+from ws_sandbox.session import check_code_size
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +246,10 @@ class Kernel:
         if self.dead:
             await self._abort(execution)
             return
-        size = len(code.encode("utf-8", "surrogatepass"))
-        if size > self._max_code_bytes:
-            await self._refuse(execution, "PayloadTooLarge",
-                               f"code of {size} bytes exceeds the limit of"
-                               f" {self._max_code_bytes} bytes")
+        try:
+            check_code_size(code, self._max_code_bytes)
+        except PayloadTooLarge as exc:
+            await self._refuse(execution, "PayloadTooLarge", exc.message)
             return
         if ((self._current is not None or self._restarting)
                 and len(self._pending) >= self._max_queued):
