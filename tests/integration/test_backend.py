@@ -142,6 +142,9 @@ async def test_sandboxes_of_a_killed_service_stop_on_their_own(
         session = await connect(svc.url)
         await session.execute("import time")
         cell = asyncio.create_task(session.execute("time.sleep(600)"))
+        # The session took the warm sandbox; wait for its replacement to be ready too, or
+        # the listing below can race the refill and miss it (seen once in CI).
+        await asyncio.to_thread(svc.wait_pool_full)
         ids = svc.containers()
         assert len(ids) >= 2, ids  # the session's sandbox and a warm one
         svc.process.send_signal(signal.SIGKILL)
