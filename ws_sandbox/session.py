@@ -249,9 +249,10 @@ class Session:
         if isinstance(data, bytes):
             self._error(BadRequest("binary frames are not accepted; send JSON text frames"))
             return
-        if len(data) > self.limits.max_code_bytes + 65536:
+        limit = fr.message_limit(self.limits.max_code_bytes)
+        if len(data) > limit:
             self._error(PayloadTooLarge(
-                f"frame of {len(data)} characters exceeds the limit for code of"
+                f"frame of {len(data)} characters exceeds the limit of {limit} for code of"
                 f" {self.limits.max_code_bytes} bytes"))
             return
         try:

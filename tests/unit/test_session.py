@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -148,10 +149,21 @@ def test_bad_frames_get_error_frames_and_session_goes_on(message: str, code: str
 def test_binary_and_oversized_frames_are_refused() -> None:
     s = new()
     s.receive_client(b"\x00\x01", 0.0)
-    s.receive_client("x" * (1000 + 70000), 0.0)
+    s.receive_client("x" * (fr.message_limit(1000) + 1), 0.0)
     errors = s.frames_to_send()
     assert [e.code for e in errors if isinstance(e, fr.Error)] == ["bad_request",
                                                                     "payload_too_large"]
+
+
+def test_code_within_the_limit_is_accepted_however_json_escapes_it() -> None:
+    """100,000 bytes of control characters are 600,000 characters of JSON (``\\u001b``):
+    the frame's limit leaves room for that, as the REST body's does."""
+    s = new(dataclasses.replace(LIMITS, max_code_bytes=100_000))
+    frame = json.dumps({"type": "execute", "id": "c1", "code": "\x1b" * 100_000})
+    assert len(frame) > 600_000
+    s.receive_client(frame, 0.0)
+    assert not [f for f in s.frames_to_send() if isinstance(f, fr.Error)]
+    assert s.state is State.RUNNING
 
 
 def test_output_is_capped_with_a_visible_marker() -> None:
