@@ -64,8 +64,7 @@ class SessionManager:
         self.settings = settings
         self.backend = backend
         self.pool = pool
-        self.signer = TokenSigner(settings.session_secret,
-                                  max_age=settings.max_lifetime or 7 * 24 * 3600)
+        self.signer = TokenSigner(settings.session_secret)
         self._runners: dict[str, SessionRunner] = {}
         self._ending: set[str] = set()  # asked to end by end(), not finished yet
         self._tasks: set[asyncio.Task[None]] = set()

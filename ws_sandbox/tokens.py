@@ -1,7 +1,12 @@
 """Resume tokens: a session id signed with the service's secret (itsdangerous).
 
 A token lets a client that dropped reconnect to its session within the resume grace. It is
-useless after that window, on another service (other secret) or when altered.
+useless once its session has ended, on another service (other secret) or when altered.
+
+A token carries no expiry of its own: it is worth exactly as long as its session lives, and
+the session's lifetime (``MAX_LIFETIME`` when it opened; an admin may change it for sessions
+opened later) bounds that. An expiry fixed when the service started refused, after an admin
+raised ``max_lifetime``, to resume a session that was still alive.
 """
 
 from __future__ import annotations
@@ -18,12 +23,10 @@ class TokenSigner:
 
     Args:
         secret: the service's ``SESSION_SECRET``.
-        max_age: seconds a token stays valid after it was issued.
     """
 
-    def __init__(self, secret: str, max_age: float) -> None:
-        self._serializer = itsdangerous.URLSafeTimedSerializer(secret, salt=_SALT)
-        self._max_age = max(1, int(max_age))
+    def __init__(self, secret: str) -> None:
+        self._serializer = itsdangerous.URLSafeSerializer(secret, salt=_SALT)
 
     def sign(self, session_id: str) -> str:
         """A token for ``session_id``."""
@@ -33,12 +36,10 @@ class TokenSigner:
         """The session id inside ``token``.
 
         Raises:
-            InvalidToken: the token is malformed, tampered with, foreign or expired.
+            InvalidToken: the token is malformed, tampered with or foreign.
         """
         try:
-            value = self._serializer.loads(token, max_age=int(self._max_age))
-        except itsdangerous.SignatureExpired:
-            raise InvalidToken("resume token has expired") from None
+            value = self._serializer.loads(token)
         except itsdangerous.BadData:
             raise InvalidToken("resume token is not valid") from None
         if not isinstance(value, str):
