@@ -278,20 +278,62 @@ def _display(kind: str, data: dict[str, str]) -> None:
     _send({"t": "display", "kind": kind, "data": data})
 
 
-def _display_value(value: "Any") -> None:
+def _repr_method(value: "Any", name: str) -> "Any":
+    """What ``value._repr_*_()`` returns, or ``None`` (no such method, a class, or it
+    failed: a broken rich form falls back to the text one, as in IPython)."""
+    method = getattr(value, name, None)
+    if not callable(method) or isinstance(value, type):
+        return None
+    try:
+        return method()
+    except Exception:
+        return None
+
+
+def _mime_bundle(value: "Any") -> dict[str, str]:
+    """``value`` as Jupyter shows it: ``text/plain`` (its ``repr``), plus ``text/html`` and
+    ``image/png`` when it has ``_repr_html_`` / ``_repr_png_`` (a DataFrame, a PIL image),
+    each within its size cap."""
     text = repr(value)
     if len(text) > MAX_REPR_CHARS:
         text = text[:MAX_REPR_CHARS] + "…"
     data = {"text/plain": text}
-    html_fn = getattr(value, "_repr_html_", None)
-    if callable(html_fn) and not isinstance(value, type):
+    html = _repr_method(value, "_repr_html_")
+    if isinstance(html, str) and len(html) <= MAX_REPR_CHARS:
+        data["text/html"] = html
+    png = _repr_method(value, "_repr_png_")
+    if isinstance(png, bytes):
+        encoded = binascii.b2a_base64(png, newline=False).decode("ascii")
+        if len(encoded) <= MAX_IMAGE_B64:
+            data["image/png"] = encoded
+    return data
+
+
+def _display_value(value: "Any") -> None:
+    _display("execute_result", _mime_bundle(value))
+
+
+def display(*objs: "Any", **_options: "Any") -> None:
+    """IPython's ``display``, a builtin as in a notebook: each object is shown as
+    ``display_data`` (its text, HTML and PNG forms; a matplotlib figure as an image, which is
+    then closed so the end of the cell does not show it again). IPython's options
+    (``raw``, ``include``, ...) are accepted and ignored."""
+    for obj in objs:
+        figure = _matplotlib_figure(obj)
+        if figure is None:
+            _display("display_data", _mime_bundle(obj))
+            continue
         try:
-            html = html_fn()
-        except Exception:
-            html = None
-        if isinstance(html, str) and len(html) <= MAX_REPR_CHARS:
-            data["text/html"] = html
-    _display("execute_result", data)
+            _display("display_data", _render_figure(figure))
+        finally:
+            sys.modules["matplotlib.pyplot"].close(figure)
+
+
+def _matplotlib_figure(obj: "Any") -> "Any":
+    """``obj`` if it is a matplotlib figure (only when pyplot is already imported)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    figure_type = getattr(plt, "Figure", None) if plt is not None else None
+    return obj if isinstance(figure_type, type) and isinstance(obj, figure_type) else None
 
 
 def _render_figure(fig: "Any") -> dict[str, str]:
@@ -545,6 +587,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, _on_sigint)
     sys.meta_path.insert(0, _ImportHook())
     builtins.print = _print
+    builtins.display = display  # type: ignore[attr-defined]
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace", line_buffering=True)

@@ -6,6 +6,7 @@ reads plain frames). Without an engine or image these tests skip locally and fai
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -195,6 +196,34 @@ def test_numpy_pandas_matplotlib(sandbox: Sandbox) -> None:
     assert displays[0]["data"]["image/png"].startswith("iVBORw0KGgo")
     assert displays[1]["data"]["text/plain"] == "30"
     assert text(frames, "stderr") == ""  # no font-cache or backend warnings
+
+
+@pytest.mark.parametrize("sandbox", ["python"], indirect=True)
+def test_display_of_a_dataframe_a_figure_and_a_pil_image(sandbox: Sandbox) -> None:
+    """What model-written notebook code does: ``display(df)`` without an import, a figure
+    passed to ``display`` (shown once: not again at the cell's end), and a PIL image as the
+    final expression, which Jupyter shows as a picture."""
+    code = (
+        "import pandas as pd\n"
+        "import matplotlib.pyplot as plt\n"
+        "from PIL import Image\n"
+        "display(pd.DataFrame({'x': [1, 2]}))\n"
+        "fig, ax = plt.subplots()\n"
+        "ax.plot([1, 2])\n"
+        "display(fig)\n"
+        "Image.new('RGB', (4, 3), 'red')"
+    )
+    _, frames = sandbox.run(code)
+    assert done(frames)["status"] == "success", text(frames, "stderr")
+    displays = [f for _, f in frames if f["t"] == "display"]
+    assert [d["kind"] for d in displays] == ["display_data", "display_data", "execute_result"]
+    table, figure, picture = (d["data"] for d in displays)
+    assert "<table" in table["text/html"] and "x" in table["text/plain"]
+    assert base64.b64decode(figure["image/png"]).startswith(b"\x89PNG\r\n\x1a\n")
+    png = base64.b64decode(picture["image/png"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert struct.unpack(">II", png[16:24]) == (4, 3)  # the IHDR's width and height
+    assert picture["text/plain"].startswith("<PIL.Image.Image image mode=RGB size=4x3")
 
 
 def test_python_starts_from_bytecode_without_slow_imports() -> None:

@@ -8,6 +8,7 @@ integration tests cover them inside the runtime image.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
 import json
@@ -241,6 +242,48 @@ def test_python_state_and_final_expression(py: AgentDriver) -> None:
     assert_done_shape(result.done)
     assert py.run("None").displays == []
     assert py.run("x;").displays == []
+
+
+def test_python_display_builtin_shows_each_object_as_display_data(py: AgentDriver) -> None:
+    """``display`` is a builtin, as in a notebook (model-written code calls it without an
+    import): each object in order, with its rich forms, beside printed output."""
+    result = py.run(
+        "class Table:\n"
+        "    def __repr__(self):\n        return 'Table(2)'\n"
+        "    def _repr_html_(self):\n        return '<table></table>'\n"
+        "class Picture:\n"
+        "    def _repr_png_(self):\n        return b'\\x89PNG fake'\n"
+        "    def __repr__(self):\n        return 'Picture'\n"
+        "class Broken:\n"
+        "    def _repr_html_(self):\n        raise RuntimeError('no html')\n"
+        "    def __repr__(self):\n        return 'Broken'\n"
+        "print('before')\n"
+        "display(Table(), 'text', Picture(), Broken(), raw=False)\n"
+        "print('after')")
+    assert_success(result)
+    assert result.text() == "before\nafter\n"
+    assert [d["kind"] for d in result.displays] == ["display_data"] * 4
+    assert [d["data"] for d in result.displays] == [
+        {"text/plain": "Table(2)", "text/html": "<table></table>"},
+        {"text/plain": "'text'"},
+        {"text/plain": "Picture", "image/png": base64.b64encode(b"\x89PNG fake").decode()},
+        {"text/plain": "Broken"},
+    ]
+
+
+def test_python_final_expression_carries_its_png_form(py: AgentDriver) -> None:
+    result = py.run("class P:\n    def _repr_png_(self):\n        return b'png'\nP()")
+    assert_success(result)
+    (shown,) = result.displays
+    assert shown["kind"] == "execute_result"
+    assert shown["data"]["image/png"] == base64.b64encode(b"png").decode()
+    assert shown["data"]["text/plain"].startswith("<__main__.P object")
+    # A PNG form that is not bytes, or too large to send, is left out; the text stays.
+    odd = py.run("class Q:\n    def _repr_png_(self):\n        return 'str'\nQ()")
+    assert set(odd.displays[0]["data"]) == {"text/plain"}
+    big = py.run("class R:\n    def _repr_png_(self):\n        return b'x' * 600_000\nR()",
+                 max_output_bytes=1 << 30)
+    assert set(big.displays[0]["data"]) == {"text/plain"}
 
 
 def test_python_exception_traceback_hides_worker(py: AgentDriver) -> None:
