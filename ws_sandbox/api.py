@@ -11,7 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from ws_sandbox import frames as fr
 from ws_sandbox import metrics
-from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError
+from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError, UpgradeRequired
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.rest import ErrorBody, ErrorDetail, JSONBody, error_response
 from ws_sandbox.settings import Language
@@ -97,6 +97,14 @@ async def execution(request: Request) -> Response:
     if item is None:
         raise NotFound(f"no execution {execution_id!r} in the history")
     return JSONBody(item)
+
+
+async def websocket_only(request: Request) -> Response:
+    """A plain HTTP request to the session endpoint (a browser's address bar, a REST client):
+    426 saying what the endpoint is, where a bare 404 said it did not exist."""
+    raise UpgradeRequired(
+        f"{request.url.path} is a WebSocket endpoint: open it with a WebSocket client"
+        " (protocol/spec.md), or use POST /api/v1/execute for one result")
 
 
 # --- error handlers ------------------------------------------------------------------------

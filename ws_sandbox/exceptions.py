@@ -9,10 +9,11 @@
     │   ├── LanguageUnavailable     unknown or disabled language
     │   ├── PayloadTooLarge         code or frame above its size limit
     │   ├── UnsupportedMediaType    a REST body that is not JSON
+    │   ├── UpgradeRequired         plain HTTP to a WebSocket endpoint
     │   ├── Unauthorized            missing credentials
     │   ├── Forbidden               wrong credentials or origin
     │   ├── NotFound                unknown session, execution or token target
-    │   ├── InvalidToken            tampered, expired or foreign resume token
+    │   ├── InvalidToken            tampered or foreign resume token, or its session ended
     │   └── QueueFull               too many cells waiting in one session
     ├── CapacityError               service at its concurrency limit; retry later
     ├── RateLimited                 token bucket empty; retry later
@@ -93,6 +94,12 @@ class UnsupportedMediaType(RequestError):
     code = "unsupported_media_type"
 
 
+class UpgradeRequired(RequestError):
+    """A plain HTTP request to a WebSocket endpoint."""
+
+    code = "upgrade_required"
+
+
 class Unauthorized(RequestError):
     """Credentials are required and none were given."""
 
@@ -168,6 +175,7 @@ ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
     LanguageUnavailable: (400, 1008),
     PayloadTooLarge: (413, 1009),
     UnsupportedMediaType: (415, 1003),
+    UpgradeRequired: (426, 1008),
     Unauthorized: (401, 1008),
     Forbidden: (403, 1008),
     NotFound: (404, 1008),

@@ -29,7 +29,8 @@ class Frame(msgspec.Struct, kw_only=True, tag_field="type"):
 
 
 class Execute(Frame, tag="execute"):
-    """Run one cell. ``timeout`` (seconds) is capped by ``MAX_EXECUTION_TIME``."""
+    """Run one cell. ``timeout`` (seconds) is at most ``MAX_EXECUTION_TIME``: a larger one is
+    refused, never clamped; none means ``DEFAULT_EXECUTION_TIME``."""
 
     id: CellId
     code: str

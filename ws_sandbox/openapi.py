@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ws_sandbox import __version__
 from ws_sandbox.admin import LimitsUpdate
+from ws_sandbox.auth import PUBLIC_PATHS
 from ws_sandbox.history import ExecutionPage
 from ws_sandbox.records import ExecutionRecord
 from ws_sandbox.rest import ErrorBody, ExecuteRequest, ExecuteResponse
@@ -24,9 +25,16 @@ _REF = "#/components/schemas/{name}"
 _ERRORS = {"400": "Bad request: invalid JSON, wrong types, unknown or disabled language,"
                   " empty code, bad timeout",
            "401": "API key missing", "403": "API key or origin refused",
-           "413": "Code or body too large", "415": "Body is not application/json",
+           "404": "No such execution or session (history: also when it is off)",
+           "413": "Code or body too large",
+           "415": "Body is not application/json",
+           "426": "A plain HTTP request to a WebSocket endpoint (Upgrade: websocket)",
            "429": "Rate limited (Retry-After)", "503": "At capacity or engine unavailable"
-                                                      " (Retry-After)"}
+                                                      " (Retry-After when known)"}
+_OTHER_RESPONSES: dict[str, dict[str, Any]] = {
+    "/api/v1/health": {"503": {"description": "Cannot serve: the same body, its problems"
+                                              " listed"}}}
+"""Responses whose body is not an ``ErrorBody``."""
 
 #: (method, path, summary, request struct, response struct, error statuses)
 ENDPOINTS: list[tuple[str, str, str, str | None, str | None, tuple[str, ...]]] = [
@@ -40,19 +48,21 @@ ENDPOINTS: list[tuple[str, str, str, str | None, str | None, tuple[str, ...]]] =
      " uptime", None, None, ("401", "403")),
     ("get", "/metrics", "Prometheus text format", None, None, ("401", "403")),
     ("get", "/api/v1/executions", "Execution history, newest first; filters status,"
-     " language; pages by limit and offset", None, "ExecutionPage", ("400", "401", "403")),
+     " language; pages by limit and offset", None, "ExecutionPage",
+     ("400", "401", "403", "404")),
     ("get", "/api/v1/executions/{execution_id}", "One execution with its outputs", None,
-     "ExecutionRecord", ("401", "403")),
+     "ExecutionRecord", ("401", "403", "404")),
     ("get", "/api/v1/sessions/ws", "WebSocket session (protocol v1; see"
-     " protocol/schema.json): ?language=, ?resume=, ?api_key=", None, None, ("401", "403")),
+     " protocol/schema.json): ?language=, ?resume=, ?api_key=", None, None,
+     ("401", "403", "426")),
     ("get", "/api/v1/admin/limits", "Limits changeable at run time (admin key)", None, None,
      ("401", "403")),
     ("patch", "/api/v1/admin/limits", "Change limits (admin key; validated, audited)",
-     "LimitsUpdate", None, ("400", "401", "403")),
+     "LimitsUpdate", None, ("400", "401", "403", "413")),
     ("get", "/api/v1/admin/sessions", "Live sessions (admin key)", None, None,
      ("401", "403")),
     ("delete", "/api/v1/admin/sessions/{session_id}", "End a session (admin key)", None,
-     None, ("401", "403")),
+     None, ("401", "403", "404")),
 ]
 
 
@@ -74,6 +84,9 @@ def openapi_document() -> dict[str, Any]:
         for status in errors:
             op["responses"][status] = {"description": _ERRORS[status], "content": {
                 "application/json": {"schema": {"$ref": _REF.format(name="ErrorBody")}}}}
+        op["responses"].update(_OTHER_RESPONSES.get(path, {}))
+        if path in PUBLIC_PATHS:
+            op["security"] = []  # no key needed, whatever API_KEYS holds
         for name in ("execution_id", "session_id"):
             if "{" + name + "}" in path:
                 op["parameters"] = [{"name": name, "in": "path", "required": True,

@@ -97,6 +97,8 @@ def error_response(exc: SandboxError) -> JSONBody:
         headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
     if exc.http_status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="ws-sandbox"'
+    if exc.http_status == 426:
+        headers["Upgrade"] = "websocket"
     return JSONBody(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message)),
                     status_code=exc.http_status, headers=headers)
 

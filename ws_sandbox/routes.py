@@ -28,6 +28,7 @@ def service_routes() -> list[BaseRoute]:
         Route("/api/v1/admin/sessions", admin.list_sessions),
         Route("/api/v1/admin/sessions/{session_id}", admin.end_session,
               methods=["DELETE"]),
+        Route("/api/v1/sessions/ws", api.websocket_only),  # the WebSocket route is app.py's
         Route("/api/v1/openapi.json", openapi.openapi_json),
         Route("/docs", openapi.docs),
     ]

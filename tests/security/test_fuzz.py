@@ -148,7 +148,7 @@ def test_schemathesis_finds_no_server_error(fuzz_service: Service, tmp_path: Pat
     cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     done = subprocess.run(
         [cli, "run", f"{fuzz_service.http}/api/v1/openapi.json",
-         "--checks", "not_a_server_error", "--max-examples", "25",
+         "--checks", "not_a_server_error,status_code_conformance", "--max-examples", "25",
          "--header", f"Authorization: Bearer {ADMIN_KEY}",  # the admin API is fuzzed too
          "--request-timeout", "60", "--generation-deterministic",
          "--report-dir", str(tmp_path)],

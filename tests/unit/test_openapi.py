@@ -33,3 +33,22 @@ def test_docs_page_lists_every_endpoint_without_external_resources() -> None:
     page = docs_page()
     assert "/api/v1/execute" in page and "/api/v1/executions/{execution_id}" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_public_paths_need_no_key_and_every_refusal_is_listed() -> None:
+    """What a client generated from the document would need: the paths open without a key
+    say so, and the statuses the routes answer are there (the fuzz test checks them live)."""
+    doc = openapi_document()
+    paths = doc["paths"]
+    assert doc["security"] == [{"bearer": []}]
+    for path in ("/api/v1/health", "/api/v1/openapi.json", "/docs"):
+        for op in paths.get(path, {}).values():
+            assert op["security"] == [], path
+    assert "security" not in paths["/api/v1/execute"]["post"]
+    assert "503" in paths["/api/v1/health"]["get"]["responses"]
+    assert "404" in paths["/api/v1/executions/{execution_id}"]["get"]["responses"]
+    assert "404" in paths["/api/v1/executions"]["get"]["responses"]
+    assert "404" in paths["/api/v1/admin/sessions/{session_id}"]["delete"]["responses"]
+    assert "413" in paths["/api/v1/admin/limits"]["patch"]["responses"]
+    assert "when known" in paths["/api/v1/execute"]["post"]["responses"]["503"]["description"]
+
