@@ -81,7 +81,13 @@ class KernelRegistry:
         return [k for k in self._kernels.values() if not k.dead]
 
     async def delete(self, kernel_id: str) -> None:
-        """Shut a kernel down and wait until its container is removed.
+        """Shut a kernel down: return once it has ended (its session closed, its channels
+        told); its container is removed right after, as a closed session's is.
+
+        Open WebUI awaits this call before it shows a run's result, so waiting for the
+        container's removal too (about 70 ms of a 90 ms run under runc) made every run
+        five times slower, for nothing a client can see: the slot is free once the session
+        has closed, and shutdown still waits for every container.
 
         Raises:
             NotFound: no such kernel.
@@ -90,7 +96,7 @@ class KernelRegistry:
         runner = kernel.runner
         await kernel.shutdown("the kernel was deleted")
         if runner is not None:
-            await runner.finished.wait()
+            await runner.closed.wait()
         self._kernels.pop(kernel_id, None)
 
     async def _watch(self, kernel: Kernel) -> None:

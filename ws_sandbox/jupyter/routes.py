@@ -139,7 +139,7 @@ async def get_kernel(request: Request) -> Response:
 
 
 async def delete_kernel(request: Request) -> Response:
-    """``DELETE /api/kernels/{id}``: 204 once its container is removed."""
+    """``DELETE /api/kernels/{id}``: 204 once the kernel has ended (its container goes next)."""
     await registry(request.app).delete(_kernel_id(request))
     return Response(status_code=204)
 
