@@ -178,6 +178,14 @@ def test_rust_compiles_on_read_only_root(sandbox: Sandbox) -> None:
     assert done(frames)["error"] == "compilation failed"
 
 
+def successful_displays(sandbox: Sandbox, code: str
+                        ) -> tuple[list[dict[str, Any]], list[tuple[float, Any]]]:
+    """Run a cell that must succeed; its display frames, and all its frames."""
+    _, frames = sandbox.run(code)
+    assert done(frames)["status"] == "success", text(frames, "stderr")
+    return [f for _, f in frames if f["t"] == "display"], frames
+
+
 @pytest.mark.parametrize("sandbox", ["python"], indirect=True)
 def test_numpy_pandas_matplotlib(sandbox: Sandbox) -> None:
     code = (
@@ -188,11 +196,8 @@ def test_numpy_pandas_matplotlib(sandbox: Sandbox) -> None:
         "plt.show()\n"
         "int(df.y.sum())"
     )
-    _, frames = sandbox.run(code)
-    assert done(frames)["status"] == "success", text(frames, "stderr")
-    displays = [f for _, f in frames if f["t"] == "display"]
-    kinds = [d["kind"] for d in displays]
-    assert kinds == ["display_data", "execute_result"]
+    displays, frames = successful_displays(sandbox, code)
+    assert [d["kind"] for d in displays] == ["display_data", "execute_result"]
     assert displays[0]["data"]["image/png"].startswith("iVBORw0KGgo")
     assert displays[1]["data"]["text/plain"] == "30"
     assert text(frames, "stderr") == ""  # no font-cache or backend warnings
@@ -213,9 +218,7 @@ def test_display_of_a_dataframe_a_figure_and_a_pil_image(sandbox: Sandbox) -> No
         "display(fig)\n"
         "Image.new('RGB', (4, 3), 'red')"
     )
-    _, frames = sandbox.run(code)
-    assert done(frames)["status"] == "success", text(frames, "stderr")
-    displays = [f for _, f in frames if f["t"] == "display"]
+    displays, _ = successful_displays(sandbox, code)
     assert [d["kind"] for d in displays] == ["display_data", "display_data", "execute_result"]
     table, figure, picture = (d["data"] for d in displays)
     assert "<table" in table["text/html"] and "x" in table["text/plain"]
