@@ -3,8 +3,8 @@
 #
 #   scripts/setup.sh [--no-image] [build-image options...]
 #
-# 1. apt packages: docker.io, runsc (gVisor), mmdebstrap, chromium, gcc, python3-venv, when
-#    missing.
+# 1. apt packages: docker.io, runsc (gVisor), mmdebstrap, chromium, gcc, python3-venv,
+#    node-acorn (beside a host Node.js), when missing.
 # 2. gVisor: registers runsc in /etc/docker/daemon.json (merged, never clobbered).
 # 3. Docker engine: reuses one that answers; otherwise starts dockerd in the background
 #    (log: $WS_SANDBOX_DOCKERD_LOG, default /var/log/ws-sandbox-dockerd.log).
@@ -48,6 +48,11 @@ command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v chromium >/dev/null || missing+=(chromium)  # browser tests (tests/browser)
 command -v gcc >/dev/null || missing+=(gcc libc6-dev)  # the unit tests build the C agent
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# The JavaScript worker parses cells with Debian's acorn, which Debian's Node.js (the image's)
+# depends on; the unit tests run the worker on the host's Node.js, which may come without it.
+if command -v node >/dev/null && [[ ! -e /usr/share/nodejs/acorn ]]; then
+    missing+=(node-acorn)
+fi
 if ((${#missing[@]})); then
     log "installing apt packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -2257,6 +2257,9 @@ static void start_worker(void) {
         const char *node = which(1, "node");
         if (!node) node = which(2, "nodejs");
         argv[k++] = (char *)(node ? node : "node");
+        /* A cell's import() goes through the worker's importModuleDynamically, which Node 18
+         * and 20 call only with this flag (it prints no warning for that use). */
+        argv[k++] = "--experimental-vm-modules";
     } else {
         snprintf(script, sizeof script, "%s/worker_shell.bash", A.agent_dir);
         const char *bash = which(4, "bash");

@@ -12,7 +12,8 @@ const path = require('path');
 const util = require('util');
 const vm = require('vm');
 const { Console } = require('console');
-const { createRequire } = require('module');
+const { builtinModules, createRequire } = require('module');
+const { pathToFileURL } = require('url');
 
 const CTL_IN = Number(process.argv[2]);
 const CTL_OUT = Number(process.argv[3]);
@@ -101,16 +102,178 @@ function isInterrupt(err) {
 // --- cells -------------------------------------------------------------------------------
 let cellNumber = 0;
 
-function compile(code, filename) {
+// --- notebook semantics: declarations that can be run again, top-level await --------------
+// A notebook re-runs cells: `const data = ...` twice must not fail with "Identifier 'data'
+// has already been declared" (a global lexical binding is forever, even when its cell threw
+// before reaching it). So top-level `let`, `const` and `class` declarations become `var`
+// (global properties, which a later cell may declare again; `const` is then reassignable,
+// and there is no temporal dead zone). A cell with top-level `await` runs as the body of an
+// async function: its top-level declarations are hoisted to globals and become assignments,
+// and the value of its last expression statement is returned, so it persists and shows.
+// The parse uses Debian's acorn (a dependency of its Node.js); where it is missing, or it
+// cannot parse the cell, the cell runs as written.
+let acorn; // undefined: not loaded yet; null: not available
+
+function loadAcorn() {
+  if (acorn === undefined) {
+    acorn = null;
+    for (const where of ['/usr/share/nodejs/acorn', 'acorn']) {
+      try {
+        acorn = require(where);
+        break;
+      } catch (err) {
+        /* try the next place */
+      }
+    }
+  }
+  return acorn;
+}
+
+const FUNCTION_NODES = new Set([
+  'FunctionDeclaration', 'FunctionExpression', 'ArrowFunctionExpression',
+]);
+
+// Whether `node` holds an `await` outside any function of its own (a top-level await).
+function hasTopLevelAwait(node) {
+  if (!node || typeof node.type !== 'string' || FUNCTION_NODES.has(node.type)) return false;
+  if (node.type === 'AwaitExpression') return true;
+  if (node.type === 'ForOfStatement' && node.await) return true;
+  for (const key of Object.keys(node)) {
+    const value = node[key];
+    if (Array.isArray(value)) {
+      if (value.some((child) => child && hasTopLevelAwait(child))) return true;
+    } else if (value && typeof value === 'object' && typeof value.type === 'string' &&
+               hasTopLevelAwait(value)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The names a binding pattern declares: `a`, `{b, c: [d]}`, `[e = 1, ...f]`.
+function boundNames(pattern, names) {
+  if (!pattern) return names;
+  switch (pattern.type) {
+    case 'Identifier': names.push(pattern.name); break;
+    case 'ObjectPattern':
+      for (const prop of pattern.properties) {
+        boundNames(prop.type === 'RestElement' ? prop.argument : prop.value, names);
+      }
+      break;
+    case 'ArrayPattern': for (const el of pattern.elements) boundNames(el, names); break;
+    case 'AssignmentPattern': boundNames(pattern.left, names); break;
+    case 'RestElement': boundNames(pattern.argument, names); break;
+    default: break;
+  }
+  return names;
+}
+
+// The cell's source for vm.Script, and whether it is an async function's body.
+function notebookSource(code) {
+  if (!/\b(?:let|const|class|await)\b/.test(code) || !loadAcorn()) return null;
+  let program;
   try {
-    return { script: new vm.Script(code, { filename }), wrapped: false };
+    program = acorn.parse(code, {
+      ecmaVersion: 'latest', sourceType: 'script', allowAwaitOutsideFunction: true,
+      allowHashBang: true,
+    });
   } catch (err) {
-    // Top-level await: run the cell as the body of an async function. Its let/const are then
-    // local to the cell and there is no value; plain assignments still persist.
+    return null; // V8 reports the error, in its own words
+  }
+  const wrapped = program.body.some(hasTopLevelAwait);
+  const edits = []; // [start, end, text], on top-level statements, which never overlap
+  const hoisted = [];
+  const exported = [];
+  const src = (node) => code.slice(node.start, node.end);
+  for (const stmt of program.body) {
+    if (stmt.type === 'VariableDeclaration' && !wrapped) {
+      if (stmt.kind !== 'var') edits.push([stmt.start, stmt.start + stmt.kind.length, 'var']);
+    } else if (stmt.type === 'VariableDeclaration') {
+      const parts = [];
+      for (const decl of stmt.declarations) {
+        hoisted.push(...boundNames(decl.id, []));
+        if (decl.init) {
+          parts.push(`(${src(decl.id)} = ${src(decl.init)})`);
+        } else if (decl.id.type === 'Identifier' && stmt.kind !== 'var') {
+          parts.push(`(${decl.id.name} = undefined)`);
+        }
+      }
+      edits.push([stmt.start, stmt.end, parts.length ? `void (${parts.join(', ')});` : ';']);
+    } else if (stmt.type === 'ClassDeclaration') {
+      edits.push([stmt.start, stmt.start, wrapped ? `${stmt.id.name} = ` : `var ${stmt.id.name} = `]);
+      edits.push([stmt.end, stmt.end, ';']);
+      if (wrapped) hoisted.push(stmt.id.name);
+    } else if (stmt.type === 'FunctionDeclaration' && wrapped) {
+      hoisted.push(stmt.id.name);
+      exported.push(stmt.id.name);
+    }
+  }
+  if (!wrapped) {
+    return edits.length ? { source: applyEdits(code, edits), wrapped: false } : null;
+  }
+  const last = program.body[program.body.length - 1];
+  if (last && last.type === 'ExpressionStatement' && !last.directive) {
+    edits.push([last.start, last.end, `return (${src(last.expression)});`]);
+  }
+  if (exported.length) {
+    // Function declarations are hoisted in the async body; make them globals at its start
+    // (after any directive prologue, which must stay first).
+    const first = program.body.find((stmt) => !stmt.directive);
+    const at = first ? first.start : code.length;
+    edits.push([at, at, exported.map((name) => `globalThis.${name} = ${name}; `).join('')]);
+  }
+  const names = [...new Set(hoisted)];
+  const prefix = (names.length ? `var ${names.join(', ')}; ` : '') + '(async () => {\n';
+  return { source: `${prefix}${applyEdits(code, edits)}\n})()`, wrapped: true };
+}
+
+function applyEdits(code, edits) {
+  let out = code;
+  // From the end, so that earlier offsets stay right; an insertion at the same offset as a
+  // replacement's start goes before it.
+  edits.sort((a, b) => b[0] - a[0] || b[1] - a[1]);
+  for (const [start, end, text] of edits) out = out.slice(0, start) + text + out.slice(end);
+  return out;
+}
+
+// `import()` in a cell loads through Node's own loader; a path or a package is found from the
+// working directory, as `require` in a cell finds it.
+function importModuleDynamically(specifier) {
+  if (typeof specifier === 'string' && !specifier.startsWith('node:') &&
+      !builtinModules.includes(specifier)) {
+    let resolved = null;
+    try {
+      resolved = sandbox.require.resolve(specifier);
+    } catch (err) {
+      /* let import() report it */
+    }
+    if (resolved) return import(pathToFileURL(resolved).href);
+  }
+  return import(specifier);
+}
+
+function compile(code, filename) {
+  const notebook = notebookSource(code);
+  if (notebook) {
+    const lineOffset = notebook.wrapped ? -1 : 0;
+    return {
+      script: new vm.Script(notebook.source, { filename, lineOffset, importModuleDynamically }),
+      wrapped: notebook.wrapped,
+    };
+  }
+  try {
+    return { script: new vm.Script(code, { filename, importModuleDynamically }), wrapped: false };
+  } catch (err) {
+    // Top-level await without acorn: run the cell as the body of an async function. Its
+    // let/const are then local to the cell and there is no value.
     if (err instanceof SyntaxError && /\bawait\b/.test(code)) {
       try {
         const body = `(async () => {\n${code}\n})()`;
-        return { script: new vm.Script(body, { filename, lineOffset: -1 }), wrapped: true };
+        return {
+          script: new vm.Script(body, { filename, lineOffset: -1, importModuleDynamically }),
+          wrapped: true,
+          valueless: true,
+        };
       } catch (err2) {
         /* report the original error */
       }
@@ -123,10 +286,10 @@ async function runCell(code) {
   cellNumber += 1;
   const filename = `cell-${cellNumber}`;
   let value;
-  let wrapped = false;
+  let valueless = false;
   try {
     const compiled = compile(code, filename);
-    wrapped = compiled.wrapped;
+    valueless = Boolean(compiled.valueless);
     value = compiled.script.runInContext(context, { breakOnSigint: true, displayErrors: false });
     if (value !== null && (typeof value === 'object' || typeof value === 'function') &&
         typeof value.then === 'function') {
@@ -155,7 +318,7 @@ async function runCell(code) {
     printError(err);
     return { t: 'done', status: 'error', exit_code: 1, error: errorSummary(err) };
   }
-  if (value !== undefined && !wrapped) {
+  if (value !== undefined && !valueless) {
     let text;
     try {
       text = util.inspect(value, { colors: false });

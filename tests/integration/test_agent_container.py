@@ -229,6 +229,21 @@ def test_display_of_a_dataframe_a_figure_and_a_pil_image(sandbox: Sandbox) -> No
     assert picture["text/plain"].startswith("<PIL.Image.Image image mode=RGB size=4x3")
 
 
+@pytest.mark.parametrize("sandbox", ["javascript"], indirect=True)
+def test_javascript_notebook_semantics_on_the_image_node(sandbox: Sandbox) -> None:
+    """The image's Node.js (Debian's, with its acorn) runs cells as a notebook does: a cell
+    run twice declares its const again, top-level await keeps its declarations and shows the
+    value, and import() works (the unit tests cover the details on the host's Node.js)."""
+    for _ in range(2):
+        displays, _ = successful_displays(
+            sandbox, "const os = await import('os');\nconst n = await Promise.resolve(2);\n"
+                     "class Box { get v() { return n; } }\n`${os.platform()} ${new Box().v}`")
+        assert [d["data"]["text/plain"] for d in displays] == ["'linux 2'"]
+    displays, frames = successful_displays(sandbox, "n + 1")
+    assert [d["data"]["text/plain"] for d in displays] == ["3"]
+    assert text(frames, "stderr") == ""  # no experimental-feature warning
+
+
 def test_python_starts_from_bytecode_without_slow_imports() -> None:
     """The agent runs from its binary and the worker from the bytecode compiled into the
     image, and a fresh

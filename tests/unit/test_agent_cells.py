@@ -717,6 +717,68 @@ def test_js_let_const_function_persist_and_value(js: AgentDriver) -> None:
     assert js.run("undefined").displays == []
 
 
+def shown(result: CellResult) -> str:
+    """The text of a cell's value, after checking that it succeeded."""
+    assert_success(result)
+    (display,) = result.displays
+    return str(display["data"]["text/plain"])
+
+
+def test_js_cells_can_be_run_again(js: AgentDriver) -> None:
+    """A notebook re-runs cells: top-level let, const and class may be declared again, even
+    after a cell threw before reaching its declaration."""
+    assert_success(js.run("let x = 1; const y = 2; class A { f() { return 'a'; } }"))
+    assert shown(js.run("let x = 5; const y = 6; class A { f() { return 'b'; } }; x + y")) == "11"
+    assert shown(js.run("new A().f()")) == "'b'"
+    assert js.run("null.boom; const late = 1").done["status"] == "error"
+    assert shown(js.run("const late = 2; late")) == "2"
+    assert shown(js.run("const {p, q: [r]} = {p: 1, q: [2]}; p + r")) == "3"
+    assert shown(js.run("p + r")) == "3"
+    # Block scopes keep their own bindings; only the top level becomes global.
+    assert shown(js.run("for (let i = 0; i < 2; i++) {} { let inner = 1 } typeof i + typeof inner"
+                        )) == "'undefinedundefined'"
+
+
+def test_js_top_level_await_keeps_declarations_and_shows_the_value(js: AgentDriver) -> None:
+    assert shown(js.run("const r = await Promise.resolve(41);\nr + 1")) == "42"
+    assert shown(js.run("r")) == "41"
+    assert shown(js.run(
+        "async function twice(n) { return 2 * n; }\n"
+        "class K { static of(v) { return v; } }\n"
+        "let {a, b: [c]} = await Promise.resolve({a: 1, b: [2]});\n"
+        "const total = await twice(a + c);\n"
+        "total")) == "6"
+    assert shown(js.run("[twice.name, K.of(3), a, c, total]")) == "[ 'twice', 3, 1, 2, 6 ]"
+    # Run again, and with nothing to show: no value, state kept.
+    assert shown(js.run("const r = await Promise.resolve(7); r")) == "7"
+    quiet = js.run("const s = await Promise.resolve('kept')")
+    assert_success(quiet)
+    assert quiet.displays == []
+    assert shown(js.run("s")) == "'kept'"
+    assert shown(js.run("let n = 0; for await (const v of [1, 2]) n += v; n")) == "3"
+
+
+def test_js_errors_keep_their_line_in_rewritten_cells(js: AgentDriver) -> None:
+    failed = js.run("const v = 1;\nconst w = await Promise.resolve(2);\nnull.x")
+    assert failed.done["status"] == "error"
+    assert "cell-" in failed.text("stderr") and ":3:" in failed.text("stderr")
+    plain = js.run("let v2 = 1;\n\nnull.y")
+    assert ":3:" in plain.text("stderr")
+    # What cannot be parsed still gets V8's own message.
+    broken = js.run("const = 1")
+    assert broken.done["error"].startswith("SyntaxError: ")
+
+
+def test_js_dynamic_import(js: AgentDriver, tmp_path: Path) -> None:
+    assert shown(js.run("const os = await import('os'); os.platform()")) == "'linux'"
+    assert shown(js.run("(await import('node:path')).sep")) == "'/'"
+    (tmp_path / "mod.mjs").write_text("export const answer = 42;\n")
+    assert shown(js.run(f"(await import({str(tmp_path / 'mod.mjs')!r})).answer")) == "42"
+    missing = js.run("await import('no-such-package-xyz')")
+    assert missing.done["status"] == "error"
+    assert "no-such-package-xyz" in missing.done["error"]
+
+
 def test_js_error(js: AgentDriver) -> None:
     result = js.run("null.x")
     assert result.done["status"] == "error"
