@@ -168,6 +168,44 @@ function boundNames(pattern, names) {
   return names;
 }
 
+// `let a = 1, {b} = c;` becomes `void ((a = 1), ({b} = c));` in place: every line break and
+// every character between the declarators stays where it was, so error positions hold.
+function assignmentEdits(decl, edits) {
+  edits.push([decl.start, decl.start + decl.kind.length, 'void (']);
+  const last = decl.declarations[decl.declarations.length - 1];
+  for (const d of decl.declarations) {
+    edits.push([d.start, d.start, '(']);
+    const unset = !d.init && decl.kind !== 'var' ? ' = undefined' : '';
+    let close = ')';
+    if (d === last) close = decl.end === d.end ? '));' : '))';
+    edits.push([d.end, d.end, unset + close]);
+  }
+}
+
+// Every `var` declaration of the cell's own function scope but its top-level statements (in
+// blocks, loops, try, switch; not in nested functions or static blocks), from the program
+// down (`top`: `node` is the program): called with the declaration and whether it is a `for`
+// head (`for (var i = 0; ...)`, `for (var k in o)`).
+function nestedVars(node, visit, top) {
+  if (!node || typeof node.type !== 'string' || FUNCTION_NODES.has(node.type) ||
+      node.type === 'StaticBlock') {
+    return; // a scope of its own
+  }
+  for (const key of Object.keys(node)) {
+    const value = node[key];
+    const children = Array.isArray(value) ? value : [value];
+    for (const child of children) {
+      if (!child || typeof child.type !== 'string') continue;
+      if (child.type === 'VariableDeclaration' && child.kind === 'var' && !top) {
+        const head = (key === 'init' && node.type === 'ForStatement') ||
+          (key === 'left' && (node.type === 'ForInStatement' || node.type === 'ForOfStatement'));
+        visit(child, head);
+      }
+      nestedVars(child, visit, false);
+    }
+  }
+}
+
 // The cell's source for vm.Script, and whether it is an async function's body.
 function notebookSource(code) {
   if (!/\b(?:let|const|class|await)\b/.test(code) || !loadAcorn()) return null;
@@ -181,29 +219,26 @@ function notebookSource(code) {
     return null; // V8 reports the error, in its own words
   }
   const wrapped = program.body.some(hasTopLevelAwait);
-  const edits = []; // [start, end, text], on top-level statements, which never overlap
+  const edits = []; // [start, end, text]; the ranges never overlap
   const hoisted = [];
   const exported = [];
-  const src = (node) => code.slice(node.start, node.end);
   for (const stmt of program.body) {
-    if (stmt.type === 'VariableDeclaration' && !wrapped) {
-      if (stmt.kind !== 'var') edits.push([stmt.start, stmt.start + stmt.kind.length, 'var']);
-    } else if (stmt.type === 'VariableDeclaration') {
-      const parts = [];
-      for (const decl of stmt.declarations) {
-        hoisted.push(...boundNames(decl.id, []));
-        if (decl.init) {
-          parts.push(`(${src(decl.id)} = ${src(decl.init)})`);
-        } else if (decl.id.type === 'Identifier' && stmt.kind !== 'var') {
-          parts.push(`(${decl.id.name} = undefined)`);
+    if (stmt.type === 'VariableDeclaration') {
+      for (const decl of stmt.declarations) boundNames(decl.id, hoisted);
+      if (wrapped) {
+        assignmentEdits(stmt, edits);
+      } else if (stmt.kind !== 'var') {
+        edits.push([stmt.start, stmt.start + stmt.kind.length, 'var']);
+        for (const decl of stmt.declarations) {
+          // `let x;` run again starts from undefined, as the first time
+          if (!decl.init) edits.push([decl.end, decl.end, ' = undefined']);
         }
       }
-      edits.push([stmt.start, stmt.end, parts.length ? `void (${parts.join(', ')});` : ';']);
     } else if (stmt.type === 'ClassDeclaration') {
+      hoisted.push(stmt.id.name);
       edits.push([stmt.start, stmt.start, wrapped ? `${stmt.id.name} = ` : `var ${stmt.id.name} = `]);
       edits.push([stmt.end, stmt.end, ';']);
-      if (wrapped) hoisted.push(stmt.id.name);
-    } else if (stmt.type === 'FunctionDeclaration' && wrapped) {
+    } else if (stmt.type === 'FunctionDeclaration') {
       hoisted.push(stmt.id.name);
       exported.push(stmt.id.name);
     }
@@ -211,9 +246,20 @@ function notebookSource(code) {
   if (!wrapped) {
     return edits.length ? { source: applyEdits(code, edits), wrapped: false } : null;
   }
-  const last = program.body[program.body.length - 1];
+  // In the async body, a `var` in a block or a loop would be local: make it global too.
+  nestedVars(program, (decl, head) => {
+    for (const d of decl.declarations) boundNames(d.id, hoisted);
+    if (head) {
+      edits.push([decl.start, decl.start + decl.kind.length, '']);
+    } else {
+      assignmentEdits(decl, edits);
+    }
+  }, true);
+  const statements = program.body.filter((stmt) => stmt.type !== 'EmptyStatement');
+  const last = statements[statements.length - 1];
   if (last && last.type === 'ExpressionStatement' && !last.directive) {
-    edits.push([last.start, last.end, `return (${src(last.expression)});`]);
+    edits.push([last.start, last.start, 'return (']);
+    edits.push([last.expression.end, last.expression.end, ')']);
   }
   if (exported.length) {
     // Function declarations are hoisted in the async body; make them globals at its start
@@ -222,6 +268,7 @@ function notebookSource(code) {
     const at = first ? first.start : code.length;
     edits.push([at, at, exported.map((name) => `globalThis.${name} = ${name}; `).join('')]);
   }
+  if (code.startsWith('#!')) edits.push([0, 2, '//']); // no longer the script's first line
   const names = [...new Set(hoisted)];
   const prefix = (names.length ? `var ${names.join(', ')}; ` : '') + '(async () => {\n';
   return { source: `${prefix}${applyEdits(code, edits)}\n})()`, wrapped: true };
@@ -256,10 +303,14 @@ function compile(code, filename) {
   const notebook = notebookSource(code);
   if (notebook) {
     const lineOffset = notebook.wrapped ? -1 : 0;
-    return {
-      script: new vm.Script(notebook.source, { filename, lineOffset, importModuleDynamically }),
-      wrapped: notebook.wrapped,
-    };
+    try {
+      return {
+        script: new vm.Script(notebook.source, { filename, lineOffset, importModuleDynamically }),
+        wrapped: notebook.wrapped,
+      };
+    } catch (err) {
+      // A rewrite V8 refuses (a fault of ours): the cell as written, V8's words about it.
+    }
   }
   try {
     return { script: new vm.Script(code, { filename, importModuleDynamically }), wrapped: false };

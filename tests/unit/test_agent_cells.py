@@ -769,6 +769,34 @@ def test_js_errors_keep_their_line_in_rewritten_cells(js: AgentDriver) -> None:
     assert broken.done["error"].startswith("SyntaxError: ")
 
 
+def test_js_rewrites_keep_what_the_same_cell_means_without_await(js: AgentDriver) -> None:
+    """Found by a review of the rewrite: each pair is the same cell with and without a top-level
+    await, and must leave the same state and show the same value."""
+    assert_success(js.run("let acc = 5"))
+    assert shown(js.run("let acc; typeof acc")) == "'undefined'"  # a re-run `let x;` resets
+    assert_success(js.run("let acc2 = 5"))
+    assert shown(js.run("await 0; let acc2; typeof acc2")) == "'undefined'"
+    # var and for-heads in blocks and loops are globals in both.
+    assert_success(js.run("if (true) { var by = await 1 }\nfor (var bi = 0; bi < 2; bi++) await 0;"
+                          "\nfor (var [bk] of [[3]]) {}\ntry { var bt = 4 } finally {}"))
+    assert shown(js.run("[by, bi, bk, bt]")) == "[ 1, 2, 3, 4 ]"
+    assert shown(js.run("class S { static { var inner = 1 } }; await 0; typeof inner")) == (
+        "'undefined'")  # a static block is a scope of its own
+    # Empty statements after the value do not hide it.
+    assert shown(js.run("await 0; 42;;")) == "42"
+    # A hashbang line is fine with top-level await too.
+    assert shown(js.run("#!/usr/bin/env node\nawait 1")) == "1"
+
+
+@pytest.mark.parametrize("await_", ["", "await 0;\n"])
+def test_js_error_lines_survive_multi_line_declarations(js: AgentDriver, await_: str) -> None:
+    failed = js.run(f"{await_}const a =\n  1;\nlet b = 2,\n  c = 3;\nnull.x")
+    assert failed.done["status"] == "error"
+    line = 5 + await_.count("\n")
+    assert f"cell-" in failed.text("stderr")
+    assert f":{line}:" in failed.text("stderr"), failed.text("stderr")
+
+
 def test_js_dynamic_import(js: AgentDriver, tmp_path: Path) -> None:
     assert shown(js.run("const os = await import('os'); os.platform()")) == "'linux'"
     assert shown(js.run("(await import('node:path')).sep")) == "'/'"
