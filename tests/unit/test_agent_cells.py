@@ -793,7 +793,7 @@ def test_js_error_lines_survive_multi_line_declarations(js: AgentDriver, await_:
     failed = js.run(f"{await_}const a =\n  1;\nlet b = 2,\n  c = 3;\nnull.x")
     assert failed.done["status"] == "error"
     line = 5 + await_.count("\n")
-    assert f"cell-" in failed.text("stderr")
+    assert "cell-" in failed.text("stderr")
     assert f":{line}:" in failed.text("stderr"), failed.text("stderr")
 
 
