@@ -2060,6 +2060,27 @@ static bool make_tempdir(Buf *path, int *err) {
     return false;
 }
 
+static bool rust_ident_char(unsigned char c) {
+    return c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           c >= 0x80;
+}
+
+/* Whether a Rust source declares `fn main` (the word `fn`, blanks, the word `main`), in code,
+ * a comment or a string alike: a mention outside code only means the source is left as it is,
+ * as before. */
+static bool rust_has_main(const char *s, size_t n) {
+    for (size_t i = 0; i + 2 <= n; i++) {
+        if (s[i] != 'f' || s[i + 1] != 'n') continue;
+        if (i > 0 && rust_ident_char((unsigned char)s[i - 1])) continue;
+        size_t j = i + 2;
+        while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r')) j++;
+        if (j == i + 2 || n - j < 4 || memcmp(s + j, "main", 4) != 0) continue;
+        if (j + 4 < n && rust_ident_char((unsigned char)s[j + 4])) continue;
+        return true;
+    }
+    return false;
+}
+
 static void start_rust(Cell *cell, const char *code, size_t codelen) {
     Buf dir = {0};
     Buf err = {0};
@@ -2083,6 +2104,11 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     if (ok) {
         /* encode("utf-8", "replace"): a lone surrogate becomes '?' */
         Buf src = {0};
+        /* A snippet without `fn main` (statements, as a model often writes them) becomes the
+         * body of one, opened on its first line so that diagnostics keep their line numbers.
+         * Items (use, fn, struct, impl) are allowed in a function body. */
+        bool wrap = !rust_has_main(code, codelen);
+        if (wrap) buf_adds(&src, "fn main() { ");
         size_t i = 0;
         while (i < codelen) {
             uint32_t c;
@@ -2091,6 +2117,7 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
             else buf_add(&src, code + i, k);
             i += k;
         }
+        if (wrap) buf_adds(&src, "\n}\n");
         size_t done = 0;
         while (done < buf_size(&src)) {
             ssize_t w = write(fd, buf_head(&src) + done, buf_size(&src) - done);

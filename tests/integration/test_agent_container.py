@@ -176,6 +176,10 @@ def test_rust_compiles_on_read_only_root(sandbox: Sandbox) -> None:
     assert text(frames) == "hello from rust\n"
     _, frames = sandbox.run("fn main() { let x: u8 = 300; }", timeout=60)
     assert done(frames)["error"] == "compilation failed"
+    _, frames = sandbox.run('let v = vec![1, 2, 3];\nprintln!("{}", v.iter().sum::<i32>());',
+                            timeout=60)  # statements without main become its body
+    assert done(frames)["status"] == "success", text(frames, "stderr")
+    assert text(frames) == "6\n"
 
 
 def successful_displays(sandbox: Sandbox, code: str

@@ -953,6 +953,30 @@ def test_rust_compile_error(rs: AgentDriver) -> None:
     assert "E0308" in result.text("stderr")
 
 
+def test_rust_statements_without_main_run_as_its_body(rs: AgentDriver) -> None:
+    """What a model often sends: statements and items with no ``fn main``. They become its
+    body, opened on the first line, so diagnostics keep their line numbers."""
+    result = rs.run("use std::collections::HashMap;\n"
+                    "struct P { x: i32 }\n"
+                    "fn double(p: &P) -> i32 { 2 * p.x }\n"
+                    "let mut m = HashMap::new();\n"
+                    "m.insert(\"k\", double(&P { x: 21 }));\n"
+                    'println!("{}", m["k"]);', timeout=60)
+    assert_success(result)
+    assert result.text() == "42\n"
+    broken = rs.run('let a = 1;\nlet b: i32 = "no";', timeout=60)
+    assert broken.done["error"] == "compilation failed"
+    assert "main.rs:2:" in broken.text("stderr"), broken.text("stderr")
+    # A program with its own main is left alone, however it spells the blanks; a mention of
+    # `fn main` in a comment leaves the source alone too (and rustc says what is missing).
+    assert rs.run("fn\n  main() { println!(\"own\"); }", timeout=60).text() == "own\n"
+    commented = rs.run('// no fn main here\nprintln!("x");', timeout=60)
+    assert commented.done["error"] == "compilation failed"
+    assert "E0601" in commented.text("stderr")  # `main` function not found
+    # `fn mainly` is not main.
+    assert rs.run('fn mainly() {}\nmainly(); println!("ok");', timeout=60).text() == "ok\n"
+
+
 def test_rust_exit_code_panic_and_stdin(rs: AgentDriver) -> None:
     result = rs.run(
         "use std::io::Read;\n"
