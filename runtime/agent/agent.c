@@ -2060,6 +2060,10 @@ static bool make_tempdir(Buf *path, int *err) {
     return false;
 }
 
+#define RUST_MAIN_OPEN \
+    "#[allow(unreachable_code)] fn main() -> Result<(), Box<dyn std::error::Error>> { let _ = { "
+#define RUST_MAIN_CLOSE "\n}; Ok(()) }\n"
+
 static bool rust_ident_char(unsigned char c) {
     return c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
            c >= 0x80;
@@ -2106,9 +2110,14 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
         Buf src = {0};
         /* A snippet without `fn main` (statements, as a model often writes them) becomes the
          * body of one, opened on its first line so that diagnostics keep their line numbers.
-         * Items (use, fn, struct, impl) are allowed in a function body. */
+         * Items (use, fn, struct, impl) are allowed there. The snippet is a block whose value
+         * is dropped (a last expression without `;` is fine) in a main that returns a Result
+         * (`?` works). Inner attributes (`#![allow(...)]`) are not allowed on that block: a
+         * snippet with one is main's plain body instead. */
         bool wrap = !rust_has_main(code, codelen);
-        if (wrap) buf_adds(&src, "fn main() { ");
+        bool plain = wrap && memmem(code, codelen, "#![", 3) != NULL;
+        if (plain) buf_adds(&src, "fn main() { ");
+        else if (wrap) buf_adds(&src, RUST_MAIN_OPEN);
         size_t i = 0;
         while (i < codelen) {
             uint32_t c;
@@ -2117,7 +2126,8 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
             else buf_add(&src, code + i, k);
             i += k;
         }
-        if (wrap) buf_adds(&src, "\n}\n");
+        if (plain) buf_adds(&src, "\n}\n");
+        else if (wrap) buf_adds(&src, RUST_MAIN_CLOSE);
         size_t done = 0;
         while (done < buf_size(&src)) {
             ssize_t w = write(fd, buf_head(&src) + done, buf_size(&src) - done);

@@ -168,17 +168,24 @@ function boundNames(pattern, names) {
   return names;
 }
 
+// Edits are [start, end, text, rank]. Where several meet at one offset, the rank orders them:
+// what closes the node before it (CLOSE), the exported functions' prologue, then what opens
+// the node after it (OPEN): `class A{}A` becomes `A = class A{};return (A)`.
+const CLOSE = 0;
+const PROLOGUE = 1;
+const OPEN = 2;
+
 // `let a = 1, {b} = c;` becomes `void ((a = 1), ({b} = c));` in place: every line break and
 // every character between the declarators stays where it was, so error positions hold.
 function assignmentEdits(decl, edits) {
-  edits.push([decl.start, decl.start + decl.kind.length, 'void (']);
+  edits.push([decl.start, decl.start + decl.kind.length, 'void (', OPEN]);
   const last = decl.declarations[decl.declarations.length - 1];
   for (const d of decl.declarations) {
-    edits.push([d.start, d.start, '(']);
+    edits.push([d.start, d.start, '(', OPEN]);
     const unset = !d.init && decl.kind !== 'var' ? ' = undefined' : '';
     let close = ')';
     if (d === last) close = decl.end === d.end ? '));' : '))';
-    edits.push([d.end, d.end, unset + close]);
+    edits.push([d.end, d.end, unset + close, CLOSE]);
   }
 }
 
@@ -219,7 +226,7 @@ function notebookSource(code) {
     return null; // V8 reports the error, in its own words
   }
   const wrapped = program.body.some(hasTopLevelAwait);
-  const edits = []; // [start, end, text]; the ranges never overlap
+  const edits = []; // [start, end, text, rank]; the ranges never overlap
   const hoisted = [];
   const exported = [];
   for (const stmt of program.body) {
@@ -228,16 +235,21 @@ function notebookSource(code) {
       if (wrapped) {
         assignmentEdits(stmt, edits);
       } else if (stmt.kind !== 'var') {
-        edits.push([stmt.start, stmt.start + stmt.kind.length, 'var']);
+        edits.push([stmt.start, stmt.start + stmt.kind.length, 'var', OPEN]);
         for (const decl of stmt.declarations) {
-          // `let x;` run again starts from undefined, as the first time
-          if (!decl.init) edits.push([decl.end, decl.end, ' = undefined']);
+          // `let x;` run again starts from undefined, as the first time; and where the
+          // statement has no `;`, one ends it, so that a next line starting with `[` or `(`
+          // does not continue it (no semicolon is inserted after `undefined` as after `x`).
+          if (decl.init) continue;
+          const end = decl.end === stmt.end ? ' = undefined;' : ' = undefined';
+          edits.push([decl.end, decl.end, end, CLOSE]);
         }
       }
     } else if (stmt.type === 'ClassDeclaration') {
       hoisted.push(stmt.id.name);
-      edits.push([stmt.start, stmt.start, wrapped ? `${stmt.id.name} = ` : `var ${stmt.id.name} = `]);
-      edits.push([stmt.end, stmt.end, ';']);
+      const assign = wrapped ? `${stmt.id.name} = ` : `var ${stmt.id.name} = `;
+      edits.push([stmt.start, stmt.start, assign, OPEN]);
+      edits.push([stmt.end, stmt.end, ';', CLOSE]);
     } else if (stmt.type === 'FunctionDeclaration') {
       hoisted.push(stmt.id.name);
       exported.push(stmt.id.name);
@@ -250,7 +262,7 @@ function notebookSource(code) {
   nestedVars(program, (decl, head) => {
     for (const d of decl.declarations) boundNames(d.id, hoisted);
     if (head) {
-      edits.push([decl.start, decl.start + decl.kind.length, '']);
+      edits.push([decl.start, decl.start + decl.kind.length, '', OPEN]);
     } else {
       assignmentEdits(decl, edits);
     }
@@ -258,29 +270,33 @@ function notebookSource(code) {
   const statements = program.body.filter((stmt) => stmt.type !== 'EmptyStatement');
   const last = statements[statements.length - 1];
   if (last && last.type === 'ExpressionStatement' && !last.directive) {
-    edits.push([last.start, last.start, 'return (']);
-    edits.push([last.expression.end, last.expression.end, ')']);
+    edits.push([last.start, last.start, 'return (', OPEN]);
+    edits.push([last.expression.end, last.expression.end, ')', CLOSE]);
   }
   if (exported.length) {
     // Function declarations are hoisted in the async body; make them globals at its start
     // (after any directive prologue, which must stay first).
     const first = program.body.find((stmt) => !stmt.directive);
     const at = first ? first.start : code.length;
-    edits.push([at, at, exported.map((name) => `globalThis.${name} = ${name}; `).join('')]);
+    const prologue = exported.map((name) => `globalThis.${name} = ${name}; `).join('');
+    edits.push([at, at, prologue, PROLOGUE]);
   }
-  if (code.startsWith('#!')) edits.push([0, 2, '//']); // no longer the script's first line
+  if (code.startsWith('#!')) edits.push([0, 2, '//', OPEN]); // no longer the first line
   const names = [...new Set(hoisted)];
   const prefix = (names.length ? `var ${names.join(', ')}; ` : '') + '(async () => {\n';
   return { source: `${prefix}${applyEdits(code, edits)}\n})()`, wrapped: true };
 }
 
 function applyEdits(code, edits) {
-  let out = code;
-  // From the end, so that earlier offsets stay right; an insertion at the same offset as a
-  // replacement's start goes before it.
-  edits.sort((a, b) => b[0] - a[0] || b[1] - a[1]);
-  for (const [start, end, text] of edits) out = out.slice(0, start) + text + out.slice(end);
-  return out;
+  // In source order; at one offset by rank, then insertions before a replacement.
+  edits.sort((a, b) => a[0] - b[0] || a[3] - b[3] || a[1] - b[1]);
+  let out = '';
+  let at = 0;
+  for (const [start, end, text] of edits) {
+    out += code.slice(at, start) + text;
+    at = end;
+  }
+  return out + code.slice(at);
 }
 
 // `import()` in a cell loads through Node's own loader; a path or a package is found from the

@@ -9,6 +9,7 @@ agent reads; stdin is ``/dev/null``. Nothing here is trusted by the agent.
 """
 
 import _ast
+import _thread
 import binascii
 import builtins
 import io
@@ -143,17 +144,23 @@ def _in_forked_child() -> None:
     _state.forked = True
 
 
+_send_lock = _thread.allocate_lock()
+"""One message at a time: a ``display`` from a thread of the cell (a PNG of up to 700 KB,
+more than a pipe writes at once) must not interleave with the worker's ``done``."""
+
+
 def _send(obj: "dict[str, Any]") -> None:
     """Write one JSON line to the agent; a broken control pipe ends the worker."""
     if _state.forked:
         return  # a forked child of a cell: not the worker
     data = (dumps_ascii(obj) + "\n").encode("utf-8", "replace")
-    try:
-        while data:
-            n = os.write(_ctl_out, data)
-            data = data[n:]
-    except OSError:
-        os._exit(70)
+    with _send_lock:
+        try:
+            while data:
+                n = os.write(_ctl_out, data)
+                data = data[n:]
+        except OSError:
+            os._exit(70)
 
 
 def _on_sigint(_signum: int, _frame: "types.FrameType | None") -> None:

@@ -271,6 +271,25 @@ def test_python_display_builtin_shows_each_object_as_display_data(py: AgentDrive
     ]
 
 
+def test_python_display_from_threads_keeps_the_control_pipe_whole(py: AgentDriver) -> None:
+    """Found by a review: displays of ~530 KB from four threads at once (each more than a pipe
+    takes in one write) must not interleave on the control pipe, or the agent sees a broken
+    protocol and restarts the worker."""
+    result = py.run(
+        "import threading\n"
+        "class Big:\n    def _repr_png_(self):\n        return b'x' * 400_000\n"
+        "def show():\n    for _ in range(5):\n        display(Big())\n"
+        "threads = [threading.Thread(target=show) for _ in range(4)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "print('joined')", max_output_bytes=1 << 30)
+    assert_success(result)
+    assert result.text() == "joined\n"
+    assert len(result.displays) == 20
+    assert {len(d["data"]["image/png"]) for d in result.displays} == {533_336}
+    assert shown(py.run("len(threads)")) == "4"  # the same worker: no restart
+
+
 def test_python_final_expression_carries_its_png_form(py: AgentDriver) -> None:
     result = py.run("class P:\n    def _repr_png_(self):\n        return b'png'\nP()")
     assert_success(result)
@@ -786,6 +805,21 @@ def test_js_rewrites_keep_what_the_same_cell_means_without_await(js: AgentDriver
     assert shown(js.run("await 0; 42;;")) == "42"
     # A hashbang line is fine with top-level await too.
     assert shown(js.run("#!/usr/bin/env node\nawait 1")) == "1"
+    # A class right before the value: its `;` closes it before the value's `return (`.
+    assert shown(js.run("await 0; class K{}K.name")) == "'K'"
+    assert shown(js.run("typeof K")) == "'function'"
+
+
+@pytest.mark.parametrize(("cell", "value"), [
+    ("let total\n[1, 2, 3].forEach(n => { total = (total || 0) + n })\ntotal", "6"),
+    ("let t2\n(function () { t2 = 5 })()\nt2", "5"),
+    ("let m\n+1", "1"),
+])
+def test_js_let_without_a_value_keeps_the_line_break_a_statement_end(
+        js: AgentDriver, cell: str, value: str) -> None:
+    """Found by a review: `let x` at a line's end, before a line starting with `[`, `(` or `+`,
+    ends there (automatic semicolon insertion); the rewrite must not join the two lines."""
+    assert shown(js.run(cell)) == value
 
 
 @pytest.mark.parametrize("await_", ["", "await 0;\n"])
@@ -975,6 +1009,19 @@ def test_rust_statements_without_main_run_as_its_body(rs: AgentDriver) -> None:
     assert "E0601" in commented.text("stderr")  # `main` function not found
     # `fn mainly` is not main.
     assert rs.run('fn mainly() {}\nmainly(); println!("ok");', timeout=60).text() == "ok\n"
+    # `?` works (main returns a Result: an error ends it with code 1), a last expression
+    # without `;` is fine, and an inner attribute still applies.
+    parsed = rs.run('let n: i32 = "21".parse()?;\nprintln!("{}", 2 * n);\nn', timeout=60)
+    assert_success(parsed)
+    assert parsed.text() == "42\n"
+    assert parsed.text("stderr") == ""  # no warning from the wrapping
+    bad = rs.run('let n: i32 = "x".parse()?;\nprintln!("{n}");', timeout=60)
+    assert (bad.done["status"], bad.done["exit_code"]) == ("error", 1)
+    assert "Error: ParseIntError" in bad.text("stderr")
+    attr = rs.run('#![allow(unused_variables)]\nlet quiet = 1;\nprintln!("attr");', timeout=60)
+    assert (attr.text(), attr.text("stderr")) == ("attr\n", "")
+    exits = rs.run("std::process::exit(3)", timeout=60)
+    assert (exits.done["exit_code"], exits.text("stderr")) == (3, "")
 
 
 def test_rust_exit_code_panic_and_stdin(rs: AgentDriver) -> None:

@@ -81,8 +81,8 @@ class KernelRegistry:
         return [k for k in self._kernels.values() if not k.dead]
 
     async def delete(self, kernel_id: str) -> None:
-        """Shut a kernel down: return once it has ended (its session closed, its channels
-        told); its container is removed right after, as a closed session's is.
+        """Shut a kernel down: return once its session has closed (the kernel is dead; its
+        channels are closed and its container removed right after, as a closed session's).
 
         Open WebUI awaits this call before it shows a run's result, so waiting for the
         container's removal too (about 70 ms of a 90 ms run under runc) made every run
