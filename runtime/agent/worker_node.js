@@ -133,19 +133,23 @@ const FUNCTION_NODES = new Set([
   'FunctionDeclaration', 'FunctionExpression', 'ArrowFunctionExpression',
 ]);
 
-// Whether `node` holds an `await` outside any function of its own (a top-level await).
-function hasTopLevelAwait(node) {
-  if (!node || typeof node.type !== 'string' || FUNCTION_NODES.has(node.type)) return false;
-  if (node.type === 'AwaitExpression') return true;
-  if (node.type === 'ForOfStatement' && node.await) return true;
+// Each AST node directly under `node`, with the key that holds it.
+function* childNodes(node) {
   for (const key of Object.keys(node)) {
     const value = node[key];
-    if (Array.isArray(value)) {
-      if (value.some((child) => child && hasTopLevelAwait(child))) return true;
-    } else if (value && typeof value === 'object' && typeof value.type === 'string' &&
-               hasTopLevelAwait(value)) {
-      return true;
+    for (const child of Array.isArray(value) ? value : [value]) {
+      if (child && typeof child.type === 'string') yield [key, child];
     }
+  }
+}
+
+// Whether `node` holds an `await` outside any function of its own (a top-level await).
+function hasTopLevelAwait(node) {
+  if (FUNCTION_NODES.has(node.type)) return false;
+  if (node.type === 'AwaitExpression') return true;
+  if (node.type === 'ForOfStatement' && node.await) return true;
+  for (const [, child] of childNodes(node)) {
+    if (hasTopLevelAwait(child)) return true;
   }
   return false;
 }
@@ -194,22 +198,14 @@ function assignmentEdits(decl, edits) {
 // down (`top`: `node` is the program): called with the declaration and whether it is a `for`
 // head (`for (var i = 0; ...)`, `for (var k in o)`).
 function nestedVars(node, visit, top) {
-  if (!node || typeof node.type !== 'string' || FUNCTION_NODES.has(node.type) ||
-      node.type === 'StaticBlock') {
-    return; // a scope of its own
-  }
-  for (const key of Object.keys(node)) {
-    const value = node[key];
-    const children = Array.isArray(value) ? value : [value];
-    for (const child of children) {
-      if (!child || typeof child.type !== 'string') continue;
-      if (child.type === 'VariableDeclaration' && child.kind === 'var' && !top) {
-        const head = (key === 'init' && node.type === 'ForStatement') ||
-          (key === 'left' && (node.type === 'ForInStatement' || node.type === 'ForOfStatement'));
-        visit(child, head);
-      }
-      nestedVars(child, visit, false);
+  if (FUNCTION_NODES.has(node.type) || node.type === 'StaticBlock') return; // own scope
+  for (const [key, child] of childNodes(node)) {
+    if (child.type === 'VariableDeclaration' && child.kind === 'var' && !top) {
+      const head = (key === 'init' && node.type === 'ForStatement') ||
+        (key === 'left' && (node.type === 'ForInStatement' || node.type === 'ForOfStatement'));
+      visit(child, head);
     }
+    nestedVars(child, visit, false);
   }
 }
 
