@@ -2085,6 +2085,40 @@ static bool rust_has_main(const char *s, size_t n) {
     return false;
 }
 
+/* Whether `#!` at `i` opens an inner attribute: `#!`, blanks, `[`. */
+static bool rust_inner_attribute_at(const char *s, size_t n, size_t i) {
+    if (i + 2 > n || s[i] != '#' || s[i + 1] != '!') return false;
+    size_t j = i + 2;
+    while (j < n && (s[j] == ' ' || s[j] == '\t')) j++;
+    return j < n && s[j] == '[';
+}
+
+static bool rust_has_inner_attribute(const char *s, size_t n) {
+    for (size_t i = 0; i + 2 < n; i++)
+        if (rust_inner_attribute_at(s, n, i)) return true;
+    return false;
+}
+
+/* The length of a shebang line (`#!` that opens no inner attribute) starting a Rust source,
+ * its newline included; 0 when there is none. */
+static size_t rust_shebang_len(const char *s, size_t n) {
+    if (n < 2 || s[0] != '#' || s[1] != '!' || rust_inner_attribute_at(s, n, 0)) return 0;
+    const char *nl = memchr(s, '\n', n);
+    return nl ? (size_t)(nl - s) + 1 : n;
+}
+
+/* `s` as UTF-8 with each lone surrogate (WTF-8) as '?': encode("utf-8", "replace"). */
+static void add_replacing_surrogates(Buf *b, const char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        uint32_t c;
+        size_t k = wtf8_next((const unsigned char *)s + i, n - i, &c);
+        if (c >= 0xD800 && c <= 0xDFFF) buf_addc(b, '?');
+        else buf_add(b, s + i, k);
+        i += k;
+    }
+}
+
 static void start_rust(Cell *cell, const char *code, size_t codelen) {
     Buf dir = {0};
     Buf err = {0};
@@ -2106,7 +2140,6 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     bool ok = fd >= 0;
     e = errno;
     if (ok) {
-        /* encode("utf-8", "replace"): a lone surrogate becomes '?' */
         Buf src = {0};
         /* A snippet without `fn main` (statements, as a model often writes them) becomes the
          * body of one, opened on its first line so that diagnostics keep their line numbers.
@@ -2115,17 +2148,15 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
          * (`?` works). Inner attributes (`#![allow(...)]`) are not allowed on that block: a
          * snippet with one is main's plain body instead. */
         bool wrap = !rust_has_main(code, codelen);
-        bool plain = wrap && memmem(code, codelen, "#![", 3) != NULL;
+        bool plain = wrap && rust_has_inner_attribute(code, codelen);
+        /* rustc accepts a shebang line only as the file's first: it stays there, and the
+         * wrapper opens on the next line, so the line numbers still hold. */
+        size_t head = wrap ? rust_shebang_len(code, codelen) : 0;
+        add_replacing_surrogates(&src, code, head);
+        if (head && code[head - 1] != '\n') buf_addc(&src, '\n');  /* a shebang alone */
         if (plain) buf_adds(&src, "fn main() { ");
         else if (wrap) buf_adds(&src, RUST_MAIN_OPEN);
-        size_t i = 0;
-        while (i < codelen) {
-            uint32_t c;
-            size_t k = wtf8_next((const unsigned char *)code + i, codelen - i, &c);
-            if (c >= 0xD800 && c <= 0xDFFF) buf_addc(&src, '?');
-            else buf_add(&src, code + i, k);
-            i += k;
-        }
+        add_replacing_surrogates(&src, code + head, codelen - head);
         if (plain) buf_adds(&src, "\n}\n");
         else if (wrap) buf_adds(&src, RUST_MAIN_CLOSE);
         size_t done = 0;

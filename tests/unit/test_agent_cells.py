@@ -1024,6 +1024,21 @@ def test_rust_statements_without_main_run_as_its_body(rs: AgentDriver) -> None:
     assert (exits.done["exit_code"], exits.text("stderr")) == (3, "")
 
 
+def test_rust_snippet_keeps_its_shebang_line_first(rs: AgentDriver) -> None:
+    """rustc takes a shebang only as the first line: the wrapper opens after it (it was a
+    syntax error once wrapped), and the line numbers still hold. ``#![`` is an attribute."""
+    result = rs.run('#!/usr/bin/env rust-script\nlet x = 21;\nprintln!("{}", 2 * x);',
+                    timeout=60)
+    assert_success(result)
+    assert (result.text(), result.text("stderr")) == ("42\n", "")
+    broken = rs.run('#! /bin/sh\nlet a = 1;\nlet b: i32 = "no";', timeout=60)
+    assert broken.done["error"] == "compilation failed"
+    assert "main.rs:3:" in broken.text("stderr"), broken.text("stderr")
+    assert_success(rs.run("#!/bin/true", timeout=60))  # nothing but a shebang: an empty main
+    attr = rs.run('#! [allow(unused_variables)]\nlet quiet = 1;\nprintln!("attr");', timeout=60)
+    assert (attr.text(), attr.text("stderr")) == ("attr\n", "")
+
+
 def test_rust_exit_code_panic_and_stdin(rs: AgentDriver) -> None:
     result = rs.run(
         "use std::io::Read;\n"
