@@ -180,6 +180,8 @@ def test_rust_compiles_on_read_only_root(sandbox: Sandbox) -> None:
                             timeout=60)  # statements without main become its body
     assert done(frames)["status"] == "success", text(frames, "stderr")
     assert text(frames) == "6\n"
+    _, frames = sandbox.run('#!/usr/bin/env rust-script\nprintln!("{}", 6 * 7);', timeout=60)
+    assert (done(frames)["status"], text(frames)) == ("success", "42\n"), text(frames, "stderr")
 
 
 def successful_displays(sandbox: Sandbox, code: str
