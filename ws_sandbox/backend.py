@@ -235,14 +235,34 @@ class Sandbox:
     async def send(self, frame: aw.ToAgent) -> None:
         """Write one frame to the agent's stdin.
 
+        The write must be taken within ``send_timeout`` seconds: an agent that stops reading
+        (a hostile one, or one stuck) would otherwise hold the session's task in the write,
+        where no deadline, close or removal reaches it.
+
         Raises:
-            SandboxLost: the container's stdin is gone.
+            SandboxLost: the container's stdin is gone, or took nothing for
+                ``send_timeout`` seconds.
         """
+        limit = self._backend.settings.send_timeout
         try:
-            await self._stream.write_in(aw.encode(frame))
+            async with asyncio.timeout(limit):
+                await self._stream.write_in(aw.encode(frame))
+        except TimeoutError:
+            self._abort_stream()  # what it did not take is dropped, not kept for a flush
+            raise SandboxLost(f"sandbox {self.short_id} accepted nothing for {limit:g} s"
+                              ) from None
         except (OSError, RuntimeError, aiohttp.ClientError) as exc:
             raise SandboxLost(f"cannot write to sandbox {self.short_id}: {exc}") from exc
         self._attached = True
+
+    def _abort_stream(self) -> None:
+        """Cut the attached stream at once. Closing it would first wait to write out what
+        the agent did not read: for one that reads nothing, for as long as the connection
+        lives."""
+        response = self._stream._resp  # aiodocker keeps the upgraded connection there
+        connection = response.connection if response is not None else None
+        if connection is not None and connection.transport is not None:
+            connection.transport.abort()
 
     async def receive(self) -> aw.FromAgent:
         """Read the next frame from the agent.

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ws_sandbox import agent_wire as aw
@@ -115,6 +115,19 @@ def validate_cell(limits: SessionLimits, code: str, timeout: float | None) -> fl
         raise BadRequest(f"timeout of {timeout:g} s exceeds the maximum of"
                          f" {limits.max_execution_time:g} s")
     return timeout
+
+
+DISPLAY_FRAME_BYTES = 64
+"""What one display frame costs of a cell's output budget beyond its data: about its JSON
+envelope, so that a flood of empty displays is bounded by the budget too."""
+
+
+def display_size(data: Mapping[str, str]) -> int:
+    """The output budget a display with ``data`` uses: the UTF-8 bytes of every MIME type
+    and content, one per entry, and :data:`DISPLAY_FRAME_BYTES`."""
+    return DISPLAY_FRAME_BYTES + sum(
+        len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass")) + 1
+        for k, v in data.items())
 
 
 @dataclass(slots=True)
@@ -229,7 +242,10 @@ class Session:
         if self.state is State.CLOSED:
             return None
         t = self._timers
-        candidates = [d for d in (t.lifetime, t.idle, t.phase, t.resume) if d is not None]
+        # The idle timer counts only while no cell runs or waits (advance ignores it then,
+        # and a deadline advance would not act on is a busy loop for the caller).
+        idle = None if self.busy else t.idle
+        candidates = [d for d in (t.lifetime, idle, t.phase, t.resume) if d is not None]
         if self.state is State.RUNNING and self.phase is Phase.NORMAL and self.running:
             candidates.append(self._cell_deadline(self.running))
         return min(candidates, default=None)
@@ -315,8 +331,8 @@ class Session:
 
     def restart(self, now: float) -> None:
         """Restart the interpreter (state is lost); a running cell ends as interrupted."""
-        if self.state in (State.CLOSED, State.RECOVERING):
-            return
+        if self.state in (State.CLOSED, State.RECOVERING) or self._restart_pending:
+            return  # a restart under way answers this one too (its deadline stands)
         if self.running is not None:
             self.running.interrupted = True
         self._begin_restart(now)
@@ -339,7 +355,12 @@ class Session:
                 if cell is not None and frame.id == cell.id:
                     self._finish_from_agent(cell, frame, now)
             case aw.Restarted():
-                if self._restart_pending:
+                if self._restart_pending and cell is not None:
+                    # The agent ends the running cell (its done) before it answers a
+                    # restart: an answer first would leave the cell with no deadline.
+                    self.sandbox_failed("it answered a restart before ending the running"
+                                        " cell", now)
+                elif self._restart_pending:
                     self._restart_pending = False
                     self._timers.phase = None
                     self._frames.append(fr.Restarted(
@@ -382,6 +403,8 @@ class Session:
         if self.state is not State.RECOVERING:
             return
         self.state = State.IDLE
+        self._restart_pending = False  # a fresh sandbox answers a restart under way too
+        self._timers.phase = None
         self._frames.append(fr.Restarted(
             reason="sandbox_replaced", message="the sandbox was replaced; state is lost"))
         self._start_next(now)
@@ -503,7 +526,7 @@ class Session:
     def _display(self, cell: Cell, frame: aw.AgentDisplay) -> None:
         if cell.truncated:
             return
-        size = sum(len(v) for v in frame.data.values())
+        size = display_size(frame.data)
         if self._charge(cell, size) < size:
             cell.truncated = True
             self._frames.append(fr.Stream(

@@ -159,7 +159,8 @@ class Settings:
         "doc": "How long a new session waits for a container from the pool"})
     send_timeout: float | None = field(default=30.0, metadata={"env": "SEND_TIMEOUT",
         "doc": "A client that accepts nothing for this long (no WebSocket frame, no byte of"
-               " an HTTP response) is disconnected"})
+               " an HTTP response) is disconnected; a sandbox that does not take a frame"
+               " written to it within this long is replaced"})
     request_timeout: float | None = field(default=60.0, metadata={"env": "REQUEST_TIMEOUT",
         "doc": "Each HTTP request must arrive whole (head and body; a WebSocket upgrade: its"
                " head) within this long of the connection being ready for it, or the"

@@ -24,6 +24,7 @@ from tests.integration.conftest import ServiceFactory
 from ws_sandbox import agent_wire as aw
 from ws_sandbox.backend import DockerBackend, Sandbox, attach, container_config
 from ws_sandbox.client import connect
+from ws_sandbox.exceptions import SandboxLost
 from ws_sandbox.settings import Settings
 
 pytestmark = pytest.mark.docker
@@ -104,6 +105,30 @@ async def test_a_sandbox_that_ignores_eof_is_killed_after_stop_timeout(grace: fl
     seen = actions(engine_events(sandbox.id, since))
     assert seen.get("kill", {}).get("signal") == "9", seen
     assert seen["die"]["exitCode"] == "137", seen
+
+
+async def send_until_refused(sandbox: Sandbox, frame: aw.ToAgent) -> None:
+    """Write ``frame`` again and again (the pipe and the engine take the first ones)."""
+    async with asyncio.timeout(BOUND):
+        for _ in range(64):
+            await sandbox.send(frame)
+
+
+async def test_a_sandbox_that_takes_no_frame_is_lost_after_send_timeout() -> None:
+    """An agent that stops reading its stdin (a hostile one) must not hold the writer: the
+    session's one task would wait in the write, out of reach of every deadline, close and
+    removal. After ``SEND_TIMEOUT`` the write gives up with ``SandboxLost``."""
+    async with DockerBackend(settings(stop_timeout=0.0, send_timeout=1.0)) as backend:
+        sandbox = await sleeping_sandbox(backend)
+        try:
+            frame = aw.Exec(id="c1", code="x" * 1_000_000, max_output_bytes=1)
+            start = time.monotonic()
+            with pytest.raises(SandboxLost, match="accepted nothing for 1 s"):
+                await send_until_refused(sandbox, frame)
+            assert time.monotonic() - start < BOUND / 2
+        finally:
+            await sandbox.destroy(graceful=False)
+    assert not exists(sandbox.id)
 
 
 async def test_a_cancelled_destroy_still_removes_the_container() -> None:

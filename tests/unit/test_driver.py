@@ -230,6 +230,32 @@ async def test_lost_sandbox_is_replaced_and_the_client_told() -> None:
     assert new.destroyed
 
 
+async def test_a_write_the_sandbox_refuses_ends_the_cell_and_replaces_it() -> None:
+    """``Sandbox.send`` raises ``SandboxLost`` when the agent takes nothing for
+    ``SEND_TIMEOUT`` (tests/integration/test_backend.py): the cell ends, the sandbox is
+    replaced and the session goes on."""
+    old, new, sink = FakeSandbox("old"), FakeSandbox("new"), Sink()
+
+    async def refuse(frame: aw.ToAgent) -> None:
+        raise SandboxLost("sandbox old accepted nothing for 1 s")
+
+    async def acquire() -> Sandbox:
+        return cast(Sandbox, new)
+
+    old.send = refuse  # type: ignore[method-assign]
+    runner, task = start(old, sink, acquire)
+    await runner.feed(execute("c1", "never taken"))
+    result = await sink.next(fr.Result)
+    assert (result.id, result.status, result.state_lost) == ("c1", "killed", True)
+    assert "accepted nothing for 1 s" in (result.error or "")
+    assert (await sink.next(fr.Restarted)).reason == "sandbox_replaced"
+    assert old.destroyed and old.graceful is False
+    await runner.feed(execute("c2", "on the new one"))
+    assert (await sink.next(fr.Stream)).text == "on the new one"
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, 5)
+
+
 async def test_the_replacement_is_asked_for_before_the_old_sandbox_is_gone() -> None:
     """Removing the old sandbox may take up to STOP_TIMEOUT: the new one does not wait."""
     old, new, sink = FakeSandbox("old"), FakeSandbox("new"), Sink()

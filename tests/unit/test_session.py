@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from ws_sandbox import agent_wire as aw
 from ws_sandbox import frames as fr
 from ws_sandbox.exceptions import BadRequest, RateLimited
 from ws_sandbox.session import (
+    DISPLAY_FRAME_BYTES,
     TRUNCATION_MARKER,
     CellFinished,
     CloseSession,
@@ -20,6 +23,7 @@ from ws_sandbox.session import (
     Session,
     SessionLimits,
     State,
+    display_size,
     validate_cell,
 )
 
@@ -398,6 +402,82 @@ def test_restart_that_never_completes_replaces_the_sandbox() -> None:
     assert any(isinstance(a, ReplaceSandbox) for a in s.actions_to_run())
 
 
+def test_a_restart_while_a_cell_restarts_is_part_of_it() -> None:
+    """A client's restart sent while a cell's restart is under way neither asks the agent
+    again nor moves the restart's deadline (it would keep the cell past its timeout)."""
+    s = new()
+    execute(s, timeout=5)
+    s.advance(5.0)
+    s.advance(6.0)
+    assert sent_to_agent(s) == [aw.Exec(id="c1", code="print(1)", max_output_bytes=100),
+                                aw.Signal(), aw.RestartWorker()]
+    for at in (6.5, 7.0, 7.9):
+        s.receive_client('{"type": "restart"}', at)
+    assert sent_to_agent(s) == []
+    assert s.next_deadline() == 8.0
+    s.advance(8.0)
+    assert any(isinstance(a, ReplaceSandbox) for a in s.actions_to_run())
+
+
+@pytest.mark.parametrize("how", ["timeout", "client restart"])
+def test_restarted_before_the_running_cells_done_replaces_the_sandbox(how: str) -> None:
+    """The agent ends a running cell (its ``done``) before it answers a restart. An agent
+    that answers first breaks the protocol; taking its word left the cell running with no
+    deadline at all (and the session's loop spinning on a passed idle timer)."""
+    s = new()
+    execute(s, timeout=5)
+    if how == "timeout":
+        s.advance(5.0)
+        s.advance(6.0)
+    else:
+        s.receive_client('{"type": "restart"}', 6.0)
+    s.frames_to_send()
+    s.actions_to_run()
+    s.receive_agent(aw.Restarted(), 6.1)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.status == ("timeout" if how == "timeout" else "interrupted")
+    assert result.state_lost
+    assert any(isinstance(a, ReplaceSandbox) for a in s.actions_to_run())
+    assert s.state is State.RECOVERING and s.running is None
+
+
+def test_the_idle_timer_is_no_deadline_while_a_cell_runs() -> None:
+    """advance() leaves a busy session open at its idle time, so next_deadline() must not
+    name that time: the driver would wake at it again and again (a busy loop for the rest of
+    any cell longer than IDLE_TIMEOUT)."""
+    s = new(dataclasses.replace(LIMITS, idle_timeout=10.0))
+    execute(s, timeout=30, now=0.0)
+    assert s.next_deadline() == 30.0
+    s.advance(11.0)
+    assert s.next_deadline() == 30.0
+    s.receive_agent(done(), 20.0)
+    assert s.next_deadline() == 30.0  # idle again: its timer counts from the cell's end
+    s.advance(30.0)
+    assert s.close_reason == "idle_timeout"
+
+
+def test_displays_use_the_output_budget_in_bytes_with_their_types_and_frame() -> None:
+    """A display costs the UTF-8 bytes of its MIME types and contents, one per entry, and
+    DISPLAY_FRAME_BYTES: empty displays, or long types with empty contents, used none and
+    could flood the client; four-byte characters counted one each."""
+    s = new(dataclasses.replace(LIMITS, max_output_bytes=1000))
+    execute(s)
+    for i in range(100):
+        s.receive_agent(aw.AgentDisplay(id="c1", kind="display_data", data={}), 0.1 + i / 1000)
+    frames = s.frames_to_send()
+    displays = only(frames, fr.Display)
+    assert len(displays) == 1000 // DISPLAY_FRAME_BYTES
+    assert isinstance(frames[-1], fr.Stream)
+    assert frames[-1].text == TRUNCATION_MARKER.format(limit=1000)
+    assert display_size({"text/plain": "\U0001f600" * 10}) == DISPLAY_FRAME_BYTES + 10 + 40 + 1
+    s2 = new(dataclasses.replace(LIMITS, max_output_bytes=1000))
+    execute(s2)
+    s2.receive_agent(aw.AgentDisplay(id="c1", kind="display_data",
+                                     data={"text/plain": "\U0001f600" * 300}), 0.1)
+    assert not only(s2.frames_to_send(), fr.Display)  # 1200 bytes: over the budget
+
+
 def test_agent_side_truncation_still_shows_the_marker() -> None:
     s = new()
     execute(s)
@@ -438,3 +518,80 @@ def test_admit_cell_can_refuse_a_cell_and_the_session_goes_on() -> None:
     assert [(f.code, f.id) for f in frames if isinstance(f, fr.Error)] == [
         ("rate_limited", "b")]
     assert session.running is not None and session.running.id == "a"
+
+
+# --- invariants over random event sequences ------------------------------------------------
+
+EVENT_KINDS = ("exec_short", "exec_long", "interrupt", "restart", "out", "display", "done",
+               "done_restarted", "restarted", "stray_done", "sandbox_failed",
+               "sandbox_replaced", "detach", "attach")
+
+
+@hypothesis.settings(max_examples=2000, deadline=None)
+@hypothesis.given(st.lists(st.tuples(st.sampled_from(EVENT_KINDS),
+                                     st.floats(min_value=0.0, max_value=3.0)), max_size=40))
+def test_every_deadline_is_acted_on_and_every_cell_ends_once(
+        events: list[tuple[str, float]]) -> None:
+    """Whatever the client and a (possibly lying) agent do, in any order:
+
+    * advancing to ``next_deadline()`` moves it on (a deadline that ``advance`` does not act
+      on makes the driver's loop spin);
+    * a running cell always has a deadline within its timeout, the interrupt grace and the
+      restart timeout (nothing the agent sends can keep it past that);
+    * every cell the client sent ends exactly once: one ``result`` or one ``error`` (once the
+      session closed it is told so, and nothing it sends later is taken).
+    """
+    limits = dataclasses.replace(LIMITS, idle_timeout=4.0, max_lifetime=None)
+    s = new(limits)
+    now = 0.0
+    ids: list[str] = []
+    ends: dict[str, int] = {}
+
+    def collect() -> None:
+        for frame in s.frames_to_send():
+            if isinstance(frame, (fr.Result, fr.Error)) and frame.id is not None:
+                ends[frame.id] = ends.get(frame.id, 0) + 1
+        s.actions_to_run()
+
+    for kind, step in events:
+        now += step
+        while (deadline := s.next_deadline()) is not None and deadline <= now:
+            s.advance(deadline)
+            collect()
+            later = s.next_deadline()
+            assert later is None or later > deadline, (deadline, later, s.state, s.phase)
+        cell = s.running
+        match kind:
+            case "exec_short" | "exec_long" if s.state is not State.CLOSED:
+                ids.append(f"c{len(ids)}")
+                execute(s, ids[-1], timeout=1.0 if kind == "exec_short" else 10.0, now=now)
+            case "interrupt" | "restart":
+                s.receive_client(json.dumps({"type": kind}), now)
+            case "out" if cell is not None:
+                s.receive_agent(aw.Out(id=cell.id, name="stdout", text="x" * 30), now)
+            case "display" if cell is not None:
+                s.receive_agent(aw.AgentDisplay(id=cell.id, kind="display_data", data={}), now)
+            case "done" | "done_restarted" if cell is not None:
+                s.receive_agent(done(cell.id, restarted=kind == "done_restarted"), now)
+            case "restarted":
+                s.receive_agent(aw.Restarted(), now)
+            case "stray_done":
+                s.receive_agent(done("nobody"), now)
+            case "sandbox_failed":
+                s.sandbox_failed("gone", now)
+            case "sandbox_replaced":
+                s.sandbox_replaced(now)
+            case "detach":
+                s.client_detached(now)
+            case "attach":
+                s.client_attached(now)
+        collect()
+        running = s.running
+        if running is not None:
+            assert running.deadline is not None
+            bound = running.deadline + limits.interrupt_grace + limits.restart_timeout
+            deadline = s.next_deadline()
+            assert deadline is not None and deadline <= bound, (deadline, bound, s.phase)
+    s.close("server_shutdown", now + 1, "stopping")
+    collect()
+    assert ends == dict.fromkeys(ids, 1)
