@@ -226,6 +226,7 @@ class Sandbox:
         self._destroyed = False
         self._ended = False  # the engine closed the stream: the container is stopping
         self._attached = False  # a write has connected the stream
+        self._broken: str | None = None  # why the stream was cut (a write never taken)
 
     @property
     def short_id(self) -> str:
@@ -243,14 +244,19 @@ class Sandbox:
             SandboxLost: the container's stdin is gone, or took nothing for
                 ``send_timeout`` seconds.
         """
+        if self._broken is not None:
+            raise SandboxLost(self._broken)
         limit = self._backend.settings.send_timeout
+        deadline = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(limit):
+            async with deadline:
                 await self._stream.write_in(aw.encode(frame))
-        except TimeoutError:
+        except TimeoutError as exc:
+            if not deadline.expired():  # aiohttp's own (a TimeoutError too), not ours
+                raise SandboxLost(f"cannot write to sandbox {self.short_id}: {exc!r}") from exc
+            self._broken = f"sandbox {self.short_id} accepted nothing for {limit:g} s"
             self._abort_stream()  # what it did not take is dropped, not kept for a flush
-            raise SandboxLost(f"sandbox {self.short_id} accepted nothing for {limit:g} s"
-                              ) from None
+            raise SandboxLost(self._broken) from None
         except (OSError, RuntimeError, aiohttp.ClientError) as exc:
             raise SandboxLost(f"cannot write to sandbox {self.short_id}: {exc}") from exc
         self._attached = True
@@ -289,6 +295,8 @@ class Sandbox:
 
     async def _read_more(self) -> None:
         """Read one message of the attached stream and decode the frames it completes."""
+        if self._broken is not None:
+            raise SandboxLost(self._broken)
         try:
             message = await self._stream.read_out()
         except (OSError, aiohttp.ClientError) as exc:

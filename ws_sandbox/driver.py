@@ -47,12 +47,17 @@ class FrameSink(Protocol):
     #: runner then hands it several frames at once. False: one frame per call, so that a
     #: failed send tells exactly which frames the client has not seen.
     whole_batches: bool
+    #: True when :meth:`send_frames` bounds its own waits (a Jupyter kernel gives each of its
+    #: connections ``SEND_TIMEOUT`` and drops a slow one, not the kernel); False: the runner
+    #: gives each send ``SEND_TIMEOUT`` and detaches a client that misses it.
+    bounds_own_sends: bool
 
     async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Deliver frames in order; may block (backpressure)."""
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the client connection (idempotent)."""
+        """Close the client connection (idempotent), within a bounded time: a connection
+        that cannot take the close is cut."""
 
 
 # --- inbox events ----------------------------------------------------------------------
@@ -168,6 +173,24 @@ class SessionRunner:
         if not self.closed.is_set():
             await self._inbox.put(event)
 
+    def feed_if_room(self, event: Event) -> bool:
+        """Queue an event if the inbox has room; False (the event dropped) if it is full.
+
+        For events that may be lost (an interrupt: the session is busy with other events
+        anyway), so that a client cannot make the service keep one waiting task per call.
+        """
+        if self.closed.is_set():
+            return False
+        try:
+            self._inbox.put_nowait(event)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def attached_to(self, sink: FrameSink) -> bool:
+        """Whether ``sink`` is the session's client now."""
+        return self._sink is sink
+
     def feed_nowait(self, event: Event) -> None:
         """Queue an event without waiting (later, if the inbox is full); never lost."""
         if self.closed.is_set():
@@ -188,13 +211,19 @@ class SessionRunner:
             await self._flush()
             while self.core.state is not State.CLOSED:
                 deadline = self.core.next_deadline()
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        event = await self._inbox.get()
-                except TimeoutError:
+                if deadline is not None and deadline <= self._loop.time():
+                    # Before the next event: a get() that need not wait never times out, so
+                    # an inbox kept busy (a client sending without pause) would starve every
+                    # deadline.
                     self.core.advance(self._loop.time())
                 else:
-                    await self._dispatch(event)
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            event = await self._inbox.get()
+                    except TimeoutError:
+                        self.core.advance(self._loop.time())
+                    else:
+                        await self._dispatch(event)
                 await self._flush()
         except asyncio.CancelledError:
             self.core.close("server_shutdown", self._loop.time(), "the server is stopping")
@@ -298,7 +327,7 @@ class SessionRunner:
             self._held.extend(frames)
             return False
         try:
-            async with asyncio.timeout(self._send_timeout):
+            async with asyncio.timeout(None if sink.bounds_own_sends else self._send_timeout):
                 await sink.send_frames(frames)
             return True
         except TimeoutError:
@@ -354,6 +383,10 @@ class SessionRunner:
         except SandboxError as exc:
             await self._inbox.put(NewSandbox(None, exc.message))
             return
+        except Exception as exc:  # a bug must not leave the session waiting for good
+            log.exception("session %s: bringing a sandbox failed", self.session_id)
+            await self._inbox.put(NewSandbox(None, f"internal error: {exc!r}"))
+            return
         if self.closed.is_set():
             await sandbox.destroy()
             return
@@ -394,6 +427,8 @@ class SessionRunner:
                 await event.sandbox.destroy()
             elif isinstance(event, ClientBack):
                 with contextlib.suppress(Exception):
-                    await event.sink.send_frames([fr.Error(
-                        code="invalid_token", message="the session of this token has ended")])
+                    async with asyncio.timeout(self._send_timeout):
+                        await event.sink.send_frames([fr.Error(
+                            code="invalid_token",
+                            message="the session of this token has ended")])
                     await event.sink.close(1008, "invalid_token")

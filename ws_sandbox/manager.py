@@ -142,6 +142,9 @@ class SessionManager:
             sandbox = await self._acquire(lang)
         finally:
             self._reserved -= 1
+        if self._closing:  # the shutdown began while this open waited: it would not see it
+            await sandbox.destroy()
+            raise CapacityError("the server is shutting down", retry_after=5)
         loop = asyncio.get_running_loop()
         session_id = secrets.token_hex(12)
         core = Session(session_id=session_id, language=lang, limits=self.limits(),
@@ -188,6 +191,9 @@ class SessionManager:
         if is_key_identity(runner.client_id) and client_id != runner.client_id:
             raise InvalidToken("this session was opened with another API key")
         await runner.feed(ClientBack(sink, self.ready_frame(runner, resumed=True)))
+        if runner.closed.is_set() and not runner.attached_to(sink):
+            # It ended while the resume waited for room in its inbox: nothing will answer.
+            raise InvalidToken("the session of this token has ended")
         return runner
 
     def get(self, session_id: str) -> SessionRunner | None:

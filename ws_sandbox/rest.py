@@ -107,6 +107,7 @@ class CollectingSink:
     """Collects one cell's frames; the core already caps its output at MAX_OUTPUT_BYTES."""
 
     whole_batches = True  # it never fails
+    bounds_own_sends = True  # it never waits
 
     def __init__(self, cell_id: str) -> None:
         self.cell_id = cell_id

@@ -7,6 +7,7 @@ session's runner. The runner sends frames back through :class:`WebSocketSink`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -16,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ws_sandbox import frames as fr
-from ws_sandbox.asgi_extensions import SEND_MANY
+from ws_sandbox.asgi_extensions import ABORT, SEND_MANY
 from ws_sandbox.driver import ClientGone, ClientMessage, CloseRequest
 from ws_sandbox.exceptions import SandboxError
 from ws_sandbox.manager import SessionManager
@@ -30,15 +31,31 @@ def close_reason(reason: str) -> str:
     return reason.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
 
 
-async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
+async def close_quietly(websocket: WebSocket, code: int, reason: str,
+                        timeout: float | None) -> None:
     """Close a WebSocket unless it is closed already; a peer that is gone is no error.
 
-    Starlette marks the socket disconnected before it awaits the close, so a second call,
-    even a concurrent one, does nothing.
+    A peer that takes nothing cannot take the close frame either: after ``timeout`` seconds
+    (``SEND_TIMEOUT``) the connection is cut (:func:`abort`), so a caller never waits on it
+    for good. Starlette marks the socket disconnected before it awaits the close, so a
+    second call, even a concurrent one, does nothing.
     """
-    if websocket.application_state is WebSocketState.CONNECTED:
-        with contextlib.suppress(Exception):
+    if websocket.application_state is not WebSocketState.CONNECTED:
+        return
+    try:
+        async with asyncio.timeout(timeout):
             await websocket.close(code, close_reason(reason))
+    except TimeoutError:
+        abort(websocket)
+    except Exception:  # the peer is gone
+        pass
+
+
+def abort(websocket: WebSocket) -> None:
+    """Cut the connection at once where the server offers :data:`ABORT` (ours does)."""
+    extension = websocket.scope.get("extensions", {}).get(ABORT)
+    if extension is not None:
+        extension["abort"]()
 
 
 class WebSocketSink:
@@ -48,11 +65,18 @@ class WebSocketSink:
         websocket: the connection.
         send_many: the raw ASGI ``send`` when the server offers :data:`SEND_MANY` (then a
             batch of frames leaves in one write), else None (one message at a time).
+        close_timeout: seconds a close may wait for the peer before the connection is cut
+            (``SEND_TIMEOUT``).
     """
 
-    def __init__(self, websocket: WebSocket, send_many: Send | None = None) -> None:
+    #: The runner bounds each send with ``SEND_TIMEOUT``.
+    bounds_own_sends = False
+
+    def __init__(self, websocket: WebSocket, send_many: Send | None = None, *,
+                 close_timeout: float | None) -> None:
         self._ws = websocket
         self._send_many = send_many
+        self._close_timeout = close_timeout
         self.whole_batches = send_many is not None
 
     async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
@@ -64,8 +88,8 @@ class WebSocketSink:
             await self._ws.send_text(fr.encode(frame).decode())
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the connection once."""
-        await close_quietly(self._ws, code, reason)
+        """Close the connection once, within ``close_timeout``."""
+        await close_quietly(self._ws, code, reason, self._close_timeout)
 
 
 def client_address(websocket: WebSocket) -> str:
@@ -84,7 +108,10 @@ class SessionEndpoint:
         """Serve one connection."""
         batching = SEND_MANY in scope.get("extensions", {})
         websocket = WebSocket(scope, receive, send)
-        await serve_session(websocket, WebSocketSink(websocket, send if batching else None))
+        manager: SessionManager = websocket.app.state.manager
+        await serve_session(websocket, WebSocketSink(
+            websocket, send if batching else None,
+            close_timeout=manager.settings.send_timeout))
 
 
 session_endpoint = SessionEndpoint()

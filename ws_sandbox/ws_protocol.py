@@ -15,7 +15,9 @@ calls per client frame, on every cell's path. This protocol keeps reading while 
 outruns the application still meets backpressure with a bounded buffer.
 
 And it answers an upgrade request that websockets could not parse (see
-:meth:`BatchingWebSocketProtocol.data_received`), which uvicorn leaves hanging.
+:meth:`BatchingWebSocketProtocol.data_received`), which uvicorn leaves hanging; and it offers
+:data:`ABORT`, so that the application can cut a connection whose peer takes nothing (a
+close frame would wait for that peer for good).
 
 Everything else is uvicorn's ``websockets-sansio`` protocol unchanged. An application that
 does not see the extension in ``scope["extensions"]`` (another server, a test client) sends
@@ -33,9 +35,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 
-from ws_sandbox.asgi_extensions import SEND_MANY
+from ws_sandbox.asgi_extensions import ABORT, SEND_MANY
 
-__all__ = ["READ_AHEAD_BYTES", "READ_AHEAD_MESSAGES", "SEND_MANY", "BatchingWebSocketProtocol"]
+__all__ = ["ABORT", "READ_AHEAD_BYTES", "READ_AHEAD_MESSAGES", "SEND_MANY",
+           "BatchingWebSocketProtocol"]
 
 READ_AHEAD_MESSAGES = 8
 """Messages that may wait for the application while the socket is still read."""
@@ -52,6 +55,13 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:  # None: the handshake was refused
             scope["extensions"][SEND_MANY] = {}
+            scope["extensions"][ABORT] = {"abort": self.abort}
+
+    def abort(self) -> None:
+        """Cut the connection now (:data:`ABORT`); uvicorn then tells the application it is
+        gone (``websocket.disconnect``, code 1006) and wakes a send waiting for it."""
+        if not self.disconnected:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, plus an answer to an upgrade request that websockets refused.

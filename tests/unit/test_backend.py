@@ -18,6 +18,7 @@ import aiodocker
 import aiohttp
 import pytest
 
+from ws_sandbox import agent_wire as aw
 from ws_sandbox.backend import (
     SANDBOX_UIDS,
     DockerBackend,
@@ -241,3 +242,53 @@ def test_each_sandbox_gets_a_uid_of_its_own() -> None:
     assert config["User"] == f"{uids[0]}:{uids[0]}"
     for mount in config["HostConfig"]["Tmpfs"].values():
         assert f"uid={uids[0]},gid={uids[0]}," in mount
+
+
+class _StuckStream:
+    """An attached stream whose writes the agent never takes, or that fail as ``error``."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.aborted = False
+        self._resp = SimpleNamespace(connection=SimpleNamespace(
+            transport=SimpleNamespace(abort=self._abort)))
+
+    def _abort(self) -> None:
+        self.aborted = True
+
+    async def write_in(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        await asyncio.Event().wait()
+
+    async def read_out(self) -> None:
+        raise AssertionError("a cut stream is not read again")
+
+
+def _writer(stream: _StuckStream, send_timeout: float | None) -> Sandbox:
+    backend = SimpleNamespace(settings=Settings(send_timeout=send_timeout))
+    return Sandbox(backend, _Container(False), stream, "python")  # type: ignore[arg-type]
+
+
+async def test_a_write_not_taken_within_send_timeout_cuts_the_stream() -> None:
+    stream = _StuckStream()
+    sandbox = _writer(stream, 0.05)
+    with pytest.raises(SandboxLost, match=r"accepted nothing for 0\.05 s"):
+        await sandbox.send(aw.Signal())
+    assert stream.aborted
+    # The sandbox stays lost: no second write, and no read of the cut stream.
+    with pytest.raises(SandboxLost, match="accepted nothing"):
+        await sandbox.send(aw.Signal())
+    with pytest.raises(SandboxLost, match="accepted nothing"):
+        await sandbox.receive()
+
+
+@pytest.mark.parametrize("send_timeout", [None, 30.0])
+async def test_the_engines_own_timeout_is_not_taken_for_ours(send_timeout: float | None) -> None:
+    """aiohttp's timeouts are TimeoutErrors too: one is reported as what it is, and with
+    SEND_TIMEOUT unset the report does not fail on formatting None (a TypeError, which
+    would have ended the session's task)."""
+    stream = _StuckStream(aiohttp.ServerTimeoutError("connection timeout"))
+    with pytest.raises(SandboxLost, match=r"cannot write to sandbox .*ServerTimeoutError"):
+        await _writer(stream, send_timeout).send(aw.Signal())
+    assert not stream.aborted

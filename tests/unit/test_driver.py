@@ -10,9 +10,19 @@ from typing import Any, cast
 from ws_sandbox import agent_wire as aw
 from ws_sandbox import frames as fr
 from ws_sandbox.backend import Sandbox
-from ws_sandbox.driver import ClientBack, ClientGone, ClientMessage, CloseRequest, SessionRunner
+from ws_sandbox.driver import (
+    ClientBack,
+    ClientGone,
+    ClientMessage,
+    ClientRequest,
+    CloseRequest,
+    SessionRunner,
+)
 from ws_sandbox.exceptions import SandboxLost
 from ws_sandbox.session import Session, SessionLimits
+
+BOUND = 10.0
+"""Generous bound on any single wait (seconds)."""
 
 LIMITS = SessionLimits(
     max_execution_time=5.0, default_execution_time=2.0, max_memory_mb=64,
@@ -56,6 +66,7 @@ class FakeSandbox:
 
 class Sink:
     whole_batches = True
+    bounds_own_sends = False
 
     def __init__(self) -> None:
         self.frames: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
@@ -201,6 +212,84 @@ async def test_a_frame_by_frame_sink_that_fails_midway_replays_only_the_rest() -
     await asyncio.wait_for(task, 5)
 
 
+class NeverEnds(FakeSandbox):
+    """Takes every frame and answers none: a cell that runs forever (``while True: pass``)."""
+
+    async def send(self, frame: aw.ToAgent) -> None:
+        self.sent.append(frame)
+
+
+class SlowReader(Sink):
+    """A client that takes each send after a moment (well within SEND_TIMEOUT)."""
+
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        await asyncio.sleep(0)
+        await super().send_frames(frames)
+
+
+async def test_a_busy_inbox_does_not_starve_the_deadlines() -> None:
+    """A client that sends without pause keeps the inbox from ever being empty, and a get()
+    that need not wait never times out: the cell's deadline must still be acted on."""
+    sandbox, sink = NeverEnds(), SlowReader()
+    runner, task = start(sandbox, sink, send_timeout=5.0)
+    await runner.feed(execute("c1", "while True: pass"))  # the default timeout: 2 s
+    stop = asyncio.Event()
+
+    async def flood() -> None:
+        while not stop.is_set():
+            await runner.feed(ClientMessage("not json"))  # each answered with an error
+
+    flooding = asyncio.create_task(flood())
+    try:
+        async with asyncio.timeout(BOUND):
+            while aw.RestartWorker() not in sandbox.sent:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await flooding
+    assert sandbox.sent[:3] == [sandbox.sent[0], aw.Signal(), aw.RestartWorker()]
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, BOUND)
+
+
+class OwnBoundsSink(Sink):
+    """Like a Jupyter kernel: bounds each of its connections' sends itself, and may take
+    longer than SEND_TIMEOUT over all of them."""
+
+    bounds_own_sends = True
+
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        await asyncio.sleep(0.3)
+        await super().send_frames(frames)
+
+
+async def test_a_sink_that_bounds_its_own_sends_is_not_timed_out() -> None:
+    """Two slow but acceptable connections of a kernel together took more than the
+    runner's SEND_TIMEOUT, and the runner then closed the kernel for every connection."""
+    sandbox, sink = FakeSandbox(), OwnBoundsSink()
+    runner, task = start(sandbox, sink, send_timeout=0.1)
+    await runner.feed(execute("c1", "slow"))
+    result = await sink.next(fr.Result)
+    assert result.status == "success"
+    assert sink.closed is None and runner.attached
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, BOUND)
+
+
+async def test_a_resume_that_waited_while_the_session_ended_is_refused() -> None:
+    """A resume put into a full inbox can land after the session's end has emptied it:
+    nothing would answer that client. SessionManager.resume checks ``attached_to`` then."""
+    sandbox, sink = FakeSandbox(), Sink()
+    runner, task = start(sandbox, sink)
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, BOUND)
+    late = Sink()
+    await runner.feed(ClientBack(late, fr.Ready(session_id="s", language="python", token="t",
+                                                limits=LIMITS.public(), resumed=True)))
+    assert runner.closed.is_set() and not runner.attached_to(late)
+    assert late.batches == []
+
+
 async def test_no_resume_within_grace_ends_the_session() -> None:
     sandbox, sink = FakeSandbox(), Sink()
     runner, task = start(sandbox, sink)
@@ -305,3 +394,19 @@ async def test_cancellation_sends_server_shutdown() -> None:
         await task
     assert sandbox.destroyed
     assert runner.closed.is_set()
+
+
+async def test_an_event_that_may_be_lost_is_dropped_when_the_inbox_is_full() -> None:
+    """An interrupt from a Jupyter client goes through ``feed_if_room``: with the inbox full
+    it is dropped, where ``feed_nowait`` keeps a task per event waiting for room."""
+    sandbox, sink = FakeSandbox(), Sink()
+    loop = asyncio.get_running_loop()
+    core = Session(session_id="s", language="python", limits=LIMITS, now=loop.time())
+    runner = SessionRunner(core, cast(Sandbox, sandbox), acquire=None,  # type: ignore[arg-type]
+                           send_timeout=1.0)  # not running: nothing takes from the inbox
+    runner.attach(sink)
+    while runner.feed_if_room(ClientMessage("{}")):
+        pass
+    tasks = len(asyncio.all_tasks())
+    assert not runner.feed_if_room(ClientRequest(fr.Interrupt()))
+    assert len(asyncio.all_tasks()) == tasks

@@ -25,6 +25,10 @@ class FakeRunner:
     def feed_nowait(self, event: Event) -> None:
         self.events.append(event)
 
+    def feed_if_room(self, event: Event) -> bool:
+        self.events.append(event)
+        return True
+
     async def feed(self, event: Event) -> None:
         self.events.append(event)
 

@@ -9,7 +9,11 @@ Every wait is bounded with ``asyncio.timeout``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
+import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -24,8 +28,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import uvicorn_in_process
 from ws_sandbox import frames as fr
-from ws_sandbox.websocket import WebSocketSink
+from ws_sandbox.websocket import WebSocketSink, close_quietly
 from ws_sandbox.ws_protocol import (
+    ABORT,
     READ_AHEAD_BYTES,
     READ_AHEAD_MESSAGES,
     SEND_MANY,
@@ -445,7 +450,7 @@ async def test_sink_fallback_sends_one_message_per_frame(plain: Server) -> None:
         conn = await plain.next_connection()
         assert SEND_MANY not in conn.scope["extensions"]
         frames = sample_frames()
-        await WebSocketSink(conn.websocket, None).send_frames(frames)
+        await WebSocketSink(conn.websocket, None, close_timeout=BOUND).send_frames(frames)
         received = [await recv_text(client) for _ in frames]
         assert [fr.decode_server(r.encode()) for r in received] == frames
         await assert_no_message(client)
@@ -458,7 +463,7 @@ async def test_sink_uses_the_extension_in_one_write(batching: Server) -> None:
         protocol = the_protocol()
         frames = sample_frames()
         before = len(protocol.writes)
-        await WebSocketSink(conn.websocket, conn.send).send_frames(frames)
+        await WebSocketSink(conn.websocket, conn.send, close_timeout=BOUND).send_frames(frames)
         assert len(protocol.writes) - before == 1
         received = [await recv_text(client) for _ in frames]
         assert [fr.decode_server(r.encode()) for r in received] == frames
@@ -502,3 +507,38 @@ async def test_a_request_websockets_refused_is_answered_and_closed(
         conn = await batching.next_connection()
         await client.send("still here")
         assert await receive_text(conn) == "still here"
+
+
+async def test_a_peer_that_reads_nothing_is_cut_when_a_close_times_out(
+        batching: Server) -> None:
+    """uvicorn writes a close frame only once the peer took what came before, and closes a
+    transport only once its buffer is written: for a peer that stopped reading, a close
+    waited for good (and held the session that asked for it). ``close_quietly`` gives the
+    close its timeout, then cuts the connection through :data:`ABORT`."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", batching.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(sock, (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        conn = await batching.next_connection()  # and the peer never reads again
+        assert callable(conn.scope["extensions"][ABORT]["abort"])
+        async with asyncio.timeout(BOUND):
+            with contextlib.suppress(TimeoutError):
+                while True:  # until the peer's window and our buffer are full
+                    async with asyncio.timeout(0.5):
+                        await conn.websocket.send_text("x" * 60_000)
+        start = time.monotonic()
+        async with asyncio.timeout(BOUND):
+            await close_quietly(conn.websocket, 1008, "client too slow", timeout=0.5)
+        assert time.monotonic() - start < BOUND / 2
+        async with asyncio.timeout(BOUND):
+            gone = await conn.receive()
+        assert gone["type"] == "websocket.disconnect"  # the connection is gone, not closing
+    finally:
+        sock.close()

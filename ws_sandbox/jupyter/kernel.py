@@ -102,6 +102,9 @@ class Kernel:
 
     #: One frame per call: each becomes messages on every connection of the kernel.
     whole_batches = False
+    #: Each connection gets ``send_timeout`` per message and is dropped when it misses it;
+    #: the kernel (every connection's session) never is for one slow connection.
+    bounds_own_sends = True
 
     def __init__(self, spec: KernelSpec, *, send_timeout: float | None,
                  execution_timeout: float, restart_timeout: float, max_queued: int,
@@ -294,8 +297,8 @@ class Kernel:
     def interrupt(self) -> None:
         """Interrupt the running cell."""
         self._touch()
-        if self.runner is not None:
-            self.runner.feed_nowait(ClientRequest(fr.Interrupt()))
+        if self.runner is not None and not self.runner.feed_if_room(ClientRequest(fr.Interrupt())):
+            log.info("kernel %s: an interrupt was dropped: the session is busy", self.id)
 
     async def restart(self) -> None:
         """Restart the interpreter and wait until it is fresh.

@@ -212,16 +212,17 @@ async def login(request: Request) -> Response:
 class WebSocketConnection:
     """A kernel's view of one WebSocket."""
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, *, close_timeout: float | None) -> None:
         self._ws = websocket
+        self._close_timeout = close_timeout
 
     async def send_text(self, text: str) -> None:
         """Send one JSON message."""
         await self._ws.send_text(text)
 
     async def close(self, code: int, reason: str) -> None:
-        """Close once."""
-        await close_quietly(self._ws, code, reason)
+        """Close once, within ``close_timeout`` (``SEND_TIMEOUT``)."""
+        await close_quietly(self._ws, code, reason, self._close_timeout)
 
 
 async def channels(websocket: WebSocket) -> None:
@@ -240,7 +241,8 @@ async def channels(websocket: WebSocket) -> None:
             await websocket.close(exc.close_code, exc.code)
         return
     await websocket.accept()
-    conn = WebSocketConnection(websocket)
+    conn = WebSocketConnection(
+        websocket, close_timeout=websocket.app.state.manager.settings.send_timeout)
     await kernel.connect(conn)
     try:
         while True:
