@@ -53,6 +53,7 @@ class WarmPool:
         self._pools = {lang: _LanguagePool() for lang in languages}
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._discarding: set[asyncio.Task[None]] = set()  # sandboxes being removed
 
     async def __aenter__(self) -> WarmPool:
         for language in self._pools:
@@ -78,7 +79,7 @@ class WarmPool:
                 warm = pool.ready.popleft()
                 warm.watcher.cancel()
                 doomed.append(warm.sandbox)
-        await asyncio.gather(*(sb.destroy() for sb in doomed))
+        await asyncio.gather(*(sb.destroy() for sb in doomed), *self._discarding)
 
     async def acquire(self, language: Language) -> Sandbox:
         """Take a warm sandbox, or start one now when the pool is empty.
@@ -91,12 +92,25 @@ class WarmPool:
         while pool.ready:
             warm = pool.ready.popleft()
             warm.watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await warm.watcher
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # The caller was cancelled (not only the watcher): it gets no sandbox,
+                    # and this one must not be left behind.
+                    self._discard(warm.sandbox)
+                    raise
             if not warm.watcher.cancelled():
                 continue  # it spoke or died while waiting: discarded by its watcher
             return warm.sandbox
         return await self._backend.start_sandbox(language)
+
+    def _discard(self, sandbox: Sandbox) -> None:
+        """Remove ``sandbox`` in the background; :meth:`close` waits for it."""
+        task = asyncio.create_task(sandbox.destroy())
+        self._discarding.add(task)
+        task.add_done_callback(self._discarding.discard)
 
     def state(self) -> dict[str, dict[str, int | str | None]]:
         """Per language: ready and starting counts, the target, the last start error."""

@@ -114,3 +114,21 @@ async def test_close_cancels_starts_in_flight() -> None:
     assert backend.in_flight == 0
     with pytest.raises(KeyError):
         await pool.acquire("javascript")
+
+
+async def test_a_cancelled_acquire_gets_no_sandbox_and_leaves_none_behind() -> None:
+    """Cancelled while it waited for the pooled sandbox's watcher to stop, acquire swallowed
+    the cancellation and handed the sandbox out anyway (to a caller that was gone)."""
+    backend = FakeBackend()
+    async with make(backend, 1) as pool:
+        await wait_ready(pool, 1)
+        taking = asyncio.create_task(pool.acquire("python"))
+        await asyncio.sleep(0)  # it now waits for the watcher it cancelled
+        taking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await taking
+        first = backend.started[0]
+        async with asyncio.timeout(5):
+            while not first.destroyed:
+                await asyncio.sleep(0.005)
