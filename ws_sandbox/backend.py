@@ -432,6 +432,7 @@ class DockerBackend:
         self._docker: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
         self._unremoved: set[str] = set()
+        self._late_removals: set[asyncio.Task[None]] = set()
         self._uids = itertools.count(secrets.randbelow(len(SANDBOX_UIDS)))
 
     def next_uid(self) -> int:
@@ -449,6 +450,7 @@ class DockerBackend:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.gather(*self._late_removals, return_exceptions=True)
         if self._docker is not None:
             await self._docker.close()
         if self._connector is not None:
@@ -493,7 +495,7 @@ class DockerBackend:
         """
         config = container_config(self.settings, language, self.process_id, self.next_uid())
         try:
-            container = await self.docker.containers.create(config)
+            container = await self._create(config)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ImageMissing(
@@ -529,6 +531,25 @@ class DockerBackend:
         if self._unremoved:  # the engine answers again: finish what it could not do before
             await self.retry_removals()
         return sandbox
+
+    async def _create(self, config: dict[str, Any]) -> DockerContainer:
+        """Create a container, seeing the engine's answer through even when the caller is
+        cancelled (an acquire timeout, a shutdown): a container the engine makes after the
+        caller gave up is removed, where it was left, never started, until this process
+        ended."""
+        creating = asyncio.ensure_future(self.docker.containers.create(config))
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(self._remove_created)
+            raise
+
+    def _remove_created(self, creating: asyncio.Future[DockerContainer]) -> None:
+        if creating.cancelled() or creating.exception() is not None:
+            return
+        task = asyncio.create_task(self.remove(creating.result().id))
+        self._late_removals.add(task)
+        task.add_done_callback(self._late_removals.discard)
 
     async def remove(self, container_id: str) -> None:
         """Force-remove a container; a missing one is fine. Never raises.

@@ -292,3 +292,47 @@ async def test_the_engines_own_timeout_is_not_taken_for_ours(send_timeout: float
     with pytest.raises(SandboxLost, match=r"cannot write to sandbox .*ServerTimeoutError"):
         await _writer(stream, send_timeout).send(aw.Signal())
     assert not stream.aborted
+
+
+class _SlowEngine:
+    """aiodocker's client, as far as creating and removing containers: a create answers
+    once :attr:`answer` is set."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.asked = asyncio.Event()
+        self.deleted: list[str] = []
+        self.containers = self
+
+    async def create(self, config: dict[str, Any]) -> Any:
+        self.asked.set()
+        await self.answer.wait()
+        return SimpleNamespace(id="c" * 64)
+
+    def container(self, container_id: str) -> Any:
+        async def delete(**_: object) -> None:
+            self.deleted.append(container_id)
+        return SimpleNamespace(delete=delete)
+
+
+async def test_a_container_created_after_its_caller_gave_up_is_removed() -> None:
+    """An acquire that times out (or a shutdown) cancels the start while the engine is still
+    creating: the container it makes then was left, never started, until the process
+    ended."""
+    engine = _SlowEngine()
+    backend = DockerBackend(Settings())
+    backend._docker = engine  # type: ignore[assignment]
+    starting = asyncio.create_task(backend.start_sandbox("python"))
+    async with asyncio.timeout(5):
+        await engine.asked.wait()
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert engine.deleted == []
+    engine.answer.set()
+    async with asyncio.timeout(5):
+        while not engine.deleted:
+            await asyncio.sleep(0.005)
+    assert engine.deleted == ["c" * 64]
+    backend._docker = None
+    await backend.__aexit__(None, None, None)
