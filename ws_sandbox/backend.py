@@ -265,10 +265,13 @@ class Sandbox:
         """Cut the attached stream at once. Closing it would first wait to write out what
         the agent did not read: for one that reads nothing, for as long as the connection
         lives."""
-        response = self._stream._resp  # aiodocker keeps the upgraded connection there
-        connection = response.connection if response is not None else None
-        if connection is not None and connection.transport is not None:
-            connection.transport.abort()
+        try:  # aiodocker keeps the upgraded connection there (a private attribute)
+            response = getattr(self._stream, "_resp", None)
+            connection = response.connection if response is not None else None
+            if connection is not None and connection.transport is not None:
+                connection.transport.abort()
+        except Exception:  # the stream is abandoned either way; destroy() closes it
+            log.exception("sandbox %s: cannot cut its stream", self.short_id)
 
     async def receive(self) -> aw.FromAgent:
         """Read the next frame from the agent.

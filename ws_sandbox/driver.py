@@ -147,6 +147,7 @@ class SessionRunner:
         self._reader: asyncio.Task[None] | None = None
         self._replacer: asyncio.Task[None] | None = None
         self._late: set[asyncio.Task[None]] = set()
+        self._interrupt_asked = False  # by interrupt_soon, while the inbox was full
         self.closed = asyncio.Event()
         #: Set once the session's sandbox is gone too (``closed`` is set before teardown).
         self.finished = asyncio.Event()
@@ -173,19 +174,21 @@ class SessionRunner:
         if not self.closed.is_set():
             await self._inbox.put(event)
 
-    def feed_if_room(self, event: Event) -> bool:
-        """Queue an event if the inbox has room; False (the event dropped) if it is full.
+    def interrupt_soon(self) -> None:
+        """Ask for the running cell to be interrupted, without waiting and without a task.
 
-        For events that may be lost (an interrupt: the session is busy with other events
-        anyway), so that a client cannot make the service keep one waiting task per call.
+        Queued like any event when the inbox has room. When it is full (a cell printing
+        faster than its client reads keeps it so, and that is when users interrupt) the
+        request is remembered instead, and the loop acts on it before its next event;
+        requests made meanwhile are one. A client cannot make the service keep one waiting
+        task per call, as :meth:`feed_nowait` would.
         """
         if self.closed.is_set():
-            return False
+            return
         try:
-            self._inbox.put_nowait(event)
+            self._inbox.put_nowait(ClientRequest(fr.Interrupt()))
         except asyncio.QueueFull:
-            return False
-        return True
+            self._interrupt_asked = True
 
     def attached_to(self, sink: FrameSink) -> bool:
         """Whether ``sink`` is the session's client now."""
@@ -211,11 +214,16 @@ class SessionRunner:
             await self._flush()
             while self.core.state is not State.CLOSED:
                 deadline = self.core.next_deadline()
-                if deadline is not None and deadline <= self._loop.time():
+                if self._interrupt_asked:
+                    self._interrupt_asked = False
+                    self.core.receive_frame(fr.Interrupt(), self._loop.time())
+                elif deadline is not None and deadline <= self._loop.time():
                     # Before the next event: a get() that need not wait never times out, so
                     # an inbox kept busy (a client sending without pause) would starve every
                     # deadline.
                     self.core.advance(self._loop.time())
+                    if self.core.next_deadline() == deadline:  # never (a property test
+                        await asyncio.sleep(0)  # says so); a bug spins one session only
                 else:
                     try:
                         async with asyncio.timeout_at(deadline):
@@ -431,4 +439,5 @@ class SessionRunner:
                         await event.sink.send_frames([fr.Error(
                             code="invalid_token",
                             message="the session of this token has ended")])
+                with contextlib.suppress(Exception):
                     await event.sink.close(1008, "invalid_token")

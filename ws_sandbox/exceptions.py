@@ -28,6 +28,8 @@ status and a WebSocket close code, taken from one table: :data:`ERROR_TABLE`.
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 
@@ -56,6 +58,14 @@ class SandboxError(Exception):
     def close_code(self) -> int:
         """WebSocket close code for this error (see :data:`ERROR_TABLE`)."""
         return ERROR_TABLE[type(self)][1]
+
+    @property
+    def retry_after_header(self) -> str | None:
+        """``retry_after`` as a ``Retry-After`` value: whole seconds, rounded up, at least 1
+        (a 0 invites an immediate retry); None when unknown."""
+        if self.retry_after is None:
+            return None
+        return str(max(1, math.ceil(self.retry_after)))
 
 
 class ConfigError(SandboxError):

@@ -93,8 +93,8 @@ class JSONBody(Response):
 def error_response(exc: SandboxError) -> JSONBody:
     """The JSON response of an error, with Retry-After when a retry makes sense."""
     headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    if exc.retry_after_header is not None:
+        headers["Retry-After"] = exc.retry_after_header
     if exc.http_status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="ws-sandbox"'
     if exc.http_status == 426:

@@ -77,19 +77,27 @@ class WebSocketSink:
         self._ws = websocket
         self._send_many = send_many
         self._close_timeout = close_timeout
+        self._stalled = False  # a send was cancelled midway
         self.whole_batches = send_many is not None
 
     async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Send frames as JSON text messages, in one write where the server allows."""
-        if self._send_many is not None:
-            await self._send_many({"type": SEND_MANY, "texts": [fr.encode(f) for f in frames]})
-            return
-        for frame in frames:
-            await self._ws.send_text(fr.encode(frame).decode())
+        try:
+            if self._send_many is not None:
+                await self._send_many({"type": SEND_MANY,
+                                       "texts": [fr.encode(f) for f in frames]})
+                return
+            for frame in frames:
+                await self._ws.send_text(fr.encode(frame).decode())
+        except asyncio.CancelledError:  # the caller's SEND_TIMEOUT: the peer takes nothing
+            self._stalled = True
+            raise
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the connection once, within ``close_timeout``."""
-        await close_quietly(self._ws, code, reason, self._close_timeout)
+        """Close the connection once, within ``close_timeout``; at once (the close frame
+        only if the peer has room for it, else the connection cut) after a send was given
+        up on, which already waited as long."""
+        await close_quietly(self._ws, code, reason, 0 if self._stalled else self._close_timeout)
 
 
 def client_address(websocket: WebSocket) -> str:
@@ -138,7 +146,8 @@ async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
                                         admit_cell=admit)
     except SandboxError as exc:
         with contextlib.suppress(Exception):
-            await sink.send_frames([fr.Error(code=exc.code, message=exc.message)])
+            async with asyncio.timeout(manager.settings.send_timeout):
+                await sink.send_frames([fr.Error(code=exc.code, message=exc.message)])
         await sink.close(exc.close_code, exc.code)
         return
     deliberate = False

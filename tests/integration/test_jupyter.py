@@ -272,6 +272,35 @@ async def test_api_key_and_header_token(secured: Service) -> None:
             assert response.status == 204
 
 
+async def test_a_kernel_started_with_an_api_key_is_that_keys_alone(secured: Service) -> None:
+    """Another identity (here the shared Jupyter token) neither lists it nor reaches it: each
+    call naming it, its channels included, is a 404 as for a kernel that does not exist."""
+    async with aiohttp.ClientSession() as http:
+        owner = {"Authorization": f"token {API_KEY}"}
+        other = {"Authorization": f"token {TOKEN}"}
+        async with http.post(secured.http + "/api/kernels", json={}, headers=owner) as response:
+            assert response.status == 201
+            kernel_id = (await response.json())["id"]
+        url = f"{secured.http}/api/kernels/{kernel_id}"
+        try:
+            async with http.get(secured.http + "/api/kernels", headers=other) as response:
+                assert kernel_id not in [k["id"] for k in await response.json()]
+            async with http.get(secured.http + "/api/kernels", headers=owner) as response:
+                assert kernel_id in [k["id"] for k in await response.json()]
+            for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/interrupt"),
+                                 ("POST", "/restart")):
+                async with http.request(method, url + path, headers=other) as response:
+                    assert response.status == 404, (method, path, response.status)
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(f"{secured.url}/api/kernels/{kernel_id}/channels",
+                                              additional_headers=other):
+                    pass
+            assert refused.value.response.status_code == 404
+        finally:
+            async with http.delete(url, headers=owner) as response:
+                assert response.status == 204
+
+
 async def test_delete_removes_the_container(secured: Service) -> None:
     host, run = await hostname(secured.http, token=TOKEN)
     assert host and container_exists(host)

@@ -14,7 +14,6 @@ from ws_sandbox.driver import (
     ClientBack,
     ClientGone,
     ClientMessage,
-    ClientRequest,
     CloseRequest,
     SessionRunner,
 )
@@ -276,20 +275,6 @@ async def test_a_sink_that_bounds_its_own_sends_is_not_timed_out() -> None:
     await asyncio.wait_for(task, BOUND)
 
 
-async def test_a_resume_that_waited_while_the_session_ended_is_refused() -> None:
-    """A resume put into a full inbox can land after the session's end has emptied it:
-    nothing would answer that client. SessionManager.resume checks ``attached_to`` then."""
-    sandbox, sink = FakeSandbox(), Sink()
-    runner, task = start(sandbox, sink)
-    await runner.feed(CloseRequest("client_closed", ""))
-    await asyncio.wait_for(task, BOUND)
-    late = Sink()
-    await runner.feed(ClientBack(late, fr.Ready(session_id="s", language="python", token="t",
-                                                limits=LIMITS.public(), resumed=True)))
-    assert runner.closed.is_set() and not runner.attached_to(late)
-    assert late.batches == []
-
-
 async def test_no_resume_within_grace_ends_the_session() -> None:
     sandbox, sink = FakeSandbox(), Sink()
     runner, task = start(sandbox, sink)
@@ -396,17 +381,29 @@ async def test_cancellation_sends_server_shutdown() -> None:
     assert runner.closed.is_set()
 
 
-async def test_an_event_that_may_be_lost_is_dropped_when_the_inbox_is_full() -> None:
-    """An interrupt from a Jupyter client goes through ``feed_if_room``: with the inbox full
-    it is dropped, where ``feed_nowait`` keeps a task per event waiting for room."""
-    sandbox, sink = FakeSandbox(), Sink()
-    loop = asyncio.get_running_loop()
-    core = Session(session_id="s", language="python", limits=LIMITS, now=loop.time())
-    runner = SessionRunner(core, cast(Sandbox, sandbox), acquire=None,  # type: ignore[arg-type]
-                           send_timeout=1.0)  # not running: nothing takes from the inbox
-    runner.attach(sink)
-    while runner.feed_if_room(ClientMessage("{}")):
-        pass
+async def test_an_interrupt_asked_with_a_full_inbox_is_acted_on_first() -> None:
+    """A cell printing faster than its client reads keeps the inbox full: that is when users
+    interrupt. ``interrupt_soon`` neither waits, nor keeps a task per call, nor drops the
+    request: the loop acts on it before its next event, and requests made meanwhile are
+    one."""
+    sandbox, sink = NeverEnds(), Sink()
+    runner, task = start(sandbox, sink)
+    await runner.feed(execute("c1", "while True: print(1)"))
+    async with asyncio.timeout(BOUND):
+        while not sandbox.sent:
+            await asyncio.sleep(0.01)
+    while True:  # fill the inbox (no await: the loop takes nothing meanwhile)
+        try:
+            runner._inbox.put_nowait(ClientMessage("{}"))
+        except asyncio.QueueFull:
+            break
     tasks = len(asyncio.all_tasks())
-    assert not runner.feed_if_room(ClientRequest(fr.Interrupt()))
+    for _ in range(5):
+        runner.interrupt_soon()
     assert len(asyncio.all_tasks()) == tasks
+    async with asyncio.timeout(BOUND):
+        while aw.Signal() not in sandbox.sent:
+            await asyncio.sleep(0.01)
+    assert sandbox.sent.count(aw.Signal()) == 1
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, BOUND)

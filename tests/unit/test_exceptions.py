@@ -45,3 +45,12 @@ def test_the_tree_in_the_module_docstring_names_every_error() -> None:
 def test_retry_after_is_kept() -> None:
     assert SandboxError("x").retry_after is None
     assert exceptions.CapacityError("busy", retry_after=2.5).retry_after == 2.5
+
+
+@pytest.mark.parametrize(("seconds", "header"),
+                         [(None, None), (0.0, "1"), (0.2, "1"), (1.0, "1"), (2.5, "3")])
+def test_retry_after_header_is_whole_seconds_rounded_up_never_zero(
+        seconds: float | None, header: str | None) -> None:
+    """The REST and the Jupyter endpoints both send this; the Jupyter one sent ``0`` for a
+    wait under a second, which invites an immediate retry."""
+    assert exceptions.RateLimited("slow down", retry_after=seconds).retry_after_header == header

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, cast
 
 import pytest
@@ -25,9 +26,8 @@ class FakeRunner:
     def feed_nowait(self, event: Event) -> None:
         self.events.append(event)
 
-    def feed_if_room(self, event: Event) -> bool:
-        self.events.append(event)
-        return True
+    def interrupt_soon(self) -> None:
+        self.events.append(ClientRequest(fr.Interrupt()))
 
     async def feed(self, event: Event) -> None:
         self.events.append(event)
@@ -41,6 +41,7 @@ class FakeConnection:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.closed: tuple[int, str] | None = None
+        self.aborted = False
 
     async def send_text(self, text: str) -> None:
         assert len(text.encode()) < 1024 * 1024
@@ -48,6 +49,9 @@ class FakeConnection:
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def types(self) -> list[str]:
         return [m["msg_type"] for m in self.sent]
@@ -57,11 +61,11 @@ class FakeConnection:
 
 
 async def make_kernel(language: str = "python3", max_queued: int = 16,
-                      max_code_bytes: int = 4 * 1024 * 1024
+                      max_code_bytes: int = 4 * 1024 * 1024, send_timeout: float = 5.0,
                       ) -> tuple[Kernel, FakeRunner, FakeConnection]:
-    kernel = Kernel(find_spec(language, ("python", "shell")), send_timeout=5.0,
-                    execution_timeout=30.0, restart_timeout=1.0, max_queued=max_queued,
-                    max_code_bytes=max_code_bytes)
+    kernel = Kernel(find_spec(language, ("python", "shell")), owner="jupyter",
+                    send_timeout=send_timeout, execution_timeout=30.0, restart_timeout=1.0,
+                    max_queued=max_queued, max_code_bytes=max_code_bytes)
     runner = FakeRunner()
     kernel.bind(cast(SessionRunner, runner))
     conn = FakeConnection()
@@ -462,6 +466,30 @@ async def test_slow_connection_is_dropped() -> None:
     assert broken.closed is not None
     assert kernel.model()["connections"] == 1
     assert conn.types()[:2] == ["status", "execute_input"]
+
+
+async def test_connections_that_take_nothing_cost_one_send_timeout_and_are_cut() -> None:
+    """Each output message goes to every connection. One after the other, each slow one
+    waited SEND_TIMEOUT and then a close that waited as long: 40 connections that read
+    nothing held one frame (and the session's loop, which sends it) for 80 timeouts."""
+    kernel, runner, conn = await make_kernel(send_timeout=0.2)
+
+    class Silent(FakeConnection):
+        async def send_text(self, text: str) -> None:
+            await asyncio.Event().wait()
+
+    silent = [Silent() for _ in range(40)]
+    for each in silent:
+        await kernel.connect(each)
+    await kernel.handle(request("print(1)"), conn)  # a reply to conn alone, then iopub
+    start = time.monotonic()
+    await send(kernel, fr.Stream(id=runner.executes()[0].id, name="stdout", text="1\n"))
+    took = time.monotonic() - start
+    assert took < 2.0, took  # 0.2 s for all of them (generous: scheduling)
+    assert all(s.aborted for s in silent)
+    assert all(s.closed is None for s in silent)  # cut, not closed: no wait for a close
+    assert kernel.connections == 1
+    assert conn.of("stream")[-1]["content"]["text"] == "1\n"
 
 
 async def test_every_message_under_one_mebibyte_at_worst() -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
 
-from tests.unit.test_driver import BOUND, FakeSandbox, Sink
+from tests.unit.test_driver import BOUND, LIMITS, FakeSandbox, Sink
 from ws_sandbox.backend import DockerBackend, Sandbox
-from ws_sandbox.exceptions import CapacityError
+from ws_sandbox.driver import Event, SessionRunner
+from ws_sandbox.exceptions import CapacityError, InvalidToken
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.pool import WarmPool
 from ws_sandbox.settings import Settings
@@ -44,3 +46,28 @@ async def test_an_open_that_outlasts_the_start_of_shutdown_is_refused() -> None:
             await opening
     assert pool.sandbox.destroyed
     assert manager.active == 0
+
+
+class EndingRunner:
+    """A session that ends while a resume waits for room in its inbox."""
+
+    client_id = "127.0.0.1"
+    session_id = "s1"
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+        self.core = SimpleNamespace(language="python", limits=LIMITS)
+
+    async def feed(self, event: Event) -> None:
+        self.closed.set()  # the teardown emptied the inbox before this put landed
+
+    def attached_to(self, sink: object) -> bool:
+        return False
+
+
+async def test_a_resume_that_waited_while_its_session_ended_is_refused() -> None:
+    """Nothing would ever answer it: the client got neither ``ready`` nor an error."""
+    manager = SessionManager(Settings(), cast(DockerBackend, None), cast(WarmPool, None))
+    manager._runners["s1"] = cast(SessionRunner, EndingRunner())
+    with pytest.raises(InvalidToken, match="has ended"):
+        await manager.resume(manager.signer.sign("s1"), Sink())

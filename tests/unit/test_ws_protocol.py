@@ -509,36 +509,62 @@ async def test_a_request_websockets_refused_is_answered_and_closed(
         assert await receive_text(conn) == "still here"
 
 
+@contextlib.asynccontextmanager
+async def deaf_peer(server: Server) -> AsyncIterator[Connection]:
+    """A WebSocket whose peer never reads after the upgrade, once the server's send buffer
+    and the peer's window are full: the application's view of it."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(sock, (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        conn = await server.next_connection()  # and the peer never reads again
+        async with asyncio.timeout(BOUND):
+            with contextlib.suppress(TimeoutError):
+                while True:  # until the peer's window and our buffer are full
+                    async with asyncio.timeout(0.5):
+                        await conn.websocket.send_text("x" * 60_000)
+        yield conn
+    finally:
+        sock.close()
+
+
+async def assert_cut(conn: Connection) -> None:
+    async with asyncio.timeout(BOUND):
+        gone = await conn.receive()
+    assert gone["type"] == "websocket.disconnect"  # the connection is gone, not closing
+
+
 async def test_a_peer_that_reads_nothing_is_cut_when_a_close_times_out(
         batching: Server) -> None:
     """uvicorn writes a close frame only once the peer took what came before, and closes a
     transport only once its buffer is written: for a peer that stopped reading, a close
     waited for good (and held the session that asked for it). ``close_quietly`` gives the
     close its timeout, then cuts the connection through :data:`ABORT`."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, ("127.0.0.1", batching.port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(sock, (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        conn = await batching.next_connection()  # and the peer never reads again
+    async with deaf_peer(batching) as conn:
         assert callable(conn.scope["extensions"][ABORT]["abort"])
-        async with asyncio.timeout(BOUND):
-            with contextlib.suppress(TimeoutError):
-                while True:  # until the peer's window and our buffer are full
-                    async with asyncio.timeout(0.5):
-                        await conn.websocket.send_text("x" * 60_000)
         start = time.monotonic()
         async with asyncio.timeout(BOUND):
             await close_quietly(conn.websocket, 1008, "client too slow", timeout=0.5)
         assert time.monotonic() - start < BOUND / 2
-        async with asyncio.timeout(BOUND):
-            gone = await conn.receive()
-        assert gone["type"] == "websocket.disconnect"  # the connection is gone, not closing
-    finally:
-        sock.close()
+        await assert_cut(conn)
+
+
+async def test_a_sink_whose_send_was_given_up_on_closes_at_once(batching: Server) -> None:
+    """After the runner's SEND_TIMEOUT gave up on a send, the close does not wait as long
+    again (the session's loop waited twice, 60 s with the defaults): it is cut at once."""
+    async with deaf_peer(batching) as conn:
+        sink = WebSocketSink(conn.websocket, conn.send, close_timeout=BOUND)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await sink.send_frames([fr.Stream(id="c", name="stdout", text="x" * 60_000)])
+        start = time.monotonic()
+        await sink.close(1008, "client too slow")
+        assert time.monotonic() - start < BOUND / 4
+        await assert_cut(conn)

@@ -69,6 +69,9 @@ class Connection(Protocol):
     async def close(self, code: int, reason: str) -> None:
         """Close the connection (idempotent)."""
 
+    def abort(self) -> None:
+        """Cut the connection at once, without a close (for one that takes nothing)."""
+
 
 @dataclass(slots=True)
 class _Execution:
@@ -91,6 +94,7 @@ class Kernel:
 
     Args:
         spec: the kernelspec it was started with.
+        owner: the identity that started it (``kernels.visible`` decides who else may use it).
         send_timeout: seconds one WebSocket may take to accept a message before it is
             dropped (so a slow client never stalls the session for the others).
         execution_timeout: the time limit of each cell, seconds.
@@ -106,11 +110,12 @@ class Kernel:
     #: the kernel (every connection's session) never is for one slow connection.
     bounds_own_sends = True
 
-    def __init__(self, spec: KernelSpec, *, send_timeout: float | None,
+    def __init__(self, spec: KernelSpec, *, owner: str, send_timeout: float | None,
                  execution_timeout: float, restart_timeout: float, max_queued: int,
                  max_code_bytes: int) -> None:
         self.id = str(uuid.uuid4())
         self.spec = spec
+        self.owner = owner
         self.session = uuid.uuid4().hex
         self.runner: SessionRunner | None = None
         self.execution_count = 0
@@ -146,6 +151,11 @@ class Kernel:
         return {"id": self.id, "name": self.spec.name, "last_activity": self.last_activity,
                 "execution_state": self.execution_state,
                 "connections": len(self._connections)}
+
+    @property
+    def connections(self) -> int:
+        """WebSockets connected now."""
+        return len(self._connections)
 
     def bind(self, runner: SessionRunner) -> None:
         """Attach the session that backs this kernel (right after it opened)."""
@@ -297,8 +307,8 @@ class Kernel:
     def interrupt(self) -> None:
         """Interrupt the running cell."""
         self._touch()
-        if self.runner is not None and not self.runner.feed_if_room(ClientRequest(fr.Interrupt())):
-            log.info("kernel %s: an interrupt was dropped: the session is busy", self.id)
+        if self.runner is not None:
+            self.runner.interrupt_soon()
 
     async def restart(self) -> None:
         """Restart the interpreter and wait until it is fresh.
@@ -510,14 +520,20 @@ class Kernel:
                 while len(self._held) > HELD_MESSAGES or self._held_chars > HELD_CHARS:
                     self._held_chars -= len(self._held.popleft())
             return
-        for conn in list(self._connections):
-            await self._send_to(conn, text)
+        # All at once: the message waits at most ``send_timeout`` however many connections
+        # are slow, and the session's loop, which sends it, with it.
+        await asyncio.gather(*(self._send_to(conn, text) for conn in list(self._connections)))
 
     async def _send_to(self, conn: Connection, text: str) -> None:
         try:
             async with asyncio.timeout(self._send_timeout):
                 await conn.send_text(text)
-        except Exception as exc:  # gone or too slow: drop it, the kernel goes on
+        except TimeoutError:  # too slow: it cannot take a close frame either
+            log.info("kernel %s: cutting a connection that took nothing for %s s", self.id,
+                     self._send_timeout)
+            self.disconnect(conn)
+            conn.abort()
+        except Exception as exc:  # gone: drop it, the kernel goes on
             log.info("kernel %s: dropping a connection: %r", self.id, exc)
             self.disconnect(conn)
             with contextlib.suppress(Exception):

@@ -4,6 +4,11 @@ Every kernel is a session opened through the :class:`~ws_sandbox.manager.Session
 so it counts against ``MAX_CONCURRENT_EXECUTIONS`` and keeps every limit of a session. A
 kernel nobody deletes is closed by the session's idle timeout or maximum lifetime; a watcher
 then drops it from the registry.
+
+A kernel started with an API key is another key's business only as far as a WebSocket
+session is (``SessionManager.resume``): a caller with another identity does not see it in the
+list, and any call naming it answers 404, as for a kernel that does not exist. Without keys
+(one shared token, a password, an open loopback service) every caller is one tenant.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from ws_sandbox.auth import is_key_identity
 from ws_sandbox.exceptions import NotFound
 from ws_sandbox.jupyter.kernel import Kernel
 from ws_sandbox.jupyter.specs import find_spec
@@ -46,7 +52,7 @@ class KernelRegistry:
         """
         settings = self.manager.settings
         spec = find_spec(name, settings.enabled_languages)
-        kernel = Kernel(spec, send_timeout=settings.send_timeout,
+        kernel = Kernel(spec, owner=client_id or "jupyter", send_timeout=settings.send_timeout,
                         execution_timeout=settings.max_execution_time,
                         restart_timeout=settings.restart_timeout
                         + settings.sandbox_start_timeout + settings.acquire_timeout,
@@ -65,22 +71,22 @@ class KernelRegistry:
                  runner.session_id)
         return kernel
 
-    def get(self, kernel_id: str) -> Kernel:
-        """The live kernel with this id.
+    def get(self, kernel_id: str, identity: str) -> Kernel:
+        """The live kernel with this id, as ``identity`` may see it.
 
         Raises:
-            NotFound: no such kernel, or it has ended.
+            NotFound: no such kernel, it has ended, or it is another key's.
         """
         kernel = self._kernels.get(kernel_id)
-        if kernel is None or kernel.dead:
+        if kernel is None or kernel.dead or not visible(kernel, identity):
             raise NotFound(f"kernel {kernel_id} does not exist")
         return kernel
 
-    def list(self) -> list[Kernel]:
-        """Every live kernel."""
-        return [k for k in self._kernels.values() if not k.dead]
+    def list(self, identity: str) -> list[Kernel]:
+        """Every live kernel ``identity`` may see."""
+        return [k for k in self._kernels.values() if not k.dead and visible(k, identity)]
 
-    async def delete(self, kernel_id: str) -> None:
+    async def delete(self, kernel_id: str, identity: str) -> None:
         """Shut a kernel down: return once its session has closed (the kernel is dead; its
         channels are closed and its container removed right after, as a closed session's).
 
@@ -90,9 +96,9 @@ class KernelRegistry:
         has closed, and shutdown still waits for every container.
 
         Raises:
-            NotFound: no such kernel.
+            NotFound: no such kernel (or another key's).
         """
-        kernel = self.get(kernel_id)
+        kernel = self.get(kernel_id, identity)
         runner = kernel.runner
         await kernel.shutdown("the kernel was deleted")
         if runner is not None:
@@ -107,3 +113,8 @@ class KernelRegistry:
         log.info("kernel %s ended (%s)", kernel.id, reason)
         self._kernels.pop(kernel.id, None)
         await kernel.close(1000, str(reason or "closed"))
+
+
+def visible(kernel: Kernel, identity: str) -> bool:
+    """Whether ``identity`` may see and use ``kernel``: its own, or one no key started."""
+    return not is_key_identity(kernel.owner) or kernel.owner == identity

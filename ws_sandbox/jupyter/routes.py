@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 
 from ws_sandbox import __version__
 from ws_sandbox.auth import DENIAL_RESPONSE
-from ws_sandbox.exceptions import BadRequest, Forbidden, SandboxError
+from ws_sandbox.exceptions import BadRequest, CapacityError, Forbidden, SandboxError
 from ws_sandbox.jupyter import auth
 from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.kernels import KernelRegistry
@@ -31,11 +31,14 @@ from ws_sandbox.jupyter.specs import kernelspecs_model
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.ratelimit import RateLimiter
 from ws_sandbox.rest import read_body
-from ws_sandbox.websocket import close_quietly
+from ws_sandbox.websocket import abort, close_quietly
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 65536
+MAX_CONNECTIONS = 8
+"""WebSockets one kernel takes at once (Open WebUI opens one per run). Every output message
+goes to each of them: the bound keeps a kernel's broadcast, and its memory, small."""
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -52,7 +55,8 @@ def registry(app: Starlette) -> KernelRegistry:
 
 def error_response(exc: SandboxError) -> JSONResponse:
     """A Jupyter Server style error body."""
-    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
+    retry = exc.retry_after_header
+    headers = {"Retry-After": retry} if retry is not None else None
     return JSONResponse({"message": exc.message, "reason": exc.code},
                         status_code=exc.http_status, headers=headers)
 
@@ -86,6 +90,11 @@ def _kernel_id(request: Request) -> str:
     return str(request.path_params["kernel_id"])
 
 
+def _identity(request: Request) -> str:
+    """Who called (set by :func:`guarded`)."""
+    return str(request.state.jupyter_identity)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     body = await read_body(request, MAX_BODY_BYTES)
     if not body.strip():
@@ -115,7 +124,7 @@ async def kernelspecs(request: Request) -> Response:
 
 async def list_kernels(request: Request) -> Response:
     """``GET /api/kernels``."""
-    return JSONResponse([k.model() for k in registry(request.app).list()])
+    return JSONResponse([k.model() for k in registry(request.app).list(_identity(request))])
 
 
 async def start_kernel(request: Request) -> Response:
@@ -124,7 +133,7 @@ async def start_kernel(request: Request) -> Response:
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         raise BadRequest("name must be a string")
-    identity = str(request.state.jupyter_identity)
+    identity = _identity(request)
     limiter: RateLimiter = request.app.state.limiter
     limiter.check(identity)  # a kernel takes a token and each cell one, as a session does
     kernel = await registry(request.app).start(
@@ -135,24 +144,24 @@ async def start_kernel(request: Request) -> Response:
 
 async def get_kernel(request: Request) -> Response:
     """``GET /api/kernels/{id}``."""
-    return JSONResponse(registry(request.app).get(_kernel_id(request)).model())
+    return JSONResponse(registry(request.app).get(_kernel_id(request), _identity(request)).model())
 
 
 async def delete_kernel(request: Request) -> Response:
     """``DELETE /api/kernels/{id}``: 204 once the kernel has ended (its container goes next)."""
-    await registry(request.app).delete(_kernel_id(request))
+    await registry(request.app).delete(_kernel_id(request), _identity(request))
     return Response(status_code=204)
 
 
 async def interrupt_kernel(request: Request) -> Response:
     """``POST /api/kernels/{id}/interrupt``: 204."""
-    registry(request.app).get(_kernel_id(request)).interrupt()
+    registry(request.app).get(_kernel_id(request), _identity(request)).interrupt()
     return Response(status_code=204)
 
 
 async def restart_kernel(request: Request) -> Response:
     """``POST /api/kernels/{id}/restart``: 200 and the model once the interpreter is fresh."""
-    kernel = registry(request.app).get(_kernel_id(request))
+    kernel = registry(request.app).get(_kernel_id(request), _identity(request))
     await kernel.restart()
     return JSONResponse(kernel.model())
 
@@ -216,6 +225,10 @@ class WebSocketConnection:
         self._ws = websocket
         self._close_timeout = close_timeout
 
+    def abort(self) -> None:
+        """Cut the connection at once (one that takes nothing cannot take a close)."""
+        abort(self._ws)
+
     async def send_text(self, text: str) -> None:
         """Send one JSON message."""
         await self._ws.send_text(text)
@@ -232,8 +245,11 @@ async def channels(websocket: WebSocket) -> None:
     clients that offered ``v1.kernel.websocket.jupyter.org`` fall back to.
     """
     try:
-        _authenticate(websocket, method="GET", websocket=True)
-        kernel = registry(websocket.app).get(str(websocket.path_params["kernel_id"]))
+        identity = _authenticate(websocket, method="GET", websocket=True)
+        kernel = registry(websocket.app).get(str(websocket.path_params["kernel_id"]), identity)
+        if kernel.connections >= MAX_CONNECTIONS:
+            raise CapacityError(f"kernel {kernel.id} has {kernel.connections} connections,"
+                                f" the most it takes", retry_after=5)
     except SandboxError as exc:
         if DENIAL_RESPONSE in websocket.scope.get("extensions", {}):
             await websocket.send_denial_response(error_response(exc))  # 401, 403, 404
