@@ -10,6 +10,7 @@ same steps with the same libraries (aiohttp for HTTP, websockets for the channel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -26,6 +27,7 @@ from tests.conftest import wait_for
 from tests.integration.conftest import Service, ServiceFactory, container_exists
 from ws_sandbox import frames as fr
 from ws_sandbox.client import connect
+from ws_sandbox.jupyter.routes import MAX_CONNECTIONS
 
 pytestmark = pytest.mark.docker
 
@@ -298,6 +300,31 @@ async def test_a_kernel_started_with_an_api_key_is_that_keys_alone(secured: Serv
             assert refused.value.response.status_code == 404
         finally:
             async with http.delete(url, headers=owner) as response:
+                assert response.status == 204
+
+
+async def test_a_kernel_takes_eight_websockets_at_most(service: Service) -> None:
+    """Each output message goes to every connection of a kernel: their number is bounded,
+    and a ninth is refused at the upgrade (503, at capacity) while eight are open."""
+    async with aiohttp.ClientSession() as http:
+        kernel_id = await start_kernel(service, http)
+        url = f"{service.url}/api/kernels/{kernel_id}/channels"
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for _ in range(MAX_CONNECTIONS):
+                    await stack.enter_async_context(websockets.connect(url))
+                with pytest.raises(websockets.InvalidStatus) as refused:
+                    async with websockets.connect(url):
+                        pass
+                assert refused.value.response.status_code == 503
+            async with websockets.connect(url) as ws:  # room again once they closed
+                msg_id = uuid.uuid4().hex
+                await ws.send(json.dumps(execute_request("print('again')", msg_id)))
+                got = Run()
+                await read_until_idle(ws, msg_id, got)
+                assert got.stdout == "again\n"
+        finally:
+            async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
                 assert response.status == 204
 
 
