@@ -11,6 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from ws_sandbox import frames as fr
 from ws_sandbox import metrics
+from ws_sandbox.auth import is_key_identity, key_identity
 from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError, UpgradeRequired
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.rest import ErrorBody, ErrorDetail, JSONBody, error_response
@@ -76,6 +77,16 @@ def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None
     return raw
 
 
+def _own_only(request: Request) -> str | None:
+    """The identity whose executions alone the caller may read: an API key's own; None (all)
+    for the admin key, and where no key is needed (one tenant)."""
+    caller = str(getattr(request.state, "client_id", ""))
+    if not is_key_identity(caller):
+        return None
+    admin_key = request.app.state.manager.settings.admin_api_key
+    return None if admin_key and caller == key_identity(admin_key) else caller
+
+
 async def executions(request: Request) -> Response:
     """``GET /api/v1/executions?status=&language=&limit=&offset=``: newest first."""
     history = _history(request).history
@@ -83,6 +94,7 @@ async def executions(request: Request) -> Response:
     page = await history.list(
         status=_choice(request, "status", typing.get_args(fr.Status)),
         language=_choice(request, "language", typing.get_args(Language)),
+        client=_own_only(request),
         limit=_int(request, "limit", 50, 1, MAX_PAGE),
         offset=_int(request, "offset", 0, 0, 2**31))
     return JSONBody(page)
@@ -93,7 +105,7 @@ async def execution(request: Request) -> Response:
     history = _history(request).history
     assert history is not None
     execution_id = request.path_params["execution_id"]
-    item = await history.get(execution_id)
+    item = await history.get(execution_id, client=_own_only(request))
     if item is None:
         raise NotFound(f"no execution {execution_id!r} in the history")
     return JSONBody(item)

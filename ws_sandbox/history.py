@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS executions (
 CREATE INDEX IF NOT EXISTS executions_finished ON executions (finished_at);
 CREATE INDEX IF NOT EXISTS executions_status ON executions (status, seq);
 CREATE INDEX IF NOT EXISTS executions_language ON executions (language, seq);
+CREATE INDEX IF NOT EXISTS executions_client ON executions (client, seq);
 """
 log = logging.getLogger(__name__)
 
@@ -154,14 +155,18 @@ class History:
 
     # --- reads ----------------------------------------------------------------------------
 
-    async def get(self, execution_id: str) -> dict[str, Any] | None:
-        """One execution with its outputs, or ``None``."""
-        return await self._call(self._get, execution_id)
+    async def get(self, execution_id: str, *, client: str | None = None
+                  ) -> dict[str, Any] | None:
+        """One execution with its outputs, or ``None`` (also when ``client`` is given and
+        the execution is another client's)."""
+        return await self._call(self._get, execution_id, client)
 
     async def list(self, *, status: str | None = None, language: str | None = None,
-                   limit: int = 50, offset: int = 0) -> ExecutionPage:
-        """A page of executions, newest first, optionally filtered."""
-        return await self._call(self._list, status, language, limit, offset)
+                   client: str | None = None, limit: int = 50, offset: int = 0
+                   ) -> ExecutionPage:
+        """A page of executions, newest first, optionally filtered (``client``: one
+        caller's own)."""
+        return await self._call(self._list, status, language, client, limit, offset)
 
     async def prune(self, now: float | None = None) -> int:
         """Apply the retention rules now; return the rows deleted."""
@@ -282,17 +287,22 @@ class History:
             " ORDER BY seq DESC LIMIT 1 OFFSET ?)", (self.max_rows,)).rowcount
         return int(deleted)
 
-    def _get(self, execution_id: str) -> dict[str, Any] | None:
+    def _get(self, execution_id: str, client: str | None) -> dict[str, Any] | None:
         self._write_waiting()  # a read sees every execution recorded before it
         row = self._conn().execute(
             f"SELECT {', '.join(_COLUMNS)} FROM executions WHERE execution_id = ?",
             (execution_id,)).fetchone()
-        return None if row is None else _row(row)
+        if row is None or (client is not None and row["client"] != client):
+            return None
+        return _row(row)
 
-    def _list(self, status: str | None, language: str | None, limit: int,
-              offset: int) -> ExecutionPage:
+    def _list(self, status: str | None, language: str | None, client: str | None,
+              limit: int, offset: int) -> ExecutionPage:
         self._write_waiting()
         where, args = [], []
+        if client is not None:
+            where.append("client = ?")
+            args.append(client)
         if status:
             where.append("status = ?")
             args.append(status)

@@ -391,7 +391,8 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         pytest.skip(docker_problem() or "")
     tmp = tmp_path_factory.mktemp("locked")
     with running_service(
-            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc,k-resume", ADMIN_API_KEY="boss",
+            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc,k-resume,k-hist",
+            ADMIN_API_KEY="boss",
             ALLOWED_ORIGINS="https://ok.example", RATE_LIMIT_PER_MINUTE="1",
             RATE_LIMIT_BURST="3", MAX_CONCURRENT_EXECUTIONS="1", ENABLE_RUST="false",
             AUDIT_LOG_PATH=str(tmp / "audit.log")) as svc:
@@ -415,6 +416,27 @@ def test_keys_are_required(locked: Service) -> None:
     assert call(locked, "/api/v1/health")[0] == 200  # monitors need no key
     status, _, ok = call(locked, "/api/v1/execute", body, headers=bearer("k-auth"))
     assert status == 200 and ok["stdout"] == "1\n"
+
+
+def test_a_key_reads_its_own_executions_alone(locked: Service) -> None:
+    """The history holds each run's outputs: another key sees neither the row nor the
+    item; the admin key and the key itself do."""
+    status, _, run = call(locked, "/api/v1/execute", {"code": "print('mine')"},
+                          headers=bearer("k-hist"))
+    assert status == 200, run
+    own = f"/api/v1/executions/{run['execution_id']}"
+
+    def listed(key: str) -> list[str]:
+        status, _, page = call(locked, "/api/v1/executions?limit=500", headers=bearer(key))
+        assert status == 200, page
+        return [item["execution_id"] for item in page["items"]]
+
+    assert run["execution_id"] in listed("k-hist")
+    assert run["execution_id"] in listed("boss")
+    assert run["execution_id"] not in listed("k-misc")
+    assert call(locked, own, headers=bearer("k-misc"))[0] == 404
+    status, _, item = call(locked, own, headers=bearer("k-hist"))
+    assert status == 200 and item["stdout"] == "mine\n"
 
 
 async def test_websocket_keys_and_origins(locked: Service) -> None:

@@ -15,11 +15,12 @@ from ws_sandbox.records import ExecutionRecord
 
 
 def record(n: int, *, status: str = "success", language: str = "python",
-           finished_at: float | None = None, stdout: str = "out\n") -> ExecutionRecord:
+           finished_at: float | None = None, stdout: str = "out\n",
+           client: str = "127.0.0.1") -> ExecutionRecord:
     now = time.time() if finished_at is None else finished_at
     return ExecutionRecord(
         execution_id=f"e{n}", session_id="s", cell_id=f"c{n}", origin="rest",
-        client="127.0.0.1", language=language, started_at=now - 0.01, finished_at=now,
+        client=client, language=language, started_at=now - 0.01, finished_at=now,
         code_bytes=8, code_sha256="ab" * 32, status=status,  # type: ignore[arg-type]
         exit_code=0 if status == "success" else 1, execution_time_ms=10.0,
         memory_used_mb=None, output_bytes=len(stdout), truncated=False, error=None,
@@ -48,6 +49,21 @@ async def test_filters_and_pages_newest_first(tmp_path: Path) -> None:
         one = await h.get("e4")
         assert one is not None and one["stdout"] == "out\n" and one["truncated"] is False
         assert await h.get("nope") is None
+
+
+async def test_one_clients_executions_alone(tmp_path: Path) -> None:
+    """What ``GET /api/v1/executions`` gives an API key: its own rows, never another key's
+    (their code's outputs are in them)."""
+    async with history(tmp_path / "h.db") as h:
+        for n in range(6):
+            h.record(record(n, client="key:aaaa" if n % 2 else "key:bbbb"))
+        mine = await h.list(client="key:aaaa")
+        assert [i["execution_id"] for i in mine.items] == ["e5", "e3", "e1"]
+        assert mine.total == 3
+        assert (await h.get("e3", client="key:aaaa")) is not None
+        assert await h.get("e2", client="key:aaaa") is None  # another's: as if absent
+        assert (await h.get("e2")) is not None
+        assert (await h.list()).total == 6
 
 
 async def test_survives_a_restart(tmp_path: Path) -> None:
