@@ -55,9 +55,10 @@ class FrameSink(Protocol):
     async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Deliver frames in order; may block (backpressure)."""
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
         """Close the client connection (idempotent), within a bounded time: a connection
-        that cannot take the close is cut."""
+        that cannot take the close is cut. ``at_once``: no wait at all (a send to it was
+        just given up on, after as long)."""
 
 
 # --- inbox events ----------------------------------------------------------------------
@@ -343,7 +344,7 @@ class SessionRunner:
             self._sink = None
             self.core.client_detached(self._loop.time())
             with contextlib.suppress(Exception):
-                await sink.close(1008, "client too slow")
+                await sink.close(1008, "client too slow", at_once=True)
         except Exception as exc:  # the client went away mid-send
             log.debug("session %s: send failed: %r", self.session_id, exc)
             if self._sink is sink:

@@ -289,12 +289,13 @@ class History:
 
     def _get(self, execution_id: str, client: str | None) -> dict[str, Any] | None:
         self._write_waiting()  # a read sees every execution recorded before it
-        row = self._conn().execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM executions WHERE execution_id = ?",
-            (execution_id,)).fetchone()
-        if row is None or (client is not None and row["client"] != client):
-            return None
-        return _row(row)
+        query = f"SELECT {', '.join(_COLUMNS)} FROM executions WHERE execution_id = ?"
+        args = [execution_id]
+        if client is not None:  # another client's is as if absent
+            query += " AND client = ?"
+            args.append(client)
+        row = self._conn().execute(query, args).fetchone()
+        return None if row is None else _row(row)
 
     def _list(self, status: str | None, language: str | None, client: str | None,
               limit: int, offset: int) -> ExecutionPage:

@@ -46,16 +46,22 @@ async def close_quietly(websocket: WebSocket, code: int, reason: str,
         async with asyncio.timeout(timeout):
             await websocket.close(code, close_reason(reason))
     except TimeoutError:
-        abort(websocket)
+        if not abort(websocket):
+            log.warning("cannot cut a WebSocket that takes nothing: the server offers no %s",
+                        ABORT)
     except Exception:  # the peer is gone
         pass
 
 
-def abort(websocket: WebSocket) -> None:
-    """Cut the connection at once where the server offers :data:`ABORT` (ours does)."""
+def abort(websocket: WebSocket) -> bool:
+    """Cut the connection at once where the server offers :data:`ABORT` (ours does);
+    whether it could."""
     extension = websocket.scope.get("extensions", {}).get(ABORT)
-    if extension is not None:
+    if extension is None:
+        return False
+    with contextlib.suppress(Exception):
         extension["abort"]()
+    return True
 
 
 class WebSocketSink:
@@ -77,27 +83,20 @@ class WebSocketSink:
         self._ws = websocket
         self._send_many = send_many
         self._close_timeout = close_timeout
-        self._stalled = False  # a send was cancelled midway
         self.whole_batches = send_many is not None
 
     async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Send frames as JSON text messages, in one write where the server allows."""
-        try:
-            if self._send_many is not None:
-                await self._send_many({"type": SEND_MANY,
-                                       "texts": [fr.encode(f) for f in frames]})
-                return
-            for frame in frames:
-                await self._ws.send_text(fr.encode(frame).decode())
-        except asyncio.CancelledError:  # the caller's SEND_TIMEOUT: the peer takes nothing
-            self._stalled = True
-            raise
+        if self._send_many is not None:
+            await self._send_many({"type": SEND_MANY, "texts": [fr.encode(f) for f in frames]})
+            return
+        for frame in frames:
+            await self._ws.send_text(fr.encode(frame).decode())
 
-    async def close(self, code: int, reason: str) -> None:
-        """Close the connection once, within ``close_timeout``; at once (the close frame
-        only if the peer has room for it, else the connection cut) after a send was given
-        up on, which already waited as long."""
-        await close_quietly(self._ws, code, reason, 0 if self._stalled else self._close_timeout)
+    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
+        """Close the connection once, within ``close_timeout``; ``at_once``: the close frame
+        only if the peer has room for it, else the connection cut."""
+        await close_quietly(self._ws, code, reason, 0 if at_once else self._close_timeout)
 
 
 def client_address(websocket: WebSocket) -> str:

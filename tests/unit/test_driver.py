@@ -77,7 +77,7 @@ class Sink:
         for frame in frames:
             self.frames.put_nowait(frame)
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
         self.closed = (code, reason)
 
     async def next(self, kind: type[Any]) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ws_sandbox.auth import key_identity
 from ws_sandbox.exceptions import Forbidden, Unauthorized
 from ws_sandbox.jupyter import auth
 from ws_sandbox.settings import Settings
@@ -182,3 +183,17 @@ async def test_an_expired_login_cookie_is_a_401_over_http(
         stale = await client.get("/api/kernelspecs")
         assert stale.status_code == 401, stale.text
         assert stale.json()["reason"] == "unauthorized"
+
+
+def test_a_login_with_an_api_key_is_that_keys_and_ends_with_the_key() -> None:
+    """Jupyter takes a token in the login form's password field, and so do we an API key:
+    the cookie then names the key (its kernels stay its own), and is void once the key is
+    no longer accepted. It named everyone "jupyter-login" before, and outlived the key."""
+    s = settings(api_keys="ka,kb")
+    identity = auth.check_password(s, "kb")
+    assert identity == key_identity("kb")
+    cookie = auth.LoginSigner(s).sign(identity)
+    assert auth.LoginSigner(s).identity(cookie) == key_identity("kb")
+    assert auth.LoginSigner(settings(api_keys="ka")).identity(cookie) is None  # kb revoked
+    assert auth.check_password(settings(jupyter_password="pw"), "pw") == auth.LOGIN_IDENTITY
+    assert auth.LoginSigner(s).identity("not a cookie") is None

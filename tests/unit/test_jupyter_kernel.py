@@ -41,17 +41,15 @@ class FakeConnection:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.closed: tuple[int, str] | None = None
-        self.aborted = False
+        self.at_once = False
 
     async def send_text(self, text: str) -> None:
         assert len(text.encode()) < 1024 * 1024
         self.sent.append(json.loads(text))
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
         self.closed = (code, reason)
-
-    def abort(self) -> None:
-        self.aborted = True
+        self.at_once = at_once
 
     def types(self) -> list[str]:
         return [m["msg_type"] for m in self.sent]
@@ -481,15 +479,33 @@ async def test_connections_that_take_nothing_cost_one_send_timeout_and_are_cut()
     silent = [Silent() for _ in range(40)]
     for each in silent:
         await kernel.connect(each)
-    await kernel.handle(request("print(1)"), conn)  # a reply to conn alone, then iopub
     start = time.monotonic()
+    await kernel.handle(request("print(1)"), conn)  # status and execute_input go to all
     await send(kernel, fr.Stream(id=runner.executes()[0].id, name="stdout", text="1\n"))
     took = time.monotonic() - start
-    assert took < 2.0, took  # 0.2 s for all of them (generous: scheduling)
-    assert all(s.aborted for s in silent)
-    assert all(s.closed is None for s in silent)  # cut, not closed: no wait for a close
+    assert took < 2.0, took  # 0.2 s for all of them (generous: scheduling); 8 s in turn
+    assert all(s.closed == (1008, "too slow") and s.at_once for s in silent)
     assert kernel.connections == 1
     assert conn.of("stream")[-1]["content"]["text"] == "1\n"
+
+
+async def test_a_kernel_closes_its_connections_together() -> None:
+    """The session's end (and a DELETE, which Open WebUI awaits) waited for each connection's
+    close in turn: up to eight times SEND_TIMEOUT."""
+    kernel, _, conn = await make_kernel()
+
+    class SlowClose(FakeConnection):
+        async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
+            await asyncio.sleep(0.3)
+            await super().close(code, reason, at_once=at_once)
+
+    slow = [SlowClose() for _ in range(7)]
+    for each in slow:
+        await kernel.connect(each)
+    start = time.monotonic()
+    await kernel.close(1000, "idle_timeout")
+    assert time.monotonic() - start < 1.5  # 0.3 s together; 2.1 s in turn
+    assert all(c.closed == (1000, "idle_timeout") for c in [conn, *slow])
 
 
 async def test_every_message_under_one_mebibyte_at_worst() -> None:

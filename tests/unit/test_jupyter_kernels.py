@@ -46,8 +46,9 @@ async def test_a_kernel_started_with_a_key_is_that_keys_alone() -> None:
     registry = KernelRegistry(cast(SessionManager, FakeManager()))
     a = await registry.start(None, client_id=KEY_A)
     shared = await registry.start(None, client_id="jupyter-token")
-    assert [k.id for k in registry.list(KEY_A)] == [a.id, shared.id]
-    assert [k.id for k in registry.list(KEY_B)] == [shared.id]
+    assert [k.id for k in registry.list(KEY_A)] == [a.id]
+    assert [k.id for k in registry.list(KEY_B)] == []
+    assert [k.id for k in registry.list("jupyter-login")] == [shared.id]
     assert registry.get(a.id, KEY_A) is a
     for other in (KEY_B, "jupyter-token"):
         with pytest.raises(NotFound, match="does not exist"):
@@ -55,7 +56,11 @@ async def test_a_kernel_started_with_a_key_is_that_keys_alone() -> None:
     with pytest.raises(NotFound):
         await registry.delete(a.id, KEY_B)
     assert not a.dead
-    assert registry.get(shared.id, KEY_B) is shared  # no key started it: one tenant
+    # Callers without a key are one tenant, which no key holder belongs to (a key could
+    # otherwise read, and fill the connections of, the kernels of the shared token).
+    assert registry.get(shared.id, "jupyter-login") is shared
+    with pytest.raises(NotFound):
+        registry.get(shared.id, KEY_B)
     await registry.delete(a.id, KEY_A)
     with pytest.raises(NotFound):
         registry.get(a.id, KEY_A)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import itsdangerous
 
-from ws_sandbox.auth import check_origin, key_identity
+from ws_sandbox.auth import check_origin, is_key_identity, key_identity
 from ws_sandbox.exceptions import Forbidden, Unauthorized
 from ws_sandbox.settings import Settings
 
@@ -90,26 +90,55 @@ def token_identity(settings: Settings, token: str) -> str | None:
     return "jupyter-token" if by_token else None
 
 
+LOGIN_IDENTITY = "jupyter-login"
+"""The identity of a login with ``JUPYTER_PASSWORD`` (or on an open service)."""
+
+
 class LoginSigner:
-    """Signs and checks login cookies; a new ``JUPYTER_PASSWORD`` voids the old ones."""
+    """Signs and checks login cookies.
+
+    A cookie names who logged in: the password's identity, or the token's or API key's
+    when one was given as the password (as Jupyter allows), so that a key's kernels stay
+    that key's. A new ``JUPYTER_PASSWORD`` (or token) voids every cookie; a key's cookie is
+    void once the key is no longer accepted.
+    """
 
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._serializer = itsdangerous.URLSafeTimedSerializer(settings.session_secret,
                                                                salt=_SALT)
         self._stamp = hashlib.sha256(
             (settings.jupyter_password or settings.jupyter_token).encode()).hexdigest()[:16]
 
-    def sign(self) -> str:
-        """A fresh login cookie value."""
-        return str(self._serializer.dumps(self._stamp))
+    def sign(self, identity: str = LOGIN_IDENTITY) -> str:
+        """A fresh login cookie value for ``identity``."""
+        return str(self._serializer.dumps([self._stamp, identity]))
+
+    def identity(self, value: str) -> str | None:
+        """Who ``value`` logged in, if it is a login cookie of ours, unexpired, for this
+        password, and (a key's) for a key still accepted; else ``None``."""
+        try:
+            loaded = self._serializer.loads(value, max_age=LOGIN_MAX_AGE)
+        except itsdangerous.BadData:
+            return None
+        if not (isinstance(loaded, list) and len(loaded) == 2
+                and all(isinstance(part, str) for part in loaded)):
+            return None
+        stamp, identity = loaded
+        if not _equal(stamp, self._stamp):
+            return None
+        if is_key_identity(identity) and identity not in self._accepted_keys():
+            return None
+        return str(identity)
 
     def valid(self, value: str) -> bool:
-        """Whether ``value`` is a login cookie of ours, unexpired, for this password."""
-        try:
-            stamp = self._serializer.loads(value, max_age=LOGIN_MAX_AGE)
-        except itsdangerous.BadData:
-            return False
-        return isinstance(stamp, str) and _equal(stamp, self._stamp)
+        """Whether ``value`` is a login cookie that logs someone in now."""
+        return self.identity(value) is not None
+
+    def _accepted_keys(self) -> set[str]:
+        s = self._settings
+        keys = s.api_key_list + ((s.admin_api_key,) if s.admin_api_key else ())
+        return {key_identity(key) for key in keys}
 
 
 def new_xsrf() -> str:
@@ -117,13 +146,14 @@ def new_xsrf() -> str:
     return secrets.token_urlsafe(24)
 
 
-def check_password(settings: Settings, password: str) -> bool:
-    """Whether the login form's ``password`` logs in (Jupyter also takes the token there)."""
+def check_password(settings: Settings, password: str) -> str | None:
+    """Who the login form's ``password`` logs in (Jupyter also takes the token there, and
+    we an API key, as the key's own identity), or ``None``."""
     if settings.jupyter_password:
-        return _equal(password, settings.jupyter_password)
+        return LOGIN_IDENTITY if _equal(password, settings.jupyter_password) else None
     if settings.jupyter_token or settings.api_key_list:
-        return token_identity(settings, password) is not None
-    return True
+        return token_identity(settings, password)
+    return LOGIN_IDENTITY
 
 
 def authenticate(settings: Settings, creds: Credentials, *, method: str, websocket: bool,
@@ -147,14 +177,16 @@ def authenticate(settings: Settings, creds: Credentials, *, method: str, websock
             return identity
         if not is_open(settings):
             raise Forbidden("the token is not valid")
-    if creds.login_cookie is not None and LoginSigner(settings).valid(creds.login_cookie):
+    login = (LoginSigner(settings).identity(creds.login_cookie)
+             if creds.login_cookie is not None else None)
+    if login is not None:
         if websocket:
             check_origin(settings, creds.origin, creds.host)
         elif method not in SAFE_METHODS and not (
                 creds.xsrf_cookie and creds.xsrf_header
                 and _equal(creds.xsrf_header, creds.xsrf_cookie)):
             raise Forbidden("'_xsrf' argument missing or not matching the _xsrf cookie")
-        return "jupyter-login"
+        return login
     if is_open(settings):
         # No credentials to forge, so a browser must not act from another site: a page's
         # cross-site form could otherwise start kernels. Reads stay open (CORS hides them).

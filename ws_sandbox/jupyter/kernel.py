@@ -66,11 +66,9 @@ class Connection(Protocol):
     async def send_text(self, text: str) -> None:
         """Send one message; raises when the connection is gone or too slow."""
 
-    async def close(self, code: int, reason: str) -> None:
-        """Close the connection (idempotent)."""
-
-    def abort(self) -> None:
-        """Cut the connection at once, without a close (for one that takes nothing)."""
+    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
+        """Close the connection (idempotent), within the send timeout; ``at_once``: no
+        wait (for one that took nothing: the close frame only if it has room, else cut)."""
 
 
 @dataclass(slots=True)
@@ -349,13 +347,14 @@ class Kernel:
             except Exception:
                 log.exception("kernel %s: cannot translate %s", self.id, type(frame).__name__)
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
         """The session ended: close every WebSocket of the kernel."""
         self._mark_dead()
         conns, self._connections = self._connections, []
-        for conn in conns:
-            with contextlib.suppress(Exception):
-                await conn.close(code, reason)
+        # Together: the session's end (and a DELETE, which waits for it) waits for the
+        # slowest connection once, not for each in turn.
+        await asyncio.gather(*(conn.close(code, reason) for conn in conns),
+                             return_exceptions=True)
 
     async def _on_frame(self, frame: fr.ServerFrame) -> None:
         current = self._current
@@ -520,9 +519,13 @@ class Kernel:
                 while len(self._held) > HELD_MESSAGES or self._held_chars > HELD_CHARS:
                     self._held_chars -= len(self._held.popleft())
             return
+        conns = list(self._connections)
+        if len(conns) == 1:  # the usual case (Open WebUI): no task per message
+            await self._send_to(conns[0], text)
+            return
         # All at once: the message waits at most ``send_timeout`` however many connections
         # are slow, and the session's loop, which sends it, with it.
-        await asyncio.gather(*(self._send_to(conn, text) for conn in list(self._connections)))
+        await asyncio.gather(*(self._send_to(conn, text) for conn in conns))
 
     async def _send_to(self, conn: Connection, text: str) -> None:
         try:
@@ -532,7 +535,8 @@ class Kernel:
             log.info("kernel %s: cutting a connection that took nothing for %s s", self.id,
                      self._send_timeout)
             self.disconnect(conn)
-            conn.abort()
+            with contextlib.suppress(Exception):
+                await conn.close(1008, "too slow", at_once=True)
         except Exception as exc:  # gone: drop it, the kernel goes on
             log.info("kernel %s: dropping a connection: %r", self.id, exc)
             self.disconnect(conn)

@@ -5,10 +5,11 @@ so it counts against ``MAX_CONCURRENT_EXECUTIONS`` and keeps every limit of a se
 kernel nobody deletes is closed by the session's idle timeout or maximum lifetime; a watcher
 then drops it from the registry.
 
-A kernel started with an API key is another key's business only as far as a WebSocket
-session is (``SessionManager.resume``): a caller with another identity does not see it in the
-list, and any call naming it answers 404, as for a kernel that does not exist. Without keys
-(one shared token, a password, an open loopback service) every caller is one tenant.
+A kernel started with an API key is that key's alone, as a WebSocket session is
+(``SessionManager.resume``): a caller with another identity does not see it in the list, and
+any call naming it answers 404, as for a kernel that does not exist. Callers without a key
+(the shared token, a password login, an open loopback service) are one tenant, which no key
+holder belongs to.
 """
 
 from __future__ import annotations
@@ -116,5 +117,8 @@ class KernelRegistry:
 
 
 def visible(kernel: Kernel, identity: str) -> bool:
-    """Whether ``identity`` may see and use ``kernel``: its own, or one no key started."""
-    return not is_key_identity(kernel.owner) or kernel.owner == identity
+    """Whether ``identity`` may see and use ``kernel``: its own; and one that neither it nor
+    the kernel's owner is a key (the shared token, a password login, an open service: one
+    tenant)."""
+    return kernel.owner == identity or not (is_key_identity(kernel.owner)
+                                            or is_key_identity(identity))

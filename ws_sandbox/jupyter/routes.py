@@ -31,7 +31,7 @@ from ws_sandbox.jupyter.specs import kernelspecs_model
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.ratelimit import RateLimiter
 from ws_sandbox.rest import read_body
-from ws_sandbox.websocket import abort, close_quietly
+from ws_sandbox.websocket import close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ async def login(request: Request) -> Response:
         given_xsrf = (form.get("_xsrf") or [""])[0] or request.headers.get(auth.XSRF_HEADER)
         if not (xsrf and given_xsrf and given_xsrf == xsrf):
             raise Forbidden("'_xsrf' argument missing or not matching the _xsrf cookie")
-        if not auth.check_password(settings, (form.get("password") or [""])[0]):
+        identity = auth.check_password(settings, (form.get("password") or [""])[0])
+        if identity is None:
             raise Forbidden("invalid password")
     except SandboxError as exc:
         return error_response(exc)
@@ -210,7 +211,7 @@ async def login(request: Request) -> Response:
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
         target = "/api"
     response = RedirectResponse(target, status_code=302)
-    response.set_cookie(auth.LOGIN_COOKIE, auth.LoginSigner(settings).sign(), path="/",
+    response.set_cookie(auth.LOGIN_COOKIE, auth.LoginSigner(settings).sign(identity), path="/",
                         max_age=auth.LOGIN_MAX_AGE, httponly=True, samesite="lax")
     return response
 
@@ -225,17 +226,13 @@ class WebSocketConnection:
         self._ws = websocket
         self._close_timeout = close_timeout
 
-    def abort(self) -> None:
-        """Cut the connection at once (one that takes nothing cannot take a close)."""
-        abort(self._ws)
-
     async def send_text(self, text: str) -> None:
         """Send one JSON message."""
         await self._ws.send_text(text)
 
-    async def close(self, code: int, reason: str) -> None:
-        """Close once, within ``close_timeout`` (``SEND_TIMEOUT``)."""
-        await close_quietly(self._ws, code, reason, self._close_timeout)
+    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
+        """Close once, within ``close_timeout`` (``SEND_TIMEOUT``), or at once."""
+        await close_quietly(self._ws, code, reason, 0 if at_once else self._close_timeout)
 
 
 async def channels(websocket: WebSocket) -> None:
