@@ -55,10 +55,9 @@ class FrameSink(Protocol):
     async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Deliver frames in order; may block (backpressure)."""
 
-    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
+    async def close(self, code: int, reason: str) -> None:
         """Close the client connection (idempotent), within a bounded time: a connection
-        that cannot take the close is cut. ``at_once``: no wait at all (a send to it was
-        just given up on, after as long)."""
+        that cannot take the close is cut."""
 
 
 # --- inbox events ----------------------------------------------------------------------
@@ -149,6 +148,7 @@ class SessionRunner:
         self._replacer: asyncio.Task[None] | None = None
         self._late: set[asyncio.Task[None]] = set()
         self._interrupt_asked = False  # by interrupt_soon, while the inbox was full
+        self._closing: set[asyncio.Task[None]] = set()  # closes of detached clients
         self.closed = asyncio.Event()
         #: Set once the session's sandbox is gone too (``closed`` is set before teardown).
         self.finished = asyncio.Event()
@@ -262,8 +262,7 @@ class SessionRunner:
             case ClientBack(sink, ready):
                 old, self._sink = self._sink, sink
                 if old is not None and old is not sink:
-                    with contextlib.suppress(Exception):
-                        await old.close(4000, "session resumed elsewhere")
+                    self._close_aside(old, 4000, "session resumed elsewhere")
                 core.client_attached(now)
                 held, self._held = [ready, *self._held], deque(maxlen=DETACHED_BUFFER_FRAMES)
                 await self._deliver(held)
@@ -343,8 +342,7 @@ class SessionRunner:
             log.info("session %s: client too slow, disconnecting", self.session_id)
             self._sink = None
             self.core.client_detached(self._loop.time())
-            with contextlib.suppress(Exception):
-                await sink.close(1008, "client too slow", at_once=True)
+            self._close_aside(sink, 1008, "client too slow")
         except Exception as exc:  # the client went away mid-send
             log.debug("session %s: send failed: %r", self.session_id, exc)
             if self._sink is sink:
@@ -416,6 +414,18 @@ class SessionRunner:
         with contextlib.suppress(Exception):
             await sink.close(code, reason)
 
+    def _close_aside(self, sink: FrameSink, code: int, reason: str) -> None:
+        """Close a detached client in a task of its own: a close waits for the client (up to
+        ``SEND_TIMEOUT``, then the connection is cut), and the session goes on meanwhile,
+        its deadlines with it. The teardown waits for these closes."""
+        async def close() -> None:
+            with contextlib.suppress(Exception):
+                await sink.close(code, reason)
+
+        task = asyncio.create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     async def _teardown(self) -> None:
         for task in list(self._late):
             task.cancel()
@@ -442,3 +452,4 @@ class SessionRunner:
                             message="the session of this token has ended")])
                 with contextlib.suppress(Exception):
                     await event.sink.close(1008, "invalid_token")
+        await asyncio.gather(*self._closing, return_exceptions=True)

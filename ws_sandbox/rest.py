@@ -144,7 +144,7 @@ class CollectingSink:
             case _:
                 pass
 
-    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
+    async def close(self, code: int, reason: str) -> None:
         """Nothing to close: the HTTP response is written by the route."""
         self._fail(SandboxLost(f"the session closed before the result: {reason}"))
 

@@ -93,10 +93,9 @@ class WebSocketSink:
         for frame in frames:
             await self._ws.send_text(fr.encode(frame).decode())
 
-    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
-        """Close the connection once, within ``close_timeout``; ``at_once``: the close frame
-        only if the peer has room for it, else the connection cut."""
-        await close_quietly(self._ws, code, reason, 0 if at_once else self._close_timeout)
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection once, within ``close_timeout`` (then it is cut)."""
+        await close_quietly(self._ws, code, reason, self._close_timeout)
 
 
 def client_address(websocket: WebSocket) -> str:

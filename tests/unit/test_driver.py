@@ -77,7 +77,7 @@ class Sink:
         for frame in frames:
             self.frames.put_nowait(frame)
 
-    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
+    async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
     async def next(self, kind: type[Any]) -> Any:
@@ -407,3 +407,40 @@ async def test_an_interrupt_asked_with_a_full_inbox_is_acted_on_first() -> None:
     assert sandbox.sent.count(aw.Signal()) == 1
     await runner.feed(CloseRequest("client_closed", ""))
     await asyncio.wait_for(task, BOUND)
+
+
+class Talks(NeverEnds):
+    """Prints once for a cell and never ends it."""
+
+    async def send(self, frame: aw.ToAgent) -> None:
+        await super().send(frame)
+        if isinstance(frame, aw.Exec):
+            self.frames.put_nowait(aw.Out(id=frame.id, name="stdout", text="x"))
+
+
+class Deaf(Sink):
+    """A client that takes nothing: sends and the close wait for good."""
+
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+        await asyncio.Event().wait()  # WebSocketSink's is bounded; the session need not wait
+
+
+async def test_a_client_too_slow_is_closed_aside_and_the_session_goes_on() -> None:
+    """The close of a client that took nothing waits for it (up to SEND_TIMEOUT more): done
+    in the session's loop, that wait held every deadline. Here the resume grace (0.5 s)
+    ends the session, and its sandbox goes, while the close still waits."""
+    sandbox, sink = Talks(), Deaf()
+    runner, task = start(sandbox, sink, send_timeout=0.2)
+    await runner.feed(execute("c1", "print('x'); while True: pass"))
+    async with asyncio.timeout(BOUND):
+        await runner.closed.wait()
+        while not sandbox.destroyed:
+            await asyncio.sleep(0.02)
+    assert runner.core.close_reason == "resume_expired"
+    assert sink.closed == (1008, "client too slow")
+    task.cancel()  # the teardown waits for the close (a real one is bounded; this one not)
+    await asyncio.gather(task, return_exceptions=True)

@@ -489,6 +489,37 @@ async def test_connections_that_take_nothing_cost_one_send_timeout_and_are_cut()
     assert conn.of("stream")[-1]["content"]["text"] == "1\n"
 
 
+async def test_a_request_sent_once_the_failed_cell_went_idle_is_not_aborted() -> None:
+    """stop_on_error aborts the requests that waited when a cell failed. The kernel took
+    them only after publishing the failure, so a client's next cell, sent as soon as it saw
+    ``idle``, could land among them and be aborted (CI saw it: a cell after an interrupt
+    printed nothing)."""
+    kernel, runner, _ = await make_kernel()
+
+    class Eager(FakeConnection):
+        """Sends its next request the moment it sees the first cell's ``idle``."""
+
+        async def send_text(self, text: str) -> None:
+            await super().send_text(text)
+            message = self.sent[-1]
+            if (message["msg_type"] == "status" and message["parent_header"]["msg_id"] == "m1"
+                    and message["content"]["execution_state"] == "idle"):
+                next_cell.append(asyncio.create_task(kernel.handle(request("2", "m2"), self)))
+            await asyncio.sleep(0)  # a real send may yield
+
+    eager = Eager()
+    next_cell: list[asyncio.Task[None]] = []
+    await kernel.connect(eager)
+    await kernel.handle(request("1", "m1"), eager)
+    await kernel.handle(request("queued", "m0"), eager)  # waits: aborted when m1 fails
+    await send(kernel, result(runner.executes()[0].id, "interrupted", "interrupted"))
+    await asyncio.gather(*next_cell)
+    statuses = {m["parent_header"]["msg_id"]: m["content"]["status"]
+                for m in eager.of("execute_reply")}
+    assert statuses == {"m1": "error", "m0": "aborted"}  # m2 has not ended: it runs
+    assert [e.code for e in runner.executes()] == ["1", "2"]
+
+
 async def test_a_kernel_closes_its_connections_together() -> None:
     """The session's end (and a DELETE, which Open WebUI awaits) waited for each connection's
     close in turn: up to eight times SEND_TIMEOUT."""

@@ -443,6 +443,12 @@ class Kernel:
             return
         held, current.held_stderr = current.held_stderr, None
         failed = result is not None and result.status != "success"
+        # stop_on_error aborts what waited when the cell failed. Taken now, before any send
+        # yields: a request that arrives once the client saw this cell's reply (its next
+        # cell, sent at ``idle``) is not part of it, and runs.
+        doomed: list[_Execution] = []
+        if failed and current.stop_on_error:
+            doomed, self._pending = list(self._pending), deque()
         reply: dict[str, Any] = {"status": "ok", "execution_count": current.count,
                                  "user_expressions": {}, "payload": []}
         if result is not None and failed:
@@ -460,9 +466,8 @@ class Kernel:
                                      metadata={"status": reply["status"]}), current.origin)
         await self._publish("status", {"execution_state": "idle"}, current.parent)
         self._current = None
-        if failed and current.stop_on_error:
-            while self._pending:
-                await self._abort(self._pending.popleft())
+        for execution in doomed:
+            await self._abort(execution)
         if not self._restarting:
             await self._start_next()
 
