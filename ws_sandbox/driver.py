@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 INBOX_SIZE = 64
 DETACHED_BUFFER_FRAMES = 1024
+CLOSE_WAIT = 30.0
+"""Seconds a session's end waits for the closes of clients it let go, when ``SEND_TIMEOUT``
+is unset (a close then has no bound of its own)."""
 
 
 class FrameSink(Protocol):
@@ -66,6 +69,9 @@ class FrameSink(Protocol):
 @dataclass(frozen=True, slots=True)
 class ClientMessage:
     data: str | bytes
+    #: The connection it came from: ignored while another is the session's client (one let
+    #: go as too slow, or resumed from elsewhere, stays open while its close waits).
+    sink: FrameSink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,8 @@ class NewSandbox:
 class CloseRequest:
     reason: fr.CloseReason
     message: str
+    #: A client's own goodbye: ignored, as its messages are, while another is the client.
+    sink: FrameSink | None = None
 
 
 Event = (ClientMessage | ClientRequest | ClientGone | ClientBack | AgentMessages | AgentLost
@@ -251,8 +259,9 @@ class SessionRunner:
         now = self._loop.time()
         core = self.core
         match event:
-            case ClientMessage(data):
-                core.receive_client(data, now)
+            case ClientMessage(data, sink):
+                if self._from_client(sink):
+                    core.receive_client(data, now)
             case ClientRequest(frame):
                 core.receive_frame(frame, now)
             case ClientGone(sink):
@@ -281,10 +290,16 @@ class SessionRunner:
                     self.sandbox = sandbox
                     self._start_reader()
                     core.sandbox_replaced(now)
-            case CloseRequest(reason, message):
-                core.close(reason, now, message)
+            case CloseRequest(reason, message, sink):
+                if self._from_client(sink):
+                    core.close(reason, now, message)
             case _:  # pragma: no cover - exhaustiveness
                 raise AssertionError(event)
+
+    def _from_client(self, sink: FrameSink | None) -> bool:
+        """Whether an event from connection ``sink`` speaks for the session: not when
+        another connection is its client now."""
+        return sink is None or self._sink is None or sink is self._sink
 
     async def _flush(self) -> None:
         """Deliver the core's frames, then run its actions, until it has nothing left."""
@@ -416,8 +431,9 @@ class SessionRunner:
 
     def _close_aside(self, sink: FrameSink, code: int, reason: str) -> None:
         """Close a detached client in a task of its own: a close waits for the client (up to
-        ``SEND_TIMEOUT``, then the connection is cut), and the session goes on meanwhile,
-        its deadlines with it. The teardown waits for these closes."""
+        ``SEND_TIMEOUT``, then the connection is cut; with none, as long as it takes), and
+        the session goes on meanwhile, its deadlines with it. The teardown waits for these
+        closes as long again at most (:data:`CLOSE_WAIT` with no ``SEND_TIMEOUT``)."""
         async def close() -> None:
             with contextlib.suppress(Exception):
                 await sink.close(code, reason)
@@ -452,4 +468,8 @@ class SessionRunner:
                             message="the session of this token has ended")])
                 with contextlib.suppress(Exception):
                     await event.sink.close(1008, "invalid_token")
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._closing:
+            wait = self._send_timeout if self._send_timeout is not None else CLOSE_WAIT
+            _, late = await asyncio.wait(self._closing, timeout=wait)
+            for task in late:  # left to the server, which closes it when it stops
+                task.cancel()

@@ -159,10 +159,11 @@ async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
                 break
             text = message.get("text")
             data = text if text is not None else message.get("bytes") or b""
-            await runner.feed(ClientMessage(data))
+            await runner.feed(ClientMessage(data, sink))
     except WebSocketDisconnect as exc:
         deliberate = exc.code == 1000
     finally:
         if deliberate:
-            runner.feed_nowait(CloseRequest("client_closed", "the client closed the session"))
+            runner.feed_nowait(CloseRequest("client_closed", "the client closed the session",
+                                            sink))
         runner.feed_nowait(ClientGone(sink))

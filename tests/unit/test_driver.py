@@ -442,5 +442,27 @@ async def test_a_client_too_slow_is_closed_aside_and_the_session_goes_on() -> No
             await asyncio.sleep(0.02)
     assert runner.core.close_reason == "resume_expired"
     assert sink.closed == (1008, "client too slow")
-    task.cancel()  # the teardown waits for the close (a real one is bounded; this one not)
-    await asyncio.gather(task, return_exceptions=True)
+    # The teardown waits for the close SEND_TIMEOUT at most (this one never ends).
+    await asyncio.wait_for(task, BOUND)
+
+
+async def test_a_connection_let_go_speaks_for_the_session_no_more() -> None:
+    """A client let go (too slow, or resumed from elsewhere) stays open while its close
+    waits: what it sends, its goodbye (a close with 1000) included, must not reach the
+    session its successor now holds."""
+    sandbox, old = FakeSandbox(), Sink()
+    runner, task = start(sandbox, old)
+    new = Sink()
+    await runner.feed(ClientBack(new, fr.Ready(session_id="s", language="python", token="t",
+                                               limits=LIMITS.public(), resumed=True)))
+    await new.next(fr.Ready)
+    stale = fr.encode(fr.Execute(id="old", code="from the old one")).decode()
+    await runner.feed(ClientMessage(stale, old))
+    await runner.feed(CloseRequest("client_closed", "the client closed the session", old))
+    await runner.feed(ClientMessage(
+        fr.encode(fr.Execute(id="c2", code="from the new one")).decode(), new))
+    assert (await new.next(fr.Stream)).text == "from the new one"
+    assert not runner.closed.is_set()
+    assert [f.id for f in sandbox.sent if isinstance(f, aw.Exec)] == ["c2"]
+    await runner.feed(CloseRequest("client_closed", "", new))
+    await asyncio.wait_for(task, BOUND)

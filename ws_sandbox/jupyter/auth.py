@@ -98,9 +98,10 @@ class LoginSigner:
     """Signs and checks login cookies.
 
     A cookie names who logged in: the password's identity, or the token's or API key's
-    when one was given as the password (as Jupyter allows), so that a key's kernels stay
-    that key's. A new ``JUPYTER_PASSWORD`` (or token) voids every cookie; a key's cookie is
-    void once the key is no longer accepted.
+    when one was given as the password (as Jupyter allows, where no password is set), so
+    that a key's kernels stay that key's. A new ``JUPYTER_PASSWORD`` (without one, a new
+    ``JUPYTER_TOKEN``) voids every cookie; a key's cookie is void once the key is no longer
+    accepted.
     """
 
     def __init__(self, settings: Settings) -> None:

@@ -170,6 +170,10 @@ class Kernel:
             self._held_chars -= len(text)
             await self._send_to(conn, text)
 
+    def connected(self, conn: Connection) -> bool:
+        """Whether ``conn`` is one of the kernel's connections (not dropped as too slow)."""
+        return conn in self._connections
+
     def disconnect(self, conn: Connection) -> None:
         """Remove a WebSocket (the kernel lives on)."""
         with contextlib.suppress(ValueError):
@@ -347,7 +351,7 @@ class Kernel:
             except Exception:
                 log.exception("kernel %s: cannot translate %s", self.id, type(frame).__name__)
 
-    async def close(self, code: int, reason: str, *, at_once: bool = False) -> None:
+    async def close(self, code: int, reason: str) -> None:
         """The session ended: close every WebSocket of the kernel."""
         self._mark_dead()
         conns, self._connections = self._connections, []
@@ -443,12 +447,6 @@ class Kernel:
             return
         held, current.held_stderr = current.held_stderr, None
         failed = result is not None and result.status != "success"
-        # stop_on_error aborts what waited when the cell failed. Taken now, before any send
-        # yields: a request that arrives once the client saw this cell's reply (its next
-        # cell, sent at ``idle``) is not part of it, and runs.
-        doomed: list[_Execution] = []
-        if failed and current.stop_on_error:
-            doomed, self._pending = list(self._pending), deque()
         reply: dict[str, Any] = {"status": "ok", "execution_count": current.count,
                                  "user_expressions": {}, "payload": []}
         if result is not None and failed:
@@ -464,6 +462,12 @@ class Kernel:
             await self._publish_stream(current, "stderr", held)
         await self._send(self._build("execute_reply", reply, "shell", current.parent,
                                      metadata={"status": reply["status"]}), current.origin)
+        # stop_on_error aborts what arrived before the failed cell's reply went out, as
+        # ipykernel does. Taken now, before ``idle`` is sent: a request that arrives once
+        # the client saw it (its next cell) is not part of them, and runs.
+        doomed: list[_Execution] = []
+        if failed and current.stop_on_error:
+            doomed, self._pending = list(self._pending), deque()
         await self._publish("status", {"execution_state": "idle"}, current.parent)
         self._current = None
         for execution in doomed:

@@ -272,6 +272,8 @@ async def channels(websocket: WebSocket) -> None:
                 log.info("kernel %s: closing a channel: %s", kernel.id, exc.message)
                 await conn.close(exc.close_code, exc.message)
                 break
+            if not kernel.connected(conn):  # dropped as too slow: it speaks for no one
+                break
             try:
                 await kernel.handle(msg, conn)
             except SandboxError as exc:  # a failed restart, say: the channel goes on
