@@ -132,10 +132,6 @@ class LoginSigner:
             return None
         return str(identity)
 
-    def valid(self, value: str) -> bool:
-        """Whether ``value`` is a login cookie that logs someone in now."""
-        return self.identity(value) is not None
-
     def _accepted_keys(self) -> set[str]:
         s = self._settings
         keys = s.api_key_list + ((s.admin_api_key,) if s.admin_api_key else ())
