@@ -59,6 +59,16 @@ def require_docker() -> None:
     pytest.skip(f"needs Docker: {problem}")
 
 
+def require_program(name: str) -> None:
+    """Fail (in CI) or skip (locally) the calling test or fixture when the host lacks ``name``
+    (the machines this project runs on come with it)."""
+    if shutil.which(name) is not None:
+        return
+    if docker_required():
+        pytest.fail(f"{name} is required in CI and is not installed on this host", pytrace=False)
+    pytest.skip(f"{name} is not installed on this host")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("docker") is not None:
         require_docker()

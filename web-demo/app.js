@@ -109,8 +109,23 @@
     clear: $("clear"), history: $("history"), limits: $("limits"),
   };
 
+  // The key comes once in the URL (?api_key=): it is kept in this tab's sessionStorage and
+  // taken out of the address bar at once, so that it stays out of the history, bookmarks and
+  // screenshots; a reload of the tab finds it there.
+  const KEY_STORE = "ws_sandbox.api_key";
   const params = new URLSearchParams(location.search);
-  const apiKey = params.get("api_key") || "";
+  const apiKey = (() => {
+    const given = params.get("api_key");
+    if (given === null) {
+      try { return sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { return ""; }
+    }
+    try { sessionStorage.setItem(KEY_STORE, given); } catch (e) { return given; }  // kept in the URL
+    const rest = new URLSearchParams(params);
+    rest.delete("api_key");
+    const query = rest.toString();
+    history.replaceState(null, "", location.pathname + (query ? "?" + query : "") + location.hash);
+    return given;
+  })();
 
   const S = {
     ws: null,            // the current WebSocket

@@ -28,10 +28,20 @@ def _labels(labels: Mapping[str, str]) -> str:
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
 
 
+def _value(value: float) -> str:
+    """A sample's value, exact: a count as its digits (``:g`` would write 1234567 as
+    1.23457e+06, and a counter past a million would seem to stand still), a float as the
+    shortest text that reads back as the same float."""
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
 def _family(name: str, kind: str, doc: str,
             samples: Iterable[tuple[str, Mapping[str, str], float]]) -> list[str]:
     lines = [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
-    lines += [f"{name}{suffix}{_labels(labels)} {value:g}" for suffix, labels, value in samples]
+    lines += [f"{name}{suffix}{_labels(labels)} {_value(value)}"
+              for suffix, labels, value in samples]
     return lines
 
 

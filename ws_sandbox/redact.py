@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote_plus
 
 SECRET_PARAMS = ("api_key", "token", "resume")
 """Query parameters that carry a credential."""
 
-_SECRET = re.compile(r"([?&](?:" + "|".join(SECRET_PARAMS) + r")=)[^&#\s\"']*",
-                     re.IGNORECASE)
+_PARAM = re.compile(r"([?&;]([^=&;#\s\"']*)=)[^&;#\s\"']*")
 LOGGERS = ("uvicorn.access", "uvicorn.error")
 """uvicorn's loggers that write request paths."""
 
 
+def _redact(match: re.Match[str]) -> str:
+    # The name as a query parser reads it (``api%5Fkey`` is ``api_key`` to the service).
+    if unquote_plus(match[2]).lower() in SECRET_PARAMS:
+        return match[1] + "[redacted]"
+    return match[0]
+
+
 def redact_url(text: str) -> str:
     """``text`` with the value of every secret query parameter replaced."""
-    return _SECRET.sub(r"\1[redacted]", text)
+    return _PARAM.sub(_redact, text)
 
 
 class RedactSecrets(logging.Filter):

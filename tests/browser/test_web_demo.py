@@ -220,6 +220,12 @@ def test_refusals_and_idle_timeout(browser: Browser, make_service: ServiceFactor
             refused = open_page(browser, svc.http + "/" + query)
             expect(refused.locator("#state")).to_have_text(f"closed: {words}")
             expect(refused.locator("#notice")).to_contain_text("API key")
+            if query:
+                # The key leaves the address bar at once (history, bookmarks, screenshots)
+                # and stays with the tab: a reload still uses it.
+                assert "api_key" not in refused.url and "wrong" not in refused.url
+                refused.reload()
+                expect(refused.locator("#state")).to_have_text(f"closed: {words}")
             refused.close()
         url = svc.http + "/?api_key=demo-key"
         first = open_page(browser, url)

@@ -29,7 +29,8 @@ from tests.security.conftest import BATTERY_ENV, RUNSC
 from ws_sandbox import frames as fr
 from ws_sandbox.backend import SANDBOX_UIDS
 from ws_sandbox.client import CellResult, ClientSession, SessionClosed, connect
-from ws_sandbox.settings import SHIPPED_SECCOMP_PROFILE, load_seccomp_profile
+from ws_sandbox.frames import ws_message_limit
+from ws_sandbox.settings import SHIPPED_SECCOMP_PROFILE, Settings, load_seccomp_profile
 
 pytestmark = pytest.mark.docker
 
@@ -952,26 +953,62 @@ async def test_reading_stdin_gets_end_of_file(battery: Service, language: str, c
     assert time.monotonic() - start < 10
 
 
-async def test_ten_megabyte_code_over_websocket_is_refused(battery: Service) -> None:
-    body = json.dumps({"type": "execute", "id": "big", "code": "#" * (10 << 20)})
-    async with websockets.connect(f"{battery.url}/api/v1/sessions/ws?language=python",
+async def send_code_frame(svc: Service, frame: bytes) -> tuple[fr.Error | None, int | None]:
+    """Send one text frame to a new session: the error frame it earned, or its close code.
+
+    The session goes on after an error frame: a cell after it must run."""
+    async with websockets.connect(f"{svc.url}/api/v1/sessions/ws?language=python",
                                   max_size=None) as ws:
         assert isinstance(fr.decode_server(await ws.recv()), fr.Ready)
-        code: int | None = None
-        error: fr.Error | None = None
         try:
-            # The server may refuse (1009) while the 10 MB are still being sent.
-            await ws.send(body)
+            # The server may refuse (1009) while the frame is still being sent.
+            await ws.send(frame.decode())
             async with asyncio.timeout(20):
-                while True:
-                    frame = fr.decode_server(await ws.recv())
-                    if isinstance(frame, fr.Error):
-                        error = frame
-                        break
+                while not isinstance(frame := fr.decode_server(await ws.recv()), fr.Error):
+                    pass
         except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else None
-    assert (error is not None and error.code == "payload_too_large") or code == 1009, (error, code)
+            return None, exc.rcvd.code if exc.rcvd else None
+        await ws.send(json.dumps({"type": "execute", "id": "after", "code": "print(42)"}))
+        async with asyncio.timeout(20):
+            while not isinstance(after := fr.decode_server(await ws.recv()), fr.Result):
+                pass
+        assert after.status == "success", after
+        return frame, None
+
+
+def execute_frame(code: str, size: int | None = None) -> bytes:
+    """An ``execute`` frame for ``code``, padded with spaces to ``size`` bytes."""
+    body = json.dumps({"type": "execute", "id": "big", "code": code}).encode()
+    return body if size is None else body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+CODE_LIMIT = Settings().max_code_bytes  # the battery keeps the default
+
+
+@pytest.mark.parametrize("case", ["ten_megabytes", "one_byte_over_the_frame_limit"])
+async def test_a_frame_over_the_websocket_limit_is_closed_with_1009(battery: Service,
+                                                                    case: str) -> None:
+    # The WebSocket layer refuses it before reading it all (the limit is the largest frame
+    # that code of MAX_CODE_BYTES can need, however escaped); the session's own check of the
+    # code's size would answer `payload_too_large` only after reading all of it.
+    size = {"ten_megabytes": 10 << 20,
+            "one_byte_over_the_frame_limit": ws_message_limit(CODE_LIMIT) + 1}[case]
+    error, code = await send_code_frame(battery, execute_frame("#", size))
+    assert (error, code) == (None, 1009)
     healthy(battery)
+
+
+async def test_code_over_max_code_bytes_in_a_frame_under_the_limit_is_refused(
+        battery: Service) -> None:
+    frame = execute_frame("#" * (CODE_LIMIT + 1))
+    assert len(frame) < ws_message_limit(CODE_LIMIT)
+    error, code = await send_code_frame(battery, frame)
+    assert code is None and error is not None, (error, code)
+    assert (error.code, error.id) == ("payload_too_large", "big"), error
+    # A frame of exactly the limit is read (and its code, too large, refused in words).
+    error, code = await send_code_frame(
+        battery, execute_frame("#" * (CODE_LIMIT + 1), ws_message_limit(CODE_LIMIT)))
+    assert code is None and error is not None and error.code == "payload_too_large", error
 
 
 def rest_status(svc: Service, body: bytes, send_body: bool) -> int:

@@ -23,6 +23,16 @@ HOSTILE = {
                              " b.append(bytearray(b\"x\" * 10**7))'; done"),
 }
 
+# How each attack's own cell may end. None of them ends by itself within its timeout; a bomb
+# can end `killed` when it takes its whole sandbox down (gVisor, at the memory limit), and the
+# Python bomb `error` when a forked child fails in the cell's process.
+ENDINGS = {
+    "cpu_spin": {"timeout"},
+    "fork_bomb": {"timeout", "killed"},
+    "python_fork_bomb": {"timeout", "killed", "error"},
+    "memory_bomb": {"timeout", "killed"},
+}
+
 
 @pytest.mark.parametrize("attack", sorted(HOSTILE))
 async def test_neighbour_cells_stay_correct_and_fast(battery: Service, attack: str) -> None:
@@ -47,4 +57,4 @@ async def test_neighbour_cells_stay_correct_and_fast(battery: Service, attack: s
             await asyncio.sleep(0.3)
         assert max(trips) < 1.0, trips
         result = await bad
-        assert result.status in ("timeout", "success", "error", "killed"), result
+        assert result.status in ENDINGS[attack], result

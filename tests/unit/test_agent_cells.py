@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import queue
-import shutil
 import struct
 import subprocess
 import sys
@@ -28,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.agent_binary import agent_binary
+from tests.conftest import require_program
 from ws_sandbox import agent_wire as aw
 
 DEADLINE = 20.0
@@ -178,8 +177,7 @@ def py() -> Iterator[AgentDriver]:
 
 @pytest.fixture
 def js() -> Iterator[AgentDriver]:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed on this host")
+    require_program("node")
     driver = start("javascript")
     yield driver
     assert driver.close() == 0
@@ -194,8 +192,7 @@ def sh() -> Iterator[AgentDriver]:
 
 @pytest.fixture
 def rs() -> Iterator[AgentDriver]:
-    if shutil.which("rustc") is None:
-        pytest.skip("rustc is not installed on this host")
+    require_program("rustc")
     driver = start("rust")
     yield driver
     assert driver.close() == 0
@@ -701,27 +698,6 @@ def test_late_output_of_a_background_job_carries_the_last_cells_id(sh: AgentDriv
 def test_top_level_await(py: AgentDriver) -> None:
     result = py.run("import asyncio\nawait asyncio.sleep(0.01)\n'awaited'")
     assert result.displays[0]["data"]["text/plain"] == "'awaited'"
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("matplotlib") is None,
-    reason="matplotlib is not installed on this host; tests/integration covers it in the image",
-)
-def test_python_matplotlib_figure(py: AgentDriver) -> None:
-    result = py.run("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")
-    assert_success(result)
-    (display,) = result.displays
-    assert display["kind"] == "display_data"
-    assert display["data"]["image/png"].startswith("iVBORw0KGgo")
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("numpy") is None,
-    reason="numpy is not installed on this host; tests/integration covers it in the image",
-)
-def test_python_numpy(py: AgentDriver) -> None:
-    result = py.run("import numpy as np\nnp.arange(4).sum()")
-    assert result.displays[0]["data"]["text/plain"] in ("6", "np.int64(6)")
 
 
 # ------------------------------------------------------------------------------- javascript

@@ -48,3 +48,20 @@ def test_snapshot_and_exposition() -> None:
     assert 'ws_sandbox_records_dropped_total{store="history"} 2' in text
     for line in text.splitlines():
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+
+
+def test_large_counts_and_floats_are_written_exactly() -> None:
+    # ``:g`` wrote six significant digits: 1234567 became 1.23457e+06, and a counter past a
+    # million seemed to stand still between scrapes.
+    stats = Stats()
+    stats.observe(record(3.0))
+    stats.by_status_language[("success", "python")] = 1_234_567
+    stats.time_sum_s = 1_500_000.25
+    text = render(stats, sessions=0, queued_cells=0, rate_limited=10_000_003, pool={},
+                  stores={"audit": StoreState(write_errors=0, waiting=0,
+                                              dropped=2**53 + 2)})
+    assert 'ws_sandbox_executions_total{status="success",language="python"} 1234567' in text
+    assert "ws_sandbox_rate_limited_total 10000003" in text
+    assert "ws_sandbox_execution_seconds_sum 1500000.25" in text
+    assert f'ws_sandbox_records_dropped_total{{store="audit"}} {2**53 + 2}' in text
+    assert "e+" not in text

@@ -51,7 +51,13 @@ def test_callers_have_separate_buckets() -> None:
 
 def test_zero_per_minute_switches_limiting_off() -> None:
     limiter = RateLimiter(per_minute=0, burst=1, clock=Clock())
+    assert not limiter.enabled
     for _ in range(100):
+        limiter.check("a")  # would raise at the second call with limiting on (next line)
+    limiter.configure(60, 1)
+    assert limiter.enabled
+    limiter.check("a")
+    with pytest.raises(RateLimited):
         limiter.check("a")
 
 

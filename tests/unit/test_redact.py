@@ -19,6 +19,10 @@ from ws_sandbox import redact
     ("/x?API_KEY=a#frag", "/x?API_KEY=[redacted]#frag"),
     ("/api/v1/executions?status=ok&my_token=keep", "/api/v1/executions?status=ok&my_token=keep"),
     ("no query at all", "no query at all"),
+    # Names as the service's query parser reads them: percent-encoded, they still authenticate.
+    ("/api/v1/sessions/ws?api%5Fkey=k-1&x=1", "/api/v1/sessions/ws?api%5Fkey=[redacted]&x=1"),
+    ("/api/v1/sessions/ws?%61pi_key=k-1", "/api/v1/sessions/ws?%61pi_key=[redacted]"),
+    ("/api/kernels?x=1&%74oken=t", "/api/kernels?x=1&%74oken=[redacted]"),
 ])
 def test_redact_url(text: str, expected: str) -> None:
     assert redact.redact_url(text) == expected
