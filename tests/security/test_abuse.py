@@ -964,7 +964,7 @@ async def send_code_frame(svc: Service, frame: bytes) -> tuple[fr.Error | None, 
             # The server may refuse (1009) while the frame is still being sent.
             await ws.send(frame.decode())
             async with asyncio.timeout(20):
-                while not isinstance(frame := fr.decode_server(await ws.recv()), fr.Error):
+                while not isinstance(error := fr.decode_server(await ws.recv()), fr.Error):
                     pass
         except websockets.ConnectionClosed as exc:
             return None, exc.rcvd.code if exc.rcvd else None
@@ -973,7 +973,7 @@ async def send_code_frame(svc: Service, frame: bytes) -> tuple[fr.Error | None, 
             while not isinstance(after := fr.decode_server(await ws.recv()), fr.Result):
                 pass
         assert after.status == "success", after
-        return frame, None
+        return error, None
 
 
 def execute_frame(code: str, size: int | None = None) -> bytes:
