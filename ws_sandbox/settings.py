@@ -14,11 +14,13 @@ import functools
 import ipaddress
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
+from urllib.parse import urlsplit
 
 from ws_sandbox.exceptions import ConfigError
 
@@ -77,6 +79,73 @@ def load_seccomp_profile(path: Path, runtime: str = "") -> str:
                 rule["names"] = [*rule["names"], *aliases]
     return json.dumps(profile, separators=(",", ":"))
 
+#: Timeouts: at least a millisecond (a shorter one expires before anything it guards could
+#: happen), at most 30 days. ``STOP_TIMEOUT`` alone may be 0 (kill at once).
+TIMEOUT_RANGE = (0.001, 2_592_000.0)
+_MIB_1TIB = 1024 * 1024  # 1 TiB, in MiB
+
+#: Every numeric setting's allowed range, inclusive, and its unit: field -> (min, max, unit).
+#: The maxima are far beyond any real machine but keep every value within what Docker
+#: (int64 bytes), the kernel and SQLite (INTEGER below 2**63) accept, so a typo fails at
+#: start-up naming the variable, never at the first container or insert.
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "port": (1, 65535, ""),
+    "max_execution_time": (*TIMEOUT_RANGE, "seconds"),
+    "default_execution_time": (*TIMEOUT_RANGE, "seconds"),
+    "max_memory_mb": (32, _MIB_1TIB, "MiB"),
+    "max_concurrent_executions": (1, 10_000, ""),
+    "max_output_bytes": (1024, 2**30, "bytes"),
+    "max_code_bytes": (1, 16 * 1024 * 1024, "bytes"),
+    "max_queued_cells": (0, 10_000, ""),
+    "cpu_limit": (0.01, 1024, "CPUs"),
+    "pids_limit": (16, 2**22, ""),
+    "workspace_size_mb": (1, _MIB_1TIB, "MiB"),
+    "tmp_size_mb": (1, _MIB_1TIB, "MiB"),
+    "nofile_limit": (64, 2**22, ""),
+    "fsize_limit_mb": (1, _MIB_1TIB, "MiB"),
+    "idle_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "max_lifetime": (*TIMEOUT_RANGE, "seconds"),
+    "resume_grace": (*TIMEOUT_RANGE, "seconds"),
+    "interrupt_grace": (*TIMEOUT_RANGE, "seconds"),
+    "restart_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "sandbox_start_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "exit_wait_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "stop_timeout": (0.0, TIMEOUT_RANGE[1], "seconds"),
+    "acquire_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "send_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "request_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "shutdown_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "pool_size": (0, 64, ""),
+    "rate_limit_per_minute": (0, 1_000_000, ""),
+    "rate_limit_burst": (1, 1_000_000, ""),
+    "audit_log_max_bytes": (4096, 2**40, "bytes"),
+    "audit_log_backups": (0, 1000, ""),
+    "history_retention_days": (0.001, 36_500, "days"),
+    "history_max_rows": (1, 2**63 - 1, ""),
+    "history_output_bytes": (0, 2**30, "bytes"),
+}
+
+#: Timeouts that may be ``none`` (no limit).
+_OPTIONAL = frozenset({"idle_timeout", "max_lifetime", "send_timeout", "request_timeout"})
+
+#: Shortest ``SESSION_SECRET`` accepted (a random one, made when it is empty, is 43).
+MIN_SESSION_SECRET = 16
+
+
+def _show(value: float) -> str:
+    """A number as an operator would write it: 2592000, not 2592000.0 or 2.592e+06."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def describe_range(name: str) -> str:
+    """``between LO and HI UNIT`` for field ``name`` (plus ``, or none`` where allowed)."""
+    lo, hi, unit = BOUNDS[name]
+    text = f"between {_show(lo)} and {_show(hi)}{' ' + unit if unit else ''}"
+    return text + (", or none" if name in _OPTIONAL else "")
+
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -93,7 +162,8 @@ class Settings:
         "doc": "Label value marking this service's containers; orphans with it are removed"
         " at start-up"})
     session_secret: str = field(default="", metadata={"env": "SESSION_SECRET",
-        "doc": "Key signing resume tokens; random per start when empty", "secret": True})
+        "doc": "Key signing resume tokens and login cookies, at least 16 characters;"
+        " random per start when empty", "secret": True})
     allow_unauthenticated: bool = field(default=False, metadata={
         "env": "ALLOW_UNAUTHENTICATED", "doc": "Allow a non-loopback bind without API keys"
         " (only behind something that authenticates)"})
@@ -192,13 +262,14 @@ class Settings:
 
     # --- service surface: audit, history, rate limits, keys ------------------------------
     api_keys: str = field(default="", metadata={"env": "API_KEYS",
-        "doc": "Comma-separated API keys; when set, every call needs one (Authorization:"
-        " Bearer, or ?api_key= for browser WebSockets)", "secret": True})
+        "doc": "Comma-separated API keys (no empty item between commas); when set, every"
+        " call needs one (Authorization: Bearer, or ?api_key= for browser WebSockets)",
+        "secret": True})
     admin_api_key: str = field(default="", metadata={"env": "ADMIN_API_KEY",
         "doc": "Key of the admin API; empty: the admin API is switched off", "secret": True})
     allowed_origins: str = field(default="", metadata={"env": "ALLOWED_ORIGINS",
-        "doc": "Comma-separated origins allowed to open WebSockets and call the API from a"
-        " browser (same host is always allowed); * allows any"})
+        "doc": "Comma-separated origins (scheme://host[:port]) allowed to open WebSockets and"
+        " call the API from a browser (same host is always allowed); * allows any"})
     rate_limit_per_minute: int = field(default=120, metadata={
         "env": "RATE_LIMIT_PER_MINUTE", "doc": "Calls (REST executions, session opens,"
         " cells) per minute per API key or client address; 0 switches limiting off"})
@@ -249,7 +320,8 @@ class Settings:
             if raw is None or f.name in overrides:
                 continue
             try:
-                values[f.name] = _parse(raw, hints[f.name])
+                values[f.name] = _parse(raw, hints[f.name],
+                                        BOUNDS[f.name][2] if f.name in BOUNDS else "")
             except ValueError as exc:
                 problems.append(f"{name}={raw!r}: {exc}")
         values.update(overrides)
@@ -273,33 +345,28 @@ class Settings:
             if not ok:
                 problems.append(message)
 
-        need(0 < self.port < 65536, "SANDBOX_PORT must be between 1 and 65535")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in BOUNDS and value is not None:
+                lo, hi, _ = BOUNDS[f.name]
+                need(lo <= value <= hi, f"{f.metadata['env']}={_show(value)} is out of range:"
+                     f" must be {describe_range(f.name)}")
+        need(self.default_execution_time <= self.max_execution_time,
+             "DEFAULT_EXECUTION_TIME must be positive and at most MAX_EXECUTION_TIME")
         need(all(all(p.isidentifier() for p in m.strip().split("."))
                  for m in self.python_preload.split(",") if m.strip()),
              "PYTHON_PRELOAD must be module names separated by commas")
-        need(self.max_execution_time > 0, "MAX_EXECUTION_TIME must be positive")
-        need(0 < self.default_execution_time <= self.max_execution_time,
-             "DEFAULT_EXECUTION_TIME must be positive and at most MAX_EXECUTION_TIME")
-        need(self.max_memory_mb >= 32, "MAX_MEMORY_MB must be at least 32")
-        need(self.max_concurrent_executions >= 1, "MAX_CONCURRENT_EXECUTIONS must be >= 1")
-        need(self.max_output_bytes >= 1024, "MAX_OUTPUT_BYTES must be at least 1024")
-        need(1 <= self.max_code_bytes <= 16 * 1024 * 1024,
-             "MAX_CODE_BYTES must be between 1 and 16777216")
-        need(self.max_queued_cells >= 0, "MAX_QUEUED_CELLS must not be negative")
-        need(0 < self.cpu_limit <= 64, "CPU_LIMIT must be in (0, 64]")
-        need(self.pids_limit >= 16, "PIDS_LIMIT must be at least 16")
-        need(self.workspace_size_mb >= 1, "WORKSPACE_SIZE_MB must be at least 1")
-        need(self.tmp_size_mb >= 1, "TMP_SIZE_MB must be at least 1")
-        need(self.nofile_limit >= 64, "NOFILE_LIMIT must be at least 64")
-        need(self.fsize_limit_mb >= 1, "FSIZE_LIMIT_MB must be at least 1")
-        need(0 <= self.pool_size <= 64, "POOL_SIZE must be between 0 and 64")
-        for name in ("idle_timeout", "max_lifetime", "send_timeout", "request_timeout"):
-            value = getattr(self, name)
-            need(value is None or value > 0, f"{name.upper()} must be positive or none")
-        for name in ("resume_grace", "interrupt_grace", "restart_timeout",
-                     "sandbox_start_timeout", "acquire_timeout", "shutdown_timeout"):
-            need(getattr(self, name) > 0, f"{name.upper()} must be positive")
-        need(self.stop_timeout >= 0, "STOP_TIMEOUT must not be negative")
+        need(not self.api_keys.strip() or all(k.strip() for k in self.api_keys.split(",")),
+             "API_KEYS has an empty key (a stray comma, or only commas and spaces): give"
+             " each key between commas, or leave API_KEYS empty for no keys")
+        need(not self.session_secret or len(self.session_secret) >= MIN_SESSION_SECRET,
+             f"SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters (it has"
+             f" {len(self.session_secret)}); leave it empty for a random one per start")
+        for origin in _split(self.allowed_origins):
+            need(origin == "*" or _is_origin(origin),
+                 f"ALLOWED_ORIGINS item {origin!r} is not an origin: give * or"
+                 " scheme://host[:port] (no path, user, query or fragment), separated by"
+                 " commas")
         need(bool(self.enabled_languages), "at least one language must be enabled")
         need(self.network_mode == "none" or self.allow_unsafe_network,
              f"NETWORK_MODE={self.network_mode} gives sandboxes a network; refused unless"
@@ -372,11 +439,31 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def _is_origin(text: str) -> bool:
+    """Whether ``text`` is an origin as a browser sends it (a trailing ``/`` is allowed,
+    as :func:`ws_sandbox.auth.check_origin` ignores it)."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    del port
+    return (bool(_SCHEME.fullmatch(parts.scheme)) and bool(parts.hostname)
+            and "@" not in parts.netloc and not any(c.isspace() for c in text)
+            and text.startswith(f"{parts.scheme}://") and parts.path in ("", "/")
+            and not parts.query and not parts.fragment and "?" not in text
+            and "#" not in text)
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _parse(raw: str, hint: Any) -> Any:
+def _parse(raw: str, hint: Any, unit: str = "") -> Any:
+    """Parse one variable's text; ``unit`` (seconds, CPUs, days...) goes into the message."""
     text = raw.strip()
     args = get_args(hint)
     if type(None) in args:
@@ -389,24 +476,33 @@ def _parse(raw: str, hint: Any) -> Any:
         if text.lower() in _FALSE:
             return False
         raise ValueError("expected true or false")
+    of = f" of {unit}" if unit else ""
     if hint is int:
+        if not _INT.fullmatch(text):
+            raise ValueError(f"expected a whole number{of} (ASCII digits 0-9)")
         try:
             return int(text)
-        except ValueError:
-            raise ValueError("expected a whole number") from None
+        except ValueError:  # more digits than Python converts
+            raise ValueError(f"expected a whole number{of} (ASCII digits 0-9)") from None
     if hint is float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError("expected a number of seconds") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ValueError("expected a finite number")
+        if not _FLOAT.fullmatch(text):
+            raise ValueError(f"expected a number{of}, as plain ASCII decimals"
+                             " (e.g. 2, 0.5 or 1e3)")
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
             raise ValueError("expected a finite number")
         return value
     return text
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def env_example() -> str:
-    """Render ``env.example``: every variable with its default and meaning."""
+    """Render ``env.example``: every variable with its default, meaning and range."""
     lines = ["# ws_sandbox settings: every variable with its default.",
              "# Copy to .env and edit; the service reads them from its environment.", ""]
     for f in fields(Settings):
@@ -417,6 +513,7 @@ def env_example() -> str:
             shown = "none"
         else:
             shown = str(default)
-        lines.append(f"# {f.metadata['doc']}")
+        bounds = f" ({describe_range(f.name)})" if f.name in BOUNDS else ""
+        lines.append(f"# {f.metadata['doc']}{bounds}")
         lines.append(f"{f.metadata['env']}={shown}")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,8 @@ def test_parses_the_original_variable_names() -> None:
     ({"SANDBOX_PORT": "http"}, "SANDBOX_PORT='http': expected a whole number"),
     ({"ENABLE_PYTHON": "maybe"}, "expected true or false"),
     ({"MAX_EXECUTION_TIME": "nan"}, "finite"),
-    ({"MAX_EXECUTION_TIME": "-1"}, "MAX_EXECUTION_TIME must be positive"),
+    ({"MAX_EXECUTION_TIME": "-1"},
+     "MAX_EXECUTION_TIME=-1 is out of range: must be between 0.001 and 2592000 seconds"),
     ({"NETWORK_MODE": "host"}, "refused unless ALLOW_UNSAFE_NETWORK=true"),
     ({"NETWORK_MODE": "bridge"}, "refused unless ALLOW_UNSAFE_NETWORK=true"),
     ({"ENABLE_PYTHON": "0", "ENABLE_JAVASCRIPT": "0", "ENABLE_SHELL": "0",
@@ -61,7 +63,7 @@ def test_unsafe_network_needs_explicit_opt_in() -> None:
 
 
 def test_public_view_hides_secrets() -> None:
-    s = Settings.from_env({"SESSION_SECRET": "hunter2"})
+    s = Settings.from_env({"SESSION_SECRET": "hunter2-hunter2-hunter2"})
     assert "hunter2" not in repr(s.public())
     assert "session_secret" not in s.public()
 
@@ -89,3 +91,165 @@ def test_runsc_bounds_the_users_tasks_with_nproc_and_runc_does_not() -> None:
     # RLIMIT_NPROC is per host uid under runc, shared by every sandbox: never set there.
     assert nproc({"PIDS_LIMIT": "96"}) == []
     assert nproc({"PIDS_LIMIT": "96", "CONTAINER_RUNTIME": "runc"}) == []
+
+
+# --- ranges: every numeric setting has a minimum and a maximum ----------------------------
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"HISTORY_MAX_ROWS": "99999999999999999999"},
+     "HISTORY_MAX_ROWS=99999999999999999999 is out of range: must be between 1 and"),
+    ({"MAX_MEMORY_MB": "99999999999999"}, "MAX_MEMORY_MB=99999999999999 is out of range"),
+    ({"NOFILE_LIMIT": "100000000000000000000"}, "NOFILE_LIMIT=100000000000000000000"),
+    ({"PIDS_LIMIT": "99999999999"}, "PIDS_LIMIT=99999999999 is out of range"),
+    ({"FSIZE_LIMIT_MB": "99999999999999"}, "FSIZE_LIMIT_MB=99999999999999 is out of range"),
+    ({"WORKSPACE_SIZE_MB": "99999999999999"}, "WORKSPACE_SIZE_MB=99999999999999 is out of"),
+    ({"TMP_SIZE_MB": "99999999999999"}, "TMP_SIZE_MB=99999999999999 is out of range"),
+    ({"MAX_OUTPUT_BYTES": "99999999999999"}, "MAX_OUTPUT_BYTES=99999999999999 is out of"),
+    ({"MAX_CONCURRENT_EXECUTIONS": "99999999999999"}, "MAX_CONCURRENT_EXECUTIONS="),
+    ({"MAX_QUEUED_CELLS": "99999999999999"}, "MAX_QUEUED_CELLS=99999999999999"),
+    ({"RATE_LIMIT_PER_MINUTE": "99999999999999"}, "RATE_LIMIT_PER_MINUTE=99999999999999"),
+    ({"RATE_LIMIT_BURST": "99999999999999"}, "RATE_LIMIT_BURST=99999999999999"),
+    ({"AUDIT_LOG_MAX_BYTES": "99999999999999999"}, "AUDIT_LOG_MAX_BYTES=99999999999999999"),
+    ({"HISTORY_OUTPUT_BYTES": "99999999999999"}, "HISTORY_OUTPUT_BYTES=99999999999999"),
+    ({"HISTORY_RETENTION_DAYS": "1e12"}, "HISTORY_RETENTION_DAYS=1000000000000 is out of"),
+    ({"IDLE_TIMEOUT": "1e12"}, "IDLE_TIMEOUT=1000000000000 is out of range"),
+    ({"MAX_EXECUTION_TIME": "1e12"}, "MAX_EXECUTION_TIME=1000000000000 is out of range"),
+    ({"STOP_TIMEOUT": "1e12"}, "STOP_TIMEOUT=1000000000000 is out of range"),
+])
+def test_huge_numbers_are_refused_naming_the_variable_and_range(
+        env: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert words in info.value.message
+    assert "must be between" in info.value.message
+
+
+def test_every_numeric_setting_has_bounds() -> None:
+    from dataclasses import fields
+
+    from ws_sandbox.settings import BOUNDS
+    numeric = {f.name for f in fields(Settings)
+               if f.type in ("int", "float", "float | None")}
+    assert numeric == set(BOUNDS)
+
+
+def test_the_largest_values_allowed_still_make_a_container_docker_takes() -> None:
+    from ws_sandbox.backend import container_config
+    from ws_sandbox.settings import BOUNDS
+    top = {name: str(hi) for name, (lo, hi, unit) in BOUNDS.items()}
+    env = {f.metadata["env"]: top[f.name] for f in fields_of_settings() if f.name in top}
+    env["DEFAULT_EXECUTION_TIME"] = env["MAX_EXECUTION_TIME"]
+    config = container_config(Settings.from_env(env), "python", "p")
+    host = config["HostConfig"]
+    for value in (host["Memory"], host["MemorySwap"], host["NanoCpus"], host["PidsLimit"],
+                  *(u["Hard"] for u in host["Ulimits"])):
+        assert 0 <= value < 2**63
+
+
+def fields_of_settings() -> tuple[Any, ...]:
+    from dataclasses import fields
+    return fields(Settings)
+
+
+@pytest.mark.parametrize("value", ["0.0000001", "0.009", "0", "2000"])
+def test_cpu_limit_is_between_docker_minimum_and_1024(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"CPU_LIMIT=\S+ is out of range: must be between 0.01 and"
+                                          r" 1024 CPUs"):
+        Settings.from_env({"CPU_LIMIT": value})
+    assert Settings.from_env({"CPU_LIMIT": "0.01"}).cpu_limit == 0.01
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "1e-300", "0.0009"])
+def test_exit_wait_timeout_is_validated_like_the_other_timeouts(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"EXIT_WAIT_TIMEOUT=.* must be between 0.001 and"):
+        Settings.from_env({"EXIT_WAIT_TIMEOUT": value})
+
+
+@pytest.mark.parametrize("name", ["SEND_TIMEOUT", "IDLE_TIMEOUT", "RESUME_GRACE",
+                                  "MAX_EXECUTION_TIME", "REQUEST_TIMEOUT"])
+def test_tiny_timeouts_are_refused_with_the_minimum(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{name}=1e-300 is out of range: must be between"
+                                          r" 0.001 and 2592000 seconds"):
+        Settings.from_env({name: "1e-300"})
+
+
+def test_stop_timeout_may_be_zero_and_optional_timeouts_none() -> None:
+    s = Settings.from_env({"STOP_TIMEOUT": "0", "SEND_TIMEOUT": "none",
+                           "EXIT_WAIT_TIMEOUT": "0.001"})
+    assert (s.stop_timeout, s.send_timeout, s.exit_wait_timeout) == (0.0, None, 0.001)
+
+
+# --- strings: keys, secret, origins --------------------------------------------------------
+
+@pytest.mark.parametrize("keys", [" , ", ",", "k1,,k2", "k1, "])
+def test_api_keys_with_an_empty_item_are_refused(keys: str) -> None:
+    with pytest.raises(ConfigError, match="API_KEYS has an empty key"):
+        Settings.from_env({"API_KEYS": keys})
+
+
+def test_empty_api_keys_still_mean_no_keys() -> None:
+    assert Settings.from_env({"API_KEYS": ""}).api_key_list == ()
+    assert Settings.from_env({"API_KEYS": " k1 , k2 "}).api_key_list == ("k1", "k2")
+
+
+def test_a_short_session_secret_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError, match="SESSION_SECRET must be at least 16 characters") \
+            as info:
+        Settings.from_env({"SESSION_SECRET": "xyzzy-short"})
+    assert "xyzzy-short" not in info.value.message
+    assert Settings.from_env({"SESSION_SECRET": "s" * 16}).session_secret == "s" * 16
+
+
+@pytest.mark.parametrize("origins", ["not an origin", "chat.example", "https://",
+                                     "https://chat.example/path", "https://a.example,b",
+                                     "https://chat.example:port", "https://u@chat.example",
+                                     "https://chat.example?q", "null"])
+def test_allowed_origins_must_be_origins(origins: str) -> None:
+    with pytest.raises(ConfigError, match=r"ALLOWED_ORIGINS .* is not an origin"):
+        Settings.from_env({"ALLOWED_ORIGINS": origins})
+
+
+@pytest.mark.parametrize("origins", ["*", "https://chat.example", "http://localhost:3000",
+                                     "https://chat.example/", " https://a.example , *",
+                                     "http://[::1]:8080", "chrome-extension://abcdef", ""])
+def test_allowed_origins_keep_the_documented_forms(origins: str) -> None:
+    Settings.from_env({"ALLOWED_ORIGINS": origins})
+
+
+# --- number syntax ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("SANDBOX_PORT", "8_090"), ("SANDBOX_PORT", "\u0668\u0660\u0669\u0660"),
+    ("MAX_MEMORY_MB", "1_000"), ("POOL_SIZE", "\uff12"), ("PIDS_LIMIT", "0x80"),
+])
+def test_whole_numbers_need_ascii_digits(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name}=.*: expected a whole number"):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("MAX_EXECUTION_TIME", "1_0"), ("MAX_EXECUTION_TIME", "\u0661\u0660"),
+    ("CPU_LIMIT", "\u0661"), ("IDLE_TIMEOUT", "1_0.5"),
+])
+def test_numbers_need_plain_ascii_decimals(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name}=.*: expected a number"):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"MAX_EXECUTION_TIME": "12.5"}, 12.5), ({"MAX_EXECUTION_TIME": ".5e2"}, 50.0),
+    ({"MAX_EXECUTION_TIME": "15."}, 15.0), ({"MAX_EXECUTION_TIME": "1e2"}, 100.0),
+    ({"MAX_EXECUTION_TIME": "+20"}, 20.0), ({"MAX_EXECUTION_TIME": " 17 "}, 17.0),
+])
+def test_plain_decimals_still_parse(env: dict[str, str], expected: float) -> None:
+    assert Settings.from_env(env).max_execution_time == expected
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("CPU_LIMIT", "expected a number of CPUs"),
+    ("HISTORY_RETENTION_DAYS", "expected a number of days"),
+    ("SEND_TIMEOUT", "expected a number of seconds"),
+])
+def test_a_bad_number_message_fits_the_setting(name: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name}='lots': {words}"):
+        Settings.from_env({name: "lots"})
