@@ -94,6 +94,11 @@ def check_code_size(code: str, max_code_bytes: int) -> None:
         raise PayloadTooLarge(f"code of {size} bytes exceeds the limit of {max_code_bytes} bytes")
 
 
+MIN_CELL_TIMEOUT = 0.001
+"""The shortest timeout a cell may ask for: a shorter one has passed before its code reaches
+the sandbox (``1e-300`` was taken, and ended as a ``timeout`` with the program's exit code 0)."""
+
+
 def validate_cell(limits: SessionLimits, code: str, timeout: float | None) -> float:
     """Check a cell's code and timeout; return the timeout in force.
 
@@ -109,8 +114,9 @@ def validate_cell(limits: SessionLimits, code: str, timeout: float | None) -> fl
         raise BadRequest("code is empty")
     if timeout is None:
         return limits.default_execution_time
-    if not timeout > 0:
-        raise BadRequest(f"timeout must be a positive number of seconds, not {timeout}")
+    if not timeout >= MIN_CELL_TIMEOUT:
+        raise BadRequest(f"timeout must be a positive number of seconds, at least"
+                         f" {MIN_CELL_TIMEOUT:g}, not {timeout:g}")
     if timeout > limits.max_execution_time:
         raise BadRequest(f"timeout of {timeout:g} s exceeds the maximum of"
                          f" {limits.max_execution_time:g} s")
