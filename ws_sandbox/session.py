@@ -123,6 +123,17 @@ def validate_cell(limits: SessionLimits, code: str, timeout: float | None) -> fl
     return timeout
 
 
+OUTPUT_ALLOWANCE_SLACK = 65536
+"""Characters of output a sandbox may send beyond what its agent's budget allows (see
+:meth:`Session._over_allowance`) before it counts as broken."""
+
+
+def agent_display_chars(data: Mapping[str, str]) -> int:
+    """A display's size as the agent counts it against a cell's budget: the characters of
+    every key and value, and one per entry."""
+    return sum(len(key) + len(value) + 1 for key, value in data.items())
+
+
 DISPLAY_FRAME_BYTES = 64
 """What one display frame costs of a cell's output budget beyond its data: about its JSON
 envelope, so that a flood of empty displays is bounded by the budget too."""
@@ -225,6 +236,8 @@ class Session:
     _actions: list[Action] = field(default_factory=list)
     _timers: _Timers = field(default_factory=_Timers)
     _restart_pending: bool = False
+    #: Output characters the sandbox sent since the running (or last) cell started.
+    _received: int = 0
 
     def __post_init__(self) -> None:
         if self.limits.max_lifetime is not None:
@@ -352,9 +365,13 @@ class Session:
         cell = self.running
         match frame:
             case aw.Out():
+                if self._over_allowance(len(frame.text), now):
+                    return
                 if cell is not None and frame.id == cell.id:
                     self._output(cell, frame.name, frame.text)
             case aw.AgentDisplay():
+                if self._over_allowance(agent_display_chars(frame.data), now):
+                    return
                 if cell is not None and frame.id == cell.id:
                     self._display(cell, frame)
             case aw.Done():
@@ -404,10 +421,30 @@ class Session:
         self._timers.phase = None
         self._actions.append(ReplaceSandbox(reason))
 
+    def _over_allowance(self, chars: int, now: float) -> bool:
+        """Count ``chars`` of output from the sandbox; past what its agent may send, the
+        sandbox broke protocol (it is replaced) and the frame is dropped.
+
+        The agent counts a cell's output as it forwards it (raw bytes of the streams, the
+        characters of display data and one per entry) and stops at ``max_output_bytes``,
+        including what background processes write after the cell ended, which it sends
+        under that cell's id and the service drops. So between the start of one cell and
+        the start of the next, the agent sends at most that cell's budget and, still on the
+        way, the rest of the cell before it: twice the budget. Without this bound a hostile
+        sandbox could stream dropped output for ever, at the cost of the service's and the
+        engine's CPU."""
+        self._received += chars
+        if self._received <= 2 * self.limits.max_output_bytes + OUTPUT_ALLOWANCE_SLACK:
+            return False
+        if self.state is not State.RECOVERING:
+            self.sandbox_failed("it sent more output than its cells may produce", now)
+        return True
+
     def sandbox_replaced(self, now: float) -> None:
         """A fresh sandbox took the place of the lost one."""
         if self.state is not State.RECOVERING:
             return
+        self._received = 0
         self.state = State.IDLE
         self._restart_pending = False  # a fresh sandbox answers a restart under way too
         self._timers.phase = None
@@ -504,6 +541,7 @@ class Session:
         cell = self.queue.popleft()
         cell.started_at = now
         cell.deadline = now + cell.timeout
+        self._received = 0
         self.running = cell
         self.state = State.RUNNING
         self.phase = Phase.NORMAL

@@ -274,6 +274,36 @@ async def test_output_flood_is_capped_with_a_marker(battery: Service, language: 
         await still_works(s, language)
 
 
+async def test_endless_output_after_its_cell_ended_costs_the_session_nothing(
+        battery: Service) -> None:
+    # A background process floods on after its cell ended. The agent forwards it under the
+    # cell's id (the service drops it) up to the cell's budget, then under the next running
+    # cell's: the service's allowance for what a sandbox may send (twice the budget per cell,
+    # and some) is never exceeded, so the sandbox and its state stay.
+    async with await connect(battery.url, language="shell") as s:
+        r = await s.execute("kept=42; (yes stale-output-flood & echo $! > flood.pid);"
+                            " echo started")
+        assert r.status == "success" and "started\n" in r.stdout, r
+        for _ in range(8):  # each cell's output is the flood (cut at its budget)
+            await asyncio.sleep(0.3)
+            n = await s.execute("true")
+            assert n.status == "success" and "stale-output-flood" in n.stdout, n
+        await s.execute("kill $(< flood.pid)")
+        await asyncio.sleep(0.5)
+        await s.execute("true")  # takes what the pipe still held
+        n = await s.execute("echo kept=$kept")
+        assert (n.status, n.stdout) == ("success", "kept=42\n"), n
+        assert all(not isinstance(e, fr.Restarted) for e in drain(s.events)), "replaced"
+
+
+def drain(events: asyncio.Queue[fr.ServerFrame]) -> list[fr.ServerFrame]:
+    """Everything queued now."""
+    out = []
+    while not events.empty():
+        out.append(events.get_nowait())
+    return out
+
+
 async def test_endless_stderr_flood_ends_at_the_timeout(battery: Service) -> None:
     start = time.monotonic()
     r = await run(battery, "python", "import sys\nwhile True:\n    sys.stderr.write('e' * 4096)",

@@ -14,6 +14,7 @@ from ws_sandbox import frames as fr
 from ws_sandbox.exceptions import BadRequest, RateLimited
 from ws_sandbox.session import (
     DISPLAY_FRAME_BYTES,
+    OUTPUT_ALLOWANCE_SLACK,
     TRUNCATION_MARKER,
     CellFinished,
     CloseSession,
@@ -23,6 +24,7 @@ from ws_sandbox.session import (
     Session,
     SessionLimits,
     State,
+    agent_display_chars,
     display_size,
     validate_cell,
 )
@@ -207,6 +209,71 @@ def test_output_of_another_cell_is_dropped() -> None:
     s.receive_agent(done("c1"), 0.1)
     assert s.frames_to_send() == []
     assert s.state is State.RUNNING
+
+
+# What a sandbox may send between one cell's start and the next's: the cell's budget and the
+# rest of the cell before it, still on the way.
+ALLOWANCE = 2 * LIMITS.max_output_bytes + OUTPUT_ALLOWANCE_SLACK
+
+
+def replaced(session: Session) -> bool:
+    return any(isinstance(a, ReplaceSandbox) for a in session.actions_to_run())
+
+
+def test_output_after_a_cell_ended_past_the_allowance_replaces_the_sandbox() -> None:
+    # A background process's output after its cell ended comes under the cell's id and is
+    # dropped; the agent stops at the cell's budget, so a sandbox that goes on streaming is
+    # broken (or hostile) and costs the service and the engine CPU for nothing.
+    s = new()
+    execute(s)
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="1\n"), 0.1)
+    s.receive_agent(done(), 0.2)
+    s.frames_to_send()
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="x" * (ALLOWANCE - 2)), 0.3)
+    assert (s.state, replaced(s), s.frames_to_send()) == (State.IDLE, False, [])
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="x"), 0.4)
+    assert s.state is State.RECOVERING and replaced(s)
+    s.sandbox_replaced(0.5)
+    execute(s, "c2", now=0.6)
+    s.receive_agent(aw.Out(id="c2", name="stdout", text="ok"), 0.7)
+    s.receive_agent(done("c2"), 0.8)
+    assert only(s.frames_to_send(), fr.Stream)[-1] == fr.Stream(id="c2", name="stdout",
+                                                                 text="ok")
+
+
+def test_a_running_cells_flood_past_the_allowance_ends_it_as_killed() -> None:
+    s = new()
+    execute(s)
+    for _ in range(ALLOWANCE // 1000):
+        s.receive_agent(aw.Out(id="c1", name="stdout", text="x" * 1000), 0.1)
+    assert s.state is State.RUNNING
+    s.receive_agent(aw.AgentDisplay(id="c1", kind="display_data",
+                                    data={"text/plain": "y" * 1000}), 0.2)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.status == "killed" and "more output than its cells may produce" in (
+        result.error or ""), result
+    assert s.state is State.RECOVERING and replaced(s)
+
+
+def test_the_allowance_starts_again_with_each_cell() -> None:
+    s = new()
+    for n in range(3):
+        execute(s, f"c{n}", now=float(n))
+        # The cell's budget, the rest of the cell before it, and the slack: all allowed.
+        s.receive_agent(aw.Out(id=f"c{n - 1}", name="stdout", text="o" * 100), n + 0.1)
+        s.receive_agent(aw.Out(id=f"c{n}", name="stdout", text="n" * 100), n + 0.2)
+        s.receive_agent(aw.AgentDisplay(id=f"c{n}", kind="display_data",
+                                        data={"t": "d" * (OUTPUT_ALLOWANCE_SLACK - 2)}),
+                        n + 0.3)
+        s.receive_agent(done(f"c{n}"), n + 0.4)
+        assert s.state is State.IDLE and not replaced(s)
+
+
+def test_a_display_counts_as_the_agent_counts_it() -> None:
+    assert agent_display_chars({"text/plain": "42", "image/png": "é" * 3}) == (
+        10 + 2 + 1 + 9 + 3 + 1)
+    assert agent_display_chars({}) == 0
 
 
 def test_timeout_escalates_interrupt_restart_replace() -> None:
@@ -527,7 +594,7 @@ def test_admit_cell_can_refuse_a_cell_and_the_session_goes_on() -> None:
 # --- invariants over random event sequences ------------------------------------------------
 
 EVENT_KINDS = ("exec_short", "exec_long", "interrupt", "restart", "out", "display", "done",
-               "done_restarted", "restarted", "stray_done", "sandbox_failed",
+               "done_restarted", "restarted", "stray_done", "flood", "sandbox_failed",
                "sandbox_replaced", "detach", "attach")
 
 
@@ -581,6 +648,9 @@ def test_every_deadline_is_acted_on_and_every_cell_ends_once(
                 s.receive_agent(aw.Restarted(), now)
             case "stray_done":
                 s.receive_agent(done("nobody"), now)
+            case "flood":  # output past what the agent may send: a protocol breach
+                s.receive_agent(aw.Out(id=cell.id if cell else "gone", name="stdout",
+                                       text="f" * (ALLOWANCE // 2 + 1)), now)
             case "sandbox_failed":
                 s.sandbox_failed("gone", now)
             case "sandbox_replaced":
