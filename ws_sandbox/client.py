@@ -8,29 +8,41 @@
         result = await session.execute("print('hi')", on_output=print)
         print(result.status, result.stdout)
 
+``connect`` works like ``websockets.connect``: ``async with connect(...)`` closes the
+session at the end; ``session = await connect(...)`` (then ``async with session`` or
+``await session.close()``) works too.
+
 :meth:`ClientSession.execute` collects a cell's output (calling ``on_output`` live);
-:meth:`ClientSession.stream` yields each frame of a cell as it arrives.
+:meth:`ClientSession.stream` yields each frame of a cell as it arrives. Every wait for a
+cell is bounded: its timeout (or the session's default), the cells queued before it, and
+``result_grace`` (:class:`ClientSession`); past that the client closes the session and
+raises :class:`ResultTimeout`. Errors: :class:`ClientError` and its subclasses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import itertools
-from collections.abc import AsyncIterator, Callable
+import math
+import secrets
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.frames import DATA_OPCODES, Frame
 from websockets.protocol import Event
 
 from ws_sandbox import frames as fr
 from ws_sandbox.exceptions import DECODE_ERRORS
-
-_ids = itertools.count(1)
 
 
 class _Connection(ClientConnection):
@@ -85,21 +97,80 @@ class _Connection(ClientConnection):
             self._arrived.set_result(None)
 
 
-class SessionClosed(Exception):
-    """The server closed the session; ``closed`` holds its ``closed`` frame, if it sent one."""
+class ClientError(Exception):
+    """Base class of every error of this client.
 
-    def __init__(self, message: str, closed: fr.Closed | None = None) -> None:
-        super().__init__(message)
+    .. code-block:: text
+
+        ClientError
+        ├── ConnectFailed     no session opened: a bad URL, a failed handshake, no answer
+        ├── SessionRefused    the server refused the session, or one cell (``error`` frame)
+        ├── SessionClosed     the session ended; ``reason`` says how
+        │   └── ResultTimeout a cell's result did not come in time (the session is closed)
+        └── CellIdInUse       ``stream(cell_id=...)`` with an id this client still uses
+    """
+
+
+class ConnectFailed(ClientError):
+    """No session could be opened: a bad URL, a failed handshake or no answer in time."""
+
+
+class SessionClosed(ClientError):
+    """The session ended before the cell (or the call) did.
+
+    Attributes:
+        reason: the server's close reason (``protocol/spec.md``) when it sent a ``closed``
+            frame; else one of the client's own: ``client_closed`` (this client closed),
+            ``connection_lost`` (the connection dropped; the message has the close code),
+            ``protocol_error`` (the server sent something that is not a frame of the
+            protocol) or ``result_timeout`` (see :class:`ResultTimeout`).
+        message: what happened, in words.
+        closed: the server's ``closed`` frame, if it sent one.
+    """
+
+    def __init__(self, reason: str, message: str = "", closed: fr.Closed | None = None) -> None:
+        super().__init__(f"session closed: {reason}" + (f": {message}" if message else ""))
+        self.reason = reason
+        self.message = message
         self.closed = closed
 
 
-class SessionRefused(Exception):
-    """The server refused to open (or resume) the session."""
+class ResultTimeout(SessionClosed):
+    """A cell's result did not come within its bound: the server broke its promise, and
+    the client closed the session. Other cells of the session fail with
+    :class:`SessionClosed` (reason ``result_timeout``).
 
-    def __init__(self, error: fr.Error, close_code: int | None) -> None:
+    Attributes:
+        cell_id: the cell whose result never came.
+        waited: seconds waited for it, since it became the first unfinished cell.
+    """
+
+    def __init__(self, cell_id: str, waited: float) -> None:
+        super().__init__("result_timeout", f"no result for cell {cell_id!r} after waiting "
+                                           f"{waited:.1f} s (its timeout and the grace)")
+        self.cell_id = cell_id
+        self.waited = waited
+
+
+class SessionRefused(ClientError):
+    """The server refused to open (or resume) the session, or refused one cell.
+
+    Attributes:
+        error: the server's ``error`` frame (for a refused upgrade, its JSON error body).
+        close_code: the WebSocket close code that followed, if any.
+        http_status: the HTTP status of a refused upgrade (401, 403, ...), if that is how.
+    """
+
+    def __init__(self, error: fr.Error, close_code: int | None,
+                 http_status: int | None = None) -> None:
         super().__init__(f"{error.code}: {error.message}")
         self.error = error
         self.close_code = close_code
+        self.http_status = http_status
+
+
+class CellIdInUse(ClientError, ValueError):
+    """``stream(cell_id=...)`` was given an id of a cell of this client still unfinished."""
 
 
 @dataclass(slots=True)
@@ -115,6 +186,10 @@ class CellResult:
     def status(self) -> str:
         """The cell's status word."""
         return self.result.status
+
+
+Route = Callable[[fr.ServerFrame | SessionClosed], None]
+"""Where a cell's frames go, and finally the error that ended the session, if one did."""
 
 
 class _Collector:
@@ -133,7 +208,7 @@ class _Collector:
         self.on_output = on_output
         self.done: asyncio.Future[CellResult] = asyncio.get_running_loop().create_future()
 
-    def __call__(self, frame: fr.ServerFrame) -> None:
+    def __call__(self, frame: fr.ServerFrame | SessionClosed) -> None:
         if self.done.done():
             return
         match frame:
@@ -151,24 +226,100 @@ class _Collector:
                                                 "".join(self.stderr), self.displays))
             case fr.Error():
                 self.done.set_exception(SessionRefused(frame, None))
-            case fr.Closed():
-                self.done.set_exception(SessionClosed(f"session closed: {frame.reason}", frame))
+            case SessionClosed():
+                self.done.set_exception(frame)
+
+
+class _StreamQueue:
+    """One :meth:`ClientSession.stream` cell's frames, waiting for its consumer.
+
+    Bounded by back-pressure: at :data:`STREAM_QUEUE_HIGH` frames the session stops reading
+    the connection (``pause_reading``) until the consumer takes it down to half; what was
+    already read when it paused still comes in (at most one read's worth). The server then
+    stops too (``protocol/spec.md``, "Backpressure"), so nothing piles up anywhere.
+    """
+
+    __slots__ = ("frames", "pause", "waiter")
+
+    def __init__(self, pause: Callable[[bool], None]) -> None:
+        self.frames: collections.deque[fr.ServerFrame | SessionClosed] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.pause = pause
+
+    def __call__(self, frame: fr.ServerFrame | SessionClosed) -> None:
+        self.frames.append(frame)
+        if len(self.frames) >= STREAM_QUEUE_HIGH:
+            self.pause(True)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self) -> fr.ServerFrame | SessionClosed:
+        while not self.frames:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        frame = self.frames.popleft()
+        if len(self.frames) <= STREAM_QUEUE_HIGH // 2:
+            self.pause(False)
+        return frame
+
+
+STREAM_QUEUE_HIGH = 256
+"""Frames a :meth:`ClientSession.stream` cell may have waiting before reading pauses."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A cell sent and not finished (no ``result`` or ``error`` yet), in sending order."""
+
+    timeout: float
+    """Its effective timeout: the one it was sent with, else the session's default, capped
+    by the session's maximum."""
+    since: float | None = None
+    """When it became the first unfinished cell (loop time): its bound starts there."""
 
 
 class ClientSession:
     """One open session. Make it with :func:`connect`.
 
     The session reads the connection itself (``ws.recv()`` never returns a message).
+
+    Every cell is bounded on this side too. The server runs a session's cells in order,
+    each within its timeout (plus an interrupt and a restart): so the client expects the
+    result of its first unfinished cell within that cell's timeout plus ``result_grace``
+    seconds from when it became first (sent, or the previous cell finished). If it does not
+    come, the server broke its promise: the client closes the session, the cell fails with
+    :class:`ResultTimeout` and the others with :class:`SessionClosed`.
+
+    Frames without a cell id (``restarted``, ``closed``, an ``error`` without ``id``) and
+    frames of a cell whose caller stopped waiting go to :attr:`events`, which keeps the
+    latest ``max_events`` (older ones are dropped and counted in :attr:`events_dropped`).
+    Frames for a cell id this client never sent (or already finished) are dropped and
+    counted in :attr:`frames_dropped`.
     """
 
-    def __init__(self, ws: _Connection, ready: fr.Ready) -> None:
+    def __init__(self, ws: _Connection, ready: fr.Ready, *,
+                 result_grace: float | None = 30.0, max_events: int = 1024) -> None:
         self.ws = ws
         self.ready = ready
-        # Where each running cell's frames go: a collector (execute) or a queue (stream).
-        self._cells: dict[str, Callable[[fr.ServerFrame], None]] = {}
-        self.events: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
+        self.result_grace = _check_seconds("result_grace", result_grace)
+        # Where each waited-for cell's frames go: a collector (execute) or a queue (stream).
+        self._cells: dict[str, Route] = {}
+        self._pending: dict[str, _Pending] = {}  # insertion order is sending order
+        self._prefix = secrets.token_hex(6)  # ids unique across processes (resume)
+        self._ids = itertools.count(1)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._paused: set[int] = set()  # the stream queues that paused reading
+        self.events: asyncio.Queue[fr.ServerFrame] = asyncio.Queue(maxsize=max_events)
+        self.events_dropped = 0
+        self.frames_dropped = 0
         self.closed: fr.Closed | None = None
-        self._gave_up: asyncio.Future[None] | None = None  # closing after an invalid frame
+        """The server's ``closed`` frame, if it sent one."""
+        self.ended: SessionClosed | None = None
+        """Why the session ended, once it did (the error its cells failed with)."""
+        self._gave_up: asyncio.Future[None] | None = None  # closing on the client's side
         for data in ws.pending:  # what came right behind ``ready``
             self._receive(data)
         ws.pending.clear()
@@ -187,8 +338,16 @@ class ClientSession:
 
     def _check_open(self) -> None:
         """Refuse a new cell once nothing reads the connection (its result would never come)."""
-        if self._reader.done():
-            raise SessionClosed("session closed", self.closed)
+        if self.ended is not None:
+            raise self._closed_error()
+        if self._reader.done() or self._gave_up is not None:
+            raise SessionClosed("client_closed", "the session is closed", self.closed)
+
+    def _closed_error(self) -> SessionClosed:
+        ended = self.ended or SessionClosed("client_closed", "the session is closed")
+        if isinstance(ended, ResultTimeout):  # that cell's error; the others' is this
+            return SessionClosed(ended.reason, ended.message)
+        return SessionClosed(ended.reason, ended.message, ended.closed)
 
     async def send(self, frame: fr.Frame) -> None:
         """Send any client frame.
@@ -199,50 +358,89 @@ class ClientSession:
         try:
             await self.ws.send(fr.encode(frame), text=True)  # JSON is UTF-8 already
         except websockets.ConnectionClosed as exc:
-            raise SessionClosed(f"session closed: {exc}", self.closed) from exc
+            if self.ended is not None:
+                raise self._closed_error() from exc
+            raise SessionClosed("connection_lost", str(exc), self.closed) from exc
+
+    def _start(self, cell_id: str, code: str, timeout: float | None,
+               route: Route) -> fr.Execute:
+        """Register a cell about to be sent: its route and its place in the order."""
+        self._check_open()
+        timeout = _check_seconds("timeout", timeout)
+        limits = self.ready.limits
+        effective = min(limits.default_execution_time if timeout is None else timeout,
+                        limits.max_execution_time)
+        self._cells[cell_id] = route
+        self._pending[cell_id] = _Pending(effective)
+        if len(self._pending) == 1:
+            self._arm()
+        return fr.Execute(id=cell_id, code=code, timeout=timeout)
+
+    def _new_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
 
     async def stream(self, code: str, *, timeout: float | None = None,
                      cell_id: str | None = None) -> AsyncIterator[fr.ServerFrame]:
         """Run a cell and yield its frames, ending with its ``result`` (or ``error``).
 
+        A consumer that stops taking frames holds the whole session up: past a few hundred
+        waiting frames the client stops reading the connection (the server then stops the
+        sandbox), and the cell's result bound (``result_grace``) still runs.
+
         Raises:
-            SessionClosed: the session ended before the cell did.
+            SessionClosed: the session ended before the cell did (:class:`ResultTimeout`
+                when its result did not come in time).
+            CellIdInUse: ``cell_id`` is the id of an unfinished cell of this client.
+            ValueError: ``timeout`` is not a positive number of seconds.
         """
-        self._check_open()
-        cell_id = cell_id or f"c{next(_ids)}"
-        queue: asyncio.Queue[fr.ServerFrame] = asyncio.Queue()
-        self._cells[cell_id] = queue.put_nowait
+        if cell_id is not None and (cell_id in self._pending or cell_id in self._cells):
+            raise CellIdInUse(f"cell id {cell_id!r} is already in use by an unfinished cell "
+                              "of this session")
+        cell_id = cell_id or self._new_id()
+        queue = _StreamQueue(lambda pause: self._pause(id(queue), pause))
+        request = self._start(cell_id, code, timeout, queue)
         try:
-            await self.send(fr.Execute(id=cell_id, code=code, timeout=timeout))
+            await self.send(request)
             while True:
                 frame = await queue.get()
-                if isinstance(frame, fr.Closed):
-                    raise SessionClosed(f"session closed: {frame.reason}", frame)
+                if isinstance(frame, SessionClosed):
+                    raise frame
                 yield frame
                 if isinstance(frame, (fr.Result, fr.Error)):
                     return
         finally:
             self._cells.pop(cell_id, None)
+            self._pause(id(queue), False)
 
     async def execute(self, code: str, *, timeout: float | None = None,
                       on_output: Callable[[fr.Stream], object] | None = None) -> CellResult:
         """Run a cell and collect its output.
+
+        ``timeout`` (seconds, positive and finite) is the cell's bound on the server; None
+        means the session's default. The client waits for the result at most that long
+        (plus the cells queued before it, and ``result_grace``): see :class:`ClientSession`.
 
         ``on_output`` is called with each ``stream`` frame as it arrives, from the event
         loop's callback that reads the connection: it must return quickly and must not
         block (nothing else is read meanwhile). An exception it raises fails this cell's
         ``execute`` (the cell itself runs on).
 
+        Cancelling ``execute`` (or a timeout around it) only stops waiting: the cell keeps
+        running, or stays queued, on the server, and its later frames go to :attr:`events`.
+        The protocol's ``interrupt`` names no cell, so the client cannot safely stop just
+        this one; call :meth:`interrupt` (it stops whichever cell runs) or close the session.
+
         Raises:
             SessionRefused: the server refused the cell (``error`` frame).
-            SessionClosed: the session ended before the cell did.
+            SessionClosed: the session ended before the cell did (:class:`ResultTimeout`
+                when its result did not come in time).
+            ValueError: ``timeout`` is not a positive number of seconds.
         """
-        self._check_open()
-        cell_id = f"c{next(_ids)}"
+        cell_id = self._new_id()
         collector = _Collector(on_output)
-        self._cells[cell_id] = collector
+        request = self._start(cell_id, code, timeout, collector)
         try:
-            await self.send(fr.Execute(id=cell_id, code=code, timeout=timeout))
+            await self.send(request)
             return await collector.done
         finally:
             self._cells.pop(cell_id, None)
@@ -257,13 +455,23 @@ class ClientSession:
 
     async def close(self) -> None:
         """Close the connection (the server removes the sandbox)."""
-        await self.ws.close()
+        if self.ended is None:
+            self._end(SessionClosed("client_closed", "the client closed the session"))
+        await self._close_now()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
 
+    async def _close_now(self, code: int = 1000, reason: str = "") -> None:
+        """Close, and cut the connection if the close does not complete promptly."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            self.ws.transport.abort()
+
     async def wait_closed(self) -> fr.Closed | None:
-        """Wait until the server ends the session; return its ``closed`` frame."""
+        """Wait until the session ends; return the server's ``closed`` frame, if it sent one."""
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
         return self.closed
@@ -278,45 +486,140 @@ class ClientSession:
     def _receive(self, data: bytes) -> None:
         """One message from the server, handed over by the connection as it arrives."""
         if self._gave_up is not None:
-            return  # an invalid frame came before: nothing after it counts
+            return  # the client gave up on the session: nothing after that counts
         try:
             frame = fr.decode_server(data)  # bytes: msgspec checks the UTF-8 as it parses
         # Not a frame of this protocol: give up (nothing may escape into data_received).
         except DECODE_ERRORS as exc:
-            self.closed = fr.Closed(reason="client_closed",
-                                    message=f"the server sent an invalid frame: {exc}")
-            self._end_cells(self.closed)
-            self._gave_up = asyncio.ensure_future(self.ws.close(1002, "invalid frame"))
+            self._give_up(SessionClosed("protocol_error",
+                                        f"the server sent an invalid frame: {exc}"),
+                          1002, "invalid frame")
             return
         if isinstance(frame, fr.Closed):
             self.closed = frame
-            self._end_cells(frame)
-            self.events.put_nowait(frame)
+            self._end(SessionClosed(frame.reason, frame.message, frame))
+            self._event(frame)
             return
         cell = getattr(frame, "id", None)
-        deliver = self._cells.get(cell) if isinstance(cell, str) else None
+        if not isinstance(cell, str):
+            self._event(frame)
+            return
+        deliver = self._cells.get(cell)
         if deliver is not None:
             deliver(frame)
+        elif cell in self._pending:
+            self._event(frame)  # a cell nobody waits for any more
         else:
-            self.events.put_nowait(frame)
+            self.frames_dropped += 1  # a cell this client never sent, or finished
+            return
+        if isinstance(frame, (fr.Result, fr.Error)):
+            self._finish(cell)
 
-    def _end_cells(self, closed: fr.Closed) -> None:
-        for each in list(self._cells.values()):
-            each(closed)
+    def _event(self, frame: fr.ServerFrame) -> None:
+        if self.events.full():
+            self.events.get_nowait()
+            self.events_dropped += 1
+        self.events.put_nowait(frame)
+
+    def _finish(self, cell: str) -> None:
+        """A cell's result (or refusal) came: the next one's bound starts."""
+        was_first = next(iter(self._pending), None) == cell
+        self._pending.pop(cell, None)
+        if was_first:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Start the bound of the first unfinished cell, now."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        first = next(iter(self._pending.items()), None)
+        if first is None or self.result_grace is None or self.ended is not None:
+            return
+        cell, pending = first
+        loop = asyncio.get_running_loop()
+        pending.since = loop.time()
+        self._deadline = loop.call_at(pending.since + pending.timeout + self.result_grace,
+                                      self._expire, cell)
+
+    def _expire(self, cell: str) -> None:
+        self._deadline = None
+        pending = self._pending.get(cell)
+        if pending is None or pending.since is None or self.ended is not None:
+            return
+        waited = asyncio.get_running_loop().time() - pending.since
+        self._give_up(ResultTimeout(cell, waited), 1000, "")
+
+    def _give_up(self, error: SessionClosed, code: int, reason: str) -> None:
+        """The client ends the session: every cell fails, and the connection closes."""
+        self._end(error)
+        self._gave_up = asyncio.ensure_future(self._close_now(code, reason))
+
+    def _pause(self, queue: int, pause: bool) -> None:
+        """Pause reading while any stream queue is full; resume once none is."""
+        was = bool(self._paused)
+        if pause:
+            self._paused.add(queue)
+        else:
+            self._paused.discard(queue)
+        if was == bool(self._paused) or self.ws.transport.is_closing():
+            return
+        if self._paused:
+            self.ws.transport.pause_reading()
+        else:
+            self.ws.transport.resume_reading()
+
+    def _end(self, error: SessionClosed) -> None:
+        """The session ended: each waiting cell fails (the cell that timed out with
+        ``error``, the others with a plain :class:`SessionClosed` of the same reason)."""
+        if self.ended is not None:
+            return
+        self.ended = error
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        for cell, route in list(self._cells.items()):
+            timed_out = isinstance(error, ResultTimeout) and error.cell_id == cell
+            route(error if timed_out else self._closed_error())
 
     async def _watch(self) -> None:
         """Until the connection is gone; then every running cell ends."""
         try:
             await self.ws.wait_closed()
         finally:
-            self._end_cells(self.closed or fr.Closed(reason="client_closed",
-                                                     message="connection lost"))
+            exc = self.ws.protocol.close_exc
+            self._end(SessionClosed("connection_lost", str(exc) if exc else "connection lost",
+                                    self.closed))
 
 
-async def connect(url: str, *, language: str = "python", resume: str | None = None,
-                  api_key: str | None = None, open_timeout: float | None = 60.0,
-                  max_size: int | None = 16 * 1024 * 1024) -> ClientSession:
-    """Open (or resume) a session.
+CLOSE_TIMEOUT = 5.0
+"""Seconds a close the client starts may take before the connection is cut."""
+
+
+def _check_seconds(name: str, value: float | None) -> float | None:
+    """``value`` if it is None or a positive, finite number of seconds."""
+    if value is not None and not (isinstance(value, int | float) and math.isfinite(value)
+                                  and value > 0):
+        raise ValueError(f"{name} must be a positive, finite number of seconds or None, "
+                         f"got {value!r}")
+    return value
+
+
+def _refusal(exc: InvalidStatus) -> SessionRefused:
+    """A refused upgrade, with the server's JSON error if its body has one."""
+    status = exc.response.status_code
+    error = fr.Error(code=f"http_{status}", message=f"the server refused the upgrade with "
+                                                    f"HTTP {status}")
+    with contextlib.suppress(*DECODE_ERRORS, AttributeError, TypeError):
+        body = msgspec.json.decode(exc.response.body or b"")
+        detail = body["error"]
+        error = fr.Error(code=str(detail["code"]), message=str(detail["message"]))
+    return SessionRefused(error, None, status)
+
+
+class connect:
+    """Open (or resume) a session: ``await connect(...)``, or ``async with connect(...)``
+    (which closes the session at the end).
 
     Args:
         url: the service's base URL, ``ws://host:port`` (a path is ignored).
@@ -326,26 +629,81 @@ async def connect(url: str, *, language: str = "python", resume: str | None = No
         open_timeout: seconds to wait for the handshake, then as long for the ``ready``
             frame (after a refusal, as long again for the server to close).
         max_size: largest frame accepted from the server.
+        result_grace: seconds a cell's result may be late after its timeout before the
+            client gives up on the session (:class:`ResultTimeout`); None waits for ever.
+        max_events: the most frames :attr:`ClientSession.events` keeps.
 
     Raises:
-        SessionRefused: the server answered with an ``error`` frame.
+        SessionRefused: the server answered with an ``error`` frame, or refused the upgrade
+            (HTTP 401, 403, ...: ``http_status``, and the code and message of its JSON body).
+        SessionClosed: the connection closed before ``ready`` (``connection_lost``), or the
+            first frame was not ``ready`` or ``error`` (``protocol_error``).
+        ConnectFailed: the URL is invalid, the handshake failed, or no ``ready`` within
+            ``open_timeout``.
+        OSError: the service could not be reached.
     """
+
+    def __init__(self, url: str, *, language: str = "python", resume: str | None = None,
+                 api_key: str | None = None, open_timeout: float | None = 60.0,
+                 max_size: int | None = 16 * 1024 * 1024, result_grace: float | None = 30.0,
+                 max_events: int = 1024) -> None:
+        _check_seconds("result_grace", result_grace)
+        self._open = functools.partial(
+            _open, url, language=language, resume=resume, api_key=api_key,
+            open_timeout=open_timeout, max_size=max_size, result_grace=result_grace,
+            max_events=max_events)
+        self._session: ClientSession | None = None
+
+    def __await__(self) -> Generator[Any, None, ClientSession]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> ClientSession:
+        self._session = await self._open()
+        return self._session
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self._session is not None
+        await self._session.close()
+
+
+async def _open(url: str, *, language: str, resume: str | None, api_key: str | None,
+                open_timeout: float | None, max_size: int | None,
+                result_grace: float | None, max_events: int) -> ClientSession:
     base = url.rstrip("/")
     if "/api/" in base:
         base = base.split("/api/")[0]
     query = {"resume": resume} if resume else {"language": language}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    ws = await websockets.connect(f"{base}/api/v1/sessions/ws?{urlencode(query)}",
-                                  additional_headers=headers, max_size=max_size,
-                                  open_timeout=open_timeout, create_connection=_Connection)
+    try:
+        ws = await websockets.connect(f"{base}/api/v1/sessions/ws?{urlencode(query)}",
+                                      additional_headers=headers, max_size=max_size,
+                                      open_timeout=open_timeout,
+                                      create_connection=_Connection)
+    except InvalidStatus as exc:
+        raise _refusal(exc) from exc
+    except InvalidURI as exc:
+        raise ConnectFailed(f"invalid URL {url!r}: {exc}") from exc
+    except websockets.InvalidHandshake as exc:
+        raise ConnectFailed(f"the WebSocket handshake with {url} failed: {exc}") from exc
+    except TimeoutError as exc:
+        raise ConnectFailed(f"no WebSocket handshake with {url} within {open_timeout} s") \
+            from exc
     assert isinstance(ws, _Connection)
     try:
-        async with asyncio.timeout(open_timeout):
-            await ws.wait_pending()
-            if not ws.pending:
-                assert ws.protocol.close_exc is not None
-                raise ws.protocol.close_exc
+        try:
+            async with asyncio.timeout(open_timeout):
+                await ws.wait_pending()
+        except TimeoutError as exc:
+            raise ConnectFailed(f"no ready frame from {url} within {open_timeout} s") from exc
+        if not ws.pending:
+            raise SessionClosed("connection_lost", f"the connection closed before the ready "
+                                f"frame: {ws.protocol.close_exc or 'no close frame'}")
+        try:
             first = fr.decode_server(ws.pending.pop(0))
+        except DECODE_ERRORS as exc:
+            raise SessionClosed("protocol_error", f"the server's first frame is invalid: "
+                                f"{exc}") from exc
         if isinstance(first, fr.Error):
             # The server closes after a refusal, and its close code says more; one that does
             # not close is waited for up to open_timeout again, and refused all the same.
@@ -354,8 +712,9 @@ async def connect(url: str, *, language: str = "python", resume: str | None = No
                     await ws.wait_closed()
             raise SessionRefused(first, ws.close_code)
         if not isinstance(first, fr.Ready):
-            raise SessionRefused(fr.Error(code="protocol", message=f"got {first!r}"), None)
+            raise SessionClosed("protocol_error", f"the server's first frame is not ready: "
+                                f"{first!r}")
     except BaseException:
         await ws.close()
         raise
-    return ClientSession(ws, first)
+    return ClientSession(ws, first, result_grace=result_grace, max_events=max_events)

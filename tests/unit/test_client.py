@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import math
+import secrets
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
-import websockets
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from ws_sandbox import frames as fr
-from ws_sandbox.client import ClientSession, SessionClosed, SessionRefused, connect
+from ws_sandbox.client import (
+    CellIdInUse,
+    ClientSession,
+    ConnectFailed,
+    ResultTimeout,
+    SessionClosed,
+    SessionRefused,
+    connect,
+)
 
 BOUND = 10.0
 """Generous bound on any single wait (seconds)."""
@@ -27,11 +39,11 @@ LIMITS = fr.Limits(max_execution_time=60, default_execution_time=30, max_memory_
                    max_output_bytes=1 << 20, max_code_bytes=1 << 20, max_queued_cells=4,
                    idle_timeout=None, max_lifetime=None)
 
-Item = fr.ServerFrame | str | tuple[str, ...]
+Item = fr.ServerFrame | str | tuple[str, ...] | float
 Script = Callable[[fr.Execute], list[Item]]
 """The server's answer to one cell: frames, ``"drop"`` (abort the connection there), a
-tuple of strings (sent as the fragments of one message), or any other string, sent as it
-is."""
+tuple of strings (sent as the fragments of one message), a float (a pause of that many
+seconds before the next item), or any other string, sent as it is."""
 
 READY = fr.Ready(session_id="s1", language="python", token="t", limits=LIMITS)
 
@@ -60,10 +72,18 @@ class Server:
     """Sent as soon as a client connects, without a pause between them; ``"refuse"`` closes
     the connection there with code 1008."""
     received: list[str | bytes] = field(default_factory=list)
+    reject: tuple[int, bytes] | None = None
+    """Refuse the upgrade with this HTTP status and JSON body."""
+    closes: list[int | None] = field(default_factory=list)
+    """The close code of each connection that ended, as the server saw it."""
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a connection ends (``closes`` has its code)."""
 
 
 async def send_item(ws: ServerConnection, item: Item) -> None:
-    if isinstance(item, tuple):
+    if isinstance(item, float):
+        await asyncio.sleep(item)
+    elif isinstance(item, tuple):
         await ws.send(iter(item))  # one text message in len(item) frames
     else:
         await ws.send(item if isinstance(item, str) else fr.encode(item).decode())
@@ -74,6 +94,13 @@ async def scripted_server() -> AsyncIterator[Server]:
     server = Server(url="")
 
     async def handler(ws: ServerConnection) -> None:
+        try:
+            await serve_one(ws)
+        finally:
+            server.closes.append(ws.close_code)
+            server.ended.set()
+
+    async def serve_one(ws: ServerConnection) -> None:
         for item in server.opening:
             if item == "refuse":
                 await ws.close(1008, "refused")
@@ -90,7 +117,14 @@ async def scripted_server() -> AsyncIterator[Server]:
                     return
                 await send_item(ws, item)
 
-    async with serve(handler, "127.0.0.1", 0) as ws_server:
+    def process_request(ws: ServerConnection, request: Request) -> Response | None:
+        if server.reject is None:
+            return None
+        status, body = server.reject
+        return Response(status, "Refused", Headers({"Content-Type": "application/json"}),
+                        body)
+
+    async with serve(handler, "127.0.0.1", 0, process_request=process_request) as ws_server:
         port = next(iter(ws_server.sockets)).getsockname()[1]
         server.url = f"ws://127.0.0.1:{port}"
         yield server
@@ -144,16 +178,19 @@ async def test_frames_leave_as_text_messages(server: Server) -> None:
     assert isinstance(fr.decode_client(server.received[1]), fr.Interrupt)
 
 
-async def test_frames_of_other_cells_and_without_a_cell_go_to_events(server: Server) -> None:
+async def test_frames_without_a_cell_go_to_events_and_strays_are_dropped(
+        server: Server) -> None:
     stray = fr.Stream(id="someone-else", name="stdout", text="stray\n")
     restarted = fr.Restarted(reason="interpreter_restarted", message="m")
     server.script = lambda request: [stray, restarted, *echo(request)]
     async with session(server) as s:
         async with asyncio.timeout(BOUND):
             r = await s.execute("x")
-            events = [await s.events.get(), await s.events.get()]
+            events = [await s.events.get()]
+        assert s.events.empty()
+        assert s.frames_dropped == 1
     assert r.stdout == "out x\nmore\n"
-    assert events == [stray, restarted]
+    assert events == [restarted]
 
 
 async def test_an_error_frame_refuses_the_cell_and_the_session_goes_on(server: Server) -> None:
@@ -172,7 +209,7 @@ async def test_a_closed_frame_ends_the_running_cell(server: Server) -> None:
     closed = fr.Closed(reason="idle_timeout", message="idle")
     server.script = lambda request: [fr.Stream(id=request.id, name="stdout", text="a"), closed]
     async with session(server) as s:
-        with pytest.raises(SessionClosed, match="idle_timeout") as ended:
+        with pytest.raises(SessionClosed, match="session closed: idle_timeout: idle") as ended:
             async with asyncio.timeout(BOUND):
                 await s.execute("x")
         assert ended.value.closed == closed
@@ -187,8 +224,9 @@ async def test_a_dropped_connection_ends_the_running_cell(server: Server) -> Non
         with pytest.raises(SessionClosed) as ended:
             async with asyncio.timeout(BOUND):
                 await s.execute("x")
-        assert ended.value.closed is not None
-        assert ended.value.closed.reason == "client_closed"
+        assert ended.value.closed is None  # the server sent no closed frame
+        assert ended.value.reason == "connection_lost"
+        assert "no close frame" in str(ended.value)
         # Nothing reads the connection any more: a new cell is refused at once, not hung.
         with pytest.raises(SessionClosed):
             async with asyncio.timeout(BOUND):
@@ -201,17 +239,18 @@ async def test_an_invalid_frame_ends_the_session_with_a_reason(server: Server) -
     server.script = lambda request: [fr.Stream(id=request.id, name="stdout", text="a"),
                                      '{"type": "no such frame"}']
     async with session(server) as s:
-        with pytest.raises(SessionClosed, match="session closed") as ended:
+        with pytest.raises(SessionClosed, match="session closed: protocol_error: the server "
+                                                "sent an invalid frame") as ended:
             async with asyncio.timeout(BOUND):
                 await s.execute("x")
-        assert ended.value.closed is not None
-        assert "invalid frame" in ended.value.closed.message
-        assert s.closed is ended.value.closed
-        with pytest.raises(SessionClosed):
+        assert ended.value.reason == "protocol_error"
+        assert ended.value.closed is None
+        assert s.ended is not None and s.ended.reason == "protocol_error"
+        with pytest.raises(SessionClosed, match="protocol_error"):
             async with asyncio.timeout(BOUND):
                 await s.execute("y")
         async with asyncio.timeout(BOUND):
-            assert await s.wait_closed() is s.closed
+            assert await s.wait_closed() is None
 
 
 async def test_no_cell_is_sent_once_nothing_reads_the_connection(server: Server) -> None:
@@ -308,7 +347,8 @@ async def test_frames_right_behind_ready_are_not_lost(server: Server) -> None:
     server.opening = [READY, notice, early]
     async with session(server) as s, asyncio.timeout(BOUND):
         assert await s.events.get() == notice
-        assert await s.events.get() == early
+        assert s.events.empty()
+        assert s.frames_dropped == 1  # a cell this client never sent
         assert (await s.execute("x")).stdout == "out x\nmore\n"
 
 
@@ -320,11 +360,12 @@ async def test_a_refusal_before_ready_raises_with_the_close_code(server: Server)
     assert refused.value.close_code == 1008
 
 
-async def test_a_close_before_ready_raises_connection_closed(server: Server) -> None:
+async def test_a_close_before_ready_raises_session_closed(server: Server) -> None:
     server.opening = ["refuse"]
-    with pytest.raises(websockets.ConnectionClosed):
+    with pytest.raises(SessionClosed, match=r"connection_lost: .*1008") as ended:
         async with asyncio.timeout(BOUND):
             await connect(server.url)
+    assert ended.value.reason == "connection_lost"
 
 
 async def test_json_nested_too_deep_is_an_invalid_frame(server: Server) -> None:
@@ -336,8 +377,8 @@ async def test_json_nested_too_deep_is_an_invalid_frame(server: Server) -> None:
         with pytest.raises(SessionClosed) as ended:
             async with asyncio.timeout(BOUND):
                 await s.execute("x")
-        assert ended.value.closed is not None
-        assert "invalid frame" in ended.value.closed.message
+        assert ended.value.reason == "protocol_error"
+        assert "invalid frame" in str(ended.value)
         async with asyncio.timeout(BOUND):
             await s.wait_closed()
         assert s.ws.close_code == 1002
@@ -349,3 +390,234 @@ async def test_a_refusal_without_a_close_is_still_a_refusal(server: Server) -> N
         async with asyncio.timeout(BOUND):
             await connect(server.url, open_timeout=0.5)
     assert refused.value.close_code is None
+
+
+# --- a result that never comes -------------------------------------------------------------
+
+
+async def test_a_result_that_never_comes_fails_the_cell_and_closes_the_session(
+        server: Server) -> None:
+    """The cell's timeout (0.2 s) and the grace (0.3 s) pass without a result: the cell
+    fails with ResultTimeout, the cell queued behind it with SessionClosed, and the client
+    closes the session (the server sees the close)."""
+    server.script = lambda request: [] if request.code == "hang" else echo(request)
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=0.3)
+    async with s:
+        async with asyncio.timeout(BOUND):
+            first = asyncio.create_task(s.execute("hang", timeout=0.2))
+            await asyncio.sleep(0)  # "hang" is sent first
+            second = asyncio.create_task(s.execute("hang"))
+            done = await asyncio.gather(first, second, return_exceptions=True)
+            await s.wait_closed()
+        timed_out, closed = done
+        assert isinstance(timed_out, ResultTimeout), timed_out
+        assert timed_out.cell_id == fr.decode_client(server.received[0]).id  # type: ignore[union-attr]
+        assert timed_out.waited >= 0.5
+        assert "no result for cell" in str(timed_out)
+        assert type(closed) is SessionClosed and closed.reason == "result_timeout"
+        with pytest.raises(SessionClosed, match="result_timeout"):
+            await s.execute("x")
+    async with asyncio.timeout(BOUND):
+        await server.ended.wait()
+    assert server.closes == [1000]
+
+
+async def test_stream_gives_up_on_a_result_that_never_comes(server: Server) -> None:
+    server.script = lambda request: [fr.Stream(id=request.id, name="stdout", text="a")]
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=0.2)
+    async with s:
+        seen: list[fr.ServerFrame] = []
+        async def consume() -> None:
+            async for frame in s.stream("x", timeout=0.1):
+                seen.append(frame)
+
+        with pytest.raises(ResultTimeout):
+            async with asyncio.timeout(BOUND):
+                await consume()
+        assert [type(f).__name__ for f in seen] == ["Stream"]
+
+
+async def test_a_cells_bound_starts_when_the_cells_before_it_finish(server: Server) -> None:
+    """The server runs cells in order: a cell queued behind a slow one is not late until
+    its own timeout and the grace passed since the one before finished. Each cell here
+    takes 1.2 s of its 0.5 s + 1.0 s; the second finishes 2.4 s after it was sent."""
+    server.script = lambda request: [1.2, result(request.id)]
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=1.0)
+    async with s, asyncio.timeout(BOUND):
+        results = await asyncio.gather(s.execute("a", timeout=0.5),
+                                       s.execute("b", timeout=0.5))
+    assert [r.status for r in results] == ["success", "success"]
+
+
+async def test_no_grace_waits_for_ever_and_bad_graces_are_refused(server: Server) -> None:
+    server.script = lambda request: [0.3, result(request.id)]
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=None)
+    async with s, asyncio.timeout(BOUND):
+        assert (await s.execute("a", timeout=0.01)).status == "success"
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="result_grace must be a positive, finite"):
+            connect(server.url, result_grace=bad)
+
+
+# --- bounded memory ------------------------------------------------------------------------
+
+
+async def test_frames_of_cells_never_sent_are_dropped_not_queued(server: Server) -> None:
+    """A hostile server floods frames for a cell id the client never used: none is kept."""
+    text = "x" * 1000
+    server.script = lambda request: [
+        *[fr.Stream(id="never-sent", name="stdout", text=text)] * 3000, result(request.id)]
+    async with session(server) as s, asyncio.timeout(BOUND):
+        assert (await s.execute("x")).status == "success"
+        assert s.events.empty()
+        assert s.frames_dropped == 3000
+
+
+async def test_events_keep_the_latest_and_count_what_was_dropped(server: Server) -> None:
+    server.script = lambda request: [
+        *[fr.Restarted(reason="interpreter_restarted", message=str(n)) for n in range(300)],
+        result(request.id)]
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, max_events=100)
+    async with s, asyncio.timeout(BOUND):
+        await s.execute("x")
+        assert s.events.qsize() == 100
+        assert s.events_dropped == 200
+        first = s.events.get_nowait()
+        assert isinstance(first, fr.Restarted) and first.message == "200"
+
+
+async def test_a_slow_stream_consumer_pauses_reading(server: Server) -> None:
+    """A stream() consumer that takes nothing: the client stops reading the connection
+    after a bounded number of frames (the rest wait at the server), and every frame still
+    arrives, in order, once it reads on."""
+    count = 4000  # 8 MB, of text that does not compress
+    server.script = lambda request: [
+        *[fr.Stream(id=request.id, name="stdout", text=f"{n:05d}" + secrets.token_hex(1000))
+          for n in range(count)], result(request.id)]
+    async with session(server) as s:
+        received: list[bytes] = []
+        deliver = s.ws.deliver
+
+        def counting(data: bytes) -> None:
+            received.append(data)
+            deliver(data)
+
+        s.ws.deliver = counting
+        frames = s.stream("x")
+        async with asyncio.timeout(BOUND):
+            first = await anext(frames)
+        assert isinstance(first, fr.Stream) and first.text.startswith("00000")
+        await asyncio.sleep(0.5)  # time to read everything, were reading not paused
+        assert len(received) < count / 2, len(received)
+        async with asyncio.timeout(BOUND):
+            rest = [frame async for frame in frames]
+    texts = [f.text[:5] for f in rest if isinstance(f, fr.Stream)]
+    assert texts == [f"{n:05d}" for n in range(1, count)]
+    assert isinstance(rest[-1], fr.Result)
+
+
+# --- errors that say what happened ---------------------------------------------------------
+
+
+async def test_a_message_too_big_says_so(server: Server) -> None:
+    server.script = lambda request: [fr.Stream(id=request.id, name="stdout", text="x" * 5000)]
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, max_size=4096)
+    async with s:
+        with pytest.raises(SessionClosed, match=r"connection_lost: .*1009") as ended:
+            async with asyncio.timeout(BOUND):
+                await s.execute("x")
+        assert ended.value.reason == "connection_lost"
+
+
+async def test_a_refused_upgrade_is_a_refusal_with_the_servers_error(server: Server) -> None:
+    server.reject = (401, b'{"error": {"code": "unauthorized", "message": "no key"}}')
+    with pytest.raises(SessionRefused, match="unauthorized: no key") as refused:
+        async with asyncio.timeout(BOUND):
+            await connect(server.url)
+    assert refused.value.http_status == 401
+    server.reject = (403, b"<html>nope</html>")
+    with pytest.raises(SessionRefused, match=r"http_403: .*HTTP 403") as refused:
+        async with asyncio.timeout(BOUND):
+            await connect(server.url)
+    assert refused.value.http_status == 403
+
+
+async def test_a_malformed_first_frame_is_a_protocol_error(server: Server) -> None:
+    server.opening = ["this is not json"]
+    with pytest.raises(SessionClosed, match="protocol_error: the server's first frame"):
+        async with asyncio.timeout(BOUND):
+            await connect(server.url)
+    server.opening = [fr.Restarted(reason="interpreter_restarted", message="m")]
+    with pytest.raises(SessionClosed, match="protocol_error: the server's first frame is not"):
+        async with asyncio.timeout(BOUND):
+            await connect(server.url)
+
+
+async def test_a_bad_url_is_a_connect_failure() -> None:
+    with pytest.raises(ConnectFailed, match="invalid URL 'http://x'"):
+        async with asyncio.timeout(BOUND):
+            await connect("http://x")
+
+
+async def test_connect_is_also_an_async_context_manager(server: Server) -> None:
+    async with asyncio.timeout(BOUND), connect(server.url) as s:
+        assert (await s.execute("x")).status == "success"
+    assert s.ended is not None and s.ended.reason == "client_closed"
+    async with asyncio.timeout(BOUND):
+        await server.ended.wait()
+    assert server.closes == [1000]
+
+
+# --- cell ids and timeouts ------------------------------------------------------------------
+
+
+async def test_cell_ids_differ_between_processes(server: Server) -> None:
+    """A client resuming a session from a new process must not reuse its cell ids."""
+    program = ("import asyncio, sys\n"
+               "from ws_sandbox.client import connect\n"
+               "async def main():\n"
+               "    async with connect(sys.argv[1]) as s:\n"
+               "        await s.execute('x')\n"
+               "asyncio.run(main())\n")
+    for _ in range(2):
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", program,
+                                                       server.url)
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
+    ids = [fr.decode_client(m).id for m in server.received]  # type: ignore[union-attr]
+    assert len(ids) == 2 and ids[0] != ids[1], ids
+
+
+async def test_a_stream_cell_id_in_use_is_refused(server: Server) -> None:
+    server.script = lambda request: [] if request.code == "hang" else echo(request)
+    async with session(server) as s:
+        hanging = s.stream("hang", cell_id="mine")
+        assert isinstance(hanging, AsyncGenerator)
+        waiting = asyncio.ensure_future(anext(hanging))
+        async with asyncio.timeout(BOUND):
+            while not server.received:
+                await asyncio.sleep(0.01)
+        with pytest.raises(CellIdInUse, match="cell id 'mine' is already in use"):
+            await frames_of(s.stream("again", cell_id="mine"))
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await hanging.aclose()
+    assert len(server.received) == 1
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 0.0, -1.0])
+async def test_a_timeout_that_is_not_a_positive_number_is_refused(server: Server,
+                                                                  bad: float) -> None:
+    async with session(server) as s:
+        with pytest.raises(ValueError, match="timeout must be a positive, finite number"):
+            await s.execute("x", timeout=bad)
+        with pytest.raises(ValueError, match="timeout must be a positive, finite number"):
+            await frames_of(s.stream("x", timeout=bad))
+    assert server.received == []
