@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +45,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _exec(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ws_sandbox.client import SessionClosed, SessionRefused, connect
+    from ws_sandbox.client import ClientError, SessionRefused, connect
 
     code = sys.stdin.read() if args.code == "-" else args.code
 
@@ -66,16 +67,35 @@ def _exec(args: argparse.Namespace) -> int:
         result = cell.result
         if result.status != "success":
             print(f"[{result.status}] {result.error or ''}".rstrip(), file=sys.stderr)
-        return result.exit_code if result.exit_code is not None else 1
+        return exit_status(result.status, result.exit_code)
 
     try:
         return asyncio.run(run())
     except SessionRefused as exc:
         print(f"ws-sandbox: refused: {exc}", file=sys.stderr)
         return 2
-    except (SessionClosed, OSError) as exc:
-        print(f"ws-sandbox: {exc}", file=sys.stderr)
+    except (ClientError, OSError) as exc:
+        print(f"ws-sandbox: {exc or type(exc).__name__}", file=sys.stderr)
         return 2
+
+
+def exit_status(status: str, exit_code: int | None) -> int:
+    """The exit status of ``ws-sandbox exec`` for a cell: its exit code, clamped into 0..255,
+    and never 0 unless the cell succeeded (then 1 stands for 0 or no code)."""
+    if status == "success":
+        return min(max(exit_code or 0, 0), 255)
+    return min(max(exit_code or 1, 1), 255)
+
+
+def _seconds(text: str) -> float:
+    """A ``--timeout``: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _build_image(args: argparse.Namespace) -> int:
@@ -100,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-l", "--language", default="python",
                      help="python, javascript, shell or rust (default: python)")
     run.add_argument("--url", default="ws://127.0.0.1:8090", help="the service's address")
-    run.add_argument("--timeout", type=float, help="seconds (default: the service's)")
+    run.add_argument("--timeout", type=_seconds, help="seconds (default: the service's)")
     run.add_argument("--api-key", help="API key, when the service requires one")
     run.set_defaults(func=_exec)
 

@@ -43,3 +43,15 @@ def test_the_service_runs_on_uvloop(service: Service) -> None:
     """``serve`` names uvloop (a cell's round trip is about 50 us shorter on it)."""
     maps = Path(f"/proc/{service.process.pid}/maps").read_text()
     assert "/uvloop/loop." in maps, "uvloop's extension is not loaded in the service"
+
+
+def test_exec_exits_non_zero_for_a_failed_cell(service: Service) -> None:
+    done = run_cli(service, "raise ValueError('no')")
+    assert done.returncode not in (0, 2), done
+    assert "ValueError" in done.stderr
+
+
+def test_exec_refuses_a_timeout_that_is_not_a_positive_number(service: Service) -> None:
+    done = run_cli(service, "--timeout", "nan", "1")
+    assert done.returncode == 2
+    assert "must be a positive number of seconds" in done.stderr

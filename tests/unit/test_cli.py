@@ -1,0 +1,103 @@
+"""``ws-sandbox exec`` against a scripted server (``tests/unit/test_client.py``'s): its exit
+status, and one clear line (no traceback, status 2) for whatever keeps it from a result."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.unit.test_client import Server, result, scripted_server
+from ws_sandbox import frames as fr
+from ws_sandbox.cli import exit_status
+
+
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(*args: str) -> Done:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ws_sandbox", "exec", *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return Done(process.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with scripted_server() as running:
+        yield running
+
+
+def assert_one_clear_line(done: Done, expected: str) -> None:
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert expected in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("status", "code", "expected"), [
+    ("success", 0, 0), ("success", None, 0), ("success", 3, 3),
+    ("error", 0, 1), ("error", None, 1), ("error", 256, 255), ("killed", -9, 1),
+    ("timeout", 4, 4), ("error", 1000, 255)])
+def test_exit_status_is_non_zero_for_every_failed_cell(status: str, code: int | None,
+                                                       expected: int) -> None:
+    assert exit_status(status, code) == expected
+
+
+async def test_a_failed_cell_with_exit_code_0_exits_1(server: Server) -> None:
+    def failed(request: fr.Execute) -> list[fr.ServerFrame | str]:
+        return [fr.Result(id=request.id, status="error", exit_code=0, execution_time_ms=1.0,
+                          memory_used_mb=None, error="boom")]
+
+    server.script = failed  # type: ignore[assignment]
+    done = await run_cli("--url", server.url, "x")
+    assert done.returncode == 1, done
+    assert "[error] boom" in done.stderr
+
+
+async def test_a_successful_cell_exits_0(server: Server) -> None:
+    server.script = lambda request: [result(request.id)]
+    done = await run_cli("--url", server.url, "x")
+    assert done.returncode == 0, done
+
+
+async def test_a_refused_upgrade_is_one_line(server: Server) -> None:
+    server.reject = (401, b'{"error": {"code": "unauthorized", "message": "no key"}}')
+    assert_one_clear_line(await run_cli("--url", server.url, "x"),
+                          "refused: unauthorized: no key")
+
+
+async def test_a_close_before_ready_is_one_line(server: Server) -> None:
+    server.opening = ["refuse"]
+    assert_one_clear_line(await run_cli("--url", server.url, "x"), "connection_lost")
+
+
+async def test_a_malformed_first_frame_is_one_line(server: Server) -> None:
+    server.opening = ["{not json"]
+    assert_one_clear_line(await run_cli("--url", server.url, "x"), "protocol_error")
+
+
+async def test_a_bad_url_is_one_line() -> None:
+    assert_one_clear_line(await run_cli("--url", "http://nowhere", "x"), "invalid URL")
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "0", "-1", "soon"])
+async def test_a_timeout_that_is_not_a_positive_number_is_refused(server: Server,
+                                                                  bad: str) -> None:
+    done = await run_cli("--url", server.url, "--timeout", bad, "x")
+    assert done.returncode == 2, done
+    assert "must be a positive number of seconds" in done.stderr
+    assert server.received == []
+
+
