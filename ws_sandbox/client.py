@@ -293,11 +293,11 @@ class ClientSession:
     come, the server broke its promise: the client closes the session, the cell fails with
     :class:`ResultTimeout` and the others with :class:`SessionClosed`.
 
-    Frames without a cell id (``restarted``, ``closed``, an ``error`` without ``id``) and
-    frames of a cell whose caller stopped waiting go to :attr:`events`, which keeps the
-    latest ``max_events`` (older ones are dropped and counted in :attr:`events_dropped`).
-    Frames for a cell id this client never sent (or already finished) are dropped and
-    counted in :attr:`frames_dropped`.
+    Frames without a cell id (``restarted``, ``closed``, an ``error`` without ``id``), frames
+    of a cell whose caller stopped waiting, and frames of cells this session did not send
+    (after a resume, those of the cells the earlier connection sent) go to :attr:`events`,
+    which keeps the latest ``max_events``: older ones are dropped and counted in
+    :attr:`events_dropped`, so a server that floods them cannot fill the client's memory.
     """
 
     def __init__(self, ws: _Connection, ready: fr.Ready, *,
@@ -314,7 +314,6 @@ class ClientSession:
         self._paused: set[int] = set()  # the stream queues that paused reading
         self.events: asyncio.Queue[fr.ServerFrame] = asyncio.Queue(maxsize=max_events)
         self.events_dropped = 0
-        self.frames_dropped = 0
         self.closed: fr.Closed | None = None
         """The server's ``closed`` frame, if it sent one."""
         self.ended: SessionClosed | None = None
@@ -507,11 +506,10 @@ class ClientSession:
         deliver = self._cells.get(cell)
         if deliver is not None:
             deliver(frame)
-        elif cell in self._pending:
-            self._event(frame)  # a cell nobody waits for any more
         else:
-            self.frames_dropped += 1  # a cell this client never sent, or finished
-            return
+            # A cell nobody waits for any more, or one this session did not send: after a
+            # resume, the frames of the cells the earlier connection sent (spec: Resume).
+            self._event(frame)
         if isinstance(frame, (fr.Result, fr.Error)):
             self._finish(cell)
 
