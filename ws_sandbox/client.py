@@ -527,26 +527,41 @@ class ClientSession:
             self._arm()
 
     def _arm(self) -> None:
-        """Start the bound of the first unfinished cell, now."""
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        """Start the bound of the first unfinished cell, now.
+
+        One timer looks after the bounds, and it is moved only when a bound would end before
+        it fires (a cell with a shorter timeout than the one before it). Otherwise it fires
+        at the earlier bound and looks again (:meth:`_expire`): on the hot path of a cell
+        there is no timer to make and cancel."""
+        first = next(iter(self._pending.values()), None)
+        if first is None or self.result_grace is None or self.ended is not None:
+            return
+        loop = asyncio.get_running_loop()
+        first.since = loop.time()
+        due = first.since + first.timeout + self.result_grace
+        timer = self._deadline
+        if timer is not None:
+            if timer.when() <= due:
+                return
+            timer.cancel()
+        self._deadline = loop.call_at(due, self._expire)
+
+    def _expire(self) -> None:
+        """The timer fired: give up on the first unfinished cell if its bound has passed,
+        else wait for the bound."""
+        self._deadline = None
         first = next(iter(self._pending.items()), None)
         if first is None or self.result_grace is None or self.ended is not None:
             return
         cell, pending = first
-        loop = asyncio.get_running_loop()
-        pending.since = loop.time()
-        self._deadline = loop.call_at(pending.since + pending.timeout + self.result_grace,
-                                      self._expire, cell)
-
-    def _expire(self, cell: str) -> None:
-        self._deadline = None
-        pending = self._pending.get(cell)
-        if pending is None or pending.since is None or self.ended is not None:
+        if pending.since is None:  # pragma: no cover - the first cell's bound has started
             return
-        waited = asyncio.get_running_loop().time() - pending.since
-        self._give_up(ResultTimeout(cell, waited), 1000, "")
+        loop = asyncio.get_running_loop()
+        due = pending.since + pending.timeout + self.result_grace
+        if loop.time() < due:
+            self._deadline = loop.call_at(due, self._expire)
+            return
+        self._give_up(ResultTimeout(cell, loop.time() - pending.since), 1000, "")
 
     def _give_up(self, error: SessionClosed, code: int, reason: str) -> None:
         """The client ends the session: every cell fails, and the connection closes."""

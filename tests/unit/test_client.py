@@ -451,6 +451,34 @@ async def test_a_cells_bound_starts_when_the_cells_before_it_finish(server: Serv
     assert [r.status for r in results] == ["success", "success"]
 
 
+async def test_one_timer_keeps_every_cells_own_bound(server: Server) -> None:
+    """The bounds share one timer that is moved only when a bound would end before it: a
+    cell with a longer bound than the one before it is not given up at the earlier bound
+    (the timer looks again), and one with a shorter bound is given up at its own."""
+    def script(request: fr.Execute) -> list[Item]:
+        scripts: dict[str, list[Item]] = {"quick": [result(request.id)],
+                                          "slow": [0.9, result(request.id)], "silent": []}
+        return scripts[request.code]
+
+    server.script = script
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=0.3)
+    async with s, asyncio.timeout(BOUND):
+        # The timer is set for the first cell's bound (0.5 s) and fires while the second
+        # cell, bound at 1.3 s, still waits for its result, due at 0.9 s.
+        assert (await s.execute("quick", timeout=0.2)).status == "success"
+        assert (await s.execute("slow", timeout=1.0)).status == "success"
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=0.3)
+    async with s, asyncio.timeout(BOUND):
+        # The timer is set for a bound 5.3 s away; a cell bound at 0.5 s moves it.
+        assert (await s.execute("quick", timeout=5.0)).status == "success"
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(ResultTimeout):
+            await s.execute("silent", timeout=0.2)
+        assert asyncio.get_running_loop().time() - start < 3.0
+
+
 async def test_no_grace_waits_for_ever_and_bad_graces_are_refused(server: Server) -> None:
     server.script = lambda request: [0.3, result(request.id)]
     async with asyncio.timeout(BOUND):
