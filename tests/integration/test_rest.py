@@ -442,16 +442,19 @@ def test_a_key_reads_its_own_executions_alone(locked: Service) -> None:
 async def test_websocket_keys_and_origins(locked: Service) -> None:
     # Refused before the upgrade, with the status and JSON body a REST call would get (an
     # empty 403 for every reason before).
-    with pytest.raises(websockets.InvalidStatus) as info:
+    # The client library reports the refusal with the server's error (and the HTTP answer
+    # behind it as the cause).
+    with pytest.raises(SessionRefused) as refused:
         await connect(locked.url)
-    assert info.value.response.status_code == 401
-    assert info.value.response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert json.loads(info.value.response.body)["error"]["code"] == "unauthorized"
-    with pytest.raises(websockets.InvalidStatus) as info:
+    assert (refused.value.http_status, refused.value.error.code) == (401, "unauthorized")
+    cause = refused.value.__cause__
+    assert isinstance(cause, websockets.InvalidStatus)
+    assert cause.response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert json.loads(cause.response.body)["error"]["code"] == "unauthorized"
+    with pytest.raises(SessionRefused) as refused:
         await connect(locked.url, api_key="wrong")
-    assert info.value.response.status_code == 403
-    assert json.loads(info.value.response.body)["error"]["message"] == \
-        "the API key is not valid"
+    assert refused.value.http_status == 403
+    assert refused.value.error.message == "the API key is not valid"
     url = f"{locked.url}/api/v1/sessions/ws?language=python&api_key=k-auth"
     for bad in ("https://evil.example", "http://[", "http://[zz]"):  # the last two: not URLs
         with pytest.raises(websockets.InvalidStatus) as info:
