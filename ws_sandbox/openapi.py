@@ -20,6 +20,7 @@ from ws_sandbox.auth import PUBLIC_PATHS
 from ws_sandbox.history import ExecutionPage
 from ws_sandbox.records import ExecutionRecord
 from ws_sandbox.rest import ErrorBody, ExecuteRequest, ExecuteResponse
+from ws_sandbox.web import PAGE_HEADERS
 
 _REF = "#/components/schemas/{name}"
 _ERRORS = {"400": "Bad request: invalid JSON, wrong types, unknown or disabled language,"
@@ -138,4 +139,4 @@ async def openapi_json(request: Request) -> Response:
 
 async def docs(request: Request) -> Response:
     """``GET /docs``."""
-    return HTMLResponse(docs_page())
+    return HTMLResponse(docs_page(), headers=PAGE_HEADERS)

@@ -48,6 +48,16 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cache-control", b"no-cache"),
 )
 
+#: For the pages the service renders itself (``/docs``, the Jupyter login form): they may not
+#: be framed by another site (a login form in a frame is clickjacking), nor sniffed, nor leak
+#: their URL to links.
+PAGE_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
 
 class SecureStatic:
     """ASGI wrapper: adds :data:`SECURITY_HEADERS` to every HTTP response of ``app``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -12,7 +13,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from ws_sandbox import web
+from ws_sandbox import openapi, web
+from ws_sandbox.jupyter import routes as jupyter_routes
+from ws_sandbox.settings import Settings
 
 
 async def api(_request: Request) -> PlainTextResponse:
@@ -72,3 +75,19 @@ async def test_missing_directory_explains_itself(tmp_path: Path) -> None:
         assert "web demo is not available" in response.text
         assert "web-demo" in response.text
         assert (await c.get("/api/v1/config")).text == "api"
+
+
+async def test_pages_the_service_renders_may_not_be_framed() -> None:
+    # /docs and the Jupyter login form (a password form in another site's frame is
+    # clickjacking) carry the page headers; they had none.
+    app = Starlette(routes=[Route("/docs", openapi.docs), Route("/login", jupyter_routes.login)])
+    app.state.manager = SimpleNamespace(settings=Settings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        for path in ("/docs", "/login"):
+            response = await c.get(path)
+            assert response.status_code == 200, path
+            for name, value in web.PAGE_HEADERS.items():
+                assert response.headers[name] == value, (path, name)
+        assert web.PAGE_HEADERS["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in web.PAGE_HEADERS["Content-Security-Policy"]

@@ -31,6 +31,7 @@ from ws_sandbox.jupyter.specs import kernelspecs_model
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.ratelimit import RateLimiter
 from ws_sandbox.rest import read_body
+from ws_sandbox.web import PAGE_HEADERS
 from ws_sandbox.websocket import close_quietly
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ async def login(request: Request) -> Response:
     xsrf = request.cookies.get(auth.XSRF_COOKIE)
     if request.method != "POST":
         xsrf = xsrf or auth.new_xsrf()
-        response: Response = HTMLResponse(_LOGIN_PAGE.format(xsrf=xsrf))
+        response: Response = HTMLResponse(_LOGIN_PAGE.format(xsrf=xsrf), headers=PAGE_HEADERS)
         response.set_cookie(auth.XSRF_COOKIE, xsrf, path="/", samesite="strict")
         return response
     try:
