@@ -58,7 +58,8 @@ def _exec(args: argparse.Namespace) -> int:
         stream.flush()
 
     async def run() -> int:
-        session = await connect(args.url, language=args.language, api_key=args.api_key)
+        session = await connect(args.url, language=args.language, api_key=args.api_key,
+                                result_grace=args.result_grace)
         async with session:
             cell = await session.execute(code, timeout=args.timeout, on_output=show)
         for display in cell.displays:
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url", default="ws://127.0.0.1:8090", help="the service's address")
     run.add_argument("--timeout", type=_seconds, help="seconds (default: the service's)")
     run.add_argument("--api-key", help="API key, when the service requires one")
+    run.add_argument("--result-grace", type=_seconds, default=30.0, metavar="SECONDS",
+                     help="how long the result may be late after the cell's timeout before"
+                     " giving up (default: 30)")
     run.set_defaults(func=_exec)
 
     build = sub.add_parser("build-image", help="build the sandbox runtime image")

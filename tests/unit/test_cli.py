@@ -101,3 +101,12 @@ async def test_a_timeout_that_is_not_a_positive_number_is_refused(server: Server
     assert server.received == []
 
 
+
+
+async def test_a_result_that_never_comes_is_one_line_after_the_grace(server: Server) -> None:
+    server.script = lambda request: []  # never answers the cell
+    start = asyncio.get_running_loop().time()
+    done = await run_cli("--url", server.url, "--timeout", "0.2", "--result-grace", "0.3",
+                         "x")
+    assert_one_clear_line(done, "result_timeout")
+    assert asyncio.get_running_loop().time() - start < 30  # the default grace alone is 30 s
