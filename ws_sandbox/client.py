@@ -199,13 +199,18 @@ class _Collector:
     (the result), not one per frame.
     """
 
-    __slots__ = ("displays", "done", "on_output", "stderr", "stdout")
+    __slots__ = ("allowance", "displays", "done", "on_output", "over", "stderr", "stdout")
 
-    def __init__(self, on_output: Callable[[fr.Stream], object] | None) -> None:
+    def __init__(self, on_output: Callable[[fr.Stream], object] | None, allowance: int,
+                 over: Callable[[], None]) -> None:
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.displays: list[fr.Display] = []
         self.on_output = on_output
+        self.allowance = allowance
+        """Characters of output still accepted (see :func:`output_allowance`)."""
+        self.over = over
+        """Called once the server sent more: it broke its promise, the session ends."""
         self.done: asyncio.Future[CellResult] = asyncio.get_running_loop().create_future()
 
     def __call__(self, frame: fr.ServerFrame | SessionClosed) -> None:
@@ -213,6 +218,10 @@ class _Collector:
             return
         match frame:
             case fr.Stream():
+                self.allowance -= len(frame.text)
+                if self.allowance < 0:
+                    self.over()
+                    return
                 (self.stdout if frame.name == "stdout" else self.stderr).append(frame.text)
                 if self.on_output is not None:
                     try:
@@ -220,6 +229,10 @@ class _Collector:
                     except Exception as exc:  # the caller's callback: its error is theirs
                         self.done.set_exception(exc)
             case fr.Display():
+                self.allowance -= sum(len(k) + len(v) + 1 for k, v in frame.data.items())
+                if self.allowance < 0:
+                    self.over()
+                    return
                 self.displays.append(frame)
             case fr.Result():
                 self.done.set_result(CellResult(frame, "".join(self.stdout),
@@ -432,11 +445,14 @@ class ClientSession:
         Raises:
             SessionRefused: the server refused the cell (``error`` frame).
             SessionClosed: the session ended before the cell did (:class:`ResultTimeout`
-                when its result did not come in time).
+                when its result did not come in time; ``protocol_error`` when the server
+                sent more output for it than :func:`output_allowance` of its own limit, and
+                the client closed the session).
             ValueError: ``timeout`` is not a positive number of seconds.
         """
         cell_id = self._new_id()
-        collector = _Collector(on_output)
+        collector = _Collector(on_output, output_allowance(self.ready.limits.max_output_bytes),
+                               functools.partial(self._too_much_output, cell_id))
         request = self._start(cell_id, code, timeout, collector)
         try:
             await self.send(request)
@@ -456,7 +472,10 @@ class ClientSession:
         """Close the connection (the server removes the sandbox)."""
         if self.ended is None:
             self._end(SessionClosed("client_closed", "the client closed the session"))
-        await self._close_now()
+        if self._gave_up is not None:
+            await self._gave_up  # the close that gave up (its code says why) goes first
+        else:
+            await self._close_now()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
@@ -563,6 +582,12 @@ class ClientSession:
             return
         self._give_up(ResultTimeout(cell, loop.time() - pending.since), 1000, "")
 
+    def _too_much_output(self, cell: str) -> None:
+        limit = self.ready.limits.max_output_bytes
+        self._give_up(SessionClosed(
+            "protocol_error", f"the server sent more output for cell {cell!r} than its"
+            f" max_output_bytes of {limit} allows"), 1002, "too much output")
+
     def _give_up(self, error: SessionClosed, code: int, reason: str) -> None:
         """The client ends the session: every cell fails, and the connection closes."""
         self._end(error)
@@ -603,6 +628,15 @@ class ClientSession:
             exc = self.ws.protocol.close_exc
             self._end(SessionClosed("connection_lost", str(exc) if exc else "connection lost",
                                     self.closed))
+
+
+def output_allowance(max_output_bytes: int) -> int:
+    """Characters of output (stream text, and display keys, values and one per entry) that
+    :meth:`ClientSession.execute` keeps for one cell before it decides the server broke its
+    limits (the ``ready`` frame's ``max_output_bytes``, counted in UTF-8 bytes, plus the
+    truncation marker): twice the limit and 64 KiB, so that a server cannot fill the
+    client's memory with one cell's output."""
+    return 2 * max_output_bytes + 65536
 
 
 CLOSE_TIMEOUT = 5.0

@@ -30,6 +30,7 @@ from ws_sandbox.client import (
     SessionClosed,
     SessionRefused,
     connect,
+    output_allowance,
 )
 
 BOUND = 10.0
@@ -503,6 +504,35 @@ async def test_a_flood_of_frames_of_cells_never_sent_keeps_only_the_latest(
     async with session(server) as s, asyncio.timeout(BOUND):
         assert (await s.execute("x")).status == "success"
         assert (s.events.qsize(), s.events_dropped) == (1024, 3000 - 1024)
+
+
+@pytest.mark.parametrize("kind", ["stream", "display"])
+async def test_a_cells_output_past_the_servers_own_limit_ends_the_session(
+        server: Server, kind: str) -> None:
+    """The ready frame's max_output_bytes is the server's promise for one cell; execute()
+    keeps twice that and 64 KiB, then gives up: a hostile server cannot fill the client's
+    memory with a real cell's output. Just under the allowance is taken."""
+    chunk = "x" * 60_000
+    allowance = output_allowance(LIMITS.max_output_bytes)
+    frames = allowance // len(chunk)
+
+    def make(cell: str) -> fr.ServerFrame:
+        if kind == "stream":
+            return fr.Stream(id=cell, name="stdout", text=chunk)
+        return fr.Display(id=cell, kind="display_data", data={"t": chunk[:-2]})
+
+    def script(request: fr.Execute) -> list[Item]:
+        extra = 1 if request.code == "over" else 0
+        return [*(make(request.id) for _ in range(frames + extra)), result(request.id)]
+
+    server.script = script
+    async with session(server) as s, asyncio.timeout(BOUND):
+        assert (await s.execute("under")).status == "success"
+        with pytest.raises(SessionClosed, match="more output for cell") as info:
+            await s.execute("over")
+        assert info.value.reason == "protocol_error"
+    await asyncio.wait_for(server.ended.wait(), BOUND)
+    assert server.closes[-1] == 1002
 
 
 async def test_events_keep_the_latest_and_count_what_was_dropped(server: Server) -> None:
