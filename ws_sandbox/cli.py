@@ -123,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url", default="ws://127.0.0.1:8090", help="the service's address")
     run.add_argument("--timeout", type=_seconds, help="seconds (default: the service's)")
     run.add_argument("--api-key", help="API key, when the service requires one")
-    run.add_argument("--result-grace", type=_seconds, default=30.0, metavar="SECONDS",
+    run.add_argument("--result-grace", type=_seconds, default=60.0, metavar="SECONDS",
                      help="how long the result may be late after the cell's timeout before"
-                     " giving up (default: 30)")
+                     " giving up (default: 60, as the client library)")
     run.set_defaults(func=_exec)
 
     build = sub.add_parser("build-image", help="build the sandbox runtime image")

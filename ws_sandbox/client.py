@@ -283,6 +283,11 @@ STREAM_QUEUE_HIGH = 256
 """Frames a :meth:`ClientSession.stream` cell may have waiting before reading pauses."""
 
 
+RESULT_GRACE = 60.0
+"""Default seconds a cell's result may come after its timeout: the service's own interrupt
+grace and restart (6 s by default), or a new sandbox (``ACQUIRE_TIMEOUT``, 30 s), and some."""
+
+
 @dataclass(slots=True)
 class _Pending:
     """A cell sent and not finished (no ``result`` or ``error`` yet), in sending order."""
@@ -292,6 +297,8 @@ class _Pending:
     by the session's maximum."""
     since: float | None = None
     """When it became the first unfinished cell (loop time): its bound starts there."""
+    restarted: bool = False
+    """Whether its bound started again on a ``restarted`` frame (once at most)."""
 
 
 class ClientSession:
@@ -302,9 +309,12 @@ class ClientSession:
     Every cell is bounded on this side too. The server runs a session's cells in order,
     each within its timeout (plus an interrupt and a restart): so the client expects the
     result of its first unfinished cell within that cell's timeout plus ``result_grace``
-    seconds from when it became first (sent, or the previous cell finished). If it does not
-    come, the server broke its promise: the client closes the session, the cell fails with
-    :class:`ResultTimeout` and the others with :class:`SessionClosed`.
+    seconds from when it became first (sent, or the previous cell finished). The bound
+    starts again, once, at a ``restarted`` frame (the cell waited for a restart or a new
+    sandbox before it could run); in a resumed session it also allows for the cells the
+    earlier connection may still have running and queued, until one of its own ends. If the
+    result does not come, the server broke its promise: the client closes the session, the
+    cell fails with :class:`ResultTimeout` and the others with :class:`SessionClosed`.
 
     Frames without a cell id (``restarted``, ``closed``, an ``error`` without ``id``), frames
     of a cell whose caller stopped waiting, and frames of cells this session did not send
@@ -314,10 +324,17 @@ class ClientSession:
     """
 
     def __init__(self, ws: _Connection, ready: fr.Ready, *,
-                 result_grace: float | None = 30.0, max_events: int = 1024) -> None:
+                 result_grace: float | None = RESULT_GRACE, max_events: int = 1024) -> None:
         self.ws = ws
         self.ready = ready
         self.result_grace = _check_seconds("result_grace", result_grace)
+        _check_max_events(max_events)
+        # Resumed, the session may still run and queue cells the earlier connection sent,
+        # ahead of this one's: until one of this connection's cells ends, the first one's
+        # bound allows for each of them (a running one and the most that may wait).
+        limits = ready.limits
+        self._earlier = ((limits.max_queued_cells + 1) * limits.max_execution_time
+                         if ready.resumed else 0.0)
         # Where each waited-for cell's frames go: a collector (execute) or a queue (stream).
         self._cells: dict[str, Route] = {}
         self._pending: dict[str, _Pending] = {}  # insertion order is sending order
@@ -367,26 +384,42 @@ class ClientSession:
         Raises:
             SessionClosed: the connection is closed.
         """
+        await self._send_data(fr.encode(frame))
+
+    async def _send_data(self, data: bytes) -> None:
         try:
-            await self.ws.send(fr.encode(frame), text=True)  # JSON is UTF-8 already
+            await self.ws.send(data, text=True)  # JSON is UTF-8 already
         except websockets.ConnectionClosed as exc:
             if self.ended is not None:
                 raise self._closed_error() from exc
             raise SessionClosed("connection_lost", str(exc), self.closed) from exc
 
-    def _start(self, cell_id: str, code: str, timeout: float | None,
-               route: Route) -> fr.Execute:
-        """Register a cell about to be sent: its route and its place in the order."""
+    def _start(self, cell_id: str, code: str, timeout: float | None, route: Route) -> bytes:
+        """Check and encode a cell, then register it (its route, its place in the order);
+        return the frame to send. A cell that cannot be sent, or that the server could only
+        refuse without its id (which would leave its caller waiting), is refused here and
+        registers nothing."""
         self._check_open()
         timeout = _check_seconds("timeout", timeout)
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
+        if not 1 <= len(cell_id) <= fr.MAX_CELL_ID:
+            raise ValueError(f"a cell id has 1 to {fr.MAX_CELL_ID} characters, not"
+                             f" {len(cell_id)}")
+        data = fr.encode(fr.Execute(id=cell_id, code=code, timeout=timeout))
         limits = self.ready.limits
+        size = len(code.encode("utf-8", "surrogatepass"))
+        if size > limits.max_code_bytes:  # refused as the server would, before sending it
+            raise SessionRefused(fr.Error(
+                code="payload_too_large", id=cell_id, message=f"code of {size} bytes"
+                f" exceeds the limit of {limits.max_code_bytes} bytes"), None)
         effective = min(limits.default_execution_time if timeout is None else timeout,
                         limits.max_execution_time)
         self._cells[cell_id] = route
         self._pending[cell_id] = _Pending(effective)
         if len(self._pending) == 1:
             self._arm()
-        return fr.Execute(id=cell_id, code=code, timeout=timeout)
+        return data
 
     def _new_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
@@ -412,7 +445,7 @@ class ClientSession:
         queue = _StreamQueue(lambda pause: self._pause(id(queue), pause))
         request = self._start(cell_id, code, timeout, queue)
         try:
-            await self.send(request)
+            await self._send_data(request)
             while True:
                 frame = await queue.get()
                 if isinstance(frame, SessionClosed):
@@ -455,7 +488,7 @@ class ClientSession:
                                functools.partial(self._too_much_output, cell_id))
         request = self._start(cell_id, code, timeout, collector)
         try:
-            await self.send(request)
+            await self._send_data(request)
             return await collector.done
         finally:
             self._cells.pop(cell_id, None)
@@ -520,6 +553,8 @@ class ClientSession:
             return
         cell = getattr(frame, "id", None)
         if not isinstance(cell, str):
+            if isinstance(frame, fr.Restarted):
+                self._restart_bound()
             self._event(frame)
             return
         deliver = self._cells.get(cell)
@@ -541,7 +576,8 @@ class ClientSession:
     def _finish(self, cell: str) -> None:
         """A cell's result (or refusal) came: the next one's bound starts."""
         was_first = next(iter(self._pending), None) == cell
-        self._pending.pop(cell, None)
+        if self._pending.pop(cell, None) is not None:
+            self._earlier = 0.0  # cells run in order: the earlier connection's have ended
         if was_first:
             self._arm()
 
@@ -557,13 +593,22 @@ class ClientSession:
             return
         loop = asyncio.get_running_loop()
         first.since = loop.time()
-        due = first.since + first.timeout + self.result_grace
+        due = first.since + first.timeout + self.result_grace + self._earlier
         timer = self._deadline
         if timer is not None:
             if timer.when() <= due:
                 return
             timer.cancel()
         self._deadline = loop.call_at(due, self._expire)
+
+    def _restart_bound(self) -> None:
+        """A ``restarted`` frame: the first unfinished cell waited for an interpreter
+        restart or a new sandbox (``ACQUIRE_TIMEOUT`` at most) before it could start, so its
+        bound starts again, once (a server that keeps restarting still meets a bound)."""
+        first = next(iter(self._pending.values()), None)
+        if first is not None and not first.restarted:
+            first.restarted = True
+            self._arm()
 
     def _expire(self) -> None:
         """The timer fired: give up on the first unfinished cell if its bound has passed,
@@ -576,7 +621,7 @@ class ClientSession:
         if pending.since is None:  # pragma: no cover - the first cell's bound has started
             return
         loop = asyncio.get_running_loop()
-        due = pending.since + pending.timeout + self.result_grace
+        due = pending.since + pending.timeout + self.result_grace + self._earlier
         if loop.time() < due:
             self._deadline = loop.call_at(due, self._expire)
             return
@@ -596,6 +641,8 @@ class ClientSession:
     def _pause(self, queue: int, pause: bool) -> None:
         """Pause reading while any stream queue is full; resume once none is."""
         was = bool(self._paused)
+        if pause and self.ended is not None:
+            return  # the session ended: what is left to read is its close
         if pause:
             self._paused.add(queue)
         else:
@@ -616,6 +663,10 @@ class ClientSession:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self._paused:  # a stalled stream() consumer: the close must still be read
+            self._paused.clear()
+            if not self.ws.transport.is_closing():
+                self.ws.transport.resume_reading()
         for cell, route in list(self._cells.items()):
             timed_out = isinstance(error, ResultTimeout) and error.cell_id == cell
             route(error if timed_out else self._closed_error())
@@ -643,10 +694,16 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a close the client starts may take before the connection is cut."""
 
 
+def _check_max_events(value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_events must be a positive whole number, got {value!r}")
+
+
 def _check_seconds(name: str, value: float | None) -> float | None:
     """``value`` if it is None or a positive, finite number of seconds."""
-    if value is not None and not (isinstance(value, int | float) and math.isfinite(value)
-                                  and value > 0):
+    if value is not None and not (isinstance(value, int | float)
+                                  and not isinstance(value, bool)
+                                  and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive, finite number of seconds or None, "
                          f"got {value!r}")
     return value
@@ -692,9 +749,10 @@ class connect:
 
     def __init__(self, url: str, *, language: str = "python", resume: str | None = None,
                  api_key: str | None = None, open_timeout: float | None = 60.0,
-                 max_size: int | None = 16 * 1024 * 1024, result_grace: float | None = 30.0,
+                 max_size: int | None = 16 * 1024 * 1024, result_grace: float | None = RESULT_GRACE,
                  max_events: int = 1024) -> None:
         _check_seconds("result_grace", result_grace)
+        _check_max_events(max_events)
         self._open = functools.partial(
             _open, url, language=language, resume=resume, api_key=api_key,
             open_timeout=open_timeout, max_size=max_size, result_grace=result_grace,

@@ -13,7 +13,9 @@ import msgspec
 
 from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest
 
-CellId = Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+MAX_CELL_ID = 128
+"""The longest cell id (characters)."""
+CellId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CELL_ID,
                                      description="Chosen by the client, echoed on every frame")]
 Status = Literal["success", "error", "timeout", "interrupted", "killed"]
 StreamName = Literal["stdout", "stderr"]
@@ -164,6 +166,26 @@ def decode_client(data: str | bytes) -> ClientFrame:
         return _client_decoder.decode(data)
     except DECODE_ERRORS as exc:
         raise BadRequest(f"invalid frame: {exc}") from None
+
+
+class _AnyId(msgspec.Struct):
+    """What :func:`cell_id_of` reads of a frame that did not decode: its ``id`` alone."""
+
+    id: object = None
+
+
+_any_id_decoder = msgspec.json.Decoder(_AnyId)
+
+
+def cell_id_of(data: str | bytes) -> str | None:
+    """The cell id of a client frame that failed to decode, when one can be read (a JSON
+    object whose ``id`` is a valid cell id), so that its refusal reaches the cell's caller
+    instead of leaving it waiting for a result."""
+    try:
+        found = _any_id_decoder.decode(data).id
+    except DECODE_ERRORS:
+        return None
+    return found if isinstance(found, str) and 1 <= len(found) <= MAX_CELL_ID else None
 
 
 def decode_server(data: str | bytes) -> ServerFrame:

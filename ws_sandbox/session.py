@@ -293,7 +293,7 @@ class Session:
         try:
             frame = fr.decode_client(data)
         except SandboxError as exc:
-            self._error(exc)
+            self._error(exc, cell_id=fr.cell_id_of(data))
             return
         self.receive_frame(frame, now)
 

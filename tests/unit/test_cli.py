@@ -109,4 +109,4 @@ async def test_a_result_that_never_comes_is_one_line_after_the_grace(server: Ser
     done = await run_cli("--url", server.url, "--timeout", "0.2", "--result-grace", "0.3",
                          "x")
     assert_one_clear_line(done, "result_timeout")
-    assert asyncio.get_running_loop().time() - start < 30  # the default grace alone is 30 s
+    assert asyncio.get_running_loop().time() - start < 30  # the default grace alone is 60 s

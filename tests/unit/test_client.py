@@ -679,3 +679,108 @@ async def test_a_timeout_that_is_not_a_positive_number_is_refused(server: Server
         with pytest.raises(ValueError, match="timeout must be a positive, finite number"):
             await frames_of(s.stream("x", timeout=bad))
     assert server.received == []
+
+
+# --- what the second review found ------------------------------------------------------------
+
+
+async def test_a_cell_that_cannot_be_sent_is_not_left_waiting(server: Server) -> None:
+    """Code that does not encode (a lone surrogate) raised, but its cell stayed first in
+    line, and its bound later ended a healthy session."""
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=0.3)
+    async with s, asyncio.timeout(BOUND):
+        with pytest.raises(UnicodeEncodeError):
+            await s.execute("print('\ud800')", timeout=0.2)
+        assert (await s.execute("ok")).status == "success"
+        await asyncio.sleep(0.7)  # past the bound the unsent cell would have had
+        assert (await s.execute("ok2")).status == "success"
+    assert server.received and all("\\ud800" not in str(m) for m in server.received)
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"cell_id": "x" * 129}, ValueError), ({"timeout": True}, ValueError),
+    ({"code": None}, TypeError), ({"code": "#" * (LIMITS.max_code_bytes + 1)}, SessionRefused),
+])
+async def test_a_cell_the_server_could_only_refuse_without_its_id_is_refused_here(
+        server: Server, kwargs: dict[str, object], error: type[Exception]) -> None:
+    """Sent, the server refused such a cell with an error frame it could not tie to the
+    cell: its caller waited for the bound, then lost the session."""
+    async with session(server) as s, asyncio.timeout(BOUND):
+        code = kwargs.pop("code", "x")
+        with pytest.raises(error):
+            async for _ in s.stream(code, **kwargs):  # type: ignore[arg-type]
+                pass
+        assert s._pending == {} and s._cells == {}
+        assert (await s.execute("ok")).status == "success"
+    assert len(server.received) == 1
+
+
+async def test_a_resumed_sessions_first_cell_allows_for_the_earlier_connections(
+        server: Server) -> None:
+    """Resumed, the cells the earlier connection sent still run ahead of this one's: the
+    first cell's bound allows for them until one of this connection's cells ends."""
+    server.opening = [fr.Ready(session_id="s1", language="python", token="t", limits=LIMITS,
+                               resumed=True)]
+    server.script = lambda request: [1.0, result("earlier"), result(request.id)]
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, resume="t", result_grace=0.3)
+    async with s, asyncio.timeout(BOUND):
+        assert (await s.execute("x", timeout=0.2)).status == "success"
+        assert isinstance(await s.events.get(), fr.Result)  # the earlier cell's result
+        # From now on the bound is the cell's own again.
+        server.script = lambda request: []
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(ResultTimeout):
+            await s.execute("y", timeout=0.2)
+        assert asyncio.get_running_loop().time() - start < 3.0
+
+
+async def test_a_restart_starts_the_waiting_cells_bound_again_once(server: Server) -> None:
+    """A cell that waited for a new sandbox (or a restart) before it could run: its bound
+    starts again at the ``restarted`` frame, once."""
+    restarted = fr.Restarted(reason="sandbox_replaced", message="new sandbox")
+
+    def script(request: fr.Execute) -> list[Item]:
+        if request.code == "waits":  # a new sandbox came after 0.4 s, then the cell ran
+            return [0.4, restarted, 0.5, result(request.id)]
+        return [0.3, restarted, 0.5, restarted, 2.0]  # restarts again and again: no result
+
+    server.script = script
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=0.5)
+    async with s, asyncio.timeout(BOUND):
+        assert (await s.execute("waits", timeout=0.1)).status == "success"
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(ResultTimeout):
+            await s.execute("again", timeout=0.1)
+        assert asyncio.get_running_loop().time() - start < 1.25  # 0.3 + 0.6, not 0.8 + 0.6
+
+
+async def test_giving_up_while_a_stalled_consumer_paused_reading_still_closes_cleanly(
+        server: Server) -> None:
+    """The close after giving up could not be read while reading was paused: it waited
+    CLOSE_TIMEOUT and then cut the connection (1006, which the service takes for a drop)."""
+    server.script = lambda request: [fr.Stream(id=request.id, name="stdout",
+                                               text=secrets.token_hex(500))
+                                     for _ in range(3000)]
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=0.2)
+    stream = aiter(s.stream("x", timeout=0.1))
+    assert isinstance(stream, AsyncGenerator)
+    async with asyncio.timeout(BOUND):
+        await anext(stream)  # then it takes nothing more
+        while s.ended is None:
+            await asyncio.sleep(0.01)
+        start = asyncio.get_running_loop().time()
+        await s.close()
+        assert asyncio.get_running_loop().time() - start < 2.0
+        await stream.aclose()
+        await server.ended.wait()
+    assert server.closes == [1000]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True])
+def test_max_events_must_be_a_positive_number(bad: int) -> None:
+    with pytest.raises(ValueError, match="max_events"):
+        connect("ws://127.0.0.1:1", max_events=bad)

@@ -156,6 +156,24 @@ def test_bad_frames_get_error_frames_and_session_goes_on(message: str, code: str
     assert s.state is State.RUNNING
 
 
+@pytest.mark.parametrize(("message", "cell_id"), [
+    ('{"type": "execute", "id": "c9", "code": 5}', "c9"),
+    ('{"type": "execute", "id": "c9", "code": "x", "timeout": true}', "c9"),
+    ('{"type": "execute", "id": "' + "x" * 129 + '", "code": "x"}', None),
+    ('{"type": "execute", "id": 7, "code": "x"}', None),
+    ("not json", None),
+    ("[1, 2]", None),
+])
+def test_an_invalid_frame_is_refused_under_its_cell_id_when_it_has_one(
+        message: str, cell_id: str | None) -> None:
+    # Refused without its id, a cell's caller waited for a result that could never come.
+    s = new()
+    s.receive_client(message, 0.0)
+    [error] = s.frames_to_send()
+    assert isinstance(error, fr.Error) and error.code == "bad_request", error
+    assert error.id == cell_id
+
+
 def test_binary_and_oversized_frames_are_refused() -> None:
     s = new()
     s.receive_client(b"\x00\x01", 0.0)
