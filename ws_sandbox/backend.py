@@ -51,13 +51,19 @@ start: no host account has one, and two live sandboxes do not share one, so that
 kernel's per-user limits (inotify instances, message-queue bytes, pending signals, pipe
 buffer pages, RLIMIT_NPROC) are not shared between sessions under runc."""
 _AGENT_STDERR_KEEP = 4096
-_EXIT_SIGKILL = 128 + 9  # a container's exit code when its init was killed by SIGKILL
 
+
+_EXIT_SIGKILL = 128 + 9  # a container's exit code when its init was killed by SIGKILL
 
 RUNSC_MIN_PIDS = 1024
 """Under gVisor the pids cgroup counts the sandbox kernel's own host threads, not the user's
 processes (those live inside gVisor, where `user_task_limit` bounds them). The sentry's
-threads grow with work (a few Rust compiles pass 128), so it gets this floor."""
+threads grow with work (a few Rust compiles pass 128), so it gets this floor. A fork bomb
+held at 128 tasks inside still drives them past it (2,154 host pids at its peak, measured
+with Debian 12's runsc), and the whole sandbox then exits (code 2): the bomb ends its own
+sandbox, and the session goes on in a new one. Not raised further on purpose: the floor is
+also what keeps a few bombs from taking the host's pids (``kernel.pid_max`` is 32768 on
+these machines) from every other sandbox and the service."""
 
 
 def pids_limit(settings: Settings) -> int:
@@ -352,8 +358,10 @@ class Sandbox:
                     ValueError):  # ValueError: aiohttp refuses an event line over 64 KiB
                 pass
         if self._ended:
-            log.info("sandbox %s stopped: exit code %s, not out of memory",
-                     self.short_id, state.get("ExitCode", "unknown"))
+            # The agent says why it exited on its stderr (a hostile one may say anything:
+            # a bounded tail, quoted).
+            log.info("sandbox %s stopped: exit code %s, not out of memory; agent said: %r",
+                     self.short_id, state.get("ExitCode", "unknown"), self.stderr_tail[-300:])
         return False
 
     async def _oom_event(self, within: float | None) -> bool:
