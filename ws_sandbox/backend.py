@@ -51,9 +51,8 @@ start: no host account has one, and two live sandboxes do not share one, so that
 kernel's per-user limits (inotify instances, message-queue bytes, pending signals, pipe
 buffer pages, RLIMIT_NPROC) are not shared between sessions under runc."""
 _AGENT_STDERR_KEEP = 4096
-
-
 _EXIT_SIGKILL = 128 + 9  # a container's exit code when its init was killed by SIGKILL
+
 
 RUNSC_MIN_PIDS = 1024
 """Under gVisor the pids cgroup counts the sandbox kernel's own host threads, not the user's

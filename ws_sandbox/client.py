@@ -42,7 +42,8 @@ from websockets.frames import DATA_OPCODES, Frame
 from websockets.protocol import Event
 
 from ws_sandbox import frames as fr
-from ws_sandbox.exceptions import DECODE_ERRORS
+from ws_sandbox.exceptions import DECODE_ERRORS, PayloadTooLarge
+from ws_sandbox.session import check_code_size
 
 
 class _Connection(ClientConnection):
@@ -208,7 +209,7 @@ class _Collector:
         self.displays: list[fr.Display] = []
         self.on_output = on_output
         self.allowance = allowance
-        """Characters of output still accepted (see :func:`output_allowance`)."""
+        """Characters of output still accepted (:func:`ws_sandbox.frames.output_allowance`)."""
         self.over = over
         """Called once the server sent more: it broke its promise, the session ends."""
         self.done: asyncio.Future[CellResult] = asyncio.get_running_loop().create_future()
@@ -229,7 +230,7 @@ class _Collector:
                     except Exception as exc:  # the caller's callback: its error is theirs
                         self.done.set_exception(exc)
             case fr.Display():
-                self.allowance -= sum(len(k) + len(v) + 1 for k, v in frame.data.items())
+                self.allowance -= fr.display_chars(frame.data)
                 if self.allowance < 0:
                     self.over()
                     return
@@ -408,11 +409,11 @@ class ClientSession:
                              f" {len(cell_id)}")
         data = fr.encode(fr.Execute(id=cell_id, code=code, timeout=timeout))
         limits = self.ready.limits
-        size = len(code.encode("utf-8", "surrogatepass"))
-        if size > limits.max_code_bytes:  # refused as the server would, before sending it
-            raise SessionRefused(fr.Error(
-                code="payload_too_large", id=cell_id, message=f"code of {size} bytes"
-                f" exceeds the limit of {limits.max_code_bytes} bytes"), None)
+        try:  # refused as the server would, in its words, before sending it
+            check_code_size(code, limits.max_code_bytes)
+        except PayloadTooLarge as exc:
+            raise SessionRefused(fr.Error(code=exc.code, message=exc.message, id=cell_id),
+                                 None) from None
         effective = min(limits.default_execution_time if timeout is None else timeout,
                         limits.max_execution_time)
         self._cells[cell_id] = route
@@ -479,12 +480,12 @@ class ClientSession:
             SessionRefused: the server refused the cell (``error`` frame).
             SessionClosed: the session ended before the cell did (:class:`ResultTimeout`
                 when its result did not come in time; ``protocol_error`` when the server
-                sent more output for it than :func:`output_allowance` of its own limit, and
-                the client closed the session).
+                sent more output for it than :func:`~ws_sandbox.frames.output_allowance`
+                of its own limit, and the client closed the session).
             ValueError: ``timeout`` is not a positive number of seconds.
         """
         cell_id = self._new_id()
-        collector = _Collector(on_output, output_allowance(self.ready.limits.max_output_bytes),
+        collector = _Collector(on_output, fr.output_allowance(self.ready.limits.max_output_bytes),
                                functools.partial(self._too_much_output, cell_id))
         request = self._start(cell_id, code, timeout, collector)
         try:
@@ -679,15 +680,6 @@ class ClientSession:
             exc = self.ws.protocol.close_exc
             self._end(SessionClosed("connection_lost", str(exc) if exc else "connection lost",
                                     self.closed))
-
-
-def output_allowance(max_output_bytes: int) -> int:
-    """Characters of output (stream text, and display keys, values and one per entry) that
-    :meth:`ClientSession.execute` keeps for one cell before it decides the server broke its
-    limits (the ``ready`` frame's ``max_output_bytes``, counted in UTF-8 bytes, plus the
-    truncation marker): twice the limit and 64 KiB, so that a server cannot fill the
-    client's memory with one cell's output."""
-    return 2 * max_output_bytes + 65536
 
 
 CLOSE_TIMEOUT = 5.0

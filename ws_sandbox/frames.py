@@ -7,6 +7,7 @@ here and reused. The JSON Schema in ``protocol/schema.json`` is generated from t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import msgspec
@@ -166,6 +167,26 @@ def decode_client(data: str | bytes) -> ClientFrame:
         return _client_decoder.decode(data)
     except DECODE_ERRORS as exc:
         raise BadRequest(f"invalid frame: {exc}") from None
+
+
+OUTPUT_ALLOWANCE_SLACK = 65536
+"""Characters of a cell's output accepted beyond :func:`output_allowance`'s twice the budget."""
+
+
+def display_chars(data: Mapping[str, str]) -> int:
+    """A display's size as the agent counts it against a cell's output budget: the
+    characters of every key and value, and one per entry."""
+    return sum(len(key) + len(value) + 1 for key, value in data.items())
+
+
+def output_allowance(max_output_bytes: int) -> int:
+    """The most output characters (stream text, and display data as :func:`display_chars`
+    counts it) one side accepts for a cell before it decides the other broke the budget of
+    ``max_output_bytes``: twice the budget and some. The service holds a sandbox to it
+    between two cells' starts (its agent may still be sending the cell before's rest), the
+    client library holds the service to it per cell (counted there in UTF-8 bytes, plus
+    the truncation marker)."""
+    return 2 * max_output_bytes + OUTPUT_ALLOWANCE_SLACK
 
 
 class _AnyId(msgspec.Struct):

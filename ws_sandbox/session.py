@@ -123,17 +123,6 @@ def validate_cell(limits: SessionLimits, code: str, timeout: float | None) -> fl
     return timeout
 
 
-OUTPUT_ALLOWANCE_SLACK = 65536
-"""Characters of output a sandbox may send beyond what its agent's budget allows (see
-:meth:`Session._over_allowance`) before it counts as broken."""
-
-
-def agent_display_chars(data: Mapping[str, str]) -> int:
-    """A display's size as the agent counts it against a cell's budget: the characters of
-    every key and value, and one per entry."""
-    return sum(len(key) + len(value) + 1 for key, value in data.items())
-
-
 DISPLAY_FRAME_BYTES = 64
 """What one display frame costs of a cell's output budget beyond its data: about its JSON
 envelope, so that a flood of empty displays is bounded by the budget too."""
@@ -370,7 +359,7 @@ class Session:
                 if cell is not None and frame.id == cell.id:
                     self._output(cell, frame.name, frame.text)
             case aw.AgentDisplay():
-                if self._over_allowance(agent_display_chars(frame.data), now):
+                if self._over_allowance(fr.display_chars(frame.data), now):
                     return
                 if cell is not None and frame.id == cell.id:
                     self._display(cell, frame)
@@ -434,7 +423,7 @@ class Session:
         sandbox could stream dropped output for ever, at the cost of the service's and the
         engine's CPU."""
         self._received += chars
-        if self._received <= 2 * self.limits.max_output_bytes + OUTPUT_ALLOWANCE_SLACK:
+        if self._received <= fr.output_allowance(self.limits.max_output_bytes):
             return False
         if self.state is not State.RECOVERING:
             self.sandbox_failed("it sent more output than its cells may produce", now)

@@ -30,8 +30,8 @@ from ws_sandbox.client import (
     SessionClosed,
     SessionRefused,
     connect,
-    output_allowance,
 )
+from ws_sandbox.frames import output_allowance
 
 BOUND = 10.0
 """Generous bound on any single wait (seconds)."""

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from ws_sandbox import agent_wire as aw
 from ws_sandbox import frames as fr
 from ws_sandbox.exceptions import BadRequest, RateLimited
+from ws_sandbox.frames import OUTPUT_ALLOWANCE_SLACK
+from ws_sandbox.frames import display_chars as agent_display_chars
 from ws_sandbox.session import (
     DISPLAY_FRAME_BYTES,
-    OUTPUT_ALLOWANCE_SLACK,
     TRUNCATION_MARKER,
     CellFinished,
     CloseSession,
@@ -24,7 +25,6 @@ from ws_sandbox.session import (
     Session,
     SessionLimits,
     State,
-    agent_display_chars,
     display_size,
     validate_cell,
 )
