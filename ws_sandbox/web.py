@@ -8,6 +8,7 @@ listed after it would be shadowed.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from starlette.responses import PlainTextResponse
@@ -21,15 +22,15 @@ log = logging.getLogger(__name__)
 #: ``web-demo/`` at the repository root (the package is installed editable).
 DEMO_DIR = Path(__file__).resolve().parent.parent / "web-demo"
 
-#: The page runs only its own script and style, talks only to its own origin (plus the
-#: WebSocket schemes), shows images from itself or ``data:`` URLs (plots), and may not be
-#: framed.
-CONTENT_SECURITY_POLICY = "; ".join([
+#: The page runs only its own script and style, talks only to its own origin, shows images
+#: from itself or ``data:`` URLs (plots), and may not be framed. ``{connect}`` is filled per
+#: request by :func:`content_security_policy`.
+_CSP_TEMPLATE = "; ".join([
     "default-src 'self'",
     "script-src 'self'",
     "style-src 'self'",
     "img-src 'self' data:",
-    "connect-src 'self' ws: wss:",
+    "connect-src {connect}",
     "font-src 'self'",
     "object-src 'none'",
     "base-uri 'none'",
@@ -37,8 +38,32 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "frame-ancestors 'none'",
 ])
 
+#: A ``Host`` header that can stand in a CSP host-source as it is: a DNS name or IPv4
+#: address and an optional port (CSP has no syntax for an IPv6 literal).
+_CSP_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9.])?(?::[0-9]{1,5})?")
+
+
+def content_security_policy(host: str | None) -> str:
+    """The demo page's policy for a request to ``host`` (its ``Host`` header).
+
+    The page opens its WebSocket to its own host only. ``'self'`` covers ``ws:`` and
+    ``wss:`` to the page's host in current browsers (CSP Level 3) but not in older ones, so
+    the two are also named for the host the request was made to; a ``Host`` that is not a
+    plain host and port (absent, an IPv6 literal, anything that could add to the policy)
+    gets ``'self'`` alone. The WebSocket schemes are never allowed to every host: a script
+    injected into the page could send a user's key and output anywhere.
+    """
+    connect = "'self'"
+    if host is not None and _CSP_HOST.fullmatch(host):
+        connect += f" ws://{host} wss://{host}"
+    return _CSP_TEMPLATE.format(connect=connect)
+
+
+#: The policy without a usable ``Host``.
+CONTENT_SECURITY_POLICY = content_security_policy(None)
+
+#: Every demo response's headers but the policy, which depends on the request's host.
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
@@ -60,7 +85,8 @@ PAGE_HEADERS: dict[str, str] = {
 
 
 class SecureStatic:
-    """ASGI wrapper: adds :data:`SECURITY_HEADERS` to every HTTP response of ``app``.
+    """ASGI wrapper: adds :data:`SECURITY_HEADERS` and the request's
+    :func:`content_security_policy` to every HTTP response of ``app``.
 
     A WebSocket that reaches it asked for a path no route serves; it is closed, as Starlette's
     router does, instead of reaching :class:`StaticFiles` (which handles HTTP only).
@@ -77,11 +103,15 @@ class SecureStatic:
             await self.app(scope, receive, send)
             return
 
+        host = next((value.decode("latin-1") for name, value in scope.get("headers", ())
+                     if name == b"host"), None)
+        policy = (b"content-security-policy", content_security_policy(host).encode())
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {name for name, _ in SECURITY_HEADERS}
+                names = {name for name, _ in SECURITY_HEADERS} | {policy[0]}
                 headers = [(k, v) for k, v in message.get("headers", []) if k not in names]
-                message = {**message, "headers": [*headers, *SECURITY_HEADERS]}
+                message = {**message, "headers": [*headers, policy, *SECURITY_HEADERS]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -34,7 +34,7 @@ async def test_serves_the_demo_with_security_headers() -> None:
         assert '<script src="app.js"' in page.text
         for path in ("/", "/app.js", "/style.css"):
             headers = (await c.get(path)).headers
-            assert headers["content-security-policy"] == web.CONTENT_SECURITY_POLICY
+            assert headers["content-security-policy"] == web.content_security_policy("test")
             assert headers["x-content-type-options"] == "nosniff"
             assert headers["referrer-policy"] == "no-referrer"
             assert headers["x-frame-options"] == "DENY"
@@ -42,6 +42,34 @@ async def test_serves_the_demo_with_security_headers() -> None:
         # Routes listed before the mount still answer; unknown paths are a plain 404.
         assert (await c.get("/api/v1/config")).text == "api"
         assert (await c.get("/nope.txt")).status_code == 404
+
+
+def connect_src(policy: str) -> str:
+    [directive] = [d for d in policy.split("; ") if d.startswith("connect-src ")]
+    return directive
+
+
+async def test_websockets_may_reach_the_pages_own_host_only() -> None:
+    async with client() as c:
+        for host in ("sandbox.example.com:8090", "127.0.0.1:8090", "localhost"):
+            policy = (await c.get("/", headers={"Host": host})).headers[
+                "content-security-policy"]
+            assert connect_src(policy) == f"connect-src 'self' ws://{host} wss://{host}"
+    # Never the schemes alone, which allow any host.
+    for policy in (web.CONTENT_SECURITY_POLICY, web.content_security_policy("example.com")):
+        assert not {"ws:", "wss:"} & set(connect_src(policy).split())
+
+
+async def test_a_host_header_cannot_write_the_policy() -> None:
+    hostile = ["evil.example; script-src *", "a b", "x.example:8090/path", "*.example",
+               "[::1]:8090", "example.com:123456", "-bad.example", "", "evil.example,ws:"]
+    async with client() as c:
+        for host in hostile:
+            policy = (await c.get("/", headers={"Host": host})).headers[
+                "content-security-policy"]
+            assert policy == web.CONTENT_SECURITY_POLICY, host
+            assert connect_src(policy) == "connect-src 'self'"
+            assert policy.count("script-src") == 1
 
 
 def test_page_has_no_inline_script_or_remote_asset() -> None:
