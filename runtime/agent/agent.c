@@ -1407,6 +1407,7 @@ static struct {
     pid_t sessions[MAX_SESSIONS];
     size_t nsessions;
     long cell_count;
+    long interrupt_for; /* the cell_count of a cell whose interrupt waits for the wait's end */
     pid_t rust_child;
     Stream rust_streams[2];
     int rust_write_fds[2];
@@ -2673,9 +2674,10 @@ static void start_cell(Exec *e) {
         (void)r;
     }
     if (A.language == L_SHELL) {
-        /* NULs dropped, lone surrogates as '?', then a NUL */
+        /* "c", the code with NULs dropped and lone surrogates as '?', then a NUL */
         size_t i = 0;
-        buf_reserve(&w->ctl_out, e->codelen + 1);
+        buf_reserve(&w->ctl_out, e->codelen + 2);
+        buf_addc(&w->ctl_out, 'c');
         while (i < e->codelen) {
             uint32_t c;
             size_t k = wtf8_next((const unsigned char *)e->code + i, e->codelen - i, &c);
@@ -2830,6 +2832,16 @@ static void reap(void) {
     }
 }
 
+/* An interrupt is a SIGINT to the worker and, ahead of it, a mark on the control pipe right
+ * after the cell's code. A worker ignores a SIGINT between cells (a late one belongs to a cell
+ * that has ended), so one that lands while the worker is still reading the cell would be lost:
+ * the cell would run on until the service restarts the interpreter. A worker that saw a SIGINT
+ * before its cell began looks for the mark behind the cell's code (only an interrupt can follow
+ * it before the cell's `done`), and stops the cell at once if it is there; a mark read between
+ * cells is an ended cell's, and is dropped. Still missed at times (protocol/agent.md): a
+ * JavaScript cell that spins from its first line (Node between reading the cell and arming
+ * `breakOnSigint`), and a shell cell whose first command is a program (bash's child loses a
+ * SIGINT that lands as it is forked); the service's grace then restarts the interpreter. */
 static void do_interrupt(void) {
     Cell *cell = A.cell;
     if (!cell) return;
@@ -2837,8 +2849,28 @@ static void do_interrupt(void) {
     if (A.language == L_RUST) {
         if (A.rust_child > 0) kill(-A.rust_child, SIGINT);
     } else if (A.worker) {
+        if (A.language == L_SHELL) buf_add(&A.worker->ctl_out, "i", 2); /* "i" and its NUL */
+        else buf_adds(&A.worker->ctl_out, "{\"t\":\"interrupt\"}\n");
+        on_ctl_writable();
         kill(-A.worker->pid, SIGINT);
     }
+}
+
+/* An interrupt read in a wait takes effect after the wait's other descriptors, and after a
+ * last look at the worker's control pipe: a `done` the worker has written ends its cell first.
+ * Sent to a worker that has finished, the SIGINT is a late one; the workers drop those, but
+ * Node's `breakOnSigint` can keep one for the next cell's run and end that cell instead. */
+static void deliver_interrupt(void) {
+    long want = A.interrupt_for;
+    A.interrupt_for = 0;
+    if (!A.cell || A.cell_count != want) return;
+    Worker *w = A.worker;
+    if (A.language != L_RUST && w && !w->ctl_eof) {
+        struct pollfd p = {.fd = w->ctl_r, .events = POLLIN};
+        if (poll(&p, 1, 0) > 0 && (p.revents & POLLIN)) on_ctl_readable();
+        if (!A.cell || A.cell_count != want) return;
+    }
+    do_interrupt();
 }
 
 static void do_restart(void) {
@@ -2925,7 +2957,7 @@ static void handle_frame(Body *b, int kind, Exec *e) {
         }
         break;
     case F_INTERRUPT:
-        do_interrupt();
+        if (A.cell) A.interrupt_for = A.cell_count; /* deliver_interrupt, once the wait's done */
         break;
     case F_RESTART:
         do_restart();
@@ -3231,6 +3263,7 @@ static int run(void) {
             if (A.exit_code < 0) reap();
         }
         if (got_sigterm && A.exit_code < 0) shutdown_agent(0);
+        if (A.interrupt_for && A.exit_code < 0) deliver_interrupt();
     }
     flush_stdout_blocking();
     return A.exit_code;

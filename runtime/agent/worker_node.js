@@ -1,7 +1,8 @@
 // JavaScript worker for the ws_sandbox agent: one persistent `vm` context, REPL-like cells.
 //
 // Started by the agent as `node worker_node.js CTL_IN CTL_OUT`. Cells arrive on CTL_IN as JSON
-// lines {"code": "..."}; the worker answers on CTL_OUT with JSON lines `ready`, `display`,
+// lines {"code": "..."}, each maybe followed by {"t": "interrupt"}, the mark the agent writes
+// just before an interrupt's SIGINT (below); the worker answers on CTL_OUT with JSON lines `ready`, `display`,
 // `done`. stdout/stderr are pipes, which Node writes synchronously on Linux, so everything a
 // cell printed is in the pipe before its `done` is written.
 'use strict';
@@ -89,7 +90,18 @@ process.on('unhandledRejection', (reason) => printError(reason));
 
 // --- interrupts --------------------------------------------------------------------------
 // While a script runs synchronously, `breakOnSigint` turns SIGINT into an exception. While the
-// worker awaits a cell's promise, this handler ends the wait. When idle, SIGINT is ignored.
+// worker awaits a cell's promise, this handler ends the wait. When idle, SIGINT is ignored: it
+// may be late (its cell has ended) or early (its cell not read yet).
+//
+// So the agent also writes a mark, {"t": "interrupt"}, just before the SIGINT, and the mark
+// alone is enough where the signal can be missed: a mark read after a cell's code and before
+// its `done` is that cell's (the agent sends the next cell only after the `done`). Read behind
+// a cell that has not begun, it ends that cell without running it; read while the cell awaits,
+// it ends the wait (Node drops a SIGINT that lands while `breakOnSigint` is being taken down,
+// as the synchronous part of a cell that awaits returns); read once the cell has ended, it is
+// dropped. Not covered: a SIGINT that lands between reading a cell and the start of its
+// synchronous run, if the mark came in a later read: a cell that awaits still ends (its mark
+// arrives while it waits), a synchronous loop runs on until the service restarts the worker.
 let cancelWait = null;
 process.on('SIGINT', () => {
   if (cancelWait) cancelWait();
@@ -402,10 +414,15 @@ async function pump() {
   if (busy) return;
   busy = true;
   while (queue.length > 0) {
-    const code = queue.shift();
+    const cell = queue.shift();
     let done;
     try {
-      done = await runCell(code);
+      if (cell.interrupted) {
+        process.stderr.write('Interrupted\n');
+        done = { t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' };
+      } else {
+        done = await runCell(cell.code);
+      }
     } catch (err) {
       printError(err);
       done = { t: 'done', status: 'error', exit_code: 1, error: errorSummary(err) };
@@ -430,7 +447,12 @@ ctl.on('data', (chunk) => {
     } catch (e) {
       continue;
     }
-    queue.push(String(msg && msg.code !== undefined ? msg.code : ''));
+    if (msg && msg.t === 'interrupt') {
+      if (queue.length > 0) queue[queue.length - 1].interrupted = true;
+      else if (cancelWait) cancelWait();
+      continue;
+    }
+    queue.push({ code: String(msg && msg.code !== undefined ? msg.code : ''), interrupted: false });
   }
   pump();
 });

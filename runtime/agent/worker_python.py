@@ -129,6 +129,9 @@ class _State:
     # flag instead of comparing os.getpid() at every message, a system call each (about
     # 80 us under gVisor).
     forked = False
+    # A SIGINT came while no cell ran: late (its cell has ended) or early (its cell is still
+    # being read); the next cell tells which (_Control.interrupt_follows).
+    sigint = False
 
 
 _state = _State()
@@ -164,10 +167,12 @@ def _send(obj: "dict[str, Any]") -> None:
 
 
 def _on_sigint(_signum: int, _frame: "types.FrameType | None") -> None:
-    # Only a running cell is interrupted; a late SIGINT that arrives when the cell already
-    # finished must not kill the worker.
+    # A running cell is interrupted. Between cells the SIGINT is only remembered: a late one
+    # must not kill the worker (nor the next cell), and an early one's cell decides when it
+    # begins.
     if _state.running:
         raise KeyboardInterrupt
+    _state.sigint = True
 
 
 def _print(*args: object, sep: str | None = " ", end: str | None = "\n", file: "Any" = None,
@@ -468,6 +473,10 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
     children_before = _state.children_maxrss
     try:
         _state.running = True
+        if _state.sigint:
+            _state.sigint = False
+            if _control is not None and _control.interrupt_follows():
+                raise KeyboardInterrupt
         tree = compile(code, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
         assert isinstance(tree, _ast.Module)
         last: _ast.Expression | None = None
@@ -541,20 +550,55 @@ def _warm_up() -> None:
                 continue
 
 
-def _read_messages(fd: int) -> "Any":
-    """Yield JSON messages (one per line) from the agent until EOF."""
-    buf = b""
-    while True:
-        try:
-            chunk = os.read(fd, 1 << 16)  # a 1 MiB read mapped a fresh buffer each time
-        except KeyboardInterrupt:
-            continue
-        if not chunk:
-            return
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            yield loads(line.decode("utf-8", "replace"))
+class _Control:
+    """The agent's messages on the control pipe, one JSON object per line: a cell's code, or
+    ``{"t": "interrupt"}``, the mark the agent writes just before an interrupt's SIGINT.
+
+    A mark read between cells is a late interrupt's (its cell has ended) and is dropped. A
+    SIGINT that came before a cell began is that cell's if its mark is already behind the
+    cell's code: nothing else can come before the cell's ``done``.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def cells(self) -> "Any":
+        """Yield each cell's message until EOF."""
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                if line != _MARK:
+                    yield loads(line.decode("utf-8", "replace"))
+            try:
+                chunk = os.read(self.fd, 1 << 16)  # a 1 MiB read mapped a fresh buffer each time
+            except KeyboardInterrupt:
+                continue
+            if not chunk:
+                return
+            self.buf += chunk
+
+    def interrupt_follows(self) -> bool:
+        """Whether an interrupt's mark is next on the pipe (taken if so); does not block."""
+        if not self.buf:
+            import select
+
+            try:
+                if select.select([self.fd], [], [], 0)[0]:
+                    self.buf = os.read(self.fd, 1 << 16)
+            except OSError:
+                return False
+        line, newline, rest = self.buf.partition(b"\n")
+        if newline and line == _MARK:
+            self.buf = rest
+            return True
+        return False
+
+
+_MARK = b'{"t":"interrupt"}'
+
+
+_control: "_Control | None" = None
 
 
 def _site() -> None:
@@ -583,7 +627,7 @@ def _site() -> None:
 
 def main() -> None:
     """Serve cells until the agent closes the control pipe."""
-    global _ctl_out
+    global _ctl_out, _control
     _site()
     os.register_at_fork(after_in_child=_in_forked_child)
     ctl_in, _ctl_out = int(sys.argv[1]), int(sys.argv[2])
@@ -602,7 +646,8 @@ def main() -> None:
     _state.children_maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     glb: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
     _send({"t": "ready"})
-    for message in _read_messages(ctl_in):
+    _control = _Control(ctl_in)
+    for message in _control.cells():
         code = message.get("code", "") if isinstance(message, dict) else ""
         try:
             done = run_cell(str(code), glb)

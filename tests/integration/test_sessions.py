@@ -110,6 +110,29 @@ async def test_interrupt_keeps_python_state(service: Service) -> None:
         assert (await s.execute("print(kept)")).stdout == "7\n"
 
 
+@pytest.mark.parametrize(("language", "setup", "cell", "check"), [
+    ("python", "kept = 7", "import time\ntime.sleep(100)", "print(kept)"),
+    ("shell", "kept=7", "while :; do :; done", "echo $kept"),
+])
+async def test_interrupt_right_after_execute_keeps_state(service: Service, language: str,
+                                                         setup: str, cell: str,
+                                                         check: str) -> None:
+    """An interrupt sent right behind its cell (a user who runs and stops at once, a client
+    that cancels) stops the cell and keeps the session's state. It reached the worker before
+    the cell began and was lost (every time in shell, about one time in three in Python): the
+    cell ran on until the interrupt grace, and the interpreter was restarted."""
+    async with await connect(service.url, language=language) as s:
+        await s.execute(setup)
+        for _ in range(10):
+            running = asyncio.create_task(s.execute(cell, timeout=20))
+            await asyncio.sleep(0)  # the execute frame is written; the interrupt follows it
+            await s.interrupt()
+            r = await asyncio.wait_for(running, 10)
+            assert r.status == "interrupted", r
+            assert not r.result.state_lost, r
+        assert (await s.execute(check)).stdout == "7\n"
+
+
 async def test_output_cap_with_marker(service: Service) -> None:
     async with await connect(service.url) as s:
         r = await s.execute("import sys\nfor i in range(100000):\n    print('x' * 99)",
