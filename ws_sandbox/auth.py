@@ -8,6 +8,13 @@ from a browser (which cannot set headers) ``?api_key=<key>``. Admin endpoints ne
 A WebSocket upgrade whose ``Origin`` names another site is refused (cross-site WebSocket
 hijacking): the service's own host is allowed, and so is every entry of ``ALLOWED_ORIGINS``.
 
+Without ``API_KEYS`` anyone who reaches the service may use it, and so may a web page whose
+own name an attacker points at the service's address (DNS rebinding): the browser then
+treats the service as that page's own site, ``Origin`` and ``Host`` agree, and the page can
+run code and read the history. So such a service answers only requests that name it as
+``localhost`` (or a ``*.localhost`` name), by an IP address (a page cannot be served from an
+address of ours by anyone else), or by a name in ``ALLOWED_HOSTS`` (:func:`check_host`).
+
 :func:`check_request` and :func:`check_origin` are plain functions, so every adapter (the
 REST routes, the session endpoint, the Jupyter endpoint) applies the same rules;
 :class:`AuthMiddleware` applies them to this application's routes.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 from collections.abc import Mapping
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +43,9 @@ ADMIN_PREFIX = "/api/v1/admin"
 #: Paths whose adapter checks credentials itself: the Jupyter endpoint takes Jupyter's
 #: token forms (``?token=``, ``Authorization: token``), its login cookie and API keys.
 DELEGATED_PREFIXES = ("/api/kernels", "/api/kernelspecs")
+#: The Jupyter endpoint's pages that need no credential (its version, its login form): they
+#: follow its rules, not API_KEYS', for the host check too.
+JUPYTER_OPEN_PATHS = frozenset({"/api", "/login"})
 
 
 def _matches(given: str, keys: tuple[str, ...]) -> bool:
@@ -123,6 +134,40 @@ def check_origin(settings: Settings, origin: str | None, host: str | None) -> No
     raise Forbidden(f"origin {origin} is not allowed; add it to ALLOWED_ORIGINS")
 
 
+def host_name(host: str) -> str:
+    """The name in a ``Host`` header: without its port, brackets or trailing dot, lower-case."""
+    name = host.strip()
+    if name.startswith("["):  # [v6]:port
+        return name[1:].partition("]")[0].lower()
+    if name.count(":") == 1:
+        name = name.partition(":")[0]
+    return name.rstrip(".").lower()
+
+
+def check_host(settings: Settings, host: str | None) -> None:
+    """Refuse a request that names the service by a host it does not answer to; for a
+    service that takes requests without credentials (DNS rebinding, above).
+
+    Raises:
+        Forbidden: ``host`` is a name other than ``localhost`` and those in ``ALLOWED_HOSTS``.
+    """
+    allowed = settings.allowed_host_list
+    if host is None or "*" in allowed:
+        return  # no Host: not a browser (every browser sends one)
+    name = host_name(host)
+    if name == "localhost" or name.endswith(".localhost") or name in allowed:
+        return
+    try:
+        ipaddress.ip_address(name)
+        return
+    except ValueError:
+        pass
+    raise Forbidden(f"host {name!r} is not allowed: a service without API keys answers only"
+                    " to localhost, IP addresses and the names in ALLOWED_HOSTS (a page"
+                    f" whose name points here could use it otherwise); add {name} to"
+                    " ALLOWED_HOSTS, or set API_KEYS")
+
+
 def _headers(scope: Scope) -> Mapping[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1")
             for k, v in scope.get("headers", [])}
@@ -150,14 +195,20 @@ class AuthMiddleware:
         address = client[0] if client else "unknown"
         state = scope.setdefault("state", {})
         state["client_id"] = address
+        headers = _headers(scope)
         # Only our own API: the Jupyter-compatible endpoint (/api/kernels...) speaks
         # Jupyter's credentials and checks them itself, with the same functions.
+        jupyter = path.startswith(DELEGATED_PREFIXES) or path in JUPYTER_OPEN_PATHS
+        if settings is not None and not settings.api_key_list and not jupyter:
+            try:
+                check_host(settings, headers.get("host"))
+            except SandboxError as exc:
+                await _refuse(scope, receive, send, exc)
+                return
         protected = path.startswith("/api/v1/") or path == "/metrics"
-        if (settings is None or not protected or path in PUBLIC_PATHS
-                or path.startswith(DELEGATED_PREFIXES)):
+        if settings is None or not protected or path in PUBLIC_PATHS or jupyter:
             await self.app(scope, receive, send)
             return
-        headers = _headers(scope)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         websocket = scope["type"] == "websocket"
         in_query = (query.get("api_key") or [None])[0]

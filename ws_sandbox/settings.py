@@ -270,6 +270,10 @@ class Settings:
     allowed_origins: str = field(default="", metadata={"env": "ALLOWED_ORIGINS",
         "doc": "Comma-separated origins (scheme://host[:port]) allowed to open WebSockets and"
         " call the API from a browser (same host is always allowed); * allows any"})
+    allowed_hosts: str = field(default="", metadata={"env": "ALLOWED_HOSTS",
+        "doc": "Comma-separated host names a service without API keys answers to, besides"
+        " localhost and IP addresses (a defence against DNS rebinding: a web page whose name"
+        " resolves to this service); * allows any"})
     rate_limit_per_minute: int = field(default=120, metadata={
         "env": "RATE_LIMIT_PER_MINUTE", "doc": "Calls (REST executions, session opens,"
         " cells) per minute per API key or client address; 0 switches limiting off"})
@@ -367,6 +371,10 @@ class Settings:
                  f"ALLOWED_ORIGINS item {origin!r} is not an origin: give * or"
                  " scheme://host[:port] (no path, user, query or fragment), separated by"
                  " commas")
+        for host in _split(self.allowed_hosts):
+            need(host == "*" or _is_host_name(host),
+                 f"ALLOWED_HOSTS item {host!r} is not a host name: give * or names such as"
+                 " sandbox.example.com (no scheme, port or path), separated by commas")
         need(bool(self.enabled_languages), "at least one language must be enabled")
         need(self.network_mode == "none" or self.allow_unsafe_network,
              f"NETWORK_MODE={self.network_mode} gives sandboxes a network; refused unless"
@@ -420,6 +428,12 @@ class Settings:
         return _split(self.allowed_origins)
 
     @property
+    def allowed_host_list(self) -> tuple[str, ...]:
+        """Host names an open service answers to besides localhost and IP addresses,
+        lower-case and without a trailing dot."""
+        return tuple(h.lower().rstrip(".") for h in _split(self.allowed_hosts))
+
+    @property
     def is_loopback(self) -> bool:
         """Whether :attr:`host` binds to loopback only."""
         if self.host == "localhost":
@@ -440,6 +454,15 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def _is_host_name(text: str) -> bool:
+    """Whether ``text`` is a DNS host name (labels of letters, digits and inner hyphens)."""
+    return _HOST_NAME.fullmatch(text) is not None
 
 
 def _is_origin(text: str) -> bool:

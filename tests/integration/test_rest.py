@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import resource
@@ -184,7 +185,7 @@ def test_huge_body_is_refused_without_reading_it(service: Service) -> None:
     # Announce 10 MB and send none of it: the answer comes from the header alone.
     host, port = service.http.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: localhost\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 10485760\r\n\r\n")
         raw = b""
         while b"payload_too_large" not in raw:
@@ -385,10 +386,9 @@ def test_a_store_that_cannot_be_opened_stops_the_start_and_makes_no_sandbox(
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    from tests.conftest import docker_problem
+    from tests.conftest import require_docker
 
-    if docker_problem() is not None:
-        pytest.skip(docker_problem() or "")
+    require_docker()  # a failure in CI, never a silent skip
     tmp = tmp_path_factory.mktemp("locked")
     with running_service(
             tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc,k-resume,k-hist",
@@ -604,7 +604,7 @@ def test_a_client_gone_mid_body_is_not_an_error_in_the_log(service: Service) -> 
     host, port = service.http.removeprefix("http://").split(":")
     start = service.log_path.stat().st_size
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: localhost\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                      b'{"code": "print(1)", "lang')
     # The service reads the hang-up at once; a later call goes through after it.
@@ -630,7 +630,7 @@ async def test_a_request_that_never_ends_is_closed_at_request_timeout(
         held = []
         for _ in range(20):  # half a request each, as a slowloris client sends
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+            writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n")
             held.append((reader, writer))
         start = time.monotonic()
         async with asyncio.timeout(30):
@@ -645,3 +645,67 @@ async def test_a_request_that_never_ends_is_closed_at_request_timeout(
         limits = Path(f"/proc/{svc.process.pid}/limits").read_text()
         line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
         assert line.split()[3:5] == [str(hard), str(hard)], line
+
+
+def request_as(service: Service, method: str, path: str, host: str,
+               headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, Any]:
+    """One request naming the service by ``host`` (as a browser does whatever the address it
+    connects to), and its status and JSON body."""
+    address = service.http.removeprefix("http://")
+    conn = http.client.HTTPConnection(address, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        for name, value in {**(headers or {}), "Content-Length": str(len(body))}.items():
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        data = response.read()
+        try:
+            return response.status, json.loads(data)
+        except ValueError:
+            return response.status, data
+    finally:
+        conn.close()
+
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+def test_an_open_service_answers_only_to_its_own_names(service: Service) -> None:
+    """DNS rebinding: a page at evil.example, whose name the attacker then points at this
+    service's address, is the service's own site to the browser (Origin and Host agree). A
+    service without keys ran its code and showed it the history (found by a security review).
+    It now answers only to localhost, IP addresses and ALLOWED_HOSTS."""
+    port = service.http.rsplit(":", 1)[1]
+    evil = f"evil.example:{port}"
+    json_body = {"Content-Type": "application/json", "Origin": f"http://{evil}"}
+    code = json.dumps({"code": "print(6 * 7)"}).encode()
+    refused = [
+        request_as(service, "POST", "/api/v1/execute", evil, json_body, code),
+        request_as(service, "GET", "/api/v1/executions", evil),
+        request_as(service, "GET", "/", evil),
+        request_as(service, "GET", "/api/v1/sessions/ws?language=python", evil,
+                   {**UPGRADE, "Origin": f"http://{evil}"}),
+        request_as(service, "POST", "/api/kernels", evil, json_body, b"{}"),
+        request_as(service, "GET", "/api/kernels", evil),
+    ]
+    for status, body in refused:
+        assert status == 403, (status, body)
+        # The Jupyter endpoint answers in Jupyter's shape, {"message", "reason"}.
+        assert "ALLOWED_HOSTS" in body.get("error", body)["message"], body
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST.:{port}"):
+        status, body = request_as(service, "POST", "/api/v1/execute", host,
+                                  {"Content-Type": "application/json"}, code)
+        assert (status, body["stdout"]) == (200, "42\n"), (host, body)
+    assert request_as(service, "GET", "/api/kernels", f"localhost:{port}")[0] == 200
+
+
+def test_keys_protect_a_service_whatever_host_it_is_called(locked: Service) -> None:
+    port = locked.http.rsplit(":", 1)[1]
+    status, body = request_as(locked, "GET", "/api/v1/executions", f"sandbox.example:{port}",
+                              {"Authorization": "Bearer k-misc"})
+    assert status == 200, body
+    status, body = request_as(locked, "GET", "/api/v1/executions", f"sandbox.example:{port}")
+    assert (status, body["error"]["code"]) == (401, "unauthorized")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ws_sandbox.auth import check_origin, check_request, key_identity
-from ws_sandbox.exceptions import Forbidden, Unauthorized
+from ws_sandbox.auth import check_host, check_origin, check_request, host_name, key_identity
+from ws_sandbox.exceptions import ConfigError, Forbidden, Unauthorized
 from ws_sandbox.settings import Settings
 
 
@@ -60,3 +60,32 @@ def test_an_origin_that_is_not_a_url_is_forbidden_not_a_crash(origin: str) -> No
 
 def test_key_identity_does_not_reveal_the_key() -> None:
     assert "secret" not in key_identity("secret-key")
+
+
+@pytest.mark.parametrize(("host", "name"), [
+    ("example.com", "example.com"), ("Example.COM:8090", "example.com"),
+    ("localhost.", "localhost"), ("[::1]:8090", "::1"), ("127.0.0.1:80", "127.0.0.1"),
+    ("[fe80::1%25eth0]", "fe80::1%25eth0"),
+])
+def test_host_name(host: str, name: str) -> None:
+    assert host_name(host) == name
+
+
+def test_an_open_service_answers_to_localhost_addresses_and_allowed_names() -> None:
+    open_service = settings(ALLOWED_HOSTS="sandbox.example.com, Other.Example.")
+    for host in (None, "localhost", "localhost:8090", "app.localhost", "127.0.0.1:8090",
+                 "[::1]:8090", "10.1.2.3", "sandbox.example.com", "SANDBOX.example.com.:443",
+                 "other.example"):
+        check_host(open_service, host)
+    for host in ("evil.example", "evil.example:8090", "127.0.0.1.nip.io", "localhost.evil",
+                 "sandbox.example.com.evil", "", "0x7f.1"):
+        with pytest.raises(Forbidden, match="ALLOWED_HOSTS"):
+            check_host(open_service, host)
+    check_host(settings(ALLOWED_HOSTS="*"), "evil.example")
+
+
+@pytest.mark.parametrize("bad", ["http://a.example", "a.example:8090", "a.example/x", "-a",
+                                 "a..example", "*.example"])
+def test_allowed_hosts_must_be_names(bad: str) -> None:
+    with pytest.raises(ConfigError, match="ALLOWED_HOSTS item"):
+        settings(ALLOWED_HOSTS=f"ok.example,{bad}")

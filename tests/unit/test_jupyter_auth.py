@@ -96,13 +96,28 @@ def test_cookie_websocket_checks_origin() -> None:
 def test_open_endpoint_refuses_a_foreign_site_s_writes() -> None:
     """A cross-site form (text/plain, no preflight) must not start kernels on an open
     endpoint; clients that are not browsers send no Origin and are let through."""
-    s = settings()
+    s = settings(allowed_hosts="svc")
     assert check(s, creds(), "POST") == "1.2.3.4"
     assert check(s, creds(origin="http://svc:8090", host="svc:8090"), "POST") == "1.2.3.4"
     assert check(s, creds(origin="http://evil.example", host="svc:8090")) == "1.2.3.4"  # GET
     for method in ("POST", "DELETE", "PATCH"):
         with pytest.raises(Forbidden, match="origin"):
             check(s, creds(origin="http://evil.example", host="svc:8090"), method)
+
+
+def test_open_endpoint_answers_only_to_its_own_names() -> None:
+    """DNS rebinding: a page whose name points at the service is its own site to the browser
+    (Origin and Host agree), so an open endpoint answers only to localhost, IP addresses and
+    ALLOWED_HOSTS; with a credential configured, the credential protects it."""
+    page = creds(origin="http://evil.example:8090", host="evil.example:8090")
+    for method in ("GET", "POST"):
+        with pytest.raises(Forbidden, match="ALLOWED_HOSTS"):
+            check(settings(), page, method)
+    assert check(settings(), creds(origin="http://localhost:8090", host="localhost:8090"),
+                 "POST") == "1.2.3.4"
+    assert check(settings(allowed_hosts="evil.example"), page, "POST") == "1.2.3.4"
+    with pytest.raises(Unauthorized):
+        check(settings(jupyter_token="tok"), page, "POST")
 
 
 def test_check_password() -> None:

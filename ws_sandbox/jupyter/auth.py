@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import itsdangerous
 
-from ws_sandbox.auth import check_origin, is_key_identity, key_identity
+from ws_sandbox.auth import check_host, check_origin, is_key_identity, key_identity
 from ws_sandbox.exceptions import Forbidden, Unauthorized
 from ws_sandbox.settings import Settings
 
@@ -186,7 +186,9 @@ def authenticate(settings: Settings, creds: Credentials, *, method: str, websock
         return login
     if is_open(settings):
         # No credentials to forge, so a browser must not act from another site: a page's
-        # cross-site form could otherwise start kernels. Reads stay open (CORS hides them).
+        # cross-site form could otherwise start kernels. Reads stay open (CORS hides them),
+        # but not to a page whose own name points here (DNS rebinding: ws_sandbox.auth).
+        check_host(settings, creds.host)
         if websocket or method not in SAFE_METHODS:
             check_origin(settings, creds.origin, creds.host)
         return address
