@@ -25,6 +25,11 @@ buffer is full, uvicorn waits for it to drain without a limit. Writing that stay
 for ``SEND_TIMEOUT`` seconds closes the connection (as a WebSocket that accepts no frame for
 that long is closed).
 
+A request that gives both ``Content-Length`` and ``Transfer-Encoding`` is refused with a
+``400`` and its connection closed, as RFC 9112 (section 6.1) asks. h11 frames such a body by
+its chunks and keeps the connection, so behind a front end that frames it by its length the
+bytes after the chunks would be read here as a second request (request smuggling).
+
 Everything else is uvicorn's ``h11`` protocol unchanged.
 """
 
@@ -52,6 +57,19 @@ TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; 
                     % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
 
 
+class _UnambiguousLength(h11.Connection):
+    """h11's server connection, refusing a request whose body's length is told twice."""
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            names = {name.lower() for name, _ in event.headers}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                raise h11.RemoteProtocolError(
+                    "both Content-Length and Transfer-Encoding", error_status_hint=400)
+        return event
+
+
 class RequestDeadlineProtocol(H11Protocol):
     """H11Protocol that closes a connection whose request does not arrive in time, or
     that accepts nothing of a response in time."""
@@ -63,6 +81,9 @@ class RequestDeadlineProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        limit = self.config.h11_max_incomplete_event_size
+        self.conn = (_UnambiguousLength(h11.SERVER) if limit is None
+                     else _UnambiguousLength(h11.SERVER, limit))
         self._deadline: asyncio.TimerHandle | None = None
         self._partial = False  # bytes of the awaited request have arrived
         self._stalled: asyncio.TimerHandle | None = None

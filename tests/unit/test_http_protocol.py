@@ -226,3 +226,32 @@ async def test_a_body_that_ends_after_an_early_answer_starts_the_next_deadline(
     assert data == b"too large"  # closed without a 408: no request had begun
     assert DEADLINE * 0.9 <= closed - start < BOUND  # counted from the body's end
     writer.close()
+
+
+@pytest.mark.parametrize("encoding", [b"chunked", b"Chunked", b"gzip, chunked"])
+async def test_a_body_whose_length_is_told_twice_is_refused_and_the_connection_closed(
+        server: tuple[int, App], encoding: bytes) -> None:
+    """Content-Length and Transfer-Encoding together (RFC 9112, 6.1: reject, or close after
+    answering). h11 framed the body by its chunks and kept the connection, so the bytes
+    after the chunks (here a whole GET) were answered as a second request; a front end that
+    frames by the length would pass them on as the first one's body (request smuggling)."""
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    hidden = b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"0\r\n\r\n" + hidden
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                 b"Transfer-Encoding: %s\r\n\r\n%s" % (len(body), encoding, body))
+    data, _ = await read_until_closed(reader)
+    assert data.startswith(b"HTTP/1.1 400 "), data
+    assert data.count(b"HTTP/1.1 ") == 1, data  # nothing answered the hidden request
+    writer.close()
+
+
+async def test_a_body_with_one_length_is_still_read(server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 b"Connection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    data, _ = await read_until_closed(reader)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nok"), data
+    writer.close()
