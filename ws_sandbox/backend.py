@@ -430,6 +430,18 @@ def attach(docker: aiodocker.Docker, container_id: str) -> Stream:
     return Stream(docker, setup, aiohttp.ClientTimeout(total=None, sock_read=None))
 
 
+def _summary_field(container: DockerContainer, key: str) -> Any:
+    try:
+        return container[key]
+    except KeyError:
+        return None
+
+
+ORPHAN_SETTLE = 2.0
+"""Seconds beyond ``STOP_TIMEOUT`` that start-up waits for the running sandboxes of an
+earlier run to stop on their own before it takes them for another live service's."""
+
+
 class DockerBackend:
     """Owns the aiodocker client; makes and removes sandboxes.
 
@@ -592,6 +604,11 @@ class DockerBackend:
         Args:
             all_processes: include containers of earlier runs of this instance.
         """
+        return [c["Id"] for c in await self._list_instance(all_processes=all_processes)]
+
+    async def _list_instance(self, *, all_processes: bool) -> list[dict[str, Any]]:
+        """The engine's summaries (``Id``, ``State``, ``Created``, ``Labels``) of the
+        containers labelled with this service's instance name."""
         labels = [f"{LABEL_APP}=ws_sandbox", f"{LABEL_INSTANCE}={self.settings.instance_name}"]
         if not all_processes:
             labels.append(f"{LABEL_PROCESS}={self.process_id}")
@@ -600,11 +617,46 @@ class DockerBackend:
                 all=True, filters=json.dumps({"label": labels}))
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
             raise EngineUnavailable(f"cannot list containers: {exc}") from exc
-        return [c.id for c in containers]
+        return [{key: _summary_field(c, key) for key in ("Id", "State", "Created", "Labels")}
+                for c in containers]
 
     async def remove_orphans(self) -> int:
-        """Remove containers left by earlier runs of this instance (and only those)."""
-        ours = set(await self.list_ours(all_processes=False))
-        orphans = [cid for cid in await self.list_ours() if cid not in ours]
+        """Remove the containers earlier runs of this instance left; return how many.
+
+        Only what no live service uses. The sandboxes of a service that died stop on their
+        own (their agents see their stdin close), so a running one is waited for, up to
+        ``STOP_TIMEOUT`` and :data:`ORPHAN_SETTLE` seconds more; one still running after
+        that, and one created but not yet started within ``SANDBOX_START_TIMEOUT``, belongs
+        to another service running with the same ``INSTANCE_NAME``: it is left alone, and
+        the log says so (its sessions would be killed otherwise).
+        """
+        others = [c for c in await self._list_instance(all_processes=True)
+                  if (c["Labels"] or {}).get(LABEL_PROCESS) != self.process_id]
+        now = time.time()
+        stopped = [c["Id"] for c in others if c["State"] in ("exited", "dead")
+                   or (c["State"] == "created"
+                       and now - (c["Created"] or now) > self.settings.sandbox_start_timeout)]
+        busy = [c["Id"] for c in others if c["Id"] not in stopped]
+        settle = self.settings.stop_timeout + ORPHAN_SETTLE
+        ended = await asyncio.gather(*(self._exits_within(cid, settle) for cid in busy))
+        orphans = stopped + [cid for cid, done in zip(busy, ended, strict=True) if done]
+        left = len(others) - len(orphans)
+        if left:
+            log.warning("%d containers of INSTANCE_NAME=%s are in use by another process:"
+                        " left alone; give each service on this engine its own INSTANCE_NAME",
+                        left, self.settings.instance_name)
         await asyncio.gather(*(self.remove(cid) for cid in orphans))
         return len(orphans)
+
+    async def _exits_within(self, container_id: str, seconds: float) -> bool:
+        """Whether a container has stopped, or stops within ``seconds``."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.docker.containers.container(container_id).wait()
+            return True
+        except TimeoutError:
+            return False
+        except aiodocker.DockerError as exc:
+            return exc.status == 404  # already gone
+        except (aiohttp.ClientError, OSError):
+            return False

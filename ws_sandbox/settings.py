@@ -159,8 +159,8 @@ class Settings:
         "doc": "Address to bind; loopback unless told otherwise"})
     port: int = field(default=8090, metadata={"env": "SANDBOX_PORT", "doc": "TCP port"})
     instance_name: str = field(default="ws-sandbox", metadata={"env": "INSTANCE_NAME",
-        "doc": "Label value marking this service's containers; orphans with it are removed"
-        " at start-up"})
+        "doc": "Label value marking this service's containers; the stopped ones of earlier"
+        " runs are removed at start-up. Give each service on one engine its own"})
     session_secret: str = field(default="", metadata={"env": "SESSION_SECRET",
         "doc": "Key signing resume tokens and login cookies, at least 16 characters;"
         " random per start when empty", "secret": True})

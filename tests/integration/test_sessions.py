@@ -320,6 +320,33 @@ async def test_startup_removes_only_its_own_orphans(make_service: ServiceFactory
             subprocess.run(["docker", "rm", "-f", stranger], capture_output=True, check=False)
 
 
+async def test_a_second_service_with_the_same_name_leaves_the_first_one_s_sandboxes(
+        make_service: ServiceFactory) -> None:
+    """Start-up took every container of its INSTANCE_NAME from another process for an
+    orphan, running or not: a second service with the same name (the default, say) killed
+    the first one's sessions and pool as it started (found by a fault review). Running ones
+    are now waited for (a dead service's stop on their own) and then left alone."""
+    languages = {"ENABLE_JAVASCRIPT": "false", "ENABLE_RUST": "false", "ENABLE_SHELL": "false"}
+    with make_service(**languages) as first:
+        s = await connect(first.url)
+        try:
+            await s.execute("kept = 'alive'")
+            short = await hostname(s)
+            from tests.integration.conftest import start_service
+            second = start_service(first.log_path.parent, INSTANCE_NAME=first.instance,
+                                   **languages)
+            try:
+                assert container_exists(short)
+                r = await s.execute("print(kept)")
+                assert (r.status, r.stdout) == ("success", "alive\n"), r
+                assert "in use by another process" in second.log()
+            finally:
+                second.stop()
+            assert (await s.execute("print(kept)")).stdout == "alive\n"
+        finally:
+            await s.close()
+
+
 async def drain(ws: websockets.ClientConnection) -> None:
     """Read until the connection closes (then ``ConnectionClosed``)."""
     while True:
