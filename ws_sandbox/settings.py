@@ -363,6 +363,15 @@ class Settings:
         need(not self.api_keys.strip() or all(k.strip() for k in self.api_keys.split(",")),
              "API_KEYS has an empty key (a stray comma, or only commas and spaces): give"
              " each key between commas, or leave API_KEYS empty for no keys")
+        for name, keys in (("API_KEYS", _split(self.api_keys)),
+                           ("ADMIN_API_KEY", (self.admin_api_key,) if self.admin_api_key
+                            else ()),
+                           ("JUPYTER_TOKEN", (self.jupyter_token,) if self.jupyter_token
+                            else ())):
+            for number, key in enumerate(keys, 1):
+                need(_is_key(key), f"{name} (key {number}) has a character a key cannot"
+                     " have: keys travel in headers and URLs, so they are ASCII letters,"
+                     " digits and punctuation other than " + " ".join(_KEY_FORBIDDEN))
         need(not self.session_secret or len(self.session_secret) >= MIN_SESSION_SECRET,
              f"SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters (it has"
              f" {len(self.session_secret)}); leave it empty for a random one per start")
@@ -454,6 +463,17 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+_KEY_FORBIDDEN = ('"', "'", "&", ";", "#", "%", "+", "\\", ",")
+"""Characters a key may not have: they end or change a query value (and a log's quoting),
+or separate keys."""
+
+
+def _is_key(text: str) -> bool:
+    """Whether ``text`` can be a key: printable ASCII without spaces or
+    :data:`_KEY_FORBIDDEN` (non-ASCII never matched: headers arrive as latin-1)."""
+    return all("!" <= ch <= "~" and ch not in _KEY_FORBIDDEN for ch in text)
 
 
 _HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -48,3 +48,31 @@ def test_install_adds_one_filter_per_logger() -> None:
     redact.install(("test.redact.once",))
     filters = logging.getLogger("test.redact.once").filters
     assert sum(isinstance(f, redact.RedactSecrets) for f in filters) == 1
+
+
+def test_the_filter_redacts_header_lines_of_the_websocket_debug_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """At LOG_LEVEL=debug the WebSocket library logs each upgrade's headers, one record per
+    header: an API key in Authorization reached the log in clear (found by a security
+    review)."""
+    logger = logging.getLogger("test.redact.headers")
+    logger.addFilter(redact.RedactSecrets())
+    with caplog.at_level(logging.DEBUG, logger=logger.name):
+        logger.debug("< GET %s HTTP/1.1", "/api/v1/sessions/ws?api_key=k-1")
+        logger.debug("< %s: %s", "Authorization", "Bearer k-secret")
+        logger.debug("< %s: %s", "cookie", "ws_sandbox_jupyter_login=sealed")
+        logger.debug("> %s: %s", "Set-Cookie", "_xsrf=abc")
+        logger.debug("< %s: %s", "X-XSRFToken", "abc")
+        logger.debug("< %s: %s", "host", "localhost:8090")
+        logger.debug("< %s", "odd")  # a format its arguments do not fit stays as it was
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "< GET /api/v1/sessions/ws?api_key=[redacted] HTTP/1.1",
+        "< Authorization: [redacted]",
+        "< cookie: [redacted]",
+        "> Set-Cookie: [redacted]",
+        "< X-XSRFToken: [redacted]",
+        "< host: localhost:8090",
+        "< odd",
+    ]
+    assert not any(s in "\n".join(lines) for s in ("k-secret", "sealed", "abc", "k-1"))
