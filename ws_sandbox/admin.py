@@ -47,6 +47,14 @@ def _limits(manager: SessionManager) -> dict[str, Any]:
     return {name: getattr(manager.settings, name) for name in MUTABLE}
 
 
+async def limits(request: Request) -> Response:
+    """``/api/v1/admin/limits``: one route for both methods, so that another method's 405
+    lists them both in ``Allow`` (Starlette names only the first matching route's)."""
+    if request.method == "PATCH":
+        return await update_limits(request)
+    return await get_limits(request)
+
+
 async def get_limits(request: Request) -> Response:
     """``GET /api/v1/admin/limits``: the limits that can be changed, and their values."""
     return JSONBody(_limits(request.app.state.manager))

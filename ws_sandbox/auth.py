@@ -222,11 +222,12 @@ class AuthMiddleware:
                     settings, authorization=headers.get("authorization"),
                     api_key=in_query if websocket else None, address=address,
                     admin=path.startswith(ADMIN_PREFIX))
-            except Unauthorized as exc:
+            except Unauthorized:
                 if in_query is None or websocket:
                     raise
-                raise Unauthorized(f"{exc.message} (?api_key= is taken on WebSocket"
-                                   " upgrades only: send Authorization: Bearer <key>)") from None
+                raise Unauthorized("an API key is required, and ?api_key= is taken on"
+                                   " WebSocket upgrades only: send Authorization: Bearer"
+                                   " <key>") from None
         except SandboxError as exc:
             await _refuse(scope, receive, send, exc)
             return

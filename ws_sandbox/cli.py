@@ -73,7 +73,8 @@ def _exec(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run())
     except SessionRefused as exc:
-        print(f"ws-sandbox: refused: {exc}", file=sys.stderr)
+        hint = " (give the key with --api-key)" if exc.http_status in (401, 403) else ""
+        print(f"ws-sandbox: refused: {exc}{hint}", file=sys.stderr)
         return 2
     except (ClientError, OSError) as exc:
         print(f"ws-sandbox: {exc or type(exc).__name__}", file=sys.stderr)
@@ -81,10 +82,10 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def exit_status(status: str, exit_code: int | None) -> int:
-    """The exit status of ``ws-sandbox exec`` for a cell: its exit code, clamped into 0..255,
-    and never 0 unless the cell succeeded (then 1 stands for 0 or no code)."""
+    """The exit status of ``ws-sandbox exec`` for a cell: 0 when it succeeded; otherwise its
+    exit code clamped into 1..255 (1 stands for 0, a negative one, or none)."""
     if status == "success":
-        return min(max(exit_code or 0, 0), 255)
+        return 0
     return min(max(exit_code or 1, 1), 255)
 
 
@@ -120,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("code", help="the code, or - to read it from standard input")
     run.add_argument("-l", "--language", default="python",
                      help="python, javascript, shell or rust (default: python)")
-    run.add_argument("--url", default="ws://127.0.0.1:8090", help="the service's address")
+    run.add_argument("--url", default="ws://127.0.0.1:8090",
+                     help="the service's address (default: %(default)s)")
     run.add_argument("--timeout", type=_seconds, help="seconds (default: the service's)")
     run.add_argument("--api-key", help="API key, when the service requires one")
     run.add_argument("--result-grace", type=_seconds, default=60.0, metavar="SECONDS",

@@ -734,9 +734,9 @@ class connect:
             (HTTP 401, 403, ...: ``http_status``, and the code and message of its JSON body).
         SessionClosed: the connection closed before ``ready`` (``connection_lost``), or the
             first frame was not ``ready`` or ``error`` (``protocol_error``).
-        ConnectFailed: the URL is invalid, the handshake failed, or no ``ready`` within
+        ConnectFailed: the URL is invalid, the service could not be reached (the
+            ``OSError`` is its cause), the handshake failed, or no ``ready`` within
             ``open_timeout``.
-        OSError: the service could not be reached.
     """
 
     def __init__(self, url: str, *, language: str = "python", resume: str | None = None,
@@ -786,6 +786,8 @@ async def _open(url: str, *, language: str, resume: str | None, api_key: str | N
     except TimeoutError as exc:
         raise ConnectFailed(f"no WebSocket handshake with {url} within {open_timeout} s") \
             from exc
+    except OSError as exc:
+        raise ConnectFailed(f"cannot reach {url}: {exc}") from exc
     assert isinstance(ws, _Connection)
     try:
         try:

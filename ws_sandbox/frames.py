@@ -29,9 +29,12 @@ class Frame(msgspec.Struct, kw_only=True, tag_field="type"):
 
 
 # --- client to server ----------------------------------------------------------------------
+# A field the service does not know is refused (``bad_request``), not ignored: a misspelt
+# ``timout`` would otherwise run the cell with the default timeout, unnoticed. (Clients stay
+# lenient the other way: a newer service may add fields to its frames.)
 
 
-class Execute(Frame, tag="execute"):
+class Execute(Frame, tag="execute", forbid_unknown_fields=True):
     """Run one cell. ``timeout`` (seconds) is at most ``MAX_EXECUTION_TIME``: a larger one is
     refused, never clamped; none means ``DEFAULT_EXECUTION_TIME``."""
 
@@ -40,11 +43,11 @@ class Execute(Frame, tag="execute"):
     timeout: float | None = None
 
 
-class Interrupt(Frame, tag="interrupt"):
+class Interrupt(Frame, tag="interrupt", forbid_unknown_fields=True):
     """Interrupt the running cell (Python gets KeyboardInterrupt)."""
 
 
-class Restart(Frame, tag="restart"):
+class Restart(Frame, tag="restart", forbid_unknown_fields=True):
     """Restart the interpreter: the session's state is lost, the container kept."""
 
 

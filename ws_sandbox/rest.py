@@ -40,8 +40,9 @@ RESULT_GRACE = 10.0
 DISPLAY_LIMIT = 16
 
 
-class ExecuteRequest(msgspec.Struct, kw_only=True):
-    """Body of ``POST /api/v1/execute``."""
+class ExecuteRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /api/v1/execute``. A field it does not know is refused: a misspelt
+    ``timout`` or ``lang`` would otherwise run with the defaults, unnoticed."""
 
     code: str
     language: str = "python"
@@ -200,6 +201,9 @@ async def execute(request: Request) -> Response:
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, not {media or 'missing'}")
     body = await read_body(request, fr.message_limit(manager.settings.max_code_bytes))
+    if not body.strip():
+        raise BadRequest('the request body is empty: send a JSON object such as'
+                         ' {"code": "print(1)", "language": "python"}')
     try:
         req = _decoder.decode(body)
     except DECODE_ERRORS as exc:

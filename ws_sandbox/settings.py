@@ -268,8 +268,10 @@ class Settings:
     admin_api_key: str = field(default="", metadata={"env": "ADMIN_API_KEY",
         "doc": "Key of the admin API; empty: the admin API is switched off", "secret": True})
     allowed_origins: str = field(default="", metadata={"env": "ALLOWED_ORIGINS",
-        "doc": "Comma-separated origins (scheme://host[:port]) allowed to open WebSockets and"
-        " call the API from a browser (same host is always allowed); * allows any"})
+        "doc": "Comma-separated origins (scheme://host[:port]) whose pages may open"
+        " WebSockets to the service (and write to an open Jupyter endpoint); the service's own"
+        " host always may; * allows any. No CORS headers are sent: REST calls from another"
+        " origin's page are not readable"})
     allowed_hosts: str = field(default="", metadata={"env": "ALLOWED_HOSTS",
         "doc": "Comma-separated host names a service without API keys answers to, besides"
         " localhost and IP addresses (a defence against DNS rebinding: a web page whose name"
@@ -356,7 +358,9 @@ class Settings:
                 need(lo <= value <= hi, f"{f.metadata['env']}={_show(value)} is out of range:"
                      f" must be {describe_range(f.name)}")
         need(self.default_execution_time <= self.max_execution_time,
-             "DEFAULT_EXECUTION_TIME must be positive and at most MAX_EXECUTION_TIME")
+             f"DEFAULT_EXECUTION_TIME={_show(self.default_execution_time)} must be at most"
+             f" MAX_EXECUTION_TIME={_show(self.max_execution_time)} (the timeout of a cell"
+             " that names none): lower it with MAX_EXECUTION_TIME")
         need(all(all(p.isidentifier() for p in m.strip().split("."))
                  for m in self.python_preload.split(",") if m.strip()),
              "PYTHON_PRELOAD must be module names separated by commas")

@@ -4,6 +4,7 @@ status, and one clear line (no traceback, status 2) for whatever keeps it from a
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -47,7 +48,7 @@ def assert_one_clear_line(done: Done, expected: str) -> None:
 
 
 @pytest.mark.parametrize(("status", "code", "expected"), [
-    ("success", 0, 0), ("success", None, 0), ("success", 3, 3),
+    ("success", 0, 0), ("success", None, 0), ("success", 3, 0),
     ("error", 0, 1), ("error", None, 1), ("error", 256, 255), ("killed", -9, 1),
     ("timeout", 4, 4), ("error", 1000, 255)])
 def test_exit_status_is_non_zero_for_every_failed_cell(status: str, code: int | None,
@@ -75,7 +76,11 @@ async def test_a_successful_cell_exits_0(server: Server) -> None:
 async def test_a_refused_upgrade_is_one_line(server: Server) -> None:
     server.reject = (401, b'{"error": {"code": "unauthorized", "message": "no key"}}')
     assert_one_clear_line(await run_cli("--url", server.url, "x"),
-                          "refused: unauthorized: no key")
+                          "refused: unauthorized: no key (give the key with --api-key)")
+    server.reject = (503, b'{"error": {"code": "at_capacity", "message": "full"}}')
+    done = await run_cli("--url", server.url, "x")
+    assert_one_clear_line(done, "refused: at_capacity: full")
+    assert "--api-key" not in done.stderr
 
 
 async def test_a_close_before_ready_is_one_line(server: Server) -> None:
@@ -90,6 +95,14 @@ async def test_a_malformed_first_frame_is_one_line(server: Server) -> None:
 
 async def test_a_bad_url_is_one_line() -> None:
     assert_one_clear_line(await run_cli("--url", "http://nowhere", "x"), "invalid URL")
+
+
+async def test_a_service_that_cannot_be_reached_is_one_line() -> None:
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert_one_clear_line(await run_cli("--url", f"ws://127.0.0.1:{port}", "x"),
+                          f"cannot reach ws://127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "0", "-1", "soon"])

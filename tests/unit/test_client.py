@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import secrets
+import socket
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -626,6 +627,18 @@ async def test_a_bad_url_is_a_connect_failure() -> None:
     with pytest.raises(ConnectFailed, match="invalid URL 'http://x'"):
         async with asyncio.timeout(BOUND):
             await connect("http://x")
+
+
+async def test_a_service_that_cannot_be_reached_is_a_connect_failure() -> None:
+    """Every error of the client is a ClientError (the README says so): a refused connection
+    escaped as a bare ConnectionRefusedError (found by a new-user walkthrough)."""
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ConnectFailed, match=f"cannot reach ws://127.0.0.1:{port}") as info:
+        async with asyncio.timeout(BOUND):
+            await connect(f"ws://127.0.0.1:{port}")
+    assert isinstance(info.value.__cause__, OSError)
 
 
 async def test_connect_is_also_an_async_context_manager(server: Server) -> None:

@@ -14,8 +14,13 @@ from ws_sandbox.exceptions import BadRequest
     ("not json", "invalid frame: JSON is malformed"),
     ('{"type": "execute", "id": "c1"}', "missing required field `code`"),
     # msgspec raises RecursionError, not DecodeError, for JSON nested about 1,000 deep
-    ('{"type": "interrupt", "x": ' + "[" * 2000 + "]" * 2000 + "}",
+    # (the unknown field comes before the tag, so that it is skipped, not refused)
+    ('{"x": ' + "[" * 2000 + "]" * 2000 + ', "type": "interrupt"}',
      "invalid frame: maximum recursion depth exceeded"),
+    # A field the service does not know is refused, not ignored (a misspelt timeout).
+    ('{"type": "execute", "id": "c1", "code": "1", "timout": 5}',
+     "invalid frame: Object contains unknown field `timout`"),
+    ('{"type": "interrupt", "now": true}', "invalid frame: Object contains unknown field"),
     # a binary frame: msgspec raises UnicodeDecodeError for bad UTF-8 inside a string
     (b'{"type": "execute", "id": "c1", "code": "print(1)#\xff"}',
      "invalid frame: 'utf-8' codec can't decode byte 0xff"),
