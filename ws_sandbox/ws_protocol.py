@@ -101,6 +101,12 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         raw = cast(Mapping[str, Any], message)
         if raw["type"] != SEND_MANY:
             await super().send(message)
+            if (raw["type"] == "websocket.http.response.body" and not raw.get("more_body")
+                    and self.close_sent):
+                # A denial response answers the handshake as a close does; uvicorn counts
+                # only accept and close, and logged "ASGI callable returned without
+                # completing handshake." (an ERROR) for every refused upgrade.
+                self.handshake_complete = True
             return
         texts = raw["texts"]
         if not all(isinstance(text, (bytes, bytearray, memoryview)) for text in texts):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -21,6 +22,7 @@ from typing import Any, ClassVar
 import pytest
 import uvicorn
 import uvloop
+import websockets
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.protocols.utils import ClientDisconnected
@@ -564,3 +566,40 @@ async def test_a_close_with_no_time_cuts_a_peer_that_takes_nothing(batching: Ser
         await close_quietly(conn.websocket, 1008, "too slow", timeout=0)
         assert time.monotonic() - start < BOUND / 4
         await assert_cut(conn)
+
+
+@pytest.mark.event_loops
+async def test_a_denied_upgrade_is_not_logged_as_an_error() -> None:
+    """A refused upgrade (a missing key, a foreign origin) is answered with the denial
+    response; uvicorn logged it as "ASGI callable returned without completing handshake.",
+    an ERROR, so anyone without a key could fill the error log (found by a security
+    review)."""
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "websocket.http.response.body", "body": b"no"})
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=BatchingWebSocketProtocol,
+                            lifespan="off", log_level="info", timeout_graceful_shutdown=5)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.INFO)
+    logger = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate
+    logger.addHandler(handler)
+    try:
+        async with uvicorn_in_process(config, BOUND) as port:
+            for _ in range(3):
+                with pytest.raises(websockets.InvalidStatus) as refused:
+                    async with asyncio.timeout(BOUND):
+                        await connect(f"ws://127.0.0.1:{port}/")
+                assert refused.value.response.status_code == 403
+                assert refused.value.response.body == b"no"
+    finally:
+        logger.removeHandler(handler)
+    assert any("Uvicorn running" in r.getMessage() for r in records)  # the handler hears
+    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+    assert errors == []
