@@ -56,6 +56,7 @@
   };
   const ERROR_TEXT = {
     at_capacity: "The service is running as many sessions as it allows. Try again in a moment.",
+    too_many_sessions: "You have as many sessions open as one caller may: close one (another tab?), then try again.",
     rate_limited: "Too many requests from this address. Wait a little, then try again.",
     unauthorized: "This service needs an API key: open the page with ?api_key=YOUR_KEY.",
     forbidden: "The API key (or this page's origin) was refused.",
@@ -75,6 +76,7 @@
   // The state line after a refusal: "closed: <words>".
   const REFUSAL_STATE = {
     at_capacity: "the service is at capacity",
+    too_many_sessions: "too many sessions of yours",
     rate_limited: "rate limited",
     unauthorized: "an API key is required",
     forbidden: "the API key was refused",

@@ -30,6 +30,7 @@ class LimitsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_execution_time: float | msgspec.UnsetType = UNSET
     default_execution_time: float | msgspec.UnsetType = UNSET
     max_concurrent_executions: int | msgspec.UnsetType = UNSET
+    max_sessions_per_key: int | msgspec.UnsetType = UNSET
     max_output_bytes: int | msgspec.UnsetType = UNSET
     max_code_bytes: int | msgspec.UnsetType = UNSET
     max_queued_cells: int | msgspec.UnsetType = UNSET

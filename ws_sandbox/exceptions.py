@@ -16,6 +16,7 @@
     │   ├── InvalidToken            tampered or foreign resume token, or its session ended
     │   └── QueueFull               too many cells waiting in one session
     ├── CapacityError               service at its concurrency limit; retry later
+    │   └── TooManySessions         the caller holds MAX_SESSIONS_PER_KEY sessions already
     ├── RateLimited                 token bucket empty; retry later
     └── BackendError                the container engine or a sandbox failed us
         ├── EngineUnavailable       the Docker engine does not answer
@@ -146,6 +147,14 @@ class CapacityError(SandboxError):
     code = "at_capacity"
 
 
+class TooManySessions(CapacityError):
+    """The caller (an API key, or an address without keys) holds as many sessions as one
+    caller may (``MAX_SESSIONS_PER_KEY``): a 429, as it is this caller's own doing, where
+    the service's own limit is a 503."""
+
+    code = "too_many_sessions"
+
+
 class RateLimited(SandboxError):
     """The caller's token bucket is empty."""
 
@@ -192,6 +201,7 @@ ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
     InvalidToken: (403, 1008),
     QueueFull: (429, 1013),
     CapacityError: (503, 1013),
+    TooManySessions: (429, 1013),
     RateLimited: (429, 1013),
     BackendError: (503, 1011),
     EngineUnavailable: (503, 1011),

@@ -1,4 +1,5 @@
-"""The session manager: opens, finds, resumes and ends sessions; enforces the session limit.
+"""The session manager: opens, finds, resumes and ends sessions; enforces the session limits
+(``MAX_CONCURRENT_EXECUTIONS`` for the service, ``MAX_SESSIONS_PER_KEY`` for one caller).
 
 It is the one place that knows every live session, so the admin API, stats and shutdown go
 through it. Adapters call :meth:`SessionManager.open` and :meth:`SessionManager.resume`.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +29,7 @@ from ws_sandbox.exceptions import (
     CapacityError,
     InvalidToken,
     LanguageUnavailable,
+    TooManySessions,
 )
 from ws_sandbox.pool import WarmPool
 from ws_sandbox.records import Origin
@@ -69,6 +72,7 @@ class SessionManager:
         self._ending: set[str] = set()  # asked to end by end(), not finished yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._reserved = 0
+        self._reserved_by: Counter[str] = Counter()  # opens under way, by caller
         self._observers: list[CellObserver] = []
         self._closing = False
 
@@ -103,6 +107,15 @@ class SessionManager:
         live = sum(1 for r in self._runners.values() if not r.closed.is_set())
         return live + self._reserved
 
+    def held_by(self, client_id: str) -> int:
+        """Sessions open or opening for the caller ``client_id``, what ``MAX_SESSIONS_PER_KEY``
+        caps: counted as :attr:`active` counts them, so a session waiting out
+        ``RESUME_GRACE`` for its client counts (it holds a sandbox) and a closed one does not.
+        """
+        live = sum(1 for r in self._runners.values()
+                   if r.client_id == client_id and not r.closed.is_set())
+        return live + self._reserved_by[client_id]
+
     def check_language(self, language: str) -> Language:
         """Return ``language`` if it is enabled.
 
@@ -124,24 +137,41 @@ class SessionManager:
         ``origin`` names the adapter in the session's execution records (stats, audit,
         history). ``admit_cell`` is asked before each client cell is queued (a rate limit,
         say); it refuses by raising a :class:`~ws_sandbox.exceptions.SandboxError`.
+        ``client_id`` is the caller's identity (``key:...`` or an address): at most
+        ``MAX_SESSIONS_PER_KEY`` sessions are open for one.
 
         Raises:
             LanguageUnavailable: unknown or disabled language.
+            TooManySessions: ``client_id`` holds ``MAX_SESSIONS_PER_KEY`` sessions.
             CapacityError: ``MAX_CONCURRENT_EXECUTIONS`` sessions are open.
             BackendError: no sandbox could be had.
         """
         lang = self.check_language(language)
         if self._closing:
             raise CapacityError("the server is shutting down", retry_after=5)
+        # The caller's own cap first: when it is what stands in the way, waiting for other
+        # callers' sessions to end would not help, closing one of its own would.
+        per_key = self.settings.max_sessions_per_key
+        if per_key and (held := self.held_by(client_id)) >= per_key:
+            raise TooManySessions(
+                f"too many sessions: this caller ({client_id}) has {held} open, the limit is"
+                f" {per_key} per API key or client address (MAX_SESSIONS_PER_KEY); end one"
+                " of them first", retry_after=5)
         if self.active >= self.settings.max_concurrent_executions:
             raise CapacityError(
                 f"at capacity: {self.active} sessions are open, the limit is"
                 f" {self.settings.max_concurrent_executions}", retry_after=5)
+        # Reserved until the session is registered (no await between the two), so that
+        # opens waiting for a sandbox at once are all counted against both limits.
         self._reserved += 1
+        self._reserved_by[client_id] += 1
         try:
             sandbox = await self._acquire(lang)
         finally:
             self._reserved -= 1
+            self._reserved_by[client_id] -= 1
+            if not self._reserved_by[client_id]:  # not one entry per caller ever seen
+                del self._reserved_by[client_id]
         if self._closing:  # the shutdown began while this open waited: it would not see it
             await sandbox.destroy()
             raise CapacityError("the server is shutting down", retry_after=5)

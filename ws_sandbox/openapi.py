@@ -30,8 +30,9 @@ _ERRORS = {"400": "Bad request: invalid JSON, wrong types, unknown or disabled l
            "413": "Code or body too large",
            "415": "Body is not application/json",
            "426": "A plain HTTP request to a WebSocket endpoint (Upgrade: websocket)",
-           "429": "Rate limited (Retry-After)", "503": "At capacity or engine unavailable"
-                                                      " (Retry-After when known)"}
+           "429": "Rate limited, or the caller holds MAX_SESSIONS_PER_KEY sessions"
+                  " (Retry-After)",
+           "503": "At capacity or engine unavailable (Retry-After when known)"}
 _OTHER_RESPONSES: dict[str, dict[str, Any]] = {
     "/api/v1/health": {"503": {"description": "Cannot serve: the same body, its problems"
                                               " listed"}}}

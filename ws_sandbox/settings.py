@@ -94,6 +94,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "default_execution_time": (*TIMEOUT_RANGE, "seconds"),
     "max_memory_mb": (32, _MIB_1TIB, "MiB"),
     "max_concurrent_executions": (1, 10_000, ""),
+    "max_sessions_per_key": (0, 10_000, ""),
     "max_output_bytes": (1024, 2**30, "bytes"),
     "max_code_bytes": (1, 16 * 1024 * 1024, "bytes"),
     "max_queued_cells": (0, 10_000, ""),
@@ -187,6 +188,10 @@ class Settings:
         "doc": "Memory of one sandbox (swap equal to it: none extra)"})
     max_concurrent_executions: int = field(default=10, metadata={
         "env": "MAX_CONCURRENT_EXECUTIONS", "doc": "Sessions (and one-shot calls) at once"})
+    max_sessions_per_key: int = field(default=0, metadata={"env": "MAX_SESSIONS_PER_KEY",
+        "doc": "Sessions (WebSocket sessions, one-shot calls, Jupyter kernels; a dropped one"
+        " waiting out RESUME_GRACE too) one caller may hold at once: per API key, or per"
+        " client address without keys; 0: no cap but MAX_CONCURRENT_EXECUTIONS"})
     max_output_bytes: int = field(default=1_048_576, metadata={"env": "MAX_OUTPUT_BYTES",
         "doc": "Output kept per cell; the rest is cut with a visible marker"})
     max_code_bytes: int = field(default=1_048_576, metadata={"env": "MAX_CODE_BYTES",

@@ -1,5 +1,6 @@
 """Every service-level limit we claim is enforced: start, acquire and shutdown timeouts,
-the REST display cap, and limits changed at run time through the admin API.
+the REST display cap, the sessions one key may hold, and limits changed at run time through
+the admin API.
 
 Each group of settings shares one service (module-scoped fixtures) to keep the run short.
 Bounds on time are generous: they tell "enforced" from "not enforced" (seconds against
@@ -306,6 +307,21 @@ async def test_admin_patch_of_capacity_and_rate_limits(restore_limits: Service) 
     assert refused.value.close_code == 1013
 
 
+async def test_admin_patch_of_the_sessions_per_key(restore_limits: Service) -> None:
+    """Without API keys a caller is its address: capped too (docs/service.md)."""
+    svc = restore_limits
+    status, new = patch(svc, {"max_sessions_per_key": 1})
+    assert status == 200 and new["max_sessions_per_key"] == 1, new
+    async with await connect(svc.url):
+        status, headers, err = call(svc, "/api/v1/execute", {"code": "print(1)"})
+        assert status == 429 and err["error"]["code"] == "too_many_sessions", err
+        assert "this caller (127.0.0.1) has 1 open, the limit is 1" in err["error"]["message"]
+        assert int(headers["retry-after"]) >= 1
+        status, new = patch(svc, {"max_sessions_per_key": 0})  # 0: no cap
+        assert status == 200 and new["max_sessions_per_key"] == 0, new
+        assert (await asyncio.to_thread(run, svc, "print(2)"))["stdout"] == "2\n"
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"max_output_bytes": -1}, "max_output_bytes"),
     ({"max_output_bytes": 1023}, "max_output_bytes"),  # below the bound (1024)
@@ -316,6 +332,8 @@ async def test_admin_patch_of_capacity_and_rate_limits(restore_limits: Service) 
     ({"max_queued_cells": True}, "max_queued_cells"),
     ({"max_concurrent_executions": 1.5}, "max_concurrent_executions"),
     ({"max_concurrent_executions": 0}, "max_concurrent_executions"),
+    ({"max_sessions_per_key": -1}, "max_sessions_per_key"),
+    ({"max_sessions_per_key": 10_001}, "max_sessions_per_key"),
     ({"idle_timeout": -5}, "idle_timeout"),
     ({"idle_timeout": "soon"}, "idle_timeout"),
     ({"max_lifetime": 0}, "max_lifetime"),
@@ -339,3 +357,82 @@ def test_an_invalid_patch_is_a_400_naming_the_field_and_changes_nothing(
     status, config = admin_svc.get("/api/v1/config")  # what sessions read is unchanged too
     assert status == 200
     assert {k: config[k] for k in before} == before
+
+
+# --- MAX_SESSIONS_PER_KEY: one key cannot take every slot -----------------------------------
+
+
+async def test_one_key_is_capped_while_another_still_opens(
+        make_service: ServiceFactory) -> None:
+    """Key A holds its two sessions: a third is refused on every adapter (WebSocket, REST,
+    Jupyter), with plenty of room left under MAX_CONCURRENT_EXECUTIONS, while key B opens
+    sessions and runs calls. A closed session of A's frees its place; a dropped one keeps it
+    while it waits out RESUME_GRACE, then frees it."""
+    key_a, key_b = "per-key-a", "per-key-b"
+
+    def rest(key: str) -> tuple[int, dict[str, str], Any]:
+        return call(svc, "/api/v1/execute", {"code": "print('ran')"}, headers=bearer(key))
+
+    def refused(answer: tuple[int, dict[str, str], Any]) -> None:
+        status, headers, err = answer
+        assert status == 429 and err["error"]["code"] == "too_many_sessions", answer
+        assert "the limit is 2" in err["error"]["message"], err
+        assert "MAX_SESSIONS_PER_KEY" in err["error"]["message"], err
+        assert int(headers["retry-after"]) >= 1
+
+    async def freed(key: str) -> None:
+        """A's REST call succeeds within a generous bound; until then it is refused."""
+        deadline = time.monotonic() + 20
+        while (answer := await asyncio.to_thread(rest, key))[0] != 200:
+            refused(answer)
+            assert time.monotonic() < deadline, svc.log()
+            await asyncio.sleep(0.2)
+        assert answer[2]["stdout"] == "ran\n", answer
+
+    with make_service(API_KEYS=f"{key_a},{key_b}", MAX_SESSIONS_PER_KEY="2",
+                      MAX_CONCURRENT_EXECUTIONS="8", RESUME_GRACE="2", POOL_SIZE="2",
+                      **PYTHON_ONLY) as svc:
+        svc.wait_pool_full()
+        first = await connect(svc.url, api_key=key_a)
+        second = await connect(svc.url, api_key=key_a)
+        try:
+            assert (await first.execute("print(1)")).stdout == "1\n"
+            # A's third session: a WebSocket open, a REST call, a kernel. All refused.
+            with pytest.raises(SessionRefused) as info:
+                await asyncio.wait_for(connect(svc.url, api_key=key_a), 30)
+            assert info.value.error.code == "too_many_sessions"
+            assert info.value.close_code == 1013  # as at_capacity: try again later
+            assert info.value.error.message.startswith("too many sessions: this caller (key:")
+            assert "has 2 open, the limit is 2 per API key or client address" \
+                " (MAX_SESSIONS_PER_KEY)" in info.value.error.message
+            refused(await asyncio.to_thread(rest, key_a))
+            status, headers, body = await asyncio.to_thread(
+                call, svc, "/api/kernels", {"name": "python3"},
+                headers={"Authorization": f"token {key_a}"})
+            assert status == 429 and body["reason"] == "too_many_sessions", body
+            assert "MAX_SESSIONS_PER_KEY" in body["message"] and headers["retry-after"]
+            # B is not locked out: a REST call and a session of its own.
+            status, _, ok = await asyncio.to_thread(rest, key_b)
+            assert status == 200 and ok["stdout"] == "ran\n", ok
+            async with await connect(svc.url, api_key=key_b) as b:
+                assert (await b.execute("print('b')")).stdout == "b\n"
+            # A's sessions are unharmed by the refusals.
+            assert (await second.execute("print(2)")).stdout == "2\n"
+        finally:
+            await first.close()
+        # One of A's sessions closed: its place is free again.
+        await freed(key_a)
+        third = await connect(svc.url, api_key=key_a)
+        try:
+            # A dropped connection: its session waits RESUME_GRACE for the client, holding
+            # its sandbox, so it still counts.
+            second.ws.transport.abort()
+            await asyncio.sleep(0.3)
+            refused(await asyncio.to_thread(rest, key_a))
+            # Then it ends (resume_expired) and its place is free.
+            await freed(key_a)
+        finally:
+            await third.close()
+            await second.close()
+        log = svc.log_path.read_text(errors="replace")
+        assert "Traceback" not in log and " ERROR " not in log, log[-5000:]
