@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -449,6 +450,43 @@ async def test_restart_loses_state(service: Service) -> None:
             assert again.stdout == "fresh\n"
         async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
             assert response.status == 204
+
+
+async def test_a_sandbox_lost_while_nobody_is_connected_is_told_to_the_next_client(
+        service: Service) -> None:
+    """Open WebUI connects per run: a sandbox killed between two connections is replaced,
+    and the next client learns that the state is gone."""
+    async with aiohttp.ClientSession() as http:
+        kernel_id = await start_kernel(service, http)
+        url = f"{service.url}/api/kernels/{kernel_id}/channels"
+        try:
+            async with websockets.connect(url) as ws:
+                k = Kernel(service, http, kernel_id, ws)
+                run = await k.execute("import socket\nkept = 1\nprint(socket.gethostname())")
+                host = run.stdout.strip()
+            subprocess.run(["docker", "kill", host], check=True, capture_output=True,
+                           timeout=30)
+            await wait_for(lambda: not container_exists(host), 30)
+            await asyncio.sleep(2)  # the service replaces the sandbox
+            async with websockets.connect(url) as ws:
+                # A Jupyter client sees the restart it missed (status has no parent) ...
+                statuses: list[str] = []
+                while statuses[-2:] != ["restarting", "idle"]:
+                    message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    if message["msg_type"] == "status" and not message["parent_header"]:
+                        statuses.append(message["content"]["execution_state"])
+                # ... and one that reads only its own request's messages, as Open WebUI
+                # does, is told on stderr.
+                after = await Kernel(service, http, kernel_id, ws).execute(
+                    "print('kept' in globals())")
+                assert after.stdout == "False\n"
+                assert "the sandbox was replaced; state is lost" in after.stderr
+                check_envelope(after)
+                again = await Kernel(service, http, kernel_id, ws).execute("print(1)")
+                assert (again.stdout, again.stderr) == ("1\n", "")
+        finally:
+            async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
+                assert response.status == 204
 
 
 async def test_interrupt_ends_a_running_cell(service: Service) -> None:

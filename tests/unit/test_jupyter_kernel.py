@@ -411,6 +411,65 @@ async def test_messages_held_without_connection_and_replayed() -> None:
     assert kernel.model()["connections"] == 1
 
 
+async def test_a_state_loss_nobody_saw_is_told_to_the_next_client() -> None:
+    """The sandbox is replaced between two connections (Open WebUI connects per run): the
+    next connection gets the restart notice, and its next cell's output says the state is
+    gone, once."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x = 1"), conn)
+    await send(kernel, result(runner.executes()[0].id))
+    kernel.disconnect(conn)
+    await send(kernel, fr.Restarted(reason="sandbox_replaced",
+                                    message="the sandbox was replaced; state is lost"))
+    later = FakeConnection()
+    await kernel.connect(later)
+    assert [(m["msg_type"], m["content"], m["parent_header"]) for m in later.sent] == [
+        ("status", {"execution_state": "restarting"}, {}),
+        ("status", {"execution_state": "idle"}, {})]
+    await kernel.handle(request("print(x)", "m2"), later)
+    assert later.types()[2:] == ["status", "execute_input", "stream"]
+    note = later.sent[-1]
+    assert note["parent_header"]["msg_id"] == "m2"  # Open WebUI reads only these
+    assert note["content"]["name"] == "stderr"
+    assert note["content"]["text"].startswith("the sandbox was replaced; state is lost")
+    await send(kernel, result(runner.executes()[-1].id))
+    await kernel.handle(request("print(2)", "m3"), later)
+    assert not [m for m in later.sent
+                if m["parent_header"].get("msg_id") == "m3" and m["msg_type"] == "stream"]
+
+
+async def test_a_state_loss_is_not_news_when_there_was_no_state_or_it_was_asked_for() -> None:
+    kernel, runner, conn = await make_kernel()
+    kernel.disconnect(conn)
+    # Lost before any cell ran: the notice is held, but no cell is told of lost state.
+    await send(kernel, fr.Restarted(reason="sandbox_replaced", message="replaced"))
+    later = FakeConnection()
+    await kernel.connect(later)
+    assert [m["content"]["execution_state"] for m in later.sent] == ["restarting", "idle"]
+    await kernel.handle(request("x = 1"), later)
+    assert "stream" not in later.types()
+    await send(kernel, result(runner.executes()[-1].id))
+    kernel.disconnect(later)
+    # A restart the client asked for (over REST, with nobody connected) is no news either.
+    task = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    await send(kernel, fr.Restarted(reason="interpreter_restarted", message="restarted"))
+    await task
+    last = FakeConnection()
+    await kernel.connect(last)
+    await kernel.handle(request("print(x)", "m2"), last)
+    assert "stream" not in last.types()
+    # A loss seen live by a connected client is published to it, not held.
+    await send(kernel, result(runner.executes()[-1].id))
+    await send(kernel, fr.Restarted(reason="sandbox_replaced", message="replaced"))
+    assert [m["content"]["execution_state"] for m in last.of("status")][-2:] == [
+        "restarting", "idle"]
+    kernel.disconnect(last)
+    again = FakeConnection()
+    await kernel.connect(again)
+    assert again.sent == []
+
+
 async def test_held_messages_are_bounded_by_count_and_size() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("x"), conn)

@@ -7,6 +7,13 @@ lives without any WebSocket (it is created over REST); messages for nobody are k
 bounded buffer (:data:`HELD_MESSAGES`, :data:`HELD_CHARS`) and replayed to the next
 connection.
 
+A state loss nobody asked for (the sandbox died and was replaced, or the interpreter was
+restarted because a cell would not stop) while no WebSocket is connected is held too: its
+``status`` ``restarting`` and ``idle`` (which have no parent) are replayed to the next
+connection, and the next cell that runs, if earlier cells had run, starts with a ``stream``
+on stderr that says the state is lost. Clients that read only the messages of their own
+request (Open WebUI) see only that one.
+
 Execute requests wait in the kernel's own queue and go to the session one at a time, so that
 ``stop_on_error`` can abort the ones behind a failed cell, as Jupyter kernels do. The queue
 holds at most ``MAX_QUEUED_CELLS`` requests behind the running one, as a session's does; a
@@ -132,6 +139,10 @@ class Kernel:
         self._restarting = False
         self._restart_waiters: list[asyncio.Future[None]] = []
         self._cells = 0
+        self._has_state = False
+        """A cell reached the interpreter since it was last fresh."""
+        self._lost_note: str | None = None
+        """Why the state was lost while nobody was connected: told to the next cell."""
 
     # --- model -----------------------------------------------------------------------------
 
@@ -299,6 +310,10 @@ class Kernel:
                 continue
             self._cells += 1
             execution.cell_id = f"k{self._cells}"
+            if self._lost_note is not None and not execution.silent:
+                note, self._lost_note = self._lost_note, None
+                await self._publish_stream(execution, "stderr", note)
+            self._has_state = True
             if self.runner is not None:
                 self.runner.feed_nowait(ClientRequest(fr.Execute(
                     id=execution.cell_id, code=execution.code,
@@ -381,10 +396,24 @@ class Kernel:
                         memory_used_mb=None, error=f"{code}: {message}"))
                 else:
                     log.info("kernel %s: session error %s: %s", self.id, code, message)
-            case fr.Restarted():
+            case fr.Restarted(message=message):
                 self._restarting = False
-                await self._publish("status", {"execution_state": "restarting"}, None)
-                await self._publish("status", {"execution_state": "idle"}, None)
+                # Nobody asked for it (no restart waits) and nobody sees it: the next
+                # connection gets the notice, the next cell the news that the state is gone.
+                unseen = not self._connections and not self._restart_waiters
+                if self._restart_waiters:
+                    self._lost_note = None  # the client restarted it: it knows
+                elif unseen and self._has_state:
+                    self._lost_note = (f"{message or 'the kernel restarted; state is lost'}"
+                                       f" (variables, imports and files of earlier cells are"
+                                       f" gone)\n")
+                self._has_state = False
+                for state in ("restarting", "idle"):
+                    notice = self._build("status", {"execution_state": state}, "iopub", None)
+                    if unseen:
+                        self._hold(jm.encode(notice))
+                    else:
+                        await self._send(notice, None)
                 for waiter in self._restart_waiters:
                     if not waiter.done():
                         waiter.set_result(None)
@@ -523,10 +552,7 @@ class Kernel:
             return
         if not self._connections:
             if message.parent_header:
-                self._held.append(text)
-                self._held_chars += len(text)
-                while len(self._held) > HELD_MESSAGES or self._held_chars > HELD_CHARS:
-                    self._held_chars -= len(self._held.popleft())
+                self._hold(text)
             return
         conns = list(self._connections)
         if len(conns) == 1:  # the usual case (Open WebUI): no task per message
@@ -535,6 +561,13 @@ class Kernel:
         # All at once: the message waits at most ``send_timeout`` however many connections
         # are slow, and the session's loop, which sends it, with it.
         await asyncio.gather(*(self._send_to(conn, text) for conn in conns))
+
+    def _hold(self, text: str) -> None:
+        """Keep a message for the next connection, within the buffer's bounds."""
+        self._held.append(text)
+        self._held_chars += len(text)
+        while len(self._held) > HELD_MESSAGES or self._held_chars > HELD_CHARS:
+            self._held_chars -= len(self._held.popleft())
 
     async def _send_to(self, conn: Connection, text: str) -> None:
         try:
