@@ -45,11 +45,22 @@ static void parse_body(const unsigned char *d, size_t n, Buf *out) {
     Buf err = {0};
     if (decode_body(copy, n, 992, &b, &err)) {
         buf_adds(out, "OK");
+        /* As a Python dict holds them: a key repeated in the body is listed once, where it
+         * first came, with its last value (the one jobj_get finds). */
         for (size_t i = 0; i < b.obj.n; i++) {
+            const JMember *m = &b.obj.m[i];
+            bool seen = false;
+            for (size_t j = 0; j < i && !seen; j++)
+                seen = b.obj.m[j].klen == m->klen && memcmp(b.obj.m[j].key, m->key, m->klen) == 0;
+            if (seen) continue;
+            const JMember *last = m;
+            for (size_t j = i + 1; j < b.obj.n; j++)
+                if (b.obj.m[j].klen == m->klen && memcmp(b.obj.m[j].key, m->key, m->klen) == 0)
+                    last = &b.obj.m[j];
             buf_addc(out, '\n');
-            json_str(out, b.obj.m[i].key, b.obj.m[i].klen, false);
+            json_str(out, m->key, m->klen, false);
             buf_addc(out, '=');
-            py_repr_value(out, &b, &b.obj.m[i].val, false);
+            py_repr_value(out, &b, &last->val, false);
         }
         jobj_free(&b.obj);
     } else {

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.agent_binary import AGENT_DIR
@@ -107,6 +107,7 @@ def python_view(body: bytes) -> str:
 
 
 @settings(max_examples=600, deadline=None)
+@example(['"t"', ",", '"t":"a"'], True)  # a repeated key: listed once, with its last value
 @given(st.lists(st.sampled_from(JSON_PIECES), min_size=1, max_size=14), st.booleans())
 def test_frame_bodies_parse_like_pythons_json(harness: Harness, pieces: list[str],
                                                wrapped: bool) -> None:
