@@ -59,8 +59,22 @@ class _DrainingServer(uvicorn.Server):
         self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._draining or not self.started:
+        if not self.started:
             super().handle_exit(sig, frame)
+            return
+        if self._draining:
+            if not self.should_exit:
+                # A second signal while draining: uvicorn stops now, without waiting for
+                # the drain; its lifespan still removes every container.
+                super().handle_exit(sig, frame)
+            else:
+                # Not uvicorn's forced exit (its answer to a second SIGINT), which skips the
+                # lifespan's shutdown and logs its cancellation as an ERROR: the shutdown is
+                # bounded anyway (SIGKILL still ends the process; the sandboxes then stop on
+                # their own).
+                log.warning("already shutting down (within SHUTDOWN_TIMEOUT=%gs and the"
+                            " containers' removal); signal %d ignored",
+                            self._settings.shutdown_timeout, sig)
             return
         self._draining = True
         loop = asyncio.get_event_loop()
@@ -70,7 +84,8 @@ class _DrainingServer(uvicorn.Server):
         manager: SessionManager | None = getattr(self._app.state, "manager", None)
         if manager is not None:
             await manager.shutdown(self._settings.shutdown_timeout)
-        super().handle_exit(sig, frame)
+        if not self.should_exit:  # a second signal may have made uvicorn stop already
+            super().handle_exit(sig, frame)
 
 
 def serve(settings: Settings) -> int:

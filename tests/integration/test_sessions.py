@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -290,6 +291,35 @@ async def test_sigterm_sends_closed_and_removes_containers(
         assert closed is not None
         assert closed.reason == "server_shutdown"
         await asyncio.to_thread(svc.process.wait, 60)
+        assert svc.containers() == []
+
+
+async def test_a_second_sigint_while_draining_still_shuts_down_cleanly(
+        make_service: ServiceFactory) -> None:
+    """Ctrl-C again while stopping: uvicorn took a SIGINT after its stop had begun (the
+    drain's own, or the user's) for a forced exit, which skipped the lifespan's shutdown and
+    logged its cancellation as an ERROR with a traceback (found by a fault review). The
+    shutdown is bounded; further signals are ignored, and said so."""
+    with make_service(ENABLE_JAVASCRIPT="false", ENABLE_RUST="false",
+                      ENABLE_SHELL="false") as svc:
+        stubborn = ("import signal, time\nfor s in (signal.SIGINT, signal.SIGTERM):\n"
+                    "    signal.signal(s, signal.SIG_IGN)\ntime.sleep(30)")
+        sessions = [await connect(svc.url) for _ in range(2)]
+        running = [asyncio.create_task(s.execute(stubborn)) for s in sessions]
+        await asyncio.sleep(0.5)
+        # Then while draining, then while uvicorn stops: the removal of the containers
+        # alone keeps the process alive longer than these 0.1 s.
+        for _ in range(3):
+            svc.process.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(svc.process.wait, 60)
+        for cell in running:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(cell, 10)
+        log = svc.log()
+        assert "Waiting for application shutdown" in log, log
+        assert "Traceback" not in log and "ERROR" not in log, log
+        assert "already shutting down" in log, log
         assert svc.containers() == []
 
 
