@@ -8,6 +8,7 @@ document: no script, no CDN.
 from __future__ import annotations
 
 import html
+import typing
 from typing import Any
 
 import msgspec
@@ -15,11 +16,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ws_sandbox import __version__
+from ws_sandbox import frames as fr
 from ws_sandbox.admin import LimitsUpdate
+from ws_sandbox.api import MAX_PAGE
 from ws_sandbox.auth import PUBLIC_PATHS
 from ws_sandbox.history import ExecutionPage
 from ws_sandbox.records import ExecutionRecord
 from ws_sandbox.rest import ErrorBody, ExecuteRequest, ExecuteResponse
+from ws_sandbox.settings import Language
 from ws_sandbox.web import PAGE_HEADERS
 
 _REF = "#/components/schemas/{name}"
@@ -37,6 +41,33 @@ _OTHER_RESPONSES: dict[str, dict[str, Any]] = {
     "/api/v1/health": {"503": {"description": "Cannot serve: the same body, its problems"
                                               " listed"}}}
 """Responses whose body is not an ``ErrorBody``."""
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+_QUERY: dict[str, list[dict[str, Any]]] = {
+    "/api/v1/executions": [
+        _query("status", {"type": "string", "enum": list(typing.get_args(fr.Status))},
+               "only executions that ended so"),
+        _query("language", {"type": "string", "enum": list(typing.get_args(Language))},
+               "only executions in this language"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                         "default": 50}, "executions per page"),
+        _query("offset", {"type": "integer", "minimum": 0, "maximum": 2**31, "default": 0},
+               "executions to skip"),
+    ],
+    "/api/v1/sessions/ws": [
+        _query("language", {"type": "string", "enum": list(typing.get_args(Language)),
+                            "default": "python"}, "the session's language"),
+        _query("resume", {"type": "string"}, "a resume token (instead of language)"),
+        _query("api_key", {"type": "string"},
+               "the API key, for browsers (a WebSocket cannot send headers)"),
+    ],
+}
+"""Query parameters, as the handlers read and check them."""
 
 #: (method, path, summary, request struct, response struct, error statuses)
 ENDPOINTS: list[tuple[str, str, str, str | None, str | None, tuple[str, ...]]] = [
@@ -93,6 +124,8 @@ def openapi_document() -> dict[str, Any]:
             if "{" + name + "}" in path:
                 op["parameters"] = [{"name": name, "in": "path", "required": True,
                                      "schema": {"type": "string"}}]
+        if path in _QUERY:
+            op["parameters"] = _QUERY[path]
         paths.setdefault(path, {})[method] = op
     return {
         "openapi": "3.1.0",

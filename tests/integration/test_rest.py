@@ -724,3 +724,25 @@ def test_keys_protect_a_service_whatever_host_it_is_called(locked: Service) -> N
     assert status == 200, body
     status, body = request_as(locked, "GET", "/api/v1/executions", f"sandbox.example:{port}")
     assert (status, body["error"]["code"]) == (401, "unauthorized")
+
+
+def test_the_api_description_names_the_history_s_query_as_it_is_checked(
+        service: Service) -> None:
+    """The OpenAPI document listed no query parameters for the history (found by a new-user
+    walkthrough); each documented one is taken up to its documented bounds, and refused past
+    them."""
+    status, doc = service.get("/api/v1/openapi.json")
+    assert status == 200
+    params = {p["name"]: p["schema"]
+              for p in doc["paths"]["/api/v1/executions"]["get"]["parameters"]}
+    assert set(params) == {"status", "language", "limit", "offset"}
+    accepted = [f"status={v}" for v in params["status"]["enum"]]
+    accepted += [f"language={v}" for v in params["language"]["enum"]]
+    for name in ("limit", "offset"):
+        accepted += [f"{name}={params[name]['minimum']}", f"{name}={params[name]['maximum']}"]
+    for query in accepted:
+        assert service.get(f"/api/v1/executions?{query}")[0] == 200, query
+    refused = ["status=pending", "language=cobol", f"limit={params['limit']['maximum'] + 1}",
+               f"limit={params['limit']['minimum'] - 1}", "offset=-1"]
+    for query in refused:
+        assert service.get(f"/api/v1/executions?{query}")[0] == 400, query
