@@ -733,8 +733,8 @@ def test_the_api_description_names_the_history_s_query_as_it_is_checked(
     them."""
     status, doc = service.get("/api/v1/openapi.json")
     assert status == 200
-    params = {p["name"]: p["schema"]
-              for p in doc["paths"]["/api/v1/executions"]["get"]["parameters"]}
+    paths: Any = doc["paths"]
+    params = {p["name"]: p["schema"] for p in paths["/api/v1/executions"]["get"]["parameters"]}
     assert set(params) == {"status", "language", "limit", "offset"}
     accepted = [f"status={v}" for v in params["status"]["enum"]]
     accepted += [f"language={v}" for v in params["language"]["enum"]]
