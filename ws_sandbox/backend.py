@@ -636,7 +636,10 @@ class DockerBackend:
         stopped = [c["Id"] for c in others if c["State"] in ("exited", "dead")
                    or (c["State"] == "created"
                        and now - (c["Created"] or now) > self.settings.sandbox_start_timeout)]
-        busy = [c["Id"] for c in others if c["Id"] not in stopped]
+        # Waited for: running ones. Not a young created one (the engine's wait answers at
+        # once for a container that is not running, and another service may be about to
+        # start it), nor one being removed or paused (it would not stop by itself).
+        busy = [c["Id"] for c in others if c["State"] in ("running", "restarting")]
         settle = self.settings.stop_timeout + ORPHAN_SETTLE
         ended = await asyncio.gather(*(self._exits_within(cid, settle) for cid in busy))
         orphans = stopped + [cid for cid, done in zip(busy, ended, strict=True) if done]

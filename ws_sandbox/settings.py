@@ -380,7 +380,9 @@ class Settings:
             for number, key in enumerate(keys, 1):
                 need(_is_key(key), f"{name} (key {number}) has a character a key cannot"
                      " have: keys travel in headers and URLs, so they are ASCII letters,"
-                     " digits and punctuation other than " + " ".join(_KEY_FORBIDDEN))
+                     " digits and punctuation other than " + " ".join(_KEY_FORBIDDEN)
+                     + " (openssl rand -hex 24 makes one; base64 ones may hold + or /,"
+                     " and + is refused)")
         need(not self.session_secret or len(self.session_secret) >= MIN_SESSION_SECRET,
              f"SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters (it has"
              f" {len(self.session_secret)}); leave it empty for a random one per start")

@@ -1369,6 +1369,7 @@ typedef struct {
     bool ready;
     Buf ctl_buf, ctl_out;
     bool ctl_eof;
+    bool sigint_when_written; /* an interrupt's SIGINT waits for its mark to be written */
     char *broken;
 } Worker;
 
@@ -2377,9 +2378,14 @@ static void on_ctl_writable(void) {
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) return;
         buf_clear(&w->ctl_out); /* the worker closed its end; its exit comes as SIGCHLD */
+        w->sigint_when_written = false;
         return;
     }
     buf_consume(&w->ctl_out, (size_t)n);
+    if (w->sigint_when_written && !buf_size(&w->ctl_out)) {
+        w->sigint_when_written = false;
+        kill(-w->pid, SIGINT);
+    }
 }
 
 static void worker_broken(const char *why) {
@@ -2849,10 +2855,14 @@ static void do_interrupt(void) {
     if (A.language == L_RUST) {
         if (A.rust_child > 0) kill(-A.rust_child, SIGINT);
     } else if (A.worker) {
-        if (A.language == L_SHELL) buf_add(&A.worker->ctl_out, "i", 2); /* "i" and its NUL */
-        else buf_adds(&A.worker->ctl_out, "{\"t\":\"interrupt\"}\n");
+        Worker *w = A.worker;
+        if (A.language == L_SHELL) buf_add(&w->ctl_out, "i", 2); /* "i" and its NUL */
+        else buf_adds(&w->ctl_out, "{\"t\":\"interrupt\"}\n");
+        /* The SIGINT goes once the whole mark is in the pipe (at once, unless a long cell's
+         * code still fills it): a worker that finds part of a mark behind the code then
+         * knows the rest is there to read. */
+        w->sigint_when_written = true;
         on_ctl_writable();
-        kill(-A.worker->pid, SIGINT);
     }
 }
 

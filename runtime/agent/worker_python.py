@@ -579,7 +579,11 @@ class _Control:
             self.buf += chunk
 
     def interrupt_follows(self) -> bool:
-        """Whether an interrupt's mark is next on the pipe (taken if so); does not block."""
+        """Whether an interrupt's mark is next on the pipe (taken if so).
+
+        Does not wait for a mark that has not come. The agent sends the SIGINT once the
+        whole mark is in the pipe, so the rest of a mark begun is read, waiting if need be
+        (a read of a long cell's code can end inside it)."""
         if not self.buf:
             import select
 
@@ -588,9 +592,17 @@ class _Control:
                     self.buf = os.read(self.fd, 1 << 16)
             except OSError:
                 return False
-        line, newline, rest = self.buf.partition(b"\n")
-        if newline and line == _MARK:
-            self.buf = rest
+        whole = _MARK + b"\n"
+        while self.buf and len(self.buf) < len(whole) and whole.startswith(self.buf):
+            try:
+                chunk = os.read(self.fd, len(whole) - len(self.buf))
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            self.buf += chunk
+        if self.buf.startswith(whole):
+            self.buf = self.buf[len(whole):]
             return True
         return False
 

@@ -705,6 +705,11 @@ def test_an_open_service_answers_only_to_its_own_names(service: Service) -> None
                    {**UPGRADE, "Origin": f"http://{evil}"}),
         request_as(service, "POST", "/api/kernels", evil, json_body, b"{}"),
         request_as(service, "GET", "/api/kernels", evil),
+        # An open endpoint's login takes any password: not from such a page either.
+        request_as(service, "GET", "/login", evil),
+        request_as(service, "POST", "/login", evil,
+                   {"Content-Type": "application/x-www-form-urlencoded",
+                    "Cookie": "_xsrf=x"}, b"_xsrf=x&password=any"),
     ]
     for status, body in refused:
         assert status == 403, (status, body)

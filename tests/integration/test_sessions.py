@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import websockets
 
+from tests.conftest import wait_for
 from tests.integration.conftest import Service, ServiceFactory, container_exists
 from ws_sandbox import frames as fr
 from ws_sandbox.client import ClientSession, SessionClosed, SessionRefused, connect
@@ -307,11 +308,13 @@ async def test_a_second_sigint_while_draining_still_shuts_down_cleanly(
         sessions = [await connect(svc.url) for _ in range(2)]
         running = [asyncio.create_task(s.execute(stubborn)) for s in sessions]
         await asyncio.sleep(0.5)
-        # Then while draining, then while uvicorn stops: the removal of the containers
-        # alone keeps the process alive longer than these 0.1 s.
-        for _ in range(3):
+        svc.process.send_signal(signal.SIGINT)
+        # Again once uvicorn stops (the drain is over): its lifespan still removes three
+        # containers, which keeps the process alive well beyond the two signals.
+        await wait_for(lambda: "Shutting down" in svc.log(), 30)
+        for _ in range(2):
             svc.process.send_signal(signal.SIGINT)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         await asyncio.to_thread(svc.process.wait, 60)
         for cell in running:
             with contextlib.suppress(Exception):
@@ -363,10 +366,21 @@ async def test_a_second_service_with_the_same_name_leaves_the_first_one_s_sandbo
             await s.execute("kept = 'alive'")
             short = await hostname(s)
             from tests.integration.conftest import start_service
+            # One being started by the first service right now: created, not yet running
+            # (the engine's wait answers at once for it, and it was taken for ended).
+            starting = subprocess.run(
+                ["docker", "create", "--label", "org.ws_sandbox.app=ws_sandbox", "--label",
+                 f"org.ws_sandbox.instance={first.instance}", "--label",
+                 "org.ws_sandbox.process=another", "--network", "none",
+                 "ws-sandbox-runtime:latest"], capture_output=True, text=True, check=True,
+            ).stdout.strip()
             second = start_service(first.log_path.parent, INSTANCE_NAME=first.instance,
                                    **languages)
             try:
                 assert container_exists(short)
+                assert container_exists(starting[:12])
+                subprocess.run(["docker", "rm", "-f", starting], capture_output=True,
+                               check=False)
                 r = await s.execute("print(kept)")
                 assert (r.status, r.stdout) == ("success", "alive\n"), r
                 assert "in use by another process" in second.log()

@@ -485,6 +485,32 @@ def test_interrupt_sent_with_the_cell_stops_it(request: pytest.FixtureRequest, l
     assert agent.run(_GET[lang]).text() == "yes\n"
 
 
+#: A comment line for each language, to make a cell long.
+_COMMENT = {"py": "#", "js": "//", "sh": "#"}
+
+
+@pytest.mark.parametrize("pad", [65_536 - 40, 70_000, 131_072 - 25, 200_000])
+@pytest.mark.parametrize("lang", ["py", "js", "sh"])
+def test_an_interrupt_right_behind_a_long_cell_stops_it(request: pytest.FixtureRequest,
+                                                        lang: str, pad: int) -> None:
+    """A cell longer than the pipe holds: the interrupt's mark waited in the agent behind the
+    code while its SIGINT went at once, and the worker that began the cell found no mark,
+    or part of one (a read of the code ended inside it), and ran the cell (found by a
+    review). The SIGINT now waits until the whole mark is in the pipe, and a worker reads
+    the rest of a mark begun."""
+    agent: AgentDriver = request.getfixturevalue(lang)
+    agent.run(_SET[lang])
+    code = _COMMENT[lang] + "x" * pad + "\n" + _WAITS[lang]
+    for _ in range(3):
+        sent_at = time.monotonic()
+        cell_id = agent.exec(code)
+        agent.send({"t": "interrupt"})
+        result = agent.collect(cell_id, sent_at, timeout=10)
+        assert result.done["status"] == "interrupted", result.done
+        assert result.done["restarted"] is False, result.done
+    assert agent.run(_GET[lang]).text() == "yes\n"
+
+
 @pytest.mark.parametrize("lang", ["py", "sh"])
 def test_a_late_interrupt_does_not_stop_the_next_cell(request: pytest.FixtureRequest,
                                                       lang: str) -> None:

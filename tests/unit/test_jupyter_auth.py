@@ -120,6 +120,25 @@ def test_open_endpoint_answers_only_to_its_own_names() -> None:
         check(settings(jupyter_token="tok"), page, "POST")
 
 
+def test_an_open_endpoint_s_login_cookie_does_not_get_past_the_host_check() -> None:
+    """On an open endpoint any password logs in, so a rebinding page could get a login
+    cookie and use it: the cookie was checked before the host (found by a review)."""
+    s = settings()
+    identity = auth.check_password(s, "anything")
+    assert identity is not None  # any password logs in on an open endpoint
+    cookie = auth.LoginSigner(s).sign(identity)
+    assert check(s, auth.Credentials(token=None, login_cookie=cookie, xsrf_cookie="x",
+                                     xsrf_header="x", origin=None, host="localhost:8090"),
+                 "POST") == auth.LOGIN_IDENTITY
+    for method, websocket in (("GET", False), ("POST", False), ("GET", True)):
+        with pytest.raises(Forbidden, match="ALLOWED_HOSTS"):
+            check(s, auth.Credentials(token=None, login_cookie=cookie, xsrf_cookie="x",
+                                      xsrf_header="x", origin="http://evil.example:8090",
+                                      host="evil.example:8090"), method, websocket)
+        with pytest.raises(Forbidden, match="ALLOWED_HOSTS"):
+            check(s, creds(token="whatever", host="evil.example:8090"), method, websocket)
+
+
 def test_check_password() -> None:
     assert auth.check_password(settings(jupyter_password="pw"), "pw")
     assert not auth.check_password(settings(jupyter_password="pw"), "PW")

@@ -1,17 +1,28 @@
 """The Python worker's own behaviour (``runtime/agent/worker_python.py``), run by the agent.
 
 Cells of every language through the agent are in ``test_agent_cells.py``; these are what the
-Python worker adds: its ``print``, which writes once per call, and the cells' sources it
-keeps for tracebacks.
+Python worker adds: its ``print``, which writes once per call, the cells' sources it keeps for
+tracebacks, and its reading of the control pipe (``_Control``, over a real pipe): cells, and
+the marks the agent writes just before an interrupt's SIGINT.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.unit.test_agent_cells import AgentDriver, assert_success, start
+
+AGENT_DIR = Path(__file__).resolve().parents[2] / "runtime" / "agent"
+sys.path.insert(0, str(AGENT_DIR))
+
+import worker_python  # noqa: E402
 
 
 @pytest.fixture
@@ -127,3 +138,53 @@ def test_a_lone_expression_is_displayed_and_a_statement_before_it_runs(
     assert r.displays[0]["data"]["text/plain"] == "10"
     r = py.run("y")
     assert r.displays[0]["data"]["text/plain"] == "5"
+
+
+# --- the control pipe ------------------------------------------------------------------
+
+MARK = b'{"t":"interrupt"}\n'
+CELL = b'{"code":"x = 1"}\n'
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[worker_python._Control, int]]:
+    read_end, write_end = os.pipe()
+    try:
+        yield worker_python._Control(read_end), write_end
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_marks_between_cells_are_dropped(pipe: tuple[worker_python._Control, int]) -> None:
+    control, w = pipe
+    os.write(w, MARK + CELL + MARK + MARK + b'{"code":"y"}\n')
+    cells = control.cells()
+    assert next(cells) == {"code": "x = 1"}
+    assert control.interrupt_follows()  # the first mark behind it is this cell's
+    assert next(cells) == {"code": "y"}  # the second was a late one's
+
+
+def test_no_mark_is_no_interrupt_and_no_wait(pipe: tuple[worker_python._Control, int]) -> None:
+    control, w = pipe
+    os.write(w, CELL)
+    assert next(control.cells()) == {"code": "x = 1"}
+    started = time.monotonic()
+    assert not control.interrupt_follows()  # a late SIGINT: the pipe is empty
+    assert time.monotonic() - started < 1
+
+
+def test_a_mark_read_in_part_is_read_whole(pipe: tuple[worker_python._Control, int]) -> None:
+    """A read of a long cell's code can end inside the mark that follows it: the rest is
+    read (the agent sends the SIGINT once the whole mark is in the pipe). The partial mark
+    was taken for no mark, and the cell ran on (found by a review)."""
+    control, w = pipe
+    os.write(w, CELL + MARK[:8])
+    assert next(control.cells()) == {"code": "x = 1"}
+    late = threading.Timer(0.2, os.write, (w, MARK[8:]))
+    late.start()
+    try:
+        assert control.interrupt_follows()
+    finally:
+        late.join()
+    assert control.buf == b""

@@ -168,6 +168,11 @@ def authenticate(settings: Settings, creds: Credentials, *, method: str, websock
         Unauthorized: credentials are needed and none were given.
         Forbidden: the credentials, the XSRF token or the origin are not accepted.
     """
+    if is_open(settings):
+        # Before every credential: on an open endpoint anyone gets one (any password logs
+        # in), so a page whose own name points here (DNS rebinding: ws_sandbox.auth) could
+        # log in and use the cookie.
+        check_host(settings, creds.host)
     if creds.token is not None:
         identity = token_identity(settings, creds.token)
         if identity is not None:
@@ -187,8 +192,7 @@ def authenticate(settings: Settings, creds: Credentials, *, method: str, websock
     if is_open(settings):
         # No credentials to forge, so a browser must not act from another site: a page's
         # cross-site form could otherwise start kernels. Reads stay open (CORS hides them),
-        # but not to a page whose own name points here (DNS rebinding: ws_sandbox.auth).
-        check_host(settings, creds.host)
+        # but not to a page whose own name points here (checked above).
         if websocket or method not in SAFE_METHODS:
             check_origin(settings, creds.origin, creds.host)
         return address
