@@ -48,6 +48,11 @@ command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v chromium >/dev/null || missing+=(chromium)  # browser tests (tests/browser)
 command -v gcc >/dev/null || missing+=(gcc libc6-dev)  # the unit tests build the C agent
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# The unit tests run the agent's workers on the host: Node.js for JavaScript cells, rustc for
+# Rust ones (the image's are Debian's too); the REST tests call curl.
+command -v node >/dev/null || missing+=(nodejs)
+command -v rustc >/dev/null || missing+=(rustc)
+command -v curl >/dev/null || missing+=(curl)
 # The JavaScript worker parses cells with Debian's acorn, which Debian's Node.js (the image's)
 # depends on; the unit tests run the worker on the host's Node.js, which may come without it.
 if command -v node >/dev/null && [[ ! -e /usr/share/nodejs/acorn ]]; then
@@ -59,7 +64,7 @@ if ((${#missing[@]})); then
     as_root apt-get update -q
     as_root apt-get install -y -q "${missing[@]}"
 else
-    log "apt packages present (dockerd, runsc, mmdebstrap, chromium, gcc, python3-venv)"
+    log "apt packages present (dockerd, runsc, mmdebstrap, chromium, gcc, python3-venv, node, rustc, curl)"
 fi
 
 # --------------------------------------------------------------------------- 2. runsc

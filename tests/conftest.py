@@ -19,6 +19,8 @@ import pytest
 import uvicorn
 import uvloop
 
+from ws_sandbox import image as image_build
+
 RUNTIME_IMAGE = os.environ.get("CONTAINER_IMAGE", "ws-sandbox-runtime:latest")
 
 
@@ -42,10 +44,19 @@ def docker_problem() -> str | None:
         return "the Docker engine did not answer within 20 s"
     if info.returncode != 0:
         return f"no Docker engine answers: {info.stderr.strip()[:300]}"
-    image = subprocess.run(["docker", "image", "inspect", RUNTIME_IMAGE],
+    image = subprocess.run(["docker", "image", "inspect", "--format",
+                            f'{{{{index .Config.Labels "{image_build.CONTEXT_HASH_LABEL}"}}}}',
+                            RUNTIME_IMAGE],
                            capture_output=True, text=True, timeout=20, check=False)
     if image.returncode != 0:
         return f"runtime image {RUNTIME_IMAGE} is missing (run `ws-sandbox build-image`)"
+    # An image built from another runtime/ (the agent or a worker changed since) would test
+    # the old code and pass or fail for it.
+    built, tree = image.stdout.strip(), image_build.context_hash(image_build.find_context())
+    if built != tree:
+        return (f"runtime image {RUNTIME_IMAGE} was built from another runtime/ (context hash"
+                f" {built[:16] or 'none'}, the tree's {tree[:16]}): run `ws-sandbox"
+                " build-image`")
     return None
 
 
