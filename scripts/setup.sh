@@ -8,7 +8,8 @@
 # 2. gVisor: registers runsc in /etc/docker/daemon.json (merged, never clobbered).
 # 3. Docker engine: reuses one that answers; otherwise starts dockerd in the background
 #    (log: $WS_SANDBOX_DOCKERD_LOG, default /var/log/ws-sandbox-dockerd.log).
-# 4. .venv with `pip install -e '.[dev]'`, skipped while pyproject.toml is unchanged.
+# 4. .venv with `pip install -c constraints.txt -e '.[dev]'`, skipped while pyproject.toml and
+#    constraints.txt are unchanged.
 # 5. The runtime image: `ws-sandbox build-image` (fast when nothing changed).
 set -euo pipefail
 
@@ -175,7 +176,7 @@ fi
 
 # --------------------------------------------------------------------------- 4. venv
 stamp=$VENV/.ws-sandbox-setup
-want="$(python3 --version) $(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(python3 --version) $(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [[ ! -x $VENV/bin/pip ]]; then
     log "creating $VENV"
     python3 -m venv "$VENV"
@@ -183,9 +184,10 @@ fi
 if [[ -f $stamp && $(cat "$stamp") == "$want" && -x $VENV/bin/ws-sandbox ]]; then
     log ".venv is up to date"
 else
-    log "pip install -e '.[dev]' into .venv (log: .venv/pip-install.log)"
-    # Quiet on success; pip's and setuptools' chatter is only worth reading on failure.
-    if ! "$VENV/bin/pip" install --disable-pip-version-check -e '.[dev]' \
+    log "pip install -c constraints.txt -e '.[dev]' into .venv (log: .venv/pip-install.log)"
+    # Quiet on success; pip's and setuptools' chatter is only worth reading on failure. The
+    # versions are the ones the suite last passed with (constraints.txt).
+    if ! "$VENV/bin/pip" install --disable-pip-version-check -c constraints.txt -e '.[dev]' \
         >"$VENV/pip-install.log" 2>&1; then
         tail -n 40 "$VENV/pip-install.log" >&2
         die "pip install failed (full log: $VENV/pip-install.log)"
