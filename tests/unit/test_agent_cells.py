@@ -473,13 +473,19 @@ def test_interrupt_sent_with_the_cell_stops_it(request: pytest.FixtureRequest, l
     Not here, for they still lose it at times (the agent's notes on ``do_interrupt``): a
     JavaScript cell that spins from its first line, and a shell cell whose first command is
     a program (``sleep 100``), when the SIGINT lands as bash forks it."""
-    agent: AgentDriver = request.getfixturevalue(lang)
+    assert_stopped_right_behind(request.getfixturevalue(lang), lang, code, times=8)
+
+
+def assert_stopped_right_behind(agent: AgentDriver, lang: str, code: str, *, times: int,
+                                timeout: float = 10) -> None:
+    """Each of ``times`` runs of ``code`` with an interrupt sent right behind it ends as
+    interrupted, in the same interpreter, whose state is kept."""
     agent.run(_SET[lang])
-    for _ in range(8):
+    for _ in range(times):
         sent_at = time.monotonic()
         cell_id = agent.exec(code)
         agent.send({"t": "interrupt"})
-        result = agent.collect(cell_id, sent_at, timeout=5)
+        result = agent.collect(cell_id, sent_at, timeout=timeout)
         assert result.done["status"] == "interrupted", result.done
         assert result.done["restarted"] is False, result.done
     assert agent.run(_GET[lang]).text() == "yes\n"
@@ -498,17 +504,8 @@ def test_an_interrupt_right_behind_a_long_cell_stops_it(request: pytest.FixtureR
     or part of one (a read of the code ended inside it), and ran the cell (found by a
     review). The SIGINT now waits until the whole mark is in the pipe, and a worker reads
     the rest of a mark begun."""
-    agent: AgentDriver = request.getfixturevalue(lang)
-    agent.run(_SET[lang])
     code = _COMMENT[lang] + "x" * pad + "\n" + _WAITS[lang]
-    for _ in range(3):
-        sent_at = time.monotonic()
-        cell_id = agent.exec(code)
-        agent.send({"t": "interrupt"})
-        result = agent.collect(cell_id, sent_at, timeout=10)
-        assert result.done["status"] == "interrupted", result.done
-        assert result.done["restarted"] is False, result.done
-    assert agent.run(_GET[lang]).text() == "yes\n"
+    assert_stopped_right_behind(request.getfixturevalue(lang), lang, code, times=3)
 
 
 @pytest.mark.parametrize("lang", ["py", "sh"])

@@ -259,9 +259,9 @@ def test_a_bad_number_message_fits_the_setting(name: str, words: str) -> None:
 
 
 @pytest.mark.parametrize(("env", "key"), [
-    ("API_KEYS", 'ok-key,ab"cd'), ("API_KEYS", "clé"), ("API_KEYS", "a b"),
-    ("API_KEYS", "a&b"), ("ADMIN_API_KEY", "x;y"), ("ADMIN_API_KEY", "a,b"),
-    ("JUPYTER_TOKEN", "t%41"), ("JUPYTER_TOKEN", "t#1"),
+    ("API_KEYS", 'ok-key,s3cr3t"q'), ("API_KEYS", "s3cr3té"), ("API_KEYS", "s3cr3t z"),
+    ("API_KEYS", "s3cr3t&z"), ("ADMIN_API_KEY", "s3cr3t;z"), ("ADMIN_API_KEY", "adm1n,s3cr3t"),
+    ("JUPYTER_TOKEN", "s3cr3t%41"), ("JUPYTER_TOKEN", "s3cr3t#1"),
 ])
 def test_keys_are_characters_that_travel_in_headers_and_urls(env: str, key: str) -> None:
     """A key with a quote was redacted from the logs only up to the quote; a non-ASCII key
@@ -270,7 +270,7 @@ def test_keys_are_characters_that_travel_in_headers_and_urls(env: str, key: str)
     the key."""
     with pytest.raises(ConfigError, match=f"{env} \\(key \\d\\) has a character") as info:
         Settings.from_env({env: key})
-    assert key.split(",")[-1] not in str(info.value)
+    assert "s3cr3t" not in str(info.value)
 
 
 def test_ordinary_keys_are_accepted() -> None:
