@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ws_sandbox.exceptions import Forbidden, SandboxError, Unauthorized
+from ws_sandbox.exceptions import CapacityError, Forbidden, SandboxError, Unauthorized
 from ws_sandbox.settings import Settings
 
 #: The ASGI extension that lets a WebSocket upgrade be refused with any HTTP response.
@@ -206,6 +206,12 @@ class AuthMiddleware:
                 await _refuse(scope, receive, send, exc)
                 return
         protected = path.startswith("/api/v1/") or path == "/metrics"
+        if settings is None and protected and path not in PUBLIC_PATHS:
+            # No settings, no keys to check against (the service is not started): closed,
+            # not open. Unreachable through uvicorn, which serves after the start-up.
+            await _refuse(scope, receive, send,
+                          CapacityError("the service is not started", retry_after=5))
+            return
         if settings is None or not protected or path in PUBLIC_PATHS or jupyter:
             await self.app(scope, receive, send)
             return

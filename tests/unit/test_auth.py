@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
-from ws_sandbox.auth import check_host, check_origin, check_request, host_name, key_identity
+from ws_sandbox.auth import (
+    AuthMiddleware,
+    check_host,
+    check_origin,
+    check_request,
+    host_name,
+    key_identity,
+)
 from ws_sandbox.exceptions import ConfigError, Forbidden, Unauthorized
 from ws_sandbox.settings import Settings
 
@@ -89,3 +97,32 @@ def test_an_open_service_answers_to_localhost_addresses_and_allowed_names() -> N
 def test_allowed_hosts_must_be_names(bad: str) -> None:
     with pytest.raises(ConfigError, match="ALLOWED_HOSTS item"):
         settings(ALLOWED_HOSTS=f"ok.example,{bad}")
+
+
+async def test_without_settings_the_api_is_closed_not_open() -> None:
+    """An app whose settings are not there yet (not started) let every API call through
+    unchecked, keys or not (found by a security review; uvicorn serves only after the
+    start-up, so this guards a future adapter, not a path seen today)."""
+    reached: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["path"])
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    middleware = AuthMiddleware(app)
+    for path, expect_reached in (("/api/v1/execute", False), ("/metrics", False),
+                                 ("/api/v1/health", True), ("/", True)):
+        sent.clear()
+        scope = {"type": "http", "path": path, "headers": [], "query_string": b"",
+                 "client": ("127.0.0.1", 5)}
+        await middleware(scope, receive, send)
+        assert (path in reached) == expect_reached, path
+        if not expect_reached:
+            assert sent[0]["status"] == 503, sent
