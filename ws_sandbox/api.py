@@ -36,6 +36,7 @@ async def stats(request: Request) -> Response:
     body["queued_cells"] = _queued(manager)
     body["pool"] = manager.pool.state()
     body["rate_limited"] = surface.limiter.refused
+    body["sessions_refused"] = {r: manager.refused[r] for r in metrics.REFUSAL_REASONS}
     return JSONBody(body)
 
 
@@ -45,7 +46,8 @@ async def prometheus(request: Request) -> Response:
     surface: Surface = request.app.state.surface
     text = metrics.render(surface.stats, sessions=manager.active,
                           queued_cells=_queued(manager), pool=manager.pool.state(),
-                          rate_limited=surface.limiter.refused, stores=surface.stores())
+                          rate_limited=surface.limiter.refused, stores=surface.stores(),
+                          refused=manager.refused)
     return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
 
 

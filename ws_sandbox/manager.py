@@ -73,6 +73,10 @@ class SessionManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reserved = 0
         self._reserved_by: Counter[str] = Counter()  # opens under way, by caller
+        #: Session opens refused at a limit, by error code (``at_capacity`` for
+        #: ``MAX_CONCURRENT_EXECUTIONS``, ``too_many_sessions`` for ``MAX_SESSIONS_PER_KEY``):
+        #: what an operator sizes the service by.
+        self.refused: Counter[str] = Counter()
         self._observers: list[CellObserver] = []
         self._closing = False
 
@@ -153,11 +157,13 @@ class SessionManager:
         # callers' sessions to end would not help, closing one of its own would.
         per_key = self.settings.max_sessions_per_key
         if per_key and (held := self.held_by(client_id)) >= per_key:
+            self.refused[TooManySessions.code] += 1
             raise TooManySessions(
                 f"too many sessions: this caller ({client_id}) has {held} open, the limit is"
                 f" {per_key} per API key or client address (MAX_SESSIONS_PER_KEY); end one"
                 " of them first", retry_after=5)
         if self.active >= self.settings.max_concurrent_executions:
+            self.refused[CapacityError.code] += 1
             raise CapacityError(
                 f"at capacity: {self.active} sessions are open, the limit is"
                 f" {self.settings.max_concurrent_executions}", retry_after=5)

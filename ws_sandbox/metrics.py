@@ -45,9 +45,14 @@ def _family(name: str, kind: str, doc: str,
     return lines
 
 
+#: Why a session open is refused at a limit, as counted by the session manager.
+REFUSAL_REASONS = ("at_capacity", "too_many_sessions")
+
+
 def render(stats: Stats, *, sessions: int, queued_cells: int,
            pool: Mapping[str, Mapping[str, int | str | None]], rate_limited: int,
-           stores: Mapping[str, StoreState] | None = None) -> str:
+           stores: Mapping[str, StoreState] | None = None,
+           refused: Mapping[str, int] | None = None) -> str:
     """The service's metrics as Prometheus text."""
     lines: list[str] = []
     lines += _family("ws_sandbox_executions_total", "counter",
@@ -68,6 +73,11 @@ def render(stats: Stats, *, sessions: int, queued_cells: int,
                      [("", {}, stats.truncated)])
     lines += _family("ws_sandbox_rate_limited_total", "counter",
                      "Calls refused by the rate limiter", [("", {}, rate_limited)])
+    refused = refused or {}
+    lines += _family("ws_sandbox_sessions_refused_total", "counter",
+                     "Session opens refused at a limit: at_capacity (MAX_CONCURRENT_EXECUTIONS),"
+                     " too_many_sessions (MAX_SESSIONS_PER_KEY)",
+                     [("", {"reason": r}, refused.get(r, 0)) for r in REFUSAL_REASONS])
     lines += _family("ws_sandbox_sessions_active", "gauge", "Sessions open or opening",
                      [("", {}, sessions)])
     lines += _family("ws_sandbox_cells_queued", "gauge", "Cells waiting in sessions",

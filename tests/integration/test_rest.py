@@ -539,6 +539,14 @@ async def test_rate_limit_counts_session_opens_and_cells(locked: Service) -> Non
 
 
 async def test_at_capacity_is_503_with_retry_after(locked: Service) -> None:
+    def refusals() -> tuple[int, str]:
+        stats = call(locked, "/api/v1/stats", headers=bearer("k-misc"))[2]
+        req = urllib.request.Request(locked.http + "/metrics", headers=bearer("k-misc"))
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read().decode()
+        return stats["sessions_refused"]["at_capacity"], text
+
+    before, _ = refusals()
     async with await connect(locked.url, api_key="k-cap"):
         status, headers, err = call(locked, "/api/v1/execute", {"code": "print(1)"},
                                     headers=bearer("k-misc"))
@@ -546,6 +554,10 @@ async def test_at_capacity_is_503_with_retry_after(locked: Service) -> None:
         assert err["error"]["message"] == "at capacity: 1 sessions are open, the limit is 1"
         assert int(headers["retry-after"]) >= 1
     await asyncio.sleep(0.3)
+    # Counted where an operator sizes the service by (refusals were counted nowhere).
+    after, text = refusals()
+    assert after == before + 1
+    assert f'ws_sandbox_sessions_refused_total{{reason="at_capacity"}} {after}' in text
 
 
 async def test_admin_api(locked: Service) -> None:

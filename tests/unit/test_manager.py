@@ -132,15 +132,21 @@ async def test_addresses_are_capped_too_and_zero_means_no_cap() -> None:
     await manager.open("python", Sink(), client_id="127.0.0.1")
     with pytest.raises(TooManySessions, match=r"\(127\.0\.0\.1\) has 1 open"):
         await manager.open("python", Sink(), client_id="127.0.0.1")
+    assert manager.refused == {"too_many_sessions": 1}  # counted for stats and metrics
     await manager.shutdown(grace=BOUND)
 
     unlimited = capped(QuickPool(), 0, max_concurrent_executions=5)
     for _ in range(5):
         await unlimited.open("python", Sink(), client_id="key:a")
-    with pytest.raises(CapacityError) as info:  # only the service's own limit
-        await unlimited.open("python", Sink(), client_id="key:a")
-    assert info.value.code == "at_capacity"
+    for _ in range(2):
+        with pytest.raises(CapacityError) as info:  # only the service's own limit
+            await unlimited.open("python", Sink(), client_id="key:a")
+        assert info.value.code == "at_capacity"
+    assert unlimited.refused == {"at_capacity": 2}
     await unlimited.shutdown(grace=BOUND)
+    with pytest.raises(CapacityError, match="shutting down"):
+        await unlimited.open("python", Sink(), client_id="key:a")
+    assert unlimited.refused == {"at_capacity": 2}  # a stop is not a limit
 
 
 async def test_a_dropped_session_waiting_for_its_client_keeps_its_place() -> None:

@@ -34,8 +34,13 @@ def test_snapshot_and_exposition() -> None:
                   pool={"python": {"ready": 1, "target": 2, "starting": 1,
                                    "last_error": None}},
                   stores={"audit": StoreState(write_errors=3, waiting=5, dropped=0),
-                          "history": StoreState(0, 0, 2)})
+                          "history": StoreState(0, 0, 2)},
+                  refused={"too_many_sessions": 6})
     assert 'ws_sandbox_executions_total{status="error",language="shell"} 1' in text
+    # Every reason has its series, 0 until it happens (a rate() over a missing series is
+    # nothing, not 0).
+    assert 'ws_sandbox_sessions_refused_total{reason="at_capacity"} 0' in text
+    assert 'ws_sandbox_sessions_refused_total{reason="too_many_sessions"} 6' in text
     assert 'ws_sandbox_execution_seconds_bucket{le="0.005"} 1' in text
     assert 'ws_sandbox_execution_seconds_bucket{le="1"} 2' in text
     assert 'ws_sandbox_execution_seconds_bucket{le="+Inf"} 2' in text
