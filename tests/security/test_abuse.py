@@ -294,10 +294,15 @@ async def test_endless_output_after_its_cell_ended_costs_the_session_nothing(
         r = await s.execute("kept=42; echo started;"
                             " (yes stale-output-flood & echo $! > flood.pid)")
         assert r.status == "success" and "started\n" in r.stdout, r
-        for _ in range(8):  # each cell's output is the flood (cut at its budget)
+        flooded = 0
+        for _ in range(8):  # a cell's output is the flood (cut at its budget)...
             await asyncio.sleep(0.3)
             n = await s.execute("true")
-            assert n.status == "success" and "stale-output-flood" in n.stdout, n
+            assert n.status == "success", n
+            flooded += "stale-output-flood" in n.stdout
+        # ...when `yes` got the CPU during it: a cell of 0.3 ms on a busy machine may see
+        # none (one CI run). The flood went on through them all, whatever each one saw.
+        assert flooded >= 2, flooded
         await s.execute("kill $(< flood.pid)")
         await asyncio.sleep(0.5)
         await s.execute("true")  # takes what the pipe still held
