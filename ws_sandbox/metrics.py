@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
+from ws_sandbox.exceptions import CapacityError, TooManySessions
 from ws_sandbox.stats import BUCKETS, Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -46,7 +47,7 @@ def _family(name: str, kind: str, doc: str,
 
 
 #: Why a session open is refused at a limit, as counted by the session manager.
-REFUSAL_REASONS = ("at_capacity", "too_many_sessions")
+REFUSAL_REASONS = (CapacityError.code, TooManySessions.code)
 
 
 def render(stats: Stats, *, sessions: int, queued_cells: int,

@@ -77,6 +77,20 @@ def is_open(settings: Settings) -> bool:
                 or settings.api_key_list)
 
 
+def check_open_host(settings: Settings, host: str | None) -> None:
+    """On an open endpoint, refuse a request that names the service by a foreign host.
+
+    Before every credential: there anyone gets one (any password logs in), so a page whose
+    own name points here (DNS rebinding: :func:`ws_sandbox.auth.check_host`) could log in
+    and use the cookie.
+
+    Raises:
+        Forbidden: see :func:`ws_sandbox.auth.check_host`.
+    """
+    if is_open(settings):
+        check_host(settings, host)
+
+
 def token_identity(settings: Settings, token: str) -> str | None:
     """The caller's identity if ``token`` is accepted, else ``None``."""
     by_token = bool(settings.jupyter_token) and _equal(token, settings.jupyter_token)
@@ -168,11 +182,7 @@ def authenticate(settings: Settings, creds: Credentials, *, method: str, websock
         Unauthorized: credentials are needed and none were given.
         Forbidden: the credentials, the XSRF token or the origin are not accepted.
     """
-    if is_open(settings):
-        # Before every credential: on an open endpoint anyone gets one (any password logs
-        # in), so a page whose own name points here (DNS rebinding: ws_sandbox.auth) could
-        # log in and use the cookie.
-        check_host(settings, creds.host)
+    check_open_host(settings, creds.host)
     if creds.token is not None:
         identity = token_identity(settings, creds.token)
         if identity is not None:

@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from ws_sandbox import __version__
-from ws_sandbox.auth import DENIAL_RESPONSE, check_host
+from ws_sandbox.auth import DENIAL_RESPONSE
 from ws_sandbox.exceptions import BadRequest, CapacityError, Forbidden, SandboxError
 from ws_sandbox.jupyter import auth
 from ws_sandbox.jupyter import messages as jm
@@ -191,11 +191,10 @@ _LOGIN_PAGE = """<!doctype html><title>ws_sandbox login</title>
 async def login(request: Request) -> Response:
     """``GET /login`` sets ``_xsrf``; ``POST /login`` checks the password, 302 with a cookie."""
     settings = request.app.state.manager.settings
-    if auth.is_open(settings):
-        try:  # any password logs in: not a page whose own name points here (DNS rebinding)
-            check_host(settings, request.headers.get("host"))
-        except SandboxError as exc:
-            return error_response(exc)
+    try:
+        auth.check_open_host(settings, request.headers.get("host"))
+    except SandboxError as exc:
+        return error_response(exc)
     xsrf = request.cookies.get(auth.XSRF_COOKIE)
     if request.method != "POST":
         xsrf = xsrf or auth.new_xsrf()
