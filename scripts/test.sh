@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Set up this machine (scripts/setup.sh), then run every gate: ruff, mypy and pytest.
+# Set up this machine (scripts/setup.sh), then run every gate: ruff, mypy, pytest, and the
+# security battery again with every sandbox under gVisor (scripts/security-runsc.sh).
 #
 #   scripts/test.sh [pytest options...]
 #
-# All gates run even when one fails; the exit status is non-zero if any failed.
+# With pytest options (a -k, a file) only the pytest gate takes them, and the gVisor gate is
+# left out: it runs with the whole suite. All gates run even when one fails; the exit status
+# is non-zero if any failed.
 # With CI set (or WS_SANDBOX_REQUIRE_DOCKER=1), tests marked `docker` fail instead of
 # skipping when the engine or the runtime image is missing.
 set -euo pipefail
@@ -30,6 +33,11 @@ gate() {
 gate ruff .venv/bin/ruff check .
 gate mypy .venv/bin/mypy
 gate pytest .venv/bin/pytest "$@"
+if (($# == 0)); then
+    gate gvisor bash scripts/security-runsc.sh -q
+else
+    echo "==> gvisor: left out (pytest options given; it runs with the whole suite)"
+fi
 
 echo "==> summary"
 printf '    %s\n' "${summary[@]}"
