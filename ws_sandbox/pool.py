@@ -2,7 +2,8 @@
 
 A session takes one with :meth:`WarmPool.acquire` in microseconds instead of waiting for
 ``docker create``; a background task per language refills the pool. A pooled sandbox that
-speaks or dies before it is taken is discarded: it may never serve a session.
+speaks or dies before it is taken is discarded: it may never serve a session. One that does
+so young counts as a failed start, so the pool backs off before replacing it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ _RETRY_MIN = 0.5
 FILL_PARALLEL = 3
 """Sandboxes one language's pool starts at once: the engine's churn peaks at a few in flight."""
 _RETRY_MAX = 15.0
+_DIED_YOUNG = 30.0
+"""A pooled sandbox discarded within this many seconds of being pooled counts as a failed
+start: the pool waits (0.5 s, doubling to 15 s) before replacing it, so an image or a setting
+that lets sandboxes greet and then die cannot make the pool churn containers as fast as the
+engine starts them. A pooled sandbox taken by a session, or one that lived longer, resets it."""
 
 
 @dataclass(slots=True)
 class _Warm:
     sandbox: Sandbox
     watcher: asyncio.Task[None]
+    pooled_at: float
 
 
 class _LanguagePool:
@@ -37,6 +44,8 @@ class _LanguagePool:
         self.starting = 0
         self.wanted = asyncio.Event()
         self.last_error: str | None = None
+        self.died_young_delay = 0.0  # the wait after the last sandbox that died young
+        self.hold_until = 0.0  # no start before this loop time
 
 
 class WarmPool:
@@ -103,6 +112,7 @@ class WarmPool:
                     raise
             if not warm.watcher.cancelled():
                 continue  # it spoke or died while waiting: discarded by its watcher
+            pool.died_young_delay = 0.0
             return warm.sandbox
         return await self._backend.start_sandbox(language)
 
@@ -123,8 +133,12 @@ class WarmPool:
         pool = self._pools[language]
         delay = _RETRY_MIN
         starts: set[asyncio.Task[bool]] = set()
+        loop = asyncio.get_running_loop()
         try:
             while not self._closed:
+                if (hold := pool.hold_until - loop.time()) > 0:
+                    await asyncio.sleep(hold)  # a pooled sandbox died young: see _DIED_YOUNG
+                    continue
                 while (len(pool.ready) + pool.starting < self._size
                        and pool.starting < FILL_PARALLEL):
                     pool.starting += 1
@@ -164,18 +178,35 @@ class WarmPool:
         if self._closed:
             await sandbox.destroy()
             return True
-        pool.ready.append(_Warm(sandbox, asyncio.create_task(self._watch(language, sandbox))))
+        pooled_at = asyncio.get_running_loop().time()
+        watcher = asyncio.create_task(self._watch(language, sandbox, pooled_at))
+        pool.ready.append(_Warm(sandbox, watcher, pooled_at))
         return True
 
-    async def _watch(self, language: Language, sandbox: Sandbox) -> None:
+    async def _watch(self, language: Language, sandbox: Sandbox, pooled_at: float) -> None:
         """Discard a pooled sandbox that sends anything or dies before it is taken."""
+        pool = self._pools[language]
         try:
-            frame = await sandbox.receive()
+            try:
+                async with asyncio.timeout(_DIED_YOUNG):
+                    frame = await sandbox.receive()
+            except TimeoutError:
+                pool.died_young_delay = 0.0  # it lived: sandboxes no longer die young
+                frame = await sandbox.receive()
             reason = f"unexpected frame {type(frame).__name__}"
         except BackendError as exc:
             reason = exc.message
-        log.warning("pool: discarding %s sandbox %s: %s", language, sandbox.short_id, reason)
-        pool = self._pools[language]
+        now = asyncio.get_running_loop().time()
+        if (lived := now - pooled_at) < _DIED_YOUNG:
+            pool.died_young_delay = min(max(2 * pool.died_young_delay, _RETRY_MIN), _RETRY_MAX)
+            pool.hold_until = now + pool.died_young_delay
+            pool.last_error = f"a pooled sandbox ended {lived:.1f} s after it started: {reason}"
+            log.warning("pool: discarding %s sandbox %s, %.1f s after it started: %s; its"
+                        " replacement starts in %.1f s", language, sandbox.short_id, lived,
+                        reason, pool.died_young_delay)
+        else:
+            log.warning("pool: discarding %s sandbox %s: %s", language, sandbox.short_id,
+                        reason)
         for warm in list(pool.ready):
             if warm.sandbox is sandbox:
                 pool.ready.remove(warm)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 from typing import Any, cast
 
 import pytest
 
+from ws_sandbox import pool as pool_module
 from ws_sandbox.backend import DockerBackend, Sandbox
 from ws_sandbox.exceptions import BackendError, SandboxLost
 from ws_sandbox.pool import FILL_PARALLEL, WarmPool
@@ -28,11 +30,13 @@ class FakeSandbox:
 
 
 class FakeBackend:
-    def __init__(self, fail: int = 0) -> None:
+    def __init__(self, fail: int = 0, die_young: int = 0) -> None:
         self.started: list[FakeSandbox] = []
+        self.started_at: list[float] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self.fail = fail
+        self.die_young = die_young  # how many of the next sandboxes die 1 ms after starting
         self.gate = asyncio.Event()
         self.gate.set()
 
@@ -47,6 +51,11 @@ class FakeBackend:
                 raise BackendError("engine says no")
             sandbox = FakeSandbox(len(self.started))
             self.started.append(sandbox)
+            loop = asyncio.get_running_loop()
+            self.started_at.append(loop.time())
+            if self.die_young:
+                self.die_young -= 1
+                loop.call_later(0.001, sandbox.dead.set)
             return sandbox
         finally:
             self.in_flight -= 1
@@ -132,3 +141,46 @@ async def test_a_cancelled_acquire_gets_no_sandbox_and_leaves_none_behind() -> N
         async with asyncio.timeout(5):
             while not first.destroyed:
                 await asyncio.sleep(0.005)
+
+
+async def test_pooled_sandboxes_that_die_young_are_replaced_after_a_growing_wait() -> None:
+    """A sandbox that greeted and then died (an image or a setting that lets it start, then
+    kills it) was replaced at once, so the pool started containers as fast as the engine
+    could for as long as it lasted. Each one that dies young now counts as a failed start:
+    0.5 s before the next, then 1 s, doubling to 15 s."""
+    backend = FakeBackend(die_young=1000)
+    async with make(backend, 1) as pool:
+        await asyncio.sleep(1.8)
+        starts = backend.started_at
+        assert 2 <= len(starts) <= 4, f"{len(starts)} sandboxes started in 1.8 s"
+        gaps = [b - a for a, b in pairwise(starts)]
+        assert gaps[0] >= 0.45 and (len(gaps) < 2 or gaps[1] >= 0.95), gaps
+        assert "s after it started: exited" in str(pool.state()["python"]["last_error"])
+    assert all(s.destroyed for s in backend.started)
+
+
+async def test_the_wait_ends_once_sandboxes_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sandbox that lives past the young age, or one taken by a session, resets the wait:
+    a pool that recovered does not keep a long wait for the next death."""
+    monkeypatch.setattr(pool_module, "_RETRY_MIN", 0.02)
+    monkeypatch.setattr(pool_module, "_DIED_YOUNG", 0.3)
+    backend = FakeBackend(die_young=3)
+    async with make(backend, 1) as pool:
+        state = pool._pools["python"]
+        async with asyncio.timeout(5):
+            while len(backend.started) < 4:
+                await asyncio.sleep(0.005)
+        assert state.died_young_delay == pytest.approx(0.08)  # 0.02, 0.04, 0.08
+        await asyncio.sleep(0.4)  # the fourth lives past the young age
+        assert state.died_young_delay == 0.0
+        assert pool.state()["python"]["ready"] == 1
+        assert pool.state()["python"]["last_error"] is None
+        backend.die_young = 1
+        await pool.acquire("python")  # the pool refills with one that dies young
+        async with asyncio.timeout(5):
+            while state.died_young_delay == 0.0:
+                await asyncio.sleep(0.005)
+        assert state.died_young_delay == pytest.approx(0.02)
+        await wait_ready(pool, 1)
+        await pool.acquire("python")  # taken by a session: the wait resets too
+        assert state.died_young_delay == 0.0
