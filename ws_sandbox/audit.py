@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from ws_sandbox.batching import Batcher
-from ws_sandbox.records import ExecutionRecord
+from ws_sandbox.records import RECORD_FILE_MODE, ExecutionRecord
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ RETRY_INTERVAL = 1.0
 """Seconds between attempts while the file cannot be written."""
 MAX_WAITING_BYTES = 64 << 20
 """Lines held in memory while the file cannot be written; beyond this the oldest are dropped."""
-FILE_MODE = 0o640
 _encoder = msgspec.json.Encoder()
 
 
@@ -216,7 +215,7 @@ class AuditLog:
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                           FILE_MODE)
+                           RECORD_FILE_MODE)
         self._size = os.fstat(self._fd).st_size
 
     def _failed(self, exc: Exception) -> None:
@@ -235,10 +234,12 @@ class AuditLog:
 
 
 def rotate(path: Path, backups: int) -> None:
-    """Shift ``path.N-1`` to ``path.N`` ... and ``path`` to ``path.1``; drop the oldest."""
-    if backups <= 0:
-        path.unlink(missing_ok=True)
-        return
+    """Shift ``path.N-1`` to ``path.N`` ... and ``path`` to ``path.1``; drop the oldest.
+
+    ``backups`` is at least 1 (settings refuse 0): the lines just written are always kept.
+    """
+    if backups < 1:
+        raise ValueError(f"rotate needs at least one backup, not {backups}")
     for n in range(backups - 1, 0, -1):
         older = path.with_name(f"{path.name}.{n}")
         if older.exists():

@@ -17,7 +17,9 @@ the log, so that it cannot take the rows beside it down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +30,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from ws_sandbox.batching import Batcher
-from ws_sandbox.records import ExecutionRecord
+from ws_sandbox.records import RECORD_FILE_MODE, ExecutionRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -64,6 +66,9 @@ _COLUMNS = tuple(ExecutionRecord.__struct_fields__)
 #: Columns of a list entry: everything but the outputs.
 SUMMARY_COLUMNS = tuple(c for c in _COLUMNS if c not in ("stdout", "stderr"))
 PRUNE_EVERY = 100
+PRUNE_INTERVAL = 3600.0
+"""Seconds between prunes on a timer (a tenth of the retention when that is shorter), so
+that a quiet service, which seldom reaches :data:`PRUNE_EVERY` inserts, forgets on time."""
 FLUSH_INTERVAL = 0.1
 """Seconds rows wait in the event loop before the database thread takes them as a batch."""
 MAX_WAITING_ROWS = 10_000
@@ -118,6 +123,7 @@ class History:
         self._batcher: Batcher[ExecutionRecord] = Batcher(
             lambda batch: self._executor.submit(self._insert_many, batch), FLUSH_INTERVAL)
         self._closed = False
+        self._pruner: asyncio.Task[None] | None = None
 
     @property
     def rows_waiting(self) -> int:
@@ -126,6 +132,7 @@ class History:
 
     async def __aenter__(self) -> History:
         await self._call(self._open)
+        self._pruner = asyncio.create_task(self._prune_on_a_timer(), name="history-prune")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -136,6 +143,10 @@ class History:
         if self._closed:
             return
         self._closed = True
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
         await self._call(self._close)
         self._executor.shutdown(wait=True)
 
@@ -172,6 +183,15 @@ class History:
         """Apply the retention rules now; return the rows deleted."""
         return await self._call(self._prune, time.time() if now is None else now)
 
+    async def _prune_on_a_timer(self) -> None:
+        interval = min(PRUNE_INTERVAL, self.retention_days * 86400.0 / 10)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.prune()
+            except sqlite3.Error as exc:
+                log.error("cannot prune the history %s: %s", self.path, exc)
+
     # --- on the database thread -----------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -180,6 +200,9 @@ class History:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Made here, not by SQLite (0644), so that neither the file nor the -wal and -shm
+        # files SQLite gives its mode are readable by everyone: rows hold outputs.
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, RECORD_FILE_MODE))
         db = sqlite3.connect(self.path, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")

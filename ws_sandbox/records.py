@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from ws_sandbox.driver import SessionRunner
     from ws_sandbox.session import CellFinished
 
+#: Mode of the files that keep records (the audit log, the history database): they hold
+#: callers' identities and, in the history, outputs, so not everyone may read them.
+RECORD_FILE_MODE = 0o640
+
 #: The adapter an execution came through: a WebSocket session, ``POST /api/v1/execute``, or
 #: a Jupyter kernel.
 Origin = Literal["session", "rest", "jupyter"]

@@ -120,7 +120,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "rate_limit_per_minute": (0, 1_000_000, ""),
     "rate_limit_burst": (1, 1_000_000, ""),
     "audit_log_max_bytes": (4096, 2**40, "bytes"),
-    "audit_log_backups": (0, 1000, ""),
+    "audit_log_backups": (1, 1000, ""),
     "history_retention_days": (0.001, 36_500, "days"),
     "history_max_rows": (1, 2**63 - 1, ""),
     "history_output_bytes": (0, 2**30, "bytes"),
@@ -415,7 +415,8 @@ class Settings:
         need(self.rate_limit_per_minute >= 0, "RATE_LIMIT_PER_MINUTE must not be negative")
         need(self.rate_limit_burst >= 1, "RATE_LIMIT_BURST must be at least 1")
         need(self.audit_log_max_bytes >= 4096, "AUDIT_LOG_MAX_BYTES must be at least 4096")
-        need(0 <= self.audit_log_backups <= 1000, "AUDIT_LOG_BACKUPS must be in [0, 1000]")
+        need(1 <= self.audit_log_backups <= 1000, "AUDIT_LOG_BACKUPS must be in [1, 1000]: with 0,"
+             " each rotation would delete the audit lines written so far")
         need(self.history_retention_days > 0, "HISTORY_RETENTION_DAYS must be positive")
         need(self.history_max_rows >= 1, "HISTORY_MAX_ROWS must be at least 1")
         need(self.history_output_bytes >= 0, "HISTORY_OUTPUT_BYTES must not be negative")

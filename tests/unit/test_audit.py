@@ -13,7 +13,9 @@ import pytest
 from tests.conftest import wait_for
 from ws_sandbox import audit as audit_module
 from ws_sandbox.audit import AuditLog, rotate
+from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.records import ExecutionRecord
+from ws_sandbox.settings import Settings
 
 
 def record(n: int) -> ExecutionRecord:
@@ -59,11 +61,16 @@ async def test_rotation_by_size_keeps_n_files(tmp_path: Path) -> None:
     assert all(json.loads(x) for x in older)
 
 
-def test_rotate_with_no_backups_drops_the_file(tmp_path: Path) -> None:
+def test_rotate_never_drops_the_lines_just_written(tmp_path: Path) -> None:
+    """With 0 backups a rotation deleted the live file: AUDIT_LOG_BACKUPS=0 lost 36 of 40
+    records (a review). Settings now refuse 0, and rotate refuses it too."""
     path = tmp_path / "audit.log"
     path.write_text("x\n")
-    rotate(path, 0)
-    assert not path.exists()
+    with pytest.raises(ValueError, match="at least one backup"):
+        rotate(path, 0)
+    assert path.read_text() == "x\n"
+    with pytest.raises(ConfigError, match=r"AUDIT_LOG_BACKUPS must be in \[1, 1000\]: with 0"):
+        Settings.from_env({"AUDIT_LOG_BACKUPS": "0"})
 
 
 def lines_of(*paths: Path) -> list[dict[str, object]]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import msgspec
 import pytest
 
 from tests.conftest import wait_for
+from ws_sandbox import history as history_module
 from ws_sandbox.history import History
 from ws_sandbox.records import ExecutionRecord
 
@@ -183,3 +187,33 @@ async def test_reopening_the_store_prunes_by_age_and_by_rows(tmp_path: Path) -> 
         h.record(record(20, finished_at=now - 2 * 86400))
     async with history(tmp_path / "h.db", days=1, rows=1000) as h:
         assert [i["execution_id"] for i in (await h.list()).items] == ["e9", "e8", "e7"]
+
+
+async def test_the_database_is_not_readable_by_everyone(tmp_path: Path) -> None:
+    """SQLite made the file (and so its -wal and -shm files) 0644 where the audit log is
+    0640, and the rows hold outputs (a review). Even under umask 0 they are 0640 now."""
+    old = os.umask(0)
+    try:
+        async with history(tmp_path / "h.db") as h:
+            h.record(record(1))
+            assert await h.get("e1") is not None
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    finally:
+        os.umask(old)
+    assert set(modes) == {"h.db", "h.db-wal", "h.db-shm"}, modes
+    assert set(modes.values()) == {0o640}, modes
+
+
+async def test_a_quiet_service_forgets_on_time(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows were deleted at start and every 100 inserts only, so a quiet service kept them
+    past HISTORY_RETENTION_DAYS for as long as it stayed quiet (a review). A timer prunes
+    too: every hour, or every tenth of the retention when that is shorter."""
+    monkeypatch.setattr(history_module, "PRUNE_INTERVAL", 0.05)
+    async with history(tmp_path / "h.db", days=1) as h:
+        h.record(record(1, finished_at=time.time() - 86400 - 1))
+        h.record(record(2))
+        async with asyncio.timeout(5):  # two inserts: far from PRUNE_EVERY
+            while await h.get("e1") is not None:
+                await asyncio.sleep(0.02)
+        assert await h.get("e2") is not None
