@@ -88,6 +88,7 @@ async def update_limits(request: Request) -> Response:
     surface.limiter.configure(new.rate_limit_per_minute, new.rate_limit_burst)
     if surface.audit is not None:
         surface.audit.event("admin_limits_changed", client=request.state.client_id,
+                            address=request.state.client_address,
                             changes=changes,
                             before={k: before[k] for k in changes})
     return JSONBody(_limits(manager))
@@ -108,5 +109,6 @@ async def end_session(request: Request) -> Response:
         raise NotFound(f"no session {session_id!r}")
     if surface.audit is not None:
         surface.audit.event("admin_session_ended", client=request.state.client_id,
+                            address=request.state.client_address,
                             session_id=session_id)
     return JSONBody({"session_id": session_id, "ending": True})

@@ -117,6 +117,7 @@ class AuditLog:
             "time": _iso(record.finished_at), "event": "execution",
             "execution_id": record.execution_id, "session_id": record.session_id,
             "cell_id": record.cell_id, "origin": record.origin, "client": record.client,
+            "address": record.address,
             "language": record.language, "code_bytes": record.code_bytes,
             "code_sha256": record.code_sha256, "status": record.status,
             "exit_code": record.exit_code, "execution_time_ms": record.execution_time_ms,

@@ -195,6 +195,7 @@ class AuthMiddleware:
         address = client[0] if client else "unknown"
         state = scope.setdefault("state", {})
         state["client_id"] = address
+        state["client_address"] = address  # kept beside a key's identity, for the records
         headers = _headers(scope)
         # Only our own API: the Jupyter-compatible endpoint (/api/kernels...) speaks
         # Jupyter's credentials and checks them itself, with the same functions.

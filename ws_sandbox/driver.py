@@ -140,10 +140,15 @@ class SessionRunner:
                  acquire: Callable[[], Awaitable[Sandbox]],
                  send_timeout: float | None,
                  on_cell: CellObserver | None = None,
-                 client_id: str = "", origin: Origin = "session") -> None:
+                 client_id: str = "", origin: Origin = "session", address: str = "") -> None:
         self.core = core
         self.sandbox: Sandbox | None = sandbox
         self.client_id = client_id
+        #: The peer address of the client that spoke to the session last (a session that
+        #: is resumed, or a kernel whose channels connect again, may be reached from
+        #: another): recorded with each cell beside ``client_id``, which for a keyed caller
+        #: names the key alone.
+        self.address = address
         #: Which adapter drives the session (see :data:`~ws_sandbox.records.Origin`).
         self.origin: Origin = origin
         self._acquire = acquire

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS executions (
     cell_id TEXT NOT NULL,
     origin TEXT NOT NULL,
     client TEXT NOT NULL,
+    address TEXT NOT NULL DEFAULT '',
     language TEXT NOT NULL,
     started_at REAL NOT NULL,
     finished_at REAL NOT NULL,
@@ -208,6 +209,9 @@ class History:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        if "address" not in {row["name"] for row in db.execute("PRAGMA table_info(executions)")}:
+            # A database written before the address was kept: its rows keep ''.
+            db.execute("ALTER TABLE executions ADD COLUMN address TEXT NOT NULL DEFAULT ''")
         self._db = db
         self._prune(time.time())
 

@@ -51,6 +51,7 @@ class SessionInfo:
     cells_run: int
     queued: int
     client_id: str
+    address: str
     sandbox: str | None
 
 
@@ -135,14 +136,16 @@ class SessionManager:
 
     async def open(self, language: str, sink: FrameSink, *, client_id: str = "",
                    origin: Origin = "session", send_ready: bool = True,
-                   admit_cell: Callable[[], None] | None = None) -> SessionRunner:
+                   admit_cell: Callable[[], None] | None = None,
+                   address: str = "") -> SessionRunner:
         """Open a session with a sandbox from the pool and start running it.
 
         ``origin`` names the adapter in the session's execution records (stats, audit,
         history). ``admit_cell`` is asked before each client cell is queued (a rate limit,
         say); it refuses by raising a :class:`~ws_sandbox.exceptions.SandboxError`.
         ``client_id`` is the caller's identity (``key:...`` or an address): at most
-        ``MAX_SESSIONS_PER_KEY`` sessions are open for one.
+        ``MAX_SESSIONS_PER_KEY`` sessions are open for one. ``address`` is its peer
+        address, recorded with each cell.
 
         Raises:
             LanguageUnavailable: unknown or disabled language.
@@ -188,7 +191,7 @@ class SessionManager:
         runner = SessionRunner(core, sandbox, acquire=lambda: self._acquire(lang),
                                send_timeout=self.settings.send_timeout,
                                on_cell=self._cell_finished, client_id=client_id,
-                               origin=origin)
+                               origin=origin, address=address)
         self._runners[session_id] = runner
         runner.attach(sink)
         try:
@@ -209,7 +212,8 @@ class SessionManager:
                         token=self.signer.sign(runner.session_id),
                         limits=runner.core.limits.public(), resumed=resumed)
 
-    async def resume(self, token: str, sink: FrameSink, *, client_id: str = "") -> SessionRunner:
+    async def resume(self, token: str, sink: FrameSink, *, client_id: str = "",
+                     address: str = "") -> SessionRunner:
         """Reattach a client to its session.
 
         A session opened with an API key is resumed only with the same key (``client_id``
@@ -226,6 +230,7 @@ class SessionManager:
             raise InvalidToken("the session of this token has ended")
         if is_key_identity(runner.client_id) and client_id != runner.client_id:
             raise InvalidToken("this session was opened with another API key")
+        runner.address = address or runner.address
         await runner.feed(ClientBack(sink, self.ready_frame(runner, resumed=True)))
         if runner.closed.is_set() and not runner.attached_to(sink):
             # It ended while the resume waited for room in its inbox: nothing will answer.
@@ -241,7 +246,8 @@ class SessionManager:
         return [SessionInfo(
             session_id=r.session_id, language=r.core.language, state=r.core.state.value,
             attached=r.attached, cells_run=r.core.cells_run, queued=len(r.core.queue),
-            client_id=r.client_id, sandbox=r.sandbox.short_id if r.sandbox else None)
+            client_id=r.client_id, address=r.address,
+            sandbox=r.sandbox.short_id if r.sandbox else None)
             for r in self._runners.values()]
 
     async def end(self, session_id: str, reason: fr.CloseReason, message: str) -> bool:

@@ -213,7 +213,8 @@ async def execute(request: Request) -> Response:
     execution_id = uuid.uuid4().hex
     sink = CollectingSink(execution_id)
     runner = await manager.open(language, sink, client_id=client_id, origin="rest",
-                                send_ready=False)
+                                send_ready=False,
+                                address=getattr(request.state, "client_address", client_id))
     try:
         await runner.feed(ClientRequest(fr.Execute(id=execution_id, code=req.code,
                                                    timeout=timeout)))

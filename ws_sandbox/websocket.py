@@ -129,10 +129,11 @@ async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
     await websocket.accept()
     token = websocket.query_params.get("resume")
     # The auth middleware names the caller (an API key or the peer's address).
-    client_id = getattr(websocket.state, "client_id", client_address(websocket))
+    address = getattr(websocket.state, "client_address", client_address(websocket))
+    client_id = getattr(websocket.state, "client_id", address)
     try:
         if token:
-            runner = await manager.resume(token, sink, client_id=client_id)
+            runner = await manager.resume(token, sink, client_id=client_id, address=address)
         else:
             language = websocket.query_params.get("language", "python")
             limiter: RateLimiter | None = getattr(websocket.app.state, "limiter", None)
@@ -141,7 +142,7 @@ async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
                 limiter.check(client_id)  # opening a session takes a token, each cell one
                 admit = functools.partial(limiter.check, client_id)
             runner = await manager.open(language, sink, client_id=client_id,
-                                        admit_cell=admit)
+                                        admit_cell=admit, address=address)
     except SandboxError as exc:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(manager.settings.send_timeout):

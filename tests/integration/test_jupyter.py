@@ -623,6 +623,8 @@ async def test_executions_are_counted_as_jupyter(service: Service) -> None:
     await wait_for(lambda: history_row() is not None)
     row = history_row()
     assert row is not None and row["origin"] == "jupyter"
+    # A token or a login names every caller alike: the address tells them apart.
+    assert row["address"] == "127.0.0.1"
 
 
 async def test_matplotlib_reaches_our_own_protocol(service: Service) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.conftest import RUNTIME_IMAGE
+from tests.conftest import RUNTIME_IMAGE, wait_for
 from tests.integration.conftest import (
     LABEL_INSTANCE,
     Service,
@@ -396,7 +396,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     require_docker()  # a failure in CI, never a silent skip
     tmp = tmp_path_factory.mktemp("locked")
     with running_service(
-            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc,k-resume,k-hist",
+            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc,k-resume,k-hist,k-addr",
             ADMIN_API_KEY="boss",
             ALLOWED_ORIGINS="https://ok.example", RATE_LIMIT_PER_MINUTE="1",
             RATE_LIMIT_BURST="3", MAX_CONCURRENT_EXECUTIONS="1", ENABLE_RUST="false",
@@ -442,6 +442,31 @@ def test_a_key_reads_its_own_executions_alone(locked: Service) -> None:
     assert call(locked, own, headers=bearer("k-misc"))[0] == 404
     status, _, item = call(locked, own, headers=bearer("k-hist"))
     assert status == 200 and item["stdout"] == "mine\n"
+
+
+async def test_a_keyed_caller_is_recorded_with_its_address(locked: Service) -> None:
+    """A keyed caller's audit lines and history rows named the key alone: where a leaked
+    key was used from could not be told (a review). The peer address is kept beside it,
+    for WebSocket cells and one-shot calls alike."""
+    async with await connect(locked.url, api_key="k-addr") as session:
+        assert (await session.execute("print(2)")).stdout == "2\n"
+    status, _, run = call(locked, "/api/v1/execute", {"code": "print(3)"},
+                          headers=bearer("k-addr"))
+    assert status == 200, run
+    status, _, page = call(locked, "/api/v1/executions?limit=10", headers=bearer("k-addr"))
+    assert status == 200 and page["total"] == 2, page
+    (identity,) = {item["client"] for item in page["items"]}
+    assert identity.startswith("key:") and "k-addr" not in identity
+    assert [item["address"] for item in page["items"]] == ["127.0.0.1", "127.0.0.1"]
+    audit = Path(locked.env["AUDIT_LOG_PATH"])
+
+    def lines() -> list[dict[str, Any]]:
+        return [x for x in map(json.loads, audit.read_text().splitlines())
+                if x.get("client") == identity]
+
+    await wait_for(lambda: len(lines()) >= 2)  # the audit writer takes lines in batches
+    assert sorted((x["origin"], x["address"]) for x in lines()) == [
+        ("rest", "127.0.0.1"), ("session", "127.0.0.1")]
 
 
 async def test_websocket_keys_and_origins(locked: Service) -> None:

@@ -21,7 +21,8 @@ from ws_sandbox.settings import Settings
 def record(n: int) -> ExecutionRecord:
     return ExecutionRecord(
         execution_id=f"e{n}", session_id="s", cell_id=f"c{n}", origin="session",
-        client="127.0.0.1", language="python", started_at=1.0, finished_at=2.0,
+        client="key:abc", address="192.0.2.9", language="python", started_at=1.0,
+        finished_at=2.0,
         code_bytes=8, code_sha256="ab" * 32, status="success", exit_code=0,
         execution_time_ms=3.5, memory_used_mb=12.0, output_bytes=2, truncated=False,
         error=None, stdout="1\n")
@@ -41,6 +42,9 @@ async def test_every_line_is_written_by_close(tmp_path: Path) -> None:
                 "code_sha256", "status", "exit_code", "execution_time_ms",
                 "memory_used_mb", "output_bytes", "truncated"):
         assert key in first
+    # A keyed caller is named by its key and recorded with its address (the key alone
+    # before: where a leaked key was used from could not be told).
+    assert (first["client"], first["address"]) == ("key:abc", "192.0.2.9")
     assert "stdout" not in first  # outputs belong to the history, not the audit log
     assert lines[-1]["event"] == "admin_limits_changed"
 
@@ -85,7 +89,7 @@ async def test_a_failed_rotation_keeps_the_lines_and_the_writer(
     path = tmp_path / "audit.log"
     blocker = tmp_path / "audit.log.1"
     (blocker / "x").mkdir(parents=True)
-    async with AuditLog(path, max_bytes=6000, backups=1) as audit:  # ~18 lines a file
+    async with AuditLog(path, max_bytes=6600, backups=1) as audit:  # ~18 lines a file
         for n in range(20):
             audit.record(record(n))
         audit.event("admin_limits_changed", changes={})  # handed over at once

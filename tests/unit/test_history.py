@@ -24,7 +24,8 @@ def record(n: int, *, status: str = "success", language: str = "python",
     now = time.time() if finished_at is None else finished_at
     return ExecutionRecord(
         execution_id=f"e{n}", session_id="s", cell_id=f"c{n}", origin="rest",
-        client=client, language=language, started_at=now - 0.01, finished_at=now,
+        client=client, address="192.0.2.9", language=language, started_at=now - 0.01,
+        finished_at=now,
         code_bytes=8, code_sha256="ab" * 32, status=status,  # type: ignore[arg-type]
         exit_code=0 if status == "success" else 1, execution_time_ms=10.0,
         memory_used_mb=None, output_bytes=len(stdout), truncated=False, error=None,
@@ -217,3 +218,28 @@ async def test_a_quiet_service_forgets_on_time(tmp_path: Path,
             while await h.get("e1") is not None:
                 await asyncio.sleep(0.02)
         assert await h.get("e2") is not None
+
+
+async def test_rows_keep_the_address_and_an_older_database_gains_the_column(
+        tmp_path: Path) -> None:
+    """A keyed caller's row held its key's identity alone; the address is kept beside it.
+    A database written before that gets the column, its old rows an empty address."""
+    path = tmp_path / "h.db"
+    old = sqlite3.connect(path)
+    old.executescript(history_module._SCHEMA.replace("    address TEXT NOT NULL DEFAULT '',\n", ""))
+    old.execute("INSERT INTO executions (execution_id, session_id, cell_id, origin, client,"
+                " language, started_at, finished_at, code_bytes, code_sha256, status,"
+                " execution_time_ms, output_bytes, truncated, stdout, stderr) VALUES"
+                " ('old', 's', 'c', 'rest', 'key:k', 'python', 1e10, 1e10, 1, 'x',"
+                " 'success', 1.0, 0, 0, '', '')")
+    old.commit()
+    old.close()
+    async with history(path) as h:
+        h.record(record(1, client="key:k"))
+        new = await h.get("e1")
+        assert new is not None and (new["client"], new["address"]) == ("key:k", "192.0.2.9")
+        before = await h.get("old")
+        assert before is not None and before["address"] == ""
+        page = await h.list(client="key:k")
+        assert [(i["execution_id"], i["address"]) for i in page.items] == [
+            ("e1", "192.0.2.9"), ("old", "")]

@@ -52,6 +52,7 @@ class EndingRunner:
     """A session that ends while a resume waits for room in its inbox."""
 
     client_id = "127.0.0.1"
+    address = "127.0.0.1"
     session_id = "s1"
 
     def __init__(self) -> None:

@@ -9,7 +9,7 @@ from ws_sandbox.stats import Stats, percentile
 
 def record(ms: float, status: str = "success", language: str = "python") -> ExecutionRecord:
     return ExecutionRecord(
-        execution_id="e", session_id="s", cell_id="c", origin="rest", client="x",
+        execution_id="e", session_id="s", cell_id="c", origin="rest", client="x", address="x",
         language=language, started_at=0.0, finished_at=1.0, code_bytes=1, code_sha256="",
         status=status,  # type: ignore[arg-type]
         exit_code=0, execution_time_ms=ms, memory_used_mb=None, output_bytes=3,

@@ -40,8 +40,10 @@ class KernelRegistry:
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def start(self, name: str | None, *, client_id: str = "",
-                    admit_cell: Callable[[], None] | None = None) -> Kernel:
-        """Start a kernel of kernelspec ``name`` (the default when empty).
+                    admit_cell: Callable[[], None] | None = None,
+                    address: str = "") -> Kernel:
+        """Start a kernel of kernelspec ``name`` (the default when empty), for the caller
+        ``client_id`` at ``address``.
 
         ``admit_cell`` is asked before each cell is queued, as for a WebSocket session (a
         rate limit: a refused cell gets an error reply).
@@ -62,7 +64,7 @@ class KernelRegistry:
         runner = await self.manager.open(spec.language, kernel,
                                          client_id=client_id or "jupyter", origin="jupyter",
                                          send_ready=False,
-                                         admit_cell=admit_cell)
+                                         admit_cell=admit_cell, address=address)
         kernel.bind(runner)
         self._kernels[kernel.id] = kernel
         watcher = asyncio.create_task(self._watch(kernel), name=f"kernel-{kernel.id}")

@@ -63,6 +63,7 @@ def error_response(exc: SandboxError) -> JSONResponse:
 
 
 def _address(conn: HTTPConnection) -> str:
+    """The caller's peer address (the identity may name a token or a login instead)."""
     return conn.client.host if conn.client else "unknown"
 
 
@@ -138,7 +139,8 @@ async def start_kernel(request: Request) -> Response:
     limiter: RateLimiter = request.app.state.limiter
     limiter.check(identity)  # a kernel takes a token and each cell one, as a session does
     kernel = await registry(request.app).start(
-        name, client_id=identity, admit_cell=functools.partial(limiter.check, identity))
+        name, client_id=identity, admit_cell=functools.partial(limiter.check, identity),
+        address=_address(request))
     return JSONResponse(kernel.model(), status_code=201,
                         headers={"Location": f"/api/kernels/{kernel.id}"})
 
@@ -259,6 +261,7 @@ async def channels(websocket: WebSocket) -> None:
             await websocket.close(exc.close_code, exc.code)
         return
     await websocket.accept()
+    address = _address(websocket)
     conn = WebSocketConnection(
         websocket, close_timeout=websocket.app.state.manager.settings.send_timeout)
     await kernel.connect(conn)
@@ -279,6 +282,8 @@ async def channels(websocket: WebSocket) -> None:
                 break
             if not kernel.connected(conn):  # dropped as too slow: it speaks for no one
                 break
+            if kernel.runner is not None:
+                kernel.runner.address = address  # the cells it sends are recorded with it
             try:
                 await kernel.handle(msg, conn)
             except SandboxError as exc:  # a failed restart, say: the channel goes on
