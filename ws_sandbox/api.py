@@ -14,6 +14,7 @@ from ws_sandbox import metrics
 from ws_sandbox.auth import is_key_identity, key_identity
 from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError, UpgradeRequired
 from ws_sandbox.manager import SessionManager
+from ws_sandbox.refusals import AUTH_REASONS
 from ws_sandbox.rest import ErrorBody, ErrorDetail, JSONBody, error_response
 from ws_sandbox.settings import Language
 from ws_sandbox.surface import Surface
@@ -37,6 +38,7 @@ async def stats(request: Request) -> Response:
     body["pool"] = manager.pool.state()
     body["rate_limited"] = surface.limiter.refused
     body["sessions_refused"] = {r: manager.refused[r] for r in metrics.REFUSAL_REASONS}
+    body["auth_refused"] = {r: surface.refusals.auth[r] for r in AUTH_REASONS}
     return JSONBody(body)
 
 
@@ -47,7 +49,7 @@ async def prometheus(request: Request) -> Response:
     text = metrics.render(surface.stats, sessions=manager.active,
                           queued_cells=_queued(manager), pool=manager.pool.state(),
                           rate_limited=surface.limiter.refused, stores=surface.stores(),
-                          refused=manager.refused)
+                          refused=manager.refused, auth_refused=surface.refusals.auth)
     return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
 
 

@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> Starlette:
                         manager = SessionManager(settings, backend, pool)
                         app.state.manager = manager
                         manager.add_cell_observer(surface.observe)
+                        manager.on_refused = surface.refusals.refused
                         try:
                             yield
                         finally:

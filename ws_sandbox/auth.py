@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ws_sandbox.exceptions import CapacityError, Forbidden, SandboxError, Unauthorized
+from ws_sandbox.refusals import AUTH_REASONS
 from ws_sandbox.settings import Settings
 
 #: The ASGI extension that lets a WebSocket upgrade be refused with any HTTP response.
@@ -241,7 +242,16 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+def note_refusal(app: object, exc: SandboxError, address: str) -> None:
+    """Count a refusal for credentials, host or origin, for the log's summary and stats."""
+    surface = getattr(getattr(app, "state", None), "surface", None)
+    if surface is not None and exc.code in AUTH_REASONS:
+        surface.refusals.refused(exc.code, address)
+
+
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxError) -> None:
+    client = scope.get("client")
+    note_refusal(scope.get("app"), exc, client[0] if client else "unknown")
     prefix = ""
     if scope["type"] == "websocket":
         if DENIAL_RESPONSE not in scope.get("extensions", {}):

@@ -78,6 +78,8 @@ class SessionManager:
         #: ``MAX_CONCURRENT_EXECUTIONS``, ``too_many_sessions`` for ``MAX_SESSIONS_PER_KEY``):
         #: what an operator sizes the service by.
         self.refused: Counter[str] = Counter()
+        #: Called with ``(reason, client_id)`` for each refusal (the log's summary of them).
+        self.on_refused: Callable[[str, str], None] | None = None
         self._observers: list[CellObserver] = []
         self._closing = False
 
@@ -160,13 +162,13 @@ class SessionManager:
         # callers' sessions to end would not help, closing one of its own would.
         per_key = self.settings.max_sessions_per_key
         if per_key and (held := self.held_by(client_id)) >= per_key:
-            self.refused[TooManySessions.code] += 1
+            self._refuse(TooManySessions.code, client_id)
             raise TooManySessions(
                 f"too many sessions: this caller ({client_id}) has {held} open, the limit is"
                 f" {per_key} per API key or client address (MAX_SESSIONS_PER_KEY); end one"
                 " of them first", retry_after=5)
         if self.active >= self.settings.max_concurrent_executions:
-            self.refused[CapacityError.code] += 1
+            self._refuse(CapacityError.code, client_id)
             raise CapacityError(
                 f"at capacity: {self.active} sessions are open, the limit is"
                 f" {self.settings.max_concurrent_executions}", retry_after=5)
@@ -211,6 +213,11 @@ class SessionManager:
         return fr.Ready(session_id=runner.session_id, language=runner.core.language,
                         token=self.signer.sign(runner.session_id),
                         limits=runner.core.limits.public(), resumed=resumed)
+
+    def _refuse(self, reason: str, client_id: str) -> None:
+        self.refused[reason] += 1
+        if self.on_refused is not None:
+            self.on_refused(reason, client_id)
 
     async def resume(self, token: str, sink: FrameSink, *, client_id: str = "",
                      address: str = "") -> SessionRunner:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from ws_sandbox.exceptions import CapacityError, TooManySessions
+from ws_sandbox.refusals import AUTH_REASONS
 from ws_sandbox.stats import BUCKETS, Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -53,7 +54,8 @@ REFUSAL_REASONS = (CapacityError.code, TooManySessions.code)
 def render(stats: Stats, *, sessions: int, queued_cells: int,
            pool: Mapping[str, Mapping[str, int | str | None]], rate_limited: int,
            stores: Mapping[str, StoreState] | None = None,
-           refused: Mapping[str, int] | None = None) -> str:
+           refused: Mapping[str, int] | None = None,
+           auth_refused: Mapping[str, int] | None = None) -> str:
     """The service's metrics as Prometheus text."""
     lines: list[str] = []
     lines += _family("ws_sandbox_executions_total", "counter",
@@ -79,6 +81,11 @@ def render(stats: Stats, *, sessions: int, queued_cells: int,
                      "Session opens refused at a limit: at_capacity (MAX_CONCURRENT_EXECUTIONS),"
                      " too_many_sessions (MAX_SESSIONS_PER_KEY)",
                      [("", {"reason": r}, refused.get(r, 0)) for r in REFUSAL_REASONS])
+    auth_refused = auth_refused or {}
+    lines += _family("ws_sandbox_auth_refused_total", "counter",
+                     "Calls refused before any route: unauthorized (no key), forbidden (a"
+                     " wrong key, host or origin)",
+                     [("", {"reason": r}, auth_refused.get(r, 0)) for r in AUTH_REASONS])
     lines += _family("ws_sandbox_sessions_active", "gauge", "Sessions open or opening",
                      [("", {}, sessions)])
     lines += _family("ws_sandbox_cells_queued", "gauge", "Cells waiting in sessions",

@@ -51,12 +51,16 @@ class RateLimiter:
         per_minute: tokens earned per minute; 0 switches limiting off.
         burst: size of each bucket.
         clock: monotonic time source (seconds).
+        on_refused: called with ``("rate_limited", key)`` for each refusal (the log's
+            summary of refusals).
     """
 
-    def __init__(self, per_minute: int, burst: int, clock: Clock = time.monotonic) -> None:
+    def __init__(self, per_minute: int, burst: int, clock: Clock = time.monotonic,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
         self.refused = 0
+        self._on_refused = on_refused
         self.configure(per_minute, burst)
 
     def configure(self, per_minute: int, burst: int) -> None:
@@ -92,6 +96,8 @@ class RateLimiter:
         wait = bucket.take(now)
         if wait > 0:
             self.refused += 1
+            if self._on_refused is not None:
+                self._on_refused(RateLimited.code, key)
             raise RateLimited(
                 f"rate limit of {self.per_minute} calls per minute (burst {self.burst})"
                 f" exceeded; retry in {wait:.1f} s", retry_after=wait)

@@ -19,6 +19,7 @@ from ws_sandbox.history import History
 from ws_sandbox.metrics import StoreState
 from ws_sandbox.ratelimit import RateLimiter
 from ws_sandbox.records import record_of
+from ws_sandbox.refusals import Refusals
 from ws_sandbox.session import CellFinished
 from ws_sandbox.settings import Settings
 from ws_sandbox.stats import Stats
@@ -31,7 +32,9 @@ class Surface:
 
     def __init__(self, settings: Settings) -> None:
         self.stats = Stats()
-        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.refusals = Refusals()
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst,
+                                   on_refused=self.refusals.refused)
         self.audit: AuditLog | None = None
         self.history: History | None = None
         if settings.enable_audit_log:
@@ -63,6 +66,7 @@ class Surface:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.refusals.close()
         await self._stack.aclose()
 
     def problems(self) -> list[str]:

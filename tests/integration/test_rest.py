@@ -469,6 +469,35 @@ async def test_a_keyed_caller_is_recorded_with_its_address(locked: Service) -> N
         ("rest", "127.0.0.1"), ("session", "127.0.0.1")]
 
 
+def test_refusals_are_counted_and_summed_up_in_the_log(make_service: ServiceFactory) -> None:
+    """Wrong and missing keys left no trace an operator would look at: no counter, and at
+    LOG_LEVEL=warning no line at all; nor did anything say who hit a limit (a review). They
+    are counted now (stats, metrics), and the log sums every refusal up by caller, at most
+    once a minute and at shutdown, never a line each (anyone could flood it)."""
+    with make_service(API_KEYS="k-one", ADMIN_API_KEY="boss", RATE_LIMIT_PER_MINUTE="1",
+                      RATE_LIMIT_BURST="1", LOG_LEVEL="warning") as svc:
+        for _ in range(5):
+            assert call(svc, "/api/v1/executions", headers=bearer("wrong-key"))[0] == 403
+        for _ in range(3):
+            assert call(svc, "/api/v1/executions")[0] == 401
+        body = {"code": "print(1)"}
+        assert call(svc, "/api/v1/execute", body, headers=bearer("k-one"))[0] == 200
+        assert call(svc, "/api/v1/execute", body, headers=bearer("k-one"))[0] == 429
+        status, _, stats = call(svc, "/api/v1/stats", headers=bearer("boss"))
+        assert status == 200 and stats["auth_refused"] == {"unauthorized": 3, "forbidden": 5}
+        status, _, text = call(svc, "/metrics", headers=bearer("boss"))
+        assert status == 200
+        assert 'ws_sandbox_auth_refused_total{reason="forbidden"} 5' in text
+        assert 'ws_sandbox_auth_refused_total{reason="unauthorized"} 3' in text
+        assert "refused in the last" not in svc.log()  # summed up, not a line each
+        svc.stop()  # SIGTERM: the summary of what is gathered is written as it stops
+    summaries = [line for line in svc.log().splitlines() if "refused in the last" in line]
+    assert len(summaries) == 1, svc.log()
+    (line,) = summaries
+    assert "5 forbidden (127.0.0.1 5); 3 unauthorized (127.0.0.1 3); 1 rate_limited (key:" in line
+    assert "wrong-key" not in line and "k-one" not in line
+
+
 async def test_websocket_keys_and_origins(locked: Service) -> None:
     # Refused before the upgrade, with the status and JSON body a REST call would get (an
     # empty 403 for every reason before).

@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from ws_sandbox import __version__
-from ws_sandbox.auth import DENIAL_RESPONSE
+from ws_sandbox.auth import DENIAL_RESPONSE, note_refusal
 from ws_sandbox.exceptions import BadRequest, CapacityError, Forbidden, SandboxError
 from ws_sandbox.jupyter import auth
 from ws_sandbox.jupyter import messages as jm
@@ -82,6 +82,7 @@ def guarded(handler: Handler) -> Handler:
                 request, method=request.method, websocket=False)
             return await handler(request)
         except SandboxError as exc:
+            note_refusal(request.app, exc, _address(request))
             return error_response(exc)
     endpoint.__doc__ = handler.__doc__
     endpoint.__name__ = handler.__name__
@@ -255,6 +256,7 @@ async def channels(websocket: WebSocket) -> None:
             raise CapacityError(f"kernel {kernel.id} has {kernel.connections} connections,"
                                 f" the most it takes", retry_after=5)
     except SandboxError as exc:
+        note_refusal(websocket.app, exc, _address(websocket))
         if DENIAL_RESPONSE in websocket.scope.get("extensions", {}):
             await websocket.send_denial_response(error_response(exc))  # 401, 403, 404
         else:  # closing before accepting makes the server refuse the upgrade (HTTP 403)
