@@ -169,7 +169,8 @@ class Settings:
         "env": "ALLOW_UNAUTHENTICATED", "doc": "Allow a non-loopback bind without API keys"
         " (only behind something that authenticates)"})
     log_level: str = field(default="info", metadata={"env": "LOG_LEVEL",
-        "doc": "debug, info, warning or error"})
+        "doc": "debug, info, warning or error; debug logs every WebSocket message, code and"
+        " output included (keys and tokens are redacted)"})
     # --- languages -----------------------------------------------------------------------
     enable_python: bool = field(default=True, metadata={"env": "ENABLE_PYTHON",
         "doc": "Offer Python 3"})
