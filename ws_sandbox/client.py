@@ -39,7 +39,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.frames import DATA_OPCODES, Frame
-from websockets.protocol import Event
+from websockets.protocol import Event, State
 
 from ws_sandbox import frames as fr
 from ws_sandbox.exceptions import DECODE_ERRORS, PayloadTooLarge
@@ -506,13 +506,20 @@ class ClientSession:
         """Close the connection (the server removes the sandbox)."""
         if self.ended is None:
             self._end(SessionClosed("client_closed", "the client closed the session"))
-        if self._gave_up is not None:
-            await self._gave_up  # the close that gave up (its code says why) goes first
-        else:
-            await self._close_now()
+        try:
+            if self._gave_up is not None:
+                # The close that gave up (its code says why) goes first.
+                await asyncio.wait([self._gave_up])
+            else:
+                await self._close_now()
+        except asyncio.CancelledError:
+            self.ws.transport.abort()  # cancelled halfway: the connection still ends
+            raise
         self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        # asyncio.wait: the reader's end is not the caller's, and a cancellation of the
+        # caller (which `await self._reader` would hand to the reader, and suppress()
+        # swallow) still reaches the caller.
+        await asyncio.wait([self._reader])
 
     async def _close_now(self, code: int = 1000, reason: str = "") -> None:
         """Close, and cut the connection if the close does not complete promptly."""
@@ -523,9 +530,15 @@ class ClientSession:
             self.ws.transport.abort()
 
     async def wait_closed(self) -> fr.Closed | None:
-        """Wait until the session ends; return the server's ``closed`` frame, if it sent one."""
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        """Wait until the connection is closed; return the server's ``closed`` frame, if it
+        sent one.
+
+        A timeout or a cancellation around it only stops waiting (the caller gets its
+        ``TimeoutError`` or ``CancelledError``): the session goes on.
+        """
+        # asyncio.wait shields the reader, which reads for every caller of the session:
+        # cancelling the caller must not cancel it.
+        await asyncio.wait([self._reader])
         return self.closed
 
     async def __aenter__(self) -> ClientSession:
@@ -673,11 +686,20 @@ class ClientSession:
             route(error if timed_out else self._closed_error())
 
     async def _watch(self) -> None:
-        """Until the connection is gone; then every running cell ends."""
+        """Until the connection is gone; then every running cell ends.
+
+        Cancelled (by :meth:`close`, or by ``asyncio.run`` ending with the session still
+        open), it cuts a connection still open: nothing would watch it any more."""
         try:
             await self.ws.wait_closed()
+        except asyncio.CancelledError:
+            if self.ws.protocol.state is not State.CLOSED:
+                self.ws.transport.abort()
+            raise
         finally:
-            exc = self.ws.protocol.close_exc
+            # close_exc asserts the connection is CLOSED (it is not yet when cancelled).
+            exc = (self.ws.protocol.close_exc if self.ws.protocol.state is State.CLOSED
+                   else None)
             self._end(SessionClosed("connection_lost", str(exc) if exc else "connection lost",
                                     self.closed))
 

@@ -796,3 +796,65 @@ async def test_giving_up_while_a_stalled_consumer_paused_reading_still_closes_cl
 def test_max_events_must_be_a_positive_number(bad: int) -> None:
     with pytest.raises(ValueError, match="max_events"):
         connect("ws://127.0.0.1:1", max_events=bad)
+
+
+# --- what the SDK review found ---------------------------------------------------------------
+
+
+async def test_a_timeout_around_wait_closed_only_stops_waiting(server: Server) -> None:
+    """It cancelled the session's reader, which raised AssertionError (websockets'
+    ``close_exc`` read before the connection was closed); the session was then broken."""
+    async with session(server) as s:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await s.wait_closed()
+        waiting = asyncio.create_task(s.wait_closed())
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert s.ended is None
+        async with asyncio.timeout(BOUND):
+            assert (await s.execute("x")).status == "success"
+    assert s.ended is not None and s.ended.reason == "client_closed"
+
+
+async def test_close_lets_its_callers_cancellation_through(server: Server) -> None:
+    """close() swallowed a cancellation that reached its caller while it waited for the
+    reader (here it comes right after the closing handshake)."""
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url)
+    closing = s._close_now
+
+    async def close_then_be_cancelled(code: int = 1000, reason: str = "") -> None:
+        await closing(code, reason)
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+
+    s._close_now = close_then_be_cancelled  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(BOUND):
+            await s.close()
+    async with asyncio.timeout(BOUND):
+        assert await s.wait_closed() is None
+    assert s.ws.close_code == 1000
+
+
+async def test_a_session_never_closed_ends_quietly_with_the_program(server: Server) -> None:
+    """``asyncio.run`` cancels the reader of a session still open as it ends: it printed
+    an AssertionError ("connection isn't closed yet")."""
+    program = ("import asyncio, sys\n"
+               "from ws_sandbox.client import connect\n"
+               "async def main():\n"
+               "    s = await connect(sys.argv[1])\n"
+               "    print((await s.execute('x')).stdout, end='')\n"
+               "asyncio.run(main())\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", program, server.url, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert process.returncode == 0
+    assert out.decode() == "out x\nmore\n"
+    assert err.decode() == ""
