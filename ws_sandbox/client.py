@@ -522,12 +522,7 @@ class ClientSession:
         await asyncio.wait([self._reader])
 
     async def _close_now(self, code: int = 1000, reason: str = "") -> None:
-        """Close, and cut the connection if the close does not complete promptly."""
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self.ws.close(code, reason)
-        except TimeoutError:
-            self.ws.transport.abort()
+        await _close_now(self.ws, code, reason)
 
     async def wait_closed(self) -> fr.Closed | None:
         """Wait until the connection is closed; return the server's ``closed`` frame, if it
@@ -708,6 +703,16 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a close the client starts may take before the connection is cut."""
 
 
+async def _close_now(ws: ClientConnection, code: int = 1000, reason: str = "") -> None:
+    """Close, and cut the connection if the close does not complete promptly (websockets'
+    own bound, ``close_timeout``, is 10 s)."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await ws.close(code, reason)
+    except TimeoutError:
+        ws.transport.abort()
+
+
 def _check_max_events(value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"max_events must be a positive whole number, got {value!r}")
@@ -835,7 +840,10 @@ async def _open(url: str, *, language: str, resume: str | None, api_key: str | N
         if not isinstance(first, fr.Ready):
             raise SessionClosed("protocol_error", f"the server's first frame is not ready: "
                                 f"{first!r}")
+    except asyncio.CancelledError:
+        ws.transport.abort()  # the caller stopped waiting: a close handshake would overrun
+        raise
     except BaseException:
-        await ws.close()
+        await _close_now(ws)
         raise
     return ClientSession(ws, first, result_grace=result_grace, max_events=max_events)

@@ -21,7 +21,9 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.utils import accept_key
 
+from ws_sandbox import client
 from ws_sandbox import frames as fr
 from ws_sandbox.client import (
     CellIdInUse,
@@ -858,3 +860,54 @@ async def test_a_session_never_closed_ends_quietly_with_the_program(server: Serv
     assert process.returncode == 0
     assert out.decode() == "out x\nmore\n"
     assert err.decode() == ""
+
+
+@contextlib.asynccontextmanager
+async def deaf_server() -> AsyncIterator[str]:
+    """A server that accepts the upgrade and then says and answers nothing, not even a close."""
+
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                     + accept_key(key.decode()).encode() + b"\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):  # until the client cuts the connection
+                pass
+            writer.close()
+            await writer.wait_closed()
+
+    listening = await asyncio.start_server(handler, "127.0.0.1", 0)
+    async with listening:
+        yield f"ws://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+        async with asyncio.timeout(BOUND):
+            await asyncio.gather(*handlers)
+
+
+async def test_a_timeout_around_connect_is_kept_when_no_ready_comes() -> None:
+    """Cancelled while waiting for ``ready``, connect closed the connection politely with
+    websockets' 10 s close timeout: asyncio.timeout(0.5) raised after 10.5 s."""
+    loop = asyncio.get_running_loop()
+    async with deaf_server() as url:
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await connect(url)
+        assert loop.time() - start < 4.0
+
+
+async def test_no_ready_within_open_timeout_closes_within_the_clients_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "CLOSE_TIMEOUT", 0.5)
+    loop = asyncio.get_running_loop()
+    async with deaf_server() as url:
+        start = loop.time()
+        with pytest.raises(ConnectFailed, match="no ready frame"):
+            async with asyncio.timeout(BOUND + 5):
+                await connect(url, open_timeout=0.5)
+        assert loop.time() - start < 5.0  # websockets' own close timeout is 10 s
