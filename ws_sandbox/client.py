@@ -27,11 +27,13 @@ import contextlib
 import functools
 import itertools
 import math
+import operator
 import secrets
+import types
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlencode
 
 import msgspec
@@ -120,11 +122,13 @@ class SessionClosed(ClientError):
     """The session ended before the cell (or the call) did.
 
     Attributes:
-        reason: the server's close reason (``protocol/spec.md``) when it sent a ``closed``
-            frame; else one of the client's own: ``client_closed`` (this client closed),
+        reason: the server's close reason (``protocol/spec.md``; a later version's may be
+            a word this client does not know) when it sent a ``closed`` frame; else one of
+            the client's own: ``client_closed`` (this client closed),
             ``connection_lost`` (the connection dropped; the message has the close code),
             ``protocol_error`` (the server sent something that is not a frame of the
-            protocol) or ``result_timeout`` (see :class:`ResultTimeout`).
+            protocol, even read as :func:`decode_server_frame` reads it) or
+            ``result_timeout`` (see :class:`ResultTimeout`).
         message: what happened, in words.
         closed: the server's ``closed`` frame, if it sent one.
     """
@@ -185,8 +189,83 @@ class CellResult:
 
     @property
     def status(self) -> str:
-        """The cell's status word."""
+        """The cell's status word (from a later version of the service, perhaps one this
+        client does not know: then it is neither ``success`` nor a failure it knows)."""
         return self.result.status
+
+
+class UnknownFrame(msgspec.Struct, frozen=True):
+    """A server frame of a ``type`` this client does not know: a later version of the
+    protocol may add frames (``protocol/spec.md``). It goes to :attr:`ClientSession.events`
+    whole, even when it names a cell of this client; the cell goes on."""
+
+    type: str
+    data: dict[str, Any]
+    """The whole frame, as JSON decodes it."""
+
+
+def _open_words(annotation: Any) -> Any:
+    """``annotation`` with each closed set of words (a ``Literal``) opened to any ``str``."""
+    if get_origin(annotation) is Literal:
+        return str
+    if isinstance(annotation, types.UnionType):
+        return functools.reduce(operator.or_, map(_open_words, get_args(annotation)))
+    return annotation
+
+
+def _opened(cls: type[fr.Frame]) -> msgspec.json.Decoder[Any]:
+    """A decoder of frame ``cls`` that keeps a word it does not know (a ``status``, a
+    ``reason``...) as it is; every other check stays."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for info in msgspec.structs.fields(cls):
+        if info.default is not msgspec.NODEFAULT:
+            fields.append((info.name, _open_words(info.type), info.default))
+        elif info.default_factory is not msgspec.NODEFAULT:
+            fields.append((info.name, _open_words(info.type),
+                           msgspec.field(default_factory=info.default_factory)))
+        else:
+            fields.append((info.name, _open_words(info.type)))
+    config = cls.__struct_config__
+    return msgspec.json.Decoder(msgspec.defstruct(
+        f"Open{cls.__name__}", fields, kw_only=True, tag_field=config.tag_field,
+        tag=config.tag))
+
+
+_OPENED = {cls.__struct_config__.tag: (cls, _opened(cls)) for cls in get_args(fr.ServerFrame)}
+
+
+class _Type(msgspec.Struct):
+    type: str
+
+
+_type_decoder = msgspec.json.Decoder(_Type)
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_server_frame(data: bytes) -> fr.ServerFrame | UnknownFrame:
+    """A server frame, read as a client of protocol v1 must read it for later versions.
+
+    Fields it does not know are ignored; a word it does not know in a field that names one
+    of a few (a ``result``'s ``status``, a ``stream``'s ``name``, a ``display``'s ``kind``,
+    a ``restarted`` or ``closed`` frame's ``reason``) is kept as the string it is; a frame
+    of a ``type`` it does not know is an :class:`UnknownFrame`. Everything else must be as
+    the protocol says.
+
+    Raises:
+        msgspec.DecodeError, RecursionError, UnicodeDecodeError (see
+        :data:`ws_sandbox.exceptions.DECODE_ERRORS`): not a frame, even so.
+    """
+    try:
+        return fr.decode_server(data)  # what this version knows: the common, fast path
+    except msgspec.ValidationError:
+        pass
+    kind = _type_decoder.decode(data).type
+    known = _OPENED.get(kind)
+    if known is None:
+        return UnknownFrame(kind, _object_decoder.decode(data))
+    cls, decoder = known
+    frame: fr.ServerFrame = cls(**msgspec.structs.asdict(decoder.decode(data)))
+    return frame
 
 
 Route = Callable[[fr.ServerFrame | SessionClosed], None]
@@ -223,7 +302,11 @@ class _Collector:
                 if self.allowance < 0:
                     self.over()
                     return
-                (self.stdout if frame.name == "stdout" else self.stderr).append(frame.text)
+                if frame.name == "stdout":
+                    self.stdout.append(frame.text)
+                elif frame.name == "stderr":
+                    self.stderr.append(frame.text)
+                # (a stream this client does not know only goes to on_output)
                 if self.on_output is not None:
                     try:
                         self.on_output(frame)
@@ -318,8 +401,10 @@ class ClientSession:
     cell fails with :class:`ResultTimeout` and the others with :class:`SessionClosed`.
 
     Frames without a cell id (``restarted``, ``closed``, an ``error`` without ``id``), frames
-    of a cell whose caller stopped waiting, and frames of cells this session did not send
-    (after a resume, those of the cells the earlier connection sent) go to :attr:`events`,
+    of a cell whose caller stopped waiting, frames of cells this session did not send
+    (after a resume, those of the cells the earlier connection sent) and frames of a type
+    this client does not know (:class:`UnknownFrame`, :func:`decode_server_frame`) go to
+    :attr:`events`,
     which keeps the latest ``max_events``: older ones are dropped and counted in
     :attr:`events_dropped`, so a server that floods them cannot fill the client's memory.
     """
@@ -343,7 +428,8 @@ class ClientSession:
         self._ids = itertools.count(1)
         self._deadline: asyncio.TimerHandle | None = None
         self._paused: set[int] = set()  # the stream queues that paused reading
-        self.events: asyncio.Queue[fr.ServerFrame] = asyncio.Queue(maxsize=max_events)
+        self.events: asyncio.Queue[fr.ServerFrame | UnknownFrame] = asyncio.Queue(
+            maxsize=max_events)
         self.events_dropped = 0
         self.closed: fr.Closed | None = None
         """The server's ``closed`` frame, if it sent one."""
@@ -548,12 +634,15 @@ class ClientSession:
         if self._gave_up is not None:
             return  # the client gave up on the session: nothing after that counts
         try:
-            frame = fr.decode_server(data)  # bytes: msgspec checks the UTF-8 as it parses
+            frame = decode_server_frame(data)  # bytes: msgspec checks the UTF-8 as it parses
         # Not a frame of this protocol: give up (nothing may escape into data_received).
         except DECODE_ERRORS as exc:
             self._give_up(SessionClosed("protocol_error",
                                         f"the server sent an invalid frame: {exc}"),
                           1002, "invalid frame")
+            return
+        if isinstance(frame, UnknownFrame):
+            self._event(frame)
             return
         if isinstance(frame, fr.Closed):
             self.closed = frame
@@ -576,7 +665,7 @@ class ClientSession:
         if isinstance(frame, (fr.Result, fr.Error)):
             self._finish(cell)
 
-    def _event(self, frame: fr.ServerFrame) -> None:
+    def _event(self, frame: fr.ServerFrame | UnknownFrame) -> None:
         if self.events.full():
             self.events.get_nowait()
             self.events_dropped += 1
@@ -826,7 +915,7 @@ async def _open(url: str, *, language: str, resume: str | None, api_key: str | N
             raise SessionClosed("connection_lost", f"the connection closed before the ready "
                                 f"frame: {ws.protocol.close_exc or 'no close frame'}")
         try:
-            first = fr.decode_server(ws.pending.pop(0))
+            first = decode_server_frame(ws.pending.pop(0))
         except DECODE_ERRORS as exc:
             raise SessionClosed("protocol_error", f"the server's first frame is invalid: "
                                 f"{exc}") from exc

@@ -28,7 +28,7 @@ from tests.integration.conftest import Service, ServiceFactory, container_exists
 from tests.security.conftest import BATTERY_ENV, RUNSC
 from ws_sandbox import frames as fr
 from ws_sandbox.backend import SANDBOX_UIDS
-from ws_sandbox.client import CellResult, ClientSession, SessionClosed, connect
+from ws_sandbox.client import CellResult, ClientSession, SessionClosed, UnknownFrame, connect
 from ws_sandbox.frames import ws_message_limit
 from ws_sandbox.settings import SHIPPED_SECCOMP_PROFILE, Settings, load_seccomp_profile
 
@@ -311,7 +311,8 @@ async def test_endless_output_after_its_cell_ended_costs_the_session_nothing(
         assert all(not isinstance(e, fr.Restarted) for e in drain(s.events)), "replaced"
 
 
-def drain(events: asyncio.Queue[fr.ServerFrame]) -> list[fr.ServerFrame]:
+def drain(events: asyncio.Queue[fr.ServerFrame | UnknownFrame]
+          ) -> list[fr.ServerFrame | UnknownFrame]:
     """Everything queued now."""
     out = []
     while not events.empty():

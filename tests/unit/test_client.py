@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -32,7 +33,9 @@ from ws_sandbox.client import (
     ResultTimeout,
     SessionClosed,
     SessionRefused,
+    UnknownFrame,
     connect,
+    decode_server_frame,
 )
 from ws_sandbox.frames import output_allowance
 
@@ -240,7 +243,7 @@ async def test_an_invalid_frame_ends_the_session_with_a_reason(server: Server) -
     """A frame that is not of the protocol ends the session: the running cell fails with
     the reason, and later cells are refused at once although the socket was still open."""
     server.script = lambda request: [fr.Stream(id=request.id, name="stdout", text="a"),
-                                     '{"type": "no such frame"}']
+                                     '{"type": "stream", "name": "stdout", "text": 5}']
     async with session(server) as s:
         with pytest.raises(SessionClosed, match="session closed: protocol_error: the server "
                                                 "sent an invalid frame") as ended:
@@ -911,3 +914,63 @@ async def test_no_ready_within_open_timeout_closes_within_the_clients_bound(
             async with asyncio.timeout(BOUND + 5):
                 await connect(url, open_timeout=0.5)
         assert loop.time() - start < 5.0  # websockets' own close timeout is 10 s
+
+
+def later_version(request: fr.Execute) -> list[Item]:
+    """A cell as a later version of the service might answer it: a frame type and words
+    protocol v1 does not know, and fields it does not know."""
+    cell = request.id
+    return [
+        f'{{"type": "progress", "id": "{cell}", "percent": 50}}',
+        f'{{"type": "stream", "id": "{cell}", "name": "stdout", "text": "out\\n", "seq": 1}}',
+        f'{{"type": "stream", "id": "{cell}", "name": "stdlog", "text": "log\\n"}}',
+        f'{{"type": "display", "id": "{cell}", "kind": "widget", "data": {{"text/plain": "w"}}}}',
+        '{"type": "restarted", "reason": "kernel_swapped", "message": "m"}',
+        f'{{"type": "result", "id": "{cell}", "status": "paused", "exit_code": null, '
+        '"execution_time_ms": 1.0, "memory_used_mb": null, "error": null, "resumable": true}']
+
+
+async def test_frames_and_words_of_a_later_version_do_not_end_the_session(
+        server: Server) -> None:
+    """protocol/spec.md: later versions add fields and frames. A frame type or a status,
+    stream name, display kind or reason the client did not know ended the session as a
+    protocol error (1002)."""
+    server.script = later_version
+    seen: list[str] = []
+    async with session(server) as s, asyncio.timeout(BOUND):
+        r = await s.execute("x", on_output=lambda frame: seen.append(frame.name))
+        assert (r.status, r.stdout, r.stderr) == ("paused", "out\n", "")
+        assert seen == ["stdout", "stdlog"]
+        assert [(d.kind, d.data) for d in r.displays] == [("widget", {"text/plain": "w"})]
+        progress = await s.events.get()
+        assert isinstance(progress, UnknownFrame) and progress.type == "progress"
+        assert progress.data == {"type": "progress", "id": r.result.id, "percent": 50}
+        restarted = await s.events.get()
+        assert isinstance(restarted, fr.Restarted) and restarted.reason == "kernel_swapped"
+        streamed = await frames_of(s.stream("y"))
+        assert [type(f).__name__ for f in streamed] == ["Stream", "Stream", "Display",
+                                                        "Result"]
+        assert isinstance(streamed[-1], fr.Result) and streamed[-1].status == "paused"
+        assert s.ended is None
+        server.script = lambda request: ['{"type": "closed", "reason": "maintenance"}']
+        with pytest.raises(SessionClosed, match="session closed: maintenance") as ended:
+            await s.execute("z")
+        assert ended.value.reason == "maintenance"
+        assert ended.value.closed == fr.Closed(reason="maintenance")
+
+
+async def test_a_first_frame_of_a_type_the_client_does_not_know_is_not_ready(
+        server: Server) -> None:
+    server.opening = ['{"type": "hello", "version": 2}']
+    with pytest.raises(SessionClosed, match="protocol_error: the server's first frame is not"):
+        async with asyncio.timeout(BOUND):
+            await connect(server.url)
+
+
+@pytest.mark.parametrize("data", [
+    '{"type": "result", "id": "c1", "status": 5}',  # a word must still be a string
+    '{"type": "stream", "id": "c1", "name": "stdout"}',  # missing text
+    '{"kind": "stream"}', '[1]', 'null'])
+def test_what_is_not_a_frame_even_so_is_still_refused(data: str) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        decode_server_frame(data.encode())
