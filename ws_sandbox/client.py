@@ -517,7 +517,15 @@ class ClientSession:
 
         A consumer that stops taking frames holds the whole session up: past a few hundred
         waiting frames the client stops reading the connection (the server then stops the
-        sandbox), and the cell's result bound (``result_grace``) still runs.
+        sandbox), and the cell's result bound (``result_grace``) still runs. A loop that
+        may leave early (``break``, an exception) should close the generator, so that the
+        session reads on at once rather than when the generator is collected:
+
+        .. code-block:: python
+
+            async with contextlib.aclosing(session.stream(code)) as frames:
+                async for frame in frames:
+                    ...
 
         Raises:
             SessionClosed: the session ended before the cell did (:class:`ResultTimeout`
