@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, get_args, get_origin
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import msgspec
 import websockets
@@ -842,7 +842,10 @@ class connect:
     (which closes the session at the end).
 
     Args:
-        url: the service's base URL, ``ws://host:port`` (a path is ignored).
+        url: the service's base URL, ``ws://host:port`` (``wss://`` for TLS). A path is
+            kept as a prefix (a reverse proxy's: ``ws://host/sandbox`` connects to
+            ``/sandbox/api/v1/sessions/ws``), up to an ``/api/`` in it (so the session
+            endpoint's own URL works too); a query and a fragment are dropped.
         language: language of the session.
         resume: a token from an earlier ``ready`` frame, to resume that session.
         api_key: sent as ``Authorization: Bearer``.
@@ -858,9 +861,9 @@ class connect:
             (HTTP 401, 403, ...: ``http_status``, and the code and message of its JSON body).
         SessionClosed: the connection closed before ``ready`` (``connection_lost``), or the
             first frame was not ``ready`` or ``error`` (``protocol_error``).
-        ConnectFailed: the URL is invalid, the service could not be reached (the
-            ``OSError`` is its cause), the handshake failed, or no ``ready`` within
-            ``open_timeout``.
+        ConnectFailed: the URL is invalid (not ``ws://`` or ``wss://``, a bad port), the
+            service could not be reached (the ``OSError`` is its cause), the handshake
+            failed, or no ``ready`` within ``open_timeout``.
     """
 
     def __init__(self, url: str, *, language: str = "python", resume: str | None = None,
@@ -888,16 +891,31 @@ class connect:
         await self._session.close()
 
 
+def _endpoint(url: str, query: str) -> str:
+    """The session endpoint of the service at ``url``, with ``query``: its scheme and host
+    kept, its path kept as a prefix (a reverse proxy's) up to an ``/api/`` in it, its query
+    and fragment dropped.
+
+    Raises:
+        ConnectFailed: ``url`` cannot be parsed (a port out of range, a broken IPv6 address).
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed on access: a port out of range raises ValueError
+    except ValueError as exc:
+        raise ConnectFailed(f"invalid URL {url!r}: {exc}") from exc
+    prefix = (parts.path + "/").split("/api/")[0].rstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, f"{prefix}/api/v1/sessions/ws", query, ""))
+
+
 async def _open(url: str, *, language: str, resume: str | None, api_key: str | None,
                 open_timeout: float | None, max_size: int | None,
                 result_grace: float | None, max_events: int) -> ClientSession:
-    base = url.rstrip("/")
-    if "/api/" in base:
-        base = base.split("/api/")[0]
     query = {"resume": resume} if resume else {"language": language}
+    endpoint = _endpoint(url, urlencode(query))
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     try:
-        ws = await websockets.connect(f"{base}/api/v1/sessions/ws?{urlencode(query)}",
+        ws = await websockets.connect(endpoint,
                                       additional_headers=headers, max_size=max_size,
                                       open_timeout=open_timeout,
                                       create_connection=_Connection)

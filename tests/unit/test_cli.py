@@ -97,6 +97,10 @@ async def test_a_bad_url_is_one_line() -> None:
     assert_one_clear_line(await run_cli("--url", "http://nowhere", "x"), "invalid URL")
 
 
+async def test_a_url_with_a_port_out_of_range_is_one_line() -> None:
+    assert_one_clear_line(await run_cli("--url", "ws://127.0.0.1:99999", "x"), "invalid URL")
+
+
 async def test_a_service_that_cannot_be_reached_is_one_line() -> None:
     with socket.socket() as sock:  # a port that nothing listens on
         sock.bind(("127.0.0.1", 0))

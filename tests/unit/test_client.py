@@ -85,6 +85,8 @@ class Server:
     """The close code of each connection that ended, as the server saw it."""
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a connection ends (``closes`` has its code)."""
+    paths: list[str] = field(default_factory=list)
+    """The path (and query) each upgrade asked for."""
 
 
 async def send_item(ws: ServerConnection, item: Item) -> None:
@@ -125,6 +127,7 @@ async def scripted_server() -> AsyncIterator[Server]:
                 await send_item(ws, item)
 
     def process_request(ws: ServerConnection, request: Request) -> Response | None:
+        server.paths.append(request.path)
         if server.reject is None:
             return None
         status, body = server.reject
@@ -974,3 +977,30 @@ async def test_a_first_frame_of_a_type_the_client_does_not_know_is_not_ready(
 def test_what_is_not_a_frame_even_so_is_still_refused(data: str) -> None:
     with pytest.raises(msgspec.ValidationError):
         decode_server_frame(data.encode())
+
+
+@pytest.mark.parametrize(("suffix", "path"), [
+    ("", "/api/v1/sessions/ws?language=python"),
+    ("/", "/api/v1/sessions/ws?language=python"),
+    ("?x=1", "/api/v1/sessions/ws?language=python"),
+    ("/#top", "/api/v1/sessions/ws?language=python"),
+    ("/sandbox", "/sandbox/api/v1/sessions/ws?language=python"),
+    ("/sandbox/?x=1", "/sandbox/api/v1/sessions/ws?language=python"),
+    ("/sandbox/api/v1/sessions/ws?language=rust", "/sandbox/api/v1/sessions/ws?language=python"),
+])
+async def test_a_urls_path_is_a_prefix_and_its_query_is_dropped(
+        server: Server, suffix: str, path: str) -> None:
+    """A query went into the path (``ws://host?x=1/api/v1/...``): the service refused the
+    upgrade with a misleading HTTP 403."""
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url + suffix)
+        await s.close()
+    assert server.paths == [path]
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:99999", "ws://127.0.0.1:8x", "ws://[::1"])
+async def test_a_url_that_cannot_be_parsed_is_a_connect_failure(url: str) -> None:
+    """A port out of range escaped as a bare ValueError."""
+    with pytest.raises(ConnectFailed, match="invalid URL"):
+        async with asyncio.timeout(BOUND):
+            await connect(url)
