@@ -47,7 +47,11 @@ def _exec(args: argparse.Namespace) -> int:
 
     from ws_sandbox.client import ClientError, SessionRefused, connect
 
-    code = sys.stdin.read() if args.code == "-" else args.code
+    try:
+        code = sys.stdin.buffer.read().decode() if args.code == "-" else args.code
+    except UnicodeDecodeError as exc:
+        print(f"ws-sandbox: the code on standard input is not UTF-8: {exc}", file=sys.stderr)
+        return 2
 
     def show(frame: object) -> None:
         from ws_sandbox import frames as fr

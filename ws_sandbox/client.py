@@ -493,7 +493,13 @@ class ClientSession:
         if not 1 <= len(cell_id) <= fr.MAX_CELL_ID:
             raise ValueError(f"a cell id has 1 to {fr.MAX_CELL_ID} characters, not"
                              f" {len(cell_id)}")
-        data = fr.encode(fr.Execute(id=cell_id, code=code, timeout=timeout))
+        try:
+            data = fr.encode(fr.Execute(id=cell_id, code=code, timeout=timeout))
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8, so no frame
+            what = "cell id" if _is_utf8(code) else "code"
+            raise SessionRefused(fr.Error(
+                code="bad_request", message=f"invalid frame: the {what} cannot be encoded as"
+                f" UTF-8 (character {exc.start}: {exc.reason})", id=cell_id), None) from None
         limits = self.ready.limits
         try:  # refused as the server would, in its words, before sending it
             check_code_size(code, limits.max_code_bytes)
@@ -530,6 +536,7 @@ class ClientSession:
         Raises:
             SessionClosed: the session ended before the cell did (:class:`ResultTimeout`
                 when its result did not come in time).
+            SessionRefused: as for :meth:`execute`.
             CellIdInUse: ``cell_id`` is the id of an unfinished cell of this client.
             ValueError: ``timeout`` is not a positive number of seconds.
         """
@@ -571,7 +578,10 @@ class ClientSession:
         this one; call :meth:`interrupt` (it stops whichever cell runs) or close the session.
 
         Raises:
-            SessionRefused: the server refused the cell (``error`` frame).
+            SessionRefused: the server refused the cell (``error`` frame), or the client
+                did as the server would, before sending it: code over ``max_code_bytes``
+                (``payload_too_large``), or code that is not Unicode text UTF-8 can encode,
+                with a lone surrogate (``bad_request``).
             SessionClosed: the session ended before the cell did (:class:`ResultTimeout`
                 when its result did not come in time; ``protocol_error`` when the server
                 sent more output for it than :func:`~ws_sandbox.frames.output_allowance`
@@ -808,6 +818,14 @@ async def _close_now(ws: ClientConnection, code: int = 1000, reason: str = "") -
             await ws.close(code, reason)
     except TimeoutError:
         ws.transport.abort()
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_max_events(value: int) -> None:

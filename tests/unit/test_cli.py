@@ -24,12 +24,12 @@ class Done:
     stderr: str
 
 
-async def run_cli(*args: str) -> Done:
+async def run_cli(*args: str, stdin: bytes = b"") -> Done:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ws_sandbox", "exec", *args,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     async with asyncio.timeout(60):
-        out, err = await process.communicate()
+        out, err = await process.communicate(stdin)
     assert process.returncode is not None
     return Done(process.returncode, out.decode(), err.decode())
 
@@ -127,3 +127,13 @@ async def test_a_result_that_never_comes_is_one_line_after_the_grace(server: Ser
                          "x")
     assert_one_clear_line(done, "result_timeout")
     assert asyncio.get_running_loop().time() - start < 30  # the default grace alone is 60 s
+
+
+async def test_code_that_is_not_utf8_is_one_line(server: Server) -> None:
+    """Bytes that are not UTF-8, in an argument (a lone surrogate to Python) or on standard
+    input: a traceback (UnicodeEncodeError, UnicodeDecodeError) and exit status 1."""
+    assert_one_clear_line(await run_cli("--url", server.url, "print(1)#\udcff"),
+                          "refused: bad_request: invalid frame: the code cannot be encoded")
+    assert_one_clear_line(await run_cli("--url", server.url, "-", stdin=b"print(1)#\xff"),
+                          "the code on standard input is not UTF-8")
+    assert server.received == []

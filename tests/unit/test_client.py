@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import secrets
 import socket
 import sys
@@ -712,12 +713,16 @@ async def test_a_timeout_that_is_not_a_positive_number_is_refused(server: Server
 
 async def test_a_cell_that_cannot_be_sent_is_not_left_waiting(server: Server) -> None:
     """Code that does not encode (a lone surrogate) raised, but its cell stayed first in
-    line, and its bound later ended a healthy session."""
+    line, and its bound later ended a healthy session. It is refused as the server refuses
+    a frame that is not UTF-8 (it raised UnicodeEncodeError, which is no ClientError)."""
     async with asyncio.timeout(BOUND):
         s = await connect(server.url, result_grace=0.3)
     async with s, asyncio.timeout(BOUND):
-        with pytest.raises(UnicodeEncodeError):
+        words = "bad_request: invalid frame: the code cannot be encoded as UTF-8 (character 7"
+        with pytest.raises(SessionRefused, match=re.escape(words)):
             await s.execute("print('\ud800')", timeout=0.2)
+        with pytest.raises(SessionRefused, match="the cell id cannot be encoded"):
+            await frames_of(s.stream("1", cell_id="\udcff"))
         assert (await s.execute("ok")).status == "success"
         await asyncio.sleep(0.7)  # past the bound the unsent cell would have had
         assert (await s.execute("ok2")).status == "success"
