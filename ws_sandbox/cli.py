@@ -85,11 +85,29 @@ def _exec(args: argparse.Namespace) -> int:
         return 2
 
 
+EXIT_STATUSES = """\
+exit status:
+  0        the cell succeeded
+  124      the cell timed out (as coreutils' timeout)
+  130      the cell was interrupted, or ws-sandbox was (Ctrl-C)
+  1-255    the cell failed otherwise (error, killed): its exit code clamped into 1..255,
+           1 when it had none, or 0, or a negative one
+  2        no result: bad arguments or code, a bad URL, the service unreachable or
+           refusing, the session closed, or the result late past --result-grace
+"""
+
+
 def exit_status(status: str, exit_code: int | None) -> int:
-    """The exit status of ``ws-sandbox exec`` for a cell: 0 when it succeeded; otherwise its
-    exit code clamped into 1..255 (1 stands for 0, a negative one, or none)."""
-    if status == "success":
-        return 0
+    """The exit status of ``ws-sandbox exec`` for a cell (:data:`EXIT_STATUSES`): 0 when it
+    succeeded, 124 when it timed out, 130 when it was interrupted; otherwise its exit code
+    clamped into 1..255 (1 stands for 0, a negative one, or none)."""
+    match status:
+        case "success":
+            return 0
+        case "timeout":
+            return 124
+        case "interrupted":
+            return 130
     return min(max(exit_code or 1, 1), 255)
 
 
@@ -121,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (SANDBOX_PORT)")
     serve.set_defaults(func=_serve)
 
-    run = sub.add_parser("exec", help="run one cell on a running service, streaming output")
+    run = sub.add_parser("exec", help="run one cell on a running service, streaming output",
+                         epilog=EXIT_STATUSES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("code", help="the code, or - to read it from standard input")
     run.add_argument("-l", "--language", default="python",
                      help="python, javascript, shell or rust (default: python)")

@@ -50,7 +50,10 @@ def assert_one_clear_line(done: Done, expected: str) -> None:
 @pytest.mark.parametrize(("status", "code", "expected"), [
     ("success", 0, 0), ("success", None, 0), ("success", 3, 0),
     ("error", 0, 1), ("error", None, 1), ("error", 256, 255), ("killed", -9, 1),
-    ("timeout", 4, 4), ("error", 1000, 255)])
+    ("killed", 137, 137), ("killed", None, 1), ("error", 1000, 255),
+    # A timed-out cell exited 130 (its interrupt's code), like a Ctrl-C of ws-sandbox.
+    ("timeout", 130, 124), ("timeout", None, 124), ("timeout", 4, 124),
+    ("interrupted", 137, 130), ("interrupted", None, 130), ("paused", 5, 5)])
 def test_exit_status_is_non_zero_for_every_failed_cell(status: str, code: int | None,
                                                        expected: int) -> None:
     assert exit_status(status, code) == expected
@@ -137,3 +140,10 @@ async def test_code_that_is_not_utf8_is_one_line(server: Server) -> None:
     assert_one_clear_line(await run_cli("--url", server.url, "-", stdin=b"print(1)#\xff"),
                           "the code on standard input is not UTF-8")
     assert server.received == []
+
+
+def test_exec_help_lists_the_exit_statuses() -> None:
+    done = subprocess.run([sys.executable, "-m", "ws_sandbox", "exec", "--help"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert "124      the cell timed out" in done.stdout
+    assert "130      the cell was interrupted" in done.stdout
