@@ -63,7 +63,7 @@ def _exec(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         session = await connect(args.url, language=args.language, api_key=args.api_key,
-                                result_grace=args.result_grace)
+                                open_timeout=args.open_timeout, result_grace=args.result_grace)
         async with session:
             cell = await session.execute(code, timeout=args.timeout, on_output=show)
         for display in cell.displays:
@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--result-grace", type=_seconds, default=60.0, metavar="SECONDS",
                      help="how long the result may be late after the cell's timeout before"
                      " giving up (default: 60, as the client library)")
+    run.add_argument("--open-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                     help="how long to wait for the service to answer, and again for the"
+                     " session to open (default: 60, as the client library)")
     run.set_defaults(func=_exec)
 
     build = sub.add_parser("build-image", help="build the sandbox runtime image")

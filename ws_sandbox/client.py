@@ -868,7 +868,8 @@ class connect:
         resume: a token from an earlier ``ready`` frame, to resume that session.
         api_key: sent as ``Authorization: Bearer``.
         open_timeout: seconds to wait for the handshake, then as long for the ``ready``
-            frame (after a refusal, as long again for the server to close).
+            frame (after a refusal, as long again for the server to close); positive and
+            finite, or None to wait for ever.
         max_size: largest frame accepted from the server.
         result_grace: seconds a cell's result may be late after its timeout before the
             client gives up on the session (:class:`ResultTimeout`); None waits for ever.
@@ -879,6 +880,8 @@ class connect:
             (HTTP 401, 403, ...: ``http_status``, and the code and message of its JSON body).
         SessionClosed: the connection closed before ``ready`` (``connection_lost``), or the
             first frame was not ``ready`` or ``error`` (``protocol_error``).
+        ValueError: ``open_timeout``, ``result_grace`` or ``max_events`` is not a positive
+            number (this one at once, not awaited).
         ConnectFailed: the URL is invalid (not ``ws://`` or ``wss://``, a bad port), the
             service could not be reached (the ``OSError`` is its cause), the handshake
             failed, or no ``ready`` within ``open_timeout``.
@@ -888,6 +891,7 @@ class connect:
                  api_key: str | None = None, open_timeout: float | None = 60.0,
                  max_size: int | None = 16 * 1024 * 1024, result_grace: float | None = RESULT_GRACE,
                  max_events: int = 1024) -> None:
+        _check_seconds("open_timeout", open_timeout)
         _check_seconds("result_grace", result_grace)
         _check_max_events(max_events)
         self._open = functools.partial(

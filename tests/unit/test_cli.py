@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.unit.test_client import Server, result, scripted_server
+from tests.unit.test_client import Server, deaf_server, result, scripted_server
 from ws_sandbox import frames as fr
 from ws_sandbox.cli import exit_status
 
@@ -112,10 +112,11 @@ async def test_a_service_that_cannot_be_reached_is_one_line() -> None:
                           f"cannot reach ws://127.0.0.1:{port}")
 
 
+@pytest.mark.parametrize("option", ["--timeout", "--result-grace", "--open-timeout"])
 @pytest.mark.parametrize("bad", ["nan", "inf", "0", "-1", "soon"])
-async def test_a_timeout_that_is_not_a_positive_number_is_refused(server: Server,
+async def test_a_timeout_that_is_not_a_positive_number_is_refused(server: Server, option: str,
                                                                   bad: str) -> None:
-    done = await run_cli("--url", server.url, "--timeout", bad, "x")
+    done = await run_cli("--url", server.url, option, bad, "x")
     assert done.returncode == 2, done
     assert "must be a positive number of seconds" in done.stderr
     assert server.received == []
@@ -147,3 +148,13 @@ def test_exec_help_lists_the_exit_statuses() -> None:
                           capture_output=True, text=True, timeout=60, check=True)
     assert "124      the cell timed out" in done.stdout
     assert "130      the cell was interrupted" in done.stdout
+
+
+async def test_open_timeout_bounds_the_wait_for_a_session() -> None:
+    """A service that never opens the session held exec for the library's 60 s."""
+    loop = asyncio.get_running_loop()
+    async with deaf_server() as url:
+        start = loop.time()
+        done = await run_cli("--url", url, "--open-timeout", "0.5", "x")
+        assert loop.time() - start < 30
+    assert_one_clear_line(done, "no ready frame from")

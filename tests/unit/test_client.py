@@ -805,6 +805,13 @@ async def test_giving_up_while_a_stalled_consumer_paused_reading_still_closes_cl
     assert server.closes == [1000]
 
 
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf, True, "5"])
+def test_an_open_timeout_that_is_not_a_positive_number_is_refused(bad: float) -> None:
+    """0 or -1 gave a confusing ConnectFailed ("no WebSocket handshake within 0 s")."""
+    with pytest.raises(ValueError, match="open_timeout must be a positive, finite number"):
+        connect("ws://127.0.0.1:1", open_timeout=bad)
+
+
 @pytest.mark.parametrize("bad", [0, -1, True])
 def test_max_events_must_be_a_positive_number(bad: int) -> None:
     with pytest.raises(ValueError, match="max_events"):
