@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -45,6 +46,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _exec(args: argparse.Namespace) -> int:
     import asyncio
 
+    from ws_sandbox import frames as fr
     from ws_sandbox.client import ClientError, SessionRefused, connect
 
     try:
@@ -53,23 +55,29 @@ def _exec(args: argparse.Namespace) -> int:
         print(f"ws-sandbox: the code on standard input is not UTF-8: {exc}", file=sys.stderr)
         return 2
 
-    def show(frame: object) -> None:
-        from ws_sandbox import frames as fr
-
-        assert isinstance(frame, fr.Stream)
-        stream = sys.stdout if frame.name == "stdout" else sys.stderr
-        stream.write(frame.text)
+    def show(frame: fr.Stream | fr.Display) -> None:
+        if isinstance(frame, fr.Display):
+            if "text/plain" not in frame.data:
+                return
+            stream, text = sys.stdout, frame.data["text/plain"] + "\n"
+        else:  # a stream of a later version's name goes with stderr
+            stream, text = (sys.stdout if frame.name == "stdout" else sys.stderr), frame.text
+        stream.write(text)
         stream.flush()
 
     async def run() -> int:
         session = await connect(args.url, language=args.language, api_key=args.api_key,
                                 open_timeout=args.open_timeout, result_grace=args.result_grace)
-        async with session:
-            cell = await session.execute(code, timeout=args.timeout, on_output=show)
-        for display in cell.displays:
-            if "text/plain" in display.data:
-                print(display.data["text/plain"])
-        result = cell.result
+        async with session, contextlib.aclosing(
+                session.stream(code, timeout=args.timeout)) as frames:
+            async for frame in frames:  # output and displays in the order they came
+                match frame:
+                    case fr.Stream() | fr.Display():
+                        show(frame)
+                    case fr.Result():
+                        result = frame
+                    case fr.Error():
+                        raise SessionRefused(frame, None)
         if result.status != "success":
             print(f"[{result.status}] {result.error or ''}".rstrip(), file=sys.stderr)
         return exit_status(result.status, result.exit_code)

@@ -30,7 +30,7 @@ import math
 import operator
 import secrets
 import types
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, get_args, get_origin
@@ -518,7 +518,7 @@ class ClientSession:
         return f"{self._prefix}-{next(self._ids)}"
 
     async def stream(self, code: str, *, timeout: float | None = None,
-                     cell_id: str | None = None) -> AsyncIterator[fr.ServerFrame]:
+                     cell_id: str | None = None) -> AsyncGenerator[fr.ServerFrame, None]:
         """Run a cell and yield its frames, ending with its ``result`` (or ``error``).
 
         A consumer that stops taking frames holds the whole session up: past a few hundred

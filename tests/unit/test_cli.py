@@ -158,3 +158,11 @@ async def test_open_timeout_bounds_the_wait_for_a_session() -> None:
         done = await run_cli("--url", url, "--open-timeout", "0.5", "x")
         assert loop.time() - start < 30
     assert_one_clear_line(done, "no ready frame from")
+
+
+async def test_displays_print_in_order_with_the_output(server: Server) -> None:
+    """exec printed a cell's displays after all its streamed output."""
+    done = await run_cli("--url", server.url, "x")  # out, err, display "d", more, result
+    assert done.returncode == 0, done
+    assert done.stdout == "out x\nd\nmore\n"
+    assert done.stderr == "err\n"
