@@ -310,7 +310,10 @@ class _Collector:
                 if self.on_output is not None:
                     try:
                         self.on_output(frame)
-                    except Exception as exc:  # the caller's callback: its error is theirs
+                    # The caller's callback: its error is theirs, raised where they wait.
+                    # Even SystemExit: out of the connection's data_received it would stop
+                    # the loop with websockets halfway through a read.
+                    except BaseException as exc:
                         self.done.set_exception(exc)
             case fr.Display():
                 self.allowance -= fr.display_chars(frame.data)
@@ -569,8 +572,8 @@ class ClientSession:
 
         ``on_output`` is called with each ``stream`` frame as it arrives, from the event
         loop's callback that reads the connection: it must return quickly and must not
-        block (nothing else is read meanwhile). An exception it raises fails this cell's
-        ``execute`` (the cell itself runs on).
+        block (nothing else is read meanwhile). An exception it raises (even ``SystemExit``)
+        is raised by this cell's ``execute`` (the cell itself runs on).
 
         Cancelling ``execute`` (or a timeout around it) only stops waiting: the cell keeps
         running, or stays queued, on the server, and its later frames go to :attr:`events`.

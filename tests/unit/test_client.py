@@ -1016,3 +1016,26 @@ async def test_a_url_that_cannot_be_parsed_is_a_connect_failure(url: str) -> Non
     with pytest.raises(ConnectFailed, match="invalid URL"):
         async with asyncio.timeout(BOUND):
             await connect(url)
+
+
+async def test_a_callback_that_exits_raises_where_its_caller_waits(server: Server) -> None:
+    """SystemExit from on_output escaped into the connection's data_received and stopped
+    the event loop from there, with the session half read."""
+    program = ("import asyncio, sys\n"
+               "from ws_sandbox.client import connect\n"
+               "async def main():\n"
+               "    s = await connect(sys.argv[1])\n"
+               "    try:\n"
+               "        await s.execute('x', on_output=lambda frame: sys.exit(3))\n"
+               "    except SystemExit as exc:\n"
+               "        print('raised by execute', exc.code)\n"
+               "    print((await s.execute('y')).stdout, end='')\n"
+               "    await s.close()\n"
+               "asyncio.run(main())\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", program, server.url, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert (process.returncode, out.decode(), err.decode()) == (
+        0, "raised by execute 3\nout y\nmore\n", "")
