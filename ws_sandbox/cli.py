@@ -68,6 +68,7 @@ def _exec(args: argparse.Namespace) -> int:
     async def run() -> int:
         session = await connect(args.url, language=args.language, api_key=args.api_key,
                                 open_timeout=args.open_timeout, result_grace=args.result_grace)
+        result: fr.Result | None = None
         async with session, contextlib.aclosing(
                 session.stream(code, timeout=args.timeout)) as frames:
             async for frame in frames:  # output and displays in the order they came
@@ -78,6 +79,9 @@ def _exec(args: argparse.Namespace) -> int:
                         result = frame
                     case fr.Error():
                         raise SessionRefused(frame, None)
+        if result is None:  # stream() ends with a result or raises: never, but not a crash
+            print("ws-sandbox: the cell's frames ended without a result", file=sys.stderr)
+            return 2
         if result.status != "success":
             print(f"[{result.status}] {result.error or ''}".rstrip(), file=sys.stderr)
         return exit_status(result.status, result.exit_code)
