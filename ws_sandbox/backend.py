@@ -455,6 +455,7 @@ class DockerBackend:
         self._connector: aiohttp.BaseConnector | None = None
         self._unremoved: set[str] = set()
         self._late_removals: set[asyncio.Task[None]] = set()
+        self._start_watches: set[asyncio.Task[None]] = set()  # young created orphans
         self._uids = itertools.count(secrets.randbelow(len(SANDBOX_UIDS)))
 
     def next_uid(self) -> int:
@@ -472,7 +473,10 @@ class DockerBackend:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await asyncio.gather(*self._late_removals, return_exceptions=True)
+        for watch in self._start_watches:
+            watch.cancel()  # what they would remove, the next start looks at again
+        await asyncio.gather(*self._late_removals, *self._start_watches,
+                             return_exceptions=True)
         if self._docker is not None:
             await self._docker.close()
         if self._connector is not None:
@@ -626,9 +630,11 @@ class DockerBackend:
         Only what no live service uses. The sandboxes of a service that died stop on their
         own (their agents see their stdin close), so a running one is waited for, up to
         ``STOP_TIMEOUT`` and :data:`ORPHAN_SETTLE` seconds more; one still running after
-        that, and one created but not yet started within ``SANDBOX_START_TIMEOUT``, belongs
-        to another service running with the same ``INSTANCE_NAME``: it is left alone, and
-        the log says so (its sessions would be killed otherwise).
+        that belongs to another service running with the same ``INSTANCE_NAME``: it is left
+        alone, and the log says so (its sessions would be killed otherwise). One created and
+        not yet started may be another service's, about to start it, or a dead one's, killed
+        between the two: it is looked at again, in the background, once it is older than
+        ``SANDBOX_START_TIMEOUT``, and removed if it has still not started.
         """
         others = [c for c in await self._list_instance(all_processes=True)
                   if (c["Labels"] or {}).get(LABEL_PROCESS) != self.process_id]
@@ -640,16 +646,42 @@ class DockerBackend:
         # once for a container that is not running, and another service may be about to
         # start it), nor one being removed or paused (it would not stop by itself).
         busy = [c["Id"] for c in others if c["State"] in ("running", "restarting")]
+        young = [c for c in others if c["State"] == "created" and c["Id"] not in stopped]
+        for c in young:
+            age = now - (c["Created"] or now)
+            self._watch_start(c["Id"], self.settings.sandbox_start_timeout - age + ORPHAN_SETTLE)
         settle = self.settings.stop_timeout + ORPHAN_SETTLE
         ended = await asyncio.gather(*(self._exits_within(cid, settle) for cid in busy))
         orphans = stopped + [cid for cid, done in zip(busy, ended, strict=True) if done]
-        left = len(others) - len(orphans)
+        left = len(others) - len(orphans) - len(young)
+        if young:
+            log.info("%d containers of INSTANCE_NAME=%s are created and not started: removed"
+                     " if they are still not started once SANDBOX_START_TIMEOUT has passed",
+                     len(young), self.settings.instance_name)
         if left:
             log.warning("%d containers of INSTANCE_NAME=%s are in use by another process:"
                         " left alone; give each service on this engine its own INSTANCE_NAME",
                         left, self.settings.instance_name)
         await asyncio.gather(*(self.remove(cid) for cid in orphans))
         return len(orphans)
+
+    def _watch_start(self, container_id: str, delay: float) -> None:
+        task = asyncio.create_task(self._remove_if_never_started(container_id, delay))
+        self._start_watches.add(task)
+        task.add_done_callback(self._start_watches.discard)
+
+    async def _remove_if_never_started(self, container_id: str, delay: float) -> None:
+        """Remove a container that is still only created ``delay`` seconds from now: no live
+        service takes that long to start one (``SANDBOX_START_TIMEOUT``)."""
+        await asyncio.sleep(delay)
+        try:
+            shown = await self.docker.containers.container(container_id).show()
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError):
+            return  # gone, or the engine does not answer: the next start looks again
+        if shown["State"]["Status"] == "created":
+            log.info("removing container %s: created by an earlier run and never started",
+                     container_id[:12])
+            await self.remove(container_id)
 
     async def _exits_within(self, container_id: str, seconds: float) -> bool:
         """Whether a container has stopped, or stops within ``seconds``."""

@@ -9,12 +9,13 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from typing import Any
 
 import pytest
 import websockets
 
-from tests.conftest import wait_for
+from tests.conftest import RUNTIME_IMAGE, wait_for
 from tests.integration.conftest import Service, ServiceFactory, container_exists
 from ws_sandbox import frames as fr
 from ws_sandbox.client import ClientSession, SessionClosed, SessionRefused, connect
@@ -341,16 +342,53 @@ async def test_startup_removes_only_its_own_orphans(make_service: ServiceFactory
         try:
             assert container_exists(short)
             from tests.integration.conftest import start_service
+            # The pool may have been creating one as the service died: created, never
+            # started. It is removed once older than SANDBOX_START_TIMEOUT (the next start
+            # took it for another service's and left it: one run under load).
+            first = set(svc.containers())
             again = start_service(svc.log_path.parent, INSTANCE_NAME=svc.instance,
                                   ENABLE_JAVASCRIPT="false", ENABLE_RUST="false",
-                                  ENABLE_SHELL="false")
+                                  ENABLE_SHELL="false", SANDBOX_START_TIMEOUT="2")
             try:
                 assert not container_exists(short)
                 assert container_exists(stranger[:12])
+                await wait_for(lambda: not first & set(svc.containers()), timeout=15)
             finally:
                 again.stop()
         finally:
             subprocess.run(["docker", "rm", "-f", stranger], capture_output=True, check=False)
+
+
+async def test_a_container_created_and_never_started_is_removed_after_the_start_timeout(
+        make_service: ServiceFactory) -> None:
+    """A service killed between creating a container and starting it left it created for
+    good: the next start took it for another live service's, about to start it, and left
+    it (one run under load). Such a container is looked at again once it is older than
+    SANDBOX_START_TIMEOUT and removed if still not started; one started meanwhile (by the
+    live service it was) is left."""
+    instance = f"wsb-test-{uuid.uuid4().hex[:8]}"
+
+    def create() -> str:
+        return subprocess.run(
+            ["docker", "create", "--label", "org.ws_sandbox.app=ws_sandbox", "--label",
+             f"org.ws_sandbox.instance={instance}", "--label", "org.ws_sandbox.process=other",
+             "--network", "none", RUNTIME_IMAGE],
+            capture_output=True, text=True, check=True).stdout.strip()
+
+    dead, live = create(), create()
+    try:
+        with make_service(INSTANCE_NAME=instance, SANDBOX_START_TIMEOUT="3",
+                          ENABLE_JAVASCRIPT="false", ENABLE_RUST="false",
+                          ENABLE_SHELL="false") as svc:
+            # Young: either may be a live service's, about to start it.
+            assert container_exists(dead[:12]) and container_exists(live[:12])
+            subprocess.run(["docker", "start", live], capture_output=True, check=True)
+            await wait_for(lambda: not container_exists(dead[:12]), timeout=20)
+            assert container_exists(live[:12])
+            assert f"removing container {dead[:12]}: created by an earlier run and never" \
+                " started" in svc.log()
+    finally:
+        subprocess.run(["docker", "rm", "-f", dead, live], capture_output=True, check=False)
 
 
 async def test_a_second_service_with_the_same_name_leaves_the_first_one_s_sandboxes(
