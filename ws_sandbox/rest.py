@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from ws_sandbox import frames as fr
 from ws_sandbox.driver import ClientRequest, CloseRequest
@@ -158,6 +159,12 @@ class CollectingSink:
             self.result.set_exception(exc)
 
 
+async def _disconnect(receive: Receive) -> None:
+    """Return once the client has disconnected (its request body already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def _error_of(frame: fr.Error) -> SandboxError:
     for cls in ERROR_TABLE:
         if cls.code == frame.code:
@@ -215,17 +222,28 @@ async def execute(request: Request) -> Response:
     runner = await manager.open(language, sink, client_id=client_id, origin="rest",
                                 send_ready=False,
                                 address=getattr(request.state, "client_address", client_id))
+    ending = "the one-shot execution ended"
     try:
         await runner.feed(ClientRequest(fr.Execute(id=execution_id, code=req.code,
                                                    timeout=timeout)))
+        gone = asyncio.ensure_future(_disconnect(request.receive))
         try:
             async with asyncio.timeout(timeout + RESULT_GRACE + manager.settings.interrupt_grace
                                        + manager.settings.restart_timeout):
-                result = await sink.result
+                waiting: list[asyncio.Future[Any]] = [sink.result, gone]
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             raise SandboxLost("the sandbox gave no result in time") from None
+        finally:
+            gone.cancel()
+        if not sink.result.done():
+            # Nobody waits for the result: the cell ends now, with its session (killed),
+            # and gives its slot back, instead of running to its timeout for no one.
+            ending = "the client of the one-shot call disconnected"
+            raise BadRequest(f"{ending} before the result")
+        result = sink.result.result()
     finally:
-        runner.feed_nowait(CloseRequest("client_closed", "the one-shot execution ended"))
+        runner.feed_nowait(CloseRequest("client_closed", ending))
         # Wait for the session's end (not its container's removal): by then every cell
         # observer (stats, audit, history) has seen this execution.
         with contextlib.suppress(TimeoutError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -214,6 +215,35 @@ def test_huge_chunked_body_is_refused(service: Service, tmp_path: Path) -> None:
     body, _, code = out.stdout.rpartition("\n")
     assert code == "413", out
     assert json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+async def test_a_call_whose_client_disconnects_ends_its_cell(service: Service) -> None:
+    """A one-shot call whose client went away ran on to its end (up to the cell's timeout)
+    for no one, holding a sandbox and a MAX_CONCURRENT_EXECUTIONS slot; a
+    client could keep cutting calls to hold capacity (a soak review). Its cell now ends at
+    once, recorded as killed."""
+    code = f"import time  # {uuid.uuid4().hex}\ntime.sleep(60)"
+    digest = hashlib.sha256(code.encode()).hexdigest()
+    body = json.dumps({"code": code, "timeout": 20}).encode()
+    host, port = service.http.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await asyncio.sleep(1.0)  # the cell runs
+    left = time.monotonic()
+
+    def row() -> dict[str, Any] | None:
+        status, _, page = call(service, "/api/v1/executions?limit=50")
+        assert status == 200, page
+        return next((x for x in page["items"] if x["code_sha256"] == digest), None)
+
+    await wait_for(lambda: row() is not None, timeout=20)
+    ended = time.monotonic() - left
+    got = row()
+    assert got is not None and got["status"] == "killed", got
+    assert "the client of the one-shot call disconnected" in got["error"], got
+    assert got["execution_time_ms"] < 10_000 and ended < 10, (got, ended)
 
 
 def test_wrong_content_type_is_415(service: Service) -> None:
