@@ -39,6 +39,9 @@ from ws_sandbox.tokens import TokenSigner
 
 log = logging.getLogger(__name__)
 
+CANCEL_GRACE = 2.0
+"""Seconds sessions still open after the shutdown's drain get to end once cancelled."""
+
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
@@ -271,7 +274,8 @@ class SessionManager:
         return True
 
     async def shutdown(self, grace: float) -> None:
-        """Close every session with ``server_shutdown``; cancel the rest after ``grace`` s."""
+        """Close every session with ``server_shutdown``; cancel the rest after ``grace`` s,
+        and give them :data:`CANCEL_GRACE` s more to end."""
         self._closing = True
         for runner in list(self._runners.values()):
             runner.feed_nowait(CloseRequest("server_shutdown", "the server is stopping"))
@@ -281,7 +285,7 @@ class SessionManager:
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=grace)
+                await asyncio.wait(pending, timeout=CANCEL_GRACE)
 
     # --- internals -------------------------------------------------------------------------
 

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 MAX_OPEN_FILES = 1 << 20
 """The most open files the service raises its soft limit to."""
+GRACEFUL_CLOSE = 3
+"""Seconds uvicorn waits for connections to finish after the drain (whole seconds: its
+setting is an int). The whole shutdown is SHUTDOWN_TIMEOUT, CANCEL_GRACE for sessions that
+did not end in it, this, and the removal of the containers."""
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -111,7 +115,9 @@ def serve(settings: Settings) -> int:
         loop="uvloop",
         ws_max_size=app.state.ws_max_size,  # fixed here: admin changes stay under it
         log_level=settings.log_level, lifespan="on", proxy_headers=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout) + 1,
+        # Once our drain has closed every session (SHUTDOWN_TIMEOUT), what uvicorn waits for
+        # is a connection's last bytes: a few seconds, not the drain's time again.
+        timeout_graceful_shutdown=GRACEFUL_CLOSE,
     )
     redact.install()  # after uvicorn.Config has configured its loggers
     before, after = raise_open_files_limit()

@@ -242,7 +242,8 @@ class Settings:
                " head) within this long of the connection being ready for it, or the"
                " connection is closed: a client cannot hold a socket by never finishing one"})
     shutdown_timeout: float = field(default=10.0, metadata={"env": "SHUTDOWN_TIMEOUT",
-        "doc": "Drain time on SIGTERM before containers are removed"})
+        "doc": "Drain time on SIGTERM: sessions get this long to close; the exit takes at"
+               " most about 5 s more, and the containers' removal"})
     # --- containers ----------------------------------------------------------------------
     container_image: str = field(default="ws-sandbox-runtime:latest", metadata={
         "env": "CONTAINER_IMAGE", "doc": "Runtime image (ws-sandbox build-image makes it)"})

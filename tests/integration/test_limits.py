@@ -123,8 +123,11 @@ async def test_a_sandbox_that_never_starts_is_a_clean_503(never_ready: tuple[str
 
 async def test_shutdown_timeout_bounds_the_drain(make_service: ServiceFactory) -> None:
     """SIGTERM with a long cell running and a client that reads nothing: the drain ends
-    after SHUTDOWN_TIMEOUT, not when the stuck client's send times out (SEND_TIMEOUT=300)."""
-    with make_service(SHUTDOWN_TIMEOUT="2", SEND_TIMEOUT="300", MAX_EXECUTION_TIME="900",
+    after SHUTDOWN_TIMEOUT, not when the stuck client's send times out (SEND_TIMEOUT=300),
+    and the whole exit within SHUTDOWN_TIMEOUT and a few seconds. It took up to three times
+    SHUTDOWN_TIMEOUT (the cancelled sessions and uvicorn's own wait each could take as long
+    again: 23.5 s at the default 10 s, past docker-compose's stop_grace_period; a review)."""
+    with make_service(SHUTDOWN_TIMEOUT="8", SEND_TIMEOUT="300", MAX_EXECUTION_TIME="900",
                       MAX_OUTPUT_BYTES="1000000000", POOL_SIZE="2", **PYTHON_ONLY) as svc:
         svc.wait_pool_full()
         good = await connect(svc.url)
@@ -159,8 +162,10 @@ async def test_shutdown_timeout_bounds_the_drain(make_service: ServiceFactory) -
         took = time.monotonic() - sent
         stuck.transport.abort()
         await stuck.wait_closed()
-        # 2 s of drain, 2 s for cancelled sessions, uvicorn's own 3 s, container removal.
-        assert took < 25, f"exit took {took:.1f} s with SHUTDOWN_TIMEOUT=2"
+        # 8 s of drain, 2 s for cancelled sessions, uvicorn's own 3 s, container removal
+        # (12.3 s measured; 18.3 s before: the cancelled sessions and uvicorn's own wait
+        # each took up to SHUTDOWN_TIMEOUT again).
+        assert 8 <= took < 16.5, f"exit took {took:.1f} s with SHUTDOWN_TIMEOUT=8"
         assert svc.containers() == []
 
 
