@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from ws_sandbox import agent_wire as aw
 from ws_sandbox import frames as fr
 from ws_sandbox.backend import Sandbox
@@ -157,6 +159,7 @@ class SessionRunner:
         self._inbox: asyncio.Queue[Event] = asyncio.Queue(INBOX_SIZE)
         self._sink: FrameSink | None = None
         self._held: deque[fr.ServerFrame] = deque(maxlen=DETACHED_BUFFER_FRAMES)
+        self._held_dropped = 0  # frames the held ones pushed out
         self._reader: asyncio.Task[None] | None = None
         self._replacer: asyncio.Task[None] | None = None
         self._late: set[asyncio.Task[None]] = set()
@@ -278,7 +281,9 @@ class SessionRunner:
                 if old is not None and old is not sink:
                     self._close_aside(old, 4000, "session resumed elsewhere")
                 core.client_attached(now)
+                ready = msgspec.structs.replace(ready, frames_dropped=self._held_dropped)
                 held, self._held = [ready, *self._held], deque(maxlen=DETACHED_BUFFER_FRAMES)
+                self._held_dropped = 0
                 await self._deliver(held)
             case AgentMessages(sandbox, frames):
                 if sandbox is self.sandbox:
@@ -345,14 +350,21 @@ class SessionRunner:
             return
         for i, frame in enumerate(frames):
             if not await self._send([frame]):
-                self._held.extend(frames[i + 1:])
+                self._hold(frames[i + 1:])
                 return
+
+    def _hold(self, frames: Sequence[fr.ServerFrame]) -> None:
+        """Keep frames for a resumed client: the latest :data:`DETACHED_BUFFER_FRAMES`;
+        those pushed out are counted, and the resumed ``ready`` frame says how many."""
+        kept = self._held.maxlen or 0
+        self._held_dropped += max(0, len(self._held) + len(frames) - kept)
+        self._held.extend(frames)
 
     async def _send(self, frames: Sequence[fr.ServerFrame]) -> bool:
         """One send to the client; False (and the frames held) when it did not happen."""
         sink = self._sink
         if sink is None:
-            self._held.extend(frames)
+            self._hold(frames)
             return False
         try:
             async with asyncio.timeout(None if sink.bounds_own_sends else self._send_timeout):
@@ -368,7 +380,7 @@ class SessionRunner:
             if self._sink is sink:
                 self._sink = None
                 self.core.client_detached(self._loop.time())
-        self._held.extend(frames)
+        self._hold(frames)
         return False
 
     async def _to_agent(self, frame: aw.ToAgent) -> None:

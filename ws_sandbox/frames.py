@@ -78,6 +78,9 @@ class Ready(Frame, tag="ready"):
     token: str
     limits: Limits
     resumed: bool = False
+    #: On a resume: frames made while the client was away beyond the 1024 kept (the oldest
+    #: go first), so the replay that follows misses them.
+    frames_dropped: int = 0
 
 
 class Stream(Frame, tag="stream"):

@@ -7,7 +7,10 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any, cast
 
+import pytest
+
 from ws_sandbox import agent_wire as aw
+from ws_sandbox import driver as driver_module
 from ws_sandbox import frames as fr
 from ws_sandbox.backend import Sandbox
 from ws_sandbox.driver import (
@@ -466,3 +469,39 @@ async def test_a_connection_let_go_speaks_for_the_session_no_more() -> None:
     assert [f.id for f in sandbox.sent if isinstance(f, aw.Exec)] == ["c2"]
     await runner.feed(CloseRequest("client_closed", "", new))
     await asyncio.wait_for(task, BOUND)
+
+
+async def test_a_resume_says_how_many_frames_the_buffer_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames made while the client was away past the buffer were dropped without a word:
+    the replayed result even said nothing was cut (a review). The resumed ready frame
+    now counts them (here the buffer keeps 3 of 6)."""
+    monkeypatch.setattr(driver_module, "DETACHED_BUFFER_FRAMES", 3)
+    sandbox, first = FakeSandbox(), Sink()
+    runner, task = start(sandbox, first)
+    await runner.feed(ClientGone(first))
+    for n in range(3):
+        await runner.feed(execute(f"c{n}", f"out{n}"))
+    async with asyncio.timeout(5):
+        while runner._held_dropped < 3:  # every cell ran: 6 frames made, 3 kept
+            await asyncio.sleep(0.01)
+
+    async def resumed() -> list[fr.ServerFrame]:
+        sink = Sink()
+        await runner.feed(ClientBack(sink, fr.Ready(
+            session_id="s", language="python", token="t", limits=LIMITS.public(),
+            resumed=True)))
+        async with asyncio.timeout(5):
+            while sink.frames.empty():
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        return [sink.frames.get_nowait() for _ in range(sink.frames.qsize())]
+
+    ready, *replay = await resumed()
+    assert isinstance(ready, fr.Ready) and ready.frames_dropped == 3
+    assert [(type(f).__name__, getattr(f, "id", "")) for f in replay] == [
+        ("Result", "c1"), ("Stream", "c2"), ("Result", "c2")]
+    again, *rest = await resumed()  # nothing made, nothing dropped since
+    assert isinstance(again, fr.Ready) and again.frames_dropped == 0 and rest == []
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, 5)
