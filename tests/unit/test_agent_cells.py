@@ -1200,6 +1200,30 @@ def test_a_child_flooding_the_control_pipe_does_not_stall_the_agent(py: AgentDri
     assert_success(py.run("1 + 1"))
 
 
+def test_a_control_message_over_2_mib_ends_the_cell_and_restarts_the_worker(
+        py: AgentDriver) -> None:
+    """protocol/agent.md: worker messages are at most 2 MiB each (``MAX_CONTROL_LINE``). User
+    code that writes 3 MiB without a newline to the control fd does not make the agent hold it
+    all: the worker is killed at the limit, the cell ends with status ``error`` naming the
+    oversized message, and the state is lost (a fresh interpreter serves the next cell)."""
+    py.run("kept = 1")
+    code = (
+        "import os\n"
+        "fd = int(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2])\n"
+        "chunk, sent = b'x' * 65536, 0\n"
+        "while sent < (3 << 20):\n"
+        "    sent += os.write(fd, chunk)\n"
+        "print('wrote', sent)\n"
+    )
+    result = py.run(code, timeout=10)
+    assert result.done["status"] == "error", result.frames
+    assert "oversized control message" in result.done["error"], result.done
+    assert result.done["restarted"] is True, result.done
+    assert "wrote" not in result.text(), result.frames  # killed before it finished writing
+    after = py.run("'kept' in globals()")
+    assert after.displays[0]["data"]["text/plain"] == "False", after.frames
+
+
 def test_an_exec_held_across_a_restart_gets_exactly_one_done() -> None:
     """An exec that arrives during a restart waits for the new worker; a second restart ends
     it with a done like a running cell's. The `hello` that came first is answered as well."""
