@@ -1,8 +1,9 @@
 """The numeric limits we claim, each proven enforced inside a live sandbox.
 
-SECURITY.md's table promises ulimits (``NOFILE_LIMIT``, ``FSIZE_LIMIT_MB``, core 0), a CPU
-quota (``CPU_LIMIT``), tmpfs sizes and flags (``WORKSPACE_SIZE_MB``, ``TMP_SIZE_MB``, nosuid,
-nodev) and swap equal to memory. Each test here fails if its limit were not applied: the
+SECURITY.md's table promises ulimits (``NOFILE_LIMIT``, ``FSIZE_LIMIT_MB``, core 0), a task
+limit (``PIDS_LIMIT``), a CPU quota (``CPU_LIMIT``), tmpfs sizes and flags
+(``WORKSPACE_SIZE_MB``, ``TMP_SIZE_MB``, nosuid, nodev), swap equal to memory and an OOM
+score of 500. Each test here fails if its limit were not applied: the
 custom service's values (``LIMITS_ENV``) differ from the defaults and from each other, so a
 limit that fell back to its default, or to the engine's, shows as a wrong number.
 
@@ -25,6 +26,7 @@ import pytest
 from tests.integration.conftest import Service, warm_service
 from tests.security.conftest import BATTERY_ENV, RUNSC
 from tests.security.test_abuse import container_id, still_works
+from ws_sandbox import frames as fr
 from ws_sandbox.client import connect
 from ws_sandbox.settings import Settings
 
@@ -35,6 +37,7 @@ MIB = 1 << 20
 #: The custom service's limits: none is a default, and no two are alike.
 LIMITS_ENV = {
     "NOFILE_LIMIT": "200",
+    "PIDS_LIMIT": "40",
     "CPU_LIMIT": "0.5",
     "FSIZE_LIMIT_MB": "8",
     "WORKSPACE_SIZE_MB": "16",
@@ -83,6 +86,51 @@ async def test_open_files_stop_with_emfile_at_nofile_limit(limited: Service) -> 
         await still_works(s)
         r = await s.execute("for f in held: f.close()\nopen('/dev/null').close()\nprint('ok')")
         assert (r.status, r.stdout) == ("success", "ok\n"), r
+
+
+# --------------------------------------------------------------------------- PIDS_LIMIT
+
+# Sleepers, spawned rather than forked (they neither fork on nor copy the interpreter), so
+# the count at which a new process fails is exact. Under runc the pids cgroup holds them;
+# under gVisor its RLIMIT_NPROC (backend.user_task_limit), and /sys/fs/cgroup is gVisor's own.
+PIDS_CODE = """
+import os, resource
+d = "/sys/fs/cgroup"
+d = d if os.path.exists(d + "/pids.max") else d + "/pids"
+pids_max = open(d + "/pids.max").read().strip() if os.path.exists(d + "/pids.max") else "-"
+n = 0
+while True:
+    try:
+        os.posix_spawn("/bin/sleep", ["sleep", "600"], {})
+    except OSError as e:
+        err = e.errno
+        break
+    n += 1
+print(pids_max, *resource.getrlimit(resource.RLIMIT_NPROC), n, err)
+"""
+
+
+async def test_processes_stop_at_a_custom_pids_limit(limited: Service) -> None:
+    """PIDS_LIMIT is the setting's value, not the default 128: under runc the sandbox's pids
+    cgroup says 40 and a new process fails with EAGAIN once the sleepers, the agent and the
+    interpreter take the 40; under gVisor RLIMIT_NPROC (40) stops them the same way."""
+    limit = int(LIMITS_ENV["PIDS_LIMIT"])
+    async with await connect(limited.url, language="python") as s:
+        r = await s.execute(PIDS_CODE, timeout=20)
+        assert r.status == "success", r
+        pids_max, soft, hard, spawned, err = r.stdout.split()
+        if RUNSC:
+            assert (int(soft), int(hard)) == (limit, limit), r.stdout
+        else:
+            assert pids_max == str(limit), r.stdout
+        assert int(err) == errno.EAGAIN, r.stdout
+        # The agent and the interpreter (with any threads of theirs) hold a few of the 40.
+        assert limit - 8 <= int(spawned) < limit, r.stdout
+        await s.restart()  # ends the sleepers
+        async with asyncio.timeout(30):
+            while not isinstance(await s.events.get(), fr.Restarted):
+                pass
+        await still_works(s)
 
 
 # --------------------------------------------------------------------------- core dumps
@@ -361,10 +409,40 @@ async def test_swap_is_memory_so_no_swap_at_all(battery: Service) -> None:
         await still_works(s)
 
 
+# --------------------------------------------------------------------------- OOM score
+
+OOM_CODE = "print(open('/proc/self/oom_score_adj').read().strip(),"\
+           " open('/proc/1/oom_score_adj').read().strip())"
+
+
+async def test_a_sandbox_starts_with_oom_score_adj_500(battery: Service) -> None:
+    """SECURITY.md: sandboxes start with oom_score_adj 500, so that a host-wide out-of-memory
+    kill takes them before the service. The engine is asked for it (HostConfig), and the
+    host's own score of the sandbox's first process says 500: under runc that is the agent,
+    and the cell's interpreter inherits it; under gVisor it is the sandbox's process, whose
+    score the host kernel reads (gVisor's /proc shows its own value, 0: see
+    test_capabilities.test_resource_and_scheduling_privileges_are_refused)."""
+    async with await connect(battery.url, language="python") as s:
+        cid = await container_id(s)
+        assert any(full.startswith(cid) for full in battery.containers()), cid
+        out = subprocess.run(["docker", "container", "inspect", "-f",
+                              "{{.HostConfig.OomScoreAdj}} {{.State.Pid}}", cid],
+                             capture_output=True, text=True, check=True, timeout=30).stdout
+        adj, pid = out.split()
+        assert adj == "500", out
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            assert f.read().strip() == "500", pid
+        if not RUNSC:
+            r = await s.execute(OOM_CODE)
+            assert r.stdout.split() == ["500", "500"], r
+        await still_works(s)
+
+
 def test_the_custom_limits_are_not_the_defaults() -> None:
     """A limit left at its default here would prove nothing about the setting."""
     defaults = Settings()
     assert int(LIMITS_ENV["NOFILE_LIMIT"]) != defaults.nofile_limit
+    assert int(LIMITS_ENV["PIDS_LIMIT"]) != defaults.pids_limit
     assert float(LIMITS_ENV["CPU_LIMIT"]) != defaults.cpu_limit
     assert int(LIMITS_ENV["FSIZE_LIMIT_MB"]) != defaults.fsize_limit_mb
     assert int(LIMITS_ENV["WORKSPACE_SIZE_MB"]) != defaults.workspace_size_mb
