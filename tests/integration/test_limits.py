@@ -169,6 +169,32 @@ async def test_shutdown_timeout_bounds_the_drain(make_service: ServiceFactory) -
         assert svc.containers() == []
 
 
+# --- INTERRUPT_GRACE ------------------------------------------------------------------------
+
+SIGINT_IGNORED = ("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                  "while True:\n    pass")
+
+
+@pytest.mark.parametrize(("grace", "least", "most"), [
+    ("3", 3.5, 1 + 3 + 5 + 5),  # timeout + grace + RESTART_TIMEOUT + slack
+    ("0.3", 1.0, 3.0),
+])
+async def test_interrupt_grace_is_how_long_a_timed_out_cell_may_ignore_sigint(
+        make_service: ServiceFactory, grace: str, least: float, most: float) -> None:
+    """INTERRUPT_GRACE: a cell past its timeout (1 s) that ignores SIGINT is given the grace
+    before its interpreter is restarted, no less (with 3 s the result comes after 1 + 3 s)
+    and no more (with 0.3 s it comes well before 3 s); it ends as a timeout, state lost."""
+    with make_service(INTERRUPT_GRACE=grace, RESTART_TIMEOUT="5", **PYTHON_ONLY) as svc:
+        async with await connect(svc.url) as s:
+            await s.execute("kept = 1")
+            started = time.monotonic()
+            r = await s.execute(SIGINT_IGNORED, timeout=1)
+            took = time.monotonic() - started
+            assert (r.status, r.result.state_lost) == ("timeout", True), r
+            assert least <= took <= most, f"the result came after {took:.2f} s"
+            assert (await s.execute("print('kept' in globals())")).stdout == "False\n"
+
+
 # --- REST display cap, and limits changed through the admin API -----------------------------
 
 
