@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     free_port,
     running_service,
 )
+from ws_sandbox import frames as fr
 from ws_sandbox.client import SessionRefused, connect
 
 pytestmark = pytest.mark.docker
@@ -202,6 +203,56 @@ def test_huge_body_is_refused_without_reading_it(service: Service) -> None:
         head = raw.decode()
     assert head.startswith("HTTP/1.1 413"), head
     assert "payload_too_large" in head
+
+
+def post_raw(service: Service, head: bytes, body: bytes = b"", timeout: float = 30) -> str:
+    """POST ``head`` (header lines) and ``body`` to /api/v1/execute on a socket of our own
+    (``Connection: close``); the answer, head and body, as text once the service closes."""
+    host, port = service.http.removeprefix("http://").split(":")
+    raw = b""
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Type: application/json\r\nConnection: close\r\n" + head
+                     + b"\r\n" + body)
+        try:
+            while chunk := sock.recv(65536):
+                raw += chunk
+        except TimeoutError:
+            pytest.fail(f"no whole answer within {timeout} s: {raw!r}")
+    return raw.decode(errors="replace")
+
+
+def test_the_body_bound_is_6_times_max_code_bytes_plus_64_kib(
+        make_service: ServiceFactory) -> None:
+    """docs/service.md: a REST body above 6 x MAX_CODE_BYTES + 64 KiB is refused (413) from
+    its Content-Length, before any of it is sent, or as soon as a chunked body passes it;
+    a body of exactly the bound (valid JSON padded with spaces, code under MAX_CODE_BYTES)
+    runs. With MAX_CODE_BYTES=1000, the bound is 71,536 bytes."""
+    limit = fr.message_limit(1000)
+    assert limit == 6 * 1000 + 64 * 1024
+    body = json.dumps({"code": "print(6 * 7)"}).encode()
+    body += b" " * (limit - len(body))
+    assert len(body) == limit
+
+    def chunked(data: bytes) -> bytes:
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n"
+
+    with make_service(MAX_CODE_BYTES="1000", ENABLE_JAVASCRIPT="false",
+                      ENABLE_SHELL="false", ENABLE_RUST="false") as svc:
+        # One byte over, announced: the answer comes from the header alone.
+        over = post_raw(svc, f"Content-Length: {limit + 1}\r\n".encode(), timeout=10)
+        assert over.startswith("HTTP/1.1 413"), over
+        assert f"request body exceeds {limit} bytes" in over, over
+        # One byte over, chunked (no length to go by): refused once read past the bound.
+        over = post_raw(svc, b"Transfer-Encoding: chunked\r\n", chunked(body + b" "))
+        assert over.startswith("HTTP/1.1 413"), over
+        assert f"request body exceeds {limit} bytes" in over, over
+        # Exactly the bound, both ways: run.
+        for head, sent in ((f"Content-Length: {limit}\r\n".encode(), body),
+                           (b"Transfer-Encoding: chunked\r\n", chunked(body))):
+            answer = post_raw(svc, head, sent)
+            assert answer.startswith("HTTP/1.1 200"), answer
+            assert json.loads(answer.partition("\r\n\r\n")[2])["stdout"] == "42\n", answer
 
 
 def test_huge_chunked_body_is_refused(service: Service, tmp_path: Path) -> None:
