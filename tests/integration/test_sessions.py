@@ -161,6 +161,53 @@ async def test_resume_with_token_finds_state(service: Service) -> None:
         await again.close()
 
 
+DETACHED_LINES = 2500
+
+
+async def test_frames_held_for_a_resume_are_the_newest_1024(
+        make_service: ServiceFactory) -> None:
+    """protocol/spec.md: a resumed client gets the frames produced while it was away, up to
+    1024 (driver.DETACHED_BUFFER_FRAMES): a cell that prints 2,500 flushed lines (a frame
+    each, about) after the client dropped is replayed as its newest 1024 frames, a
+    contiguous tail of its output ending with the result, not all of it."""
+    code = (f"import time\nfor i in range({DETACHED_LINES}):\n"
+            "    print(i, flush=True)\n    time.sleep(0.001)\nprint('end')")
+    with make_service(RESUME_GRACE="60", ENABLE_JAVASCRIPT="false", ENABLE_SHELL="false",
+                      ENABLE_RUST="false") as svc:
+        url = f"{svc.url}/api/v1/sessions/ws"
+        ws = await websockets.connect(f"{url}?language=python")
+        ready = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "execute", "id": "c1", "code": code,
+                                  "timeout": 30}))
+        first = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        assert first["type"] == "stream", first
+        ws.transport.abort()  # a dropped connection: the rest of the cell is held
+        await ws.wait_closed()
+
+        async with asyncio.timeout(60):  # the cell ends (the history has it): no live frames
+            while not svc.get("/api/v1/executions")[1].get("items"):
+                await asyncio.sleep(0.2)
+        async with websockets.connect(f"{url}?resume={ready['token']}",
+                                      max_size=None) as again:
+            frames: list[dict[str, Any]] = []
+            async with asyncio.timeout(30):
+                while not frames or frames[-1]["type"] not in ("result", "closed"):
+                    frames.append(json.loads(await again.recv()))
+        assert frames[0]["type"] == "ready" and frames[0]["resumed"] is True, frames[0]
+        replayed = frames[1:]
+        assert (replayed[-1]["type"], replayed[-1]["id"]) == ("result", "c1"), replayed[-1]
+        assert replayed[-1]["status"] == "success", replayed[-1]
+        streams = [f for f in replayed[:-1] if f["type"] == "stream"]
+        assert len(streams) == len(replayed) - 1, {f["type"] for f in replayed}
+        lines = "".join(f["text"] for f in streams).splitlines()
+        assert lines[-1] == "end", lines[-3:]
+        # About 2,500 frames were produced while away (all of them are replayed when the
+        # buffer has no bound): the newest 1024 come, the output's tail, whole and in order.
+        assert len(replayed) == 1024, len(replayed)
+        oldest = int(lines[0])
+        assert lines == [str(i) for i in range(oldest, DETACHED_LINES)] + ["end"], lines[:3]
+
+
 async def test_tampered_token_is_refused(service: Service) -> None:
     async with await connect(service.url) as s:
         token = s.token
