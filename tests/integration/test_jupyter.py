@@ -576,16 +576,40 @@ async def test_kernel_info_and_tolerant_parsing(service: Service) -> None:
             assert response.status == 404
 
 
-async def test_long_stream_is_split_under_one_mebibyte(service: Service) -> None:
-    async with aiohttp.ClientSession() as http:
-        kernel_id = await start_kernel(service, http)
-        async with websockets.connect(f"{service.url}/api/kernels/{kernel_id}/channels",
-                                      max_size=1024 * 1024) as ws:
-            run = await Kernel(service, http, kernel_id, ws).execute(
-                "print('x' * 60000)")
-            assert run.stdout == "x" * 60000 + "\n"
-        async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
-            assert response.status == 204
+LONG_OUTPUT = """
+import sys
+print("x" * 3_000_000)
+sys.stderr.write("Traceback (most recent call last):\\n" + ("y" * 99 + "\\n") * 20_001)
+raise ValueError("the end")
+"""
+
+
+async def test_long_output_comes_whole_in_messages_under_one_mebibyte(
+        make_service: ServiceFactory) -> None:
+    """docs/jupyter.md: no message exceeds 1 MiB, however long the output (the client's
+    ``max_size`` of 1 MiB closes the channel at the first larger one). With MAX_OUTPUT_BYTES
+    of 8 MiB, a cell prints 3 MB on one line of stdout, then 2 MB of stderr in short lines
+    that begin like a Python traceback, and fails: the stdout arrives whole, the held-back
+    traceback is let go as a stream past its bound (TRACEBACK_HOLD_CHARS) and arrives whole,
+    and the error carries the real traceback alone. It fails if the hold had no bound (the
+    error message is 2 MB). The stdout passes even with ``split_text`` off: the agent sends
+    text in pieces of at most 64 KiB, so no stream message reaches 1 MiB today."""
+    with make_service(MAX_OUTPUT_BYTES=str(8 << 20), **PYTHON_ONLY) as svc:
+        async with aiohttp.ClientSession() as http:
+            kernel_id = await start_kernel(svc, http)
+            async with websockets.connect(f"{svc.url}/api/kernels/{kernel_id}/channels",
+                                          max_size=1024 * 1024) as ws:
+                run = await Kernel(svc, http, kernel_id, ws).execute(LONG_OUTPUT)
+            async with http.delete(f"{svc.http}/api/kernels/{kernel_id}") as response:
+                assert response.status == 204
+    assert run.stdout == "x" * 3_000_000 + "\n"
+    streams = [m for m in run.messages if m["msg_type"] == "stream"]
+    fake = "Traceback (most recent call last):\n" + ("y" * 99 + "\n") * 20_001
+    stderr = "".join(m["content"]["text"] for m in streams if m["content"]["name"] == "stderr")
+    assert stderr == fake, (len(stderr), stderr[:100], stderr[-100:])
+    error = next(m for m in run.messages if m["msg_type"] == "error")
+    assert (error["content"]["ename"], error["content"]["evalue"]) == ("ValueError", "the end")
+    assert len(error["content"]["traceback"]) < 20, error["content"]["traceback"][:5]
 
 
 async def test_syntax_error_is_an_error_message(service: Service) -> None:
