@@ -204,6 +204,8 @@ async def test_frames_held_for_a_resume_are_the_newest_1024(
         # About 2,500 frames were produced while away (all of them are replayed when the
         # buffer has no bound): the newest 1024 come, the output's tail, whole and in order.
         assert len(replayed) == 1024, len(replayed)
+        # And the resumed ready frame says that older ones were dropped (it said nothing).
+        assert frames[0]["frames_dropped"] > 0, frames[0]
         oldest = int(lines[0])
         assert lines == [str(i) for i in range(oldest, DETACHED_LINES)] + ["end"], lines[:3]
 
