@@ -870,14 +870,17 @@ async def test_a_session_never_closed_ends_quietly_with_the_program(server: Serv
                "    s = await connect(sys.argv[1])\n"
                "    print((await s.execute('x')).stdout, end='')\n"
                "asyncio.run(main())\n")
+    assert await run_program(program, server.url) == (0, "out x\nmore\n", "")
+
+
+async def run_program(program: str, *args: str) -> tuple[int | None, str, str]:
+    """Run ``program`` in a Python of its own: its exit status, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", program, server.url, stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-c", program, *args, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(30):
         out, err = await process.communicate()
-    assert process.returncode == 0
-    assert out.decode() == "out x\nmore\n"
-    assert err.decode() == ""
+    return process.returncode, out.decode(), err.decode()
 
 
 @contextlib.asynccontextmanager
@@ -1032,10 +1035,5 @@ async def test_a_callback_that_exits_raises_where_its_caller_waits(server: Serve
                "    print((await s.execute('y')).stdout, end='')\n"
                "    await s.close()\n"
                "asyncio.run(main())\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", program, server.url, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(30):
-        out, err = await process.communicate()
-    assert (process.returncode, out.decode(), err.decode()) == (
+    assert await run_program(program, server.url) == (
         0, "raised by execute 3\nout y\nmore\n", "")
