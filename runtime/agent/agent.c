@@ -1658,7 +1658,11 @@ static void signal_description(Buf *b, int sig) {
     else buf_addf(b, "signal %d", sig);
     const char *desc = NULL;
     if (sig == SIGKILL) {
-        desc = "killed, possibly by the out-of-memory killer";
+        /* With the cgroup's OOM counter, a kill by the OOM killer is named as one (the
+         * cell's error starts "memory limit exceeded"): this one was not. Without it, it
+         * may have been. */
+        desc = A.cell && A.cell->oom_known ? "killed"
+                                           : "killed, possibly by the out-of-memory killer";
     } else {
         errno = 0;
         desc = strsignal(sig);

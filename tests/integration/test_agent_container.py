@@ -169,6 +169,22 @@ def test_state_and_streaming(sandbox: Sandbox, request: pytest.FixtureRequest) -
     assert done(frames)["memory_used_mb"] > 0
 
 
+@pytest.mark.parametrize(("sandbox", "code", "noun"), [
+    ("python", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "interpreter"),
+    ("shell", "kill -9 $$", "shell"),
+], indirect=["sandbox"])
+def test_a_sigkill_that_is_not_the_oom_killer_s_is_not_called_one(
+        sandbox: Sandbox, code: str, noun: str) -> None:
+    """In a container the agent reads the cgroup's OOM counter, so a kill by the OOM killer
+    is named as one; any other SIGKILL was still described as "possibly by the
+    out-of-memory killer" (a soak review: `kill -9 $$` in a shell)."""
+    _, frames = sandbox.run(code)
+    assert done(frames)["error"] == (
+        f"{noun} was killed by signal SIGKILL (killed); state was reset"), frames
+    _, frames = sandbox.run("echo back" if noun == "shell" else "print('back')")
+    assert text(frames) == "back\n"
+
+
 @pytest.mark.parametrize("sandbox", ["rust"], indirect=True)
 def test_rust_compiles_on_read_only_root(sandbox: Sandbox) -> None:
     _, frames = sandbox.run('fn main() { println!("hello from rust"); }', timeout=60)
