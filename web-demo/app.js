@@ -44,6 +44,7 @@
   };
   const ALL_LANGUAGES = ["python", "javascript", "shell", "rust"];
   const INDENT = "    ";
+  const MAX_IMAGE_PIXELS = 4096 * 4096;  // larger images are not shown (decoded, they are big)
 
   const CLOSE_REASONS = {
     idle_timeout: "idle for too long",
@@ -58,8 +59,8 @@
     at_capacity: "The service is running as many sessions as it allows. Try again in a moment.",
     too_many_sessions: "You have as many sessions open as one caller may: close one (another tab?), then try again.",
     rate_limited: "Too many requests from this address. Wait a little, then try again.",
-    unauthorized: "This service needs an API key: open the page with ?api_key=YOUR_KEY.",
-    forbidden: "The API key (or this page's origin) was refused.",
+    unauthorized: "This service needs an API key: enter it below.",
+    forbidden: "The API key (or this page's origin) was refused: enter another below.",
     language_unavailable: "That language is not enabled on this service.",
     queue_full: "Too many cells are waiting in this session; wait for some to finish.",
     payload_too_large: "The code is larger than the service accepts.",
@@ -109,14 +110,16 @@
     run: $("run"), interrupt: $("interrupt"), restart: $("restart"),
     reconnect: $("reconnect"), notice: $("notice"), cells: $("cells"), empty: $("empty"),
     clear: $("clear"), history: $("history"), limits: $("limits"),
+    keyform: $("keyform"), apikey: $("apikey"),
   };
 
-  // The key comes once in the URL (?api_key=): it is kept in this tab's sessionStorage and
-  // taken out of the address bar at once, so that it stays out of the history, bookmarks and
-  // screenshots; a reload of the tab finds it there.
+  // The key is typed into the page's key field when the service asks for one, and kept in
+  // this tab's sessionStorage (a reload of the tab finds it there). A key given in the URL
+  // (?api_key=) still works, and leaves the address bar at once, but the browser has
+  // recorded that URL in its history and cache by then: the field is the way.
   const KEY_STORE = "ws_sandbox.api_key";
   const params = new URLSearchParams(location.search);
-  const apiKey = (() => {
+  let apiKey = (() => {
     const given = params.get("api_key");
     if (given === null) {
       try { return sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { return ""; }
@@ -300,6 +303,21 @@
   function refuse(code, message = "") {
     showNotice(errorWords(code, message));
     finalClose(REFUSAL_STATE[code] || message || code.replace(/_/g, " "));
+    if (code === "unauthorized" || code === "forbidden") {
+      ui.keyform.hidden = false;
+      ui.apikey.focus();
+    }
+  }
+
+  function useKey(event) {
+    event.preventDefault();
+    apiKey = ui.apikey.value.trim();
+    ui.apikey.value = "";
+    try { sessionStorage.setItem(KEY_STORE, apiKey); } catch (e) { /* this page only */ }
+    ui.keyform.hidden = true;
+    hideNotice();
+    S.attempts = 0;
+    begin();
   }
 
   function authHeaders() {
@@ -387,9 +405,15 @@
     if (!cell) return;
     const data = frame.data || {};
     let node;
-    if (typeof data["image/png"] === "string") {
+    const size = typeof data["image/png"] === "string" ? pngSize(data["image/png"]) : null;
+    if (size && size.width * size.height > MAX_IMAGE_PIXELS) {
+      // A few KB of PNG can ask the browser to decode gigabytes: not shown.
+      node = el("p", { class: "note",
+        text: `(an image of ${size.width} × ${size.height} pixels: too large to show)` });
+    } else if (typeof data["image/png"] === "string") {
+      // The alt text is ours: the cell's own words there would look like the page's.
       node = el("img", { src: `data:image/png;base64,${data["image/png"]}`,
-        alt: data["text/plain"] || `image output of cell ${cell.n}` });
+        alt: `image output of cell ${cell.n}` });
     } else if (typeof data["text/plain"] === "string") {
       node = el("pre", { class: "run-text", text: data["text/plain"] });
     } else {
@@ -400,6 +424,20 @@
       el("span", { class: "visually-hidden", text: kind === "value" ? "value" : "display" }),
       node));
     cell.out.hidden = false;
+  }
+
+  // The width and height in a PNG's header (IHDR), or null when it is not a PNG.
+  function pngSize(base64) {
+    let head;
+    try {
+      head = atob(base64.slice(0, 32));  // 24 bytes: signature, IHDR length and type, size
+    } catch {
+      return null;
+    }
+    if (head.length < 24 || head.slice(0, 8) !== "\x89PNG\r\n\x1a\n") return null;
+    const u32 = (at) => ((head.charCodeAt(at) << 24) >>> 0) + (head.charCodeAt(at + 1) << 16)
+      + (head.charCodeAt(at + 2) << 8) + head.charCodeAt(at + 3);
+    return { width: u32(16), height: u32(20) };
   }
 
   function onResult(frame) {
@@ -633,11 +671,16 @@
       ui.empty.hidden = ui.cells.children.length > 0;
     });
     ui.language.addEventListener("change", () => switchLanguage(ui.language.value));
+    ui.keyform.addEventListener("submit", useKey);
     // A page that goes away ends its session at once instead of holding a sandbox.
     window.addEventListener("pagehide", () => closeDeliberately());
     // Back from the browser's page cache: that session is gone, start a fresh one.
     window.addEventListener("pageshow", (event) => { if (event.persisted) connect(); });
+    await begin();
+  }
 
+  // The languages this caller may use, then a session (or the refusal, in words).
+  async function begin() {
     const { enabled, refused } = await loadConfig();
     ui.language.replaceChildren(...enabled.map((l) =>
       el("option", { value: l, text: LANGUAGE_NAMES[l] || l })));

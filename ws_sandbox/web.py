@@ -69,8 +69,9 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
-    # Small files that change with the code: always revalidate, never serve a stale page.
-    (b"cache-control", b"no-cache"),
+    # Small files that change with the code, and a page that may have been asked for with
+    # ?api_key=: never stored (no-cache kept it, key and all, in the browser's cache).
+    (b"cache-control", b"no-store"),
 )
 
 #: For the pages the service renders itself (``/docs``, the Jupyter login form): they may not

@@ -55,6 +55,13 @@ def run_cell(page: Page, code: str) -> Locator:
     return cell
 
 
+def run_cell_output(page: Page, code: str) -> str:
+    """Run ``code``; its stdout once it succeeded."""
+    cell = run_cell(page, code)
+    expect(cell).to_have_attribute("data-status", "success")
+    return stdout(cell)
+
+
 def stdout(cell: Locator) -> str:
     return "".join(cell.locator(".run.stdout .run-text").all_inner_texts())
 
@@ -81,6 +88,8 @@ def test_page_is_served_with_security_headers(service: Service) -> None:
     assert "frame-ancestors 'none'" in csp
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Referrer-Policy"] == "no-referrer"
+    # Never stored: a page asked for with ?api_key= was kept, key and all, in the cache.
+    assert headers["Cache-Control"] == "no-store"
     # The mount at / does not shadow the API.
     status, config = service.get("/api/v1/config")
     assert status == 200 and "enabled_languages" in config
@@ -217,7 +226,30 @@ def test_refusals_and_idle_timeout(browser: Browser, make_service: ServiceFactor
                       API_KEYS="demo-key", ENABLE_JAVASCRIPT="0", ENABLE_RUST="0",
                       ENABLE_SHELL="0") as svc:
         svc.wait_pool_full()
-        # Without a key, or with a wrong one, the page says so instead of retrying.
+        # Asked for a key, the page offers a field for it, and its URL never holds it (a key
+        # in the page's URL is in the browser's history and cache: a review). A wrong key is
+        # refused in words, and the field is offered again; the right one opens a session,
+        # kept with the tab.
+        asked = open_page(browser, svc.http + "/")
+        expect(asked.locator("#state")).to_have_text("closed: an API key is required")
+        expect(asked.locator("#notice")).to_contain_text("enter it below")
+        expect(asked.locator("#keyform")).to_be_visible()
+        asked.fill("#apikey", "wrong")
+        asked.press("#apikey", "Enter")
+        expect(asked.locator("#state")).to_have_text("closed: the API key was refused")
+        expect(asked.locator("#keyform")).to_be_visible()
+        expect(asked.locator("#apikey")).to_have_value("")
+        asked.fill("#apikey", "demo-key")
+        asked.click("#keyform button")
+        wait_ready(asked)
+        expect(asked.locator("#keyform")).to_be_hidden()
+        assert run_cell_output(asked, "print(6 * 7)") == "42\n"
+        asked.reload()
+        wait_ready(asked)  # the tab keeps the key
+        assert "demo-key" not in asked.url
+        asked.close()
+        # Without a key, or with a wrong one in the URL (still taken), the page says so
+        # instead of retrying.
         for query, words in (("", "an API key is required"),
                              ("?api_key=wrong", "the API key was refused")):
             refused = open_page(browser, svc.http + "/" + query)
@@ -253,6 +285,34 @@ def test_refusals_and_idle_timeout(browser: Browser, make_service: ServiceFactor
         expect(second.locator("#state")).to_have_attribute("data-state", "ready")
         first.close()
         second.close()
+
+
+def test_an_image_too_large_to_decode_is_not_shown(page: Page) -> None:
+    """31 KB of PNG that says 16000 x 16000 pixels made the viewer's browser decode about
+    1 GB (a review): an image over 4096 x 4096 pixels is named, not shown."""
+    cell = run_cell(page, (
+        "import struct, zlib\n"
+        "def chunk(t, d):\n"
+        "    return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))\n"
+        "row = bytes(1 + 2000)\n"
+        "idat = zlib.compress(row * 16000, 9)\n"
+        "png = (b'\\x89PNG\\r\\n\\x1a\\n'\n"
+        "       + chunk(b'IHDR', struct.pack('>IIBBBBB', 16000, 16000, 1, 0, 0, 0, 0))\n"
+        "       + chunk(b'IDAT', idat) + chunk(b'IEND', b''))\n"
+        "class Big:\n"
+        "    def _repr_png_(self):\n"
+        "        return png\n"
+        "display(Big())\n"
+        "class Small:\n"
+        "    def _repr_png_(self):\n"
+        "        return (b'\\x89PNG\\r\\n\\x1a\\n'\n"
+        "                + chunk(b'IHDR', struct.pack('>IIBBBBB', 1, 1, 1, 0, 0, 0, 0))\n"
+        "                + chunk(b'IDAT', zlib.compress(bytes(2))) + chunk(b'IEND', b''))\n"
+        "display(Small())\n"))
+    expect(cell).to_have_attribute("data-status", "success")
+    expect(cell.locator(".display .note")).to_have_text(
+        "(an image of 16000 \u00d7 16000 pixels: too large to show)")
+    expect(cell.locator(".display img")).to_have_count(1)  # the small one is shown
 
 
 def test_screenshot_with_output(browser: Browser, service: Service, artifacts: Path) -> None:
