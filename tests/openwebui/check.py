@@ -1,14 +1,17 @@
 """Run Open WebUI's own Jupyter client code, unmodified, against a real ``ws-sandbox serve``.
 
 Open WebUI's two code paths, the **Run** button on code blocks and the **code interpreter**,
-both call ``open_webui.utils.code_interpreter.execute_code_jupyter``. A full Open WebUI
+call ``open_webui.utils.code_interpreter.execute_code_jupyter`` from three places: the Run
+button's route, and the code interpreter with legacy function calling (the middleware) or as
+the built-in tool ``execute_code`` (native function calling, 0.12's default). A full Open WebUI
 install (torch and the rest) is too heavy for our machines and CI, so this:
 
 1. downloads the pinned open-webui wheel from PyPI into ``.cache/openwebui/<version>/``
    (gitignored; later runs use the cache) and checks its SHA-256;
 2. extracts, byte for byte, ``utils/code_interpreter.py`` and the two Open WebUI modules it
    and the code interpreter path use (``utils/json_codec.py``, ``utils/sanitize.py``), plus
-   ``routers/utils.py`` and ``utils/middleware.py`` as text, to check their call sites and take
+   ``routers/utils.py``, ``utils/middleware.py`` and ``tools/builtin.py`` as text, to check
+   their call sites and take
    the code interpreter's import-blocking prelude (never imported);
 3. stands in only for ``open_webui/env.py``, which configures the whole application on
    import: the stub holds the two assignments the modules read (``AIOHTTP_CLIENT_ALLOW_REDIRECTS``
@@ -57,10 +60,13 @@ CLIENT_DEPS = ("aiohttp==3.14.5", "orjson==3.11.9", "pydantic==2.13.4",
                "python-socketio==5.16.2", "websockets==17.4")
 EXTRACT = ("open_webui/utils/code_interpreter.py", "open_webui/utils/json_codec.py",
            "open_webui/utils/sanitize.py", "open_webui/routers/utils.py",
-           "open_webui/utils/middleware.py")
+           "open_webui/utils/middleware.py", "open_webui/tools/builtin.py")
 ENV_NAMES = ("AIOHTTP_CLIENT_ALLOW_REDIRECTS", "ENABLE_ORJSON")
+# The Run button; the code interpreter with legacy function calling; the code interpreter
+# as the built-in tool execute_code (native function calling, 0.12's default).
 CALL_SITES = {"open_webui/routers/utils.py": "code_execution",
-              "open_webui/utils/middleware.py": "code_interpreter"}
+              "open_webui/utils/middleware.py": "code_interpreter",
+              "open_webui/tools/builtin.py": "code_interpreter"}
 CLIENT = Path(__file__).with_name("client.py")
 TOKEN = "openwebui-check-token"
 PASSWORD = "openwebui-check-password"
@@ -161,7 +167,7 @@ def _sha256(path: Path) -> str:
 
 
 def call_site_problems(src: Path) -> list[str]:
-    """Whether both paths still call ``execute_code_jupyter`` as client.py assumes.
+    """Whether every path still calls ``execute_code_jupyter`` as client.py assumes.
 
     That is five positional arguments: url, code, ``auth_token if auth == 'token' else None``,
     ``auth_password if auth == 'password' else None``, timeout, all from the path's settings.
