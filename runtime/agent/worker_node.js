@@ -70,9 +70,14 @@ function userStack(err) {
   return 'Uncaught ' + util.inspect(err);
 }
 
+// A cell's error summary is cut to this many characters before it is sent: a long message of
+// non-ASCII characters (six bytes each once escaped) would pass the agent's 2 MiB bound for a
+// control line, and the agent would restart the interpreter. The agent keeps 2000.
+const MAX_ERROR_CHARS = 4096;
+
 function errorSummary(err) {
   if (err && typeof err === 'object' && 'name' in err && 'message' in err) {
-    return `${err.name}: ${err.message}`;
+    return `${err.name}: ${err.message}`.slice(0, MAX_ERROR_CHARS);
   }
   return 'Uncaught ' + util.inspect(err, { depth: 1 }).slice(0, 500);
 }

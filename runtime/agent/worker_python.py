@@ -152,6 +152,12 @@ _send_lock = _thread.allocate_lock()
 more than a pipe writes at once) must not interleave with the worker's ``done``."""
 
 
+MAX_ERROR_CHARS = 4096
+"""A cell's error summary is cut to this many characters before it is sent: a message of
+400,000 ``é`` (six bytes each once escaped) made the done line pass the agent's 2 MiB bound
+for a control line, and the agent restarted the interpreter. The agent keeps 2000."""
+
+
 def _send(obj: "dict[str, Any]") -> None:
     """Write one JSON line to the agent; a broken control pipe ends the worker."""
     if _state.forked:
@@ -511,6 +517,8 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
     except Exception as exc:
         _report_exception(exc)
     _flush_std()
+    if error is not None and len(error) > MAX_ERROR_CHARS:
+        error = error[:MAX_ERROR_CHARS]  # the agent keeps 2000 of them (its control line: 2 MiB)
     done: dict[str, Any] = {"t": "done", "status": status, "exit_code": exit_code, "error": error}
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     _state.children_maxrss = children_after

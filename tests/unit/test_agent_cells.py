@@ -411,6 +411,29 @@ def test_python_crash_restarts(py: AgentDriver, code: str, signum: int,
     assert_success(py.run("1 + 1"))
 
 
+@pytest.mark.parametrize(("language", "kept", "code", "raised"), [
+    ("python", "kept = 1", "raise ValueError('\u00e9' * 400_000)", "ValueError: \u00e9\u00e9"),
+    # Node's JSON keeps non-ASCII as UTF-8 (two bytes each) but escapes control characters.
+    ("javascript", "var kept = 1", "throw new RangeError('\\u0001'.repeat(400000))",
+     "RangeError: \u0001\u0001"),
+])
+def test_a_huge_error_message_ends_the_cell_not_the_interpreter(
+        request: pytest.FixtureRequest, language: str, kept: str, code: str,
+        raised: str) -> None:
+    """An exception whose message is 400,000 non-ASCII characters made the worker's done line
+    (each escaped to six bytes) pass the agent's 2 MiB bound for a control line: the cell
+    ended as "broke the control protocol" and the interpreter was restarted, its state lost
+    (an Open WebUI review). The worker cuts the summary; the agent keeps 2000 characters."""
+    driver: AgentDriver = request.getfixturevalue({"python": "py", "javascript": "js"}[language])
+    assert_success(driver.run(kept))
+    result = driver.run(code)
+    assert result.done["status"] == "error"
+    assert result.done["restarted"] is False, result.done
+    assert result.done["error"].startswith(raised), result.done["error"][:200]
+    assert len(result.done["error"]) <= 2000
+    assert_success(driver.run("kept"))
+
+
 def test_lone_surrogates_from_the_worker_leave_as_question_marks(py: AgentDriver) -> None:
     """The worker writes its control lines as ASCII JSON, so a lone surrogate in a repr or an
     exception message reaches the agent as a ``\\ud800`` escape; frames are UTF-8, where it
