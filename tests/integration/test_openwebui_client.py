@@ -1,4 +1,4 @@
-"""Open WebUI's own client code, unmodified, against the service: both paths, both auth modes.
+"""Open WebUI's own client code, unmodified, against the service: every path, every auth mode.
 
 ``tests/openwebui/check.py`` fetches the pinned open-webui wheel from PyPI (cached in
 ``.cache/openwebui/``), extracts ``open_webui/utils/code_interpreter.py`` and runs its

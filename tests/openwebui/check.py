@@ -280,22 +280,26 @@ ServiceFactory = Callable[..., contextlib.AbstractContextManager[Any]]
 SERVICE_ENV = {"ENABLE_JAVASCRIPT": "false", "ENABLE_SHELL": "false", "ENABLE_RUST": "false",
                "MAX_EXECUTION_TIME": str(MAX_EXECUTION_TIME),
                "DEFAULT_EXECUTION_TIME": str(MAX_EXECUTION_TIME)}
+# token: an API key as the Jupyter token; jupyter-token: a JUPYTER_TOKEN of its own beside
+# the API keys, as docker-compose.openwebui.yml sets it up; password: a login.
 MODES = {"token": {"API_KEYS": TOKEN},
+         "jupyter-token": {"API_KEYS": "openwebui-check-api-key", "JUPYTER_TOKEN": TOKEN},
          "password": {"JUPYTER_PASSWORD": PASSWORD, "SESSION_SECRET": "openwebui-check-secret"}}
 
 
 def run_checks(env: ClientEnv, make_service: ServiceFactory) -> Report:
-    """Both paths, in token and in password mode, each against a fresh service."""
+    """Every path, in each of :data:`MODES`, each against a fresh service."""
     report = Report()
     problems = call_site_problems(env.src)
-    report.check(f"open-webui {VERSION} call sites (routers/utils.py, middleware.py)",
+    report.check(f"open-webui {VERSION} call sites ({', '.join(CALL_SITES)})",
                  not problems, "; ".join(problems))
     for mode, settings in MODES.items():
-        secret = TOKEN if mode == "token" else PASSWORD
+        auth = "password" if mode == "password" else "token"
+        secret = PASSWORD if auth == "password" else TOKEN
         with make_service(**SERVICE_ENV, **settings) as service:
             service.wait_pool_full()
             report.lines.append(f"{mode} mode ({service.http}):")
-            for run in run_client(env, service.http, mode, secret):
+            for run in run_client(env, service.http, auth, secret):
                 judge(report, mode, run)
             if mode == "password":
                 # An Open WebUI deployment may follow redirects; then the 302 of
