@@ -15,9 +15,9 @@ from starlette.routing import Route, WebSocketRoute
 
 from ws_sandbox import __version__, web
 from ws_sandbox import frames as fr
-from ws_sandbox.auth import AuthMiddleware
+from ws_sandbox.auth import AuthMiddleware, check_request
 from ws_sandbox.backend import DockerBackend
-from ws_sandbox.exceptions import ConfigError, EngineUnavailable
+from ws_sandbox.exceptions import ConfigError, EngineUnavailable, SandboxError
 from ws_sandbox.jupyter.routes import routes as jupyter_routes
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.pool import WarmPool
@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 
 
 async def health(request: Request) -> JSONResponse:
-    """Engine reachable, image present, pool state, runtime in use; 503 when it cannot serve."""
+    """Engine reachable, image present, pool state, runtime in use; 503 when it cannot serve.
+
+    Public, for monitors; but on a service with API keys a caller without one gets the
+    status alone: the engine's version, the runtimes, the problems that leave sandboxes
+    weaker and the pool's errors are for its operators, not for whoever can reach it.
+    """
     manager: SessionManager = request.app.state.manager
     settings = manager.settings
     info = await manager.backend.info()
@@ -52,6 +57,11 @@ async def health(request: Request) -> JSONResponse:
         "sessions": manager.active,
         "uptime_s": round(time.monotonic() - request.app.state.started, 3),
     }
+    try:
+        check_request(settings, authorization=request.headers.get("authorization"),
+                      api_key=None, address="", admin=False)
+    except SandboxError:
+        body = {"status": body["status"]}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

@@ -59,8 +59,12 @@ class Service:
         return docker_ids(f"label={LABEL_INSTANCE}={self.instance}")
 
     def get(self, path: str) -> tuple[int, dict[str, object]]:
+        """GET ``path``, with the service's first API key if it has any."""
+        request = urllib.request.Request(self.http + path)
+        if key := self.env.get("API_KEYS", "").split(",")[0].strip():
+            request.add_header("Authorization", f"Bearer {key}")
         try:
-            with urllib.request.urlopen(self.http + path, timeout=10) as r:
+            with urllib.request.urlopen(request, timeout=10) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")

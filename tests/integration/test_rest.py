@@ -499,7 +499,15 @@ def test_keys_are_required(locked: Service) -> None:
     assert status == 403 and err["error"]["code"] == "forbidden"
     for path in ("/api/v1/stats", "/metrics", "/api/v1/config", "/api/v1/executions"):
         assert call(locked, path)[0] == 401, path
-    assert call(locked, "/api/v1/health")[0] == 200  # monitors need no key
+    # Monitors need no key, and get the status alone: the engine's version, the runtimes,
+    # the problems that weaken sandboxes and the pool's errors went to anyone (a review).
+    status, _, health = call(locked, "/api/v1/health")
+    assert (status, health) == (200, {"status": "ok"})
+    status, _, health = call(locked, "/api/v1/health", headers=bearer("wrong"))
+    assert (status, health) == (200, {"status": "ok"})
+    status, _, health = call(locked, "/api/v1/health", headers=bearer("k-auth"))
+    assert status == 200 and health["status"] == "ok" and "engine" in health, health
+    assert "pool" in health and "problems" in health
     status, _, ok = call(locked, "/api/v1/execute", body, headers=bearer("k-auth"))
     assert status == 200 and ok["stdout"] == "1\n"
 
