@@ -74,11 +74,16 @@ class ClientMessage:
     #: The connection it came from: ignored while another is the session's client (one let
     #: go as too slow, or resumed from elsewhere, stays open while its close waits).
     sink: FrameSink | None = None
+    #: Its peer address, recorded with the cell it sends (empty: the session's own).
+    address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ClientRequest:
     frame: fr.ClientFrame
+    #: The peer address of the client that asked, recorded with the cell (empty: the
+    #: session's own).
+    address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +151,9 @@ class SessionRunner:
         self.core = core
         self.sandbox: Sandbox | None = sandbox
         self.client_id = client_id
-        #: The peer address of the client that spoke to the session last (a session that
-        #: is resumed, or a kernel whose channels connect again, may be reached from
-        #: another): recorded with each cell beside ``client_id``, which for a keyed caller
-        #: names the key alone.
+        #: The peer address of the session's client (a resumed session's may change): a
+        #: cell is recorded with the address of the connection that sent it, this one when
+        #: its event names none.
         self.address = address
         #: Which adapter drives the session (see :data:`~ws_sandbox.records.Origin`).
         self.origin: Origin = origin
@@ -267,11 +271,11 @@ class SessionRunner:
         now = self._loop.time()
         core = self.core
         match event:
-            case ClientMessage(data, sink):
+            case ClientMessage(data, sink, address):
                 if self._from_client(sink):
-                    core.receive_client(data, now)
-            case ClientRequest(frame):
-                core.receive_frame(frame, now)
+                    core.receive_client(data, now, address=address or self.address)
+            case ClientRequest(frame, address):
+                core.receive_frame(frame, now, address=address or self.address)
             case ClientGone(sink):
                 if sink is self._sink:
                     self._sink = None

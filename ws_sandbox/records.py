@@ -38,8 +38,8 @@ class ExecutionRecord(msgspec.Struct, kw_only=True):
     cell_id: str
     origin: Origin
     client: str
-    #: The peer address of the client that sent the cell (``client`` names a keyed caller
-    #: by its key alone); empty in history rows written before it was kept.
+    #: The peer address of the connection that sent the cell (``client`` names a keyed
+    #: caller by its key alone); empty in history rows written before it was kept.
     address: str
     language: str
     started_at: float
@@ -73,7 +73,7 @@ def record_of(runner: SessionRunner, finished: CellFinished) -> ExecutionRecord:
         cell_id=cell.id,
         origin=origin,
         client=runner.client_id,
-        address=runner.address,
+        address=cell.address or runner.address,
         language=runner.core.language,
         started_at=round(now - result.execution_time_ms / 1000.0, 6),
         finished_at=round(now, 6),

@@ -144,6 +144,8 @@ class Cell:
     code: str
     timeout: float
     submitted_at: float
+    #: The peer address of the connection that sent it (for the records).
+    address: str = ""
     started_at: float | None = None
     deadline: float | None = None
     output_bytes: int = 0
@@ -265,8 +267,9 @@ class Session:
 
     # --- inputs from the client ------------------------------------------------------------
 
-    def receive_client(self, data: str | bytes, now: float) -> None:
-        """Handle one WebSocket message from the client (text or binary)."""
+    def receive_client(self, data: str | bytes, now: float, *, address: str = "") -> None:
+        """Handle one WebSocket message from the client (text or binary); ``address`` is
+        the peer address of the connection it came over."""
         if self.state is State.CLOSED:
             return
         self._touch(now)
@@ -284,10 +287,10 @@ class Session:
         except SandboxError as exc:
             self._error(exc, cell_id=fr.cell_id_of(data))
             return
-        self.receive_frame(frame, now)
+        self.receive_frame(frame, now, address=address)
 
-    def receive_frame(self, frame: fr.ClientFrame, now: float) -> None:
-        """Handle one decoded client frame."""
+    def receive_frame(self, frame: fr.ClientFrame, now: float, *, address: str = "") -> None:
+        """Handle one decoded client frame (from a connection at ``address``)."""
         if self.state is State.CLOSED:
             return
         self._touch(now)
@@ -296,7 +299,7 @@ class Session:
                 try:
                     if self.admit_cell is not None:
                         self.admit_cell()  # e.g. a rate limit; raises to refuse the cell
-                    self.submit(frame, now)
+                    self.submit(frame, now, address=address)
                 except SandboxError as exc:
                     self._error(exc, cell_id=frame.id)
             case fr.Interrupt():
@@ -306,7 +309,7 @@ class Session:
             case _:  # pragma: no cover - exhaustiveness
                 raise AssertionError(frame)
 
-    def submit(self, request: fr.Execute, now: float) -> Cell:
+    def submit(self, request: fr.Execute, now: float, *, address: str = "") -> Cell:
         """Queue a cell, or start it at once when the session is idle.
 
         Raises:
@@ -322,7 +325,8 @@ class Session:
         if self.busy and len(self.queue) >= limits.max_queued_cells:
             raise QueueFull(f"{len(self.queue)} cells are already waiting; the limit is"
                             f" {limits.max_queued_cells}")
-        cell = Cell(id=request.id, code=request.code, timeout=timeout, submitted_at=now)
+        cell = Cell(id=request.id, code=request.code, timeout=timeout, submitted_at=now,
+                    address=address)
         self.queue.append(cell)
         self._start_next(now)
         return cell

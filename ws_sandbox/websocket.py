@@ -160,7 +160,7 @@ async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
                 break
             text = message.get("text")
             data = text if text is not None else message.get("bytes") or b""
-            await runner.feed(ClientMessage(data, sink))
+            await runner.feed(ClientMessage(data, sink, address))
     except WebSocketDisconnect as exc:
         deliberate = exc.code == 1000
     finally:

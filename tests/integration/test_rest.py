@@ -477,7 +477,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     require_docker()  # a failure in CI, never a silent skip
     tmp = tmp_path_factory.mktemp("locked")
     with running_service(
-            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc,k-resume,k-hist,k-addr",
+            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc,k-resume,k-hist,k-addr,k-addr2",
             ADMIN_API_KEY="boss",
             ALLOWED_ORIGINS="https://ok.example", RATE_LIMIT_PER_MINUTE="1",
             RATE_LIMIT_BURST="3", MAX_CONCURRENT_EXECUTIONS="1", ENABLE_RUST="false",
@@ -585,6 +585,33 @@ def test_refusals_are_counted_and_summed_up_in_the_log(make_service: ServiceFact
     (line,) = summaries
     assert "5 forbidden (127.0.0.1 5); 3 unauthorized (127.0.0.1 3); 1 rate_limited (key:" in line
     assert "wrong-key" not in line and "k-one" not in line
+
+
+async def test_a_cell_is_recorded_with_the_address_that_sent_it(locked: Service) -> None:
+    """The address was read when the cell finished: a cell sent from one address, whose
+    session was then resumed from another, was recorded with the second (a review of the
+    change that added it). Each cell now keeps the address of the connection that sent it."""
+    url = f"{locked.url}/api/v1/sessions/ws"
+    key = bearer("k-addr2")
+    first = await websockets.connect(f"{url}?language=python", additional_headers=key,
+                                     local_addr=("127.0.0.1", 0))
+    token = json.loads(await first.recv())["token"]
+    await first.send(json.dumps({"type": "execute", "id": "from-a",
+                                 "code": "import time; time.sleep(2)"}))
+    await asyncio.sleep(0.5)
+    first.transport.abort()  # dropped: the session waits for a resume
+    async with websockets.connect(f"{url}?resume={token}", additional_headers=key,
+                                  local_addr=("127.0.0.2", 0)) as second:
+        frames = [json.loads(await second.recv())]
+        while frames[-1]["type"] != "result":
+            frames.append(json.loads(await asyncio.wait_for(second.recv(), 20)))
+        await second.send(json.dumps({"type": "execute", "id": "from-b", "code": "1"}))
+        while frames[-1].get("id") != "from-b" or frames[-1]["type"] != "result":
+            frames.append(json.loads(await asyncio.wait_for(second.recv(), 20)))
+    status, _, page = call(locked, "/api/v1/executions?limit=10", headers=key)
+    assert status == 200, page
+    sent = {item["cell_id"]: item["address"] for item in page["items"]}
+    assert sent == {"from-a": "127.0.0.1", "from-b": "127.0.0.2"}, sent
 
 
 async def test_websocket_keys_and_origins(locked: Service) -> None:

@@ -42,6 +42,7 @@ class FakeConnection:
         self.sent: list[dict[str, Any]] = []
         self.closed: tuple[int, str] | None = None
         self.at_once = False
+        self.address = "192.0.2.1"
 
     async def send_text(self, text: str) -> None:
         assert len(text.encode()) < 1024 * 1024

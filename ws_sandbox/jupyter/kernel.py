@@ -70,6 +70,9 @@ _ENAMES: dict[str, str] = {"timeout": "TimeoutError", "interrupted": "KeyboardIn
 class Connection(Protocol):
     """One WebSocket connected to a kernel."""
 
+    #: The peer address it comes from (recorded with the cells it sends).
+    address: str
+
     async def send_text(self, text: str) -> None:
         """Send one message; raises when the connection is gone or too slow."""
 
@@ -317,7 +320,8 @@ class Kernel:
             if self.runner is not None:
                 self.runner.feed_nowait(ClientRequest(fr.Execute(
                     id=execution.cell_id, code=execution.code,
-                    timeout=self._execution_timeout)))
+                    timeout=self._execution_timeout),
+                    address=execution.origin.address if execution.origin else ""))
 
     # --- REST operations -------------------------------------------------------------------
 

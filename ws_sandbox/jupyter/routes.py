@@ -233,6 +233,7 @@ class WebSocketConnection:
     def __init__(self, websocket: WebSocket, *, close_timeout: float | None) -> None:
         self._ws = websocket
         self._close_timeout = close_timeout
+        self.address = _address(websocket)
 
     async def send_text(self, text: str) -> None:
         """Send one JSON message."""
@@ -263,7 +264,6 @@ async def channels(websocket: WebSocket) -> None:
             await websocket.close(exc.close_code, exc.code)
         return
     await websocket.accept()
-    address = _address(websocket)
     conn = WebSocketConnection(
         websocket, close_timeout=websocket.app.state.manager.settings.send_timeout)
     await kernel.connect(conn)
@@ -284,8 +284,6 @@ async def channels(websocket: WebSocket) -> None:
                 break
             if not kernel.connected(conn):  # dropped as too slow: it speaks for no one
                 break
-            if kernel.runner is not None:
-                kernel.runner.address = address  # the cells it sends are recorded with it
             try:
                 await kernel.handle(msg, conn)
             except SandboxError as exc:  # a failed restart, say: the channel goes on
