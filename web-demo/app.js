@@ -406,7 +406,10 @@
     const data = frame.data || {};
     let node;
     const size = typeof data["image/png"] === "string" ? pngSize(data["image/png"]) : null;
-    if (size && size.width * size.height > MAX_IMAGE_PIXELS) {
+    if (typeof data["image/png"] === "string" && !size) {
+      // The browser would decode whatever the bytes are (a GIF, say), of any size.
+      node = el("p", { class: "note", text: "(an image that is not a PNG: not shown)" });
+    } else if (size && size.width * size.height > MAX_IMAGE_PIXELS) {
       // A few KB of PNG can ask the browser to decode gigabytes: not shown.
       node = el("p", { class: "note",
         text: `(an image of ${size.width} × ${size.height} pixels: too large to show)` });
@@ -428,12 +431,8 @@
 
   // The width and height in a PNG's header (IHDR), or null when it is not a PNG.
   function pngSize(base64) {
-    let head;
-    try {
-      head = atob(base64.slice(0, 32));  // 24 bytes: signature, IHDR length and type, size
-    } catch {
-      return null;
-    }
+    if (!/^[A-Za-z0-9+/]{32}/.test(base64)) return null;  // atob would skip whitespace
+    const head = atob(base64.slice(0, 32));  // 24 bytes: signature, IHDR length and type, size
     if (head.length < 24 || head.slice(0, 8) !== "\x89PNG\r\n\x1a\n") return null;
     const u32 = (at) => ((head.charCodeAt(at) << 24) >>> 0) + (head.charCodeAt(at + 1) << 16)
       + (head.charCodeAt(at + 2) << 8) + head.charCodeAt(at + 3);

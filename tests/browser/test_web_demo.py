@@ -308,10 +308,20 @@ def test_an_image_too_large_to_decode_is_not_shown(page: Page) -> None:
         "        return (b'\\x89PNG\\r\\n\\x1a\\n'\n"
         "                + chunk(b'IHDR', struct.pack('>IIBBBBB', 1, 1, 1, 0, 0, 0, 0))\n"
         "                + chunk(b'IDAT', zlib.compress(bytes(2))) + chunk(b'IEND', b''))\n"
-        "display(Small())\n"))
+        "display(Small())\n"
+        # Not a PNG, whatever its type says: the browser decodes what the bytes are (a
+        # GIF of 16000 x 16000 here), so it got past a PNG-only check (a review).
+        "gif = (b'GIF89a' + struct.pack('<HHBBB', 16000, 16000, 0x80, 0, 0)\n"
+        "       + bytes([0, 0, 0, 255, 255, 255, 0x2c]) + struct.pack('<HHHHB', 0, 0, 1, 1, 0)\n"
+        "       + bytes([2, 2, 0x44, 1, 0, 0x3b]))\n"
+        "class Gif:\n"
+        "    def _repr_png_(self):\n"
+        "        return gif\n"
+        "display(Gif())\n"))
     expect(cell).to_have_attribute("data-status", "success")
-    expect(cell.locator(".display .note")).to_have_text(
-        "(an image of 16000 \u00d7 16000 pixels: too large to show)")
+    expect(cell.locator(".display .note")).to_have_text([
+        "(an image of 16000 \u00d7 16000 pixels: too large to show)",
+        "(an image that is not a PNG: not shown)"])
     expect(cell.locator(".display img")).to_have_count(1)  # the small one is shown
 
 
