@@ -106,6 +106,8 @@ exit status:
            1 when it had none, or 0, or a negative one
   2        no result: bad arguments or code, a bad URL, the service unreachable or
            refusing, the session closed, or the result late past --result-grace
+A cell that fails with its own exit code 2, 124 or 130 exits with it too: the status
+line on standard error ([timeout], [error] ...) tells them apart.
 """
 
 

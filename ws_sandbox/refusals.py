@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Refusals:
         self.auth: Counter[str] = Counter()
         self._window: Counter[tuple[str, str]] = Counter()
         self._timer: asyncio.TimerHandle | None = None
+        self._started = 0.0  # loop time of the window's first refusal
 
     def refused(self, reason: str, caller: str) -> None:
         """Note one refusal of ``caller`` (a key's identity or an address) for ``reason``
@@ -51,14 +53,18 @@ class Refusals:
             caller = OTHERS
         self._window[reason, caller] += 1
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.interval, self.summarize)
+            loop = asyncio.get_running_loop()
+            self._started = loop.time()
+            self._timer = loop.call_later(self.interval, self.summarize)
 
-    def summarize(self) -> None:
-        """Log what was refused since the last summary, and start afresh."""
+    def summarize(self, took: float | None = None) -> None:
+        """Log what was refused since the last summary, over ``took`` seconds (the
+        :attr:`interval` by default), and start afresh."""
         self._timer = None
         if not self._window:
             return
-        log.warning("refused in the last %g s: %s", self.interval, self.summary())
+        log.warning("refused in the last %g s: %s", self.interval if took is None else took,
+                    self.summary())
         self._window.clear()
 
     def summary(self) -> str:
@@ -77,7 +83,9 @@ class Refusals:
         return "; ".join(parts)
 
     def close(self) -> None:
-        """Write the summary gathered so far (at shutdown)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self.summarize()
+        """Write the summary gathered so far (at shutdown), over the seconds it took."""
+        if self._timer is None:
+            return
+        self._timer.cancel()
+        took = asyncio.get_running_loop().time() - self._started
+        self.summarize(min(math.ceil(took), self.interval))

@@ -37,9 +37,14 @@ async def test_a_quiet_spell_logs_nothing_and_the_next_refusal_starts_a_window(
         await asyncio.sleep(0.3)
         r.refused("too_many_sessions", "key:cd34")
         r.close()  # at shutdown: what is gathered is written at once
+        long = Refusals(interval=60)
+        long.refused("rate_limited", "10.0.0.2")
+        long.close()  # over the whole seconds its window took, not the minute
+        long.close()  # nothing more
         lines = [rec.getMessage() for rec in caplog.records]
     assert lines == ["refused in the last 0.05 s: 1 at_capacity (10.0.0.1 1)",
-                     "refused in the last 0.05 s: 1 too_many_sessions (key:cd34 1)"]
+                     "refused in the last 0.05 s: 1 too_many_sessions (key:cd34 1)",
+                     "refused in the last 1 s: 1 rate_limited (10.0.0.2 1)"]
 
 
 async def test_many_callers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -197,6 +197,7 @@ async def login(request: Request) -> Response:
     try:
         auth.check_open_host(settings, request.headers.get("host"))
     except SandboxError as exc:
+        note_refusal(request.app, exc, _address(request))
         return error_response(exc)
     xsrf = request.cookies.get(auth.XSRF_COOKIE)
     if request.method != "POST":
@@ -214,6 +215,9 @@ async def login(request: Request) -> Response:
         if identity is None:
             raise Forbidden("invalid password")
     except SandboxError as exc:
+        # Counted and summed up with the other refusals: the form takes the token and any
+        # API key as a password, so failures here are guesses at keys too.
+        note_refusal(request.app, exc, _address(request))
         return error_response(exc)
     target = request.query_params.get("next", "/api")
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
