@@ -202,8 +202,19 @@ class History:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Made here, not by SQLite (0644), so that neither the file nor the -wal and -shm
-        # files SQLite gives its mode are readable by everyone: rows hold outputs.
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, RECORD_FILE_MODE))
+        # files SQLite gives its mode are readable by everyone: rows hold outputs. One made
+        # by an earlier version (0644) loses what everyone could read.
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if path is not self.path and not path.exists():
+                continue
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, RECORD_FILE_MODE)
+            try:
+                if (mode := os.fstat(fd).st_mode) & 0o007:
+                    os.fchmod(fd, mode & 0o7770)
+                    log.warning("the history %s was readable by everyone: now %o", path,
+                                mode & 0o770)
+            finally:
+                os.close(fd)
         db = sqlite3.connect(self.path, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")

@@ -205,6 +205,21 @@ async def test_the_database_is_not_readable_by_everyone(tmp_path: Path) -> None:
     assert set(modes.values()) == {0o640}, modes
 
 
+async def test_a_database_an_earlier_version_made_loses_what_everyone_could_read(
+        tmp_path: Path) -> None:
+    """0640 applied only to a file it created: one made 0644 before stayed so (a review)."""
+    path = tmp_path / "h.db"
+    async with history(path) as h:
+        h.record(record(1))
+    for name in ("h.db", "h.db-wal", "h.db-shm"):
+        if (tmp_path / name).exists():
+            (tmp_path / name).chmod(0o644)
+    async with history(path) as h:
+        assert await h.get("e1") is not None
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert set(modes.values()) == {0o640}, modes
+
+
 async def test_a_quiet_service_forgets_on_time(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows were deleted at start and every 100 inserts only, so a quiet service kept them
