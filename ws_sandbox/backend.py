@@ -678,10 +678,14 @@ class DockerBackend:
             shown = await self.docker.containers.container(container_id).show()
         except (aiodocker.DockerError, aiohttp.ClientError, OSError):
             return  # gone, or the engine does not answer: the next start looks again
-        if shown["State"]["Status"] == "created":
-            log.info("removing container %s: created by an earlier run and never started",
-                     container_id[:12])
-            await self.remove(container_id)
+        if shown["State"]["Status"] != "created":
+            return
+        try:  # not forced: one another service has just started is refused (409), and kept
+            await self.docker.containers.container(container_id).delete(v=True)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError):
+            return
+        log.info("removed container %s: created by an earlier run and never started",
+                 container_id[:12])
 
     async def _exits_within(self, container_id: str, seconds: float) -> bool:
         """Whether a container has stopped, or stops within ``seconds``."""

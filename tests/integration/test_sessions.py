@@ -434,7 +434,7 @@ async def test_a_container_created_and_never_started_is_removed_after_the_start_
             subprocess.run(["docker", "start", live], capture_output=True, check=True)
             await wait_for(lambda: not container_exists(dead[:12]), timeout=20)
             assert container_exists(live[:12])
-            assert f"removing container {dead[:12]}: created by an earlier run and never" \
+            assert f"removed container {dead[:12]}: created by an earlier run and never" \
                 " started" in svc.log()
     finally:
         subprocess.run(["docker", "rm", "-f", dead, live], capture_output=True, check=False)
