@@ -45,6 +45,14 @@
   const ALL_LANGUAGES = ["python", "javascript", "shell", "rust"];
   const INDENT = "    ";
   const MAX_IMAGE_PIXELS = 4096 * 4096;  // larger images are not shown (decoded, they are big)
+  // A cell that switches between stdout and stderr a byte at a time made one box per switch:
+  // tens of thousands of elements and stalls of a second (a review). Past this many boxes in
+  // one cell, the rest of its output goes into one last box for both streams.
+  const MAX_RUNS_PER_CELL = 1000;
+  const TEXT_NODE_CHARS = 4096;  // output joins the last text node while it is shorter
+  // Characters that reorder the text around them (Trojan Source): a cell's output could make
+  // its text read otherwise than it is. Shown by name instead, e.g. ⟦U+202E⟧.
+  const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
 
   const CLOSE_REASONS = {
     idle_timeout: "idle for too long",
@@ -387,17 +395,37 @@
     const cell = cellOf(frame);
     if (!cell) return;
     setCellStatus(cell, "running");
-    const name = frame.name === "stderr" ? "stderr" : "stdout";
+    let name = frame.name === "stderr" ? "stderr" : "stdout";
     let run = cell.out.lastElementChild;
+    if (run && run.dataset.stream === "both") name = "both";  // past MAX_RUNS_PER_CELL
     if (!run || !run.classList.contains("run") || run.dataset.stream !== name) {
+      if (++cell.runs > MAX_RUNS_PER_CELL) name = "both";
       // A run is a stretch of one stream; stderr gets a visible label, both a spoken one.
+      const label = name === "both" ? "stdout and stderr, too many switches to tell apart" : name;
       run = el("div", { class: `run ${name}`, "data-stream": name },
-        el("span", { class: name === "stderr" ? "run-label" : "visually-hidden", text: name }),
+        el("span", { class: name === "stdout" ? "visually-hidden" : "run-label", text: label }),
         el("pre", { class: "run-text" }));
       cell.out.append(run);
     }
-    run.lastElementChild.append(frame.text);
+    appendText(run.lastElementChild, frame.text);
     cell.out.hidden = false;
+  }
+
+  // A cell's text, with the characters that reorder text shown by name (BIDI_CONTROLS).
+  function cellText(text) {
+    return String(text).replace(BIDI_CONTROLS, (c) =>
+      `\u27e6U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}\u27e7`);
+  }
+
+  // Appends to the last text node while it is short: one node per frame made as many nodes
+  // as frames; one node for all of a run would copy it whole on every frame.
+  function appendText(node, text) {
+    const last = node.lastChild;
+    if (last && last.nodeType === Node.TEXT_NODE && last.length < TEXT_NODE_CHARS) {
+      last.appendData(cellText(text));
+    } else {
+      node.append(cellText(text));
+    }
   }
 
   function onDisplay(frame) {
@@ -418,7 +446,7 @@
       node = el("img", { src: `data:image/png;base64,${data["image/png"]}`,
         alt: `image output of cell ${cell.n}` });
     } else if (typeof data["text/plain"] === "string") {
-      node = el("pre", { class: "run-text", text: data["text/plain"] });
+      node = el("pre", { class: "run-text", text: cellText(data["text/plain"]) });
     } else {
       node = el("p", { class: "note", text: `(output of type ${Object.keys(data).join(", ")})` });
     }
@@ -449,7 +477,7 @@
     if (frame.exit_code != null) meta.push(`exit ${frame.exit_code}`);
     cell.meta.textContent = meta.join(" · ");
     const notes = [];
-    if (frame.error) notes.push(frame.error);
+    if (frame.error) notes.push(cellText(frame.error));
     if (frame.truncated) notes.push("Output was truncated: the cell printed more than the limit.");
     if (frame.state_lost) notes.push("The interpreter was restarted: variables from earlier cells are gone.");
     for (const text of notes) cell.notes.append(el("p", { class: "note", text }));
@@ -519,7 +547,7 @@
       codeView, out, notes);
     ui.cells.append(li);
     ui.empty.hidden = true;
-    const cell = { el: li, badge, meta, out, notes, status: "queued", n, code };
+    const cell = { el: li, badge, meta, out, notes, status: "queued", n, code, runs: 0 };
     S.cells.set(id, cell);
     li.scrollIntoView({ block: "nearest" });
     return cell;

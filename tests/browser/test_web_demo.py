@@ -325,6 +325,49 @@ def test_an_image_too_large_to_decode_is_not_shown(page: Page) -> None:
     expect(cell.locator(".display img")).to_have_count(1)  # the small one is shown
 
 
+def test_output_that_switches_streams_often_stays_small(page: Page) -> None:
+    """A cell alternating stdout and stderr a byte at a time made one box per switch: tens of
+    thousands of elements and stalls of a second (a review). Past 1,000 boxes the rest of a
+    cell's output goes into one box for both streams, and none of it is lost."""
+    cell = run_cell(page, (
+        "import os, time\n"
+        "for i in range(3000):\n"
+        "    os.write(1, b'o'); os.write(2, b'e'); time.sleep(0.0002)\n"))
+    expect(cell).to_have_attribute("data-status", "success", timeout=60_000)
+    shape = cell.evaluate("""(li) => {
+        const runs = [...li.querySelectorAll(".out > .run")];
+        const walker = document.createTreeWalker(li.querySelector(".out"), NodeFilter.SHOW_TEXT);
+        let nodes = 0;
+        while (walker.nextNode()) nodes++;
+        const text = runs.map((r) => r.querySelector(".run-text").textContent).join("");
+        return { runs: runs.length, last: runs[runs.length - 1].dataset.stream, nodes,
+                 o: text.split("o").length - 1, e: text.split("e").length - 1 };
+    }""")
+    assert shape["runs"] == 1001, shape  # the cell switched far more often than that
+    assert shape["last"] == "both", shape
+    assert shape["o"] == 3000 and shape["e"] == 3000, shape
+    assert shape["nodes"] < 2 * 1001 + 100, shape  # a label and a text per box, not per frame
+
+
+def test_characters_that_reorder_text_are_shown_by_name(page: Page) -> None:
+    """U+202E in a cell's output reversed what followed it (Trojan Source): output, values
+    and error notes show such characters by name instead."""
+    cell = run_cell(page, (
+        "class Rev:\n"
+        "    def __repr__(self):\n"
+        "        return 'value \\u2067inner\\u2069'\n"
+        "print('out \\u202etxt.exe')\n"
+        "display(Rev())\n"
+        "raise ValueError('err \\u202ecba')\n"))
+    expect(cell).to_have_attribute("data-status", "error")
+    expect(cell.locator(".run.stdout .run-text")).to_have_text("out \u27e6U+202E\u27e7txt.exe\n")
+    expect(cell.locator(".display .run-text")).to_have_text(
+        "value \u27e6U+2067\u27e7inner\u27e6U+2069\u27e7")
+    expect(cell.locator(".notes")).to_contain_text("err \u27e6U+202E\u27e7cba")
+    shown = cell.evaluate("(li) => li.textContent")
+    assert not re.search("[\u202a-\u202e\u2066-\u2069]", shown), shown
+
+
 def test_screenshot_with_output(browser: Browser, service: Service, artifacts: Path) -> None:
     page = open_page(browser, service.http + "/", width=1280, height=780)
     wait_ready(page)
