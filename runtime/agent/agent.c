@@ -77,7 +77,10 @@ extern char **environ;
 #define PROTOCOL_VERSION 1
 #define MAX_AGENT_FRAME ((size_t)1 << 20)
 #define READ_SIZE ((size_t)1 << 16)
-#define MAX_SERVICE_FRAME ((size_t)16 << 20)
+/* The largest frame the service sends: an exec of code of MAX_CODE_BYTES' ceiling (16 MiB),
+ * each byte escaped as six (a control character is \u0001), and 64 KiB for the rest: the
+ * service's own largest message, frames.MAX_WS_MESSAGE. 16 MiB cut off legal cells. */
+#define MAX_SERVICE_FRAME ((size_t)6 * (16 << 20) + 65536)
 #define MAX_TEXT_CHUNK ((size_t)64 * 1024)
 #define MAX_DISPLAY_ENTRIES 8 /* a display's data: at most 8 entries (agent_wire.AgentDisplay) */
 #define MAX_DISPLAY_KEY 100   /* with keys of at most 100 characters */

@@ -175,6 +175,20 @@ SIGINT_IGNORED = ("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n
                   "while True:\n    pass")
 
 
+async def test_code_at_the_ceiling_of_max_code_bytes_reaches_the_sandbox(
+        make_service: ServiceFactory) -> None:
+    """MAX_CODE_BYTES goes up to 16 MiB, and the agent took frames of 16 MiB: 3 MB of control
+    characters, 18 MB once escaped for the agent, ended the sandbox and the session's state
+    with it (a review). The agent now takes what the service may send."""
+    with make_service(MAX_CODE_BYTES=str(16 << 20), **PYTHON_ONLY) as svc:
+        async with await connect(svc.url) as s:
+            assert (await s.execute("x = 41")).status == "success"
+            r = await s.execute("#" + "\x01" * 3_000_000 + "\nprint(x + 1)", timeout=30)
+            assert r.status == "success", (r.status, r.result.error, r.stderr[-500:])
+            assert r.stdout == "42\n"
+            assert not r.result.state_lost
+
+
 @pytest.mark.parametrize(("grace", "least", "most"), [
     ("3", 3.5, 1 + 3 + 5 + 5),  # timeout + grace + RESTART_TIMEOUT + slack
     ("0.3", 1.0, 3.0),

@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.agent_binary import agent_binary
+from ws_sandbox import frames as fr
 
 EXIT_BAD_FRAME = 2
-MAX_SERVICE_FRAME = 16 << 20
+MAX_SERVICE_FRAME = fr.MAX_WS_MESSAGE  # an exec of 16 MiB of code escaped six to one fits
 MAX_AGENT_FRAME = 1 << 20
 TIMEOUT = 20.0
 
@@ -181,7 +182,7 @@ def test_several_frames_in_one_write_are_decoded_and_the_tail_kept(agent: Agent)
     assert second[0]["text"] == "two\n" and second[-1]["status"] == "success"
 
 
-def test_a_header_over_16_mib_ends_the_agent_before_the_body_arrives(agent: Agent) -> None:
+def test_a_header_over_the_limit_ends_the_agent_before_the_body_arrives(agent: Agent) -> None:
     agent.write(frame({"t": "hello"}) + struct.pack(">I", MAX_SERVICE_FRAME + 1))
     # stdin stays open and no body follows: the header alone decides.
     assert agent.proc.wait(timeout=TIMEOUT) == EXIT_BAD_FRAME
@@ -189,12 +190,26 @@ def test_a_header_over_16_mib_ends_the_agent_before_the_body_arrives(agent: Agen
     assert b"exceeds" in agent.proc.stderr.read()
 
 
-def test_a_frame_of_exactly_16_mib_is_accepted(agent: Agent) -> None:
+def test_a_frame_of_exactly_the_limit_is_accepted(agent: Agent) -> None:
     filler = b'{"t":"future","pad":"' + b"x" * MAX_SERVICE_FRAME
     body = filler[: MAX_SERVICE_FRAME - 2] + b'"}'
     assert len(body) == MAX_SERVICE_FRAME
     agent.write(framed(body) + frame({"t": "hello"}))
     assert agent.read_frame() == {"t": "ready", "language": "shell", "version": 1}
+
+
+def test_an_exec_of_code_rich_in_control_characters_runs(agent: Agent) -> None:
+    """3 MB of control characters are 18 MB of JSON: over the 16 MiB the agent once took, so
+    a cell within MAX_CODE_BYTES (up to 16 MiB) ended its sandbox (a review)."""
+    agent.write(frame({"t": "hello"}))
+    assert agent.read_frame()["t"] == "ready"
+    code = "#" + "\x01" * 3_000_000 + "\necho ok"
+    body = frame({"t": "exec", "id": "c1", "code": code})
+    assert len(body) > 18_000_000
+    agent.write(body)
+    frames = cell_frames(agent, "c1")
+    assert frames[-1]["status"] == "success", frames[-1]
+    assert "".join(f.get("text", "") for f in frames) == "ok\n"
 
 
 def test_service_frames_hello_interrupt_restart_and_unknown(agent: Agent) -> None:
