@@ -3,7 +3,7 @@
 #
 # Needs: the engine with a `runsc` runtime registered (scripts/setup.sh does it: see
 # /etc/docker/daemon.json, "runtimes": {"runsc": {"path": "/usr/bin/runsc",
-# "runtimeArgs": ["--network=none"]}}) and the runtime image. Extra arguments go to pytest.
+# "runtimeArgs": ["--network=none", "--oci-seccomp"]}}) and the runtime image. Extra arguments go to pytest.
 # Expectations that differ under gVisor are marked RUNSC in tests/security/test_abuse.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -41,6 +41,8 @@ _OTHER_RESPONSES: dict[str, dict[str, Any]] = {
     "/api/v1/health": {"503": {"description": "Cannot serve: the same body, its problems"
                                               " listed"}}}
 """Responses whose body is not an ``ErrorBody``."""
+_UPGRADES = {"/api/v1/sessions/ws"}
+"""Paths whose success is an upgrade to a WebSocket (101), never a 200."""
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -113,7 +115,11 @@ def openapi_document() -> dict[str, Any]:
         ok: dict[str, Any] = {"description": "OK"}
         if resp is not None:
             ok["content"] = {"application/json": {"schema": {"$ref": _REF.format(name=resp)}}}
-        op["responses"]["200"] = ok
+        if path in _UPGRADES:
+            op["responses"]["101"] = {"description": "Switching Protocols: the WebSocket"
+                                                     " session begins"}
+        else:
+            op["responses"]["200"] = ok
         for status in errors:
             op["responses"][status] = {"description": _ERRORS[status], "content": {
                 "application/json": {"schema": {"$ref": _REF.format(name="ErrorBody")}}}}

@@ -483,6 +483,11 @@ async def test_service_secrets_are_not_in_the_sandbox(battery: Service) -> None:
     # Nothing else is there: the environment is what SECURITY.md lists.
     first = await run(battery, "python", "import os\nprint(*sorted(os.environ))")
     assert sorted(first.stdout.split()) == sorted(SANDBOX_ENVIRONMENT), first
+    # SECURITY.md: HOME is /workspace, and no passwd entry names the sandbox's user.
+    who = await run(battery, "shell", 'echo "HOME=$HOME"; whoami; echo "whoami=$?";'
+                    ' getent passwd "$(id -u)"; echo "getent=$?"')
+    assert who.stdout.splitlines() == ["HOME=/workspace", "whoami=1", "getent=2"], who
+    assert "cannot find name for user ID" in who.stderr, who
 
 
 async def test_docker_socket_is_absent(battery: Service) -> None:

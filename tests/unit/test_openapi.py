@@ -52,3 +52,10 @@ def test_public_paths_need_no_key_and_every_refusal_is_listed() -> None:
     assert "413" in paths["/api/v1/admin/limits"]["patch"]["responses"]
     assert "when known" in paths["/api/v1/execute"]["post"]["responses"]["503"]["description"]
 
+
+
+def test_the_websocket_route_succeeds_with_101_not_200() -> None:
+    """A plain GET there is a 426; a session begins with 101 (a docs review: it said 200)."""
+    responses = openapi_document()["paths"]["/api/v1/sessions/ws"]["get"]["responses"]
+    assert "101" in responses and "200" not in responses
+    assert "426" in responses

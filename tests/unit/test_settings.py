@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ws_sandbox.exceptions import ConfigError
-from ws_sandbox.settings import Settings, env_example
+from ws_sandbox.settings import BOUNDS, Settings, env_example
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -277,3 +278,18 @@ def test_ordinary_keys_are_accepted() -> None:
     s = Settings.from_env({"API_KEYS": "k-1_A.b~c, sk-live/XyZ=", "ADMIN_API_KEY": "Adm!n:@*",
                            "JUPYTER_TOKEN": "0123abcdef"})
     assert s.api_key_list == ("k-1_A.b~c", "sk-live/XyZ=")
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+def test_a_value_out_of_range_is_refused_once(name: str) -> None:
+    """One problem per bad value: AUDIT_LOG_BACKUPS=0 and HISTORY_RETENTION_DAYS=0 were each
+    refused twice in one message, by the range and by a check that repeated it (a review)."""
+    variable = next(f.metadata["env"] for f in fields(Settings) if f.name == name)
+    lo, hi, _ = BOUNDS[name]
+    for value in (lo - 1 if isinstance(lo, int) else (lo / 2 if lo > 0 else -1.0),
+                  hi + 1 if isinstance(hi, int) else hi * 2):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({variable: str(value)})
+        problems = str(info.value).removeprefix("invalid settings: ").split("; ")
+        assert len([p for p in problems if p.startswith(variable)]) == 1, problems
+        assert "is out of range" in str(info.value)
