@@ -351,6 +351,25 @@ async def test_delete_removes_the_container(secured: Service) -> None:
         await wait_for(lambda: not container_exists(host), 30)
 
 
+async def test_a_kernel_whose_creator_hung_up_is_deleted(service: Service) -> None:
+    """A client that gave up on ``POST /api/kernels`` (its timeout, under load) left a
+    kernel that nobody knew of, holding a slot until its idle timeout (a review)."""
+    async def ids() -> set[str]:
+        async with aiohttp.ClientSession() as http, http.get(
+                service.http + "/api/kernels") as response:
+            return {k["id"] for k in await response.json()}
+
+    before = await ids()
+    host, port = service.http.removeprefix("http://").rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /api/kernels HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+    await writer.drain()
+    writer.close()  # before the answer
+    await wait_for(lambda: "its creator disconnected" in service.log_path.read_text(), 30)
+    assert await ids() - before == set()
+
+
 async def test_kernelspecs(service: Service) -> None:
     status, body = service.get("/api/kernelspecs")
     assert status == 200

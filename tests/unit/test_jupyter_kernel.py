@@ -11,7 +11,7 @@ import pytest
 
 from ws_sandbox import frames as fr
 from ws_sandbox.driver import ClientRequest, CloseRequest, Event, SessionRunner
-from ws_sandbox.exceptions import BackendError
+from ws_sandbox.exceptions import BackendError, BadRequest
 from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.kernel import HELD_CHARS, HELD_MESSAGES, TRACEBACK_HOLD_CHARS, Kernel
 from ws_sandbox.jupyter.specs import find_spec
@@ -288,6 +288,53 @@ async def test_empty_code_is_a_no_op_and_silent_hides_input() -> None:
     assert conn.types() == ["status", "execute_reply", "status"]
 
 
+async def test_a_silent_failure_aborts_nothing_and_store_history_false_counts_nothing(
+        ) -> None:
+    """As ipykernel: stop_on_error applies to cells that are not silent, and a cell run with
+    store_history false (or silent) does not take an execution count (a review)."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("a", "m1", silent=True), conn)
+    await kernel.handle(request("b", "m2"), conn)
+    await send(kernel, result(runner.executes()[0].id, "error", "E: x"))
+    replies = {m["parent_header"]["msg_id"]: m["content"]["status"]
+               for m in conn.of("execute_reply")}
+    assert replies == {"m1": "error"}  # m2 was not aborted: it runs
+    assert len(runner.executes()) == 2
+    await send(kernel, result(runner.executes()[1].id))
+    await kernel.handle(request("c", "m3", store_history=False), conn)
+    await send(kernel, result(runner.executes()[2].id))
+    await kernel.handle(request("d", "m4"), conn)
+    await send(kernel, result(runner.executes()[3].id))
+    counts = {m["parent_header"]["msg_id"]: m["content"]["execution_count"]
+              for m in conn.of("execute_reply")}
+    assert counts["m2"] == 1 and counts["m3"] == 1 and counts["m4"] == 2, counts
+
+
+async def test_a_reply_echoes_nothing_the_client_chose() -> None:
+    """complete_reply copied ``cursor_pos`` whatever it was (5 MB of it made an 11 MB
+    reply), and a reply went out on whatever channel the request named, ``iopub`` included
+    (a review). The cursor is now a position in the code; other channels are ignored, as
+    Jupyter Server ignores them."""
+    kernel, _, conn = await make_kernel()
+    for cursor, expected in ((3, 3), ("9" * 1000, 5), (-1, 5), (True, 5), (99, 5),
+                             (None, 5)):
+        conn.sent.clear()
+        await kernel.handle(jm.decode(json.dumps({
+            "header": {"msg_id": "c", "msg_type": "complete_request"},
+            "content": {"code": "impor", "cursor_pos": cursor}})), conn)
+        content = conn.of("complete_reply")[0]["content"]
+        assert (content["cursor_start"], content["cursor_end"]) == (expected, expected), cursor
+    for channel in ("iopub", "bogus"):
+        conn.sent.clear()
+        await kernel.handle(jm.decode(json.dumps({
+            "header": {"msg_id": "k", "msg_type": "kernel_info_request"},
+            "channel": channel})), conn)
+        assert conn.sent == [], channel
+    with pytest.raises(BadRequest):
+        jm.decode(json.dumps({"header": {"msg_id": "k", "msg_type": "kernel_info_request"},
+                              "channel": "x" * 100_000}))
+
+
 async def test_refused_cell_ends_with_error() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("x"), conn)
@@ -407,9 +454,69 @@ async def test_messages_held_without_connection_and_replayed() -> None:
     await send(kernel, result(cell))
     later = FakeConnection()
     await kernel.connect(later)
-    # iopub was held and is replayed; the shell reply belonged to the connection that left.
-    assert later.types() == ["stream", "status"]
+    # iopub was held and is replayed, and so is the reply whose connection left: its client
+    # may be the one coming back (a review: a client reconnecting after a blip waited for a
+    # reply that was thrown away; Jupyter Server keeps replies too).
+    assert later.types() == ["stream", "execute_reply", "status"]
+    assert later.of("execute_reply")[0]["parent_header"]["msg_id"] == "m1"
     assert kernel.model()["connections"] == 1
+
+
+async def test_the_replay_comes_before_what_is_sent_meanwhile() -> None:
+    """A message published while the held ones were still being replayed reached the new
+    connection before older held ones (a review's reading of the code): now it waits."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    kernel.disconnect(conn)
+    cell = runner.executes()[0].id
+    await send(kernel, fr.Stream(id=cell, name="stdout", text="one\n"))
+    await send(kernel, fr.Stream(id=cell, name="stdout", text="two\n"))
+    gate = asyncio.Event()
+
+    class Stalling(FakeConnection):
+        async def send_text(self, text: str) -> None:
+            if not self.sent:
+                await gate.wait()  # the first held message takes its time
+            await super().send_text(text)
+
+    later = Stalling()
+    replay = asyncio.create_task(kernel.connect(later))
+    await asyncio.sleep(0)
+    await send(kernel, fr.Stream(id=cell, name="stdout", text="three\n"))  # live, meanwhile
+    await send(kernel, result(cell))
+    gate.set()
+    await replay
+    texts = [m["content"]["text"] for m in later.of("stream")]
+    assert texts == ["one\n", "two\n", "three\n"]
+    assert later.types()[-2:] == ["execute_reply", "status"]
+    # Once replayed, messages go straight out again.
+    await kernel.handle(request("y", "m2"), later)
+    assert later.types()[-2:] == ["status", "execute_input"]
+
+
+async def test_a_connection_that_cannot_take_its_replay_is_cut() -> None:
+    """What waits behind a replay is bounded as the held buffer is."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    kernel.disconnect(conn)
+    cell = runner.executes()[0].id
+    await send(kernel, fr.Stream(id=cell, name="stdout", text="held\n"))
+    gate = asyncio.Event()
+
+    class Stuck(FakeConnection):
+        async def send_text(self, text: str) -> None:
+            await gate.wait()
+            await super().send_text(text)
+
+    later = Stuck()
+    replay = asyncio.create_task(kernel.connect(later))
+    await asyncio.sleep(0)
+    for n in range(HELD_MESSAGES + 1):
+        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"{n}\n"))
+    assert later.closed == (1008, "too slow") and later.at_once
+    assert kernel.model()["connections"] == 0
+    gate.set()
+    await replay
 
 
 async def test_a_state_loss_nobody_saw_is_told_to_the_next_client() -> None:

@@ -3,9 +3,11 @@
 A :class:`Kernel` is the :class:`~ws_sandbox.driver.FrameSink` of its session: the session's
 frames come in through :meth:`Kernel.send_frames` and go out as Jupyter messages to every
 WebSocket connected to the kernel (iopub) or to the one that asked (shell, control). A kernel
-lives without any WebSocket (it is created over REST); messages for nobody are kept in a
-bounded buffer (:data:`HELD_MESSAGES`, :data:`HELD_CHARS`) and replayed to the next
-connection.
+lives without any WebSocket (it is created over REST). A reply whose WebSocket is gone goes
+where iopub goes (its client may have reconnected, as Jupyter Server keeps replies for a
+client that comes back); messages for nobody are kept in a bounded buffer
+(:data:`HELD_MESSAGES`, :data:`HELD_CHARS`) and replayed to the next connection, before
+anything sent after it connected.
 
 A state loss nobody asked for (the sandbox died and was replaced, or the interpreter was
 restarted because a cell would not stop) while no WebSocket is connected is held too: its
@@ -89,6 +91,7 @@ class _Execution:
     origin: Connection | None
     code: str
     silent: bool
+    store_history: bool
     stop_on_error: bool
     cell_id: str = ""
     count: int = 0
@@ -137,6 +140,8 @@ class Kernel:
         self._connections: list[Connection] = []
         self._held: deque[str] = deque()
         self._held_chars = 0
+        self._replaying: dict[Connection, deque[str]] = {}
+        """Connections still taking the held messages: what comes meanwhile waits here."""
         self._current: _Execution | None = None
         self._pending: deque[_Execution] = deque()
         self._restarting = False
@@ -176,13 +181,17 @@ class Kernel:
     # --- connections -----------------------------------------------------------------------
 
     async def connect(self, conn: Connection) -> None:
-        """Add a WebSocket; it first gets what was held while nobody listened."""
+        """Add a WebSocket; it first gets what was held while nobody listened, then what
+        was sent to it meanwhile, in order."""
+        backlog, self._held, self._held_chars = self._held, deque(), 0
+        self._replaying[conn] = backlog
         self._connections.append(conn)
         self._touch()
-        while self._held and conn in self._connections:
-            text = self._held.popleft()
-            self._held_chars -= len(text)
-            await self._send_to(conn, text)
+        try:
+            while backlog and conn in self._connections:
+                await self._send_to(conn, backlog.popleft())
+        finally:
+            del self._replaying[conn]
 
     def connected(self, conn: Connection) -> bool:
         """Whether ``conn`` is one of the kernel's connections (not dropped as too slow)."""
@@ -198,6 +207,10 @@ class Kernel:
     async def handle(self, msg: jm.Incoming, origin: Connection | None) -> None:
         """Act on one message from a client."""
         self._touch()
+        if not msg.on_known_channel:
+            log.debug("kernel %s: ignoring %s on channel %r", self.id, msg.msg_type,
+                      msg.channel_name)
+            return
         match msg.msg_type:
             case "execute_request":
                 await self._execute_request(msg, origin)
@@ -219,7 +232,11 @@ class Kernel:
             case "is_complete_request":
                 await self._reply(msg, origin, "is_complete_reply", {"status": "unknown"})
             case "complete_request":
-                cursor = msg.content.get("cursor_pos", 0)
+                # Echoed back: only a position within the code, never what the client sent.
+                code, cursor = msg.content.get("code"), msg.content.get("cursor_pos")
+                size = len(code) if isinstance(code, str) else 0
+                if type(cursor) is not int or not 0 <= cursor <= size:
+                    cursor = size
                 await self._reply(msg, origin, "complete_reply", {
                     "status": "ok", "matches": [], "cursor_start": cursor,
                     "cursor_end": cursor, "metadata": {}})
@@ -270,6 +287,7 @@ class Kernel:
         # Flags are read for their truth, as ipykernel reads them ("false" is true there too).
         execution = _Execution(parent=msg.header, origin=origin, code=code,
                                silent=bool(content.get("silent", False)),
+                               store_history=bool(content.get("store_history", True)),
                                stop_on_error=bool(content.get("stop_on_error", True)),
                                refused=refused)
         if self.dead:
@@ -294,7 +312,7 @@ class Kernel:
         while self._current is None and self._pending and not self.dead:
             execution = self._pending.popleft()
             self._current = execution
-            if not execution.silent:
+            if not execution.silent and execution.store_history:  # as ipykernel counts
                 self.execution_count += 1
             execution.count = self.execution_count
             await self._publish("status", {"execution_state": "busy"}, execution.parent)
@@ -499,7 +517,7 @@ class Kernel:
         # ipykernel does. Taken now, before ``idle`` is sent: a request that arrives once
         # the client saw it (its next cell) is not part of them, and runs.
         doomed: list[_Execution] = []
-        if failed and current.stop_on_error:
+        if failed and current.stop_on_error and not current.silent:  # as ipykernel
             doomed, self._pending = list(self._pending), deque()
         await self._publish("status", {"execution_state": "idle"}, current.parent)
         self._current = None
@@ -547,18 +565,27 @@ class Kernel:
         await self._send(self._build(msg_type, content, "iopub", parent), None)
 
     async def _send(self, message: jm.Outgoing, target: Connection | None) -> None:
-        """iopub (``target`` None) goes to every connection, a reply to the one that asked."""
+        """iopub (``target`` None) goes to every connection, a reply to the one that asked
+        (to every one if that one is gone)."""
         self._touch()
         text = jm.encode(message)
-        if target is not None:
-            if target in self._connections:
+        if target is not None and target in self._connections:
+            if target in self._replaying:
+                await self._behind_replay(target, text)
+            else:
                 await self._send_to(target, text)
             return
+        # iopub, or a reply whose connection is gone (its client may be back on another:
+        # clients match replies to their requests by the parent's msg_id).
         if not self._connections:
             if message.parent_header:
                 self._hold(text)
             return
-        conns = list(self._connections)
+        for conn in list(self._replaying):
+            await self._behind_replay(conn, text)
+        conns = [conn for conn in self._connections if conn not in self._replaying]
+        if not conns:
+            return
         if len(conns) == 1:  # the usual case (Open WebUI): no task per message
             await self._send_to(conns[0], text)
             return
@@ -572,6 +599,20 @@ class Kernel:
         self._held_chars += len(text)
         while len(self._held) > HELD_MESSAGES or self._held_chars > HELD_CHARS:
             self._held_chars -= len(self._held.popleft())
+
+    async def _behind_replay(self, conn: Connection, text: str) -> None:
+        """Queue a message for a connection still taking the held ones; one whose queue
+        outgrows the held buffer's bounds is too slow, as one whose send timed out."""
+        backlog = self._replaying.get(conn)
+        if backlog is None or conn not in self._connections:
+            return
+        backlog.append(text)
+        if len(backlog) > HELD_MESSAGES or sum(map(len, backlog)) > HELD_CHARS:
+            log.info("kernel %s: cutting a connection that cannot take its replay", self.id)
+            self.disconnect(conn)
+            backlog.clear()
+            with contextlib.suppress(Exception):
+                await conn.close(1008, "too slow", at_once=True)
 
     async def _send_to(self, conn: Connection, text: str) -> None:
         try:

@@ -29,6 +29,8 @@ MAX_INCOMING_CHARS = MAX_WS_MESSAGE
 MAX_HEADER_CHARS = 256
 
 HeaderField = Annotated[str, msgspec.Meta(max_length=MAX_HEADER_CHARS)]
+CLIENT_CHANNELS = frozenset({"shell", "control", "stdin"})
+"""The channels a client sends on."""
 #: Stream text is cut into pieces of at most this many characters: at worst 6 bytes each
 #: in JSON (a control character as ``\u0001``), so one message stays under 1 MiB.
 STREAM_CHUNK_CHARS = 128 * 1024
@@ -54,7 +56,7 @@ class Incoming(msgspec.Struct, kw_only=True):
     header: Header
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     content: dict[str, Any] = msgspec.field(default_factory=dict)
-    channel: str | None = None
+    channel: HeaderField | None = None
     buffers: list[Any] = msgspec.field(default_factory=list)
 
     @property
@@ -66,6 +68,12 @@ class Incoming(msgspec.Struct, kw_only=True):
     def channel_name(self) -> str:
         """The channel it came on; no channel means shell, as Jupyter Server assumes."""
         return self.channel or "shell"
+
+    @property
+    def on_known_channel(self) -> bool:
+        """Whether it came on a channel a client sends on (Jupyter Server drops the rest:
+        a reply must not go out on ``iopub`` or on a channel named by the client)."""
+        return self.channel_name in CLIENT_CHANNELS
 
 
 class Outgoing(msgspec.Struct, kw_only=True):

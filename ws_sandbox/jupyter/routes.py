@@ -139,9 +139,16 @@ async def start_kernel(request: Request) -> Response:
     identity = _identity(request)
     limiter: RateLimiter = request.app.state.limiter
     limiter.check(identity)  # a kernel takes a token and each cell one, as a session does
-    kernel = await registry(request.app).start(
+    kernels = registry(request.app)
+    kernel = await kernels.start(
         name, client_id=identity, admit_cell=functools.partial(limiter.check, identity),
         address=_address(request))
+    if await request.is_disconnected():
+        # Its client gave up waiting (under load, when slots are dear): nobody will learn
+        # its id, and it would hold a slot until its idle timeout.
+        log.info("kernel %s: its creator disconnected before the answer; deleting it",
+                 kernel.id)
+        await kernels.delete(kernel.id, identity)
     return JSONResponse(kernel.model(), status_code=201,
                         headers={"Location": f"/api/kernels/{kernel.id}"})
 
