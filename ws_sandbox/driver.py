@@ -324,7 +324,13 @@ class SessionRunner:
             if not frames and not actions:
                 return
             if frames:
-                await self._deliver(frames)
+                try:
+                    await self._deliver(frames)
+                except BaseException:  # cancelled mid-send: the cells are still recorded
+                    for action in actions:
+                        if isinstance(action, CellFinished):
+                            self._observe(action)
+                    raise
             for action in actions:
                 match action:
                     case SendToAgent(to_agent):
@@ -332,15 +338,19 @@ class SessionRunner:
                     case ReplaceSandbox(reason):
                         await self._replace(reason)
                     case CellFinished():
-                        if self._on_cell is not None:
-                            try:
-                                self._on_cell(self, action)
-                            except Exception:
-                                log.exception("cell observer failed")
+                        self._observe(action)
                     case CloseSession(reason):
                         await self._close_client(reason)
                     case _:  # pragma: no cover - exhaustiveness
                         raise AssertionError(action)
+
+    def _observe(self, finished: CellFinished) -> None:
+        """Tell the cell observer (stats, audit, history) that a cell ended."""
+        if self._on_cell is not None:
+            try:
+                self._on_cell(self, finished)
+            except Exception:
+                log.exception("cell observer failed")
 
     async def _deliver(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Send frames to the client, or hold them for a resume while it is away.
@@ -433,7 +443,11 @@ class SessionRunner:
         if self.closed.is_set():
             await sandbox.destroy()
             return
-        await self._inbox.put(NewSandbox(sandbox))
+        try:
+            await self._inbox.put(NewSandbox(sandbox))
+        except BaseException:  # the teardown cancelled a wait for room: nobody has it
+            await asyncio.shield(sandbox.destroy())
+            raise
 
     async def _stop_reader(self) -> None:
         reader, self._reader = self._reader, None

@@ -263,11 +263,12 @@ class SessionManager:
     async def end(self, session_id: str, reason: fr.CloseReason, message: str) -> bool:
         """Ask a session to close; returns whether this call ended it.
 
-        ``False`` for no such session, and for one already asked to end by an earlier call:
-        concurrent requests to end one session end it, and are reported (audited), once.
+        ``False`` for no such session, for one already closed (it is listed until its
+        container is gone), and for one already asked to end by an earlier call: concurrent
+        requests to end one session end it, and are reported (audited), once.
         """
         runner = self._runners.get(session_id)
-        if runner is None or session_id in self._ending:
+        if runner is None or runner.closed.is_set() or session_id in self._ending:
             return False
         self._ending.add(session_id)  # until the session's task ends (_finished)
         await runner.feed(CloseRequest(reason, message))

@@ -92,7 +92,8 @@ class Sink:
 
 
 def start(sandbox: FakeSandbox, sink: Sink, acquire: Any = None,
-          send_timeout: float = 1.0) -> tuple[SessionRunner, asyncio.Task[None]]:
+          send_timeout: float | None = 1.0, on_cell: Any = None,
+          ) -> tuple[SessionRunner, asyncio.Task[None]]:
     loop = asyncio.get_running_loop()
     core = Session(session_id="s", language="python", limits=LIMITS, now=loop.time())
 
@@ -100,7 +101,7 @@ def start(sandbox: FakeSandbox, sink: Sink, acquire: Any = None,
         raise SandboxLost("no engine")
 
     runner = SessionRunner(core, cast(Sandbox, sandbox), acquire=acquire or no_sandbox,
-                           send_timeout=send_timeout)
+                           send_timeout=send_timeout, on_cell=on_cell)
     runner.attach(sink)
     return runner, asyncio.create_task(runner.run())
 
@@ -505,3 +506,55 @@ async def test_a_resume_says_how_many_frames_the_buffer_dropped(
     assert isinstance(again, fr.Ready) and again.frames_dropped == 0 and rest == []
     await runner.feed(CloseRequest("client_closed", ""))
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_replacement_waiting_for_a_full_inbox_is_destroyed_at_the_teardown() -> None:
+    """The replacer acquires a sandbox, then waits for room in the inbox; a session that
+    ended meanwhile (its lifetime ran out while it was stuck sending to a slow client)
+    cancelled that wait and lost the sandbox: a container left stopped for good (a review,
+    5 in 5 runs)."""
+    loop = asyncio.get_running_loop()
+    core = Session(session_id="s", language="python", limits=LIMITS, now=loop.time())
+    new = FakeSandbox("new")
+
+    async def acquire() -> Sandbox:
+        return cast(Sandbox, new)
+
+    runner = SessionRunner(core, cast(Sandbox, FakeSandbox("old")), acquire=acquire,
+                           send_timeout=1.0)
+    for _ in range(driver_module.INBOX_SIZE):  # the loop is stuck: nothing takes these
+        runner.feed_nowait(ClientGone(Sink()))
+    replacer = asyncio.create_task(runner._bring_sandbox())
+    runner._replacer = replacer
+    for _ in range(5):
+        await asyncio.sleep(0)  # it has the sandbox and waits for room
+    assert not replacer.done()
+    await runner._teardown()
+    assert replacer.cancelled()
+    assert new.destroyed
+
+
+async def test_a_cell_is_recorded_even_when_the_session_is_cancelled_delivering_it() -> None:
+    """The cell's observers (stats, audit, history) ran after its result was delivered; a
+    session cancelled during that send (the shutdown's cancel after SHUTDOWN_TIMEOUT, a
+    client that reads nothing) lost the cell's record (a review's reading of the code)."""
+    recorded: list[str] = []
+    sending = asyncio.Event()
+
+    class Stuck(Sink):
+        async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+            if any(isinstance(f, fr.Result) for f in frames):
+                sending.set()
+                await asyncio.Event().wait()  # a client that takes nothing
+            await super().send_frames(frames)
+
+    runner, task = start(FakeSandbox(), Stuck(), send_timeout=None,
+                         on_cell=lambda _, finished: recorded.append(finished.result.id))
+    await runner.feed(execute("c1", "hello"))
+    async with asyncio.timeout(BOUND):
+        await sending.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        async with asyncio.timeout(BOUND):
+            await task
+    assert recorded == ["c1"]

@@ -74,6 +74,28 @@ async def test_a_resume_that_waited_while_its_session_ended_is_refused() -> None
         await manager.resume(manager.signer.sign("s1"), Sink())
 
 
+async def test_ending_a_session_that_already_closed_ends_nothing() -> None:
+    """A closed session stays listed until its container is gone; an admin DELETE then was
+    answered 200 and audited as ending it, though nothing happened (a review, 10 in 10)."""
+    manager = SessionManager(Settings(), cast(DockerBackend, None), cast(WarmPool, QuickPool()))
+    runner = await manager.open("python", Sink())
+    gate = asyncio.Event()
+    sandbox = cast(FakeSandbox, runner.sandbox)
+
+    async def slow_destroy(*, graceful: bool = True) -> None:
+        await gate.wait()  # the container's removal takes its time
+        sandbox.destroyed = True
+
+    sandbox.destroy = slow_destroy  # type: ignore[method-assign]
+    await runner.feed(CloseRequest("client_closed", "bye"))
+    async with asyncio.timeout(BOUND):
+        await runner.closed.wait()
+    assert manager.get(runner.session_id) is runner  # still listed, as closed
+    assert not await manager.end(runner.session_id, "closed_by_admin", "by an admin")
+    gate.set()
+    await manager.shutdown(grace=BOUND)
+
+
 # --- MAX_SESSIONS_PER_KEY: what one caller holds at once ------------------------------------
 
 
