@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ws_sandbox.exceptions import CapacityError, Forbidden, SandboxError, Unauthorized
+from ws_sandbox.ratelimit import GuessLimiter
 from ws_sandbox.refusals import AUTH_REASONS
 from ws_sandbox.settings import Settings
 
@@ -220,16 +221,24 @@ class AuthMiddleware:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         websocket = scope["type"] == "websocket"
         in_query = (query.get("api_key") or [None])[0]
+        # ?api_key= only where no header can be sent: a browser's WebSocket. A URL ends up
+        # in proxies' and browsers' logs.
+        given = headers.get("authorization") or (in_query if websocket else None)
+        guesses = guesses_of(scope.get("app")) if given else None
         try:
             if websocket:
                 check_origin(settings, headers.get("origin"), headers.get("host"))
+            if guesses is not None:
+                guesses.check(address)
             try:
-                # ?api_key= only where no header can be sent: a browser's WebSocket. A URL
-                # ends up in proxies' and browsers' logs.
                 state["client_id"] = check_request(
                     settings, authorization=headers.get("authorization"),
                     api_key=in_query if websocket else None, address=address,
                     admin=path.startswith(ADMIN_PREFIX))
+            except Forbidden:
+                if guesses is not None:
+                    guesses.failed(address)
+                raise
             except Unauthorized:
                 if in_query is None or websocket:
                     raise
@@ -240,6 +249,12 @@ class AuthMiddleware:
             await _refuse(scope, receive, send, exc)
             return
         await self.app(scope, receive, send)
+
+
+def guesses_of(app: object) -> GuessLimiter | None:
+    """The service's limiter of wrong credentials (none before it started)."""
+    surface = getattr(getattr(app, "state", None), "surface", None)
+    return surface.guesses if surface is not None else None
 
 
 def note_refusal(app: object, exc: SandboxError, address: str) -> None:
@@ -262,6 +277,8 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxError)
     body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
+    if exc.retry_after_header is not None:
+        headers.append((b"retry-after", exc.retry_after_header.encode()))
     if exc.http_status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="ws-sandbox"'))
     await send({"type": f"{prefix}http.response.start", "status": exc.http_status,

@@ -1,9 +1,15 @@
-"""Token-bucket rate limiting per API key or client address.
+"""Token-bucket rate limiting per API key or client address, and of wrong credentials.
 
 Each caller has a bucket holding up to ``RATE_LIMIT_BURST`` tokens, refilled at
 ``RATE_LIMIT_PER_MINUTE / 60`` tokens per second. A REST execution, a session open and a
 session cell each take one token; an empty bucket refuses with :class:`RateLimited`, whose
-``retry_after`` says when the next token arrives. The clock is injected for tests.
+``retry_after`` says when the next token arrives (:class:`RateLimiter`).
+
+Wrong credentials (an API key, the Jupyter token or password) take a token of the caller's
+address in a second set of buckets, ``AUTH_FAILURES_PER_MINUTE`` of them; while that bucket
+is empty, the address's credentials, right or wrong, are not checked at all
+(:class:`GuessLimiter`), so a guess at a key cannot succeed faster than that rate. The clock
+is injected for tests.
 """
 
 from __future__ import annotations
@@ -86,6 +92,12 @@ class RateLimiter:
         if not self.enabled:
             return
         now = self._clock()
+        wait = self._bucket(key, now).take(now)
+        if wait > 0:
+            self._refuse(key, wait, f"rate limit of {self.per_minute} calls per minute"
+                                    f" (burst {self.burst}) exceeded; retry in {wait:.1f} s")
+
+    def _bucket(self, key: str, now: float) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= MAX_BUCKETS:
@@ -93,14 +105,13 @@ class RateLimiter:
             bucket = TokenBucket(self.per_minute / 60.0, float(self.burst),
                                  float(self.burst), now)
             self._buckets[key] = bucket
-        wait = bucket.take(now)
-        if wait > 0:
-            self.refused += 1
-            if self._on_refused is not None:
-                self._on_refused(RateLimited.code, key)
-            raise RateLimited(
-                f"rate limit of {self.per_minute} calls per minute (burst {self.burst})"
-                f" exceeded; retry in {wait:.1f} s", retry_after=wait)
+        return bucket
+
+    def _refuse(self, key: str, wait: float, message: str) -> None:
+        self.refused += 1
+        if self._on_refused is not None:
+            self._on_refused(RateLimited.code, key)
+        raise RateLimited(message, retry_after=wait)
 
     def _prune(self, now: float) -> None:
         for key, bucket in list(self._buckets.items()):
@@ -110,3 +121,41 @@ class RateLimiter:
         if len(self._buckets) >= MAX_BUCKETS:  # everyone is busy: forget the oldest
             for key in list(self._buckets)[: MAX_BUCKETS // 10]:
                 del self._buckets[key]
+
+
+class GuessLimiter(RateLimiter):
+    """Wrong credentials per client address: ``per_minute`` of them a minute, as many at once.
+
+    :meth:`check` comes before a credential is checked and takes nothing; :meth:`failed`
+    takes a token once one was wrong. While an address has no token left, :meth:`check`
+    refuses it, so its next guess is not even tried (a right key from that address waits
+    too). Behind a reverse proxy every client has the proxy's address, and one client's
+    wrong key holds the others back for as long as it keeps trying: 0 switches this off.
+    """
+
+    def __init__(self, per_minute: int, clock: Clock = time.monotonic,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
+        super().__init__(per_minute, per_minute, clock, on_refused)
+
+    def check(self, key: str) -> None:
+        """Refuse an address that has used up its wrong credentials; take nothing.
+
+        Raises:
+            RateLimited: naming the limit and when the next attempt is allowed.
+        """
+        bucket = self._buckets.get(key) if self.enabled else None
+        if bucket is None:
+            return
+        now = self._clock()
+        bucket.refill(now)
+        if bucket.tokens < 1.0:
+            wait = (1.0 - bucket.tokens) / bucket.rate
+            self._refuse(key, wait, f"too many wrong credentials from {key}: at most"
+                                    f" {self.per_minute} a minute (AUTH_FAILURES_PER_MINUTE);"
+                                    f" none are checked for {wait:.1f} s")
+
+    def failed(self, key: str) -> None:
+        """Count one wrong credential from ``key``."""
+        if self.enabled:
+            now = self._clock()
+            self._bucket(key, now).take(now)

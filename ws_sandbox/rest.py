@@ -159,7 +159,7 @@ class CollectingSink:
             self.result.set_exception(exc)
 
 
-async def _disconnect(receive: Receive) -> None:
+async def client_disconnected(receive: Receive) -> None:
     """Return once the client has disconnected (its request body already read)."""
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -226,7 +226,7 @@ async def execute(request: Request) -> Response:
     try:
         await runner.feed(ClientRequest(fr.Execute(id=execution_id, code=req.code,
                                                    timeout=timeout)))
-        gone = asyncio.ensure_future(_disconnect(request.receive))
+        gone = asyncio.ensure_future(client_disconnected(request.receive))
         try:
             async with asyncio.timeout(timeout + RESULT_GRACE + manager.settings.interrupt_grace
                                        + manager.settings.restart_timeout):

@@ -119,6 +119,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "pool_size": (0, 64, ""),
     "rate_limit_per_minute": (0, 1_000_000, ""),
     "rate_limit_burst": (1, 1_000_000, ""),
+    "auth_failures_per_minute": (0, 1_000_000, ""),
     "audit_log_max_bytes": (4096, 2**40, "bytes"),
     "audit_log_backups": (1, 1000, ""),
     "history_retention_days": (0.001, 36_500, "days"),
@@ -294,6 +295,11 @@ class Settings:
         " cells) per minute per API key or client address; 0 switches limiting off"})
     rate_limit_burst: int = field(default=20, metadata={"env": "RATE_LIMIT_BURST",
         "doc": "Calls allowed at once before the per-minute rate applies"})
+    auth_failures_per_minute: int = field(default=30, metadata={
+        "env": "AUTH_FAILURES_PER_MINUTE",
+        "doc": "Wrong API keys, Jupyter tokens or passwords one client address may send a"
+               " minute; past it, none of its credentials are checked until it may try again"
+               " (429). 0: off (behind a proxy, every client shares one address)"})
     enable_audit_log: bool = field(default=True, metadata={"env": "ENABLE_AUDIT_LOG",
         "doc": "Write one JSON line per execution to AUDIT_LOG_PATH"})
     audit_log_path: str = field(default="data/audit.log", metadata={"env": "AUDIT_LOG_PATH",

@@ -1,4 +1,4 @@
-"""The service surface around sessions: stats, audit log, history and the rate limiter.
+"""The service surface around sessions: stats, audit log, history and the rate limiters.
 
 :class:`Surface` owns them for the life of the service (``async with``) and is the one cell
 observer the session manager calls: each finished execution becomes one
@@ -17,7 +17,7 @@ from ws_sandbox.driver import SessionRunner
 from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.history import History
 from ws_sandbox.metrics import StoreState
-from ws_sandbox.ratelimit import RateLimiter
+from ws_sandbox.ratelimit import GuessLimiter, RateLimiter
 from ws_sandbox.records import record_of
 from ws_sandbox.refusals import Refusals
 from ws_sandbox.session import CellFinished
@@ -28,13 +28,15 @@ log = logging.getLogger(__name__)
 
 
 class Surface:
-    """Stats, audit log, history and rate limiter of one service run."""
+    """Stats, audit log, history and rate limiters of one service run."""
 
     def __init__(self, settings: Settings) -> None:
         self.stats = Stats()
         self.refusals = Refusals()
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst,
                                    on_refused=self.refusals.refused)
+        self.guesses = GuessLimiter(settings.auth_failures_per_minute,
+                                    on_refused=self.refusals.refused)
         self.audit: AuditLog | None = None
         self.history: History | None = None
         if settings.enable_audit_log:

@@ -101,8 +101,10 @@ def start_service(tmp: Path, **env: str) -> Service:
     instance = f"wsb-test-{uuid.uuid4().hex[:8]}"
     full_env = {**os.environ, "SANDBOX_PORT": str(port), "INSTANCE_NAME": instance,
                 "POOL_SIZE": "1", "CONTAINER_IMAGE": RUNTIME_IMAGE, "LOG_LEVEL": "info",
-                # Tests open sessions and run cells fast; only rate-limit tests want limits.
+                # Tests open sessions and run cells fast, and send wrong keys on purpose;
+                # only the tests of these limits want them.
                 "RATE_LIMIT_PER_MINUTE": "100000", "RATE_LIMIT_BURST": "10000",
+                "AUTH_FAILURES_PER_MINUTE": "0",
                 # The audit log and history of a test service stay in its directory.
                 "AUDIT_LOG_PATH": str(tmp / f"audit-{port}.log"),
                 "HISTORY_DB_PATH": str(tmp / f"history-{port}.sqlite3")}

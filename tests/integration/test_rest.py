@@ -490,6 +490,35 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def test_past_auth_failures_per_minute_no_credential_is_checked(
+        make_service: ServiceFactory) -> None:
+    """Wrong keys were refused at line rate, so a weak key could be guessed (a review):
+    an address may send AUTH_FAILURES_PER_MINUTE wrong credentials a minute, API keys,
+    Jupyter tokens and passwords together; past that its credentials, even a right one, get
+    429 with Retry-After until it may try again. A call with no credential is not a guess."""
+    with make_service(API_KEYS="right-key-1234", JUPYTER_TOKEN="jupyter-token-1234",
+                      AUTH_FAILURES_PER_MINUTE="4", ENABLE_JAVASCRIPT="false",
+                      ENABLE_SHELL="false", ENABLE_RUST="false") as svc:
+        assert call(svc, "/api/v1/stats", headers=bearer("right-key-1234"))[0] == 200
+        for _ in range(20):  # right keys are no guesses
+            assert call(svc, "/api/v1/config", headers=bearer("right-key-1234"))[0] == 200
+        assert call(svc, "/api/v1/stats", headers=bearer("wrong-1"))[0] == 403
+        assert call(svc, "/api/v1/admin/limits", headers=bearer("wrong-2"))[0] == 403
+        assert call(svc, "/api/kernels?token=wrong-3")[0] == 403
+        status, _, page = call(svc, "/login", b"password=wrong-4", headers={
+            "Content-Type": "application/x-www-form-urlencoded", "Cookie": "_xsrf=x",
+            "X-XSRFToken": "x"})
+        assert status == 403, page
+        for path, headers in (("/api/v1/stats", bearer("right-key-1234")),
+                              ("/api/kernels?token=jupyter-token-1234", {})):
+            status, got, err = call(svc, path, headers=headers)
+            assert status == 429, (path, err)
+            assert int({k.lower(): v for k, v in got.items()}["retry-after"]) >= 1
+            assert "AUTH_FAILURES_PER_MINUTE" in json.dumps(err)
+        assert call(svc, "/api/v1/stats")[0] == 401  # no credential: nothing to guess
+        assert call(svc, "/api/v1/health")[0] == 200
+
+
 def test_keys_are_required(locked: Service) -> None:
     body = {"code": "print(1)"}
     status, headers, err = call(locked, "/api/v1/execute", body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ws_sandbox.exceptions import RateLimited
-from ws_sandbox.ratelimit import RateLimiter, TokenBucket
+from ws_sandbox.ratelimit import GuessLimiter, RateLimiter, TokenBucket
 
 
 class Clock:
@@ -76,3 +76,37 @@ def test_configure_applies_to_existing_buckets() -> None:
     limiter.check("a")
     with pytest.raises(RateLimited):
         limiter.check("a")
+
+
+def test_wrong_credentials_are_counted_and_past_the_limit_nothing_is_checked() -> None:
+    """AUTH_FAILURES_PER_MINUTE: an address may be wrong that many times a minute; past it
+    ``check`` refuses before its next credential is even tried, and a token comes back at
+    the same rate. ``check`` alone takes nothing; other addresses are not held back."""
+    clock = Clock()
+    seen: list[tuple[str, str]] = []
+    guesses = GuessLimiter(per_minute=3, clock=clock,
+                           on_refused=lambda code, key: seen.append((code, key)))
+    for _ in range(10):
+        guesses.check("203.0.113.5")  # right credentials cost nothing
+    for _ in range(3):
+        guesses.check("203.0.113.5")
+        guesses.failed("203.0.113.5")
+    with pytest.raises(RateLimited) as info:
+        guesses.check("203.0.113.5")
+    assert info.value.retry_after == pytest.approx(20.0)
+    assert info.value.http_status == 429
+    assert "AUTH_FAILURES_PER_MINUTE" in info.value.message
+    assert seen == [("rate_limited", "203.0.113.5")]
+    guesses.check("198.51.100.7")  # another address
+    clock.now += 20.0
+    guesses.check("203.0.113.5")  # one more attempt has been earned
+    guesses.failed("203.0.113.5")
+    with pytest.raises(RateLimited):
+        guesses.check("203.0.113.5")
+
+
+def test_no_limit_on_wrong_credentials_when_switched_off() -> None:
+    guesses = GuessLimiter(per_minute=0, clock=Clock())
+    for _ in range(1000):
+        guesses.failed("a")
+    guesses.check("a")

@@ -8,6 +8,7 @@ JSON bodies ``{"message", "reason"}`` as Jupyter Server sends them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from ws_sandbox import __version__
-from ws_sandbox.auth import DENIAL_RESPONSE, note_refusal
+from ws_sandbox.auth import DENIAL_RESPONSE, guesses_of, note_refusal
 from ws_sandbox.exceptions import BadRequest, CapacityError, Forbidden, SandboxError
 from ws_sandbox.jupyter import auth
 from ws_sandbox.jupyter import messages as jm
@@ -30,7 +31,7 @@ from ws_sandbox.jupyter.kernels import KernelRegistry
 from ws_sandbox.jupyter.specs import kernelspecs_model
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.ratelimit import RateLimiter
-from ws_sandbox.rest import read_body
+from ws_sandbox.rest import client_disconnected, read_body
 from ws_sandbox.web import PAGE_HEADERS
 from ws_sandbox.websocket import close_quietly
 
@@ -70,8 +71,17 @@ def _address(conn: HTTPConnection) -> str:
 def _authenticate(conn: HTTPConnection, *, method: str, websocket: bool) -> str:
     settings = conn.app.state.manager.settings
     creds = auth.Credentials.from_parts(conn.query_params, conn.headers, conn.cookies)
-    return auth.authenticate(settings, creds, method=method, websocket=websocket,
-                             address=_address(conn))
+    address = _address(conn)
+    guesses = guesses_of(conn.app) if creds.token is not None else None
+    if guesses is not None:
+        guesses.check(address)
+    try:
+        return auth.authenticate(settings, creds, method=method, websocket=websocket,
+                                 address=address)
+    except Forbidden:
+        if guesses is not None:
+            guesses.failed(address)
+        raise
 
 
 def guarded(handler: Handler) -> Handler:
@@ -140,10 +150,15 @@ async def start_kernel(request: Request) -> Response:
     limiter: RateLimiter = request.app.state.limiter
     limiter.check(identity)  # a kernel takes a token and each cell one, as a session does
     kernels = registry(request.app)
-    kernel = await kernels.start(
-        name, client_id=identity, admit_cell=functools.partial(limiter.check, identity),
-        address=_address(request))
-    if await request.is_disconnected():
+    gone = asyncio.ensure_future(client_disconnected(request.receive))
+    try:
+        kernel = await kernels.start(
+            name, client_id=identity, admit_cell=functools.partial(limiter.check, identity),
+            address=_address(request))
+        hung_up = gone.done() and not gone.cancelled() and gone.exception() is None
+    finally:
+        gone.cancel()
+    if hung_up:
         # Its client gave up waiting (under load, when slots are dear): nobody will learn
         # its id, and it would hold a slot until its idle timeout.
         log.info("kernel %s: its creator disconnected before the answer; deleting it",
@@ -218,8 +233,13 @@ async def login(request: Request) -> Response:
         given_xsrf = (form.get("_xsrf") or [""])[0] or request.headers.get(auth.XSRF_HEADER)
         if not (xsrf and given_xsrf and given_xsrf == xsrf):
             raise Forbidden("'_xsrf' argument missing or not matching the _xsrf cookie")
+        guesses = guesses_of(request.app)
+        if guesses is not None:
+            guesses.check(_address(request))
         identity = auth.check_password(settings, (form.get("password") or [""])[0])
         if identity is None:
+            if guesses is not None:
+                guesses.failed(_address(request))
             raise Forbidden("invalid password")
     except SandboxError as exc:
         # Counted and summed up with the other refusals: the form takes the token and any
