@@ -590,8 +590,10 @@ class Session:
         else:
             status = done.status
         if done.restarted:
-            # The agent's own error for a restart already says it was restarted: said once.
+            # Said once, in the service's words: the agent's own error for a restart may say
+            # that it was restarted, or that "state was reset".
             said = "the interpreter was restarted"
+            error = (error or "").removesuffix("; state was reset")
             if not error:
                 error = said
             elif said not in error:

@@ -272,7 +272,15 @@ def _report_exception(exc: BaseException) -> str:
             traceback = _import_stdlib("traceback")
             text = "".join(traceback.format_exception(type(exc), exc, tb))
             lines = traceback.format_exception_only(type(exc), exc)
+        # Notes (PEP 678) come after the "Type: message" line; the summary gives them after it.
+        notes = getattr(exc, "__notes__", None)
+        notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+        note_lines = sum(len(n.split("\n")) for n in notes)  # as traceback prints them
+        if notes and len(lines) > note_lines:
+            lines = lines[: -note_lines]
         summary = lines[-1].strip() if lines else type(exc).__name__
+        if notes:
+            summary = f"{summary} ({'; '.join(' '.join(n.split()) for n in notes)})"
     except Exception:  # the user replaced traceback, linecache or their helpers
         summary = _plain_summary(exc)
         text = summary + "\n"
@@ -457,6 +465,37 @@ class _ImportHook:
         return spec
 
 
+MAGIC_NOTE = ("IPython magics (%...) and shell escapes (!...) are not available here: cells"
+              " are plain Python. Run commands with subprocess, or in a shell session;"
+              " there is no network for pip.")
+
+
+def _parse(code: str, filename: str) -> "_ast.Module":
+    """The cell's syntax tree. A ``%matplotlib`` line, which notebooks need and model-written
+    code carries, is read as ``pass`` (figures are shown without it); any other line that
+    starts with ``%`` or ``!`` fails as Python does, with a note that says why."""
+    lines: list[str] | None = None
+    while True:
+        try:
+            tree = compile(code if lines is None else "".join(lines), filename, "exec",
+                           _ast.PyCF_ONLY_AST, dont_inherit=True)
+            assert isinstance(tree, _ast.Module)
+            return tree
+        except SyntaxError as exc:
+            if lines is None:
+                lines = code.splitlines(keepends=True)
+            at = (exc.lineno or 0) - 1
+            line = lines[at] if 0 <= at < len(lines) else ""
+            stripped = line.lstrip()
+            if stripped.startswith("%matplotlib"):
+                end = "\n" if line.endswith("\n") else ""
+                lines[at] = line[: len(line) - len(stripped)] + "pass" + end
+                continue
+            if stripped.startswith(("%", "!")):
+                exc.add_note(MAGIC_NOTE)
+            raise
+
+
 def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
     """Run one cell in ``glb`` and return the ``done`` message for the agent.
 
@@ -483,8 +522,7 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
             _state.sigint = False
             if _control is not None and _control.interrupt_follows():
                 raise KeyboardInterrupt
-        tree = compile(code, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
-        assert isinstance(tree, _ast.Module)
+        tree = _parse(code, filename)
         last: _ast.Expression | None = None
         tail = tree.body[-1] if tree.body else None
         if isinstance(tail, _ast.Expr) and not code.rstrip().endswith(";"):

@@ -18,7 +18,11 @@ __ws_intr=0
 __ws_sig=0
 __ws_running=0
 set --
-trap 'if (( __ws_running )); then __ws_intr=1; return 130 2>/dev/null; else __ws_sig=1; fi' INT
+# Armed again before every cell: once the trap has returned from a cell waiting for a program
+# (an interrupted `sleep`), bash 5.2 runs it no more for a cell of builtins only (a `while`
+# loop), which then ran on until the agent restarted the shell.
+__ws_trap='if (( __ws_running )); then __ws_intr=1; return 130 2>/dev/null; else __ws_sig=1; fi'
+trap "$__ws_trap" INT
 printf '{"t":"ready"}\n' >&"$__ws_out" || exit 70
 while :; do
     IFS= read -r -d '' -u "$__ws_in" __ws_code
@@ -28,6 +32,7 @@ while :; do
     [[ $__ws_code == c* ]] || continue          # the mark of an interrupt whose cell has ended
     __ws_code=${__ws_code:1}
     __ws_intr=0
+    trap "$__ws_trap" INT
     __ws_running=1
     . "$__ws_cell"
     __ws_rc=$?

@@ -370,6 +370,31 @@ def test_python_traceback_after_the_working_directory_was_removed(py: AgentDrive
     assert_success(py.run("async def f():\n    return 2\nawait f()"))  # asyncio loads too
 
 
+def test_python_magics_fail_with_a_note_and_matplotlib_inline_is_ignored(
+        py: AgentDriver) -> None:
+    """Model-written code often starts with ``%matplotlib inline`` (the whole cell failed
+    with a bare SyntaxError), and a ``%`` or ``!`` line said only "invalid syntax" (a
+    review): the first is read as ``pass``, the others fail with a note saying why."""
+    ok = py.run("%matplotlib inline\nx = 41\nif x:\n    %matplotlib agg\nx + 1")
+    assert_success(ok)
+    assert ok.text() == ""
+    assert [f["data"]["text/plain"] for f in ok.frames if f["t"] == "display"] == ["42"]
+    for code in ("!pip install requests", "x = 1\n%timeit x + 1"):
+        failed = py.run(code)
+        assert failed.done["status"] == "error", code
+        assert failed.done["error"].startswith("SyntaxError: invalid syntax (IPython magics")
+        assert "IPython magics (%...) and shell escapes (!...) are not available" in (
+            failed.text("stderr"))
+
+
+def test_python_exception_notes_follow_the_message_in_the_error(py: AgentDriver) -> None:
+    """The summary was the last note's last line, not ``Type: message``."""
+    result = py.run("e = ValueError('bad')\ne.add_note('hint one')\n"
+                    "e.add_note('two\\nlines')\nraise e")
+    assert result.done["error"] == "ValueError: bad (hint one; two lines)"
+    assert "hint one\ntwo\nlines\n" in result.text("stderr")
+
+
 def test_python_syntax_error(py: AgentDriver) -> None:
     result = py.run("x = = 1")
     assert result.done["status"] == "error"
@@ -1017,6 +1042,29 @@ def test_shell_interrupt_keeps_shell(sh: AgentDriver, code: str) -> None:
     assert result.done["restarted"] is False
     assert "no" not in result.text()
     assert sh.run("echo $KEPT").text() == "yes\n"
+
+
+def test_shell_interrupts_keep_the_shell_after_an_interrupted_program(sh: AgentDriver) -> None:
+    """Once an interrupt had stopped a program (``sleep``), the next interrupt of a cell of
+    builtins only (a ``while`` loop) was never acted on: the grace ran out and the shell was
+    restarted, its state lost (a review; bash 5.2 leaves its INT trap unable to run again
+    after the trap returned from a wait). Each cell now arms the trap afresh."""
+    sh.run("KEPT=yes")
+    for code in ("sleep 100", "while true; do :; done", "sleep 100",
+                 "while true; do :; done"):
+        result = sh.run_interrupted(code)
+        assert result.done["status"] == "interrupted", (code, result.done)
+        assert result.done["restarted"] is False, code
+        assert sh.run("echo $KEPT").text() == "yes\n", code
+
+
+def test_shell_errors_name_the_cells_own_line(sh: AgentDriver) -> None:
+    """The cell is run by an eval on the 11th line of cell.bash, so bash named line 13 for
+    the cell's third (a review: a model fixing code by line number edits the wrong one)."""
+    missing = sh.run("echo one\necho two\nno_such_command_xyz")
+    assert "line 3: no_such_command_xyz: command not found" in missing.text("stderr")
+    broken = sh.run("echo one\nif then fi")
+    assert "line 2: syntax error" in broken.text("stderr"), broken.text("stderr")
 
 
 def test_shell_exit_restarts(sh: AgentDriver) -> None:

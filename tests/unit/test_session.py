@@ -458,6 +458,9 @@ def test_client_restart_when_idle() -> None:
     ("the interpreter was restarted", "the interpreter was restarted; state is lost"),
     (None, "the interpreter was restarted; state is lost"),
     ("MemoryError", "MemoryError; the interpreter was restarted; state is lost"),
+    # The agent's words for a worker that exited (a review: said twice, in two ways).
+    ("interpreter exited with code 3; state was reset",
+     "interpreter exited with code 3; the interpreter was restarted; state is lost"),
 ])
 def test_a_restart_is_said_once_in_the_error(agent_error: str | None, error: str) -> None:
     s = new()
