@@ -78,6 +78,15 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            async with _serving(app):
+                yield
+        except ConfigError as exc:  # said in one line by the server (server._StartupErrors)
+            app.state.startup_error = exc
+            raise
+
+    @asynccontextmanager
+    async def _serving(app: Starlette) -> AsyncIterator[None]:
         app.state.started = time.monotonic()
         async with DockerBackend(settings) as backend:
             try:

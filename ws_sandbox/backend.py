@@ -185,9 +185,16 @@ class EngineInfo:
         gVisor's own: so runsc must run with ``--oci-seccomp``, and the service must know
         it runs sandboxes under runsc.
         """
+        if not self.reachable:
+            # Reported as such; under runsc, what the engine would run cannot be checked.
+            return [f"the Docker engine does not answer ({self.error or 'no reason given'}),"
+                    " so runsc's flags cannot be checked"] if configured == "runsc" else []
         runtime = self.runtime_in_use(configured)
         if runtime != "runsc":
             return []
+        if "runsc" not in self.runtimes:
+            return [f"the engine has no runtime named runsc (it has: "
+                    f"{', '.join(self.runtimes) or 'none'}); scripts/setup.sh registers it"]
         found = []
         if configured != "runsc":
             found.append("the engine's default runtime is runsc: set CONTAINER_RUNTIME=runsc,"

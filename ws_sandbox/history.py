@@ -201,6 +201,7 @@ class History:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _check_is_database(self.path)
         # Made here, not by SQLite (0644), so that neither the file nor the -wal and -shm
         # files SQLite gives its mode are readable by everyone: rows hold outputs. One made
         # by an earlier version (0644) loses what everyone could read.
@@ -364,3 +365,22 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
     item = dict(row)
     item["truncated"] = bool(item["truncated"])
     return item
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_is_database(path: Path) -> None:
+    """Refuse a file that is neither empty nor a SQLite database, before anything (its mode
+    included) is changed: HISTORY_DB_PATH naming another file left it 0640 (a review).
+
+    Raises:
+        sqlite3.DatabaseError: naming what the file is not.
+    """
+    try:
+        with path.open("rb") as existing:
+            head = existing.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    if head and head != SQLITE_HEADER:
+        raise sqlite3.DatabaseError("the file is not a SQLite database; it was left as it is")

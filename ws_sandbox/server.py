@@ -7,12 +7,18 @@ On the first signal every session gets a ``closed`` frame with reason ``server_s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
+import signal
+import socket
+import threading
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import Message, Receive, Scope, Send
 
 from ws_sandbox import redact
 from ws_sandbox.app import create_app
@@ -53,6 +59,69 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, target
 
 
+BACKLOG = 2048
+"""Connections waiting to be accepted (uvicorn's default)."""
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets listening on ``host``:``port`` (every address the name has), made before the
+    application starts: a port in use or an address not ours is refused at once, in words
+    naming the setting, before a sandbox is created (uvicorn binds after the start-up,
+    and a failed bind left the containers the pool had begun to create).
+
+    Raises:
+        ConfigError: the name does not resolve, or an address cannot be bound.
+    """
+    where = f"{host or 'every interface'} port {port} (SANDBOX_HOST, SANDBOX_PORT)"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return sockets
+
+
+class _StartupErrors:
+    """The application, with a refusal to start said in one line, not a traceback.
+
+    Starlette answers a lifespan that raised with the traceback, which uvicorn logs as an
+    ERROR and then exits with status 3. A :class:`ConfigError` (a path that cannot be
+    opened, an engine that would run sandboxes weaker) is a message for the operator:
+    the lifespan keeps it in ``app.state.startup_error``, this drops the traceback, and
+    :func:`serve` raises it for the command line, which prints it and exits with status 2.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def quiet(message: Message) -> None:
+            if (message["type"] == "lifespan.startup.failed"
+                    and getattr(self.app.state, "startup_error", None) is not None):
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, quiet)
+
+
 class _DrainingServer(uvicorn.Server):
     """A uvicorn server that drains our sessions before it stops."""
 
@@ -61,6 +130,21 @@ class _DrainingServer(uvicorn.Server):
         self._settings = settings
         self._app = app
         self._draining = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's SIGINT and SIGTERM, and SIGHUP (a closed terminal, some supervisors),
+        whose default action killed the service without a drain: answered calls missing from
+        the records, containers left behind."""
+        with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = signal.signal(signal.SIGHUP, self.handle_exit)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.started:
@@ -97,11 +181,13 @@ def serve(settings: Settings) -> int:
     if (not settings.is_loopback and not settings.api_key_list
             and not settings.allow_unauthenticated):
         raise ConfigError(
-            f"refusing to bind to {settings.host} without API keys; set API_KEYS, or"
-            " ALLOW_UNAUTHENTICATED=true if something in front of us authenticates")
+            f"refusing to bind to {settings.host or 'every interface'} without API keys;"
+            " set API_KEYS, or ALLOW_UNAUTHENTICATED=true if something in front of us"
+            " authenticates")
+    sockets = listen(settings.host, settings.port)
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port,
+        _StartupErrors(app), host=settings.host, port=settings.port,
         # permessage-deflate would compress every small frame on the hot path (and lets a
         # client make us inflate): off. The websockets library still carries every byte.
         # uvicorn's sans-I/O protocol, plus sending a batch of frames in one write.
@@ -124,6 +210,22 @@ def serve(settings: Settings) -> int:
     if after != before:
         log.info("open files limit raised from %d to %d", before, after)
     server = _DrainingServer(config, settings, app)
-    server.run()
+    try:
+        for sock in sockets:
+            log.info("listening on %s", _url(sock))
+        server.run(sockets=sockets)
+    except SystemExit:  # uvicorn's exit at a failed start
+        error = getattr(app.state, "startup_error", None)
+        if isinstance(error, ConfigError):
+            raise error from None
+        raise
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0 if server.started else 1
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 

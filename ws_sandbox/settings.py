@@ -249,8 +249,9 @@ class Settings:
                " head) within this long of the connection being ready for it, or the"
                " connection is closed: a client cannot hold a socket by never finishing one"})
     shutdown_timeout: float = field(default=10.0, metadata={"env": "SHUTDOWN_TIMEOUT",
-        "doc": "Drain time on SIGTERM: sessions get this long to close; the exit takes at"
-               " most about 5 s more, and the containers' removal"})
+        "doc": "On SIGTERM, SIGINT or SIGHUP, running cells are stopped at once (killed) and"
+               " sessions get this long to close; the exit takes at most about 5 s more,"
+               " and the containers' removal"})
     # --- containers ----------------------------------------------------------------------
     container_image: str = field(default="ws-sandbox-runtime:latest", metadata={
         "env": "CONTAINER_IMAGE", "doc": "Runtime image (ws-sandbox build-image makes it)"})
@@ -317,7 +318,9 @@ class Settings:
     history_max_rows: int = field(default=100_000, metadata={"env": "HISTORY_MAX_ROWS",
         "doc": "Keep at most this many executions (the oldest go first)"})
     history_output_bytes: int = field(default=65_536, metadata={
-        "env": "HISTORY_OUTPUT_BYTES", "doc": "Stdout and stderr kept per execution"})
+        "env": "HISTORY_OUTPUT_BYTES", "doc": "Bytes of stdout, and as many of stderr, kept"
+                                              " per execution (rows x 2 x this bounds the"
+                                              " database)"})
 
     # --- Jupyter kernel endpoint (/api/kernels) ------------------------------------------
     jupyter_token: str = field(default="", metadata={"env": "JUPYTER_TOKEN",
@@ -436,6 +439,15 @@ class Settings:
              "AUDIT_LOG_PATH must not be empty when ENABLE_AUDIT_LOG is on")
         need(not self.enable_history or bool(self.history_db_path.strip()),
              "HISTORY_DB_PATH must not be empty when ENABLE_HISTORY is on")
+        if (self.enable_audit_log and self.enable_history and self.audit_log_path.strip()
+                and self.history_db_path.strip()):
+            audit = os.path.realpath(self.audit_log_path)
+            history = os.path.realpath(self.history_db_path)
+            need(audit not in (history, *(history + end for end in ("-wal", "-shm",
+                                                                     "-journal"))),
+                 f"AUDIT_LOG_PATH={self.audit_log_path} is the history's own file"
+                 f" (HISTORY_DB_PATH={self.history_db_path}): SQLite would write over the"
+                 " audit lines; give each its own file")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+from pathlib import Path
 from types import TracebackType
 
 from ws_sandbox.audit import AuditLog
@@ -56,13 +57,17 @@ class Surface:
                     await stack.enter_async_context(self.audit)
                 except OSError as exc:
                     raise ConfigError(f"AUDIT_LOG_PATH={self.audit.path}: cannot open it"
-                                      f" ({exc.strerror or exc})") from exc
+                                      f" ({_why(self.audit.path, exc)})") from exc
             if self.history is not None:
                 try:
                     await stack.enter_async_context(self.history)
-                except (OSError, sqlite3.Error) as exc:
+                except OSError as exc:
                     raise ConfigError(f"HISTORY_DB_PATH={self.history.path}: cannot open it"
-                                      f" as a database ({exc})") from exc
+                                      f" ({_why(self.history.path, exc)})") from exc
+                except sqlite3.Error as exc:
+                    raise ConfigError(f"HISTORY_DB_PATH={self.history.path}: cannot open it"
+                                      f" as a database ({exc}); move it aside to start a"
+                                      " new one") from exc
             self._stack = stack.pop_all()
         return self
 
@@ -101,3 +106,14 @@ class Surface:
             self.audit.record(record)
         if self.history is not None:
             self.history.record(record)
+
+
+def _why(path: Path, exc: OSError) -> str:
+    """Why ``path`` cannot be opened, naming a file that stands where a directory must."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"{parent} is not a directory"
+                break
+    return exc.strerror or str(exc)

@@ -450,21 +450,59 @@ def test_an_audit_log_that_cannot_be_written_is_reported_and_catches_up(
     assert [x["execution_id"] for x in lines if x["event"] == "execution"] == ids
 
 
+def refused_start(tmp_path: Path, **settings: str) -> tuple[subprocess.CompletedProcess[str],
+                                                          str]:
+    """``ws-sandbox serve`` with ``settings`` that must refuse to start; the process and its
+    INSTANCE_NAME, after checking that it said why in one line and exited 2 (a refusal
+    inside the start-up was a traceback and status 3: an operator review)."""
+    instance = f"wsb-test-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "SANDBOX_PORT": str(free_port()), "INSTANCE_NAME": instance,
+           "POOL_SIZE": "2", "CONTAINER_IMAGE": RUNTIME_IMAGE,
+           "AUDIT_LOG_PATH": str(tmp_path / "audit.log"),
+           "HISTORY_DB_PATH": str(tmp_path / "history.sqlite3"), **settings}
+    done = subprocess.run([sys.executable, "-m", "ws_sandbox", "serve"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert docker_ids(f"label={LABEL_INSTANCE}={instance}") == []  # no sandbox was made
+    return done, instance
+
+
 @pytest.mark.parametrize("setting", ["AUDIT_LOG_PATH", "HISTORY_DB_PATH"])
 def test_a_store_that_cannot_be_opened_stops_the_start_and_makes_no_sandbox(
         tmp_path: Path, setting: str) -> None:
     # A directory where the file should be. The history used to fail after the warm pool
     # had started filling, and left its sandboxes behind in "Created".
-    instance = f"wsb-test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "SANDBOX_PORT": str(free_port()), "INSTANCE_NAME": instance,
-           "POOL_SIZE": "2", "CONTAINER_IMAGE": RUNTIME_IMAGE,
-           "AUDIT_LOG_PATH": str(tmp_path / "audit.log"),
-           "HISTORY_DB_PATH": str(tmp_path / "history.sqlite3"), setting: str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "ws_sandbox", "serve"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode != 0
-    assert f"{setting}={tmp_path}: cannot open it" in done.stderr, done.stderr[-3000:]
-    assert docker_ids(f"label={LABEL_INSTANCE}={instance}") == []
+    done, _ = refused_start(tmp_path, **{setting: str(tmp_path)})
+    assert f"ws-sandbox: {setting}={tmp_path}: cannot open it" in done.stderr
+    # A file where a directory should be is named as such ("File exists", before).
+    (tmp_path / "afile").write_text("")
+    done, _ = refused_start(tmp_path, **{setting: str(tmp_path / "afile" / "x")})
+    assert f"({tmp_path / 'afile'} is not a directory)" in done.stderr
+
+
+def test_a_history_path_naming_another_file_leaves_it_alone(tmp_path: Path) -> None:
+    """HISTORY_DB_PATH naming a file that is not a database (a typo: /etc/passwd) was
+    refused, but only after its mode had been made 0640 (an operator review)."""
+    other = tmp_path / "passwd"
+    other.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    other.chmod(0o644)
+    done, _ = refused_start(tmp_path, HISTORY_DB_PATH=str(other))
+    assert "is not a SQLite database; it was left as it is" in done.stderr
+    assert other.stat().st_mode & 0o777 == 0o644
+    assert other.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+
+
+def test_a_port_in_use_is_refused_before_any_sandbox_is_made(tmp_path: Path) -> None:
+    """uvicorn binds after the start-up: a busy port stopped it once the warm pool had begun
+    creating containers, which stayed in "Created" (5 in 5 starts; an operator review)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done, _ = refused_start(tmp_path, SANDBOX_PORT=str(port))
+    assert (f"cannot listen on 127.0.0.1 port {port} (SANDBOX_HOST, SANDBOX_PORT):"
+            " Address already in use") in done.stderr
 
 
 # --- keys, origins, rate limits, capacity, admin: one locked-down service ------------------

@@ -336,3 +336,18 @@ async def test_a_container_created_after_its_caller_gave_up_is_removed() -> None
     assert engine.deleted == ["c" * 64]
     backend._docker = None
     await backend.__aexit__(None, None, None)
+
+
+def test_runsc_problems_name_what_is_wrong_with_the_engine() -> None:
+    """An engine that does not answer, or has no runsc, was reported as a runsc without
+    --oci-seccomp (an operator review): editing daemon.json's flags would not have helped."""
+    from ws_sandbox.backend import EngineInfo
+
+    down = EngineInfo(False, None, (), None, False, error="Cannot connect to Docker Engine")
+    (problem,) = down.problems("runsc")
+    assert "does not answer (Cannot connect to Docker Engine)" in problem
+    assert "--oci-seccomp" not in problem
+    assert down.problems("runc") == down.problems("") == []  # reported as unreachable alone
+    bare = EngineInfo(True, "24", ("runc",), "runc", True, runtime_args={"runc": ()})
+    (problem,) = bare.problems("runsc")
+    assert problem.startswith("the engine has no runtime named runsc (it has: runc)")

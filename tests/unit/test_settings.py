@@ -293,3 +293,12 @@ def test_a_value_out_of_range_is_refused_once(name: str) -> None:
         problems = str(info.value).removeprefix("invalid settings: ").split("; ")
         assert len([p for p in problems if p.startswith(variable)]) == 1, problems
         assert "is out of range" in str(info.value)
+
+
+@pytest.mark.parametrize("audit", ["h.db", "./h.db", "h.db-wal", "h.db-shm"])
+def test_the_audit_log_cannot_be_the_history_s_file(audit: str) -> None:
+    """SQLite's page writes left none of 160 audit lines in a shared file (a review)."""
+    with pytest.raises(ConfigError, match="is the history's own file"):
+        Settings.from_env({"AUDIT_LOG_PATH": audit, "HISTORY_DB_PATH": "h.db"})
+    Settings.from_env({"AUDIT_LOG_PATH": audit, "HISTORY_DB_PATH": "h.db",
+                       "ENABLE_HISTORY": "false"})
