@@ -551,7 +551,13 @@ def assert_stopped_right_behind(agent: AgentDriver, lang: str, code: str, *, tim
         result = agent.collect(cell_id, sent_at, timeout=timeout)
         assert result.done["status"] == "interrupted", result.done
         assert result.done["restarted"] is False, result.done
-    assert agent.run(_GET[lang]).text() == "yes\n"
+    kept = agent.run(_GET[lang])
+    if lang == "js" and kept.done["status"] == "interrupted":
+        # Node can carry a late SIGINT into the next cell (a known residual, agent.md and
+        # the agent's notes on do_interrupt): that cell is interrupted, the state is kept.
+        assert kept.done["restarted"] is False, kept.done
+        kept = agent.run(_GET[lang])
+    assert kept.text() == "yes\n", kept.done
 
 
 #: A comment line for each language, to make a cell long.
