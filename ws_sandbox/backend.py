@@ -531,9 +531,10 @@ class DockerBackend:
             container = await self._create(config)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
+                image = self.settings.container_image
                 raise ImageMissing(
-                    f"runtime image {self.settings.container_image} is missing; run"
-                    " `ws-sandbox build-image`") from exc
+                    f"runtime image {image} is missing (CONTAINER_IMAGE); run"
+                    f" `ws-sandbox build-image --tag {image}`") from exc
             raise BackendError(f"cannot create a sandbox: {exc.message}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc

@@ -6,12 +6,16 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ws_sandbox import __version__
 from ws_sandbox.exceptions import ConfigError
+
+API_KEY_VARIABLE = "WS_SANDBOX_API_KEY"
+"""The environment variable ``ws-sandbox exec`` takes its API key from."""
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -89,7 +93,8 @@ def _exec(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run())
     except SessionRefused as exc:
-        hint = " (give the key with --api-key)" if exc.http_status in (401, 403) else ""
+        hint = (f" (give the key with --api-key or ${API_KEY_VARIABLE})"
+                if exc.http_status in (401, 403) else "")
         print(f"ws-sandbox: refused: {exc}{hint}", file=sys.stderr)
         return 2
     except (ClientError, OSError) as exc:
@@ -162,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url", default="ws://127.0.0.1:8090",
                      help="the service's address (default: %(default)s)")
     run.add_argument("--timeout", type=_seconds, help="seconds (default: the service's)")
-    run.add_argument("--api-key", help="API key, when the service requires one")
+    run.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE) or None,
+                     help=f"API key, when the service requires one (default: ${API_KEY_VARIABLE},"
+                          " which keeps it out of the process list and the shell's history)")
     run.add_argument("--result-grace", type=_seconds, default=60.0, metavar="SECONDS",
                      help="how long the result may be late after the cell's timeout before"
                      " giving up (default: 60, as the client library)")

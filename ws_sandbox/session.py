@@ -94,6 +94,11 @@ def check_code_size(code: str, max_code_bytes: int) -> None:
         raise PayloadTooLarge(f"code of {size} bytes exceeds the limit of {max_code_bytes} bytes")
 
 
+CLOCK_RESOLUTION_MS = 1.0
+"""How coarse the ``now`` the driver gives may be: uvloop's ``loop.time()`` is libuv's, which
+counts whole milliseconds. A cell begun and ended within one tick is seen to take 0 ms; the
+agent's own measure of it (finer) is kept up to a tick beyond what was seen."""
+
 MIN_CELL_TIMEOUT = 0.001
 """The shortest timeout a cell may ask for: a shorter one has passed before its code reaches
 the sandbox (``1e-300`` was taken, and ended as a ``timeout`` with the program's exit code 0)."""
@@ -605,9 +610,10 @@ class Session:
             marker = TRUNCATION_MARKER.format(limit=self.limits.max_output_bytes)
             cell.stdout.append(marker)
             self._frames.append(fr.Stream(id=cell.id, name="stdout", text=marker))
-        # The agent's clock is hostile; it may only make the cell look faster than we saw.
+        # The agent's clock is hostile; it may only make the cell look faster than we saw,
+        # give or take a tick of our own clock.
         assert cell.started_at is not None
-        seen_ms = (now - cell.started_at) * 1000.0
+        seen_ms = (now - cell.started_at) * 1000.0 + CLOCK_RESOLUTION_MS
         elapsed = min(done.execution_time_ms, seen_ms)
         memory = done.memory_used_mb
         if memory is not None:

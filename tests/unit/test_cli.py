@@ -4,6 +4,7 @@ status, and one clear line (no traceback, status 2) for whatever keeps it from a
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -24,10 +25,11 @@ class Done:
     stderr: str
 
 
-async def run_cli(*args: str, stdin: bytes = b"") -> Done:
+async def run_cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> Done:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ws_sandbox", "exec", *args,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "WS_SANDBOX_API_KEY"} | (env or {}))
     async with asyncio.timeout(60):
         out, err = await process.communicate(stdin)
     assert process.returncode is not None
@@ -78,8 +80,8 @@ async def test_a_successful_cell_exits_0(server: Server) -> None:
 
 async def test_a_refused_upgrade_is_one_line(server: Server) -> None:
     server.reject = (401, b'{"error": {"code": "unauthorized", "message": "no key"}}')
-    assert_one_clear_line(await run_cli("--url", server.url, "x"),
-                          "refused: unauthorized: no key (give the key with --api-key)")
+    assert_one_clear_line(await run_cli("--url", server.url, "x"), "refused: unauthorized:"
+                          " no key (give the key with --api-key or $WS_SANDBOX_API_KEY)")
     server.reject = (503, b'{"error": {"code": "at_capacity", "message": "full"}}')
     done = await run_cli("--url", server.url, "x")
     assert_one_clear_line(done, "refused: at_capacity: full")
@@ -166,3 +168,15 @@ async def test_displays_print_in_order_with_the_output(server: Server) -> None:
     assert done.returncode == 0, done
     assert done.stdout == "out x\nd\nmore\n"
     assert done.stderr == "err\n"
+
+
+async def test_the_api_key_can_come_from_the_environment(server: Server) -> None:
+    """--api-key puts the key in the process list and the shell's history (an operator
+    review): $WS_SANDBOX_API_KEY gives it too; the option wins."""
+    server.script = lambda request: [result(request.id)]
+    assert (await run_cli("--url", server.url, "x",
+                          env={"WS_SANDBOX_API_KEY": "from-env"})).returncode == 0
+    assert (await run_cli("--url", server.url, "--api-key", "given", "x",
+                          env={"WS_SANDBOX_API_KEY": "from-env"})).returncode == 0
+    assert (await run_cli("--url", server.url, "x")).returncode == 0
+    assert server.authorizations == ["Bearer from-env", "Bearer given", None]

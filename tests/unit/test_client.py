@@ -88,6 +88,8 @@ class Server:
     """Set when a connection ends (``closes`` has its code)."""
     paths: list[str] = field(default_factory=list)
     """The path (and query) each upgrade asked for."""
+    authorizations: list[str | None] = field(default_factory=list)
+    """The ``Authorization`` header of each upgrade."""
 
 
 async def send_item(ws: ServerConnection, item: Item) -> None:
@@ -129,6 +131,7 @@ async def scripted_server() -> AsyncIterator[Server]:
 
     def process_request(ws: ServerConnection, request: Request) -> Response | None:
         server.paths.append(request.path)
+        server.authorizations.append(request.headers.get("Authorization"))
         if server.reject is None:
             return None
         status, body = server.reject
