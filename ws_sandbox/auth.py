@@ -31,7 +31,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ws_sandbox.exceptions import CapacityError, Forbidden, SandboxError, Unauthorized
+from ws_sandbox.exceptions import (
+    CapacityError,
+    Forbidden,
+    SandboxError,
+    Unauthorized,
+    WrongCredential,
+)
 from ws_sandbox.ratelimit import GuessLimiter
 from ws_sandbox.refusals import AUTH_REASONS
 from ws_sandbox.settings import Settings
@@ -102,7 +108,7 @@ def check_request(settings: Settings, *, authorization: str | None = None,
         if given is None:
             raise Unauthorized("the admin API needs ADMIN_API_KEY as a Bearer token")
         if not _matches(given, (settings.admin_api_key,)):
-            raise Forbidden("this key is not the admin key")
+            raise WrongCredential("this key is not the admin key")
         return key_identity(given)
     keys = settings.api_key_list
     if not keys:
@@ -112,7 +118,7 @@ def check_request(settings: Settings, *, authorization: str | None = None,
         raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
     accepted = keys + ((settings.admin_api_key,) if settings.admin_api_key else ())
     if not _matches(given, accepted):
-        raise Forbidden("the API key is not valid")
+        raise WrongCredential("the API key is not valid")
     return key_identity(given)
 
 
@@ -235,7 +241,7 @@ class AuthMiddleware:
                     settings, authorization=headers.get("authorization"),
                     api_key=in_query if websocket else None, address=address,
                     admin=path.startswith(ADMIN_PREFIX))
-            except Forbidden:
+            except WrongCredential:
                 if guesses is not None:
                     guesses.failed(address)
                 raise

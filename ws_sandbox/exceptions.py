@@ -12,6 +12,7 @@
     │   ├── UpgradeRequired         plain HTTP to a WebSocket endpoint
     │   ├── Unauthorized            missing credentials
     │   ├── Forbidden               wrong credentials or origin
+    │   │   └── WrongCredential     a key, token or password given and not accepted
     │   ├── NotFound                unknown session, execution or token target
     │   ├── InvalidToken            tampered or foreign resume token, or its session ended
     │   └── QueueFull               too many cells waiting in one session
@@ -123,6 +124,11 @@ class Forbidden(RequestError):
     code = "forbidden"
 
 
+class WrongCredential(Forbidden):
+    """A key, token or password was given and is not one we accept: a guess, for
+    ``AUTH_FAILURES_PER_MINUTE`` (an origin, a host or the admin API switched off is not)."""
+
+
 class NotFound(RequestError):
     """The session, execution or kernel does not exist (any more)."""
 
@@ -197,6 +203,7 @@ ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
     UpgradeRequired: (426, 1008),
     Unauthorized: (401, 1008),
     Forbidden: (403, 1008),
+    WrongCredential: (403, 1008),
     NotFound: (404, 1008),
     InvalidToken: (403, 1008),
     QueueFull: (429, 1013),

@@ -14,6 +14,7 @@ is injected for tests.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class GuessLimiter(RateLimiter):
     refuses it, so its next guess is not even tried (a right key from that address waits
     too). Behind a reverse proxy every client has the proxy's address, and one client's
     wrong key holds the others back for as long as it keeps trying: 0 switches this off.
+    An IPv6 address counts as its /64, which one client commonly holds whole.
     """
 
     def __init__(self, per_minute: int, clock: Clock = time.monotonic,
@@ -143,6 +145,7 @@ class GuessLimiter(RateLimiter):
         Raises:
             RateLimited: naming the limit and when the next attempt is allowed.
         """
+        key = _network(key)
         bucket = self._buckets.get(key) if self.enabled else None
         if bucket is None:
             return
@@ -158,4 +161,15 @@ class GuessLimiter(RateLimiter):
         """Count one wrong credential from ``key``."""
         if self.enabled:
             now = self._clock()
-            self._bucket(key, now).take(now)
+            self._bucket(_network(key), now).take(now)
+
+
+def _network(address: str) -> str:
+    """An IPv6 address's /64 (what one client commonly holds); any other address as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return address

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import resource
 import signal
@@ -81,7 +82,12 @@ def listen(host: str, port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                if exc.errno == errno.EAFNOSUPPORT and len(infos) > 1:
+                    continue  # a kernel without IPv6: its other addresses serve, as asyncio's
+                raise
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -92,6 +98,8 @@ def listen(host: str, port: int) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    if not sockets:
+        raise ConfigError(f"cannot listen on {where}: no address family of it is supported")
     return sockets
 
 
@@ -140,11 +148,22 @@ class _DrainingServer(uvicorn.Server):
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
+            if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # nohup: keep it so
+                yield
+                return
             previous = signal.signal(signal.SIGHUP, self.handle_exit)
             try:
                 yield
             finally:
                 signal.signal(signal.SIGHUP, previous)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up; then where it listens, which uvicorn does not say for sockets
+        given to it (:func:`listen`)."""
+        await super().startup(sockets=sockets)
+        if self.started:
+            for sock in sockets or ():
+                log.info("listening on %s", _url(sock))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.started:
@@ -211,8 +230,6 @@ def serve(settings: Settings) -> int:
         log.info("open files limit raised from %d to %d", before, after)
     server = _DrainingServer(config, settings, app)
     try:
-        for sock in sockets:
-            log.info("listening on %s", _url(sock))
         server.run(sockets=sockets)
     except SystemExit:  # uvicorn's exit at a failed start
         error = getattr(app.state, "startup_error", None)

@@ -448,6 +448,11 @@ class Settings:
                  f"AUDIT_LOG_PATH={self.audit_log_path} is the history's own file"
                  f" (HISTORY_DB_PATH={self.history_db_path}): SQLite would write over the"
                  " audit lines; give each its own file")
+            need(history not in (f"{audit}.{n}" for n in range(1, self.audit_log_backups + 1)),
+                 f"HISTORY_DB_PATH={self.history_db_path} is one of the audit log's backups"
+                 f" (AUDIT_LOG_PATH={self.audit_log_path}, AUDIT_LOG_BACKUPS="
+                 f"{self.audit_log_backups}): its rotation would replace the database; give"
+                 " each its own file")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
 

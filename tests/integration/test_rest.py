@@ -535,6 +535,7 @@ def test_past_auth_failures_per_minute_no_credential_is_checked(
     Jupyter tokens and passwords together; past that its credentials, even a right one, get
     429 with Retry-After until it may try again. A call with no credential is not a guess."""
     with make_service(API_KEYS="right-key-1234", JUPYTER_TOKEN="jupyter-token-1234",
+                      ADMIN_API_KEY="admin-key-1234",
                       AUTH_FAILURES_PER_MINUTE="4", ENABLE_JAVASCRIPT="false",
                       ENABLE_SHELL="false", ENABLE_RUST="false") as svc:
         assert call(svc, "/api/v1/stats", headers=bearer("right-key-1234"))[0] == 200

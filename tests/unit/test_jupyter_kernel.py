@@ -494,6 +494,61 @@ async def test_the_replay_comes_before_what_is_sent_meanwhile() -> None:
     assert later.types()[-2:] == ["status", "execute_input"]
 
 
+async def test_a_full_held_buffer_is_replayed_whole_to_a_slow_client() -> None:
+    """The bound on a replay counted the held messages too, so a client coming back to a
+    full buffer (a chatty cell during a blip) was cut at the next message, and everything
+    held was lost (a review of this change): only what arrives during the replay counts."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    kernel.disconnect(conn)
+    cell = runner.executes()[0].id
+    for n in range(400):
+        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"{n}\n"))
+    gate = asyncio.Event()
+
+    class Slow(FakeConnection):
+        async def send_text(self, text: str) -> None:
+            await gate.wait()
+            await super().send_text(text)
+
+    later = Slow()
+    replay = asyncio.create_task(kernel.connect(later))
+    await asyncio.sleep(0)
+    for n in range(2):
+        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"live {n}\n"))
+    gate.set()
+    await replay
+    assert later.closed is None
+    texts = [m["content"]["text"] for m in later.of("stream")]
+    assert texts[-2:] == ["live 0\n", "live 1\n"]
+    assert len(texts) == HELD_MESSAGES + 2
+
+
+async def test_what_a_connection_left_during_its_replay_is_held_again() -> None:
+    """The held messages moved to the new connection's replay, and were lost with it when
+    it dropped midway (a review of this change): the rest is held for the next one."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x"), conn)
+    kernel.disconnect(conn)
+    cell = runner.executes()[0].id
+    for n in range(10):
+        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"{n}\n"))
+
+    class Dropping(FakeConnection):
+        async def send_text(self, text: str) -> None:
+            if len(self.sent) == 2:
+                raise ConnectionResetError("gone")
+            await super().send_text(text)
+
+    first = Dropping()
+    await kernel.connect(first)
+    assert [m["content"]["text"] for m in first.of("stream")] == ["0\n", "1\n"]
+    second = FakeConnection()
+    await kernel.connect(second)
+    # The one being sent when it dropped is gone with it; the rest come, in order.
+    assert [m["content"]["text"] for m in second.of("stream")] == [f"{n}\n" for n in range(3, 10)]
+
+
 async def test_a_connection_that_cannot_take_its_replay_is_cut() -> None:
     """What waits behind a replay is bounded as the held buffer is."""
     kernel, runner, conn = await make_kernel()

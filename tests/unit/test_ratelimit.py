@@ -110,3 +110,14 @@ def test_no_limit_on_wrong_credentials_when_switched_off() -> None:
     for _ in range(1000):
         guesses.failed("a")
     guesses.check("a")
+
+
+def test_an_ipv6_address_counts_as_its_64() -> None:
+    """A client holding a /64 would otherwise get a fresh allowance per address (a review)."""
+    guesses = GuessLimiter(per_minute=2, clock=Clock())
+    guesses.failed("2001:db8:1:2::1")
+    guesses.failed("2001:db8:1:2:ffff::9")
+    with pytest.raises(RateLimited, match="2001:db8:1:2::/64"):
+        guesses.check("2001:db8:1:2::77")
+    guesses.check("2001:db8:1:3::1")  # another /64
+    guesses.check("::ffff:192.0.2.1")  # an IPv4 address, as IPv6 shows it

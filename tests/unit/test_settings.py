@@ -302,3 +302,12 @@ def test_the_audit_log_cannot_be_the_history_s_file(audit: str) -> None:
         Settings.from_env({"AUDIT_LOG_PATH": audit, "HISTORY_DB_PATH": "h.db"})
     Settings.from_env({"AUDIT_LOG_PATH": audit, "HISTORY_DB_PATH": "h.db",
                        "ENABLE_HISTORY": "false"})
+
+
+def test_the_history_cannot_be_one_of_the_audit_log_s_backups() -> None:
+    """The rotation renames audit.log to audit.log.N: over the database (a review)."""
+    with pytest.raises(ConfigError, match="is one of the audit log's backups"):
+        Settings.from_env({"AUDIT_LOG_PATH": "a.log", "HISTORY_DB_PATH": "a.log.3",
+                           "AUDIT_LOG_BACKUPS": "5"})
+    Settings.from_env({"AUDIT_LOG_PATH": "a.log", "HISTORY_DB_PATH": "a.log.6",
+                       "AUDIT_LOG_BACKUPS": "5"})

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import itsdangerous
 
 from ws_sandbox.auth import check_host, check_origin, is_key_identity, key_identity
-from ws_sandbox.exceptions import Forbidden, Unauthorized
+from ws_sandbox.exceptions import Forbidden, Unauthorized, WrongCredential
 from ws_sandbox.settings import Settings
 
 LOGIN_COOKIE = "ws_sandbox_jupyter_login"
@@ -188,7 +188,7 @@ def authenticate(settings: Settings, creds: Credentials, *, method: str, websock
         if identity is not None:
             return identity
         if not is_open(settings):
-            raise Forbidden("the token is not valid")
+            raise WrongCredential("the token is not valid")
     login = (LoginSigner(settings).identity(creds.login_cookie)
              if creds.login_cookie is not None else None)
     if login is not None:

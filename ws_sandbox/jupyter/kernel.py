@@ -84,6 +84,16 @@ class Connection(Protocol):
 
 
 @dataclass(slots=True)
+class _Replay:
+    """The messages a new connection has still to take: those held for it, then those that
+    arrived since it connected (``arrived``, bounded as the held buffer is)."""
+
+    messages: deque[str]
+    arrived: int = 0
+    arrived_chars: int = 0
+
+
+@dataclass(slots=True)
 class _Execution:
     """One ``execute_request`` from its arrival to its ``execute_reply``."""
 
@@ -140,7 +150,7 @@ class Kernel:
         self._connections: list[Connection] = []
         self._held: deque[str] = deque()
         self._held_chars = 0
-        self._replaying: dict[Connection, deque[str]] = {}
+        self._replaying: dict[Connection, _Replay] = {}
         """Connections still taking the held messages: what comes meanwhile waits here."""
         self._current: _Execution | None = None
         self._pending: deque[_Execution] = deque()
@@ -183,15 +193,20 @@ class Kernel:
     async def connect(self, conn: Connection) -> None:
         """Add a WebSocket; it first gets what was held while nobody listened, then what
         was sent to it meanwhile, in order."""
-        backlog, self._held, self._held_chars = self._held, deque(), 0
-        self._replaying[conn] = backlog
+        replay = _Replay(self._held)
+        self._held, self._held_chars = deque(), 0
+        self._replaying[conn] = replay
         self._connections.append(conn)
         self._touch()
         try:
-            while backlog and conn in self._connections:
-                await self._send_to(conn, backlog.popleft())
+            while replay.messages and conn in self._connections:
+                await self._send_to(conn, replay.messages.popleft())
         finally:
             del self._replaying[conn]
+            if replay.messages:  # it left before taking them: held again, oldest first
+                newer, self._held, self._held_chars = self._held, deque(), 0
+                for text in (*replay.messages, *newer):
+                    self._hold(text)
 
     def connected(self, conn: Connection) -> bool:
         """Whether ``conn`` is one of the kernel's connections (not dropped as too slow)."""
@@ -601,16 +616,18 @@ class Kernel:
             self._held_chars -= len(self._held.popleft())
 
     async def _behind_replay(self, conn: Connection, text: str) -> None:
-        """Queue a message for a connection still taking the held ones; one whose queue
-        outgrows the held buffer's bounds is too slow, as one whose send timed out."""
-        backlog = self._replaying.get(conn)
-        if backlog is None or conn not in self._connections:
+        """Queue a message for a connection still taking the held ones. One to which more
+        arrives meanwhile than the held buffer's bounds is too slow, as one whose send timed
+        out: it is cut, and what it did not take is held again (:meth:`connect`)."""
+        replay = self._replaying.get(conn)
+        if replay is None or conn not in self._connections:
             return
-        backlog.append(text)
-        if len(backlog) > HELD_MESSAGES or sum(map(len, backlog)) > HELD_CHARS:
+        replay.messages.append(text)
+        replay.arrived += 1
+        replay.arrived_chars += len(text)
+        if replay.arrived > HELD_MESSAGES or replay.arrived_chars > HELD_CHARS:
             log.info("kernel %s: cutting a connection that cannot take its replay", self.id)
             self.disconnect(conn)
-            backlog.clear()
             with contextlib.suppress(Exception):
                 await conn.close(1008, "too slow", at_once=True)
 

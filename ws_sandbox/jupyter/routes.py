@@ -24,7 +24,13 @@ from starlette.websockets import WebSocket
 
 from ws_sandbox import __version__
 from ws_sandbox.auth import DENIAL_RESPONSE, guesses_of, note_refusal
-from ws_sandbox.exceptions import BadRequest, CapacityError, Forbidden, SandboxError
+from ws_sandbox.exceptions import (
+    BadRequest,
+    CapacityError,
+    Forbidden,
+    SandboxError,
+    WrongCredential,
+)
 from ws_sandbox.jupyter import auth
 from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.kernels import KernelRegistry
@@ -78,7 +84,7 @@ def _authenticate(conn: HTTPConnection, *, method: str, websocket: bool) -> str:
     try:
         return auth.authenticate(settings, creds, method=method, websocket=websocket,
                                  address=address)
-    except Forbidden:
+    except WrongCredential:
         if guesses is not None:
             guesses.failed(address)
         raise
@@ -240,7 +246,7 @@ async def login(request: Request) -> Response:
         if identity is None:
             if guesses is not None:
                 guesses.failed(_address(request))
-            raise Forbidden("invalid password")
+            raise WrongCredential("invalid password")
     except SandboxError as exc:
         # Counted and summed up with the other refusals: the form takes the token and any
         # API key as a password, so failures here are guesses at keys too.
