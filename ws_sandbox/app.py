@@ -21,6 +21,7 @@ from ws_sandbox.exceptions import ConfigError, EngineUnavailable, SandboxError
 from ws_sandbox.jupyter.routes import routes as jupyter_routes
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.pool import WarmPool
+from ws_sandbox.rest import BodyBudget
 from ws_sandbox.routes import exception_handlers, service_routes
 from ws_sandbox.settings import Settings
 from ws_sandbox.surface import Surface
@@ -137,4 +138,6 @@ def create_app(settings: Settings) -> Starlette:
                     exception_handlers=exception_handlers())
     # The server's WebSocket message limit: set once, at start (server.serve).
     app.state.ws_max_size = fr.ws_message_limit(settings.max_code_bytes)
+    # One-shot bodies held at once: two of the largest, or 64 MiB.
+    app.state.bodies = BodyBudget(max(2 * fr.message_limit(settings.max_code_bytes), 64 << 20))
     return app

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ from ws_sandbox.session import (
 log = logging.getLogger(__name__)
 
 INBOX_SIZE = 64
+CLIENT_BYTES = 16 * 1024 * 1024
+"""Memory the client's messages waiting in the inbox may take, as Python holds them, beyond
+one message whatever its size: 64 of the largest a client may send (6 MiB, at up to four
+bytes a character) held 1.5 GiB while the session was busy sending (a review)."""
 DETACHED_BUFFER_FRAMES = 1024
 CLOSE_WAIT = 30.0
 """Seconds a session's end waits for the closes of clients it let go, when ``SEND_TIMEOUT``
@@ -161,6 +166,8 @@ class SessionRunner:
         self._send_timeout = send_timeout
         self._on_cell = on_cell
         self._inbox: asyncio.Queue[Event] = asyncio.Queue(INBOX_SIZE)
+        self._client_bytes = 0  # what the client's messages in the inbox hold
+        self._client_room = asyncio.Event()  # set when they may hold more
         self._sink: FrameSink | None = None
         self._held: deque[fr.ServerFrame] = deque(maxlen=DETACHED_BUFFER_FRAMES)
         self._held_dropped = 0  # frames the held ones pushed out
@@ -191,9 +198,25 @@ class SessionRunner:
         self._sink = sink
 
     async def feed(self, event: Event) -> None:
-        """Queue an event for the main loop (blocks when the inbox is full)."""
+        """Queue an event for the main loop (blocks when the inbox is full, and a client's
+        message while those waiting hold :data:`CLIENT_BYTES`)."""
+        if isinstance(event, ClientMessage):
+            size = sys.getsizeof(event.data)
+            while (self._client_bytes and self._client_bytes + size > CLIENT_BYTES
+                   and not self.closed.is_set()):
+                self._client_room.clear()
+                await self._client_room.wait()
+            if self.closed.is_set():
+                return
+            self._client_bytes += size
         if not self.closed.is_set():
             await self._inbox.put(event)
+
+    def _taken(self, event: Event) -> None:
+        """An event left the inbox: a client's message gives its room back."""
+        if isinstance(event, ClientMessage):
+            self._client_bytes -= sys.getsizeof(event.data)
+            self._client_room.set()
 
     def interrupt_soon(self) -> None:
         """Ask for the running cell to be interrupted, without waiting and without a task.
@@ -249,6 +272,7 @@ class SessionRunner:
                     try:
                         async with asyncio.timeout_at(deadline):
                             event = await self._inbox.get()
+                        self._taken(event)
                     except TimeoutError:
                         self.core.advance(self._loop.time())
                     else:
@@ -262,6 +286,7 @@ class SessionRunner:
             raise
         finally:
             self.closed.set()
+            self._client_room.set()  # a client's message waiting for room is dropped
             try:
                 await self._teardown()
             finally:

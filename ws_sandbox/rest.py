@@ -26,6 +26,7 @@ from ws_sandbox.exceptions import (
     DECODE_ERRORS,
     ERROR_TABLE,
     BadRequest,
+    CapacityError,
     PayloadTooLarge,
     SandboxError,
     SandboxLost,
@@ -172,11 +173,41 @@ def _error_of(frame: fr.Error) -> SandboxError:
     return SandboxLost(frame.message)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing it as soon as it exceeds ``limit`` bytes.
+class BodyBudget:
+    """The bytes of one-shot request bodies being received at once, service-wide.
+
+    A body may take ``REQUEST_TIMEOUT`` to arrive, and each is held whole until then: a
+    client sending all but the last bytes of many large bodies held 850 MiB per API key
+    for a minute (a review). Past ``limit`` in flight, a body's next bytes are refused
+    (503, ``at_capacity``) instead of kept.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def take(self, size: int) -> None:
+        """Count ``size`` more bytes received.
+
+        Raises:
+            CapacityError: they would pass the limit.
+        """
+        if self.in_flight + size > self.limit:
+            raise CapacityError(f"{self.in_flight} bytes of request bodies are being received"
+                                f" already, the most the service holds at once; retry",
+                                retry_after=1)
+        self.in_flight += size
+
+    def give_back(self, size: int) -> None:
+        self.in_flight -= size
+
+
+async def read_body(request: Request, limit: int, budget: BodyBudget | None = None) -> bytes:
+    """Read the body, refusing it as soon as it exceeds ``limit`` bytes (or ``budget``).
 
     Raises:
         PayloadTooLarge: the body (or its announced length) is above ``limit``.
+        CapacityError: the bodies being received at once would pass ``budget``.
         BadRequest: the client went away before the whole body came (nobody reads the
             answer; it keeps the error log for real errors).
     """
@@ -191,9 +222,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise too_large
+            if budget is not None:
+                budget.take(len(chunk))
             chunks.append(chunk)
     except ClientDisconnect:
         raise BadRequest(f"the client disconnected after {size} bytes of the body") from None
+    finally:
+        if budget is not None:
+            budget.give_back(sum(map(len, chunks)))
     return b"".join(chunks)
 
 
@@ -207,7 +243,8 @@ async def execute(request: Request) -> Response:
     if media != "application/json":
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, not {media or 'missing'}")
-    body = await read_body(request, fr.message_limit(manager.settings.max_code_bytes))
+    body = await read_body(request, fr.message_limit(manager.settings.max_code_bytes),
+                           request.app.state.bodies)
     if not body.strip():
         raise BadRequest('the request body is empty: send a JSON object such as'
                          ' {"code": "print(1)", "language": "python"}')

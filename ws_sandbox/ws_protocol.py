@@ -14,7 +14,8 @@ calls per client frame, on every cell's path. This protocol keeps reading while 
 :data:`READ_AHEAD_BYTES`; past either bound it stops reading as uvicorn does, so a client that
 outruns the application still meets backpressure with a bounded buffer.
 
-And it answers an upgrade request that websockets could not parse (see
+It cuts a peer that sends pings and reads no pongs (:data:`MAX_UNREAD_BYTES`). And it
+answers an upgrade request that websockets could not parse (see
 :meth:`BatchingWebSocketProtocol.data_received`), which uvicorn leaves hanging; and it offers
 :data:`ABORT`, so that the application can cut a connection whose peer takes nothing (a
 close frame would wait for that peer for good).
@@ -37,13 +38,18 @@ from websockets.http11 import Request
 
 from ws_sandbox.asgi_extensions import ABORT, SEND_MANY
 
-__all__ = ["ABORT", "READ_AHEAD_BYTES", "READ_AHEAD_MESSAGES", "SEND_MANY",
+__all__ = ["ABORT", "MAX_UNREAD_BYTES", "READ_AHEAD_BYTES", "READ_AHEAD_MESSAGES", "SEND_MANY",
            "BatchingWebSocketProtocol"]
 
 READ_AHEAD_MESSAGES = 8
 """Messages that may wait for the application while the socket is still read."""
 READ_AHEAD_BYTES = 64 * 1024
 """A longer message stops the reading at once, as in uvicorn."""
+MAX_UNREAD_BYTES = 8 * 1024 * 1024
+"""What may wait in the write buffer for a peer that pings: past it, the connection is cut.
+uvicorn writes each pong at once, outside flow control, and keeps reading: a peer that sent
+pings and read nothing grew the service by 40 MiB a second, for as long as the connection
+lived (a review). The application's own sends wait for room, so they never come near it."""
 
 
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -62,6 +68,12 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         gone (``websocket.disconnect``, code 1006) and wakes a send waiting for it."""
         if not self.disconnected:
             self.transport.abort()
+
+    def handle_ping(self) -> None:
+        """uvicorn's pong, and a cut for a peer that pings without reading."""
+        super().handle_ping()
+        if self.transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            self.abort()
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, plus an answer to an upgrade request that websockets refused.

@@ -558,3 +558,35 @@ async def test_a_cell_is_recorded_even_when_the_session_is_cancelled_delivering_
         async with asyncio.timeout(BOUND):
             await task
     assert recorded == ["c1"]
+
+
+async def test_the_client_s_waiting_messages_are_bounded_in_bytes() -> None:
+    """The inbox counted 64 events whatever their size: a client sending the largest
+    messages while the session was busy made it hold 1.5 GiB (a review). A client's message
+    now waits while those already waiting hold CLIENT_BYTES (one always fits)."""
+    loop = asyncio.get_running_loop()
+    core = Session(session_id="s", language="python", limits=LIMITS, now=loop.time())
+
+    async def acquire() -> Sandbox:
+        raise SandboxLost("none")
+
+    runner = SessionRunner(core, cast(Sandbox, FakeSandbox()), acquire=acquire,
+                           send_timeout=1.0)  # its loop is not running: nothing is taken
+    big = "x" * (driver_module.CLIENT_BYTES * 3 // 4)
+    async with asyncio.timeout(BOUND):
+        await runner.feed(ClientMessage(big))  # one always fits, whatever its size
+        await runner.feed(ClientMessage("small"))
+    second = asyncio.create_task(runner.feed(ClientMessage(big)))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # 1.5 x CLIENT_BYTES would be waiting
+    runner._taken(runner._inbox.get_nowait())  # the loop takes the first
+    async with asyncio.timeout(BOUND):
+        await second
+    third = asyncio.create_task(runner.feed(ClientMessage(big)))
+    await asyncio.sleep(0.05)
+    assert not third.done()
+    runner.closed.set()  # the session ends: a message waiting for room is dropped
+    runner._client_room.set()
+    async with asyncio.timeout(BOUND):
+        await third
+    assert runner._inbox.qsize() == 2

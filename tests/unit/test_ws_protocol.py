@@ -33,6 +33,7 @@ from ws_sandbox import frames as fr
 from ws_sandbox.websocket import WebSocketSink, close_quietly
 from ws_sandbox.ws_protocol import (
     ABORT,
+    MAX_UNREAD_BYTES,
     READ_AHEAD_BYTES,
     READ_AHEAD_MESSAGES,
     SEND_MANY,
@@ -603,3 +604,33 @@ async def test_a_denied_upgrade_is_not_logged_as_an_error() -> None:
     assert any("Uvicorn running" in r.getMessage() for r in records)  # the handler hears
     errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
     assert errors == []
+
+
+async def test_a_peer_that_pings_and_reads_nothing_is_cut(batching: Server) -> None:
+    """uvicorn writes every pong at once, outside flow control, and keeps reading: a peer
+    sending pings and reading nothing grew the service without bound (a review). Past
+    MAX_UNREAD_BYTES waiting for it, the connection is cut."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", batching.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(sock, (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        conn = await batching.next_connection()
+        ping = bytes([0x89, 0x80 | 125]) + bytes(4) + bytes(125)  # masked, a zero mask
+        batch = ping * 1000
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(BOUND):
+                while sent < 4 * MAX_UNREAD_BYTES:
+                    await loop.sock_sendall(sock, batch)
+                    sent += len(batch)
+        await assert_cut(conn)
+        assert sent < 4 * MAX_UNREAD_BYTES  # cut long before the pings ran out
+    finally:
+        sock.close()
