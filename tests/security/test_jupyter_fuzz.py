@@ -308,8 +308,9 @@ def readable(message: Any) -> bool:
     if any(k in message and not isinstance(message[k], dict)
            for k in ("metadata", "content")):
         return False
-    if "channel" in message and not isinstance(message["channel"], str | None):
-        return False
+    channel = message.get("channel")
+    if channel is not None and not (isinstance(channel, str) and len(channel) <= 256):
+        return False  # a channel name is bounded as a header field is
     return not ("buffers" in message and not isinstance(message["buffers"], list))
 
 
@@ -400,7 +401,11 @@ def channel(jservice: Service, kernel_id: str) -> Iterator[Channel]:
 
 
 def expected_answer(message: Any) -> str | None:
-    """The message type a readable message must be answered with, if any."""
+    """The message type a readable message must be answered with, if any: none for one on a
+    channel clients do not send on (``iopub``, any other name), which is ignored, as
+    Jupyter Server ignores it."""
+    if message.get("channel") not in (None, "", "shell", "control", "stdin"):
+        return None
     msg_type = message["header"]["msg_type"]
     if msg_type == "comm_open":
         comm_id = message.get("content", {}).get("comm_id")
