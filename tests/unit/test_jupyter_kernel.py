@@ -462,32 +462,48 @@ async def test_messages_held_without_connection_and_replayed() -> None:
     assert kernel.model()["connections"] == 1
 
 
-async def test_the_replay_comes_before_what_is_sent_meanwhile() -> None:
-    """A message published while the held ones were still being replayed reached the new
-    connection before older held ones (a review's reading of the code): now it waits."""
+class Gated(FakeConnection):
+    """A connection that takes nothing until :attr:`gate` is set (with ``first_only``, only
+    its first message waits)."""
+
+    def __init__(self, first_only: bool = False) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.first_only = first_only
+
+    async def send_text(self, text: str) -> None:
+        if not (self.first_only and self.sent):
+            await self.gate.wait()
+        await super().send_text(text)
+
+
+async def left_with(lines: int) -> tuple[Kernel, str]:
+    """A kernel whose only connection left while its cell printed ``lines`` lines (held)."""
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("x"), conn)
     kernel.disconnect(conn)
     cell = runner.executes()[0].id
-    await send(kernel, fr.Stream(id=cell, name="stdout", text="one\n"))
-    await send(kernel, fr.Stream(id=cell, name="stdout", text="two\n"))
-    gate = asyncio.Event()
+    for n in range(lines):
+        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"{n}\n"))
+    return kernel, cell
 
-    class Stalling(FakeConnection):
-        async def send_text(self, text: str) -> None:
-            if not self.sent:
-                await gate.wait()  # the first held message takes its time
-            await super().send_text(text)
 
-    later = Stalling()
+def texts(conn: FakeConnection) -> list[str]:
+    return [m["content"]["text"] for m in conn.of("stream")]
+
+
+async def test_the_replay_comes_before_what_is_sent_meanwhile() -> None:
+    """A message published while the held ones were still being replayed reached the new
+    connection before older held ones (a review's reading of the code): now it waits."""
+    kernel, cell = await left_with(2)
+    later = Gated(first_only=True)  # the first held message takes its time
     replay = asyncio.create_task(kernel.connect(later))
     await asyncio.sleep(0)
-    await send(kernel, fr.Stream(id=cell, name="stdout", text="three\n"))  # live, meanwhile
+    await send(kernel, fr.Stream(id=cell, name="stdout", text="live\n"))  # meanwhile
     await send(kernel, result(cell))
-    gate.set()
+    later.gate.set()
     await replay
-    texts = [m["content"]["text"] for m in later.of("stream")]
-    assert texts == ["one\n", "two\n", "three\n"]
+    assert texts(later) == ["0\n", "1\n", "live\n"]
     assert later.types()[-2:] == ["execute_reply", "status"]
     # Once replayed, messages go straight out again.
     await kernel.handle(request("y", "m2"), later)
@@ -498,41 +514,23 @@ async def test_a_full_held_buffer_is_replayed_whole_to_a_slow_client() -> None:
     """The bound on a replay counted the held messages too, so a client coming back to a
     full buffer (a chatty cell during a blip) was cut at the next message, and everything
     held was lost (a review of this change): only what arrives during the replay counts."""
-    kernel, runner, conn = await make_kernel()
-    await kernel.handle(request("x"), conn)
-    kernel.disconnect(conn)
-    cell = runner.executes()[0].id
-    for n in range(400):
-        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"{n}\n"))
-    gate = asyncio.Event()
-
-    class Slow(FakeConnection):
-        async def send_text(self, text: str) -> None:
-            await gate.wait()
-            await super().send_text(text)
-
-    later = Slow()
+    kernel, cell = await left_with(400)
+    later = Gated()
     replay = asyncio.create_task(kernel.connect(later))
     await asyncio.sleep(0)
     for n in range(2):
         await send(kernel, fr.Stream(id=cell, name="stdout", text=f"live {n}\n"))
-    gate.set()
+    later.gate.set()
     await replay
     assert later.closed is None
-    texts = [m["content"]["text"] for m in later.of("stream")]
-    assert texts[-2:] == ["live 0\n", "live 1\n"]
-    assert len(texts) == HELD_MESSAGES + 2
+    assert texts(later)[-2:] == ["live 0\n", "live 1\n"]
+    assert len(texts(later)) == HELD_MESSAGES + 2
 
 
 async def test_what_a_connection_left_during_its_replay_is_held_again() -> None:
     """The held messages moved to the new connection's replay, and were lost with it when
     it dropped midway (a review of this change): the rest is held for the next one."""
-    kernel, runner, conn = await make_kernel()
-    await kernel.handle(request("x"), conn)
-    kernel.disconnect(conn)
-    cell = runner.executes()[0].id
-    for n in range(10):
-        await send(kernel, fr.Stream(id=cell, name="stdout", text=f"{n}\n"))
+    kernel, _ = await left_with(10)
 
     class Dropping(FakeConnection):
         async def send_text(self, text: str) -> None:
@@ -542,35 +540,24 @@ async def test_what_a_connection_left_during_its_replay_is_held_again() -> None:
 
     first = Dropping()
     await kernel.connect(first)
-    assert [m["content"]["text"] for m in first.of("stream")] == ["0\n", "1\n"]
+    assert texts(first) == ["0\n", "1\n"]
     second = FakeConnection()
     await kernel.connect(second)
     # The one being sent when it dropped is gone with it; the rest come, in order.
-    assert [m["content"]["text"] for m in second.of("stream")] == [f"{n}\n" for n in range(3, 10)]
+    assert texts(second) == [f"{n}\n" for n in range(3, 10)]
 
 
 async def test_a_connection_that_cannot_take_its_replay_is_cut() -> None:
     """What waits behind a replay is bounded as the held buffer is."""
-    kernel, runner, conn = await make_kernel()
-    await kernel.handle(request("x"), conn)
-    kernel.disconnect(conn)
-    cell = runner.executes()[0].id
-    await send(kernel, fr.Stream(id=cell, name="stdout", text="held\n"))
-    gate = asyncio.Event()
-
-    class Stuck(FakeConnection):
-        async def send_text(self, text: str) -> None:
-            await gate.wait()
-            await super().send_text(text)
-
-    later = Stuck()
+    kernel, cell = await left_with(1)
+    later = Gated()
     replay = asyncio.create_task(kernel.connect(later))
     await asyncio.sleep(0)
     for n in range(HELD_MESSAGES + 1):
         await send(kernel, fr.Stream(id=cell, name="stdout", text=f"{n}\n"))
     assert later.closed == (1008, "too slow") and later.at_once
     assert kernel.model()["connections"] == 0
-    gate.set()
+    later.gate.set()
     await replay
 
 

@@ -512,10 +512,9 @@ async def test_a_request_websockets_refused_is_answered_and_closed(
         assert await receive_text(conn) == "still here"
 
 
-@contextlib.asynccontextmanager
-async def deaf_peer(server: Server) -> AsyncIterator[Connection]:
-    """A WebSocket whose peer never reads after the upgrade, once the server's send buffer
-    and the peer's window are full: the application's view of it."""
+async def raw_upgrade(server: Server) -> socket.socket:
+    """A non-blocking socket that asked for a WebSocket upgrade, with a small receive buffer
+    (a peer that reads little soon fills it)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -527,6 +526,18 @@ async def deaf_peer(server: Server) -> AsyncIterator[Connection]:
             f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def deaf_peer(server: Server) -> AsyncIterator[Connection]:
+    """A WebSocket whose peer never reads after the upgrade, once the server's send buffer
+    and the peer's window are full: the application's view of it."""
+    sock = await raw_upgrade(server)
+    try:
         conn = await server.next_connection()  # and the peer never reads again
         async with asyncio.timeout(BOUND):
             with contextlib.suppress(TimeoutError):
@@ -611,16 +622,8 @@ async def test_a_peer_that_pings_and_reads_nothing_is_cut(batching: Server) -> N
     sending pings and reading nothing grew the service without bound (a review). Past
     MAX_UNREAD_BYTES waiting for it, the connection is cut."""
     loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
+    sock = await raw_upgrade(batching)
     try:
-        await loop.sock_connect(sock, ("127.0.0.1", batching.port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(sock, (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
         conn = await batching.next_connection()
         ping = bytes([0x89, 0x80 | 125]) + bytes(4) + bytes(125)  # masked, a zero mask
         batch = ping * 1000
