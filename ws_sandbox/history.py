@@ -12,6 +12,9 @@ order, and are written with the next batch, before the next read and at close;
 ``MAX_WAITING_ROWS`` the oldest waiting rows are dropped and counted. A row the database
 refuses for its own content (not a failure of the database) is dropped alone, with its id in
 the log, so that it cannot take the rows beside it down.
+
+The database keeps its layout's version (:data:`SCHEMA_VERSION`); one of a later version, or
+another program's database, is refused before anything in it changes.
 """
 
 from __future__ import annotations
@@ -74,6 +77,10 @@ FLUSH_INTERVAL = 0.1
 """Seconds rows wait in the event loop before the database thread takes them as a batch."""
 MAX_WAITING_ROWS = 10_000
 """Rows held in memory while the database cannot be written; beyond this the oldest go."""
+SCHEMA_VERSION = 1
+"""The layout of the history's database, kept as SQLite's ``user_version``. 0 is a database
+written before it was kept (brought up to date on open); one above this, written by a later
+version, is refused: its inserts would fail, one by one, for as long as the service ran."""
 T = TypeVar("T")
 
 
@@ -202,6 +209,7 @@ class History:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _check_is_database(self.path)
+        _check_layout(self.path)
         # Made here, not by SQLite (0644), so that neither the file nor the -wal and -shm
         # files SQLite gives its mode are readable by everyone: rows hold outputs. One made
         # by an earlier version (0644) loses what everyone could read.
@@ -221,9 +229,10 @@ class History:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
-        if "address" not in {row["name"] for row in db.execute("PRAGMA table_info(executions)")}:
+        if "address" not in _columns(db):
             # A database written before the address was kept: its rows keep ''.
             db.execute("ALTER TABLE executions ADD COLUMN address TEXT NOT NULL DEFAULT ''")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db = db
         self._prune(time.time())
 
@@ -384,3 +393,38 @@ def _check_is_database(path: Path) -> None:
         return
     if head and head != SQLITE_HEADER:
         raise sqlite3.DatabaseError("the file is not a SQLite database; it was left as it is")
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in db.execute("PRAGMA table_info(executions)")}
+
+
+def _check_layout(path: Path) -> None:
+    """Refuse a database that is not a history this version can write, before anything (its
+    mode included) is changed: one of a later version, or another program's database, which
+    the history's table would have been added to.
+
+    Raises:
+        sqlite3.DatabaseError: naming what is wrong.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"a later version of ws_sandbox wrote it (layout {version}; this version"
+                f" writes {SCHEMA_VERSION}); it was left as it is")
+        tables = {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        if others := sorted(tables - {"executions"}):
+            raise sqlite3.DatabaseError(
+                f"it holds tables that are not the history's ({', '.join(others[:5])});"
+                " it was left as it is")
+        if tables and (missing := sorted(set(_COLUMNS) - {"address"} - _columns(db))):
+            raise sqlite3.DatabaseError(
+                f"its executions table is not the history's (no {', '.join(missing[:5])});"
+                " it was left as it is")
+    finally:
+        db.close()

@@ -317,6 +317,7 @@ def test_unknown_path_and_method_are_json(service: Service) -> None:
 
 
 def test_stats_metrics_config_and_history(service: Service) -> None:
+    run(service, "print('first')", "python")  # a second page, whatever ran before
     done = run(service, "print('kept')", "python")
     status, _, stats = call(service, "/api/v1/stats")
     assert status == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import stat
@@ -258,3 +259,48 @@ async def test_rows_keep_the_address_and_an_older_database_gains_the_column(
         page = await h.list(client="key:k")
         assert [(i["execution_id"], i["address"]) for i in page.items] == [
             ("e1", "192.0.2.9"), ("old", "")]
+
+
+def snapshot(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_the_database_keeps_its_layout_version_and_an_older_one_is_brought_up(
+        tmp_path: Path) -> None:
+    """A database written before the layout was kept (user_version 0) is brought up to it."""
+    path = tmp_path / "h.db"
+    sqlite3.connect(path).close()
+    async with history(path) as h:
+        h.record(record(1))
+        assert await h.get("e1") is not None
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == history_module.SCHEMA_VERSION
+    assert history_module.SCHEMA_VERSION >= 1
+
+
+@pytest.mark.parametrize(("make", "why"), [
+    (f"PRAGMA user_version={history_module.SCHEMA_VERSION + 1}",
+     "a later version of ws_sandbox wrote it (layout 2; this version writes 1)"),
+    ("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('alice')",
+     "it holds tables that are not the history's (users)"),
+    ("CREATE TABLE executions (id INTEGER PRIMARY KEY, note TEXT)",
+     "its executions table is not the history's (no cell_id, client, code_bytes"),
+])
+async def test_a_database_it_cannot_write_is_refused_and_left_as_it_is(
+        tmp_path: Path, make: str, why: str) -> None:
+    """A database of a later version was opened, and then every insert failed (its rows were
+    logged as errors) for as long as the service ran; another program's database got the
+    history's table added to it, and its mode changed (a review). Both are refused now,
+    untouched."""
+    path = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(make)
+        db.commit()
+    path.chmod(0o644)
+    before = snapshot(path)
+    with pytest.raises(sqlite3.DatabaseError) as refused:
+        async with history(path):
+            pass
+    assert why in str(refused.value) and "it was left as it is" in str(refused.value)
+    assert snapshot(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
