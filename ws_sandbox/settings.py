@@ -120,6 +120,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "rate_limit_per_minute": (0, 1_000_000, ""),
     "rate_limit_burst": (1, 1_000_000, ""),
     "auth_failures_per_minute": (0, 1_000_000, ""),
+    "client_messages_per_second": (0, 1_000_000, ""),
     "audit_log_max_bytes": (4096, 2**40, "bytes"),
     "audit_log_backups": (1, 1000, ""),
     "history_retention_days": (0.001, 36_500, "days"),
@@ -301,6 +302,11 @@ class Settings:
         "doc": "Wrong API keys, Jupyter tokens or passwords one client address may send a"
                " minute; past it, none of its credentials are checked until it may try again"
                " (429). 0: off (behind a proxy, every client shares one address)"})
+    client_messages_per_second: int = field(default=5000, metadata={
+        "env": "CLIENT_MESSAGES_PER_SECOND",
+        "doc": "WebSocket messages one connection (a session's, or a Jupyter kernel's"
+               " channel) may send a second, as many at once; past it the connection is read"
+               " no faster, and its client's sends wait. 0: no limit"})
     enable_audit_log: bool = field(default=True, metadata={"env": "ENABLE_AUDIT_LOG",
         "doc": "Write one JSON line per execution to AUDIT_LOG_PATH"})
     audit_log_path: str = field(default="data/audit.log", metadata={"env": "AUDIT_LOG_PATH",

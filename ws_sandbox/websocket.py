@@ -21,7 +21,7 @@ from ws_sandbox.asgi_extensions import ABORT, SEND_MANY
 from ws_sandbox.driver import ClientGone, ClientMessage, CloseRequest
 from ws_sandbox.exceptions import SandboxError
 from ws_sandbox.manager import SessionManager
-from ws_sandbox.ratelimit import RateLimiter
+from ws_sandbox.ratelimit import Pace, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,11 @@ async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
         await sink.close(exc.close_code, exc.code)
         return
     deliberate = False
+    pace = Pace(manager.settings.client_messages_per_second,
+                f"session {runner.session_id} ({address})")
     try:
         while True:
+            await pace.wait()
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 # 1000 is a deliberate goodbye: end now. Anything else may be a dropped

@@ -481,3 +481,60 @@ async def test_one_key_is_capped_while_another_still_opens(
             await second.close()
         log = svc.log_path.read_text(errors="replace")
         assert "Traceback" not in log and " ERROR " not in log, log[-5000:]
+
+
+# --- CLIENT_MESSAGES_PER_SECOND: a connection's messages are paced --------------------------
+
+
+def kernel_info(n: int) -> str:
+    return json.dumps({"header": {"msg_id": f"info-{n}", "msg_type": "kernel_info_request"},
+                       "channel": "shell", "parent_header": {}, "content": {}})
+
+
+async def first_frame(ws: websockets.ClientConnection) -> None:
+    assert json.loads(await ws.recv())["type"] == "ready"
+
+
+@pytest.mark.parametrize("endpoint", ["session", "jupyter"])
+async def test_a_connection_s_messages_are_paced_and_others_are_not_held_back(
+        make_service: ServiceFactory, endpoint: str) -> None:
+    """A flood of small frames a session ignores (an interrupt with no cell running) took a
+    core, about 100,000 a second, and every other session's cells waited on it (a review).
+    A connection's messages are now read at CLIENT_MESSAGES_PER_SECOND (20 here, as many at
+    once): 60 requests, each answered, take two seconds to be answered; another session's
+    cell meanwhile runs as usual."""
+    rate, sent = 20, 60
+    with make_service(CLIENT_MESSAGES_PER_SECOND=str(rate), POOL_SIZE="2",
+                      **PYTHON_ONLY) as svc:
+        if endpoint == "session":
+            url, request = f"{svc.url}/api/v1/sessions/ws?language=python", '{"type": "?"}'
+        else:
+            status, _, model = await asyncio.to_thread(call, svc, "/api/kernels", {})
+            assert status == 201, model
+            url = f"{svc.url}/api/kernels/{model['id']}/channels"
+        async with websockets.connect(url) as flood, await connect(svc.url) as other:
+            if endpoint == "session":
+                await first_frame(flood)
+            start = time.monotonic()
+            for n in range(sent):
+                await flood.send(request if endpoint == "session" else kernel_info(n))
+            answered: list[float] = []
+
+            async def read_answers() -> None:
+                while len(answered) < sent:
+                    frame = json.loads(await flood.recv())
+                    if endpoint == "session":
+                        assert frame["type"] == "error" and frame["code"] == "bad_request"
+                    elif frame["msg_type"] != "kernel_info_reply":
+                        continue  # iopub's busy and idle around each reply
+                    answered.append(time.monotonic() - start)
+
+            reader = asyncio.create_task(read_answers())
+            assert (await other.execute("print(2)")).stdout == "2\n"
+            assert len(answered) < sent  # the flood is still being read
+            async with asyncio.timeout(60):
+                await reader
+        # 40 past the first 20 at 20 a second: two seconds (the bound leaves the clock's slack)
+        assert answered[rate - 1] < answered[-1] and answered[-1] >= 1.8, answered
+        assert f"sends more than {rate} messages a second (CLIENT_MESSAGES_PER_SECOND)" \
+            in svc.log()

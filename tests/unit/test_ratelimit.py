@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import pytest
 
 from ws_sandbox.exceptions import RateLimited
-from ws_sandbox.ratelimit import GuessLimiter, RateLimiter, TokenBucket
+from ws_sandbox.ratelimit import GuessLimiter, Pace, RateLimiter, TokenBucket
 
 
 class Clock:
@@ -121,3 +124,46 @@ def test_an_ipv6_address_counts_as_its_64() -> None:
         guesses.check("2001:db8:1:2::77")
     guesses.check("2001:db8:1:3::1")  # another /64
     guesses.check("::ffff:192.0.2.1")  # an IPv4 address, as IPv6 shows it
+
+
+async def test_a_connection_is_paced_past_its_burst_by_waiting_not_refusing(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Ten messages a second, ten at once: the eleventh waits a tenth of a second, the clock
+    moving only by the waits; the first wait is logged once, naming the setting."""
+    clock = Clock()
+    slept: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+        clock.now += delay
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    pace = Pace(10, "session s (192.0.2.1)", clock=clock)
+    with caplog.at_level(logging.INFO, logger="ws_sandbox.ratelimit"):
+        for _ in range(10):
+            await pace.wait()
+        assert slept == [] and pace.waits == 0
+        for _ in range(5):
+            await pace.wait()
+    assert slept == pytest.approx([0.1] * 5) and pace.waits == 5
+    assert clock.now == pytest.approx(1000.5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["session s (192.0.2.1) sends more than 10 messages a second"
+                     " (CLIENT_MESSAGES_PER_SECOND): it is read no faster"]
+    clock.now += 10  # idle: the burst is back, and no more than it
+    for _ in range(10):
+        await pace.wait()
+    assert len(slept) == 5
+    await pace.wait()
+    assert len(slept) == 6
+
+
+async def test_pacing_switched_off_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def sleep(delay: float) -> None:
+        raise AssertionError(f"slept {delay}")
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    pace = Pace(0, "session s", clock=Clock())
+    for _ in range(100_000):
+        await pace.wait()
+    assert pace.waits == 0

@@ -36,7 +36,7 @@ from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.kernels import KernelRegistry
 from ws_sandbox.jupyter.specs import kernelspecs_model
 from ws_sandbox.manager import SessionManager
-from ws_sandbox.ratelimit import RateLimiter
+from ws_sandbox.ratelimit import Pace, RateLimiter
 from ws_sandbox.rest import client_disconnected, read_body
 from ws_sandbox.web import PAGE_HEADERS
 from ws_sandbox.websocket import close_quietly
@@ -304,8 +304,11 @@ async def channels(websocket: WebSocket) -> None:
     conn = WebSocketConnection(
         websocket, close_timeout=websocket.app.state.manager.settings.send_timeout)
     await kernel.connect(conn)
+    pace = Pace(websocket.app.state.manager.settings.client_messages_per_second,
+                f"kernel {kernel.id}'s channel ({_address(websocket)})")
     try:
         while True:
+            await pace.wait()
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
