@@ -103,6 +103,21 @@ class Restarted(AgentFrame, tag="restarted"):
 
 FromAgent = AgentReady | Out | AgentDisplay | Done | Restarted
 
+QUOTED_CHARS = 200
+"""The most of a sandbox's words :func:`quoted` keeps."""
+
+
+def quoted(text: str) -> str:
+    """``text`` that came from a sandbox, fit for the log, a result's error and a record: cut
+    to :data:`QUOTED_CHARS` characters and quoted, every control character escaped.
+
+    msgspec's description of a frame it refused repeats the bad value as it came. Under
+    gVisor a cell can write frames to its agent's channel itself: one with a made-up tag
+    wrote lines of its choosing into the service's log, and a megabyte into a result's
+    error, the audit log and the history (a review).
+    """
+    return repr(text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "...")
+
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[FromAgent] = msgspec.json.Decoder(FromAgent)
 
@@ -143,7 +158,7 @@ class AgentDecoder:
             try:
                 frames.append(_decoder.decode(bytes(buf[start + 4:end])))
             except DECODE_ERRORS as exc:
-                raise SandboxLost(f"invalid agent frame: {exc}") from None
+                raise SandboxLost(f"invalid agent frame: {quoted(str(exc))}") from None
             start = end
         if start:
             del buf[:start]

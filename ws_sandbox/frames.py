@@ -179,10 +179,20 @@ OUTPUT_ALLOWANCE_SLACK = 65536
 """Characters of a cell's output accepted beyond :func:`output_allowance`'s twice the budget."""
 
 
+AGENT_FRAME_CHARS = 64
+"""What a frame from the agent costs of a cell's output budget beyond its text or data: a
+display frame, as the agent counts it, and, in the service's count of what the agent may
+send, a frame that carries no output (``done``, ``ready``, ``restarted``). Frames the budget
+did not count cost the service their handling for nothing: under gVisor a cell can write to
+the agent's channel itself, and a flood of forged ``done`` frames took a service core for
+as long as it ran (a review)."""
+
+
 def display_chars(data: Mapping[str, str]) -> int:
-    """A display's size as the agent counts it against a cell's output budget: the
-    characters of every key and value, and one per entry."""
-    return sum(len(key) + len(value) + 1 for key, value in data.items())
+    """A display's size as the agent counts it against a cell's output budget:
+    :data:`AGENT_FRAME_CHARS`, and the characters of every key and value and one per
+    entry."""
+    return AGENT_FRAME_CHARS + sum(len(key) + len(value) + 1 for key, value in data.items())
 
 
 def output_allowance(max_output_bytes: int) -> int:

@@ -128,7 +128,7 @@ def validate_cell(limits: SessionLimits, code: str, timeout: float | None) -> fl
     return timeout
 
 
-DISPLAY_FRAME_BYTES = 64
+DISPLAY_FRAME_BYTES = fr.AGENT_FRAME_CHARS
 """What one display frame costs of a cell's output budget beyond its data: about its JSON
 envelope, so that a flood of empty displays is bounded by the budget too."""
 
@@ -139,6 +139,19 @@ def display_size(data: Mapping[str, str]) -> int:
     return DISPLAY_FRAME_BYTES + sum(
         len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass")) + 1
         for k, v in data.items())
+
+
+def _cost(frame: aw.FromAgent) -> int:
+    """What a frame from the agent counts against what its agent may send: a stream's
+    characters (one at least), a display as the agent counts it, and any other frame
+    :data:`~ws_sandbox.frames.AGENT_FRAME_CHARS`. None is free."""
+    match frame:
+        case aw.Out():
+            return max(len(frame.text), 1)
+        case aw.AgentDisplay():
+            return fr.display_chars(frame.data)
+        case _:
+            return fr.AGENT_FRAME_CHARS
 
 
 @dataclass(slots=True)
@@ -360,16 +373,14 @@ class Session:
         """Handle one validated frame from the agent."""
         if self.state is State.CLOSED:
             return
+        if self._over_allowance(_cost(frame), now):
+            return
         cell = self.running
         match frame:
             case aw.Out():
-                if self._over_allowance(len(frame.text), now):
-                    return
                 if cell is not None and frame.id == cell.id:
                     self._output(cell, frame.name, frame.text)
             case aw.AgentDisplay():
-                if self._over_allowance(fr.display_chars(frame.data), now):
-                    return
                 if cell is not None and frame.id == cell.id:
                     self._display(cell, frame)
             case aw.Done():
@@ -420,8 +431,8 @@ class Session:
         self._actions.append(ReplaceSandbox(reason))
 
     def _over_allowance(self, chars: int, now: float) -> bool:
-        """Count ``chars`` of output from the sandbox; past what its agent may send, the
-        sandbox broke protocol (it is replaced) and the frame is dropped.
+        """Count ``chars`` of output from the sandbox (:func:`_cost`); past what its agent may
+        send, the sandbox broke protocol (it is replaced) and the frame is dropped.
 
         The agent counts a cell's output as it forwards it (raw bytes of the streams, the
         characters of display data and one per entry) and stops at ``max_output_bytes``,

@@ -84,6 +84,7 @@ extern char **environ;
 #define MAX_TEXT_CHUNK ((size_t)64 * 1024)
 #define MAX_DISPLAY_ENTRIES 8 /* a display's data: at most 8 entries (agent_wire.AgentDisplay) */
 #define MAX_DISPLAY_KEY 100   /* with keys of at most 100 characters */
+#define DISPLAY_FRAME_CHARS 64 /* a display frame's cost beyond its data (frames.py) */
 #define DEFAULT_MAX_OUTPUT ((int64_t)1 << 20)
 #define HIGH_WATER ((size_t)1 << 20)
 #define HARD_WATER ((size_t)4 << 20)
@@ -2427,7 +2428,9 @@ static void on_display(Body *msg, Buf *err) {
     size_t n = o.n;
     long *use = jobj_dedup(&o);
     size_t clean = 0;
-    int64_t size = 0;
+    /* the frame itself costs as much as its JSON envelope, so that a flood of small
+     * displays (a million empty ones cost the service seconds of CPU) ends at the budget */
+    int64_t size = DISPLAY_FRAME_CHARS;
     for (size_t i = 0; i < n; i++) {
         if (use[i] < 0) continue;
         JVal *v = &o.m[use[i]].val;

@@ -842,6 +842,59 @@ async def test_agent_channel_is_closed_to_user_code(battery: Service) -> None:
         await still_works(other)
 
 
+# Opens the agent's channel to the service (under runc the open is denied) and writes
+# frames of its own there: each write under 4 KiB, so it never splits one of the agent's.
+FORGE_ON_THE_CHANNEL = (
+    "import json, os, struct\n"
+    "def frame(obj):\n"
+    "    body = json.dumps(obj).encode()\n"
+    "    return struct.pack('>I', len(body)) + body\n"
+    "try:\n"
+    "    fd = os.open('/proc/1/fd/1', os.O_WRONLY)\n"
+    "except OSError as e:\n"
+    "    print('denied', e.errno)\n"
+    "    raise SystemExit\n")
+FORGED_LINE = "2026-11-27 17:59:59,000 CRITICAL ws_sandbox.auth: FORGED admin key accepted"
+
+
+@pytest.mark.parametrize("attack", ["flood", "made-up-tag"])
+async def test_frames_a_cell_writes_on_the_agents_channel_end_only_its_sandbox(
+        battery: Service, attack: str) -> None:
+    """Under gVisor a cell can open the agent's channel (RUNSC: the agent's /proc entries
+    are open to it there; under runc the open is denied). Two attacks a review found:
+    - a flood of done frames for no cell, which the service dropped uncounted while it
+      took a core, for as long as the session lived; each frame counts now, and the flood
+      ends the sandbox at once;
+    - a frame with a made-up tag, which msgspec's error repeated into the service's log
+      (a line of the cell's choosing) and the cell's error; it is quoted now."""
+    code = FORGE_ON_THE_CHANNEL + {
+        "flood": "one = frame({'t': 'done', 'id': 'zz', 'status': 'success'})\n"
+                 "while True:\n    os.write(fd, one * 60)\n",
+        "made-up-tag": f"os.write(fd, frame({{'t': \"x'\\n{FORGED_LINE}\\n\" + 'A' * 3000}}))\n"
+                       "import time; time.sleep(8)\n",
+    }[attack]
+    async with await connect(battery.url) as s:
+        cid = await container_id(s)
+        start = time.monotonic()
+        r = await s.execute(code, timeout=15)
+        if not RUNSC:
+            assert r.status == "success" and r.stdout in (
+                f"denied {errno.EACCES}\n", f"denied {errno.EPERM}\n"), r
+            return
+        assert r.status == "killed" and r.result.state_lost, r
+        if attack == "flood":  # at the allowance, long before the cell's timeout
+            assert "it sent more output than its cells may produce" in (r.result.error or ""), r
+            assert time.monotonic() - start < 10, r
+        else:
+            error = r.result.error or ""
+            assert "invalid agent frame" in error and error.isprintable(), r
+            assert len(error) < 400, r
+        await still_works(s)
+    await wait_gone(cid)
+    assert not any(line.startswith(FORGED_LINE) for line in battery.log().splitlines())
+    healthy(battery)
+
+
 async def test_user_code_cannot_kill_or_stop_the_agent(battery: Service) -> None:
     """The agent is the sandbox's init: the kernel drops the signals it has no handler for
     (SIGKILL and SIGSTOP included) when they come from inside, so a cell cannot take the

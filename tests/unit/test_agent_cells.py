@@ -28,6 +28,7 @@ import pytest
 from tests.agent_binary import agent_binary
 from tests.conftest import require_program
 from ws_sandbox import agent_wire as aw
+from ws_sandbox.frames import AGENT_FRAME_CHARS, display_chars
 
 DEADLINE = 20.0
 
@@ -1237,19 +1238,24 @@ FORGE_DISPLAYS = (
 
 
 def test_display_keys_and_empty_entries_count_against_max_output_bytes(py: AgentDriver) -> None:
-    """Each entry of a display costs its key's and its value's characters, plus one."""
-    keys = py.run(FORGE_DISPLAYS + "forge({'k' * 100: ''}, 5)", max_output_bytes=10)
+    """Each display costs 64 for its frame (frames.AGENT_FRAME_CHARS), and each entry its
+    key's and its value's characters, plus one. Empty displays cost only their frame: a
+    million of them in one cell took the service seconds of CPU (a review)."""
+    frame = AGENT_FRAME_CHARS
+    keys = py.run(FORGE_DISPLAYS + "forge({'k' * 100: ''}, 5)", max_output_bytes=frame + 100)
     assert keys.displays == []
     assert keys.done["truncated"] is True
-    empty = py.run(FORGE_DISPLAYS + "forge({'': ''}, 20)", max_output_bytes=10)
+    empty = py.run(FORGE_DISPLAYS + "forge({'': ''}, 20)", max_output_bytes=10 * (frame + 1))
     assert [d["data"] for d in empty.displays] == [{"": ""}] * 10
     assert empty.done["truncated"] is True
-    # "text/plain" (10) + "ab" (2) + 1 = 13 characters: fits 13, not 12.
-    fits = py.run(FORGE_DISPLAYS + "forge({'text/plain': 'ab'}, 1)", max_output_bytes=13)
+    # 64 + "text/plain" (10) + "ab" (2) + 1 = 77 characters: fits 77, not 76.
+    fits = py.run(FORGE_DISPLAYS + "forge({'text/plain': 'ab'}, 1)", max_output_bytes=77)
     assert [d["data"] for d in fits.displays] == [{"text/plain": "ab"}]
     assert fits.done["truncated"] is False
-    over = py.run(FORGE_DISPLAYS + "forge({'text/plain': 'ab'}, 1)", max_output_bytes=12)
+    over = py.run(FORGE_DISPLAYS + "forge({'text/plain': 'ab'}, 1)", max_output_bytes=76)
     assert (over.displays, over.done["truncated"]) == ([], True)
+    # What the agent sends, the service counts alike.
+    assert display_chars({"text/plain": "ab"}) == 77 and display_chars({"": ""}) == frame + 1
 
 
 def test_a_child_flooding_the_control_pipe_does_not_stall_the_agent(py: AgentDriver) -> None:

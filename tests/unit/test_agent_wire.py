@@ -54,6 +54,23 @@ def test_invalid_frames_are_refused(body: bytes) -> None:
         aw.AgentDecoder().feed(struct.pack(">I", len(body)) + body)
 
 
+@pytest.mark.parametrize("tag", [
+    "x'\n2026-11-27 17:59:59,000 CRITICAL ws_sandbox.auth: FORGED admin key accepted",
+    "A" * 1_040_000,
+    "\u202e\x1b[31m\r",
+])
+def test_what_a_refused_frame_said_is_quoted_and_bounded(tag: str) -> None:
+    """msgspec's description repeats a bad tag as it came: under gVisor a cell can write to
+    its agent's channel, and a made-up tag wrote a line of its choosing into the service's
+    log, and a megabyte into the cell's error, the audit log and the history (a review)."""
+    with pytest.raises(SandboxLost) as lost:
+        aw.AgentDecoder(max_frame=2 << 20).feed(frame({"t": tag}))
+    message = lost.value.message
+    assert message.startswith(("invalid agent frame: 'Invalid value",
+                               "invalid agent frame: \"Invalid value")), message
+    assert message.isprintable() and len(message) <= 300, message
+
+
 def test_encode_is_length_prefixed_json() -> None:
     data = aw.encode(aw.Exec(id="c1", code="print(1)", max_output_bytes=10))
     (size,) = struct.unpack(">I", data[:4])

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ws_sandbox import agent_wire as aw
 from ws_sandbox import frames as fr
 from ws_sandbox.exceptions import BadRequest, RateLimited
+from ws_sandbox.frames import AGENT_FRAME_CHARS as AGENT_FRAME
 from ws_sandbox.frames import OUTPUT_ALLOWANCE_SLACK
 from ws_sandbox.frames import display_chars as agent_display_chars
 from ws_sandbox.session import (
@@ -261,7 +262,9 @@ def test_output_after_a_cell_ended_past_the_allowance_replaces_the_sandbox() -> 
     s.receive_agent(aw.Out(id="c1", name="stdout", text="1\n"), 0.1)
     s.receive_agent(done(), 0.2)
     s.frames_to_send()
-    s.receive_agent(aw.Out(id="c1", name="stdout", text="x" * (ALLOWANCE - 2)), 0.3)
+    # The done counted too: no frame is free.
+    s.receive_agent(aw.Out(id="c1", name="stdout", text="x" * (ALLOWANCE - 2 - AGENT_FRAME)),
+                    0.3)
     assert (s.state, replaced(s), s.frames_to_send()) == (State.IDLE, False, [])
     s.receive_agent(aw.Out(id="c1", name="stdout", text="x"), 0.4)
     assert s.state is State.RECOVERING and replaced(s)
@@ -271,6 +274,31 @@ def test_output_after_a_cell_ended_past_the_allowance_replaces_the_sandbox() -> 
     s.receive_agent(done("c2"), 0.8)
     assert only(s.frames_to_send(), fr.Stream)[-1] == fr.Stream(id="c2", name="stdout",
                                                                  text="ok")
+
+
+@pytest.mark.parametrize(("forged", "cost"), [
+    (done("zz"), AGENT_FRAME),
+    (aw.AgentReady(language="python"), AGENT_FRAME),
+    (aw.Restarted(), AGENT_FRAME),
+    (aw.Out(id="c1", name="stdout", text=""), 1),
+    (aw.AgentDisplay(id="zz", kind="display_data", data={}), AGENT_FRAME),
+], ids=["done-for-no-cell", "greeting", "unasked-restarted", "empty-stream", "empty-display"])
+def test_no_frame_is_free_and_a_flood_of_forged_ones_replaces_the_sandbox(
+        forged: aw.FromAgent, cost: int) -> None:
+    """Under gVisor a cell can write to its agent's channel itself (the agent's /proc entries
+    are open to it there). A done for no cell, a greeting, a restart's answer nobody asked
+    for and an empty stream were dropped uncounted: a flood of them took a service core for
+    as long as the session lived (a review). Each counts against what the agent may send."""
+    s = new()
+    execute(s)
+    for _ in range(ALLOWANCE // cost):
+        s.receive_agent(forged, 0.1)
+    assert s.state is State.RUNNING and not replaced(s)
+    s.receive_agent(forged, 0.2)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result) and result.status == "killed", result
+    assert "more output than its cells may produce" in (result.error or ""), result
+    assert s.state is State.RECOVERING and replaced(s)
 
 
 def test_a_running_cells_flood_past_the_allowance_ends_it_as_killed() -> None:
@@ -292,20 +320,20 @@ def test_the_allowance_starts_again_with_each_cell() -> None:
     s = new()
     for n in range(3):
         execute(s, f"c{n}", now=float(n))
-        # The cell's budget, the rest of the cell before it, and the slack: all allowed.
+        # The cell's budget, the rest of the cell before it, and the slack (less what the
+        # display frame and the done cost themselves): all allowed.
         s.receive_agent(aw.Out(id=f"c{n - 1}", name="stdout", text="o" * 100), n + 0.1)
         s.receive_agent(aw.Out(id=f"c{n}", name="stdout", text="n" * 100), n + 0.2)
-        s.receive_agent(aw.AgentDisplay(id=f"c{n}", kind="display_data",
-                                        data={"t": "d" * (OUTPUT_ALLOWANCE_SLACK - 2)}),
-                        n + 0.3)
+        s.receive_agent(aw.AgentDisplay(id=f"c{n}", kind="display_data", data={
+            "t": "d" * (OUTPUT_ALLOWANCE_SLACK - 2 - 2 * AGENT_FRAME)}), n + 0.3)
         s.receive_agent(done(f"c{n}"), n + 0.4)
         assert s.state is State.IDLE and not replaced(s)
 
 
 def test_a_display_counts_as_the_agent_counts_it() -> None:
     assert agent_display_chars({"text/plain": "42", "image/png": "é" * 3}) == (
-        10 + 2 + 1 + 9 + 3 + 1)
-    assert agent_display_chars({}) == 0
+        AGENT_FRAME + 10 + 2 + 1 + 9 + 3 + 1)
+    assert agent_display_chars({}) == AGENT_FRAME == 64
 
 
 def test_timeout_escalates_interrupt_restart_replace() -> None:
