@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from itertools import pairwise
 from typing import Any, cast
 
@@ -105,12 +106,22 @@ async def test_a_pooled_sandbox_that_dies_is_discarded_never_handed_out() -> Non
         assert got is not cast(Sandbox, first)
 
 
-async def test_failures_are_reported_and_retried() -> None:
+async def test_failures_are_reported_and_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """A failed start is reported: the pool's state names the engine's error and a warning
+    is logged with it (neither was checked: a review); it clears once a start succeeds."""
+    caplog.set_level(logging.WARNING, logger=pool_module.__name__)
     backend = FakeBackend(fail=2)
     async with make(backend, 1) as pool:
+        async with asyncio.timeout(5):
+            while pool.state()["python"]["last_error"] is None:
+                await asyncio.sleep(0.005)
+        assert pool.state()["python"]["last_error"] == "engine says no"
         await wait_ready(pool, 1)
         assert backend.fail == 0  # both failures happened, then a start succeeded
         assert pool.state()["python"]["last_error"] is None
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == pool_module.__name__ and r.levelno == logging.WARNING]
+    assert warnings == ["pool: cannot start a python sandbox: engine says no"] * 2
 
 
 async def test_close_cancels_starts_in_flight() -> None:

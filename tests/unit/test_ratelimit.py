@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from ws_sandbox import ratelimit
 from ws_sandbox.exceptions import RateLimited
 from ws_sandbox.ratelimit import GuessLimiter, Pace, RateLimiter, TokenBucket
 
@@ -123,7 +124,51 @@ def test_an_ipv6_address_counts_as_its_64() -> None:
     with pytest.raises(RateLimited, match="2001:db8:1:2::/64"):
         guesses.check("2001:db8:1:2::77")
     guesses.check("2001:db8:1:3::1")  # another /64
-    guesses.check("::ffff:192.0.2.1")  # an IPv4 address, as IPv6 shows it
+
+
+def test_an_ipv4_address_shown_as_ipv6_counts_alone() -> None:
+    """An IPv4-mapped address (how a dual-stack socket shows an IPv4 client) is that one
+    client, not ::/64 with every other IPv4 client in it. The check used to ask about an
+    address that had no bucket, so it passed whatever _network did (a review)."""
+    guesses = GuessLimiter(per_minute=2, clock=Clock())
+    guesses.failed("::ffff:192.0.2.1")
+    guesses.failed("::ffff:192.0.2.1")
+    guesses.check("::ffff:198.51.100.9")  # another IPv4 client: not held back
+    with pytest.raises(RateLimited, match=r"from ::ffff:192\.0\.2\.1:"):
+        guesses.check("::ffff:192.0.2.1")
+
+
+def test_buckets_are_bounded_by_max_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Address churn cannot grow the buckets past MAX_BUCKETS, even when every bucket is in
+    use (the oldest are forgotten then); the bound had no test (a review)."""
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 10)
+    limiter = RateLimiter(per_minute=60, burst=5, clock=Clock())
+    for i in range(50):
+        limiter.check(f"198.51.100.{i}")
+        assert len(limiter._buckets) <= 10
+    assert "198.51.100.49" in limiter._buckets
+
+
+def test_a_prune_forgets_idle_buckets_and_keeps_a_busy_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At MAX_BUCKETS the full (idle) buckets are forgotten, which costs their callers
+    nothing; one that is not full keeps its tokens, or a caller could refill its allowance
+    by making the service see many addresses (a review)."""
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 10)
+    clock = Clock()
+    limiter = RateLimiter(per_minute=60, burst=5, clock=clock)
+    for _ in range(3):
+        limiter.check("busy")  # 2 tokens left; full again in 3 s
+    for i in range(9):
+        limiter.check(f"idle-{i}")  # 4 tokens left; full again in 1 s
+    clock.now += 1.5
+    limiter.check("new")  # the 11th caller: the idle ones are pruned
+    assert sorted(limiter._buckets) == ["busy", "new"]
+    assert limiter._buckets["busy"].tokens == pytest.approx(3.5)
+    for _ in range(3):
+        limiter.check("busy")
+    with pytest.raises(RateLimited):
+        limiter.check("busy")
 
 
 async def test_a_connection_is_paced_past_its_burst_by_waiting_not_refusing(

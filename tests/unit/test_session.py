@@ -129,12 +129,24 @@ def test_cells_queue_in_fifo_order_and_queue_is_bounded() -> None:
 
 
 def test_duplicate_cell_id_is_refused() -> None:
+    """A second cell with a running cell's id is refused and never runs: one Exec for "a"
+    reaches the agent, and after "a" is done nothing else is sent, the session is idle and
+    the client has one Result for "a" (a refusal that still queued the cell ran it twice:
+    a review)."""
     s = new()
     execute(s, "a")
     execute(s, "a")
-    [error] = only(s.frames_to_send(), fr.Error)
+    frames = s.frames_to_send()
+    [error] = only(frames, fr.Error)
     assert isinstance(error, fr.Error)
     assert error.code == "bad_request" and "already" in error.message
+    assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["a"]
+    assert not s.queue
+    s.receive_agent(done("a"), 1.0)
+    assert not [f for f in sent_to_agent(s) if isinstance(f, aw.Exec)]
+    assert s.state is State.IDLE and s.running is None and not s.queue
+    frames += s.frames_to_send()
+    assert [f.id for f in frames if isinstance(f, fr.Result)] == ["a"]
 
 
 @pytest.mark.parametrize(
@@ -638,6 +650,8 @@ def test_validate_cell_is_what_submit_uses() -> None:
 
 
 def test_admit_cell_can_refuse_a_cell_and_the_session_goes_on() -> None:
+    """A cell admit_cell refuses gets its error and is never queued, sent or run, not even
+    after the running cell ends (a review); the session goes on with the cell it admitted."""
     allowed = iter([True, False, True])
 
     def admit() -> None:
@@ -652,6 +666,14 @@ def test_admit_cell_can_refuse_a_cell_and_the_session_goes_on() -> None:
     assert [(f.code, f.id) for f in frames if isinstance(f, fr.Error)] == [
         ("rate_limited", "b")]
     assert session.running is not None and session.running.id == "a"
+    # The refused cell was neither queued nor sent, and does not run after "a" (a review):
+    assert not session.queue
+    assert [f.id for f in sent_to_agent(session) if isinstance(f, aw.Exec)] == ["a"]
+    session.receive_agent(done("a"), 2.0)
+    assert not [f for f in sent_to_agent(session) if isinstance(f, aw.Exec)]
+    assert session.state is State.IDLE and session.running is None and not session.queue
+    frames += session.frames_to_send()
+    assert [f.id for f in frames if isinstance(f, fr.Result)] == ["a"]
 
 
 # --- invariants over random event sequences ------------------------------------------------
