@@ -455,10 +455,12 @@ async def test_stream_gives_up_on_a_result_that_never_comes(server: Server) -> N
 async def test_a_cells_bound_starts_when_the_cells_before_it_finish(server: Server) -> None:
     """The server runs cells in order: a cell queued behind a slow one is not late until
     its own timeout and the grace passed since the one before finished. Each cell here
-    takes 1.2 s of its 0.5 s + 1.0 s; the second finishes 2.4 s after it was sent."""
-    server.script = lambda request: [1.2, result(request.id)]
+    takes 1.6 s of its 0.5 s + 1.9 s, 0.8 s to spare; the second finishes 3.2 s after it was
+    sent, 0.8 s past a bound counted from its sending (margins of 0.3 s were too thin for a
+    loaded machine: a review)."""
+    server.script = lambda request: [1.6, result(request.id)]
     async with asyncio.timeout(BOUND):
-        s = await connect(server.url, result_grace=1.0)
+        s = await connect(server.url, result_grace=1.9)
     async with s, asyncio.timeout(BOUND):
         results = await asyncio.gather(s.execute("a", timeout=0.5),
                                        s.execute("b", timeout=0.5))
@@ -476,10 +478,12 @@ async def seconds_to_give_up(s: ClientSession, code: str, timeout: float) -> flo
 async def test_one_timer_keeps_every_cells_own_bound(server: Server) -> None:
     """The bounds share one timer that is moved only when a bound would end before it: a
     cell with a longer bound than the one before it is not given up at the earlier bound
-    (the timer looks again), and one with a shorter bound is given up at its own."""
+    (the timer looks again), and one with a shorter bound is given up at its own. Each
+    time is 0.8 s or more from the bound that tells the two apart (0.4 s were too thin for a
+    loaded machine: a review)."""
     def script(request: fr.Execute) -> list[Item]:
         scripts: dict[str, list[Item]] = {"quick": [result(request.id)],
-                                          "slow": [0.9, result(request.id)], "silent": []}
+                                          "slow": [1.3, result(request.id)], "silent": []}
         return scripts[request.code]
 
     server.script = script
@@ -487,9 +491,9 @@ async def test_one_timer_keeps_every_cells_own_bound(server: Server) -> None:
         s = await connect(server.url, result_grace=0.3)
     async with s, asyncio.timeout(BOUND):
         # The timer is set for the first cell's bound (0.5 s) and fires while the second
-        # cell, bound at 1.3 s, still waits for its result, due at 0.9 s.
+        # cell, bound at 2.1 s, still waits for its result, due at 1.3 s.
         assert (await s.execute("quick", timeout=0.2)).status == "success"
-        assert (await s.execute("slow", timeout=1.0)).status == "success"
+        assert (await s.execute("slow", timeout=1.8)).status == "success"
     async with asyncio.timeout(BOUND):
         s = await connect(server.url, result_grace=0.3)
     async with s, asyncio.timeout(BOUND):

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from ws_sandbox import server
 from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.server import serve
 from ws_sandbox.settings import Settings
@@ -16,6 +17,32 @@ from ws_sandbox.settings import Settings
 def test_non_loopback_bind_without_keys_is_refused() -> None:
     with pytest.raises(ConfigError, match="without API keys"):
         serve(Settings.from_env({"SANDBOX_HOST": "0.0.0.0"}))
+
+
+class _Listened(Exception):
+    """Raised by the stand-in for listen(): serve() got past its checks."""
+
+
+@pytest.mark.parametrize("env", [
+    {"SANDBOX_HOST": "0.0.0.0", "API_KEYS": "k"},
+    {"SANDBOX_HOST": "0.0.0.0", "ALLOW_UNAUTHENTICATED": "true"},
+])
+def test_non_loopback_bind_with_keys_or_allowed_unauthenticated_starts(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """With API keys, or ALLOW_UNAUTHENTICATED=true, a non-loopback bind gets past the
+    refusal to listen; only the refusal was tested, so refusing every such start passed (a
+    review). listen() is replaced: it records its address and stops serve() there."""
+    calls: list[tuple[str, int]] = []
+
+    def listen(host: str, port: int) -> object:
+        calls.append((host, port))
+        raise _Listened
+
+    monkeypatch.setattr(server, "listen", listen)
+    settings = Settings.from_env(env)
+    with pytest.raises(_Listened):
+        serve(settings)
+    assert calls == [("0.0.0.0", settings.port)]
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:

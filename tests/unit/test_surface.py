@@ -16,6 +16,7 @@ def test_the_stores_and_the_limiter_get_their_environment_variables(tmp_path: Pa
         "HISTORY_RETENTION_DAYS": "2.5", "HISTORY_OUTPUT_BYTES": "10",
         "AUDIT_LOG_PATH": str(tmp_path / "a.log"), "AUDIT_LOG_MAX_BYTES": "5000",
         "AUDIT_LOG_BACKUPS": "4", "RATE_LIMIT_PER_MINUTE": "7", "RATE_LIMIT_BURST": "2",
+        "AUTH_FAILURES_PER_MINUTE": "11",
     })
     surface = Surface(settings)
     assert surface.history is not None and surface.audit is not None
@@ -24,6 +25,9 @@ def test_the_stores_and_the_limiter_get_their_environment_variables(tmp_path: Pa
         tmp_path / "h.db", 3, 2.5, 10)
     assert (audit.path, audit.max_bytes, audit.backups) == (tmp_path / "a.log", 5000, 4)
     assert surface.limiter.enabled
+    # The limiters' numbers, not only that one is on (a review):
+    assert (surface.limiter.per_minute, surface.limiter.burst) == (7, 2)
+    assert (surface.guesses.per_minute, surface.guesses.burst) == (11, 11)
 
 
 def test_stores_switched_off_are_not_made(tmp_path: Path) -> None:
