@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import queue
-import shutil
 import struct
 import subprocess
 import threading
@@ -20,9 +19,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import RUNTIME_IMAGE, docker_required, require_docker
+
 pytestmark = pytest.mark.docker
 
-IMAGE = os.environ.get("WS_SANDBOX_TEST_IMAGE", "ws-sandbox-runtime:latest")
+IMAGE = os.environ.get("WS_SANDBOX_TEST_IMAGE", RUNTIME_IMAGE)
 HARDENING = [
     "--network", "none",
     "--read-only",
@@ -37,29 +38,22 @@ HARDENING = [
 ]  # fmt: skip
 
 
-def _unavailable() -> str | None:
-    if shutil.which("docker") is None:
-        return "the docker CLI is not installed"
-    try:
-        subprocess.run(["docker", "info"], capture_output=True, check=True, timeout=20)
-    except (subprocess.SubprocessError, OSError):
-        return "the Docker engine is not running"
-    probe = subprocess.run(
-        ["docker", "image", "inspect", IMAGE], capture_output=True, check=False, timeout=20
-    )
-    if probe.returncode != 0:
-        return f"the image {IMAGE} is not built (scripts build it)"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def engine() -> None:
-    why = _unavailable()
-    if why is None:
+    """Docker and the runtime image, or a failure in CI and a skip locally, as for every
+    Docker test (tests.conftest's require_docker; this checked only ``CI``, not
+    ``WS_SANDBOX_REQUIRE_DOCKER``, nor whether the image was built from this tree: a
+    review); and the image these tests run, when WS_SANDBOX_TEST_IMAGE names another."""
+    require_docker()
+    if IMAGE == RUNTIME_IMAGE:
         return
-    if os.environ.get("CI"):
-        pytest.fail(f"docker tests must run in CI: {why}")
-    pytest.skip(why)
+    probe = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True,
+                           check=False, timeout=20)
+    if probe.returncode != 0:
+        why = f"the image {IMAGE} (WS_SANDBOX_TEST_IMAGE) is not built"
+        if docker_required():
+            pytest.fail(f"Docker is required in CI: {why}", pytrace=False)
+        pytest.skip(why)
 
 
 class Sandbox:
@@ -147,25 +141,31 @@ def done(frames: list[tuple[float, Any]]) -> dict[str, Any]:
 
 
 STREAMING = {
-    "python": ("n = 41", "import time\nprint(n + 1)\ntime.sleep(1)\nprint('end')"),
+    "python": ("n = 41", "import time\nprint(n + 1)\ntime.sleep(2)\nprint('end')"),
     "javascript": (
         "let n = 41",
-        "console.log(n + 1); new Promise(r => setTimeout(() => { console.log('end'); r() }, 1000))",
+        "console.log(n + 1); new Promise(r => setTimeout(() => { console.log('end'); r() }, 2000))",
     ),
-    "shell": ("n=41", "echo $((n + 1)); sleep 1; echo end"),
+    "shell": ("n=41", "echo $((n + 1)); sleep 2; echo end"),
 }
 
 
 @pytest.mark.parametrize("sandbox", list(STREAMING), indirect=True)
 def test_state_and_streaming(sandbox: Sandbox, request: pytest.FixtureRequest) -> None:
+    """State is kept between cells, and output comes as it is written: the first line
+    arrives a good part of the cell's 2 s sleep before the cell's end. The bound is on that
+    gap, not on the time since sending (below 0.8 s: a container's start-up or a loaded
+    machine could fail it with output live, a review); output held back to the end has no
+    gap."""
     setup, cell = STREAMING[request.node.callspec.params["sandbox"]]
     _, frames = sandbox.run(setup)
     assert done(frames)["status"] == "success"
-    sent, frames = sandbox.run(cell)
+    _, frames = sandbox.run(cell)
     assert text(frames) == "42\nend\n"
     assert done(frames)["status"] == "success"
     first_out = next(at for at, f in frames if f["t"] == "out")
-    assert first_out - sent < 0.8  # before the 1 s sleep ended
+    end = frames[-1][0]
+    assert end - first_out >= 1.0, f"first output {end - first_out:.2f} s before the end"
     assert done(frames)["memory_used_mb"] > 0
 
 

@@ -317,14 +317,30 @@ def test_unknown_path_and_method_are_json(service: Service) -> None:
 
 
 def test_stats_metrics_config_and_history(service: Service) -> None:
+    """The stats count this test's two REST executions: each counter goes up by exactly
+    two, and the other origins' not at all. The service is shared, so counts of at least
+    one held before the test ran (a review)."""
+    status, _, before = call(service, "/api/v1/stats")
+    assert status == 200
     run(service, "print('first')", "python")  # a second page, whatever ran before
     done = run(service, "print('kept')", "python")
     status, _, stats = call(service, "/api/v1/stats")
     assert status == 200
-    for key in ("total", "by_status", "by_language", "active_sessions", "queued_cells",
-                "latency_ms", "uptime_s", "pool"):
+    for key in ("total", "by_status", "by_language", "by_origin", "active_sessions",
+                "queued_cells", "latency_ms", "uptime_s", "pool"):
         assert key in stats
-    assert stats["by_language"]["python"] >= 1 and stats["by_status"]["success"] >= 1
+
+    def delta(*keys: str) -> int:
+        old, new = before, stats
+        for key in keys[:-1]:
+            old, new = old.get(key, {}), new.get(key, {})
+        return int(new.get(keys[-1], 0)) - int(old.get(keys[-1], 0))
+
+    assert delta("total") == 2
+    assert delta("by_language", "python") == 2
+    assert delta("by_status", "success") == 2
+    assert delta("by_origin", "rest") == 2
+    assert (delta("by_origin", "session"), delta("by_origin", "jupyter")) == (0, 0)
     assert stats["latency_ms"]["p50"] is not None and stats["latency_ms"]["p99"] is not None
     status, headers, text = call(service, "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
