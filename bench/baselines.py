@@ -5,7 +5,8 @@
 * the engine's container churn (create, start, wait, remove, in parallel): the ceiling for
   single-use containers;
 * Jupyter Kernel Gateway from PyPI (kernel start, cell round trip): the unsandboxed system we
-  replace. It is installed into ``bench/.venv-jkg`` on first use.
+  replace, and its kernel driven directly over ZMQ (no gateway, no WebSocket). It is
+  installed into ``bench/.venv-jkg`` on first use.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,10 +26,12 @@ import aiodocker
 import websockets
 
 from bench.stats import summary
+from tests.conftest import RUNTIME_IMAGE
 from ws_sandbox.backend import container_config
 from ws_sandbox.settings import Settings
 
-IMAGE = "ws-sandbox-runtime:latest"
+IMAGE = RUNTIME_IMAGE
+"""The image the service under test runs (``$CONTAINER_IMAGE``, as the tests read it)."""
 HARDENING = ["--network", "none", "--read-only", "--cap-drop", "ALL",
              "--security-opt", "no-new-privileges", "--user", "65534:65534"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,10 +61,16 @@ def _config(cmd: list[str], runtime: str) -> dict[str, Any]:
             "HostConfig": host, "Labels": {"org.ws_sandbox.bench": "1"}}
 
 
+def sandbox_settings(runtime: str, **overrides: Any) -> Settings:
+    """The settings the service under test gets: this process's environment (which
+    ``start_service`` passes on), its image, and ``runtime``."""
+    return Settings.from_env({**os.environ, "CONTAINER_IMAGE": IMAGE},
+                             container_runtime=runtime, **overrides)
+
+
 def _sandbox_config(cmd: list[str], runtime: str) -> dict[str, Any]:
     """A sandbox's own create body (hardening, limits, seccomp, no logging) running ``cmd``."""
-    config = container_config(Settings.from_env({}, container_runtime=runtime), "python",
-                              "bench")
+    config = container_config(sandbox_settings(runtime), "python", "bench")
     config["Entrypoint"], config["Cmd"] = cmd[:1], cmd[1:]
     config["Labels"] = {"org.ws_sandbox.bench": "1"}
     return config
@@ -140,8 +150,8 @@ async def churn(total: int, parallel: int, runtime: str, *,
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(parallel)))
         elapsed = time.perf_counter() - start
-    return {"containers": total, "parallel": parallel, "seconds": round(elapsed, 2),
-            "per_second": round(total / elapsed, 2)}
+    return {"containers": total, "parallel": parallel, "seconds": elapsed,
+            "per_second": total / elapsed}
 
 
 # --- Jupyter Kernel Gateway ------------------------------------------------------------------
@@ -163,6 +173,39 @@ def _message(msg_type: str, content: dict[str, Any], msg_id: str = "") -> str:
                                   "version": "5.3"},
                        "parent_header": {}, "metadata": {}, "content": content,
                        "channel": "shell", "buffers": []})
+
+
+_KERNEL_DIRECT = """
+import json, sys, tempfile, time, os
+os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp()
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(kernel_name="python3")
+try:
+    samples = []
+    for i in range(int(sys.argv[1]) + 10):
+        start = time.perf_counter()
+        msg_id = kc.execute("print(1)")
+        while True:  # until *this* request's kernel goes idle
+            m = kc.get_iopub_msg(timeout=30)
+            if (m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status"
+                    and m["content"]["execution_state"] == "idle"):
+                break
+        if i >= 10:
+            samples.append((time.perf_counter() - start) * 1000)
+    print(json.dumps(samples))
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+"""
+
+
+async def kernel_direct(n: int) -> dict[str, float]:
+    """The gateway's kernel (ipykernel) driven directly over ZMQ with jupyter_client:
+    ``print(1)`` to its idle status, with no gateway and no WebSocket in the path."""
+    python = await asyncio.to_thread(_jkg_python)
+    done = await asyncio.to_thread(subprocess.run, [str(python), "-c", _KERNEL_DIRECT, str(n)],
+                                   capture_output=True, text=True, timeout=600, check=True)
+    return summary(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 async def jupyter_gateway(n: int, starts: int, port: int = 8899) -> dict[str, Any]:
@@ -218,7 +261,8 @@ async def jupyter_gateway(n: int, starts: int, port: int = 8899) -> dict[str, An
                         if i >= 10:
                             trips.append((time.perf_counter() - t0) * 1000)
             await asyncio.to_thread(http, "DELETE", f"/api/kernels/{kernel['id']}")
-        return {"kernel_start": summary(start_samples), "cell_round_trip": summary(trips)}
     finally:
         proc.terminate()
         await proc.wait()
+    return {"kernel_start": summary(start_samples), "cell_round_trip": summary(trips),
+            "kernel_direct": await kernel_direct(n)}

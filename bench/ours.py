@@ -24,12 +24,17 @@ CELLS = {"python": "print(1)", "javascript": "console.log(1)", "shell": "echo 1"
          "rust": 'fn main() { println!("1"); }'}
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MB."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process (``VmHWM``: its peak since the last reset), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def reset_peak(pid: int) -> None:
+    """Make a process's ``VmHWM`` its current resident memory (``clear_refs`` 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def _get(url: str) -> dict[str, Any]:
@@ -68,8 +73,10 @@ async def cell_round_trip(url: str, language: str, n: int) -> dict[str, float]:
 
 
 async def cell_round_trip_beside(url: str, floor: AttachEcho, n: int, rounds: int = 10, *,
+                                 language: str = "python",
                                  sandbox: Sandbox | None = None) -> dict[str, Any]:
-    """Python cell round trips and attach-floor round trips, interleaved in ``rounds``.
+    """``language``'s cell round trips and attach-floor round trips, interleaved in
+    ``rounds``.
 
     Both see the same moments of a noisy machine, so their ratio is not decided by which
     one happened to run while something else did. With ``sandbox``, a third leg in each
@@ -84,19 +91,19 @@ async def cell_round_trip_beside(url: str, floor: AttachEcho, n: int, rounds: in
     ratios: list[float] = []
     direct_ratios: list[float] = []
     per_round = max(1, n // rounds)
-    async with await connect(url, language="python") as session:
-        await _cells(session, "python", 3)
+    async with await connect(url, language=language) as session:
+        await _cells(session, language, 3)
         if sandbox is not None:
-            await sandbox_cells(sandbox, 3)
+            await sandbox_cells(sandbox, 3, language)
         for _ in range(rounds):
             floor_round = await floor.round_trips(per_round)
-            cell_round = await _cells(session, "python", per_round)
+            cell_round = await _cells(session, language, per_round)
             floors += floor_round
             cells += cell_round
             ratios.append(round(statistics.median(cell_round)
                                 / statistics.median(floor_round), 2))
             if sandbox is not None:
-                direct_round = await sandbox_cells(sandbox, per_round)
+                direct_round = await sandbox_cells(sandbox, per_round, language)
                 direct += direct_round
                 direct_ratios.append(round(statistics.median(direct_round)
                                            / statistics.median(floor_round), 2))
@@ -106,12 +113,13 @@ async def cell_round_trip_beside(url: str, floor: AttachEcho, n: int, rounds: in
     return out
 
 
-async def sandbox_cells(sandbox: Sandbox, n: int) -> list[float]:
-    """``print(1)`` cells sent to a sandbox's agent, ``exec`` written to ``done`` read."""
+async def sandbox_cells(sandbox: Sandbox, n: int, language: str = "python") -> list[float]:
+    """``print(1)`` cells (or ``language``'s equivalent) sent to a sandbox's agent, ``exec``
+    written to ``done`` read."""
     samples = []
     for _ in range(n):
         start = time.perf_counter()
-        await sandbox.send(aw.Exec(id=uuid.uuid4().hex[:12], code="print(1)",
+        await sandbox.send(aw.Exec(id=uuid.uuid4().hex[:12], code=CELLS[language],
                                    max_output_bytes=1 << 20))
         out: list[str] = []
         done = False
@@ -204,7 +212,7 @@ async def rest_throughput(http: str, total: int, parallel: int, *,
         await pool_ready(http, "python", interval=0.01)
     elapsed = time.perf_counter() - start
     return {"calls": done, "failed": failed, "parallel": parallel,
-            "seconds": round(elapsed, 2), "per_second": round(done / elapsed, 2)}
+            "seconds": elapsed, "per_second": done / elapsed}
 
 
 async def idle_sessions(url: str, pid: int, count: int) -> dict[str, float]:
@@ -223,7 +231,11 @@ async def idle_sessions(url: str, pid: int, count: int) -> dict[str, float]:
 
 
 async def flood(url: str, pid: int, gigabytes: float = 1.0) -> dict[str, float | str]:
-    """A cell printing ``gigabytes`` GB: service memory growth and time to its result."""
+    """A cell printing ``gigabytes`` GB: service memory growth and time to its result.
+
+    The peak is the larger of resident memory sampled every 20 ms and the kernel's own
+    high-water mark (``VmHWM``, reset just before the cell).
+    """
     chunks = int(gigabytes * 1024)
     code = (f"import sys\nb = 'x' * (1 << 20)\nfor _ in range({chunks}):\n"
             "    sys.stdout.write(b)\nsys.stdout.flush()")
@@ -238,6 +250,7 @@ async def flood(url: str, pid: int, gigabytes: float = 1.0) -> dict[str, float |
     async with await connect(url, language="python") as session:
         await session.execute("pass")
         before = rss_mb(pid)
+        reset_peak(pid)
         sampler = threading.Thread(target=sample)
         sampler.start()
         start = time.perf_counter()
@@ -245,6 +258,8 @@ async def flood(url: str, pid: int, gigabytes: float = 1.0) -> dict[str, float |
         elapsed = time.perf_counter() - start
         stop.set()
         sampler.join()
+        # The kernel's own peak, which no spike between two samples escapes.
+        peak = max(peak, rss_mb(pid, "VmHWM"))
     assert r.result.truncated
     return {"gigabytes": gigabytes, "seconds": round(elapsed, 2),
             "rss_before_mb": round(before, 1), "rss_peak_mb": round(peak, 1),

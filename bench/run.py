@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import baselines, ours
-from tests.conftest import RUNTIME_IMAGE
 from tests.integration.conftest import Service, start_service
 from ws_sandbox.backend import DockerBackend
-from ws_sandbox.settings import Settings
+from ws_sandbox.settings import Language
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,22 +57,29 @@ async def attempt(results: dict[str, Any], name: str, measurement: Awaitable[Any
         results[name] = {"error": repr(exc)[:500]}
 
 
-async def cells_beside_floor(results: dict[str, Any], url: str, runtime: str,
+JUDGED_CELLS: tuple[Language, ...] = ("python", "javascript", "shell")
+"""Languages whose cells are judged against the 1.5 ms and 4x targets, each measured beside
+its own attach floor. A Rust cell compiles a program (rustc, about 185 ms under runc): it is
+measured, and shown as not judged."""
+
+
+async def cells_beside_floor(results: dict[str, Any], url: str, runtime: str, language: Language,
                              n: int) -> dict[str, float]:
-    """Python cells interleaved with the attach floor and with the same cell sent to a
-    sandbox without the service; stores the floor, that service-less cell and each round's
-    ratios, returns the cells."""
-    settings = Settings.from_env({"CONTAINER_RUNTIME": runtime, "CONTAINER_IMAGE": RUNTIME_IMAGE,
-                                  "INSTANCE_NAME": "ws-sandbox-bench-direct"})
+    """``language``'s cells interleaved with the attach floor and with the same cell sent to a
+    sandbox without the service; stores the floor (``floor_<language>``), that service-less
+    cell (``cell_without_service_<language>``) and each round's ratios, returns the cells."""
+    settings = baselines.sandbox_settings(runtime, instance_name="ws-sandbox-bench-direct")
     async with baselines.AttachEcho(runtime) as floor, DockerBackend(settings) as backend:
-        sandbox = await backend.start_sandbox("python")
+        sandbox = await backend.start_sandbox(language)
         try:
-            got = await ours.cell_round_trip_beside(url, floor, n, sandbox=sandbox)
+            got = await ours.cell_round_trip_beside(url, floor, n, language=language,
+                                                    sandbox=sandbox)
         finally:
             await sandbox.destroy()
-    results["attach_floor"], results["cell_floor_rounds"] = got["floor"], got["rounds"]
-    results["cell_without_service"] = got["direct"]
-    results["cell_without_service_floor_rounds"] = got["direct_rounds"]
+    results[f"floor_{language}"] = got["floor"]
+    results[f"floor_rounds_{language}"] = got["rounds"]
+    results[f"cell_without_service_{language}"] = got["direct"]
+    results[f"cell_without_service_floor_rounds_{language}"] = got["direct_rounds"]
     cells: dict[str, float] = got["cells"]
     return cells
 
@@ -98,8 +104,8 @@ async def throughput_beside_churn(results: dict[str, Any], http: str, runtime: s
     def combined(parts: list[dict[str, Any]], count: str) -> dict[str, Any]:
         summed = {k: sum(p[k] for p in parts) for k in (count, "failed", "seconds")
                   if k in parts[0]}
-        return {**parts[0], **summed, "rounds": rounds, "seconds": round(summed["seconds"], 2),
-                "per_second": round(summed[count] / summed["seconds"], 2)}
+        return {**parts[0], **summed, "rounds": rounds,
+                "per_second": summed[count] / summed["seconds"]}
 
     results["churn"] = combined(churns, "containers")
     return combined(calls, "calls")
@@ -127,11 +133,11 @@ async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any
               " throughput beside the churn", flush=True)
         await attempt(results, "session_open_warm",
                       ours.session_open(url, http, n(40), wait_for_pool=True))
-        await attempt(results, "cell_python", cells_beside_floor(results, url, rt, n(500)))
-        for language in ("javascript", "shell", "rust"):
-            count = n(300) if language != "rust" else n(20)
+        for language in JUDGED_CELLS:
+            count = n(500) if language == "python" else n(300)
             await attempt(results, f"cell_{language}",
-                          ours.cell_round_trip(url, language, count))
+                          cells_beside_floor(results, url, rt, language, count))
+        await attempt(results, "cell_rust", ours.cell_round_trip(url, "rust", n(20)))
         await attempt(results, "streaming", ours.streaming_latency(url, n(300)))
         await attempt(results, "rest_one_shot", ours.rest_one_shot(http, n(40)))
         await attempt(results, "rest_throughput",
@@ -150,7 +156,11 @@ async def measure_runtime(runtime: str, quick: bool, tmp: Path) -> dict[str, Any
     return results
 
 
-def verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+Verdict = tuple[str, str, bool | None]
+"""(target, measured, met); ``None``: measured, not judged (said why)."""
+
+
+def verdicts(r: dict[str, Any]) -> list[Verdict]:
     """(target, measured, met) for each target of the issue."""
     failed = [k for k, v in r.items() if isinstance(v, dict) and "error" in v]
     if failed:
@@ -159,8 +169,8 @@ def verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return _verdicts(r)
 
 
-def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    out: list[tuple[str, str, bool]] = []
+def _verdicts(r: dict[str, Any]) -> list[Verdict]:
+    out: list[Verdict] = []
     try:
         out = _all_verdicts(r)
     except KeyError as missing:
@@ -168,27 +178,38 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return out
 
 
-def _all_verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    floor = r["attach_floor"]["p50_ms"]
-    cell = r["cell_python"]["p50_ms"]
+def _cell_verdicts(r: dict[str, Any]) -> list[Verdict]:
+    """The two cell targets for every judged language, each against its own floor."""
+    out: list[Verdict] = []
+    for language in JUDGED_CELLS:
+        cell, floor = r[f"cell_{language}"]["p50_ms"], r[f"floor_{language}"]["p50_ms"]
+        rounds = r[f"floor_rounds_{language}"]
+        out += [
+            (f"cell round trip <= 1.5 ms median ({language})", f"{cell:.3f} ms", cell <= 1.5),
+            (f"cell round trip <= 4x raw attach floor ({language})",
+             f"{cell / floor:.2f}x ({floor:.3f} ms floor; rounds {min(rounds):.2f} to"
+             f" {max(rounds):.2f}x){_without_service(r, language)}", cell <= 4 * floor),
+        ]
+    if "cell_rust" in r:
+        out.append(("cell round trip (rust)", f"{r['cell_rust']['p50_ms']:.0f} ms: each cell"
+                    " compiles a program with rustc", None))
+    return out
+
+
+def _all_verdicts(r: dict[str, Any]) -> list[Verdict]:
     rest = r["rest_one_shot"]["p50_ms"]
     run = r["docker_run"]["p50_ms"]
     thr = r["rest_throughput"]["per_second"]
     ceiling = r["churn"]["per_second"]
-    rounds = r.get("cell_floor_rounds")  # absent from runs before 2026-11-26 20:30
-    spread = (f"; rounds {min(rounds):.2f} to {max(rounds):.2f}x" if rounds else "")
     return [
         ("session open from a warm pool <= 15 ms median",
          f"{r['session_open_warm']['p50_ms']:.2f} ms", r["session_open_warm"]["p50_ms"] <= 15),
-        ("cell round trip <= 1.5 ms median", f"{cell:.3f} ms", cell <= 1.5),
-        ("cell round trip <= 4x raw attach floor",
-         f"{cell / floor:.2f}x ({floor:.3f} ms floor{spread}){_without_service(r)}",
-         cell <= 4 * floor),
+        *_cell_verdicts(r),
         ("REST one-shot <= 40 ms median", f"{rest:.1f} ms", rest <= 40),
         ("REST one-shot >= 8x faster than docker run --rm",
          f"{run / rest:.1f}x ({run:.0f} ms docker run)", run / rest >= 8),
         ("one-shot throughput >= 90% of engine churn ceiling",
-         f"{thr:.2f}/s vs {ceiling:.2f}/s = {100 * thr / ceiling:.1f}%", thr >= 0.9 * ceiling),
+         f"{thr:.2f}/s vs {ceiling:.2f}/s = {100 * thr / ceiling:.2f}%", thr >= 0.9 * ceiling),
         ("streaming latency <= 2 ms median", f"{r['streaming']['p50_ms']:.3f} ms",
          r["streaming"]["p50_ms"] <= 2),
         ("100 idle sessions in <= 150 MB service memory",
@@ -199,44 +220,81 @@ def _all_verdicts(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     ]
 
 
-def _without_service(r: dict[str, Any]) -> str:
-    """The cell without the service beside the same floor (runs from 2026-11-26 23:30)."""
-    direct, rounds = r.get("cell_without_service"), r.get("cell_without_service_floor_rounds")
-    if not direct or not rounds:
-        return ""
+def _without_service(r: dict[str, Any], language: str) -> str:
+    """The same cell sent to a sandbox without the service, beside the same floor."""
+    direct = r[f"cell_without_service_{language}"]
+    rounds = r[f"cell_without_service_floor_rounds_{language}"]
+    floor = r[f"floor_{language}"]["p50_ms"]
     return (f"; without the service {direct['p50_ms']:.3f} ms ="
-            f" {direct['p50_ms'] / r['attach_floor']['p50_ms']:.2f}x, rounds"
-            f" {min(rounds):.2f} to {max(rounds):.2f}x")
+            f" {direct['p50_ms'] / floor:.2f}x, rounds {min(rounds):.2f} to"
+            f" {max(rounds):.2f}x")
+
+
+def _met(met: bool | None) -> str:
+    return "not judged" if met is None else "yes" if met else "**no**"
+
+
+def _p99(value: dict[str, Any]) -> str:
+    """The 99th percentile, or the maximum where fewer than 100 samples cannot tell it."""
+    return f"{value['p99_ms']}" if value["n"] >= 100 else f"{value['p99_ms']} (max)"
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 def render(data: dict[str, Any]) -> str:
     lines = ["# Benchmarks", "",
-             f"Measured {data['date']} on {data['machine']}; Docker engine "
+             f"Written {data['date']} on {data['machine']}; Docker engine "
              f"{data['engine']}. Produced by `.venv/bin/python -m bench.run"
              f"{' --quick' if data['quick'] else ''}`; raw numbers in `bench/results.json`.",
-             "Targets are judged against baselines measured in the same run.", ""]
+             "Targets are judged against baselines measured in the same run. A p99 over fewer"
+             " than 100 samples is their maximum, marked (max).", ""]
     jkg = data.get("jupyter_kernel_gateway")
     for runtime, r in data["runtimes"].items():
-        lines += [f"## {runtime}", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"## {runtime}", ""]
+        if "measured" in r:
+            lines += [f"Measured {r['measured']} (commit {r.get('commit', 'unknown')}).", ""]
+        lines += ["| target | measured | met |", "|---|---|---|"]
         for target, measured, met in verdicts(r):
-            lines.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+            lines.append(f"| {target} | {measured} | {_met(met)} |")
         lines += ["", "| measurement | n | median ms | p99 ms |", "|---|---|---|---|"]
         for key, value in r.items():
             if isinstance(value, dict) and "p50_ms" in value:
-                lines.append(f"| {key} | {value['n']} | {value['p50_ms']} | {value['p99_ms']} |")
+                lines.append(f"| {key} | {value['n']} | {value['p50_ms']} | {_p99(value)} |")
         for key in ("churn", "churn_plain", "rest_throughput", "idle_sessions", "flood"):
-            lines.append(f"| {key} | {json.dumps(r.get(key))} | | |")
+            lines.append(f"| {key} | {json.dumps(_rounded(r.get(key)))} | | |")
         lines.append("")
     if jkg:
-        lines += ["## Jupyter Kernel Gateway (unsandboxed, from PyPI)", "",
-                  f"- kernel start: median {jkg['kernel_start']['p50_ms']} ms, "
-                  f"p99 {jkg['kernel_start']['p99_ms']} ms",
+        lines += ["## Jupyter Kernel Gateway (unsandboxed, from PyPI)", ""]
+        if "measured" in jkg:
+            lines += [f"Measured {jkg['measured']} (commit {jkg.get('commit', 'unknown')}).", ""]
+        lines += [f"- kernel start: median {jkg['kernel_start']['p50_ms']} ms, "
+                  f"p99 {_p99(jkg['kernel_start'])} ms",
                   f"- cell round trip: median {jkg['cell_round_trip']['p50_ms']} ms, "
-                  f"p99 {jkg['cell_round_trip']['p99_ms']} ms", ""]
+                  f"p99 {_p99(jkg['cell_round_trip'])} ms"]
+        if "kernel_direct" in jkg:
+            lines.append(f"- its kernel driven directly over ZMQ (no gateway): median"
+                         f" {jkg['kernel_direct']['p50_ms']} ms, p99"
+                         f" {_p99(jkg['kernel_direct'])} ms")
+        lines.append("")
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text()]
     return "\n".join(lines) + "\n"
+
+
+def provenance() -> dict[str, str]:
+    """When and from which commit a block of results was measured (``--merge`` keeps blocks
+    of earlier runs: each says its own)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    return {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "commit": commit or "unknown"}
 
 
 async def main() -> None:
@@ -263,12 +321,15 @@ async def main() -> None:
             data["jupyter_kernel_gateway"] = previous["jupyter_kernel_gateway"]
     with tempfile.TemporaryDirectory() as tmp:
         for runtime in filter(None, args.runtimes.split(",")):
-            data["runtimes"][runtime] = await measure_runtime(runtime, args.quick, Path(tmp))
+            stamp = provenance()
+            data["runtimes"][runtime] = {**stamp, **await measure_runtime(runtime, args.quick,
+                                                                          Path(tmp))}
             results_path.write_text(json.dumps(data, indent=2) + "\n")
     if not args.no_jupyter:
         print("baseline: Jupyter Kernel Gateway", flush=True)
-        data["jupyter_kernel_gateway"] = await baselines.jupyter_gateway(
-            50 if args.quick else 200, 3 if args.quick else 10)
+        stamp = provenance()
+        data["jupyter_kernel_gateway"] = {**stamp, **await baselines.jupyter_gateway(
+            50 if args.quick else 200, 3 if args.quick else 10)}
     results_path.write_text(json.dumps(data, indent=2) + "\n")
     report = render(data)
     (ROOT / "BENCHMARKS.md").write_text(report)
