@@ -2338,6 +2338,9 @@ static void start_worker(void) {
         /* A cell's import() goes through the worker's importModuleDynamically, which Node 18
          * and 20 call only with this flag (it prints no warning for that use). */
         argv[k++] = "--experimental-vm-modules";
+        /* So that the worker can hold Node's SIGINT watchdog for its life, instead of each
+         * cell starting and stopping it (a thread and signal handlers: worker_node.js). */
+        argv[k++] = "--expose-internals";
     } else {
         snprintf(script, sizeof script, "%s/worker_shell.bash", A.agent_dir);
         const char *bash = which(4, "bash");
