@@ -2693,18 +2693,28 @@ static void start_cell(Exec *e) {
         (void)r;
     }
     if (A.language == L_SHELL) {
-        /* "c", the code with NULs dropped and lone surrogates as '?', then a NUL */
-        size_t i = 0;
-        buf_reserve(&w->ctl_out, e->codelen + 2);
-        buf_addc(&w->ctl_out, 'c');
-        while (i < e->codelen) {
-            uint32_t c;
-            size_t k = wtf8_next((const unsigned char *)e->code + i, e->codelen - i, &c);
-            if (c >= 0xD800 && c <= 0xDFFF) buf_addc(&w->ctl_out, '?');
-            else if (c != 0) buf_add(&w->ctl_out, e->code + i, k);
-            i += k;
+        /* "c" and the code's length in bytes, a NUL, then the code with NULs dropped and lone
+         * surrogates as '?': the worker reads the code in one `read -N` (a read up to a
+         * delimiter takes one system call per byte from a pipe: 100 KB of code took 28 ms
+         * under runc and 4.9 s under gVisor) */
+        size_t n = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            size_t i = 0;
+            if (pass == 1) {
+                buf_reserve(&w->ctl_out, n + 32);
+                buf_addf(&w->ctl_out, "c%zu", n);
+                buf_addc(&w->ctl_out, '\0');
+            }
+            while (i < e->codelen) {
+                uint32_t c;
+                size_t k = wtf8_next((const unsigned char *)e->code + i, e->codelen - i, &c);
+                bool lone = c >= 0xD800 && c <= 0xDFFF;
+                if (pass == 0) n += lone ? 1 : c != 0 ? k : 0;
+                else if (lone) buf_addc(&w->ctl_out, '?');
+                else if (c != 0) buf_add(&w->ctl_out, e->code + i, k);
+                i += k;
+            }
         }
-        buf_addc(&w->ctl_out, '\0');
     } else {
         buf_adds(&w->ctl_out, "{\"code\":");
         json_str(&w->ctl_out, e->code, e->codelen, true);

@@ -1,8 +1,10 @@
 # Shell worker for the ws_sandbox agent: one persistent bash, cells run in the main shell.
 #
 # Started by the agent as `bash --norc --noprofile worker_shell.bash CTL_IN CTL_OUT` with stdin
-# from /dev/null. Records arrive on CTL_IN as raw bytes terminated by NUL: "c" and a cell's code,
-# or "i", the mark of an interrupt, which the agent writes just before its SIGINT; the worker
+# from /dev/null. Records arrive on CTL_IN as raw bytes: "c" and the code's length in bytes, a
+# NUL, and the code (no NUL in it), read in one `read -N` (read up to a delimiter, a pipe gives
+# bash one byte per system call); or "i" and a NUL, the mark of an interrupt, which the agent
+# writes just before its SIGINT; the worker
 # answers on CTL_OUT with JSON lines `ready` and `done`. The cell is run by sourcing cell.bash
 # (which evals it) so that `cd`, variables and functions persist, and so that the SIGINT trap
 # can `return` out of the cell while the shell itself lives on.
@@ -30,7 +32,10 @@ while :; do
     if (( __ws_rc > 128 )); then continue; fi   # a read cut short by a signal
     (( __ws_rc == 0 )) || exit 0                # the agent closed the control pipe
     [[ $__ws_code == c* ]] || continue          # the mark of an interrupt whose cell has ended
-    __ws_code=${__ws_code:1}
+    # The code, in bytes whatever locale a cell chose (-N counts the locale's characters). A
+    # SIGINT does not cut it short: bash 5.2 runs the trap (which only notes it) and reads on.
+    # Short all the same, the worker ends rather than read a cell's rest as records.
+    LC_ALL=C IFS= read -r -N "${__ws_code:1}" -u "$__ws_in" __ws_code || exit 0
     __ws_intr=0
     trap "$__ws_trap" INT
     __ws_running=1
