@@ -288,13 +288,18 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def provenance() -> dict[str, str]:
+def commit() -> str:
+    """The code measured: the commit, ``-dirty`` when the tree had changes at the start
+    (taken before the run writes its own results)."""
+    described = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                               capture_output=True, text=True, check=False).stdout.strip()
+    return described or "unknown"
+
+
+def provenance(code: str) -> dict[str, str]:
     """When and from which commit a block of results was measured (``--merge`` keeps blocks
     of earlier runs: each says its own)."""
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    return {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "commit": commit or "unknown"}
+    return {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": code}
 
 
 async def main() -> None:
@@ -311,6 +316,7 @@ async def main() -> None:
     if args.render:
         (ROOT / "BENCHMARKS.md").write_text(render(json.loads(results_path.read_text())))
         return
+    code = commit()
     data: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                             "machine": machine(), "engine": engine_version(),
                             "quick": args.quick, "runtimes": {}}
@@ -321,13 +327,13 @@ async def main() -> None:
             data["jupyter_kernel_gateway"] = previous["jupyter_kernel_gateway"]
     with tempfile.TemporaryDirectory() as tmp:
         for runtime in filter(None, args.runtimes.split(",")):
-            stamp = provenance()
+            stamp = provenance(code)
             data["runtimes"][runtime] = {**stamp, **await measure_runtime(runtime, args.quick,
                                                                           Path(tmp))}
             results_path.write_text(json.dumps(data, indent=2) + "\n")
     if not args.no_jupyter:
         print("baseline: Jupyter Kernel Gateway", flush=True)
-        stamp = provenance()
+        stamp = provenance(code)
         data["jupyter_kernel_gateway"] = {**stamp, **await baselines.jupyter_gateway(
             50 if args.quick else 200, 3 if args.quick else 10)}
     results_path.write_text(json.dumps(data, indent=2) + "\n")
