@@ -782,22 +782,19 @@ def test_memory_is_measured(py: AgentDriver) -> None:
     assert py.run("y = 2").done["memory_used_mb"] < 150
 
 
+def io_calls(pid: int, kind: str) -> int:
+    """How many ``kind`` ("read" or "write") system calls process ``pid`` has made (task I/O
+    accounting)."""
+    io = Path(f"/proc/{pid}/io")
+    if not io.exists():
+        pytest.skip("this kernel has no task I/O accounting (/proc/PID/io)")
+    field = {"read": "syscr:", "write": "syscw:"}[kind]
+    line = next(line for line in io.read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1])
+
+
 def write_calls(pid: int) -> int:
-    """How many write system calls process ``pid`` has made (task I/O accounting)."""
-    io = Path(f"/proc/{pid}/io")
-    if not io.exists():
-        pytest.skip("this kernel has no task I/O accounting (/proc/PID/io)")
-    line = next(line for line in io.read_text().splitlines() if line.startswith("syscw:"))
-    return int(line.split()[1])
-
-
-def read_calls(pid: int) -> int:
-    """How many read system calls process ``pid`` has made (task I/O accounting)."""
-    io = Path(f"/proc/{pid}/io")
-    if not io.exists():
-        pytest.skip("this kernel has no task I/O accounting (/proc/PID/io)")
-    line = next(line for line in io.read_text().splitlines() if line.startswith("syscr:"))
-    return int(line.split()[1])
+    return io_calls(pid, "write")
 
 
 def test_a_long_shell_cell_is_read_in_a_few_system_calls_and_arrives_whole(
@@ -810,9 +807,9 @@ def test_a_long_shell_cell_is_read_in_a_few_system_calls_and_arrives_whole(
     [worker] = (Path(f"/proc/{sh.proc.pid}/task/{sh.proc.pid}/children").read_text().split())
     assert_success(sh.run("export LANG=C.UTF-8 LC_ALL=C.UTF-8"))
     text = "é" * 50_000 + "z"  # 100,001 bytes, 50,001 characters
-    before = read_calls(int(worker))
+    before = io_calls(int(worker), "read")
     r = sh.run(f"x='{text}'; echo ${{#x}}; printf '%s\\n' \"${{x: -2}}\"")
-    reads = read_calls(int(worker)) - before
+    reads = io_calls(int(worker), "read") - before
     assert_success(r)
     assert r.text() == "50001\néz\n", r.text()[:200]
     assert reads < 100, reads  # about 100,000 before
