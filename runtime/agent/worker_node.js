@@ -90,8 +90,44 @@ function printError(err) {
   }
 }
 
-process.on('uncaughtException', (err) => printError(err));
-process.on('unhandledRejection', (reason) => printError(reason));
+// An error no code caught, or a promise rejected with no handler, while a cell runs makes the
+// cell an error (the first one's summary), as it would end a Node.js program; one that comes
+// between cells is only printed. Node reports unhandled rejections once the microtasks have
+// run, after the cell's synchronous end: the worker waits for that (one turn of the event
+// loop) before the cell's `done` when a rejection is pending (an internal of Node tells; where
+// it cannot, after every cell).
+let cellFailure = null; // the running cell's first such error's summary, or null
+let cellRunning = false;
+
+function uncaught(err, inPromise) {
+  const prefix = inPromise ? 'Uncaught (in promise) ' : 'Uncaught ';
+  const bare = (text) => (text.startsWith('Uncaught ') ? text.slice(9) : text);
+  try {
+    process.stderr.write(prefix + bare(userStack(err)) + '\n');
+  } catch (e) {
+    /* the user broke stderr; nothing else to do */
+  }
+  if (cellRunning && cellFailure === null) cellFailure = prefix + bare(errorSummary(err));
+}
+
+process.on('uncaughtException', (err) => uncaught(err, false));
+process.on('unhandledRejection', (reason) => uncaught(reason, true));
+
+const rejectionPending = (() => {
+  try {
+    const { hasRejectionToWarn } = require('internal/process/promises');
+    if (typeof hasRejectionToWarn === 'function') return hasRejectionToWarn;
+  } catch (err) {
+    /* another Node */
+  }
+  return () => true;
+})();
+
+// Resolves once Node has reported the rejections the cell left unhandled.
+function rejectionsReported() {
+  if (!rejectionPending()) return null;
+  return new Promise((resolve) => setImmediate(resolve));
+}
 
 // --- interrupts --------------------------------------------------------------------------
 // While a script runs synchronously, `breakOnSigint` turns SIGINT into an exception. While the
@@ -366,6 +402,16 @@ function compile(code, filename) {
       // A rewrite V8 refuses (a fault of ours): the cell as written, V8's words about it.
     }
   }
+  if (!notebook && /^\s*\{/.test(code) && !/;\s*$/.test(code)) {
+    // `{a: 1}` is an object, as Node's REPL reads it, not a block with a label; a cell that
+    // is no expression that way (`{ f(); g() }`) is a block, as written.
+    try {
+      const source = `(${code}\n)`;
+      return { script: new vm.Script(source, { filename, importModuleDynamically }), wrapped: false };
+    } catch (err) {
+      /* a block */
+    }
+  }
   try {
     return { script: new vm.Script(code, { filename, importModuleDynamically }), wrapped: false };
   } catch (err) {
@@ -451,12 +497,22 @@ async function pump() {
         process.stderr.write('Interrupted\n');
         done = { t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' };
       } else {
+        cellFailure = null;
+        cellRunning = true;
         done = await runCell(cell.code);
+        const reported = rejectionsReported();
+        if (reported) await reported;
       }
     } catch (err) {
       printError(err);
       done = { t: 'done', status: 'error', exit_code: 1, error: errorSummary(err) };
+    } finally {
+      cellRunning = false;
     }
+    if (cellFailure !== null && done.status === 'success') {
+      done = { t: 'done', status: 'error', exit_code: 1, error: cellFailure.slice(0, MAX_ERROR_CHARS) };
+    }
+    cellFailure = null;
     send(done);
   }
   busy = false;

@@ -132,6 +132,9 @@ class _State:
     # A SIGINT came while no cell ran: late (its cell has ended) or early (its cell is still
     # being read); the next cell tells which (_Control.interrupt_follows).
     sigint = False
+    # The running cell was interrupted by the agent (its SIGINT, or its mark): a
+    # KeyboardInterrupt the code raised itself is an exception like any other.
+    interrupted = False
 
 
 _state = _State()
@@ -177,6 +180,7 @@ def _on_sigint(_signum: int, _frame: "types.FrameType | None") -> None:
     # must not kill the worker (nor the next cell), and an early one's cell decides when it
     # begins.
     if _state.running:
+        _state.interrupted = True
         raise KeyboardInterrupt
     _state.sigint = True
 
@@ -506,8 +510,8 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
     Returns:
         The ``done`` message (status, exit_code, error).
 
-    Raises:
-        SystemExit: When user code exits; the worker then exits with that code.
+    ``sys.exit()`` ends the cell, not the interpreter, as in IPython: the state stays
+    (model-written code ends with ``sys.exit(main())``). See :func:`_exit_status`.
     """
     _state.cell_number += 1
     filename = _cell_filename(_state.cell_number)
@@ -517,10 +521,12 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
     # the one before this cell (one system call per cell fewer).
     children_before = _state.children_maxrss
     try:
+        _state.interrupted = False
         _state.running = True
         if _state.sigint:
             _state.sigint = False
             if _control is not None and _control.interrupt_follows():
+                _state.interrupted = True
                 raise KeyboardInterrupt
         tree = _parse(code, filename)
         last: _ast.Expression | None = None
@@ -536,14 +542,17 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
             if value is not None:
                 glb["_"] = value
                 _display_value(value)
-    except SystemExit:
+    except SystemExit as exc:
         _state.running = False
-        raise
-    except KeyboardInterrupt:
+        status, error, exit_code = _exit_status(exc)
+    except KeyboardInterrupt as exc:
         _state.running = False
-        status, error, exit_code = "interrupted", "interrupted", 130
-        _flush_std()
-        sys.stderr.write("KeyboardInterrupt\n")
+        if _state.interrupted:
+            status, error, exit_code = "interrupted", "interrupted", 130
+            _flush_std()
+            sys.stderr.write("KeyboardInterrupt\n")
+        else:
+            status, error, exit_code = "error", _report_exception(exc), 1
     except BaseException as exc:
         _state.running = False
         status, error, exit_code = "error", _report_exception(exc), 1
@@ -563,6 +572,32 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
     if children_after > children_before:
         done["children_maxrss_kb"] = children_after
     return done
+
+
+def _exit_status(exc: SystemExit) -> "tuple[str, str | None, int]":
+    """The status, error and exit code of a cell that ended with ``sys.exit(code)``: what
+    ``python3 -c`` would exit with. ``None`` is 0 and an int is its exit code (modulo 256,
+    as the process's would be); anything else is printed to stderr, exit code 1. A cell
+    that exits 0 succeeded; any other code is an error, ``SystemExit: <code>``."""
+    code = exc.code
+    if code is None:
+        return "success", None, 0
+    try:
+        shown = str(code)
+    except Exception:  # the user's own type, whose __str__ fails
+        shown = object.__repr__(code)
+    if isinstance(code, int):
+        exit_code = int.__and__(code, 0xFF)  # not the user's __and__ of an int subclass
+    else:
+        exit_code = 1
+        _flush_std()
+        try:
+            sys.stderr.write(shown + "\n")
+        except Exception:  # the user replaced sys.stderr
+            os.write(2, (shown + "\n").encode("utf-8", "replace"))
+    if exit_code == 0:
+        return "success", None, 0
+    return "error", f"SystemExit: {shown}", exit_code
 
 
 def _seed_matplotlib_cache() -> None:

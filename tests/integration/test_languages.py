@@ -142,3 +142,29 @@ async def test_interpreter_crash_is_reported_and_session_recovers(
             assert r.result.state_lost
         again = await s.execute(SOURCES[language]["stdin"])
         assert again.status == "success", again
+
+
+#: A cell that ends the way a program ends, and the state the interpreter keeps through it.
+ENDINGS: dict[str, tuple[str, str, str, str, int]] = {
+    # language: (set, ending cell, its error, get, exit code)
+    "python": ("kept = 'yes'", "import sys\ndef main():\n    return 3\nsys.exit(main())",
+               "SystemExit: 3", "print(kept)", 3),
+    "javascript": ("var kept = 'yes'", "Promise.reject(new Error('nobody caught me')); 1",
+                   "Uncaught (in promise) Error: nobody caught me", "console.log(kept)", 1),
+}
+
+
+@pytest.mark.parametrize("language", sorted(ENDINGS))
+async def test_a_cell_that_ends_as_a_program_would_keeps_the_state(big_service: Service,
+                                                                   language: str) -> None:
+    """In the runtime image (its own Node.js, whose internals the JavaScript worker asks
+    whether a rejection is pending): Python's ``sys.exit`` ends the cell and keeps the
+    interpreter, and a JavaScript promise nobody handles makes its cell an error."""
+    set_, ending, error, get, exit_code = ENDINGS[language]
+    async with await connect(big_service.url, language=language) as s:
+        await s.execute(set_)
+        r = await s.execute(ending)
+        assert (r.status, r.result.exit_code, r.result.error) == ("error", exit_code, error), r
+        assert not r.result.state_lost
+        after = await s.execute(get)
+        assert after.stdout == "yes\n", after

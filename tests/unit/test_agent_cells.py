@@ -402,17 +402,61 @@ def test_python_syntax_error(py: AgentDriver) -> None:
     assert result.done["error"].startswith("SyntaxError")
 
 
-def test_python_sys_exit_restarts(py: AgentDriver) -> None:
+@pytest.mark.parametrize(
+    ("code", "status", "exit_code", "error", "stderr"),
+    [
+        ("import sys; sys.exit(3)", "error", 3, "SystemExit: 3", ""),
+        ("raise SystemExit(0)", "success", 0, None, ""),
+        ("import sys; sys.exit()", "success", 0, None, ""),
+        ("exit(2)", "error", 2, "SystemExit: 2", ""),
+        ("import sys; sys.exit('no input file')", "error", 1, "SystemExit: no input file",
+         "no input file\n"),
+        ("import sys; sys.exit(256 + 4)", "error", 4, "SystemExit: 260", ""),
+        ("import sys\ndef main():\n    print('ran')\n    return 5\nsys.exit(main())",
+         "error", 5, "SystemExit: 5", ""),
+        ("import asyncio, sys\nawait asyncio.sleep(0)\nsys.exit(6)", "error", 6,
+         "SystemExit: 6", ""),
+    ],
+)
+def test_python_sys_exit_ends_the_cell_and_keeps_the_state(
+        py: AgentDriver, code: str, status: str, exit_code: int, error: str | None,
+        stderr: str) -> None:
+    """``sys.exit`` ends the cell, with the exit code ``python3 -c`` would give, and the
+    interpreter stays, as in IPython. It restarted the interpreter, losing the session's
+    state, for model-written code ending in ``sys.exit(main())``."""
     py.run("keep = 1")
-    result = py.run("import sys; sys.exit(3)")
-    assert result.done["status"] == "error"
-    assert result.done["exit_code"] == 3
-    assert result.done["restarted"] is True
-    assert "exited with code 3" in result.done["error"]
-    assert py.run("'keep' in globals()").displays[0]["data"]["text/plain"] == "False"
-    ok = py.run("raise SystemExit(0)")
-    assert ok.done["status"] == "success"
-    assert ok.done["restarted"] is True
+    result = py.run(code)
+    assert (result.done["status"], result.done["exit_code"]) == (status, exit_code)
+    assert result.done["error"] == error
+    assert result.done["restarted"] is False
+    assert result.text("stderr") == stderr
+    after = py.run("import asyncio\nawait asyncio.sleep(0)\nprint(keep)")
+    assert after.text() == "1\n" and after.done["restarted"] is False, after.done
+
+
+def test_python_sys_exit_in_a_forked_child_ends_the_child_with_its_code(
+        py: AgentDriver) -> None:
+    py.run("keep = 1")
+    result = py.run("import os, sys\npid = os.fork()\nif not pid:\n    sys.exit(5)\n"
+                    "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))")
+    assert result.text() == "5\n"
+    assert result.done["status"] == "success" and result.done["restarted"] is False
+    assert py.run("print(keep)").text() == "1\n"
+
+
+def test_python_keyboard_interrupt_raised_by_the_code_is_an_error(py: AgentDriver) -> None:
+    """Only the agent's interrupt makes a cell ``interrupted``; a ``KeyboardInterrupt``
+    the code raises is an exception like any other (it was reported as interrupted)."""
+    py.run("keep = 1")
+    result = py.run("def stop():\n    raise KeyboardInterrupt('by the code')\nstop()")
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 1)
+    assert result.done["error"] == "KeyboardInterrupt: by the code"
+    assert "in stop" in result.text("stderr")
+    interrupted = py.run_interrupted("import time\nwhile True:\n    time.sleep(0.01)")
+    assert interrupted.done["status"] == "interrupted"
+    again = py.run("raise KeyboardInterrupt")
+    assert again.done["status"] == "error", again.done
+    assert py.run("print(keep)").text() == "1\n"
 
 
 @pytest.mark.parametrize(
@@ -1014,6 +1058,61 @@ def test_js_promise_is_awaited(js: AgentDriver) -> None:
     assert result.displays[0]["data"]["text/plain"] == "7"
     rejected = js.run("Promise.reject(new RangeError('nope'))")
     assert rejected.done["error"] == "RangeError: nope"
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("Promise.reject(new Error('boom')); 1", "Uncaught (in promise) Error: boom"),
+        ("(async () => { throw new TypeError('inside'); })(); 1",
+         "Uncaught (in promise) TypeError: inside"),
+        ("Promise.reject(42); 1", "Uncaught (in promise) 42"),
+        ("setTimeout(() => { throw new RangeError('in a timer'); }, 10);\n"
+         "await new Promise((r) => setTimeout(r, 200)); 1", "Uncaught RangeError: in a timer"),
+    ],
+)
+def test_js_an_error_nobody_handles_while_the_cell_runs_makes_it_an_error(
+        js: AgentDriver, code: str, error: str) -> None:
+    """A promise rejected with no handler, or an exception thrown in a callback, while the
+    cell runs: the cell is an error and the message is its own, as the error would end a
+    Node.js program. The cell was a success, and the message came after its done (dropped
+    between cells)."""
+    js.run("var kept = 'yes'")
+    result = js.run(code)
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 1), result.done
+    assert result.done["error"] == error
+    assert result.done["restarted"] is False
+    assert result.text("stderr").startswith(error), result.text("stderr")
+    assert "worker_node" not in result.text("stderr")
+    assert result.displays[0]["data"]["text/plain"] == "1"  # its value, as a REPL shows it
+    after = js.run("kept")
+    assert after.done["status"] == "success", after.done
+    assert after.displays[0]["data"]["text/plain"] == "'yes'"
+
+
+def test_js_a_rejection_handled_in_the_same_cell_is_no_error(js: AgentDriver) -> None:
+    result = js.run("const p = Promise.reject(new Error('caught'));\n"
+                    "p.catch((e) => console.log('handled', e.message)); 2")
+    assert result.done["status"] == "success", result.done
+    assert result.text() == "handled caught\n" and result.text("stderr") == ""
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        ("{a: 1}", "{ a: 1 }"),
+        ("  {a: 1, b: [2]}\n", "{ a: 1, b: [ 2 ] }"),
+        ("{a: 1};", "1"),  # a statement: a block whose label is a
+        ("{ var inBlock = 2; inBlock * 2 }", "4"),
+        ("{ }", "{}"),
+    ],
+)
+def test_js_a_cell_that_is_an_object_literal_shows_the_object(js: AgentDriver, code: str,
+                                                               shown: str | None) -> None:
+    """As Node's REPL reads it: ``{a: 1}`` was a block with a label, and showed 1."""
+    result = js.run(code)
+    assert result.done["status"] == "success", result.done
+    assert [d["data"]["text/plain"] for d in result.displays] == ([shown] if shown else [])
 
 
 def test_js_interrupt_keeps_state(js: AgentDriver) -> None:
