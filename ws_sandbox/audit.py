@@ -12,7 +12,8 @@ seconds and with each new batch; :attr:`AuditLog.error` says why meanwhile (the 
 check reports it). The writer counts the bytes that reached the file, so a line cut short
 by a full disk is finished, not written twice. Beyond ``MAX_WAITING_BYTES`` the oldest
 waiting lines are dropped and counted; lines still waiting at close go to the service's own
-log.
+log. A path that names something else (a file that is not an audit log, a device) is refused
+at start, untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any
 import msgspec
 
 from ws_sandbox.batching import Batcher
+from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.records import RECORD_FILE_MODE, ExecutionRecord
 
 log = logging.getLogger(__name__)
@@ -95,7 +98,10 @@ class AuditLog:
 
         Raises:
             OSError: the directory cannot be made or the file cannot be opened.
+            ConfigError: ``path`` names a file that is not an audit log (see
+                :func:`check_is_audit_log`), which is left as it is.
         """
+        check_is_audit_log(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
         self._thread.start()
@@ -232,6 +238,42 @@ class AuditLog:
             fd, self._fd = self._fd, -1
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+LINE_START = b'{"time":"'
+"""How every line of the audit log starts (``time`` is each line's first key)."""
+
+
+def check_is_audit_log(path: Path) -> None:
+    """Refuse a ``path`` that names something else (a typo: ``/etc/passwd``), before anything
+    is written to it: the log appends to it and, by size, renames it to ``path.1``.
+
+    Nothing there, an empty file, or a file whose first line starts as an audit line does.
+
+    Raises:
+        ConfigError: it is not a regular file, or its first line is not an audit line.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # opening it says why
+    if stat.S_ISDIR(info.st_mode):
+        return  # opening it says why
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError("it is not a regular file (the log is rotated by renaming it);"
+                          " it was left as it is")
+    if info.st_size == 0:
+        return
+    try:
+        with path.open("rb") as file:
+            start = file.read(len(LINE_START))
+    except OSError:
+        return  # opening it to append says why
+    if not LINE_START.startswith(start):
+        raise ConfigError("it is not an audit log (its first line is not an audit line);"
+                          " it was left as it is")
 
 
 def rotate(path: Path, backups: int) -> None:

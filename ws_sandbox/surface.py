@@ -58,6 +58,8 @@ class Surface:
                 except OSError as exc:
                     raise ConfigError(f"AUDIT_LOG_PATH={self.audit.path}: cannot open it"
                                       f" ({_why(self.audit.path, exc)})") from exc
+                except ConfigError as exc:
+                    raise ConfigError(f"AUDIT_LOG_PATH={self.audit.path}: {exc}") from exc
             if self.history is not None:
                 try:
                     await stack.enter_async_context(self.history)

@@ -498,16 +498,25 @@ def test_a_store_that_cannot_be_opened_stops_the_start_and_makes_no_sandbox(
     assert f"({tmp_path / 'afile'} is not a directory)" in done.stderr
 
 
-def test_a_history_path_naming_another_file_leaves_it_alone(tmp_path: Path) -> None:
-    """HISTORY_DB_PATH naming a file that is not a database (a typo: /etc/passwd) was
-    refused, but only after its mode had been made 0640 (an operator review)."""
+@pytest.mark.parametrize(("setting", "why"), [
+    ("HISTORY_DB_PATH", "is not a SQLite database; it was left as it is"),
+    ("AUDIT_LOG_PATH", "it is not an audit log (its first line is not an audit line); it was"
+                       " left as it is"),
+])
+def test_a_store_path_naming_another_file_leaves_it_alone(tmp_path: Path, setting: str,
+                                                          why: str) -> None:
+    """A path naming a file that is not the store (a typo: /etc/passwd). HISTORY_DB_PATH was
+    refused, but only after its mode had been made 0640 (an operator review). The audit log
+    appended its lines to it, and once it passed AUDIT_LOG_MAX_BYTES renamed it to
+    ``passwd.1``."""
     other = tmp_path / "passwd"
     other.write_text("root:x:0:0:root:/root:/bin/bash\n")
     other.chmod(0o644)
-    done, _ = refused_start(tmp_path, HISTORY_DB_PATH=str(other))
-    assert "is not a SQLite database; it was left as it is" in done.stderr
+    done, _ = refused_start(tmp_path, **{setting: str(other)})
+    assert f"ws-sandbox: {setting}={other}: " in done.stderr and why in done.stderr
     assert other.stat().st_mode & 0o777 == 0o644
     assert other.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("passwd")] == ["passwd"]
 
 
 def test_a_port_in_use_is_refused_before_any_sandbox_is_made(tmp_path: Path) -> None:

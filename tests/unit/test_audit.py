@@ -158,3 +158,48 @@ async def test_lines_beyond_the_bound_are_dropped_oldest_first_and_counted(
     not_written = [m for m in logged if m.startswith("audit line not written")]
     assert len(not_written) == audit.lines_waiting
     assert '"execution_id":"e39"' in not_written[-1]
+
+
+@pytest.mark.parametrize("content", [
+    b"root:x:0:0:root:/root:/bin/bash\n",
+    b'{"event":"x"}\n',  # JSON, but no line of ours starts so
+    b"\n",
+])
+async def test_a_file_that_is_not_an_audit_log_is_refused_and_left_as_it_is(
+        tmp_path: Path, content: bytes) -> None:
+    """AUDIT_LOG_PATH naming another file (a typo: /etc/passwd) had the lines appended to
+    it, and past AUDIT_LOG_MAX_BYTES it was renamed to ``passwd.1``."""
+    other = tmp_path / "passwd"
+    other.write_bytes(content)
+    log = AuditLog(other, max_bytes=4096, backups=2)
+    with pytest.raises(ConfigError, match=r"^it is not an audit log \(its first line is not"
+                       r" an audit line\); it was left as it is$"):
+        await log.__aenter__()
+    assert other.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["passwd"]
+
+
+async def test_something_other_than_a_file_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="it is not a regular file"):
+        await AuditLog(fifo, max_bytes=4096, backups=2).__aenter__()
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo"]
+
+
+@pytest.mark.parametrize("content", [b"", b'{"ti', None])
+async def test_an_audit_log_an_empty_file_or_a_first_line_cut_short_is_appended_to(
+        tmp_path: Path, content: bytes | None) -> None:
+    """The log's own file (written by an earlier run) is taken; so is an empty file, and one
+    whose first line a full disk cut short."""
+    path = tmp_path / "audit.log"
+    if content is None:
+        async with AuditLog(path, max_bytes=1 << 20, backups=2) as first:
+            first.record(record(1))
+        content = path.read_bytes()
+    else:
+        path.write_bytes(content)
+    async with AuditLog(path, max_bytes=1 << 20, backups=2) as audit:
+        audit.record(record(2))
+    assert path.read_bytes().startswith(content)
+    assert json.loads(path.read_bytes()[len(content):].splitlines()[-1])["execution_id"] == "e2"
