@@ -220,6 +220,10 @@ def serve(settings: Settings) -> int:
         loop="uvloop",
         ws_max_size=app.state.ws_max_size,  # fixed here: admin changes stay under it
         log_level=settings.log_level, lifespan="on", proxy_headers=False,
+        # No logging configuration of uvicorn's own: its records (the start, each request,
+        # each WebSocket) go to the root logger, in the service's one format, with the time
+        # (uvicorn's format has none: "INFO:     connection open").
+        log_config=None,
         # Once our drain has closed every session (SHUTDOWN_TIMEOUT), what uvicorn waits for
         # is a connection's last bytes: a few seconds, not the drain's time again.
         timeout_graceful_shutdown=GRACEFUL_CLOSE,

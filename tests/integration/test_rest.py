@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -739,6 +740,13 @@ async def test_websocket_keys_and_origins(locked: Service) -> None:
     # uvicorn logs the upgrade's path with its query: the key must not reach the log.
     log = locked.log_path.read_text(errors="replace")
     assert "api_key=[redacted]" in log and "k-auth" not in log
+    # uvicorn's lines are in the service's one format, with the time ("INFO:     127.0.0.1
+    # ..." before, without one).
+    accepted = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO uvicorn\.error: \S+ -"
+                          r' "WebSocket /api/v1/sessions/ws\?language=python&api_key=\[redacted\]"'
+                          r" \[accepted\]$", re.MULTILINE)
+    assert accepted.search(log), log[-3000:]
+    assert not re.search(r"^(INFO|WARNING|ERROR):", log, re.MULTILINE), log[-3000:]
 
 
 async def test_a_session_is_resumed_only_with_its_own_key(locked: Service) -> None:
