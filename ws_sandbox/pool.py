@@ -169,11 +169,17 @@ class WarmPool:
         try:
             sandbox = await self._backend.start_sandbox(language)
         except SandboxError as exc:
+            # Said once per cause: the retries of an engine that stays down (every 15 s at
+            # most, per language) said it again each time.
+            if exc.message != pool.last_error:
+                log.warning("pool: cannot start a %s sandbox: %s; trying again", language,
+                            exc.message)
             pool.last_error = exc.message
-            log.warning("pool: cannot start a %s sandbox: %s", language, exc.message)
             return False
         finally:
             pool.starting -= 1
+        if pool.last_error is not None:
+            log.info("pool: %s sandboxes start again", language)
         pool.last_error = None
         if self._closed:
             await sandbox.destroy()

@@ -31,7 +31,9 @@ class FakeSandbox:
 
 
 class FakeBackend:
-    def __init__(self, fail: int = 0, die_young: int = 0) -> None:
+    def __init__(self, fail: int = 0, die_young: int = 0,
+                 fail_with: tuple[str, ...] = ()) -> None:
+        self.fail_with = list(fail_with)  # the message of each failure, if not the default
         self.started: list[FakeSandbox] = []
         self.started_at: list[float] = []
         self.in_flight = 0
@@ -49,7 +51,7 @@ class FakeBackend:
             await asyncio.sleep(0.01)
             if self.fail:
                 self.fail -= 1
-                raise BackendError("engine says no")
+                raise BackendError(self.fail_with.pop(0) if self.fail_with else "engine says no")
             sandbox = FakeSandbox(len(self.started))
             self.started.append(sandbox)
             loop = asyncio.get_running_loop()
@@ -121,7 +123,28 @@ async def test_failures_are_reported_and_retried(caplog: pytest.LogCaptureFixtur
         assert pool.state()["python"]["last_error"] is None
     warnings = [r.getMessage() for r in caplog.records
                 if r.name == pool_module.__name__ and r.levelno == logging.WARNING]
-    assert warnings == ["pool: cannot start a python sandbox: engine says no"] * 2
+    assert warnings == ["pool: cannot start a python sandbox: engine says no; trying again"]
+
+
+async def test_a_failure_is_logged_once_per_cause_and_the_recovery_once(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each retry of an engine that stays down logged the same warning again."""
+    monkeypatch.setattr(pool_module, "_RETRY_MIN", 0.01)  # five retries back off to 0.16 s
+    caplog.set_level(logging.INFO, logger=pool_module.__name__)
+    causes = ("engine says no", "engine says no", "image missing", "image missing",
+              "engine says no")
+    backend = FakeBackend(fail=len(causes), fail_with=causes)
+    async with make(backend, 1) as pool:
+        await wait_ready(pool, 1)
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records
+              if r.name == pool_module.__name__]
+    assert backend.fail == 0
+    assert logged == [
+        (logging.WARNING, "pool: cannot start a python sandbox: engine says no; trying again"),
+        (logging.WARNING, "pool: cannot start a python sandbox: image missing; trying again"),
+        (logging.WARNING, "pool: cannot start a python sandbox: engine says no; trying again"),
+        (logging.INFO, "pool: python sandboxes start again"),
+    ]
 
 
 async def test_close_cancels_starts_in_flight() -> None:
