@@ -11,9 +11,10 @@ writer: the lines wait in memory, in order, and are tried again every ``RETRY_IN
 seconds and with each new batch; :attr:`AuditLog.error` says why meanwhile (the health
 check reports it). The writer counts the bytes that reached the file, so a line cut short
 by a full disk is finished, not written twice. Beyond ``MAX_WAITING_BYTES`` the oldest
-waiting lines are dropped and counted; lines still waiting at close go to the service's own
-log. A path that names something else (a file that is not an audit log, a device) is refused
-at start, untouched.
+waiting lines are dropped and counted; so are the newest lines, past as many bytes handed to
+a writer thread that takes none (a write to a disk that hangs never returns). Lines still
+waiting at close go to the service's own log. A path that names something else (a file that
+is not an audit log, a device) is refused at start, untouched.
 """
 
 from __future__ import annotations
@@ -66,12 +67,13 @@ class AuditLog:
         self.lines_written = 0
         self.write_errors = 0
         """Failed attempts to write or rotate the file."""
-        self.lines_dropped = 0
-        """Lines dropped because too many waited for a file that could not be written."""
+        self._lines_dropped = 0  # by the writer thread
         self.error: str | None = None
         """Why lines are waiting (the last failure), or ``None`` while the file is written."""
         self._queue: queue.SimpleQueue[list[bytes] | object] = queue.SimpleQueue()
-        self._batcher: Batcher[bytes] = Batcher(self._queue.put, FLUSH_INTERVAL)
+        self._batcher: Batcher[bytes] = Batcher(self._queue.put, FLUSH_INTERVAL,
+                                                bound=MAX_WAITING_BYTES, weigh=len,
+                                                what="audit lines")
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._closed = False
         # Owned by the writer thread once it runs:
@@ -85,6 +87,22 @@ class AuditLog:
     def lines_waiting(self) -> int:
         """Lines taken from the queue and not yet in the file."""
         return len(self._waiting)
+
+    @property
+    def lines_dropped(self) -> int:
+        """Lines dropped because too many waited for a file that could not be written, or
+        for a writer thread that took none (a write that hangs)."""
+        return self._lines_dropped + self._batcher.dropped
+
+    def stalled_for(self) -> float:
+        """Seconds the oldest line handed to the writer thread has waited for it to take it
+        (0.0: it took them all): a write that hangs."""
+        return self._batcher.stalled_for()
+
+    @property
+    def bytes_behind(self) -> int:
+        """Bytes of lines handed to the writer thread and not yet taken by it."""
+        return self._batcher.behind
 
     async def __aenter__(self) -> AuditLog:
         self.start()
@@ -161,6 +179,7 @@ class AuditLog:
                     stop = True
                 else:
                     assert isinstance(item, list)
+                    self._batcher.taken(item)
                     self._take(item)
                 try:
                     item = self._queue.get_nowait()
@@ -189,7 +208,7 @@ class AuditLog:
             del self._waiting[index]
             dropped += 1
         if dropped:
-            self.lines_dropped += dropped
+            self._lines_dropped += dropped
             log.error("%d audit lines dropped: more than %d bytes wait for %s (%s)",
                       dropped, MAX_WAITING_BYTES, self.path, self.error)
 

@@ -9,7 +9,8 @@ execution as soon as it has its result). Outputs are stored cut to
 A write that fails (a full disk, a locked or broken database) keeps its rows: they wait, in
 order, and are written with the next batch, before the next read and at close;
 :attr:`History.error` says why meanwhile (the health check reports it). Beyond
-``MAX_WAITING_ROWS`` the oldest waiting rows are dropped and counted. A row the database
+``MAX_WAITING_ROWS`` the oldest waiting rows are dropped and counted; so are the newest,
+past as many handed to a database thread that takes none (a write that hangs). A row the database
 refuses for its own content (not a failure of the database) is dropped alone, with its id in
 the log, so that it cannot take the rows beside it down.
 
@@ -123,20 +124,37 @@ class History:
         self._inserted = 0
         self.write_errors = 0
         """Failed attempts to write rows."""
-        self.rows_dropped = 0
-        """Rows dropped: too many waited, or the database refused their content."""
+        self._rows_dropped = 0  # by the database thread
         self.error: str | None = None
         """Why rows are waiting (the last failure), or ``None`` while the database is written."""
         self._waiting: list[ExecutionRecord] = []  # the database thread's
         self._batcher: Batcher[ExecutionRecord] = Batcher(
-            lambda batch: self._executor.submit(self._insert_many, batch), FLUSH_INTERVAL)
+            lambda batch: self._executor.submit(self._insert_many, batch), FLUSH_INTERVAL,
+            bound=MAX_WAITING_ROWS, what="history rows")
         self._closed = False
         self._pruner: asyncio.Task[None] | None = None
 
     @property
     def rows_waiting(self) -> int:
-        """Rows handed to the database thread and not yet written."""
+        """Rows the database thread took and has not yet written."""
         return len(self._waiting)
+
+    @property
+    def rows_dropped(self) -> int:
+        """Rows dropped: too many waited, for a database that could not be written or for a
+        database thread that took none (a write that hangs), or the database refused their
+        content."""
+        return self._rows_dropped + self._batcher.dropped
+
+    def stalled_for(self) -> float:
+        """Seconds the oldest row handed to the database thread has waited for it to take
+        it (0.0: it took them all): a write that hangs."""
+        return self._batcher.stalled_for()
+
+    @property
+    def rows_behind(self) -> int:
+        """Rows handed to the database thread and not yet taken by it."""
+        return self._batcher.behind
 
     async def __aenter__(self) -> History:
         await self._call(self._open)
@@ -251,11 +269,12 @@ class History:
         return self._db
 
     def _insert_many(self, records: Sequence[ExecutionRecord]) -> None:
+        self._batcher.taken(records)
         self._waiting.extend(records)
         excess = len(self._waiting) - MAX_WAITING_ROWS
         if excess > 0:
             dropped, self._waiting = self._waiting[:excess], self._waiting[excess:]
-            self.rows_dropped += excess
+            self._rows_dropped += excess
             log.error("%d executions dropped from the history: more than %d wait for %s"
                       " (%s): %s", excess, MAX_WAITING_ROWS, self.path, self.error,
                       ", ".join(r.execution_id for r in dropped))
@@ -310,7 +329,7 @@ class History:
             except sqlite3.Error:
                 raise
             except Exception as exc:
-                self.rows_dropped += 1
+                self._rows_dropped += 1
                 log.error("execution %s dropped from the history: %s", record.execution_id,
                           exc)
             del self._waiting[0]

@@ -27,6 +27,10 @@ from ws_sandbox.stats import Stats
 
 log = logging.getLogger(__name__)
 
+STALLED_AFTER = 10.0
+"""Seconds a store's thread may leave handed-over records untaken before the health check
+says so (it takes them within milliseconds while its disk answers)."""
+
 
 class Surface:
     """Stats, audit log, history and rate limiters of one service run."""
@@ -84,9 +88,17 @@ class Surface:
         if self.audit is not None and self.audit.error is not None:
             found.append(f"the audit log cannot be written ({self.audit.error});"
                          f" {self.audit.lines_waiting} lines wait")
+        if self.audit is not None and (stalled := self.audit.stalled_for()) >= STALLED_AFTER:
+            found.append(f"the audit log's writer has taken no lines for {stalled:.0f} s (a"
+                         f" write that hangs?); {self.audit.bytes_behind} bytes wait for it")
         if self.history is not None and self.history.error is not None:
             found.append(f"the history cannot be written ({self.history.error});"
                          f" {self.history.rows_waiting} executions wait")
+        if (self.history is not None
+                and (stalled := self.history.stalled_for()) >= STALLED_AFTER):
+            found.append(f"the history's database thread has taken no executions for"
+                         f" {stalled:.0f} s (a write that hangs?); {self.history.rows_behind}"
+                         " wait for it")
         return found
 
     def stores(self) -> dict[str, StoreState]:
