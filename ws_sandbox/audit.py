@@ -263,21 +263,30 @@ LINE_START = b'{"time":"'
 """How every line of the audit log starts (``time`` is each line's first key)."""
 
 
+SNIFF_BYTES = 64 * 1024
+"""How much of an existing file is read to tell an audit log."""
+
+
 def check_is_audit_log(path: Path) -> None:
     """Refuse a ``path`` that names something else (a typo: ``/etc/passwd``), before anything
     is written to it: the log appends to it and, by size, renames it to ``path.1``.
 
-    Nothing there, an empty file, or a file whose first line starts as an audit line does.
+    Taken: nothing there, an empty file, or a regular file with an audit line in its first
+    64 KiB, or whose start (after blanks, NUL bytes or a byte order mark) is one cut short.
+    Refused: a device, a pipe or a process's descriptor (``/dev/stdout``), and files
+    without an audit line.
 
     Raises:
-        ConfigError: it is not a regular file, or its first line is not an audit line.
+        ConfigError: naming what is wrong.
     """
+    for name in (os.path.abspath(path), os.path.realpath(path)):
+        if name.startswith(("/dev/", "/proc/")):
+            raise ConfigError(f"it is {name}, not a file of its own (the log is rotated by"
+                              " renaming it); it was left as it is")
     try:
         info = path.stat()
-    except FileNotFoundError:
-        return
     except OSError:
-        return  # opening it says why
+        return  # nothing there; or opening it says why
     if stat.S_ISDIR(info.st_mode):
         return  # opening it says why
     if not stat.S_ISREG(info.st_mode):
@@ -287,12 +296,14 @@ def check_is_audit_log(path: Path) -> None:
         return
     try:
         with path.open("rb") as file:
-            start = file.read(len(LINE_START))
+            start = file.read(SNIFF_BYTES)
     except OSError:
         return  # opening it to append says why
-    if not LINE_START.startswith(start):
-        raise ConfigError("it is not an audit log (its first line is not an audit line);"
-                          " it was left as it is")
+    head = start.lstrip(b"\x00\t\n\r \xef\xbb\xbf")
+    if LINE_START.startswith(head[: len(LINE_START)]) or b"\n" + LINE_START in start:
+        return
+    raise ConfigError("it is not an audit log (no audit line in its first 64 KiB); it was"
+                      " left as it is")
 
 
 def rotate(path: Path, backups: int) -> None:

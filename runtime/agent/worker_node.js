@@ -107,7 +107,16 @@ function uncaught(err, inPromise) {
   } catch (e) {
     /* the user broke stderr; nothing else to do */
   }
-  if (cellRunning && cellFailure === null) cellFailure = prefix + bare(errorSummary(err));
+  if (!cellRunning || cellFailure !== null) return;
+  // A listener of the user's own handles the event, as it keeps a Node.js program alive.
+  if (process.listenerCount(inPromise ? 'unhandledRejection' : 'uncaughtException') > 1) return;
+  let summary;
+  try {
+    summary = bare(errorSummary(err)); // a getter of the user's may throw (it ended Node)
+  } catch (e) {
+    summary = '[an error whose message cannot be read]';
+  }
+  cellFailure = prefix + summary;
 }
 
 process.on('uncaughtException', (err) => uncaught(err, false));
@@ -389,6 +398,19 @@ function importModuleDynamically(specifier) {
   return import(specifier);
 }
 
+// Whether the cell is one object literal (`{a: 1}`), which a REPL shows as the object, not a
+// block with a label. Only the whole cell: `{}\n(1)` is a block and then 1, not a call.
+function isObjectLiteral(code) {
+  if (!/^\s*\{/.test(code) || !/\}\s*$/.test(code) || !loadAcorn()) return false;
+  try {
+    const program = acorn.parse(`(${code}\n)`, { ecmaVersion: 'latest', sourceType: 'script' });
+    return program.body.length === 1 && program.body[0].type === 'ExpressionStatement' &&
+      program.body[0].expression.type === 'ObjectExpression';
+  } catch (err) {
+    return false; // a block
+  }
+}
+
 function compile(code, filename) {
   const notebook = notebookSource(code);
   if (notebook) {
@@ -402,14 +424,12 @@ function compile(code, filename) {
       // A rewrite V8 refuses (a fault of ours): the cell as written, V8's words about it.
     }
   }
-  if (!notebook && /^\s*\{/.test(code) && !/;\s*$/.test(code)) {
-    // `{a: 1}` is an object, as Node's REPL reads it, not a block with a label; a cell that
-    // is no expression that way (`{ f(); g() }`) is a block, as written.
+  if (!notebook && isObjectLiteral(code)) {
     try {
       const source = `(${code}\n)`;
       return { script: new vm.Script(source, { filename, importModuleDynamically }), wrapped: false };
     } catch (err) {
-      /* a block */
+      /* V8 disagrees with acorn: the cell as written */
     }
   }
   try {

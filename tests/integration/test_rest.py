@@ -501,7 +501,7 @@ def test_a_store_that_cannot_be_opened_stops_the_start_and_makes_no_sandbox(
 
 @pytest.mark.parametrize(("setting", "why"), [
     ("HISTORY_DB_PATH", "is not a SQLite database; it was left as it is"),
-    ("AUDIT_LOG_PATH", "it is not an audit log (its first line is not an audit line); it was"
+    ("AUDIT_LOG_PATH", "it is not an audit log (no audit line in its first 64 KiB); it was"
                        " left as it is"),
 ])
 def test_a_store_path_naming_another_file_leaves_it_alone(tmp_path: Path, setting: str,

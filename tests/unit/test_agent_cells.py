@@ -416,6 +416,14 @@ def test_python_syntax_error(py: AgentDriver) -> None:
          "error", 5, "SystemExit: 5", ""),
         ("import asyncio, sys\nawait asyncio.sleep(0)\nsys.exit(6)", "error", 6,
          "SystemExit: 6", ""),
+        # Past a C long, python3 -c exits 255 (a review found 0, a success, for 2**63).
+        ("import sys; sys.exit(2**63)", "error", 255, "SystemExit: 9223372036854775808", ""),
+        ("import sys; sys.exit(2**64 + 3)", "error", 255, "SystemExit: 18446744073709551619",
+         ""),
+        ("import sys; sys.exit(10**5000)", "error", 255, "SystemExit: an int of 16610 bits",
+         ""),
+        ("import sys; sys.exit(-1)", "error", 255, "SystemExit: -1", ""),
+        ("import sys; sys.exit(True)", "error", 1, "SystemExit: 1", ""),
     ],
 )
 def test_python_sys_exit_ends_the_cell_and_keeps_the_state(
@@ -432,6 +440,46 @@ def test_python_sys_exit_ends_the_cell_and_keeps_the_state(
     assert result.text("stderr") == stderr
     after = py.run("import asyncio\nawait asyncio.sleep(0)\nprint(keep)")
     assert after.text() == "1\n" and after.done["restarted"] is False, after.done
+
+
+@pytest.mark.parametrize("code", [
+    "class C:\n    __class__ = property(lambda self: int)\n",  # isinstance(C(), int) lies
+    "class C:\n    def __str__(self):\n        raise SystemExit(7)\n",
+    "class C:\n    def __str__(self):\n        raise KeyboardInterrupt\n",
+])
+def test_python_sys_exit_with_an_object_that_misbehaves_ends_only_the_cell(
+        py: AgentDriver, code: str) -> None:
+    """The exit code of an object that is no int is 1, as for python3 -c, whatever the
+    object does: these ended the worker (state lost), or made the cell interrupted."""
+    py.run("keep = 1")
+    result = py.run(code + "import sys\nsys.exit(C())")
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 1), result.done
+    assert result.done["error"].startswith("SystemExit: "), result.done
+    assert result.done["restarted"] is False
+    assert py.run("print(keep)").text() == "1\n"
+
+
+def test_python_exit_and_quit_leave_stdin_open(py: AgentDriver) -> None:
+    """site's exit() closes sys.stdin; the interpreter now stays, and input() then failed
+    with ValueError for the rest of the session (a review)."""
+    for builtin in ("exit", "quit"):
+        assert py.run(f"{builtin}()").done["status"] == "success"
+        after = py.run("import sys\nprint(sys.stdin.closed)\ninput()")
+        assert after.text() == "False\n", after.text("stderr")
+        assert after.done["error"].startswith("EOFError"), after.done
+    assert "exit()" in py.run("exit").displays[0]["data"]["text/plain"]
+
+
+def test_python_an_interrupt_through_the_users_own_sigint_handler_is_interrupted(
+        py: AgentDriver) -> None:
+    """The agent's interrupt is known by its mark, whichever handler raised the
+    KeyboardInterrupt (with the user's, the cell was reported an error, exit code 1)."""
+    py.run("import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)")
+    for code in ("import time\ntime.sleep(30)", "while True:\n    pass"):
+        result = py.run_interrupted(code)
+        assert (result.done["status"], result.done["exit_code"]) == ("interrupted", 130), (
+            code, result.done)
+    assert py.run("raise KeyboardInterrupt").done["status"] == "error"
 
 
 def test_python_sys_exit_in_a_forked_child_ends_the_child_with_its_code(
@@ -1090,6 +1138,34 @@ def test_js_an_error_nobody_handles_while_the_cell_runs_makes_it_an_error(
     assert after.displays[0]["data"]["text/plain"] == "'yes'"
 
 
+def test_js_a_rejection_whose_message_cannot_be_read_ends_only_the_cell(
+        js: AgentDriver) -> None:
+    """A reason whose ``message`` getter throws the reason again ended the worker (exit 7,
+    state lost: a review); its summary says it cannot be read."""
+    js.run("var kept = 'yes'")
+    result = js.run("const e = new Error('x');\n"
+                    "Object.defineProperty(e, 'message', { get() { throw e; } });\n"
+                    "Promise.reject(e); 1")
+    assert (result.done["status"], result.done["restarted"]) == ("error", False), result.done
+    assert result.done["error"] == (
+        "Uncaught (in promise) [an error whose message cannot be read]")
+    assert js.run("kept").displays[0]["data"]["text/plain"] == "'yes'"
+
+
+@pytest.mark.parametrize(("event", "code"), [
+    ("unhandledRejection", "Promise.reject(new Error('mine')); 1"),
+    ("uncaughtException", "setTimeout(() => { throw new Error('mine'); }, 10);\n"
+                          "await new Promise((r) => setTimeout(r, 200)); 1"),
+])
+def test_js_a_listener_of_the_users_own_handles_the_error(js: AgentDriver, event: str,
+                                                           code: str) -> None:
+    """As in a Node.js program, which such a listener keeps alive."""
+    js.run(f"process.on('{event}', (e) => console.log('handled', e.message))")
+    result = js.run(code)
+    assert result.done["status"] == "success", result.done
+    assert result.text() == "handled mine\n"
+
+
 def test_js_a_rejection_handled_in_the_same_cell_is_no_error(js: AgentDriver) -> None:
     result = js.run("const p = Promise.reject(new Error('caught'));\n"
                     "p.catch((e) => console.log('handled', e.message)); 2")
@@ -1105,6 +1181,13 @@ def test_js_a_rejection_handled_in_the_same_cell_is_no_error(js: AgentDriver) ->
         ("{a: 1};", "1"),  # a statement: a block whose label is a
         ("{ var inBlock = 2; inBlock * 2 }", "4"),
         ("{ }", "{}"),
+        ('{ "}": 1, s: "}" }', "{ '}': 1, s: '}' }"),
+        # A block, then a statement on a later line (a review: they were read as one
+        # expression, `{}(1)`, a TypeError, and `{}[1, 2]`, undefined):
+        ("{}\n(1)", "1"),
+        ("{}\n[1, 2]", "[ 1, 2 ]"),
+        ("{}\n+1", "1"),
+        ("{ label: for (;;) break label }", None),
     ],
 )
 def test_js_a_cell_that_is_an_object_literal_shows_the_object(js: AgentDriver, code: str,

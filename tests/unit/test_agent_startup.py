@@ -356,11 +356,11 @@ def test_the_workers_site_runs_pth_files(tmp_path: Path) -> None:
             "import worker_python\n"
             "worker_python._site()\n"
             "print(sys.path[-2:] == [sys.argv[2], sys.argv[3]], os.environ.get('PTH_RAN'),"
-            " callable(exit))\n")
+            " type(exit).__name__, type(quit).__name__)\n")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(AGENT_DIR),
                           str(site_dir), str(extra)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
-    assert out.split() == ["True", "yes", "True"]
+    assert out.split() == ["True", "yes", "_Quitter", "_Quitter"]
 
 
 def test_the_workers_site_honours_a_virtual_environment(tmp_path: Path) -> None:

@@ -163,7 +163,7 @@ async def test_lines_beyond_the_bound_are_dropped_oldest_first_and_counted(
 @pytest.mark.parametrize("content", [
     b"root:x:0:0:root:/root:/bin/bash\n",
     b'{"event":"x"}\n',  # JSON, but no line of ours starts so
-    b"\n",
+    b"x\n" + b"y" * (64 * 1024) + b'\n{"time":"2026"}\n',  # none in the first 64 KiB
 ])
 async def test_a_file_that_is_not_an_audit_log_is_refused_and_left_as_it_is(
         tmp_path: Path, content: bytes) -> None:
@@ -172,8 +172,8 @@ async def test_a_file_that_is_not_an_audit_log_is_refused_and_left_as_it_is(
     other = tmp_path / "passwd"
     other.write_bytes(content)
     log = AuditLog(other, max_bytes=4096, backups=2)
-    with pytest.raises(ConfigError, match=r"^it is not an audit log \(its first line is not"
-                       r" an audit line\); it was left as it is$"):
+    with pytest.raises(ConfigError, match=r"^it is not an audit log \(no audit line in its"
+                       r" first 64 KiB\); it was left as it is$"):
         await log.__aenter__()
     assert other.read_bytes() == content
     assert [p.name for p in tmp_path.iterdir()] == ["passwd"]
@@ -185,9 +185,22 @@ async def test_something_other_than_a_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="it is not a regular file"):
         await AuditLog(fifo, max_bytes=4096, backups=2).__aenter__()
     assert [p.name for p in tmp_path.iterdir()] == ["fifo"]
+    # A process's descriptor, whatever it points at (a rotation would rename /dev/stdout;
+    # a review found /dev/stderr taken when it was an empty file).
+    for path in ("/dev/stdout", "/dev/stderr", "/dev/null", "/proc/self/fd/1"):
+        with pytest.raises(ConfigError, match=r"^it is /(dev|proc)/\S+, not a file of its"
+                           r" own \(the log is rotated by renaming it\)"):
+            await AuditLog(path, max_bytes=4096, backups=2).__aenter__()
 
 
-@pytest.mark.parametrize("content", [b"", b'{"ti', None])
+@pytest.mark.parametrize("content", [
+    b"", b'{"ti', None,
+    # What a crash, an editor or a cut (tail -c) can leave of an audit log (a review):
+    b'\n{"time":"2026-11-27T20:00:00.000Z","event":"execution"}\n',
+    b'\xef\xbb\xbf{"time":"2026-11-27T20:00:00.000Z","event":"execution"}\n',
+    b'\x00\x00\x00{"time":"2026-11-27T20:00:00.000Z","event":"execution"}\n',
+    b'0:00.000Z","event":"execution"}\n{"time":"2026-11-27T20:00:01.000Z","event":"x"}\n',
+])
 async def test_an_audit_log_an_empty_file_or_a_first_line_cut_short_is_appended_to(
         tmp_path: Path, content: bytes | None) -> None:
     """The log's own file (written by an earlier run) is taken; so is an empty file, and one
