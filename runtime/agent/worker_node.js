@@ -58,12 +58,18 @@ const context = vm.createContext(sandbox, { name: 'ws_sandbox' });
 sandbox.global = vm.runInContext('globalThis', context);
 
 // --- errors ------------------------------------------------------------------------------
+// The frame of the async function a cell with top-level `await` runs in (its `})()`, the
+// line after the cell's last), as `cell-N:L:`: not a line the user wrote.
+let wrapperFrame = null;
+
 function userStack(err) {
   if (err instanceof Error || (err && typeof err.stack === 'string')) {
     const lines = String(err.stack).split('\n');
     // Drop frames of this worker and of Node's internals: the user did not write them.
     const kept = lines.filter(
-      (l) => !(/^\s+at /.test(l) && (l.includes(WORKER_FILE) || /\(node:|at node:/.test(l))),
+      (l) => !(/^\s+at /.test(l) && (l.includes(WORKER_FILE) || /\(node:|at node:/.test(l) ||
+        (wrapperFrame !== null && /^\s+at (?:async )?cell-\d+:\d+:\d+$/.test(l) &&
+          l.trim().replace(/^at (?:async )?/, '').startsWith(wrapperFrame)))),
     );
     return kept.join('\n');
   }
@@ -412,6 +418,9 @@ function isObjectLiteral(code) {
 }
 
 function compile(code, filename) {
+  // Its line, with lineOffset -1: the source's lines are the prefix's (0), the cell's, then
+  // the wrapper's end.
+  wrapperFrame = `${filename}:${code.split('\n').length + 1}:`;
   const notebook = notebookSource(code);
   if (notebook) {
     const lineOffset = notebook.wrapped ? -1 : 0;

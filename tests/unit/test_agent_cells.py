@@ -1039,6 +1039,25 @@ def test_js_errors_keep_their_line_in_rewritten_cells(js: AgentDriver) -> None:
     assert broken.done["error"].startswith("SyntaxError: ")
 
 
+@pytest.mark.parametrize("code", [
+    "await Promise.reject(new Error('x'))",
+    "async function f() { throw new Error('x'); }\nawait null;\nawait f()",
+])
+def test_js_a_stack_shows_no_line_past_the_cells_own(js: AgentDriver, code: str) -> None:
+    """A cell with top-level await runs in an async function whose call is on the line after
+    the cell's last: its frame (``at cell-N:2:3`` for a one-line cell) named a line that the
+    cell does not have."""
+    result = js.run(code)
+    assert result.done["status"] == "error"
+    lines = len(code.split("\n"))
+    frames = [line.strip() for line in result.text("stderr").splitlines()
+              if line.strip().startswith("at ")]
+    assert frames, result.text("stderr")
+    for frame in frames:
+        line = int(frame.rsplit(":", 2)[1])
+        assert 1 <= line <= lines, (frame, result.text("stderr"))
+
+
 def test_js_rewrites_keep_what_the_same_cell_means_without_await(js: AgentDriver) -> None:
     """Found by a review of the rewrite: each pair is the same cell with and without a top-level
     await, and must leave the same state and show the same value."""
