@@ -321,9 +321,10 @@ def _repr_method(value: "Any", name: str) -> "Any":
 
 
 def _mime_bundle(value: "Any") -> dict[str, str]:
-    """``value`` as Jupyter shows it: ``text/plain`` (its ``repr``), plus ``text/html`` and
-    ``image/png`` when it has ``_repr_html_`` / ``_repr_png_`` (a DataFrame, a PIL image),
-    each within its size cap."""
+    """``value`` as Jupyter shows it: ``text/plain`` (its ``repr``), plus ``text/html``,
+    ``text/markdown``, ``image/png`` and ``image/jpeg`` when it has ``_repr_html_``,
+    ``_repr_markdown_``, ``_repr_png_`` or ``_repr_jpeg_`` (a DataFrame, a PIL image), each
+    within its size cap."""
     text = repr(value)
     if len(text) > MAX_REPR_CHARS:
         text = text[:MAX_REPR_CHARS] + "…"
@@ -331,11 +332,16 @@ def _mime_bundle(value: "Any") -> dict[str, str]:
     html = _repr_method(value, "_repr_html_")
     if isinstance(html, str) and len(html) <= MAX_REPR_CHARS:
         data["text/html"] = html
-    png = _repr_method(value, "_repr_png_")
-    if isinstance(png, bytes):
-        encoded = binascii.b2a_base64(png, newline=False).decode("ascii")
-        if len(encoded) <= MAX_IMAGE_B64:
-            data["image/png"] = encoded
+    markdown = _repr_method(value, "_repr_markdown_")
+    if isinstance(markdown, str) and len(markdown) <= MAX_REPR_CHARS:
+        data["text/markdown"] = markdown
+    for mime, method in (("image/png", "_repr_png_"), ("image/jpeg", "_repr_jpeg_")):
+        image = _repr_method(value, method)
+        if isinstance(image, bytes):
+            encoded = binascii.b2a_base64(image, newline=False).decode("ascii")
+            if len(encoded) <= MAX_IMAGE_B64:
+                data[mime] = encoded
+                break  # one image form: a PIL image has both
     return data
 
 
@@ -443,14 +449,100 @@ _AFTER_LOAD: "dict[str, Callable[[types.ModuleType], None]]" = {
 }
 
 
+class _DisplayObject:
+    """IPython's display objects, for ``from IPython.display import HTML`` (model-written
+    code imports them; IPython is not in the image): the data, from ``data`` or a file."""
+
+    def __init__(self, data: "Any" = None, url: "str | None" = None,
+                 filename: "str | None" = None, **_options: "Any") -> None:
+        if data is None and filename is not None:
+            with open(filename, "rb" if isinstance(self, Image) else "r") as file:
+                data = file.read()
+        self.data = data
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"<IPython.core.display.{type(self).__name__} object>"
+
+
+class HTML(_DisplayObject):
+    def _repr_html_(self) -> str:
+        return str(self.data)
+
+
+class Markdown(_DisplayObject):
+    def _repr_markdown_(self) -> str:
+        return str(self.data)
+
+    def __repr__(self) -> str:  # the text itself, for a client that shows text only
+        return str(self.data)
+
+
+class Image(_DisplayObject):
+    def _repr_png_(self) -> "bytes | None":
+        data = self.data
+        return data if isinstance(data, bytes) and data.startswith(b"\x89PNG") else None
+
+    def _repr_jpeg_(self) -> "bytes | None":
+        data = self.data
+        return data if isinstance(data, bytes) and data.startswith(b"\xff\xd8") else None
+
+
+class JSON(_DisplayObject):
+    def __repr__(self) -> str:
+        return str(_import_stdlib("json").dumps(self.data, indent=2, default=str))
+
+
+def _clear_output(wait: bool = False) -> None:
+    """IPython's ``clear_output``: output already sent stays (a stream cannot take it back)."""
+
+
+def _get_ipython() -> None:
+    """IPython's ``get_ipython``: there is no IPython shell here."""
+    return None
+
+
+_IPYTHON_SHIM: "dict[str, dict[str, Any]]" = {
+    "IPython": {"display": display, "get_ipython": _get_ipython},
+    "IPython.core": {},
+    "IPython.display": {"display": display, "HTML": HTML, "Markdown": Markdown,
+                        "Image": Image, "JSON": JSON, "DisplayObject": _DisplayObject,
+                        "clear_output": _clear_output},
+    "IPython.core.display": {"display": display, "HTML": HTML, "Markdown": Markdown,
+                             "Image": Image, "JSON": JSON, "DisplayObject": _DisplayObject},
+}
+"""The modules of IPython a cell may import where IPython is not installed, and their names."""
+
+
+class _IPythonShim:
+    """Loads :data:`_IPYTHON_SHIM`'s modules."""
+
+    def create_module(self, spec: "Any") -> None:
+        return None
+
+    def exec_module(self, module: "types.ModuleType") -> None:
+        module.__dict__.update(_IPYTHON_SHIM[module.__name__])
+        if module.__name__ in ("IPython", "IPython.core"):
+            module.__path__ = []  # a package, for its submodules
+
+
 class _ImportHook:
     """Import hook that adjusts a few modules right after they load:
 
     - ``matplotlib.pyplot``: ``show`` displays the figures, as in Jupyter;
-    - ``linecache``: it learns the cells' sources (see :data:`_sources`).
+    - ``linecache``: it learns the cells' sources (see :data:`_sources`);
+
+    and gives ``IPython.display`` (:data:`_IPYTHON_SHIM`) where IPython is not installed.
     """
 
     def find_spec(self, fullname: str, path: "Any", target: "Any" = None) -> "Any":
+        if fullname in _IPYTHON_SHIM:
+            machinery = _import_stdlib("importlib.machinery")
+            real = machinery.PathFinder.find_spec(fullname, path)
+            if real is not None:
+                return real
+            return machinery.ModuleSpec(fullname, _IPythonShim(),
+                                        is_package=fullname in ("IPython", "IPython.core"))
         adjust = _AFTER_LOAD.get(fullname)
         if adjust is None:
             return None
@@ -467,6 +559,26 @@ class _ImportHook:
 
         loader.exec_module = exec_module
         return spec
+
+
+MISSING_MODULE_NOTE = ("Packages cannot be installed here: there is no network and no pip."
+                       " Installed: the standard library, numpy, pandas, matplotlib, PIL and"
+                       " tqdm.")
+NO_INPUT_NOTE = "There is no input here: stdin is at its end, so put the values in the code."
+
+
+def _add_hint(exc: BaseException) -> None:
+    """A note on what a model-written cell cannot do here: install a missing package, or
+    read input. Only on the exceptions that say so, once."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name and "." not in exc.name:
+        note = MISSING_MODULE_NOTE
+    elif isinstance(exc, EOFError) and exc.args == ("EOF when reading a line",):
+        note = NO_INPUT_NOTE
+    else:
+        return
+    notes = getattr(exc, "__notes__", None)
+    if not (isinstance(notes, list) and note in notes):
+        exc.add_note(note)
 
 
 MAGIC_NOTE = ("IPython magics (%...) and shell escapes (!...) are not available here: cells"
@@ -557,6 +669,7 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
             status, error, exit_code = "error", _report_exception(exc), 1
     except BaseException as exc:
         _state.running = False
+        _add_hint(exc)
         status, error, exit_code = "error", _report_exception(exc), 1
     finally:
         _state.running = False
@@ -756,6 +869,18 @@ def _site() -> None:
     site.sethelper()
 
 
+def _user_main() -> "types.ModuleType":
+    """The module cells run in, made ``sys.modules["__main__"]`` as in a notebook, so that
+    what looks names up there finds the cells' own: ``unittest.main()`` and
+    ``doctest.testmod()`` their tests (they ran none, and said OK), ``pickle`` their classes
+    and functions (``multiprocessing`` hands them to its children by name). The worker's own
+    module (``python3 -c``'s) leaves ``sys.modules``; its functions keep their globals."""
+    module = type(sys)("__main__")
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    return module
+
+
 def main() -> None:
     """Serve cells until the agent closes the control pipe."""
     global _ctl_out, _control
@@ -775,7 +900,7 @@ def main() -> None:
             stream.reconfigure(errors="backslashreplace", line_buffering=True)
     _warm_up()
     _state.children_maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    glb: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+    glb = _user_main().__dict__
     _send({"t": "ready"})
     _control = _Control(ctl_in)
     for message in _control.cells():

@@ -15,6 +15,9 @@
 # A mark read between cells is a late one's, and is dropped.
 __ws_in=$1
 __ws_out=$2
+# Aliases a cell defines work in the cells after it, as in a terminal's bash (a
+# non-interactive one ignores them).
+shopt -s expand_aliases
 __ws_cell=${BASH_SOURCE[0]%/*}/cell.bash
 __ws_intr=0
 __ws_sig=0

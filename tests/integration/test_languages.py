@@ -168,3 +168,32 @@ async def test_a_cell_that_ends_as_a_program_would_keeps_the_state(big_service: 
         assert not r.result.state_lost
         after = await s.execute(get)
         assert after.stdout == "yes\n", after
+
+
+async def test_model_written_python_finds_what_it_imports_or_is_told_why(
+        big_service: Service) -> None:
+    """In the runtime image, which has no IPython: model-written code imports display, HTML,
+    Markdown and Image from IPython.display (a review: ModuleNotFoundError, so the cell
+    died before it showed anything), uses tqdm, and is told that a missing package cannot
+    be installed."""
+    async with await connect(big_service.url) as s:
+        r = await s.execute(
+            "from IPython.display import display, HTML, Markdown, Image, clear_output\n"
+            "from IPython import get_ipython\n"
+            "import io, PIL.Image\n"
+            "buf = io.BytesIO()\nPIL.Image.new('RGB', (2, 2)).save(buf, 'PNG')\n"
+            "display(HTML('<b>bold</b>'))\ndisplay(Markdown('# Title'))\n"
+            "display(Image(data=buf.getvalue()))\nclear_output()\nprint(get_ipython())")
+        assert r.status == "success", r
+        assert r.stdout == "None\n"
+        html, markdown, image = (d.data for d in r.displays)
+        assert html == {"text/plain": "<IPython.core.display.HTML object>",
+                        "text/html": "<b>bold</b>"}
+        assert markdown == {"text/plain": "# Title", "text/markdown": "# Title"}
+        assert image["image/png"].startswith("iVBORw0KGgo")  # PNG's signature, base64
+        bar = await s.execute("from tqdm import tqdm\nprint(sum(tqdm(range(10))))")
+        assert (bar.status, bar.stdout) == ("success", "45\n"), bar
+        missing = await s.execute("import seaborn")
+        assert missing.status == "error"
+        assert "Packages cannot be installed here: there is no network and no pip." in (
+            missing.result.error or "")

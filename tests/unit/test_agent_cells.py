@@ -257,6 +257,50 @@ def test_python_state_and_final_expression(py: AgentDriver) -> None:
     assert py.run("x;").displays == []
 
 
+def test_python_cells_run_in_the_main_module(py: AgentDriver) -> None:
+    """What looks up ``__main__`` finds the cells' names (a review: the cells ran in a plain
+    dict, so ``unittest.main()`` and ``doctest.testmod()`` ran no tests and said OK, and a
+    cell's class could not be pickled nor a cell's function handed to a process pool)."""
+    py.run("import unittest\nclass T(unittest.TestCase):\n    def test_ok(self):\n"
+           "        pass\n    def test_bad(self):\n        self.assertEqual(1, 2)")
+    tests = py.run("unittest.main(argv=[''], exit=False)")
+    assert "Ran 2 tests" in tests.text("stderr") and "FAILED (failures=1)" in tests.text(
+        "stderr"), tests.text("stderr")
+    doc = py.run('def half(n):\n    """\n    >>> half(4)\n    3\n    """\n    return n // 2\n'
+                 "import doctest\nprint(doctest.testmod())")
+    assert "TestResults(failed=1, attempted=1)" in doc.text(), doc.text()
+    pickled = py.run("import dataclasses, pickle\n@dataclasses.dataclass\nclass P:\n"
+                     "    x: int\nprint(pickle.loads(pickle.dumps(P(3))))")
+    assert pickled.text() == "P(x=3)\n", pickled.text("stderr")
+    pool = py.run("import multiprocessing\ndef sq(n):\n    return n * n\n"
+                  "with multiprocessing.Pool(2) as p:\n    print(p.map(sq, range(5)))",
+                  timeout=60)
+    assert pool.text() == "[0, 1, 4, 9, 16]\n", pool.text("stderr")
+    main = py.run("import __main__, sys\nkept = 5\n"
+                  "print(__main__.kept, sys.modules['__main__'] is __main__, __name__)")
+    assert main.text() == "5 True __main__\n"
+
+
+NO_PIP = "Packages cannot be installed here: there is no network and no pip."
+
+
+@pytest.mark.parametrize(("code", "note"), [
+    ("import no_such_package_xyz", NO_PIP),
+    ("from no_such_package_xyz.linear_model import LinearRegression", NO_PIP),
+    ("name = input('Your name? ')", "There is no input here: stdin is at its end"),
+])
+def test_python_a_missing_package_or_input_says_why(py: AgentDriver, code: str,
+                                                    note: str) -> None:
+    result = py.run(code)
+    assert result.done["status"] == "error"
+    assert note in result.done["error"] and note in result.text("stderr")
+
+
+def test_python_a_missing_module_of_a_package_gets_no_note(py: AgentDriver) -> None:
+    result = py.run("import json.nosuchthing")
+    assert result.done["error"] == "ModuleNotFoundError: No module named 'json.nosuchthing'"
+
+
 def test_python_display_builtin_shows_each_object_as_display_data(py: AgentDriver) -> None:
     """``display`` is a builtin, as in a notebook (model-written code calls it without an
     import): each object in order, with its rich forms, beside printed output."""
@@ -692,7 +736,7 @@ def test_a_late_interrupt_does_not_stop_the_next_cell(request: pytest.FixtureReq
 def test_python_stdin_is_eof(py: AgentDriver) -> None:
     start_at = time.monotonic()
     result = py.run("input()")
-    assert result.done["error"] == "EOFError: EOF when reading a line"
+    assert result.done["error"].startswith("EOFError: EOF when reading a line (")
     assert time.monotonic() - start_at < 5
     assert py.run("import sys; sys.stdin.read()").displays[0]["data"]["text/plain"] == "''"
 
@@ -1258,6 +1302,13 @@ def test_shell_cd_and_variables_persist(sh: AgentDriver, tmp_path: Path) -> None
     assert_success(sh.run(f"cd {tmp_path}\nX=5\ndeclare -A m=([k]=v)\nf() {{ echo f$1; }}"))
     result = sh.run("pwd; echo $X ${m[k]}; f 1")
     assert result.text() == f"{tmp_path}\n5 v\nf1\n"
+
+
+def test_shell_aliases_work_in_later_cells(sh: AgentDriver) -> None:
+    """As in a terminal's bash (a review: ``alias ll='ls -la'`` then ``ll`` was "command not
+    found")."""
+    assert_success(sh.run("alias greet='echo hello'"))
+    assert sh.run("greet world").text() == "hello world\n"
 
 
 def test_shell_exit_code_of_last_command(sh: AgentDriver) -> None:

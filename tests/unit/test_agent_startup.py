@@ -285,8 +285,9 @@ def agent_with_worker(directory: Path, *, bytecode: bool, stale: bool = False) -
     return binary
 
 
-WHO_RUNS = ("import __main__, sys\n"
-            "print(getattr(__main__, '_LOADED_FROM', 'source'), __main__.__file__, sys.argv)")
+# The worker's module (its print's globals: the cells' own __main__ is another module).
+WHO_RUNS = ("import sys\nworker = print.__globals__\n"
+            "print(worker.get('_LOADED_FROM', 'source'), worker['__file__'], sys.argv)")
 
 
 @pytest.mark.parametrize(("bytecode", "stale"), [(True, False), (False, False), (True, True)])
