@@ -135,6 +135,10 @@ def container_config(settings: Settings, language: Language, process_id: str,
         "Env": [
             f"WS_SANDBOX_LANGUAGE={language}",
             "HOME=/workspace",
+            # No passwd entry names the sandbox's uid: libraries that ask the environment
+            # first (Python's getpass.getuser()) get a name instead of a KeyError.
+            "USER=sandbox",
+            "LOGNAME=sandbox",
             "LANG=C.UTF-8",
             "PATH=/usr/local/bin:/usr/bin:/bin",
             f"WS_SANDBOX_PRELOAD={settings.python_preload}",

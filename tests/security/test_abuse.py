@@ -471,7 +471,8 @@ async def test_egress_fails_in_every_language(battery: Service, language: str, c
 
 #: Every variable of a Python cell's environment (SECURITY.md, "minimal environment"): the
 #: service's five, the image's defaults (runtime/Dockerfile) and the engine's HOSTNAME.
-SANDBOX_ENVIRONMENT = ["WS_SANDBOX_LANGUAGE", "WS_SANDBOX_PRELOAD", "HOME", "LANG", "PATH",
+SANDBOX_ENVIRONMENT = ["WS_SANDBOX_LANGUAGE", "WS_SANDBOX_PRELOAD", "HOME", "USER", "LOGNAME",
+                       "LANG", "PATH",
                        "TMPDIR", "MPLBACKEND", "MPLCONFIGDIR", "WS_SANDBOX_MPL_CACHE",
                        "PYTHONDONTWRITEBYTECODE", "HOSTNAME"]
 
@@ -493,6 +494,9 @@ async def test_service_secrets_are_not_in_the_sandbox(battery: Service) -> None:
                     ' getent passwd "$(id -u)"; echo "getent=$?"')
     assert who.stdout.splitlines() == ["HOME=/workspace", "whoami=1", "getent=2"], who
     assert "cannot find name for user ID" in who.stderr, who
+    # What asks the environment first has a name (getpass raised KeyError: a review).
+    user = await run(battery, "python", "import getpass\nprint(getpass.getuser())")
+    assert user.stdout == "sandbox\n", user
 
 
 async def test_docker_socket_is_absent(battery: Service) -> None:
