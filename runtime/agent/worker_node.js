@@ -298,27 +298,95 @@ function nestedVars(node, visit, top) {
         (key === 'left' && (node.type === 'ForInStatement' || node.type === 'ForOfStatement'));
       visit(child, head);
     }
-    nestedVars(child, visit, false);
+    nestedVars(child, visit, top && MODULE_ITEMS.has(child.type)); // `export var`: top level
   }
 }
 
 // The cell's source for vm.Script, and whether it is an async function's body.
+function parseCell(code, sourceType) {
+  return acorn.parse(code, {
+    ecmaVersion: 'latest', sourceType, allowAwaitOutsideFunction: true, allowHashBang: true,
+  });
+}
+
+const MODULE_ITEMS = new Set([
+  'ImportDeclaration', 'ExportNamedDeclaration', 'ExportDefaultDeclaration',
+  'ExportAllDeclaration',
+]);
+
+// The cell's text from `node`'s start to its end, as only its line breaks (lines hold).
+function lineBreaks(code, node) {
+  return code.slice(node.start, node.end).replace(/[^\n]/g, '');
+}
+
+// `import x, {a, b as c} from 'm'` becomes `({default: x, a, b: c} = await import('m'));`,
+// `import * as n from 'm'` `n = await import('m');`, `import 'm'` `await import('m');`:
+// assignments to the cell's hoisted globals, as its declarations become.
+function importEdits(code, stmt, edits, hoisted) {
+  const load = `await import(${code.slice(stmt.source.start, stmt.source.end)})`;
+  let namespace = null;
+  const fields = [];
+  for (const spec of stmt.specifiers) {
+    const local = spec.local.name;
+    hoisted.push(local);
+    if (spec.type === 'ImportNamespaceSpecifier') {
+      namespace = local;
+    } else if (spec.type === 'ImportDefaultSpecifier') {
+      fields.push(`default: ${local}`);
+    } else {
+      const imported = code.slice(spec.imported.start, spec.imported.end);
+      fields.push(imported === local ? local : `${imported}: ${local}`);
+    }
+  }
+  let text = load;
+  if (namespace) {
+    const def = fields.find((f) => f.startsWith('default: '));
+    text = `${namespace} = ${load}` + (def ? `, ${def.slice(9)} = ${namespace}.default` : '');
+  } else if (fields.length) {
+    text = `({${fields.join(', ')}} = ${load})`;
+  }
+  edits.push([stmt.start, stmt.end, `${text};${lineBreaks(code, stmt)}`, OPEN]);
+}
+
 function notebookSource(code) {
-  if (!/\b(?:let|const|class|await)\b/.test(code) || !loadAcorn()) return null;
+  if (!/\b(?:let|const|class|await|import|export)\b/.test(code) || !loadAcorn()) return null;
   let program;
   try {
-    program = acorn.parse(code, {
-      ecmaVersion: 'latest', sourceType: 'script', allowAwaitOutsideFunction: true,
-      allowHashBang: true,
-    });
+    program = parseCell(code, 'script');
   } catch (err) {
-    return null; // V8 reports the error, in its own words
+    // Static `import` and `export`, which model-written code uses, parse only in a module.
+    // A cell is a script: its imports become dynamic ones, its exports plain declarations.
+    try {
+      program = parseCell(code, 'module');
+    } catch (err2) {
+      return null; // V8 reports the error, in its own words
+    }
+    if (!program.body.some((stmt) => MODULE_ITEMS.has(stmt.type))) return null;
   }
-  const wrapped = program.body.some(hasTopLevelAwait);
+  const wrapped = program.body.some(
+    (stmt) => hasTopLevelAwait(stmt) || stmt.type === 'ImportDeclaration');
   const edits = []; // [start, end, text, rank]; the ranges never overlap
   const hoisted = [];
   const exported = [];
-  for (const stmt of program.body) {
+  for (let stmt of program.body) {
+    if (stmt.type === 'ImportDeclaration') {
+      importEdits(code, stmt, edits, hoisted);
+      continue;
+    }
+    if (stmt.type === 'ExportNamedDeclaration' && stmt.declaration) {
+      edits.push([stmt.start, stmt.declaration.start, '', OPEN]); // `export ` dropped
+      stmt = stmt.declaration;
+    } else if (stmt.type === 'ExportDefaultDeclaration') {
+      edits.push([stmt.start, stmt.declaration.start, '', OPEN]); // `export default `
+      const decl = stmt.declaration;
+      if (!(decl.id && (decl.type === 'FunctionDeclaration' || decl.type === 'ClassDeclaration'))) {
+        continue; // an expression: a statement of its own now
+      }
+      stmt = decl;
+    } else if (MODULE_ITEMS.has(stmt.type)) {
+      edits.push([stmt.start, stmt.end, lineBreaks(code, stmt), OPEN]); // `export {a}`: no-op
+      continue;
+    }
     if (stmt.type === 'VariableDeclaration') {
       for (const decl of stmt.declarations) boundNames(decl.id, hoisted);
       if (wrapped) {

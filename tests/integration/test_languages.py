@@ -197,3 +197,15 @@ async def test_model_written_python_finds_what_it_imports_or_is_told_why(
         assert missing.status == "error"
         assert "Packages cannot be installed here: there is no network and no pip." in (
             missing.result.error or "")
+
+
+async def test_model_written_javascript_imports_and_exports(big_service: Service) -> None:
+    """In the runtime image (its Node.js and Debian's acorn): static imports and exports,
+    which model-written code uses, work in a cell (they were a SyntaxError)."""
+    async with await connect(big_service.url, language="javascript") as s:
+        r = await s.execute("import fs from 'fs'\nimport { join } from 'path'\n"
+                            "export const answer = 42\n"
+                            "console.log(typeof fs.readFileSync, join('a', 'b'), answer)")
+        assert (r.status, r.stdout) == ("success", "function a/b 42\n"), r
+        after = await s.execute("console.log(join('c', 'd'), answer)")
+        assert after.stdout == "c/d 42\n", after

@@ -1145,6 +1145,34 @@ def test_js_error_lines_survive_multi_line_declarations(js: AgentDriver, await_:
     assert f":{line}:" in failed.text("stderr"), failed.text("stderr")
 
 
+def test_js_static_imports_and_exports_work_in_a_cell(js: AgentDriver) -> None:
+    """Model-written code uses ES module syntax (a review: "Cannot use import statement
+    outside a module", "Unexpected token 'export'"). A cell is a script: its imports become
+    dynamic ones, kept as globals like its declarations; its exports plain declarations."""
+    result = js.run("import fs from 'fs'\nimport { join, sep as slash } from 'path'\n"
+                    "import * as os from 'os'\nimport 'util'\nimport def, * as cp from "
+                    "'child_process'\n"
+                    "console.log(typeof fs.readFileSync, join('a', 'b'), slash,"
+                    " typeof os.cpus, def === cp.default)")
+    assert result.done["status"] == "success", result.text("stderr")
+    assert result.text() == "function a/b / function true\n"
+    later = js.run("console.log(typeof fs.existsSync, join('c', 'd'))")
+    assert later.text() == "function c/d\n", later.text("stderr")
+    exported = js.run("export const PI = 3\nexport function area(r) { return PI * r * r }\n"
+                      "export class Shape {}\nexport { PI as pi }\nexport default area\n"
+                      "area(2)")
+    assert exported.done["status"] == "success", exported.text("stderr")
+    assert exported.displays[0]["data"]["text/plain"] == "12"
+    assert js.run("typeof Shape + ' ' + area(1)").displays[0]["data"]["text/plain"] == (
+        "'function 3'")
+    # Lines stay where they were.
+    failed = js.run("import path from 'path'\n\nnull.x")
+    assert ":3:" in failed.text("stderr"), failed.text("stderr")
+    missing = js.run("import nope from 'no-such-package-xyz'")
+    assert missing.done["status"] == "error"
+    assert "no-such-package-xyz" in missing.done["error"]
+
+
 def test_js_dynamic_import(js: AgentDriver, tmp_path: Path) -> None:
     assert shown(js.run("const os = await import('os'); os.platform()")) == "'linux'"
     assert shown(js.run("(await import('node:path')).sep")) == "'/'"
