@@ -28,6 +28,16 @@ set --
 # loop), which then ran on until the agent restarted the shell.
 __ws_trap='if (( __ws_running )); then __ws_intr=1; return 130 2>/dev/null; else __ws_sig=1; fi'
 trap "$__ws_trap" INT
+# bash says nothing when `set -e` ends it in the middle of a cell: say why its state is lost
+# (a failed command noted by the ERR trap, not an `exit`).
+__ws_failed=0
+__ws_exiting() {
+    if (( __ws_running && __ws_failed )) && [[ $- == *e* ]]; then
+        printf 'bash exits: set -e is on and a command failed\n' >&2
+    fi
+}
+trap __ws_exiting EXIT
+trap __ws_failed=1 ERR
 printf '{"t":"ready"}\n' >&"$__ws_out" || exit 70
 while :; do
     IFS= read -r -d '' -u "$__ws_in" __ws_code
@@ -40,6 +50,7 @@ while :; do
     # Short all the same, the worker ends rather than read a cell's rest as records.
     LC_ALL=C IFS= read -r -N "${__ws_code:1}" -u "$__ws_in" __ws_code || exit 0
     __ws_intr=0
+    __ws_failed=0
     trap "$__ws_trap" INT
     __ws_running=1
     . "$__ws_cell"

@@ -1392,6 +1392,18 @@ def test_shell_exit_restarts(sh: AgentDriver) -> None:
     assert sh.run('echo "[$GONE]"').text() == "[]\n"
 
 
+def test_shell_ended_by_set_e_says_why(sh: AgentDriver) -> None:
+    """bash says nothing when ``set -e`` ends it: the cell only said the shell exited (a
+    review of model-written cells, which often start with ``set -euo pipefail``)."""
+    result = sh.run("set -e\necho before\ngrep -q x /dev/null\necho after")
+    assert result.text() == "before\n"
+    assert result.done["restarted"] is True
+    assert result.text("stderr") == "bash exits: set -e is on and a command failed\n"
+    explicit = sh.run("set -e\nexit 4")
+    assert explicit.done["exit_code"] == 4 and explicit.text("stderr") == ""
+    assert sh.run("false").text("stderr") == ""  # a fresh shell: no set -e
+
+
 def test_shell_stdin_eof_and_background_job(sh: AgentDriver) -> None:
     start_at = time.monotonic()
     result = sh.run("cat; read line; echo rc=$?; sleep 30 & echo bg")
