@@ -348,8 +348,42 @@ function importEdits(code, stmt, edits, hoisted) {
   edits.push([stmt.start, stmt.end, `${text};${lineBreaks(code, stmt)}`, OPEN]);
 }
 
+// The names a cell declares at its top level (its functions' aside) are lexical bindings of
+// the context, each declared by a script of its own (`let x;`) before the first cell that
+// declares it runs; the cell's declarations become assignments to them. A lexical global is
+// read and written at full speed, where a property of a vm context's global object goes
+// through its interceptors, 100 to 200 times slower: a loop over a top-level `var` took
+// seconds. Declared by a script of its own, a binding is always initialized (one that a
+// cell declared itself stayed in the temporal dead zone for good if the cell threw before
+// its `let`). A name that cannot be one (a function of an earlier cell, a global the
+// context has) stays a property of the global object, assigned the same way.
+const lexicalNames = new Set();
+
+function declareLexical(names) {
+  const fresh = [...new Set(names)].filter((name) => !lexicalNames.has(name));
+  if (!fresh.length) return;
+  const declare = (list) => vm.runInContext(`let ${list.join(', ')};`, context);
+  try {
+    declare(fresh);
+    for (const name of fresh) lexicalNames.add(name);
+    return;
+  } catch (err) {
+    /* one of them is taken: each on its own */
+  }
+  for (const name of fresh) {
+    try {
+      declare([name]);
+      lexicalNames.add(name);
+    } catch (err) {
+      /* a property of the global object: assigned as such */
+    }
+  }
+}
+
 function notebookSource(code) {
-  if (!/\b(?:let|const|class|await|import|export)\b/.test(code) || !loadAcorn()) return null;
+  if (!/\b(?:let|const|var|class|function|await|import|export)\b/.test(code) || !loadAcorn()) {
+    return null;
+  }
   let program;
   try {
     program = parseCell(code, 'script');
@@ -366,8 +400,8 @@ function notebookSource(code) {
   const wrapped = program.body.some(
     (stmt) => hasTopLevelAwait(stmt) || stmt.type === 'ImportDeclaration');
   const edits = []; // [start, end, text, rank]; the ranges never overlap
-  const hoisted = [];
-  const exported = [];
+  const hoisted = []; // names declared, functions' aside
+  const functions = [];
   for (let stmt of program.body) {
     if (stmt.type === 'ImportDeclaration') {
       importEdits(code, stmt, edits, hoisted);
@@ -389,33 +423,16 @@ function notebookSource(code) {
     }
     if (stmt.type === 'VariableDeclaration') {
       for (const decl of stmt.declarations) boundNames(decl.id, hoisted);
-      if (wrapped) {
-        assignmentEdits(stmt, edits);
-      } else if (stmt.kind !== 'var') {
-        edits.push([stmt.start, stmt.start + stmt.kind.length, 'var', OPEN]);
-        for (const decl of stmt.declarations) {
-          // `let x;` run again starts from undefined, as the first time; and where the
-          // statement has no `;`, one ends it, so that a next line starting with `[` or `(`
-          // does not continue it (no semicolon is inserted after `undefined` as after `x`).
-          if (decl.init) continue;
-          const end = decl.end === stmt.end ? ' = undefined;' : ' = undefined';
-          edits.push([decl.end, decl.end, end, CLOSE]);
-        }
-      }
+      assignmentEdits(stmt, edits);
     } else if (stmt.type === 'ClassDeclaration') {
       hoisted.push(stmt.id.name);
-      const assign = wrapped ? `${stmt.id.name} = ` : `var ${stmt.id.name} = `;
-      edits.push([stmt.start, stmt.start, assign, OPEN]);
+      edits.push([stmt.start, stmt.start, `${stmt.id.name} = `, OPEN]);
       edits.push([stmt.end, stmt.end, ';', CLOSE]);
     } else if (stmt.type === 'FunctionDeclaration') {
-      hoisted.push(stmt.id.name);
-      exported.push(stmt.id.name);
+      functions.push(stmt);
     }
   }
-  if (!wrapped) {
-    return edits.length ? { source: applyEdits(code, edits), wrapped: false } : null;
-  }
-  // In the async body, a `var` in a block or a loop would be local: make it global too.
+  // A `var` in a block or a loop is a global too.
   nestedVars(program, (decl, head) => {
     for (const d of decl.declarations) boundNames(d.id, hoisted);
     if (head) {
@@ -424,6 +441,22 @@ function notebookSource(code) {
       assignmentEdits(decl, edits);
     }
   }, true);
+  declareLexical(hoisted.filter((name) => !functions.some((f) => f.id.name === name)));
+  const exported = [];
+  for (const stmt of functions) {
+    const name = stmt.id.name;
+    if (lexicalNames.has(name)) {
+      // An earlier cell's `let`, `const` or `class` made it lexical: a declaration would
+      // be refused ("already declared"). Assigned where it stands (not hoisted).
+      edits.push([stmt.start, stmt.start, `${name} = `, OPEN]);
+      edits.push([stmt.end, stmt.end, ';', CLOSE]);
+    } else if (wrapped) {
+      exported.push(name);
+    }
+  }
+  if (!wrapped) {
+    return edits.length ? { source: applyEdits(code, edits), wrapped: false } : null;
+  }
   const statements = program.body.filter((stmt) => stmt.type !== 'EmptyStatement');
   const last = statements[statements.length - 1];
   if (last && last.type === 'ExpressionStatement' && !last.directive) {
@@ -439,9 +472,7 @@ function notebookSource(code) {
     edits.push([at, at, prologue, PROLOGUE]);
   }
   if (code.startsWith('#!')) edits.push([0, 2, '//', OPEN]); // no longer the first line
-  const names = [...new Set(hoisted)];
-  const prefix = (names.length ? `var ${names.join(', ')}; ` : '') + '(async () => {\n';
-  return { source: `${prefix}${applyEdits(code, edits)}\n})()`, wrapped: true };
+  return { source: `(async () => {\n${applyEdits(code, edits)}\n})()`, wrapped: true };
 }
 
 function applyEdits(code, edits) {
