@@ -62,7 +62,7 @@ class FakeConnection:
 async def make_kernel(language: str = "python3", max_queued: int = 16,
                       max_code_bytes: int = 4 * 1024 * 1024, send_timeout: float = 5.0,
                       ) -> tuple[Kernel, FakeRunner, FakeConnection]:
-    kernel = Kernel(find_spec(language, ("python", "shell")), owner="jupyter",
+    kernel = Kernel(find_spec(language, ("python", "shell", "javascript")), owner="jupyter",
                     send_timeout=send_timeout, execution_timeout=30.0, restart_timeout=1.0,
                     max_queued=max_queued, max_code_bytes=max_code_bytes)
     runner = FakeRunner()
@@ -136,6 +136,41 @@ async def test_python_traceback_becomes_the_error_message() -> None:
     reply = conn.of("execute_reply")[0]["content"]
     assert reply["status"] == "error" and reply["ename"] == "ZeroDivisionError"
     assert conn.types()[-1] == "status"
+
+
+@pytest.mark.parametrize(("stack", "error"), [
+    ("TypeError: Cannot read properties of null (reading 'x')\n    at cell-1:1:6\n",
+     "TypeError: Cannot read properties of null (reading 'x')"),
+    ("cell-1:1\nfunction broken( {\n                 ^\n\nSyntaxError: Unexpected token '{'\n",
+     "SyntaxError: Unexpected token '{'"),
+    ("Uncaught (in promise) Error: boom\n    at cell-1:1:16\n",
+     "Uncaught (in promise) Error: boom"),
+    ("Uncaught 42\n", "Uncaught 42"),
+])
+async def test_a_javascript_stack_becomes_the_error_message(stack: str, error: str) -> None:
+    """As a Python traceback does: sent as a stream too, a client that adds the error's
+    traceback to stderr (Open WebUI) showed it twice (a review)."""
+    kernel, runner, conn = await make_kernel("javascript")
+    await kernel.handle(request("x"), conn)
+    cell = runner.executes()[0].id
+    await send(kernel, fr.Stream(id=cell, name="stderr", text="a warning\n"))
+    await send(kernel, fr.Stream(id=cell, name="stderr", text=stack))
+    await send(kernel, result(cell, "error", error))
+    assert [m["content"]["text"] for m in conn.of("stream")] == ["a warning\n"]
+    (sent,) = conn.of("error")
+    assert sent["content"]["traceback"] == stack.splitlines()
+
+
+async def test_a_javascript_error_printed_by_a_cell_that_succeeds_is_a_stream() -> None:
+    kernel, runner, conn = await make_kernel("javascript")
+    await kernel.handle(request("console.error(e)"), conn)
+    cell = runner.executes()[0].id
+    await send(kernel, fr.Stream(id=cell, name="stderr", text="Error: x\n    at f (cell-1:1)\n"))
+    await send(kernel, fr.Stream(id=cell, name="stdout", text="after\n"))
+    await send(kernel, result(cell))
+    texts = [(m["content"]["name"], m["content"]["text"]) for m in conn.of("stream")]
+    assert texts == [("stderr", "Error: x\n    at f (cell-1:1)\n"), ("stdout", "after\n")]
+    assert not conn.of("error")
 
 
 async def test_held_traceback_is_a_stream_when_the_cell_succeeds() -> None:

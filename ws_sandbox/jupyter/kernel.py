@@ -21,10 +21,11 @@ Execute requests wait in the kernel's own queue and go to the session one at a t
 holds at most ``MAX_QUEUED_CELLS`` requests behind the running one, as a session's does; a
 request beyond it gets an error reply at once.
 
-Python tracebacks: our worker prints them on stderr. Jupyter clients expect them in an
-``error`` message instead (Open WebUI adds that message's traceback to stderr itself), so a
-stderr chunk that starts a traceback is held back until the cell ends: when the cell failed it
-becomes the ``error`` message's traceback, otherwise it is sent as the stream it was.
+Python tracebacks and JavaScript stacks: our workers print them on stderr. Jupyter clients
+expect them in an ``error`` message instead (Open WebUI adds that message's traceback to stderr
+itself: sent as both, it showed twice), so a stderr chunk that starts one is held back until
+the cell ends: when the cell failed it becomes the ``error`` message's traceback, otherwise it
+is sent as the stream it was.
 """
 
 from __future__ import annotations
@@ -62,8 +63,15 @@ MAX_DISPLAY_BYTES = 900 * 1024
 #: Code echoed in ``execute_input`` and text of an error's ``evalue``, at most (characters);
 #: with the limits above, every message stays under 1 MiB.
 MAX_ECHO_CHARS = 32 * 1024
-_TRACEBACK_START = re.compile(r'^(Traceback \(most recent call last\):|  File "<cell-\d+>")',
-                              re.MULTILINE)
+_TRACEBACK_STARTS: dict[str, re.Pattern[str]] = {
+    "python": re.compile(r'^(Traceback \(most recent call last\):|  File "<cell-\d+>")',
+                         re.MULTILINE),
+    # The JavaScript worker prints an error as its stack ("TypeError: x" then "    at ..."),
+    # a syntax error as V8 shows it ("cell-1:1", the line, a caret), and what no code caught
+    # after "Uncaught".
+    "javascript": re.compile(r"^(Uncaught |cell-\d+:\d+\n|[\w$.]*(Error|Exception)\b[^\n]*\n"
+                             r"\s+at )", re.MULTILINE),
+}
 _json = msgspec.json.Encoder()
 _ENAMES: dict[str, str] = {"timeout": "TimeoutError", "interrupted": "KeyboardInterrupt",
                            "killed": "KernelKilled", "error": "Error"}
@@ -474,8 +482,8 @@ class Kernel:
             if len(current.held_stderr) > TRACEBACK_HOLD_CHARS:
                 await self._flush_stderr(current)
             return
-        match = (_TRACEBACK_START.search(text)
-                 if self.spec.language == "python" else None)
+        start = _TRACEBACK_STARTS.get(self.spec.language)
+        match = start.search(text) if start is not None else None
         if match is None:
             await self._publish_stream(current, name, text)
             return
