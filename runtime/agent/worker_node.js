@@ -358,9 +358,15 @@ function importEdits(code, stmt, edits, hoisted) {
 // its `let`). A name that cannot be one (a function of an earlier cell, a global the
 // context has) stays a property of the global object, assigned the same way.
 const lexicalNames = new Set();
+const isGlobalProperty = vm.runInContext(
+  '(name) => Object.prototype.hasOwnProperty.call(globalThis, name)', context);
 
+// Called once V8 has accepted the rewritten cell, before it runs. A name the global object
+// already has (`require`, `console`, a builtin, `x = 5` of an earlier cell) is left to it: a
+// binding would hide it, for good.
 function declareLexical(names) {
-  const fresh = [...new Set(names)].filter((name) => !lexicalNames.has(name));
+  const fresh = [...new Set(names)].filter(
+    (name) => !lexicalNames.has(name) && !isGlobalProperty(name));
   if (!fresh.length) return;
   const declare = (list) => vm.runInContext(`let ${list.join(', ')};`, context);
   try {
@@ -411,11 +417,14 @@ function notebookSource(code) {
       edits.push([stmt.start, stmt.declaration.start, '', OPEN]); // `export ` dropped
       stmt = stmt.declaration;
     } else if (stmt.type === 'ExportDefaultDeclaration') {
-      edits.push([stmt.start, stmt.declaration.start, '', OPEN]); // `export default `
       const decl = stmt.declaration;
       if (!(decl.id && (decl.type === 'FunctionDeclaration' || decl.type === 'ClassDeclaration'))) {
-        continue; // an expression: a statement of its own now
+        // An expression, or a function or class without a name: a value in parentheses.
+        edits.push([stmt.start, decl.start, '(', OPEN]);
+        edits.push([decl.end, decl.end, ');', CLOSE]);
+        continue;
       }
+      edits.push([stmt.start, decl.start, '', OPEN]); // `export default ` dropped
       stmt = decl;
     } else if (MODULE_ITEMS.has(stmt.type)) {
       edits.push([stmt.start, stmt.end, lineBreaks(code, stmt), OPEN]); // `export {a}`: no-op
@@ -426,8 +435,8 @@ function notebookSource(code) {
       assignmentEdits(stmt, edits);
     } else if (stmt.type === 'ClassDeclaration') {
       hoisted.push(stmt.id.name);
-      edits.push([stmt.start, stmt.start, `${stmt.id.name} = `, OPEN]);
-      edits.push([stmt.end, stmt.end, ';', CLOSE]);
+      edits.push([stmt.start, stmt.start, `void (${stmt.id.name} = `, OPEN]);
+      edits.push([stmt.end, stmt.end, ');', CLOSE]); // no value, as a declaration has none
     } else if (stmt.type === 'FunctionDeclaration') {
       functions.push(stmt);
     }
@@ -441,21 +450,21 @@ function notebookSource(code) {
       assignmentEdits(decl, edits);
     }
   }, true);
-  declareLexical(hoisted.filter((name) => !functions.some((f) => f.id.name === name)));
+  const declare = hoisted.filter((name) => !functions.some((f) => f.id.name === name));
   const exported = [];
   for (const stmt of functions) {
     const name = stmt.id.name;
     if (lexicalNames.has(name)) {
       // An earlier cell's `let`, `const` or `class` made it lexical: a declaration would
       // be refused ("already declared"). Assigned where it stands (not hoisted).
-      edits.push([stmt.start, stmt.start, `${name} = `, OPEN]);
-      edits.push([stmt.end, stmt.end, ';', CLOSE]);
+      edits.push([stmt.start, stmt.start, `void (${name} = `, OPEN]);
+      edits.push([stmt.end, stmt.end, ');', CLOSE]);
     } else if (wrapped) {
       exported.push(name);
     }
   }
   if (!wrapped) {
-    return edits.length ? { source: applyEdits(code, edits), wrapped: false } : null;
+    return edits.length ? { source: applyEdits(code, edits), wrapped: false, declare } : null;
   }
   const statements = program.body.filter((stmt) => stmt.type !== 'EmptyStatement');
   const last = statements[statements.length - 1];
@@ -472,7 +481,7 @@ function notebookSource(code) {
     edits.push([at, at, prologue, PROLOGUE]);
   }
   if (code.startsWith('#!')) edits.push([0, 2, '//', OPEN]); // no longer the first line
-  return { source: `(async () => {\n${applyEdits(code, edits)}\n})()`, wrapped: true };
+  return { source: `(async () => {\n${applyEdits(code, edits)}\n})()`, wrapped: true, declare };
 }
 
 function applyEdits(code, edits) {
@@ -519,17 +528,20 @@ function isObjectLiteral(code) {
 function compile(code, filename) {
   // Its line, with lineOffset -1: the source's lines are the prefix's (0), the cell's, then
   // the wrapper's end.
-  wrapperFrame = `${filename}:${code.split('\n').length + 1}:`;
+  // (Line breaks as V8 counts them.)
+  wrapperFrame = `${filename}:${code.split(/\r\n|[\n\r\u2028\u2029]/).length + 1}:`;
   const notebook = notebookSource(code);
   if (notebook) {
     const lineOffset = notebook.wrapped ? -1 : 0;
+    let script = null;
     try {
-      return {
-        script: new vm.Script(notebook.source, { filename, lineOffset, importModuleDynamically }),
-        wrapped: notebook.wrapped,
-      };
+      script = new vm.Script(notebook.source, { filename, lineOffset, importModuleDynamically });
     } catch (err) {
       // A rewrite V8 refuses (a fault of ours): the cell as written, V8's words about it.
+    }
+    if (script) {
+      declareLexical(notebook.declare);
+      return { script, wrapped: notebook.wrapped };
     }
   }
   if (!notebook && isObjectLiteral(code)) {

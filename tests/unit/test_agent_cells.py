@@ -1074,6 +1074,37 @@ def test_js_declarations_stay_usable_whatever_came_before(js: AgentDriver) -> No
     assert js.run("f2() + late").displays[0]["data"]["text/plain"] == "5"
 
 
+def test_js_a_declaration_never_hides_what_the_global_object_has(js: AgentDriver) -> None:
+    """A review of the lexical globals: a binding declared for a name the global object has
+    hid it for good, and a cell that failed left it undefined (``const require = ...``
+    in a cell V8 refused made ``require`` undefined in every later cell)."""
+    bad = js.run("const require = createRequire(import.meta.url);")
+    assert bad.done["status"] == "error"
+    assert js.run("typeof require('fs').existsSync").displays[0]["data"][
+        "text/plain"] == "'function'"
+    assert js.run("const console = nope.console").done["status"] == "error"
+    assert js.run("console.log('still')").text() == "still\n"
+    js.run("implicit = 5")
+    assert js.run("var implicit; implicit").displays[0]["data"]["text/plain"] == "5"
+    js.run("globalThis.shared = 1")
+    assert js.run("var shared = 2; [shared, globalThis.shared]").displays[0]["data"][
+        "text/plain"] == "[ 2, 2 ]"
+
+
+@pytest.mark.parametrize(("code", "shown"), [
+    ("class A {}", None),  # a declaration has no value (it showed [class A])
+    ("let z9 = 1", None),
+    ("export default function () { return 1 }", "[Function (anonymous)]"),
+    ("export default class {}", "[class (anonymous)]"),
+    ("export default {a: 1}", "{ a: 1 }"),
+])
+def test_js_declarations_show_no_value_and_a_default_export_is_one(
+        js: AgentDriver, code: str, shown: str | None) -> None:
+    result = js.run(code)
+    assert result.done["status"] == "success", result.text("stderr")
+    assert [d["data"]["text/plain"] for d in result.displays] == ([shown] if shown else [])
+
+
 def test_js_cells_can_be_run_again(js: AgentDriver) -> None:
     """A notebook re-runs cells: top-level let, const and class may be declared again, even
     after a cell threw before reaching its declaration."""
