@@ -446,7 +446,8 @@ def test_an_audit_log_that_cannot_be_written_is_reported_and_catches_up(
     # fails, as on a full disk. The writer thread used to die on the first failure, and no
     # later execution was audited while health said "ok".
     audit = tmp_path / "audit.log"
-    audit.write_text(json.dumps({"event": "padding", "pad": "x" * 4000}) + "\n")
+    audit.write_text(json.dumps({"time": "2026-11-27T00:00:00.000Z", "event": "padding",
+                                 "pad": "x" * 4000}, separators=(",", ":")) + "\n")
     blocker = tmp_path / "audit.log.1"
     (blocker / "x").mkdir(parents=True)
     with make_service(AUDIT_LOG_PATH=str(audit), AUDIT_LOG_MAX_BYTES="4096",
