@@ -161,6 +161,18 @@ async def test_a_javascript_stack_becomes_the_error_message(stack: str, error: s
     assert sent["content"]["traceback"] == stack.splitlines()
 
 
+async def test_looking_for_a_javascript_stack_in_hostile_output_is_one_pass() -> None:
+    """The output is the cell's: a line of "Error." repeated made the search quadratic
+    (3 s of the event loop for 256 KB, in a review of the change)."""
+    kernel, runner, conn = await make_kernel("javascript")
+    await kernel.handle(request("x"), conn)
+    cell = runner.executes()[0].id
+    started = time.monotonic()
+    await send(kernel, fr.Stream(id=cell, name="stderr", text="Error." * 43_000))
+    assert time.monotonic() - started < 1.0
+    assert "".join(m["content"]["text"] for m in conn.of("stream")) == "Error." * 43_000
+
+
 async def test_a_javascript_error_printed_by_a_cell_that_succeeds_is_a_stream() -> None:
     kernel, runner, conn = await make_kernel("javascript")
     await kernel.handle(request("console.error(e)"), conn)

@@ -68,9 +68,10 @@ _TRACEBACK_STARTS: dict[str, re.Pattern[str]] = {
                          re.MULTILINE),
     # The JavaScript worker prints an error as its stack ("TypeError: x" then "    at ..."),
     # a syntax error as V8 shows it ("cell-1:1", the line, a caret), and what no code caught
-    # after "Uncaught".
-    "javascript": re.compile(r"^(Uncaught |cell-\d+:\d+\n|[\w$.]*(Error|Exception)\b[^\n]*\n"
-                             r"\s+at )", re.MULTILINE),
+    # after "Uncaught". The text is the cell's: the name is bounded and has no dots, so a
+    # search costs one pass over it (a line of "Error." repeated took quadratic time).
+    "javascript": re.compile(r"^(Uncaught |cell-\d+:\d+\n|[\w$]{0,64}(Error|Exception)\b"
+                             r"[^\n]*\n[ \t]+at )", re.MULTILINE),
 }
 _json = msgspec.json.Encoder()
 _ENAMES: dict[str, str] = {"timeout": "TimeoutError", "interrupted": "KeyboardInterrupt",
