@@ -502,14 +502,14 @@ def _get_ipython() -> None:
     return None
 
 
+_DISPLAY_NAMES: "dict[str, Any]" = {
+    "display": display, "HTML": HTML, "Markdown": Markdown, "Image": Image, "JSON": JSON,
+    "DisplayObject": _DisplayObject, "clear_output": _clear_output}
 _IPYTHON_SHIM: "dict[str, dict[str, Any]]" = {
     "IPython": {"display": display, "get_ipython": _get_ipython},
     "IPython.core": {},
-    "IPython.display": {"display": display, "HTML": HTML, "Markdown": Markdown,
-                        "Image": Image, "JSON": JSON, "DisplayObject": _DisplayObject,
-                        "clear_output": _clear_output},
-    "IPython.core.display": {"display": display, "HTML": HTML, "Markdown": Markdown,
-                             "Image": Image, "JSON": JSON, "DisplayObject": _DisplayObject},
+    "IPython.display": _DISPLAY_NAMES,
+    "IPython.core.display": _DISPLAY_NAMES,
 }
 """The modules of IPython a cell may import where IPython is not installed, and their names."""
 
