@@ -585,20 +585,32 @@ async function runCell(code) {
     if (value !== null && (typeof value === 'object' || typeof value === 'function') &&
         typeof value.then === 'function') {
       let interrupted = false;
+      let stalled = false;
       const stop = new Promise((resolve) => {
         cancelWait = () => {
           interrupted = true;
           resolve();
         };
+        cancelStalled = () => {
+          stalled = true;
+          resolve();
+        };
       });
+      ctl.unref(); // see onStalled
       try {
         value = await Promise.race([Promise.resolve(value), stop]);
       } finally {
+        ctl.ref();
         cancelWait = null;
+        cancelStalled = null;
       }
       if (interrupted) {
         process.stderr.write('Interrupted\n');
         return { t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' };
+      }
+      if (stalled) {
+        process.stderr.write(`${STALLED}\n`);
+        return { t: 'done', status: 'error', exit_code: 13, error: STALLED };
       }
     }
   } catch (err) {
@@ -621,6 +633,20 @@ async function runCell(code) {
   }
   return { t: 'done', status: 'success', exit_code: 0, error: null };
 }
+
+// A cell that awaits what nothing can ever settle (`await rl.question(...)` with no input, a
+// promise no one resolves) would wait out the cell's time limit. Node itself exits there, with
+// "unsettled top-level await" (exit code 13), when its event loop has nothing left to do. The
+// worker does the same for the cell: while a cell awaits, the control pipe does not keep the
+// loop alive (unref), so an empty loop emits 'beforeExit', and the cell ends with an error;
+// a timer, a child process, a socket or a file read the cell waits for keeps the loop alive.
+const STALLED = 'Error: the cell awaits a promise that nothing can settle (no timer, I/O or ' +
+  'other work is pending; Node exits here with "unsettled top-level await"). A cell has no ' +
+  'input: its stdin is empty.';
+let cancelStalled = null;
+process.on('beforeExit', () => {
+  if (cancelStalled) cancelStalled();
+});
 
 // --- control channel ---------------------------------------------------------------------
 const queue = [];

@@ -652,7 +652,8 @@ def test_interrupt_when_idle_is_ignored(py: AgentDriver) -> None:
 
 
 #: Cells that run until they are interrupted: one that waits, one that spins.
-_WAITS = {"py": "import time\ntime.sleep(100)", "js": "await new Promise(() => {})",
+_WAITS = {"py": "import time\ntime.sleep(100)",
+          "js": "await new Promise((resolve) => setTimeout(resolve, 100_000))",
           "sh": "read -t 100 <> <(:)"}
 _SPINS = {"py": "while True:\n    pass", "sh": "while :; do :; done"}
 _SET = {"py": "kept = 'yes'", "js": "var kept = 'yes'", "sh": "kept=yes"}
@@ -1331,6 +1332,53 @@ def test_js_a_rejection_handled_in_the_same_cell_is_no_error(js: AgentDriver) ->
     assert result.text() == "handled caught\n" and result.text("stderr") == ""
 
 
+@pytest.mark.parametrize("code", [
+    "const rl = require('readline/promises').createInterface({ input: process.stdin });\n"
+    "const answer = await rl.question('name? ');\nconsole.log('hello', answer)",
+    "await new Promise(() => {})",
+    # A promise only a later cell could settle: cells run one after the other.
+    "await new Promise((resolve) => { globalThis.later = resolve; })",
+])
+def test_js_a_cell_that_awaits_what_nothing_can_settle_ends_at_once(
+        js: AgentDriver, code: str) -> None:
+    """Node exits there ("unsettled top-level await", exit code 13) when its loop has
+    nothing left to do; the cell waited out its whole time limit (a review of model-written
+    cells: `await rl.question(...)` with an empty stdin)."""
+    js.run("var kept = 'yes'")
+    result = js.run(code, timeout=10)
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 13), result.done
+    assert result.done["error"].startswith(
+        "Error: the cell awaits a promise that nothing can settle"), result.done
+    assert "stdin is empty" in result.text("stderr")
+    assert result.done["restarted"] is False
+    assert js.run("kept").displays[0]["data"]["text/plain"] == "'yes'"
+
+
+@pytest.mark.parametrize(("code", "shown"), [
+    ("await new Promise((r) => setTimeout(() => r('timer'), 300))", "'timer'"),
+    ("await new Promise((r) => require('child_process').exec('sleep 0.3; echo child',"
+     " (e, out) => r(out)))", "'child\\n'"),
+    ("(await require('fs').promises.readFile('/proc/self/stat', 'utf8')).length > 0",
+     "true"),
+    # An interval cleared by the timer the cell awaits.
+    ("const tick = setInterval(() => {}, 20);\n"
+     "await new Promise((r) => setTimeout(() => { clearInterval(tick); r(5); }, 200))", "5"),
+])
+def test_js_a_cell_that_awaits_a_timer_a_child_or_a_file_is_left_to_finish(
+        js: AgentDriver, code: str, shown: str) -> None:
+    result = js.run(code, timeout=10)
+    assert result.done["status"] == "success", result.done
+    assert result.displays[0]["data"]["text/plain"] == shown
+
+
+def test_js_an_awaiting_cell_can_still_be_interrupted(js: AgentDriver) -> None:
+    """While a cell awaits, the control pipe does not keep the worker's loop alive; the
+    interrupt still reaches it."""
+    result = js.run_interrupted("await new Promise((r) => setTimeout(r, 30000))", after=0.5)
+    assert result.done["status"] == "interrupted", result.done
+    assert js.run("1 + 1").displays[0]["data"]["text/plain"] == "2"
+
+
 @pytest.mark.parametrize(
     ("code", "shown"),
     [
@@ -1362,7 +1410,7 @@ def test_js_interrupt_keeps_state(js: AgentDriver) -> None:
     assert result.done["status"] == "interrupted"
     assert result.done["restarted"] is False
     assert js.run("kept").displays[0]["data"]["text/plain"] == "'yes'"
-    pending = js.run_interrupted("new Promise(() => {})")
+    pending = js.run_interrupted("new Promise((resolve) => setTimeout(resolve, 100_000))")
     assert pending.done["status"] == "interrupted"
 
 
