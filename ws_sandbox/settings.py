@@ -200,7 +200,8 @@ class Settings:
     max_sessions_per_key: int = field(default=0, metadata={"env": "MAX_SESSIONS_PER_KEY",
         "doc": "Sessions (WebSocket sessions, one-shot calls, Jupyter kernels; a dropped one"
         " waiting out RESUME_GRACE too) one caller may hold at once: per API key, or per"
-        " client address without keys; 0: no cap but MAX_CONCURRENT_EXECUTIONS"})
+        " client address without keys; 0: no cap but MAX_CONCURRENT_EXECUTIONS (as is a"
+        " cap at or above it)"})
     max_output_bytes: int = field(default=1_048_576, metadata={"env": "MAX_OUTPUT_BYTES",
         "doc": "Output kept per cell; the rest is cut with a visible marker"})
     max_code_bytes: int = field(default=1_048_576, metadata={"env": "MAX_CODE_BYTES",
