@@ -2070,9 +2070,12 @@ static bool make_tempdir(Buf *path, int *err) {
     return false;
 }
 
-#define RUST_MAIN_OPEN \
-    "#[allow(unreachable_code)] fn main() -> Result<(), Box<dyn std::error::Error>> { let _ = { "
-#define RUST_MAIN_CLOSE "\n}; Ok(()) }\n"
+/* The crate root a snippet is compiled from: the snippet, in main.rs, is the block its main
+ * includes. */
+#define RUST_ROOT "ws_snippet.rs"
+#define RUST_ROOT_SOURCE                                                                  \
+    "#[allow(unreachable_code)] fn main() -> Result<(), Box<dyn std::error::Error>> {\n" \
+    "    let _ = include!(\"main.rs\");\n    Ok(())\n}\n"
 
 static bool rust_ident_char(unsigned char c) {
     return c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -2129,6 +2132,27 @@ static void add_replacing_surrogates(Buf *b, const char *s, size_t n) {
     }
 }
 
+/* Write `n` bytes to `fd` and close it; false with the errno in `*err` when either fails. */
+static bool write_file(int fd, const char *data, size_t n, int *err) {
+    bool ok = true;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, data + done, n - done);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            ok = false;
+            *err = errno;
+            break;
+        }
+        done += (size_t)w;
+    }
+    if (close(fd) != 0 && ok) {
+        ok = false;
+        *err = errno;
+    }
+    return ok;
+}
+
 static void start_rust(Cell *cell, const char *code, size_t codelen) {
     Buf dir = {0};
     Buf err = {0};
@@ -2146,45 +2170,41 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     char *path = (char *)buf_cstr(&dir);
     Buf file = {0};
     buf_addf(&file, "%s/main.rs", path);
-    int fd = open(buf_cstr(&file), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    int fd = open(buf_cstr(&file), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
     bool ok = fd >= 0;
     e = errno;
+    /* A snippet without `fn main` (statements and items, as a model often writes them) is
+     * a block, in main.rs, that the main of another file includes: a main that returns a
+     * Result (`?` works) and drops the block's value (a last expression without `;` is
+     * fine). Items (use, fn, struct, impl) are allowed in it. Only the block's `{` comes
+     * before the cell's first line, so diagnostics name main.rs with the cell's own lines
+     * and its own text (that line's columns one to the right). Inner attributes
+     * (`#![allow(...)]`) are not allowed on a block: a snippet with one is the plain body
+     * of `fn main() { ... }` in main.rs instead. */
+    bool wrap = !rust_has_main(code, codelen);
+    bool plain = wrap && rust_has_inner_attribute(code, codelen);
     if (ok) {
         Buf src = {0};
-        /* A snippet without `fn main` (statements, as a model often writes them) becomes the
-         * body of one, opened on its first line so that diagnostics keep their line numbers.
-         * Items (use, fn, struct, impl) are allowed there. The snippet is a block whose value
-         * is dropped (a last expression without `;` is fine) in a main that returns a Result
-         * (`?` works). Inner attributes (`#![allow(...)]`) are not allowed on that block: a
-         * snippet with one is main's plain body instead. */
-        bool wrap = !rust_has_main(code, codelen);
-        bool plain = wrap && rust_has_inner_attribute(code, codelen);
-        /* rustc accepts a shebang line only as the file's first: it stays there, and the
-         * wrapper opens on the next line, so the line numbers still hold. */
+        /* rustc accepts a shebang line only as a crate root's first: it stays there in a plain
+         * body, and is a comment in a block; the block opens on the next line, so the line
+         * numbers still hold. */
         size_t head = wrap ? rust_shebang_len(code, codelen) : 0;
+        if (head && !plain) buf_adds(&src, "// ");
         add_replacing_surrogates(&src, code, head);
         if (head && code[head - 1] != '\n') buf_addc(&src, '\n');  /* a shebang alone */
         if (plain) buf_adds(&src, "fn main() { ");
-        else if (wrap) buf_adds(&src, RUST_MAIN_OPEN);
+        else if (wrap) buf_addc(&src, '{');
         add_replacing_surrogates(&src, code + head, codelen - head);
-        if (plain) buf_adds(&src, "\n}\n");
-        else if (wrap) buf_adds(&src, RUST_MAIN_CLOSE);
-        size_t done = 0;
-        while (done < buf_size(&src)) {
-            ssize_t w = write(fd, buf_head(&src) + done, buf_size(&src) - done);
-            if (w < 0) {
-                if (errno == EINTR) continue;
-                ok = false;
-                e = errno;
-                break;
-            }
-            done += (size_t)w;
-        }
+        if (wrap) buf_adds(&src, "\n}\n");
+        ok = write_file(fd, buf_head(&src), buf_size(&src), &e);
         buf_free(&src);
-        if (close(fd) != 0 && ok) {
-            ok = false;
-            e = errno;
-        }
+    }
+    if (ok && wrap && !plain) {
+        buf_clear(&file);
+        buf_addf(&file, "%s/" RUST_ROOT, path);
+        fd = open(buf_cstr(&file), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        ok = fd >= 0 && write_file(fd, RUST_ROOT_SOURCE, strlen(RUST_ROOT_SOURCE), &e);
+        if (fd < 0) e = errno;
     }
     if (!ok) {
         buf_adds(&err, "could not write the program: ");
@@ -2204,7 +2224,7 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     buf_free(&dir);
     const char *rustc = which(3, "rustc");
     char *argv[] = {(char *)(rustc ? rustc : "rustc"), "--edition", "2021", "--crate-name",
-                    "main", "-o", "main", "main.rs", NULL};
+                    "main", "-o", "main", wrap && !plain ? RUST_ROOT : "main.rs", NULL};
     spawn_rust(argv, cell->workdir, H_RUSTC);
 }
 

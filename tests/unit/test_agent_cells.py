@@ -1613,6 +1613,31 @@ def test_rust_statements_without_main_run_as_its_body(rs: AgentDriver) -> None:
     assert (exits.done["exit_code"], exits.text("stderr")) == (3, "")
 
 
+def test_rust_snippet_diagnostics_show_the_cells_own_text(rs: AgentDriver) -> None:
+    """A snippet's first line was shown after a wrapper of 90 characters, its columns moved
+    as far (a review of model-written cells); only the block's ``{`` comes before it now,
+    and the wrapper's main is in a file of its own."""
+    broken = rs.run('let x: i32 = "a";\nprintln!("{}", x);', timeout=60)
+    stderr = broken.text("stderr")
+    assert broken.done["error"] == "compilation failed"
+    assert " --> main.rs:1:15\n" in stderr, stderr
+    assert '1 | {let x: i32 = "a";\n' in stderr, stderr
+    assert "fn main" not in stderr and "Box<dyn" not in stderr, stderr
+    # A later line, a panic's place, a warning: the cell's own lines and text.
+    warned = rs.run("let a = 1;\nlet unused = 2;\nprintln!(\"{}\", a);", timeout=60)
+    assert warned.text() == "1\n"
+    assert " --> main.rs:2:5\n" in warned.text("stderr"), warned.text("stderr")
+    assert "2 | let unused = 2;\n" in warned.text("stderr"), warned.text("stderr")
+    panics = rs.run('let v: Vec<i32> = vec![1];\nprintln!("{}", v[5]);', timeout=60)
+    assert panics.done["exit_code"] == 101, panics.done
+    assert "main.rs:2:" in panics.text("stderr"), panics.text("stderr")
+    # An error about main's return type: the wrapper, where rustc shows it, is in a file
+    # of its own, not the cell's.
+    returned = rs.run("return;", timeout=60).text("stderr")
+    assert "1 | {return;\n" in returned, returned
+    assert "fn main" not in returned or " ws_snippet.rs:1:" in returned, returned
+
+
 def test_rust_snippet_keeps_its_shebang_line_first(rs: AgentDriver) -> None:
     """rustc takes a shebang only as the first line: the wrapper opens after it (it was a
     syntax error once wrapped), and the line numbers still hold. ``#![`` is an attribute."""
