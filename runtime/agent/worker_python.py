@@ -295,13 +295,34 @@ def _report_exception(exc: BaseException) -> str:
     return summary
 
 
-def _run(code: "types.CodeType", glb: "dict[str, Any]") -> "Any":
-    result = eval(code, glb)
-    if code.co_flags & CO_COROUTINE:
-        if _state.loop is None:
-            _state.loop = _import_stdlib("asyncio").new_event_loop()
-        result = _state.loop.run_until_complete(result)
-    return result
+def _run(body: "types.CodeType | None", last: "types.CodeType | None",
+         glb: "dict[str, Any]") -> "Any":
+    """Run a cell's statements (``body``), then its last expression (``last``), in ``glb``;
+    return the expression's value (``None`` without one).
+
+    A cell with a top-level ``await`` anywhere runs whole inside the worker's event loop, as
+    in IPython: statements before the ``await`` can use the running loop
+    (``task = asyncio.create_task(work())`` then ``await task``). A cell without one runs
+    with no loop running, so that ``asyncio.run()`` works in it.
+    """
+    if not any(code is not None and code.co_flags & CO_COROUTINE for code in (body, last)):
+        if body is not None:
+            eval(body, glb)
+        return None if last is None else eval(last, glb)
+    if _state.loop is None:
+        _state.loop = _import_stdlib("asyncio").new_event_loop()
+    return _state.loop.run_until_complete(_run_async(body, last, glb))
+
+
+async def _run_async(body: "types.CodeType | None", last: "types.CodeType | None",
+                     glb: "dict[str, Any]") -> "Any":
+    value = None
+    for code in (body, last):
+        if code is not None:
+            value = eval(code, glb)
+            if code.co_flags & CO_COROUTINE:
+                value = await value
+    return value
 
 
 def _display(kind: str, data: dict[str, str]) -> None:
@@ -647,13 +668,15 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
             tree.body.pop()
             last = _ast.Expression(tail.value)
         flags = _ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-        if tree.body:  # a lone expression leaves nothing to run here
-            _run(compile(tree, filename, "exec", flags=flags, dont_inherit=True), glb)
-        if last is not None:
-            value = _run(compile(last, filename, "eval", flags=flags, dont_inherit=True), glb)
-            if value is not None:
-                glb["_"] = value
-                _display_value(value)
+        value = _run(
+            # A lone expression leaves no statements.
+            compile(tree, filename, "exec", flags=flags, dont_inherit=True) if tree.body else None,
+            None if last is None else compile(last, filename, "eval", flags=flags,
+                                              dont_inherit=True),
+            glb)
+        if value is not None:
+            glb["_"] = value
+            _display_value(value)
     except SystemExit as exc:
         _state.running = False
         status, error, exit_code = _exit_status(exc)

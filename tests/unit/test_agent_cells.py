@@ -1020,6 +1020,34 @@ def test_top_level_await(py: AgentDriver) -> None:
     assert result.displays[0]["data"]["text/plain"] == "'awaited'"
 
 
+@pytest.mark.parametrize(("code", "shown"), [
+    # The await is the last line: the statements before it ran with no loop running.
+    ("import asyncio\nasync def work():\n    await asyncio.sleep(0.01)\n    return 'done'\n"
+     "task = asyncio.create_task(work())\nawait task", "'done'"),
+    ("import asyncio\nfut = asyncio.get_running_loop().create_future()\n"
+     "fut.get_loop().call_later(0.01, fut.set_result, 7)\nawait fut", "7"),
+    ("import asyncio\nasync def tick():\n    return 1\nt = asyncio.create_task(tick())\n"
+     "await asyncio.sleep(0.01)\nt.result()", "1"),
+])
+def test_a_cell_with_an_await_runs_whole_in_the_event_loop(py: AgentDriver, code: str,
+                                                           shown: str) -> None:
+    """As in IPython (a review of model-written cells: ``RuntimeError: no running event
+    loop`` at ``create_task``, and ``task`` was left undefined for every later cell)."""
+    result = py.run(code)
+    assert_success(result)
+    assert result.displays[0]["data"]["text/plain"] == shown
+    assert result.text("stderr") == ""
+
+
+def test_a_cell_without_await_runs_with_no_loop_running(py: AgentDriver) -> None:
+    """``asyncio.run()`` refuses to run inside a running loop: a cell with no top-level
+    ``await`` runs outside it, even after cells that awaited."""
+    assert_success(py.run("import asyncio\nawait asyncio.sleep(0)"))
+    result = py.run("async def main():\n    return 'ran'\nasyncio.run(main())")
+    assert_success(result)
+    assert result.displays[0]["data"]["text/plain"] == "'ran'"
+
+
 # ------------------------------------------------------------------------------- javascript
 
 
