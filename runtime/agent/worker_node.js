@@ -1,4 +1,4 @@
-// JavaScript worker for the ws_sandbox agent: one persistent `vm` context, REPL-like cells.
+// JavaScript worker for the ws_sandbox agent: cells run in Node's main context, REPL-like.
 //
 // Started by the agent as `node worker_node.js CTL_IN CTL_OUT`. Cells arrive on CTL_IN as JSON
 // lines {"code": "..."}, each maybe followed by {"t": "interrupt"}, the mark the agent writes
@@ -6,6 +6,10 @@
 // `done`. stdout/stderr are pipes, which Node writes synchronously on Linux, so everything a
 // cell printed is in the pipe before its `done` is written.
 'use strict';
+
+// The builtins this worker uses, as they were at its start: cells run in the same realm (below)
+// and may assign globals of these names (`var JSON = ...` is a property of the global object).
+const { Error, JSON, Object, Promise, Set, String, SyntaxError, process } = globalThis;
 
 const fs = require('fs');
 const net = require('net');
@@ -37,25 +41,17 @@ for (const stream of [process.stdout, process.stderr]) {
   }
 }
 
-// --- the user's context ------------------------------------------------------------------
-const userConsole = new Console({ stdout: process.stdout, stderr: process.stderr });
-const sandbox = {
-  console: userConsole,
-  require: createRequire(path.join(process.cwd(), '[cell]')),
-  module: { exports: {} },
-  process,
-  Buffer,
-};
-for (const name of [
-  'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'setImmediate',
-  'clearImmediate', 'queueMicrotask', 'structuredClone', 'URL', 'URLSearchParams',
-  'TextEncoder', 'TextDecoder', 'AbortController', 'AbortSignal', 'Event', 'EventTarget',
-  'atob', 'btoa', 'performance', 'fetch', 'crypto', 'Blob', 'MessageChannel',
-]) {
-  if (name in globalThis) sandbox[name] = globalThis[name];
-}
-const context = vm.createContext(sandbox, { name: 'ws_sandbox' });
-sandbox.global = vm.runInContext('globalThis', context);
+// --- the user's globals ------------------------------------------------------------------
+// Cells run in Node's main context, as in Node's REPL: a context of their own has builtins of
+// its own, so an object Node made (an array from `fs.readdirSync`, an error `fs` throws, what
+// `structuredClone` returns) failed `instanceof Array` or `instanceof Error` in a cell, and
+// `catch (e) { if (e instanceof Error) ... }` took the wrong branch. The worker's own names are
+// its module's, out of the cells' reach. Security is the sandbox's, not this worker's.
+const userRequire = createRequire(path.join(process.cwd(), '[cell]'));
+globalThis.require = userRequire;
+globalThis.module = { exports: {} };
+globalThis.exports = globalThis.module.exports;
+globalThis.console = new Console({ stdout: process.stdout, stderr: process.stderr });
 
 // --- errors ------------------------------------------------------------------------------
 // The frame of the async function a cell with top-level `await` runs in (its `})()`, the
@@ -348,18 +344,17 @@ function importEdits(code, stmt, edits, hoisted) {
   edits.push([stmt.start, stmt.end, `${text};${lineBreaks(code, stmt)}`, OPEN]);
 }
 
-// The names a cell declares at its top level (its functions' aside) are lexical bindings of
-// the context, each declared by a script of its own (`let x;`) before the first cell that
-// declares it runs; the cell's declarations become assignments to them. A lexical global is
-// read and written at full speed, where a property of a vm context's global object goes
-// through its interceptors, 100 to 200 times slower: a loop over a top-level `var` took
-// seconds. Declared by a script of its own, a binding is always initialized (one that a
-// cell declared itself stayed in the temporal dead zone for good if the cell threw before
-// its `let`). A name that cannot be one (a function of an earlier cell, a global the
-// context has) stays a property of the global object, assigned the same way.
+// The names a cell declares at its top level (its functions' aside) are lexical globals,
+// each declared by a script of its own (`let x;`) before the first cell that declares it
+// runs; the cell's declarations become assignments to them. A lexical global is read and
+// written at full speed (when cells ran in a vm context of their own, a property of its
+// global object went through interceptors, 100 to 200 times slower: a loop over a
+// top-level `var` took seconds). Declared by a script of its own, a binding is always
+// initialized (one that a cell declared itself stayed in the temporal dead zone for good if
+// the cell threw before its `let`). A name that cannot be one (a function of an earlier
+// cell, a global Node has) stays a property of the global object, assigned the same way.
 const lexicalNames = new Set();
-const isGlobalProperty = vm.runInContext(
-  '(name) => Object.prototype.hasOwnProperty.call(globalThis, name)', context);
+const isGlobalProperty = (name) => Object.prototype.hasOwnProperty.call(globalThis, name);
 
 // Called once V8 has accepted the rewritten cell, before it runs. A name the global object
 // already has (`require`, `console`, a builtin, `x = 5` of an earlier cell) is left to it: a
@@ -368,7 +363,7 @@ function declareLexical(names) {
   const fresh = [...new Set(names)].filter(
     (name) => !lexicalNames.has(name) && !isGlobalProperty(name));
   if (!fresh.length) return;
-  const declare = (list) => vm.runInContext(`let ${list.join(', ')};`, context);
+  const declare = (list) => vm.runInThisContext(`let ${list.join(', ')};`);
   try {
     declare(fresh);
     for (const name of fresh) lexicalNames.add(name);
@@ -503,7 +498,7 @@ function importModuleDynamically(specifier) {
       !builtinModules.includes(specifier)) {
     let resolved = null;
     try {
-      resolved = sandbox.require.resolve(specifier);
+      resolved = userRequire.resolve(specifier);
     } catch (err) {
       /* let import() report it */
     }
@@ -581,7 +576,7 @@ async function runCell(code) {
   try {
     const compiled = compile(code, filename);
     valueless = Boolean(compiled.valueless);
-    value = compiled.script.runInContext(context, { breakOnSigint: true, displayErrors: false });
+    value = compiled.script.runInThisContext({ breakOnSigint: true, displayErrors: false });
     if (value !== null && (typeof value === 'object' || typeof value === 'function') &&
         typeof value.then === 'function') {
       let interrupted = false;

@@ -12,6 +12,7 @@ import _ast
 import _thread
 import binascii
 import builtins
+import errno
 import io
 import math
 import os
@@ -586,15 +587,43 @@ MISSING_MODULE_NOTE = ("Packages cannot be installed here: there is no network a
                        " Installed: the standard library, numpy, pandas, matplotlib, PIL and"
                        " tqdm.")
 NO_INPUT_NOTE = "There is no input here: stdin is at its end, so put the values in the code."
+NO_NETWORK_NOTE = ("There is no network here: host names do not resolve and nothing outside the"
+                   " sandbox can be reached.")
+
+
+def _is_no_network(exc: BaseException) -> bool:
+    """Whether ``exc`` comes of the sandbox having no network: a name that did not resolve
+    (``socket.gaierror``) or a network out of reach, on its own or as the cause of what a
+    library raised (``urllib``'s ``URLError``, ``requests``' ``ConnectionError``)."""
+    socket = sys.modules.get("socket")  # not imported: no name was looked up
+    todo: list[object] = [exc]
+    seen: set[int] = set()
+    try:
+        while todo and len(seen) < 32:
+            err = todo.pop()
+            if not isinstance(err, BaseException) or id(err) in seen:
+                continue
+            seen.add(id(err))
+            if socket is not None and isinstance(err, socket.gaierror):
+                return True
+            if isinstance(err, OSError) and err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                return True
+            # URLError and urllib3's MaxRetryError keep what failed as their reason.
+            todo += [err.__cause__, err.__context__, getattr(err, "reason", None)]
+    except Exception:  # the user's exception class misbehaves: no note
+        return False
+    return False
 
 
 def _add_hint(exc: BaseException) -> None:
-    """A note on what a model-written cell cannot do here: install a missing package, or
-    read input. Only on the exceptions that say so, once."""
+    """A note on what a model-written cell cannot do here: install a missing package, read
+    input, or reach the network. Only on the exceptions that say so, once."""
     if isinstance(exc, ModuleNotFoundError) and exc.name and "." not in exc.name:
         note = MISSING_MODULE_NOTE
     elif isinstance(exc, EOFError) and exc.args == ("EOF when reading a line",):
         note = NO_INPUT_NOTE
+    elif _is_no_network(exc):
+        note = NO_NETWORK_NOTE
     else:
         return
     notes = getattr(exc, "__notes__", None)
@@ -602,9 +631,23 @@ def _add_hint(exc: BaseException) -> None:
         exc.add_note(note)
 
 
-MAGIC_NOTE = ("IPython magics (%...) and shell escapes (!...) are not available here: cells"
-              " are plain Python. Run commands with subprocess, or in a shell session;"
-              " there is no network for pip.")
+MAGIC_NOTE = ("IPython magics (%...), shell escapes (!...) and help (x?) are not available"
+              " here: cells are plain Python. Run commands with subprocess, or in a shell"
+              " session; help(x) works; there is no network for pip.")
+
+
+def _is_ipython_syntax(line: str) -> bool:
+    """Whether a line that is not Python is IPython's: a magic (``%time f()``), a shell
+    escape (``!ls``) or one assigned (``files = !ls``), or help (``x?``, ``np.sum??``,
+    ``?x``)."""
+    line = line.strip()
+    if line.startswith(("%", "!", "?")) or (line.endswith("?") and not line.startswith("#")):
+        return True
+    target, equals, value = line.partition("=")
+    names = target.replace(",", " ").split()
+    return (bool(equals) and bool(names) and not value.startswith("=")
+            and value.lstrip().startswith(("!", "%"))
+            and all(part.isidentifier() for name in names for part in name.split(".")))
 
 
 def _parse(code: str, filename: str) -> "_ast.Module":
@@ -628,7 +671,7 @@ def _parse(code: str, filename: str) -> "_ast.Module":
                 end = "\n" if line.endswith("\n") else ""
                 lines[at] = line[: len(line) - len(stripped)] + "pass" + end
                 continue
-            if stripped.startswith(("%", "!")):
+            if _is_ipython_syntax(line):
                 exc.add_note(MAGIC_NOTE)
             raise
 

@@ -38,6 +38,8 @@ __ws_exiting() {
 }
 trap __ws_exiting EXIT
 trap __ws_failed=1 ERR
+__ws_last=0  # the last cell's status: the next one's `$?` (cell.bash)
+__ws_status() { return "$1"; }
 printf '{"t":"ready"}\n' >&"$__ws_out" || exit 70
 while :; do
     IFS= read -r -d '' -u "$__ws_in" __ws_code
@@ -56,6 +58,7 @@ while :; do
     . "$__ws_cell"
     __ws_rc=$?
     __ws_running=0
+    __ws_last=$__ws_rc
     if (( __ws_intr )); then __ws_st=interrupted; elif (( __ws_rc == 0 )); then __ws_st=success; else __ws_st=error; fi
     printf '{"t":"done","status":"%s","exit_code":%d,"error":null}\n' "$__ws_st" "$__ws_rc" >&"$__ws_out" || exit 70
 done

@@ -424,12 +424,46 @@ def test_python_magics_fail_with_a_note_and_matplotlib_inline_is_ignored(
     assert_success(ok)
     assert ok.text() == ""
     assert [f["data"]["text/plain"] for f in ok.frames if f["t"] == "display"] == ["42"]
-    for code in ("!pip install requests", "x = 1\n%timeit x + 1"):
+    # Help and an assigned shell escape got a bare SyntaxError (a second review).
+    for code in ("!pip install requests", "x = 1\n%timeit x + 1", "files = !ls -la",
+                 "a, b.c = %sx ls", "x = 1\nx?", "len??", "?len"):
         failed = py.run(code)
         assert failed.done["status"] == "error", code
-        assert failed.done["error"].startswith("SyntaxError: invalid syntax (IPython magics")
-        assert "IPython magics (%...) and shell escapes (!...) are not available" in (
-            failed.text("stderr"))
+        assert failed.done["error"].startswith("SyntaxError: invalid syntax (IPython magics"), (
+            code, failed.done)
+        assert ("IPython magics (%...), shell escapes (!...) and help (x?) are not available"
+                in failed.text("stderr")), code
+    # Not IPython's: no note.
+    for code in ("x = 1 +", "if x == !1: pass", "# what?\n)"):
+        failed = py.run(code)
+        assert failed.done["status"] == "error", code
+        assert "IPython" not in failed.text("stderr"), (code, failed.text("stderr"))
+
+
+@pytest.mark.parametrize("code", [
+    "import socket\nsocket.getaddrinfo('no-such-host.invalid', 80)",
+    "import urllib.request\nurllib.request.urlopen('http://no-such-host.invalid/', timeout=5)",
+    # Raised by a library from what failed, as requests and httpx do.
+    "import socket\ntry:\n    socket.getaddrinfo('no-such-host.invalid', 80)\n"
+    "except OSError as e:\n    raise RuntimeError('could not fetch') from e",
+    "import errno\nraise OSError(errno.ENETUNREACH, 'Network is unreachable')",
+])
+def test_python_no_network_errors_say_there_is_no_network(py: AgentDriver, code: str) -> None:
+    """A model's first fetch failed with 30 lines ending in "Temporary failure in name
+    resolution" (a review of model-written cells)."""
+    result = py.run(code)
+    assert result.done["status"] == "error"
+    assert "There is no network here" in result.text("stderr"), result.text("stderr")
+    assert "There is no network here" in result.done["error"]
+
+
+def test_python_other_errors_get_no_network_note(py: AgentDriver) -> None:
+    for code in ("raise ConnectionRefusedError(111, 'refused')", "open('/no/such/file')",
+                 "class Odd(Exception):\n    @property\n    def __cause__(self):\n"
+                 "        raise ValueError\nraise Odd('x')"):
+        result = py.run(code)
+        assert result.done["status"] == "error" and not result.done["restarted"], code
+        assert "network" not in result.text("stderr"), (code, result.text("stderr"))
 
 
 def test_python_exception_notes_follow_the_message_in_the_error(py: AgentDriver) -> None:
@@ -1360,6 +1394,37 @@ def test_js_a_rejection_handled_in_the_same_cell_is_no_error(js: AgentDriver) ->
     assert result.text() == "handled caught\n" and result.text("stderr") == ""
 
 
+def test_js_objects_node_makes_are_instances_of_the_cells_builtins(js: AgentDriver) -> None:
+    """Cells ran in a vm context of their own, whose builtins are not Node's: an array from
+    ``fs``, an error ``fs`` throws, a ``structuredClone`` failed ``instanceof`` (a review of
+    model-written cells: ``catch (e) { if (e instanceof Error) ... }`` took the wrong
+    branch). They run in Node's main context now, as in Node's REPL."""
+    result = js.run(
+        "const fs = require('fs');\n"
+        "let thrown;\ntry { fs.readFileSync('/no/such/file'); } catch (e) { thrown = e; }\n"
+        "[fs.readdirSync('/') instanceof Array, thrown instanceof Error,\n"
+        " structuredClone(new Date(0)) instanceof Date,\n"
+        " structuredClone({}).constructor === Object,\n"
+        " fs.promises.stat('/') instanceof Promise, Buffer.alloc(1) instanceof Uint8Array,\n"
+        " require('events').once(new (require('events'))(), 'x') instanceof Promise].join(' ')")
+    assert_success(result)
+    assert result.displays[0]["data"]["text/plain"] == "'" + " ".join(["true"] * 7) + "'"
+
+
+def test_js_globals_a_cell_assigns_do_not_break_the_worker(js: AgentDriver) -> None:
+    """In the main context a cell's ``var JSON`` or ``var process`` is the global object's
+    own: the worker keeps the builtins it had at its start."""
+    for code in ("var JSON = 5; var Promise = 0; var process = 3; var Object = null",
+                 "var Error = 1; var String = 2; var Set = 4"):
+        assert_success(js.run(code))
+    after = js.run("console.log('printed'); [JSON, process]")
+    assert_success(after)
+    assert after.text() == "printed\n"
+    assert after.displays[0]["data"]["text/plain"] == "[ 5, 3 ]"
+    failed = js.run("await 1; throw new TypeError('still reported')")
+    assert failed.done["error"] == "TypeError: still reported", failed.done
+
+
 @pytest.mark.parametrize("code", [
     "const rl = require('readline/promises').createInterface({ input: process.stdin });\n"
     "const answer = await rl.question('name? ');\nconsole.log('hello', answer)",
@@ -1480,6 +1545,18 @@ def test_shell_aliases_work_in_later_cells(sh: AgentDriver) -> None:
     found")."""
     assert_success(sh.run("alias greet='echo hello'"))
     assert sh.run("greet world").text() == "hello world\n"
+
+
+def test_shell_dollar_question_is_the_last_cells_status(sh: AgentDriver) -> None:
+    """As in a terminal: ``false``, then ``echo $?`` in the next cell, prints 1 (it printed
+    0: a review of model-written cells)."""
+    sh.run("kept=yes")
+    for code, printed in (("false", None), ("echo $?", "1\n"), ("echo $?", "0\n"),
+                          ("(exit 7)", None), ("echo $?; echo $kept", "7\nyes\n")):
+        result = sh.run(code)
+        assert result.done["restarted"] is False, (code, result.done)
+        if printed is not None:
+            assert result.text() == printed, (code, result.done)
 
 
 def test_shell_exit_code_of_last_command(sh: AgentDriver) -> None:
