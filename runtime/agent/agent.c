@@ -36,9 +36,9 @@
  *   137, error "the interpreter was restarted", restarted true.
  *
  * Known differences from agent.py (none visible to a well-behaved worker or service):
- * - Within one wait, the worker's control pipe is read before its output pipes (agent.py
- *   follows epoll's readiness order), so a `display` read in the same wait as output written
- *   just before it may be sent before that output.
+ * - Before a `display` of the running cell, what the output pipes hold is forwarded (the
+ *   worker wrote it first; agent.py follows epoll's readiness order, which may send the
+ *   display first).
  * - Python's repr() of values in error texts about a misbehaving worker decides which
  *   non-ASCII characters are printable without Unicode's tables (an approximation).
  * - Integers are saturated at 64 bits where the agent computes with them (max_output_bytes,
@@ -2432,6 +2432,31 @@ static void worker_broken(const char *why) {
 static void maybe_ready(void);
 static void start_cell(Exec *e);
 
+/* Forward what the output pipes hold now, before a display of the running cell: the worker
+ * wrote it before the display, but within one wait the control pipe is read first, so a
+ * cell's print came after its value at times (`print('x'); 'value'`). Only what is there now
+ * (a background job may never stop writing), and the decoder keeps a partial character. */
+static void forward_output_first(void) {
+    Stream *ss;
+    size_t ns = streams_of(&ss);
+    bool has_data[2] = {false, false};
+    streams_with_data(ss, ns, has_data);
+    for (size_t i = 0; i < ns && i < 2; i++) {
+        Stream *s = &ss[i];
+        if (!has_data[i] || s->eof) continue;
+        if (A.in_batch) s->handled = true; /* read here: its own callback in this wait is not */
+        size_t got;
+        read_stream(s, MAX_TEXT_CHUNK, &got);
+        long pending = got == MAX_TEXT_CHUNK ? pending_bytes(s->fd) : 0;
+        while (pending > 0 && !s->eof) {
+            size_t want = (size_t)pending < MAX_TEXT_CHUNK ? (size_t)pending : MAX_TEXT_CHUNK;
+            read_stream(s, want, &got);
+            if (got == 0) break;
+            pending -= (long)got;
+        }
+    }
+}
+
 static void on_display(Body *msg, Buf *err) {
     Cell *cell = A.cell ? A.cell : A.last_cell;
     JVal *kind = jobj_get(&msg->obj, "kind");
@@ -2441,6 +2466,7 @@ static void on_display(Body *msg, Buf *err) {
         buf_adds(err, "invalid display message");
         return;
     }
+    if (A.cell) forward_output_first();
     /* The data object's members: first-seen key order, last value, only str: str. */
     JObj o = {0};
     Buf perr = {0};

@@ -327,6 +327,9 @@ async def _run_async(body: "types.CodeType | None", last: "types.CodeType | None
 
 
 def _display(kind: str, data: dict[str, str]) -> None:
+    # What the cell printed first is in the pipes before its display (a user's buffered
+    # stream, a wrapper such as tqdm's): the agent forwards it first.
+    _flush_std()
     _send({"t": "display", "kind": kind, "data": data})
 
 
