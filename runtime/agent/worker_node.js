@@ -58,7 +58,35 @@ globalThis.console = new Console({ stdout: process.stdout, stderr: process.stder
 // line after the cell's last), as `cell-N:L:`: not a line the user wrote.
 let wrapperFrame = null;
 
+// An error that comes of the sandbox having no network (a name that does not resolve, a
+// network out of reach), itself or as the cause of what a library threw (`fetch` throws
+// "TypeError: fetch failed" and keeps the reason as its cause) gets a note that says so.
+const NO_NETWORK_CODES = new Set(['EAI_AGAIN', 'ENOTFOUND', 'ENETUNREACH', 'EHOSTUNREACH']);
+const NO_NETWORK_NOTE = 'There is no network here: host names do not resolve and nothing ' +
+  'outside the sandbox can be reached.';
+
+// The note for err, with what failed when it is err's cause; '' when err is another error.
+function networkNote(err) {
+  try {
+    let e = err;
+    for (let depth = 0; depth < 8 && e !== null && typeof e === 'object'; depth++) {
+      if (NO_NETWORK_CODES.has(e.code)) {
+        return e === err ? NO_NETWORK_NOTE : `${String(e.message)}. ${NO_NETWORK_NOTE}`;
+      }
+      e = e.cause;
+    }
+  } catch (e) {
+    /* a getter of the user's threw: no note */
+  }
+  return '';
+}
+
 function userStack(err) {
+  const note = networkNote(err);
+  return stackOf(err) + (note ? `\n${note}` : '');
+}
+
+function stackOf(err) {
   if (err instanceof Error || (err && typeof err.stack === 'string')) {
     const lines = String(err.stack).split('\n');
     // Drop frames of this worker and of Node's internals: the user did not write them.
@@ -79,7 +107,8 @@ const MAX_ERROR_CHARS = 4096;
 
 function errorSummary(err) {
   if (err && typeof err === 'object' && 'name' in err && 'message' in err) {
-    return `${err.name}: ${err.message}`.slice(0, MAX_ERROR_CHARS);
+    const note = networkNote(err);
+    return `${err.name}: ${err.message}${note ? ` (${note})` : ''}`.slice(0, MAX_ERROR_CHARS);
   }
   return 'Uncaught ' + util.inspect(err, { depth: 1 }).slice(0, 500);
 }

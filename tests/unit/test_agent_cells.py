@@ -1415,6 +1415,35 @@ def test_js_a_rejection_handled_in_the_same_cell_is_no_error(js: AgentDriver) ->
     assert result.text() == "handled caught\n" and result.text("stderr") == ""
 
 
+@pytest.mark.parametrize(("code", "summary"), [
+    ("await fetch('http://no-such-host.invalid/')",
+     "TypeError: fetch failed (getaddrinfo ENOTFOUND no-such-host.invalid. There is no network"),
+    ("await require('dns').promises.lookup('no-such-host.invalid')",
+     "Error: getaddrinfo ENOTFOUND no-such-host.invalid (There is no network"),
+    ("require('http').get('http://no-such-host.invalid/');\n"
+     "await new Promise((r) => setTimeout(r, 2000))",
+     "Uncaught Error: getaddrinfo ENOTFOUND no-such-host.invalid (There is no network"),
+])
+def test_js_no_network_errors_say_there_is_no_network(js: AgentDriver, code: str,
+                                                      summary: str) -> None:
+    """``fetch`` said only "TypeError: fetch failed": its reason is its cause (a review of
+    model-written cells)."""
+    result = js.run(code, timeout=20)
+    assert result.done["status"] == "error"
+    assert result.done["error"].startswith(summary), result.done["error"]
+    assert "There is no network here" in result.text("stderr"), result.text("stderr")
+
+
+def test_js_other_errors_get_no_network_note(js: AgentDriver) -> None:
+    for code in ("throw new Error('plain')",
+                 "const e = new Error('x');\n"
+                 "Object.defineProperty(e, 'cause', { get() { throw e; } });\nthrow e",
+                 "throw Object.assign(new Error('refused'), { code: 'ECONNREFUSED' })"):
+        result = js.run(code)
+        assert result.done["status"] == "error" and not result.done["restarted"], code
+        assert "network" not in result.text("stderr") + result.done["error"], code
+
+
 def test_js_objects_node_makes_are_instances_of_the_cells_builtins(js: AgentDriver) -> None:
     """Cells ran in a vm context of their own, whose builtins are not Node's: an array from
     ``fs``, an error ``fs`` throws, a ``structuredClone`` failed ``instanceof`` (a review of
