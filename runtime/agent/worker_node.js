@@ -9,7 +9,29 @@
 
 // The builtins this worker uses, as they were at its start: cells run in the same realm (below)
 // and may assign globals of these names (`var JSON = ...` is a property of the global object).
-const { Error, JSON, Object, Promise, Set, String, SyntaxError, process } = globalThis;
+const {
+  Array, Boolean, Error, JSON, Number, Object, Promise, Set, String, SyntaxError, process,
+  setImmediate,
+} = globalThis;
+// What the control channel, the frames and the cell's own end run on, taken at the start too:
+// a cell may also change the builtins' methods (`Array.prototype.push = ...`,
+// `Object.prototype.then = ...`, `JSON.stringify = ...`). That breaks the cell's own code,
+// and may break the notebook rewrite (the cell then fails), but never leaves a cell without
+// its `done`, nor gives it another cell's. Frames are objects without a prototype.
+const uncurry = (fn) => Function.prototype.call.bind(fn);
+const ArrayPrototypePush = uncurry(Array.prototype.push);
+const ArrayPrototypeShift = uncurry(Array.prototype.shift);
+const StringPrototypeIndexOf = uncurry(String.prototype.indexOf);
+const StringPrototypeSlice = uncurry(String.prototype.slice);
+const ObjectHasOwn = Object.hasOwn;
+const JSONParse = JSON.parse;
+const JSONStringify = JSON.stringify;
+const PromiseRace = Promise.race.bind(Promise);
+const PromiseResolve = Promise.resolve.bind(Promise);
+
+function frame(fields) {
+  return Object.assign(Object.create(null), fields);
+}
 
 const fs = require('fs');
 const net = require('net');
@@ -19,6 +41,7 @@ const vm = require('vm');
 const { Console } = require('console');
 const { builtinModules, createRequire } = require('module');
 const { pathToFileURL } = require('url');
+const writeSync = fs.writeSync;
 
 const CTL_IN = Number(process.argv[2]);
 const CTL_OUT = Number(process.argv[3]);
@@ -27,7 +50,7 @@ const WORKER_FILE = __filename;
 
 function send(obj) {
   try {
-    fs.writeSync(CTL_OUT, JSON.stringify(obj) + '\n');
+    writeSync(CTL_OUT, JSONStringify(obj) + '\n');
   } catch (e) {
     process.exit(70);
   }
@@ -622,7 +645,7 @@ async function runCell(code) {
       });
       ctl.unref(); // see onStalled
       try {
-        value = await Promise.race([Promise.resolve(value), stop]);
+        value = await PromiseRace([PromiseResolve(value), stop]);
       } finally {
         ctl.ref();
         cancelWait = null;
@@ -630,20 +653,20 @@ async function runCell(code) {
       }
       if (interrupted) {
         process.stderr.write('Interrupted\n');
-        return { t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' };
+        return frame({ t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' });
       }
       if (stalled) {
         process.stderr.write(`${STALLED}\n`);
-        return { t: 'done', status: 'error', exit_code: 13, error: STALLED };
+        return frame({ t: 'done', status: 'error', exit_code: 13, error: STALLED });
       }
     }
   } catch (err) {
     if (isInterrupt(err)) {
       process.stderr.write('Interrupted\n');
-      return { t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' };
+      return frame({ t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' });
     }
     printError(err);
-    return { t: 'done', status: 'error', exit_code: 1, error: errorSummary(err) };
+    return frame({ t: 'done', status: 'error', exit_code: 1, error: errorSummary(err) });
   }
   if (value !== undefined && !valueless) {
     let text;
@@ -653,9 +676,9 @@ async function runCell(code) {
       text = String(value);
     }
     if (text.length > MAX_REPR_CHARS) text = text.slice(0, MAX_REPR_CHARS) + '…';
-    send({ t: 'display', kind: 'execute_result', data: { 'text/plain': text } });
+    send(frame({ t: 'display', kind: 'execute_result', data: frame({ 'text/plain': text }) }));
   }
-  return { t: 'done', status: 'success', exit_code: 0, error: null };
+  return frame({ t: 'done', status: 'success', exit_code: 0, error: null });
 }
 
 // A cell that awaits what nothing can ever settle (`await rl.question(...)` with no input, a
@@ -680,12 +703,12 @@ async function pump() {
   if (busy) return;
   busy = true;
   while (queue.length > 0) {
-    const cell = queue.shift();
+    const cell = ArrayPrototypeShift(queue);
     let done;
     try {
       if (cell.interrupted) {
         process.stderr.write('Interrupted\n');
-        done = { t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' };
+        done = frame({ t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' });
       } else {
         cellFailure = null;
         cellRunning = true;
@@ -695,12 +718,15 @@ async function pump() {
       }
     } catch (err) {
       printError(err);
-      done = { t: 'done', status: 'error', exit_code: 1, error: errorSummary(err) };
+      done = frame({ t: 'done', status: 'error', exit_code: 1, error: errorSummary(err) });
     } finally {
       cellRunning = false;
     }
     if (cellFailure !== null && done.status === 'success') {
-      done = { t: 'done', status: 'error', exit_code: 1, error: cellFailure.slice(0, MAX_ERROR_CHARS) };
+      done = frame({
+        t: 'done', status: 'error', exit_code: 1,
+        error: StringPrototypeSlice(cellFailure, 0, MAX_ERROR_CHARS),
+      });
     }
     cellFailure = null;
     send(done);
@@ -714,25 +740,29 @@ ctl.setEncoding('utf8');
 ctl.on('data', (chunk) => {
   pending += chunk;
   let nl;
-  while ((nl = pending.indexOf('\n')) >= 0) {
-    const line = pending.slice(0, nl);
-    pending = pending.slice(nl + 1);
+  while ((nl = StringPrototypeIndexOf(pending, '\n')) >= 0) {
+    const line = StringPrototypeSlice(pending, 0, nl);
+    pending = StringPrototypeSlice(pending, nl + 1);
     let msg;
     try {
-      msg = JSON.parse(line);
+      msg = JSONParse(line);
     } catch (e) {
       continue;
     }
-    if (msg && msg.t === 'interrupt') {
+    // Own fields only: a cell's `Object.prototype.t = 'interrupt'` is not the agent's word.
+    const field = (key) => (msg !== null && typeof msg === 'object' && ObjectHasOwn(msg, key)
+      ? msg[key] : undefined);
+    if (field('t') === 'interrupt') {
       if (queue.length > 0) queue[queue.length - 1].interrupted = true;
       else if (cancelWait) cancelWait();
       continue;
     }
-    queue.push({ code: String(msg && msg.code !== undefined ? msg.code : ''), interrupted: false });
+    const code = field('code');
+    ArrayPrototypePush(queue, frame({ code: code !== undefined ? String(code) : '', interrupted: false }));
   }
   pump();
 });
 ctl.on('end', () => process.exit(0));
 ctl.on('error', () => process.exit(0));
 
-send({ t: 'ready' });
+send(frame({ t: 'ready' }));

@@ -225,8 +225,16 @@ def _flush_std() -> None:
 
 
 def _user_traceback(exc: BaseException) -> "types.TracebackType | None":
+    """The traceback from the cell's first frame: the worker's frames before it, and the
+    event loop's that run a cell with a top-level ``await``, are not the user's."""
+    loop_file = getattr(sys.modules.get("asyncio"), "__file__", None)
+    loop_dir = os.path.dirname(loop_file) + os.sep if isinstance(loop_file, str) else None
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == WORKER_FILE:
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not (filename == WORKER_FILE
+                or (loop_dir is not None and filename.startswith(loop_dir))):
+            break
         tb = tb.tb_next
     return tb
 
@@ -613,7 +621,7 @@ def _is_no_network(exc: BaseException) -> bool:
                 return True
             # URLError and urllib3's MaxRetryError keep what failed as their reason.
             todo += [err.__cause__, err.__context__, getattr(err, "reason", None)]
-    except Exception:  # the user's exception class misbehaves: no note
+    except BaseException:  # the user's exception class misbehaves (even with SystemExit)
         return False
     return False
 
@@ -644,7 +652,12 @@ def _is_ipython_syntax(line: str) -> bool:
     escape (``!ls``) or one assigned (``files = !ls``), or help (``x?``, ``np.sum??``,
     ``?x``)."""
     line = line.strip()
-    if line.startswith(("%", "!", "?")) or (line.endswith("?") and not line.startswith("#")):
+    if line.startswith(("%", "!")):
+        return True
+    # Help: a name, dotted or not, with one or two question marks before or after it.
+    name = line.lstrip("?") if line.startswith("?") else line.rstrip("?")
+    if 0 < len(line) - len(name) <= 2 and name and all(
+            part.isidentifier() for part in name.split(".")):
         return True
     target, equals, value = line.partition("=")
     names = target.replace(",", " ").split()

@@ -434,7 +434,8 @@ def test_python_magics_fail_with_a_note_and_matplotlib_inline_is_ignored(
         assert ("IPython magics (%...), shell escapes (!...) and help (x?) are not available"
                 in failed.text("stderr")), code
     # Not IPython's: no note.
-    for code in ("x = 1 +", "if x == !1: pass", "# what?\n)"):
+    for code in ("x = 1 +", "if x == !1: pass", "# what?\n)", 'print("Really?',
+                 "x = (1 +  # why?", "x = 1 ?", "a.b()?"):
         failed = py.run(code)
         assert failed.done["status"] == "error", code
         assert "IPython" not in failed.text("stderr"), (code, failed.text("stderr"))
@@ -458,11 +459,20 @@ def test_python_no_network_errors_say_there_is_no_network(py: AgentDriver, code:
 
 
 def test_python_other_errors_get_no_network_note(py: AgentDriver) -> None:
+    """Nor does an exception whose attributes raise, even SystemExit or KeyboardInterrupt
+    (that ended the interpreter, or made the cell interrupted: a review)."""
     for code in ("raise ConnectionRefusedError(111, 'refused')", "open('/no/such/file')",
                  "class Odd(Exception):\n    @property\n    def __cause__(self):\n"
-                 "        raise ValueError\nraise Odd('x')"):
+                 "        raise ValueError\nraise Odd('x')",
+                 "class Odd(Exception):\n    @property\n    def reason(self):\n"
+                 "        raise SystemExit(3)\nraise Odd('x')",
+                 "class Odd(Exception):\n    @property\n    def reason(self):\n"
+                 "        raise KeyboardInterrupt\nraise Odd('x')",
+                 "class Odd(OSError):\n    @property\n    def errno(self):\n"
+                 "        raise SystemExit(4)\nraise Odd('x')"):
         result = py.run(code)
-        assert result.done["status"] == "error" and not result.done["restarted"], code
+        assert result.done["status"] == "error" and not result.done["restarted"], (
+            code, result.done)
         assert "network" not in result.text("stderr"), (code, result.text("stderr"))
 
 
@@ -1094,6 +1104,19 @@ def test_a_cell_with_an_await_runs_whole_in_the_event_loop(py: AgentDriver, code
     assert result.text("stderr") == ""
 
 
+def test_a_cell_with_an_await_shows_only_its_own_frames(py: AgentDriver) -> None:
+    """Its traceback began with the event loop's and the worker's frames (a review)."""
+    result = py.run("import asyncio\nawait asyncio.sleep(0)\n1/0")
+    stderr = result.text("stderr")
+    assert result.done["error"] == "ZeroDivisionError: division by zero"
+    assert "base_events.py" not in stderr and "worker_python" not in stderr, stderr
+    assert 'line 3' in stderr, stderr
+    # Frames of asyncio that the cell called stay.
+    called = py.run("import asyncio\nawait asyncio.wait_for(asyncio.sleep(1), 0.01)")
+    assert "TimeoutError" in called.done["error"], called.done
+    assert "tasks.py" in called.text("stderr"), called.text("stderr")
+
+
 def test_a_cell_without_await_runs_with_no_loop_running(py: AgentDriver) -> None:
     """``asyncio.run()`` refuses to run inside a running loop: a cell with no top-level
     ``await`` runs outside it, even after cells that awaited."""
@@ -1459,6 +1482,35 @@ def test_js_objects_node_makes_are_instances_of_the_cells_builtins(js: AgentDriv
         " require('events').once(new (require('events'))(), 'x') instanceof Promise].join(' ')")
     assert_success(result)
     assert result.displays[0]["data"]["text/plain"] == "'" + " ".join(["true"] * 7) + "'"
+
+
+@pytest.mark.parametrize("change", [
+    "Array.prototype.push = function () { return 0; }",
+    "Array.prototype.shift = () => undefined",
+    "String.prototype.indexOf = () => -1",
+    "JSON.parse = () => { throw 1; }",
+    "JSON.stringify = () => 'x'",
+    "Object.prototype.t = 'interrupt'",
+    "Object.prototype.then = function () {}",
+    "Object.prototype.toJSON = () => 'x'",
+    "var Boolean = 5",
+    "var Array = 5",
+    "var setImmediate = 5",
+])
+def test_js_a_cell_that_changes_builtins_leaves_the_worker_working(
+        js: AgentDriver, change: str) -> None:
+    """Cells share the worker's realm: each of these hung the next cell until its time
+    limit, failed every later cell, or broke the protocol (a review), because the worker
+    ran on the same builtins. Its control channel, frames and statuses no longer do."""
+    assert_success(js.run("var keep = 42"))
+    assert_success(js.run(f"{change}; 1"))
+    after = js.run("keep + 1", timeout=10)
+    assert_success(after)
+    assert after.displays[0]["data"]["text/plain"] == "43"
+    assert after.done["restarted"] is False
+    failed = js.run("Promise.reject(new Error('r')); 1", timeout=10)
+    assert failed.done["error"] == "Uncaught (in promise) Error: r", failed.done
+    assert js.run("keep").done["restarted"] is False
 
 
 def test_js_globals_a_cell_assigns_do_not_break_the_worker(js: AgentDriver) -> None:
