@@ -2082,18 +2082,92 @@ static bool rust_ident_char(unsigned char c) {
            c >= 0x80;
 }
 
-/* Whether a Rust source declares `fn main` (the word `fn`, blanks, the word `main`), in code,
- * a comment or a string alike: a mention outside code only means the source is left as it is,
- * as before. */
+/* Where the Rust token at `i` (a comment, a string or a char literal) ends, or `i` when none
+ * starts there. Comments nest; a string or a comment left open runs to the end. */
+static size_t rust_skip_literal(const char *s, size_t n, size_t i) {
+    if (s[i] == '/' && i + 1 < n && s[i + 1] == '/') {
+        const char *nl = memchr(s + i, '\n', n - i);
+        return nl ? (size_t)(nl - s) + 1 : n;
+    }
+    if (s[i] == '/' && i + 1 < n && s[i + 1] == '*') {
+        size_t depth = 1, j = i + 2;
+        while (j < n && depth > 0) {
+            if (s[j] == '/' && j + 1 < n && s[j + 1] == '*') {
+                depth++;
+                j += 2;
+            } else if (s[j] == '*' && j + 1 < n && s[j + 1] == '/') {
+                depth--;
+                j += 2;
+            } else {
+                j++;
+            }
+        }
+        return j;
+    }
+    if (s[i] == '"') {
+        size_t j = i + 1;
+        while (j < n && s[j] != '"') j += s[j] == '\\' ? 2 : 1;
+        return j < n ? j + 1 : n;
+    }
+    /* r"...", r#"..."# (also after b or c, which the caller passes over as a word's start) */
+    if (s[i] == 'r' && i + 1 < n && (s[i + 1] == '"' || s[i + 1] == '#')) {
+        size_t hashes = 0, j = i + 1;
+        while (j < n && s[j] == '#') {
+            hashes++;
+            j++;
+        }
+        if (j >= n || s[j] != '"') return i;  /* r#ident, a raw identifier */
+        for (j++; j < n; j++) {
+            if (s[j] != '"') continue;
+            size_t k = 0;
+            while (k < hashes && j + 1 + k < n && s[j + 1 + k] == '#') k++;
+            if (k == hashes) return j + 1 + k;
+        }
+        return n;
+    }
+    /* 'x', '\n', '\u{1F600}', '"'; a lifetime or a label ('a) is not a literal */
+    if (s[i] == '\'') {
+        size_t j = i + 1;
+        if (j < n && s[j] == '\\') {
+            for (j += 2; j < n && j < i + 14; j++)
+                if (s[j] == '\'') return j + 1;
+            return i + 1;
+        }
+        if (j < n) {
+            unsigned char c = (unsigned char)s[j];
+            size_t len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+            if (j + len < n && s[j + len] == '\'') return j + len + 1;
+        }
+        return i + 1;
+    }
+    return i;
+}
+
+/* Whether a Rust source declares `fn main` (the word `fn`, blanks, the word `main`) in its
+ * code: a mention in a comment, a string or a char literal does not count (`// not fn main
+ * here` left a snippet unwrapped, and rustc said that main was missing: a review). */
 static bool rust_has_main(const char *s, size_t n) {
-    for (size_t i = 0; i + 2 <= n; i++) {
-        if (s[i] != 'f' || s[i + 1] != 'n') continue;
-        if (i > 0 && rust_ident_char((unsigned char)s[i - 1])) continue;
-        size_t j = i + 2;
-        while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r')) j++;
-        if (j == i + 2 || n - j < 4 || memcmp(s + j, "main", 4) != 0) continue;
-        if (j + 4 < n && rust_ident_char((unsigned char)s[j + 4])) continue;
-        return true;
+    size_t i = 0;
+    while (i < n) {
+        bool word_start = i == 0 || !rust_ident_char((unsigned char)s[i - 1]);
+        /* A raw string's r opens a word, or follows the b or c that does (br"..."). */
+        bool raw_ok = word_start || ((s[i - 1] == 'b' || s[i - 1] == 'c') &&
+                                     (i < 2 || !rust_ident_char((unsigned char)s[i - 2])));
+        if (s[i] != 'r' || raw_ok) {
+            size_t end = rust_skip_literal(s, n, i);
+            if (end > i) {
+                i = end;
+                continue;
+            }
+        }
+        if (word_start && s[i] == 'f' && i + 1 < n && s[i + 1] == 'n') {
+            size_t j = i + 2;
+            while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r')) j++;
+            if (j > i + 2 && n - j >= 4 && memcmp(s + j, "main", 4) == 0 &&
+                (j + 4 == n || !rust_ident_char((unsigned char)s[j + 4])))
+                return true;
+        }
+        i++;
     }
     return false;
 }
