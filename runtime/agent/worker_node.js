@@ -146,24 +146,45 @@ function printError(err) {
 
 // An error no code caught, or a promise rejected with no handler, while a cell runs makes the
 // cell an error (the first one's summary), as it would end a Node.js program; one that comes
-// between cells is only printed. Node reports unhandled rejections once the microtasks have
-// run, after the cell's synchronous end: the worker waits for that (one turn of the event
-// loop) before the cell's `done` when a rejection is pending (an internal of Node tells; where
-// it cannot, after every cell).
+// between cells (a timer an earlier cell left) is printed at the start of the next cell, with
+// a line that says so: output between cells reaches no one. Node reports unhandled
+// rejections once the microtasks have run, after the cell's synchronous end: the worker waits
+// for that (one turn of the event loop) before the cell's `done` when a rejection is pending
+// (an internal of Node tells; where it cannot, after every cell).
 let cellFailure = null; // the running cell's first such error's summary, or null
 let cellRunning = false;
+// Errors between cells, for the next cell: the first few, each cut short, and how many more.
+const HELD_ERRORS = 3;
+const HELD_ERROR_CHARS = 4096;
+const heldErrors = [];
+let heldErrorsDropped = 0;
 
 function uncaught(err, inPromise) {
+  // A listener of the user's own handles the event, as it keeps a Node.js program alive
+  // (and Node then prints nothing).
+  if (process.listenerCount(inPromise ? 'unhandledRejection' : 'uncaughtException') > 1) return;
   const prefix = inPromise ? 'Uncaught (in promise) ' : 'Uncaught ';
   const bare = (text) => (text.startsWith('Uncaught ') ? text.slice(9) : text);
+  let text;
   try {
-    process.stderr.write(prefix + bare(userStack(err)) + '\n');
+    text = prefix + bare(userStack(err));
+  } catch (e) {
+    text = prefix + '[an error that cannot be shown]';
+  }
+  if (!cellRunning) {
+    if (heldErrors.length < HELD_ERRORS) {
+      ArrayPrototypePush(heldErrors, StringPrototypeSlice(text, 0, HELD_ERROR_CHARS));
+    } else {
+      heldErrorsDropped += 1;
+    }
+    return;
+  }
+  try {
+    process.stderr.write(text + '\n');
   } catch (e) {
     /* the user broke stderr; nothing else to do */
   }
-  if (!cellRunning || cellFailure !== null) return;
-  // A listener of the user's own handles the event, as it keeps a Node.js program alive.
-  if (process.listenerCount(inPromise ? 'unhandledRejection' : 'uncaughtException') > 1) return;
+  if (cellFailure !== null) return;
   let summary;
   try {
     summary = bare(errorSummary(err)); // a getter of the user's may throw (it ended Node)
@@ -620,7 +641,25 @@ function compile(code, filename) {
   }
 }
 
+// Before a cell: the errors no code caught since the last one ended.
+function printHeldErrors() {
+  if (heldErrors.length === 0) return;
+  let text = '';
+  for (const held of heldErrors) {
+    text += `${held}\n(thrown between cells, by work an earlier cell started)\n`;
+  }
+  if (heldErrorsDropped > 0) text += `(and ${heldErrorsDropped} more errors between cells)\n`;
+  heldErrors.length = 0;
+  heldErrorsDropped = 0;
+  try {
+    process.stderr.write(text);
+  } catch (e) {
+    /* the user broke stderr */
+  }
+}
+
 async function runCell(code) {
+  printHeldErrors();
   cellNumber += 1;
   const filename = `cell-${cellNumber}`;
   let value;

@@ -1431,6 +1431,35 @@ def test_js_a_listener_of_the_users_own_handles_the_error(js: AgentDriver, event
     assert result.text() == "handled mine\n"
 
 
+def test_js_an_error_between_cells_is_shown_at_the_next_cells_start(js: AgentDriver) -> None:
+    """It was printed between cells, where output reaches no one (a review of model-written
+    cells: a timer's error after its cell ended left no trace). The next cell is not an
+    error for it; five of them give three and a count."""
+    js.run("var kept = 1;\nsetTimeout(() => { throw new RangeError('late'); }, 20);\n"
+           "for (let i = 0; i < 4; i++) setTimeout(() => Promise.reject(new Error(`r${i}`)), 30)")
+    time.sleep(0.5)  # the timers fire between cells
+    result = js.run("kept + 1")
+    assert_success(result)
+    assert result.displays[0]["data"]["text/plain"] == "2"
+    stderr = result.text("stderr")
+    assert stderr.startswith("Uncaught RangeError: late\n"), stderr
+    assert stderr.count("(thrown between cells, by work an earlier cell started)") == 3, stderr
+    assert "Uncaught (in promise) Error: r0" in stderr and "r2" not in stderr, stderr
+    assert stderr.endswith("(and 2 more errors between cells)\n"), stderr
+    assert js.run("kept").text("stderr") == ""  # shown once
+
+
+def test_js_an_error_a_users_listener_handles_is_not_printed(js: AgentDriver) -> None:
+    js.run("process.on('uncaughtException', (e) => console.log('mine:', e.message));\n"
+           "setTimeout(() => { throw new Error('late'); }, 20)")
+    time.sleep(0.3)
+    result = js.run("throw_ = setTimeout(() => { throw new Error('now'); }, 10);\n"
+                    "await new Promise((r) => setTimeout(r, 100))")
+    assert_success(result)
+    assert result.text("stderr") == "", result.text("stderr")
+    assert result.text() == "mine: now\n"
+
+
 def test_js_a_rejection_handled_in_the_same_cell_is_no_error(js: AgentDriver) -> None:
     result = js.run("const p = Promise.reject(new Error('caught'));\n"
                     "p.catch((e) => console.log('handled', e.message)); 2")
