@@ -139,6 +139,54 @@ class _State:
 
 
 _state = _State()
+
+# An exception a thread raised between cells (a thread an earlier cell started): Python prints
+# it to stderr then, where output reaches no one; the next cell prints it first, with a line
+# saying so. The first few, each cut short, and how many more.
+HELD_ERRORS = 3
+HELD_ERROR_CHARS = 4096
+_held_errors: "list[str]" = []
+_held_dropped = 0
+_default_thread_hook = _thread._excepthook
+
+
+def _thread_excepthook(args: "Any") -> None:
+    """``threading.excepthook`` (set before ``threading`` is imported, see :func:`main`)."""
+    global _held_dropped
+    if _state.running or args.exc_type is SystemExit:
+        _default_thread_hook(args)  # on the cell's stderr (SystemExit: silence)
+        return
+    if len(_held_errors) >= HELD_ERRORS:
+        _held_dropped += 1
+        return
+    try:
+        name = args.thread.name if args.thread is not None else _thread.get_ident()
+        lines = _import_stdlib("traceback").format_exception(
+            args.exc_type, args.exc_value, args.exc_traceback)
+        text = f"Exception in thread {name}:\n" + "".join(lines)
+    except BaseException:  # the user's exception misbehaves
+        text = "Exception in a thread (it cannot be shown)\n"
+    _held_errors.append(text[:HELD_ERROR_CHARS])
+
+
+def _print_held_errors() -> None:
+    """Before a cell: what threads raised since the last one ended."""
+    global _held_dropped
+    if not _held_errors:
+        return
+    held = _held_errors[:]  # a thread may add one meanwhile: it waits for the next cell
+    del _held_errors[:len(held)]
+    dropped, _held_dropped = _held_dropped, 0
+    text = "".join(f"{error.rstrip()}\n(raised between cells, by a thread an earlier cell"
+                   " started)\n" for error in held)
+    if dropped:
+        text += f"(and {dropped} more exceptions between cells)\n"
+    try:
+        sys.stderr.write(text)
+    except Exception:  # the user replaced or closed stderr
+        return
+
+
 _ctl_out = -1
 # A cell that calls os.fork() leaves a copy of this loop in the child: that copy must never
 # speak on (or read from) the control pipe, or it would report the parent's cells done and
@@ -705,6 +753,7 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
     ``sys.exit()`` ends the cell, not the interpreter, as in IPython: the state stays
     (model-written code ends with ``sys.exit(main())``). See :func:`_exit_status`.
     """
+    _print_held_errors()
     _state.cell_number += 1
     filename = _cell_filename(_state.cell_number)
     _remember_source(filename, code)
@@ -977,6 +1026,12 @@ def main() -> None:
     sys.meta_path.insert(0, _ImportHook())
     builtins.print = _print
     builtins.display = display  # type: ignore[attr-defined]
+    # threading takes its excepthook from _thread when it is imported; where it already is,
+    # it is set there too.
+    _thread._excepthook = _thread_excepthook
+    threading: Any = sys.modules.get("threading")
+    if threading is not None and threading.excepthook is _default_thread_hook:
+        threading.excepthook = _thread_excepthook
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace", line_buffering=True)

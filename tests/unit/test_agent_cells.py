@@ -497,6 +497,29 @@ def test_output_a_cell_printed_comes_before_its_display(py: AgentDriver) -> None
         assert displays == 300
 
 
+def test_python_a_threads_exception_between_cells_is_shown_at_the_next_cells_start(
+        py: AgentDriver) -> None:
+    """Python printed it between cells, where output reaches no one (a review of
+    model-written cells). One raised while a cell runs is on that cell's stderr, as before."""
+    py.run("import threading, time\nkept = 1\ndef late(i):\n    time.sleep(0.05)\n"
+           "    raise ValueError(f'late {i}')\n"
+           "for i in range(5):\n    threading.Thread(target=late, args=(i,)).start()")
+    time.sleep(0.5)  # the threads raise between cells
+    result = py.run("kept + 1")
+    assert_success(result)
+    assert result.displays[0]["data"]["text/plain"] == "2"
+    stderr = result.text("stderr")
+    assert stderr.startswith("Exception in thread "), stderr
+    assert stderr.count("(raised between cells, by a thread an earlier cell started)") == 3
+    assert stderr.count("ValueError: late") == 3, stderr
+    assert stderr.endswith("(and 2 more exceptions between cells)\n"), stderr
+    assert py.run("kept").text("stderr") == ""  # shown once
+    during = py.run("t = threading.Thread(target=lambda: 1/0)\nt.start()\nt.join()")
+    assert_success(during)
+    assert "ZeroDivisionError" in during.text("stderr")
+    assert "between cells" not in during.text("stderr")
+
+
 def test_python_exception_notes_follow_the_message_in_the_error(py: AgentDriver) -> None:
     """The summary was the last note's last line, not ``Type: message``."""
     result = py.run("e = ValueError('bad')\ne.add_note('hint one')\n"
