@@ -497,18 +497,26 @@ def test_output_a_cell_printed_comes_before_its_display(py: AgentDriver) -> None
         assert displays == 300
 
 
+def stderr_of_the_next_cell(agent: AgentDriver, setup: str) -> str:
+    """Run ``setup`` (it sets ``kept = 1`` and leaves background work that fails soon), let
+    the work fail between cells, and return the stderr of the next cell, ``kept + 1``, which
+    succeeds all the same."""
+    agent.run(setup)
+    time.sleep(0.5)  # the background work fails between cells
+    result = agent.run("kept + 1")
+    assert_success(result)
+    assert result.displays[0]["data"]["text/plain"] == "2"
+    return result.text("stderr")
+
+
 def test_python_a_threads_exception_between_cells_is_shown_at_the_next_cells_start(
         py: AgentDriver) -> None:
     """Python printed it between cells, where output reaches no one (a review of
     model-written cells). One raised while a cell runs is on that cell's stderr, as before."""
-    py.run("import threading, time\nkept = 1\ndef late(i):\n    time.sleep(0.05)\n"
-           "    raise ValueError(f'late {i}')\n"
-           "for i in range(5):\n    threading.Thread(target=late, args=(i,)).start()")
-    time.sleep(0.5)  # the threads raise between cells
-    result = py.run("kept + 1")
-    assert_success(result)
-    assert result.displays[0]["data"]["text/plain"] == "2"
-    stderr = result.text("stderr")
+    stderr = stderr_of_the_next_cell(
+        py, "import threading, time\nkept = 1\ndef late(i):\n    time.sleep(0.05)\n"
+            "    raise ValueError(f'late {i}')\n"
+            "for i in range(5):\n    threading.Thread(target=late, args=(i,)).start()")
     assert stderr.startswith("Exception in thread "), stderr
     assert stderr.count("(raised between cells, by a thread an earlier cell started)") == 3
     assert stderr.count("ValueError: late") == 3, stderr
@@ -1458,13 +1466,9 @@ def test_js_an_error_between_cells_is_shown_at_the_next_cells_start(js: AgentDri
     """It was printed between cells, where output reaches no one (a review of model-written
     cells: a timer's error after its cell ended left no trace). The next cell is not an
     error for it; five of them give three and a count."""
-    js.run("var kept = 1;\nsetTimeout(() => { throw new RangeError('late'); }, 20);\n"
-           "for (let i = 0; i < 4; i++) setTimeout(() => Promise.reject(new Error(`r${i}`)), 30)")
-    time.sleep(0.5)  # the timers fire between cells
-    result = js.run("kept + 1")
-    assert_success(result)
-    assert result.displays[0]["data"]["text/plain"] == "2"
-    stderr = result.text("stderr")
+    stderr = stderr_of_the_next_cell(
+        js, "var kept = 1;\nsetTimeout(() => { throw new RangeError('late'); }, 20);\n"
+            "for (let i = 0; i < 4; i++) setTimeout(() => Promise.reject(new Error(`r${i}`)), 30)")
     assert stderr.startswith("Uncaught RangeError: late\n"), stderr
     assert stderr.count("(thrown between cells, by work an earlier cell started)") == 3, stderr
     assert "Uncaught (in promise) Error: r0" in stderr and "r2" not in stderr, stderr
