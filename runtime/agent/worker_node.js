@@ -23,11 +23,13 @@ const ArrayPrototypePush = uncurry(Array.prototype.push);
 const ArrayPrototypeShift = uncurry(Array.prototype.shift);
 const StringPrototypeIndexOf = uncurry(String.prototype.indexOf);
 const StringPrototypeSlice = uncurry(String.prototype.slice);
+const StringPrototypeStartsWith = uncurry(String.prototype.startsWith);
+const listenerCount = uncurry(require('events').prototype.listenerCount);
 const ObjectHasOwn = Object.hasOwn;
 const JSONParse = JSON.parse;
 const JSONStringify = JSON.stringify;
-const PromiseRace = Promise.race.bind(Promise);
 const PromiseResolve = Promise.resolve.bind(Promise);
+const PromiseThen = uncurry(Promise.prototype.then);
 
 function frame(fields) {
   return Object.assign(Object.create(null), fields);
@@ -162,9 +164,10 @@ let heldErrorsDropped = 0;
 function uncaught(err, inPromise) {
   // A listener of the user's own handles the event, as it keeps a Node.js program alive
   // (and Node then prints nothing).
-  if (process.listenerCount(inPromise ? 'unhandledRejection' : 'uncaughtException') > 1) return;
+  if (listenerCount(process, inPromise ? 'unhandledRejection' : 'uncaughtException') > 1) return;
   const prefix = inPromise ? 'Uncaught (in promise) ' : 'Uncaught ';
-  const bare = (text) => (text.startsWith('Uncaught ') ? text.slice(9) : text);
+  const bare = (text) => (StringPrototypeStartsWith(text, 'Uncaught ')
+    ? StringPrototypeSlice(text, 9) : text);
   let text;
   try {
     text = prefix + bare(userStack(err));
@@ -643,14 +646,18 @@ function compile(code, filename) {
 
 // Before a cell: the errors no code caught since the last one ended.
 function printHeldErrors() {
-  if (heldErrors.length === 0) return;
-  let text = '';
-  for (const held of heldErrors) {
-    text += `${held}\n(thrown between cells, by work an earlier cell started)\n`;
-  }
-  if (heldErrorsDropped > 0) text += `(and ${heldErrorsDropped} more errors between cells)\n`;
-  heldErrors.length = 0;
+  const count = heldErrors.length;
+  if (count === 0) return;
+  const dropped = heldErrorsDropped;
+  const held = [];
+  for (let i = 0; i < count; i++) held[i] = heldErrors[i];
+  heldErrors.length = 0; // taken, whatever happens next
   heldErrorsDropped = 0;
+  let text = '';
+  for (let i = 0; i < count; i++) {
+    text += `${held[i]}\n(thrown between cells, by work an earlier cell started)\n`;
+  }
+  if (dropped > 0) text += `(and ${dropped} more errors between cells)\n`;
   try {
     process.stderr.write(text);
   } catch (e) {
@@ -684,7 +691,12 @@ async function runCell(code) {
       });
       ctl.unref(); // see onStalled
       try {
-        value = await PromiseRace([PromiseResolve(value), stop]);
+        // As Promise.race, which iterates its argument with the cells' array iterator.
+        const pending = value;
+        value = await new Promise((resolve, reject) => {
+          PromiseThen(PromiseResolve(pending), resolve, reject);
+          PromiseThen(stop, resolve);
+        });
       } finally {
         ctl.ref();
         cancelWait = null;

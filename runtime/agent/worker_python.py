@@ -183,7 +183,9 @@ def _print_held_errors() -> None:
         text += f"(and {dropped} more exceptions between cells)\n"
     try:
         sys.stderr.write(text)
-    except Exception:  # the user replaced or closed stderr
+    except KeyboardInterrupt:
+        raise  # the agent's interrupt: the cell ends as interrupted
+    except BaseException:  # the user replaced or closed stderr (even with SystemExit)
         return
 
 

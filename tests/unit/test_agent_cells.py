@@ -528,6 +528,20 @@ def test_python_a_threads_exception_between_cells_is_shown_at_the_next_cells_sta
     assert "between cells" not in during.text("stderr")
 
 
+def test_python_held_errors_survive_a_stderr_that_raises(py: AgentDriver) -> None:
+    """Printing a held thread error through a ``sys.stderr`` whose ``write`` raises
+    ``SystemExit`` ended the interpreter (a review)."""
+    py.run("import sys, threading, time\nkept = 1\n"
+           "def late():\n    time.sleep(0.1)\n    raise ValueError('late')\n"
+           "threading.Thread(target=late).start()\n"
+           "class Bad:\n    def write(self, text):\n        raise SystemExit(3)\n"
+           "    def flush(self):\n        pass\nsys.stderr = Bad()")
+    time.sleep(0.5)
+    result = py.run("print(kept)")
+    assert (result.done["status"], result.done["restarted"]) == ("success", False), result.done
+    assert result.text() == "1\n"
+
+
 def test_python_exception_notes_follow_the_message_in_the_error(py: AgentDriver) -> None:
     """The summary was the last note's last line, not ``Type: message``."""
     result = py.run("e = ValueError('bad')\ne.add_note('hint one')\n"
@@ -1474,6 +1488,24 @@ def test_js_an_error_between_cells_is_shown_at_the_next_cells_start(js: AgentDri
     assert "Uncaught (in promise) Error: r0" in stderr and "r2" not in stderr, stderr
     assert stderr.endswith("(and 2 more errors between cells)\n"), stderr
     assert js.run("kept").text("stderr") == ""  # shown once
+
+
+def test_js_held_errors_survive_a_cell_that_broke_builtins(js: AgentDriver) -> None:
+    """A held error's print iterated with the cells' array iterator: once a cell broke it,
+    every later cell failed (a review). ``process.listenerCount`` replaced hid errors."""
+    js.run("var kept = 1;\nsetTimeout(() => { throw new Error('held'); }, 100);\n"
+           "Array.prototype[Symbol.iterator] = function* () { throw new Error('iter'); };\n"
+           "process.listenerCount = () => 9;\nString.prototype.startsWith = () => { throw 1; }")
+    time.sleep(0.5)
+    first = js.run("kept + 1")
+    assert_success(first)
+    assert first.text("stderr").startswith("Uncaught Error: held"), first.text("stderr")
+    for _ in range(2):
+        assert_success(js.run("kept"))
+    # (no `await`: the notebook rewrite of an await cell iterates, and this cell broke that)
+    during = js.run("setTimeout(() => { throw new Error('during'); }, 10);\n"
+                    "new Promise((r) => setTimeout(r, 200))")
+    assert during.done["error"] == "Uncaught Error: during", during.done
 
 
 def test_js_an_error_a_users_listener_handles_is_not_printed(js: AgentDriver) -> None:
