@@ -26,13 +26,15 @@ const StringPrototypeSlice = uncurry(String.prototype.slice);
 const StringPrototypeStartsWith = uncurry(String.prototype.startsWith);
 const listenerCount = uncurry(require('events').prototype.listenerCount);
 const ObjectHasOwn = Object.hasOwn;
+const ObjectAssign = Object.assign;
+const ObjectCreate = Object.create;
 const JSONParse = JSON.parse;
 const JSONStringify = JSON.stringify;
 const PromiseResolve = Promise.resolve.bind(Promise);
 const PromiseThen = uncurry(Promise.prototype.then);
 
 function frame(fields) {
-  return Object.assign(Object.create(null), fields);
+  return ObjectAssign(ObjectCreate(null), fields);
 }
 
 const fs = require('fs');

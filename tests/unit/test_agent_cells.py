@@ -1581,6 +1581,8 @@ def test_js_objects_node_makes_are_instances_of_the_cells_builtins(js: AgentDriv
     "Object.prototype.t = 'interrupt'",
     "Object.prototype.then = function () {}",
     "Object.prototype.toJSON = () => 'x'",
+    "Object.assign = () => ({})",
+    "Object.create = () => ({ then() {} })",
     "var Boolean = 5",
     "var Array = 5",
     "var setImmediate = 5",
