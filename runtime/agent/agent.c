@@ -1885,6 +1885,17 @@ static void read_stream(Stream *s, size_t size, size_t *got) {
     *got = (size_t)r;
 }
 
+/* Read and forward up to `pending` more bytes from a user pipe, as far as it has them. */
+static void read_stream_bytes(Stream *s, long pending) {
+    while (pending > 0) {
+        size_t got;
+        size_t want = (size_t)pending < MAX_TEXT_CHUNK ? (size_t)pending : MAX_TEXT_CHUNK;
+        read_stream(s, want, &got);
+        if (got == 0) break;
+        pending -= (long)got;
+    }
+}
+
 /* Whether fd was reported readable by the current wait. */
 static bool batch_was_ready(int fd) {
     for (size_t i = 0; i < A.nbatch; i++)
@@ -1941,13 +1952,7 @@ static void drain_streams(Cell *cell, bool after) {
             pending = pending_bytes(s->fd);
         }
         if (A.in_batch) s->handled = true;
-        while (pending > 0) {
-            size_t got;
-            size_t want = (size_t)pending < MAX_TEXT_CHUNK ? (size_t)pending : MAX_TEXT_CHUNK;
-            read_stream(s, want, &got);
-            if (got == 0) break;
-            pending -= (long)got;
-        }
+        read_stream_bytes(s, pending);
         Buf tail = {0};
         utf8_decode_part(&s->dec, NULL, 0, true, &tail);
         s->dec.npend = 0;
@@ -2521,13 +2526,7 @@ static void forward_output_first(void) {
         if (A.in_batch) s->handled = true; /* read here: its own callback in this wait is not */
         size_t got;
         read_stream(s, MAX_TEXT_CHUNK, &got);
-        long pending = got == MAX_TEXT_CHUNK ? pending_bytes(s->fd) : 0;
-        while (pending > 0 && !s->eof) {
-            size_t want = (size_t)pending < MAX_TEXT_CHUNK ? (size_t)pending : MAX_TEXT_CHUNK;
-            read_stream(s, want, &got);
-            if (got == 0) break;
-            pending -= (long)got;
-        }
+        read_stream_bytes(s, got == MAX_TEXT_CHUNK ? pending_bytes(s->fd) : 0);
     }
 }
 
