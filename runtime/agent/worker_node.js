@@ -10,8 +10,8 @@
 // The builtins this worker uses, as they were at its start: cells run in the same realm (below)
 // and may assign globals of these names (`var JSON = ...` is a property of the global object).
 const {
-  Array, Boolean, Error, JSON, Number, Object, Promise, Set, String, SyntaxError, process,
-  setImmediate,
+  Array, Boolean, Error, JSON, Number, Object, Promise, Set, String, SyntaxError, WeakSet,
+  process, setImmediate, clearImmediate,
 } = globalThis;
 // What the control channel, the frames and the cell's own end run on, taken at the start too:
 // a cell may also change the builtins' methods (`Array.prototype.push = ...`,
@@ -197,6 +197,7 @@ function uncaught(err, inPromise) {
     summary = '[an error whose message cannot be read]';
   }
   cellFailure = prefix + summary;
+  if (cancelLeftWork) cancelLeftWork(); // it ends the program: the cell ends
 }
 
 process.on('uncaughtException', (err) => uncaught(err, false));
@@ -744,9 +745,185 @@ const STALLED = 'Error: the cell awaits a promise that nothing can settle (no ti
   'other work is pending; Node exits here with "unsettled top-level await"). A cell has no ' +
   'input: its stdin is empty.';
 let cancelStalled = null;
+let cancelLeftWork = null; // see awaitLeftWork
 process.on('beforeExit', () => {
   if (cancelStalled) cancelStalled();
+  if (cancelLeftWork) cancelLeftWork();
 });
+
+// --- the work a cell leaves running ------------------------------------------------------
+// A cell ends once the work it started and did not await is done, as a Node.js program ends
+// when its event loop is empty: a timer, a file read with a callback, a child process,
+// `setImmediate`, readline's 'close' on the empty stdin. What their callbacks print is then
+// the cell's output (it reached no one, as output between cells is not sent), and a one-shot
+// call gets it. Work meant to run on does not hold a cell: an interval, a listening server (and
+// the connections it accepted), a watcher, and whatever an earlier cell left. While the
+// worker waits, those do not keep the loop alive (unref'd, and ref'd again after); what a
+// callback starts during the wait is sorted after each turn of the loop. So the cell ends when
+// the loop's `beforeExit` comes. An interrupt or the cell's time limit ends the wait, and an
+// error no one handles ends it too, as it ends a program. Where Node's internals are not
+// there (another Node), a cell ends with its code, as in Node's REPL.
+const leftWork = (() => {
+  try {
+    const timers = require('internal/timers');
+    const { timerListMap, kRefed, Timeout, Immediate, immediateQueue } = timers;
+    if (typeof kRefed !== 'symbol' || timerListMap === null || typeof timerListMap !== 'object' ||
+        typeof Timeout !== 'function' || typeof Immediate !== 'function' ||
+        typeof process._getActiveHandles !== 'function' ||
+        typeof process._getActiveRequests !== 'function') {
+      return null;
+    }
+    // fs.watch's and fs.watchFile's (not exported by fs).
+    const { FSWatcher, StatWatcher } = require('internal/fs/watchers');
+    if (typeof FSWatcher !== 'function' || typeof StatWatcher !== 'function') return null;
+    return {
+      timerListMap, kRefed, immediateQueue, FSWatcher, StatWatcher,
+      timeoutRef: uncurry(Timeout.prototype.ref),
+      timeoutUnref: uncurry(Timeout.prototype.unref),
+      immediateUnref: uncurry(Immediate.prototype.unref),
+      activeHandles: uncurry(process._getActiveHandles),
+      activeRequests: uncurry(process._getActiveRequests),
+    };
+  } catch (err) {
+    return null;
+  }
+})();
+const WeakSetAdd = uncurry(WeakSet.prototype.add);
+const WeakSetHas = uncurry(WeakSet.prototype.has);
+let dgramSocket;
+
+// The timers that keep the loop alive (intervals too).
+function refTimers() {
+  const found = [];
+  const { timerListMap, kRefed } = leftWork;
+  for (const duration in timerListMap) { // an object without a prototype
+    const list = timerListMap[duration];
+    for (let t = list._idleNext; t && t !== list; t = t._idleNext) {
+      if (t[kRefed] === true) found[found.length] = t;
+    }
+  }
+  return found;
+}
+
+// The handles that keep the loop alive, the worker's own left out.
+function refHandles() {
+  const found = [];
+  const all = leftWork.activeHandles(process);
+  for (let i = 0; i < all.length; i++) {
+    const h = all[i];
+    if (h !== ctl && h !== process.stdout && h !== process.stderr) found[found.length] = h;
+  }
+  return found;
+}
+
+// What keeps the loop alive as a cell starts: none of it holds the cell.
+function loopBefore() {
+  if (leftWork === null) return null;
+  const before = new WeakSet();
+  const timers = refTimers();
+  for (let i = 0; i < timers.length; i++) WeakSetAdd(before, timers[i]);
+  const handles = refHandles();
+  for (let i = 0; i < handles.length; i++) WeakSetAdd(before, handles[i]);
+  return before;
+}
+
+function runsOn(h) {
+  const { FSWatcher, StatWatcher } = leftWork;
+  if (h instanceof net.Server || h instanceof FSWatcher || h instanceof StatWatcher) return true;
+  if (h instanceof net.Socket && h.server) return true; // a server's connection
+  if (dgramSocket === undefined) dgramSocket = require('dgram').Socket;
+  return h instanceof dgramSocket;
+}
+
+// Unrefs what must not hold the cell, noting it in `unrefd`; true if anything else keeps the
+// loop alive.
+function sortLoop(before, unrefd) {
+  let holds = false;
+  const timers = refTimers();
+  for (let i = 0; i < timers.length; i++) {
+    const t = timers[i];
+    if (WeakSetHas(before, t) || t._repeat !== null) {
+      leftWork.timeoutUnref(t);
+      unrefd.timers[unrefd.timers.length] = t;
+    } else {
+      holds = true;
+    }
+  }
+  const handles = refHandles();
+  for (let i = 0; i < handles.length; i++) {
+    const h = handles[i];
+    let runs;
+    try {
+      runs = WeakSetHas(before, h) || runsOn(h);
+    } catch (err) {
+      runs = false;
+    }
+    if (runs) {
+      try {
+        h.unref();
+        unrefd.handles[unrefd.handles.length] = h;
+      } catch (err) {
+        holds = true; // the user's object: it holds the cell
+      }
+    } else {
+      holds = true;
+    }
+  }
+  return holds || leftWork.activeRequests(process).length > 0 ||
+    Boolean(leftWork.immediateQueue && leftWork.immediateQueue.head);
+}
+
+function refAgain(unrefd) {
+  const { timers, handles } = unrefd;
+  for (let i = 0; i < timers.length; i++) leftWork.timeoutRef(timers[i]);
+  for (let i = 0; i < handles.length; i++) {
+    const h = handles[i];
+    try {
+      // A closed socket's ref() would wait for it to connect again.
+      if (!(h instanceof net.Socket) || h._handle) h.ref();
+    } catch (err) {
+      /* the user's object */
+    }
+  }
+}
+
+// Waits for the work the cell left; 'interrupted' when an interrupt ended the wait.
+async function awaitLeftWork(before) {
+  if (leftWork === null || before === null) return 'done';
+  // Work a callback the cell queued with process.nextTick starts (a stream opens its file).
+  await new Promise((resolve) => process.nextTick(resolve));
+  const unrefd = frame({ timers: [], handles: [] });
+  if (!sortLoop(before, unrefd)) {
+    refAgain(unrefd);
+    return 'done';
+  }
+  let interrupted = false;
+  let next = null; // the next turn's immediate, which does not keep the loop alive
+  const turn = () => {
+    sortLoop(before, unrefd);
+    next = setImmediate(turn);
+    leftWork.immediateUnref(next);
+  };
+  ctl.unref();
+  try {
+    await new Promise((resolve) => {
+      cancelLeftWork = resolve;
+      cancelWait = () => {
+        interrupted = true;
+        resolve();
+      };
+      next = setImmediate(turn);
+      leftWork.immediateUnref(next);
+    });
+  } finally {
+    clearImmediate(next);
+    cancelLeftWork = null;
+    cancelWait = null;
+    ctl.ref();
+    refAgain(unrefd);
+  }
+  return interrupted ? 'interrupted' : 'done';
+}
 
 // --- control channel ---------------------------------------------------------------------
 const queue = [];
@@ -765,9 +942,15 @@ async function pump() {
       } else {
         cellFailure = null;
         cellRunning = true;
+        const before = loopBefore();
         done = await runCell(cell.code);
         const reported = rejectionsReported();
         if (reported) await reported;
+        if (done.status === 'success' && cellFailure === null &&
+            await awaitLeftWork(before) === 'interrupted') {
+          process.stderr.write('Interrupted\n');
+          done = frame({ t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' });
+        }
       }
     } catch (err) {
       printError(err);

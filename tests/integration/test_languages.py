@@ -209,3 +209,27 @@ async def test_model_written_javascript_imports_and_exports(big_service: Service
         assert (r.status, r.stdout) == ("success", "function a/b 42\n"), r
         after = await s.execute("console.log(join('c', 'd'), answer)")
         assert after.stdout == "c/d 42\n", after
+
+
+async def test_model_written_javascript_callbacks_print_within_their_cell(
+        big_service: Service) -> None:
+    """In the runtime image's Node.js: a cell ends once the work it started is done, so what
+    a callback prints is the cell's output (the event-loop demo lost C, and a callback's
+    ``fs.readFile`` printed nothing), while an interval or a server does not hold the cell."""
+    async with await connect(big_service.url, language="javascript") as s:
+        demo = await s.execute(
+            "console.log('A'); setTimeout(() => console.log('C'), 0);\n"
+            "Promise.resolve().then(() => console.log('B'))")
+        assert (demo.status, demo.stdout) == ("success", "A\nB\nC\n"), demo
+        read = await s.execute(
+            "require('fs').readFile('/etc/os-release', 'utf8', (err, text) =>\n"
+            "  console.log(err, text.includes('Debian')))")
+        assert read.stdout == "null true\n", read
+        started = time.monotonic()
+        server = await s.execute(
+            "const http = require('http'); setInterval(() => {}, 1000);\n"
+            "const srv = http.createServer((q, r) => r.end('pong')).listen(0, () =>\n"
+            "  http.get(`http://127.0.0.1:${srv.address().port}`,\n"
+            "    (res) => res.on('data', (d) => console.log(String(d)))))")
+        assert (server.status, server.stdout) == ("success", "pong\n"), server
+        assert time.monotonic() - started < 10

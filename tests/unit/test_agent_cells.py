@@ -1481,8 +1481,9 @@ def test_js_an_error_between_cells_is_shown_at_the_next_cells_start(js: AgentDri
     cells: a timer's error after its cell ended left no trace). The next cell is not an
     error for it; five of them give three and a count."""
     stderr = stderr_of_the_next_cell(
-        js, "var kept = 1;\nsetTimeout(() => { throw new RangeError('late'); }, 20);\n"
-            "for (let i = 0; i < 4; i++) setTimeout(() => Promise.reject(new Error(`r${i}`)), 30)")
+        js, "var kept = 1;\nsetTimeout(() => { throw new RangeError('late'); }, 20).unref();\n"
+            "for (let i = 0; i < 4; i++)\n"
+            "  setTimeout(() => Promise.reject(new Error(`r${i}`)), 30).unref()")
     assert stderr.startswith("Uncaught RangeError: late\n"), stderr
     assert stderr.count("(thrown between cells, by work an earlier cell started)") == 3, stderr
     assert "Uncaught (in promise) Error: r0" in stderr and "r2" not in stderr, stderr
@@ -1493,7 +1494,7 @@ def test_js_an_error_between_cells_is_shown_at_the_next_cells_start(js: AgentDri
 def test_js_held_errors_survive_a_cell_that_broke_builtins(js: AgentDriver) -> None:
     """A held error's print iterated with the cells' array iterator: once a cell broke it,
     every later cell failed (a review). ``process.listenerCount`` replaced hid errors."""
-    js.run("var kept = 1;\nsetTimeout(() => { throw new Error('held'); }, 100);\n"
+    js.run("var kept = 1;\nsetTimeout(() => { throw new Error('held'); }, 100).unref();\n"
            "Array.prototype[Symbol.iterator] = function* () { throw new Error('iter'); };\n"
            "process.listenerCount = () => 9;\nString.prototype.startsWith = () => { throw 1; }")
     time.sleep(0.5)
@@ -1654,6 +1655,100 @@ def test_js_a_cell_that_awaits_a_timer_a_child_or_a_file_is_left_to_finish(
     result = js.run(code, timeout=10)
     assert result.done["status"] == "success", result.done
     assert result.displays[0]["data"]["text/plain"] == shown
+
+
+@pytest.mark.parametrize(("code", "printed"), [
+    # What a model writes to show the event loop: C was lost.
+    ("console.log('A'); setTimeout(() => console.log('C'), 0);\n"
+     "Promise.resolve().then(() => console.log('B'))", "A\nB\nC\n"),
+    ("setTimeout(() => console.log('late'), 300); console.log('now')", "now\nlate\n"),
+    ("require('fs').readFile('/proc/self/stat', 'utf8', (err, data) => "
+     "console.log('read', err, data.length > 0))", "read null true\n"),
+    ("require('child_process').exec('echo child', (err, out) => console.log(out.trim()))",
+     "child\n"),
+    ("require('child_process').spawn('sleep', ['0.2']).on('exit', (c) => console.log('exit', c))",
+     "exit 0\n"),
+    # Input read to its end (stdin is empty), printed on 'close'.
+    ("const rl = require('readline').createInterface({ input: process.stdin });\n"
+     "const lines = []; rl.on('line', (l) => lines.push(l));\n"
+     "rl.on('close', () => console.log('lines', lines.length))", "lines 0\n"),
+    ("require('fs').createReadStream('/proc/self/stat').on('data', () => console.log('data'))",
+     "data\n"),
+    ("let n = 0; function again() { console.log(n++); if (n < 3) setTimeout(again, 30); }\n"
+     "again()", "0\n1\n2\n"),
+    ("setImmediate(() => console.log('immediate'))", "immediate\n"),
+    ("async function main() { await new Promise((r) => setTimeout(r, 50));"
+     " console.log('main'); }\nmain(); console.log('started')", "started\nmain\n"),
+    # An interval cleared by a timer: the timer holds the cell, the interval does not.
+    ("const iv = setInterval(() => {}, 10);\n"
+     "setTimeout(() => { clearInterval(iv); console.log('cleared'); }, 200)", "cleared\n"),
+    # A server started in the cell does not hold it; the request to it does. Listening on a
+    # host name starts it in a callback, during the wait.
+    ("const http = require('http');\n"
+     "const srv = http.createServer((q, s) => s.end('pong'));\n"
+     "srv.listen(0, 'localhost', () => http.get({ host: 'localhost', port: srv.address().port },"
+     " (r) => r.on('data', (d) => console.log(String(d)))))", "pong\n"),
+])
+def test_js_a_cell_ends_once_the_work_it_started_is_done(
+        js: AgentDriver, code: str, printed: str) -> None:
+    """As a Node.js program ends when its event loop is empty. The cell ended with its code,
+    and what the callbacks printed came after its ``done``, where it reached no one: a
+    callback's ``fs.readFile``, ``exec``, readline's 'close', a timer (the event-loop demo
+    models write printed A and B, never C)."""
+    result = js.run(f"{code};\nvar kept = 'yes'", timeout=10)
+    assert_success(result)
+    assert result.text() == printed
+    assert result.done["execution_time_ms"] < 5000, result.done
+    assert js.run("kept").displays[0]["data"]["text/plain"] == "'yes'"
+
+
+@pytest.mark.parametrize("code", [
+    "setInterval(() => {}, 50)",
+    "require('net').createServer().listen(0)",
+    "require('dgram').createSocket('udp4').bind(0)",
+    "require('fs').watch('/proc/self')",
+    "require('fs').watchFile('/proc/self/stat', () => {})",
+    "setTimeout(() => {}, 60_000).unref()",
+])
+def test_js_work_meant_to_run_on_does_not_hold_a_cell(js: AgentDriver, code: str) -> None:
+    """An interval, a listening server, a watcher run until the user stops them: a cell that
+    starts one ends with its code, and so do the cells after it."""
+    for cell in (f"{code}; 1", "2"):
+        result = js.run(cell, timeout=10)
+        assert_success(result)
+        assert result.done["execution_time_ms"] < 5000, result.done
+
+
+def test_js_work_an_earlier_cell_left_does_not_hold_a_cell(js: AgentDriver) -> None:
+    """A timer an interval of an earlier cell started (between cells) runs on its own."""
+    assert_success(js.run(
+        "let made = 0;\n"
+        "setInterval(() => { if (!made++) globalThis.long = setTimeout(() => {}, 60_000); }, 10)"))
+    time.sleep(0.3)
+    result = js.run("typeof long", timeout=10)
+    assert_success(result)
+    assert result.displays[0]["data"]["text/plain"] == "'object'"
+    assert result.done["execution_time_ms"] < 5000, result.done
+
+
+def test_js_an_error_in_the_work_a_cell_left_ends_the_cell(js: AgentDriver) -> None:
+    """As it ends a Node.js program: the cell does not wait for its other timers."""
+    result = js.run("setTimeout(() => console.log('never'), 30_000);\n"
+                    "setTimeout(() => { throw new RangeError('in a timer'); }, 50)", timeout=10)
+    assert result.done["status"] == "error", result.done
+    assert result.done["error"] == "Uncaught RangeError: in a timer", result.done
+    assert result.done["execution_time_ms"] < 5000, result.done
+    assert js.run("1").done["restarted"] is False
+
+
+def test_js_a_cell_waiting_for_its_work_can_be_interrupted(js: AgentDriver) -> None:
+    js.run("var kept = 'yes'")
+    result = js.run_interrupted("setTimeout(() => console.log('never'), 30_000); 1", after=0.5)
+    assert result.done["status"] == "interrupted", result.done
+    assert result.text() == ""
+    after = js.run("kept", timeout=10)
+    assert after.displays[0]["data"]["text/plain"] == "'yes'"
+    assert after.done["execution_time_ms"] < 5000, after.done
 
 
 def test_js_an_awaiting_cell_can_still_be_interrupted(js: AgentDriver) -> None:
