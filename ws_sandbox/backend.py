@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -85,6 +86,11 @@ def user_task_limit(settings: Settings) -> list[dict[str, Any]]:
     return [{"Name": "nproc", "Soft": settings.pids_limit, "Hard": settings.pids_limit}]
 
 
+def blas_threads(settings: Settings) -> int:
+    """The threads a numeric library may start in a sandbox: its CPU limit, rounded up."""
+    return max(1, math.ceil(settings.cpu_limit))
+
+
 def container_config(settings: Settings, language: Language, process_id: str,
                      uid: int = SANDBOX_UID) -> dict[str, Any]:
     """The create-container body for one sandbox, with every hardening default applied.
@@ -142,6 +148,11 @@ def container_config(settings: Settings, language: Language, process_id: str,
             "LANG=C.UTF-8",
             "PATH=/usr/local/bin:/usr/bin:/bin",
             f"WS_SANDBOX_PRELOAD={settings.python_preload}",
+            # OpenBLAS (numpy, scipy) and OpenMP start a thread per host CPU when loaded:
+            # on a large host, more tasks than PIDS_LIMIT allows, for CPUs the sandbox may
+            # not use. As many as its CPU limit.
+            *(f"{name}={blas_threads(settings)}" for name in ("OPENBLAS_NUM_THREADS",
+                                                                "OMP_NUM_THREADS")),
         ],
         "AttachStdin": True,
         "AttachStdout": True,

@@ -209,7 +209,7 @@ class Settings:
     max_queued_cells: int = field(default=16, metadata={"env": "MAX_QUEUED_CELLS",
         "doc": "Cells waiting behind the running one in a session"})
     cpu_limit: float = field(default=1.0, metadata={"env": "CPU_LIMIT",
-        "doc": "CPUs one sandbox may use"})
+        "doc": "CPUs one sandbox may use (rounded up, the threads OpenBLAS and OpenMP start)"})
     pids_limit: int = field(default=128, metadata={"env": "PIDS_LIMIT",
         "doc": "Processes and threads in one sandbox"})
     workspace_size_mb: int = field(default=64, metadata={"env": "WORKSPACE_SIZE_MB",

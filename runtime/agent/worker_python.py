@@ -645,8 +645,9 @@ class _ImportHook:
 
 
 MISSING_MODULE_NOTE = ("Packages cannot be installed here: there is no network and no pip."
-                       " Installed: the standard library, numpy, pandas, matplotlib, PIL and"
-                       " tqdm.")
+                       " Installed: the standard library, numpy, pandas, scipy, scikit-learn,"
+                       " statsmodels, sympy, networkx, matplotlib, seaborn, PIL, openpyxl,"
+                       " bs4, lxml, yaml and tqdm.")
 NO_INPUT_NOTE = "There is no input here: stdin is at its end, so put the values in the code."
 NO_NETWORK_NOTE = ("There is no network here: host names do not resolve and nothing outside the"
                    " sandbox can be reached.")

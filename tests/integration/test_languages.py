@@ -193,10 +193,32 @@ async def test_model_written_python_finds_what_it_imports_or_is_told_why(
         assert image["image/png"].startswith("iVBORw0KGgo")  # PNG's signature, base64
         bar = await s.execute("from tqdm import tqdm\nprint(sum(tqdm(range(10))))")
         assert (bar.status, bar.stdout) == ("success", "45\n"), bar
-        missing = await s.execute("import seaborn")
+        missing = await s.execute("import torch")
         assert missing.status == "error"
         assert "Packages cannot be installed here: there is no network and no pip." in (
             missing.result.error or "")
+
+
+async def test_what_model_written_code_imports_is_installed(big_service: Service) -> None:
+    """Data analysis as models write it imports more than numpy, pandas and matplotlib (a
+    review of model-written cells: scipy, scikit-learn and seaborn were missing), and shell
+    cells use jq, bc and sqlite3. The missing-package note names each of them."""
+    modules = ["scipy.stats", "sklearn.linear_model", "statsmodels.api", "seaborn", "sympy",
+               "networkx", "openpyxl", "bs4", "lxml.etree", "yaml", "PIL.Image", "tqdm"]
+    async with await connect(big_service.url) as s:
+        r = await s.execute(f"import importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+                            "print('imported')", timeout=30)
+        assert (r.status, r.stdout) == ("success", "imported\n"), r
+        # OpenBLAS starts as many threads as the sandbox's CPU limit (1), not the host's.
+        tasks = await s.execute("import os, numpy\nprint(len(os.listdir('/proc/self/task')))")
+        assert tasks.stdout == "1\n", tasks
+        note = (await s.execute("import torch")).result.error or ""
+        for name in ("scipy", "scikit-learn", "statsmodels", "sympy", "seaborn", "openpyxl"):
+            assert name in note, note
+    async with await connect(big_service.url, language="shell") as s:
+        r = await s.execute("echo '{\"a\": [1, 2]}' | jq -c '.a | add'; echo '2^10' | bc;"
+                            " sqlite3 :memory: 'select 6 * 7'")
+        assert (r.status, r.stdout) == ("success", "3\n1024\n42\n"), r
 
 
 async def test_model_written_javascript_imports_and_exports(big_service: Service) -> None:

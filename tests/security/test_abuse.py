@@ -470,9 +470,9 @@ async def test_egress_fails_in_every_language(battery: Service, language: str, c
 # --------------------------------------------------------------------------- secrets
 
 #: Every variable of a Python cell's environment (SECURITY.md, "minimal environment"): the
-#: service's five, the image's defaults (runtime/Dockerfile) and the engine's HOSTNAME.
+#: service's, the image's defaults (runtime/Dockerfile) and the engine's HOSTNAME.
 SANDBOX_ENVIRONMENT = ["WS_SANDBOX_LANGUAGE", "WS_SANDBOX_PRELOAD", "HOME", "USER", "LOGNAME",
-                       "LANG", "PATH",
+                       "LANG", "PATH", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                        "TMPDIR", "MPLBACKEND", "MPLCONFIGDIR", "WS_SANDBOX_MPL_CACHE",
                        "PYTHONDONTWRITEBYTECODE", "HOSTNAME"]
 

@@ -48,6 +48,16 @@ async def test_attach_asks_for_all_three_streams_without_inspecting() -> None:
     assert config["Tty"] is False and config["OpenStdin"] is True
 
 
+@pytest.mark.parametrize(("cpus", "threads"), [(0.5, 1), (1.0, 1), (1.5, 2), (4.0, 4)])
+def test_numeric_libraries_start_as_many_threads_as_the_cpu_limit(cpus: float,
+                                                                    threads: int) -> None:
+    """OpenBLAS starts a thread per host CPU when numpy loads: on a 64-CPU host, 63 tasks of
+    the 128 PIDS_LIMIT allows, in each Python process."""
+    env = container_config(Settings(cpu_limit=cpus), "python", "test")["Env"]
+    assert f"OPENBLAS_NUM_THREADS={threads}" in env
+    assert f"OMP_NUM_THREADS={threads}" in env
+
+
 class _Container:
     """Stands in for aiodocker's container: ``wait`` never returns unless it has an exit
     code (it is still running)."""
