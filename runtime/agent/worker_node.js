@@ -10,8 +10,8 @@
 // The builtins this worker uses, as they were at its start: cells run in the same realm (below)
 // and may assign globals of these names (`var JSON = ...` is a property of the global object).
 const {
-  Array, Boolean, Error, JSON, Number, Object, Promise, Set, String, SyntaxError, WeakSet,
-  process, setImmediate, clearImmediate,
+  Array, Boolean, Error, JSON, Number, Object, Promise, Set, String, SyntaxError, WeakMap,
+  WeakSet, process, setImmediate, clearImmediate,
 } = globalThis;
 // What the control channel, the frames and the cell's own end run on, taken at the start too:
 // a cell may also change the builtins' methods (`Array.prototype.push = ...`,
@@ -753,56 +753,69 @@ process.on('beforeExit', () => {
 
 // --- the work a cell leaves running ------------------------------------------------------
 // A cell ends once the work it started and did not await is done, as a Node.js program ends
-// when its event loop is empty: a timer, a file read with a callback, a child process,
-// `setImmediate`, readline's 'close' on the empty stdin. What their callbacks print is then
-// the cell's output (it reached no one, as output between cells is not sent), and a one-shot
-// call gets it. Work meant to run on does not hold a cell: an interval, a listening server (and
-// the connections it accepted), a watcher, and whatever an earlier cell left. While the
-// worker waits, those do not keep the loop alive (unref'd, and ref'd again after); what a
-// callback starts during the wait is sorted after each turn of the loop. So the cell ends when
-// the loop's `beforeExit` comes. An interrupt or the cell's time limit ends the wait, and an
-// error no one handles ends it too, as it ends a program. Where Node's internals are not
-// there (another Node), a cell ends with its code, as in Node's REPL.
+// when its event loop is empty: a timer, `setImmediate`, a file read with a callback, a child
+// process, readline's 'close' on the empty stdin, and, once a cell has loaded zlib, crypto,
+// dns or worker_threads, work on Node's thread pool and worker threads. What their callbacks
+// print is then the cell's own output (it reached no one: output between cells is not sent),
+// and a one-shot call gets it. Work meant to run on does not hold a cell: an interval, a
+// listening server and the connections it accepted, a UDP socket, a watcher, and whatever
+// kept the loop alive when the cell started. While the worker waits, those do not keep the
+// loop alive (unref'd, and ref'd again after); what a callback starts during the wait is
+// sorted once the callback returns (an `after` async hook, enabled only for the wait: it
+// slows promises). The cell ends at the loop's `beforeExit`. An interrupt or the cell's time
+// limit ends the wait, and an error no one handles ends it too, as it ends a program. Where
+// Node's internals are not there (another Node), a cell ends with its code, as in the REPL.
 const leftWork = (() => {
   try {
     const timers = require('internal/timers');
-    const { timerListMap, kRefed, Timeout, Immediate, immediateQueue } = timers;
-    if (typeof kRefed !== 'symbol' || timerListMap === null || typeof timerListMap !== 'object' ||
-        typeof Timeout !== 'function' || typeof Immediate !== 'function' ||
+    const { timerListMap, kRefed, Timeout, immediateQueue, async_id_symbol: asyncIdOf } = timers;
+    // fs.watch's and fs.watchFile's (not exported by fs).
+    const { FSWatcher, StatWatcher } = require('internal/fs/watchers');
+    const { AsyncResource, createHook } = require('async_hooks');
+    if (typeof kRefed !== 'symbol' || typeof asyncIdOf !== 'symbol' || !immediateQueue ||
+        timerListMap === null || typeof timerListMap !== 'object' ||
+        typeof Timeout !== 'function' || typeof FSWatcher !== 'function' ||
+        typeof StatWatcher !== 'function' || !Array.isArray(process.moduleLoadList) ||
         typeof process._getActiveHandles !== 'function' ||
         typeof process._getActiveRequests !== 'function') {
       return null;
     }
-    // fs.watch's and fs.watchFile's (not exported by fs).
-    const { FSWatcher, StatWatcher } = require('internal/fs/watchers');
-    if (typeof FSWatcher !== 'function' || typeof StatWatcher !== 'function') return null;
     return {
-      timerListMap, kRefed, immediateQueue, FSWatcher, StatWatcher,
+      timerListMap, kRefed, immediateQueue, asyncIdOf, FSWatcher, StatWatcher, AsyncResource,
+      moduleLoadList: process.moduleLoadList,
       timeoutRef: uncurry(Timeout.prototype.ref),
       timeoutUnref: uncurry(Timeout.prototype.unref),
-      immediateUnref: uncurry(Immediate.prototype.unref),
       activeHandles: uncurry(process._getActiveHandles),
       activeRequests: uncurry(process._getActiveRequests),
+      afterHook: createHook({ after: sortAfterCallback }),
     };
   } catch (err) {
     return null;
   }
 })();
+const SetHas = uncurry(Set.prototype.has);
 const WeakSetAdd = uncurry(WeakSet.prototype.add);
 const WeakSetHas = uncurry(WeakSet.prototype.has);
+const WeakMapGet = uncurry(WeakMap.prototype.get);
+const WeakMapSet = uncurry(WeakMap.prototype.set);
 let dgramSocket;
 
-// The timers that keep the loop alive (intervals too).
-function refTimers() {
-  const found = [];
-  const { timerListMap, kRefed } = leftWork;
-  for (const duration in timerListMap) { // an object without a prototype
-    const list = timerListMap[duration];
-    for (let t = list._idleNext; t && t !== list; t = t._idleNext) {
-      if (t[kRefed] === true) found[found.length] = t;
-    }
+// Work on Node's thread pool (zlib, crypto's callbacks, dns.resolve) and worker threads keeps
+// the loop alive unseen: once a module that starts it has been loaded, every cell waits for
+// the loop's `beforeExit` (a turn of the loop more, about 0.1 ms).
+const THREAD_POOL_MODULES = new Set([
+  'NativeModule zlib', 'NativeModule crypto', 'NativeModule dns', 'NativeModule dns/promises',
+  'NativeModule worker_threads', 'NativeModule internal/crypto/webcrypto',
+]);
+let modulesLooked = 0;
+let threadPoolLoaded = false;
+
+function threadPoolMayWork() {
+  const list = leftWork.moduleLoadList;
+  for (; !threadPoolLoaded && modulesLooked < list.length; modulesLooked++) {
+    threadPoolLoaded = SetHas(THREAD_POOL_MODULES, list[modulesLooked]);
   }
-  return found;
+  return threadPoolLoaded;
 }
 
 // The handles that keep the loop alive, the worker's own left out.
@@ -816,15 +829,15 @@ function refHandles() {
   return found;
 }
 
-// What keeps the loop alive as a cell starts: none of it holds the cell.
+// What a cell starts with: timers are older when their async id is lower, handles are the
+// ones keeping the loop alive now. None of it holds the cell.
 function loopBefore() {
   if (leftWork === null) return null;
-  const before = new WeakSet();
-  const timers = refTimers();
-  for (let i = 0; i < timers.length; i++) WeakSetAdd(before, timers[i]);
-  const handles = refHandles();
-  for (let i = 0; i < handles.length; i++) WeakSetAdd(before, handles[i]);
-  return before;
+  const handles = new WeakSet();
+  const list = refHandles();
+  for (let i = 0; i < list.length; i++) WeakSetAdd(handles, list[i]);
+  const firstId = new leftWork.AsyncResource('WS_SANDBOX_CELL').asyncId();
+  return frame({ firstId, handles, unrefd: [], unrefdSet: new WeakSet(), seen: new WeakMap() });
 }
 
 function runsOn(h) {
@@ -835,76 +848,119 @@ function runsOn(h) {
   return h instanceof dgramSocket;
 }
 
-// Unrefs what must not hold the cell, noting it in `unrefd`; true if anything else keeps the
-// loop alive.
-function sortLoop(before, unrefd) {
+// Unrefs, for the wait, what must not hold the cell (noted in `cell.unrefd`); true if
+// anything else it can see keeps the loop alive.
+function sortLoop(cell) {
   let holds = false;
-  const timers = refTimers();
-  for (let i = 0; i < timers.length; i++) {
-    const t = timers[i];
-    if (WeakSetHas(before, t) || t._repeat !== null) {
-      leftWork.timeoutUnref(t);
-      unrefd.timers[unrefd.timers.length] = t;
-    } else {
-      holds = true;
+  const { timerListMap, kRefed, asyncIdOf } = leftWork;
+  for (const duration in timerListMap) { // an object without a prototype
+    const list = timerListMap[duration];
+    // A timer goes to the front of its list when it starts (an interval again each time it
+    // runs, a refresh too: each sets _idleStart), so the ones before the newest one looked
+    // at are new, if that one has neither left its list nor moved.
+    const seen = WeakMapGet(cell.seen, list);
+    const stop = seen !== undefined && seen.timer._idleNext &&
+      seen.timer._idleStart === seen.start ? seen.timer : list;
+    let newest = null;
+    for (let t = list._idleNext; t && t !== list && t !== stop; t = t._idleNext) {
+      if (newest === null) newest = t;
+      if (t[kRefed] !== true) continue;
+      if (t[asyncIdOf] < cell.firstId || t._repeat !== null) {
+        leftWork.timeoutUnref(t);
+        cell.unrefd[cell.unrefd.length] = t;
+      } else {
+        holds = true;
+      }
+    }
+    if (newest !== null) {
+      WeakMapSet(cell.seen, list, frame({ timer: newest, start: newest._idleStart }));
     }
   }
   const handles = refHandles();
   for (let i = 0; i < handles.length; i++) {
     const h = handles[i];
-    let runs;
+    let runs = false;
     try {
-      runs = WeakSetHas(before, h) || runsOn(h);
-    } catch (err) {
-      runs = false;
-    }
-    if (runs) {
-      try {
+      // One unref'd already and ref'd still: its unref does nothing (the user's own).
+      runs = !WeakSetHas(cell.unrefdSet, h) && (WeakSetHas(cell.handles, h) || runsOn(h));
+      if (runs) {
         h.unref();
-        unrefd.handles[unrefd.handles.length] = h;
-      } catch (err) {
-        holds = true; // the user's object: it holds the cell
+        WeakSetAdd(cell.unrefdSet, h);
+        cell.unrefd[cell.unrefd.length] = h;
       }
-    } else {
-      holds = true;
+    } catch (err) {
+      runs = false; // the user's object: it holds the cell
     }
+    if (!runs) holds = true;
   }
-  return holds || leftWork.activeRequests(process).length > 0 ||
-    Boolean(leftWork.immediateQueue && leftWork.immediateQueue.head);
+  return holds || leftWork.activeRequests(process).length > 0 || refImmediatePending();
 }
 
-function refAgain(unrefd) {
-  const { timers, handles } = unrefd;
-  for (let i = 0; i < timers.length; i++) leftWork.timeoutRef(timers[i]);
-  for (let i = 0; i < handles.length; i++) {
-    const h = handles[i];
+function refAgain(cell) {
+  const { unrefd } = cell;
+  for (let i = 0; i < unrefd.length; i++) {
+    const x = unrefd[i];
     try {
-      // A closed socket's ref() would wait for it to connect again.
-      if (!(h instanceof net.Socket) || h._handle) h.ref();
+      if (!WeakSetHas(cell.unrefdSet, x)) {
+        leftWork.timeoutRef(x);
+      } else if (!(x instanceof net.Socket) || x._handle) {
+        x.ref(); // (a closed socket's ref() would wait for it to connect again)
+      }
     } catch (err) {
       /* the user's object */
     }
   }
 }
 
+// While a cell waits: a sort once each callback has returned, in the check phase of the same
+// turn of the loop (the callback may have started a server or an interval, which would keep
+// the loop waiting for I/O). Not after the sort's own immediate, and not while an immediate
+// keeps the loop from waiting (a chain of them would be sorted each turn, and a sort looks at
+// each timer list: 2,000 turns took 8 s with 20,000 lists).
+let waitingCell = null;
+let sortImmediate = null;
+let sortImmediateId = -1;
+
+function refImmediatePending() {
+  const { immediateQueue, kRefed } = leftWork;
+  for (let i = immediateQueue.head; i; i = i._idleNext) {
+    if (i[kRefed] === true) return true;
+  }
+  return false;
+}
+
+function sortAfterCallback(asyncId) {
+  if (waitingCell === null || sortImmediate !== null || asyncId === sortImmediateId ||
+      refImmediatePending()) {
+    return;
+  }
+  sortImmediate = setImmediate(sortNow);
+  sortImmediateId = sortImmediate[leftWork.asyncIdOf];
+}
+
+function sortNow() {
+  sortImmediate = null;
+  if (waitingCell !== null) sortLoop(waitingCell);
+}
+
+// An interrupt that came after the cell's code and before its wait (while Node reported the
+// rejections it left).
+let interruptPending = false;
+
 // Waits for the work the cell left; 'interrupted' when an interrupt ended the wait.
-async function awaitLeftWork(before) {
-  if (leftWork === null || before === null) return 'done';
+async function awaitLeftWork(cell) {
+  if (cell === null) return 'done';
   // Work a callback the cell queued with process.nextTick starts (a stream opens its file).
   await new Promise((resolve) => process.nextTick(resolve));
-  const unrefd = frame({ timers: [], handles: [] });
-  if (!sortLoop(before, unrefd)) {
-    refAgain(unrefd);
+  if (interruptPending) return 'interrupted';
+  if (!sortLoop(cell) && !threadPoolMayWork()) {
+    refAgain(cell);
     return 'done';
   }
   let interrupted = false;
-  let next = null; // the next turn's immediate, which does not keep the loop alive
-  const turn = () => {
-    sortLoop(before, unrefd);
-    next = setImmediate(turn);
-    leftWork.immediateUnref(next);
-  };
   ctl.unref();
+  waitingCell = cell;
+  leftWork.afterHook.enable();
   try {
     await new Promise((resolve) => {
       cancelLeftWork = resolve;
@@ -912,15 +968,16 @@ async function awaitLeftWork(before) {
         interrupted = true;
         resolve();
       };
-      next = setImmediate(turn);
-      leftWork.immediateUnref(next);
     });
   } finally {
-    clearImmediate(next);
+    leftWork.afterHook.disable();
+    waitingCell = null;
+    if (sortImmediate !== null) clearImmediate(sortImmediate);
+    sortImmediate = null;
     cancelLeftWork = null;
     cancelWait = null;
     ctl.ref();
-    refAgain(unrefd);
+    refAgain(cell);
   }
   return interrupted ? 'interrupted' : 'done';
 }
@@ -942,6 +999,7 @@ async function pump() {
       } else {
         cellFailure = null;
         cellRunning = true;
+        interruptPending = false;
         const before = loopBefore();
         done = await runCell(cell.code);
         const reported = rejectionsReported();
@@ -991,6 +1049,7 @@ ctl.on('data', (chunk) => {
     if (field('t') === 'interrupt') {
       if (queue.length > 0) queue[queue.length - 1].interrupted = true;
       else if (cancelWait) cancelWait();
+      else if (cellRunning) interruptPending = true;
       continue;
     }
     const code = field('code');

@@ -1677,6 +1677,14 @@ def test_js_a_cell_that_awaits_a_timer_a_child_or_a_file_is_left_to_finish(
     ("let n = 0; function again() { console.log(n++); if (n < 3) setTimeout(again, 30); }\n"
      "again()", "0\n1\n2\n"),
     ("setImmediate(() => console.log('immediate'))", "immediate\n"),
+    # Work on Node's thread pool and a worker thread, which keep the loop alive unseen.
+    ("require('zlib').gzip('abc', (err, out) => console.log('gzip', out.length > 0))",
+     "gzip true\n"),
+    ("require('crypto').pbkdf2('pw', 'salt', 1000, 32, 'sha256', (err, key) =>"
+     " console.log('key', key.length))", "key 32\n"),
+    ("new (require('worker_threads').Worker)("
+     "\"setTimeout(() => console.log('from a thread'), 200)\", { eval: true })",
+     "from a thread\n"),
     ("async function main() { await new Promise((r) => setTimeout(r, 50));"
      " console.log('main'); }\nmain(); console.log('started')", "started\nmain\n"),
     # An interval cleared by a timer: the timer holds the cell, the interval does not.
@@ -1709,6 +1717,12 @@ def test_js_a_cell_ends_once_the_work_it_started_is_done(
     "require('fs').watch('/proc/self')",
     "require('fs').watchFile('/proc/self/stat', () => {})",
     "setTimeout(() => {}, 60_000).unref()",
+    # Started by a callback during the wait (a review: they held the cell to its limit).
+    "setTimeout(() => { globalThis.late = require('net').createServer().listen(0); }, 10)",
+    "setTimeout(() => { globalThis.late = setInterval(() => {}, 60_000); }, 10)",
+    "setTimeout(() => { globalThis.late = require('fs').watch('/proc/self'); }, 10)",
+    "require('child_process').spawn('true')\n"
+    "  .on('close', () => { globalThis.late = setInterval(() => {}, 60_000); })",
 ])
 def test_js_work_meant_to_run_on_does_not_hold_a_cell(js: AgentDriver, code: str) -> None:
     """An interval, a listening server, a watcher run until the user stops them: a cell that
@@ -1720,7 +1734,8 @@ def test_js_work_meant_to_run_on_does_not_hold_a_cell(js: AgentDriver, code: str
 
 
 def test_js_work_an_earlier_cell_left_does_not_hold_a_cell(js: AgentDriver) -> None:
-    """A timer an interval of an earlier cell started (between cells) runs on its own."""
+    """A timer an interval of an earlier cell started (between cells) runs on its own, and
+    so does an interval of the same period a later cell's callback starts."""
     assert_success(js.run(
         "let made = 0;\n"
         "setInterval(() => { if (!made++) globalThis.long = setTimeout(() => {}, 60_000); }, 10)"))
@@ -1729,6 +1744,22 @@ def test_js_work_an_earlier_cell_left_does_not_hold_a_cell(js: AgentDriver) -> N
     assert_success(result)
     assert result.displays[0]["data"]["text/plain"] == "'object'"
     assert result.done["execution_time_ms"] < 5000, result.done
+    later = js.run("setTimeout(() => { globalThis.again = setInterval(() => {}, 60_000); }, 10)",
+                   timeout=10)
+    assert_success(later)
+    assert later.done["execution_time_ms"] < 5000, later.done
+
+
+def test_js_many_timers_left_do_not_slow_the_wait(js: AgentDriver) -> None:
+    """The wait looks at what a callback may have started once the loop would wait: it
+    walked every timer after each turn, so 20,000 an earlier cell left (of as many
+    durations) made a chain of 2,000 immediates take 7 s (a review)."""
+    assert_success(js.run(
+        "for (let i = 0; i < 20_000; i++) setTimeout(() => {}, 600_000 + i).unref()"))
+    result = js.run("let k = 0; (function chain() { if (++k < 2000) setImmediate(chain); })()",
+                    timeout=10)
+    assert_success(result)
+    assert result.done["execution_time_ms"] < 2000, result.done
 
 
 def test_js_an_error_in_the_work_a_cell_left_ends_the_cell(js: AgentDriver) -> None:
