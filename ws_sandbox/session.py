@@ -417,7 +417,11 @@ class Session:
                 status: fr.Status = "timeout"
                 error = self._timeout_error(cell) + "; the sandbox was replaced"
             elif oom_killed:
-                status, error = "killed", self._oom_error()
+                # The sandbox itself died of it (under gVisor, one process to the memory
+                # cgroup): its files go with it, where an agent that lives restarts only
+                # the interpreter (a review: the error did not say).
+                status, error = "killed", self._oom_error() + (
+                    "; the sandbox was replaced; state and files are lost")
             elif cell.interrupted:
                 status, error = "interrupted", f"the sandbox was replaced: {reason}"
             else:

@@ -1762,7 +1762,7 @@ typedef struct {
     const char *error;        /* WTF-8 or NULL */
     size_t errlen;
     double elapsed_ms;
-    long long peak_kb;
+    long long peak_kb; /* < 0: unknown (sent as null) */
     bool restarted, truncated, oom_killed;
     double compile_ms; /* < 0: none */
 } Done;
@@ -1783,7 +1783,8 @@ static void send_done(const char *id, size_t idlen, const Done *d) {
         buf_adds(b, ",\"execution_time_ms\":");
         py_float_repr(b, py_round(d->elapsed_ms, 3));
         buf_adds(b, ",\"memory_used_mb\":");
-        py_float_repr(b, py_round((double)d->peak_kb / 1024.0, 2));
+        if (d->peak_kb < 0) buf_adds(b, "null");
+        else py_float_repr(b, py_round((double)d->peak_kb / 1024.0, 2));
         buf_adds(b, ",\"error\":");
         if (d->error) {
             size_t n = d->errlen;
@@ -1975,11 +1976,17 @@ static void finish_cell(const char *status, bool has_exit, long long exit_code,
     double elapsed_ms = (monotonic() - cell->started) * 1000;
     drain_streams(cell, after);
     Worker *w = A.worker;
+    bool unknown = false;
     if (w && !w->reaped && !restarted) {
         long long hwm = 0;
-        if (proc_read_field(w->status_fd, "VmHWM:", &hwm) && hwm > peak_kb) peak_kb = hwm;
+        if (proc_read_field(w->status_fd, "VmHWM:", &hwm)) {
+            if (hwm > peak_kb) peak_kb = hwm;
+        } else {
+            unknown = true; /* gVisor's /proc has no VmHWM */
+        }
     }
     if (cell->peak_kb > peak_kb) peak_kb = cell->peak_kb;
+    if (unknown && peak_kb <= 0) peak_kb = -1; /* null, not a peak of 0.0 MB */
     Done d = {.status = status, .has_exit = has_exit, .exit_code = exit_code,
               .exit_literal = exit_literal, .exit_literal_len = exit_literal_len,
               .error = error, .errlen = errlen, .elapsed_ms = elapsed_ms, .peak_kb = peak_kb,

@@ -526,9 +526,26 @@ def _remember_source(filename: str, code: str) -> None:
         cache[filename] = entry
 
 
+def _children_run_site(subprocess: "types.ModuleType") -> None:
+    """Interpreters started with the worker's flags (multiprocessing's spawn, joblib's loky
+    workers and resource tracker) run ``site``: the worker's ``-S`` is its own (see
+    :func:`_site`), and a child without it finds no package that is not on the path it is
+    handed (loky's resource tracker could not import joblib, and every parallel call of
+    scikit-learn printed its traceback: a review)."""
+    flags = getattr(subprocess, "_args_from_interpreter_flags", None)
+    if not callable(flags):
+        return
+
+    def args_from_interpreter_flags() -> "list[str]":
+        return [arg for arg in flags() if arg != "-S"]
+
+    subprocess._args_from_interpreter_flags = args_from_interpreter_flags  # type: ignore[attr-defined]
+
+
 _AFTER_LOAD: "dict[str, Callable[[types.ModuleType], None]]" = {
     "matplotlib.pyplot": _show_displays_figures,
     "linecache": _linecache_learns_cells,
+    "subprocess": _children_run_site,
 }
 
 
@@ -647,7 +664,7 @@ class _ImportHook:
 MISSING_MODULE_NOTE = ("Packages cannot be installed here: there is no network and no pip."
                        " Installed: the standard library, numpy, pandas, scipy, scikit-learn,"
                        " statsmodels, sympy, networkx, matplotlib, seaborn, PIL, openpyxl,"
-                       " bs4, lxml, yaml and tqdm.")
+                       " bs4, lxml, yaml, jinja2, tabulate and tqdm.")
 NO_INPUT_NOTE = "There is no input here: stdin is at its end, so put the values in the code."
 NO_NETWORK_NOTE = ("There is no network here: host names do not resolve and nothing outside the"
                    " sandbox can be reached.")
@@ -677,10 +694,30 @@ def _is_no_network(exc: BaseException) -> bool:
     return False
 
 
+def _is_missing_package(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ``ImportError`` of a top-level module that is not installed, or
+    one a library raised while handling that (pandas' "Missing optional dependency
+    'tabulate'. Use pip or conda to install tabulate." of ``df.to_markdown()``)."""
+    try:
+        if not isinstance(exc, ImportError):
+            return False
+        err: object = exc
+        for _ in range(8):
+            if not isinstance(err, BaseException):
+                return False
+            if isinstance(err, ModuleNotFoundError):
+                name = err.name
+                return isinstance(name, str) and bool(name) and "." not in name
+            err = err.__cause__ or err.__context__
+    except BaseException:  # the user's exception class misbehaves
+        return False
+    return False
+
+
 def _add_hint(exc: BaseException) -> None:
     """A note on what a model-written cell cannot do here: install a missing package, read
     input, or reach the network. Only on the exceptions that say so, once."""
-    if isinstance(exc, ModuleNotFoundError) and exc.name and "." not in exc.name:
+    if _is_missing_package(exc):
         note = MISSING_MODULE_NOTE
     elif isinstance(exc, EOFError) and exc.args == ("EOF when reading a line",):
         note = NO_INPUT_NOTE
@@ -988,9 +1025,9 @@ def _site() -> None:
     ``sys.path``) and ``usercustomize`` (``-I`` disables it). About 30 system calls fewer,
     2.5 ms under gVisor.
 
-    What differs, for a cell that looks: ``sys.flags.no_site`` is 1, and so interpreters that
-    Python starts with the parent's flags (multiprocessing's spawn, which also hands them
-    its ``sys.path``) run without ``site``."""
+    What differs, for a cell that looks: ``sys.flags.no_site`` is 1. Interpreters that
+    Python starts with the parent's flags run ``site`` all the same
+    (:func:`_children_run_site`)."""
     builtins.exit = _Quitter("exit")  # type: ignore[assignment]
     builtins.quit = _Quitter("quit")  # type: ignore[assignment]
     if not sys.flags.no_site:

@@ -7,6 +7,7 @@ an output larger than one agent frame, a syntax error, and a crash of the interp
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,3 +256,19 @@ async def test_model_written_javascript_callbacks_print_within_their_cell(
             "    (res) => res.on('data', (d) => console.log(String(d)))))")
         assert (server.status, server.stdout) == ("success", "pong\n"), server
         assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("language", ["python", "javascript", "shell"])
+async def test_a_cells_memory_is_its_peak_or_unknown(big_service: Service,
+                                                    language: str) -> None:
+    """gVisor's /proc has no VmHWM: an interpreter's cell reported a peak of 0.0 MB there (a
+    review). It reports None (unknown) under gVisor, and a peak above zero under runc."""
+    code = {"python": "x = bytearray(8 << 20)", "javascript": "var x = Buffer.alloc(8 << 20)",
+            "shell": "x=1"}[language]
+    async with await connect(big_service.url, language=language) as s:
+        r = await s.execute(code)
+        assert r.status == "success", r
+        if os.environ.get("CONTAINER_RUNTIME") == "runsc":
+            assert r.result.memory_used_mb is None, r.result
+        else:
+            assert r.result.memory_used_mb is not None and r.result.memory_used_mb > 0, r.result

@@ -287,6 +287,14 @@ NO_PIP = "Packages cannot be installed here: there is no network and no pip."
 @pytest.mark.parametrize(("code", "note"), [
     ("import no_such_package_xyz", NO_PIP),
     ("from no_such_package_xyz.linear_model import LinearRegression", NO_PIP),
+    # What a library raises on a missing optional package, as pandas does (a review: the
+    # model was told to pip install it).
+    ("import importlib\n"
+     "def import_optional(name):\n"
+     "    try:\n        return importlib.import_module(name)\n"
+     "    except ImportError:\n"
+     "        raise ImportError(f\"Missing optional dependency '{name}'. Use pip.\")\n"
+     "import_optional('no_such_package_xyz')", NO_PIP),
     ("name = input('Your name? ')", "There is no input here: stdin is at its end"),
 ])
 def test_python_a_missing_package_or_input_says_why(py: AgentDriver, code: str,
@@ -299,6 +307,10 @@ def test_python_a_missing_package_or_input_says_why(py: AgentDriver, code: str,
 def test_python_a_missing_module_of_a_package_gets_no_note(py: AgentDriver) -> None:
     result = py.run("import json.nosuchthing")
     assert result.done["error"] == "ModuleNotFoundError: No module named 'json.nosuchthing'"
+    # Nor does an error that only happened while handling a missing package.
+    other = py.run("try:\n    import no_such_package_xyz\nexcept ImportError:\n"
+                   "    raise ValueError('something else')")
+    assert other.done["error"] == "ValueError: something else", other.done
 
 
 def test_python_display_builtin_shows_each_object_as_display_data(py: AgentDriver) -> None:

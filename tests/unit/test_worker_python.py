@@ -188,3 +188,17 @@ def test_a_mark_read_in_part_is_read_whole(pipe: tuple[worker_python._Control, i
     finally:
         late.join()
     assert control.buf == b""
+
+
+def test_interpreters_started_with_the_workers_flags_run_site(py: AgentDriver) -> None:
+    """The worker runs with ``-S`` and does site's work itself: a child started with its
+    flags (loky's resource tracker, which joblib starts for scikit-learn's ``n_jobs``) ran
+    without site and could not import joblib (a review)."""
+    result = py.run(
+        "import subprocess, sys\n"
+        "flags = subprocess._args_from_interpreter_flags()\n"
+        "child = subprocess.run([sys.executable, *flags, '-c',"
+        " 'import sys; print(sys.flags.no_site)'], capture_output=True, text=True)\n"
+        "print('-S' in flags, sys.flags.no_site, child.stdout.strip())")
+    assert result.done["status"] == "success", result.done
+    assert result.text() == "False 1 0\n"
