@@ -213,6 +213,13 @@ async def test_what_model_written_code_imports_is_installed(big_service: Service
         # OpenBLAS starts as many threads as the sandbox's CPU limit (1), not the host's.
         tasks = await s.execute("import os, numpy\nprint(len(os.listdir('/proc/self/task')))")
         assert tasks.stdout == "1\n", tasks
+        # joblib's process workers (scikit-learn's n_jobs) start interpreters with the
+        # worker's flags: they printed a traceback at every call when those lacked site.
+        parallel = await s.execute(
+            "from joblib import Parallel, delayed\n"
+            "print(sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(100))))")
+        assert (parallel.status, parallel.stdout, parallel.stderr) == ("success", "4950\n", ""), (
+            parallel)
         note = (await s.execute("import torch")).result.error or ""
         for name in ("scipy", "scikit-learn", "statsmodels", "sympy", "seaborn", "openpyxl"):
             assert name in note, note
