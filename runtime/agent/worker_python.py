@@ -147,6 +147,7 @@ HELD_ERRORS = 3
 HELD_ERROR_CHARS = 4096
 _held_errors: "list[str]" = []
 _held_dropped = 0
+_held_lock = _thread.allocate_lock()  # threads that fail at once kept more than the first few
 _default_thread_hook = _thread._excepthook
 
 
@@ -156,17 +157,20 @@ def _thread_excepthook(args: "Any") -> None:
     if _state.running or args.exc_type is SystemExit:
         _default_thread_hook(args)  # on the cell's stderr (SystemExit: silence)
         return
-    if len(_held_errors) >= HELD_ERRORS:
-        _held_dropped += 1
-        return
-    try:
-        name = args.thread.name if args.thread is not None else _thread.get_ident()
-        lines = _import_stdlib("traceback").format_exception(
-            args.exc_type, args.exc_value, args.exc_traceback)
-        text = f"Exception in thread {name}:\n" + "".join(lines)
-    except BaseException:  # the user's exception misbehaves
-        text = "Exception in a thread (it cannot be shown)\n"
-    _held_errors.append(text[:HELD_ERROR_CHARS])
+    text = ""
+    if len(_held_errors) < HELD_ERRORS:  # (checked again below, with the lock)
+        try:
+            name = args.thread.name if args.thread is not None else _thread.get_ident()
+            lines = _import_stdlib("traceback").format_exception(
+                args.exc_type, args.exc_value, args.exc_traceback)
+            text = f"Exception in thread {name}:\n" + "".join(lines)
+        except BaseException:  # the user's exception misbehaves
+            text = "Exception in a thread (it cannot be shown)\n"
+    with _held_lock:
+        if text and len(_held_errors) < HELD_ERRORS:
+            _held_errors.append(text[:HELD_ERROR_CHARS])
+        else:
+            _held_dropped += 1
 
 
 def _print_held_errors() -> None:
@@ -174,9 +178,10 @@ def _print_held_errors() -> None:
     global _held_dropped
     if not _held_errors:
         return
-    held = _held_errors[:]  # a thread may add one meanwhile: it waits for the next cell
-    del _held_errors[:len(held)]
-    dropped, _held_dropped = _held_dropped, 0
+    with _held_lock:
+        held = _held_errors[:]
+        _held_errors.clear()
+        dropped, _held_dropped = _held_dropped, 0
     text = "".join(f"{error.rstrip()}\n(raised between cells, by a thread an earlier cell"
                    " started)\n" for error in held)
     if dropped:
@@ -403,21 +408,24 @@ def _repr_method(value: "Any", name: str) -> "Any":
         return None
 
 
+_TEXT_FORMS = (("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_"),
+               ("text/latex", "_repr_latex_"), ("image/svg+xml", "_repr_svg_"))
+
+
 def _mime_bundle(value: "Any") -> dict[str, str]:
     """``value`` as Jupyter shows it: ``text/plain`` (its ``repr``), plus ``text/html``,
-    ``text/markdown``, ``image/png`` and ``image/jpeg`` when it has ``_repr_html_``,
-    ``_repr_markdown_``, ``_repr_png_`` or ``_repr_jpeg_`` (a DataFrame, a PIL image), each
-    within its size cap."""
+    ``text/markdown``, ``text/latex``, ``image/svg+xml``, ``image/png`` and ``image/jpeg``
+    when it has ``_repr_html_``, ``_repr_markdown_``, ``_repr_latex_`` (a sympy
+    expression), ``_repr_svg_``, ``_repr_png_`` or ``_repr_jpeg_`` (a DataFrame, a PIL
+    image), each within its size cap."""
     text = repr(value)
     if len(text) > MAX_REPR_CHARS:
         text = text[:MAX_REPR_CHARS] + "…"
     data = {"text/plain": text}
-    html = _repr_method(value, "_repr_html_")
-    if isinstance(html, str) and len(html) <= MAX_REPR_CHARS:
-        data["text/html"] = html
-    markdown = _repr_method(value, "_repr_markdown_")
-    if isinstance(markdown, str) and len(markdown) <= MAX_REPR_CHARS:
-        data["text/markdown"] = markdown
+    for mime, method in _TEXT_FORMS:
+        form = _repr_method(value, method)
+        if isinstance(form, str) and len(form) <= MAX_REPR_CHARS:
+            data[mime] = form
     for mime, method in (("image/png", "_repr_png_"), ("image/jpeg", "_repr_jpeg_")):
         image = _repr_method(value, method)
         if isinstance(image, bytes):
@@ -588,6 +596,26 @@ class Image(_DisplayObject):
         return data if isinstance(data, bytes) and data.startswith(b"\xff\xd8") else None
 
 
+class Latex(_DisplayObject):
+    def _repr_latex_(self) -> str:
+        return str(self.data)
+
+    def __repr__(self) -> str:  # the formula, for a client that shows text only
+        return str(self.data)
+
+
+class Math(Latex):
+    def _repr_latex_(self) -> str:
+        text = str(self.data).strip("$")
+        return f"$\\displaystyle {text}$"
+
+
+class SVG(_DisplayObject):
+    def _repr_svg_(self) -> str:
+        data = self.data
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+
 class JSON(_DisplayObject):
     def __repr__(self) -> str:
         return str(_import_stdlib("json").dumps(self.data, indent=2, default=str))
@@ -604,7 +632,8 @@ def _get_ipython() -> None:
 
 _DISPLAY_NAMES: "dict[str, Any]" = {
     "display": display, "HTML": HTML, "Markdown": Markdown, "Image": Image, "JSON": JSON,
-    "DisplayObject": _DisplayObject, "clear_output": _clear_output}
+    "Latex": Latex, "Math": Math, "SVG": SVG, "DisplayObject": _DisplayObject,
+    "clear_output": _clear_output}
 _IPYTHON_SHIM: "dict[str, dict[str, Any]]" = {
     "IPython": {"display": display, "get_ipython": _get_ipython},
     "IPython.core": {},
@@ -668,6 +697,16 @@ MISSING_MODULE_NOTE = ("Packages cannot be installed here: there is no network a
 NO_INPUT_NOTE = "There is no input here: stdin is at its end, so put the values in the code."
 NO_NETWORK_NOTE = ("There is no network here: host names do not resolve and nothing outside the"
                    " sandbox can be reached.")
+NO_SPACE_NOTE = ("The sandbox's disk is full: /workspace and /tmp are small, in memory"
+                 " (`df -h /workspace /tmp` shows them). Delete files to make room, or write less.")
+
+
+def _file_size_note() -> str:
+    """The note on a write past the sandbox's file size limit (RLIMIT_FSIZE)."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    size = ("" if limit == resource.RLIM_INFINITY
+            else f" ({limit / 2**20:g} MB; the file keeps what was written)")
+    return f"A file here may be no larger than the sandbox's file size limit{size}."
 
 
 def _is_no_network(exc: BaseException) -> bool:
@@ -714,6 +753,15 @@ def _is_missing_package(exc: BaseException) -> bool:
     return False
 
 
+def _os_errno(exc: BaseException) -> "int | None":
+    """An ``OSError``'s errno, or None (another error, or one whose errno cannot be read)."""
+    try:
+        number = exc.errno if isinstance(exc, OSError) else None
+        return number if type(number) is int else None
+    except BaseException:  # the user's exception class misbehaves (even with SystemExit)
+        return None
+
+
 def _add_hint(exc: BaseException) -> None:
     """A note on what a model-written cell cannot do here: install a missing package, read
     input, or reach the network. Only on the exceptions that say so, once."""
@@ -723,6 +771,10 @@ def _add_hint(exc: BaseException) -> None:
         note = NO_INPUT_NOTE
     elif _is_no_network(exc):
         note = NO_NETWORK_NOTE
+    elif _os_errno(exc) == errno.EFBIG:
+        note = _file_size_note()
+    elif _os_errno(exc) == errno.ENOSPC:
+        note = NO_SPACE_NOTE
     else:
         return
     notes = getattr(exc, "__notes__", None)

@@ -220,6 +220,15 @@ async def test_what_model_written_code_imports_is_installed(big_service: Service
             "print(sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(100))))")
         assert (parallel.status, parallel.stdout, parallel.stderr) == ("success", "4950\n", ""), (
             parallel)
+        # A sympy value is a formula (text/latex), and IPython's Math, Latex and SVG import.
+        formula = await s.execute(
+            "from IPython.display import Math, Latex, SVG\ndisplay(Math('e^{i\\\\pi}'))\n"
+            "import sympy as sp\nx = sp.symbols('x')\nsp.integrate(x**2, x)")
+        assert formula.status == "success", formula
+        math, value = (d.data for d in formula.displays)
+        assert math["text/latex"] == "$\\displaystyle e^{i\\pi}$", math
+        assert value == {"text/plain": "x**3/3",
+                         "text/latex": "$\\displaystyle \\frac{x^{3}}{3}$"}, value
         note = (await s.execute("import torch")).result.error or ""
         for name in ("scipy", "scikit-learn", "statsmodels", "sympy", "seaborn", "openpyxl"):
             assert name in note, note

@@ -296,6 +296,12 @@ NO_PIP = "Packages cannot be installed here: there is no network and no pip."
      "        raise ImportError(f\"Missing optional dependency '{name}'. Use pip.\")\n"
      "import_optional('no_such_package_xyz')", NO_PIP),
     ("name = input('Your name? ')", "There is no input here: stdin is at its end"),
+    # Past the file size limit and the disk's size (a review: a bare OSError).
+    ("import resource\nresource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+     "import tempfile\ntempfile.TemporaryFile().write(b'x' * (2 << 20))",
+     "A file here may be no larger than the sandbox's file size limit (1 MB;"),
+    ("import errno, os\nraise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))",
+     "The sandbox's disk is full"),
 ])
 def test_python_a_missing_package_or_input_says_why(py: AgentDriver, code: str,
                                                     note: str) -> None:
@@ -311,6 +317,24 @@ def test_python_a_missing_module_of_a_package_gets_no_note(py: AgentDriver) -> N
     other = py.run("try:\n    import no_such_package_xyz\nexcept ImportError:\n"
                    "    raise ValueError('something else')")
     assert other.done["error"] == "ValueError: something else", other.done
+
+
+def test_python_latex_and_svg_forms_are_shown(py: AgentDriver) -> None:
+    """A sympy expression's ``_repr_latex_`` is a notebook's formula, and model-written code
+    imports ``Math``, ``Latex`` and ``SVG`` from IPython.display (a review: text only, and
+    an ImportError)."""
+    result = py.run(
+        "from IPython.display import Math, Latex, SVG\n"
+        "class Formula:\n"
+        "    def _repr_latex_(self):\n        return '$x^{2}$'\n"
+        "    def __repr__(self):\n        return 'x**2'\n"
+        "display(Math('x^2'), Latex('$y$'), SVG('<svg></svg>'))\nFormula()")
+    assert_success(result)
+    # (The text forms are IPython's where it is installed, as on a host.)
+    math, latex, svg, formula = (d["data"] for d in result.displays)
+    assert (math["text/latex"], latex["text/latex"]) == ("$\\displaystyle x^2$", "$y$")
+    assert svg["image/svg+xml"].startswith("<svg"), svg  # IPython's own writes <svg/>
+    assert formula == {"text/plain": "x**2", "text/latex": "$x^{2}$"}
 
 
 def test_python_display_builtin_shows_each_object_as_display_data(py: AgentDriver) -> None:
