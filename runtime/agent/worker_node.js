@@ -11,7 +11,7 @@
 // and may assign globals of these names (`var JSON = ...` is a property of the global object).
 const {
   Array, Boolean, Error, JSON, Number, Object, Promise, Set, String, SyntaxError, WeakMap,
-  WeakSet, process, setImmediate, clearImmediate,
+  WeakSet, process, setImmediate, clearImmediate, setInterval, clearInterval,
 } = globalThis;
 // What the control channel, the frames and the cell's own end run on, taken at the start too:
 // a cell may also change the builtins' methods (`Array.prototype.push = ...`,
@@ -25,6 +25,8 @@ const StringPrototypeIndexOf = uncurry(String.prototype.indexOf);
 const StringPrototypeSlice = uncurry(String.prototype.slice);
 const StringPrototypeStartsWith = uncurry(String.prototype.startsWith);
 const listenerCount = uncurry(require('events').prototype.listenerCount);
+const rawListeners = uncurry(require('events').prototype.rawListeners);
+const addListener = uncurry(require('events').prototype.on);
 const ObjectHasOwn = Object.hasOwn;
 const ObjectAssign = Object.assign;
 const ObjectCreate = Object.create;
@@ -46,6 +48,8 @@ const { Console } = require('console');
 const { builtinModules, createRequire } = require('module');
 const { pathToFileURL } = require('url');
 const writeSync = fs.writeSync;
+const SocketRef = uncurry(net.Socket.prototype.ref);
+const SocketUnref = uncurry(net.Socket.prototype.unref);
 
 const CTL_IN = Number(process.argv[2]);
 const CTL_OUT = Number(process.argv[3]);
@@ -244,16 +248,25 @@ function rejectionsReported() {
 // (another Node), SIGINT also ends a wait, as below.
 let cancelWait = null;
 
-function holdSigintWatchdog() {
+// One of Node's internal bindings, or null (another Node).
+function binding(name) {
   const warn = process.emitWarning;
   process.emitWarning = () => {}; // "These APIs are for internal testing only"
   try {
     const { internalBinding } = require('internal/test/binding');
-    return internalBinding('contextify').startSigintWatchdog() === true;
+    return internalBinding(name);
   } catch (err) {
-    return false;
+    return null;
   } finally {
     process.emitWarning = warn;
+  }
+}
+
+function holdSigintWatchdog() {
+  try {
+    return binding('contextify').startSigintWatchdog() === true;
+  } catch (err) {
+    return false;
   }
 }
 
@@ -692,7 +705,8 @@ async function runCell(code) {
           resolve();
         };
       });
-      ctl.unref(); // see onStalled
+      listenForBeforeExit();
+      SocketUnref(ctl); // see onStalled
       try {
         // As Promise.race, which iterates its argument with the cells' array iterator.
         const pending = value;
@@ -701,7 +715,7 @@ async function runCell(code) {
           PromiseThen(stop, resolve);
         });
       } finally {
-        ctl.ref();
+        SocketRef(ctl);
         cancelWait = null;
         cancelStalled = null;
       }
@@ -746,77 +760,82 @@ const STALLED = 'Error: the cell awaits a promise that nothing can settle (no ti
   'input: its stdin is empty.';
 let cancelStalled = null;
 let cancelLeftWork = null; // see awaitLeftWork
-process.on('beforeExit', () => {
+function onBeforeExit() {
   if (cancelStalled) cancelStalled();
-  if (cancelLeftWork) cancelLeftWork();
-});
+}
+
+// Before the control pipe lets the loop empty: without this listener (a cell's
+// `process.removeAllListeners('beforeExit')`) Node would exit there.
+function listenForBeforeExit() {
+  const listeners = rawListeners(process, 'beforeExit');
+  for (let i = 0; i < listeners.length; i++) if (listeners[i] === onBeforeExit) return;
+  addListener(process, 'beforeExit', onBeforeExit);
+}
+listenForBeforeExit();
 
 // --- the work a cell leaves running ------------------------------------------------------
 // A cell ends once the work it started and did not await is done, as a Node.js program ends
-// when its event loop is empty: a timer, `setImmediate`, a file read with a callback, a child
-// process, readline's 'close' on the empty stdin, and, once a cell has loaded zlib, crypto,
-// dns or worker_threads, work on Node's thread pool and worker threads. What their callbacks
-// print is then the cell's own output (it reached no one: output between cells is not sent),
-// and a one-shot call gets it. Work meant to run on does not hold a cell: an interval, a
-// listening server and the connections it accepted, a UDP socket, a watcher, and whatever
-// kept the loop alive when the cell started. While the worker waits, those do not keep the
-// loop alive (unref'd, and ref'd again after); what a callback starts during the wait is
-// sorted once the callback returns (an `after` async hook, enabled only for the wait: it
-// slows promises). The cell ends at the loop's `beforeExit`. An interrupt or the cell's time
-// limit ends the wait, and an error no one handles ends it too, as it ends a program. Where
-// Node's internals are not there (another Node), a cell ends with its code, as in the REPL.
+// when its work is: a timer, `setImmediate`, a file read with a callback, a child process,
+// a socket it opened, readline's 'close' on the empty stdin. What their callbacks print is
+// then the cell's own output (it reached no one: output between cells is not sent), and a
+// one-shot call gets it. The worker counts what it can see of Node's loop (its timer lists,
+// immediates, requests and handles), so work on Node's thread pool (zlib, crypto's callbacks,
+// dns.resolve) and worker threads, which Node lists nowhere, does not hold a cell.
+//
+// Work meant to run on does not hold a cell: an interval, a listening server and the
+// connections it accepted, a UDP socket, a watcher, what is unref'd, and whatever was there
+// when the cell started (an earlier cell's), with what it starts: a timer knows the work
+// whose callback made it (its trigger id). A timer made where that is not known (after an
+// `await`, in a promise's callback: Node tracks promises only with costly hooks) counts as
+// the cell's if no timer was pending when the cell started, and as background otherwise (an
+// earlier cell's `for (;;) await sleep(100)` makes such timers without end).
+//
+// The worker looks again once each callback has returned (an `after` async hook, enabled for
+// the wait only: it makes promises there about twice as slow), in the check phase of the
+// same turn of the loop, and not while an immediate is pending; the cell ends when nothing
+// of its own is left. An interrupt or the cell's time limit ends the wait, and an error no
+// one handles ends it too, as it ends a program. Where Node's internals are not there
+// (another Node), a cell ends with its code, as in Node's REPL.
 const leftWork = (() => {
   try {
     const timers = require('internal/timers');
-    const { timerListMap, kRefed, Timeout, immediateQueue, async_id_symbol: asyncIdOf } = timers;
+    const {
+      timerListMap, kRefed, immediateQueue, async_id_symbol: asyncIdOf,
+      trigger_async_id_symbol: triggerIdOf,
+    } = timers;
+    const { newAsyncId, executionAsyncId } = require('internal/async_hooks');
     // fs.watch's and fs.watchFile's (not exported by fs).
     const { FSWatcher, StatWatcher } = require('internal/fs/watchers');
-    const { AsyncResource, createHook } = require('async_hooks');
-    if (typeof kRefed !== 'symbol' || typeof asyncIdOf !== 'symbol' || !immediateQueue ||
+    const { createHook } = require('async_hooks');
+    const { timeoutInfo } = binding('timers') || {}; // [0]: how many timers are ref'd
+    if (typeof kRefed !== 'symbol' || typeof asyncIdOf !== 'symbol' || !timeoutInfo ||
+        typeof triggerIdOf !== 'symbol' || !immediateQueue ||
         timerListMap === null || typeof timerListMap !== 'object' ||
-        typeof Timeout !== 'function' || typeof FSWatcher !== 'function' ||
-        typeof StatWatcher !== 'function' || !Array.isArray(process.moduleLoadList) ||
+        typeof newAsyncId !== 'function' || typeof executionAsyncId !== 'function' ||
+        typeof FSWatcher !== 'function' || typeof StatWatcher !== 'function' ||
         typeof process._getActiveHandles !== 'function' ||
         typeof process._getActiveRequests !== 'function') {
       return null;
     }
     return {
-      timerListMap, kRefed, immediateQueue, asyncIdOf, FSWatcher, StatWatcher, AsyncResource,
-      moduleLoadList: process.moduleLoadList,
-      timeoutRef: uncurry(Timeout.prototype.ref),
-      timeoutUnref: uncurry(Timeout.prototype.unref),
+      timerListMap, kRefed, immediateQueue, asyncIdOf, triggerIdOf, newAsyncId,
+      executionAsyncId, FSWatcher, StatWatcher, timeoutInfo,
       activeHandles: uncurry(process._getActiveHandles),
       activeRequests: uncurry(process._getActiveRequests),
-      afterHook: createHook({ after: sortAfterCallback }),
+      afterHook: createHook({ after: lookAfterCallback }),
     };
   } catch (err) {
     return null;
   }
 })();
+const SetAdd = uncurry(Set.prototype.add);
 const SetHas = uncurry(Set.prototype.has);
 const WeakSetAdd = uncurry(WeakSet.prototype.add);
 const WeakSetHas = uncurry(WeakSet.prototype.has);
 const WeakMapGet = uncurry(WeakMap.prototype.get);
 const WeakMapSet = uncurry(WeakMap.prototype.set);
+const MAX_TIMER_STEPS = 1e6; // a walk's bound (a cell may link a timer to itself)
 let dgramSocket;
-
-// Work on Node's thread pool (zlib, crypto's callbacks, dns.resolve) and worker threads keeps
-// the loop alive unseen: once a module that starts it has been loaded, every cell waits for
-// the loop's `beforeExit` (a turn of the loop more, about 0.1 ms).
-const THREAD_POOL_MODULES = new Set([
-  'NativeModule zlib', 'NativeModule crypto', 'NativeModule dns', 'NativeModule dns/promises',
-  'NativeModule worker_threads', 'NativeModule internal/crypto/webcrypto',
-]);
-let modulesLooked = 0;
-let threadPoolLoaded = false;
-
-function threadPoolMayWork() {
-  const list = leftWork.moduleLoadList;
-  for (; !threadPoolLoaded && modulesLooked < list.length; modulesLooked++) {
-    threadPoolLoaded = SetHas(THREAD_POOL_MODULES, list[modulesLooked]);
-  }
-  return threadPoolLoaded;
-}
 
 // The handles that keep the loop alive, the worker's own left out.
 function refHandles() {
@@ -829,15 +848,33 @@ function refHandles() {
   return found;
 }
 
-// What a cell starts with: timers are older when their async id is lower, handles are the
-// ones keeping the loop alive now. None of it holds the cell.
+// What the cell starts with. Timers and immediates made before it have lower async ids; the
+// handles keeping the loop alive are noted.
 function loopBefore() {
   if (leftWork === null) return null;
   const handles = new WeakSet();
   const list = refHandles();
   for (let i = 0; i < list.length; i++) WeakSetAdd(handles, list[i]);
-  const firstId = new leftWork.AsyncResource('WS_SANDBOX_CELL').asyncId();
-  return frame({ firstId, handles, unrefd: [], unrefdSet: new WeakSet(), seen: new WeakMap() });
+  return frame({
+    firstId: leftWork.newAsyncId(), contextId: leftWork.executionAsyncId(),
+    quiet: !timeoutPending(), handles, own: new Set(), background: new Set(), held: [],
+    seen: new WeakMap(), looked: new WeakSet(), timers: -1,
+  });
+}
+
+// Whether a timeout (not an interval) keeps the loop alive: looked for only when a timer does.
+function timeoutPending() {
+  const { timerListMap, kRefed, timeoutInfo } = leftWork;
+  if (!(timeoutInfo[0] > 0)) return false;
+  let steps = 0;
+  for (const duration in timerListMap) { // an object without a prototype
+    const list = timerListMap[duration];
+    for (let t = list._idleNext; t && t !== list; t = t._idleNext) {
+      if (++steps > MAX_TIMER_STEPS) return true;
+      if (t[kRefed] === true && !t._repeat) return true;
+    }
+  }
+  return false;
 }
 
 function runsOn(h) {
@@ -848,78 +885,88 @@ function runsOn(h) {
   return h instanceof dgramSocket;
 }
 
-// Unrefs, for the wait, what must not hold the cell (noted in `cell.unrefd`); true if
-// anything else it can see keeps the loop alive.
-function sortLoop(cell) {
-  let holds = false;
-  const { timerListMap, kRefed, asyncIdOf } = leftWork;
-  for (const duration in timerListMap) { // an object without a prototype
+// Whether a timer or an immediate is the cell's own work (else background, noted).
+function isCells(cell, x) {
+  const { asyncIdOf, triggerIdOf } = leftWork;
+  const id = x[asyncIdOf];
+  if (typeof id !== 'number' || id < cell.firstId || x._repeat) return false;
+  const trigger = x[triggerIdOf];
+  let own;
+  if (SetHas(cell.own, trigger) || (trigger === cell.contextId && trigger > 1)) {
+    own = true; // made by the cell's code or its work
+  } else if (SetHas(cell.background, trigger) || (trigger > 1 && trigger < cell.firstId)) {
+    own = false; // by work from before the cell (an earlier cell's interval), or by its work
+  } else {
+    // By what Node does not know (after an await), or by work that ended before the worker
+    // looked (while the cell awaited).
+    own = cell.quiet;
+  }
+  SetAdd(own ? cell.own : cell.background, id);
+  return own;
+}
+
+// Whether anything of the cell's own is left: its timers (the new ones looked at once, from
+// the front of each list to the newest seen: a timer goes to the front of its list when it
+// starts, an interval again each time it runs, and each sets _idleStart), immediates,
+// requests and handles.
+function cellWorkLeft(cell) {
+  const { timerListMap, kRefed, immediateQueue, timeoutInfo } = leftWork;
+  // The held timers still pending (not fired, cleared or unref'd since).
+  const held = cell.held;
+  let kept = 0;
+  for (let i = 0; i < held.length; i++) {
+    const t = held[i];
+    if (t._idleNext && !t._destroyed && t[kRefed] === true) held[kept++] = t;
+  }
+  // The lists are read again only when a timer may have started: the count of ref'd timers
+  // changed, or one of the cell's own ended (its callback may have started the next). A
+  // background timeout that ended while a callback of the cell's started one is missed.
+  const count = timeoutInfo[0];
+  const walk = count !== cell.timers || kept < held.length;
+  held.length = kept;
+  cell.timers = count;
+  let steps = 0;
+  for (const duration in walk ? timerListMap : null) {
     const list = timerListMap[duration];
-    // A timer goes to the front of its list when it starts (an interval again each time it
-    // runs, a refresh too: each sets _idleStart), so the ones before the newest one looked
-    // at are new, if that one has neither left its list nor moved.
     const seen = WeakMapGet(cell.seen, list);
     const stop = seen !== undefined && seen.timer._idleNext &&
       seen.timer._idleStart === seen.start ? seen.timer : list;
     let newest = null;
     for (let t = list._idleNext; t && t !== list && t !== stop; t = t._idleNext) {
+      if (++steps > MAX_TIMER_STEPS) break;
       if (newest === null) newest = t;
-      if (t[kRefed] !== true) continue;
-      if (t[asyncIdOf] < cell.firstId || t._repeat !== null) {
-        leftWork.timeoutUnref(t);
-        cell.unrefd[cell.unrefd.length] = t;
-      } else {
-        holds = true;
-      }
+      if (WeakSetHas(cell.looked, t)) continue; // (a list read whole again)
+      WeakSetAdd(cell.looked, t);
+      if (isCells(cell, t) && t[kRefed] === true) cell.held[cell.held.length] = t;
     }
     if (newest !== null) {
       WeakMapSet(cell.seen, list, frame({ timer: newest, start: newest._idleStart }));
     }
   }
+  if (held.length > 0) return true;
+  for (let i = immediateQueue.head; i; i = i._idleNext) {
+    if (i[kRefed] === true && isCells(cell, i)) return true;
+  }
+  const requests = leftWork.activeRequests(process);
+  for (let i = 0; i < requests.length; i++) {
+    // (Not the close of a FileHandle that fs.promises.readFile leaves behind it: nothing
+    // waits for that, and it ends with no callback.)
+    const request = requests[i];
+    if (!(request && request.constructor && request.constructor.name === 'FileHandleCloseReq')) {
+      return true;
+    }
+  }
   const handles = refHandles();
   for (let i = 0; i < handles.length; i++) {
     const h = handles[i];
-    let runs = false;
     try {
-      // One unref'd already and ref'd still: its unref does nothing (the user's own).
-      runs = !WeakSetHas(cell.unrefdSet, h) && (WeakSetHas(cell.handles, h) || runsOn(h));
-      if (runs) {
-        h.unref();
-        WeakSetAdd(cell.unrefdSet, h);
-        cell.unrefd[cell.unrefd.length] = h;
-      }
+      if (!WeakSetHas(cell.handles, h) && !runsOn(h)) return true;
     } catch (err) {
-      runs = false; // the user's object: it holds the cell
-    }
-    if (!runs) holds = true;
-  }
-  return holds || leftWork.activeRequests(process).length > 0 || refImmediatePending();
-}
-
-function refAgain(cell) {
-  const { unrefd } = cell;
-  for (let i = 0; i < unrefd.length; i++) {
-    const x = unrefd[i];
-    try {
-      if (!WeakSetHas(cell.unrefdSet, x)) {
-        leftWork.timeoutRef(x);
-      } else if (!(x instanceof net.Socket) || x._handle) {
-        x.ref(); // (a closed socket's ref() would wait for it to connect again)
-      }
-    } catch (err) {
-      /* the user's object */
+      return true; // the user's object: it holds the cell
     }
   }
+  return false;
 }
-
-// While a cell waits: a sort once each callback has returned, in the check phase of the same
-// turn of the loop (the callback may have started a server or an interval, which would keep
-// the loop waiting for I/O). Not after the sort's own immediate, and not while an immediate
-// keeps the loop from waiting (a chain of them would be sorted each turn, and a sort looks at
-// each timer list: 2,000 turns took 8 s with 20,000 lists).
-let waitingCell = null;
-let sortImmediate = null;
-let sortImmediateId = -1;
 
 function refImmediatePending() {
   const { immediateQueue, kRefed } = leftWork;
@@ -929,18 +976,28 @@ function refImmediatePending() {
   return false;
 }
 
-function sortAfterCallback(asyncId) {
-  if (waitingCell === null || sortImmediate !== null || asyncId === sortImmediateId ||
+// While a cell waits: a look once each callback has returned, in the check phase of the same
+// turn of the loop. Not after the look's own immediate, nor while an immediate is pending
+// (a chain of them would be looked at each turn, and a look reads each timer list). Some
+// work ends with no callback (the close fs.promises.readFile leaves running, a promise's
+// request no one awaits): a look every LOOK_EVERY_MS as well, while the cell waits.
+const LOOK_EVERY_MS = 10;
+let waitingCell = null;
+let lookImmediate = null;
+let lookImmediateId = -1;
+
+function lookAfterCallback(asyncId) {
+  if (waitingCell === null || lookImmediate !== null || asyncId === lookImmediateId ||
       refImmediatePending()) {
     return;
   }
-  sortImmediate = setImmediate(sortNow);
-  sortImmediateId = sortImmediate[leftWork.asyncIdOf];
+  lookImmediate = setImmediate(lookNow);
+  lookImmediateId = lookImmediate[leftWork.asyncIdOf];
 }
 
-function sortNow() {
-  sortImmediate = null;
-  if (waitingCell !== null) sortLoop(waitingCell);
+function lookNow() {
+  lookImmediate = null;
+  if (waitingCell !== null && !cellWorkLeft(waitingCell) && cancelLeftWork) cancelLeftWork();
 }
 
 // An interrupt that came after the cell's code and before its wait (while Node reported the
@@ -953,14 +1010,9 @@ async function awaitLeftWork(cell) {
   // Work a callback the cell queued with process.nextTick starts (a stream opens its file).
   await new Promise((resolve) => process.nextTick(resolve));
   if (interruptPending) return 'interrupted';
-  if (!sortLoop(cell) && !threadPoolMayWork()) {
-    refAgain(cell);
-    return 'done';
-  }
+  if (!cellWorkLeft(cell)) return 'done';
   let interrupted = false;
-  ctl.unref();
-  waitingCell = cell;
-  leftWork.afterHook.enable();
+  let everyFew = null;
   try {
     await new Promise((resolve) => {
       cancelLeftWork = resolve;
@@ -968,16 +1020,22 @@ async function awaitLeftWork(cell) {
         interrupted = true;
         resolve();
       };
+      waitingCell = cell;
+      everyFew = setInterval(lookNow, LOOK_EVERY_MS);
+      leftWork.afterHook.enable();
     });
   } finally {
-    leftWork.afterHook.disable();
+    clearInterval(everyFew);
+    try {
+      leftWork.afterHook.disable();
+    } catch (err) {
+      /* the user broke async_hooks: the hook stays, and does nothing without a cell */
+    }
     waitingCell = null;
-    if (sortImmediate !== null) clearImmediate(sortImmediate);
-    sortImmediate = null;
+    if (lookImmediate !== null) clearImmediate(lookImmediate);
+    lookImmediate = null;
     cancelLeftWork = null;
     cancelWait = null;
-    ctl.ref();
-    refAgain(cell);
   }
   return interrupted ? 'interrupted' : 'done';
 }

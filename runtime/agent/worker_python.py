@@ -701,11 +701,19 @@ NO_SPACE_NOTE = ("The sandbox's disk is full: /workspace and /tmp are small, in 
                  " (`df -h /workspace /tmp` shows them). Delete files to make room, or write less.")
 
 
+_getrlimit = resource.getrlimit  # the worker's own: cells share the module
+_RLIMIT_FSIZE = resource.RLIMIT_FSIZE
+_RLIM_INFINITY = resource.RLIM_INFINITY
+
+
 def _file_size_note() -> str:
     """The note on a write past the sandbox's file size limit (RLIMIT_FSIZE)."""
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    size = ("" if limit == resource.RLIM_INFINITY
-            else f" ({limit / 2**20:g} MB; the file keeps what was written)")
+    try:
+        limit = _getrlimit(_RLIMIT_FSIZE)[0]
+        size = ("" if limit == _RLIM_INFINITY
+                else f" ({limit / 2**20:g} MB; the file keeps what was written)")
+    except BaseException:  # an odd limit: the note without it
+        size = ""
     return f"A file here may be no larger than the sandbox's file size limit{size}."
 
 

@@ -302,6 +302,9 @@ NO_PIP = "Packages cannot be installed here: there is no network and no pip."
      "A file here may be no larger than the sandbox's file size limit (1 MB;"),
     ("import errno, os\nraise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))",
      "The sandbox's disk is full"),
+    # (the module the cells share, broken: a review found the worker ended)
+    ("import resource\nresource.getrlimit = None\nraise OSError(27, 'File too large')",
+     "A file here may be no larger than the sandbox's file size limit"),
 ])
 def test_python_a_missing_package_or_input_says_why(py: AgentDriver, code: str,
                                                     note: str) -> None:
@@ -1713,14 +1716,6 @@ def test_js_a_cell_that_awaits_a_timer_a_child_or_a_file_is_left_to_finish(
     ("let n = 0; function again() { console.log(n++); if (n < 3) setTimeout(again, 30); }\n"
      "again()", "0\n1\n2\n"),
     ("setImmediate(() => console.log('immediate'))", "immediate\n"),
-    # Work on Node's thread pool and a worker thread, which keep the loop alive unseen.
-    ("require('zlib').gzip('abc', (err, out) => console.log('gzip', out.length > 0))",
-     "gzip true\n"),
-    ("require('crypto').pbkdf2('pw', 'salt', 1000, 32, 'sha256', (err, key) =>"
-     " console.log('key', key.length))", "key 32\n"),
-    ("new (require('worker_threads').Worker)("
-     "\"setTimeout(() => console.log('from a thread'), 200)\", { eval: true })",
-     "from a thread\n"),
     ("async function main() { await new Promise((r) => setTimeout(r, 50));"
      " console.log('main'); }\nmain(); console.log('started')", "started\nmain\n"),
     # An interval cleared by a timer: the timer holds the cell, the interval does not.
@@ -1786,16 +1781,73 @@ def test_js_work_an_earlier_cell_left_does_not_hold_a_cell(js: AgentDriver) -> N
     assert later.done["execution_time_ms"] < 5000, later.done
 
 
-def test_js_many_timers_left_do_not_slow_the_wait(js: AgentDriver) -> None:
-    """The wait looks at what a callback may have started once the loop would wait: it
-    walked every timer after each turn, so 20,000 an earlier cell left (of as many
-    durations) made a chain of 2,000 immediates take 7 s (a review)."""
+@pytest.mark.parametrize("chain", [
+    "let k = 0; (function chain() { if (++k < 2000) setImmediate(chain); })()",
+    "let k = 0; (function chain() { if (++k < 500) require('fs').stat('/', chain); })()",
+])
+def test_js_many_timers_left_do_not_slow_the_wait(js: AgentDriver, chain: str) -> None:
+    """After each callback the wait looks for timers the callback started: it read every
+    timer list each time, so 20,000 lists an earlier cell left made a chain of 2,000
+    immediates take 7 s, and one of 500 ``fs.stat`` callbacks 4 s (two reviews). It reads
+    them only when the count of timers changed, or a timer of the cell's ended."""
     assert_success(js.run(
         "for (let i = 0; i < 20_000; i++) setTimeout(() => {}, 600_000 + i).unref()"))
-    result = js.run("let k = 0; (function chain() { if (++k < 2000) setImmediate(chain); })()",
-                    timeout=10)
+    result = js.run(chain, timeout=10)
     assert_success(result)
     assert result.done["execution_time_ms"] < 2000, result.done
+
+
+@pytest.mark.parametrize("loop", [
+    "function poll() { globalThis.polled = setTimeout(poll, 50); }\npoll()",
+    "(async () => { for (;;) await new Promise((r) => setTimeout(r, 50)); })()",
+])
+def test_js_a_loop_an_earlier_cell_left_does_not_hold_later_cells(
+        js: AgentDriver, loop: str) -> None:
+    """A loop that starts a new timer each turn, left running by an earlier cell (a review:
+    each of its timers counted as the waiting cell's own, so every later cell that left or
+    awaited a timer ran to its time limit). A timer knows what made it; one made after an
+    ``await`` counts as background when a timer was pending as the cell started."""
+    js.run_interrupted(loop, after=0.3)  # a loop as a program runs it: until stopped
+    for cell in ("setTimeout(() => console.log('mine'), 100)",
+                 "await new Promise((r) => setTimeout(r, 200)); console.log('mine')",
+                 "async function main() { await new Promise((r) => setTimeout(r, 50));"
+                 " console.log('mine'); }\nmain()"):
+        result = js.run(cell, timeout=10)
+        assert_success(result)
+        assert result.text() == "mine\n", result.text()
+        assert result.done["execution_time_ms"] < 5000, result.done
+
+
+@pytest.mark.parametrize("unseen", [
+    "new (require('worker_threads').Worker)('setInterval(() => {}, 1000)', { eval: true })",
+    "require('zlib').gzip('abc', () => {})",
+])
+def test_js_work_node_does_not_list_holds_no_cell(js: AgentDriver, unseen: str) -> None:
+    """A worker thread and work on Node's thread pool are in none of Node's lists: a cell
+    that leaves them ends with its code, and a worker thread left running held every later
+    cell to its time limit (a review)."""
+    assert_success(js.run(f"{unseen}; 1", timeout=10))
+    result = js.run("setTimeout(() => console.log('later'), 50)", timeout=10)
+    assert_success(result)
+    assert result.text() == "later\n"
+    assert result.done["execution_time_ms"] < 5000, result.done
+
+
+def test_js_the_wait_survives_a_cell_that_breaks_what_it_uses(js: AgentDriver) -> None:
+    """The control pipe's ref and unref, an AsyncResource's id and the worker's own
+    beforeExit listener: a cell that broke one made later cells run to their time limit,
+    or ended the worker (a review)."""
+    js.run("var kept = 'yes'")
+    assert_success(js.run(
+        "require('net').Socket.prototype.unref = () => {};\n"
+        "require('net').Socket.prototype.ref = () => { throw new Error('ref'); };\n"
+        "require('async_hooks').AsyncResource.prototype.asyncId = () => { throw 1; };\n"
+        "process.removeAllListeners('beforeExit'); 1"))
+    timer = js.run("setTimeout(() => console.log('timer'), 20)", timeout=10)
+    assert (timer.done["status"], timer.text()) == ("success", "timer\n"), timer.done
+    stalled = js.run("await new Promise(() => {})", timeout=10)
+    assert stalled.done["exit_code"] == 13, stalled.done
+    assert js.run("kept").displays[0]["data"]["text/plain"] == "'yes'"
 
 
 def test_js_an_error_in_the_work_a_cell_left_ends_the_cell(js: AgentDriver) -> None:
