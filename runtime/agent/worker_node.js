@@ -48,6 +48,7 @@ const { Console } = require('console');
 const { builtinModules, createRequire } = require('module');
 const { pathToFileURL } = require('url');
 const writeSync = fs.writeSync;
+const { nextTick } = process;
 const SocketRef = uncurry(net.Socket.prototype.ref);
 const SocketUnref = uncurry(net.Socket.prototype.unref);
 
@@ -822,7 +823,7 @@ const leftWork = (() => {
       executionAsyncId, FSWatcher, StatWatcher, timeoutInfo,
       activeHandles: uncurry(process._getActiveHandles),
       activeRequests: uncurry(process._getActiveRequests),
-      afterHook: createHook({ after: lookAfterCallback }),
+      afterHook: createHook({ init: noteOrigin, after: lookAfterCallback }),
     };
   } catch (err) {
     return null;
@@ -835,6 +836,8 @@ const WeakSetHas = uncurry(WeakSet.prototype.has);
 const WeakMapGet = uncurry(WeakMap.prototype.get);
 const WeakMapSet = uncurry(WeakMap.prototype.set);
 const MAX_TIMER_STEPS = 1e6; // a walk's bound (a cell may link a timer to itself)
+// Each timer list's newest timer the worker has looked at (what is behind it is older).
+const timersSeen = new WeakMap();
 let dgramSocket;
 
 // The handles that keep the loop alive, the worker's own left out.
@@ -848,8 +851,9 @@ function refHandles() {
   return found;
 }
 
-// What the cell starts with. Timers and immediates made before it have lower async ids; the
-// handles keeping the loop alive are noted.
+// What the cell starts with. What was made before it has a lower async id; the handles
+// keeping the loop alive are noted. Quiet: no timeout, immediate or request of earlier work
+// pending (which could be a loop making more of its kind without end).
 function loopBefore() {
   if (leftWork === null) return null;
   const handles = new WeakSet();
@@ -857,8 +861,10 @@ function loopBefore() {
   for (let i = 0; i < list.length; i++) WeakSetAdd(handles, list[i]);
   return frame({
     firstId: leftWork.newAsyncId(), contextId: leftWork.executionAsyncId(),
-    quiet: !timeoutPending(), handles, own: new Set(), background: new Set(), held: [],
-    seen: new WeakMap(), looked: new WeakSet(), timers: -1,
+    quietTimers: !timeoutPending() && !refImmediatePending(),
+    quietRequests: leftWork.activeRequests(process).length === 0,
+    handles, own: new Set(), background: new Set(), held: [], idle: [],
+    looked: new WeakSet(), timers: -1,
   });
 }
 
@@ -885,24 +891,57 @@ function runsOn(h) {
   return h instanceof dgramSocket;
 }
 
-// Whether a timer or an immediate is the cell's own work (else background, noted).
-function isCells(cell, x) {
-  const { asyncIdOf, triggerIdOf } = leftWork;
-  const id = x[asyncIdOf];
-  if (typeof id !== 'number' || id < cell.firstId || x._repeat) return false;
-  const trigger = x[triggerIdOf];
+// Whether the async resource `id`, made by `trigger` (the resource whose callback ran, or 0
+// or 1 where Node does not know: after an `await`), is the cell's own work; noted either way.
+// `quiet`: the answer when the maker is not known (a promise's callback, or work that ended
+// before the worker looked, while the cell awaited).
+function isOwn(cell, id, trigger, quiet) {
+  if (typeof id !== 'number' || id < cell.firstId) return false; // from before the cell
+  if (SetHas(cell.own, id)) return true;
+  if (SetHas(cell.background, id)) return false;
   let own;
   if (SetHas(cell.own, trigger) || (trigger === cell.contextId && trigger > 1)) {
     own = true; // made by the cell's code or its work
   } else if (SetHas(cell.background, trigger) || (trigger > 1 && trigger < cell.firstId)) {
     own = false; // by work from before the cell (an earlier cell's interval), or by its work
   } else {
-    // By what Node does not know (after an await), or by work that ended before the worker
-    // looked (while the cell awaited).
-    own = cell.quiet;
+    own = quiet;
   }
   SetAdd(own ? cell.own : cell.background, id);
   return own;
+}
+
+// A timer's or an immediate's: an interval runs on (and so does what it makes).
+function isOwnTimer(cell, x) {
+  const { asyncIdOf, triggerIdOf } = leftWork;
+  if (x._repeat) {
+    if (x[asyncIdOf] >= cell.firstId) SetAdd(cell.background, x[asyncIdOf]);
+    return false;
+  }
+  return isOwn(cell, x[asyncIdOf], x[triggerIdOf], cell.quietTimers);
+}
+
+// While the cell waits, what is made is noted as it is made (an `init` async hook): a chain
+// of timers or immediates, or a timer an I/O callback starts, is known by its maker even
+// when no look came between.
+function noteOrigin(asyncId, type, triggerAsyncId, resource) {
+  const cell = waitingCell;
+  if (cell === null) return;
+  if (type === 'Timeout' && resource && resource._repeat) {
+    SetAdd(cell.background, asyncId);
+    return;
+  }
+  isOwn(cell, asyncId, triggerAsyncId, type === 'PROMISE' || type === 'Timeout' ||
+    type === 'Immediate' ? cell.quietTimers : cell.quietRequests);
+}
+
+// An async wrap's id (a request's, a handle's), or -1.
+function wrapId(wrap) {
+  try {
+    return wrap && typeof wrap.getAsyncId === 'function' ? wrap.getAsyncId() : -1;
+  } catch (err) {
+    return -1;
+  }
 }
 
 // Whether anything of the cell's own is left: its timers (the new ones looked at once, from
@@ -911,24 +950,36 @@ function isCells(cell, x) {
 // requests and handles.
 function cellWorkLeft(cell) {
   const { timerListMap, kRefed, immediateQueue, timeoutInfo } = leftWork;
-  // The held timers still pending (not fired, cleared or unref'd since).
+  // The held timers still pending (not fired, cleared or unref'd since), and the cell's
+  // unref'd ones that were ref'd since.
   const held = cell.held;
   let kept = 0;
   for (let i = 0; i < held.length; i++) {
     const t = held[i];
     if (t._idleNext && !t._destroyed && t[kRefed] === true) held[kept++] = t;
+    else if (t._idleNext && !t._destroyed) cell.idle[cell.idle.length] = t;
   }
+  const ended = kept < held.length;
+  held.length = kept;
+  const idle = cell.idle;
+  let idleKept = 0;
+  for (let i = 0; i < idle.length; i++) {
+    const t = idle[i];
+    if (!t._idleNext || t._destroyed) continue;
+    if (t[kRefed] === true) held[held.length] = t;
+    else idle[idleKept++] = t;
+  }
+  idle.length = idleKept;
   // The lists are read again only when a timer may have started: the count of ref'd timers
   // changed, or one of the cell's own ended (its callback may have started the next). A
   // background timeout that ended while a callback of the cell's started one is missed.
   const count = timeoutInfo[0];
-  const walk = count !== cell.timers || kept < held.length;
-  held.length = kept;
+  const walk = count !== cell.timers || ended;
   cell.timers = count;
   let steps = 0;
   for (const duration in walk ? timerListMap : null) {
     const list = timerListMap[duration];
-    const seen = WeakMapGet(cell.seen, list);
+    const seen = WeakMapGet(timersSeen, list);
     const stop = seen !== undefined && seen.timer._idleNext &&
       seen.timer._idleStart === seen.start ? seen.timer : list;
     let newest = null;
@@ -937,35 +988,44 @@ function cellWorkLeft(cell) {
       if (newest === null) newest = t;
       if (WeakSetHas(cell.looked, t)) continue; // (a list read whole again)
       WeakSetAdd(cell.looked, t);
-      if (isCells(cell, t) && t[kRefed] === true) cell.held[cell.held.length] = t;
+      if (!isOwnTimer(cell, t)) continue;
+      if (t[kRefed] === true) held[held.length] = t;
+      else idle[idle.length] = t;
     }
     if (newest !== null) {
-      WeakMapSet(cell.seen, list, frame({ timer: newest, start: newest._idleStart }));
+      WeakMapSet(timersSeen, list, frame({ timer: newest, start: newest._idleStart }));
     }
   }
   if (held.length > 0) return true;
   for (let i = immediateQueue.head; i; i = i._idleNext) {
-    if (i[kRefed] === true && isCells(cell, i)) return true;
+    if (i[kRefed] === true && isOwnTimer(cell, i)) return true;
   }
+  let left = false;
   const requests = leftWork.activeRequests(process);
   for (let i = 0; i < requests.length; i++) {
     // (Not the close of a FileHandle that fs.promises.readFile leaves behind it: nothing
     // waits for that, and it ends with no callback.)
     const request = requests[i];
-    if (!(request && request.constructor && request.constructor.name === 'FileHandleCloseReq')) {
-      return true;
+    if (request && request.constructor && request.constructor.name === 'FileHandleCloseReq') {
+      continue;
     }
+    const id = wrapId(request);
+    if (id < 0 || isOwn(cell, id, -1, cell.quietRequests)) left = true;
   }
   const handles = refHandles();
   for (let i = 0; i < handles.length; i++) {
     const h = handles[i];
     try {
-      if (!WeakSetHas(cell.handles, h) && !runsOn(h)) return true;
+      if (WeakSetHas(cell.handles, h) || runsOn(h)) continue;
+      // Its own: what its callbacks make is the cell's too.
+      const id = wrapId(h._handle);
+      if (id >= cell.firstId) SetAdd(cell.own, id);
+      left = true;
     } catch (err) {
-      return true; // the user's object: it holds the cell
+      left = true; // the user's object: it holds the cell
     }
   }
-  return false;
+  return left;
 }
 
 function refImmediatePending() {
@@ -1008,7 +1068,7 @@ let interruptPending = false;
 async function awaitLeftWork(cell) {
   if (cell === null) return 'done';
   // Work a callback the cell queued with process.nextTick starts (a stream opens its file).
-  await new Promise((resolve) => process.nextTick(resolve));
+  await new Promise((resolve) => nextTick(resolve));
   if (interruptPending) return 'interrupted';
   if (!cellWorkLeft(cell)) return 'done';
   let interrupted = false;

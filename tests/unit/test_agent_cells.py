@@ -1818,6 +1818,35 @@ def test_js_a_loop_an_earlier_cell_left_does_not_hold_later_cells(
         assert result.done["execution_time_ms"] < 5000, result.done
 
 
+def test_js_the_cells_own_chains_are_known_beside_background_work(js: AgentDriver) -> None:
+    """Ownership is noted as work is made, not only when the worker looks: a chain of
+    immediates or timers, and a timer an I/O callback starts, were taken for background
+    (and their output came in a later cell) when a timeout of an earlier cell was pending;
+    an earlier cell's immediate loop was taken for the cell's own (it ran to its limit);
+    a timer unref'd and then ref'd was never waited for (a review)."""
+    js.run_interrupted("globalThis.sleep = (ms) => new Promise((r) => setTimeout(r, ms));\n"
+                       "(async () => { for (;;) await sleep(100); })()", after=0.3)
+    for cell, printed in [
+        ("let k = 0; (function f() { if (++k < 2000) setImmediate(f);"
+         " else console.log('immediates', k); })()", "immediates 2000\n"),
+        ("let j = 0; (function g() { if (++j < 20) setTimeout(g, 0);"
+         " else console.log('timers', j); })()", "timers 20\n"),
+        ("require('fs').readFile('/proc/self/stat', () =>"
+         " setTimeout(() => console.log('after the read'), 10))", "after the read\n"),
+        ("require('child_process').exec('echo hi', (e, out) =>"
+         " setTimeout(() => console.log('after', out.trim()), 10))", "after hi\n"),
+        ("const t = setTimeout(() => console.log('fired'), 80); t.unref();"
+         " setTimeout(() => t.ref(), 10)", "fired\n"),
+    ]:
+        result = js.run(cell, timeout=10)
+        assert_success(result)
+        assert result.text() == printed, (cell, result.text())
+    js.run_interrupted("setImmediate(function spin() { setImmediate(spin); })", after=0.3)
+    later = js.run("setTimeout(() => console.log('mine'), 30)", timeout=10)
+    assert (later.done["status"], later.text()) == ("success", "mine\n"), later.done
+    assert later.done["execution_time_ms"] < 5000, later.done
+
+
 @pytest.mark.parametrize("unseen", [
     "new (require('worker_threads').Worker)('setInterval(() => {}, 1000)', { eval: true })",
     "require('zlib').gzip('abc', () => {})",
@@ -1834,15 +1863,15 @@ def test_js_work_node_does_not_list_holds_no_cell(js: AgentDriver, unseen: str) 
 
 
 def test_js_the_wait_survives_a_cell_that_breaks_what_it_uses(js: AgentDriver) -> None:
-    """The control pipe's ref and unref, an AsyncResource's id and the worker's own
-    beforeExit listener: a cell that broke one made later cells run to their time limit,
-    or ended the worker (a review)."""
+    """The control pipe's ref and unref, an AsyncResource's id, the worker's own
+    beforeExit listener and process.nextTick: a cell that broke one made later cells run to
+    their time limit, or ended the worker (two reviews)."""
     js.run("var kept = 'yes'")
     assert_success(js.run(
         "require('net').Socket.prototype.unref = () => {};\n"
         "require('net').Socket.prototype.ref = () => { throw new Error('ref'); };\n"
         "require('async_hooks').AsyncResource.prototype.asyncId = () => { throw 1; };\n"
-        "process.removeAllListeners('beforeExit'); 1"))
+        "process.removeAllListeners('beforeExit'); process.nextTick = () => {}; 1"))
     timer = js.run("setTimeout(() => console.log('timer'), 20)", timeout=10)
     assert (timer.done["status"], timer.text()) == ("success", "timer\n"), timer.done
     stalled = js.run("await new Promise(() => {})", timeout=10)
