@@ -772,7 +772,8 @@ def _os_errno(exc: BaseException) -> "int | None":
 
 def _add_hint(exc: BaseException) -> None:
     """A note on what a model-written cell cannot do here: install a missing package, read
-    input, or reach the network. Only on the exceptions that say so, once."""
+    input, reach the network, or write past the file size limit or the disk's size. Only on
+    the exceptions that say so, once."""
     if _is_missing_package(exc):
         note = MISSING_MODULE_NOTE
     elif isinstance(exc, EOFError) and exc.args == ("EOF when reading a line",):
