@@ -786,17 +786,20 @@ listenForBeforeExit();
 // Work meant to run on does not hold a cell: an interval, a listening server and the
 // connections it accepted, a UDP socket, a watcher, what is unref'd, and whatever was there
 // when the cell started (an earlier cell's), with what it starts: a timer knows the work
-// whose callback made it (its trigger id). A timer made where that is not known (after an
-// `await`, in a promise's callback: Node tracks promises only with costly hooks) counts as
-// the cell's if no timer was pending when the cell started, and as background otherwise (an
-// earlier cell's `for (;;) await sleep(100)` makes such timers without end).
+// whose callback made it (its trigger id), and while the cell waits each resource's maker is
+// noted as it is made (see isOwn and noteOrigin). What was made where the maker is not known
+// (after an `await`, in a promise's callback, before the wait: Node tracks promises only
+// with costly hooks) counts as the cell's if no work of its kind was pending when the cell
+// started, and as background otherwise (an earlier cell's `for (;;) await sleep(100)` makes
+// such timers without end).
 //
-// The worker looks again once each callback has returned (an `after` async hook, enabled for
-// the wait only: it makes promises there about twice as slow), in the check phase of the
-// same turn of the loop, and not while an immediate is pending; the cell ends when nothing
-// of its own is left. An interrupt or the cell's time limit ends the wait, and an error no
-// one handles ends it too, as it ends a program. Where Node's internals are not there
-// (another Node), a cell ends with its code, as in Node's REPL.
+// The worker looks again once each callback has returned (`init` and `after` async hooks,
+// enabled for the wait only: they make promises there a few times slower), in the check
+// phase of the same turn of the loop, and not while an immediate is pending; and every
+// LOOK_EVERY_MS. The cell ends when nothing of its own is left. An interrupt or the cell's
+// time limit ends the wait, and an error no one handles ends it too, as it ends a program.
+// Where Node's internals are not there (another Node), a cell ends with its code, as in
+// Node's REPL.
 const leftWork = (() => {
   try {
     const timers = require('internal/timers');
@@ -823,7 +826,7 @@ const leftWork = (() => {
       executionAsyncId, FSWatcher, StatWatcher, timeoutInfo,
       activeHandles: uncurry(process._getActiveHandles),
       activeRequests: uncurry(process._getActiveRequests),
-      afterHook: createHook({ init: noteOrigin, after: lookAfterCallback }),
+      waitHooks: createHook({ init: noteOrigin, after: lookAfterCallback }),
     };
   } catch (err) {
     return null;
@@ -1082,12 +1085,12 @@ async function awaitLeftWork(cell) {
       };
       waitingCell = cell;
       everyFew = setInterval(lookNow, LOOK_EVERY_MS);
-      leftWork.afterHook.enable();
+      leftWork.waitHooks.enable();
     });
   } finally {
     clearInterval(everyFew);
     try {
-      leftWork.afterHook.disable();
+      leftWork.waitHooks.disable();
     } catch (err) {
       /* the user broke async_hooks: the hook stays, and does nothing without a cell */
     }
