@@ -2088,6 +2088,10 @@ static bool make_tempdir(Buf *path, int *err) {
 #define RUST_ROOT_SOURCE                                                                  \
     "#[allow(unreachable_code)] fn main() -> Result<(), Box<dyn std::error::Error>> {\n" \
     "    let _ = include!(\"main.rs\");\n    Ok(())\n}\n"
+/* ... and the crate root of a snippet that ends as such a main does (`Ok(())`): the block
+ * is main's value. */
+#define RUST_RESULT_MAIN "fn main() -> Result<(), Box<dyn std::error::Error>> {"
+#define RUST_ROOT_RESULT_SOURCE RUST_RESULT_MAIN "\n    include!(\"main.rs\")\n}\n"
 
 static bool rust_ident_char(unsigned char c) {
     return c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -2155,6 +2159,69 @@ static size_t rust_skip_literal(const char *s, size_t n, size_t i) {
     return i;
 }
 
+/* Where the comment, string or char literal at `i` ends, or `i` when none starts there. */
+static size_t rust_skip_token(const char *s, size_t n, size_t i) {
+    bool word_start = i == 0 || !rust_ident_char((unsigned char)s[i - 1]);
+    /* A raw string's r opens a word, or follows the b or c that does (br"..."). */
+    bool raw_ok = word_start || ((s[i - 1] == 'b' || s[i - 1] == 'c') &&
+                                 (i < 2 || !rust_ident_char((unsigned char)s[i - 2])));
+    return s[i] != 'r' || raw_ok ? rust_skip_literal(s, n, i) : i;
+}
+
+/* Past the blanks and comments at `i`. */
+static size_t rust_skip_blanks(const char *s, size_t n, size_t i) {
+    while (i < n) {
+        if (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') i++;
+        else if (s[i] == '/' && rust_skip_literal(s, n, i) > i) i = rust_skip_literal(s, n, i);
+        else break;
+    }
+    return i;
+}
+
+/* Whether a snippet's last expression is `Ok(...)` or `Err(...)`, so spelled, as a main that
+ * returns a Result ends (`?` above it, `Ok(())` last). Dropped as other last values are,
+ * such a value's error type was unknown, and rustc refused the cell with "type annotations
+ * needed", pointing into the wrapper (a review of model-written cells). The last
+ * expression is what follows the last `;` or `}` outside any bracket. */
+static bool rust_ends_in_result(const char *s, size_t n) {
+    size_t depth = 0, tail = 0, i = 0;
+    while (i < n) {
+        size_t end = rust_skip_token(s, n, i);
+        if (end > i) {
+            i = end;
+            continue;
+        }
+        if (s[i] == '(' || s[i] == '[' || s[i] == '{') {
+            depth++;
+        } else if ((s[i] == ')' || s[i] == ']' || s[i] == '}') && depth > 0) {
+            depth--;
+            if (depth == 0 && s[i] == '}') tail = i + 1;
+        } else if (s[i] == ';' && depth == 0) {
+            tail = i + 1;
+        }
+        i++;
+    }
+    i = rust_skip_blanks(s, n, tail);
+    size_t word = i;
+    while (i < n && rust_ident_char((unsigned char)s[i])) i++;
+    if (!(i - word == 2 && memcmp(s + word, "Ok", 2) == 0) &&
+        !(i - word == 3 && memcmp(s + word, "Err", 3) == 0))
+        return false;
+    i = rust_skip_blanks(s, n, i);
+    if (i >= n || s[i] != '(') return false;
+    for (depth = 0; i < n;) {
+        size_t end = rust_skip_token(s, n, i);
+        if (end > i) {
+            i = end;
+            continue;
+        }
+        if (s[i] == '(' || s[i] == '[' || s[i] == '{') depth++;
+        else if ((s[i] == ')' || s[i] == ']' || s[i] == '}') && --depth == 0) break;
+        i++;
+    }
+    return i < n && rust_skip_blanks(s, n, i + 1) == n;
+}
+
 /* Whether a Rust source declares `fn main` (the word `fn`, blanks, the word `main`) in its
  * code: a mention in a comment, a string or a char literal does not count (`// not fn main
  * here` left a snippet unwrapped, and rustc said that main was missing: a review). */
@@ -2162,15 +2229,10 @@ static bool rust_has_main(const char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         bool word_start = i == 0 || !rust_ident_char((unsigned char)s[i - 1]);
-        /* A raw string's r opens a word, or follows the b or c that does (br"..."). */
-        bool raw_ok = word_start || ((s[i - 1] == 'b' || s[i - 1] == 'c') &&
-                                     (i < 2 || !rust_ident_char((unsigned char)s[i - 2])));
-        if (s[i] != 'r' || raw_ok) {
-            size_t end = rust_skip_literal(s, n, i);
-            if (end > i) {
-                i = end;
-                continue;
-            }
+        size_t end = rust_skip_token(s, n, i);
+        if (end > i) {
+            i = end;
+            continue;
         }
         if (word_start && s[i] == 'f' && i + 1 < n && s[i + 1] == 'n') {
             size_t j = i + 2;
@@ -2266,19 +2328,23 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
      * before the cell's first line, so diagnostics name main.rs with the cell's own lines
      * and its own text (that line's columns one to the right). Inner attributes
      * (`#![allow(...)]`) are not allowed on a block: a snippet with one is the plain body
-     * of `fn main() { ... }` in main.rs instead. */
+     * of `fn main() { ... }` in main.rs instead. A snippet that ends as a main returning a
+     * Result does (`Ok(())` or `Err(...)` last) is main's value, not dropped: its error
+     * type is main's. */
     bool wrap = !rust_has_main(code, codelen);
     bool plain = wrap && rust_has_inner_attribute(code, codelen);
+    size_t shebang = rust_shebang_len(code, codelen);
+    bool result = wrap && rust_ends_in_result(code + shebang, codelen - shebang);
     if (ok) {
         Buf src = {0};
         /* rustc accepts a shebang line only as a crate root's first: it stays there in a plain
          * body, and is a comment in a block; the block opens on the next line, so the line
          * numbers still hold. */
-        size_t head = wrap ? rust_shebang_len(code, codelen) : 0;
+        size_t head = wrap ? shebang : 0;
         if (head && !plain) buf_adds(&src, "// ");
         add_replacing_surrogates(&src, code, head);
         if (head && code[head - 1] != '\n') buf_addc(&src, '\n');  /* a shebang alone */
-        if (plain) buf_adds(&src, "fn main() { ");
+        if (plain) buf_adds(&src, result ? RUST_RESULT_MAIN " " : "fn main() { ");
         else if (wrap) buf_addc(&src, '{');
         add_replacing_surrogates(&src, code + head, codelen - head);
         if (wrap) buf_adds(&src, "\n}\n");
@@ -2289,7 +2355,8 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
         buf_clear(&file);
         buf_addf(&file, "%s/" RUST_ROOT, path);
         fd = open(buf_cstr(&file), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-        ok = fd >= 0 && write_file(fd, RUST_ROOT_SOURCE, strlen(RUST_ROOT_SOURCE), &e);
+        const char *root = result ? RUST_ROOT_RESULT_SOURCE : RUST_ROOT_SOURCE;
+        ok = fd >= 0 && write_file(fd, root, strlen(root), &e);
         if (fd < 0) e = errno;
     }
     if (!ok) {

@@ -2178,6 +2178,36 @@ def test_rust_a_program_with_its_own_main_is_left_alone(rs: AgentDriver, code: s
     assert result.text() in ("x\n", "true\n")
 
 
+@pytest.mark.parametrize(("code", "stdout", "exit_code", "stderr"), [
+    ('let n: i32 = "21".parse()?;\nprintln!("{}", 2 * n);\nOk(())', "42\n", 0, ""),
+    ('for i in 0..2 {\n    println!("{i}");\n}\nOk ( () ) // done\n', "0\n1\n", 0, ""),
+    ('let v = vec![1];\nif v.is_empty() { return Ok(()); }\nErr("not empty".into())', "", 1,
+     'Error: "not empty"\n'),
+    ('#![allow(unused_variables)]\nlet quiet = 1;\nlet n: u8 = "7".parse()?;\nOk(())', "", 0, ""),
+    # Not a bare Ok or Err last: as before, the value is dropped.
+    ('let r = Ok::<(), String>(());\nprintln!("{:?}", r);\nOk::<u8, String>(1)', "Ok(())\n", 0, ""),
+    ('fn f() -> Result<(), String> {\n    Ok(())\n}\nf().unwrap();\nprintln!("f");', "f\n", 0, ""),
+    ('let s = "Ok(())";\nprintln!("{s}")', "Ok(())\n", 0, ""),
+    ('#!/usr/bin/env rust-script\nOk(())', "", 0, ""),
+])
+def test_rust_snippet_ending_in_ok_or_err_is_mains_value(
+        rs: AgentDriver, code: str, stdout: str, exit_code: int, stderr: str) -> None:
+    """A snippet written as a main that returns a Result (``?`` above, ``Ok(())`` last) was
+    refused: its block's value was dropped, so the error type of that ``Ok`` was unknown,
+    and rustc's "type annotations needed" pointed into the wrapper. Such a block is now
+    main's own value: ``Ok(())`` ends it, ``Err(...)`` is main's error."""
+    result = rs.run(code, timeout=60)
+    assert (result.text(), result.text("stderr"), result.done["exit_code"]) == (
+        stdout, stderr, exit_code), result.done
+
+
+def test_rust_snippet_ending_in_ok_keeps_its_diagnostics(rs: AgentDriver) -> None:
+    broken = rs.run('let a = 1;\nlet b: i32 = "no";\nOk(())', timeout=60)
+    stderr = broken.text("stderr")
+    assert broken.done["error"] == "compilation failed"
+    assert " --> main.rs:2:14\n" in stderr and "Box<dyn" not in stderr, stderr
+
+
 def test_rust_snippet_diagnostics_show_the_cells_own_text(rs: AgentDriver) -> None:
     """A snippet's first line was shown after a wrapper of 90 characters, its columns moved
     as far (a review of model-written cells); only the block's ``{`` comes before it now,
