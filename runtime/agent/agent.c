@@ -2856,7 +2856,11 @@ static void on_worker_exit(pid_t pid, int status, bool have_rusage, const struct
     }
     close_worker(w);
     A.worker = NULL;
-    discard_session(pid);
+    /* Its state is lost, and so is what it started: a process a cell left running (joblib's
+     * workers, a server) is killed with it, as `restart` kills it and as Jupyter kills a dead
+     * kernel's process group. Left, the workers of a pool whose interpreter the memory limit
+     * killed held that memory, and every later cell was killed for it (a review). */
+    kill_user_processes();
     start_worker();
 }
 

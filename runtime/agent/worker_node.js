@@ -793,8 +793,9 @@ listenForBeforeExit();
 // started, and as background otherwise (an earlier cell's `for (;;) await sleep(100)` makes
 // such timers without end).
 //
-// The worker looks again once each callback has returned (`init` and `after` async hooks,
-// enabled for the wait only: they make promises there a few times slower), in the check
+// The worker looks again once each callback has returned (`init`, `after`, `destroy` and
+// `promiseResolve` async hooks, enabled for the wait only: they make promises there several
+// times slower; the last two forget what has ended, see forget), in the check
 // phase of the same turn of the loop, and not while an immediate is pending; and every
 // LOOK_EVERY_MS. The cell ends when nothing of its own is left. An interrupt or the cell's
 // time limit ends the wait, and an error no one handles ends it too, as it ends a program.
@@ -826,7 +827,9 @@ const leftWork = (() => {
       executionAsyncId, FSWatcher, StatWatcher, timeoutInfo,
       activeHandles: uncurry(process._getActiveHandles),
       activeRequests: uncurry(process._getActiveRequests),
-      waitHooks: createHook({ init: noteOrigin, after: lookAfterCallback }),
+      waitHooks: createHook({
+        init: noteOrigin, after: lookAfterCallback, destroy: forget, promiseResolve: forget,
+      }),
     };
   } catch (err) {
     return null;
@@ -834,6 +837,7 @@ const leftWork = (() => {
 })();
 const SetAdd = uncurry(Set.prototype.add);
 const SetHas = uncurry(Set.prototype.has);
+const SetDelete = uncurry(Set.prototype.delete);
 const WeakSetAdd = uncurry(WeakSet.prototype.add);
 const WeakSetHas = uncurry(WeakSet.prototype.has);
 const WeakMapGet = uncurry(WeakMap.prototype.get);
@@ -936,6 +940,18 @@ function noteOrigin(asyncId, type, triggerAsyncId, resource) {
   }
   isOwn(cell, asyncId, triggerAsyncId, type === 'PROMISE' || type === 'Timeout' ||
     type === 'Immediate' ? cell.quietTimers : cell.quietRequests);
+}
+
+// What has ended is forgotten: a resource destroyed (a timer or an immediate that ran or was
+// cleared, a request done, a handle closed) or a promise resolved makes nothing more (a
+// `then` on a settled promise is made where the maker is not known). Kept, the ids of a
+// chain of a million immediates a second filled the worker's heap while a cell waited, and
+// it died with the session's state (a review).
+function forget(asyncId) {
+  const cell = waitingCell;
+  if (cell === null) return;
+  SetDelete(cell.own, asyncId);
+  SetDelete(cell.background, asyncId);
 }
 
 // An async wrap's id (a request's, a handle's), or -1.

@@ -199,6 +199,32 @@ async def test_memory_bomb_is_killed_at_the_memory_limit(battery: Service, langu
         await still_works(s, language)
 
 
+async def test_what_an_interpreter_the_memory_limit_killed_started_ends_with_it(
+        battery: Service) -> None:
+    """Processes a cell started (joblib's workers) outlived an interpreter the memory limit
+    killed: they held that memory, and every later cell was killed for it (a review)."""
+    holders = ("import subprocess, sys\n"
+               "code = 'b = b\"x\" * 40_000_000\\nimport time\\ntime.sleep(600)'\n"
+               "for _ in range(3):\n"
+               "    subprocess.Popen([sys.executable, '-c', code])\n"
+               "print('started')")
+    count = ("import os\n"
+             "def cmdline(p):\n"
+             "    try:\n"
+             "        return open(f'/proc/{p}/cmdline', 'rb').read()\n"
+             "    except OSError:\n"
+             "        return b''\n"
+             "print(sum(b'sleep(600)' in cmdline(p) for p in os.listdir('/proc') if p.isdigit()))")
+    async with await connect(battery.url, language="python") as s:
+        assert (await s.execute(holders, timeout=20)).stdout == "started\n"
+        assert (await s.execute("import time; time.sleep(1)\n" + count, timeout=20)).stdout == "3\n"
+        bomb = await s.execute("b = []\nwhile True:\n    b.append(bytearray(b'x' * 10_000_000))",
+                               timeout=20)
+        assert bomb.status == "killed", bomb
+        left = await s.execute(count, timeout=20)
+        assert (left.status, left.stdout) == ("success", "0\n"), left
+
+
 def docker_disk_used() -> int:
     path = "/var/lib/docker" if os.path.isdir("/var/lib/docker") else "/"
     return shutil.disk_usage(path).used

@@ -768,6 +768,39 @@ def test_python_os_exit_restarts(py: AgentDriver) -> None:
     assert result.done["restarted"] is True
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.parametrize(("fixture", "start", "die"), [
+    ("py", "import subprocess\nprint(subprocess.Popen(['sleep', '60']).pid)",
+     "import os; os._exit(3)"),
+    ("sh", "sleep 60 &\necho $!", "exit 3"),
+])
+def test_what_a_dead_interpreter_started_ends_with_it(
+        request: pytest.FixtureRequest, fixture: str, start: str, die: str) -> None:
+    """An interpreter that died (the memory limit, a crash, an exit) left what its cells had
+    started running: joblib's workers held the memory that had killed it, and every later
+    cell was killed for it (a review). Its state is lost, and so is what it started."""
+    driver: AgentDriver = request.getfixturevalue(fixture)
+    started = driver.run(start)
+    assert_success(started)
+    pid = int(started.text())
+    assert _running(pid)
+    died = driver.run(die)
+    assert (died.done["exit_code"], died.done["restarted"]) == (3, True), died.done
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+    assert_success(driver.run("echo ok" if fixture == "sh" else "print('ok')"))
+
+
 def test_python_interrupt_keeps_state(py: AgentDriver) -> None:
     py.run("state = 'kept'")
     result = py.run_interrupted("import time\nwhile True:\n    time.sleep(0.01)")
@@ -1845,6 +1878,19 @@ def test_js_the_cells_own_chains_are_known_beside_background_work(js: AgentDrive
     later = js.run("setTimeout(() => console.log('mine'), 30)", timeout=10)
     assert (later.done["status"], later.text()) == ("success", "mine\n"), later.done
     assert later.done["execution_time_ms"] < 5000, later.done
+
+
+def test_js_a_long_wait_beside_an_immediate_loop_keeps_the_heap_small(js: AgentDriver) -> None:
+    """The wait noted every resource made while it lasted, and forgot none: beside an
+    immediate loop (a million a second) a later cell's 15 s timer filled the worker's heap
+    in 11 s, and the interpreter died with the session's state (a review). What has ended
+    is forgotten."""
+    js.run_interrupted("setImmediate(function spin() { setImmediate(spin); })", after=0.3)
+    heap = "Math.round(process.memoryUsage().heapUsed / 1e6)"
+    result = js.run(f"const before = {heap};\n"
+                    f"setTimeout(() => console.log({heap} - before), 3000)", timeout=20)
+    assert result.done["status"] == "success", result.done
+    assert int(result.text()) < 20, result.text()  # MB: it grew by 90 to 150 before
 
 
 @pytest.mark.parametrize("unseen", [
