@@ -42,6 +42,10 @@ else:
 CO_COROUTINE = 0x0080
 MAX_REPR_CHARS = 100_000
 MAX_IMAGE_B64 = 700_000
+MAX_DISPLAY_LINE = 1_900_000
+"""A display's control line, in bytes, is kept under this (the agent's bound for a line is
+2 MiB): each form within its cap, five text forms of non-ASCII characters (six bytes each
+once escaped) made 3.7 MB, and the agent restarted the interpreter (a review)."""
 MAX_FIGURE_PIXELS = 4_000_000
 FIGURE_DPI = 100.0
 
@@ -219,9 +223,14 @@ for a control line, and the agent restarted the interpreter. The agent keeps 200
 
 def _send(obj: "dict[str, Any]") -> None:
     """Write one JSON line to the agent; a broken control pipe ends the worker."""
+    _send_line(dumps_ascii(obj))
+
+
+def _send_line(line: str) -> None:
+    """Write ``line`` (JSON, ASCII) and its newline to the agent."""
     if _state.forked:
         return  # a forked child of a cell: not the worker
-    data = (dumps_ascii(obj) + "\n").encode("utf-8", "replace")
+    data = (line + "\n").encode("utf-8", "replace")
     with _send_lock:
         try:
             while data:
@@ -272,10 +281,14 @@ _print.__doc__ = builtins.print.__doc__
 
 def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
-        # The user may have replaced or closed them.
+        # The user may have replaced or closed them (a flush that raises SystemExit ended
+        # the interpreter; a review).
         try:
             stream.flush()
-        except Exception:
+        except KeyboardInterrupt:
+            if _state.interrupted:
+                raise  # the agent's interrupt, in a display: the cell stops there
+        except BaseException:
             continue
 
 
@@ -326,16 +339,16 @@ def _import_stdlib(name: str) -> "Any":
 
 def _plain_summary(exc: BaseException) -> str:
     try:
-        message = str(exc)
-    except Exception:
+        message = str.__str__(str(exc))
+    except BaseException:
         message = "<exception str() failed>"
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _report_exception(exc: BaseException) -> str:
     """Print the traceback without the worker's own frames; return ``"Type: message"``."""
-    tb = _user_traceback(exc)
     try:
+        tb = _user_traceback(exc)
         with _StandardPath():
             traceback = _import_stdlib("traceback")
             text = "".join(traceback.format_exception(type(exc), exc, tb))
@@ -349,12 +362,12 @@ def _report_exception(exc: BaseException) -> str:
         summary = lines[-1].strip() if lines else type(exc).__name__
         if notes:
             summary = f"{summary} ({'; '.join(' '.join(n.split()) for n in notes)})"
-    except Exception:  # the user replaced traceback, linecache or their helpers
-        summary = _plain_summary(exc)
+    except BaseException:  # the user replaced traceback, linecache or their helpers, or the
+        summary = _plain_summary(exc)  # exception's own hooks raise (SystemExit too)
         text = summary + "\n"
     try:
         sys.stderr.write(text)
-    except Exception:
+    except BaseException:
         os.write(2, text.encode("utf-8", "replace"))
     return summary
 
@@ -393,7 +406,17 @@ def _display(kind: str, data: dict[str, str]) -> None:
     # What the cell printed first is in the pipes before its display (a user's buffered
     # stream, a wrapper such as tqdm's): the agent forwards it first.
     _flush_std()
-    _send({"t": "display", "kind": kind, "data": data})
+    line = dumps_ascii({"t": "display", "kind": kind, "data": data})
+    if len(line) > MAX_DISPLAY_LINE:
+        # The largest rich forms go until it fits; text/plain (at most 100,001 characters,
+        # 1.2 MB escaped) stays, as when a rich form fails.
+        sizes = {mime: len(encode_basestring_ascii(form)) for mime, form in data.items()}
+        data = dict(data)
+        for mime in sorted(sizes, key=sizes.__getitem__, reverse=True):
+            if mime != "text/plain" and len(line) > MAX_DISPLAY_LINE:
+                del data[mime]
+                line = dumps_ascii({"t": "display", "kind": kind, "data": data})
+    _send_line(line)
 
 
 def _repr_method(value: "Any", name: str) -> "Any":
@@ -418,13 +441,12 @@ def _mime_bundle(value: "Any") -> dict[str, str]:
     when it has ``_repr_html_``, ``_repr_markdown_``, ``_repr_latex_`` (a sympy
     expression), ``_repr_svg_``, ``_repr_png_`` or ``_repr_jpeg_`` (a DataFrame, a PIL
     image), each within its size cap."""
-    text = repr(value)
-    if len(text) > MAX_REPR_CHARS:
-        text = text[:MAX_REPR_CHARS] + "…"
-    data = {"text/plain": text}
+    data = {"text/plain": _text_repr(value)}
     for mime, method in _TEXT_FORMS:
         form = _repr_method(value, method)
-        if isinstance(form, str) and len(form) <= MAX_REPR_CHARS:
+        # (As a plain str: a subclass's __len__ may say 1.)
+        form = str.__str__(form) if isinstance(form, str) else None
+        if form is not None and len(form) <= MAX_REPR_CHARS:
             data[mime] = form
     for mime, method in (("image/png", "_repr_png_"), ("image/jpeg", "_repr_jpeg_")):
         image = _repr_method(value, method)
@@ -434,6 +456,12 @@ def _mime_bundle(value: "Any") -> dict[str, str]:
                 data[mime] = encoded
                 break  # one image form: a PIL image has both
     return data
+
+
+def _text_repr(value: "Any") -> str:
+    """``repr(value)`` as a plain str, cut to MAX_REPR_CHARS and an ellipsis."""
+    text = str.__str__(repr(value))
+    return text[:MAX_REPR_CHARS] + "…" if len(text) > MAX_REPR_CHARS else text
 
 
 def _display_value(value: "Any") -> None:
@@ -468,7 +496,7 @@ def _render_figure(fig: "Any") -> dict[str, str]:
     width, height = (float(v) for v in fig.get_size_inches())
     area = max(width * height, 1e-6)
     dpi = min(FIGURE_DPI, math.sqrt(MAX_FIGURE_PIXELS / area))
-    data = {"text/plain": repr(fig)}
+    data = {"text/plain": _text_repr(fig)}
     for _ in range(4):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
@@ -786,9 +814,14 @@ def _add_hint(exc: BaseException) -> None:
         note = NO_SPACE_NOTE
     else:
         return
-    notes = getattr(exc, "__notes__", None)
-    if not (isinstance(notes, list) and note in notes):
-        exc.add_note(note)
+    # The exception's class is the user's: its __notes__ or add_note may raise anything
+    # (SystemExit there ended the interpreter, and the cell was a success; a review).
+    try:
+        notes = getattr(exc, "__notes__", None)
+        if not (isinstance(notes, list) and note in notes):
+            exc.add_note(note)
+    except BaseException:
+        pass
 
 
 MAGIC_NOTE = ("IPython magics (%...), shell escapes (!...) and help (x?) are not available"

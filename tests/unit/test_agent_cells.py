@@ -367,6 +367,95 @@ def test_python_display_builtin_shows_each_object_as_display_data(py: AgentDrive
     ]
 
 
+def test_python_a_display_too_large_for_a_control_line_loses_rich_forms_not_the_state(
+        py: AgentDriver) -> None:
+    """Each text form within its cap (100,000 characters), five of non-ASCII characters
+    (six bytes each once escaped) made a 3.7 MB control line, past the agent's 2 MiB: the
+    interpreter was restarted, its state lost; so did a ``str`` whose ``__len__`` said 1
+    (a review). The largest rich forms go until the line fits; text/plain stays."""
+    assert_success(py.run("kept = 1"))
+    result = py.run(
+        "class Snow:\n"
+        "    def __repr__(self):\n        return '\\u2603' * 100_000\n"
+        "    def _repr_html_(self):\n        return '<b>' + '\\u2603' * 99_990 + '</b>'\n"
+        "    def _repr_markdown_(self):\n        return '\\u2603' * 100_000\n"
+        "    def _repr_latex_(self):\n        return '$x$'\n"
+        "    def _repr_svg_(self):\n        return '\\u2603' * 100_000\n"
+        "class Short(str):\n"
+        "    def __len__(self):\n        return 1\n"
+        "class Liar:\n"
+        "    def __repr__(self):\n        return Short('x' * 3_000_000)\n"
+        "    def _repr_html_(self):\n        return Short('<i>' * 1_000_000)\n"
+        "display(Snow())\n"
+        "Liar()")
+    assert_success(result)
+    assert result.done["restarted"] is False
+    snow, liar = (d["data"] for d in result.displays)
+    assert snow["text/plain"] == "\u2603" * 100_000
+    assert snow["text/latex"] == "$x$"
+    assert len(json.dumps(snow)) < 1_900_000 and len(snow) == 4, sorted(snow)  # one went
+    assert liar == {"text/plain": "x" * 100_000 + "\u2026"}
+    assert_success(py.run("kept"))
+
+
+@pytest.mark.parametrize("code", [
+    # Notes the worker adds (a missing package, a full disk) on an exception whose class
+    # raises while it reads or adds them.
+    "class E(OSError):\n    @property\n    def __notes__(self):\n        raise SystemExit(0)\n"
+    "import errno\nraise E(errno.EFBIG, 'x')",
+    "class E(Exception):\n    @property\n    def __notes__(self):\n        raise SystemExit(0)\n"
+    "raise E('x')",
+    "class E(OSError):\n    def add_note(self, note):\n        raise KeyboardInterrupt\n"
+    "import errno\nraise E(errno.ENOSPC, 'x')",
+    "class E(Exception):\n    def __str__(self):\n        raise SystemExit(0)\n"
+    "    @property\n    def __notes__(self):\n        raise SystemExit(0)\n"
+    "raise E('x')",
+])
+def test_python_an_exception_whose_hooks_raise_is_still_the_cells_error(
+        py: AgentDriver, code: str) -> None:
+    """The worker reports an exception with the class's own hooks (``__notes__``,
+    ``add_note``, ``__str__``), and caught only ``Exception`` around them: a ``SystemExit``
+    there made the cell a success and restarted the interpreter, a ``KeyboardInterrupt``
+    made it interrupted (a review)."""
+    assert_success(py.run("kept = 1"))
+    result = py.run(code)
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 1), result.done
+    assert result.done["restarted"] is False, result.done
+    assert result.done["error"].startswith("E"), result.done
+    assert_success(py.run("kept"))
+
+
+def test_python_an_interrupt_in_a_loop_of_displays_stops_it(py: AgentDriver) -> None:
+    """The worker's flush before each display keeps what the user's streams raise, but not
+    the agent's interrupt: it stops the cell wherever it lands."""
+    assert_success(py.run("kept = 1"))
+    result = py.run_interrupted("import sys\nwhile True:\n    print('x')\n    display(1)",
+                                after=0.5)
+    assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+    assert_success(py.run("kept"))
+
+
+def test_python_a_stream_whose_flush_raises_does_not_end_the_interpreter(
+        py: AgentDriver) -> None:
+    """The worker flushes the user's streams before each display: a ``flush`` that raised
+    ``SystemExit`` ended the interpreter, one that raised ``KeyboardInterrupt`` made the
+    cell interrupted (a review)."""
+    assert_success(py.run("kept = 1"))
+    for raised in ("SystemExit(0)", "KeyboardInterrupt"):
+        result = py.run(
+            "import sys\n"
+            "class Out:\n"
+            "    def write(self, s):\n        return len(s)\n"
+            f"    def flush(self):\n        raise {raised}\n"
+            "saved, sys.stdout = sys.stdout, Out()\n"
+            "try:\n    display(1)\nfinally:\n    sys.stdout = saved\n"
+            "2")
+        assert_success(result)
+        assert [d["data"]["text/plain"] for d in result.displays] == ["1", "2"], raised
+        assert result.done["restarted"] is False
+    assert_success(py.run("kept"))
+
+
 def test_python_display_from_threads_keeps_the_control_pipe_whole(py: AgentDriver) -> None:
     """Found by a review: displays of ~530 KB from four threads at once (each more than a pipe
     takes in one write) must not interleave on the control pipe, or the agent sees a broken
