@@ -83,8 +83,8 @@ def render(stats: Stats, *, sessions: int, queued_cells: int,
                      [("", {"reason": r}, refused.get(r, 0)) for r in REFUSAL_REASONS])
     auth_refused = auth_refused or {}
     lines += _family("ws_sandbox_auth_refused_total", "counter",
-                     "Calls refused before any route: unauthorized (no key), forbidden (a"
-                     " wrong key, host or origin)",
+                     "Calls refused for their credentials: unauthorized (no key), forbidden (a"
+                     " wrong key, host or origin, or an admin call without the admin key)",
                      [("", {"reason": r}, auth_refused.get(r, 0)) for r in AUTH_REASONS])
     lines += _family("ws_sandbox_sessions_active", "gauge", "Sessions open or opening",
                      [("", {}, sessions)])

@@ -595,7 +595,10 @@ _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 def env_example() -> str:
     """Render ``env.example``: every variable with its default, meaning and range."""
     lines = ["# ws_sandbox settings: every variable with its default.",
-             "# Copy to .env and edit; the service reads them from its environment.", ""]
+             "# The service reads them from its environment, and no file. From an edited copy:",
+             "#   set -a; . ./ws-sandbox.env; set +a; ws-sandbox serve",
+             "# (or systemd's EnvironmentFile=). docker-compose.yml passes on only the variables",
+             "# its `environment:` names: add any other there.", ""]
     for f in fields(Settings):
         default = f.default
         if isinstance(default, bool):
