@@ -966,8 +966,9 @@ function wrapId(wrap) {
 // Whether anything of the cell's own is left: its timers (the new ones looked at once, from
 // the front of each list to the newest seen: a timer goes to the front of its list when it
 // starts, an interval again each time it runs, and each sets _idleStart), immediates,
-// requests and handles.
-function cellWorkLeft(cell) {
+// requests and handles. `batch`: the immediates after the one running (a look's own), which
+// Node has taken out of its queue to run in this turn.
+function cellWorkLeft(cell, batch = null) {
   const { timerListMap, kRefed, immediateQueue, timeoutInfo } = leftWork;
   // The held timers still pending (not fired, cleared or unref'd since), and the cell's
   // unref'd ones that were ref'd since.
@@ -1017,6 +1018,9 @@ function cellWorkLeft(cell) {
   }
   if (held.length > 0) return true;
   for (let i = immediateQueue.head; i; i = i._idleNext) {
+    if (i[kRefed] === true && isOwnTimer(cell, i)) return true;
+  }
+  for (let i = batch; i; i = i._idleNext) {
     if (i[kRefed] === true && isOwnTimer(cell, i)) return true;
   }
   let left = false;
@@ -1075,8 +1079,15 @@ function lookAfterCallback(asyncId) {
 }
 
 function lookNow() {
+  // As an immediate, the look runs in a batch Node took out of its queue: the immediates
+  // queued behind it are not in the queue any more. Unseen, a cell's immediate that a
+  // promise's callback queued (after two `await`s in an immediate's callback, or an `await`
+  // of a promise an immediate resolves, in a loop) was missed, and the cell ended before it.
+  const batch = this === lookImmediate && lookImmediate !== null ? lookImmediate._idleNext : null;
   lookImmediate = null;
-  if (waitingCell !== null && !cellWorkLeft(waitingCell) && cancelLeftWork) cancelLeftWork();
+  if (waitingCell !== null && !cellWorkLeft(waitingCell, batch) && cancelLeftWork) {
+    cancelLeftWork();
+  }
 }
 
 // An interrupt that came after the cell's code and before its wait (while Node reported the

@@ -986,6 +986,25 @@ def test_an_interrupt_right_behind_a_long_cell_stops_it(request: pytest.FixtureR
     assert_stopped_right_behind(request.getfixturevalue(lang), lang, code, times=3)
 
 
+def test_a_shell_cell_that_lost_its_sigint_gets_it_again(sh: AgentDriver) -> None:
+    """bash loses a SIGINT that lands as it starts a command: under load, a cell interrupted
+    right behind its code sat in ``read -t 100`` until the service restarted the shell (1 in
+    20 to 40 tries with two busy processes beside it). Bash alone gets the SIGINT again while
+    the cell runs. Here a trap of the cell's own takes the first one, as the lost one would
+    be (and arms the worker's again)."""
+    sh.run("kept=yes")
+    sent_at = time.monotonic()
+    cell_id = sh.exec("trap 'trap \"$__ws_trap\" INT' INT\n"
+                      "while :; do read -t 100 <> <(:); done")
+    time.sleep(0.3)
+    sh.send({"t": "interrupt"})
+    result = sh.collect(cell_id, sent_at, timeout=10)
+    assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+    assert sh.run("echo $kept").text() == "yes\n"
+    # A late one (the cell has ended) stops nothing.
+    assert sh.run("sleep 0.3; echo next").text() == "next\n"
+
+
 @pytest.mark.parametrize("lang", ["py", "sh"])
 def test_a_late_interrupt_does_not_stop_the_next_cell(request: pytest.FixtureRequest,
                                                       lang: str) -> None:
@@ -1967,6 +1986,25 @@ def test_js_the_cells_own_chains_are_known_beside_background_work(js: AgentDrive
     later = js.run("setTimeout(() => console.log('mine'), 30)", timeout=10)
     assert (later.done["status"], later.text()) == ("success", "mine\n"), later.done
     assert later.done["execution_time_ms"] < 5000, later.done
+
+
+@pytest.mark.parametrize("cell", [
+    "setImmediate(async () => { await null; await null; setImmediate(() => console.log('done')) })",
+    "(async () => { for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));"
+    " console.log('done') })()",
+    "async function main() { await new Promise((r) => setImmediate(r));"
+    " await new Promise((r) => setTimeout(r, 5)); await new Promise((r) => setImmediate(r));"
+    " console.log('done') }\nmain()",
+])
+def test_js_an_immediate_queued_behind_the_look_holds_the_cell(js: AgentDriver, cell: str) -> None:
+    """The look after a callback is an immediate, and Node runs a turn's immediates out of its
+    queue: one a promise's callback queued behind the look (after two ``await``s in an
+    immediate's callback; an ``await`` of a promise an immediate resolves) was not seen, and
+    the cell ended before it (its output came in the next cell)."""
+    result = js.run(cell, timeout=10)
+    assert_success(result)
+    assert result.text() == "done\n"
+    assert js.run("1").text() == ""
 
 
 def test_js_a_long_wait_beside_an_immediate_loop_keeps_the_heap_small(js: AgentDriver) -> None:
