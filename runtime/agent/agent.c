@@ -92,10 +92,6 @@ extern char **environ;
 #define LINGER_BYTES ((size_t)64 * 1024)
 #define LINGER_OVERSLEEP 0.001
 #define LINGER_OVERSLEEPS 3
-/* An interrupted shell cell still running gets its SIGINT again this long after the last,
- * doubled each time, this many times (see on_ctl_writable). */
-#define SIGINT_AGAIN_FIRST 0.05
-#define SIGINT_AGAINS 4
 #define PROC_READ (16 * 1024)
 #define MAX_CONTROL_LINE ((size_t)2 << 20)
 #define MAX_ID_LEN 256
@@ -1417,9 +1413,6 @@ static struct {
     size_t nsessions;
     long cell_count;
     long interrupt_for; /* the cell_count of a cell whose interrupt waits for the wait's end */
-    long sigint_again_for; /* the cell_count of a shell cell whose SIGINT goes again; 0: none */
-    double sigint_again_at, sigint_again_gap;
-    int sigint_agains;
     pid_t rust_child;
     Stream rust_streams[2];
     int rust_write_fds[2];
@@ -2097,7 +2090,8 @@ static bool make_tempdir(Buf *path, int *err) {
     "    let _ = include!(\"main.rs\");\n    Ok(())\n}\n"
 /* ... and the crate root of a snippet that ends as such a main does (`Ok(())`): the block
  * is main's value. */
-#define RUST_RESULT_MAIN "fn main() -> Result<(), Box<dyn std::error::Error>> {"
+#define RUST_RESULT_MAIN \
+    "#[allow(unreachable_code)] fn main() -> Result<(), Box<dyn std::error::Error>> {"
 #define RUST_ROOT_RESULT_SOURCE RUST_RESULT_MAIN "\n    include!(\"main.rs\")\n}\n"
 
 static bool rust_ident_char(unsigned char c) {
@@ -2576,42 +2570,7 @@ static void on_ctl_writable(void) {
     if (w->sigint_when_written && !buf_size(&w->ctl_out)) {
         w->sigint_when_written = false;
         kill(-w->pid, SIGINT);
-        /* bash loses a SIGINT that lands as it starts a command (its trap is left pending
-         * while the command, a `read -t 100` after a process substitution, waits): seen
-         * under load, the cell waited out its interrupt grace and the shell was restarted,
-         * its state lost. While the cell runs, bash alone (not the programs it runs, which
-         * may be cleaning up after the first) gets it again a few times; one that comes
-         * after the cell is a late one, which the worker drops. */
-        if (A.language == L_SHELL && A.cell) {
-            A.sigint_again_for = A.cell_count;
-            A.sigint_again_gap = SIGINT_AGAIN_FIRST;
-            A.sigint_again_at = monotonic() + SIGINT_AGAIN_FIRST;
-            A.sigint_agains = 0;
-        }
     }
-}
-
-/* The seconds until the SIGINT goes again (see on_ctl_writable), or -1: none is due, and
- * its due one sent. */
-static double sigint_again(void) {
-    if (!A.sigint_again_for) return -1;
-    if (!A.cell || A.cell_count != A.sigint_again_for || !A.worker ||
-        A.sigint_agains >= SIGINT_AGAINS) {
-        A.sigint_again_for = 0;
-        return -1;
-    }
-    double now = monotonic();
-    if (now >= A.sigint_again_at) {
-        kill(A.worker->pid, SIGINT);
-        A.sigint_agains++;
-        A.sigint_again_gap *= 2;
-        A.sigint_again_at = now + A.sigint_again_gap;
-        if (A.sigint_agains >= SIGINT_AGAINS) {
-            A.sigint_again_for = 0;
-            return -1;
-        }
-    }
-    return A.sigint_again_at - now;
 }
 
 static void worker_broken(const char *why) {
@@ -3109,8 +3068,7 @@ static void reap(void) {
  * cells is an ended cell's, and is dropped. Still missed at times (protocol/agent.md): a
  * JavaScript cell that spins from its first line (Node between reading the cell and arming
  * `breakOnSigint`), and a shell cell whose first command is a program (bash's child loses a
- * SIGINT that lands as it is forked); the service's grace then restarts the interpreter. A
- * SIGINT bash itself lost goes again (on_ctl_writable). */
+ * SIGINT that lands as it is forked); the service's grace then restarts the interpreter. */
 static void do_interrupt(void) {
     Cell *cell = A.cell;
     if (!cell) return;
@@ -3503,18 +3461,14 @@ static int run(void) {
         if (queued && A.linger_until < 0) add_poll(fds, &n, 1, POLLOUT);
         struct timespec ts;
         double t0 = 0;
-        double again = sigint_again();
-        bool timed = lingered || again >= 0;
-        if (timed) {
-            double wait = !lingered ? again : again >= 0 && again < linger ? again : linger;
-            if (wait < linger) lingered = false;  /* (no oversleep to judge below) */
-            ts.tv_sec = (time_t)wait;
-            ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
+        if (lingered) {
+            ts.tv_sec = (time_t)linger;
+            ts.tv_nsec = (long)((linger - (double)ts.tv_sec) * 1e9);
             if (ts.tv_nsec < 0) ts.tv_nsec = 0;
             if (ts.tv_nsec > 999999999) ts.tv_nsec = 999999999;
             t0 = monotonic();
         }
-        int r = ppoll(fds, n, timed ? &ts : NULL, &waitmask);
+        int r = ppoll(fds, n, lingered ? &ts : NULL, &waitmask);
         if (r < 0 && errno != EINTR && errno != EAGAIN) {
             log_msg("ppoll failed: %s", strerror(errno));
             shutdown_agent(1);

@@ -79,10 +79,20 @@ for (const stream of [process.stdout, process.stderr]) {
 // `structuredClone` returns) failed `instanceof Array` or `instanceof Error` in a cell, and
 // `catch (e) { if (e instanceof Error) ... }` took the wrong branch. The worker's own names are
 // its module's, out of the cells' reach. Security is the sandbox's, not this worker's.
-const userRequire = createRequire(path.join(process.cwd(), '[cell]'));
+// The cells are the program's main module, as a script run by `node` is: `if (require.main
+// === module) main();`, which models write often, ran nothing (require.main was the
+// worker's module, and showed its path), and `__dirname` is where files are (a review).
+const cellFile = path.join(process.cwd(), '[cell]');
+const userRequire = createRequire(cellFile);
 globalThis.require = userRequire;
-globalThis.module = { exports: {} };
+globalThis.module = {
+  id: '.', path: process.cwd(), filename: cellFile, exports: {}, loaded: false, children: [],
+  require: userRequire,
+};
 globalThis.exports = globalThis.module.exports;
+userRequire.main = globalThis.module;
+globalThis.__filename = cellFile;
+globalThis.__dirname = process.cwd();
 globalThis.console = new Console({ stdout: process.stdout, stderr: process.stderr });
 
 // --- errors ------------------------------------------------------------------------------
@@ -694,6 +704,7 @@ async function runCell(code) {
     value = compiled.script.runInThisContext({ breakOnSigint: true, displayErrors: false });
     if (value !== null && (typeof value === 'object' || typeof value === 'function') &&
         typeof value.then === 'function') {
+      cellAwaited = true;
       let interrupted = false;
       let stalled = false;
       const stop = new Promise((resolve) => {
@@ -761,6 +772,7 @@ const STALLED = 'Error: the cell awaits a promise that nothing can settle (no ti
   'input: its stdin is empty.';
 let cancelStalled = null;
 let cancelLeftWork = null; // see awaitLeftWork
+let cellAwaited = false; // whether the worker awaited the running cell's value (see pump)
 function onBeforeExit() {
   if (cancelStalled) cancelStalled();
 }
@@ -793,9 +805,9 @@ listenForBeforeExit();
 // started, and as background otherwise (an earlier cell's `for (;;) await sleep(100)` makes
 // such timers without end).
 //
-// The worker looks again once each callback has returned (`init`, `after`, `destroy` and
-// `promiseResolve` async hooks, enabled for the wait only: they make promises there several
-// times slower; the last two forget what has ended, see forget), in the check
+// The worker looks again once each callback has returned (`init`, `after` and `destroy`
+// async hooks, enabled for the wait only: they make promises there several times slower;
+// the last forgets what has ended, see forget), in the check
 // phase of the same turn of the loop, and not while an immediate is pending; and every
 // LOOK_EVERY_MS. The cell ends when nothing of its own is left. An interrupt or the cell's
 // time limit ends the wait, and an error no one handles ends it too, as it ends a program.
@@ -828,7 +840,7 @@ const leftWork = (() => {
       activeHandles: uncurry(process._getActiveHandles),
       activeRequests: uncurry(process._getActiveRequests),
       waitHooks: createHook({
-        init: noteOrigin, after: lookAfterCallback, destroy: forget, promiseResolve: forget,
+        init: noteOrigin, after: lookAfterCallback, destroy: forget,
       }),
     };
   } catch (err) {
@@ -871,7 +883,7 @@ function loopBefore() {
     quietTimers: !timeoutPending() && !refImmediatePending(),
     quietRequests: leftWork.activeRequests(process).length === 0,
     handles, own: new Set(), background: new Set(), held: [], idle: [],
-    looked: new WeakSet(), timers: -1,
+    looked: new WeakSet(), timers: -1, alone: false, waitFrom: 0,
   });
 }
 
@@ -911,6 +923,8 @@ function isOwn(cell, id, trigger, quiet) {
     own = true; // made by the cell's code or its work
   } else if (SetHas(cell.background, trigger) || (trigger > 1 && trigger < cell.firstId)) {
     own = false; // by work from before the cell (an earlier cell's interval), or by its work
+  } else if (cell.alone && (id < cell.waitFrom || trigger >= cell.firstId && trigger < cell.waitFrom)) {
+    own = true; // made, or made by what was made, while only the cell ran (see awaitLeftWork)
   } else {
     own = quiet;
   }
@@ -943,10 +957,11 @@ function noteOrigin(asyncId, type, triggerAsyncId, resource) {
 }
 
 // What has ended is forgotten: a resource destroyed (a timer or an immediate that ran or was
-// cleared, a request done, a handle closed) or a promise resolved makes nothing more (a
-// `then` on a settled promise is made where the maker is not known). Kept, the ids of a
-// chain of a million immediates a second filled the worker's heap while a cell waited, and
-// it died with the session's state (a review).
+// cleared, a request done, a handle closed, a promise collected) makes nothing more. Kept,
+// the ids of a chain of a million immediates a second filled the worker's heap while a cell
+// waited, and it died with the session's state (a review). A promise is forgotten when it
+// is collected, not when it settles: a `then` or an `await` of a settled promise is still
+// made by it.
 function forget(asyncId) {
   const cell = waitingCell;
   if (cell === null) return;
@@ -1100,6 +1115,13 @@ async function awaitLeftWork(cell) {
   // Work a callback the cell queued with process.nextTick starts (a stream opens its file).
   await new Promise((resolve) => nextTick(resolve));
   if (interruptPending) return 'interrupted';
+  // What was made from the cell's start until now, when the cell awaited nothing (`alone`:
+  // no other work's callback could run meanwhile, only the cell's code, its ticks and its
+  // promises' callbacks), is the cell's own whoever Node says made it: a timer a tick or a
+  // promise's callback made (an event emitted on the next tick, a stream piped, an
+  // un-awaited async function's first steps) was taken for background work when an earlier
+  // cell's timeout was pending, and its output came in a later cell (a review).
+  cell.waitFrom = leftWork.newAsyncId();
   if (!cellWorkLeft(cell)) return 'done';
   let interrupted = false;
   let everyFew = null;
@@ -1149,9 +1171,11 @@ async function pump() {
         cellRunning = true;
         interruptPending = false;
         const before = loopBefore();
+        cellAwaited = false;
         done = await runCell(cell.code);
         const reported = rejectionsReported();
         if (reported) await reported;
+        if (before !== null) before.alone = !cellAwaited && reported === null;
         if (done.status === 'success' && cellFailure === null &&
             await awaitLeftWork(before) === 'interrupted') {
           process.stderr.write('Interrupted\n');

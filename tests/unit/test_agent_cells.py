@@ -986,25 +986,6 @@ def test_an_interrupt_right_behind_a_long_cell_stops_it(request: pytest.FixtureR
     assert_stopped_right_behind(request.getfixturevalue(lang), lang, code, times=3)
 
 
-def test_a_shell_cell_that_lost_its_sigint_gets_it_again(sh: AgentDriver) -> None:
-    """bash loses a SIGINT that lands as it starts a command: under load, a cell interrupted
-    right behind its code sat in ``read -t 100`` until the service restarted the shell (1 in
-    20 to 40 tries with two busy processes beside it). Bash alone gets the SIGINT again while
-    the cell runs. Here a trap of the cell's own takes the first one, as the lost one would
-    be (and arms the worker's again)."""
-    sh.run("kept=yes")
-    sent_at = time.monotonic()
-    cell_id = sh.exec("trap 'trap \"$__ws_trap\" INT' INT\n"
-                      "while :; do read -t 100 <> <(:); done")
-    time.sleep(0.3)
-    sh.send({"t": "interrupt"})
-    result = sh.collect(cell_id, sent_at, timeout=10)
-    assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
-    assert sh.run("echo $kept").text() == "yes\n"
-    # A late one (the cell has ended) stops nothing.
-    assert sh.run("sleep 0.3; echo next").text() == "next\n"
-
-
 @pytest.mark.parametrize("lang", ["py", "sh"])
 def test_a_late_interrupt_does_not_stop_the_next_cell(request: pytest.FixtureRequest,
                                                       lang: str) -> None:
@@ -1988,6 +1969,65 @@ def test_js_the_cells_own_chains_are_known_beside_background_work(js: AgentDrive
     assert later.done["execution_time_ms"] < 5000, later.done
 
 
+@pytest.mark.parametrize(("cell", "printed"), [
+    ("process.nextTick(() => setTimeout(() => console.log('tick'), 30))", "tick\n"),
+    ("const e = new (require('events'))();\n"
+     "e.on('go', () => setTimeout(() => console.log('go'), 30));\n"
+     "process.nextTick(() => e.emit('go'))", "go\n"),
+    ("queueMicrotask(() => setTimeout(() => console.log('micro'), 30))", "micro\n"),
+    ("const { Readable, Writable } = require('stream');\nconst got = [];\n"
+     "Readable.from(['a', 'b', 'c']).pipe(new Writable({ objectMode: true,"
+     " write(c, e, cb) { got.push(c); setTimeout(cb, 5); } }))"
+     ".on('finish', () => console.log('finish', got.join('')));\n0", "finish abc\n"),
+    ("async function main() { await new Promise((r) => setTimeout(r, 10));"
+     " console.log('step1'); }\nmain();\nconsole.log('kicked off')", "kicked off\nstep1\n"),
+])
+def test_js_what_a_cell_made_before_its_wait_is_its_own_beside_a_pending_timeout(
+        js: AgentDriver, cell: str, printed: str) -> None:
+    """Beside an earlier cell's pending timeout, a timer that the cell's ticks or promises'
+    callbacks made (an event emitted on the next tick, a piped stream) was taken for
+    background work: the cell ended at once, its output in the next (a review). A cell that
+    awaited nothing ran alone until its wait: what it made meanwhile is its own."""
+    js.run_interrupted("setTimeout(() => {}, 600_000);\nawait new Promise(() => {})", after=0.3)
+    result = js.run(cell, timeout=10)
+    assert_success(result)
+    assert result.text() == printed
+    assert js.run("1").text() == ""
+
+
+@pytest.mark.parametrize("cell", [
+    "setTimeout(() => { const p = Promise.resolve();\n"
+    "  setTimeout(() => p.then(() => setTimeout(() => console.log('late'), 100)), 30); }, 30)",
+    "setTimeout(async () => { const p = Promise.resolve(1);\n"
+    "  await new Promise((r) => setTimeout(r, 30)); await p;\n"
+    "  setTimeout(() => console.log('late'), 100); }, 30)",
+])
+def test_js_a_settled_promise_still_makes_the_cells_work(js: AgentDriver, cell: str) -> None:
+    """A promise the wait forgot once it settled was the maker, not known, of a ``then`` or an
+    ``await`` of it: beside an earlier cell's timeouts its timer was background, and the cell
+    ended without its output (a review). A promise is forgotten once collected."""
+    assert_success(js.run("globalThis.iv = setInterval(() => setTimeout(() => {}, 900), 100)"))
+    time.sleep(0.3)
+    result = js.run(cell, timeout=10)
+    assert_success(result)
+    assert result.text() == "late\n"
+    js.run("clearInterval(iv)")
+
+
+def test_js_the_cells_are_the_main_module(js: AgentDriver) -> None:
+    """``if (require.main === module) main();``, which models write often, ran nothing:
+    ``require.main`` was the worker's module (and showed its path). ``__dirname`` and
+    ``__filename`` are there, as in a script (a review)."""
+    result = js.run("async function main() { await new Promise((r) => setTimeout(r, 10));"
+                    " console.log('main ran'); }\n"
+                    "if (require.main === module) { main(); }\n"
+                    "console.log(__dirname === process.cwd(),"
+                    " require('path').dirname(__filename) === __dirname,"
+                    " require.main.filename.includes('worker'))", timeout=10)
+    assert_success(result)
+    assert result.text() == "true true false\nmain ran\n"
+
+
 @pytest.mark.parametrize("cell", [
     "setImmediate(async () => { await null; await null; setImmediate(() => console.log('done')) })",
     "(async () => { for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));"
@@ -2362,6 +2402,7 @@ def test_rust_a_program_with_its_own_main_is_left_alone(rs: AgentDriver, code: s
     ('fn f() -> Result<(), String> {\n    Ok(())\n}\nf().unwrap();\nprintln!("f");', "f\n", 0, ""),
     ('let s = "Ok(())";\nprintln!("{s}")', "Ok(())\n", 0, ""),
     ('#!/usr/bin/env rust-script\nOk(())', "", 0, ""),
+    ('println!("x");\nstd::process::exit(0);\nOk(())', "x\n", 0, ""),  # no warning of ours
 ])
 def test_rust_snippet_ending_in_ok_or_err_is_mains_value(
         rs: AgentDriver, code: str, stdout: str, exit_code: int, stderr: str) -> None:
