@@ -81,18 +81,19 @@ for (const stream of [process.stdout, process.stderr]) {
 // its module's, out of the cells' reach. Security is the sandbox's, not this worker's.
 // The cells are the program's main module, as a script run by `node` is: `if (require.main
 // === module) main();`, which models write often, ran nothing (require.main was the
-// worker's module, and showed its path), and `__dirname` is where files are (a review).
+// worker's module, and showed its path; a review). So are they for the modules a cell loads
+// (process.mainModule). No `__dirname` or `__filename`, as in Node's REPL: as globals, ES
+// modules would see them, where Node gives them none.
 const cellFile = path.join(process.cwd(), '[cell]');
 const userRequire = createRequire(cellFile);
 globalThis.require = userRequire;
 globalThis.module = {
   id: '.', path: process.cwd(), filename: cellFile, exports: {}, loaded: false, children: [],
-  require: userRequire,
+  paths: userRequire.resolve.paths('x') || [], require: userRequire,
 };
 globalThis.exports = globalThis.module.exports;
 userRequire.main = globalThis.module;
-globalThis.__filename = cellFile;
-globalThis.__dirname = process.cwd();
+process.mainModule = globalThis.module;
 globalThis.console = new Console({ stdout: process.stdout, stderr: process.stderr });
 
 // --- errors ------------------------------------------------------------------------------
@@ -883,7 +884,7 @@ function loopBefore() {
     quietTimers: !timeoutPending() && !refImmediatePending(),
     quietRequests: leftWork.activeRequests(process).length === 0,
     handles, own: new Set(), background: new Set(), held: [], idle: [],
-    looked: new WeakSet(), timers: -1, alone: false, waitFrom: 0,
+    looked: new WeakSet(), timers: -1, alone: false, waitFrom: 0, servers: new Set(),
   });
 }
 
@@ -950,6 +951,11 @@ function noteOrigin(asyncId, type, triggerAsyncId, resource) {
   if (cell === null) return;
   if (type === 'Timeout' && resource && resource._repeat) {
     SetAdd(cell.background, asyncId);
+    return;
+  }
+  if (type === 'TCPSERVERWRAP' || type === 'PIPESERVERWRAP') SetAdd(cell.servers, asyncId);
+  if ((type === 'TCPWRAP' || type === 'PIPEWRAP') && SetHas(cell.servers, triggerAsyncId)) {
+    SetAdd(cell.background, asyncId); // a connection a server accepted (see markServer)
     return;
   }
   isOwn(cell, asyncId, triggerAsyncId, type === 'PROMISE' || type === 'Timeout' ||
@@ -1054,9 +1060,14 @@ function cellWorkLeft(cell, batch = null) {
   for (let i = 0; i < handles.length; i++) {
     const h = handles[i];
     try {
-      if (WeakSetHas(cell.handles, h) || runsOn(h)) continue;
-      // Its own: what its callbacks make is the cell's too.
+      if (WeakSetHas(cell.handles, h)) continue;
+      if (runsOn(h)) {
+        markServer(cell, h);
+        continue;
+      }
       const id = wrapId(h._handle);
+      if (SetHas(cell.background, id)) continue; // made by other work (a client of its own)
+      // Its own: what its callbacks make is the cell's too.
       if (id >= cell.firstId) SetAdd(cell.own, id);
       left = true;
     } catch (err) {
@@ -1064,6 +1075,13 @@ function cellWorkLeft(cell, batch = null) {
     }
   }
   return left;
+}
+
+// A server runs on, and so do the connections it accepts and what they make: requests that
+// other work made to a server of the cell's (an earlier cell's client) held the cell (a
+// review). What else the server makes (its 'listening' callback) is the cell's, as before.
+function markServer(cell, h) {
+  if (h instanceof net.Server) SetAdd(cell.servers, wrapId(h._handle));
 }
 
 function refImmediatePending() {
@@ -1098,8 +1116,10 @@ function lookNow() {
   // queued behind it are not in the queue any more. Unseen, a cell's immediate that a
   // promise's callback queued (after two `await`s in an immediate's callback, or an `await`
   // of a promise an immediate resolves, in a loop) was missed, and the cell ended before it.
-  const batch = this === lookImmediate && lookImmediate !== null ? lookImmediate._idleNext : null;
-  lookImmediate = null;
+  // (Any look's immediate, not only the newest: the interval's look may have come between.)
+  const batch = this !== null && typeof this === 'object' && this._onImmediate === lookNow
+    ? this._idleNext : null;
+  if (this === lookImmediate) lookImmediate = null;
   if (waitingCell !== null && !cellWorkLeft(waitingCell, batch) && cancelLeftWork) {
     cancelLeftWork();
   }
@@ -1122,6 +1142,14 @@ async function awaitLeftWork(cell) {
   // un-awaited async function's first steps) was taken for background work when an earlier
   // cell's timeout was pending, and its output came in a later cell (a review).
   cell.waitFrom = leftWork.newAsyncId();
+  const handles = refHandles();
+  for (let i = 0; i < handles.length; i++) {
+    try {
+      markServer(cell, handles[i]);
+    } catch (err) {
+      /* the user's object */
+    }
+  }
   if (!cellWorkLeft(cell)) return 'done';
   let interrupted = false;
   let everyFew = null;

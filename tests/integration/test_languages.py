@@ -274,6 +274,25 @@ async def test_model_written_javascript_callbacks_print_within_their_cell(
         assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize(("language", "code", "printed"), [
+    ("python", "import socket\nprint(socket.gethostbyname('localhost'))", "127.0.0.1\n"),
+    ("javascript", "const http = require('http');\n"
+     "const srv = http.createServer((q, r) => r.end('pong')).listen(0, 'localhost', () =>\n"
+     "  http.get({ host: 'localhost', port: srv.address().port },\n"
+     "    (res) => res.on('data', (d) => { console.log(String(d)); srv.close(); })))", "pong\n"),
+    ("shell", "getent hosts localhost >/dev/null && echo found; getent hosts example.com"
+     " || echo 'no other name'", "found\nno other name\n"),
+])
+async def test_localhost_resolves_and_nothing_else_does(big_service: Service, language: str,
+                                                        code: str, printed: str) -> None:
+    """A sandbox has no network, so the engine gives it an empty /etc/hosts: a server a cell
+    started on ``localhost``, and its client, failed with "getaddrinfo EAI_AGAIN localhost".
+    The image resolves ``localhost`` (libnss-myhostname); other names still do not."""
+    async with await connect(big_service.url, language=language) as s:
+        result = await s.execute(code, timeout=20)
+        assert (result.status, result.stdout) == ("success", printed), result
+
+
 @pytest.mark.parametrize("language", ["python", "javascript", "shell"])
 async def test_a_cells_memory_is_its_peak_or_unknown(big_service: Service,
                                                     language: str) -> None:

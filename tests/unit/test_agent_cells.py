@@ -2016,16 +2016,50 @@ def test_js_a_settled_promise_still_makes_the_cells_work(js: AgentDriver, cell: 
 
 def test_js_the_cells_are_the_main_module(js: AgentDriver) -> None:
     """``if (require.main === module) main();``, which models write often, ran nothing:
-    ``require.main`` was the worker's module (and showed its path). ``__dirname`` and
-    ``__filename`` are there, as in a script (a review)."""
+    ``require.main`` was the worker's module (and showed its path), for the cells and for the
+    modules they load (two reviews)."""
     result = js.run("async function main() { await new Promise((r) => setTimeout(r, 10));"
                     " console.log('main ran'); }\n"
                     "if (require.main === module) { main(); }\n"
-                    "console.log(__dirname === process.cwd(),"
-                    " require('path').dirname(__filename) === __dirname,"
-                    " require.main.filename.includes('worker'))", timeout=10)
+                    "require('fs').writeFileSync('mainmod.js',"
+                    " 'module.exports = require.main.filename');\n"
+                    "console.log(require('./mainmod.js') === module.filename,"
+                    " module.filename.includes('worker'), typeof __dirname)", timeout=10)
     assert_success(result)
-    assert result.text() == "true true false\nmain ran\n"
+    assert result.text() == "true false undefined\nmain ran\n"
+
+
+@pytest.mark.parametrize("cell", [
+    "globalThis.n = 0;\n"
+    "(async () => { for (; n < 3000; n++) await new Promise((r) => setImmediate(r));"
+    " console.log('done', n); })();\n1",
+])
+def test_js_a_look_between_the_interval_and_an_immediate_sees_the_batch(
+        js: AgentDriver, cell: str) -> None:
+    """The look every 10 ms, coming between, made the next look (an immediate) take itself for
+    a stale one: it did not read its batch, and an un-awaited loop of ``await``ed immediates
+    was dropped after a few hundred turns (a review)."""
+    result = js.run(cell, timeout=10)
+    assert_success(result)
+    assert result.text() == "done 3000\n"
+
+
+def test_js_connections_to_the_cells_server_from_other_work_do_not_hold_it(
+        js: AgentDriver) -> None:
+    """A server runs on, and so does what it makes: requests an earlier cell's client made to
+    it every 100 ms (each answered after 150 ms) held the cell that started the server until
+    its time limit (a review)."""
+    js.run("const http = require('http');\n"
+           "globalThis.iv = setInterval(() => globalThis.port && http.get("
+           "`http://127.0.0.1:${port}/`, (r) => r.resume()).on('error', () => {}), 100)")
+    result = js.run("globalThis.srv = http.createServer((q, s) => setTimeout(() => s.end('ok'),"
+                    " 150)).listen(0, '127.0.0.1',"
+                    " () => { globalThis.port = srv.address().port; });\n"
+                    "setTimeout(() => console.log('own'), 500)", timeout=10)
+    assert_success(result)
+    assert result.text() == "own\n"
+    assert result.done["execution_time_ms"] < 5000, result.done
+    js.run("clearInterval(iv); srv.close()")
 
 
 @pytest.mark.parametrize("cell", [
