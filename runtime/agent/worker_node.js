@@ -885,6 +885,7 @@ function loopBefore() {
     quietRequests: leftWork.activeRequests(process).length === 0,
     handles, own: new Set(), background: new Set(), held: [], idle: [],
     looked: new WeakSet(), timers: -1, alone: false, waitFrom: 0, servers: new Set(),
+    others: new Set(), // of background: what earlier cells' work and servers' connections made
   });
 }
 
@@ -924,6 +925,7 @@ function isOwn(cell, id, trigger, quiet) {
     own = true; // made by the cell's code or its work
   } else if (SetHas(cell.background, trigger) || (trigger > 1 && trigger < cell.firstId)) {
     own = false; // by work from before the cell (an earlier cell's interval), or by its work
+    if (SetHas(cell.others, trigger) || trigger < cell.firstId) SetAdd(cell.others, id);
   } else if (cell.alone && (id < cell.waitFrom || trigger >= cell.firstId && trigger < cell.waitFrom)) {
     own = true; // made, or made by what was made, while only the cell ran (see awaitLeftWork)
   } else {
@@ -956,6 +958,7 @@ function noteOrigin(asyncId, type, triggerAsyncId, resource) {
   if (type === 'TCPSERVERWRAP' || type === 'PIPESERVERWRAP') SetAdd(cell.servers, asyncId);
   if ((type === 'TCPWRAP' || type === 'PIPEWRAP') && SetHas(cell.servers, triggerAsyncId)) {
     SetAdd(cell.background, asyncId); // a connection a server accepted (see markServer)
+    SetAdd(cell.others, asyncId);
     return;
   }
   isOwn(cell, asyncId, triggerAsyncId, type === 'PROMISE' || type === 'Timeout' ||
@@ -973,6 +976,7 @@ function forget(asyncId) {
   if (cell === null) return;
   SetDelete(cell.own, asyncId);
   SetDelete(cell.background, asyncId);
+  SetDelete(cell.others, asyncId);
 }
 
 // An async wrap's id (a request's, a handle's), or -1.
@@ -1066,7 +1070,9 @@ function cellWorkLeft(cell, batch = null) {
         continue;
       }
       const id = wrapId(h._handle);
-      if (SetHas(cell.background, id)) continue; // made by other work (a client of its own)
+      // Made by other work (an earlier cell's, a client of a server's), not by the cell's own
+      // background work (a child its interval spawned holds it, as it holds a program).
+      if (SetHas(cell.others, id)) continue;
       // Its own: what its callbacks make is the cell's too.
       if (id >= cell.firstId) SetAdd(cell.own, id);
       left = true;

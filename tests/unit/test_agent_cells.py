@@ -2021,9 +2021,10 @@ def test_js_the_cells_are_the_main_module(js: AgentDriver) -> None:
     result = js.run("async function main() { await new Promise((r) => setTimeout(r, 10));"
                     " console.log('main ran'); }\n"
                     "if (require.main === module) { main(); }\n"
-                    "require('fs').writeFileSync('mainmod.js',"
-                    " 'module.exports = require.main.filename');\n"
-                    "console.log(require('./mainmod.js') === module.filename,"
+                    "const mod = require('path').join(require('os').tmpdir(),"
+                    " `mainmod-${process.pid}.js`);\n"
+                    "require('fs').writeFileSync(mod, 'module.exports = require.main.filename');\n"
+                    "console.log(require(mod) === module.filename,"
                     " module.filename.includes('worker'), typeof __dirname)", timeout=10)
     assert_success(result)
     assert result.text() == "true false undefined\nmain ran\n"
@@ -2042,6 +2043,20 @@ def test_js_a_look_between_the_interval_and_an_immediate_sees_the_batch(
     result = js.run(cell, timeout=10)
     assert_success(result)
     assert result.text() == "done 3000\n"
+
+
+def test_js_a_child_the_cells_interval_spawned_holds_it(js: AgentDriver) -> None:
+    """An interval runs on, but a child it spawned holds the cell, as it holds a program (a
+    review: it was let go with what other work made). A timer of the cell's holds it until
+    the interval has run."""
+    result = js.run("setTimeout(() => console.log('guard'), 100);\n"
+                    "const iv = setInterval(() => { clearInterval(iv);\n"
+                    "  const p = require('child_process')\n"
+                    "    .spawn('sh', ['-c', 'sleep 0.3; echo hi']);\n"
+                    "  p.stdout.on('data', (d) => console.log('out', String(d).trim()));\n"
+                    "  p.on('close', () => console.log('close')); }, 20)", timeout=10)
+    assert_success(result)
+    assert result.text() == "guard\nout hi\nclose\n"
 
 
 def test_js_connections_to_the_cells_server_from_other_work_do_not_hold_it(
