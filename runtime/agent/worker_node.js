@@ -1148,6 +1148,9 @@ async function awaitLeftWork(cell) {
   // un-awaited async function's first steps) was taken for background work when an earlier
   // cell's timeout was pending, and its output came in a later cell (a review).
   cell.waitFrom = leftWork.newAsyncId();
+  if (!cellWorkLeft(cell)) return 'done';
+  // The cell's servers, before any connection comes (a look that finds a timer of the
+  // cell's stops before the handles).
   const handles = refHandles();
   for (let i = 0; i < handles.length; i++) {
     try {
@@ -1156,7 +1159,6 @@ async function awaitLeftWork(cell) {
       /* the user's object */
     }
   }
-  if (!cellWorkLeft(cell)) return 'done';
   let interrupted = false;
   let everyFew = null;
   try {
