@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import typing
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -16,7 +17,7 @@ from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError, UpgradeReq
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.refusals import AUTH_REASONS
 from ws_sandbox.rest import ErrorBody, ErrorDetail, JSONBody, error_response
-from ws_sandbox.settings import Language
+from ws_sandbox.settings import LANGUAGES, language_named
 from ws_sandbox.surface import Surface
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,16 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
-    """A filter's value, or ``None`` when absent; one that can match nothing is refused."""
+def _choice(request: Request, name: str, allowed: tuple[str, ...],
+            named: Callable[[str], str] = str) -> str | None:
+    """A filter's value (as ``named`` reads it: a language's alias names its language), or
+    ``None`` when absent; one that can match nothing is refused."""
     raw = request.query_params.get(name) or None
-    if raw is not None and raw not in allowed:
+    if raw is None:
+        return None
+    if (value := named(raw)) not in allowed:
         raise BadRequest(f"{name} must be one of {', '.join(allowed)}, not {raw!r}")
-    return raw
+    return value
 
 
 def _own_only(request: Request) -> str | None:
@@ -97,7 +102,7 @@ async def executions(request: Request) -> Response:
     assert history is not None
     page = await history.list(
         status=_choice(request, "status", typing.get_args(fr.Status)),
-        language=_choice(request, "language", typing.get_args(Language)),
+        language=_choice(request, "language", LANGUAGES, named=language_named),
         client=_own_only(request),
         limit=_int(request, "limit", 50, 1, MAX_PAGE),
         offset=_int(request, "offset", 0, 0, 2**31))

@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("code", help="the code, or - to read it from standard input")
     run.add_argument("-l", "--language", default="python",
-                     help="python, javascript, shell or rust (default: python)")
+                     help="python, javascript, shell or rust, or an alias such as bash or"
+                          " node (default: python)")
     run.add_argument("--url", default="ws://127.0.0.1:8090",
                      help="the service's address (default: %(default)s)")
     run.add_argument("--timeout", type=_seconds, help="seconds (default: the service's)")

@@ -34,7 +34,7 @@ from ws_sandbox.exceptions import (
 from ws_sandbox.pool import WarmPool
 from ws_sandbox.records import Origin
 from ws_sandbox.session import CellFinished, Session, SessionLimits
-from ws_sandbox.settings import Language, Settings
+from ws_sandbox.settings import LANGUAGES, Language, Settings, language_named
 from ws_sandbox.tokens import TokenSigner
 
 log = logging.getLogger(__name__)
@@ -127,17 +127,21 @@ class SessionManager:
         return live + self._reserved_by[client_id]
 
     def check_language(self, language: str) -> Language:
-        """Return ``language`` if it is enabled.
+        """Return the language ``language`` names (an alias such as ``bash`` or ``node`` names
+        its language, :data:`~ws_sandbox.settings.LANGUAGE_ALIASES`) if it is enabled.
 
         Raises:
             LanguageUnavailable: naming the enabled languages.
         """
+        wanted = language_named(language)
         enabled = self.settings.enabled_languages
         for lang in enabled:
-            if lang == language:
+            if lang == wanted:
                 return lang
+        named = repr(language) + (f" ({wanted})" if wanted != language and wanted in LANGUAGES
+                                  else "")
         raise LanguageUnavailable(
-            f"language {language!r} is not available; enabled: {', '.join(enabled)}")
+            f"language {named} is not available; enabled: {', '.join(enabled)}")
 
     async def open(self, language: str, sink: FrameSink, *, client_id: str = "",
                    origin: Origin = "session", send_ready: bool = True,

@@ -23,7 +23,7 @@ from ws_sandbox.auth import PUBLIC_PATHS
 from ws_sandbox.history import ExecutionPage
 from ws_sandbox.records import ExecutionRecord
 from ws_sandbox.rest import ErrorBody, ExecuteRequest, ExecuteResponse
-from ws_sandbox.settings import Language
+from ws_sandbox.settings import LANGUAGE_ALIASES, LANGUAGES
 from ws_sandbox.web import PAGE_HEADERS
 
 _REF = "#/components/schemas/{name}"
@@ -50,20 +50,24 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
             "description": description}
 
 
+_LANGUAGE_NAMES = [*LANGUAGES, *LANGUAGE_ALIASES]
+_ALIASES_NOTE = ("; or an alias of one, in any letter case: "
+                 + ", ".join(f"{a} ({lang})" for a, lang in LANGUAGE_ALIASES.items()))
+
 _QUERY: dict[str, list[dict[str, Any]]] = {
     "/api/v1/executions": [
         _query("status", {"type": "string", "enum": list(typing.get_args(fr.Status))},
                "only executions that ended so"),
-        _query("language", {"type": "string", "enum": list(typing.get_args(Language))},
-               "only executions in this language"),
+        _query("language", {"type": "string", "enum": _LANGUAGE_NAMES},
+               f"only executions in this language{_ALIASES_NOTE}"),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
                          "default": 50}, "executions per page"),
         _query("offset", {"type": "integer", "minimum": 0, "maximum": 2**31, "default": 0},
                "executions to skip"),
     ],
     "/api/v1/sessions/ws": [
-        _query("language", {"type": "string", "enum": list(typing.get_args(Language)),
-                            "default": "python"}, "the session's language"),
+        _query("language", {"type": "string", "enum": _LANGUAGE_NAMES, "default": "python"},
+               f"the session's language{_ALIASES_NOTE}"),
         _query("resume", {"type": "string"}, "a resume token (instead of language)"),
         _query("api_key", {"type": "string"},
                "the API key, for browsers (a WebSocket cannot send headers)"),

@@ -27,6 +27,23 @@ from ws_sandbox.exceptions import ConfigError
 Language = Literal["python", "javascript", "shell", "rust"]
 LANGUAGES: tuple[Language, ...] = get_args(Language)
 
+#: Other names clients send for a language, as Piston, E2B and Jupyter's kernels spell them.
+LANGUAGE_ALIASES: dict[str, Language] = {
+    "py": "python", "python3": "python",
+    "js": "javascript", "node": "javascript", "nodejs": "javascript",
+    "bash": "shell", "sh": "shell",
+    "rs": "rust",
+}
+
+
+def language_named(name: str) -> str:
+    """The language ``name`` means: itself or the language it is an alias of, in any case.
+
+    The result is a :data:`Language` only when ``name`` names one; the caller refuses others.
+    """
+    lowered = name.lower()
+    return LANGUAGE_ALIASES.get(lowered, lowered)
+
 #: The seccomp profile shipped with the service (``runtime/seccomp.md`` explains it).
 SHIPPED_SECCOMP_PROFILE = Path(__file__).resolve().parent.parent / "runtime" / "seccomp.json"
 

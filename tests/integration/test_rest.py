@@ -141,6 +141,20 @@ def test_each_call_gets_a_fresh_sandbox(service: Service) -> None:
     assert again["stdout"] == "False\n"
 
 
+def test_a_language_alias_runs_its_language_and_is_recorded_by_its_name(
+        service: Service) -> None:
+    """``bash``, ``node`` and the other names clients of Piston or E2B send run their
+    language; the result, the history and the stats name the language itself."""
+    shell = run(service, 'echo "${BASH_VERSION%%.*}"', "bash")
+    assert (shell["status"], shell["stdout"], shell["language"]) == ("success", "5\n", "shell")
+    node = run(service, "console.log(typeof process.versions.node)", "Node")
+    assert (node["stdout"], node["language"]) == ("string\n", "javascript")
+    status, _, page = call(service, "/api/v1/executions?language=BASH&limit=1")
+    assert status == 200
+    assert [(i["execution_id"], i["language"]) for i in page["items"]] == [
+        (shell["execution_id"], "shell")]
+
+
 def test_output_is_capped_with_a_marker(service: Service) -> None:
     big = run(service, "print('x' * 200000)")
     assert big["truncated"] is True

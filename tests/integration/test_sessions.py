@@ -288,6 +288,13 @@ async def test_unknown_language_is_refused(service: Service) -> None:
     assert "python" in info.value.error.message
 
 
+async def test_a_session_opened_by_an_alias_is_ready_in_its_language(service: Service) -> None:
+    async with await connect(service.url, language="node") as session:
+        assert session.ready.language == "javascript"
+        result = await session.execute("console.log([1, 2].map(x => x * 2).join(' '))")
+        assert (result.status, result.stdout) == ("success", "2 4\n")
+
+
 async def test_limits_idle_lifetime_concurrency_and_disconnect(
         make_service: ServiceFactory) -> None:
     with make_service(IDLE_TIMEOUT="1.5", MAX_LIFETIME="6", MAX_CONCURRENT_EXECUTIONS="1",

@@ -11,7 +11,12 @@ import pytest
 from tests.unit.test_driver import BOUND, LIMITS, FakeSandbox, Sink
 from ws_sandbox.backend import DockerBackend, Sandbox
 from ws_sandbox.driver import ClientGone, CloseRequest, Event, SessionRunner
-from ws_sandbox.exceptions import CapacityError, InvalidToken, TooManySessions
+from ws_sandbox.exceptions import (
+    CapacityError,
+    InvalidToken,
+    LanguageUnavailable,
+    TooManySessions,
+)
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.pool import WarmPool
 from ws_sandbox.settings import Settings
@@ -220,3 +225,31 @@ async def test_a_failed_open_gives_its_place_back() -> None:
         with pytest.raises(CapacityError, match="no sandbox"):
             await manager.open("python", Sink(), client_id="key:a")
     assert manager.held_by("key:a") == 0 and manager._reserved_by == {}
+
+
+@pytest.mark.parametrize(("name", "language"), [
+    ("python", "python"), ("py", "python"), ("python3", "python"), ("Python", "python"),
+    ("javascript", "javascript"), ("js", "javascript"), ("node", "javascript"),
+    ("NodeJS", "javascript"), ("shell", "shell"), ("bash", "shell"), ("sh", "shell"),
+    ("rust", "rust"), ("rs", "rust"),
+])
+def test_a_language_is_known_by_its_aliases_too(name: str, language: str) -> None:
+    """Clients written for Piston, E2B or a Jupyter kernel send ``bash``, ``node`` or
+    ``python3``; each alias, in any letter case, opens its language."""
+    manager = SessionManager(Settings(), cast(DockerBackend, None), cast(WarmPool, None))
+    assert manager.check_language(name) == language
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("cobol", "language 'cobol' is not available; enabled: python, javascript"),
+    ("bash", "language 'bash' (shell) is not available; enabled: python, javascript"),
+    ("", "language '' is not available"),
+    ("python ", "language 'python ' is not available"),
+])
+def test_a_name_of_no_enabled_language_is_refused_saying_which_are(name: str,
+                                                                    said: str) -> None:
+    settings = Settings(enable_shell=False, enable_rust=False)
+    manager = SessionManager(settings, cast(DockerBackend, None), cast(WarmPool, None))
+    with pytest.raises(LanguageUnavailable) as refused:
+        manager.check_language(name)
+    assert str(refused.value).startswith(said)
