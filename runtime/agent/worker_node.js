@@ -108,9 +108,19 @@ const NO_NETWORK_CODES = new Set(['EAI_AGAIN', 'ENOTFOUND', 'ENETUNREACH', 'EHOS
 const NO_NETWORK_NOTE = 'There is no network here: host names do not resolve and nothing ' +
   'outside the sandbox can be reached.';
 
-// The note for err, with what failed when it is err's cause; '' when err is another error.
-function networkNote(err) {
+// Cells are not a file: like Node's REPL, they have no __dirname or __filename (defined as
+// globals, ES modules would see them too). Code written for a script reaches for them often.
+const NO_FILE_NOTE = 'A cell is not a file, so it has no __dirname or __filename (as in ' +
+  "Node's REPL): use process.cwd(), the working directory (/workspace), instead.";
+const NO_FILE_MESSAGE = /^(?:__dirname|__filename) is not defined$/;
+
+// The note for err (no network, with what failed when it is err's cause; no file); '' for
+// another error.
+function errorNote(err) {
   try {
+    if (err instanceof ReferenceError && NO_FILE_MESSAGE.test(err.message)) {
+      return NO_FILE_NOTE;
+    }
     let e = err;
     for (let depth = 0; depth < 8 && e !== null && typeof e === 'object'; depth++) {
       if (NO_NETWORK_CODES.has(e.code)) {
@@ -125,7 +135,7 @@ function networkNote(err) {
 }
 
 function userStack(err) {
-  const note = networkNote(err);
+  const note = errorNote(err);
   return stackOf(err) + (note ? `\n${note}` : '');
 }
 
@@ -150,7 +160,7 @@ const MAX_ERROR_CHARS = 4096;
 
 function errorSummary(err) {
   if (err && typeof err === 'object' && 'name' in err && 'message' in err) {
-    const note = networkNote(err);
+    const note = errorNote(err);
     return `${err.name}: ${err.message}${note ? ` (${note})` : ''}`.slice(0, MAX_ERROR_CHARS);
   }
   return 'Uncaught ' + util.inspect(err, { depth: 1 }).slice(0, 500);

@@ -1717,6 +1717,29 @@ def test_js_other_errors_get_no_network_note(js: AgentDriver) -> None:
         assert "network" not in result.text("stderr") + result.done["error"], code
 
 
+@pytest.mark.parametrize("code", [
+    "const path = require('path');\nconst file = path.join(__dirname, 'data.json')",
+    "console.log(__filename)",
+])
+def test_js_a_cell_reaching_for_its_file_is_told_it_has_none(js: AgentDriver,
+                                                             code: str) -> None:
+    """Script code (``path.join(__dirname, ...)``) failed with a bare "__dirname is not
+    defined"; the error now says why and what to use."""
+    result = js.run(code)
+    assert result.done["status"] == "error"
+    assert result.done["error"].startswith("ReferenceError: __"), result.done["error"]
+    assert "A cell is not a file" in result.done["error"]
+    assert "use process.cwd()" in result.text("stderr"), result.text("stderr")
+
+
+def test_js_other_reference_errors_get_no_file_note(js: AgentDriver) -> None:
+    for code in ("console.log(dirname)", "throw new Error('__dirname is not defined')",
+                 "let __dirname = 1; __dirname.x.y"):
+        result = js.run(code)
+        assert result.done["status"] == "error", code
+        assert "not a file" not in result.text("stderr") + result.done["error"], code
+
+
 def test_js_objects_node_makes_are_instances_of_the_cells_builtins(js: AgentDriver) -> None:
     """Cells ran in a vm context of their own, whose builtins are not Node's: an array from
     ``fs``, an error ``fs`` throws, a ``structuredClone`` failed ``instanceof`` (a review of
