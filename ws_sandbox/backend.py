@@ -141,8 +141,8 @@ def container_config(settings: Settings, language: Language, process_id: str,
         "Env": [
             f"WS_SANDBOX_LANGUAGE={language}",
             "HOME=/workspace",
-            # No passwd entry names the sandbox's uid: libraries that ask the environment
-            # first (Python's getpass.getuser()) get a name instead of a KeyError.
+            # The agent names the sandbox's uid in a passwd file of the sandbox's own, and
+            # libraries that ask the environment first (getpass.getuser()) find it here.
             "USER=sandbox",
             "LOGNAME=sandbox",
             "LANG=C.UTF-8",

@@ -3547,6 +3547,35 @@ static void close_on_exec_inherited(void) {
     for (size_t i = 0; i < n; i++) ioctl(fds[i], FIOCLEX);
 }
 
+/* Where the image's NSS (libnss-extrausers, /var/lib/extrausers a link here) reads the
+ * sandbox's user and group: each sandbox runs as a uid of its own, which no passwd entry of
+ * the read-only image can name, so `whoami`, `id -un`, Python's pwd.getpwuid() and Node's
+ * os.userInfo() failed. The agent writes them on the fresh /tmp before any cell runs. They
+ * name nothing the service reads: a cell may rewrite them, for itself alone. */
+#define USERS_DIR "/tmp/.ws-sandbox-users"
+
+static bool write_new_file(const char *path, const char *text, int *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        *err = errno;
+        return false;
+    }
+    return write_file(fd, text, strlen(text), err);
+}
+
+static void name_the_user(void) {
+    unsigned uid = (unsigned)getuid(), gid = (unsigned)getgid();
+    char passwd[160], group[80];
+    snprintf(passwd, sizeof passwd, "sandbox:x:%u:%u:ws_sandbox:/workspace:/bin/bash\n", uid,
+             gid);
+    snprintf(group, sizeof group, "sandbox:x:%u:\n", gid);
+    int err = 0;
+    if ((mkdir(USERS_DIR, 0755) != 0 && (err = errno) != 0) ||
+        !write_new_file(USERS_DIR "/passwd", passwd, &err) ||
+        !write_new_file(USERS_DIR "/group", group, &err))
+        log_msg("cannot name the sandbox's user in " USERS_DIR ": %s", strerror(err));
+}
+
 int main(int argc, char **argv) {
     bool container = false;
     const char *language = NULL;
@@ -3600,6 +3629,7 @@ int main(int argc, char **argv) {
     A.lingering = true;
     A.rust_write_fds[0] = A.rust_write_fds[1] = -1;
     A.rust_streams[0].fd = A.rust_streams[1].fd = -1;
+    if (container) name_the_user();
     open_oom_counter();
     build_child_env();
     return run();

@@ -293,6 +293,25 @@ async def test_localhost_resolves_and_nothing_else_does(big_service: Service, la
         assert (result.status, result.stdout) == ("success", printed), result
 
 
+@pytest.mark.parametrize(("language", "code"), [
+    ("python", "import getpass, os, pwd\nme = pwd.getpwuid(os.getuid())\n"
+               "print(me.pw_name, me.pw_dir, getpass.getuser(), me.pw_uid == os.getuid())"),
+    ("javascript", "const me = require('os').userInfo();\n"
+                   "console.log(me.username, me.homedir, process.env.USER,\n"
+                   "            me.uid === process.getuid())"),
+    ("shell", 'echo "$(whoami) $(getent passwd "$(id -u)" | cut -d: -f6) $(id -gn)'
+              ' $([ "$(id -u)" -ge 1000000 ] && echo true)"'),
+])
+async def test_the_sandbox_s_own_uid_has_a_name(big_service: Service, language: str,
+                                               code: str) -> None:
+    """Each sandbox runs as a uid of its own, which no passwd entry of the image named:
+    ``whoami``, Node's ``os.userInfo()`` and Python's ``pwd.getpwuid()`` failed."""
+    async with await connect(big_service.url, language=language) as s:
+        result = await s.execute(code, timeout=20)
+        assert (result.status, result.stderr) == ("success", ""), result
+        assert result.stdout.lower() == "sandbox /workspace sandbox true\n", result
+
+
 @pytest.mark.parametrize("language", ["python", "javascript", "shell"])
 async def test_a_cells_memory_is_its_peak_or_unknown(big_service: Service,
                                                     language: str) -> None:
