@@ -27,19 +27,91 @@ set --
 # (an interrupted `sleep`), bash 5.2 runs it no more for a cell of builtins only (a `while`
 # loop), which then ran on until the agent restarted the shell.
 __ws_trap='if (( __ws_running )); then __ws_intr=1; return 130 2>/dev/null; else __ws_sig=1; fi'
-trap "$__ws_trap" INT
+builtin trap "$__ws_trap" INT
 # bash says nothing when `set -e` ends it in the middle of a cell: say why its state is lost
 # (a failed command noted by the ERR trap, not an `exit`).
 __ws_failed=0
 __ws_exiting() {
+    __ws_rc=$?
+    __ws_at_exit
     if (( __ws_running && __ws_failed )) && [[ $- == *e* ]]; then
         printf 'bash exits: set -e is on and a command failed\n' >&2
     fi
 }
-trap __ws_exiting EXIT
-trap __ws_failed=1 ERR
+builtin trap __ws_exiting EXIT
+# Braced and quiet, so that a cell's `set -x` does not show it each time a command fails.
+builtin trap '{ __ws_failed=1; } 2>/dev/null' ERR
+# A cell's EXIT trap (`trap 'rm -rf "$tmp"' EXIT`, a script's clean-up) runs when the cell
+# ends, as a script's runs when the script ends: the shell lives on between cells, and the
+# worker's own EXIT trap must stay. So `trap` is a function here (in this shell alone: a
+# subshell's, and a program's, `trap` is the builtin) that keeps the cell's EXIT action in
+# __ws_exit and hands the rest to the builtin; `trap -p` shows the cell's action as EXIT's.
+__ws_exit=''
+__ws_pid=$BASHPID
+__ws_at_exit() {
+    [[ -n $__ws_exit ]] || return 0
+    local __ws_action=$__ws_exit
+    __ws_exit=''
+    __ws_status "$__ws_rc" && :  # `$?` is the cell's status, as a script's trap sees its own
+    eval "$__ws_action"
+}
+# `trap -p`: the builtin's list without the worker's traps, and the cell's EXIT action first
+# where the list has no EXIT of its own (a subshell's is its own).
+__ws_traps() {
+    local __ws_list __ws_line __ws_s __ws_exit_wanted=$(( $# == 0 )) __ws_has_exit=0 __ws_lines=()
+    __ws_list=$(builtin trap -p "$@") || return
+    for __ws_s; do ! __ws_is_exit "$__ws_s" || __ws_exit_wanted=1; done
+    while IFS= read -r __ws_line; do
+        [[ -n $__ws_line && $__ws_line != *__ws_* ]] || continue
+        [[ $__ws_line != *' EXIT' ]] || __ws_has_exit=1
+        __ws_lines+=("$__ws_line")
+    done <<< "$__ws_list"
+    if (( __ws_exit_wanted && ! __ws_has_exit )) && [[ -n $__ws_exit ]]; then
+        printf 'trap -- %s EXIT\n' "${__ws_exit@Q}"
+    fi
+    (( ${#__ws_lines[@]} == 0 )) || printf '%s\n' "${__ws_lines[@]}"
+}
+__ws_is_exit() { local __ws_s=${1^^}; [[ ${__ws_s#SIG} == EXIT || $1 == 0 ]]; }
+trap() {
+    local __ws_print=0 __ws_s __ws_other=()
+    while [[ ${1-} == -?* ]]; do
+        case $1 in
+            --) shift; break ;;
+            -p) __ws_print=1; shift ;;
+            *) builtin trap "$@"; return ;;  # -l, or what the builtin refuses
+        esac
+    done
+    if (( $# == 0 || __ws_print )); then __ws_traps "$@"; return; fi
+    if [[ $BASHPID != "$__ws_pid" ]]; then builtin trap -- "$@"; return; fi
+    local __ws_action=$1
+    if (( $# == 1 )); then __ws_action=-; else shift; fi  # `trap EXIT` resets EXIT
+    for __ws_s; do
+        if __ws_is_exit "$__ws_s"; then
+            if [[ $__ws_action == - ]]; then __ws_exit=''; else __ws_exit=$__ws_action; fi
+        else
+            __ws_other+=("$__ws_s")
+        fi
+    done
+    (( ${#__ws_other[@]} == 0 )) || builtin trap -- "$__ws_action" "${__ws_other[@]}"
+}
 __ws_last=0  # the last cell's status: the next one's `$?` (cell.bash)
+__ws_opts=''  # the shell's options as the last cell left them
+__ws_trace() { [[ $__ws_opts != *v* ]] || set -v; [[ $__ws_opts != *x* ]] || set -x; }
 __ws_status() { return "$1"; }
+# cell.bash runs each cell, on its one line: bash's messages then name the cell's own line
+# numbers (the eval'd code's lines count from the line of the eval), and a cell's `set -v`
+# shows no line of ours after it (bash reads a file's lines as it runs them).
+#
+# Interrupted before the code runs: by a SIGINT since the worker read the cell (the trap
+# could not return from there yet), or by one that came while it was reading the cell, if
+# that one's mark follows the code; a SIGINT without a mark was late.
+#
+# `$?` is the last cell's status when the code starts, as in a terminal (`false`, then
+# `echo $?` in the next cell, prints 1). Set in an && list, which neither `set -e` nor the
+# ERR trap takes for a failure; 0 and 1 by an arithmetic test, other statuses by a function
+# (which a RETURN trap with `set -T` sees). Not when the cells trace (`set -x` or `-v`): that
+# is switched on last (by __ws_trace), so that no line of the worker's is traced, and `$?`
+# is 0.
 printf '{"t":"ready"}\n' >&"$__ws_out" || exit 70
 while :; do
     IFS= read -r -d '' -u "$__ws_in" __ws_code
@@ -53,10 +125,14 @@ while :; do
     LC_ALL=C IFS= read -r -N "${__ws_code:1}" -u "$__ws_in" __ws_code || exit 0
     __ws_intr=0
     __ws_failed=0
-    trap "$__ws_trap" INT
+    builtin trap "$__ws_trap" INT
     __ws_running=1
     . "$__ws_cell"
-    __ws_rc=$?
+    # Tracing (`set -x`, `set -v`) is the cell's: off for the worker, on again before the
+    # next cell's code (cell.bash). Quiet, so that the switch itself is not traced (a test of
+    # `$-` first would be).
+    { __ws_rc=$? __ws_opts=$-; set +xv; } 2>/dev/null
+    __ws_at_exit
     __ws_running=0
     __ws_last=$__ws_rc
     if (( __ws_intr )); then __ws_st=interrupted; elif (( __ws_rc == 0 )); then __ws_st=success; else __ws_st=error; fi

@@ -515,11 +515,14 @@ async def test_service_secrets_are_not_in_the_sandbox(battery: Service) -> None:
     # Nothing else is there: the environment is what SECURITY.md lists.
     first = await run(battery, "python", "import os\nprint(*sorted(os.environ))")
     assert sorted(first.stdout.split()) == sorted(SANDBOX_ENVIRONMENT), first
-    # SECURITY.md: HOME is /workspace, and no passwd entry names the sandbox's user.
-    who = await run(battery, "shell", 'echo "HOME=$HOME"; whoami; echo "whoami=$?";'
-                    ' getent passwd "$(id -u)"; echo "getent=$?"')
-    assert who.stdout.splitlines() == ["HOME=/workspace", "whoami=1", "getent=2"], who
-    assert "cannot find name for user ID" in who.stderr, who
+    # SECURITY.md: HOME is /workspace, and the sandbox's own uid is named `sandbox` by the
+    # entry the agent wrote on its /tmp (whoami failed before), which names no other uid.
+    who = await run(battery, "shell", 'echo "HOME=$HOME"; whoami; id -un 0 65534;'
+                    ' getent passwd "$(id -u)" | cut -d: -f1,6,7;'
+                    ' getent passwd sandbox | cut -d: -f3 | grep -cx "$(id -u)"')
+    assert who.stdout.splitlines() == ["HOME=/workspace", "sandbox", "root", "nobody",
+                                       "sandbox:/workspace:/bin/bash", "1"], who
+    assert who.stderr == "", who
     # What asks the environment first has a name (getpass raised KeyError: a review).
     user = await run(battery, "python", "import getpass\nprint(getpass.getuser())")
     assert user.stdout == "sandbox\n", user

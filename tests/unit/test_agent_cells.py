@@ -2344,6 +2344,57 @@ def test_shell_ended_by_set_e_says_why(sh: AgentDriver) -> None:
     assert sh.run("false").text("stderr") == ""  # a fresh shell: no set -e
 
 
+def test_shell_a_cells_exit_trap_runs_when_the_cell_ends(sh: AgentDriver) -> None:
+    """A script's clean-up (``trap 'rm -rf "$tmp"' EXIT``) ran only when the shell ended: its
+    files stayed, and its output came in whichever later cell ended the shell, or never (a
+    review of model-written shell cells). It runs at the end of the cell that set it, with
+    the cell's status as ``$?``, and is gone after."""
+    result = sh.run("tmp=$(mktemp -d); trap 'echo \"cleaned $?\"; rm -rf \"$tmp\"' EXIT\n"
+                    "touch \"$tmp/f\"; echo work; false")
+    assert (result.text(), result.done["status"]) == ("work\ncleaned 1\n", "error")
+    assert not result.done["restarted"]
+    after = sh.run('[ -e "$tmp" ] && echo kept || echo removed; trap -p EXIT; trap -p')
+    assert (after.text(), after.text("stderr")) == ("removed\n", "")
+    both = sh.run("trap 'echo bye' EXIT INT; trap -p EXIT INT; trap - INT; echo body")
+    assert both.text() == ("trap -- 'echo bye' EXIT\ntrap -- 'echo bye' SIGINT\nbody\nbye\n")
+    reset = sh.run("trap 'echo no' 0; trap 'echo yes' sigexit; trap EXIT; trap -p; echo end")
+    assert reset.text() == "end\n"
+    sub = sh.run("( trap 'echo sub-exit' EXIT; echo in-sub ); echo after")
+    assert sub.text() == "in-sub\nsub-exit\nafter\n"
+
+
+def test_shell_an_exit_trap_runs_when_set_e_or_an_interrupt_ends_the_cell(
+        sh: AgentDriver) -> None:
+    """The worker's own EXIT trap (its note on ``set -e``) stays: a cell's trap no longer
+    replaces it."""
+    failed = sh.run("set -e; trap 'echo cleanup >&2' EXIT; false; echo not-reached")
+    assert failed.done["restarted"] is True
+    assert failed.text("stderr") == ("cleanup\nbash exits: set -e is on and a command"
+                                     " failed\n")
+    stopped = sh.run_interrupted("trap 'echo cleaned up' EXIT; sleep 30", after=0.5)
+    assert stopped.done["status"] == "interrupted" and not stopped.done["restarted"]
+    assert stopped.text() == "cleaned up\n"
+    assert sh.run("echo alive").text() == "alive\n"
+
+
+def test_shell_set_x_traces_the_cells_own_commands_alone(sh: AgentDriver) -> None:
+    """After ``set -x``, each later cell's stderr showed about 20 lines of the worker's own
+    loop (its control pipe's read, the ``done`` line it wrote), and ``set -v`` showed its
+    source (a review of model-written shell cells)."""
+    first = sh.run("set -x\necho first")
+    assert (first.text(), first.text("stderr")) == ("first\n", "+++ echo first\n")
+    second = sh.run("echo second; false")
+    assert second.text("stderr") == ("++ eval 'echo second; false'\n+++ echo second\n"
+                                     "+++ false\n")
+    assert sh.run("set +x; echo third").text("stderr") == (
+        "++ eval 'set +x; echo third'\n+++ set +x\n")
+    assert sh.run("echo quiet").text("stderr") == ""
+    verbose = sh.run("set -v\necho verb")
+    assert verbose.text("stderr") == "echo verb\n"
+    assert sh.run("echo v2; set +v").text("stderr") == "echo v2; set +v\n"
+    assert sh.run("echo plain").text("stderr") == ""
+
+
 def test_shell_stdin_eof_and_background_job(sh: AgentDriver) -> None:
     start_at = time.monotonic()
     result = sh.run("cat; read line; echo rc=$?; sleep 30 & echo bg")
