@@ -312,6 +312,15 @@ async def test_the_sandbox_s_own_uid_has_a_name(big_service: Service, language: 
         assert result.stdout.lower() == "sandbox /workspace sandbox true\n", result
 
 
+async def test_terminal_tools_know_there_is_no_terminal(big_service: Service) -> None:
+    """``TERM`` was unset: ``tput`` and ``clear`` failed with "No value for $TERM" (a review of
+    model-written shell cells). It is ``dumb``, and the shell is bash's own."""
+    async with await connect(big_service.url, language="shell") as s:
+        result = await s.execute('echo "$TERM $SHELL"; tput cols; clear; tput setaf 1;'
+                                 ' echo "done"', timeout=20)
+        assert (result.stdout, result.stderr) == ("dumb /bin/bash\n80\ndone\n", ""), result
+
+
 @pytest.mark.parametrize("language", ["python", "javascript", "shell"])
 async def test_a_cells_memory_is_its_peak_or_unknown(big_service: Service,
                                                     language: str) -> None:

@@ -500,7 +500,7 @@ async def test_egress_fails_in_every_language(battery: Service, language: str, c
 SANDBOX_ENVIRONMENT = ["WS_SANDBOX_LANGUAGE", "WS_SANDBOX_PRELOAD", "HOME", "USER", "LOGNAME",
                        "LANG", "PATH", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                        "TMPDIR", "MPLBACKEND", "MPLCONFIGDIR", "WS_SANDBOX_MPL_CACHE",
-                       "PYTHONDONTWRITEBYTECODE", "HOSTNAME"]
+                       "PYTHONDONTWRITEBYTECODE", "TERM", "HOSTNAME"]
 
 
 async def test_service_secrets_are_not_in_the_sandbox(battery: Service) -> None:
