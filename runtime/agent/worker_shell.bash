@@ -94,6 +94,24 @@ trap() {
     done
     (( ${#__ws_other[@]} == 0 )) || builtin trap -- "$__ws_action" "${__ws_other[@]}"
 }
+# A command that is not here: bash's own message (as bash words it, the cell's line), and for
+# a command that would reach the network or install software a note that neither can be
+# done, as the Python worker gives one (a model retried with wget, then pip, then apt-get).
+# `command -v curl` still finds nothing, and a program's own shell (`bash x.sh`) says what
+# bash says.
+__ws_offline=' curl wget pip pip3 pipx npm npx yarn pnpm apt apt-get dpkg conda uv git ssh scp
+ rsync ping nc netcat telnet ftp dig nslookup host '
+command_not_found_handle() {
+    printf '%s: line %s: %s: command not found\n' "${BASH_SOURCE[1]:-bash}" "${BASH_LINENO[0]}" \
+        "$1" >&2
+    if [[ $__ws_offline == *[[:space:]]"$1"[[:space:]]* ]]; then
+        printf '%s\n' "There is no network here, and nothing can be installed: no host name" \
+            "resolves and no package manager is here. Installed: bash and coreutils, python3" \
+            "(with numpy, pandas, scipy, scikit-learn, matplotlib and more), node, rustc, gcc," \
+            "jq, bc and sqlite3." >&2
+    fi
+    return 127
+}
 __ws_last=0  # the last cell's status: the next one's `$?` (cell.bash)
 __ws_opts=''  # the shell's options as the last cell left them
 __ws_trace() { [[ $__ws_opts != *v* ]] || set -v; [[ $__ws_opts != *x* ]] || set -x; }

@@ -321,6 +321,24 @@ async def test_terminal_tools_know_there_is_no_terminal(big_service: Service) ->
         assert (result.stdout, result.stderr) == ("dumb /bin/bash\n80\ndone\n", ""), result
 
 
+async def test_a_missing_network_or_install_command_says_neither_can_be_done(
+        big_service: Service) -> None:
+    """``curl: command not found`` did not say why: a model then tried wget, pip, apt-get (a
+    review of model-written shell cells). Such a command's message has a note; other missing
+    commands keep bash's own message, and ``command -v`` still finds none."""
+    async with await connect(big_service.url, language="shell") as s:
+        curl = await s.execute("curl -s https://example.com/", timeout=20)
+        assert (curl.status, curl.result.exit_code) == ("error", 127)
+        assert curl.stderr.startswith("/opt/ws_sandbox/agent/cell.bash: line 1: curl: command"
+                                      " not found\nThere is no network here, and nothing can be"
+                                      " installed"), curl
+        pip = await s.execute("echo start\npip install requests", timeout=20)
+        assert "line 2: pip: command not found\nThere is no network" in pip.stderr, pip
+        other = await s.execute("command -v wget; echo rc=$?; nosuchtool 2>&1 | cat", timeout=20)
+        assert other.stdout == ("rc=1\n/opt/ws_sandbox/agent/cell.bash: line 1: nosuchtool:"
+                                " command not found\n"), other
+
+
 @pytest.mark.parametrize("language", ["python", "javascript", "shell"])
 async def test_a_cells_memory_is_its_peak_or_unknown(big_service: Service,
                                                     language: str) -> None:
