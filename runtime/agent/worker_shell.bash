@@ -39,13 +39,24 @@ __ws_exiting() {
     fi
 }
 builtin trap __ws_exiting EXIT
-# Braced and quiet, so that a cell's `set -x` does not show it each time a command fails.
-builtin trap '{ __ws_failed=1; } 2>/dev/null' ERR
+# A cell's ERR trap runs from the worker's (below), which notes the failure first. Braced and
+# quiet, so that a cell's `set -x` does not show it each time a command fails (an empty
+# expansion is not traced either).
+builtin trap '{ __ws_e=$? __ws_failed=1; } 2>/dev/null; ${__ws_err:+__ws_run_err}' ERR
+__ws_err=''
+# The cell's ERR action, with the failed command's status as `$?`; not for the worker's own
+# commands that run the cell (they fail when its last command did: with `set -E`, a trap ran
+# three times for one failure where a script's runs once).
+__ws_run_err() {
+    [[ $BASH_COMMAND != 'eval "$__ws_code"' && $BASH_COMMAND != '. "$__ws_cell"' ]] || return 0
+    __ws_status "$__ws_e" || eval "$__ws_err"
+}
 # A cell's EXIT trap (`trap 'rm -rf "$tmp"' EXIT`, a script's clean-up) runs when the cell
 # ends, as a script's runs when the script ends: the shell lives on between cells, and the
 # worker's own EXIT trap must stay. So `trap` is a function here (in this shell alone: a
-# subshell's, and a program's, `trap` is the builtin) that keeps the cell's EXIT action in
-# __ws_exit and hands the rest to the builtin; `trap -p` shows the cell's action as EXIT's.
+# subshell's, and a program's, `trap` is the builtin) that keeps the cell's EXIT and ERR
+# actions in __ws_exit and __ws_err and hands the rest to the builtin; `trap -p` shows the
+# cell's actions, not the worker's.
 __ws_exit=''
 __ws_pid=$BASHPID
 __ws_at_exit() {
@@ -58,20 +69,30 @@ __ws_at_exit() {
 # `trap -p`: the builtin's list without the worker's traps, and the cell's EXIT action first
 # where the list has no EXIT of its own (a subshell's is its own).
 __ws_traps() {
-    local __ws_list __ws_line __ws_s __ws_exit_wanted=$(( $# == 0 )) __ws_has_exit=0 __ws_lines=()
+    local __ws_list __ws_line __ws_s __ws_lines=()
+    local __ws_exit_wanted=$(( $# == 0 )) __ws_err_wanted=$(( $# == 0 ))
+    local __ws_has_exit=0 __ws_has_err=0
     __ws_list=$(builtin trap -p "$@") || return
-    for __ws_s; do ! __ws_is_exit "$__ws_s" || __ws_exit_wanted=1; done
+    for __ws_s; do
+        if __ws_is_exit "$__ws_s"; then __ws_exit_wanted=1
+        elif __ws_is_err "$__ws_s"; then __ws_err_wanted=1; fi
+    done
     while IFS= read -r __ws_line; do
         [[ -n $__ws_line && $__ws_line != *__ws_* ]] || continue
         [[ $__ws_line != *' EXIT' ]] || __ws_has_exit=1
+        [[ $__ws_line != *' ERR' ]] || __ws_has_err=1
         __ws_lines+=("$__ws_line")
     done <<< "$__ws_list"
     if (( __ws_exit_wanted && ! __ws_has_exit )) && [[ -n $__ws_exit ]]; then
         printf 'trap -- %s EXIT\n' "${__ws_exit@Q}"
     fi
     (( ${#__ws_lines[@]} == 0 )) || printf '%s\n' "${__ws_lines[@]}"
+    if (( __ws_err_wanted && ! __ws_has_err )) && [[ -n $__ws_err ]]; then
+        printf 'trap -- %s ERR\n' "${__ws_err@Q}"
+    fi
 }
 __ws_is_exit() { local __ws_s=${1^^}; [[ ${__ws_s#SIG} == EXIT || $1 == 0 ]]; }
+__ws_is_err() { local __ws_s=${1^^}; [[ ${__ws_s#SIG} == ERR ]]; }
 trap() {
     local __ws_print=0 __ws_s __ws_other=()
     while [[ ${1-} == -?* ]]; do
@@ -88,6 +109,8 @@ trap() {
     for __ws_s; do
         if __ws_is_exit "$__ws_s"; then
             if [[ $__ws_action == - ]]; then __ws_exit=''; else __ws_exit=$__ws_action; fi
+        elif __ws_is_err "$__ws_s"; then
+            if [[ $__ws_action == - ]]; then __ws_err=''; else __ws_err=$__ws_action; fi
         else
             __ws_other+=("$__ws_s")
         fi

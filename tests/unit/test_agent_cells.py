@@ -2377,6 +2377,23 @@ def test_shell_an_exit_trap_runs_when_set_e_or_an_interrupt_ends_the_cell(
     assert sh.run("echo alive").text() == "alive\n"
 
 
+def test_shell_a_cells_err_trap_runs_once_per_failure_and_keeps_the_set_e_note(
+        sh: AgentDriver) -> None:
+    """A cell's ERR trap replaced the worker's, so ``set -e`` ending the shell had no note;
+    with ``set -E`` it ran three times for one failure (the worker's ``eval`` and ``.`` of
+    the cell failed too), where a script's runs once per failing command."""
+    first = sh.run("trap 'echo \"err $?\"' ERR; ls /nonexistent 2>/dev/null; echo next")
+    assert (first.text(), first.done["status"]) == ("err 2\nnext\n", "success")
+    traced = sh.run("set -E; f() { false; }; f")
+    assert traced.text() == "err 1\nerr 1\n"  # `false`, then `f`: as `bash script.sh`
+    assert sh.run("trap -p ERR; trap -p").text() == "trap -- 'echo \"err $?\"' ERR\n" * 2
+    ended = sh.run("set -e; false; echo not-reached")
+    assert ended.text() == "err 1\n" and ended.done["restarted"] is True
+    assert ended.text("stderr") == "bash exits: set -e is on and a command failed\n"
+    reset = sh.run("trap 'echo e3' ERR; trap - ERR; false; trap -p")
+    assert reset.text() == ""
+
+
 def test_shell_set_x_traces_the_cells_own_commands_alone(sh: AgentDriver) -> None:
     """After ``set -x``, each later cell's stderr showed about 20 lines of the worker's own
     loop (its control pipe's read, the ``done`` line it wrote), and ``set -v`` showed its
