@@ -2090,9 +2090,9 @@ static bool make_tempdir(Buf *path, int *err) {
     "    let _ = include!(\"main.rs\");\n    Ok(())\n}\n"
 /* ... and the crate root of a snippet that ends as such a main does (`Ok(())`): the block
  * is main's value. */
-#define RUST_RESULT_MAIN \
-    "#[allow(unreachable_code)] fn main() -> Result<(), Box<dyn std::error::Error>> {"
-#define RUST_ROOT_RESULT_SOURCE RUST_RESULT_MAIN "\n    include!(\"main.rs\")\n}\n"
+#define RUST_ROOT_RESULT_SOURCE                                                           \
+    "#[allow(unreachable_code)] fn main() -> Result<(), Box<dyn std::error::Error>> {\n" \
+    "    include!(\"main.rs\")\n}\n"
 
 static bool rust_ident_char(unsigned char c) {
     return c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -2247,6 +2247,87 @@ static bool rust_has_main(const char *s, size_t n) {
     return false;
 }
 
+/* Whether the word at `i` (to `end`) is `w`. */
+static bool rust_word_is(const char *s, size_t i, size_t end, const char *w) {
+    return end - i == strlen(w) && memcmp(s + i, w, end - i) == 0;
+}
+
+/* Whether a snippet (no `fn main`) is items alone, one of them a test (`#[test]`), as a
+ * model writes a function and its tests: the Rust playground runs those tests, and
+ * wrapped in a main they were items of a block no one called, so the cell passed running
+ * nothing (a review). Each thing at the top level must start as an item does (an
+ * attribute, `fn`, `struct`, `mod`, `use`, `impl`, ...); a statement (`let`, a call) makes
+ * the snippet a program's body, as before. */
+static bool rust_is_test_items(const char *s, size_t n) {
+    static const char *const ITEM_WORDS[] = {
+        "fn", "pub", "struct", "enum", "union", "impl", "trait", "mod", "use", "const", "static",
+        "type", "extern", "unsafe", "async", "macro_rules", NULL};
+    size_t depth = 0, i = 0;
+    bool at_start = true, tests = false;
+    while (i < n) {
+        size_t end = rust_skip_token(s, n, i);
+        if (end > i) {  /* a comment, or a literal (which no item starts with) */
+            if (depth == 0 && at_start && !(s[i] == '/' && end - i >= 2 &&
+                                            (s[i + 1] == '/' || s[i + 1] == '*')))
+                return false;
+            i = end;
+            continue;
+        }
+        char c = s[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+            i++;
+            continue;
+        }
+        if (c == '#') {  /* an attribute? `#[test]` is a test (in a `mod tests` too) */
+            size_t j = rust_skip_blanks(s, n, i + 1 < n && s[i + 1] == '!' ? i + 2 : i + 1);
+            if (j < n && s[j] == '[') {
+                size_t w = rust_skip_blanks(s, n, j + 1), e = w;
+                while (e < n && rust_ident_char((unsigned char)s[e])) e++;
+                size_t after = rust_skip_blanks(s, n, e);
+                if (rust_word_is(s, w, e, "test") && after < n && s[after] == ']') tests = true;
+            }
+            if (!(depth == 0 && at_start)) {
+                i++;
+                continue;
+            }
+            /* At the top level, passed over whole: what it covers decides. */
+            if (j >= n || s[j] != '[') return false;
+            size_t level = 0;
+            for (i = j; i < n; i++) {
+                size_t e = rust_skip_token(s, n, i);
+                if (e > i) {
+                    i = e - 1;
+                    continue;
+                }
+                if (s[i] == '[' || s[i] == '(' || s[i] == '{') level++;
+                else if ((s[i] == ']' || s[i] == ')' || s[i] == '}') && --level == 0) break;
+            }
+            if (i >= n) return false;  /* left open */
+            i++;
+            continue;
+        }
+        if (depth == 0 && at_start) {
+            size_t w = i;
+            while (i < n && rust_ident_char((unsigned char)s[i])) i++;
+            bool item = false;
+            for (const char *const *k = ITEM_WORDS; *k && !item; k++)
+                item = rust_word_is(s, w, i, *k);
+            if (!item) return false;
+            at_start = false;
+            continue;
+        }
+        if (c == '(' || c == '[' || c == '{') {
+            depth++;
+        } else if ((c == ')' || c == ']' || c == '}') && depth > 0) {
+            if (--depth == 0 && c == '}') at_start = true;
+        } else if (c == ';' && depth == 0) {
+            at_start = true;
+        }
+        i++;
+    }
+    return tests;
+}
+
 /* Whether `#!` at `i` opens an inner attribute: `#!`, blanks, `[`. */
 static bool rust_inner_attribute_at(const char *s, size_t n, size_t i) {
     if (i + 2 > n || s[i] != '#' || s[i + 1] != '!') return false;
@@ -2255,10 +2336,35 @@ static bool rust_inner_attribute_at(const char *s, size_t n, size_t i) {
     return j < n && s[j] == '[';
 }
 
-static bool rust_has_inner_attribute(const char *s, size_t n) {
-    for (size_t i = 0; i + 2 < n; i++)
-        if (rust_inner_attribute_at(s, n, i)) return true;
-    return false;
+/* The inner attributes (`#![allow(unused)]`) that open a snippet, from `i` (past its
+ * shebang) and between blanks and comments: their [start, end) offsets in `at`, at most
+ * `max` of them; how many. Only there does Rust take them (as the crate's), and a mention
+ * in a comment or a string is none. */
+static size_t rust_leading_attributes(const char *s, size_t n, size_t i, size_t (*at)[2],
+                                      size_t max) {
+    size_t count = 0;
+    for (;;) {
+        i = rust_skip_blanks(s, n, i);
+        if (count == max || !rust_inner_attribute_at(s, n, i)) return count;
+        size_t j = i + 2, depth = 0;
+        bool closed = false;
+        while (j < n && !closed) {
+            size_t end = rust_skip_token(s, n, j);
+            if (end > j) {
+                j = end;
+                continue;
+            }
+            if (s[j] == '[' || s[j] == '(' || s[j] == '{') depth++;
+            else if ((s[j] == ']' || s[j] == ')' || s[j] == '}') && depth > 0 && --depth == 0)
+                closed = true;
+            j++;
+        }
+        if (!closed) return count;  /* left open: rustc says so where it stands */
+        at[count][0] = i;
+        at[count][1] = j;
+        count++;
+        i = j;
+    }
 }
 
 /* The length of a shebang line (`#!` that opens no inner attribute) starting a Rust source,
@@ -2327,38 +2433,57 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
      * Result (`?` works) and drops the block's value (a last expression without `;` is
      * fine). Items (use, fn, struct, impl) are allowed in it. Only the block's `{` comes
      * before the cell's first line, so diagnostics name main.rs with the cell's own lines
-     * and its own text (that line's columns one to the right). Inner attributes
-     * (`#![allow(...)]`) are not allowed on a block: a snippet with one is the plain body
-     * of `fn main() { ... }` in main.rs instead. A snippet that ends as a main returning a
+     * and its own text (that line's columns one to the right). A snippet's opening inner
+     * attributes go to the crate root (below). A snippet that ends as a main returning a
      * Result does (`Ok(())` or `Err(...)` last) is main's value, not dropped: its error
      * type is main's. */
     bool wrap = !rust_has_main(code, codelen);
-    bool plain = wrap && rust_has_inner_attribute(code, codelen);
+    /* A function and its tests, no main: built as rustc --test builds them, and run. */
+    bool tests = wrap && rust_is_test_items(code, codelen);
+    if (tests) wrap = false;
     size_t shebang = rust_shebang_len(code, codelen);
     bool result = wrap && rust_ends_in_result(code + shebang, codelen - shebang);
+    /* The inner attributes that open a snippet (`#![allow(unused)]`) are not allowed on a
+     * block: they go to the crate root, before its main, where they cover main.rs too, and
+     * are blanked in main.rs, so the lines and columns after them hold. (The cell was once
+     * the plain body of a `fn main() {}` instead: `?` and a last value failed there, and
+     * rustc showed that main.) */
+    size_t attrs[16][2];
+    size_t nattrs = wrap ? rust_leading_attributes(code, codelen, shebang, attrs, 16) : 0;
     if (ok) {
         Buf src = {0};
-        /* rustc accepts a shebang line only as a crate root's first: it stays there in a plain
-         * body, and is a comment in a block; the block opens on the next line, so the line
-         * numbers still hold. */
+        /* rustc accepts a shebang line only as a crate root's first: it is a comment in a
+         * block; the block opens on the next line, so the line numbers still hold. */
         size_t head = wrap ? shebang : 0;
-        if (head && !plain) buf_adds(&src, "// ");
+        if (head) buf_adds(&src, "// ");
         add_replacing_surrogates(&src, code, head);
         if (head && code[head - 1] != '\n') buf_addc(&src, '\n');  /* a shebang alone */
-        if (plain) buf_adds(&src, result ? RUST_RESULT_MAIN " " : "fn main() { ");
-        else if (wrap) buf_addc(&src, '{');
-        add_replacing_surrogates(&src, code + head, codelen - head);
+        if (wrap) buf_addc(&src, '{');
+        size_t from = head;
+        for (size_t a = 0; a < nattrs; a++) {
+            add_replacing_surrogates(&src, code + from, attrs[a][0] - from);
+            for (size_t k = attrs[a][0]; k < attrs[a][1]; k++)
+                buf_addc(&src, code[k] == '\n' ? '\n' : ' ');
+            from = attrs[a][1];
+        }
+        add_replacing_surrogates(&src, code + from, codelen - from);
         if (wrap) buf_adds(&src, "\n}\n");
         ok = write_file(fd, buf_head(&src), buf_size(&src), &e);
         buf_free(&src);
     }
-    if (ok && wrap && !plain) {
+    if (ok && wrap) {
         buf_clear(&file);
         buf_addf(&file, "%s/" RUST_ROOT, path);
         fd = open(buf_cstr(&file), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-        const char *root = result ? RUST_ROOT_RESULT_SOURCE : RUST_ROOT_SOURCE;
-        ok = fd >= 0 && write_file(fd, root, strlen(root), &e);
+        Buf root = {0};
+        for (size_t a = 0; a < nattrs; a++) {
+            add_replacing_surrogates(&root, code + attrs[a][0], attrs[a][1] - attrs[a][0]);
+            buf_addc(&root, '\n');
+        }
+        buf_adds(&root, result ? RUST_ROOT_RESULT_SOURCE : RUST_ROOT_SOURCE);
+        ok = fd >= 0 && write_file(fd, buf_head(&root), buf_size(&root), &e);
         if (fd < 0) e = errno;
+        buf_free(&root);
     }
     if (!ok) {
         buf_adds(&err, "could not write the program: ");
@@ -2378,7 +2503,8 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     buf_free(&dir);
     const char *rustc = which(3, "rustc");
     char *argv[] = {(char *)(rustc ? rustc : "rustc"), "--edition", "2021", "--crate-name",
-                    "main", "-o", "main", wrap && !plain ? RUST_ROOT : "main.rs", NULL};
+                    "main", "-o", "main", wrap ? RUST_ROOT : "main.rs",
+                    tests ? "--test" : NULL, NULL};
     spawn_rust(argv, cell->workdir, H_RUSTC);
 }
 

@@ -312,6 +312,20 @@ async def test_the_sandbox_s_own_uid_has_a_name(big_service: Service, language: 
         assert result.stdout.lower() == "sandbox /workspace sandbox true\n", result
 
 
+async def test_rust_snippets_in_the_images_rustc(big_service: Service) -> None:
+    """The image's rustc (older than the host's) takes what the agent makes of a snippet: a
+    function and its tests run as tests, and an opening inner attribute keeps ``?``."""
+    async with await connect(big_service.url, language="rust") as s:
+        tests = await s.execute("fn add(a: i32, b: i32) -> i32 { a + b }\n#[cfg(test)]\n"
+                                "mod tests {\n    use super::*;\n    #[test]\n"
+                                "    fn adds() { assert_eq!(add(2, 2), 4); }\n}\n", timeout=30)
+        assert tests.status == "success", tests
+        assert "test tests::adds ... ok\n" in tests.stdout, tests
+        attr = await s.execute('#![allow(unused)]\nlet n: i32 = "42".parse()?;\n'
+                               'let spare = 1;\nprintln!("{n}");\nn', timeout=30)
+        assert (attr.status, attr.stdout, attr.stderr) == ("success", "42\n", ""), attr
+
+
 async def test_terminal_tools_know_there_is_no_terminal(big_service: Service) -> None:
     """``TERM`` was unset: ``tput`` and ``clear`` failed with "No value for $TERM" (a review of
     model-written shell cells). It is ``dumb``, and the shell is bash's own."""

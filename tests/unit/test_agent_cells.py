@@ -2587,6 +2587,91 @@ def test_rust_snippet_diagnostics_show_the_cells_own_text(rs: AgentDriver) -> No
     assert "fn main" not in returned or " ws_snippet.rs:1:" in returned, returned
 
 
+@pytest.mark.parametrize(("code", "stdout"), [
+    # `?` and a dropped last value, after the attribute models often put first.
+    ('#![allow(unused)]\nlet n: i32 = "42".parse()?;\nlet unused = 1;\nprintln!("{n}");\nn',
+     "42\n"),
+    ('#![allow(dead_code)]\n#![allow(unused_variables)]\n// two of them\nfn f() {}\n'
+     'let total: i32 = [1, 2].iter().sum();\nprintln!("{total}");\ntotal', "3\n"),
+    ('#![allow(unused)]\nlet n: u8 = "7".parse()?;\nprintln!("{n}");\nOk(())', "7\n"),
+    # A mention in a comment or a string is no attribute: the cell stays a block.
+    ('// Tip: add #![allow(unused)] at the top\nlet n: i32 = "42".parse()?;\nprintln!("{n}");',
+     "42\n"),
+    ('let s = "#![allow(unused)]";\nlet n: i32 = "1".parse()?;\nprintln!("{s} {n}");',
+     "#![allow(unused)] 1\n"),
+])
+def test_rust_snippet_with_inner_attributes_keeps_question_mark_and_tail(
+        rs: AgentDriver, code: str, stdout: str) -> None:
+    """A ``#![...]`` anywhere, even in a comment, made the cell the plain body of a
+    ``fn main() {}``: ``?`` failed (E0277) and so did a last value (E0308), both pointing at
+    a main the user never wrote (a review of model-written Rust). The opening attributes now
+    go to the crate root; the cell stays a block."""
+    result = rs.run(code, timeout=60)
+    assert (result.text(), result.text("stderr")) == (stdout, ""), result.done
+    assert result.done["status"] == "success"
+
+
+def test_rust_snippet_attributes_keep_the_cells_lines(rs: AgentDriver) -> None:
+    broken = rs.run('#![allow(unused)]\nlet a = 1;\nlet b: i32 = "no";', timeout=60)
+    stderr = broken.text("stderr")
+    assert broken.done["error"] == "compilation failed"
+    assert " --> main.rs:3:14\n" in stderr and "fn main" not in stderr, stderr
+    bad_attr = rs.run("#![deny(unused_variables)]\nlet unused = 1;", timeout=60)
+    assert bad_attr.done["error"] == "compilation failed"  # the crate's lint applies
+    assert " --> main.rs:2:5\n" in bad_attr.text("stderr"), bad_attr.text("stderr")
+
+
+RUST_FUNCTION_AND_TESTS = """/// Adds.
+fn add(a: i32, b: i32) -> i32 {
+    a + b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds() {
+        assert_eq!(add(2, 2), 4);
+    }
+
+    #[test]
+    fn fails() {
+        assert_eq!(add(2, 2), 5, "math is hard");
+    }
+}
+"""
+
+
+def test_rust_a_function_and_its_tests_run_the_tests(rs: AgentDriver) -> None:
+    """A function and its ``#[test]``s, no main (as a model writes them), passed running
+    nothing (a review of model-written Rust): they are built with ``rustc --test`` and run,
+    as the Rust playground does, a failing test failing the cell."""
+    result = rs.run(RUST_FUNCTION_AND_TESTS, timeout=60)
+    out = result.text()
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 101), result.done
+    assert "running 2 tests\n" in out and "test tests::adds ... ok\n" in out, out
+    assert "test tests::fails ... FAILED\n" in out and "math is hard" in out, out
+    assert "test result: FAILED. 1 passed; 1 failed;" in out, out
+    alone = rs.run("#![allow(unused)]\n#[test]\nfn t() {\n    assert!(1 + 1 == 2);\n}",
+                   timeout=60)
+    assert_success(alone)
+    assert "test t ... ok\n" in alone.text() and "1 passed; 0 failed" in alone.text()
+
+
+@pytest.mark.parametrize(("code", "stdout"), [
+    # A statement makes the snippet a program's body, as before (the test is not run).
+    ("fn add(a: i32) -> i32 { a }\n#[test]\nfn t() {}\nprintln!(\"{}\", add(1));", "1\n"),
+    ('// #[test] in a comment\nfn f() {}\nlet s = "#[test]";\nprintln!("{}", s.len());\nf()',
+     "7\n"),
+])
+def test_rust_a_snippet_with_statements_is_no_test_run(rs: AgentDriver, code: str,
+                                                        stdout: str) -> None:
+    result = rs.run(code, timeout=60)
+    assert_success(result)
+    assert result.text() == stdout
+
+
 def test_rust_snippet_keeps_its_shebang_line_first(rs: AgentDriver) -> None:
     """rustc takes a shebang only as the first line: the wrapper opens after it (it was a
     syntax error once wrapped), and the line numbers still hold. ``#![`` is an attribute."""
