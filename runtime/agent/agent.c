@@ -1362,6 +1362,7 @@ typedef struct {
     long long oom_before;
     char *workdir;
     double compile_ms; /* < 0: none */
+    bool missing_crate; /* rustc said a crate the cell uses is not here */
 } Cell;
 
 typedef struct {
@@ -1855,6 +1856,11 @@ static void forward(Stream *s, const unsigned char *data, size_t n) {
         buf_free(&m);
         return;
     }
+    if (A.language == L_RUST && s == &A.rust_streams[1] && !cell->missing_crate &&
+        (memmem(data, n, "undeclared crate or module", 26) ||  /* rustc 1.63, the image's */
+         memmem(data, n, "unlinked crate", 14) ||              /* later rustc */
+         memmem(data, n, "can't find crate for", 20)))
+        cell->missing_crate = true;
     int64_t room = cell->max_output - cell->forwarded;
     if ((int64_t)n > room) {
         n = room > 0 ? (size_t)room : 0;
@@ -2508,6 +2514,10 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     spawn_rust(argv, cell->workdir, H_RUSTC);
 }
 
+#define RUST_NO_CRATES                                                                   \
+    "only Rust's standard library is here: crates (rand, serde, regex, tokio...) are not, " \
+    "and there is no Cargo or network to get them"
+
 static void on_rustc_exit(pid_t pid, int status, bool have_rusage, const struct rusage *ru) {
     A.rust_child = 0;
     discard_session(pid);
@@ -2525,6 +2535,13 @@ static void on_rustc_exit(pid_t pid, int status, bool have_rusage, const struct 
             signal_description(&m, -code);
             finish_simple("error", 128 - code, buf_cstr(&m), peak);
             buf_free(&m);
+        } else if (cell->missing_crate) {
+            /* A crate from crates.io (rand, serde): rustc's message does not say why it is
+             * missing, and a model tried again with another. */
+            drain_streams(cell, false);
+            forward(&A.rust_streams[1], (const unsigned char *)RUST_NO_CRATES "\n",
+                    strlen(RUST_NO_CRATES) + 1);
+            finish_simple("error", code, "compilation failed: " RUST_NO_CRATES, peak);
         } else {
             finish_simple("error", code, "compilation failed", peak);
         }

@@ -324,6 +324,10 @@ async def test_rust_snippets_in_the_images_rustc(big_service: Service) -> None:
         attr = await s.execute('#![allow(unused)]\nlet n: i32 = "42".parse()?;\n'
                                'let spare = 1;\nprintln!("{n}");\nn', timeout=30)
         assert (attr.status, attr.stdout, attr.stderr) == ("success", "42\n", ""), attr
+        crate = await s.execute("use rand::Rng;\nlet x: u8 = rand::random();", timeout=30)
+        assert crate.result.error == ("compilation failed: only Rust's standard library is"
+                                      " here: crates (rand, serde, regex, tokio...) are not,"
+                                      " and there is no Cargo or network to get them"), crate
 
 
 async def test_terminal_tools_know_there_is_no_terminal(big_service: Service) -> None:

@@ -2672,6 +2672,32 @@ def test_rust_a_snippet_with_statements_is_no_test_run(rs: AgentDriver, code: st
     assert result.text() == stdout
 
 
+@pytest.mark.parametrize("code", [
+    "use rand::Rng;\nlet x = rand::thread_rng().gen_range(0..10);\nprintln!(\"{x}\");",
+    "extern crate regex;\nfn main() {}",
+    "fn main() {\n    let v: serde_json::Value = serde_json::from_str(\"1\").unwrap();\n}",
+])
+def test_rust_a_missing_crate_says_only_the_standard_library_is_here(rs: AgentDriver,
+                                                                       code: str) -> None:
+    """rustc says only that ``rand`` is undeclared: a model tried again with another crate
+    (a review of model-written Rust)."""
+    result = rs.run(code, timeout=60)
+    assert result.done["error"].startswith("compilation failed: only Rust's standard library")
+    assert result.text("stderr").endswith(
+        "only Rust's standard library is here: crates (rand, serde, regex, tokio...) are not,"
+        " and there is no Cargo or network to get them\n"), result.text("stderr")
+
+
+def test_rust_other_compile_errors_get_no_crate_note(rs: AgentDriver) -> None:
+    for code in ("let m = HashMap::new();\nlet _: &HashMap<i32, i32> = &m;",
+                 'let x: i32 = "no";',
+                 'fn main() { eprintln!("undeclared crate or module"); std::process::exit(2) }'):
+        result = rs.run(code, timeout=60)
+        assert result.done["status"] == "error", code
+        assert "standard library is here" not in result.text("stderr"), code
+        assert "standard library" not in (result.done["error"] or ""), code
+
+
 def test_rust_snippet_keeps_its_shebang_line_first(rs: AgentDriver) -> None:
     """rustc takes a shebang only as the first line: the wrapper opens after it (it was a
     syntax error once wrapped), and the line numbers still hold. ``#![`` is an attribute."""
