@@ -170,9 +170,13 @@ while :; do
     __ws_running=1
     . "$__ws_cell"
     # Tracing (`set -x`, `set -v`) is the cell's: off for the worker, on again before the
-    # next cell's code (cell.bash). Quiet, so that the switch itself is not traced (a test of
-    # `$-` first would be).
-    { __ws_rc=$? __ws_opts=$-; set +xv; } 2>/dev/null
+    # next cell's code (cell.bash). Switched off quietly, so that a traced cell shows one
+    # line of ours (`case $- in`), not the worker's loop; a cell that traces nothing pays no
+    # redirection (its 6 system calls cost most under gVisor, where each takes tens of us).
+    case $- in
+        *[xv]*) { __ws_rc=$? __ws_opts=$-; set +xv; } 2>/dev/null ;;
+        *) __ws_rc=$? __ws_opts='' ;;
+    esac
     [[ -z $__ws_exit ]] || __ws_at_exit  # (a call per cell cost 6 us: tested first)
     __ws_running=0
     __ws_last=$__ws_rc

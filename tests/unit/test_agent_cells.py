@@ -2397,12 +2397,15 @@ def test_shell_a_cells_err_trap_runs_once_per_failure_and_keeps_the_set_e_note(
 def test_shell_set_x_traces_the_cells_own_commands_alone(sh: AgentDriver) -> None:
     """After ``set -x``, each later cell's stderr showed about 20 lines of the worker's own
     loop (its control pipe's read, the ``done`` line it wrote), and ``set -v`` showed its
-    source (a review of model-written shell cells)."""
+    source (a review of model-written shell cells). One line is left, so that a cell that
+    does not trace pays no redirection."""
     first = sh.run("set -x\necho first")
-    assert (first.text(), first.text("stderr")) == ("first\n", "+++ echo first\n")
+    # One line of the worker's at the end: the test of whether the cell left tracing on.
+    assert (first.text(), first.text("stderr")) == ("first\n", "+++ echo first\n"
+                                                   "+ case $- in\n")
     second = sh.run("echo second; false")
     assert second.text("stderr") == ("++ eval 'echo second; false'\n+++ echo second\n"
-                                     "+++ false\n")
+                                     "+++ false\n+ case $- in\n")
     assert sh.run("set +x; echo third").text("stderr") == (
         "++ eval 'set +x; echo third'\n+++ set +x\n")
     assert sh.run("echo quiet").text("stderr") == ""
