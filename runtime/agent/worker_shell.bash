@@ -39,10 +39,13 @@ __ws_exiting() {
     fi
 }
 builtin trap __ws_exiting EXIT
-# A cell's ERR trap runs from the worker's (below), which notes the failure first. Braced and
-# quiet, so that a cell's `set -x` does not show it each time a command fails (an empty
-# expansion is not traced either).
-builtin trap '{ __ws_e=$? __ws_failed=1; } 2>/dev/null; ${__ws_err:+__ws_run_err}' ERR
+# A cell's ERR trap runs from the worker's (below), which notes the failure first: in an
+# arithmetic expansion inside one that comes to nothing, so that no command is run and a
+# cell's `set -x` shows none each time a command fails (a braced `2>/dev/null` would cost
+# each failing command six system calls), nor `__ws_run_err` when there is no ERR action.
+# (`0` less the arithmetic's `0`: bash expands no pattern for an empty value.)
+__ws_zero=0
+builtin trap '${__ws_zero%$(( __ws_e = $?, __ws_failed = 1, 0 ))}${__ws_err:+__ws_run_err}' ERR
 __ws_err=''
 # The cell's ERR action, with the failed command's status as `$?`; not for the worker's own
 # commands that run the cell (they fail when its last command did: with `set -E`, a trap ran
