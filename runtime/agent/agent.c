@@ -2319,6 +2319,13 @@ static bool rust_is_test_items(const char *s, size_t n) {
             for (const char *const *k = ITEM_WORDS; *k && !item; k++)
                 item = rust_word_is(s, w, i, *k);
             if (!item) return false;
+            /* `unsafe { ... }`, `async move { ... }` and `union(a, b)` are statements. */
+            size_t j = rust_skip_blanks(s, n, i);
+            bool block = rust_word_is(s, w, i, "unsafe") || rust_word_is(s, w, i, "async");
+            if (block && (j >= n || s[j] == '{' || (n - j >= 4 && memcmp(s + j, "move", 4) == 0)))
+                return false;
+            if (rust_word_is(s, w, i, "union") && (j >= n || !rust_ident_char((unsigned char)s[j])))
+                return false;
             at_start = false;
             continue;
         }

@@ -2665,6 +2665,9 @@ def test_rust_a_function_and_its_tests_run_the_tests(rs: AgentDriver) -> None:
 @pytest.mark.parametrize(("code", "stdout"), [
     # A statement makes the snippet a program's body, as before (the test is not run).
     ("fn add(a: i32) -> i32 { a }\n#[test]\nfn t() {}\nprintln!(\"{}\", add(1));", "1\n"),
+    # Blocks that start as items do (a review of the change).
+    ('#[test]\nfn t() {}\nunsafe { println!("{}", 2) }', "2\n"),
+    ('fn union(a: i32) -> i32 { a }\n#[test]\nfn t() {}\nunion(3);\nprintln!("3")', "3\n"),
     ('// #[test] in a comment\nfn f() {}\nlet s = "#[test]";\nprintln!("{}", s.len());\nf()',
      "7\n"),
 ])
