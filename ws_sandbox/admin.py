@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ws_sandbox import frames as fr
-from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, NotFound
+from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, NotFound, decode_error_text
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.rest import JSONBody, read_body
 from ws_sandbox.surface import Surface
@@ -69,7 +69,7 @@ async def update_limits(request: Request) -> Response:
     try:
         update = _decoder.decode(body)
     except DECODE_ERRORS as exc:
-        raise BadRequest(f"invalid limits: {exc}") from None
+        raise BadRequest(f"invalid limits: {decode_error_text(exc, body)}") from None
     changes = {name: getattr(update, name) for name in MUTABLE
                if getattr(update, name) is not msgspec.UNSET}
     if not changes:

@@ -394,7 +394,15 @@ class SessionRunner:
 
     def _hold(self, frames: Sequence[fr.ServerFrame]) -> None:
         """Keep frames for a resumed client: the latest :data:`DETACHED_BUFFER_FRAMES`;
-        those pushed out are counted, and the resumed ``ready`` frame says how many."""
+        those pushed out are counted, and the resumed ``ready`` frame says how many.
+
+        A ``ready`` frame is never held: a resume sends a fresh one. One that a failed
+        resume did not deliver gives its count of dropped frames back to the next.
+        """
+        if any(isinstance(frame, fr.Ready) for frame in frames):
+            self._held_dropped += sum(frame.frames_dropped for frame in frames
+                                      if isinstance(frame, fr.Ready))
+            frames = [frame for frame in frames if not isinstance(frame, fr.Ready)]
         kept = self._held.maxlen or 0
         self._held_dropped += max(0, len(self._held) + len(frames) - kept)
         self._held.extend(frames)

@@ -30,6 +30,7 @@ status and a WebSocket close code, taken from one table: :data:`ERROR_TABLE`.
 
 from __future__ import annotations
 
+import json
 import math
 
 import msgspec
@@ -224,3 +225,33 @@ wrong type, bad UTF-8 outside a string), ``RecursionError`` (nested deeper than 
 levels, even in a field that would be ignored) and ``UnicodeDecodeError`` (bad UTF-8 inside a
 string or a key). Every decoder of input from a client or a sandbox catches all three, so
 that none becomes a 500, a dropped session or a hang."""
+
+LONE_SURROGATE = ("JSON is malformed: a \\u escape is half of a UTF-16 surrogate pair, without"
+                  " the other half (such as \\ud800 alone); text must be valid Unicode")
+
+
+def lenient_json(data: str | bytes) -> object:
+    """``data`` parsed by Python's own JSON parser, which (unlike msgspec) accepts a
+    ``\\u`` escape of a lone UTF-16 surrogate; None when it too fails. Only for the error
+    path: what to say about, and read from, input msgspec refused."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        return None
+
+
+def decode_error_text(exc: Exception, data: str | bytes) -> str:
+    """What was wrong with JSON that a decoder refused (one of :data:`DECODE_ERRORS`).
+
+    msgspec's own words, except for a string with a lone surrogate escape: JSON allows it,
+    Unicode text cannot hold it, and msgspec may call it "Input data was truncated".
+    """
+    text = str(exc)
+    if isinstance(exc, msgspec.DecodeError) and ("truncated" in text or "surrogate" in text):
+        parsed = lenient_json(data)
+        if parsed is not None:
+            try:
+                json.dumps(parsed, ensure_ascii=False).encode()
+            except UnicodeEncodeError:
+                return LONE_SURROGATE
+    return text

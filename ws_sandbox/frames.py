@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest
+from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, decode_error_text, lenient_json
 
 MAX_CELL_ID = 128
 """The longest cell id (characters)."""
@@ -172,7 +172,7 @@ def decode_client(data: str | bytes) -> ClientFrame:
     try:
         return _client_decoder.decode(data)
     except DECODE_ERRORS as exc:
-        raise BadRequest(f"invalid frame: {exc}") from None
+        raise BadRequest(f"invalid frame: {decode_error_text(exc, data)}") from None
 
 
 OUTPUT_ALLOWANCE_SLACK = 65536
@@ -220,9 +220,16 @@ def cell_id_of(data: str | bytes) -> str | None:
     instead of leaving it waiting for a result."""
     try:
         found = _any_id_decoder.decode(data).id
-    except DECODE_ERRORS:
+    except DECODE_ERRORS:  # a lone surrogate escape elsewhere fails msgspec's whole parse
+        parsed = lenient_json(data)
+        found = parsed.get("id") if isinstance(parsed, dict) else None
+    if not (isinstance(found, str) and 1 <= len(found) <= MAX_CELL_ID):
         return None
-    return found if isinstance(found, str) and 1 <= len(found) <= MAX_CELL_ID else None
+    try:
+        found.encode()
+    except UnicodeEncodeError:  # an id with a lone surrogate could not be sent back
+        return None
+    return found
 
 
 def decode_server(data: str | bytes) -> ServerFrame:

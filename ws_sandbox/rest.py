@@ -31,6 +31,7 @@ from ws_sandbox.exceptions import (
     SandboxError,
     SandboxLost,
     UnsupportedMediaType,
+    decode_error_text,
 )
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.ratelimit import RateLimiter
@@ -251,7 +252,7 @@ async def execute(request: Request) -> Response:
     try:
         req = _decoder.decode(body)
     except DECODE_ERRORS as exc:
-        raise BadRequest(f"invalid request body: {exc}") from None
+        raise BadRequest(f"invalid request body: {decode_error_text(exc, body)}") from None
     language = manager.check_language(req.language)
     timeout = validate_cell(manager.limits(), req.code, req.timeout)
     execution_id = uuid.uuid4().hex

@@ -14,7 +14,9 @@ calls per client frame, on every cell's path. This protocol keeps reading while 
 :data:`READ_AHEAD_BYTES`; past either bound it stops reading as uvicorn does, so a client that
 outruns the application still meets backpressure with a bounded buffer.
 
-It cuts a peer that sends pings and reads no pongs (:data:`MAX_UNREAD_BYTES`). And it
+It cuts a peer that sends pings and reads no pongs (:data:`MAX_UNREAD_BYTES`). It closes a
+text message that is not UTF-8 with 1007, as uvicorn does, but logs it in one line at INFO
+(uvicorn logs an ERROR with a traceback, which any client could repeat). And it
 answers an upgrade request that websockets could not parse (see
 :meth:`BatchingWebSocketProtocol.data_received`), which uvicorn leaves hanging; and it offers
 :data:`ABORT`, so that the application can cut a connection whose peer takes nothing (a
@@ -50,6 +52,18 @@ MAX_UNREAD_BYTES = 8 * 1024 * 1024
 uvicorn writes each pong at once, outside flow control, and keeps reading: a peer that sent
 pings and read nothing grew the service by 40 MiB a second, for as long as the connection
 lived (a review). The application's own sends wait for room, so they never come near it."""
+
+
+def _utf8(parts: list[bytes]) -> bool:
+    """Whether a message's parts make valid UTF-8 (ASCII, the usual case, is checked
+    without decoding)."""
+    if all(isinstance(part, bytes) and part.isascii() for part in parts):
+        return True
+    try:
+        b"".join(parts).decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -98,6 +112,14 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         reads is a no-op). So within the bounds the flag is raised around uvicorn's call and
         restored after it: the flag still tells whether reading is paused.
         """
+        if self.curr_msg_data_type == "text" and not self.close_sent and not _utf8(self.frames):
+            # uvicorn closes with 1007 too, but logs an ERROR with a traceback each time.
+            self.frames = []
+            peer = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.info("%sa text message that is not UTF-8: closing with 1007", peer)
+            self.conn.send_close(1007, "invalid UTF-8 in a text message")
+            self.handle_parser_exception()
+            return
         size = sum(len(part) for part in self.frames)
         if self.queue.qsize() < READ_AHEAD_MESSAGES - 1 and size <= READ_AHEAD_BYTES:
             paused, self.read_paused = self.read_paused, True

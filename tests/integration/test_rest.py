@@ -186,6 +186,9 @@ def test_output_is_capped_with_a_marker(service: Service) -> None:
     (b"", 400, "bad_request", "the request body is empty"),
     # bad UTF-8 inside a string: msgspec raises UnicodeDecodeError (was a 500)
     (b'{"code": "print(1)#\xff"}', 400, "bad_request", "can't decode byte 0xff"),
+    # a lone surrogate escape: valid JSON, not Unicode (was "Input data was truncated")
+    (b'{"code": "s = \'\\ud800x\'"}', 400, "bad_request",
+     "a \\u escape is half of a UTF-16 surrogate pair"),
 ])
 def test_bad_requests(service: Service, body: bytes, status: int, code: str,
                       words: str) -> None:

@@ -508,6 +508,55 @@ async def test_a_resume_says_how_many_frames_the_buffer_dropped(
     await asyncio.wait_for(task, 5)
 
 
+class GoneSink(Sink):
+    """A resuming client that vanished before its first frame: every send fails."""
+
+    async def send_frames(self, frames: Sequence[fr.ServerFrame]) -> None:
+        raise ConnectionResetError("gone")
+
+
+@pytest.mark.parametrize("vanishing", [GoneSink, lambda: FailingSink(ok=0)],
+                         ids=["whole-batches", "frame-by-frame"])
+async def test_a_resume_that_fails_leaves_no_stale_ready_for_the_next(
+        monkeypatch: pytest.MonkeyPatch, vanishing: Any) -> None:
+    """A resuming connection that died before the replay was held again whole, its ready
+    frame too: the next resume got two ready frames, the stale one first in the buffer,
+    where it pushed out a real frame (a review). The next resume gets one ready, which
+    still counts the frames dropped before the failed one."""
+    monkeypatch.setattr(driver_module, "DETACHED_BUFFER_FRAMES", 3)
+    sandbox, first = FakeSandbox(), Sink()
+    runner, task = start(sandbox, first)
+    await runner.feed(ClientGone(first))
+    for n in range(3):
+        await runner.feed(execute(f"c{n}", f"out{n}"))
+    async with asyncio.timeout(5):
+        while runner._held_dropped < 3:
+            await asyncio.sleep(0.01)
+    gone = vanishing()
+    await runner.feed(ClientBack(gone, fr.Ready(
+        session_id="s", language="python", token="t", limits=LIMITS.public(),
+        resumed=True)))
+    async with asyncio.timeout(5):
+        while runner._sink is gone:
+            await asyncio.sleep(0.01)
+    await runner.feed(ClientGone(gone))
+    sink = Sink()
+    await runner.feed(ClientBack(sink, fr.Ready(
+        session_id="s", language="python", token="t2", limits=LIMITS.public(),
+        resumed=True)))
+    async with asyncio.timeout(5):
+        while sink.frames.qsize() < 4:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    ready, *replay = [sink.frames.get_nowait() for _ in range(sink.frames.qsize())]
+    assert isinstance(ready, fr.Ready) and ready.token == "t2"
+    assert ready.frames_dropped == 3
+    assert [(type(f).__name__, getattr(f, "id", "")) for f in replay] == [
+        ("Result", "c1"), ("Stream", "c2"), ("Result", "c2")]
+    await runner.feed(CloseRequest("client_closed", ""))
+    await asyncio.wait_for(task, 5)
+
+
 async def test_a_replacement_waiting_for_a_full_inbox_is_destroyed_at_the_teardown() -> None:
     """The replacer acquires a sandbox, then waits for room in the inbox; a session that
     ended meanwhile (its lifetime ran out while it was stuck sending to a slow client)

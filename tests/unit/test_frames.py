@@ -24,6 +24,14 @@ from ws_sandbox.exceptions import BadRequest
     # a binary frame: msgspec raises UnicodeDecodeError for bad UTF-8 inside a string
     (b'{"type": "execute", "id": "c1", "code": "print(1)#\xff"}',
      "invalid frame: 'utf-8' codec can't decode byte 0xff"),
+    # A lone UTF-16 surrogate escape is valid JSON but not Unicode; msgspec called the
+    # first "Input data was truncated" (a review).
+    ('{"type": "execute", "id": "c1", "code": "\\ud800x"}',
+     "invalid frame: JSON is malformed: a \\u escape is half of a UTF-16 surrogate pair"),
+    ('{"type": "execute", "id": "c1", "code": "\\udc00"}', "without the other half"),
+    ('{"type": "execute", "id": "c1", "code": "\\ud800\\ud800"}', "(such as \\ud800 alone)"),
+    # a real truncation is still called one
+    ('{"type": "execute", "id": "c1", "code": "\\ud800', "Input data was truncated"),
 ])
 def test_a_malformed_client_frame_is_a_bad_request(data: str | bytes, words: str) -> None:
     with pytest.raises(BadRequest) as refused:
@@ -43,3 +51,8 @@ def test_code_of_the_maximum_size_fits_the_message_limit(max_code_bytes: int, ch
     assert fr.ws_message_limit(max_code_bytes) <= fr.MAX_WS_MESSAGE
     body = json.dumps({"language": "python", "code": code, "timeout": 1.5})
     assert len(body.encode()) <= fr.message_limit(max_code_bytes)
+
+
+def test_a_surrogate_pair_escape_is_one_character() -> None:
+    frame = fr.decode_client('{"type": "execute", "id": "c1", "code": "\\ud83d\\ude00"}')
+    assert isinstance(frame, fr.Execute) and frame.code == "\U0001f600"

@@ -190,6 +190,10 @@ def test_bad_frames_get_error_frames_and_session_goes_on(message: str, code: str
     ('{"type": "execute", "id": 7, "code": "x"}', None),
     ("not json", None),
     ("[1, 2]", None),
+    # JSON with a lone surrogate escape is valid JSON that msgspec refuses whole: the id
+    # is still read (a review found it refused with no id), unless it is the bad string.
+    ('{"type": "execute", "id": "c9", "code": "x = \\ud800"}', "c9"),
+    ('{"type": "execute", "id": "c9\\udc00", "code": "x"}', None),
 ])
 def test_an_invalid_frame_is_refused_under_its_cell_id_when_it_has_one(
         message: str, cell_id: str | None) -> None:

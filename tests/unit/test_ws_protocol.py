@@ -637,3 +637,42 @@ async def test_a_peer_that_pings_and_reads_nothing_is_cut(batching: Server) -> N
         assert sent < 4 * MAX_UNREAD_BYTES  # cut long before the pings ran out
     finally:
         sock.close()
+
+
+async def test_a_text_message_that_is_not_utf8_closes_with_1007_and_no_error_log(
+        batching: Server) -> None:
+    """A text message must be UTF-8 (RFC 6455 closes with 1007 otherwise). uvicorn did
+    close, but logged an ERROR with a traceback each time: anyone could fill the error log
+    (a review). The close stays; the record is one line at INFO, and the application is
+    told the client went away with 1007."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate
+    handler, level = Keep(logging.DEBUG), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for _ in range(2):
+            async with asyncio.timeout(BOUND):
+                async with connect(batching.url) as client:
+                    conn = await batching.next_connection()
+                    await client.send("fine ✓")
+                    assert (await conn.receive())["text"] == "fine ✓"
+                    await client.send(b'{"type":"execute","code":"\xff"}', text=True)
+                    gone = await conn.receive()
+                    with pytest.raises(websockets.ConnectionClosedError):
+                        await client.recv()
+            assert gone == {"type": "websocket.disconnect", "code": 1007,
+                            "reason": "invalid UTF-8 in a text message"}
+            assert client.close_code == 1007
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    said = [r for r in records if "UTF-8" in r.getMessage()]
+    assert len(said) == 2 and all(r.levelno == logging.INFO and r.exc_info is None
+                                  for r in said)

@@ -17,7 +17,12 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, PayloadTooLarge
+from ws_sandbox.exceptions import (
+    DECODE_ERRORS,
+    BadRequest,
+    PayloadTooLarge,
+    decode_error_text,
+)
 from ws_sandbox.frames import MAX_WS_MESSAGE
 
 PROTOCOL_VERSION = "5.3"
@@ -106,7 +111,7 @@ def decode(data: str | bytes) -> Incoming:
     try:
         message = _decoder.decode(data)
     except DECODE_ERRORS as exc:
-        raise BadRequest(f"invalid Jupyter message: {exc}") from None
+        raise BadRequest(f"invalid Jupyter message: {decode_error_text(exc, data)}") from None
     if not message.header.msg_type:
         raise BadRequest("invalid Jupyter message: its header has no msg_type")
     return message
