@@ -1406,6 +1406,9 @@ static struct {
     bool stdin_open;
     bool hello, ready_sent, restart_pending, state_lost;
     Cell *cell, *last_cell;
+    Buf between;             /* output written between cells: see hold_between */
+    size_t between_raw;      /* the bytes of it kept (at most BETWEEN_KEEP) */
+    long long between_dropped;
     Exec *pending_exec;
     Worker *worker;
     ChildEntry children[MAX_CHILDREN];
@@ -1846,8 +1849,76 @@ static size_t streams_of(Stream **out) {
     return 0;
 }
 
+/* Output written between cells (by a thread, an interval or a `command &` that an earlier
+ * cell left running) has no cell to carry it: a cell's `done` comes after all of its output.
+ * So it waits, decoded, for the next cell, whose output it starts (as it would, had it been
+ * written a moment later). The first BETWEEN_KEEP bytes wait; the rest is counted, and a line
+ * on the next cell's stderr says how much was dropped. */
+#define BETWEEN_KEEP (64 * 1024)
+
+static void hold_between(Stream *s, const unsigned char *data, size_t n) {
+    size_t room = BETWEEN_KEEP - A.between_raw;
+    size_t k = n < room ? n : room;
+    A.between_dropped += (long long)(n - k);
+    if (k == 0) return;
+    A.between_raw += k;
+    Buf text = {0};
+    utf8_decode_part(&s->dec, data, k, k < n, &text); /* cut: end a partial character */
+    if (k < n) s->dec.npend = 0;
+    size_t len = buf_size(&text);
+    if (len) {
+        unsigned char h[5] = {strcmp(s->name, "stderr") == 0, (unsigned char)(len >> 24),
+                              (unsigned char)(len >> 16), (unsigned char)(len >> 8),
+                              (unsigned char)len};
+        buf_add(&A.between, h, sizeof h);
+        buf_add(&A.between, buf_head(&text), len);
+    }
+    buf_free(&text);
+}
+
+/* Send text (valid UTF-8) as the cell's output, within what is left of its budget. */
+static void forward_text(Cell *cell, const char *name, const char *text, size_t n) {
+    int64_t room = cell->max_output - cell->forwarded;
+    if ((int64_t)n > room) {
+        n = room > 0 ? (size_t)room : 0;
+        while (n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80) n--; /* whole characters */
+        cell->truncated = true;
+    }
+    if (n == 0) return;
+    cell->forwarded += (int64_t)n;
+    send_text(cell->id, cell->idlen, name, text, n);
+}
+
+/* The output that waited between cells, as the first output of the cell that starts. */
+static void send_between(Cell *cell) {
+    Buf *b = &A.between;
+    const unsigned char *p = (const unsigned char *)buf_head(b);
+    size_t off = 0, size = buf_size(b);
+    while (off + 5 <= size) {
+        size_t len = (size_t)p[off + 1] << 24 | (size_t)p[off + 2] << 16 |
+                     (size_t)p[off + 3] << 8 | (size_t)p[off + 4];
+        forward_text(cell, p[off] ? "stderr" : "stdout", (const char *)p + off + 5, len);
+        off += 5 + len;
+    }
+    if (A.between_dropped > 0) {
+        Buf m = {0};
+        buf_addf(&m, "[%lld more bytes of output written between cells were dropped: the"
+                     " first %d KiB of it wait for the next cell]\n",
+                 A.between_dropped, BETWEEN_KEEP / 1024);
+        forward_text(cell, "stderr", buf_head(&m), buf_size(&m));
+        buf_free(&m);
+    }
+    buf_clear(b);
+    A.between_raw = 0;
+    A.between_dropped = 0;
+}
+
 static void forward(Stream *s, const unsigned char *data, size_t n) {
-    Cell *cell = A.cell ? A.cell : A.last_cell;
+    Cell *cell = A.cell;
+    if (cell == NULL && A.last_cell != NULL) {
+        hold_between(s, data, n);
+        return;
+    }
     if (cell == NULL) {
         Buf m = {0};
         buf_addf(&m, "%s before the first cell: ", s->name);
@@ -3031,6 +3102,7 @@ static void start_cell(Exec *e) {
     cell->oom_known = oom_kills(&oom);
     cell->oom_before = oom;
     A.cell = cell;
+    if (buf_size(&A.between) || A.between_dropped) send_between(cell);
     if (A.language == L_RUST) {
         start_rust(cell, e->code, e->codelen);
         return;

@@ -75,6 +75,31 @@ async def test_output_streams_live(service: Service, language: str, code: str) -
         assert end - first >= 1.0, f"first chunk came at {first:.2f}s, result at {end:.2f}s"
 
 
+BETWEEN_CELLS = {
+    "python": ("import threading, time\n"
+               "threading.Thread(target=lambda: (time.sleep(0.3), print('late'))).start()",
+               "print('next')"),
+    "javascript": ("const h = setInterval(() => { console.log('late'); clearInterval(h); }, 300)",
+                   "console.log('next')"),
+    "shell": ("(sleep 0.3; echo late) &", "echo next"),
+}
+
+
+@pytest.mark.parametrize("language", sorted(BETWEEN_CELLS))
+async def test_output_written_between_cells_starts_the_next_cells_output(
+        service: Service, language: str) -> None:
+    """A thread's, an interval's or a background job's output after its cell's result was
+    lost (a result comes after all of its cell's frames); it is now the next cell's."""
+    first, second = BETWEEN_CELLS[language]
+    async with await connect(service.url, language=language) as s:
+        r1 = await s.execute(first)
+        assert r1.status == "success" and r1.stdout == "", r1
+        await asyncio.sleep(1.5)
+        r2 = await s.execute(second)
+        assert r2.status == "success", r2
+        assert r2.stdout == "late\nnext\n"
+
+
 async def test_timeout_ends_cell_and_session_stays_usable(service: Service) -> None:
     async with await connect(service.url) as s:
         await s.execute("kept = 'yes'")

@@ -1278,12 +1278,61 @@ def test_exec_without_max_output_bytes_has_a_budget_of_1_mib(sh: AgentDriver) ->
     assert result.text() == "x" * (1 << 20)
 
 
-def test_late_output_of_a_background_job_carries_the_last_cells_id(sh: AgentDriver) -> None:
-    cell = sh.run("(sleep 1; echo late) &")
+def test_output_written_between_cells_starts_the_next_cells_output(sh: AgentDriver) -> None:
+    """What a cell's background job wrote after the cell's ``done`` went out under that
+    cell's id, and the service dropped it (a result comes after all of its cell's frames):
+    it was lost. It now waits for the next cell and starts that cell's output."""
+    cell = sh.run("(sleep 0.2; echo late; echo oops >&2) &")
     assert_success(cell)
-    _at, frame = sh.recv()
-    assert frame == {"t": "out", "id": cell.done["id"], "name": "stdout", "text": "late\n"}
-    assert sh.run("echo next").text() == "next\n"
+    time.sleep(1.0)
+    assert sh.frames.empty()  # nothing more of the cell that ended
+    after = sh.run("echo next")
+    assert after.text() == "late\nnext\n"
+    assert after.text("stderr") == "oops\n"
+
+
+def test_a_threads_output_between_cells_is_in_the_next_cell(py: AgentDriver) -> None:
+    assert_success(py.run(
+        "import threading, time\n"
+        "def work():\n"
+        "    for i in range(3):\n"
+        "        time.sleep(0.1); print('tick', i)\n"
+        "threading.Thread(target=work).start()\n"))
+    time.sleep(1.0)
+    assert py.run("print('second')").text() == "tick 0\ntick 1\ntick 2\nsecond\n"
+
+
+def test_an_intervals_output_between_cells_is_in_the_next_cell(js: AgentDriver) -> None:
+    assert_success(js.run(
+        "let n = 0; const h = setInterval(() => { console.log('tick', n++);"
+        " if (n === 3) clearInterval(h); }, 50)"))
+    time.sleep(1.0)
+    assert js.run("console.log('second')").text() == "tick 0\ntick 1\ntick 2\nsecond\n"
+
+
+def test_output_between_cells_past_64_kib_is_counted_and_dropped(py: AgentDriver) -> None:
+    """The first 64 KiB wait for the next cell (cut within a character: a replacement
+    character), and a line on its stderr says how much more was dropped."""
+    assert_success(py.run(
+        "import sys, threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2),"
+        " sys.stdout.write('a' + 'é' * 40000), sys.stdout.flush())).start()\n"))
+    time.sleep(1.0)
+    after = py.run("print('second')")
+    assert after.text() == "a" + "é" * 32767 + "\ufffd" + "second\n"
+    assert after.text("stderr") == (
+        "[14465 more bytes of output written between cells were dropped: the first 64 KiB"
+        " of it wait for the next cell]\n")
+    assert after.done["truncated"] is False
+    assert py.run("print('third')").text() == "third\n"  # held once, not again
+
+
+def test_output_between_cells_counts_against_the_next_cells_budget(sh: AgentDriver) -> None:
+    assert_success(sh.run("(sleep 0.2; head -c 5000 /dev/zero | tr '\\0' x) &"))
+    time.sleep(1.0)
+    after = sh.run("echo mine", max_output_bytes=1000)
+    assert after.text() == "x" * 1000
+    assert after.done["truncated"] is True
 
 
 def test_top_level_await(py: AgentDriver) -> None:
