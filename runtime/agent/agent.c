@@ -1363,6 +1363,7 @@ typedef struct {
     char *workdir;
     double compile_ms; /* < 0: none */
     bool missing_crate; /* rustc said a crate the cell uses is not here */
+    bool reads_stdin;   /* a Rust cell's code names stdin */
 } Cell;
 
 typedef struct {
@@ -2521,6 +2522,7 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
      * attributes go to the crate root (below). A snippet that ends as a main returning a
      * Result does (`Ok(())` or `Err(...)` last) is main's value, not dropped: its error
      * type is main's. */
+    cell->reads_stdin = memmem(code, codelen, "stdin", 5) != NULL;
     bool wrap = !rust_has_main(code, codelen);
     /* A function and its tests, no main: built as rustc --test builds them, and run. */
     bool tests = wrap && rust_is_test_items(code, codelen);
@@ -2592,6 +2594,13 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     spawn_rust(argv, cell->workdir, H_RUSTC);
 }
 
+/* A program that reads stdin gets end of file at once, and then panics on the empty input
+ * in one of many ways (an Option or a parse unwrapped, an index out of bounds): a model read
+ * the panic, not the cause. The note says a fact, not a diagnosis. */
+#define RUST_NO_INPUT \
+    "the program reads stdin, which is empty here (a cell gets no input): put the values in" \
+    " the code"
+
 #define RUST_NO_CRATES                                                                   \
     "only Rust's standard library is here: crates (rand, serde, regex, tokio...) are not, " \
     "and there is no Cargo or network to get them"
@@ -2641,6 +2650,11 @@ static void on_program_exit(pid_t pid, int status, bool have_rusage, const struc
     Buf m = {0};
     if (code == 0) {
         finish_simple("success", 0, NULL, peak);
+    } else if (code == 101 && A.cell->reads_stdin) { /* a panic */
+        drain_streams(A.cell, false);
+        forward(&A.rust_streams[1], (const unsigned char *)"note: " RUST_NO_INPUT "\n",
+                strlen("note: " RUST_NO_INPUT "\n"));
+        finish_simple("error", code, "process exited with code 101; " RUST_NO_INPUT, peak);
     } else if (code > 0) {
         buf_addf(&m, "process exited with code %d", code);
         finish_simple("error", code, buf_cstr(&m), peak);

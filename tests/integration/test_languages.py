@@ -314,7 +314,8 @@ async def test_the_sandbox_s_own_uid_has_a_name(big_service: Service, language: 
 
 async def test_rust_snippets_in_the_images_rustc(big_service: Service) -> None:
     """The image's rustc (older than the host's) takes what the agent makes of a snippet: a
-    function and its tests run as tests, and an opening inner attribute keeps ``?``."""
+    function and its tests run as tests, an opening inner attribute keeps ``?``, and the notes
+    on a missing crate and on the empty stdin come."""
     async with await connect(big_service.url, language="rust") as s:
         tests = await s.execute("fn add(a: i32, b: i32) -> i32 { a + b }\n#[cfg(test)]\n"
                                 "mod tests {\n    use super::*;\n    #[test]\n"
@@ -328,6 +329,12 @@ async def test_rust_snippets_in_the_images_rustc(big_service: Service) -> None:
         assert crate.result.error == ("compilation failed: only Rust's standard library is"
                                       " here: crates (rand, serde, regex, tokio...) are not,"
                                       " and there is no Cargo or network to get them"), crate
+        reads = await s.execute("let mut line = String::new();\n"
+                                "std::io::stdin().read_line(&mut line)?;\n"
+                                "let n: u32 = line.trim().parse().unwrap();", timeout=30)
+        assert reads.result.error == ("process exited with code 101; the program reads stdin,"
+                                      " which is empty here (a cell gets no input): put the"
+                                      " values in the code"), reads
 
 
 async def test_terminal_tools_know_there_is_no_terminal(big_service: Service) -> None:

@@ -2783,6 +2783,37 @@ def test_rust_exit_code_panic_and_stdin(rs: AgentDriver) -> None:
     assert "boom" in panic.text("stderr")
 
 
+@pytest.mark.parametrize("code", [
+    "use std::io;\nfn main() { let mut s = String::new(); io::stdin().read_line(&mut s)"
+    ".unwrap();\n let n: i32 = s.trim().parse().unwrap(); println!(\"{}\", n * 2); }",
+    "use std::io::{self, BufRead};\nlet stdin = io::stdin();\n"
+    "let n: usize = stdin.lock().lines().next().unwrap().unwrap().parse().unwrap();",
+    "use std::io::Read;\nlet mut s = String::new();\n"
+    "std::io::stdin().read_to_string(&mut s).unwrap();\n"
+    "let v: Vec<i64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();\n"
+    "println!(\"{}\", v[0] + v[1]);",
+])
+def test_rust_a_program_that_reads_stdin_and_panics_is_told_stdin_is_empty(
+        rs: AgentDriver, code: str) -> None:
+    """A program written for input (a contest solution) panics on the empty stdin, each in
+    its own way (a None, an empty parse, an index): a model read the panic, not the cause."""
+    result = rs.run(code, timeout=60)
+    note = ("the program reads stdin, which is empty here (a cell gets no input): put the"
+            " values in the code")
+    assert (result.done["status"], result.done["exit_code"]) == ("error", 101)
+    assert result.done["error"] == f"process exited with code 101; {note}"
+    assert result.text("stderr").endswith(f"note: {note}\n"), result.text("stderr")
+
+
+def test_rust_other_panics_and_exits_get_no_stdin_note(rs: AgentDriver) -> None:
+    for code in ('fn main() { panic!("boom"); }',
+                 "use std::io::Read;\nlet mut s = String::new();\n"
+                 "std::io::stdin().read_to_string(&mut s).unwrap();\nstd::process::exit(3);"):
+        result = rs.run(code, timeout=60)
+        assert result.done["status"] == "error", code
+        assert "stdin" not in result.text("stderr") + (result.done["error"] or ""), code
+
+
 def test_rust_interrupt(rs: AgentDriver) -> None:
     sent_at = time.monotonic()
     cell = rs.exec('fn main() { println!("start"); loop { std::hint::spin_loop(); } }')
