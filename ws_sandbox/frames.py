@@ -7,12 +7,13 @@ here and reused. The JSON Schema in ``protocol/schema.json`` is generated from t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import msgspec
 
-from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, decode_error_text, lenient_json
+from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, decode_error_text
 
 MAX_CELL_ID = 128
 """The longest cell id (characters)."""
@@ -214,15 +215,32 @@ class _AnyId(msgspec.Struct):
 _any_id_decoder = msgspec.json.Decoder(_AnyId)
 
 
+LENIENT_ID_CHARS = 64 * 1024
+"""The longest frame whose id is still looked for beside a lone surrogate escape (with
+Python's own, slower, JSON parser, which takes such an escape)."""
+
+
+def _lenient_id(data: str | bytes) -> object:
+    """A frame's ``id`` when msgspec refused the frame whole for a lone surrogate escape in
+    another field (skipping a field, msgspec words it as a bad hex escape); None for a frame
+    above :data:`LENIENT_ID_CHARS`, or one that Python's parser refuses too."""
+    if len(data) > LENIENT_ID_CHARS:
+        return None
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        return None
+    return parsed.get("id") if isinstance(parsed, dict) else None
+
+
 def cell_id_of(data: str | bytes) -> str | None:
     """The cell id of a client frame that failed to decode, when one can be read (a JSON
     object whose ``id`` is a valid cell id), so that its refusal reaches the cell's caller
     instead of leaving it waiting for a result."""
     try:
         found = _any_id_decoder.decode(data).id
-    except DECODE_ERRORS:  # a lone surrogate escape elsewhere fails msgspec's whole parse
-        parsed = lenient_json(data)
-        found = parsed.get("id") if isinstance(parsed, dict) else None
+    except DECODE_ERRORS:
+        found = _lenient_id(data)
     if not (isinstance(found, str) and 1 <= len(found) <= MAX_CELL_ID):
         return None
     try:

@@ -37,6 +37,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
+from websockets.protocol import State
 
 from ws_sandbox.asgi_extensions import ABORT, SEND_MANY
 
@@ -52,18 +53,6 @@ MAX_UNREAD_BYTES = 8 * 1024 * 1024
 uvicorn writes each pong at once, outside flow control, and keeps reading: a peer that sent
 pings and read nothing grew the service by 40 MiB a second, for as long as the connection
 lived (a review). The application's own sends wait for room, so they never come near it."""
-
-
-def _utf8(parts: list[bytes]) -> bool:
-    """Whether a message's parts make valid UTF-8 (ASCII, the usual case, is checked
-    without decoding)."""
-    if all(isinstance(part, bytes) and part.isascii() for part in parts):
-        return True
-    try:
-        b"".join(parts).decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -107,21 +96,27 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
     def send_receive_event_to_app(self) -> None:
         """Queue a complete message for the application; pause reading only past the bounds.
 
-        uvicorn pauses unless ``read_paused`` is set, and its ``receive`` resumes a paused
-        transport once the queue is empty (asyncio's ``resume_reading`` of a transport that
-        reads is a no-op). So within the bounds the flag is raised around uvicorn's call and
-        restored after it: the flag still tells whether reading is paused.
+        uvicorn pauses after every message unless ``read_paused`` is set, and its
+        ``receive`` resumes a paused transport once the queue is empty (asyncio's
+        ``resume_reading`` of a transport that reads is a no-op). A text message is queued
+        here, decoded once, and reading pauses only past the bounds; a binary one goes to
+        uvicorn with the flag raised around its call within the bounds (and restored after
+        it), so the flag still tells whether reading is paused.
         """
-        if self.curr_msg_data_type == "text" and not self.close_sent and not _utf8(self.frames):
-            # uvicorn closes with 1007 too, but logs an ERROR with a traceback each time.
-            self.frames = []
-            peer = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
-            self.logger.info("%sa text message that is not UTF-8: closing with 1007", peer)
-            self.conn.send_close(1007, "invalid UTF-8 in a text message")
-            self.handle_parser_exception()
-            return
-        size = sum(len(part) for part in self.frames)
-        if self.queue.qsize() < READ_AHEAD_MESSAGES - 1 and size <= READ_AHEAD_BYTES:
+        within = (self.queue.qsize() < READ_AHEAD_MESSAGES - 1
+                  and sum(len(part) for part in self.frames) <= READ_AHEAD_BYTES)
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            parts, self.frames = self.frames, []
+            try:
+                text = (parts[0] if len(parts) == 1 else b"".join(parts)).decode()
+            except UnicodeDecodeError:
+                self._not_utf8()
+                return
+            self.queue.put_nowait({"type": "websocket.receive", "text": text})
+            if not within and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+        elif within:
             paused, self.read_paused = self.read_paused, True
             try:
                 super().send_receive_event_to_app()
@@ -129,6 +124,16 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.read_paused = paused
         else:
             super().send_receive_event_to_app()
+
+    def _not_utf8(self) -> None:
+        """A text message that is not UTF-8: closed with 1007, as uvicorn does, but logged in
+        one INFO line (uvicorn logs an ERROR with a traceback, each time a client likes)."""
+        if self.conn.state is not State.OPEN:
+            return  # the peer's close came in the same read: it ends the connection
+        peer = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+        self.logger.info("%sa text message that is not UTF-8: closing with 1007", peer)
+        self.conn.send_close(1007, "invalid UTF-8 in a text message")
+        self.handle_parser_exception()
 
     async def send(self, message: ASGISendEvent) -> None:
         """Send a batch in one write; any other message goes to uvicorn."""

@@ -56,3 +56,35 @@ def test_code_of_the_maximum_size_fits_the_message_limit(max_code_bytes: int, ch
 def test_a_surrogate_pair_escape_is_one_character() -> None:
     frame = fr.decode_client('{"type": "execute", "id": "c1", "code": "\\ud83d\\ude00"}')
     assert isinstance(frame, fr.Execute) and frame.code == "\U0001f600"
+
+
+def test_a_field_named_like_msgspecs_words_is_not_taken_for_a_surrogate() -> None:
+    with pytest.raises(BadRequest) as refused:
+        fr.decode_client('{"type": "execute", "id": "c1", "truncated": 1, "code": "\\ud800"}')
+    assert "unknown field `truncated`" in str(refused.value)
+
+
+@pytest.mark.parametrize("size", [fr.LENIENT_ID_CHARS, 6 * 1024 * 1024])
+def test_a_refused_frame_is_parsed_again_only_when_small(
+        monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """A refused frame's id is looked for with Python's json (which takes a lone surrogate
+    escape) only up to LENIENT_ID_CHARS: a 6 MiB frame parsed again held the service's loop
+    for most of a second (a review). Its message is told from msgspec's words alone."""
+    parsed: list[int] = []
+    real = json.loads
+
+    def counting(data: str | bytes) -> object:
+        parsed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(json, "loads", counting)  # the module frames uses
+    head = '{"type": "execute", "id": "c1", "code": "\\ud800", "pad": ['
+    frame = head + "[]," * ((size - len(head) - 4) // 3) + "[]]}"
+    frame += " " * (size - len(frame))
+    assert len(frame) == size
+    with pytest.raises(BadRequest) as refused:
+        fr.decode_client(frame)
+    assert "half of a UTF-16 surrogate pair" in str(refused.value)
+    small = size <= fr.LENIENT_ID_CHARS
+    assert fr.cell_id_of(frame) == ("c1" if small else None)
+    assert parsed == ([size] if small else [])

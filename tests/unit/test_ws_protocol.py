@@ -676,3 +676,24 @@ async def test_a_text_message_that_is_not_utf8_closes_with_1007_and_no_error_log
     said = [r for r in records if "UTF-8" in r.getMessage()]
     assert len(said) == 2 and all(r.levelno == logging.INFO and r.exc_info is None
                                   for r in said)
+
+
+async def test_a_bad_text_message_with_the_peers_close_in_one_read_logs_no_error(
+        batching: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """With the peer's close in the same read, websockets is closing already when the bad
+    message comes to be refused: the 1007 close raised InvalidState, which uvloop logged as
+    a fatal transport error with its traceback, and the peer's close went unanswered (a
+    review). The message is dropped; the peer's close is answered."""
+    caplog.set_level(logging.INFO)
+    async with asyncio.timeout(BOUND):
+        async with connect(batching.url) as client:
+            conn = await batching.next_connection()
+            protocol = client.protocol
+            protocol.send_text(b'{"type":"execute\xff"}')
+            protocol.send_close(1001, "bye")
+            client.transport.write(b"".join(protocol.data_to_send()))
+            gone = await conn.receive()
+            await client.wait_closed()
+    assert gone == {"type": "websocket.disconnect", "code": 1001, "reason": "bye"}
+    assert protocol.close_rcvd is not None and protocol.close_rcvd.code == 1001
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
