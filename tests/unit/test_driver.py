@@ -137,6 +137,12 @@ async def test_frames_of_one_agent_read_reach_the_client_as_one_batch() -> None:
     await asyncio.wait_for(task, 5)
 
 
+def back(sink: Sink, token: str = "t") -> ClientBack:
+    """A resume through ``sink``, with the ready frame the manager would make."""
+    return ClientBack(sink, fr.Ready(session_id="s", language="python", token=token,
+                                     limits=LIMITS.public(), resumed=True))
+
+
 async def test_frames_made_while_detached_are_replayed_on_resume() -> None:
     sandbox, first = FakeSandbox(), Sink()
     runner, task = start(sandbox, first)
@@ -144,9 +150,7 @@ async def test_frames_made_while_detached_are_replayed_on_resume() -> None:
     await runner.feed(execute("c1", "while away"))
     await asyncio.sleep(0.05)
     second = Sink()
-    ready = fr.Ready(session_id="s", language="python", token="t", limits=LIMITS.public(),
-                     resumed=True)
-    await runner.feed(ClientBack(second, ready))
+    await runner.feed(back(second))
     assert (await second.next(fr.Ready)).resumed
     assert (await second.next(fr.Stream)).text == "while away"
     assert (await second.next(fr.Result)).id == "c1"
@@ -180,9 +184,7 @@ class FailingSink(Sink):
 
 async def resume(runner: SessionRunner) -> Sink:
     sink = Sink()
-    ready = fr.Ready(session_id="s", language="python", token="t", limits=LIMITS.public(),
-                     resumed=True)
-    await runner.feed(ClientBack(sink, ready))
+    await runner.feed(back(sink))
     assert (await sink.next(fr.Ready)).resumed
     return sink
 
@@ -457,8 +459,7 @@ async def test_a_connection_let_go_speaks_for_the_session_no_more() -> None:
     sandbox, old = FakeSandbox(), Sink()
     runner, task = start(sandbox, old)
     new = Sink()
-    await runner.feed(ClientBack(new, fr.Ready(session_id="s", language="python", token="t",
-                                               limits=LIMITS.public(), resumed=True)))
+    await runner.feed(back(new))
     await new.next(fr.Ready)
     stale = fr.encode(fr.Execute(id="old", code="from the old one")).decode()
     await runner.feed(ClientMessage(stale, old))
@@ -472,11 +473,13 @@ async def test_a_connection_let_go_speaks_for_the_session_no_more() -> None:
     await asyncio.wait_for(task, BOUND)
 
 
-async def test_a_resume_says_how_many_frames_the_buffer_dropped(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Frames made while the client was away past the buffer were dropped without a word:
-    the replayed result even said nothing was cut (a review). The resumed ready frame
-    now counts them (here the buffer keeps 3 of 6)."""
+REPLAYED = [("Result", "c1"), ("Stream", "c2"), ("Result", "c2")]
+"""What a buffer of 3 keeps of :func:`three_cells_while_away`'s frames."""
+
+
+async def three_cells_while_away(monkeypatch: pytest.MonkeyPatch
+                                 ) -> tuple[SessionRunner, asyncio.Task[None]]:
+    """A session whose client left before three cells ran: 6 frames made, a buffer of 3."""
     monkeypatch.setattr(driver_module, "DETACHED_BUFFER_FRAMES", 3)
     sandbox, first = FakeSandbox(), Sink()
     runner, task = start(sandbox, first)
@@ -486,12 +489,19 @@ async def test_a_resume_says_how_many_frames_the_buffer_dropped(
     async with asyncio.timeout(5):
         while runner._held_dropped < 3:  # every cell ran: 6 frames made, 3 kept
             await asyncio.sleep(0.01)
+    return runner, task
+
+
+async def test_a_resume_says_how_many_frames_the_buffer_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames made while the client was away past the buffer were dropped without a word:
+    the replayed result even said nothing was cut (a review). The resumed ready frame
+    now counts them (here the buffer keeps 3 of 6)."""
+    runner, task = await three_cells_while_away(monkeypatch)
 
     async def resumed() -> list[fr.ServerFrame]:
         sink = Sink()
-        await runner.feed(ClientBack(sink, fr.Ready(
-            session_id="s", language="python", token="t", limits=LIMITS.public(),
-            resumed=True)))
+        await runner.feed(back(sink))
         async with asyncio.timeout(5):
             while sink.frames.empty():
                 await asyncio.sleep(0.01)
@@ -500,8 +510,7 @@ async def test_a_resume_says_how_many_frames_the_buffer_dropped(
 
     ready, *replay = await resumed()
     assert isinstance(ready, fr.Ready) and ready.frames_dropped == 3
-    assert [(type(f).__name__, getattr(f, "id", "")) for f in replay] == [
-        ("Result", "c1"), ("Stream", "c2"), ("Result", "c2")]
+    assert [(type(f).__name__, getattr(f, "id", "")) for f in replay] == REPLAYED
     again, *rest = await resumed()  # nothing made, nothing dropped since
     assert isinstance(again, fr.Ready) and again.frames_dropped == 0 and rest == []
     await runner.feed(CloseRequest("client_closed", ""))
@@ -523,27 +532,15 @@ async def test_a_resume_that_fails_leaves_no_stale_ready_for_the_next(
     frame too: the next resume got two ready frames, the stale one first in the buffer,
     where it pushed out a real frame (a review). The next resume gets one ready, which
     still counts the frames dropped before the failed one."""
-    monkeypatch.setattr(driver_module, "DETACHED_BUFFER_FRAMES", 3)
-    sandbox, first = FakeSandbox(), Sink()
-    runner, task = start(sandbox, first)
-    await runner.feed(ClientGone(first))
-    for n in range(3):
-        await runner.feed(execute(f"c{n}", f"out{n}"))
-    async with asyncio.timeout(5):
-        while runner._held_dropped < 3:
-            await asyncio.sleep(0.01)
+    runner, task = await three_cells_while_away(monkeypatch)
     gone = vanishing()
-    await runner.feed(ClientBack(gone, fr.Ready(
-        session_id="s", language="python", token="t", limits=LIMITS.public(),
-        resumed=True)))
+    await runner.feed(back(gone))
     async with asyncio.timeout(5):
         while runner._sink is gone:
             await asyncio.sleep(0.01)
     await runner.feed(ClientGone(gone))
     sink = Sink()
-    await runner.feed(ClientBack(sink, fr.Ready(
-        session_id="s", language="python", token="t2", limits=LIMITS.public(),
-        resumed=True)))
+    await runner.feed(back(sink, "t2"))
     async with asyncio.timeout(5):
         while sink.frames.qsize() < 4:
             await asyncio.sleep(0.01)
@@ -551,8 +548,7 @@ async def test_a_resume_that_fails_leaves_no_stale_ready_for_the_next(
     ready, *replay = [sink.frames.get_nowait() for _ in range(sink.frames.qsize())]
     assert isinstance(ready, fr.Ready) and ready.token == "t2"
     assert ready.frames_dropped == 3
-    assert [(type(f).__name__, getattr(f, "id", "")) for f in replay] == [
-        ("Result", "c1"), ("Stream", "c2"), ("Result", "c2")]
+    assert [(type(f).__name__, getattr(f, "id", "")) for f in replay] == REPLAYED
     await runner.feed(CloseRequest("client_closed", ""))
     await asyncio.wait_for(task, 5)
 
