@@ -440,10 +440,11 @@ class Session:
 
         The agent counts a cell's output as it forwards it (raw bytes of the streams, the
         characters of display data and one per entry) and stops at ``max_output_bytes``,
-        including what background processes write after the cell ended, which it sends
-        under that cell's id and the service drops. So between the start of one cell and
-        the start of the next, the agent sends at most that cell's budget and, still on the
-        way, the rest of the cell before it: twice the budget. Without this bound a hostile
+        including the output written between cells that it kept for the cell (and a
+        display made between cells, which it sends under the last cell's id and the
+        service drops). So between the start of one cell and the start of the next, the
+        agent sends at most that cell's budget and, still on the way, the rest of the cell
+        before it: twice the budget. Without this bound a hostile
         sandbox could stream dropped output for ever, at the cost of the service's and the
         engine's CPU."""
         self._received += chars

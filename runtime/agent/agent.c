@@ -1342,6 +1342,8 @@ static void py_repr_at(JParser *p, Buf *out) {
 enum { L_PYTHON, L_JAVASCRIPT, L_SHELL, L_RUST };
 static const char *const LANGUAGES[] = {"python", "javascript", "shell", "rust"};
 
+#define RUST_TAIL 32 /* longer than any word rust_scan_stderr looks for */
+
 typedef struct {
     const char *name;
     int fd;
@@ -1363,7 +1365,10 @@ typedef struct {
     char *workdir;
     double compile_ms; /* < 0: none */
     bool missing_crate; /* rustc said a crate the cell uses is not here */
-    bool reads_stdin;   /* a Rust cell's code names stdin */
+    bool reads_stdin;   /* a Rust cell's code calls stdin() (not in tests mode) */
+    bool empty_input;   /* its program's stderr told of an empty input (see forward) */
+    unsigned char err_tail[RUST_TAIL]; /* the end of what its stderr said (rust_scan_stderr) */
+    size_t err_tail_len;
 } Cell;
 
 typedef struct {
@@ -1410,6 +1415,7 @@ static struct {
     Buf between;             /* output written between cells: see hold_between */
     size_t between_raw;      /* the bytes of it kept (at most BETWEEN_KEEP) */
     long long between_dropped;
+    size_t between_last;     /* where the last record of it starts; SIZE_MAX: none */
     Exec *pending_exec;
     Worker *worker;
     ChildEntry children[MAX_CHILDREN];
@@ -1853,65 +1859,142 @@ static size_t streams_of(Stream **out) {
 /* Output written between cells (by a thread, an interval or a `command &` that an earlier
  * cell left running) has no cell to carry it: a cell's `done` comes after all of its output.
  * So it waits, decoded, for the next cell, whose output it starts (as it would, had it been
- * written a moment later). The first BETWEEN_KEEP bytes wait; the rest is counted, and a line
- * on the next cell's stderr says how much was dropped. */
+ * written a moment later), followed by a line on stderr that says where it came from. The
+ * first BETWEEN_KEEP bytes wait, as records of one stream each (a byte for the stream, four
+ * for the length, the text; a write to the stream of the last record extends it); the rest
+ * is counted and dropped. A restart drops it all: it came from the interpreter it ends. */
 #define BETWEEN_KEEP (64 * 1024)
 
 static void hold_between(Stream *s, const unsigned char *data, size_t n) {
     size_t room = BETWEEN_KEEP - A.between_raw;
     size_t k = n < room ? n : room;
     A.between_dropped += (long long)(n - k);
-    if (k == 0) return;
     A.between_raw += k;
     Buf text = {0};
-    utf8_decode_part(&s->dec, data, k, k < n, &text); /* cut: end a partial character */
+    /* a cut ends a partial character (also one begun by an earlier write) */
+    if (k > 0 || (k < n && s->dec.npend > 0)) utf8_decode_part(&s->dec, data, k, k < n, &text);
     if (k < n) s->dec.npend = 0;
     size_t len = buf_size(&text);
     if (len) {
-        unsigned char h[5] = {strcmp(s->name, "stderr") == 0, (unsigned char)(len >> 24),
-                              (unsigned char)(len >> 16), (unsigned char)(len >> 8),
-                              (unsigned char)len};
-        buf_add(&A.between, h, sizeof h);
-        buf_add(&A.between, buf_head(&text), len);
+        unsigned char stream = strcmp(s->name, "stderr") == 0;
+        Buf *b = &A.between;
+        unsigned char *last = A.between_last < buf_size(b)
+                                  ? (unsigned char *)buf_head(b) + A.between_last : NULL;
+        if (last && last[0] == stream) {
+            len += (size_t)last[1] << 24 | (size_t)last[2] << 16 | (size_t)last[3] << 8 | last[4];
+        } else {
+            A.between_last = buf_size(b);
+            unsigned char h[5] = {stream};
+            buf_add(b, h, sizeof h);
+            last = (unsigned char *)buf_head(b) + A.between_last;
+        }
+        last[1] = (unsigned char)(len >> 24);
+        last[2] = (unsigned char)(len >> 16);
+        last[3] = (unsigned char)(len >> 8);
+        last[4] = (unsigned char)len;
+        buf_add(b, buf_head(&text), buf_size(&text));
     }
     buf_free(&text);
 }
 
-/* Send text (valid UTF-8) as the cell's output, within what is left of its budget. */
-static void forward_text(Cell *cell, const char *name, const char *text, size_t n) {
-    int64_t room = cell->max_output - cell->forwarded;
-    if ((int64_t)n > room) {
-        n = room > 0 ? (size_t)room : 0;
-        while (n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80) n--; /* whole characters */
-        cell->truncated = true;
-    }
-    if (n == 0) return;
-    cell->forwarded += (int64_t)n;
-    send_text(cell->id, cell->idlen, name, text, n);
+static void drop_between(void) {
+    buf_clear(&A.between);
+    A.between_raw = 0;
+    A.between_dropped = 0;
+    A.between_last = SIZE_MAX;
 }
 
-/* The output that waited between cells, as the first output of the cell that starts. */
+/* Send text (valid UTF-8) as the cell's output, within what is left of its budget and at
+ * most `most` bytes of it; false when it was cut. */
+static bool forward_text(Cell *cell, const char *name, const char *text, size_t n,
+                         int64_t most) {
+    int64_t room = cell->max_output - cell->forwarded;
+    bool cut = (int64_t)n > most || (int64_t)n > room;
+    if (cut) {
+        n = (size_t)(most < room ? (most > 0 ? most : 0) : (room > 0 ? room : 0));
+        while (n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80) n--; /* whole characters */
+        if (most >= room) cell->truncated = true;
+    }
+    if (n > 0) {
+        cell->forwarded += (int64_t)n;
+        send_text(cell->id, cell->idlen, name, text, n);
+    }
+    return !cut;
+}
+
+/* The output that waited between cells, as the first output of the cell that starts: at
+ * most half of the cell's budget, so that the cell's own output and the line saying where
+ * the output came from still fit; what is past it is dropped whole, not some of each
+ * record. */
 static void send_between(Cell *cell) {
-    Buf *b = &A.between;
-    const unsigned char *p = (const unsigned char *)buf_head(b);
-    size_t off = 0, size = buf_size(b);
+    const unsigned char *p = (const unsigned char *)buf_head(&A.between);
+    size_t off = 0, size = buf_size(&A.between);
+    int64_t share = cell->max_output / 2, sent = 0;
+    long long dropped = A.between_dropped;
+    bool whole = true;
     while (off + 5 <= size) {
         size_t len = (size_t)p[off + 1] << 24 | (size_t)p[off + 2] << 16 |
                      (size_t)p[off + 3] << 8 | (size_t)p[off + 4];
-        forward_text(cell, p[off] ? "stderr" : "stdout", (const char *)p + off + 5, len);
+        const char *text = (const char *)p + off + 5;
+        if (whole) {
+            int64_t before = cell->forwarded;
+            whole = forward_text(cell, p[off] ? "stderr" : "stdout", text, len, share - sent);
+            sent += cell->forwarded - before;
+            dropped += (long long)len - (cell->forwarded - before);
+        } else {
+            dropped += (long long)len;
+        }
         off += 5 + len;
     }
-    if (A.between_dropped > 0) {
-        Buf m = {0};
-        buf_addf(&m, "[%lld more bytes of output written between cells were dropped: the"
-                     " first %d KiB of it wait for the next cell]\n",
-                 A.between_dropped, BETWEEN_KEEP / 1024);
-        forward_text(cell, "stderr", buf_head(&m), buf_size(&m));
-        buf_free(&m);
+    Buf m = {0};
+    buf_adds(&m, "(the output above was written between cells, by work an earlier cell left"
+                 " running");
+    if (dropped > 0)
+        buf_addf(&m, "; %lld more byte%s of it %s dropped", dropped, dropped == 1 ? "" : "s",
+                 dropped == 1 ? "was" : "were");
+    buf_adds(&m, ")\n");
+    forward_text(cell, "stderr", buf_head(&m), buf_size(&m), INT64_MAX);
+    buf_free(&m);
+    drop_between();
+}
+
+/* Whether a Rust cell's stderr said `word`, in this read or across the last one's end: a
+ * program's stderr is unbuffered, so `{:?}` of an error comes in pieces ("kind", ": ",
+ * "Empty"), a read each at times. */
+static bool rust_said(const unsigned char *joined, size_t nj, const unsigned char *data,
+                      size_t n, const char *word) {
+    size_t w = strlen(word);
+    return memmem(joined, nj, word, w) || memmem(data, n, word, w);
+}
+
+static void rust_scan_stderr(Cell *cell, const unsigned char *data, size_t n) {
+    unsigned char joined[2 * RUST_TAIL];
+    size_t head = n < RUST_TAIL ? n : RUST_TAIL;
+    memcpy(joined, cell->err_tail, cell->err_tail_len);
+    memcpy(joined + cell->err_tail_len, data, head);
+    size_t nj = cell->err_tail_len + head;
+    if (cell->compile_ms < 0) {
+        cell->missing_crate = cell->missing_crate ||
+            rust_said(joined, nj, data, n, "undeclared crate or module") || /* rustc 1.63 */
+            rust_said(joined, nj, data, n, "unlinked crate") ||             /* later rustc */
+            rust_said(joined, nj, data, n, "can't find crate for");
+    } else if (cell->reads_stdin) {
+        cell->empty_input = cell->empty_input ||
+            rust_said(joined, nj, data, n, "kind: Empty") ||    /* a parse of "" */
+            rust_said(joined, nj, data, n, "`None` value") ||   /* lines().next() */
+            rust_said(joined, nj, data, n, "the len is 0") ||   /* v[0] of nothing */
+            rust_said(joined, nj, data, n, "UnexpectedEof") ||  /* read_exact */
+            rust_said(joined, nj, data, n, "empty string");     /* a parse's Display */
     }
-    buf_clear(b);
-    A.between_raw = 0;
-    A.between_dropped = 0;
+    /* the last RUST_TAIL bytes said, for the next read */
+    if (n >= RUST_TAIL) {
+        memcpy(cell->err_tail, data + n - RUST_TAIL, RUST_TAIL);
+        cell->err_tail_len = RUST_TAIL;
+    } else {
+        size_t keep = nj < RUST_TAIL ? nj : RUST_TAIL;
+        memmove(cell->err_tail, joined + nj - keep, keep);
+        cell->err_tail_len = keep;
+    }
 }
 
 static void forward(Stream *s, const unsigned char *data, size_t n) {
@@ -1928,11 +2011,7 @@ static void forward(Stream *s, const unsigned char *data, size_t n) {
         buf_free(&m);
         return;
     }
-    if (A.language == L_RUST && s == &A.rust_streams[1] && !cell->missing_crate &&
-        (memmem(data, n, "undeclared crate or module", 26) ||  /* rustc 1.63, the image's */
-         memmem(data, n, "unlinked crate", 14) ||              /* later rustc */
-         memmem(data, n, "can't find crate for", 20)))
-        cell->missing_crate = true;
+    if (A.language == L_RUST && s == &A.rust_streams[1]) rust_scan_stderr(cell, data, n);
     int64_t room = cell->max_output - cell->forwarded;
     if ((int64_t)n > room) {
         n = room > 0 ? (size_t)room : 0;
@@ -2054,7 +2133,7 @@ static void finish_cell(const char *status, bool has_exit, long long exit_code,
     double elapsed_ms = (monotonic() - cell->started) * 1000;
     drain_streams(cell, after);
     Worker *w = A.worker;
-    bool unknown = false;
+    bool unknown = peak_kb < 0; /* the caller could not tell */
     if (w && !w->reaped && !restarted) {
         long long hwm = 0;
         if (proc_read_field(w->status_fd, "VmHWM:", &hwm)) {
@@ -2522,11 +2601,12 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
      * attributes go to the crate root (below). A snippet that ends as a main returning a
      * Result does (`Ok(())` or `Err(...)` last) is main's value, not dropped: its error
      * type is main's. */
-    cell->reads_stdin = memmem(code, codelen, "stdin", 5) != NULL;
     bool wrap = !rust_has_main(code, codelen);
     /* A function and its tests, no main: built as rustc --test builds them, and run. */
     bool tests = wrap && rust_is_test_items(code, codelen);
     if (tests) wrap = false;
+    cell->reads_stdin = !tests && (memmem(code, codelen, "stdin()", 7) ||
+                                   memmem(code, codelen, "/dev/stdin", 10));
     size_t shebang = rust_shebang_len(code, codelen);
     bool result = wrap && rust_ends_in_result(code + shebang, codelen - shebang);
     /* The inner attributes that open a snippet (`#![allow(unused)]`) are not allowed on a
@@ -2594,9 +2674,10 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     spawn_rust(argv, cell->workdir, H_RUSTC);
 }
 
-/* A program that reads stdin gets end of file at once, and then panics on the empty input
- * in one of many ways (an Option or a parse unwrapped, an index out of bounds): a model read
- * the panic, not the cause. The note says a fact, not a diagnosis. */
+/* A program that reads stdin gets end of file at once, and then fails on the empty input in
+ * one of many ways (an Option or a parse unwrapped, an index out of bounds, `?` on a parse):
+ * a model read the panic, not the cause. Said when a program whose code calls stdin() ends
+ * with a panic's 101 or an error's 1 after telling, on stderr, of something empty. */
 #define RUST_NO_INPUT \
     "the program reads stdin, which is empty here (a cell gets no input): put the values in" \
     " the code"
@@ -2604,6 +2685,18 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
 #define RUST_NO_CRATES                                                                   \
     "only Rust's standard library is here: crates (rand, serde, regex, tokio...) are not, " \
     "and there is no Cargo or network to get them"
+
+/* What a Rust cell's compiler or program wrote, all of it read first: its exit may be
+ * handled before its last write is read from the pipe (see forward). */
+static bool told_of_missing_crate(Cell *cell) {
+    drain_streams(cell, false);
+    return cell->missing_crate;
+}
+
+static bool told_of_empty_input(Cell *cell) {
+    drain_streams(cell, false);
+    return cell->empty_input;
+}
 
 static void on_rustc_exit(pid_t pid, int status, bool have_rusage, const struct rusage *ru) {
     A.rust_child = 0;
@@ -2622,10 +2715,9 @@ static void on_rustc_exit(pid_t pid, int status, bool have_rusage, const struct 
             signal_description(&m, -code);
             finish_simple("error", 128 - code, buf_cstr(&m), peak);
             buf_free(&m);
-        } else if (cell->missing_crate) {
+        } else if (told_of_missing_crate(cell)) {
             /* A crate from crates.io (rand, serde): rustc's message does not say why it is
              * missing, and a model tried again with another. */
-            drain_streams(cell, false);
             forward(&A.rust_streams[1], (const unsigned char *)RUST_NO_CRATES "\n",
                     strlen(RUST_NO_CRATES) + 1);
             finish_simple("error", code, "compilation failed: " RUST_NO_CRATES, peak);
@@ -2650,11 +2742,12 @@ static void on_program_exit(pid_t pid, int status, bool have_rusage, const struc
     Buf m = {0};
     if (code == 0) {
         finish_simple("success", 0, NULL, peak);
-    } else if (code == 101 && A.cell->reads_stdin) { /* a panic */
-        drain_streams(A.cell, false);
+    } else if ((code == 101 || code == 1) && A.cell->reads_stdin &&
+               told_of_empty_input(A.cell)) { /* a panic; an Err */
         forward(&A.rust_streams[1], (const unsigned char *)"note: " RUST_NO_INPUT "\n",
                 strlen("note: " RUST_NO_INPUT "\n"));
-        finish_simple("error", code, "process exited with code 101; " RUST_NO_INPUT, peak);
+        buf_addf(&m, "process exited with code %d; " RUST_NO_INPUT, code);
+        finish_simple("error", code, buf_cstr(&m), peak);
     } else if (code > 0) {
         buf_addf(&m, "process exited with code %d", code);
         finish_simple("error", code, buf_cstr(&m), peak);
@@ -3342,10 +3435,16 @@ static void deliver_interrupt(void) {
 
 static void do_restart(void) {
     if (A.cell) drain_streams(A.cell, false);
+    /* the interpreter's peak, read before it is killed (a restarted cell said 0.0 MB) */
+    long long peak = -1;
+    if (A.cell && A.worker && !A.worker->reaped &&
+        !proc_read_field(A.worker->status_fd, "VmHWM:", &peak))
+        peak = -1;
     kill_user_processes();
+    drop_between();
     if (A.cell)
         finish_cell("interrupted", true, 137, NULL, 0, "the interpreter was restarted",
-                    strlen("the interpreter was restarted"), true, 0, false);
+                    strlen("the interpreter was restarted"), true, peak, false);
     if (A.pending_exec) {
         /* a held exec (received before `ready` or during a restart) gets its one done too */
         Exec *e = A.pending_exec;
@@ -3862,6 +3961,7 @@ int main(int argc, char **argv) {
     A.exit_code = -1;
     A.stdin_open = true;
     A.linger_until = -1;
+    A.between_last = SIZE_MAX;
     A.lingering = true;
     A.rust_write_fds[0] = A.rust_write_fds[1] = -1;
     A.rust_streams[0].fd = A.rust_streams[1].fd = -1;

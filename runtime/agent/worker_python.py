@@ -152,6 +152,10 @@ HELD_ERROR_CHARS = 4096
 _held_errors: "list[str]" = []
 _held_dropped = 0
 _held_lock = _thread.allocate_lock()  # threads that fail at once kept more than the first few
+_format_lock = _thread.allocate_lock()
+"""One thread's error formatted at a time: threads that failed at once imported traceback at
+once, and one used the module another had not finished loading ("it cannot be shown"), or
+put back a sys.path that another had changed (:class:`_StandardPath`)."""
 _default_thread_hook = _thread._excepthook
 
 
@@ -165,8 +169,9 @@ def _thread_excepthook(args: "Any") -> None:
     if len(_held_errors) < HELD_ERRORS:  # (checked again below, with the lock)
         try:
             name = args.thread.name if args.thread is not None else _thread.get_ident()
-            lines = _import_stdlib("traceback").format_exception(
-                args.exc_type, args.exc_value, args.exc_traceback)
+            with _format_lock:
+                lines = _import_stdlib("traceback").format_exception(
+                    args.exc_type, args.exc_value, args.exc_traceback)
             text = f"Exception in thread {name}:\n" + "".join(lines)
         except BaseException:  # the user's exception misbehaves
             text = "Exception in a thread (it cannot be shown)\n"
@@ -248,6 +253,16 @@ def _on_sigint(_signum: int, _frame: "types.FrameType | None") -> None:
         _state.interrupted = True
         raise KeyboardInterrupt
     _state.sigint = True
+
+
+def _without_the_handler(exc: BaseException) -> BaseException:
+    """The agent's interrupt without its last frame, :func:`_on_sigint`, which raised it."""
+    tb, before = exc.__traceback__, None
+    while tb is not None and tb.tb_next is not None:
+        before, tb = tb, tb.tb_next
+    if before is not None and tb is not None and tb.tb_frame.f_code is _on_sigint.__code__:
+        before.tb_next = None
+    return exc
 
 
 def _print(*args: object, sep: str | None = " ", end: str | None = "\n", file: "Any" = None,
@@ -345,14 +360,36 @@ def _plain_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+TRACEBACK_FRAMES = 1000
+"""The most frames a traceback shows, the last ones, as Python's own printer does: after
+``sys.setrecursionlimit(10**6)`` (common in model-written searches) a runaway recursion's
+traceback took 14 s to format, past the cell's time limit, and its state was lost."""
+
+
+def _frames(tb: "types.TracebackType | None") -> int:
+    count = 0
+    while tb is not None:
+        count += 1
+        tb = tb.tb_next
+    return count
+
+
 def _report_exception(exc: BaseException) -> str:
     """Print the traceback without the worker's own frames; return ``"Type: message"``."""
     try:
         tb = _user_traceback(exc)
+        frames = _frames(tb)
+        for _ in range(frames - TRACEBACK_FRAMES):  # to the last TRACEBACK_FRAMES
+            tb = tb.tb_next if tb is not None else None
         with _StandardPath():
             traceback = _import_stdlib("traceback")
-            text = "".join(traceback.format_exception(type(exc), exc, tb))
-            lines = traceback.format_exception_only(type(exc), exc)
+            lines = traceback.format_exception(type(exc), exc, tb)
+            only = traceback.format_exception_only(type(exc), exc)
+        if frames > TRACEBACK_FRAMES and len(lines) > len(only):
+            lines.insert(len(lines) - len(only), f"  [the first {frames - TRACEBACK_FRAMES}"
+                                                 f" of {frames} frames are not shown]\n")
+        text = "".join(lines)
+        lines = only
         # Notes (PEP 678) come after the "Type: message" line; the summary gives them after it.
         notes = getattr(exc, "__notes__", None)
         notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
@@ -492,11 +529,16 @@ def _matplotlib_figure(obj: "Any") -> "Any":
 
 
 def _render_figure(fig: "Any") -> dict[str, str]:
-    """Render a figure to PNG with a bounded pixel count and encoded size."""
+    """Render a figure to PNG with a bounded pixel count and encoded size. An empty figure
+    (``plt.figure()`` alone, or what ``plt.clf()`` left) is its text alone, as in Jupyter: it
+    was a blank image."""
+    data = {"text/plain": _text_repr(fig)}
+    if not fig.axes and not fig.lines and not fig.patches and not fig.texts \
+            and not fig.images and not fig.artists:
+        return data
     width, height = (float(v) for v in fig.get_size_inches())
     area = max(width * height, 1e-6)
     dpi = min(FIGURE_DPI, math.sqrt(MAX_FIGURE_PIXELS / area))
-    data = {"text/plain": _text_repr(fig)}
     for _ in range(4):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
@@ -929,7 +971,9 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
         if _state.interrupted or (_control is not None and _control.interrupt_follows()):
             status, error, exit_code = "interrupted", "interrupted", 130
             _flush_std()
-            sys.stderr.write("KeyboardInterrupt\n")
+            # where it stopped, as Python and Jupyter show it (a bare "KeyboardInterrupt"
+            # did not say which line a slow loop was on; a review)
+            _report_exception(_without_the_handler(exc))
         else:
             status, error, exit_code = "error", _report_exception(exc), 1
     except BaseException as exc:

@@ -226,6 +226,19 @@ def test_numpy_pandas_matplotlib(sandbox: Sandbox) -> None:
 
 
 @pytest.mark.parametrize("sandbox", ["python"], indirect=True)
+def test_an_empty_figure_is_its_text_alone(sandbox: Sandbox) -> None:
+    """What ``plt.clf()`` leaves, or ``plt.figure()`` alone, was sent as a blank image (a
+    review); as in Jupyter it is its text alone. A figure with a drawing is still a PNG."""
+    code = ("import matplotlib.pyplot as plt\n"
+            "plt.plot([1, 2]); plt.savefig('o.png'); plt.clf()\n"
+            "plt.figure(); words = plt.figure().text(0.5, 0.5, 'words')\n")
+    displays, _ = successful_displays(sandbox, code)
+    assert [sorted(d["data"]) for d in displays] == [
+        ["text/plain"], ["text/plain"], ["image/png", "text/plain"]]
+    assert displays[0]["data"]["text/plain"] == "<Figure size 640x480 with 0 Axes>"
+
+
+@pytest.mark.parametrize("sandbox", ["python"], indirect=True)
 def test_display_of_a_dataframe_a_figure_and_a_pil_image(sandbox: Sandbox) -> None:
     """What model-written notebook code does: ``display(df)`` without an import, a figure
     passed to ``display`` (shown once: not again at the cell's end), and a PIL image as the

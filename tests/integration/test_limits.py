@@ -243,7 +243,7 @@ def test_rest_display_is_capped_at_16(admin_svc: Service) -> None:
     # 20 figures, each shown on its own, told apart by width (repr: "size WxH").
     code = ("import matplotlib.pyplot as plt\n"
             "for i in range(20):\n"
-            "    plt.figure(figsize=(1 + i / 10, 1), dpi=10)\n"
+            "    plt.figure(figsize=(1 + i / 10, 1), dpi=10).text(0, 0, str(i))\n"
             "    plt.show()\n"
             "print('after the figures')")
     body = run(admin_svc, code)
@@ -255,7 +255,7 @@ def test_rest_display_is_capped_at_16(admin_svc: Service) -> None:
     assert body["truncated"] is True  # the 4 beyond the cap were dropped, and it says so
     # The first 16, in order.
     assert [d["text/plain"] for d in shown] == \
-        [f"<Figure size {10 + i}x10 with 0 Axes>" for i in range(16)]
+        [f"<Figure size {10 + i}x10 with 0 Axes>" for i in range(16)]  # a text, no axes
 
 
 async def test_admin_patch_applies_to_new_sessions_and_calls(restore_limits: Service) -> None:
