@@ -1929,7 +1929,8 @@ static bool forward_text(Cell *cell, const char *name, const char *text, size_t 
 static void send_between(Cell *cell) {
     const unsigned char *p = (const unsigned char *)buf_head(&A.between);
     size_t off = 0, size = buf_size(&A.between);
-    int64_t share = cell->max_output / 2, sent = 0;
+    int64_t share = cell->max_output / 2 - 160, sent = 0; /* room for the line, below */
+    if (share < 0) share = 0;
     long long dropped = A.between_dropped;
     bool whole = true;
     while (off + 5 <= size) {

@@ -255,16 +255,6 @@ def _on_sigint(_signum: int, _frame: "types.FrameType | None") -> None:
     _state.sigint = True
 
 
-def _without_the_handler(exc: BaseException) -> BaseException:
-    """The agent's interrupt without its last frame, :func:`_on_sigint`, which raised it."""
-    tb, before = exc.__traceback__, None
-    while tb is not None and tb.tb_next is not None:
-        before, tb = tb, tb.tb_next
-    if before is not None and tb is not None and tb.tb_frame.f_code is _on_sigint.__code__:
-        before.tb_next = None
-    return exc
-
-
 def _print(*args: object, sep: str | None = " ", end: str | None = "\n", file: "Any" = None,
            flush: bool = False) -> None:
     """``print`` with one ``write`` per call. The builtin writes each argument, separator and
@@ -361,33 +351,88 @@ def _plain_summary(exc: BaseException) -> str:
 
 
 TRACEBACK_FRAMES = 1000
-"""The most frames a traceback shows, the last ones, as Python's own printer does: after
-``sys.setrecursionlimit(10**6)`` (common in model-written searches) a runaway recursion's
-traceback took 14 s to format, past the cell's time limit, and its state was lost."""
+"""The most frames a traceback shows of each exception, the last ones, as Python's own
+printer does: after ``sys.setrecursionlimit(10**6)`` (common in model-written searches) a
+runaway recursion's traceback took 14 s to format, past the cell's time limit, and its
+state was lost; one raised ``from`` it, or an interrupt while it was handled, as long."""
+_CHAINS = ("\nThe above exception was the direct cause of the following exception:\n\n",
+           "\nDuring handling of the above exception, another exception occurred:\n\n")
 
 
-def _frames(tb: "types.TracebackType | None") -> int:
+def _shown(tb: "types.TracebackType | None") -> "tuple[types.TracebackType | None, int]":
+    """``tb`` as a traceback shows it, and how many frames it leaves out: its last
+    :data:`TRACEBACK_FRAMES` frames, without the worker's own (anywhere: the worker's
+    ``print`` runs a user's ``__str__``, its SIGINT handler raises the interrupt). A new
+    chain: the exception's own is not changed."""
     count = 0
-    while tb is not None:
+    walk = tb
+    while walk is not None:
         count += 1
+        walk = walk.tb_next
+    for _ in range(count - TRACEBACK_FRAMES):
+        tb = tb.tb_next if tb is not None else None
+    kept = []
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename != WORKER_FILE:
+            kept.append(tb)
         tb = tb.tb_next
-    return count
+    shown = None
+    for entry in reversed(kept):
+        shown = type(entry)(shown, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return shown, max(count - TRACEBACK_FRAMES, 0)
+
+
+def _chained(exc: BaseException) -> "list[BaseException]":
+    """The exceptions a traceback of ``exc`` shows besides it (causes, contexts, a group's
+    members), at most 100, each once."""
+    seen = {id(exc)}
+    found: list[BaseException] = []
+    todo = [exc]
+    while todo and len(found) < 100:
+        current = todo.pop()
+        more = [current.__cause__, current.__context__]
+        more += list(getattr(current, "exceptions", ())) if isinstance(
+            current, BaseExceptionGroup) else []
+        for other in more:
+            if isinstance(other, BaseException) and id(other) not in seen:
+                seen.add(id(other))
+                found.append(other)
+                todo.append(other)
+    return found
+
+
+def _format_exception(exc: BaseException) -> "tuple[list[str], list[str]]":
+    """The traceback's lines, and the exception's own (``format_exception_only``), with
+    every traceback as :func:`_shown` makes it. Those of the chained exceptions are swapped
+    in for the formatting only."""
+    tb, left_out = _shown(_user_traceback(exc))
+    swapped = [(other, other.__traceback__) for other in _chained(exc)]
+    try:
+        for other, original in swapped:
+            other.__traceback__ = _shown(original)[0]
+        with _StandardPath():
+            traceback = _import_stdlib("traceback")
+            lines = traceback.format_exception(type(exc), exc, tb)
+            only = traceback.format_exception_only(type(exc), exc)
+    finally:
+        for other, original in swapped:
+            other.__traceback__ = original
+    if left_out:
+        # right under the header of exc's own part, after the parts of what it chains to
+        start = max((i for i, line in enumerate(lines) if line in _CHAINS), default=-1) + 1
+        for i in range(start, len(lines)):
+            if "Traceback (most recent call last):" in lines[i]:
+                margin = "  | " if lines[i].startswith("  + ") else "  "
+                lines.insert(i + 1, f"{margin}[the first {left_out} of"
+                                    f" {left_out + TRACEBACK_FRAMES} frames are not shown]\n")
+                break
+    return lines, only
 
 
 def _report_exception(exc: BaseException) -> str:
     """Print the traceback without the worker's own frames; return ``"Type: message"``."""
     try:
-        tb = _user_traceback(exc)
-        frames = _frames(tb)
-        for _ in range(frames - TRACEBACK_FRAMES):  # to the last TRACEBACK_FRAMES
-            tb = tb.tb_next if tb is not None else None
-        with _StandardPath():
-            traceback = _import_stdlib("traceback")
-            lines = traceback.format_exception(type(exc), exc, tb)
-            only = traceback.format_exception_only(type(exc), exc)
-        if frames > TRACEBACK_FRAMES and len(lines) > len(only):
-            lines.insert(len(lines) - len(only), f"  [the first {frames - TRACEBACK_FRAMES}"
-                                                 f" of {frames} frames are not shown]\n")
+        lines, only = _format_exception(exc)
         text = "".join(lines)
         lines = only
         # Notes (PEP 678) come after the "Type: message" line; the summary gives them after it.
@@ -425,7 +470,22 @@ def _run(body: "types.CodeType | None", last: "types.CodeType | None",
         return None if last is None else eval(last, glb)
     if _state.loop is None:
         _state.loop = _import_stdlib("asyncio").new_event_loop()
-    return _state.loop.run_until_complete(_run_async(body, last, glb))
+    loop = _state.loop
+    task = loop.create_task(_run_async(body, last, glb))
+    try:
+        return loop.run_until_complete(task)
+    except BaseException:
+        # An interrupt (or an error of the loop's) left the cell's task pending: it resumed
+        # in every later cell that awaits, printing on (a review). Cancelled, as asyncio.run
+        # cancels its main task on Ctrl-C; its own clean-up runs now, within the interrupt's
+        # grace.
+        if not task.done():
+            task.cancel()
+            try:  # noqa: SIM105 - contextlib is not loaded in the worker, and need not be
+                loop.run_until_complete(task)
+            except BaseException:
+                pass
+        raise
 
 
 async def _run_async(body: "types.CodeType | None", last: "types.CodeType | None",
@@ -533,8 +593,7 @@ def _render_figure(fig: "Any") -> dict[str, str]:
     (``plt.figure()`` alone, or what ``plt.clf()`` left) is its text alone, as in Jupyter: it
     was a blank image."""
     data = {"text/plain": _text_repr(fig)}
-    if not fig.axes and not fig.lines and not fig.patches and not fig.texts \
-            and not fig.images and not fig.artists:
+    if all(child is fig.patch for child in fig.get_children()):  # its background alone
         return data
     width, height = (float(v) for v in fig.get_size_inches())
     area = max(width * height, 1e-6)
@@ -973,7 +1032,7 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
             _flush_std()
             # where it stopped, as Python and Jupyter show it (a bare "KeyboardInterrupt"
             # did not say which line a slow loop was on; a review)
-            _report_exception(_without_the_handler(exc))
+            _report_exception(exc)
         else:
             status, error, exit_code = "error", _report_exception(exc), 1
     except BaseException as exc:

@@ -230,11 +230,15 @@ def test_an_empty_figure_is_its_text_alone(sandbox: Sandbox) -> None:
     """What ``plt.clf()`` leaves, or ``plt.figure()`` alone, was sent as a blank image (a
     review); as in Jupyter it is its text alone. A figure with a drawing is still a PNG."""
     code = ("import matplotlib.pyplot as plt\n"
+            "from matplotlib.lines import Line2D\n"
             "plt.plot([1, 2]); plt.savefig('o.png'); plt.clf()\n"
-            "plt.figure(); words = plt.figure().text(0.5, 0.5, 'words')\n")
+            "plt.figure(); words = plt.figure().text(0.5, 0.5, 'words')\n"
+            "legend = plt.figure().legend(handles=[Line2D([0], [0])], labels=['a line'])\n"
+            "title = plt.figure().subfigures(1, 2)[0].suptitle('in a subfigure')\n")
     displays, _ = successful_displays(sandbox, code)
     assert [sorted(d["data"]) for d in displays] == [
-        ["text/plain"], ["text/plain"], ["image/png", "text/plain"]]
+        ["text/plain"], ["text/plain"], ["image/png", "text/plain"],
+        ["image/png", "text/plain"], ["image/png", "text/plain"]]
     assert displays[0]["data"]["text/plain"] == "<Figure size 640x480 with 0 Axes>"
 
 

@@ -916,10 +916,68 @@ def test_python_a_runaway_recursions_traceback_shows_its_last_frames(py: AgentDr
     assert result.done["status"] == "error"
     assert result.done["error"] == "RecursionError: maximum recursion depth exceeded"
     stderr = result.text("stderr")
-    assert "  [Previous line repeated 997 more times]\n  [the first " in stderr, stderr
-    assert " frames are not shown]\nRecursionError: maximum recursion depth exceeded\n" in stderr
+    assert stderr.startswith("Traceback (most recent call last):\n  [the first "), stderr
+    assert " frames are not shown]\n  File " in stderr
+    assert stderr.endswith("  [Previous line repeated 997 more times]\n"
+                           "RecursionError: maximum recursion depth exceeded\n"), stderr
     assert stderr.count('File "<cell-2>"') == 3  # the 1,000 shown: three, then repeats
     assert py.run("print(kept)").text() == "1\n"
+
+
+def test_python_chained_exceptions_show_their_last_frames_too(py: AgentDriver) -> None:
+    """Only the outer exception's traceback was cut: one raised ``from`` a runaway
+    recursion took 17.7 s in the image, and an interrupt while such an error was handled
+    as long, past the interrupt's grace: state lost (a review)."""
+    py.run("kept = 1\nimport sys\nsys.setrecursionlimit(200_000)\n"
+           "def down(n):\n    return 1 + up(n + 1)\n"  # no line repeats: nothing folded
+           "def up(n):\n    return 1 + down(n + 1)")
+    started = time.monotonic()
+    chained = py.run("try:\n    down(0)\nexcept RecursionError as e:\n"
+                     "    raise RuntimeError('search failed') from e", timeout=60)
+    assert chained.done["error"] == "RuntimeError: search failed"
+    assert chained.done["truncated"] is False  # 200,000 frames were megabytes of text
+    stderr = chained.text("stderr")
+    # the cause is cut too (with no line of its own); the outer error has one frame
+    assert "frames are not shown]" not in stderr, stderr
+    assert stderr.count('File "<cell-1>"') == 1000
+    assert stderr.endswith("RuntimeError: search failed\n")
+    handled = py.run_interrupted("try:\n    down(0)\nexcept RecursionError:\n"
+                                 "    while True:\n        pass", after=3.0)
+    assert handled.done["status"] == "interrupted", handled.done
+    assert handled.done["restarted"] is False
+    assert handled.text("stderr").endswith("\nKeyboardInterrupt\n")
+    assert time.monotonic() - started < 40  # generous: the slow format took minutes here
+    assert py.run("print(kept)").text() == "1\n"
+
+
+def test_python_an_interrupt_shows_no_frame_of_the_worker(py: AgentDriver) -> None:
+    """Where the worker ran the user's code (``print`` of an object whose ``__str__``
+    spins) its frames showed, and a KeyboardInterrupt turned into another error kept the
+    worker's SIGINT handler as its last frame (a review)."""
+    spun = py.run_interrupted("class A:\n    def __str__(self):\n        while True:\n"
+                              "            pass\nprint(A())")
+    assert spun.done["status"] == "interrupted"
+    assert "worker_python" not in spun.text("stderr")
+    assert 'line 3, in __str__' in spun.text("stderr")
+    turned = py.run_interrupted("import time\ntry:\n    time.sleep(30)\n"
+                                "except KeyboardInterrupt as e:\n"
+                                "    raise RuntimeError('cancelled') from e")
+    assert "RuntimeError: cancelled" in turned.text("stderr")
+    assert "worker_python" not in turned.text("stderr"), turned.text("stderr")
+
+
+def test_python_an_interrupted_await_cell_does_not_run_on(py: AgentDriver) -> None:
+    """Its task stayed pending in the worker's loop and resumed in every later cell that
+    awaited, printing into it (a review); it is cancelled, as asyncio.run cancels its main
+    task on Ctrl-C, and its clean-up runs."""
+    result = py.run_interrupted(
+        "import asyncio\nasync def tick():\n    try:\n        while True:\n"
+        "            await asyncio.sleep(0.05)\n            print('tick')\n"
+        "    finally:\n        print('cleaned up')\nawait tick()")
+    assert result.done["status"] == "interrupted"
+    assert result.text().endswith("cleaned up\n")
+    later = py.run("await asyncio.sleep(0.5)\nprint('done')")
+    assert later.text() == "done\n"
 
 
 def test_python_forked_children_never_speak_for_the_worker(py: AgentDriver) -> None:
@@ -1389,14 +1447,22 @@ def test_output_between_cells_takes_at_most_half_the_next_cells_budget(
         sh: AgentDriver) -> None:
     """A writer's output between cells filled the next cell's whole budget: the cell's own
     output, and the line saying where the rest came from, were cut (a review). It takes half
-    at most, whole records first; the rest is counted as dropped."""
-    assert_success(sh.run("(sleep 0.2; head -c 5000 /dev/zero | tr '\\0' x;"
-                          " echo err >&2) &"))
-    time.sleep(1.0)
-    after = sh.run("echo mine", max_output_bytes=1024)
-    assert after.text() == "x" * 512 + "mine\n"
-    assert after.text("stderr") == f"{BETWEEN_NOTE}; 4492 more bytes of it were dropped)\n"
-    assert after.done["truncated"] is False
+    at most, less room for that line, whole records first; the rest is counted as dropped.
+    Below the service's least budget (1024), the line still leaves the cell room."""
+    for budget, kept in ((1024, 352), (400, 40), (60, 0)):
+        assert_success(sh.run("(sleep 0.2; head -c 5000 /dev/zero | tr '\\0' x;"
+                              " echo err >&2) &"))
+        time.sleep(1.0)
+        after = sh.run("echo mine", max_output_bytes=budget)
+        note = f"{BETWEEN_NOTE}; {5004 - kept} more bytes of it were dropped)\n"
+        if budget > 100:
+            assert after.text() == "x" * kept + "mine\n", budget
+            assert after.text("stderr") == note
+            assert after.done["truncated"] is False
+        else:  # the line alone is longer than the budget
+            assert after.text() == ""
+            assert after.text("stderr") == note[:budget]
+            assert after.done["truncated"] is True
 
 
 def test_a_restart_drops_the_output_held_between_cells(py: AgentDriver) -> None:
