@@ -232,7 +232,7 @@ LONE_SURROGATE = ("JSON is malformed: a \\u escape is half of a UTF-16 surrogate
 _HIGH_HALF_THEN_QUOTE = re.compile(r'\\u[dD][89abAB][0-9a-fA-F]{2}[^\\]{0,6}"')
 
 
-def is_lone_surrogate(exc: Exception, data: str | bytes) -> bool:
+def _is_lone_surrogate(exc: Exception, data: str | bytes) -> bool:
     """Whether msgspec refused ``data`` for a ``\\u`` escape of half a UTF-16 surrogate pair
     (valid JSON, but not Unicode text).
 
@@ -255,9 +255,9 @@ def is_lone_surrogate(exc: Exception, data: str | bytes) -> bool:
 
 def decode_error_text(exc: Exception, data: str | bytes) -> str:
     """What was wrong with JSON that a decoder refused (one of :data:`DECODE_ERRORS`):
-    msgspec's own words, but for a lone surrogate escape (:func:`is_lone_surrogate`)."""
+    msgspec's own words, but for a lone surrogate escape (:func:`_is_lone_surrogate`)."""
     text = str(exc)
-    if is_lone_surrogate(exc, data):
+    if _is_lone_surrogate(exc, data):
         at = re.search(r" \(byte [0-9]+\)$", text)
         return LONE_SURROGATE + (at.group() if at else "")
     return text

@@ -2687,16 +2687,12 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     "only Rust's standard library is here: crates (rand, serde, regex, tokio...) are not, " \
     "and there is no Cargo or network to get them"
 
-/* What a Rust cell's compiler or program wrote, all of it read first: its exit may be
- * handled before its last write is read from the pipe (see forward). */
-static bool told_of_missing_crate(Cell *cell) {
+/* The cell, once all that its Rust compiler or program wrote is read: the exit may be
+ * handled before its last write is read from the pipe, and what forward learns from it
+ * (missing_crate, empty_input) is not known until then. */
+static Cell *all_read(Cell *cell) {
     drain_streams(cell, false);
-    return cell->missing_crate;
-}
-
-static bool told_of_empty_input(Cell *cell) {
-    drain_streams(cell, false);
-    return cell->empty_input;
+    return cell;
 }
 
 static void on_rustc_exit(pid_t pid, int status, bool have_rusage, const struct rusage *ru) {
@@ -2716,7 +2712,7 @@ static void on_rustc_exit(pid_t pid, int status, bool have_rusage, const struct 
             signal_description(&m, -code);
             finish_simple("error", 128 - code, buf_cstr(&m), peak);
             buf_free(&m);
-        } else if (told_of_missing_crate(cell)) {
+        } else if (all_read(cell)->missing_crate) {
             /* A crate from crates.io (rand, serde): rustc's message does not say why it is
              * missing, and a model tried again with another. */
             forward(&A.rust_streams[1], (const unsigned char *)RUST_NO_CRATES "\n",
@@ -2744,7 +2740,7 @@ static void on_program_exit(pid_t pid, int status, bool have_rusage, const struc
     if (code == 0) {
         finish_simple("success", 0, NULL, peak);
     } else if ((code == 101 || code == 1) && A.cell->reads_stdin &&
-               told_of_empty_input(A.cell)) { /* a panic; an Err */
+               all_read(A.cell)->empty_input) { /* a panic; an Err */
         forward(&A.rust_streams[1], (const unsigned char *)"note: " RUST_NO_INPUT "\n",
                 strlen("note: " RUST_NO_INPUT "\n"));
         buf_addf(&m, "process exited with code %d; " RUST_NO_INPUT, code);

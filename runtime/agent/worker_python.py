@@ -169,9 +169,8 @@ def _thread_excepthook(args: "Any") -> None:
     if len(_held_errors) < HELD_ERRORS:  # (checked again below, with the lock)
         try:
             name = args.thread.name if args.thread is not None else _thread.get_ident()
-            with _format_lock:
-                lines = _import_stdlib("traceback").format_exception(
-                    args.exc_type, args.exc_value, args.exc_traceback)
+            with _format_lock:  # as a cell's error is: the last frames, none of the worker's
+                lines = _format_exception(args.exc_value)[0]
             text = f"Exception in thread {name}:\n" + "".join(lines)
         except BaseException:  # the user's exception misbehaves
             text = "Exception in a thread (it cannot be shown)\n"
