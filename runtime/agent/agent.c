@@ -38,7 +38,8 @@
  * Known differences from agent.py (none visible to a well-behaved worker or service):
  * - Before a `display` of the running cell, what the output pipes hold is forwarded (the
  *   worker wrote it first; agent.py follows epoll's readiness order, which may send the
- *   display first).
+ *   display first). A Python display with "seq" is answered (answer_display), which
+ *   agent.py did not do: its worker did not wait.
  * - Python's repr() of values in error texts about a misbehaving worker decides which
  *   non-ASCII characters are printable without Unicode's tables (an approximation).
  * - Integers are saturated at 64 bits where the agent computes with them (max_output_bytes,
@@ -2930,6 +2931,25 @@ static void forward_output_first(void) {
     }
 }
 
+/* The Python worker's display made by a running cell's own thread carries "seq", and the
+ * worker waits for {"t":"shown","seq":n} before the cell goes on: the output it wrote before
+ * the display is forwarded before it, and what it writes after, after it (the agent read the
+ * display once the cell had printed its next line too, and sent it after that line). Only
+ * Python's worker waits (the others read any line as a cell's code). Not queued behind more
+ * than SHOWN_QUEUE_MAX bytes for the worker: one that waits has read all it was sent, so
+ * only user code writing displays to the control pipe itself meets the bound, and it must
+ * not grow the agent's memory without end. */
+#define SHOWN_QUEUE_MAX ((size_t)4096)
+static void answer_display(Body *msg) {
+    Worker *w = A.worker;
+    JVal *seq = jobj_get(&msg->obj, "seq");
+    if (A.language != L_PYTHON || !w || !seq || seq->type != J_INT ||
+        buf_size(&w->ctl_out) > SHOWN_QUEUE_MAX)
+        return;
+    buf_addf(&w->ctl_out, "{\"t\":\"shown\",\"seq\":%lld}\n", (long long)seq->ival);
+    on_ctl_writable();
+}
+
 static void on_display(Body *msg, Buf *err) {
     Cell *cell = A.cell ? A.cell : A.last_cell;
     JVal *kind = jobj_get(&msg->obj, "kind");
@@ -3004,6 +3024,7 @@ static void on_display(Body *msg, Buf *err) {
     }
     free(use);
     jobj_free(&o);
+    answer_display(msg);
 }
 
 /* Handle one control message; on a protocol violation the message goes to err. */

@@ -140,6 +140,10 @@ class _State:
     # The running cell was interrupted by the agent (its SIGINT, or its mark): a
     # KeyboardInterrupt the code raised itself is an exception like any other.
     interrupted = False
+    # The thread that runs cells, and the number of the last display that waited for the
+    # agent's answer (_display).
+    main_thread = 0
+    display_seq = 0
 
 
 _state = _State()
@@ -498,21 +502,57 @@ async def _run_async(body: "types.CodeType | None", last: "types.CodeType | None
     return value
 
 
-def _display(kind: str, data: dict[str, str]) -> None:
-    # What the cell printed first is in the pipes before its display (a user's buffered
-    # stream, a wrapper such as tqdm's): the agent forwards it first.
+def _display(kind: str, data: dict[str, str], ordered: bool = True) -> None:
+    """Send one display. What the cell printed first is in the pipes before it (a user's
+    buffered stream, a wrapper such as tqdm's): the agent forwards that first.
+
+    What the cell prints after it must not be forwarded first: the agent reads the display
+    when it wakes, and by then the cell had often printed the next line too
+    (``print("A"); display("B"); print("C")`` came out A, C, B). So a display that the
+    cell's own thread makes while the cell runs (``display``, ``plt.show``) carries a
+    number, and the worker waits until the agent answers ``{"t":"shown","seq":n}``, which
+    it does once it has forwarded the output and the display. Not for the cell's value
+    (``ordered`` false: only ``done`` follows it), a thread's display (its order against
+    other threads is theirs), nor one between cells."""
     _flush_std()
-    line = dumps_ascii({"t": "display", "kind": kind, "data": data})
-    if len(line) > MAX_DISPLAY_LINE:
-        # The largest rich forms go until it fits; text/plain (at most 100,001 characters,
-        # 1.2 MB escaped) stays, as when a rich form fails.
-        sizes = {mime: len(encode_basestring_ascii(form)) for mime, form in data.items()}
-        data = dict(data)
-        for mime in sorted(sizes, key=sizes.__getitem__, reverse=True):
-            if mime != "text/plain" and len(line) > MAX_DISPLAY_LINE:
-                del data[mime]
-                line = dumps_ascii({"t": "display", "kind": kind, "data": data})
-    _send_line(line)
+    seq = _display_seq() if ordered else None
+    try:
+        message: dict[str, Any] = {"t": "display", "kind": kind, "data": data}
+        if seq is not None:
+            message["seq"] = seq
+        line = dumps_ascii(message)
+        if len(line) > MAX_DISPLAY_LINE:
+            # The largest rich forms go until it fits; text/plain (at most 100,001 characters,
+            # 1.2 MB escaped) stays, as when a rich form fails.
+            sizes = {mime: len(encode_basestring_ascii(form)) for mime, form in data.items()}
+            data = dict(data)
+            for mime in sorted(sizes, key=sizes.__getitem__, reverse=True):
+                if mime != "text/plain" and len(line) > MAX_DISPLAY_LINE:
+                    del data[mime]
+                    message["data"] = data
+                    line = dumps_ascii(message)
+        _send_line(line)
+        if seq is not None and _control is not None:
+            _control.await_shown(seq)
+    finally:
+        if seq is not None and _control is not None:
+            _control.waiting = False
+
+
+def _display_seq() -> "int | None":
+    """The next display's number, when the cell's own thread makes it while the cell runs
+    and no display of its waits already (then ``_control.waiting`` is set, until the display
+    has its answer or is abandoned).
+
+    A signal handler of the user's that runs while a display waits, and displays, does not
+    wait too: its read of the pipe, inside the first one's, took the first one's answer as
+    stale, and the first one then waited on an empty pipe until the cell's time limit."""
+    if (not _state.running or _state.forked or _thread.get_ident() != _state.main_thread
+            or _control is None or _control.waiting):
+        return None
+    _control.waiting = True
+    _state.display_seq += 1
+    return _state.display_seq
 
 
 def _repr_method(value: "Any", name: str) -> "Any":
@@ -561,7 +601,7 @@ def _text_repr(value: "Any") -> str:
 
 
 def _display_value(value: "Any") -> None:
-    _display("execute_result", _mime_bundle(value))
+    _display("execute_result", _mime_bundle(value), ordered=False)
 
 
 def display(*objs: "Any", **_options: "Any") -> None:
@@ -1148,63 +1188,105 @@ def _warm_up() -> None:
 
 
 class _Control:
-    """The agent's messages on the control pipe, one JSON object per line: a cell's code, or
-    ``{"t": "interrupt"}``, the mark the agent writes just before an interrupt's SIGINT.
+    """The agent's messages on the control pipe, one JSON object per line: a cell's code;
+    ``{"t": "interrupt"}``, the mark the agent writes just before an interrupt's SIGINT; and
+    ``{"t": "shown", "seq": n}``, its answer to a display that waits (:func:`_display`).
 
     A mark read between cells is a late interrupt's (its cell has ended) and is dropped. A
     SIGINT that came before a cell began is that cell's if its mark is already behind the
-    cell's code: nothing else can come before the cell's ``done``.
+    cell's code: nothing else can come before the cell's ``done``. An answer that no display
+    waits for any more (its wait was interrupted) is dropped wherever it is read.
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buf = b""
+        self.waiting = False  # a display of the cell's thread waits for its answer
+
+    def _read(self) -> bool:
+        """Add what the pipe holds (waiting for it) to the buffer; False at EOF or an error."""
+        try:
+            chunk = os.read(self.fd, 1 << 16)  # a 1 MiB read mapped a fresh buffer each time
+        except OSError:
+            return False
+        self.buf += chunk
+        return bool(chunk)
 
     def cells(self) -> "Any":
         """Yield each cell's message until EOF."""
         while True:
             while b"\n" in self.buf:
                 line, self.buf = self.buf.split(b"\n", 1)
-                if line != _MARK:
+                if line != _MARK and not line.startswith(_SHOWN):
                     yield loads(line.decode("utf-8", "replace"))
             try:
-                chunk = os.read(self.fd, 1 << 16)  # a 1 MiB read mapped a fresh buffer each time
+                if not self._read():
+                    return
             except KeyboardInterrupt:
                 continue
-            if not chunk:
-                return
-            self.buf += chunk
+
+    def await_shown(self, seq: int) -> None:
+        """Wait for the agent's answer to display ``seq``, keeping every other line (a mark,
+        which its SIGINT follows: the KeyboardInterrupt ends this wait). At EOF the agent is
+        gone, and the worker with it."""
+        while True:
+            lines = self.buf.split(b"\n")
+            for i, line in enumerate(lines[:-1]):
+                answered = _answered(line)
+                if answered is None:
+                    continue
+                del lines[i]
+                self.buf = b"\n".join(lines)
+                if answered == seq:
+                    return
+                break  # an answer no display waits for (an interrupt ended its wait)
+            else:
+                if not self._read():
+                    os._exit(70)
 
     def interrupt_follows(self) -> bool:
-        """Whether an interrupt's mark is next on the pipe (taken if so).
+        """Whether an interrupt's mark is next on the pipe (taken if so), after any answers
+        to displays.
 
         Does not wait for a mark that has not come. The agent sends the SIGINT once the
-        whole mark is in the pipe, so the rest of a mark begun is read, waiting if need be
-        (a read of a long cell's code can end inside it)."""
-        if not self.buf:
-            import select
-
-            try:
-                if select.select([self.fd], [], [], 0)[0]:
-                    self.buf = os.read(self.fd, 1 << 16)
-            except OSError:
-                return False
+        whole mark is in the pipe, so the rest of a mark or answer begun is read, waiting if
+        need be (a read of a long cell's code can end inside it)."""
         whole = _MARK + b"\n"
-        while self.buf and len(self.buf) < len(whole) and whole.startswith(self.buf):
-            try:
-                chunk = os.read(self.fd, len(whole) - len(self.buf))
-            except OSError:
+        while True:
+            while self.buf.startswith(_SHOWN) and b"\n" in self.buf:
+                self.buf = self.buf.split(b"\n", 1)[1]
+            if self.buf.startswith(whole):
+                self.buf = self.buf[len(whole):]
+                return True
+            if not self.buf:
+                import select
+
+                try:
+                    if not select.select([self.fd], [], [], 0)[0]:
+                        return False
+                except OSError:
+                    return False
+            elif not (whole.startswith(self.buf) or self.buf.startswith(_SHOWN)
+                      or _SHOWN.startswith(self.buf)):
+                return False  # a cell's code
+            if not self._read():
                 return False
-            if not chunk:
-                return False
-            self.buf += chunk
-        if self.buf.startswith(whole):
-            self.buf = self.buf[len(whole):]
-            return True
-        return False
 
 
 _MARK = b'{"t":"interrupt"}'
+_SHOWN = b'{"t":"shown"'
+
+
+def _answered(line: bytes) -> "int | None":
+    """The display number an answer line ``{"t":"shown","seq":n}`` names (None: another
+    line)."""
+    head = _SHOWN + b',"seq":'
+    if not (line.startswith(head) and line.endswith(b"}")):
+        return None
+    try:
+        return int(line[len(head):-1])
+    except ValueError:
+        return None
 
 
 _control: "_Control | None" = None
@@ -1254,6 +1336,7 @@ def main() -> None:
     _site()
     os.register_at_fork(after_in_child=_in_forked_child)
     ctl_in, _ctl_out = int(sys.argv[1]), int(sys.argv[2])
+    _state.main_thread = _thread.get_ident()
     os.set_inheritable(ctl_in, False)
     os.set_inheritable(_ctl_out, False)
     sys.argv = [""]

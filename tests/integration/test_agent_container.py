@@ -226,6 +226,32 @@ def test_numpy_pandas_matplotlib(sandbox: Sandbox) -> None:
 
 
 @pytest.mark.parametrize("sandbox", ["python"], indirect=True)
+def test_a_figure_comes_between_what_was_printed_before_and_after_it(
+        sandbox: Sandbox) -> None:
+    """A ``print`` right after ``plt.show()`` came before the image every time (a review):
+    the agent read the display once the cell had printed its next line. Each shown figure
+    now sits between the lines printed around it, as in a notebook."""
+    # big images (noise, 40 to 60 KB of PNG each): the agent reads one over several waits,
+    # while the cell goes on to its next line
+    code = ("import matplotlib.pyplot as plt, numpy as np\n"
+            "for i in range(5):\n"
+            "    print(f'before {i}')\n"
+            "    plt.imshow(np.random.default_rng(i).random((100, 100))); plt.show()\n"
+            "    print(f'after {i}')\n"
+            "    fig = plt.figure(); fig.figimage(np.random.default_rng(i).random((100, 100)))\n"
+            "    display(fig)\n")
+    _, frames = successful_displays(sandbox, code)
+    order: list[str] = []
+    for _, frame in frames:
+        if frame["t"] == "out" and frame["name"] == "stdout":
+            order += [line.split()[0] for line in frame["text"].splitlines()]
+        elif frame["t"] == "display":
+            assert frame["data"]["image/png"].startswith("iVBORw0KGgo")
+            order.append("image")
+    assert order == ["before", "image", "after", "image"] * 5
+
+
+@pytest.mark.parametrize("sandbox", ["python"], indirect=True)
 def test_an_empty_figure_is_its_text_alone(sandbox: Sandbox) -> None:
     """What ``plt.clf()`` leaves, or ``plt.figure()`` alone, was sent as a blank image (a
     review); as in Jupyter it is its text alone. A figure with a drawing is still a PNG."""

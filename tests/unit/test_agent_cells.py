@@ -625,6 +625,43 @@ def test_output_a_cell_printed_comes_before_its_display(py: AgentDriver) -> None
         assert displays == 300
 
 
+def test_output_a_cell_prints_after_a_display_comes_after_it(py: AgentDriver) -> None:
+    """The agent read a display when it woke, and by then the cell had often printed its
+    next line: ``print("A"); display("B"); print("C")`` came out A, C, B in 8 of 12 runs (a
+    review). A display the cell makes waits for the agent's answer, so each one sits exactly
+    between the output printed before it and after it, on both streams."""
+    result = py.run("import sys\nfor i in range(200):\n    print(f'A{i}')\n"
+                    "    sys.stderr.write(f'E{i}\\n')\n    display(f'B{i}')\n"
+                    "    print(f'C{i}')\nprint('end')")
+    assert_success(result)
+    order: list[str] = []
+    for frame in result.frames:
+        if frame["t"] == "out":
+            order += frame["text"].split()
+        elif frame["t"] == "display":
+            order.append(frame["data"]["text/plain"].strip("'"))
+    expected = [x for i in range(200) for x in (f"A{i}", f"E{i}", f"B{i}", f"C{i}")]
+    # stderr is its own pipe: only its place against the displays is fixed
+    assert [x for x in order if x[0] != "E"] == [x for x in expected if x[0] != "E"] + ["end"]
+    assert [x for x in order if x[0] in "EB"] == [x for x in expected if x[0] in "EB"]
+
+
+def test_python_a_display_that_waits_for_the_agent_can_be_interrupted(
+        py: AgentDriver) -> None:
+    """An interrupt that lands while a display waits for the agent's answer ends the cell;
+    the late answer is dropped, not run as a cell, and later displays still wait for their
+    own (each answer names its display)."""
+    assert_success(py.run("kept = 1"))
+    for _ in range(3):
+        result = py.run_interrupted("while True:\n    display(1)", after=0.3)
+        assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+        result = py.run("print('a'); display('b'); print('c')\nkept")
+        assert_success(result)
+        kinds = [f["t"] if f["t"] != "display" else f["data"]["text/plain"]
+                 for f in result.frames if f["t"] in ("out", "display")]
+        assert kinds == ["out", "'b'", "out", "1"], result.frames
+
+
 def stderr_of_the_next_cell(agent: AgentDriver, setup: str) -> str:
     """Run ``setup`` (it sets ``kept = 1`` and leaves background work that fails soon), let
     the work fail between cells, and return the stderr of the next cell, ``kept + 1``, which
@@ -3021,6 +3058,64 @@ def test_display_keys_and_empty_entries_count_against_max_output_bytes(py: Agent
     assert (over.displays, over.done["truncated"]) == ([], True)
     # What the agent sends, the service counts alike.
     assert display_chars({"text/plain": "ab"}) == 77 and display_chars({"": ""}) == frame + 1
+
+
+def test_python_a_display_made_by_a_signal_handler_during_another_does_not_wait(
+        py: AgentDriver) -> None:
+    """A signal handler of the user's that displays while a display waits for the agent's
+    answer runs on the same thread, inside the wait's read of the pipe: if it waited too,
+    its own read took the outer display's answer, and the outer one then waited on an empty
+    pipe (here: handlers nested until a RecursionError). It does not wait."""
+    result = py.run(
+        "import signal\n"
+        "ticks = []\n"
+        # (not while the worker writes a line: the handler would wait for its own lock)
+        "def tick(*_):\n    if not display.__globals__['_send_lock'].locked():\n"
+        "        ticks.append(1)\n        display('tick')\n"
+        "signal.signal(signal.SIGALRM, tick)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)\n"
+        "try:\n"
+        "    for i in range(4000):\n        display(i)\n"
+        "finally:\n    signal.setitimer(signal.ITIMER_REAL, 0)\n"
+        "print(len(ticks) > 0)", timeout=20, max_output_bytes=1 << 24)
+    assert_success(result)
+    assert result.text() == "True\n"
+    numbers = [d["data"]["text/plain"] for d in result.displays
+               if d["data"]["text/plain"] != "'tick'"]
+    assert numbers == [str(i) for i in range(4000)]
+
+
+def test_forged_displays_that_ask_for_answers_do_not_grow_the_agent(py: AgentDriver) -> None:
+    """A display that carries ``seq`` gets the agent's answer on the worker's pipe. User code
+    that writes such displays itself, and never reads the answers, fills that pipe; the
+    agent then queues at most 4 KiB more (SHOWN_QUEUE_MAX), not 30 bytes per forged line.
+    The stray answers are dropped by the worker, not run as cells, and the next cell's
+    displays wait for their own answers."""
+    def peak_kb() -> int:
+        status = Path(f"/proc/{py.proc.pid}/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0])
+
+    assert_success(py.run("kept = 1"))
+    before = peak_kb()
+    forged = py.run(
+        "import os\n"
+        "fd = int(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2])\n"
+        "line = b'{\"t\":\"display\",\"kind\":\"display_data\",\"data\":{},"
+        "\"seq\":1000000000}\\n' * 1000\n"
+        "for _ in range(400):\n"
+        "    done = 0\n"
+        "    while done < len(line):\n"
+        "        done += os.write(fd, line[done:])\n"
+        "print('forged')", timeout=60)
+    assert_success(forged)
+    assert forged.text() == "forged\n"
+    grown = peak_kb() - before
+    assert grown < 4096, f"the agent's peak grew {grown} kB for 400,000 forged displays"
+    result = py.run("print('a'); display('b'); print('c')\nkept")
+    assert_success(result)
+    assert [(f["t"], f.get("text") or f.get("data")) for f in result.frames[:-1]] == [
+        ("out", "a\n"), ("display", {"text/plain": "'b'"}), ("out", "c\n"),
+        ("display", {"text/plain": "1"})], result.frames
 
 
 def test_a_child_flooding_the_control_pipe_does_not_stall_the_agent(py: AgentDriver) -> None:
