@@ -27,6 +27,7 @@ const StringPrototypeStartsWith = uncurry(String.prototype.startsWith);
 const listenerCount = uncurry(require('events').prototype.listenerCount);
 const rawListeners = uncurry(require('events').prototype.rawListeners);
 const addListener = uncurry(require('events').prototype.on);
+const removeAllListeners = uncurry(require('events').prototype.removeAllListeners);
 const ObjectHasOwn = Object.hasOwn;
 const ObjectAssign = Object.assign;
 const ObjectCreate = Object.create;
@@ -284,18 +285,53 @@ function binding(name) {
   }
 }
 
+const contextify = binding('contextify');
+
 function holdSigintWatchdog() {
   try {
-    return binding('contextify').startSigintWatchdog() === true;
+    return contextify.startSigintWatchdog() === true;
   } catch (err) {
     return false;
   }
 }
 
-if (!holdSigintWatchdog()) {
+const watchdogHeld = holdSigintWatchdog();
+if (!watchdogHeld) {
   process.on('SIGINT', () => {
     if (cancelWait) cancelWait();
   });
+}
+
+// A cell's own SIGINT listener (`process.on('SIGINT', ...)`) takes the signal from the
+// watchdog: Node's signal handling installs its handler over the watchdog's, and puts back
+// the default action (death) once the last listener goes, which `breakOnSigint` does for
+// each run. An interrupt of the next synchronous run then killed the interpreter, its state
+// lost (a review). So once a SIGINT listener has been added, the next run is made without
+// the listeners (as `breakOnSigint` would) and with the watchdog started again, which puts
+// its handler back; the listeners are added again after the run, where they hear SIGINT
+// while the cell awaits, as a cell's listener would.
+let sigintTaken = false;
+addListener(process, 'newListener', (event) => {
+  if (event === 'SIGINT') sigintTaken = true;
+});
+
+// Runs fn() (a cell's synchronous run) with the watchdog's SIGINT handler in place.
+function withWatchdogHandler(fn) {
+  if (!watchdogHeld || !sigintTaken) return fn();
+  const listeners = rawListeners(process, 'SIGINT');
+  removeAllListeners(process, 'SIGINT');
+  sigintTaken = false;
+  try {
+    contextify.stopSigintWatchdog();
+    contextify.startSigintWatchdog();
+  } catch (err) {
+    /* another Node: as before */
+  }
+  try {
+    return fn();
+  } finally {
+    for (let i = 0; i < listeners.length; i++) addListener(process, 'SIGINT', listeners[i]);
+  }
 }
 
 function isInterrupt(err) {
@@ -712,7 +748,8 @@ async function runCell(code) {
   try {
     const compiled = compile(code, filename);
     valueless = Boolean(compiled.valueless);
-    value = compiled.script.runInThisContext({ breakOnSigint: true, displayErrors: false });
+    value = withWatchdogHandler(
+      () => compiled.script.runInThisContext({ breakOnSigint: true, displayErrors: false }));
     if (value !== null && (typeof value === 'object' || typeof value === 'function') &&
         typeof value.then === 'function') {
       cellAwaited = true;
@@ -1198,6 +1235,23 @@ async function awaitLeftWork(cell) {
   return interrupted ? 'interrupted' : 'done';
 }
 
+// `process.exitCode = 1` is how a script fails without cutting its output short (linters
+// prefer it to process.exit(1)), and what node:test sets when a test fails: a cell that sets
+// it ends with status error and that code, as `node script.js` does. It is taken (cleared)
+// at the cell's end, so that it neither carries into later cells nor becomes the
+// interpreter's own exit code. As an exit status: an integer, modulo 256.
+function takeExitCode() {
+  let code;
+  try {
+    code = process.exitCode;
+    process.exitCode = undefined;
+  } catch (err) {
+    return 0; /* the user's accessor */
+  }
+  const n = typeof code === 'string' && code !== '' ? +code : code;
+  return typeof n === 'number' && n === n ? (n | 0) & 255 : 0; // (NaN !== NaN)
+}
+
 // --- control channel ---------------------------------------------------------------------
 const queue = [];
 let busy = false;
@@ -1216,6 +1270,7 @@ async function pump() {
         cellFailure = null;
         cellRunning = true;
         interruptPending = false;
+        takeExitCode(); // one set between cells is not this cell's
         const before = loopBefore();
         cellAwaited = false;
         done = await runCell(cell.code);
@@ -1233,6 +1288,13 @@ async function pump() {
       done = frame({ t: 'done', status: 'error', exit_code: 1, error: errorSummary(err) });
     } finally {
       cellRunning = false;
+    }
+    const exitCode = takeExitCode();
+    if (exitCode !== 0 && done.status === 'success' && cellFailure === null) {
+      done = frame({
+        t: 'done', status: 'error', exit_code: exitCode,
+        error: `process.exitCode was set to ${exitCode}`,
+      });
     }
     if (cellFailure !== null && done.status === 'success') {
       done = frame({

@@ -142,6 +142,24 @@ __ws_last=0  # the last cell's status: the next one's `$?` (cell.bash)
 __ws_opts=''  # the shell's options as the last cell left them
 __ws_trace() { [[ $__ws_opts != *v* ]] || set -v; [[ $__ws_opts != *x* ]] || set -x; }
 __ws_status() { return "$1"; }
+# bash 5.2: once the INT trap has returned from a cell that a loop of builtins ran (the trap
+# then runs from bash's pending-traps loop, which skips its clean-up on that return), bash
+# takes itself to be in a trap for the rest of its life, and a bare `return` in any function
+# gives the status from before that trap, not `$?`: after `while :; do :; done` was
+# interrupted, `f() { false; return; }; f` gave 0 (`if f` took the wrong branch) and the
+# worker's own `trap -p` exited 130 (a review). The end of a SIGCHLD trap clears that state:
+# after an interrupted cell, a probe (a bare `return` after a 77) tells whether it is stale,
+# and if so a child's exit runs a CHLD trap of ours (the cell's own, if it set one, again
+# after it). Tested in the ||-lists that neither set -e nor the ERR trap looks at.
+__ws_fresh() { __ws_status 77 || return; }
+__ws_unstale() {
+    local __ws_chld
+    __ws_chld=$(builtin trap -p CHLD)
+    builtin trap : CHLD
+    ( : )
+    builtin trap - CHLD
+    [[ -z $__ws_chld ]] || eval "$__ws_chld"
+}
 # cell.bash runs each cell, on its one line: bash's messages then name the cell's own line
 # numbers (the eval'd code's lines count from the line of the eval), and a cell's `set -v`
 # shows no line of ours after it (bash reads a file's lines as it runs them).
@@ -183,6 +201,11 @@ while :; do
     [[ -z $__ws_exit ]] || __ws_at_exit  # (a call per cell cost 6 us: tested first)
     __ws_running=0
     __ws_last=$__ws_rc
-    if (( __ws_intr )); then __ws_st=interrupted; elif (( __ws_rc == 0 )); then __ws_st=success; else __ws_st=error; fi
+    if (( __ws_intr )); then
+        __ws_p=0
+        __ws_fresh || __ws_p=$?
+        (( __ws_p == 77 )) || __ws_unstale
+        __ws_st=interrupted
+    elif (( __ws_rc == 0 )); then __ws_st=success; else __ws_st=error; fi
     printf '{"t":"done","status":"%s","exit_code":%d,"error":null}\n' "$__ws_st" "$__ws_rc" >&"$__ws_out" || exit 70
 done

@@ -364,6 +364,22 @@ async def test_a_missing_network_or_install_command_says_neither_can_be_done(
                                 " command not found\n"), other
 
 
+async def test_javascript_may_use_three_quarters_of_the_sandboxs_memory(
+        service: Service) -> None:
+    """Node sized its heap at half the memory limit (259 MB of 512): 1.5 million small
+    objects (326 MB of heap) failed with "JavaScript heap out of memory" and a native stack
+    (a review). Its limit is now three quarters (384 MB), for a shell cell's node too."""
+    code = ("const a = []; for (let i = 0; i < 1_500_000; i++) a.push({i, s: 'x'.repeat(40) + i});"
+            "console.log(a.length, process.memoryUsage().heapUsed > 300 * 2 ** 20)")
+    async with await connect(service.url, language="javascript") as s:
+        r = await s.execute(code, timeout=20)
+        assert (r.status, r.stdout) == ("success", "1500000 true\n"), r
+    async with await connect(service.url, language="shell") as s:
+        r = await s.execute("node -p 'require(\"v8\").getHeapStatistics().heap_size_limit"
+                            " > 380 * 2 ** 20'")
+        assert (r.status, r.stdout) == ("success", "true\n"), r
+
+
 @pytest.mark.parametrize("language", ["python", "javascript", "shell"])
 async def test_a_cells_memory_is_its_peak_or_unknown(big_service: Service,
                                                     language: str) -> None:

@@ -2413,6 +2413,47 @@ def test_js_a_cell_waiting_for_its_work_can_be_interrupted(js: AgentDriver) -> N
     assert after.done["execution_time_ms"] < 5000, after.done
 
 
+@pytest.mark.parametrize("listen", [
+    "process.on('SIGINT', () => console.log('heard'))",
+    "const f = () => {}; process.on('SIGINT', f); process.off('SIGINT', f)",
+])
+def test_js_a_cells_sigint_listener_does_not_make_an_interrupt_kill_the_interpreter(
+        js: AgentDriver, listen: str) -> None:
+    """Node's signal handling put its handler over the watchdog's when a cell listened for
+    SIGINT, and the default action (death) back once no listener was left: the next
+    interrupted loop killed the interpreter, its state lost (a review). The listener is
+    kept, and hears SIGINT while a cell awaits."""
+    js.run("var kept = 'yes'")
+    assert_success(js.run(listen))
+    for _ in range(2):
+        result = js.run_interrupted("for (let i = 0; i < 1e13; i++);", after=0.4)
+        assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+    after = js.run("await null; [kept, process.listenerCount('SIGINT')]")
+    count = 1 if "off" not in listen else 0
+    assert after.displays[0]["data"]["text/plain"] == f"[ 'yes', {count} ]"
+
+
+@pytest.mark.parametrize(("code", "exit_code"), [
+    ("process.exitCode = 1; console.error('3 tests failed')", 1),
+    ("setTimeout(() => { process.exitCode = 3 }, 10)", 3),
+    ("process.exitCode = '2'", 2),
+    ("process.exitCode = 0", 0),
+])
+def test_js_process_exit_code_ends_the_cell_with_it(
+        js: AgentDriver, code: str, exit_code: int) -> None:
+    """``process.exitCode = 1`` (how a script fails without cutting its output short, and
+    what node:test sets) was ignored: the cell succeeded, and the code stayed set for later
+    cells (a review). The cell ends with it, as ``node script.js`` does, and it is cleared."""
+    result = js.run(code)
+    assert result.done["exit_code"] == exit_code, result.done
+    if exit_code:
+        assert result.done["status"] == "error"
+        assert result.done["error"] == f"process.exitCode was set to {exit_code}"
+    else:
+        assert_success(result)
+    assert js.run("process.exitCode").displays == []  # undefined: not shown
+
+
 def test_js_an_awaiting_cell_can_still_be_interrupted(js: AgentDriver) -> None:
     """While a cell awaits, the control pipe does not keep the worker's loop alive; the
     interrupt still reaches it."""
@@ -2541,6 +2582,27 @@ def test_shell_interrupts_keep_the_shell_after_an_interrupted_program(sh: AgentD
         assert result.done["status"] == "interrupted", (code, result.done)
         assert result.done["restarted"] is False, code
         assert sh.run("echo $KEPT").text() == "yes\n", code
+
+
+@pytest.mark.parametrize("code", ["while true; do :; done", "sleep 100",
+                                  "f() { for ((i = 0; ; i++)); do :; done; }; f"])
+def test_shell_a_bare_return_gives_its_status_after_an_interrupt(
+        sh: AgentDriver, code: str) -> None:
+    """Once the INT trap had returned from a cell, bash 5.2 took itself to be in a trap for
+    good, and a bare ``return`` gave the status from before it: ``f() { false; return; }``
+    returned 130, ``if f`` took the wrong branch, and the worker's ``trap -p`` exited 130 (a
+    review). A cell's own CHLD trap is kept."""
+    probe = "ok() { true; return; }; bad() { false; return; }; ok; echo $?; bad; echo $?"
+    assert sh.run(probe).text() == "0\n1\n"
+    for step in range(3):
+        if step == 2:
+            sh.run("trap 'echo child >&2' CHLD")  # (which ended the stale state by itself)
+        result = sh.run_interrupted(code)
+        assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+        after = sh.run(probe + "; if bad; then echo wrong; fi; trap -p INT; echo $?")
+        assert after.text() == "0\n1\n0\n", after.text()
+        assert (after.done["status"], after.done["exit_code"]) == ("success", 0)
+    assert "echo child" in sh.run("trap -p CHLD").text()
 
 
 def test_shell_errors_name_the_cells_own_line(sh: AgentDriver) -> None:

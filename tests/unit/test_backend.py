@@ -58,6 +58,13 @@ def test_numeric_libraries_start_as_many_threads_as_the_cpu_limit(cpus: float,
     assert f"OMP_NUM_THREADS={threads}" in env
 
 
+@pytest.mark.parametrize(("memory", "heap"), [(512, 384), (2048, 1536), (32, 24)])
+def test_node_may_use_three_quarters_of_the_sandboxs_memory(memory: int, heap: int) -> None:
+    """Node sized its heap at half the memory limit (259 MB of 512)."""
+    env = container_config(Settings(max_memory_mb=memory), "javascript", "test")["Env"]
+    assert f"NODE_OPTIONS=--max-old-space-size={heap}" in env
+
+
 class _Container:
     """Stands in for aiodocker's container: ``wait`` never returns unless it has an exit
     code (it is still running)."""
