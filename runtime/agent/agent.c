@@ -2935,16 +2935,21 @@ static void forward_output_first(void) {
  * worker waits for {"t":"shown","seq":n} before the cell goes on: the output it wrote before
  * the display is forwarded before it, and what it writes after, after it (the agent read the
  * display once the cell had printed its next line too, and sent it after that line). Only
- * Python's worker waits (the others read any line as a cell's code). Not queued behind more
- * than SHOWN_QUEUE_MAX bytes for the worker: one that waits has read all it was sent, so
- * only user code writing displays to the control pipe itself meets the bound, and it must
- * not grow the agent's memory without end. */
-#define SHOWN_QUEUE_MAX ((size_t)4096)
+ * Python's worker waits (the others read any line as a cell's code).
+ *
+ * A worker that waits has read all it was sent, so an answer goes only where the pipe to it
+ * holds less than SHOWN_PIPE_MAX and the agent has nothing queued for it: only user code
+ * that writes displays to the control pipe itself, and reads no answers, meets the bound.
+ * Unbounded, such answers grew the agent's memory, and filled the pipe so that an
+ * interrupt's mark, and the SIGINT that waits for it, were never sent (a review). Such a
+ * cell's own next display may then wait for an answer that did not come, until an
+ * interrupt: harm to itself only. */
+#define SHOWN_PIPE_MAX 4096
 static void answer_display(Body *msg) {
     Worker *w = A.worker;
     JVal *seq = jobj_get(&msg->obj, "seq");
     if (A.language != L_PYTHON || !w || !seq || seq->type != J_INT ||
-        buf_size(&w->ctl_out) > SHOWN_QUEUE_MAX)
+        buf_size(&w->ctl_out) || pending_bytes(w->ctl_w) >= SHOWN_PIPE_MAX)
         return;
     buf_addf(&w->ctl_out, "{\"t\":\"shown\",\"seq\":%lld}\n", (long long)seq->ival);
     on_ctl_writable();

@@ -287,6 +287,16 @@ _print.__qualname__ = _print.__name__ = "print"
 _print.__doc__ = builtins.print.__doc__
 
 
+def _agent_interrupted() -> bool:
+    """Whether the running cell was interrupted by the agent: its SIGINT came to the worker's
+    handler, or its mark is next on the control pipe (a handler of the user's, such as
+    ``signal.default_int_handler``, took the SIGINT: one swallowed as a flush's lost the
+    interrupt, and the cell ran on until the interpreter was restarted)."""
+    if not _state.interrupted and _control is not None and _control.interrupt_follows():
+        _state.interrupted = True
+    return _state.interrupted
+
+
 def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
         # The user may have replaced or closed them (a flush that raises SystemExit ended
@@ -294,7 +304,7 @@ def _flush_std() -> None:
         try:
             stream.flush()
         except KeyboardInterrupt:
-            if _state.interrupted:
+            if _agent_interrupted():
                 raise  # the agent's interrupt, in a display: the cell stops there
         except BaseException:
             continue
@@ -1066,7 +1076,7 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
         _state.running = False
         # The agent's interrupt, whichever handler turned it into this exception (the
         # worker's, or one the user installed): its mark is on the control pipe.
-        if _state.interrupted or (_control is not None and _control.interrupt_follows()):
+        if _agent_interrupted():
             status, error, exit_code = "interrupted", "interrupted", 130
             _flush_std()
             # where it stopped, as Python and Jupyter show it (a bare "KeyboardInterrupt"
@@ -1201,23 +1211,39 @@ class _Control:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buf = b""
+        self.room = bytearray(len(_ZEROS))  # a 1 MiB read mapped a fresh buffer each time
         self.waiting = False  # a display of the cell's thread waits for its answer
 
     def _read(self) -> bool:
-        """Add what the pipe holds (waiting for it) to the buffer; False at EOF or an error."""
+        """Add what the pipe holds (waiting for it) to the buffer; False at EOF or an error.
+
+        Read into a zeroed buffer, not returned as a new bytes object: the SIGINT the agent
+        sends just after an interrupt's mark can raise KeyboardInterrupt as the read returns,
+        before a returned object is stored, and the mark was lost with it (a review: an
+        interrupt then ended as an error where the user's own SIGINT handler raised). No
+        line the agent writes has a NUL: what such a read got ends at the first one."""
+        room = self.room
         try:
-            chunk = os.read(self.fd, 1 << 16)  # a 1 MiB read mapped a fresh buffer each time
+            n = os.readv(self.fd, [room])
+        except KeyboardInterrupt:
+            n = room.find(0)
+            n = len(room) if n < 0 else n
+            self.buf += room[:n]
+            room[:n] = _ZEROS[:n]
+            raise
         except OSError:
             return False
-        self.buf += chunk
-        return bool(chunk)
+        # (no call until the room is zero again: a signal handler runs at a call's end)
+        self.buf += room[:n]
+        room[:n] = _ZEROS[:n]
+        return n > 0
 
     def cells(self) -> "Any":
         """Yield each cell's message until EOF."""
         while True:
             while b"\n" in self.buf:
                 line, self.buf = self.buf.split(b"\n", 1)
-                if line != _MARK and not line.startswith(_SHOWN):
+                if line != _MARK and _answered(line) is None:
                     yield loads(line.decode("utf-8", "replace"))
             try:
                 if not self._read():
@@ -1227,22 +1253,18 @@ class _Control:
 
     def await_shown(self, seq: int) -> None:
         """Wait for the agent's answer to display ``seq``, keeping every other line (a mark,
-        which its SIGINT follows: the KeyboardInterrupt ends this wait). At EOF the agent is
-        gone, and the worker with it."""
+        which its SIGINT follows: the KeyboardInterrupt ends this wait) and dropping answers
+        to displays whose wait an interrupt ended. At EOF the agent is gone, and the worker
+        with it."""
         while True:
-            lines = self.buf.split(b"\n")
-            for i, line in enumerate(lines[:-1]):
-                answered = _answered(line)
-                if answered is None:
-                    continue
-                del lines[i]
-                self.buf = b"\n".join(lines)
-                if answered == seq:
-                    return
-                break  # an answer no display waits for (an interrupt ended its wait)
-            else:
-                if not self._read():
-                    os._exit(70)
+            *lines, rest = self.buf.split(b"\n")
+            answers = [_answered(line) for line in lines]
+            self.buf = b"\n".join([*(line for line, answer in zip(lines, answers, strict=True)
+                                     if answer is None), rest])
+            if seq in answers:
+                return
+            if not self._read():
+                os._exit(70)
 
     def interrupt_follows(self) -> bool:
         """Whether an interrupt's mark is next on the pipe (taken if so), after any answers
@@ -1253,28 +1275,31 @@ class _Control:
         need be (a read of a long cell's code can end inside it)."""
         whole = _MARK + b"\n"
         while True:
+            # answers to displays first: their waits are over
             while self.buf.startswith(_SHOWN) and b"\n" in self.buf:
                 self.buf = self.buf.split(b"\n", 1)[1]
             if self.buf.startswith(whole):
                 self.buf = self.buf[len(whole):]
                 return True
-            if not self.buf:
+            if self.buf:
+                # part of a mark or of an answer, whose rest is in the pipe; or a cell's code
+                if not (whole.startswith(self.buf) or _SHOWN.startswith(self.buf[:len(_SHOWN)])):
+                    return False
+            else:
                 import select
 
                 try:
                     if not select.select([self.fd], [], [], 0)[0]:
-                        return False
+                        return False  # nothing read, nothing in the pipe: no mark
                 except OSError:
                     return False
-            elif not (whole.startswith(self.buf) or self.buf.startswith(_SHOWN)
-                      or _SHOWN.startswith(self.buf)):
-                return False  # a cell's code
             if not self._read():
                 return False
 
 
 _MARK = b'{"t":"interrupt"}'
 _SHOWN = b'{"t":"shown"'
+_ZEROS = bytes(1 << 16)
 
 
 def _answered(line: bytes) -> "int | None":

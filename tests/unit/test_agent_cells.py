@@ -154,12 +154,13 @@ class AgentDriver:
         cell_id = self.exec(code, max_output_bytes)
         return self.collect(cell_id, sent_at, timeout)
 
-    def run_interrupted(self, code: str, after: float = 0.5) -> CellResult:
+    def run_interrupted(self, code: str, after: float = 0.5, max_output_bytes: int = 1 << 20,
+                        timeout: float = DEADLINE) -> CellResult:
         sent_at = time.monotonic()
-        cell_id = self.exec(code)
+        cell_id = self.exec(code, max_output_bytes)
         time.sleep(after)
         self.send({"t": "interrupt"})
-        return self.collect(cell_id, sent_at)
+        return self.collect(cell_id, sent_at, timeout)
 
     def close(self) -> int:
         assert self.proc.stdin is not None
@@ -644,6 +645,24 @@ def test_output_a_cell_prints_after_a_display_comes_after_it(py: AgentDriver) ->
     # stderr is its own pipe: only its place against the displays is fixed
     assert [x for x in order if x[0] != "E"] == [x for x in expected if x[0] != "E"] + ["end"]
     assert [x for x in order if x[0] in "EB"] == [x for x in expected if x[0] in "EB"]
+
+
+def test_python_an_interrupt_is_the_agents_under_a_users_sigint_handler(
+        py: AgentDriver) -> None:
+    """With ``signal.default_int_handler`` installed (as libraries do), the worker's handler
+    does not see the agent's SIGINT, and the mark on the control pipe tells the interrupt
+    from the user's own KeyboardInterrupt. In a loop of displays it was lost: read with an
+    answer just as the SIGINT raised (the cell ended as an error), or swallowed as a
+    stream's flush's (the cell ran on until the interpreter was restarted; a review)."""
+    assert_success(py.run("kept = 1\nimport signal\n"
+                          "signal.signal(signal.SIGINT, signal.default_int_handler)"))
+    seen = []
+    for n in range(30):
+        result = py.run_interrupted("i = 0\nwhile True:\n    display(i); i += 1",
+                                    after=(0.02, 0.05, 0.1)[n % 3], timeout=8)
+        seen.append((result.done["status"], result.done["restarted"]))
+    assert seen == [("interrupted", False)] * 30
+    assert_success(py.run("kept"))
 
 
 def test_python_a_display_that_waits_for_the_agent_can_be_interrupted(
@@ -3149,10 +3168,10 @@ def test_python_a_display_made_by_a_signal_handler_during_another_does_not_wait(
 
 def test_forged_displays_that_ask_for_answers_do_not_grow_the_agent(py: AgentDriver) -> None:
     """A display that carries ``seq`` gets the agent's answer on the worker's pipe. User code
-    that writes such displays itself, and never reads the answers, fills that pipe; the
-    agent then queues at most 4 KiB more (SHOWN_QUEUE_MAX), not 30 bytes per forged line.
-    The stray answers are dropped by the worker, not run as cells, and the next cell's
-    displays wait for their own answers."""
+    that writes such displays itself, and never reads the answers, would fill the agent's
+    memory with them, 30 bytes per forged line; the agent answers only while the pipe holds
+    less than 4 KiB (SHOWN_PIPE_MAX). The stray answers are dropped by the worker, not run
+    as cells, and the next cell's displays wait for their own answers."""
     def peak_kb() -> int:
         status = Path(f"/proc/{py.proc.pid}/status").read_text()
         return int(status.split("VmHWM:")[1].split()[0])
@@ -3178,6 +3197,25 @@ def test_forged_displays_that_ask_for_answers_do_not_grow_the_agent(py: AgentDri
     assert [(f["t"], f.get("text") or f.get("data")) for f in result.frames[:-1]] == [
         ("out", "a\n"), ("display", {"text/plain": "'b'"}), ("out", "c\n"),
         ("display", {"text/plain": "1"})], result.frames
+
+
+def test_forged_displays_that_ask_for_answers_do_not_hold_back_an_interrupt(
+        py: AgentDriver) -> None:
+    """Answers to a flood of forged displays filled the pipe to the worker, so an
+    interrupt's mark, and the SIGINT the agent sends once the mark is written, never went:
+    the interpreter was restarted and the state lost (a review)."""
+    assert_success(py.run("kept = 1"))
+    result = py.run_interrupted(
+        "import os\n"
+        "fd = int(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2])\n"
+        "line = b'{\"t\":\"display\",\"kind\":\"display_data\",\"data\":{},"
+        "\"seq\":7}\\n' * 100\n"
+        "while True:\n"
+        "    done = 0\n"
+        "    while done < len(line):\n"
+        "        done += os.write(fd, line[done:])\n", after=1.5, max_output_bytes=1000)
+    assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+    assert_success(py.run("kept"))
 
 
 def test_a_child_flooding_the_control_pipe_does_not_stall_the_agent(py: AgentDriver) -> None:
