@@ -3246,7 +3246,9 @@ static void start_cell(Exec *e) {
         /* "c" and the code's length in bytes, a NUL, then the code with NULs dropped and lone
          * surrogates as '?': the worker reads the code in one `read -N` (a read up to a
          * delimiter takes one system call per byte from a pipe: 100 KB of code took 28 ms
-         * under runc and 4.9 s under gVisor) */
+         * under runc and 4.9 s under gVisor). A CR before a LF is dropped too: code with
+         * Windows line endings (a client on Windows) made bash see `fi\r` and `$'\r'`
+         * commands, where Python and Node take it as written (a review). */
         size_t n = 0;
         for (int pass = 0; pass < 2; pass++) {
             size_t i = 0;
@@ -3259,6 +3261,7 @@ static void start_cell(Exec *e) {
                 uint32_t c;
                 size_t k = wtf8_next((const unsigned char *)e->code + i, e->codelen - i, &c);
                 bool lone = c >= 0xD800 && c <= 0xDFFF;
+                if (c == '\r' && i + 1 < e->codelen && e->code[i + 1] == '\n') c = 0;
                 if (pass == 0) n += lone ? 1 : c != 0 ? k : 0;
                 else if (lone) buf_addc(&w->ctl_out, '?');
                 else if (c != 0) buf_add(&w->ctl_out, e->code + i, k);

@@ -24,10 +24,10 @@ const ArrayPrototypeShift = uncurry(Array.prototype.shift);
 const StringPrototypeIndexOf = uncurry(String.prototype.indexOf);
 const StringPrototypeSlice = uncurry(String.prototype.slice);
 const StringPrototypeStartsWith = uncurry(String.prototype.startsWith);
+const StringPrototypeReplaceAll = uncurry(String.prototype.replaceAll);
 const listenerCount = uncurry(require('events').prototype.listenerCount);
 const rawListeners = uncurry(require('events').prototype.rawListeners);
 const addListener = uncurry(require('events').prototype.on);
-const removeAllListeners = uncurry(require('events').prototype.removeAllListeners);
 const ObjectHasOwn = Object.hasOwn;
 const ObjectAssign = Object.assign;
 const ObjectCreate = Object.create;
@@ -115,12 +115,30 @@ const NO_FILE_NOTE = 'A cell is not a file, so it has no __dirname or __filename
   "Node's REPL): use process.cwd(), the working directory (/workspace), instead.";
 const NO_FILE_MESSAGE = /^(?:__dirname|__filename) is not defined$/;
 
-// The note for err (no network, with what failed when it is err's cause; no file); '' for
-// another error.
+// A package that is not here (`require('lodash')`, `import fetch from 'node-fetch'`): a model
+// tries `npm install` next, as it tried pip in Python.
+const MISSING_PACKAGE_NOTE = 'Packages cannot be installed here: there is no network and no ' +
+  "npm. Node's built-in modules are here (fs, path, crypto, child_process, zlib, util, " +
+  'readline, assert, node:test...).';
+const MISSING_PACKAGE_MESSAGE = /^Cannot find (?:package '|module '(?![./]))/;
+
+// A cell's import() resolves in the worker's module, and Node names the worker's file in
+// what it says ("Cannot find package 'x' imported from /opt/.../worker_node.js"): the cell
+// imported it.
+function cellText(text) {
+  return StringPrototypeReplaceAll(text, ` imported from ${WORKER_FILE}`, ' imported from a cell');
+}
+
+// The note for err (no network, with what failed when it is err's cause; no file; no such
+// package); '' for another error.
 function errorNote(err) {
   try {
     if (err instanceof ReferenceError && NO_FILE_MESSAGE.test(err.message)) {
       return NO_FILE_NOTE;
+    }
+    if ((err.code === 'MODULE_NOT_FOUND' || err.code === 'ERR_MODULE_NOT_FOUND') &&
+        MISSING_PACKAGE_MESSAGE.test(err.message)) {
+      return MISSING_PACKAGE_NOTE;
     }
     let e = err;
     for (let depth = 0; depth < 8 && e !== null && typeof e === 'object'; depth++) {
@@ -149,7 +167,7 @@ function stackOf(err) {
         (wrapperFrame !== null && /^\s+at (?:async )?cell-\d+:\d+:\d+$/.test(l) &&
           l.trim().replace(/^at (?:async )?/, '').startsWith(wrapperFrame)))),
     );
-    return kept.join('\n');
+    return cellText(kept.join('\n'));
   }
   return 'Uncaught ' + util.inspect(err);
 }
@@ -162,7 +180,8 @@ const MAX_ERROR_CHARS = 4096;
 function errorSummary(err) {
   if (err && typeof err === 'object' && 'name' in err && 'message' in err) {
     const note = errorNote(err);
-    return `${err.name}: ${err.message}${note ? ` (${note})` : ''}`.slice(0, MAX_ERROR_CHARS);
+    return cellText(`${err.name}: ${err.message}${note ? ` (${note})` : ''}`)
+      .slice(0, MAX_ERROR_CHARS);
   }
   return 'Uncaught ' + util.inspect(err, { depth: 1 }).slice(0, 500);
 }
@@ -287,51 +306,39 @@ function binding(name) {
 
 const contextify = binding('contextify');
 
-function holdSigintWatchdog() {
+// A cell's own SIGINT listener (`process.on('SIGINT', ...)`) took the signal from the
+// watchdog: Node's signal handling (libuv) installs its handler over the watchdog's when a
+// first SIGINT handle starts, and puts back the default action (death) when the last one
+// stops, which `breakOnSigint` does for each run that has listeners. An interrupt of the
+// next synchronous run then killed the interpreter, its state lost (a review). So the worker
+// holds a SIGINT handle of its own for its life, started before the watchdog: libuv's
+// handler goes in first and the watchdog's over it, and libuv neither installs its handler
+// again nor puts back the default while the worker's handle is there. SIGINT stays the
+// watchdog's: a cell's listeners do not hear the agent's interrupts.
+function holdSigintHandle() {
   try {
-    return contextify.startSigintWatchdog() === true;
+    const { Signal } = binding('signal_wrap');
+    const handle = new Signal();
+    handle.unref();
+    handle.onsignal = () => {};
+    return handle.start(require('os').constants.signals.SIGINT) === 0;
   } catch (err) {
     return false;
   }
 }
 
-const watchdogHeld = holdSigintWatchdog();
-if (!watchdogHeld) {
+function holdSigintWatchdog() {
+  try {
+    return holdSigintHandle() && contextify.startSigintWatchdog() === true;
+  } catch (err) {
+    return false;
+  }
+}
+
+if (!holdSigintWatchdog()) {
   process.on('SIGINT', () => {
     if (cancelWait) cancelWait();
   });
-}
-
-// A cell's own SIGINT listener (`process.on('SIGINT', ...)`) takes the signal from the
-// watchdog: Node's signal handling installs its handler over the watchdog's, and puts back
-// the default action (death) once the last listener goes, which `breakOnSigint` does for
-// each run. An interrupt of the next synchronous run then killed the interpreter, its state
-// lost (a review). So once a SIGINT listener has been added, the next run is made without
-// the listeners (as `breakOnSigint` would) and with the watchdog started again, which puts
-// its handler back; the listeners are added again after the run, where they hear SIGINT
-// while the cell awaits, as a cell's listener would.
-let sigintTaken = false;
-addListener(process, 'newListener', (event) => {
-  if (event === 'SIGINT') sigintTaken = true;
-});
-
-// Runs fn() (a cell's synchronous run) with the watchdog's SIGINT handler in place.
-function withWatchdogHandler(fn) {
-  if (!watchdogHeld || !sigintTaken) return fn();
-  const listeners = rawListeners(process, 'SIGINT');
-  removeAllListeners(process, 'SIGINT');
-  sigintTaken = false;
-  try {
-    contextify.stopSigintWatchdog();
-    contextify.startSigintWatchdog();
-  } catch (err) {
-    /* another Node: as before */
-  }
-  try {
-    return fn();
-  } finally {
-    for (let i = 0; i < listeners.length; i++) addListener(process, 'SIGINT', listeners[i]);
-  }
 }
 
 function isInterrupt(err) {
@@ -653,6 +660,10 @@ function importModuleDynamically(specifier) {
       /* let import() report it */
     }
     if (resolved) return import(pathToFileURL(resolved).href);
+    // a path that is not there: said as the working directory's, not the worker's
+    if (/^\.{1,2}(?:\/|$)|^\//.test(specifier)) {
+      return import(new URL(specifier, pathToFileURL(`${process.cwd()}/`)).href);
+    }
   }
   return import(specifier);
 }
@@ -748,8 +759,7 @@ async function runCell(code) {
   try {
     const compiled = compile(code, filename);
     valueless = Boolean(compiled.valueless);
-    value = withWatchdogHandler(
-      () => compiled.script.runInThisContext({ breakOnSigint: true, displayErrors: false }));
+    value = compiled.script.runInThisContext({ breakOnSigint: true, displayErrors: false });
     if (value !== null && (typeof value === 'object' || typeof value === 'function') &&
         typeof value.then === 'function') {
       cellAwaited = true;
@@ -1239,7 +1249,8 @@ async function awaitLeftWork(cell) {
 // prefer it to process.exit(1)), and what node:test sets when a test fails: a cell that sets
 // it ends with status error and that code, as `node script.js` does. It is taken (cleared)
 // at the cell's end, so that it neither carries into later cells nor becomes the
-// interpreter's own exit code. As an exit status: an integer, modulo 256.
+// interpreter's own exit code. Taken as an integer; its exit status is that modulo 256. Set
+// by other work while a cell runs (a server an earlier cell started), it is that cell's.
 function takeExitCode() {
   let code;
   try {
@@ -1249,7 +1260,7 @@ function takeExitCode() {
     return 0; /* the user's accessor */
   }
   const n = typeof code === 'string' && code !== '' ? +code : code;
-  return typeof n === 'number' && n === n ? (n | 0) & 255 : 0; // (NaN !== NaN)
+  return typeof n === 'number' && n === n ? n | 0 : 0; // (NaN !== NaN)
 }
 
 // --- control channel ---------------------------------------------------------------------
@@ -1290,10 +1301,12 @@ async function pump() {
       cellRunning = false;
     }
     const exitCode = takeExitCode();
-    if (exitCode !== 0 && done.status === 'success' && cellFailure === null) {
+    const exitStatus = exitCode & 255;
+    if (exitStatus !== 0 && done.status === 'success' && cellFailure === null) {
       done = frame({
-        t: 'done', status: 'error', exit_code: exitCode,
-        error: `process.exitCode was set to ${exitCode}`,
+        t: 'done', status: 'error', exit_code: exitStatus,
+        error: `process.exitCode was set to ${exitCode}` +
+          (exitStatus !== exitCode ? ` (exit status ${exitStatus})` : ''),
       });
     }
     if (cellFailure !== null && done.status === 'success') {

@@ -150,7 +150,8 @@ __ws_status() { return "$1"; }
 # worker's own `trap -p` exited 130 (a review). The end of a SIGCHLD trap clears that state:
 # after an interrupted cell, a probe (a bare `return` after a 77) tells whether it is stale,
 # and if so a child's exit runs a CHLD trap of ours (the cell's own, if it set one, again
-# after it). Tested in the ||-lists that neither set -e nor the ERR trap looks at.
+# after it; it runs once more itself, for the child that reads it). Tested in ||-lists,
+# which neither set -e nor the ERR trap looks at.
 __ws_fresh() { __ws_status 77 || return; }
 __ws_unstale() {
     local __ws_chld
@@ -158,7 +159,7 @@ __ws_unstale() {
     builtin trap : CHLD
     ( : )
     builtin trap - CHLD
-    [[ -z $__ws_chld ]] || eval "$__ws_chld"
+    [[ -z $__ws_chld ]] || eval "builtin $__ws_chld"
 }
 # cell.bash runs each cell, on its one line: bash's messages then name the cell's own line
 # numbers (the eval'd code's lines count from the line of the eval), and a cell's `set -v`

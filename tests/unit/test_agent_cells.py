@@ -2432,6 +2432,40 @@ def test_js_a_cell_waiting_for_its_work_can_be_interrupted(js: AgentDriver) -> N
     assert after.done["execution_time_ms"] < 5000, after.done
 
 
+@pytest.mark.parametrize(("code", "said"), [
+    ("require('lodash')", "Cannot find module 'lodash'"),
+    ("import fetch from 'node-fetch'", "Cannot find package 'node-fetch' imported from a cell"),
+    ("const m = await import('left-pad')", "Cannot find package 'left-pad' imported from a cell"),
+])
+def test_js_a_missing_package_says_nothing_can_be_installed(
+        js: AgentDriver, code: str, said: str) -> None:
+    """Python and bash say so; Node said only that the package was not found, and named the
+    worker's file as the importer (a review: a model tries npm install next)."""
+    result = js.run(code)
+    assert result.done["status"] == "error"
+    stderr = result.text("stderr")
+    assert said in stderr and "Packages cannot be installed here" in stderr, stderr
+    assert "worker_node.js" not in stderr + result.done["error"], result.done
+    assert "Packages cannot be installed here" in result.done["error"]
+
+
+def test_js_an_import_of_a_missing_file_names_the_working_directorys(js: AgentDriver) -> None:
+    """A relative import() that found no file was resolved against the worker's own file,
+    and the error named a path beside it. A file that is there loads, as before."""
+    missing = js.run("import y from './nowhere.mjs'")
+    assert "Cannot find module '" + os.getcwd() + "/nowhere.mjs' imported from a cell" in (
+        missing.text("stderr")), missing.text("stderr")
+    assert "Packages cannot" not in missing.text("stderr")
+    written = js.run("require('fs').writeFileSync('here.mjs', 'export const v = 42;');"
+                     "const { v } = await import('./here.mjs'); v")
+    again = js.run("(await import('./here.mjs?v=2')).v")  # a query string: a module again
+    try:
+        assert written.displays[0]["data"]["text/plain"] == "42", written.frames
+        assert again.displays[0]["data"]["text/plain"] == "42", again.frames
+    finally:
+        Path("here.mjs").unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("listen", [
     "process.on('SIGINT', () => console.log('heard'))",
     "const f = () => {}; process.on('SIGINT', f); process.off('SIGINT', f)",
@@ -2441,15 +2475,19 @@ def test_js_a_cells_sigint_listener_does_not_make_an_interrupt_kill_the_interpre
     """Node's signal handling put its handler over the watchdog's when a cell listened for
     SIGINT, and the default action (death) back once no listener was left: the next
     interrupted loop killed the interpreter, its state lost (a review). The listener is
-    kept, and hears SIGINT while a cell awaits."""
+    kept; the agent's interrupts are the watchdog's alone."""
     js.run("var kept = 'yes'")
     assert_success(js.run(listen))
     for _ in range(2):
         result = js.run_interrupted("for (let i = 0; i < 1e13; i++);", after=0.4)
         assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+    # in the same cell as the loop (a later review)
+    result = js.run_interrupted(listen + "; for (let i = 0; i < 1e13; i++);", after=0.4)
+    assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
     after = js.run("await null; [kept, process.listenerCount('SIGINT')]")
-    count = 1 if "off" not in listen else 0
+    count = 2 if "off" not in listen else 0
     assert after.displays[0]["data"]["text/plain"] == f"[ 'yes', {count} ]"
+    assert "heard" not in after.text()
 
 
 @pytest.mark.parametrize(("code", "exit_code"), [
@@ -2457,6 +2495,7 @@ def test_js_a_cells_sigint_listener_does_not_make_an_interrupt_kill_the_interpre
     ("setTimeout(() => { process.exitCode = 3 }, 10)", 3),
     ("process.exitCode = '2'", 2),
     ("process.exitCode = 0", 0),
+    ("process.exitCode = 300", 44),
 ])
 def test_js_process_exit_code_ends_the_cell_with_it(
         js: AgentDriver, code: str, exit_code: int) -> None:
@@ -2465,7 +2504,9 @@ def test_js_process_exit_code_ends_the_cell_with_it(
     cells (a review). The cell ends with it, as ``node script.js`` does, and it is cleared."""
     result = js.run(code)
     assert result.done["exit_code"] == exit_code, result.done
-    if exit_code:
+    if exit_code == 44:
+        assert result.done["error"] == "process.exitCode was set to 300 (exit status 44)"
+    elif exit_code:
         assert result.done["status"] == "error"
         assert result.done["error"] == f"process.exitCode was set to {exit_code}"
     else:
@@ -2566,6 +2607,16 @@ def test_shell_dollar_question_is_the_last_cells_status(sh: AgentDriver) -> None
         assert result.done["restarted"] is False, (code, result.done)
         if printed is not None:
             assert result.text() == printed, (code, result.done)
+
+
+def test_shell_code_with_windows_line_endings_runs_as_written(sh: AgentDriver) -> None:
+    """Python and Node take CRLF line endings; bash saw ``fi\\r`` (a syntax error) and
+    values ending in a CR (a review). A CR alone, or in a string, is kept."""
+    result = sh.run("x=5\r\necho \"x=$x\"\r\nif [ $x -gt 3 ]; then\r\n  echo big\r\nfi\r\n"
+                    "printf 'a\\rb' | od -c | head -1\r\n")
+    assert_success(result)
+    assert result.text().splitlines()[:2] == ["x=5", "big"]
+    assert "a  \\r   b" in result.text(), result.text()
 
 
 def test_shell_exit_code_of_last_command(sh: AgentDriver) -> None:
