@@ -158,19 +158,41 @@ function userStack(err) {
   return stackOf(err) + (note ? `\n${note}` : '');
 }
 
+// Whether a line of a stack is a frame the user did not write: this worker's, Node's
+// internals', or the async function a cell with top-level `await` runs in.
+function hiddenFrame(l) {
+  return /^\s+at /.test(l) && (l.includes(WORKER_FILE) || /\(node:|at node:/.test(l) ||
+    (wrapperFrame !== null && /^\s+at (?:async )?cell-\d+:\d+:\d+$/.test(l) &&
+      l.trim().replace(/^at (?:async )?/, '').startsWith(wrapperFrame)));
+}
+
 function stackOf(err) {
   if (err instanceof Error || (err && typeof err.stack === 'string')) {
     const lines = String(err.stack).split('\n');
-    // Drop frames of this worker and of Node's internals: the user did not write them.
-    const kept = lines.filter(
-      (l) => !(/^\s+at /.test(l) && (l.includes(WORKER_FILE) || /\(node:|at node:/.test(l) ||
-        (wrapperFrame !== null && /^\s+at (?:async )?cell-\d+:\d+:\d+$/.test(l) &&
-          l.trim().replace(/^at (?:async )?/, '').startsWith(wrapperFrame)))),
-    );
-    return cellText(kept.join('\n'));
+    return cellText(lines.filter((l) => !hiddenFrame(l)).join('\n'));
   }
   return 'Uncaught ' + util.inspect(err);
 }
+
+// Every error's stack, as Node writes it (ErrorPrototypeToString, then a line per frame),
+// less the hidden frames: one a cell catches and prints (`console.error(e)`, `console.trace()`)
+// showed `runCell`, `pump` and the streams that brought the cell (a review), where an
+// uncaught one (stackOf) did not. A cell may set its own Error.prepareStackTrace.
+const ErrorPrototypeToString = uncurry(Error.prototype.toString);
+function prepareStackTrace(error, trace) {
+  let stack;
+  try {
+    stack = ErrorPrototypeToString(error);
+  } catch (e) {
+    stack = '<error>';
+  }
+  for (let i = 0; i < trace.length; i++) {
+    const line = `\n    at ${trace[i]}`;
+    if (!hiddenFrame(line)) stack += line;
+  }
+  return stack;
+}
+Error.prepareStackTrace = prepareStackTrace;
 
 // A cell's error summary is cut to this many characters before it is sent: a long message of
 // non-ASCII characters (six bytes each once escaped) would pass the agent's 2 MiB bound for a

@@ -2432,6 +2432,21 @@ def test_js_a_cell_waiting_for_its_work_can_be_interrupted(js: AgentDriver) -> N
     assert after.done["execution_time_ms"] < 5000, after.done
 
 
+def test_js_a_caught_error_printed_shows_the_cells_frames_alone(js: AgentDriver) -> None:
+    """An error a cell catches and prints (``console.error(e)``, ``e.stack``,
+    ``console.trace()``) showed the worker's ``runCell`` and ``pump`` and Node's stream
+    frames below the cell's (a review); an uncaught one was already shown without them."""
+    result = js.run("try { JSON.parse('{bad') } catch (e) { console.error(e) }\n"
+                    "function f() { console.trace('here') }\nf()\n"
+                    "try { require('fs').readFileSync('/nope') } catch (e) {"
+                    " console.log(e.stack) }")
+    assert_success(result)
+    text = result.text() + result.text("stderr")
+    assert "worker_node.js" not in text and "node:" not in text, text
+    assert "    at cell-1:1:12" in text and "    at f (cell-1:2:24)" in text, text
+    assert "Error: ENOENT: no such file or directory, open '/nope'\n    at cell-1:4:" in text
+
+
 @pytest.mark.parametrize(("code", "said"), [
     ("require('lodash')", "Cannot find module 'lodash'"),
     ("import fetch from 'node-fetch'", "Cannot find package 'node-fetch' imported from a cell"),
