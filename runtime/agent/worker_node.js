@@ -11,7 +11,7 @@
 // and may assign globals of these names (`var JSON = ...` is a property of the global object).
 const {
   Array, Boolean, Error, JSON, Number, Object, Promise, Set, String, SyntaxError, WeakMap,
-  WeakSet, process, setImmediate, clearImmediate, setInterval, clearInterval,
+  WeakSet, process, setImmediate, clearImmediate, setInterval, clearInterval, clearTimeout,
 } = globalThis;
 // What the control channel, the frames and the cell's own end run on, taken at the start too:
 // a cell may also change the builtins' methods (`Array.prototype.push = ...`,
@@ -1024,6 +1024,30 @@ function isOwnTimer(cell, x) {
   return isOwn(cell, x[asyncIdOf], x[triggerIdOf], cell.quietTimers);
 }
 
+// An interrupt (or the cell's time limit) clears the cell's own pending timeouts and
+// immediates: the work it awaited or left (a loop that sleeps between steps, in the cell or
+// in an async function it called) stops there, as a script stops on Ctrl-C. It went on, and
+// printed into later cells (a review). What is the cell's own is what holds a cell
+// (isOwnTimer); intervals, servers, sockets and child processes run on.
+function clearOwnTimers(cell) {
+  if (leftWork === null || cell === null) return;
+  const { timerListMap, immediateQueue } = leftWork;
+  const own = [];
+  let steps = 0;
+  for (const duration in timerListMap) { // an object without a prototype
+    const list = timerListMap[duration];
+    for (let t = list._idleNext; t && t !== list && ++steps <= MAX_TIMER_STEPS; t = t._idleNext) {
+      if (isOwnTimer(cell, t)) own[own.length] = t;
+    }
+  }
+  for (let i = 0; i < own.length; i++) clearTimeout(own[i]);
+  own.length = 0;
+  for (let i = immediateQueue.head; i && ++steps <= MAX_TIMER_STEPS; i = i._idleNext) {
+    if (isOwnTimer(cell, i)) own[own.length] = i;
+  }
+  for (let i = 0; i < own.length; i++) clearImmediate(own[i]);
+}
+
 // While the cell waits, what is made is noted as it is made (an `init` async hook): a chain
 // of timers or immediates, or a timer an I/O callback starts, is known by its maker even
 // when no look came between.
@@ -1315,6 +1339,7 @@ async function pump() {
           process.stderr.write('Interrupted\n');
           done = frame({ t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' });
         }
+        if (done.status === 'interrupted') clearOwnTimers(before);
       }
     } catch (err) {
       printError(err);

@@ -2529,6 +2529,26 @@ def test_js_process_exit_code_ends_the_cell_with_it(
     assert js.run("process.exitCode").displays == []  # undefined: not shown
 
 
+def test_js_an_interrupt_stops_the_cells_own_timers_not_earlier_work(js: AgentDriver) -> None:
+    """An interrupt (or the time limit) ended an awaiting cell's wait, but its loop, in the
+    cell or in an async function it called, went on and printed into later cells, as did a
+    timeout it left (a review). The cell's own timeouts are cleared; an interval an earlier
+    cell started runs on."""
+    js.run("var kept = 'yes'; const sleep = (ms) => new Promise((r) => setTimeout(r, ms));"
+           "globalThis.n = 0; globalThis.iv = setInterval(() => { n++ }, 50)")
+    for code in ("for (let i = 0; i < 100; i++) { console.log('tick', i); await sleep(100) }",
+                 "async function main() {\n  for (let i = 0; i < 100; i++) {"
+                 " console.log('tick', i); await sleep(100) }\n}\nawait main()",
+                 "setTimeout(() => console.log('tick late'), 800); 1"):
+        result = js.run_interrupted(code, after=0.5)
+        assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+        time.sleep(0.8)
+        after = js.run("const a = n; await sleep(300); [kept, n > a]")
+        assert "tick" not in after.text() + after.text("stderr"), (code, after.frames)
+        assert after.displays[0]["data"]["text/plain"] == "[ 'yes', true ]"
+    js.run("clearInterval(iv)")
+
+
 def test_js_an_awaiting_cell_can_still_be_interrupted(js: AgentDriver) -> None:
     """While a cell awaits, the control pipe does not keep the worker's loop alive; the
     interrupt still reaches it."""
