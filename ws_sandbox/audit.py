@@ -13,20 +13,20 @@ check reports it). The writer counts the bytes that reached the file, so a line 
 by a full disk is finished, not written twice. Beyond ``MAX_WAITING_BYTES`` the oldest
 waiting lines are dropped and counted; so are the newest lines, past as many bytes handed to
 a writer thread that takes none (a write to a disk that hangs never returns). Lines still
-waiting at close go to the service's own log. A path that names something else (a file that
+waiting at close go to the service's own log, and so do those the thread has not taken when
+the close gives up on a write that hangs, after ``timeout`` seconds (the thread is a daemon:
+it holds no exit). A path that names something else (a file that
 is not an audit log, a device) is refused at start, untouched.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import logging
 import os
 import queue
 import stat
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import msgspec
 from ws_sandbox.batching import Batcher
 from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.records import RECORD_FILE_MODE, ExecutionRecord
+from ws_sandbox.store_thread import daemon, drain, settled
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,15 @@ class AuditLog:
         path: the log file (its directory is created).
         max_bytes: rotate when the file would grow beyond this size.
         backups: rotated files kept.
+        timeout: seconds the close waits for the writer (None: no limit).
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int, backups: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int, backups: int, *,
+                 timeout: float | None = None) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
+        self.timeout = timeout
         self.lines_written = 0
         self.write_errors = 0
         """Failed attempts to write or rotate the file."""
@@ -74,7 +78,7 @@ class AuditLog:
         self._batcher: Batcher[bytes] = Batcher(self._queue.put, FLUSH_INTERVAL,
                                                 bound=MAX_WAITING_BYTES, weigh=len,
                                                 what="audit lines")
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread, self._ended = daemon(self._serve, "audit-writer")
         self._closed = False
         # Owned by the writer thread once it runs:
         self._waiting: collections.deque[bytes] = collections.deque()
@@ -125,13 +129,25 @@ class AuditLog:
         self._thread.start()
 
     async def close(self) -> None:
-        """Write every queued line, then stop the writer."""
+        """Write every queued line, then stop the writer; give up after ``timeout`` seconds
+        (a write that hangs), with the lines it has not taken in the service's log."""
         if self._closed:
             return
         self._hand_over()
         self._closed = True
         self._queue.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
+        if not await settled(self._ended, self.timeout):
+            self._gave_up()
+
+    def _gave_up(self) -> None:
+        """The writer hangs: log the lines it has not taken (they are no longer its)."""
+        untaken = [line for item in drain(self._queue) if isinstance(item, list)
+                   for line in item]
+        log.error("the audit log's writer has not finished in %g s (a write to %s that"
+                  " hangs?); %d lines it took are lost, %d it did not take follow",
+                  self.timeout, self.path, self.lines_waiting, len(untaken))
+        for line in untaken:
+            log.error("audit line not written: %s", line.decode(errors="replace").rstrip())
 
     # --- producers (event loop) -----------------------------------------------------------
 
@@ -167,7 +183,7 @@ class AuditLog:
 
     # --- the writer thread ----------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _serve(self) -> None:
         stop = False
         while not stop:
             try:

@@ -19,6 +19,7 @@
     ├── CapacityError               service at its concurrency limit; retry later
     │   └── TooManySessions         the caller holds MAX_SESSIONS_PER_KEY sessions already
     ├── RateLimited                 token bucket empty; retry later
+    ├── StoreUnavailable            the history's database does not answer; retry later
     └── BackendError                the container engine or a sandbox failed us
         ├── EngineUnavailable       the Docker engine does not answer
         ├── ImageMissing            the runtime image is not present
@@ -168,6 +169,13 @@ class RateLimited(SandboxError):
     code = "rate_limited"
 
 
+class StoreUnavailable(SandboxError):
+    """A record store (the history's database) has not answered within STORE_TIMEOUT: its
+    disk hangs, or a write before the request does."""
+
+    code = "store_unavailable"
+
+
 class BackendError(SandboxError):
     """The container engine or a sandbox failed."""
 
@@ -211,6 +219,7 @@ ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
     CapacityError: (503, 1013),
     TooManySessions: (429, 1013),
     RateLimited: (429, 1013),
+    StoreUnavailable: (503, 1011),
     BackendError: (503, 1011),
     EngineUnavailable: (503, 1011),
     ImageMissing: (503, 1011),

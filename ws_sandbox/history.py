@@ -6,6 +6,12 @@ execution as soon as it has its result). Outputs are stored cut to
 ``HISTORY_OUTPUT_BYTES``. Rows older than ``HISTORY_RETENTION_DAYS`` or beyond
 ``HISTORY_MAX_ROWS`` are deleted as new ones arrive.
 
+A write that hangs (a disk that stops answering) holds neither reads nor the exit: the
+database's thread is a daemon (:class:`~ws_sandbox.store_thread.StoreThread`), a read that
+waits ``timeout`` seconds is refused with :class:`~ws_sandbox.exceptions.StoreUnavailable`
+(at once while the hung call goes on), and :meth:`History.close` gives up after as long,
+logging how many executions were not written.
+
 A write that fails (a full disk, a locked or broken database) keeps its rows: they wait, in
 order, and are written with the next batch, before the next read and at close;
 :attr:`History.error` says why meanwhile (the health check reports it). Beyond
@@ -27,14 +33,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
 from ws_sandbox.batching import Batcher
+from ws_sandbox.exceptions import StoreUnavailable
 from ws_sandbox.records import RECORD_FILE_MODE, ExecutionRecord
+from ws_sandbox.store_thread import StoreThread, answer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -111,15 +118,17 @@ class History:
         retention_days: rows older than this are deleted.
         max_rows: at most this many rows are kept.
         output_bytes: stdout and stderr are each cut to this many bytes.
+        timeout: seconds a read, and the close, wait for the database (None: no limit).
     """
 
     def __init__(self, path: str | Path, *, retention_days: float, max_rows: int,
-                 output_bytes: int) -> None:
+                 output_bytes: int, timeout: float | None = None) -> None:
         self.path = Path(path)
         self.retention_days = retention_days
         self.max_rows = max_rows
         self.output_bytes = output_bytes
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="history")
+        self.timeout = timeout
+        self._executor = StoreThread("history")
         self._db: sqlite3.Connection | None = None
         self._inserted = 0
         self.write_errors = 0
@@ -157,7 +166,11 @@ class History:
         return self._batcher.behind
 
     async def __aenter__(self) -> History:
-        await self._call(self._open)
+        try:
+            await self._call(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
         self._pruner = asyncio.create_task(self._prune_on_a_timer(), name="history-prune")
         return self
 
@@ -165,7 +178,8 @@ class History:
         await self.close()
 
     async def close(self) -> None:
-        """Finish every queued write, then close the database."""
+        """Finish every queued write, then close the database; give up after ``timeout``
+        seconds (a write that hangs), saying how many executions were not written."""
         if self._closed:
             return
         self._closed = True
@@ -173,8 +187,13 @@ class History:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
-        await self._call(self._close)
-        self._executor.shutdown(wait=True)
+        self._hand_over()
+        self._executor.submit(self._close)
+        self._executor.shutdown(wait=False)
+        if not await self._executor.finished(self.timeout):
+            log.error("the history %s has not answered in %g s (a disk that hangs?); about"
+                      " %d executions were not written to it (the audit log has them)",
+                      self.path, self.timeout, self.rows_behind + self.rows_waiting)
 
     # --- writes (queued, never awaited by the caller) -------------------------------------
 
@@ -215,14 +234,20 @@ class History:
             await asyncio.sleep(interval)
             try:
                 await self.prune()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, StoreUnavailable) as exc:
                 log.error("cannot prune the history %s: %s", self.path, exc)
 
     # --- on the database thread -----------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the database thread, after every write queued before it.
+
+        Raises:
+            StoreUnavailable: the thread has not answered in ``timeout`` seconds.
+        """
         self._hand_over()  # a read sees every execution recorded before it
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await answer(self._executor, fn, *args, timeout=self.timeout,
+                            what="the history's database")
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

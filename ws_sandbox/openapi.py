@@ -36,7 +36,8 @@ _ERRORS = {"400": "Bad request: invalid JSON, wrong types, unknown or disabled l
            "426": "A plain HTTP request to a WebSocket endpoint (Upgrade: websocket)",
            "429": "Rate limited, or the caller holds MAX_SESSIONS_PER_KEY sessions"
                   " (Retry-After)",
-           "503": "At capacity or engine unavailable (Retry-After when known)"}
+           "503": "At capacity or engine unavailable; history: its database does not"
+                  " answer (store_unavailable); Retry-After when known"}
 _OTHER_RESPONSES: dict[str, dict[str, Any]] = {
     "/api/v1/health": {"503": {"description": "Cannot serve: the same body, its problems"
                                               " listed"}}}
@@ -88,9 +89,9 @@ ENDPOINTS: list[tuple[str, str, str, str | None, str | None, tuple[str, ...]]] =
     ("get", "/metrics", "Prometheus text format", None, None, ("401", "403")),
     ("get", "/api/v1/executions", "Execution history, newest first; filters status,"
      " language; pages by limit and offset", None, "ExecutionPage",
-     ("400", "401", "403", "404")),
+     ("400", "401", "403", "404", "503")),
     ("get", "/api/v1/executions/{execution_id}", "One execution with its outputs", None,
-     "ExecutionRecord", ("401", "403", "404")),
+     "ExecutionRecord", ("401", "403", "404", "503")),
     ("get", "/api/v1/sessions/ws", "WebSocket session (protocol v1; see"
      " protocol/schema.json): ?language=, ?resume=, ?api_key=", None, None,
      ("401", "403", "426")),

@@ -133,6 +133,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "send_timeout": (*TIMEOUT_RANGE, "seconds"),
     "request_timeout": (*TIMEOUT_RANGE, "seconds"),
     "shutdown_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "store_timeout": (*TIMEOUT_RANGE, "seconds"),
     "pool_size": (0, 64, ""),
     "rate_limit_per_minute": (0, 1_000_000, ""),
     "rate_limit_burst": (1, 1_000_000, ""),
@@ -345,6 +346,10 @@ class Settings:
         "env": "HISTORY_OUTPUT_BYTES", "doc": "Bytes of stdout, and as many of stderr, kept"
                                               " per execution (rows x 2 x this bounds the"
                                               " database)"})
+    store_timeout: float = field(default=10.0, metadata={"env": "STORE_TIMEOUT",
+        "doc": "A history read waits this long for its database (behind a write to a disk"
+               " that hangs) before it is refused with 503 store_unavailable; at shutdown,"
+               " the audit log and the history each get this long to write what they hold"})
 
     # --- Jupyter kernel endpoint (/api/kernels) ------------------------------------------
     jupyter_token: str = field(default="", metadata={"env": "JUPYTER_TOKEN",

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from ws_sandbox.audit import AuditLog
 from ws_sandbox.driver import SessionRunner
-from ws_sandbox.exceptions import ConfigError
+from ws_sandbox.exceptions import ConfigError, StoreUnavailable
 from ws_sandbox.history import History
 from ws_sandbox.metrics import StoreState
 from ws_sandbox.ratelimit import GuessLimiter, RateLimiter
@@ -46,12 +46,13 @@ class Surface:
         self.history: History | None = None
         if settings.enable_audit_log:
             self.audit = AuditLog(settings.audit_log_path, settings.audit_log_max_bytes,
-                                  settings.audit_log_backups)
+                                  settings.audit_log_backups, timeout=settings.store_timeout)
         if settings.enable_history:
             self.history = History(settings.history_db_path,
                                    retention_days=settings.history_retention_days,
                                    max_rows=settings.history_max_rows,
-                                   output_bytes=settings.history_output_bytes)
+                                   output_bytes=settings.history_output_bytes,
+                                   timeout=settings.store_timeout)
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Surface:
@@ -74,6 +75,9 @@ class Surface:
                     raise ConfigError(f"HISTORY_DB_PATH={self.history.path}: cannot open it"
                                       f" as a database ({exc}); move it aside to start a"
                                       " new one") from exc
+                except StoreUnavailable as exc:
+                    raise ConfigError(f"HISTORY_DB_PATH={self.history.path}: {exc.message}"
+                                      ) from exc
             self._stack = stack.pop_all()
         return self
 

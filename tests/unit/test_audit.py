@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,34 @@ async def test_every_line_is_written_by_close(tmp_path: Path) -> None:
     assert (first["client"], first["address"]) == ("key:abc", "192.0.2.9")
     assert "stdout" not in first  # outputs belong to the history, not the audit log
     assert lines[-1]["event"] == "admin_limits_changed"
+
+
+async def test_the_close_gives_up_on_a_write_that_hangs_and_logs_what_was_not_taken(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A write that never returns (a disk that hangs) made the close, and so the service's
+    exit, wait without end. The close now gives up after its timeout; the lines the writer
+    never took go to the service's log, as lines still waiting at a close do."""
+    audit = AuditLog(tmp_path / "a.log", 1 << 20, 1, timeout=0.5)
+    release = threading.Event()
+    try:
+        async with audit:
+            audit._write_waiting = lambda: release.wait(60)  # type: ignore[assignment,method-assign]
+            audit.record(record(0))
+            audit._hand_over()
+            await wait_for(lambda: audit.lines_waiting == 1)  # taken; its write hangs
+            for n in range(1, 4):
+                audit.record(record(n))
+            start = time.monotonic()
+        assert time.monotonic() - start < 10
+        logged = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("the audit log's writer has not finished in 0.5 s") and
+                   "1 lines it took are lost, 3 it did not take follow" in m
+                   for m in logged), logged
+        untaken = [json.loads(m.removeprefix("audit line not written: "))["execution_id"]
+                   for m in logged if m.startswith("audit line not written: ")]
+        assert untaken == ["e1", "e2", "e3"]
+    finally:
+        release.set()
 
 
 async def test_rotation_by_size_keeps_n_files(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import wait_for
 from ws_sandbox import history as history_module
+from ws_sandbox.exceptions import StoreUnavailable
 from ws_sandbox.history import History
 from ws_sandbox.records import ExecutionRecord
 
@@ -304,3 +306,62 @@ async def test_a_database_it_cannot_write_is_refused_and_left_as_it_is(
     assert why in str(refused.value) and "it was left as it is" in str(refused.value)
     assert snapshot(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+async def test_a_read_behind_a_write_that_hangs_is_refused_and_nothing_is_lost(
+        tmp_path: Path) -> None:
+    """A write that never returns (a disk that hangs) made every read wait behind it,
+    without end: ``GET /api/v1/executions`` never answered. A read is now refused with 503
+    ``store_unavailable`` after the timeout, and at once while the write still hangs; once
+    the disk answers, every row is there."""
+    h = History(tmp_path / "h.db", retention_days=7.0, max_rows=1000, output_bytes=100,
+                timeout=0.5)
+    release = threading.Event()
+    async with h:
+        real = h._write_waiting
+
+        def hang() -> None:
+            release.wait(60)
+            real()
+
+        h._write_waiting = hang  # type: ignore[method-assign]
+        try:
+            h.record(record(1))
+            h._hand_over()
+            with pytest.raises(StoreUnavailable) as refused:
+                async with asyncio.timeout(10):
+                    await h.list()
+            assert refused.value.http_status == 503
+            assert refused.value.message.startswith("the history's database has not answered")
+            await asyncio.sleep(0.1)
+            start = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await h.get("e1")
+            assert time.monotonic() - start < 0.5  # at once, not after the timeout again
+        finally:
+            release.set()
+        h.record(record(2))
+        async with asyncio.timeout(10):
+            await wait_for(lambda: h._executor.busy_for() == 0.0)
+            page = await h.list()
+        assert [i["execution_id"] for i in page.items] == ["e2", "e1"]
+
+
+async def test_the_close_gives_up_on_a_write_that_hangs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    h = History(tmp_path / "h.db", retention_days=7.0, max_rows=1000, output_bytes=100,
+                timeout=0.5)
+    release = threading.Event()
+    try:
+        async with h:
+            h._write_waiting = lambda: release.wait(60)  # type: ignore[assignment,method-assign]
+            for n in range(3):
+                h.record(record(n))
+            start = time.monotonic()
+        assert time.monotonic() - start < 10
+        assert any(r.getMessage().startswith(f"the history {tmp_path / 'h.db'} has not"
+                                             " answered in 0.5 s") and
+                   "about 3 executions were not written" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
+    finally:
+        release.set()

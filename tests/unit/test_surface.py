@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -118,3 +121,41 @@ async def test_a_store_whose_writes_hang_holds_a_bounded_amount_and_the_health_s
         assert sum(m.startswith(f"{what} dropped:") for m in logged) == 1, logged
         assert sum(f"{what} were dropped while their writer was behind" in m
                    for m in logged) == 1, logged
+
+
+HUNG_STORES = """
+import asyncio, sys, threading
+from ws_sandbox.settings import Settings
+from ws_sandbox.surface import Surface
+from tests.unit.test_audit import record
+
+async def main() -> None:
+    settings = Settings.from_env({"HISTORY_DB_PATH": sys.argv[1] + "/h.db",
+                                  "AUDIT_LOG_PATH": sys.argv[1] + "/a.log",
+                                  "STORE_TIMEOUT": "0.5"})
+    never = threading.Event()
+    async with Surface(settings) as surface:
+        for store in (surface.audit, surface.history):
+            store._write_waiting = lambda: never.wait()
+        for n in range(5):
+            surface.audit.record(record(n))
+            surface.history.record(record(n))
+    print("closed", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_stores_whose_writes_hang_hold_neither_the_close_nor_the_exit(tmp_path: Path) -> None:
+    """A write that never returns made the service's shutdown wait without end: the audit
+    log's close joined its writer, the history's close waited for its database thread,
+    and a ThreadPoolExecutor's thread is joined at the interpreter's exit anyway. Each store
+    now gives up after STORE_TIMEOUT, and the process exits."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", HUNG_STORES, str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "closed\n"
+    assert "the audit log's writer has not finished in 0.5 s" in done.stderr
+    assert "has not answered in 0.5 s" in done.stderr
