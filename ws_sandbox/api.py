@@ -13,6 +13,7 @@ from starlette.responses import PlainTextResponse, Response
 from ws_sandbox import frames as fr
 from ws_sandbox import metrics
 from ws_sandbox.auth import is_key_identity, key_identity
+from ws_sandbox.connections import ConnectionGate
 from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError, UpgradeRequired
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.refusals import AUTH_REASONS
@@ -40,6 +41,8 @@ async def stats(request: Request) -> Response:
     body["rate_limited"] = surface.limiter.refused
     body["sessions_refused"] = {r: manager.refused[r] for r in metrics.REFUSAL_REASONS}
     body["auth_refused"] = {r: surface.refusals.auth[r] for r in AUTH_REASONS}
+    gate: ConnectionGate = request.app.state.gate
+    body["connections"] = {"open": gate.open, "refused": gate.refused}
     return JSONBody(body)
 
 
@@ -47,10 +50,12 @@ async def prometheus(request: Request) -> Response:
     """``GET /metrics``: Prometheus text format."""
     manager: SessionManager = request.app.state.manager
     surface: Surface = request.app.state.surface
+    gate: ConnectionGate = request.app.state.gate
     text = metrics.render(surface.stats, sessions=manager.active,
                           queued_cells=_queued(manager), pool=manager.pool.state(),
                           rate_limited=surface.limiter.refused, stores=surface.stores(),
-                          refused=manager.refused, auth_refused=surface.refusals.auth)
+                          refused=manager.refused, auth_refused=surface.refusals.auth,
+                          connections=(gate.open, gate.refused))
     return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
 
 

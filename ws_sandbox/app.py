@@ -17,6 +17,7 @@ from ws_sandbox import __version__, web
 from ws_sandbox import frames as fr
 from ws_sandbox.auth import AuthMiddleware, check_request
 from ws_sandbox.backend import DockerBackend
+from ws_sandbox.connections import ConnectionGate
 from ws_sandbox.exceptions import ConfigError, EngineUnavailable, SandboxError
 from ws_sandbox.jupyter.routes import routes as jupyter_routes
 from ws_sandbox.manager import SessionManager
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> Starlette:
                 async with Surface(settings) as surface:
                     app.state.surface = surface
                     app.state.limiter = surface.limiter
+                    app.state.gate.on_refused = surface.refusals.refused
                     async with WarmPool(backend, settings.enabled_languages,
                                         settings.pool_size) as pool:
                         manager = SessionManager(settings, backend, pool)
@@ -136,6 +138,9 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=[*routes, *web.routes()], lifespan=lifespan,
                     middleware=[Middleware(AuthMiddleware)],
                     exception_handlers=exception_handlers())
+    # Connections per address, and in all (its total is set by server.serve, which knows the
+    # open files limit).
+    app.state.gate = ConnectionGate(settings.max_connections_per_address)
     # The server's WebSocket message limit: set once, at start (server.serve).
     app.state.ws_max_size = fr.ws_message_limit(settings.max_code_bytes)
     # One-shot bodies held at once: two of the largest, or 64 MiB.

@@ -17,7 +17,8 @@
     │   ├── InvalidToken            tampered or foreign resume token, or its session ended
     │   └── QueueFull               too many cells waiting in one session
     ├── CapacityError               service at its concurrency limit; retry later
-    │   └── TooManySessions         the caller holds MAX_SESSIONS_PER_KEY sessions already
+    │   ├── TooManySessions         the caller holds MAX_SESSIONS_PER_KEY sessions already
+    │   └── TooManyConnections      the address holds MAX_CONNECTIONS_PER_ADDRESS connections
     ├── RateLimited                 token bucket empty; retry later
     ├── StoreUnavailable            the history's database does not answer; retry later
     └── BackendError                the container engine or a sandbox failed us
@@ -163,6 +164,13 @@ class TooManySessions(CapacityError):
     code = "too_many_sessions"
 
 
+class TooManyConnections(CapacityError):
+    """A client address holds ``MAX_CONNECTIONS_PER_ADDRESS`` open connections, or the
+    service as many as its open files allow: a new one is answered and closed at once."""
+
+    code = "too_many_connections"
+
+
 class RateLimited(SandboxError):
     """The caller's token bucket is empty."""
 
@@ -218,6 +226,7 @@ ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
     QueueFull: (429, 1013),
     CapacityError: (503, 1013),
     TooManySessions: (429, 1013),
+    TooManyConnections: (503, 1013),
     RateLimited: (429, 1013),
     StoreUnavailable: (503, 1011),
     BackendError: (503, 1011),

@@ -30,6 +30,10 @@ A request that gives both ``Content-Length`` and ``Transfer-Encoding`` is refuse
 its chunks and keeps the connection, so behind a front end that frames it by its length the
 bytes after the chunks would be read here as a second request (request smuggling).
 
+With a :class:`~ws_sandbox.connections.ConnectionGate`, a connection past its address's cap
+or the service's is answered with a 503 at once and closed; an admitted one leaves the gate
+when it closes, after an upgrade as a WebSocket.
+
 Everything else is uvicorn's ``h11`` protocol unchanged.
 """
 
@@ -41,6 +45,9 @@ from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ws_sandbox.connections import LINGER, ConnectionGate, refusal_response
+from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
 
 __all__ = ["RequestDeadlineProtocol", "with_timeouts"]
 
@@ -78,6 +85,8 @@ class RequestDeadlineProtocol(H11Protocol):
     request_timeout: float | None = None
     #: Seconds writing may stay paused; ``None``: no limit (uvicorn's behaviour).
     send_timeout: float | None = None
+    #: Admits connections; ``None``: every one (uvicorn's behaviour).
+    gate: ConnectionGate | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -87,17 +96,50 @@ class RequestDeadlineProtocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._partial = False  # bytes of the awaited request have arrived
         self._stalled: asyncio.TimerHandle | None = None
+        self._admitted: str | None = None  # the address the gate counts this connection for
+        self._refused = False  # by the gate: what the client sends is dropped
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.gate is not None:
+            address = self.client[0] if self.client else ""
+            if (refusal := self.gate.admit(address)) is not None:
+                self._refuse(refusal_response(refusal))
+                return
+            self._admitted = address
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._writable()
+        self._leave_gate()
+        if self._lingering and self.gate is not None:
+            self._lingering = False
+            self.gate.stop_lingering()
         super().connection_lost(exc)
 
+    def _refuse(self, answer: bytes) -> None:
+        """Answer and close a connection the gate refused, reading what its client sends
+        until it takes the answer (:data:`~ws_sandbox.connections.LINGER`)."""
+        assert self.gate is not None
+        self._refused = True
+        self.transport.write(answer)
+        if not self.gate.linger():
+            self.transport.close()
+            return
+        self._lingering = True
+        self.transport.write_eof()
+        self._deadline = self.loop.call_later(LINGER, self.transport.abort)
+
+    def _leave_gate(self) -> None:
+        if self._admitted is not None and self.gate is not None:
+            address, self._admitted = self._admitted, None
+            self.gate.leave(address)
+
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         waiting_for_head = self.conn.their_state is h11.IDLE
         self._partial = True
         super().data_received(data)
@@ -124,6 +166,12 @@ class RequestDeadlineProtocol(H11Protocol):
         # The transport now belongs to the WebSocket protocol: this timer must not close it.
         self._disarm()
         super().handle_websocket_upgrade(event)
+        # Its place at the gate too: the WebSocket protocol leaves it once closed.
+        successor = self.transport.get_protocol()
+        if isinstance(successor, BatchingWebSocketProtocol) and successor.on_lost is None:
+            successor.on_lost = self._leave_gate
+        else:
+            self._leave_gate()  # another server's protocol: it cannot tell us
 
     def _arm(self) -> None:
         self._disarm()
@@ -163,8 +211,10 @@ class RequestDeadlineProtocol(H11Protocol):
         self.transport.close()
 
 
-def with_timeouts(request_timeout: float | None,
-                  send_timeout: float | None) -> type[RequestDeadlineProtocol]:
-    """The protocol class for uvicorn's ``http=``, with these deadlines (seconds)."""
+def with_timeouts(request_timeout: float | None, send_timeout: float | None,
+                  gate: ConnectionGate | None = None) -> type[RequestDeadlineProtocol]:
+    """The protocol class for uvicorn's ``http=``, with these deadlines (seconds) and this
+    gate."""
     return type("RequestDeadlineProtocol", (RequestDeadlineProtocol,),
-                {"request_timeout": request_timeout, "send_timeout": send_timeout})
+                {"request_timeout": request_timeout, "send_timeout": send_timeout,
+                 "gate": gate})

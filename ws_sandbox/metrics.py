@@ -55,8 +55,9 @@ def render(stats: Stats, *, sessions: int, queued_cells: int,
            pool: Mapping[str, Mapping[str, int | str | None]], rate_limited: int,
            stores: Mapping[str, StoreState] | None = None,
            refused: Mapping[str, int] | None = None,
-           auth_refused: Mapping[str, int] | None = None) -> str:
-    """The service's metrics as Prometheus text."""
+           auth_refused: Mapping[str, int] | None = None,
+           connections: tuple[int, int] = (0, 0)) -> str:
+    """The service's metrics as Prometheus text (``connections``: open, refused)."""
     lines: list[str] = []
     lines += _family("ws_sandbox_executions_total", "counter",
                      "Finished executions (REST calls and session cells)",
@@ -86,6 +87,11 @@ def render(stats: Stats, *, sessions: int, queued_cells: int,
                      "Calls refused for their credentials: unauthorized (no key), forbidden (a"
                      " wrong key, host or origin, or an admin call without the admin key)",
                      [("", {"reason": r}, auth_refused.get(r, 0)) for r in AUTH_REASONS])
+    lines += _family("ws_sandbox_connections_refused_total", "counter",
+                     "Connections refused at MAX_CONNECTIONS_PER_ADDRESS or at the service's"
+                     " share of its open files", [("", {}, connections[1])])
+    lines += _family("ws_sandbox_connections_open", "gauge",
+                     "HTTP and WebSocket connections open", [("", {}, connections[0])])
     lines += _family("ws_sandbox_sessions_active", "gauge", "Sessions open or opening",
                      [("", {}, sessions)])
     lines += _family("ws_sandbox_cells_queued", "gauge", "Cells waiting in sessions",

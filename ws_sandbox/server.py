@@ -23,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ws_sandbox import redact
 from ws_sandbox.app import create_app
+from ws_sandbox.connections import total_for
 from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.http_protocol import with_timeouts
 from ws_sandbox.manager import SessionManager
@@ -213,7 +214,8 @@ def serve(settings: Settings) -> int:
         ws=BatchingWebSocketProtocol, ws_per_message_deflate=False,
         # A deadline for each request to arrive whole (REQUEST_TIMEOUT), and for a client to
         # read on (SEND_TIMEOUT): uvicorn has neither.
-        http=with_timeouts(settings.request_timeout, settings.send_timeout),
+        http=with_timeouts(settings.request_timeout, settings.send_timeout,
+                           app.state.gate),
         # uvloop, named rather than "auto" so that a missing install fails at start instead
         # of falling back in silence. It takes about 50 us off a cell's round trip, which
         # wakes the service's loop twice (bench/NOTES.md).
@@ -232,6 +234,7 @@ def serve(settings: Settings) -> int:
     before, after = raise_open_files_limit()
     if after != before:
         log.info("open files limit raised from %d to %d", before, after)
+    app.state.gate.total = total_for(after)
     server = _DrainingServer(config, settings, app)
     try:
         server.run(sockets=sockets)

@@ -112,6 +112,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "max_memory_mb": (32, _MIB_1TIB, "MiB"),
     "max_concurrent_executions": (1, 10_000, ""),
     "max_sessions_per_key": (0, 10_000, ""),
+    "max_connections_per_address": (0, 1_000_000, ""),
     "max_output_bytes": (1024, 2**30, "bytes"),
     "max_code_bytes": (1, 16 * 1024 * 1024, "bytes"),
     "max_queued_cells": (0, 10_000, ""),
@@ -220,6 +221,13 @@ class Settings:
         " waiting out RESUME_GRACE too) one caller may hold at once: per API key, or per"
         " client address without keys; 0: no cap but MAX_CONCURRENT_EXECUTIONS (as is a"
         " cap at or above it)"})
+    max_connections_per_address: int = field(default=256, metadata={
+        "env": "MAX_CONNECTIONS_PER_ADDRESS",
+        "doc": "Connections (HTTP and WebSocket) one client address may hold open at once,"
+        " before any credentials are read; past it a connection gets 503"
+        " too_many_connections and is closed. Behind a proxy every client has the proxy's"
+        " address: raise it there. 0: no cap (the service still keeps a quarter of its open"
+        " files limit for sandboxes and files)"})
     max_output_bytes: int = field(default=1_048_576, metadata={"env": "MAX_OUTPUT_BYTES",
         "doc": "Output kept per cell; the rest is cut with a visible marker"})
     max_code_bytes: int = field(default=1_048_576, metadata={"env": "MAX_CODE_BYTES",

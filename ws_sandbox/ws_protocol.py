@@ -29,7 +29,7 @@ message by message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from uvicorn._types import ASGISendEvent
@@ -57,6 +57,19 @@ lived (a review). The application's own sends wait for room, so they never come 
 
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
     """``websockets-sansio`` plus :data:`SEND_MANY`."""
+
+    #: Called once when the connection is gone: the HTTP protocol hands over its place at
+    #: the connection gate (:mod:`ws_sandbox.connections`) at the upgrade.
+    on_lost: Callable[[], None] | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """uvicorn's, then :attr:`on_lost`."""
+        try:
+            super().connection_lost(exc)
+        finally:
+            if (on_lost := self.on_lost) is not None:
+                self.on_lost = None
+                on_lost()
 
     def handle_connect(self, event: Request) -> None:
         """Accept as uvicorn does, then advertise the extension to the application."""

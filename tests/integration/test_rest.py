@@ -964,6 +964,56 @@ async def test_a_request_that_never_ends_is_closed_at_request_timeout(
         assert line.split()[3:5] == [str(hard), str(hard)], line
 
 
+async def test_one_address_cannot_hold_every_connection(make_service: ServiceFactory) -> None:
+    """A client reconnecting each half-sent request as its deadline closed it held 20,000
+    connections from one address, the service's every descriptor, and nobody else could
+    connect (a review). Past MAX_CONNECTIONS_PER_ADDRESS a connection is answered 503
+    too_many_connections at once and closed; another address is served meanwhile, the
+    refusals are counted, and the address is served again once it holds fewer."""
+    with make_service(MAX_CONNECTIONS_PER_ADDRESS="30", POOL_SIZE="0",
+                      ENABLE_JAVASCRIPT="false", ENABLE_RUST="false") as svc:
+        host, port = svc.http.removeprefix("http://").split(":")
+        held, refused = [], []
+        for _ in range(45):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n")
+            held.append((reader, writer))
+        async with asyncio.timeout(30):
+            for reader, writer in held[30:]:
+                refused.append(await reader.read())
+                writer.close()
+        head, _, body = refused[0].partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), refused[0]
+        assert json.loads(body)["error"]["code"] == "too_many_connections"
+        assert "MAX_CONNECTIONS_PER_ADDRESS=30" in json.loads(body)["error"]["message"]
+        assert all(r == refused[0] for r in refused)
+
+        def from_elsewhere(method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+            conn = http.client.HTTPConnection(host, int(port), timeout=60,
+                                              source_address=("127.0.0.2", 0))
+            try:
+                conn.request(method, path, body=body or None,
+                             headers={"Content-Type": "application/json"} if body else {})
+                response = conn.getresponse()
+                return response.status, json.loads(response.read())
+            finally:
+                conn.close()
+
+        status, health = await asyncio.to_thread(from_elsewhere, "GET", "/api/v1/health")
+        assert status == 200, health
+        status, result = await asyncio.to_thread(
+            from_elsewhere, "POST", "/api/v1/execute", b'{"code": "print(6 * 7)"}')
+        assert (status, result["stdout"]) == (200, "42\n"), result
+        status, stats = await asyncio.to_thread(from_elsewhere, "GET", "/api/v1/stats")
+        assert stats["connections"]["refused"] == 15, stats
+        assert stats["connections"]["open"] >= 31, stats  # the 30 held, and this call
+        for _, writer in held[:30]:
+            writer.close()
+        async with asyncio.timeout(30):
+            while (status := (await asyncio.to_thread(svc.get, "/api/v1/health"))[0]) != 200:
+                await asyncio.sleep(0.05)
+
+
 def request_as(service: Service, method: str, path: str, host: str,
                headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, Any]:
     """One request naming the service by ``host`` (as a browser does whatever the address it

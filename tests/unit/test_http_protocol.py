@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,8 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
-from tests.conftest import uvicorn_in_process
+from tests.conftest import uvicorn_in_process, wait_for
+from ws_sandbox.connections import ConnectionGate
 from ws_sandbox.http_protocol import TIMEOUT_RESPONSE, with_timeouts
 from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
 
@@ -76,11 +78,12 @@ class App:
 
 
 @contextlib.asynccontextmanager
-async def running_server(timeout: float | None, send_timeout: float | None = DEADLINE
+async def running_server(timeout: float | None, send_timeout: float | None = DEADLINE,
+                         gate: ConnectionGate | None = None
                          ) -> AsyncIterator[tuple[int, App]]:
     app = App()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, http=with_timeouts(timeout, send_timeout),
+        app, host="127.0.0.1", port=0, http=with_timeouts(timeout, send_timeout, gate),
         ws=BatchingWebSocketProtocol, lifespan="off", log_level="warning",
         timeout_graceful_shutdown=1)
     async with uvicorn_in_process(config, BOUND) as port:
@@ -255,3 +258,90 @@ async def test_a_body_with_one_length_is_still_read(server: tuple[int, App]) -> 
     data, _ = await read_until_closed(reader)
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nok"), data
     writer.close()
+
+
+async def refused_at_once(port: int, source: str = "127.0.0.1") -> dict[str, object]:
+    """Connect from ``source`` and read until closed: the refusal's JSON body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                   local_addr=(source, 0))
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    data, _ = await read_until_closed(reader)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), data
+    assert b"retry-after: 1" in head and b"connection: close" in head, data
+    error = json.loads(body)["error"]
+    assert isinstance(error, dict)
+    return error
+
+
+async def test_connections_past_an_address_s_cap_are_refused_at_once_and_closed() -> None:
+    """One address held as many connections as it liked, each half-sent request reconnected
+    as its deadline closed it, until the service's descriptors ran out and nobody could
+    connect (a review: 20,000 from one address). Past MAX_CONNECTIONS_PER_ADDRESS a
+    connection is answered 503 and closed at once; other addresses are not touched; a
+    closed connection, and a WebSocket once closed, give their place back."""
+    gate = ConnectionGate(per_address=3)
+    refusals: list[tuple[str, str]] = []
+    gate.on_refused = lambda reason, address: refusals.append((reason, address))
+    async with running_server(BOUND, gate=gate) as (port, _):
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        async with connect(f"ws://127.0.0.1:{port}/ws") as ws:  # a WebSocket keeps its place
+            await wait_for(lambda: gate.held_by("127.0.0.1") == 3)
+            error = await refused_at_once(port)
+            assert error["code"] == "too_many_connections"
+            assert error["message"] == (
+                "your address holds 3 connections to the service, the most one address may"
+                " (MAX_CONNECTIONS_PER_ADDRESS=3); close some first")
+            assert refusals == [("too_many_connections", "127.0.0.1")]
+            # Another address is served meanwhile.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                           local_addr=("127.0.0.2", 0))
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                         b"Connection: close\r\n\r\nok")
+            data, _ = await read_until_closed(reader)
+            assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"ok"), data
+            writer.close()
+            await ws.send("still served")
+            assert await ws.recv() == "still served"
+        await wait_for(lambda: gate.held_by("127.0.0.1") == 2)  # the WebSocket's place
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data, _ = await read_until_closed(reader)
+        assert data.startswith(b"HTTP/1.1 200 "), data
+        writer.close()
+        for _, held_writer in held:
+            held_writer.close()
+        await wait_for(lambda: gate.open == 0)
+    assert gate.refused == 1
+
+
+async def test_a_connection_closed_by_its_deadline_gives_its_place_back() -> None:
+    gate = ConnectionGate(per_address=1)
+    async with running_server(DEADLINE, gate=gate) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n")  # never finished
+        await wait_for(lambda: gate.open == 1)
+        error = await refused_at_once(port)
+        assert error["code"] == "too_many_connections"
+        data, _ = await read_until_closed(reader)
+        assert data == TIMEOUT_RESPONSE
+        writer.close()
+        await wait_for(lambda: gate.open == 0)
+        async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.send("in")
+            assert await ws.recv() == "in"
+
+
+async def test_the_service_s_total_is_a_cap_for_every_address() -> None:
+    gate = ConnectionGate(per_address=0, total=2)
+    async with running_server(BOUND, gate=gate) as (port, _):
+        held = [await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.0.{n}", 0))
+                for n in (2, 3)]
+        await wait_for(lambda: gate.open == 2)
+        error = await refused_at_once(port, source="127.0.0.4")
+        assert error["message"] == ("the service holds 2 connections, as many as its open"
+                                    " files allow; try again later")
+        for _, writer in held:
+            writer.close()
+        await wait_for(lambda: gate.open == 0)
