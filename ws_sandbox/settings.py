@@ -152,6 +152,8 @@ _OPTIONAL = frozenset({"idle_timeout", "max_lifetime", "send_timeout", "request_
 
 #: Shortest ``SESSION_SECRET`` accepted (a random one, made when it is empty, is 43).
 MIN_SESSION_SECRET = 16
+MIN_KEY_LENGTH = 16
+"""Characters an API key, the admin key or the Jupyter token needs at least."""
 
 
 def _show(value: float) -> str:
@@ -305,11 +307,13 @@ class Settings:
 
     # --- service surface: audit, history, rate limits, keys ------------------------------
     api_keys: str = field(default="", metadata={"env": "API_KEYS",
-        "doc": "Comma-separated API keys (no empty item between commas); when set, every"
-        " call needs one (Authorization: Bearer, or ?api_key= for browser WebSockets)",
+        "doc": "Comma-separated API keys (no empty item between commas), each at least 16"
+        " characters; when set, every call needs one (Authorization: Bearer, or ?api_key="
+        " for browser WebSockets)",
         "secret": True})
     admin_api_key: str = field(default="", metadata={"env": "ADMIN_API_KEY",
-        "doc": "Key of the admin API; empty: the admin API is switched off", "secret": True})
+        "doc": "Key of the admin API (at least 16 characters, and none of API_KEYS); empty:"
+        " the admin API is switched off", "secret": True})
     allowed_origins: str = field(default="", metadata={"env": "ALLOWED_ORIGINS",
         "doc": "Comma-separated origins (scheme://host[:port]) whose pages may open"
         " WebSockets to the service (and write to an open Jupyter endpoint); the service's own"
@@ -361,8 +365,9 @@ class Settings:
 
     # --- Jupyter kernel endpoint (/api/kernels) ------------------------------------------
     jupyter_token: str = field(default="", metadata={"env": "JUPYTER_TOKEN",
-        "doc": "Token of the Jupyter endpoint (?token= or Authorization: token); API keys"
-        " are accepted too. Empty with no password and no API keys: as open as the service",
+        "doc": "Token of the Jupyter endpoint (?token= or Authorization: token; at least 16"
+        " characters); API keys are accepted too. Empty with no password and no API keys:"
+        " as open as the service",
         "secret": True})
     jupyter_password: str = field(default="", metadata={"env": "JUPYTER_PASSWORD",
         "doc": "Password of the Jupyter login form (POST /login, then a signed cookie and"
@@ -443,6 +448,14 @@ class Settings:
                      " digits and punctuation other than " + " ".join(_KEY_FORBIDDEN)
                      + " (openssl rand -hex 24 makes one; base64 ones may hold + or /,"
                      " and + is refused)")
+                need(len(key) >= MIN_KEY_LENGTH,
+                     f"{name} (key {number}) has {len(key)} characters; a key needs at least"
+                     f" {MIN_KEY_LENGTH}, since a short one can be guessed (openssl rand -hex"
+                     " 24 makes one)")
+        need(not self.admin_api_key or self.admin_api_key not in _split(self.api_keys),
+             "ADMIN_API_KEY is also one of API_KEYS: whoever holds that key would be an"
+             " administrator (read every caller's history, change limits, end sessions);"
+             " give the admin a key of its own")
         need(not self.session_secret or len(self.session_secret) >= MIN_SESSION_SECRET,
              f"SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters (it has"
              f" {len(self.session_secret)}); leave it empty for a random one per start")

@@ -223,7 +223,7 @@ def test_reconnects_with_the_resume_token(page: Page, service: Service,
 
 def test_refusals_and_idle_timeout(browser: Browser, make_service: ServiceFactory) -> None:
     with make_service(IDLE_TIMEOUT="2", MAX_CONCURRENT_EXECUTIONS="1", MAX_CODE_BYTES="1024",
-                      API_KEYS="demo-key", ENABLE_JAVASCRIPT="0", ENABLE_RUST="0",
+                      API_KEYS="demo-key-0123456789ab", ENABLE_JAVASCRIPT="0", ENABLE_RUST="0",
                       ENABLE_SHELL="0") as svc:
         svc.wait_pool_full()
         # Asked for a key, the page offers a field for it, and its URL never holds it (a key
@@ -239,14 +239,14 @@ def test_refusals_and_idle_timeout(browser: Browser, make_service: ServiceFactor
         expect(asked.locator("#state")).to_have_text("closed: the API key was refused")
         expect(asked.locator("#keyform")).to_be_visible()
         expect(asked.locator("#apikey")).to_have_value("")
-        asked.fill("#apikey", "demo-key")
+        asked.fill("#apikey", "demo-key-0123456789ab")
         asked.click("#keyform button")
         wait_ready(asked)
         expect(asked.locator("#keyform")).to_be_hidden()
         assert run_cell_output(asked, "print(6 * 7)") == "42\n"
         asked.reload()
         wait_ready(asked)  # the tab keeps the key
-        assert "demo-key" not in asked.url
+        assert "demo-key-0123456789ab" not in asked.url
         asked.close()
         # Without a key, or with a wrong one in the URL (still taken), the page says so
         # instead of retrying.
@@ -262,7 +262,7 @@ def test_refusals_and_idle_timeout(browser: Browser, make_service: ServiceFactor
                 refused.reload()
                 expect(refused.locator("#state")).to_have_text(f"closed: {words}")
             refused.close()
-        url = svc.http + "/?api_key=demo-key"
+        url = svc.http + "/?api_key=demo-key-0123456789ab"
         first = open_page(browser, url)
         wait_ready(first)
         expect(first.locator("#language option")).to_have_count(1)

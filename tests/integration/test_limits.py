@@ -29,7 +29,7 @@ from ws_sandbox.client import SessionClosed, SessionRefused, connect
 pytestmark = pytest.mark.docker
 
 PYTHON_ONLY = {"ENABLE_JAVASCRIPT": "false", "ENABLE_SHELL": "false", "ENABLE_RUST": "false"}
-ADMIN_KEY = "limits-admin"
+ADMIN_KEY = "limits-admin-0123456789ab"
 
 
 def wait_no_containers(svc: Service, bound: float = 15.0) -> list[str]:
@@ -407,7 +407,7 @@ async def test_one_key_is_capped_while_another_still_opens(
     Jupyter), with plenty of room left under MAX_CONCURRENT_EXECUTIONS, while key B opens
     sessions and runs calls. A closed session of A's frees its place; a dropped one keeps it
     while it waits out RESUME_GRACE, then frees it."""
-    key_a, key_b = "per-key-a", "per-key-b"
+    key_a, key_b = "per-key-a-0123456789ab", "per-key-b-0123456789ab"
 
     def rest(key: str) -> tuple[int, dict[str, str], Any]:
         return call(svc, "/api/v1/execute", {"code": "print('ran')"}, headers=bearer(key))

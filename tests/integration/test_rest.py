@@ -560,8 +560,10 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     require_docker()  # a failure in CI, never a silent skip
     tmp = tmp_path_factory.mktemp("locked")
     with running_service(
-            tmp, API_KEYS="k-auth,k-rate,k-cells,k-cap,k-misc,k-resume,k-hist,k-addr,k-addr2",
-            ADMIN_API_KEY="boss",
+            tmp, API_KEYS=",".join(f"{name}-0123456789ab" for name in (
+                "k-auth", "k-rate", "k-cells", "k-cap", "k-misc", "k-resume", "k-hist",
+                "k-addr", "k-addr2")),
+            ADMIN_API_KEY="boss-0123456789ab",
             ALLOWED_ORIGINS="https://ok.example", RATE_LIMIT_PER_MINUTE="1",
             RATE_LIMIT_BURST="3", MAX_CONCURRENT_EXECUTIONS="1", ENABLE_RUST="false",
             AUDIT_LOG_PATH=str(tmp / "audit.log")) as svc:
@@ -579,13 +581,14 @@ def test_past_auth_failures_per_minute_no_credential_is_checked(
     an address may send AUTH_FAILURES_PER_MINUTE wrong credentials a minute, API keys,
     Jupyter tokens and passwords together; past that its credentials, even a right one, get
     429 with Retry-After until it may try again. A call with no credential is not a guess."""
-    with make_service(API_KEYS="right-key-1234", JUPYTER_TOKEN="jupyter-token-1234",
-                      ADMIN_API_KEY="admin-key-1234",
+    with make_service(API_KEYS="right-key-1234-0123456789ab", JUPYTER_TOKEN="jupyter-token-1234",
+                      ADMIN_API_KEY="admin-key-1234-0123456789ab",
                       AUTH_FAILURES_PER_MINUTE="4", ENABLE_JAVASCRIPT="false",
                       ENABLE_SHELL="false", ENABLE_RUST="false") as svc:
-        assert call(svc, "/api/v1/stats", headers=bearer("right-key-1234"))[0] == 200
+        assert call(svc, "/api/v1/stats", headers=bearer("right-key-1234-0123456789ab"))[0] == 200
         for _ in range(20):  # right keys are no guesses
-            assert call(svc, "/api/v1/config", headers=bearer("right-key-1234"))[0] == 200
+            assert call(svc, "/api/v1/config",
+                        headers=bearer("right-key-1234-0123456789ab"))[0] == 200
         assert call(svc, "/api/v1/stats", headers=bearer("wrong-1"))[0] == 403
         assert call(svc, "/api/v1/admin/limits", headers=bearer("wrong-2"))[0] == 403
         assert call(svc, "/api/kernels?token=wrong-3")[0] == 403
@@ -593,7 +596,7 @@ def test_past_auth_failures_per_minute_no_credential_is_checked(
             "Content-Type": "application/x-www-form-urlencoded", "Cookie": "_xsrf=x",
             "X-XSRFToken": "x"})
         assert status == 403, page
-        for path, headers in (("/api/v1/stats", bearer("right-key-1234")),
+        for path, headers in (("/api/v1/stats", bearer("right-key-1234-0123456789ab")),
                               ("/api/kernels?token=jupyter-token-1234", {})):
             status, got, err = call(svc, path, headers=headers)
             assert status == 429, (path, err)
@@ -618,10 +621,10 @@ def test_keys_are_required(locked: Service) -> None:
     assert (status, health) == (200, {"status": "ok"})
     status, _, health = call(locked, "/api/v1/health", headers=bearer("wrong"))
     assert (status, health) == (200, {"status": "ok"})
-    status, _, health = call(locked, "/api/v1/health", headers=bearer("k-auth"))
+    status, _, health = call(locked, "/api/v1/health", headers=bearer("k-auth-0123456789ab"))
     assert status == 200 and health["status"] == "ok" and "engine" in health, health
     assert "pool" in health and "problems" in health
-    status, _, ok = call(locked, "/api/v1/execute", body, headers=bearer("k-auth"))
+    status, _, ok = call(locked, "/api/v1/execute", body, headers=bearer("k-auth-0123456789ab"))
     assert status == 200 and ok["stdout"] == "1\n"
 
 
@@ -629,7 +632,7 @@ def test_a_key_reads_its_own_executions_alone(locked: Service) -> None:
     """The history holds each run's outputs: another key sees neither the row nor the
     item; the admin key and the key itself do."""
     status, _, run = call(locked, "/api/v1/execute", {"code": "print('mine')"},
-                          headers=bearer("k-hist"))
+                          headers=bearer("k-hist-0123456789ab"))
     assert status == 200, run
     own = f"/api/v1/executions/{run['execution_id']}"
 
@@ -638,11 +641,11 @@ def test_a_key_reads_its_own_executions_alone(locked: Service) -> None:
         assert status == 200, page
         return [item["execution_id"] for item in page["items"]]
 
-    assert run["execution_id"] in listed("k-hist")
-    assert run["execution_id"] in listed("boss")
-    assert run["execution_id"] not in listed("k-misc")
-    assert call(locked, own, headers=bearer("k-misc"))[0] == 404
-    status, _, item = call(locked, own, headers=bearer("k-hist"))
+    assert run["execution_id"] in listed("k-hist-0123456789ab")
+    assert run["execution_id"] in listed("boss-0123456789ab")
+    assert run["execution_id"] not in listed("k-misc-0123456789ab")
+    assert call(locked, own, headers=bearer("k-misc-0123456789ab"))[0] == 404
+    status, _, item = call(locked, own, headers=bearer("k-hist-0123456789ab"))
     assert status == 200 and item["stdout"] == "mine\n"
 
 
@@ -650,15 +653,16 @@ async def test_a_keyed_caller_is_recorded_with_its_address(locked: Service) -> N
     """A keyed caller's audit lines and history rows named the key alone: where a leaked
     key was used from could not be told (a review). The peer address is kept beside it,
     for WebSocket cells and one-shot calls alike."""
-    async with await connect(locked.url, api_key="k-addr") as session:
+    async with await connect(locked.url, api_key="k-addr-0123456789ab") as session:
         assert (await session.execute("print(2)")).stdout == "2\n"
     status, _, run = call(locked, "/api/v1/execute", {"code": "print(3)"},
-                          headers=bearer("k-addr"))
+                          headers=bearer("k-addr-0123456789ab"))
     assert status == 200, run
-    status, _, page = call(locked, "/api/v1/executions?limit=10", headers=bearer("k-addr"))
+    status, _, page = call(locked, "/api/v1/executions?limit=10",
+                           headers=bearer("k-addr-0123456789ab"))
     assert status == 200 and page["total"] == 2, page
     (identity,) = {item["client"] for item in page["items"]}
-    assert identity.startswith("key:") and "k-addr" not in identity
+    assert identity.startswith("key:") and "k-addr-0123456789ab" not in identity
     assert [item["address"] for item in page["items"]] == ["127.0.0.1", "127.0.0.1"]
     audit = Path(locked.env["AUDIT_LOG_PATH"])
 
@@ -676,18 +680,19 @@ def test_refusals_are_counted_and_summed_up_in_the_log(make_service: ServiceFact
     LOG_LEVEL=warning no line at all; nor did anything say who hit a limit (a review). They
     are counted now (stats, metrics), and the log sums every refusal up by caller, at most
     once a minute and at shutdown, never a line each (anyone could flood it)."""
-    with make_service(API_KEYS="k-one", ADMIN_API_KEY="boss", RATE_LIMIT_PER_MINUTE="1",
+    with make_service(API_KEYS="k-one-0123456789ab", ADMIN_API_KEY="boss-0123456789ab",
+                      RATE_LIMIT_PER_MINUTE="1",
                       RATE_LIMIT_BURST="1", LOG_LEVEL="warning") as svc:
         for _ in range(5):
             assert call(svc, "/api/v1/executions", headers=bearer("wrong-key"))[0] == 403
         for _ in range(3):
             assert call(svc, "/api/v1/executions")[0] == 401
         body = {"code": "print(1)"}
-        assert call(svc, "/api/v1/execute", body, headers=bearer("k-one"))[0] == 200
-        assert call(svc, "/api/v1/execute", body, headers=bearer("k-one"))[0] == 429
-        status, _, stats = call(svc, "/api/v1/stats", headers=bearer("boss"))
+        assert call(svc, "/api/v1/execute", body, headers=bearer("k-one-0123456789ab"))[0] == 200
+        assert call(svc, "/api/v1/execute", body, headers=bearer("k-one-0123456789ab"))[0] == 429
+        status, _, stats = call(svc, "/api/v1/stats", headers=bearer("boss-0123456789ab"))
         assert status == 200 and stats["auth_refused"] == {"unauthorized": 3, "forbidden": 5}
-        status, _, text = call(svc, "/metrics", headers=bearer("boss"))
+        status, _, text = call(svc, "/metrics", headers=bearer("boss-0123456789ab"))
         assert status == 200
         assert 'ws_sandbox_auth_refused_total{reason="forbidden"} 5' in text
         assert 'ws_sandbox_auth_refused_total{reason="unauthorized"} 3' in text
@@ -697,7 +702,7 @@ def test_refusals_are_counted_and_summed_up_in_the_log(make_service: ServiceFact
     assert len(summaries) == 1, svc.log()
     (line,) = summaries
     assert "5 forbidden (127.0.0.1 5); 3 unauthorized (127.0.0.1 3); 1 rate_limited (key:" in line
-    assert "wrong-key" not in line and "k-one" not in line
+    assert "wrong-key" not in line and "k-one-0123456789ab" not in line
 
 
 async def test_a_cell_is_recorded_with_the_address_that_sent_it(locked: Service) -> None:
@@ -705,7 +710,7 @@ async def test_a_cell_is_recorded_with_the_address_that_sent_it(locked: Service)
     session was then resumed from another, was recorded with the second (a review of the
     change that added it). Each cell now keeps the address of the connection that sent it."""
     url = f"{locked.url}/api/v1/sessions/ws"
-    key = bearer("k-addr2")
+    key = bearer("k-addr2-0123456789ab")
     first = await websockets.connect(f"{url}?language=python", additional_headers=key,
                                      local_addr=("127.0.0.1", 0))
     token = json.loads(await first.recv())["token"]
@@ -743,7 +748,7 @@ async def test_websocket_keys_and_origins(locked: Service) -> None:
         await connect(locked.url, api_key="wrong")
     assert refused.value.http_status == 403
     assert refused.value.error.message == "the API key is not valid"
-    url = f"{locked.url}/api/v1/sessions/ws?language=python&api_key=k-auth"
+    url = f"{locked.url}/api/v1/sessions/ws?language=python&api_key=k-auth-0123456789ab"
     for bad in ("https://evil.example", "http://[", "http://[zz]"):  # the last two: not URLs
         with pytest.raises(websockets.InvalidStatus) as info:
             await websockets.connect(url, origin=websockets.Origin(bad))
@@ -757,7 +762,7 @@ async def test_websocket_keys_and_origins(locked: Service) -> None:
         await asyncio.sleep(0.3)  # the one slot frees when the session closes
     # uvicorn logs the upgrade's path with its query: the key must not reach the log.
     log = locked.log_path.read_text(errors="replace")
-    assert "api_key=[redacted]" in log and "k-auth" not in log
+    assert "api_key=[redacted]" in log and "k-auth-0123456789ab" not in log
     # uvicorn's lines are in the service's one format, with the time ("INFO:     127.0.0.1
     # ..." before, without one).
     accepted = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO uvicorn\.error: \S+ -"
@@ -768,16 +773,16 @@ async def test_websocket_keys_and_origins(locked: Service) -> None:
 
 
 async def test_a_session_is_resumed_only_with_its_own_key(locked: Service) -> None:
-    s = await connect(locked.url, api_key="k-resume")
+    s = await connect(locked.url, api_key="k-resume-0123456789ab")
     await s.execute("kept = 1")
     token = s.token
     s.ws.transport.abort()  # dropped, not a goodbye: the session waits to be resumed
     await s.wait_closed()
     with pytest.raises(SessionRefused) as refused:  # a leaked token, another key's holder
-        await connect(locked.url, api_key="k-auth", resume=token)
+        await connect(locked.url, api_key="k-auth-0123456789ab", resume=token)
     assert refused.value.error.code == "invalid_token"
     assert "another API key" in refused.value.error.message
-    async with await connect(locked.url, api_key="k-resume", resume=token) as again:
+    async with await connect(locked.url, api_key="k-resume-0123456789ab", resume=token) as again:
         assert again.ready.resumed
         assert (await again.execute("print(kept)")).stdout == "1\n"
     await asyncio.sleep(0.3)  # the one slot frees when the session closes
@@ -785,17 +790,17 @@ async def test_a_session_is_resumed_only_with_its_own_key(locked: Service) -> No
 
 def test_an_api_key_in_a_rest_url_is_refused_with_a_hint(locked: Service) -> None:
     # Taken on WebSocket upgrades only (a browser's WebSocket cannot send a header).
-    status, _, err = call(locked, "/api/v1/config?api_key=k-auth")
+    status, _, err = call(locked, "/api/v1/config?api_key=k-auth-0123456789ab")
     assert status == 401
     assert "send Authorization: Bearer <key>" in err["error"]["message"]
     assert err["error"]["message"].count("Authorization") == 1  # said once, not twice
-    assert call(locked, "/api/v1/config", headers=bearer("k-auth"))[0] == 200
+    assert call(locked, "/api/v1/config", headers=bearer("k-auth-0123456789ab"))[0] == 200
 
 
 def test_disabled_language_lists_the_enabled_ones(locked: Service) -> None:
     status, _, err = call(locked, "/api/v1/execute", {"code": "fn main(){}",
                                                       "language": "rust"},
-                          headers=bearer("k-misc"))
+                          headers=bearer("k-misc-0123456789ab"))
     assert status == 400 and err["error"]["code"] == "language_unavailable"
     assert "enabled: python, javascript, shell" in err["error"]["message"]
 
@@ -803,19 +808,19 @@ def test_disabled_language_lists_the_enabled_ones(locked: Service) -> None:
 def test_rate_limit_lets_the_burst_through_then_refuses(locked: Service) -> None:
     for _ in range(3):
         status, _, ok = call(locked, "/api/v1/execute", {"code": "print(1)"},
-                             headers=bearer("k-rate"))
+                             headers=bearer("k-rate-0123456789ab"))
         assert status == 200, ok
     status, headers, err = call(locked, "/api/v1/execute", {"code": "print(1)"},
-                                headers=bearer("k-rate"))
+                                headers=bearer("k-rate-0123456789ab"))
     assert status == 429 and err["error"]["code"] == "rate_limited"
     assert int(headers["retry-after"]) >= 1
     # Another key has its own bucket.
     assert call(locked, "/api/v1/execute", {"code": "print(1)"},
-                headers=bearer("k-misc"))[0] == 200
+                headers=bearer("k-misc-0123456789ab"))[0] == 200
 
 
 async def test_rate_limit_counts_session_opens_and_cells(locked: Service) -> None:
-    async with await connect(locked.url, api_key="k-cells") as s:  # token 1
+    async with await connect(locked.url, api_key="k-cells-0123456789ab") as s:  # token 1
         assert (await s.execute("print(1)")).status == "success"  # token 2
         assert (await s.execute("print(2)")).status == "success"  # token 3
         with pytest.raises(SessionRefused) as refused:
@@ -824,22 +829,23 @@ async def test_rate_limit_counts_session_opens_and_cells(locked: Service) -> Non
         assert "retry in" in refused.value.error.message
     await asyncio.sleep(0.3)
     with pytest.raises(SessionRefused) as again:
-        await connect(locked.url, api_key="k-cells")
+        await connect(locked.url, api_key="k-cells-0123456789ab")
     assert again.value.error.code == "rate_limited"
 
 
 async def test_at_capacity_is_503_with_retry_after(locked: Service) -> None:
     def refusals() -> tuple[int, str]:
-        stats = call(locked, "/api/v1/stats", headers=bearer("k-misc"))[2]
-        req = urllib.request.Request(locked.http + "/metrics", headers=bearer("k-misc"))
+        stats = call(locked, "/api/v1/stats", headers=bearer("k-misc-0123456789ab"))[2]
+        req = urllib.request.Request(locked.http + "/metrics",
+                                     headers=bearer("k-misc-0123456789ab"))
         with urllib.request.urlopen(req, timeout=30) as r:
             text = r.read().decode()
         return stats["sessions_refused"]["at_capacity"], text
 
     before, _ = refusals()
-    async with await connect(locked.url, api_key="k-cap"):
+    async with await connect(locked.url, api_key="k-cap-0123456789ab"):
         status, headers, err = call(locked, "/api/v1/execute", {"code": "print(1)"},
-                                    headers=bearer("k-misc"))
+                                    headers=bearer("k-misc-0123456789ab"))
         assert status == 503 and err["error"]["code"] == "at_capacity"
         assert err["error"]["message"] == "at capacity: 1 sessions are open, the limit is 1"
         assert int(headers["retry-after"]) >= 1
@@ -851,8 +857,8 @@ async def test_at_capacity_is_503_with_retry_after(locked: Service) -> None:
 
 
 async def test_admin_api(locked: Service) -> None:
-    admin = bearer("boss")
-    assert call(locked, "/api/v1/admin/limits", headers=bearer("k-misc"))[0] == 403
+    admin = bearer("boss-0123456789ab")
+    assert call(locked, "/api/v1/admin/limits", headers=bearer("k-misc-0123456789ab"))[0] == 403
     assert call(locked, "/api/v1/admin/limits")[0] == 401
     status, _, limits = call(locked, "/api/v1/admin/limits", headers=admin)
     assert status == 200 and limits["max_execution_time"] == 30.0
@@ -890,7 +896,7 @@ async def test_admin_api(locked: Service) -> None:
     status, _, err = call(locked, "/api/v1/execute", {"code": "1", "timeout": 13},
                           headers=admin)
     assert status == 400 and "maximum of 12 s" in err["error"]["message"]
-    async with await connect(locked.url, api_key="boss") as s:
+    async with await connect(locked.url, api_key="boss-0123456789ab") as s:
         status, _, listed = call(locked, "/api/v1/admin/sessions", headers=admin)
         assert status == 200
         (info,) = listed["sessions"]
@@ -1077,7 +1083,7 @@ def test_an_open_service_answers_only_to_its_own_names(service: Service) -> None
 def test_keys_protect_a_service_whatever_host_it_is_called(locked: Service) -> None:
     port = locked.http.rsplit(":", 1)[1]
     status, body = request_as(locked, "GET", "/api/v1/executions", f"sandbox.example:{port}",
-                              {"Authorization": "Bearer k-misc"})
+                              {"Authorization": "Bearer k-misc-0123456789ab"})
     assert status == 200, body
     status, body = request_as(locked, "GET", "/api/v1/executions", f"sandbox.example:{port}")
     assert (status, body["error"]["code"]) == (401, "unauthorized")

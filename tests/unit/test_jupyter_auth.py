@@ -34,18 +34,18 @@ def test_open_when_nothing_is_configured() -> None:
 
 
 @pytest.mark.parametrize("parts", [
-    {"token": "tok"},
-    {"authorization": "token tok"},
-    {"authorization": "Bearer tok"},
-    {"authorization": "TOKEN  tok "},
+    {"token": "tok-0123456789abcd"},
+    {"authorization": "token tok-0123456789abcd"},
+    {"authorization": "Bearer tok-0123456789abcd"},
+    {"authorization": "TOKEN  tok-0123456789abcd "},
 ])
 def test_token_forms(parts: dict[str, str]) -> None:
-    s = settings(jupyter_token="tok")
+    s = settings(jupyter_token="tok-0123456789abcd")
     assert check(s, creds(**parts), "POST") == "jupyter-token"
 
 
 def test_missing_and_wrong_token() -> None:
-    s = settings(jupyter_token="tok")
+    s = settings(jupyter_token="tok-0123456789abcd")
     with pytest.raises(Unauthorized):
         check(s, creds())
     with pytest.raises(Forbidden):
@@ -55,9 +55,9 @@ def test_missing_and_wrong_token() -> None:
 
 
 def test_api_key_is_a_token() -> None:
-    s = settings(api_keys="k1,k2")
-    assert check(s, creds(token="k2")).startswith("key:")
-    assert check(s, creds(authorization="token k1")).startswith("key:")
+    s = settings(api_keys="k1-0123456789abcde,k2-0123456789abcde")
+    assert check(s, creds(token="k2-0123456789abcde")).startswith("key:")
+    assert check(s, creds(authorization="token k1-0123456789abcde")).startswith("key:")
     with pytest.raises(Unauthorized):
         check(s, creds())
 
@@ -117,7 +117,7 @@ def test_open_endpoint_answers_only_to_its_own_names() -> None:
                  "POST") == "1.2.3.4"
     assert check(settings(allowed_hosts="evil.example"), page, "POST") == "1.2.3.4"
     with pytest.raises(Unauthorized):
-        check(settings(jupyter_token="tok"), page, "POST")
+        check(settings(jupyter_token="tok-0123456789abcd"), page, "POST")
 
 
 def test_an_open_endpoint_s_login_cookie_does_not_get_past_the_host_check() -> None:
@@ -142,14 +142,14 @@ def test_an_open_endpoint_s_login_cookie_does_not_get_past_the_host_check() -> N
 def test_check_password() -> None:
     assert auth.check_password(settings(jupyter_password="pw"), "pw")
     assert not auth.check_password(settings(jupyter_password="pw"), "PW")
-    assert auth.check_password(settings(jupyter_token="tok"), "tok")
-    assert not auth.check_password(settings(jupyter_token="tok"), "pw")
-    assert auth.check_password(settings(api_keys="k"), "k")
+    assert auth.check_password(settings(jupyter_token="tok-0123456789abcd"), "tok-0123456789abcd")
+    assert not auth.check_password(settings(jupyter_token="tok-0123456789abcd"), "pw")
+    assert auth.check_password(settings(api_keys="k-0123456789abcdef"), "k-0123456789abcdef")
     assert auth.check_password(settings(), "")
 
 
 def test_secrets_are_not_public() -> None:
-    public = settings(jupyter_token="tok", jupyter_password="pw").public()
+    public = settings(jupyter_token="tok-0123456789abcd", jupyter_password="pw").public()
     assert "jupyter_token" not in public and "jupyter_password" not in public
 
 
@@ -223,11 +223,12 @@ def test_a_login_with_an_api_key_is_that_keys_and_ends_with_the_key() -> None:
     """Jupyter takes a token in the login form's password field, and so do we an API key:
     the cookie then names the key (its kernels stay its own), and is void once the key is
     no longer accepted. It named everyone "jupyter-login" before, and outlived the key."""
-    s = settings(api_keys="ka,kb")
-    identity = auth.check_password(s, "kb")
-    assert identity == key_identity("kb")
+    s = settings(api_keys="ka-0123456789abcde,kb-0123456789abcde")
+    identity = auth.check_password(s, "kb-0123456789abcde")
+    assert identity == key_identity("kb-0123456789abcde")
     cookie = auth.LoginSigner(s).sign(identity)
-    assert auth.LoginSigner(s).identity(cookie) == key_identity("kb")
-    assert auth.LoginSigner(settings(api_keys="ka")).identity(cookie) is None  # kb revoked
+    assert auth.LoginSigner(s).identity(cookie) == key_identity("kb-0123456789abcde")
+    revoked = settings(api_keys="ka-0123456789abcde")  # kb's key is gone
+    assert auth.LoginSigner(revoked).identity(cookie) is None
     assert auth.check_password(settings(jupyter_password="pw"), "pw") == auth.LOGIN_IDENTITY
     assert auth.LoginSigner(s).identity("not a cookie") is None

@@ -24,7 +24,7 @@ class _Listened(Exception):
 
 
 @pytest.mark.parametrize("env", [
-    {"SANDBOX_HOST": "0.0.0.0", "API_KEYS": "k"},
+    {"SANDBOX_HOST": "0.0.0.0", "API_KEYS": "k-0123456789abcdef"},
     {"SANDBOX_HOST": "0.0.0.0", "ALLOW_UNAUTHENTICATED": "true"},
 ])
 def test_non_loopback_bind_with_keys_or_allowed_unauthenticated_starts(

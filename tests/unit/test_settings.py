@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,8 @@ def test_api_keys_with_an_empty_item_are_refused(keys: str) -> None:
 
 def test_empty_api_keys_still_mean_no_keys() -> None:
     assert Settings.from_env({"API_KEYS": ""}).api_key_list == ()
-    assert Settings.from_env({"API_KEYS": " k1 , k2 "}).api_key_list == ("k1", "k2")
+    assert Settings.from_env({"API_KEYS": " k1-0123456789abcd , k2-0123456789abcd "}
+                             ).api_key_list == ("k1-0123456789abcd", "k2-0123456789abcd")
 
 
 def test_a_short_session_secret_is_refused_without_echoing_it() -> None:
@@ -275,9 +277,36 @@ def test_keys_are_characters_that_travel_in_headers_and_urls(env: str, key: str)
 
 
 def test_ordinary_keys_are_accepted() -> None:
-    s = Settings.from_env({"API_KEYS": "k-1_A.b~c, sk-live/XyZ=", "ADMIN_API_KEY": "Adm!n:@*",
-                           "JUPYTER_TOKEN": "0123abcdef"})
-    assert s.api_key_list == ("k-1_A.b~c", "sk-live/XyZ=")
+    s = Settings.from_env({"API_KEYS": "k-1_A.b~c-0123456, sk-live/XyZ=01234",
+                           "ADMIN_API_KEY": "Adm!n:@*-0123456",
+                           "JUPYTER_TOKEN": "0123abcdef012345"})
+    assert s.api_key_list == ("k-1_A.b~c-0123456", "sk-live/XyZ=01234")
+
+
+@pytest.mark.parametrize(("env", "value", "place"), [
+    ("API_KEYS", "long-enough-key-1,abc", "API_KEYS (key 2) has 3 characters"),
+    ("ADMIN_API_KEY", "adm1n", "ADMIN_API_KEY (key 1) has 5 characters"),
+    ("JUPYTER_TOKEN", "s3cr3t-015", "JUPYTER_TOKEN (key 1) has 10 characters"),
+])
+def test_a_short_key_is_refused_without_echoing_it(env: str, value: str, place: str) -> None:
+    """A one-character API key was accepted (a review): anyone could guess it, within the
+    guess limit per address. Keys, the admin key and the Jupyter token need 16 characters,
+    as SESSION_SECRET does; the message names the key's place, never the key."""
+    with pytest.raises(ConfigError, match=re.escape(place)) as info:
+        Settings.from_env({env: value})
+    assert "needs at least 16" in info.value.message
+    assert value.split(",")[-1] not in info.value.message
+    Settings.from_env({env: "x" * 16})  # 16 will do
+
+
+def test_the_admin_key_cannot_be_an_api_key() -> None:
+    """A tenant whose key was also ADMIN_API_KEY was silently an administrator: it read
+    every caller's history and could change limits (a review)."""
+    shared = "shared-key-0123456789"
+    with pytest.raises(ConfigError, match="ADMIN_API_KEY is also one of API_KEYS") as info:
+        Settings.from_env({"API_KEYS": f"tenant-key-0123456789,{shared}",
+                           "ADMIN_API_KEY": shared})
+    assert shared not in info.value.message
 
 
 @pytest.mark.parametrize("name", sorted(BOUNDS))
