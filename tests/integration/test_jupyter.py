@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
+import socket
 import subprocess
 import time
 import uuid
@@ -257,6 +259,35 @@ async def test_credentials_are_checked(secured: Service) -> None:
             pass
     assert info.value.response.status_code == 404
     assert json.loads(info.value.response.body)["message"] == "kernel x does not exist"
+
+
+async def test_the_login_page_writes_only_an_xsrf_value_of_its_own(secured: Service) -> None:
+    """``GET /login`` wrote the ``_xsrf`` cookie's value into the page as it came, and set
+    it again: a cookie another site of the domain tossed (``"><script>...``) ran as the
+    service's origin, which holds the login (a review). Only a value of the service's own
+    form is kept now, the page is escaped, and its policy allows no script at all."""
+    hostile = '"><script>alert(1)</script>'
+    with socket.create_connection(("127.0.0.1", int(secured.http.rsplit(":", 1)[1]))) as raw:
+        raw.sendall(b"GET /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                    b"Cookie: _xsrf=" + hostile.encode() + b"\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, page = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200 "), head
+    assert "<script" not in page and "alert" not in page, page
+    fields = [line.split(": ", 1) for line in head.split("\r\n")[1:]]
+    cookie = next(v for k, v in fields if k.lower() == "set-cookie")
+    value = cookie.split(";")[0].removeprefix("_xsrf=")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{32}", value), cookie
+    assert f'name="_xsrf" value="{value}"' in page
+    policy = next(v for k, v in fields if k.lower() == "content-security-policy")
+    assert policy.startswith("default-src 'none'") and "form-action 'self'" in policy
+    # A value of its own is kept: a second form load does not break the first's post.
+    async with aiohttp.ClientSession(base_url=secured.http + "/") as http:
+        http.cookie_jar.update_cookies({"_xsrf": value})
+        async with http.get("login") as response:
+            assert f'value="{value}"' in await response.text()
 
 
 async def test_api_key_and_header_token(secured: Service) -> None:

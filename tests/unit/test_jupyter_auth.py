@@ -232,3 +232,10 @@ def test_a_login_with_an_api_key_is_that_keys_and_ends_with_the_key() -> None:
     assert auth.LoginSigner(revoked).identity(cookie) is None
     assert auth.check_password(settings(jupyter_password="pw"), "pw") == auth.LOGIN_IDENTITY
     assert auth.LoginSigner(s).identity("not a cookie") is None
+
+
+def test_an_xsrf_value_is_one_of_ours_or_not() -> None:
+    assert auth.is_xsrf(auth.new_xsrf())
+    for value in ("", "x" * 31, "x" * 33, '"><script>alert(1)</script>' + "x" * 5,
+                  "a" * 31 + "="):
+        assert not auth.is_xsrf(value), value

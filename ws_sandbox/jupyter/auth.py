@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -155,6 +156,14 @@ class LoginSigner:
 def new_xsrf() -> str:
     """A fresh ``_xsrf`` value."""
     return secrets.token_urlsafe(24)
+
+
+_XSRF = re.compile(r"[A-Za-z0-9_-]{32}")
+
+
+def is_xsrf(value: str) -> bool:
+    """Whether ``value`` has the form of a :func:`new_xsrf` value."""
+    return _XSRF.fullmatch(value) is not None
 
 
 def check_password(settings: Settings, password: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import html
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -219,6 +220,15 @@ _LOGIN_PAGE = """<!doctype html><title>ws_sandbox login</title>
 <input type="password" name="password" autofocus><button>Log in</button></form>"""
 
 
+_LOGIN_HEADERS = {
+    **PAGE_HEADERS,
+    # No script, style or resource of any kind: the form posts to this service alone.
+    "Content-Security-Policy": "default-src 'none'; form-action 'self'; base-uri 'none';"
+                               " frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+}
+
+
 async def login(request: Request) -> Response:
     """``GET /login`` sets ``_xsrf``; ``POST /login`` checks the password, 302 with a cookie."""
     settings = request.app.state.manager.settings
@@ -229,8 +239,13 @@ async def login(request: Request) -> Response:
         return error_response(exc)
     xsrf = request.cookies.get(auth.XSRF_COOKIE)
     if request.method != "POST":
-        xsrf = xsrf or auth.new_xsrf()
-        response: Response = HTMLResponse(_LOGIN_PAGE.format(xsrf=xsrf), headers=PAGE_HEADERS)
+        # Only a value of ours is kept: a cookie is the client's to set (another site of
+        # the domain can set one), and this one is written into the page (a review found
+        # '"><script>' there, run as the service's origin).
+        if not (xsrf and auth.is_xsrf(xsrf)):
+            xsrf = auth.new_xsrf()
+        page = _LOGIN_PAGE.format(xsrf=html.escape(xsrf, quote=True))
+        response: Response = HTMLResponse(page, headers=_LOGIN_HEADERS)
         response.set_cookie(auth.XSRF_COOKIE, xsrf, path="/", samesite="strict")
         return response
     try:
