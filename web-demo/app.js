@@ -45,6 +45,10 @@
   const ALL_LANGUAGES = ["python", "javascript", "shell", "rust"];
   const INDENT = "    ";
   const MAX_IMAGE_PIXELS = 4096 * 4096;  // larger images are not shown (decoded, they are big)
+  // What all of a cell's images, and all the page's, may ask the browser to decode: a cell
+  // displaying a 2 KB PNG of 4096 x 4096 pixels 356 times asked for 24 GB (a review).
+  const MAX_CELL_IMAGE_PIXELS = 2 * MAX_IMAGE_PIXELS;
+  const MAX_PAGE_IMAGE_PIXELS = 16 * MAX_IMAGE_PIXELS;  // Clear gives it back
   // A cell that switches between stdout and stderr a byte at a time made one box per switch:
   // tens of thousands of elements and stalls of a second (a review). Past this many boxes in
   // one cell, the rest of its output goes into one last box for both streams.
@@ -441,8 +445,15 @@
       // A few KB of PNG can ask the browser to decode gigabytes: not shown.
       node = el("p", { class: "note",
         text: `(an image of ${size.width} × ${size.height} pixels: too large to show)` });
+    } else if (size && cell.pixels + size.width * size.height > MAX_CELL_IMAGE_PIXELS) {
+      node = el("p", { class: "note", text: `(an image of ${size.width} × ${size.height}`
+        + " pixels: not shown, this cell's images are as large as one cell's may be)" });
+    } else if (size && shownPixels() + size.width * size.height > MAX_PAGE_IMAGE_PIXELS) {
+      node = el("p", { class: "note", text: `(an image of ${size.width} × ${size.height}`
+        + " pixels: not shown, the page shows as many images as it may; Clear makes room)" });
     } else if (typeof data["image/png"] === "string") {
       // The alt text is ours: the cell's own words there would look like the page's.
+      cell.pixels += size.width * size.height;
       node = el("img", { src: `data:image/png;base64,${data["image/png"]}`,
         alt: `image output of cell ${cell.n}` });
     } else if (typeof data["text/plain"] === "string") {
@@ -455,6 +466,13 @@
       el("span", { class: "visually-hidden", text: kind === "value" ? "value" : "display" }),
       node));
     cell.out.hidden = false;
+  }
+
+  // Pixels of the images the page's cells show.
+  function shownPixels() {
+    let total = 0;
+    for (const cell of S.cells.values()) total += cell.pixels;
+    return total;
   }
 
   // The width and height in a PNG's header (IHDR), or null when it is not a PNG.
@@ -547,7 +565,8 @@
       codeView, out, notes);
     ui.cells.append(li);
     ui.empty.hidden = true;
-    const cell = { el: li, badge, meta, out, notes, status: "queued", n, code, runs: 0 };
+    const cell = { el: li, badge, meta, out, notes, status: "queued", n, code, runs: 0,
+      pixels: 0 };
     S.cells.set(id, cell);
     li.scrollIntoView({ block: "nearest" });
     return cell;

@@ -325,6 +325,48 @@ def test_an_image_too_large_to_decode_is_not_shown(page: Page) -> None:
     expect(cell.locator(".display img")).to_have_count(1)  # the small one is shown
 
 
+def test_images_are_bounded_per_cell_and_per_page(page: Page) -> None:
+    """A cell displaying a 2 KB PNG of 4096 x 4096 pixels 356 times asked the browser to
+    decode 24 GB, each image within the per-image bound (a review). A cell's images may
+    total two of the largest, the page's sixteen; past either, an image is named, not
+    shown, and Clear makes room again."""
+    setup = run_cell(page, (
+        "import struct, zlib\n"
+        "def chunk(t, d):\n"
+        "    return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))\n"
+        "def png(side):\n"
+        "    idat = zlib.compress(bytes(1 + (side + 7) // 8) * side, 9)\n"
+        "    return (b'\\x89PNG\\r\\n\\x1a\\n'\n"
+        "            + chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, 1, 0, 0, 0, 0))\n"
+        "            + chunk(b'IDAT', idat) + chunk(b'IEND', b''))\n"
+        "class Png:\n"
+        "    def __init__(self, side):\n"
+        "        self.data = png(side)\n"
+        "    def _repr_png_(self):\n"
+        "        return self.data\n"
+        "big, small = Png(4096), Png(1)\n"
+        "for _ in range(3):\n"
+        "    display(big)\n"))
+    expect(setup).to_have_attribute("data-status", "success")
+    expect(setup.locator(".display img")).to_have_count(2)
+    expect(setup.locator(".display .note")).to_have_text([
+        "(an image of 4096 \u00d7 4096 pixels: not shown, this cell's images are as large as"
+        " one cell's may be)"])
+    for _ in range(7):  # 2 + 7 x 2: the page's 16
+        cell = run_cell(page, "display(big)\ndisplay(big)\n")
+        expect(cell).to_have_attribute("data-status", "success")
+        expect(cell.locator(".display img")).to_have_count(2)
+    full = run_cell(page, "display(small)\n")
+    expect(full).to_have_attribute("data-status", "success")
+    expect(full.locator(".display .note")).to_have_text([
+        "(an image of 1 \u00d7 1 pixels: not shown, the page shows as many images as it"
+        " may; Clear makes room)"])
+    page.click("#clear")
+    after = run_cell(page, "display(small)\n")
+    expect(after).to_have_attribute("data-status", "success")
+    expect(after.locator(".display img")).to_have_count(1)
+
+
 def test_output_that_switches_streams_often_stays_small(page: Page) -> None:
     """A cell alternating stdout and stderr a byte at a time made one box per switch: tens of
     thousands of elements and stalls of a second (a review). Past 1,000 boxes the rest of a
