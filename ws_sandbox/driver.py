@@ -89,6 +89,9 @@ class ClientRequest:
     #: The peer address of the client that asked, recorded with the cell (empty: the
     #: session's own).
     address: str = ""
+    #: Already admitted (its rate-limit token taken by the caller, who could answer a
+    #: refusal better): the session does not ask ``admit_cell`` again.
+    admitted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +302,9 @@ class SessionRunner:
             case ClientMessage(data, sink, address):
                 if self._from_client(sink):
                     core.receive_client(data, now, address=address or self.address)
-            case ClientRequest(frame, address):
-                core.receive_frame(frame, now, address=address or self.address)
+            case ClientRequest(frame, address, admitted):
+                core.receive_frame(frame, now, address=address or self.address,
+                                   admitted=admitted)
             case ClientGone(sink):
                 if sink is self._sink:
                     self._sink = None

@@ -307,15 +307,17 @@ class Session:
             return
         self.receive_frame(frame, now, address=address)
 
-    def receive_frame(self, frame: fr.ClientFrame, now: float, *, address: str = "") -> None:
-        """Handle one decoded client frame (from a connection at ``address``)."""
+    def receive_frame(self, frame: fr.ClientFrame, now: float, *, address: str = "",
+                      admitted: bool = False) -> None:
+        """Handle one decoded client frame (from a connection at ``address``); ``admitted``:
+        the caller asked ``admit_cell`` already."""
         if self.state is State.CLOSED:
             return
         self._touch(now)
         match frame:
             case fr.Execute():
                 try:
-                    if self.admit_cell is not None:
+                    if self.admit_cell is not None and not admitted:
                         self.admit_cell()  # e.g. a rate limit; raises to refuse the cell
                     self.submit(frame, now, address=address)
                 except SandboxError as exc:
@@ -323,6 +325,15 @@ class Session:
             case fr.Interrupt():
                 self.interrupt(now)
             case fr.Restart():
+                try:
+                    if self.admit_cell is not None and not admitted:
+                        # A restart starts an interpreter: it costs what a cell does. Free,
+                        # a client restarted 47 interpreters a second past its rate limit
+                        # (a review).
+                        self.admit_cell()
+                except SandboxError as exc:
+                    self._error(exc)
+                    return
                 self.restart(now)
             case _:  # pragma: no cover - exhaustiveness
                 raise AssertionError(frame)

@@ -753,8 +753,9 @@ async def test_limits_and_reaping(make_service: ServiceFactory) -> None:
 
 async def test_kernels_and_their_cells_take_rate_limit_tokens(
         make_service: ServiceFactory) -> None:
-    """As a WebSocket session does: a kernel takes a token, each cell one. Kernels ignored
-    the rate limit before (a helper's probe ran 5 cells and 2 kernels on a burst of 2)."""
+    """As a WebSocket session does: a kernel takes a token, each cell and each restart one.
+    Kernels ignored the rate limit before (a helper's probe ran 5 cells and 2 kernels on a
+    burst of 2)."""
     with make_service(RATE_LIMIT_PER_MINUTE="1", RATE_LIMIT_BURST="3", **PYTHON_ONLY) as svc:
         svc.wait_pool_full()
         async with aiohttp.ClientSession() as http:
@@ -769,6 +770,12 @@ async def test_kernels_and_their_cells_take_rate_limit_tokens(
                 assert reply["content"]["status"] == "error"
                 assert "rate limit of 1 calls per minute" in reply["content"]["evalue"]
             async with http.post(svc.http + "/api/kernels") as response:
+                assert response.status == 429, await response.text()
+                assert (await response.json())["reason"] == "rate_limited"
+                assert int(response.headers["Retry-After"]) >= 1
+            # A restart starts an interpreter: it takes a token too (it took none, and a
+            # client restarted 47 interpreters a second past its limit: a review).
+            async with http.post(f"{svc.http}/api/kernels/{kernel_id}/restart") as response:
                 assert response.status == 429, await response.text()
                 assert (await response.json())["reason"] == "rate_limited"
                 assert int(response.headers["Retry-After"]) >= 1

@@ -827,6 +827,14 @@ async def test_rate_limit_counts_session_opens_and_cells(locked: Service) -> Non
             await s.execute("print(3)")
         assert refused.value.error.code == "rate_limited"
         assert "retry in" in refused.value.error.message
+        # A restart starts an interpreter: it takes a token too (it took none, and a client
+        # restarted 47 interpreters a second past its limit: a review). Refused, it gets
+        # an error without a cell id, and nothing restarts.
+        await s.restart()
+        async with asyncio.timeout(30):
+            while not isinstance(event := await s.events.get(), fr.Error):
+                assert not isinstance(event, fr.Restarted), event
+        assert (event.code, event.id) == ("rate_limited", None)
     await asyncio.sleep(0.3)
     with pytest.raises(SessionRefused) as again:
         await connect(locked.url, api_key="k-cells-0123456789ab")

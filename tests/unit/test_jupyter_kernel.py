@@ -11,7 +11,7 @@ import pytest
 
 from ws_sandbox import frames as fr
 from ws_sandbox.driver import ClientRequest, CloseRequest, Event, SessionRunner
-from ws_sandbox.exceptions import BackendError, BadRequest
+from ws_sandbox.exceptions import BackendError, BadRequest, RateLimited
 from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.kernel import HELD_CHARS, HELD_MESSAGES, TRACEBACK_HOLD_CHARS, Kernel
 from ws_sandbox.jupyter.specs import find_spec
@@ -484,6 +484,28 @@ async def test_restart_waits_for_restarted() -> None:
     assert kernel.execution_state == "idle"
     states = [m["content"]["execution_state"] for m in conn.of("status")]
     assert states == ["restarting", "idle"]
+
+
+async def test_a_restart_the_session_refuses_fails_with_its_reason() -> None:
+    """A restart over the channel (``shutdown_request`` with ``restart``) past the rate
+    limit: the session answers with an error without a cell id; the restart fails with it
+    at once, not after the restart's timeout, and the kernel is idle again. One the route
+    admitted says so, and the session does not ask again."""
+    kernel, runner, _ = await make_kernel()
+    task = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    assert isinstance(runner.events[-1], ClientRequest)
+    assert runner.events[-1].admitted is False
+    await send(kernel, fr.Error(code="rate_limited", message="slow down", id=None))
+    with pytest.raises(RateLimited, match="slow down"):
+        async with asyncio.timeout(5):
+            await task
+    assert kernel.execution_state == "idle"
+    admitted = asyncio.create_task(kernel.restart(admitted=True))
+    await asyncio.sleep(0)
+    assert runner.events[-1].admitted is True
+    await send(kernel, fr.Restarted(reason="interpreter_restarted", message=""))
+    await admitted
 
 
 async def test_restart_times_out() -> None:

@@ -682,6 +682,33 @@ def test_admit_cell_can_refuse_a_cell_and_the_session_goes_on() -> None:
     assert [f.id for f in frames if isinstance(f, fr.Result)] == ["a"]
 
 
+def test_admit_cell_can_refuse_a_restart_and_nothing_restarts() -> None:
+    """Restarts took no token: a client restarted 47 interpreters a second past its rate
+    limit (a review). A restart costs what a cell does; refused, it gets an error without
+    a cell id, and the interpreter and the running cell go on."""
+    allowed = iter([True, True, False])
+
+    def admit() -> None:
+        if not next(allowed):
+            raise RateLimited("slow down", retry_after=1.0)
+
+    session = new()
+    session.admit_cell = admit
+    session.receive_frame(fr.Execute(id="a", code="1"), now=1.0)
+    session.receive_agent(done("a"), 2.0)
+    sent_to_agent(session)
+    session.receive_frame(fr.Restart(), now=3.0)  # admitted
+    assert any(isinstance(f, aw.RestartWorker) for f in sent_to_agent(session))
+    session.receive_agent(aw.Restarted(), 4.0)
+    session.receive_frame(fr.Restart(), now=5.0)  # refused
+    assert not any(isinstance(f, aw.RestartWorker) for f in sent_to_agent(session))
+    frames = session.frames_to_send()
+    assert [(f.code, f.id) for f in frames if isinstance(f, fr.Error)] == [
+        ("rate_limited", None)]
+    assert sum(isinstance(f, fr.Restarted) for f in frames) == 1
+    assert session.state is State.IDLE
+
+
 # --- invariants over random event sequences ------------------------------------------------
 
 EVENT_KINDS = ("exec_short", "exec_long", "interrupt", "restart", "out", "display", "done",

@@ -45,7 +45,7 @@ import msgspec
 from ws_sandbox import __version__
 from ws_sandbox import frames as fr
 from ws_sandbox.driver import ClientRequest, CloseRequest, SessionRunner
-from ws_sandbox.exceptions import BackendError, PayloadTooLarge
+from ws_sandbox.exceptions import BackendError, PayloadTooLarge, RateLimited
 from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.specs import KernelSpec
 from ws_sandbox.session import check_code_size
@@ -373,11 +373,13 @@ class Kernel:
         if self.runner is not None:
             self.runner.interrupt_soon()
 
-    async def restart(self) -> None:
-        """Restart the interpreter and wait until it is fresh.
+    async def restart(self, *, admitted: bool = False) -> None:
+        """Restart the interpreter and wait until it is fresh; ``admitted``: the caller took
+        its rate-limit token (else the session asks for one).
 
         Raises:
             BackendError: the kernel died or did not come back in time.
+            RateLimited: the restart was refused for the caller's rate limit.
         """
         self._touch()
         if self.dead or self.runner is None:
@@ -387,7 +389,7 @@ class Kernel:
         self._restarting = True
         while self._pending:
             await self._abort(self._pending.popleft())
-        self.runner.feed_nowait(ClientRequest(fr.Restart()))
+        self.runner.feed_nowait(ClientRequest(fr.Restart(), admitted=admitted))
         try:
             async with asyncio.timeout(self._restart_timeout):
                 await asyncio.shield(waiter)
@@ -440,6 +442,13 @@ class Kernel:
                     await self._end_current(fr.Result(
                         id=cell_id, status="error", exit_code=None, execution_time_ms=0.0,
                         memory_used_mb=None, error=f"{code}: {message}"))
+                elif cell_id is None and code == RateLimited.code and self._restart_waiters:
+                    # The restart was refused (a restart costs a cell's token): it did not
+                    # happen, and the caller hears why.
+                    self._restarting = False
+                    for waiter in self._restart_waiters:
+                        if not waiter.done():
+                            waiter.set_exception(RateLimited(message))
                 else:
                     log.info("kernel %s: session error %s: %s", self.id, code, message)
             case fr.Restarted(message=message):
