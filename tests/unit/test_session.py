@@ -655,10 +655,9 @@ def test_validate_cell_is_what_submit_uses() -> None:
     assert isinstance(error, fr.Error) and error.message == direct.value.message
 
 
-def test_admit_cell_can_refuse_a_cell_and_the_session_goes_on() -> None:
-    """A cell admit_cell refuses gets its error and is never queued, sent or run, not even
-    after the running cell ends (a review); the session goes on with the cell it admitted."""
-    allowed = iter([True, False, True])
+def admitting(*answers: bool) -> Session:
+    """A session whose ``admit_cell`` admits or refuses (a rate limit) in this order."""
+    allowed = iter(answers)
 
     def admit() -> None:
         if not next(allowed):
@@ -666,6 +665,13 @@ def test_admit_cell_can_refuse_a_cell_and_the_session_goes_on() -> None:
 
     session = new()
     session.admit_cell = admit
+    return session
+
+
+def test_admit_cell_can_refuse_a_cell_and_the_session_goes_on() -> None:
+    """A cell admit_cell refuses gets its error and is never queued, sent or run, not even
+    after the running cell ends (a review); the session goes on with the cell it admitted."""
+    session = admitting(True, False, True)
     session.receive_frame(fr.Execute(id="a", code="1"), now=1.0)
     session.receive_frame(fr.Execute(id="b", code="2"), now=1.0)
     frames = session.frames_to_send()
@@ -686,14 +692,7 @@ def test_admit_cell_can_refuse_a_restart_and_nothing_restarts() -> None:
     """Restarts took no token: a client restarted 47 interpreters a second past its rate
     limit (a review). A restart costs what a cell does; refused, it gets an error without
     a cell id, and the interpreter and the running cell go on."""
-    allowed = iter([True, True, False])
-
-    def admit() -> None:
-        if not next(allowed):
-            raise RateLimited("slow down", retry_after=1.0)
-
-    session = new()
-    session.admit_cell = admit
+    session = admitting(True, True, False)
     session.receive_frame(fr.Execute(id="a", code="1"), now=1.0)
     session.receive_agent(done("a"), 2.0)
     sent_to_agent(session)
