@@ -16,7 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ws_sandbox import frames as fr
-from ws_sandbox.exceptions import DECODE_ERRORS, BadRequest, NotFound, decode_error_text
+from ws_sandbox.exceptions import (
+    DECODE_ERRORS,
+    BadRequest,
+    NotFound,
+    decode_error_text,
+    quoted,
+)
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.rest import JSONBody, read_body
 from ws_sandbox.surface import Surface
@@ -106,7 +112,7 @@ async def end_session(request: Request) -> Response:
     surface: Surface = request.app.state.surface
     session_id = request.path_params["session_id"]
     if not await manager.end(session_id, "closed_by_admin", "closed by an administrator"):
-        raise NotFound(f"no session {session_id!r}")
+        raise NotFound(f"no session {quoted(session_id)}")
     if surface.audit is not None:
         surface.audit.event("admin_session_ended", client=request.state.client_id,
                             address=request.state.client_address,

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ws_sandbox.exceptions import DECODE_ERRORS, SandboxLost
+from ws_sandbox.exceptions import DECODE_ERRORS, SandboxLost, quoted
 
 MAX_AGENT_FRAME = 1024 * 1024
 """Largest frame the service accepts from an agent."""
@@ -102,21 +102,6 @@ class Restarted(AgentFrame, tag="restarted"):
 
 
 FromAgent = AgentReady | Out | AgentDisplay | Done | Restarted
-
-QUOTED_CHARS = 200
-"""The most of a sandbox's words :func:`quoted` keeps."""
-
-
-def quoted(text: str) -> str:
-    """``text`` that came from a sandbox, fit for the log, a result's error and a record: cut
-    to :data:`QUOTED_CHARS` characters and quoted, every control character escaped.
-
-    msgspec's description of a frame it refused repeats the bad value as it came. Under
-    gVisor a cell can write frames to its agent's channel itself: one with a made-up tag
-    wrote lines of its choosing into the service's log, and a megabyte into a result's
-    error, the audit log and the history (a review).
-    """
-    return repr(text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "...")
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[FromAgent] = msgspec.json.Decoder(FromAgent)

@@ -14,7 +14,7 @@ from ws_sandbox import frames as fr
 from ws_sandbox import metrics
 from ws_sandbox.auth import is_key_identity, key_identity
 from ws_sandbox.connections import ConnectionGate
-from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError, UpgradeRequired
+from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError, UpgradeRequired, quoted
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.refusals import AUTH_REASONS
 from ws_sandbox.rest import ErrorBody, ErrorDetail, JSONBody, error_response
@@ -73,7 +73,7 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be a whole number, not {raw!r}") from None
+        raise BadRequest(f"{name} must be a whole number, not {quoted(raw)}") from None
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}")
     return value
@@ -87,7 +87,7 @@ def _choice(request: Request, name: str, allowed: tuple[str, ...],
     if raw is None:
         return None
     if (value := named(raw)) not in allowed:
-        raise BadRequest(f"{name} must be one of {', '.join(allowed)}, not {raw!r}")
+        raise BadRequest(f"{name} must be one of {', '.join(allowed)}, not {quoted(raw)}")
     return value
 
 
@@ -121,7 +121,7 @@ async def execution(request: Request) -> Response:
     execution_id = request.path_params["execution_id"]
     item = await history.get(execution_id, client=_own_only(request))
     if item is None:
-        raise NotFound(f"no execution {execution_id!r} in the history")
+        raise NotFound(f"no execution {quoted(execution_id)} in the history")
     return JSONBody(item)
 
 

@@ -37,6 +37,7 @@ from ws_sandbox.exceptions import (
     SandboxError,
     Unauthorized,
     WrongCredential,
+    quoted,
 )
 from ws_sandbox.ratelimit import GuessLimiter
 from ws_sandbox.refusals import AUTH_REASONS
@@ -170,7 +171,7 @@ def check_host(settings: Settings, host: str | None) -> None:
         return
     except ValueError:
         pass
-    raise Forbidden(f"host {name!r} is not allowed: a service without API keys answers only"
+    raise Forbidden(f"host {quoted(name)} is not allowed: a service without API keys answers only"
                     " to localhost, IP addresses and the names in ALLOWED_HOSTS (a page"
                     f" whose name points here could use it otherwise); add {name} to"
                     " ALLOWED_HOSTS, or set API_KEYS")

@@ -236,6 +236,24 @@ ERROR_TABLE: dict[type[SandboxError], tuple[int, int]] = {
 }
 
 
+QUOTED_CHARS = 200
+"""The most of a client's or a sandbox's words :func:`quoted` keeps."""
+
+
+def quoted(text: str) -> str:
+    """``text`` that came from a client or a sandbox, fit for an error message, the log and
+    a record: cut to :data:`QUOTED_CHARS` characters and quoted, every control character
+    escaped.
+
+    msgspec's description of a frame it refused repeats the bad value as it came. Under
+    gVisor a cell can write frames to its agent's channel itself: one with a made-up tag
+    wrote lines of its choosing into the service's log, and a megabyte into a result's
+    error, the audit log and the history (a review). A client's query value or path came
+    back whole in a 400 or 404 too (5,000 characters of ``?limit=``: a review).
+    """
+    return repr(text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "...")
+
+
 DECODE_ERRORS: tuple[type[Exception], ...] = (
     msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 """What msgspec raises for JSON that is not what we expect: ``DecodeError`` (malformed, a

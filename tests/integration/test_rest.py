@@ -386,6 +386,14 @@ def test_stats_metrics_config_and_history(service: Service) -> None:
         err["error"]["message"]
     status, _, err = call(service, "/api/v1/executions/nope")
     assert status == 404
+    # A value the client sent is quoted back cut short: 5,000 characters of it came back
+    # whole in the message (a review).
+    for path, code in ((f"/api/v1/executions?limit={'9' * 5000}", 400),
+                       (f"/api/v1/executions?status={'x' * 5000}", 400),
+                       (f"/api/v1/executions/{'a' * 5000}", 404)):
+        status, _, err = call(service, path)
+        message = err["error"]["message"]
+        assert status == code and len(message) < 400 and "...'" in message, (path, message)
 
 
 def test_openapi_and_docs(service: Service) -> None:

@@ -54,3 +54,10 @@ def test_retry_after_header_is_whole_seconds_rounded_up_never_zero(
     """The REST and the Jupyter endpoints both send this; the Jupyter one sent ``0`` for a
     wait under a second, which invites an immediate retry."""
     assert exceptions.RateLimited("slow down", retry_after=seconds).retry_after_header == header
+
+
+def test_quoted_cuts_and_escapes_what_it_repeats() -> None:
+    assert exceptions.quoted("nope") == "'nope'"
+    assert exceptions.quoted("a\nb\x1b") == "'a\\nb\\x1b'"
+    long = exceptions.quoted("x" * 5000)
+    assert long == repr("x" * exceptions.QUOTED_CHARS + "...")

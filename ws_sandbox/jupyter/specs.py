@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ws_sandbox.exceptions import NotFound
+from ws_sandbox.exceptions import NotFound, quoted
 from ws_sandbox.settings import Language
 
 
@@ -87,7 +87,7 @@ def find_spec(name: str | None, languages: tuple[Language, ...]) -> KernelSpec:
         if spec.name == wanted:
             return spec
     names = ", ".join(s.name for s in enabled_specs(languages))
-    raise NotFound(f"no such kernel {name!r}; available: {names}")
+    raise NotFound(f"no such kernel {quoted(name)}; available: {names}")
 
 
 def kernelspecs_model(languages: tuple[Language, ...]) -> dict[str, Any]:
