@@ -138,6 +138,11 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=[*routes, *web.routes()], lifespan=lifespan,
                     middleware=[Middleware(AuthMiddleware)],
                     exception_handlers=exception_handlers())
+    # No redirect from a path with a slash added or taken off: Starlette's names the
+    # request's Host, which a client chooses, as the place to go (a review: GET /api/ with
+    # Host: evil.example answered 307 to http://evil.example/api, without a key). An API's
+    # paths are exact; such a path gets a 404.
+    app.router.redirect_slashes = False
     # Connections per address, and in all (its total is set by server.serve, which knows the
     # open files limit).
     app.state.gate = ConnectionGate(settings.max_connections_per_address)

@@ -1062,6 +1062,16 @@ UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Versi
            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
 
 
+def test_no_redirect_names_a_host_the_client_chose(locked: Service) -> None:
+    """Starlette answered a path with a slash added (GET /api/) with a 307 to the same path
+    at the request's Host: with Host: evil.example, to http://evil.example/api, without a
+    key (a review; a service with keys checks no Host). Paths are exact now: a 404."""
+    for path in ("/api/", "/api/v1/health/", "/api/kernels/"):
+        status, body = request_as(locked, "GET", path, "evil.example")
+        assert status in (401, 404), (path, status, body)
+        assert "evil.example" not in str(body), (path, body)
+
+
 def test_an_open_service_answers_only_to_its_own_names(service: Service) -> None:
     """DNS rebinding: a page at evil.example, whose name the attacker then points at this
     service's address, is the service's own site to the browser (Origin and Host agree). A
