@@ -204,6 +204,8 @@ def serve(settings: Settings) -> int:
             f"refusing to bind to {settings.host or 'every interface'} without API keys;"
             " set API_KEYS, or ALLOW_UNAUTHENTICATED=true if something in front of us"
             " authenticates")
+    for advice in settings.advice():
+        log.warning("%s", advice)
     sockets = listen(settings.host, settings.port)
     app = create_app(settings)
     config = uvicorn.Config(

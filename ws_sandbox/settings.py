@@ -543,6 +543,21 @@ class Settings:
         except ValueError:
             return False
 
+    def advice(self) -> list[str]:
+        """Settings that are valid but leave callers less protected than they likely expect
+        (the service logs each at start, as a warning)."""
+        found = []
+        keys = len(self.api_key_list)
+        if keys >= 2 and not 0 < self.max_sessions_per_key < self.max_concurrent_executions:
+            found.append(
+                f"API_KEYS has {keys} keys and MAX_SESSIONS_PER_KEY"
+                f" ({self.max_sessions_per_key}) caps no key below MAX_CONCURRENT_EXECUTIONS"
+                f" ({self.max_concurrent_executions}): one key may hold every session and"
+                " lock the others out; set MAX_SESSIONS_PER_KEY (for example"
+                f" {max(1, self.max_concurrent_executions // keys)}) if the keys are"
+                " different tenants")
+        return found
+
     def public(self) -> dict[str, Any]:
         """Settings that may be shown to clients: every field not marked secret."""
         return {f.name: getattr(self, f.name) for f in fields(self)

@@ -45,6 +45,19 @@ def test_non_loopback_bind_with_keys_or_allowed_unauthenticated_starts(
     assert calls == [("0.0.0.0", settings.port)]
 
 
+def test_advice_on_the_settings_is_logged_at_start(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    def listen(host: str, port: int) -> object:
+        raise _Listened
+
+    monkeypatch.setattr(server, "listen", listen)
+    settings = Settings.from_env({"API_KEYS": "tenant-a-0123456789,tenant-b-0123456789"})
+    with pytest.raises(_Listened):
+        serve(settings)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == settings.advice() and len(warned) == 1
+
+
 def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     low = min(256, hard)

@@ -340,3 +340,16 @@ def test_the_history_cannot_be_one_of_the_audit_log_s_backups() -> None:
                            "AUDIT_LOG_BACKUPS": "5"})
     Settings.from_env({"AUDIT_LOG_PATH": "a.log", "HISTORY_DB_PATH": "a.log.6",
                        "AUDIT_LOG_BACKUPS": "5"})
+
+
+def test_several_keys_without_a_cap_per_key_are_advised_against() -> None:
+    """Out of the box, one of several keys could take every session slot and lock the other
+    tenants out, with no word at start (a review). Documented in SECURITY.md; now said."""
+    keys = "tenant-a-0123456789,tenant-b-0123456789"
+    (advice,) = Settings.from_env({"API_KEYS": keys}).advice()
+    assert advice.startswith("API_KEYS has 2 keys and MAX_SESSIONS_PER_KEY (0) caps no key")
+    assert "set MAX_SESSIONS_PER_KEY (for example 5)" in advice
+    assert Settings.from_env({"API_KEYS": keys, "MAX_SESSIONS_PER_KEY": "10"}).advice()
+    assert not Settings.from_env({"API_KEYS": keys, "MAX_SESSIONS_PER_KEY": "4"}).advice()
+    assert not Settings.from_env({"API_KEYS": "tenant-a-0123456789"}).advice()
+    assert not Settings.from_env({}).advice()
