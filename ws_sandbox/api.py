@@ -91,6 +91,12 @@ def _choice(request: Request, name: str, allowed: tuple[str, ...],
     return value
 
 
+def is_operator(request: Request) -> bool:
+    """Whether the caller is the service's operator: the admin key, or anyone where no key
+    is needed (one tenant). A key of API_KEYS is a tenant."""
+    return _own_only(request) is None
+
+
 def _own_only(request: Request) -> str | None:
     """The identity whose executions alone the caller may read: an API key's own; None (all)
     for the admin key, and where no key is needed (one tenant)."""

@@ -15,6 +15,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from ws_sandbox import __version__, web
 from ws_sandbox import frames as fr
+from ws_sandbox.api import is_operator
 from ws_sandbox.auth import AuthMiddleware, check_request
 from ws_sandbox.backend import DockerBackend
 from ws_sandbox.connections import ConnectionGate
@@ -68,9 +69,10 @@ async def health(request: Request) -> JSONResponse:
 
 
 async def config(request: Request) -> JSONResponse:
-    """Effective limits and enabled languages; never a secret."""
+    """Effective limits and enabled languages; never a secret, and for a tenant's key
+    nothing that describes the host (see ``Settings.public``)."""
     manager: SessionManager = request.app.state.manager
-    body = manager.settings.public()
+    body = manager.settings.public(operator=is_operator(request))
     body["enabled_languages"] = list(manager.settings.enabled_languages)
     return JSONResponse(body)
 

@@ -185,10 +185,12 @@ class Settings:
     """
 
     # --- service -------------------------------------------------------------------------
-    host: str = field(default="127.0.0.1", metadata={"env": "SANDBOX_HOST",
+    host: str = field(default="127.0.0.1", metadata={"env": "SANDBOX_HOST", "operator": True,
         "doc": "Address to bind; loopback unless told otherwise"})
-    port: int = field(default=8090, metadata={"env": "SANDBOX_PORT", "doc": "TCP port"})
-    instance_name: str = field(default="ws-sandbox", metadata={"env": "INSTANCE_NAME",
+    port: int = field(default=8090, metadata={"env": "SANDBOX_PORT", "operator": True,
+                                              "doc": "TCP port"})
+    instance_name: str = field(default="ws-sandbox", metadata={
+        "env": "INSTANCE_NAME", "operator": True,
         "doc": "Label value marking this service's containers; the stopped ones of earlier"
         " runs are removed at start-up. Give each service on one engine its own"})
     session_secret: str = field(default="", metadata={"env": "SESSION_SECRET",
@@ -284,7 +286,8 @@ class Settings:
                " and the containers' removal"})
     # --- containers ----------------------------------------------------------------------
     container_image: str = field(default="ws-sandbox-runtime:latest", metadata={
-        "env": "CONTAINER_IMAGE", "doc": "Runtime image (ws-sandbox build-image makes it)"})
+        "env": "CONTAINER_IMAGE", "operator": True,
+        "doc": "Runtime image (ws-sandbox build-image makes it)"})
     container_runtime: str = field(default="", metadata={"env": "CONTAINER_RUNTIME",
         "doc": "Engine runtime: empty for the engine default (runc), or runsc (gVisor; the"
         " engine's runsc needs --oci-seccomp, which scripts/setup.sh registers)"})
@@ -301,7 +304,7 @@ class Settings:
         "doc": "Mount the sandbox root file system read-only"})
     drop_all_capabilities: bool = field(default=True, metadata={
         "env": "DROP_ALL_CAPABILITIES", "doc": "Drop every Linux capability in sandboxes"})
-    seccomp_profile: str = field(default="", metadata={"env": "SECCOMP_PROFILE",
+    seccomp_profile: str = field(default="", metadata={"env": "SECCOMP_PROFILE", "operator": True,
         "doc": "Path of a seccomp JSON profile; empty: the shipped runtime/seccomp.json"
         " (unconfined is refused)"})
 
@@ -314,12 +317,12 @@ class Settings:
     admin_api_key: str = field(default="", metadata={"env": "ADMIN_API_KEY",
         "doc": "Key of the admin API (at least 16 characters, and none of API_KEYS); empty:"
         " the admin API is switched off", "secret": True})
-    allowed_origins: str = field(default="", metadata={"env": "ALLOWED_ORIGINS",
+    allowed_origins: str = field(default="", metadata={"env": "ALLOWED_ORIGINS", "operator": True,
         "doc": "Comma-separated origins (scheme://host[:port]) whose pages may open"
         " WebSockets to the service (and write to an open Jupyter endpoint); the service's own"
         " host always may; * allows any. No CORS headers are sent: REST calls from another"
         " origin's page are not readable"})
-    allowed_hosts: str = field(default="", metadata={"env": "ALLOWED_HOSTS",
+    allowed_hosts: str = field(default="", metadata={"env": "ALLOWED_HOSTS", "operator": True,
         "doc": "Comma-separated host names a service without API keys answers to, besides"
         " localhost and IP addresses (a defence against DNS rebinding: a web page whose name"
         " resolves to this service); * allows any"})
@@ -340,7 +343,8 @@ class Settings:
                " no faster, and its client's sends wait. 0: no limit"})
     enable_audit_log: bool = field(default=True, metadata={"env": "ENABLE_AUDIT_LOG",
         "doc": "Write one JSON line per execution to AUDIT_LOG_PATH"})
-    audit_log_path: str = field(default="data/audit.log", metadata={"env": "AUDIT_LOG_PATH",
+    audit_log_path: str = field(default="data/audit.log", metadata={
+        "env": "AUDIT_LOG_PATH", "operator": True,
         "doc": "File of the audit log"})
     audit_log_max_bytes: int = field(default=10_485_760, metadata={
         "env": "AUDIT_LOG_MAX_BYTES", "doc": "Rotate the audit log when it reaches this size"})
@@ -349,7 +353,7 @@ class Settings:
     enable_history: bool = field(default=True, metadata={"env": "ENABLE_HISTORY",
         "doc": "Keep executions in HISTORY_DB_PATH for /api/v1/executions"})
     history_db_path: str = field(default="data/history.sqlite3", metadata={
-        "env": "HISTORY_DB_PATH", "doc": "SQLite file of the execution history"})
+        "env": "HISTORY_DB_PATH", "operator": True, "doc": "SQLite file of the execution history"})
     history_retention_days: float = field(default=7.0, metadata={
         "env": "HISTORY_RETENTION_DAYS", "doc": "Forget executions older than this"})
     history_max_rows: int = field(default=100_000, metadata={"env": "HISTORY_MAX_ROWS",
@@ -558,10 +562,13 @@ class Settings:
                 " different tenants")
         return found
 
-    def public(self) -> dict[str, Any]:
-        """Settings that may be shown to clients: every field not marked secret."""
+    def public(self, *, operator: bool = True) -> dict[str, Any]:
+        """Settings that may be shown to clients: every field not marked secret; without
+        ``operator``, none that describes the host either (addresses, names, paths), which
+        a tenant has no use for (a review found every key read the service's file paths)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if not f.metadata.get("secret")}
+                if not f.metadata.get("secret")
+                and (operator or not f.metadata.get("operator"))}
 
 
 def _split(text: str) -> tuple[str, ...]:

@@ -805,6 +805,21 @@ def test_an_api_key_in_a_rest_url_is_refused_with_a_hint(locked: Service) -> Non
     assert call(locked, "/api/v1/config", headers=bearer("k-auth-0123456789ab"))[0] == 200
 
 
+def test_a_tenant_s_config_does_not_describe_the_host(locked: Service) -> None:
+    """Every key read the service's file paths, its address and its container label in
+    /api/v1/config (a review). A tenant's key gets the limits and languages; the admin key
+    (the operator) gets every setting but the secrets, as a service without keys does."""
+    host_fields = {"audit_log_path", "history_db_path", "host", "port", "instance_name",
+                   "container_image", "seccomp_profile", "allowed_origins", "allowed_hosts"}
+    status, _, tenant = call(locked, "/api/v1/config", headers=bearer("k-misc-0123456789ab"))
+    assert status == 200 and not host_fields & set(tenant), tenant
+    assert tenant["max_execution_time"] > 0 and "python" in tenant["enabled_languages"]
+    status, _, operator = call(locked, "/api/v1/config", headers=bearer("boss-0123456789ab"))
+    assert status == 200 and host_fields <= set(operator), operator
+    assert set(tenant) | host_fields == set(operator)
+    assert "api_keys" not in operator and "admin_api_key" not in operator
+
+
 def test_disabled_language_lists_the_enabled_ones(locked: Service) -> None:
     status, _, err = call(locked, "/api/v1/execute", {"code": "fn main(){}",
                                                       "language": "rust"},
