@@ -138,7 +138,7 @@ def create_app(settings: Settings) -> Starlette:
     ]
     # The demo's mount at / matches every path: it must come last.
     app = Starlette(routes=[*routes, *web.routes()], lifespan=lifespan,
-                    middleware=[Middleware(AuthMiddleware)],
+                    middleware=[Middleware(web.NoSniff), Middleware(AuthMiddleware)],
                     exception_handlers=exception_handlers())
     # No redirect from a path with a slash added or taken off: Starlette's names the
     # request's Host, which a client chooses, as the place to go (a review: GET /api/ with

@@ -118,6 +118,34 @@ class SecureStatic:
         await self.app(scope, receive, send_with_headers)
 
 
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
+class NoSniff:
+    """ASGI middleware: every HTTP response of ``app`` says ``X-Content-Type-Options:
+    nosniff``, so no browser reads an API's JSON (which may quote what a client sent) or an
+    error as a page. The demo's own files have it from :class:`SecureStatic`; the API's
+    answers, and the 404 of a path under ``/`` (answered outside the demo's wrapper), had it
+    not (a review)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if all(name.lower() != NOSNIFF[0] for name, _ in headers):
+                    message = {**message, "headers": [*headers, NOSNIFF]}
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
+
+
 def missing_demo(directory: Path) -> ASGIApp:
     """An app that explains, on every request, why there is no demo page."""
     text = (f"The web demo is not available: {directory} does not exist. It is served from"
