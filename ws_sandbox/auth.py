@@ -52,9 +52,9 @@ ADMIN_PREFIX = "/api/v1/admin"
 #: Paths whose adapter checks credentials itself: the Jupyter endpoint takes Jupyter's
 #: token forms (``?token=``, ``Authorization: token``), its login cookie and API keys.
 DELEGATED_PREFIXES = ("/api/kernels", "/api/kernelspecs")
-#: The Jupyter endpoint's pages that need no credential (its version, its login form): they
-#: follow its rules, not API_KEYS', for the host check too.
-JUPYTER_OPEN_PATHS = frozenset({"/api", "/login"})
+#: The Jupyter endpoint's pages that need no credential (its version, its login form, its
+#: logout): they follow its rules, not API_KEYS', for the host check too.
+JUPYTER_OPEN_PATHS = frozenset({"/api", "/login", "/logout"})
 
 
 def _matches(given: str, keys: tuple[str, ...]) -> bool:

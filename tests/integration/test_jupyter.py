@@ -250,6 +250,13 @@ async def test_credentials_are_checked(secured: Service) -> None:
             assert response.status == 200
         async with http.post("api/kernels") as response:
             assert response.status == 403  # no X-XSRFToken
+        # Logging out ends the login (there was no /logout: a login lasted its 12 hours).
+        async with http.get("logout", allow_redirects=False) as response:
+            assert response.status == 302 and response.headers["Location"] == "/login"
+            assert response.cookies["ws_sandbox_jupyter_login"]["max-age"] == "0"
+            http.cookie_jar.update_cookies(response.cookies)
+        async with http.get("api/kernels") as response:
+            assert response.status in (401, 403), await response.text()
     with pytest.raises(websockets.InvalidStatus) as info:
         async with websockets.connect(secured.url + "/api/kernels/x/channels?token=wrong"):
             pass

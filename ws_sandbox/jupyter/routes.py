@@ -279,6 +279,15 @@ async def login(request: Request) -> Response:
     return response
 
 
+async def logout(request: Request) -> Response:
+    """``GET`` or ``POST /logout``: the login cookie is deleted, and the browser sent to the
+    login form (Jupyter Server's ``/logout`` ends a login too; there was none, and a login
+    lasted its 12 hours)."""
+    response = RedirectResponse("/login", status_code=302)
+    response.delete_cookie(auth.LOGIN_COOKIE, path="/", httponly=True, samesite="lax")
+    return response
+
+
 # --- WebSocket -----------------------------------------------------------------------------
 
 
@@ -362,4 +371,5 @@ def routes() -> list[BaseRoute]:
         Route("/api/kernels/{kernel_id}/restart", guarded(restart_kernel), methods=["POST"]),
         WebSocketRoute("/api/kernels/{kernel_id}/channels", channels),
         Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["GET", "POST"]),
     ]
