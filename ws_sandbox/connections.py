@@ -7,7 +7,8 @@ and the service could neither open a file nor reach the engine (a review: 20,000
 request heads from one address locked every tenant out).
 
 :class:`ConnectionGate` counts the connections the HTTP protocol has accepted, by peer
-address (a WebSocket keeps its connection's place after the upgrade), and refuses one past
+address (an IPv6 address as its /64, as the guess limit counts it; a WebSocket keeps its
+connection's place after the upgrade), and refuses one past
 ``MAX_CONNECTIONS_PER_ADDRESS`` from its address, or past :attr:`ConnectionGate.total` in
 all: three quarters of the open files limit, so that the rest stays for the sandboxes'
 streams, the engine's connections and the stores' files. A refused connection gets a 503
@@ -31,6 +32,7 @@ from collections.abc import Callable
 import msgspec
 
 from ws_sandbox.exceptions import TooManyConnections
+from ws_sandbox.ratelimit import client_network
 
 TOTAL_SHARE = 0.75
 """Share of the open files limit that connections may hold."""
@@ -64,10 +66,12 @@ class ConnectionGate:
         """Told each refusal (reason, address): the operators' summary."""
 
     def admit(self, address: str) -> TooManyConnections | None:
-        """Count a new connection from ``address``, or say why it is refused.
+        """Count a new connection from ``address`` (an IPv6 address counts as its /64, which
+        one client commonly holds whole), or say why it is refused.
 
         An admitted connection must be :meth:`leave` d once it is closed.
         """
+        address = client_network(address)
         held = self._by_address[address]
         refusal = None
         if self.total and self.open >= self.total:
@@ -90,6 +94,7 @@ class ConnectionGate:
 
     def leave(self, address: str) -> None:
         """An admitted connection from ``address`` is closed."""
+        address = client_network(address)
         self.open -= 1
         held = self._by_address[address] - 1
         if held > 0:
@@ -110,8 +115,8 @@ class ConnectionGate:
         self.lingering -= 1
 
     def held_by(self, address: str) -> int:
-        """Connections ``address`` holds now."""
-        return self._by_address[address]
+        """Connections ``address`` (its /64, for IPv6) holds now."""
+        return self._by_address[client_network(address)]
 
 
 def total_for(open_files: int) -> int:

@@ -167,7 +167,9 @@ class History:
 
     async def __aenter__(self) -> History:
         try:
-            await self._call(self._open)
+            # No timeout: opening prunes, which may take a while on a large database
+            # (a slow start, not a failed one).
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
         except BaseException:
             self._executor.shutdown(wait=False)
             raise

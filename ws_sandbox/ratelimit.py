@@ -151,7 +151,7 @@ class GuessLimiter(RateLimiter):
         Raises:
             RateLimited: naming the limit and when the next attempt is allowed.
         """
-        key = _network(key)
+        key = client_network(key)
         bucket = self._buckets.get(key) if self.enabled else None
         if bucket is None:
             return
@@ -167,7 +167,7 @@ class GuessLimiter(RateLimiter):
         """Count one wrong credential from ``key``."""
         if self.enabled:
             now = self._clock()
-            self._bucket(_network(key), now).take(now)
+            self._bucket(client_network(key), now).take(now)
 
 
 class Pace:
@@ -211,7 +211,7 @@ class Pace:
         bucket.tokens -= 1.0
 
 
-def _network(address: str) -> str:
+def client_network(address: str) -> str:
     """An IPv6 address's /64 (what one client commonly holds); any other address as it is."""
     try:
         ip = ipaddress.ip_address(address)

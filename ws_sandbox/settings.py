@@ -227,11 +227,11 @@ class Settings:
         " cap at or above it)"})
     max_connections_per_address: int = field(default=256, metadata={
         "env": "MAX_CONNECTIONS_PER_ADDRESS",
-        "doc": "Connections (HTTP and WebSocket) one client address may hold open at once,"
-        " before any credentials are read; past it a connection gets 503"
-        " too_many_connections and is closed. Behind a proxy every client has the proxy's"
-        " address: raise it there. 0: no cap (the service still keeps a quarter of its open"
-        " files limit for sandboxes and files)"})
+        "doc": "Connections (HTTP and WebSocket) one client address (an IPv6 address: its"
+        " /64) may hold open at once, before any credentials are read; past it a"
+        " connection gets 503 too_many_connections and is closed. Behind a proxy every"
+        " client has the proxy's address: raise it there. 0: no cap (the service still"
+        " keeps a quarter of its open files limit for sandboxes and files)"})
     max_output_bytes: int = field(default=1_048_576, metadata={"env": "MAX_OUTPUT_BYTES",
         "doc": "Output kept per cell; the rest is cut with a visible marker"})
     max_code_bytes: int = field(default=1_048_576, metadata={"env": "MAX_CODE_BYTES",
@@ -460,6 +460,10 @@ class Settings:
              "ADMIN_API_KEY is also one of API_KEYS: whoever holds that key would be an"
              " administrator (read every caller's history, change limits, end sessions);"
              " give the admin a key of its own")
+        need(not self.admin_api_key or self.admin_api_key != self.jupyter_token,
+             "ADMIN_API_KEY is also JUPYTER_TOKEN: whoever is given the Jupyter token (an"
+             " Open WebUI's settings) would hold the admin key; give the admin a key of its"
+             " own")
         need(not self.session_secret or len(self.session_secret) >= MIN_SESSION_SECRET,
              f"SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters (it has"
              f" {len(self.session_secret)}); leave it empty for a random one per start")

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from ws_sandbox.audit import AuditLog
 from ws_sandbox.driver import SessionRunner
-from ws_sandbox.exceptions import ConfigError, StoreUnavailable
+from ws_sandbox.exceptions import ConfigError
 from ws_sandbox.history import History
 from ws_sandbox.metrics import StoreState
 from ws_sandbox.ratelimit import GuessLimiter, RateLimiter
@@ -75,9 +75,7 @@ class Surface:
                     raise ConfigError(f"HISTORY_DB_PATH={self.history.path}: cannot open it"
                                       f" as a database ({exc}); move it aside to start a"
                                       " new one") from exc
-                except StoreUnavailable as exc:
-                    raise ConfigError(f"HISTORY_DB_PATH={self.history.path}: {exc.message}"
-                                      ) from exc
+
             self._stack = stack.pop_all()
         return self
 

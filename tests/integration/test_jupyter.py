@@ -265,7 +265,7 @@ async def test_credentials_are_checked(secured: Service) -> None:
         async with websockets.connect(secured.url + f"/api/kernels/x/channels?token={TOKEN}"):
             pass
     assert info.value.response.status_code == 404
-    assert json.loads(info.value.response.body)["message"] == "kernel x does not exist"
+    assert json.loads(info.value.response.body)["message"] == "kernel 'x' does not exist"
 
 
 async def test_the_login_page_writes_only_an_xsrf_value_of_its_own(secured: Service) -> None:

@@ -76,3 +76,19 @@ def test_the_refusal_is_a_whole_http_response_with_the_error_body() -> None:
                       "retry-after": "1", "connection": "close"}
     assert json.loads(body) == {"error": {"code": "too_many_connections",
                                           "message": error.message}}
+
+
+def test_an_ipv6_address_counts_as_its_64() -> None:
+    """Each exact IPv6 address was one address: a client holding a /64 (as one commonly
+    does) had as many caps as addresses (a review). It counts as its /64, as the guess
+    limit counts it; an IPv4 address, and one mapped into IPv6, as itself."""
+    gate = ConnectionGate(per_address=2)
+    assert gate.admit("2001:db8:1:2::1") is None and gate.admit("2001:db8:1:2::ffff") is None
+    assert gate.admit("2001:db8:1:2:aaaa::5") is not None
+    assert gate.admit("2001:db8:1:3::1") is None  # another /64
+    assert gate.held_by("2001:db8:1:2::77") == 2
+    gate.leave("2001:db8:1:2::1")
+    assert gate.admit("2001:db8:1:2::9") is None
+    for address in ("192.0.2.1", "192.0.2.1", "::ffff:192.0.2.2", "::ffff:192.0.2.2"):
+        assert gate.admit(address) is None
+    assert gate.admit("192.0.2.1") is not None

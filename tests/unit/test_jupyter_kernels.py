@@ -56,6 +56,11 @@ async def test_a_kernel_started_with_a_key_is_that_keys_alone() -> None:
     with pytest.raises(NotFound):
         await registry.delete(a.id, KEY_B)
     assert not a.dead
+    # An id the client chose comes back cut short and quoted: 5,000 characters of it came
+    # back whole, control characters and all (a review).
+    with pytest.raises(NotFound) as unknown:
+        registry.get("A" * 5000 + "\x1b[31m", KEY_A)
+    assert len(unknown.value.message) < 300 and "\x1b" not in unknown.value.message
     # Callers without a key are one tenant, which no key holder belongs to (a key could
     # otherwise read, and fill the connections of, the kernels of the shared token).
     assert registry.get(shared.id, "jupyter-login") is shared

@@ -307,6 +307,8 @@ def test_the_admin_key_cannot_be_an_api_key() -> None:
         Settings.from_env({"API_KEYS": f"tenant-key-0123456789,{shared}",
                            "ADMIN_API_KEY": shared})
     assert shared not in info.value.message
+    with pytest.raises(ConfigError, match="ADMIN_API_KEY is also JUPYTER_TOKEN"):
+        Settings.from_env({"JUPYTER_TOKEN": shared, "ADMIN_API_KEY": shared})
 
 
 @pytest.mark.parametrize("name", sorted(BOUNDS))

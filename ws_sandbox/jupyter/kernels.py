@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 
 from ws_sandbox.auth import is_key_identity
-from ws_sandbox.exceptions import NotFound
+from ws_sandbox.exceptions import NotFound, quoted
 from ws_sandbox.jupyter.kernel import Kernel
 from ws_sandbox.jupyter.specs import find_spec
 from ws_sandbox.manager import SessionManager
@@ -82,7 +82,7 @@ class KernelRegistry:
         """
         kernel = self._kernels.get(kernel_id)
         if kernel is None or kernel.dead or not visible(kernel, identity):
-            raise NotFound(f"kernel {kernel_id} does not exist")
+            raise NotFound(f"kernel {quoted(kernel_id)} does not exist")
         return kernel
 
     def list(self, identity: str) -> list[Kernel]:
