@@ -326,10 +326,10 @@ class Session:
                 self.interrupt(now)
             case fr.Restart():
                 try:
-                    if self.admit_cell is not None and not admitted:
-                        # A restart starts an interpreter: it costs what a cell does. Free,
-                        # a client restarted 47 interpreters a second past its rate limit
-                        # (a review).
+                    if self.admit_cell is not None and not admitted and self._restart_starts():
+                        # A restart starts an interpreter: it costs what a cell does (free,
+                        # a client restarted 47 interpreters a second past its rate limit:
+                        # a review). One under way is joined without a token.
                         self.admit_cell()
                 except SandboxError as exc:
                     self._error(exc)
@@ -370,9 +370,14 @@ class Session:
         self.phase = Phase.INTERRUPTING
         self._timers.phase = now + self.limits.interrupt_grace
 
+    def _restart_starts(self) -> bool:
+        """Whether a restart asked for now would start one (not join one under way, or a
+        recovery, nor come after the end)."""
+        return not (self.state in (State.CLOSED, State.RECOVERING) or self._restart_pending)
+
     def restart(self, now: float) -> None:
         """Restart the interpreter (state is lost); a running cell ends as interrupted."""
-        if self.state in (State.CLOSED, State.RECOVERING) or self._restart_pending:
+        if not self._restart_starts():
             return  # a restart under way answers this one too (its deadline stands)
         if self.running is not None:
             self.running.interrupted = True

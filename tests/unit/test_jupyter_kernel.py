@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -31,6 +32,10 @@ class FakeRunner:
 
     async def feed(self, event: Event) -> None:
         self.events.append(event)
+
+    def restarts(self) -> list[ClientRequest]:
+        return [e for e in self.events
+                if isinstance(e, ClientRequest) and isinstance(e.frame, fr.Restart)]
 
     def executes(self) -> list[fr.Execute]:
         return [e.frame for e in self.events
@@ -61,10 +66,11 @@ class FakeConnection:
 
 async def make_kernel(language: str = "python3", max_queued: int = 16,
                       max_code_bytes: int = 4 * 1024 * 1024, send_timeout: float = 5.0,
+                      admit: Callable[[], None] | None = None,
                       ) -> tuple[Kernel, FakeRunner, FakeConnection]:
     kernel = Kernel(find_spec(language, ("python", "shell", "javascript")), owner="jupyter",
                     send_timeout=send_timeout, execution_timeout=30.0, restart_timeout=1.0,
-                    max_queued=max_queued, max_code_bytes=max_code_bytes)
+                    max_queued=max_queued, max_code_bytes=max_code_bytes, admit=admit)
     runner = FakeRunner()
     kernel.bind(cast(SessionRunner, runner))
     conn = FakeConnection()
@@ -486,26 +492,53 @@ async def test_restart_waits_for_restarted() -> None:
     assert states == ["restarting", "idle"]
 
 
-async def test_a_restart_the_session_refuses_fails_with_its_reason() -> None:
-    """A restart over the channel (``shutdown_request`` with ``restart``) past the rate
-    limit: the session answers with an error without a cell id; the restart fails with it
-    at once, not after the restart's timeout, and the kernel is idle again. One the route
-    admitted says so, and the session does not ask again."""
-    kernel, runner, _ = await make_kernel()
-    task = asyncio.create_task(kernel.restart())
-    await asyncio.sleep(0)
-    assert isinstance(runner.events[-1], ClientRequest)
-    assert runner.events[-1].admitted is False
-    await send(kernel, fr.Error(code="rate_limited", message="slow down", id=None))
+def refusing(*answers: bool) -> Callable[[], None]:
+    """An ``admit`` that admits or refuses (a rate limit) in this order."""
+    allowed = iter(answers)
+
+    def admit() -> None:
+        if not next(allowed):
+            raise RateLimited("slow down", retry_after=1.0)
+
+    return admit
+
+
+async def test_a_refused_restart_changes_nothing_and_one_under_way_is_joined_free() -> None:
+    """A refused restart fails at once, before the queued cells are dropped, and feeds the
+    session nothing. A restart asked for while one is under way joins it without a token
+    (each took one, and a review spent 18 tokens on one restart), and the session is fed
+    one restart, which it does not admit again."""
+    kernel, runner, conn = await make_kernel(admit=refusing(False, True))
+    await kernel.handle(request("running()", "m1"), conn)
+    await kernel.handle(request("queued()", "m2"), conn)
     with pytest.raises(RateLimited, match="slow down"):
-        async with asyncio.timeout(5):
-            await task
-    assert kernel.execution_state == "idle"
-    admitted = asyncio.create_task(kernel.restart(admitted=True))
+        await kernel.restart()
+    assert kernel.execution_state == "busy" and len(kernel._pending) == 1
+    assert not runner.restarts()
+    first = asyncio.create_task(kernel.restart())  # admitted
     await asyncio.sleep(0)
-    assert runner.events[-1].admitted is True
+    joined = asyncio.create_task(kernel.restart())  # would be refused: the iterator is spent
+    await asyncio.sleep(0)
+    restarts = runner.restarts()
+    assert len(restarts) == 1 and restarts[0].admitted is True
     await send(kernel, fr.Restarted(reason="interpreter_restarted", message=""))
-    await admitted
+    await asyncio.wait_for(asyncio.gather(first, joined), 5)
+    assert not kernel._pending  # the admitted restart dropped the queued cell
+
+
+async def test_a_restart_refused_over_the_channel_says_so_in_its_reply() -> None:
+    """A refused shutdown_request with restart answered status ok (and lost the queued
+    cells) while nothing restarted (a review). The reply is an error naming the limit."""
+    kernel, runner, conn = await make_kernel(admit=refusing(False))
+    await kernel.handle(jm.decode(json.dumps({
+        "header": {"msg_id": "s", "msg_type": "shutdown_request"}, "channel": "control",
+        "content": {"restart": True}})), conn)
+    (reply,) = conn.of("shutdown_reply")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "RateLimited"
+    assert reply["content"]["evalue"] == "slow down"
+    assert not runner.restarts()
+    assert kernel.execution_state == "idle"
 
 
 async def test_restart_times_out() -> None:

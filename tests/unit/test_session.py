@@ -708,6 +708,21 @@ def test_admit_cell_can_refuse_a_restart_and_nothing_restarts() -> None:
     assert session.state is State.IDLE
 
 
+def test_a_restart_under_way_is_joined_without_a_token() -> None:
+    """Restarts sent while one was under way each took a token though they start nothing:
+    30 in one burst spent 18 tokens on one restart and got 12 refusals saying nothing
+    restarts, while one did (a review)."""
+    session = admitting(True, False)
+    session.receive_frame(fr.Restart(), now=1.0)  # takes the one token
+    session.receive_frame(fr.Restart(), now=1.1)  # joins: admit is not asked (it would refuse)
+    session.receive_frame(fr.Restart(), now=1.2)
+    assert sum(isinstance(f, aw.RestartWorker) for f in sent_to_agent(session)) == 1
+    session.receive_agent(aw.Restarted(), 2.0)
+    frames = session.frames_to_send()
+    assert not [f for f in frames if isinstance(f, fr.Error)]
+    assert sum(isinstance(f, fr.Restarted) for f in frames) == 1
+
+
 # --- invariants over random event sequences ------------------------------------------------
 
 EVENT_KINDS = ("exec_short", "exec_long", "interrupt", "restart", "out", "display", "done",

@@ -36,7 +36,7 @@ import logging
 import re
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -132,6 +132,8 @@ class Kernel:
         max_queued: execute requests that may wait behind the running one.
         max_code_bytes: the largest code a request may carry (UTF-8 bytes); larger code is
             refused on arrival, so the queue holds no more than ``max_queued`` cells of it.
+        admit: asked before a restart that starts one (a rate limit; one under way is
+            joined without it); raises to refuse it.
     """
 
     #: One frame per call: each becomes messages on every connection of the kernel.
@@ -142,7 +144,7 @@ class Kernel:
 
     def __init__(self, spec: KernelSpec, *, owner: str, send_timeout: float | None,
                  execution_timeout: float, restart_timeout: float, max_queued: int,
-                 max_code_bytes: int) -> None:
+                 max_code_bytes: int, admit: Callable[[], None] | None = None) -> None:
         self.id = str(uuid.uuid4())
         self.spec = spec
         self.owner = owner
@@ -156,6 +158,7 @@ class Kernel:
         self._restart_timeout = restart_timeout
         self._max_queued = max_queued
         self._max_code_bytes = max_code_bytes
+        self._admit = admit
         self._connections: list[Connection] = []
         self._held: deque[str] = deque()
         self._held_chars = 0
@@ -245,10 +248,18 @@ class Kernel:
                 await self._reply(msg, origin, "interrupt_reply", {"status": "ok"})
             case "shutdown_request":
                 restart = bool(msg.content.get("restart", False))
+                if restart:
+                    try:
+                        self._admit_restart()
+                    except RateLimited as exc:  # the client hears why; nothing restarts
+                        await self._reply(msg, origin, "shutdown_reply", {
+                            "status": "error", "restart": True, "ename": "RateLimited",
+                            "evalue": exc.message, "traceback": []})
+                        return
                 await self._reply(msg, origin, "shutdown_reply",
                                   {"status": "ok", "restart": restart})
                 if restart:
-                    await self.restart()
+                    await self.restart(admitted=True)
                 else:
                     await self.shutdown("the client shut the kernel down")
             case "comm_info_request":
@@ -373,27 +384,43 @@ class Kernel:
         if self.runner is not None:
             self.runner.interrupt_soon()
 
+    def _admit_restart(self) -> None:
+        """Take a restart's rate-limit token when it would start one: a restart under way
+        is joined without one.
+
+        Raises:
+            RateLimited: refused; nothing was changed.
+        """
+        if not self._restarting and self._admit is not None:
+            self._admit()
+
     async def restart(self, *, admitted: bool = False) -> None:
-        """Restart the interpreter and wait until it is fresh; ``admitted``: the caller took
-        its rate-limit token (else the session asks for one).
+        """Restart the interpreter and wait until it is fresh (join a restart under way);
+        ``admitted``: the caller asked :meth:`_admit_restart` already.
 
         Raises:
             BackendError: the kernel died or did not come back in time.
-            RateLimited: the restart was refused for the caller's rate limit.
+            RateLimited: the restart was refused for the caller's rate limit, before
+                anything changed (the queued cells are kept).
         """
         self._touch()
         if self.dead or self.runner is None:
             raise BackendError("the kernel is dead")
+        if not admitted:
+            self._admit_restart()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._restart_waiters.append(waiter)
-        self._restarting = True
-        while self._pending:
-            await self._abort(self._pending.popleft())
-        self.runner.feed_nowait(ClientRequest(fr.Restart(), admitted=admitted))
+        if not self._restarting:
+            self._restarting = True
+            while self._pending:
+                await self._abort(self._pending.popleft())
+            # Taken here or joined: the session does not ask again.
+            self.runner.feed_nowait(ClientRequest(fr.Restart(), admitted=True))
         try:
             async with asyncio.timeout(self._restart_timeout):
                 await asyncio.shield(waiter)
         except TimeoutError:
+            self._restarting = False  # the next restart asks the session again
             raise BackendError("the kernel did not restart in time") from None
         finally:
             with contextlib.suppress(ValueError):
@@ -442,13 +469,6 @@ class Kernel:
                     await self._end_current(fr.Result(
                         id=cell_id, status="error", exit_code=None, execution_time_ms=0.0,
                         memory_used_mb=None, error=f"{code}: {message}"))
-                elif cell_id is None and code == RateLimited.code and self._restart_waiters:
-                    # The restart was refused (a restart costs a cell's token): it did not
-                    # happen, and the caller hears why.
-                    self._restarting = False
-                    for waiter in self._restart_waiters:
-                        if not waiter.done():
-                            waiter.set_exception(RateLimited(message))
                 else:
                     log.info("kernel %s: session error %s: %s", self.id, code, message)
             case fr.Restarted(message=message):

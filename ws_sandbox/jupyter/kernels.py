@@ -45,8 +45,9 @@ class KernelRegistry:
         """Start a kernel of kernelspec ``name`` (the default when empty), for the caller
         ``client_id`` at ``address``.
 
-        ``admit_cell`` is asked before each cell is queued, as for a WebSocket session (a
-        rate limit: a refused cell gets an error reply).
+        ``admit_cell`` is asked before each cell is queued, and before each restart that
+        starts one, as for a WebSocket session (a rate limit: a refused cell gets an error
+        reply, a refused restart a 429 or an error reply).
 
         Raises:
             NotFound: no such kernelspec.
@@ -60,7 +61,7 @@ class KernelRegistry:
                         restart_timeout=settings.restart_timeout
                         + settings.sandbox_start_timeout + settings.acquire_timeout,
                         max_queued=settings.max_queued_cells,
-                        max_code_bytes=settings.max_code_bytes)
+                        max_code_bytes=settings.max_code_bytes, admit=admit_cell)
         runner = await self.manager.open(spec.language, kernel,
                                          client_id=client_id or "jupyter", origin="jupyter",
                                          send_ready=False,

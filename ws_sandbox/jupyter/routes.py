@@ -194,11 +194,8 @@ async def interrupt_kernel(request: Request) -> Response:
 
 async def restart_kernel(request: Request) -> Response:
     """``POST /api/kernels/{id}/restart``: 200 and the model once the interpreter is fresh."""
-    identity = _identity(request)
-    kernel = registry(request.app).get(_kernel_id(request), identity)
-    limiter: RateLimiter = request.app.state.limiter
-    limiter.check(identity)  # a restart starts an interpreter: a token, as a cell takes
-    await kernel.restart(admitted=True)
+    kernel = registry(request.app).get(_kernel_id(request), _identity(request))
+    await kernel.restart()  # a restart that starts one takes a token, as a cell does
     return JSONResponse(kernel.model())
 
 
