@@ -34,12 +34,15 @@ class Hello(AgentFrame, tag="hello"):
     """Greeting; the agent answers :class:`AgentReady`."""
 
 
-class Exec(AgentFrame, tag="exec"):
-    """Run one cell."""
+class Exec(AgentFrame, tag="exec", omit_defaults=True):
+    """Run one cell. ``program``: the cell is a whole program (a one-shot call), so its end
+    waits for the work it left, as a program's exit does (Python: its non-daemon threads, and
+    the exit functions)."""
 
     id: str
     code: str
     max_output_bytes: int
+    program: bool = False
 
 
 class Signal(AgentFrame, tag="interrupt"):

@@ -258,7 +258,7 @@ async def execute(request: Request) -> Response:
     execution_id = uuid.uuid4().hex
     sink = CollectingSink(execution_id)
     runner = await manager.open(language, sink, client_id=client_id, origin="rest",
-                                send_ready=False,
+                                send_ready=False, programs=True,
                                 address=getattr(request.state, "client_address", client_id))
     ending = "the one-shot execution ended"
     try:

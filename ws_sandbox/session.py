@@ -241,6 +241,8 @@ class Session:
     close_reason: fr.CloseReason | None = None
     #: Decides whether a client's cell may be queued at all (raises SandboxError if not).
     admit_cell: Callable[[], None] | None = None
+    #: Each cell is a whole program (a one-shot call): see :class:`~.agent_wire.Exec`.
+    programs: bool = False
     _frames: list[fr.ServerFrame] = field(default_factory=list)
     _actions: list[Action] = field(default_factory=list)
     _timers: _Timers = field(default_factory=_Timers)
@@ -576,7 +578,7 @@ class Session:
         self.state = State.RUNNING
         self.phase = Phase.NORMAL
         self._send(aw.Exec(id=cell.id, code=cell.code,
-                           max_output_bytes=self.limits.max_output_bytes))
+                           max_output_bytes=self.limits.max_output_bytes, program=self.programs))
 
     def _charge(self, cell: Cell, size: int) -> int:
         """Count ``size`` bytes of output; return how many of them may still be sent."""

@@ -1397,6 +1397,7 @@ typedef struct {
     char *code;
     size_t codelen;
     int64_t max_output;
+    bool program; /* a whole program: its end waits for the work it left (python) */
 } Exec;
 
 #define MAX_CHILDREN 8
@@ -3271,7 +3272,7 @@ static void start_cell(Exec *e) {
     } else {
         buf_adds(&w->ctl_out, "{\"code\":");
         json_str(&w->ctl_out, e->code, e->codelen, true);
-        buf_adds(&w->ctl_out, "}\n");
+        buf_adds(&w->ctl_out, e->program ? ",\"program\":true}\n" : "}\n");
     }
     on_ctl_writable();
 }
@@ -3517,6 +3518,11 @@ static bool parse_service_frame(Body *b, int *kind, Exec **exec, Buf *err) {
             buf_adds(err, "exec: 'max_output_bytes' must be a non-negative integer");
             return false;
         }
+        JVal *program = jobj_get(&b->obj, "program");
+        if (program && program->type != J_TRUE && program->type != J_FALSE) {
+            buf_adds(err, "exec: 'program' must be a boolean");
+            return false;
+        }
         Exec *e = xrealloc(NULL, sizeof *e);
         e->id = id->str;
         e->idlen = id->slen;
@@ -3525,6 +3531,7 @@ static bool parse_service_frame(Body *b, int *kind, Exec **exec, Buf *err) {
         e->codelen = code->slen;
         code->str = NULL;
         e->max_output = limit ? limit->ival : DEFAULT_MAX_OUTPUT;
+        e->program = program && program->type == J_TRUE;
         *exec = e;
     }
     return true;

@@ -1024,12 +1024,14 @@ def _parse(code: str, filename: str) -> "_ast.Module":
             raise
 
 
-def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
+def run_cell(code: str, glb: "dict[str, Any]", program: bool = False) -> "dict[str, Any]":
     """Run one cell in ``glb`` and return the ``done`` message for the agent.
 
     Args:
         code: The cell's source.
         glb: The persistent globals.
+        program: The cell is a whole program (a one-shot call): its end waits for the work
+            it left, as a program's exit does (:func:`_end_program`).
 
     Returns:
         The ``done`` message (status, exit_code, error).
@@ -1090,6 +1092,8 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
         status, error, exit_code = "error", _report_exception(exc), 1
     finally:
         _state.running = False
+    if program and status != "interrupted":
+        status, error, exit_code = _end_program(status, error, exit_code)
     _flush_std()
     try:
         _flush_figures()
@@ -1104,6 +1108,74 @@ def run_cell(code: str, glb: "dict[str, Any]") -> "dict[str, Any]":
     if children_after > children_before:
         done["children_maxrss_kb"] = children_after
     return done
+
+
+def _end_program(status: str, error: "str | None",
+                 exit_code: int) -> "tuple[str, str | None, int]":
+    """What Python does as a program exits, for a cell that is a whole program: run
+    ``threading``'s exit hooks (they tell a ``ThreadPoolExecutor`` that nothing more comes),
+    wait for the threads that are not daemons, then run the ``atexit`` functions (which also
+    wait for ``multiprocessing``'s children). A one-shot program's threads were cut short
+    with its sandbox, and what they printed was lost.
+
+    As at a program's exit, an error in a hook is printed and changes nothing. An interrupt
+    (the time limit) ends the wait: the cell is ``interrupted``, with a line naming what it
+    waited for. Not after an interrupted cell: the user wants it stopped, not waited for."""
+    threading: Any = sys.modules.get("threading")
+    waited: list[Any] = []  # the threads not yet joined (an interrupted join marks its
+    # thread stopped, in Python 3.11: is_alive() cannot tell them afterwards)
+    _state.interrupted = False
+    _state.running = True
+    try:
+        if _state.sigint:  # it came as the cell's code ended
+            _state.sigint = False
+            if _control is not None and _control.interrupt_follows():
+                _state.interrupted = True
+                raise KeyboardInterrupt
+        if threading is not None:
+            hooks = getattr(threading, "_threading_atexits", None)
+            if isinstance(hooks, list):
+                while hooks:
+                    try:
+                        hooks.pop()()
+                    except Exception as exc:
+                        _report_exception(exc)
+            main = threading.main_thread()
+            while waited := [t for t in threading.enumerate()
+                             if t is not main and not t.daemon and t.is_alive()]:
+                while waited:
+                    waited[0].join()
+                    del waited[0]
+        import atexit
+
+        atexit._run_exitfuncs()
+    except KeyboardInterrupt as exc:
+        _state.running = False
+        if not _agent_interrupted():
+            return status, error or _report_exception(exc), exit_code or 1
+        _flush_std()
+        try:  # noqa: SIM105 - contextlib is not loaded in the worker, and need not be
+            sys.stderr.write(_waited_for([str(t.name) for t in waited]))
+        except BaseException:  # the user replaced threading's parts, or stderr
+            pass
+        return "interrupted", "interrupted", 130
+    except BaseException as exc:  # the user replaced threading's or atexit's parts
+        _report_exception(exc)
+    finally:
+        _state.running = False
+    return status, error, exit_code
+
+
+def _waited_for(names: "list[str]") -> str:
+    """The line of an interrupt of :func:`_end_program`'s wait for the threads ``names``
+    (none: it ran the exit functions)."""
+    if not names:
+        return "Interrupted while the program's exit functions (atexit) ran\n"
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    one = len(names) == 1
+    return (f"Interrupted while the program waited for {len(names)}"
+            f" thread{'' if one else 's'} ({shown}): Python waits at exit for every thread"
+            f" that is not a daemon; join them, or start them with daemon=True\n")
 
 
 _LONG_RANGE = range(-(2**63), 2**63)
@@ -1386,8 +1458,9 @@ def main() -> None:
     _control = _Control(ctl_in)
     for message in _control.cells():
         code = message.get("code", "") if isinstance(message, dict) else ""
+        program = isinstance(message, dict) and message.get("program") is True
         try:
-            done = run_cell(str(code), glb)
+            done = run_cell(str(code), glb, program)
         except KeyboardInterrupt:
             done = {"t": "done", "status": "interrupted", "exit_code": 130, "error": "interrupted"}
         if _state.forked:

@@ -135,6 +135,25 @@ def test_execute_fields_and_statuses(service: Service) -> None:
     assert no_stdin["stdout"] == "''\n"
 
 
+def test_a_python_program_s_threads_end_before_its_result(service: Service) -> None:
+    """As ``python3 prog.py`` does, the call waits for the threads the program left (not
+    daemons): what they print is in the result (it was lost with the sandbox)."""
+    threads = run(service, "import threading, time\n"
+                           "def work(n):\n"
+                           "    time.sleep(0.3); print('thread', n)\n"
+                           "for n in range(2):\n"
+                           "    threading.Thread(target=work, args=(n,)).start()\n"
+                           "print('main')\n")
+    assert threads["status"] == "success"
+    assert threads["stdout"].startswith("main\n")
+    assert sorted(threads["stdout"].splitlines()) == ["main", "thread 0", "thread 1"]
+    stuck = run(service, "import threading\n"
+                         "threading.Thread(target=threading.Event().wait, name='w').start()\n",
+                timeout=1)
+    assert stuck["status"] == "timeout"
+    assert "waited for 1 thread (w)" in stuck["stderr"]
+
+
 def test_each_call_gets_a_fresh_sandbox(service: Service) -> None:
     run(service, "open('/workspace/mark', 'w').write('x')")
     again = run(service, "import os; print(os.path.exists('/workspace/mark'))")

@@ -128,10 +128,13 @@ class AgentDriver:
         self.send({"t": "hello"})
         return self.recv()[1]
 
-    def exec(self, code: str, max_output_bytes: int = 1 << 20) -> str:
+    def exec(self, code: str, max_output_bytes: int = 1 << 20, program: bool = False) -> str:
         self._ids += 1
         cell_id = f"c{self._ids}"
-        self.send({"t": "exec", "id": cell_id, "code": code, "max_output_bytes": max_output_bytes})
+        frame = {"t": "exec", "id": cell_id, "code": code, "max_output_bytes": max_output_bytes}
+        if program:
+            frame["program"] = True
+        self.send(frame)
         return cell_id
 
     def collect(self, cell_id: str, sent_at: float, timeout: float = DEADLINE) -> CellResult:
@@ -148,16 +151,17 @@ class AgentDriver:
                 return result
 
     def run(
-        self, code: str, max_output_bytes: int = 1 << 20, timeout: float = DEADLINE
+        self, code: str, max_output_bytes: int = 1 << 20, timeout: float = DEADLINE,
+        program: bool = False,
     ) -> CellResult:
         sent_at = time.monotonic()
-        cell_id = self.exec(code, max_output_bytes)
+        cell_id = self.exec(code, max_output_bytes, program)
         return self.collect(cell_id, sent_at, timeout)
 
     def run_interrupted(self, code: str, after: float = 0.5, max_output_bytes: int = 1 << 20,
-                        timeout: float = DEADLINE) -> CellResult:
+                        timeout: float = DEADLINE, program: bool = False) -> CellResult:
         sent_at = time.monotonic()
-        cell_id = self.exec(code, max_output_bytes)
+        cell_id = self.exec(code, max_output_bytes, program)
         time.sleep(after)
         self.send({"t": "interrupt"})
         return self.collect(cell_id, sent_at, timeout)
@@ -1448,6 +1452,69 @@ def test_a_threads_output_between_cells_is_in_the_next_cell(py: AgentDriver) -> 
         "threading.Thread(target=work).start()\n"))
     time.sleep(1.0)
     assert py.run("print('second')").text() == "tick 0\ntick 1\ntick 2\nsecond\n"
+
+
+THREADS_LEFT = (
+    "import threading, time\n"
+    "def work(n):\n"
+    "    time.sleep(0.2); print('thread', n)\n"
+    "for n in range(3):\n"
+    "    threading.Thread(target=work, args=(n,)).start()\n"
+    "print('main')\n")
+
+
+def test_a_program_waits_for_its_threads_as_python_does_at_exit(py: AgentDriver) -> None:
+    """A one-shot call's cell (``program``) ends as ``python3 prog.py`` does: after the
+    threads it left (not daemons), so what they print is its output; a notebook cell does
+    not wait (the threads' output comes with the next cell)."""
+    program = py.run(THREADS_LEFT, program=True)
+    assert_success(program)
+    assert sorted(program.text().splitlines()) == ["main", "thread 0", "thread 1", "thread 2"]
+    assert program.text().startswith("main\n")
+    assert program.done["execution_time_ms"] >= 200
+    cell = py.run(THREADS_LEFT)
+    assert_success(cell)
+    assert cell.text() == "main\n"
+    time.sleep(0.5)
+    assert sorted(py.run("pass").text().splitlines()) == ["thread 0", "thread 1", "thread 2"]
+
+
+def test_a_program_waits_for_an_executor_and_its_exit_functions(py: AgentDriver) -> None:
+    """``threading``'s exit hooks first (an executor never shut down finishes its queue and
+    ends: without them its idle threads were waited for until the time limit), then the
+    ``atexit`` functions, also after an error (its traceback first, as Python prints it)."""
+    pool = py.run("from concurrent.futures import ThreadPoolExecutor\n"
+                  "import time\n"
+                  "ex = ThreadPoolExecutor(2)\n"
+                  "for i in range(4):\n"
+                  "    ex.submit(lambda i=i: (time.sleep(0.1), print('task', i)))\n"
+                  "print('submitted')\n", program=True, timeout=10)
+    assert_success(pool)
+    assert pool.text().splitlines()[0] == "submitted"
+    assert sorted(pool.text().splitlines()[1:]) == [f"task {i}" for i in range(4)]
+    failed = py.run("import atexit\natexit.register(print, 'bye')\nraise ValueError('boom')\n",
+                    program=True)
+    assert (failed.done["status"], failed.done["error"]) == ("error", "ValueError: boom")
+    assert failed.text() == "bye\n"
+    assert failed.text("stderr").endswith("ValueError: boom\n")
+    kept = py.run("import atexit\natexit.register(print, 'not run')\nprint('cell')")
+    assert kept.text() == "cell\n"  # a notebook cell runs no exit function
+
+
+def test_an_interrupt_ends_a_programs_wait_and_names_the_threads(py: AgentDriver) -> None:
+    """A thread that never ends holds the program, as it holds ``python3 prog.py``, until
+    the interrupt (the time limit), which says what was waited for and what to do."""
+    stuck = py.run_interrupted(
+        "import threading\n"
+        "threading.Thread(target=threading.Event().wait, name='server').start()\n"
+        "print('started')\n", after=1.0, program=True)
+    assert stuck.done["status"] == "interrupted"
+    assert stuck.done["execution_time_ms"] >= 900
+    assert stuck.text() == "started\n"
+    assert stuck.text("stderr") == (
+        "Interrupted while the program waited for 1 thread (server): Python waits at exit for"
+        " every thread that is not a daemon; join them, or start them with daemon=True\n")
+    assert_success(py.run("print('next')"))
 
 
 def test_an_intervals_output_between_cells_is_in_the_next_cell(js: AgentDriver) -> None:

@@ -281,6 +281,8 @@ def test_agent_exits_2_on_a_malformed_body(body: bytes) -> None:
         {"t": "exec", "id": "c1", "code": "1", "max_output_bytes": -1},
         {"t": "exec", "id": "c1", "code": "1", "max_output_bytes": True},
         {"t": "exec", "id": "c1", "code": "1", "max_output_bytes": "10"},
+        {"t": "exec", "id": "c1", "code": "1", "program": 1},
+        {"t": "exec", "id": "c1", "code": "1", "program": "true"},
     ],
 )
 def test_agent_exits_2_on_an_invalid_exec(obj: dict[str, Any]) -> None:

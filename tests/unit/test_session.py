@@ -64,6 +64,20 @@ def only(frames: list[fr.ServerFrame], kind: type[fr.Frame]) -> list[fr.ServerFr
     return [f for f in frames if isinstance(f, kind)]
 
 
+def test_a_programs_session_marks_each_exec_a_program() -> None:
+    """A one-shot call's session (``programs``) asks the agent to wait, at the cell's end,
+    for the work the program left; a notebook session never does."""
+    s = Session(session_id="s1", language="python", limits=LIMITS, now=0.0, programs=True)
+    execute(s)
+    assert sent_to_agent(s) == [aw.Exec(id="c1", code="print(1)", max_output_bytes=100,
+                                        program=True)]
+    plain = new()
+    execute(plain)
+    [frame] = sent_to_agent(plain)
+    assert isinstance(frame, aw.Exec) and frame.program is False
+    assert b"program" not in aw.encode(frame)  # as the agent was always sent it
+
+
 def test_execute_sends_exec_and_result_follows_output() -> None:
     s = new()
     execute(s)
