@@ -139,7 +139,8 @@ def test_split_text() -> None:
 
 @pytest.mark.parametrize(("error", "expected"), [
     ("ZeroDivisionError: division by zero", ("ZeroDivisionError", "division by zero")),
-    ("json.decoder.JSONDecodeError: bad", ("json.decoder.JSONDecodeError", "bad")),
+    ("json.decoder.JSONDecodeError: bad", ("JSONDecodeError", "bad")),
+    ("a.: b", ("a.", "b")),
     ("exited with code 1", ("Error", "exited with code 1")),
     ("KeyError", ("Error", "KeyError")),
     (None, ("Error", "")),

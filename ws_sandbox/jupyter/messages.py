@@ -196,6 +196,9 @@ def split_text(text: str, size: int = STREAM_CHUNK_CHARS) -> list[str]:
 def split_error(error: str | None, fallback: str) -> tuple[str, str]:
     """``"ZeroDivisionError: division by zero"`` -> ``("ZeroDivisionError", "division by zero")``.
 
+    A qualified name (Python prints ``json.decoder.JSONDecodeError``) is the class's own
+    name, as ipykernel's ``ename`` is (``type(exc).__name__``).
+
     Args:
         error: our result's error sentence.
         fallback: the ``ename`` when the sentence does not start with an exception name.
@@ -203,5 +206,5 @@ def split_error(error: str | None, fallback: str) -> tuple[str, str]:
     text = strip_ansi(error or "").strip()
     name, sep, value = text.partition(": ")
     if sep and re.fullmatch(r"[A-Za-z_][\w.]*", name):
-        return name, value
+        return name.rpartition(".")[2] or name, value
     return fallback, text
