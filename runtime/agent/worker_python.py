@@ -144,6 +144,8 @@ class _State:
     # agent's answer (_display).
     main_thread = 0
     display_seq = 0
+    # The thread writing a line to the agent (_send_line).
+    sending_thread = 0
 
 
 _state = _State()
@@ -218,9 +220,16 @@ def _in_forked_child() -> None:
     _state.forked = True
 
 
-_send_lock = _thread.allocate_lock()
+_deferred: "list[bytes]" = []
+"""Lines a signal handler of the user's sent while its thread wrote another: they follow that
+line, never cut it (:func:`_send_line`)."""
+
+_send_lock = _thread.RLock()
 """One message at a time: a ``display`` from a thread of the cell (a PNG of up to 700 KB,
-more than a pipe writes at once) must not interleave with the worker's ``done``."""
+more than a pipe writes at once) must not interleave with the worker's ``done``. Reentrant:
+a signal handler of the user's that displays runs in the thread that holds it, between two
+of its bytecodes (with a plain lock it waited for itself, and the cell hung until its time
+limit); its line is deferred until the one it interrupted is whole."""
 
 
 MAX_ERROR_CHARS = 4096
@@ -239,13 +248,24 @@ def _send_line(line: str) -> None:
     if _state.forked:
         return  # a forked child of a cell: not the worker
     data = (line + "\n").encode("utf-8", "replace")
+    me = _thread.get_ident()
     with _send_lock:
+        if _state.sending_thread == me:  # a signal handler's, mid-line: after that line
+            _deferred.append(data)
+            return
+        _state.sending_thread = me
         try:
-            while data:
-                n = os.write(_ctl_out, data)
-                data = data[n:]
+            while True:
+                while data:
+                    n = os.write(_ctl_out, data)
+                    data = data[n:]
+                if not _deferred:
+                    break
+                data = _deferred.pop(0)
         except OSError:
             os._exit(70)
+        finally:
+            _state.sending_thread = 0
 
 
 def _on_sigint(_signum: int, _frame: "types.FrameType | None") -> None:
@@ -558,7 +578,8 @@ def _display_seq() -> "int | None":
     wait too: its read of the pipe, inside the first one's, took the first one's answer as
     stale, and the first one then waited on an empty pipe until the cell's time limit."""
     if (not _state.running or _state.forked or _thread.get_ident() != _state.main_thread
-            or _control is None or _control.waiting):
+            or _control is None or _control.waiting
+            or _state.sending_thread == _state.main_thread):  # a handler's, mid-line
         return None
     _control.waiting = True
     _state.display_seq += 1
