@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import inspect
 import itertools
 import math
 import operator
@@ -115,7 +116,16 @@ class ClientError(Exception):
 
 
 class ConnectFailed(ClientError):
-    """No session could be opened: a bad URL, a failed handshake or no answer in time."""
+    """No session could be opened: a bad URL, a failed handshake or no answer in time.
+
+    Attributes:
+        http_status: the HTTP status of an answer that was neither an upgrade nor the
+            service's refusal (a plain web server's 200, a proxy's 502), if that is how.
+    """
+
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 class SessionClosed(ClientError):
@@ -126,6 +136,8 @@ class SessionClosed(ClientError):
             a word this client does not know) when it sent a ``closed`` frame; else one of
             the client's own: ``client_closed`` (this client closed),
             ``connection_lost`` (the connection dropped; the message has the close code),
+            ``resumed_elsewhere`` (another connection resumed the session, which goes on
+            there: close code 4000),
             ``protocol_error`` (the server sent something that is not a frame of the
             protocol, even read as :func:`decode_server_frame` reads it) or
             ``result_timeout`` (see :class:`ResultTimeout`).
@@ -281,7 +293,7 @@ class _Collector:
 
     __slots__ = ("allowance", "displays", "done", "on_output", "over", "stderr", "stdout")
 
-    def __init__(self, on_output: Callable[[fr.Stream], object] | None, allowance: int,
+    def __init__(self, on_output: Callable[[fr.Stream], None] | None, allowance: int,
                  over: Callable[[], None]) -> None:
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -309,7 +321,9 @@ class _Collector:
                 # (a stream this client does not know only goes to on_output)
                 if self.on_output is not None:
                     try:
-                        self.on_output(frame)
+                        returned = self.on_output(frame)
+                        if inspect.isawaitable(returned):
+                            raise _awaitable_callback(returned)
                     # The caller's callback: its error is theirs, raised where they wait.
                     # Even SystemExit: out of the connection's data_received it would stop
                     # the loop with websockets halfway through a read.
@@ -328,6 +342,16 @@ class _Collector:
                 self.done.set_exception(SessionRefused(frame, None))
             case SessionClosed():
                 self.done.set_exception(frame)
+
+
+def _awaitable_callback(returned: object) -> TypeError:
+    """The error of an ``on_output`` that returned an awaitable (an ``async def``): nothing
+    would await it, and its output was lost without a word (a review)."""
+    if inspect.iscoroutine(returned):
+        returned.close()  # never awaited, on purpose: no "never awaited" warning
+    return TypeError("on_output must be a plain function: it is called as each frame is"
+                     " read, and what it returns is not awaited (use stream() to await"
+                     " something for each frame)")
 
 
 class _StreamQueue:
@@ -431,6 +455,9 @@ class ClientSession:
         self._ids = itertools.count(1)
         self._deadline: asyncio.TimerHandle | None = None
         self._paused: set[int] = set()  # the stream queues that paused reading
+        self._paused_at = 0.0  # when reading paused (loop time)
+        # restart() calls waiting for their answer, in sending order.
+        self._restarts: collections.deque[asyncio.Future[fr.Restarted]] = collections.deque()
         self.events: asyncio.Queue[fr.ServerFrame | UnknownFrame] = asyncio.Queue(
             maxsize=max_events)
         self.events_dropped = 0
@@ -563,7 +590,7 @@ class ClientSession:
             self._pause(id(queue), False)
 
     async def execute(self, code: str, *, timeout: float | None = None,
-                      on_output: Callable[[fr.Stream], object] | None = None) -> CellResult:
+                      on_output: Callable[[fr.Stream], None] | None = None) -> CellResult:
         """Run a cell and collect its output.
 
         ``timeout`` (seconds, positive and finite) is the cell's bound on the server; None
@@ -573,7 +600,10 @@ class ClientSession:
         ``on_output`` is called with each ``stream`` frame as it arrives, from the event
         loop's callback that reads the connection: it must return quickly and must not
         block (nothing else is read meanwhile). An exception it raises (even ``SystemExit``)
-        is raised by this cell's ``execute`` (the cell itself runs on).
+        is raised by this cell's ``execute`` (the cell itself runs on). It is not awaited:
+        an ``async def`` is refused (``TypeError``) before the cell is sent, and a callback
+        that returns an awaitable fails the cell the same way; :meth:`stream` suits a
+        consumer that awaits.
 
         Cancelling ``execute`` (or a timeout around it) only stops waiting: the cell keeps
         running, or stays queued, on the server, and its later frames go to :attr:`events`.
@@ -590,7 +620,10 @@ class ClientSession:
                 sent more output for it than :func:`~ws_sandbox.frames.output_allowance`
                 of its own limit, and the client closed the session).
             ValueError: ``timeout`` is not a positive number of seconds.
+            TypeError: ``on_output`` is a coroutine function, or returned an awaitable.
         """
+        if on_output is not None and inspect.iscoroutinefunction(on_output):
+            raise _awaitable_callback(None)
         cell_id = self._new_id()
         collector = _Collector(on_output, fr.output_allowance(self.ready.limits.max_output_bytes),
                                functools.partial(self._too_much_output, cell_id))
@@ -602,12 +635,46 @@ class ClientSession:
             self._cells.pop(cell_id, None)
 
     async def interrupt(self) -> None:
-        """Interrupt the running cell."""
+        """Interrupt the running cell. It returns once the frame is sent: the cell's own
+        result says what the interrupt did (``interrupted``; ``killed`` with
+        ``state_lost`` when the code ignored it and the interpreter was restarted)."""
         await self.send(fr.Interrupt())
 
-    async def restart(self) -> None:
-        """Restart the interpreter (the session's state is lost)."""
-        await self.send(fr.Restart())
+    async def restart(self) -> fr.Restarted:
+        """Restart the interpreter (the session's state is lost); return once it has, with
+        the server's ``restarted`` frame (which also goes to :attr:`events`).
+
+        A running cell ends first (``killed``, with ``state_lost``), and queued cells run
+        in the fresh interpreter. The server answers within ``result_grace`` seconds (an
+        interrupt's grace, a restart, perhaps a new sandbox), or the client gives up on the
+        session, as for a late result. Cancelling the call only stops waiting.
+
+        Raises:
+            SessionRefused: the server refused it (``rate_limited``): nothing restarted.
+            SessionClosed: the session ended first (reason ``result_timeout``: no answer
+                within ``result_grace``).
+        """
+        self._check_open()
+        waiter: asyncio.Future[fr.Restarted] = asyncio.get_running_loop().create_future()
+        self._restarts.append(waiter)
+        try:
+            await self.send(fr.Restart())
+            async with asyncio.timeout(self.result_grace):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            if waiter.done():  # pragma: no cover - it came as the bound passed
+                return waiter.result()
+            self._restarts.remove(waiter)  # not failed again by the give-up below
+            waiter.cancel()
+            late = SessionClosed("result_timeout", f"no answer to a restart after waiting"
+                                                   f" {self.result_grace} s")
+            self._give_up(late, 1000, "")
+            raise late from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._restarts.remove(waiter)
+            if not waiter.done():
+                waiter.cancel()
 
     async def close(self) -> None:
         """Close the connection (the server removes the sandbox)."""
@@ -674,6 +741,11 @@ class ClientSession:
         if not isinstance(cell, str):
             if isinstance(frame, fr.Restarted):
                 self._restart_bound()
+                while self._restarts:  # a restart asked while one is under way joins it
+                    self._restarts.popleft().set_result(frame)
+            elif isinstance(frame, fr.Error) and self._restarts:
+                # an error without a cell id answers a restart: refused (rate_limited)
+                self._restarts.popleft().set_exception(SessionRefused(frame, None))
             self._event(frame)
             return
         deliver = self._cells.get(cell)
@@ -739,6 +811,8 @@ class ClientSession:
         cell, pending = first
         if pending.since is None:  # pragma: no cover - the first cell's bound has started
             return
+        if self._paused:
+            return  # the client's own consumer holds the frames: _pause re-arms on resuming
         loop = asyncio.get_running_loop()
         due = pending.since + pending.timeout + self.result_grace + self._earlier
         if loop.time() < due:
@@ -758,7 +832,13 @@ class ClientSession:
         self._gave_up = asyncio.ensure_future(self._close_now(code, reason))
 
     def _pause(self, queue: int, pause: bool) -> None:
-        """Pause reading while any stream queue is full; resume once none is."""
+        """Pause reading while any stream queue is full; resume once none is.
+
+        The time paused is the client's own consumer's, not the server's: it does not count
+        against the first unfinished cell's bound (a consumer slower than the cell's output
+        made the client give up on a server that had done nothing wrong, and drop the rest
+        of the frames), and keepalive pings stop meanwhile (their pongs cannot be read: the
+        connection was failed after 40 s of a stalled consumer)."""
         was = bool(self._paused)
         if pause and self.ended is not None:
             return  # the session ended: what is left to read is its close
@@ -768,10 +848,23 @@ class ClientSession:
             self._paused.discard(queue)
         if was == bool(self._paused) or self.ws.transport.is_closing():
             return
+        loop = asyncio.get_running_loop()
+        ws = self.ws
         if self._paused:
-            self.ws.transport.pause_reading()
-        else:
-            self.ws.transport.resume_reading()
+            ws.transport.pause_reading()
+            self._paused_at = loop.time()
+            if ws.keepalive_task is not None:
+                ws.keepalive_task.cancel()
+                ws.keepalive_task = None
+            return
+        ws.transport.resume_reading()
+        first = next(iter(self._pending.values()), None)
+        if first is not None and first.since is not None:
+            first.since += loop.time() - self._paused_at
+        if self._deadline is None and first is not None:
+            self._expire()  # it fired while paused, or is yet to: either way, look again
+        if ws.keepalive_task is None:
+            ws.start_keepalive()
 
     def _end(self, error: SessionClosed) -> None:
         """The session ended: each waiting cell fails (the cell that timed out with
@@ -782,6 +875,8 @@ class ClientSession:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        while self._restarts:
+            self._restarts.popleft().set_exception(self._closed_error())
         if self._paused:  # a stalled stream() consumer: the close must still be read
             self._paused.clear()
             if not self.ws.transport.is_closing():
@@ -803,9 +898,14 @@ class ClientSession:
             raise
         finally:
             # close_exc asserts the connection is CLOSED (it is not yet when cancelled).
-            exc = (self.ws.protocol.close_exc if self.ws.protocol.state is State.CLOSED
-                   else None)
-            self._end(SessionClosed("connection_lost", str(exc) if exc else "connection lost",
+            closed = self.ws.protocol.state is State.CLOSED
+            exc = self.ws.protocol.close_exc if closed else None
+            received = self.ws.protocol.close_rcvd if closed else None
+            # Another connection resumed the session (close code 4000): it lives on there,
+            # and resuming it here would take it back (it read as a lost connection).
+            reason = ("resumed_elsewhere" if received is not None and received.code == 4000
+                      else "connection_lost")
+            self._end(SessionClosed(reason, str(exc) if exc else "connection lost",
                                     self.closed))
 
 
@@ -846,16 +946,19 @@ def _check_seconds(name: str, value: float | None) -> float | None:
     return value
 
 
-def _refusal(exc: InvalidStatus) -> SessionRefused:
-    """A refused upgrade, with the server's JSON error if its body has one."""
+def _refusal(url: str, exc: InvalidStatus) -> SessionRefused | ConnectFailed:
+    """A refused upgrade: the service's, with its JSON error (``{"error": {"code",
+    "message"}}``); any other answer (a plain web server's 200, a proxy's 502) is no
+    refusal of the service's but a failed connection (it was taken for one, a review)."""
     status = exc.response.status_code
-    error = fr.Error(code=f"http_{status}", message=f"the server refused the upgrade with "
-                                                    f"HTTP {status}")
-    with contextlib.suppress(*DECODE_ERRORS, AttributeError, TypeError):
-        body = msgspec.json.decode(exc.response.body or b"")
-        detail = body["error"]
-        error = fr.Error(code=str(detail["code"]), message=str(detail["message"]))
-    return SessionRefused(error, None, status)
+    with contextlib.suppress(*DECODE_ERRORS, AttributeError, TypeError, KeyError):
+        detail = msgspec.json.decode(exc.response.body or b"")["error"]
+        code, message = detail["code"], detail["message"]
+        if isinstance(code, str) and isinstance(message, str):
+            return SessionRefused(fr.Error(code=code, message=message), None, status)
+    return ConnectFailed(f"{url} answered the WebSocket upgrade with HTTP {status}, and not"
+                         " as a ws_sandbox service refuses one: is it the service's URL?",
+                         status)
 
 
 class connect:
@@ -880,14 +983,16 @@ class connect:
 
     Raises:
         SessionRefused: the server answered with an ``error`` frame, or refused the upgrade
-            (HTTP 401, 403, ...: ``http_status``, and the code and message of its JSON body).
+            (HTTP 401, 403, ...: ``http_status``, and the code and message of its JSON body;
+            an answer without the service's JSON error is a :class:`ConnectFailed`).
         SessionClosed: the connection closed before ``ready`` (``connection_lost``), or the
             first frame was not ``ready`` or ``error`` (``protocol_error``).
         ValueError: ``open_timeout``, ``result_grace`` or ``max_events`` is not a positive
             number (this one at once, not awaited).
         ConnectFailed: the URL is invalid (not ``ws://`` or ``wss://``, a bad port), the
             service could not be reached (the ``OSError`` is its cause), the handshake
-            failed, or no ``ready`` within ``open_timeout``.
+            failed (an HTTP answer that is not the service's: ``http_status``), or no
+            ``ready`` within ``open_timeout``.
     """
 
     def __init__(self, url: str, *, language: str = "python", resume: str | None = None,
@@ -945,7 +1050,7 @@ async def _open(url: str, *, language: str, resume: str | None, api_key: str | N
                                       open_timeout=open_timeout,
                                       create_connection=_Connection)
     except InvalidStatus as exc:
-        raise _refusal(exc) from exc
+        raise _refusal(url, exc) from exc
     except InvalidURI as exc:
         raise ConnectFailed(f"invalid URL {url!r}: {exc}") from exc
     except websockets.InvalidHandshake as exc:

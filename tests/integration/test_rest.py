@@ -872,11 +872,13 @@ async def test_rate_limit_counts_session_opens_and_cells(locked: Service) -> Non
         # A restart starts an interpreter: it takes a token too (it took none, and a client
         # restarted 47 interpreters a second past its limit: a review). Refused, it gets
         # an error without a cell id, and nothing restarts.
-        await s.restart()
+        with pytest.raises(SessionRefused) as restart:
+            await s.restart()
+        assert (restart.value.error.code, restart.value.error.id) == ("rate_limited", None)
         async with asyncio.timeout(30):
             while not isinstance(event := await s.events.get(), fr.Error):
                 assert not isinstance(event, fr.Restarted), event
-        assert (event.code, event.id) == ("rate_limited", None)
+        assert event == restart.value.error
     await asyncio.sleep(0.3)
     with pytest.raises(SessionRefused) as again:
         await connect(locked.url, api_key="k-cells-0123456789ab")

@@ -186,6 +186,26 @@ async def test_resume_with_token_finds_state(service: Service) -> None:
         await again.close()
 
 
+async def test_a_connection_whose_session_is_resumed_elsewhere_is_told_so(
+        service: Service) -> None:
+    """spec.md: a second connection resuming a live session takes it over, and the first is
+    closed with code 4000; the client names it (``connection_lost`` invited a resume that
+    would take the session back)."""
+    first = await connect(service.url)
+    await first.execute("kept = 1")
+    second = await connect(service.url, resume=first.token)
+    try:
+        async with asyncio.timeout(30):
+            await first.wait_closed()
+        assert first.ended is not None and first.ended.reason == "resumed_elsewhere"
+        with pytest.raises(SessionClosed, match="resumed_elsewhere"):
+            await first.execute("print(kept)")
+        assert (await second.execute("print(kept)")).stdout == "1\n"
+    finally:
+        await second.close()
+        await first.close()
+
+
 DETACHED_LINES = 2500
 
 

@@ -22,6 +22,7 @@ import msgspec
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request, Response
 from websockets.utils import accept_key
 
@@ -49,11 +50,13 @@ LIMITS = fr.Limits(max_execution_time=60, default_execution_time=30, max_memory_
 
 Item = fr.ServerFrame | str | tuple[str, ...] | float
 Script = Callable[[fr.Execute], list[Item]]
-"""The server's answer to one cell: frames, ``"drop"`` (abort the connection there), a
+"""The server's answer to one cell: frames, ``"drop"`` (abort the connection there),
+``"close N"`` (close it there with code N), a
 tuple of strings (sent as the fragments of one message), a float (a pause of that many
 seconds before the next item), or any other string, sent as it is."""
 
 READY = fr.Ready(session_id="s1", language="python", token="t", limits=LIMITS)
+RESTARTED = fr.Restarted(reason="interpreter_restarted", message="the interpreter restarted")
 
 
 def result(cell: str, status: str = "success") -> fr.Result:
@@ -90,6 +93,8 @@ class Server:
     """The path (and query) each upgrade asked for."""
     authorizations: list[str | None] = field(default_factory=list)
     """The ``Authorization`` header of each upgrade."""
+    restart: list[Item] = field(default_factory=lambda: [RESTARTED])
+    """The server's answer to a ``restart`` frame."""
 
 
 async def send_item(ws: ServerConnection, item: Item) -> None:
@@ -121,11 +126,20 @@ async def scripted_server() -> AsyncIterator[Server]:
         async for message in ws:
             server.received.append(message)
             frame = fr.decode_client(message)
+            if isinstance(frame, fr.Restart):
+                for item in server.restart:
+                    if item == "drop":
+                        ws.transport.abort()
+                        return
+                    await send_item(ws, item)
             if not isinstance(frame, fr.Execute):
                 continue
             for item in server.script(frame):
                 if item == "drop":
                     ws.transport.abort()
+                    return
+                if isinstance(item, str) and item.startswith("close "):
+                    await ws.close(int(item.split()[1]), "closed by the script")
                     return
                 await send_item(ws, item)
 
@@ -621,11 +635,41 @@ async def test_a_refused_upgrade_is_a_refusal_with_the_servers_error(server: Ser
         async with asyncio.timeout(BOUND):
             await connect(server.url)
     assert refused.value.http_status == 401
-    server.reject = (403, b"<html>nope</html>")
-    with pytest.raises(SessionRefused, match=r"http_403: .*HTTP 403") as refused:
+
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (200, b"<html>a web page</html>"), (502, b"Bad Gateway"), (403, b"<html>nope</html>"),
+    (404, b'{"detail": "Not Found"}'), (400, b'{"error": {"code": 5, "message": "m"}}')])
+async def test_an_answer_that_is_not_the_services_refusal_is_a_failed_connection(
+        server: Server, status: int, body: bytes) -> None:
+    """A plain web server, a proxy's 502, another service's 404: no refusal of the
+    service's (it was a SessionRefused ``http_200``, a review), but the wrong place."""
+    server.reject = (status, body)
+    with pytest.raises(ConnectFailed, match=rf"with HTTP {status}, and not as a ws_sandbox"
+                                            " service refuses one") as failed:
         async with asyncio.timeout(BOUND):
             await connect(server.url)
-    assert refused.value.http_status == 403
+    assert failed.value.http_status == status
+    assert isinstance(failed.value.__cause__, InvalidStatus)
+
+
+async def test_a_session_resumed_elsewhere_is_named(server: Server) -> None:
+    """Close code 4000: another connection took the session over, and it goes on there.
+    It read as ``connection_lost``, which invites a resume that would take it back."""
+    server.script = lambda request: ["close 4000"]
+    async with session(server) as s:
+        with pytest.raises(SessionClosed) as ended:
+            async with asyncio.timeout(BOUND):
+                await s.execute("x")
+        assert ended.value.reason == "resumed_elsewhere"
+        assert "4000" in ended.value.message
+    server.script = lambda request: ["close 1011"]
+    async with session(server) as s:
+        with pytest.raises(SessionClosed) as ended:
+            async with asyncio.timeout(BOUND):
+                await s.execute("x")
+        assert ended.value.reason == "connection_lost"
 
 
 async def test_a_malformed_first_frame_is_a_protocol_error(server: Server) -> None:
@@ -771,6 +815,59 @@ async def test_a_resumed_sessions_first_cell_allows_for_the_earlier_connections(
         assert await seconds_to_give_up(s, "y", 0.2) < 3.0
 
 
+async def test_restart_returns_once_the_interpreter_is_restarted(server: Server) -> None:
+    """It returned as the frame was sent: the caller could not know when the fresh
+    interpreter was there, nor that a rate limit refused it (a review)."""
+    server.restart = [0.3, RESTARTED]
+    async with session(server) as s:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        async with asyncio.timeout(BOUND):
+            assert await s.restart() == RESTARTED
+        assert loop.time() - start >= 0.25
+        assert s.events.get_nowait() == RESTARTED  # still an event, as before
+        # Two at once: the first frame answers both (the service joins a restart asked
+        # while one is under way: it sends one frame); this server sends one for each.
+        async with asyncio.timeout(BOUND):
+            assert await asyncio.gather(s.restart(), s.restart()) == [RESTARTED, RESTARTED]
+            assert [await s.events.get(), await s.events.get()] == [RESTARTED, RESTARTED]
+        refusal = fr.Error(code="rate_limited", message="too many requests; retry in 1 s")
+        server.restart = [refusal]
+        with pytest.raises(SessionRefused, match="rate_limited") as refused:
+            async with asyncio.timeout(BOUND):
+                await s.restart()
+        assert refused.value.error == refusal
+        server.restart = [RESTARTED]
+        assert await s.execute("still") is not None
+
+
+async def test_a_restart_without_an_answer_gives_up_on_the_session(server: Server) -> None:
+    server.restart = []
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=0.3)
+    async with s:
+        with pytest.raises(SessionClosed, match="no answer to a restart") as ended:
+            async with asyncio.timeout(BOUND):
+                await s.restart()
+        assert ended.value.reason == "result_timeout"
+        with pytest.raises(SessionClosed):
+            await s.restart()
+
+
+async def test_a_restart_waiting_when_the_session_ends_fails_and_cancelling_one_is_clean(
+        server: Server) -> None:
+    server.restart = [0.5, "drop"]
+    async with session(server) as s:
+        waiting = asyncio.ensure_future(s.restart())
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        with pytest.raises(SessionClosed, match="connection_lost"):
+            async with asyncio.timeout(BOUND):
+                await s.restart()
+
+
 async def test_a_restart_starts_the_waiting_cells_bound_again_once(server: Server) -> None:
     """A cell that waited for a new sandbox (or a restart) before it could run: its bound
     starts again at the ``restarted`` frame, once."""
@@ -792,24 +889,82 @@ async def test_a_restart_starts_the_waiting_cells_bound_again_once(server: Serve
 async def test_giving_up_while_a_stalled_consumer_paused_reading_still_closes_cleanly(
         server: Server) -> None:
     """The close after giving up could not be read while reading was paused: it waited
-    CLOSE_TIMEOUT and then cut the connection (1006, which the service takes for a drop)."""
-    server.script = lambda request: [fr.Stream(id=request.id, name="stdout",
-                                               text=secrets.token_hex(500))
-                                     for _ in range(3000)]
+    CLOSE_TIMEOUT and then cut the connection (1006, which the service takes for a drop).
+    Here the client gives up on an invalid frame that came in the same read as the frame
+    that paused reading."""
+    server.script = lambda request: [
+        *[fr.Stream(id=request.id, name="stdout", text="x") for _ in range(300)],
+        "not a frame"]
     async with asyncio.timeout(BOUND):
-        s = await connect(server.url, result_grace=0.2)
-    stream = aiter(s.stream("x", timeout=0.1))
+        s = await connect(server.url)
+    stream = aiter(s.stream("x"))
     assert isinstance(stream, AsyncGenerator)
     async with asyncio.timeout(BOUND):
         await anext(stream)  # then it takes nothing more
         while s.ended is None:
             await asyncio.sleep(0.01)
+        assert s.ended.reason == "protocol_error"
         start = asyncio.get_running_loop().time()
         await s.close()
         assert asyncio.get_running_loop().time() - start < 2.0
         await stream.aclose()
         await server.ended.wait()
-    assert server.closes == [1000]
+    assert server.closes == [1002]
+
+
+async def test_a_slow_stream_consumer_is_not_taken_for_a_late_server(server: Server) -> None:
+    """While reading is paused for a stream() consumer, the time is the consumer's: the
+    result's bound does not run. A consumer slower than the cell's output made the client
+    give up with ResultTimeout (blaming a server that had sent everything) and lose the
+    rest of the frames (a review)."""
+    count = 300  # pauses reading at 256; the result comes once reading has paused
+    server.script = lambda request: [
+        *[fr.Stream(id=request.id, name="stdout", text=f"{n:05d}") for n in range(count)],
+        0.3, result(request.id)]
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=1.0)
+    try:
+        texts: list[str] = []
+        async with asyncio.timeout(BOUND):
+            async for frame in s.stream("x", timeout=0.1):
+                if isinstance(frame, fr.Stream):
+                    texts.append(frame.text[:5])
+                    if len(texts) == 1:
+                        await asyncio.sleep(2.0)  # past the bound of 1.1 s
+                else:
+                    assert isinstance(frame, fr.Result)
+        assert texts == [f"{n:05d}" for n in range(count)]
+        assert s.ended is None
+        assert await s.execute("again", timeout=0.1) is not None  # the bound still works
+    finally:
+        async with asyncio.timeout(BOUND):
+            await s.close()
+
+
+async def test_keepalive_pings_stop_while_a_stalled_consumer_paused_reading(
+        server: Server) -> None:
+    """Their pongs cannot be read while reading is paused: the connection was failed
+    ("keepalive ping timeout") after ping_interval plus ping_timeout (40 s) of a stalled
+    consumer. Pings start again once it reads on."""
+    server.script = lambda request: [
+        *[fr.Stream(id=request.id, name="stdout", text=f"{n}\n") for n in range(300)],
+        result(request.id)]
+    async with session(server) as s:
+        assert s.ws.keepalive_task is not None  # websockets' default keepalive runs
+        s.ws.ping_interval = s.ws.ping_timeout = 0.1
+        s.ws.keepalive_task.cancel()
+        s.ws.start_keepalive()
+        stream = s.stream("x")
+        async with asyncio.timeout(BOUND):
+            first = await anext(stream)
+            assert isinstance(first, fr.Stream)
+            await asyncio.sleep(1.0)  # a stalled consumer: ten pings' worth
+            rest = [frame async for frame in stream]
+        assert len(rest) == 300 and isinstance(rest[-1], fr.Result)
+        assert s.ended is None and s.ws.keepalive_task is not None
+        pong = await s.ws.ping()
+        async with asyncio.timeout(BOUND):
+            await pong
 
 
 @pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf, True, "5"])
