@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import re
 import secrets
 import socket
 import sys
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -813,6 +815,25 @@ async def test_a_resumed_sessions_first_cell_allows_for_the_earlier_connections(
         # From now on the bound is the cell's own again.
         server.script = lambda request: []
         assert await seconds_to_give_up(s, "y", 0.2) < 3.0
+
+
+async def test_an_on_output_that_must_be_awaited_is_refused(server: Server) -> None:
+    """Nothing awaits what on_output returns: an ``async def`` ran none of its body and the
+    cell's output reached it never, without a word but a RuntimeWarning (a review)."""
+    async def consume(frame: fr.Stream) -> None:
+        pass
+
+    async with session(server) as s:
+        with pytest.raises(TypeError, match="on_output must be a plain function"):
+            await s.execute("x", on_output=consume)  # type: ignore[arg-type]
+        assert server.received == []  # refused before it was sent
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "coroutine ... was never awaited"
+            with pytest.raises(TypeError, match="on_output must be a plain function"):
+                async with asyncio.timeout(BOUND):
+                    await s.execute("y", on_output=lambda frame: consume(frame))  # type: ignore[arg-type]
+            gc.collect()
+        assert (await s.execute("z", on_output=lambda frame: None)).stdout == "out z\nmore\n"
 
 
 async def test_restart_returns_once_the_interpreter_is_restarted(server: Server) -> None:
