@@ -3359,17 +3359,20 @@ def test_forged_displays_that_ask_for_answers_do_not_hold_back_an_interrupt(
         py: AgentDriver) -> None:
     """Answers to a flood of forged displays filled the pipe to the worker, so an
     interrupt's mark, and the SIGINT the agent sends once the mark is written, never went:
-    the interpreter was restarted and the state lost (a review)."""
+    the interpreter was restarted and the state lost (a review).
+
+    One forged line per write, under PIPE_BUF, so each is whole: a write of many lines cut
+    by the interrupt left half a line in the pipe, which the worker's own next line made
+    malformed, and the agent rightly restarted the interpreter (this test failed so, now
+    and then, on a loaded machine)."""
     assert_success(py.run("kept = 1"))
     result = py.run_interrupted(
         "import os\n"
         "fd = int(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2])\n"
         "line = b'{\"t\":\"display\",\"kind\":\"display_data\",\"data\":{},"
-        "\"seq\":7}\\n' * 100\n"
+        "\"seq\":7}\\n'\n"
         "while True:\n"
-        "    done = 0\n"
-        "    while done < len(line):\n"
-        "        done += os.write(fd, line[done:])\n", after=1.5, max_output_bytes=1000)
+        "    os.write(fd, line)\n", after=1.5, max_output_bytes=1000)
     assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
     assert_success(py.run("kept"))
 
