@@ -42,6 +42,8 @@ else:
 CO_COROUTINE = 0x0080
 MAX_REPR_CHARS = 100_000
 MAX_IMAGE_B64 = 700_000
+MAX_IMAGE_BYTES = MAX_IMAGE_B64 // 4 * 3
+"""The largest image a display carries: 525,000 bytes, 700,000 characters in base64."""
 MAX_DISPLAY_LINE = 1_900_000
 """A display's control line, in bytes, is kept under this (the agent's bound for a line is
 2 MiB): each form within its cap, five text forms of non-ASCII characters (six bytes each
@@ -559,6 +561,8 @@ def _display(kind: str, data: dict[str, str], ordered: bool = True) -> None:
             for mime in sorted(sizes, key=sizes.__getitem__, reverse=True):
                 if mime != "text/plain" and len(line) > MAX_DISPLAY_LINE:
                     del data[mime]
+                    _left_out(data, mime, f"{sizes[mime]:,} bytes escaped",
+                              f"{MAX_DISPLAY_LINE:,} bytes of forms in all")
                     message["data"] = data
                     line = dumps_ascii(message)
         _send_line(line)
@@ -613,16 +617,33 @@ def _mime_bundle(value: "Any") -> dict[str, str]:
         form = _repr_method(value, method)
         # (As a plain str: a subclass's __len__ may say 1.)
         form = str.__str__(form) if isinstance(form, str) else None
-        if form is not None and len(form) <= MAX_REPR_CHARS:
-            data[mime] = form
+        if form is not None:
+            if len(form) <= MAX_REPR_CHARS:
+                data[mime] = form
+            else:
+                _left_out(data, mime, f"{len(form):,} characters",
+                          f"{MAX_REPR_CHARS:,} characters at most")
+    too_big: tuple[str, int] | None = None
     for mime, method in (("image/png", "_repr_png_"), ("image/jpeg", "_repr_jpeg_")):
         image = _repr_method(value, method)
         if isinstance(image, bytes):
-            encoded = binascii.b2a_base64(image, newline=False).decode("ascii")
-            if len(encoded) <= MAX_IMAGE_B64:
-                data[mime] = encoded
-                break  # one image form: a PIL image has both
+            if len(image) > MAX_IMAGE_BYTES:
+                too_big = too_big or (mime, len(image))
+                continue
+            data[mime] = binascii.b2a_base64(image, newline=False).decode("ascii")
+            break  # one image form: a PIL image has both
+    else:
+        if too_big is not None:
+            _left_out(data, too_big[0], f"{too_big[1]:,} bytes",
+                      f"{MAX_IMAGE_BYTES:,} bytes at most")
     return data
+
+
+def _left_out(data: "dict[str, str]", mime: str, size: str, cap: str) -> None:
+    """Say in ``data``'s text form that its ``mime`` form, of ``size``, was left out, being
+    over ``cap``: an image or a table's HTML over its cap was dropped without a word (the
+    result said nothing was cut; a review)."""
+    data["text/plain"] += f"\n[{mime} of {size} not shown: a display carries {cap}]"
 
 
 def _text_repr(value: "Any") -> str:
@@ -671,11 +692,12 @@ def _render_figure(fig: "Any") -> dict[str, str]:
     for _ in range(4):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
-        encoded = binascii.b2a_base64(buf.getvalue(), newline=False).decode("ascii")
-        if len(encoded) <= MAX_IMAGE_B64:
-            data["image/png"] = encoded
+        image = buf.getvalue()
+        if len(image) <= MAX_IMAGE_BYTES:
+            data["image/png"] = binascii.b2a_base64(image, newline=False).decode("ascii")
             return data
         dpi /= 2
+    _left_out(data, "image/png", f"{len(image):,} bytes", f"{MAX_IMAGE_BYTES:,} bytes at most")
     return data
 
 

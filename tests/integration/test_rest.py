@@ -154,6 +154,20 @@ def test_a_python_program_s_threads_end_before_its_result(service: Service) -> N
     assert "waited for 1 thread (w)" in stuck["stderr"]
 
 
+def test_an_image_too_large_to_show_is_named_not_dropped(service: Service) -> None:
+    """A PIL image of 1.4 MB (noise does not compress) was left out of the display without
+    a word: the result said nothing was cut (a review)."""
+    big = run(service, "from PIL import Image\nimport os\n"
+                       "Image.frombytes('RGB', (700, 700), os.urandom(700 * 700 * 3))")
+    assert big["status"] == "success", big
+    [shown] = big["display"]
+    assert set(shown) == {"text/plain"}, set(shown)
+    assert re.search(r"\n\[image/(png|jpeg) of [\d,]+ bytes not shown: a display carries"
+                     r" 525,000 bytes at most\]$", shown["text/plain"]), shown["text/plain"]
+    small = run(service, "from PIL import Image\nImage.new('RGB', (64, 64), 'red')")
+    assert "image/png" in small["display"][0]
+
+
 def test_each_call_gets_a_fresh_sandbox(service: Service) -> None:
     run(service, "open('/workspace/mark', 'w').write('x')")
     again = run(service, "import os; print(os.path.exists('/workspace/mark'))")

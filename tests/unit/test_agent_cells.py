@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import struct
 import subprocess
 import sys
@@ -396,10 +397,15 @@ def test_python_a_display_too_large_for_a_control_line_loses_rich_forms_not_the_
     assert_success(result)
     assert result.done["restarted"] is False
     snow, liar = (d["data"] for d in result.displays)
-    assert snow["text/plain"] == "\u2603" * 100_000
+    text, _, note = snow["text/plain"].partition("\n")
+    assert text == "\u2603" * 100_000
     assert snow["text/latex"] == "$x$"
     assert len(json.dumps(snow)) < 1_900_000 and len(snow) == 4, sorted(snow)  # one went
-    assert liar == {"text/plain": "x" * 100_000 + "\u2026"}
+    (gone,) = {"text/html", "text/markdown", "image/svg+xml"} - set(snow)
+    assert re.fullmatch(rf"\[{gone} of [\d,]+ bytes escaped not shown: a display carries"
+                        r" 1,900,000 bytes of forms in all\]", note), note
+    assert liar == {"text/plain": "x" * 100_000 + "\u2026\n[text/html of 3,000,000 characters"
+                                  " not shown: a display carries 100,000 characters at most]"}
     assert_success(py.run("kept"))
 
 
@@ -492,7 +498,19 @@ def test_python_final_expression_carries_its_png_form(py: AgentDriver) -> None:
     assert set(odd.displays[0]["data"]) == {"text/plain"}
     big = py.run("class R:\n    def _repr_png_(self):\n        return b'x' * 600_000\nR()",
                  max_output_bytes=1 << 30)
+    # ...and says so (it was left out without a word: a review)
     assert set(big.displays[0]["data"]) == {"text/plain"}
+    assert big.displays[0]["data"]["text/plain"].endswith(
+        ">\n[image/png of 600,000 bytes not shown: a display carries 525,000 bytes at most]")
+    fits = py.run("class S:\n    def _repr_png_(self):\n        return b'x' * 525_000\nS()",
+                  max_output_bytes=1 << 30)
+    assert len(fits.displays[0]["data"]["image/png"]) == 700_000
+    assert "not shown" not in fits.displays[0]["data"]["text/plain"]
+    html = py.run("class H:\n    def _repr_html_(self):\n        return '<p>' * 40_000\nH()")
+    assert set(html.displays[0]["data"]) == {"text/plain"}
+    assert html.displays[0]["data"]["text/plain"].endswith(
+        "\n[text/html of 120,000 characters not shown: a display carries 100,000 characters"
+        " at most]")
 
 
 def test_python_exception_traceback_hides_worker(py: AgentDriver) -> None:
