@@ -553,9 +553,11 @@ class ClientSession:
 
         A consumer that stops taking frames holds the whole session up: past a few hundred
         waiting frames the client stops reading the connection (the server then stops the
-        sandbox), and the cell's result bound (``result_grace``) still runs. A loop that
-        may leave early (``break``, an exception) should close the generator, so that the
-        session reads on at once rather than when the generator is collected:
+        sandbox, and disconnects a client that takes nothing for its ``SEND_TIMEOUT``; the
+        session waits for a resume). The time reading is paused is the consumer's: the
+        result bound (``result_grace``) does not run meanwhile. A loop that may leave early
+        (``break``, an exception) should close the generator, so that the session reads on
+        at once rather than when the generator is collected:
 
         .. code-block:: python
 
@@ -570,10 +572,7 @@ class ClientSession:
             CellIdInUse: ``cell_id`` is the id of an unfinished cell of this client.
             ValueError: ``timeout`` is not a positive number of seconds.
         """
-        if cell_id is not None and (cell_id in self._pending or cell_id in self._cells):
-            raise CellIdInUse(f"cell id {cell_id!r} is already in use by an unfinished cell "
-                              "of this session")
-        cell_id = cell_id or self._new_id()
+        cell_id = self._cell_id(cell_id)
         queue = _StreamQueue(lambda pause: self._pause(id(queue), pause))
         request = self._start(cell_id, code, timeout, queue)
         try:
@@ -589,8 +588,16 @@ class ClientSession:
             self._cells.pop(cell_id, None)
             self._pause(id(queue), False)
 
+    def _cell_id(self, chosen: str | None) -> str:
+        """The id for a new cell: ``chosen``, unless an unfinished cell has it, or a new one."""
+        if chosen is not None and (chosen in self._pending or chosen in self._cells):
+            raise CellIdInUse(f"cell id {chosen!r} is already in use by an unfinished cell "
+                              "of this session")
+        return chosen or self._new_id()
+
     async def execute(self, code: str, *, timeout: float | None = None,
-                      on_output: Callable[[fr.Stream], None] | None = None) -> CellResult:
+                      on_output: Callable[[fr.Stream], None] | None = None,
+                      cell_id: str | None = None) -> CellResult:
         """Run a cell and collect its output.
 
         ``timeout`` (seconds, positive and finite) is the cell's bound on the server; None
@@ -604,6 +611,10 @@ class ClientSession:
         an ``async def`` is refused (``TypeError``) before the cell is sent, and a callback
         that returns an awaitable fails the cell the same way; :meth:`stream` suits a
         consumer that awaits.
+
+        ``cell_id`` names the cell (its frames carry it; by default the client makes one
+        up): a caller whose connection dropped finds the cell's frames by it among
+        :attr:`events` of the resumed session.
 
         Cancelling ``execute`` (or a timeout around it) only stops waiting: the cell keeps
         running, or stays queued, on the server, and its later frames go to :attr:`events`.
@@ -621,10 +632,11 @@ class ClientSession:
                 of its own limit, and the client closed the session).
             ValueError: ``timeout`` is not a positive number of seconds.
             TypeError: ``on_output`` is a coroutine function, or returned an awaitable.
+            CellIdInUse: ``cell_id`` is the id of an unfinished cell of this client.
         """
         if on_output is not None and inspect.iscoroutinefunction(on_output):
             raise _awaitable_callback(None)
-        cell_id = self._new_id()
+        cell_id = self._cell_id(cell_id)
         collector = _Collector(on_output, fr.output_allowance(self.ready.limits.max_output_bytes),
                                functools.partial(self._too_much_output, cell_id))
         request = self._start(cell_id, code, timeout, collector)

@@ -743,11 +743,16 @@ async def test_a_stream_cell_id_in_use_is_refused(server: Server) -> None:
                 await asyncio.sleep(0.01)
         with pytest.raises(CellIdInUse, match="cell id 'mine' is already in use"):
             await frames_of(s.stream("again", cell_id="mine"))
+        with pytest.raises(CellIdInUse, match="cell id 'mine' is already in use"):
+            await s.execute("again", cell_id="mine")
+        async with asyncio.timeout(BOUND):
+            named = await s.execute("named", cell_id="theirs")  # execute names its cell too
+        assert named.result.id == "theirs"
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
         await hanging.aclose()
-    assert len(server.received) == 1
+    assert len(server.received) == 2
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, 0.0, -1.0])
