@@ -656,22 +656,19 @@ async def test_an_answer_that_is_not_the_services_refusal_is_a_failed_connection
     assert isinstance(failed.value.__cause__, InvalidStatus)
 
 
-async def test_a_session_resumed_elsewhere_is_named(server: Server) -> None:
+@pytest.mark.parametrize(("code", "reason"), [(4000, "resumed_elsewhere"),
+                                              (1011, "connection_lost")])
+async def test_a_session_resumed_elsewhere_is_named(server: Server, code: int,
+                                                    reason: str) -> None:
     """Close code 4000: another connection took the session over, and it goes on there.
     It read as ``connection_lost``, which invites a resume that would take it back."""
-    server.script = lambda request: ["close 4000"]
+    server.script = lambda request: [f"close {code}"]
     async with session(server) as s:
         with pytest.raises(SessionClosed) as ended:
             async with asyncio.timeout(BOUND):
                 await s.execute("x")
-        assert ended.value.reason == "resumed_elsewhere"
-        assert "4000" in ended.value.message
-    server.script = lambda request: ["close 1011"]
-    async with session(server) as s:
-        with pytest.raises(SessionClosed) as ended:
-            async with asyncio.timeout(BOUND):
-                await s.execute("x")
-        assert ended.value.reason == "connection_lost"
+        assert ended.value.reason == reason
+        assert str(code) in ended.value.message
 
 
 async def test_a_malformed_first_frame_is_a_protocol_error(server: Server) -> None:
