@@ -239,3 +239,33 @@ def test_an_xsrf_value_is_one_of_ours_or_not() -> None:
     for value in ("", "x" * 31, "x" * 33, '"><script>alert(1)</script>' + "x" * 5,
                   "a" * 31 + "="):
         assert not auth.is_xsrf(value), value
+
+
+@pytest.mark.parametrize("secure", [False, True])
+async def test_secure_cookies_marks_every_cookie_secure(secure: bool) -> None:
+    """Behind TLS (SECURE_COOKIES), the login, its deletion and ``_xsrf`` are ``Secure``:
+    a browser sends them over HTTPS alone (they were never, and the service cannot tell
+    that a proxy speaks TLS for it)."""
+    from types import SimpleNamespace
+
+    import httpx
+    from starlette.applications import Starlette
+
+    from ws_sandbox.jupyter.routes import routes
+
+    s = Settings.from_env({"SECURE_COOKIES": str(secure).lower()}, session_secret="s" * 32,
+                          jupyter_password="pw-0123456789abcdef")
+    assert s.secure_cookies is secure
+    app = Starlette(routes=routes())
+    app.state.manager = SimpleNamespace(settings=s)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="https://localhost:8090") as client:  # a proxy's TLS
+        page = await client.get("/login")
+        xsrf = page.cookies[auth.XSRF_COOKIE]
+        login = await client.post("/login", data={"_xsrf": xsrf,
+                                                  "password": "pw-0123456789abcdef"})
+        assert login.status_code == 302, login.text
+        logout = await client.get("/logout")
+    for response in (page, login, logout):
+        [header] = response.headers.get_list("set-cookie")
+        assert ("; secure" in header.lower()) is secure, header

@@ -246,7 +246,8 @@ async def login(request: Request) -> Response:
             xsrf = auth.new_xsrf()
         page = _LOGIN_PAGE.format(xsrf=html.escape(xsrf, quote=True))
         response: Response = HTMLResponse(page, headers=_LOGIN_HEADERS)
-        response.set_cookie(auth.XSRF_COOKIE, xsrf, path="/", samesite="strict")
+        response.set_cookie(auth.XSRF_COOKIE, xsrf, path="/", samesite="strict",
+                            secure=settings.secure_cookies)
         return response
     try:
         body = await read_body(request, MAX_BODY_BYTES)
@@ -272,7 +273,8 @@ async def login(request: Request) -> Response:
         target = "/api"
     response = RedirectResponse(target, status_code=302)
     response.set_cookie(auth.LOGIN_COOKIE, auth.LoginSigner(settings).sign(identity), path="/",
-                        max_age=auth.LOGIN_MAX_AGE, httponly=True, samesite="lax")
+                        max_age=auth.LOGIN_MAX_AGE, httponly=True, samesite="lax",
+                        secure=settings.secure_cookies)
     return response
 
 
@@ -281,7 +283,8 @@ async def logout(request: Request) -> Response:
     login form (Jupyter Server's ``/logout`` ends a login too; there was none, and a login
     lasted its 12 hours)."""
     response = RedirectResponse("/login", status_code=302)
-    response.delete_cookie(auth.LOGIN_COOKIE, path="/", httponly=True, samesite="lax")
+    response.delete_cookie(auth.LOGIN_COOKIE, path="/", httponly=True, samesite="lax",
+                           secure=request.app.state.manager.settings.secure_cookies)
     return response
 
 
