@@ -376,7 +376,7 @@ class Settings:
     jupyter_password: str = field(default="", metadata={"env": "JUPYTER_PASSWORD",
         "doc": "Password of the Jupyter login form (POST /login, then a signed cookie and"
         " X-XSRFToken)", "secret": True})
-    secure_cookies: bool = field(default=False, metadata={"env": "SECURE_COOKIES",
+    secure_cookies: bool = field(default=False, metadata={"env": "SECURE_COOKIES", "operator": True,
         "doc": "Mark the login and _xsrf cookies Secure, so that browsers send them over"
         " HTTPS alone: set it when clients reach the service through TLS (a proxy), which"
         " the service cannot tell"})
