@@ -12,6 +12,8 @@
 session at the end; ``session = await connect(...)`` (then ``async with session`` or
 ``await session.close()``) works too.
 
+:func:`execute_once` makes the one-shot REST call (``POST /api/v1/execute``), blocking.
+
 :meth:`ClientSession.execute` collects a cell's output (calling ``on_output`` live);
 :meth:`ClientSession.stream` yields each frame of a cell as it arrives. Every wait for a
 cell is bounded: its timeout (or the session's default), the cells queued before it, and
@@ -31,6 +33,8 @@ import math
 import operator
 import secrets
 import types
+import urllib.error
+import urllib.request
 from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -958,19 +962,105 @@ def _check_seconds(name: str, value: float | None) -> float | None:
     return value
 
 
-def _refusal(url: str, exc: InvalidStatus) -> SessionRefused | ConnectFailed:
-    """A refused upgrade: the service's, with its JSON error (``{"error": {"code",
+def _refusal(url: str, status: int, body: bytes | None,
+             what: str = "the WebSocket upgrade") -> SessionRefused | ConnectFailed:
+    """An HTTP refusal: the service's, with its JSON error (``{"error": {"code",
     "message"}}``); any other answer (a plain web server's 200, a proxy's 502) is no
     refusal of the service's but a failed connection (it was taken for one, a review)."""
-    status = exc.response.status_code
     with contextlib.suppress(*DECODE_ERRORS, AttributeError, TypeError, KeyError):
-        detail = msgspec.json.decode(exc.response.body or b"")["error"]
+        detail = msgspec.json.decode(body or b"")["error"]
         code, message = detail["code"], detail["message"]
         if isinstance(code, str) and isinstance(message, str):
             return SessionRefused(fr.Error(code=code, message=message), None, status)
-    return ConnectFailed(f"{url} answered the WebSocket upgrade with HTTP {status}, and not"
-                         " as a ws_sandbox service refuses one: is it the service's URL?",
-                         status)
+    return ConnectFailed(f"{url} answered {what} with HTTP {status}, and not as a ws_sandbox"
+                         " service refuses one: is it the service's URL?", status)
+
+
+class OneShotResult(msgspec.Struct, kw_only=True):
+    """The answer of ``POST /api/v1/execute`` (:func:`execute_once`). Read as the protocol
+    asks: a field this client does not know is ignored, and ``status`` (``success``,
+    ``error``, ``timeout``, ``interrupted``, ``killed``) is kept as the server says it."""
+
+    execution_id: str
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    execution_time_ms: float | None = None
+    memory_used_mb: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    language: str = ""
+    truncated: bool = False
+    display: list[dict[str, str]] = msgspec.field(default_factory=list)
+
+
+ONE_SHOT_WAIT = 300.0
+"""Seconds :func:`execute_once` allows a call that names no ``timeout`` (the service's
+default applies, at most its ``MAX_EXECUTION_TIME``), before ``result_grace``."""
+
+
+def execute_once(url: str, code: str, *, language: str = "python",
+                 timeout: float | None = None, api_key: str | None = None,
+                 result_grace: float = RESULT_GRACE) -> OneShotResult:
+    """Run ``code`` once in a fresh sandbox (``POST /api/v1/execute``) and return its result:
+    the REST call, for a caller that wants one result and no session. Blocking (from async
+    code: ``await asyncio.to_thread(execute_once, ...)``).
+
+    Args:
+        url: the service's base URL (``http://host:port``; ``ws://`` is taken as ``http://``
+            and ``wss://`` as ``https://``); a path is kept as a prefix, as :class:`connect`
+            keeps it.
+        code: the program.
+        language: its language (or an alias: ``bash``, ``node``, ``py``...).
+        timeout: the program's time limit on the server (seconds); None: the service's
+            default.
+        api_key: sent as ``Authorization: Bearer``.
+        result_grace: seconds the answer may take beyond ``timeout`` (or, without one,
+            ``ONE_SHOT_WAIT``), as each network wait's bound.
+
+    Raises:
+        SessionRefused: the service refused the call (400, 401, 403, 413, 429, 503...:
+            ``http_status``, and the code and message of its JSON error).
+        ConnectFailed: the URL is invalid, the service could not be reached or did not
+            answer in time, or the answer was not the service's (``http_status``).
+        ValueError: ``timeout`` or ``result_grace`` is not a positive number of seconds.
+    """
+    _check_seconds("timeout", timeout)
+    if _check_seconds("result_grace", result_grace) is None:
+        raise ValueError("result_grace must be a positive, finite number of seconds")
+    if not isinstance(code, str):
+        raise TypeError(f"code must be a str, not {type(code).__name__}")
+    endpoint = _endpoint(url, "", "/api/v1/execute", http=True)
+    request: dict[str, Any] = {"code": code, "language": language}
+    if timeout is not None:
+        request["timeout"] = timeout
+    try:
+        body = msgspec.json.encode(request)
+    except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8, so no request
+        raise SessionRefused(fr.Error(
+            code="bad_request", message=f"the code cannot be encoded as UTF-8 (character"
+            f" {exc.start}: {exc.reason})"), None) from None
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    wait = (ONE_SHOT_WAIT if timeout is None else timeout) + result_grace
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                endpoint, data=body, headers=headers, method="POST"), timeout=wait) as answer:
+            data = answer.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            raise _refusal(url, exc.code, exc.read(), "the call") from exc
+    except TimeoutError as exc:
+        raise ConnectFailed(f"no answer from {url} within {wait} s") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectFailed(f"cannot reach {url}: {reason}") from exc
+    try:
+        return msgspec.json.decode(data, type=OneShotResult)
+    except DECODE_ERRORS as exc:
+        raise ConnectFailed(f"{url} answered the call with something that is not a"
+                            f" ws_sandbox result: {exc}") from exc
 
 
 class connect:
@@ -1033,21 +1123,32 @@ class connect:
         await self._session.close()
 
 
-def _endpoint(url: str, query: str) -> str:
-    """The session endpoint of the service at ``url``, with ``query``: its scheme and host
-    kept, its path kept as a prefix (a reverse proxy's) up to an ``/api/`` in it, its query
-    and fragment dropped.
+_HTTP_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+
+
+def _endpoint(url: str, query: str, path: str = "/api/v1/sessions/ws",
+              http: bool = False) -> str:
+    """The endpoint ``path`` (the session endpoint) of the service at ``url``, with
+    ``query``: its scheme and host kept, its path kept as a prefix (a reverse proxy's) up to
+    an ``/api/`` in it, its query and fragment dropped. ``http``: for an HTTP call, where
+    ``ws://`` is ``http://`` and ``wss://`` is ``https://``.
 
     Raises:
-        ConnectFailed: ``url`` cannot be parsed (a port out of range, a broken IPv6 address).
+        ConnectFailed: ``url`` cannot be parsed (a port out of range, a broken IPv6
+            address), or, for ``http``, is not ``http(s)://`` or ``ws(s)://``.
     """
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsed on access: a port out of range raises ValueError
     except ValueError as exc:
         raise ConnectFailed(f"invalid URL {url!r}: {exc}") from exc
+    scheme = parts.scheme
+    if http:
+        scheme = _HTTP_SCHEMES.get(scheme.lower(), "")
+        if not scheme or not parts.netloc:
+            raise ConnectFailed(f"invalid URL {url!r}: give http://host:port (or https://)")
     prefix = (parts.path + "/").split("/api/")[0].rstrip("/")
-    return urlunsplit((parts.scheme, parts.netloc, f"{prefix}/api/v1/sessions/ws", query, ""))
+    return urlunsplit((scheme, parts.netloc, f"{prefix}{path}", query, ""))
 
 
 async def _open(url: str, *, language: str, resume: str | None, api_key: str | None,
@@ -1062,7 +1163,7 @@ async def _open(url: str, *, language: str, resume: str | None, api_key: str | N
                                       open_timeout=open_timeout,
                                       create_connection=_Connection)
     except InvalidStatus as exc:
-        raise _refusal(url, exc) from exc
+        raise _refusal(url, exc.response.status_code, bytes(exc.response.body)) from exc
     except InvalidURI as exc:
         raise ConnectFailed(f"invalid URL {url!r}: {exc}") from exc
     except websockets.InvalidHandshake as exc:

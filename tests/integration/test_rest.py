@@ -36,7 +36,7 @@ from tests.integration.conftest import (
     running_service,
 )
 from ws_sandbox import frames as fr
-from ws_sandbox.client import SessionRefused, connect
+from ws_sandbox.client import SessionRefused, connect, execute_once
 
 pytestmark = pytest.mark.docker
 
@@ -645,6 +645,21 @@ def test_past_auth_failures_per_minute_no_credential_is_checked(
             assert "AUTH_FAILURES_PER_MINUTE" in json.dumps(err)
         assert call(svc, "/api/v1/stats")[0] == 401  # no credential: nothing to guess
         assert call(svc, "/api/v1/health")[0] == 200
+
+
+def test_the_sdk_s_execute_once_makes_the_call(locked: Service) -> None:
+    """``ws_sandbox.client.execute_once``, the REST call for a caller that wants one result:
+    the answer, and the service's refusals as SessionRefused with their status."""
+    result = execute_once(locked.url, "import sys; print(sys.argv); sys.exit(3)",
+                          api_key="k-misc-0123456789ab", timeout=10)
+    assert (result.status, result.stdout, result.exit_code) == ("error", "['']\n", 3)
+    assert len(result.execution_id) == 32 and result.language == "python"
+    with pytest.raises(SessionRefused) as refused:
+        execute_once(locked.http, "print(1)")
+    assert (refused.value.http_status, refused.value.error.code) == (401, "unauthorized")
+    with pytest.raises(SessionRefused) as refused:
+        execute_once(locked.http, "print(1)", language="cobol", api_key="k-misc-0123456789ab")
+    assert refused.value.http_status == 400 and "cobol" in refused.value.error.message
 
 
 def test_keys_are_required(locked: Service) -> None:

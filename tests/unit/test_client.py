@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import http.server
+import json
 import math
 import re
 import secrets
 import socket
 import sys
+import threading
+import time
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import pytest
@@ -1222,3 +1227,97 @@ async def test_a_callback_that_exits_raises_where_its_caller_waits(server: Serve
                "asyncio.run(main())\n")
     assert await run_program(program, server.url) == (
         0, "raised by execute 3\nout y\nmore\n", "")
+
+
+# --- execute_once: the REST call ------------------------------------------------------------
+
+
+@dataclass
+class HttpServer:
+    url: str
+    requests: list[tuple[str, str | None, Any]] = field(default_factory=list)
+    """Each request's path, ``Authorization`` header and JSON body."""
+
+
+@contextlib.contextmanager
+def http_server(status: int, body: bytes, delay: float = 0.0) -> Iterator[HttpServer]:
+    """An HTTP server that answers every POST with ``status`` and ``body`` after ``delay``
+    seconds."""
+    seen = HttpServer("")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            seen.requests.append((self.path, self.headers.get("Authorization"),
+                                  json.loads(self.rfile.read(length))))
+            time.sleep(delay)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    seen.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+ANSWER = {"execution_id": "e1", "status": "success", "stdout": "1\n", "stderr": "",
+          "execution_time_ms": 1.5, "memory_used_mb": 3.0, "exit_code": 0, "error": None,
+          "language": "python", "truncated": False, "display": [], "added_later": 1}
+
+
+def test_execute_once_posts_the_call_and_reads_its_answer() -> None:
+    with http_server(200, json.dumps(ANSWER).encode()) as server:
+        result = client.execute_once(
+            server.url.replace("http", "ws") + "/prefix/api/v1/sessions/ws", "print(1)",
+            language="py", timeout=5, api_key="k-0123456789abcdef")
+    [(path, authorization, request)] = server.requests
+    assert path == "/prefix/api/v1/execute"
+    assert authorization == "Bearer k-0123456789abcdef"
+    assert request == {"code": "print(1)", "language": "py", "timeout": 5}
+    assert (result.status, result.stdout, result.exit_code, result.execution_id) == (
+        "success", "1\n", 0, "e1")  # and a field it does not know is ignored
+
+
+@pytest.mark.parametrize(("status", "body", "error"), [
+    (429, b'{"error": {"code": "rate_limited", "message": "retry in 2 s"}}', SessionRefused),
+    (400, b'{"error": {"code": "bad_request", "message": "code is empty"}}', SessionRefused),
+    (502, b"Bad Gateway", ConnectFailed),
+    (200, b"<html>a web page</html>", ConnectFailed),
+    (200, b'{"status": "success"}', ConnectFailed),  # no execution id: not a result
+])
+def test_execute_once_tells_a_refusal_from_the_wrong_place(status: int, body: bytes,
+                                                           error: type[Exception]) -> None:
+    with http_server(status, body) as server, pytest.raises(error) as raised:
+        client.execute_once(server.url, "print(1)")
+    if isinstance(raised.value, SessionRefused):
+        assert raised.value.http_status == status
+        assert raised.value.error.message in body.decode()
+    else:
+        assert "not" in str(raised.value)
+
+
+def test_execute_once_bounds_its_wait_and_says_what_failed() -> None:
+    with (http_server(200, json.dumps(ANSWER).encode(), delay=1.0) as server,
+          pytest.raises(ConnectFailed, match=r"no answer from .* within 0\.5 s")):
+        client.execute_once(server.url, "x", timeout=0.25, result_grace=0.25)
+    port = server.url.rsplit(":", 1)[1]
+    with pytest.raises(ConnectFailed, match=f"cannot reach http://127.0.0.1:{port}"):
+        client.execute_once(server.url, "x")  # nothing listens there any more
+    with pytest.raises(ConnectFailed, match="invalid URL 'ftp://x'"):
+        client.execute_once("ftp://x", "x")
+    with pytest.raises(SessionRefused, match="cannot be encoded as UTF-8"):
+        client.execute_once(server.url, "\udcff")
+    with pytest.raises(ValueError, match="timeout"):
+        client.execute_once(server.url, "x", timeout=-1)
