@@ -297,7 +297,7 @@ class _Collector:
 
     __slots__ = ("allowance", "displays", "done", "on_output", "over", "stderr", "stdout")
 
-    def __init__(self, on_output: Callable[[fr.Stream], None] | None, allowance: int,
+    def __init__(self, on_output: Callable[[fr.Stream], object] | None, allowance: int,
                  over: Callable[[], None]) -> None:
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -326,7 +326,7 @@ class _Collector:
                 if self.on_output is not None:
                     try:
                         returned = self.on_output(frame)
-                        if inspect.isawaitable(returned):
+                        if inspect.iscoroutine(returned):
                             raise _awaitable_callback(returned)
                     # The caller's callback: its error is theirs, raised where they wait.
                     # Even SystemExit: out of the connection's data_received it would stop
@@ -349,13 +349,14 @@ class _Collector:
 
 
 def _awaitable_callback(returned: object) -> TypeError:
-    """The error of an ``on_output`` that returned an awaitable (an ``async def``): nothing
-    would await it, and its output was lost without a word (a review)."""
+    """The error of an ``on_output`` that is an ``async def`` (or returned a coroutine):
+    nothing would run it, and its output was lost without a word (a review). A task or a
+    future it returns runs on its own, and is let be."""
     if inspect.iscoroutine(returned):
         returned.close()  # never awaited, on purpose: no "never awaited" warning
     return TypeError("on_output must be a plain function: it is called as each frame is"
-                     " read, and what it returns is not awaited (use stream() to await"
-                     " something for each frame)")
+                     " read, and a coroutine it returns is not awaited (start a task from"
+                     " it, or use stream() to await something for each frame)")
 
 
 class _StreamQueue:
@@ -460,6 +461,7 @@ class ClientSession:
         self._deadline: asyncio.TimerHandle | None = None
         self._paused: set[int] = set()  # the stream queues that paused reading
         self._paused_at = 0.0  # when reading paused (loop time)
+        self._paused_total = 0.0  # seconds paused before that
         # restart() calls waiting for their answer, in sending order.
         self._restarts: collections.deque[asyncio.Future[fr.Restarted]] = collections.deque()
         self.events: asyncio.Queue[fr.ServerFrame | UnknownFrame] = asyncio.Queue(
@@ -513,7 +515,20 @@ class ClientSession:
         except websockets.ConnectionClosed as exc:
             if self.ended is not None:
                 raise self._closed_error() from exc
-            raise SessionClosed("connection_lost", str(exc), self.closed) from exc
+            raise self._lost() from exc
+
+    def _lost(self) -> SessionClosed:
+        """Why the connection ended, as this client tells it: ``resumed_elsewhere`` when
+        another connection resumed the session (close code 4000: it lives on there, and
+        resuming it here would take it back; it read as a lost connection), else
+        ``connection_lost``."""
+        closed = self.ws.protocol.state is State.CLOSED
+        # close_exc asserts the connection is CLOSED (it is not yet when cancelled).
+        exc = self.ws.protocol.close_exc if closed else None
+        received = self.ws.protocol.close_rcvd if closed else None
+        reason = ("resumed_elsewhere" if received is not None and received.code == 4000
+                  else "connection_lost")
+        return SessionClosed(reason, str(exc) if exc else "connection lost", self.closed)
 
     def _start(self, cell_id: str, code: str, timeout: float | None, route: Route) -> bytes:
         """Check and encode a cell, then register it (its route, its place in the order);
@@ -597,10 +612,10 @@ class ClientSession:
         if chosen is not None and (chosen in self._pending or chosen in self._cells):
             raise CellIdInUse(f"cell id {chosen!r} is already in use by an unfinished cell "
                               "of this session")
-        return chosen or self._new_id()
+        return self._new_id() if chosen is None else chosen
 
     async def execute(self, code: str, *, timeout: float | None = None,
-                      on_output: Callable[[fr.Stream], None] | None = None,
+                      on_output: Callable[[fr.Stream], object] | None = None,
                       cell_id: str | None = None) -> CellResult:
         """Run a cell and collect its output.
 
@@ -613,8 +628,8 @@ class ClientSession:
         block (nothing else is read meanwhile). An exception it raises (even ``SystemExit``)
         is raised by this cell's ``execute`` (the cell itself runs on). It is not awaited:
         an ``async def`` is refused (``TypeError``) before the cell is sent, and a callback
-        that returns an awaitable fails the cell the same way; :meth:`stream` suits a
-        consumer that awaits.
+        that returns a coroutine fails the cell the same way (one that starts a task, with
+        ``asyncio.ensure_future``, is fine); :meth:`stream` suits a consumer that awaits.
 
         ``cell_id`` names the cell (its frames carry it; by default the client makes one
         up): a caller whose connection dropped finds the cell's frames by it among
@@ -635,7 +650,7 @@ class ClientSession:
                 sent more output for it than :func:`~ws_sandbox.frames.output_allowance`
                 of its own limit, and the client closed the session).
             ValueError: ``timeout`` is not a positive number of seconds.
-            TypeError: ``on_output`` is a coroutine function, or returned an awaitable.
+            TypeError: ``on_output`` is a coroutine function, or returned a coroutine.
             CellIdInUse: ``cell_id`` is the id of an unfinished cell of this client.
         """
         if on_output is not None and inspect.iscoroutinefunction(on_output):
@@ -660,10 +675,16 @@ class ClientSession:
         """Restart the interpreter (the session's state is lost); return once it has, with
         the server's ``restarted`` frame (which also goes to :attr:`events`).
 
-        A running cell ends first (``killed``, with ``state_lost``), and queued cells run
-        in the fresh interpreter. The server answers within ``result_grace`` seconds (an
-        interrupt's grace, a restart, perhaps a new sandbox), or the client gives up on the
-        session, as for a late result. Cancelling the call only stops waiting.
+        A running cell ends first (``interrupted``, exit code 137, with ``state_lost``),
+        and queued cells run in the fresh interpreter. The server answers within
+        ``result_grace`` seconds (an interrupt's grace, a restart, perhaps a new sandbox;
+        time a :meth:`stream` consumer held reading up is not counted), or the client gives
+        up on the session, as for a late result. Cancelling the call only stops waiting.
+
+        The protocol's ``restart`` names no request, so answers are matched in order: a
+        restart asked while one is under way is answered by that one's frame (the server
+        joins them), and one sent just as an earlier restart's answer is on its way may
+        return with that answer.
 
         Raises:
             SessionRefused: the server refused it (``rate_limited``): nothing restarted.
@@ -671,26 +692,38 @@ class ClientSession:
                 within ``result_grace``).
         """
         self._check_open()
-        waiter: asyncio.Future[fr.Restarted] = asyncio.get_running_loop().create_future()
-        self._restarts.append(waiter)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[fr.Restarted] = loop.create_future()
+        self._restarts.append(waiter)  # there until answered: a cancelled one takes its answer
         try:
             await self.send(fr.Restart())
-            async with asyncio.timeout(self.result_grace):
+            grace = self.result_grace
+            if grace is None:
                 return await asyncio.shield(waiter)
-        except TimeoutError:
-            if waiter.done():  # pragma: no cover - it came as the bound passed
-                return waiter.result()
-            self._restarts.remove(waiter)  # not failed again by the give-up below
-            waiter.cancel()
+            started, paused = loop.time(), self._paused_seconds()
+            while True:
+                due = started + grace + self._paused_seconds() - paused
+                if loop.time() >= due and not self._paused:
+                    break
+                # While paused, look again a grace later (the bound moves with the pause).
+                wait = grace if self._paused else due - loop.time()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        return await asyncio.shield(waiter)
             late = SessionClosed("result_timeout", f"no answer to a restart after waiting"
-                                                   f" {self.result_grace} s")
+                                                   f" {grace} s")
+            waiter.cancel()  # not failed again by the give-up
             self._give_up(late, 1000, "")
-            raise late from None
+            raise late
         finally:
-            with contextlib.suppress(ValueError):
-                self._restarts.remove(waiter)
             if not waiter.done():
                 waiter.cancel()
+
+    def _paused_seconds(self) -> float:
+        """Seconds reading has been paused for :meth:`stream` consumers, all told."""
+        if self._paused:
+            return self._paused_total + asyncio.get_running_loop().time() - self._paused_at
+        return self._paused_total
 
     async def close(self) -> None:
         """Close the connection (the server removes the sandbox)."""
@@ -758,10 +791,13 @@ class ClientSession:
             if isinstance(frame, fr.Restarted):
                 self._restart_bound()
                 while self._restarts:  # a restart asked while one is under way joins it
-                    self._restarts.popleft().set_result(frame)
-            elif isinstance(frame, fr.Error) and self._restarts:
-                # an error without a cell id answers a restart: refused (rate_limited)
-                self._restarts.popleft().set_exception(SessionRefused(frame, None))
+                    if not (waiter := self._restarts.popleft()).done():
+                        waiter.set_result(frame)
+            elif (isinstance(frame, fr.Error) and self._restarts
+                  and not (waiter := self._restarts.popleft()).done()):
+                # an error without a cell id answers a restart: refused (rate_limited); a
+                # cancelled restart's answer is taken by its place
+                waiter.set_exception(SessionRefused(frame, None))
             self._event(frame)
             return
         deliver = self._cells.get(cell)
@@ -874,9 +910,11 @@ class ClientSession:
                 ws.keepalive_task = None
             return
         ws.transport.resume_reading()
+        paused_for = loop.time() - self._paused_at
+        self._paused_total += paused_for
         first = next(iter(self._pending.values()), None)
         if first is not None and first.since is not None:
-            first.since += loop.time() - self._paused_at
+            first.since += paused_for
         if self._deadline is None and first is not None:
             self._expire()  # it fired while paused, or is yet to: either way, look again
         if ws.keepalive_task is None:
@@ -892,7 +930,8 @@ class ClientSession:
             self._deadline.cancel()
             self._deadline = None
         while self._restarts:
-            self._restarts.popleft().set_exception(self._closed_error())
+            if not (waiter := self._restarts.popleft()).done():
+                waiter.set_exception(self._closed_error())
         if self._paused:  # a stalled stream() consumer: the close must still be read
             self._paused.clear()
             if not self.ws.transport.is_closing():
@@ -913,16 +952,7 @@ class ClientSession:
                 self.ws.transport.abort()
             raise
         finally:
-            # close_exc asserts the connection is CLOSED (it is not yet when cancelled).
-            closed = self.ws.protocol.state is State.CLOSED
-            exc = self.ws.protocol.close_exc if closed else None
-            received = self.ws.protocol.close_rcvd if closed else None
-            # Another connection resumed the session (close code 4000): it lives on there,
-            # and resuming it here would take it back (it read as a lost connection).
-            reason = ("resumed_elsewhere" if received is not None and received.code == 4000
-                      else "connection_lost")
-            self._end(SessionClosed(reason, str(exc) if exc else "connection lost",
-                                    self.closed))
+            self._end(self._lost())
 
 
 CLOSE_TIMEOUT = 5.0

@@ -255,19 +255,26 @@ def _send_line(line: str) -> None:
         if _state.sending_thread == me:  # a signal handler's, mid-line: after that line
             _deferred.append(data)
             return
-        _state.sending_thread = me
         try:
             while True:
-                while data:
-                    n = os.write(_ctl_out, data)
-                    data = data[n:]
+                _state.sending_thread = me
+                try:
+                    while True:
+                        while data:
+                            n = os.write(_ctl_out, data)
+                            data = data[n:]
+                        if not _deferred:
+                            break
+                        data = _deferred.pop(0)
+                finally:
+                    _state.sending_thread = 0
+                # A handler's line deferred between the last look and the line above: sent
+                # now, not held until the next line (a one-shot call's last was its done).
                 if not _deferred:
                     break
                 data = _deferred.pop(0)
         except OSError:
             os._exit(70)
-        finally:
-            _state.sending_thread = 0
 
 
 def _on_sigint(_signum: int, _frame: "types.FrameType | None") -> None:
@@ -1156,17 +1163,21 @@ def run_cell(code: str, glb: "dict[str, Any]", program: bool = False) -> "dict[s
 def _end_program(status: str, error: "str | None",
                  exit_code: int) -> "tuple[str, str | None, int]":
     """What Python does as a program exits, for a cell that is a whole program: run
-    ``threading``'s exit hooks (they tell a ``ThreadPoolExecutor`` that nothing more comes),
-    wait for the threads that are not daemons, then run the ``atexit`` functions (which also
-    wait for ``multiprocessing``'s children). A one-shot program's threads were cut short
-    with its sandbox, and what they printed was lost.
+    ``threading``'s exit hooks (they tell a ``ThreadPoolExecutor`` that nothing more comes,
+    and wait for its threads), wait for the threads that are not daemons, then run the
+    ``atexit`` functions (which also wait for ``multiprocessing``'s children). A one-shot
+    program's threads were cut short with its sandbox, and what they printed was lost.
 
-    As at a program's exit, an error in a hook is printed and changes nothing. An interrupt
-    (the time limit) ends the wait: the cell is ``interrupted``, with a line naming what it
-    waited for. Not after an interrupted cell: the user wants it stopped, not waited for."""
+    As at a program's exit, an error in a hook or an exit function is printed and changes
+    nothing. An interrupt (the time limit) ends the wait: the cell is ``interrupted``, with
+    a line naming what it waited for (``atexit`` swallows it in an exit function, as it
+    swallows any error there: the cell is ``interrupted`` once they have run). Not after an
+    interrupted cell: the user wants it stopped, not waited for."""
     threading: Any = sys.modules.get("threading")
-    waited: list[Any] = []  # the threads not yet joined (an interrupted join marks its
-    # thread stopped, in Python 3.11: is_alive() cannot tell them afterwards)
+    # The threads waited for, named if an interrupt ends the wait. Kept, not asked again:
+    # an interrupted join marks its thread stopped, in Python 3.11.
+    waited: list[Any] = []
+    phase = "threads"
     _state.interrupted = False
     _state.running = True
     try:
@@ -1176,29 +1187,44 @@ def _end_program(status: str, error: "str | None",
                 _state.interrupted = True
                 raise KeyboardInterrupt
         if threading is not None:
+            main = threading.main_thread()
+
+            def left() -> "list[Any]":
+                return [t for t in threading.enumerate()
+                        if t is not main and not t.daemon and t.is_alive()]
+
             hooks = getattr(threading, "_threading_atexits", None)
-            if isinstance(hooks, list):
+            if isinstance(hooks, list) and hooks:
+                waited = left()  # what an executor's hook waits for
                 while hooks:
                     try:
                         hooks.pop()()
                     except Exception as exc:
                         _report_exception(exc)
-            main = threading.main_thread()
-            while waited := [t for t in threading.enumerate()
-                             if t is not main and not t.daemon and t.is_alive()]:
+            while waited := left():
                 while waited:
                     waited[0].join()
                     del waited[0]
+        phase = "exit functions"
         import atexit
 
-        atexit._run_exitfuncs()
+        hook = sys.unraisablehook
+        sys.unraisablehook = _exit_function_error
+        try:
+            atexit._run_exitfuncs()
+        finally:
+            sys.unraisablehook = hook
+        if _agent_interrupted():
+            raise KeyboardInterrupt
     except KeyboardInterrupt as exc:
         _state.running = False
         if not _agent_interrupted():
             return status, error or _report_exception(exc), exit_code or 1
         _flush_std()
         try:  # noqa: SIM105 - contextlib is not loaded in the worker, and need not be
-            sys.stderr.write(_waited_for([str(t.name) for t in waited]))
+            sys.stderr.write(_waited_for([str(t.name) for t in waited]) if phase == "threads"
+                             else "Interrupted while the program's exit functions (atexit)"
+                                  " ran\n")
         except BaseException:  # the user replaced threading's parts, or stderr
             pass
         return "interrupted", "interrupted", 130
@@ -1209,11 +1235,30 @@ def _end_program(status: str, error: "str | None",
     return status, error, exit_code
 
 
+def _exit_function_error(unraisable: "Any") -> None:
+    """``sys.unraisablehook`` while the exit functions run: ``atexit`` hands it each error
+    of theirs. The agent's interrupt is not the program's error (it is told after them,
+    once), and an error's traceback leaves out the worker's frames, as a cell's does (they
+    showed ``_end_program``)."""
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt) and _agent_interrupted():
+        return
+    try:
+        what = f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}"
+    except BaseException:  # the object's repr failed
+        what = "Exception ignored in an exit function"
+    try:  # noqa: SIM105 - contextlib is not loaded in the worker, and need not be
+        sys.stderr.write(what + "\n")
+    except BaseException:
+        pass
+    if exc is not None:
+        _report_exception(exc)
+
+
 def _waited_for(names: "list[str]") -> str:
-    """The line of an interrupt of :func:`_end_program`'s wait for the threads ``names``
-    (none: it ran the exit functions)."""
+    """The line of an interrupt of :func:`_end_program`'s wait for the threads ``names``."""
     if not names:
-        return "Interrupted while the program's exit functions (atexit) ran\n"
+        return "Interrupted while the program waited for its threads\n"
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     one = len(names) == 1
     return (f"Interrupted while the program waited for {len(names)}"

@@ -1535,6 +1535,38 @@ def test_an_interrupt_ends_a_programs_wait_and_names_the_threads(py: AgentDriver
     assert_success(py.run("print('next')"))
 
 
+def test_an_interrupt_in_a_programs_exit_functions_or_executor_is_told(
+        py: AgentDriver) -> None:
+    """``atexit`` swallows any error of an exit function, the interrupt's too: the program
+    ended ``success`` (exit code 0), with a traceback of the worker's frames (the diff
+    review). An executor's exit hook waits for its threads, and the line named none."""
+    hanging = py.run_interrupted("import atexit, time\n"
+                                 "atexit.register(time.sleep, 100)\n"
+                                 "atexit.register(print, 'runs first')\n",
+                                 after=1.0, program=True)
+    assert (hanging.done["status"], hanging.done["exit_code"]) == ("interrupted", 130)
+    assert hanging.text() == "runs first\n"
+    assert hanging.text("stderr") == (
+        "Interrupted while the program's exit functions (atexit) ran\n")
+    failing = py.run("import atexit, sys\n"
+                     "atexit.register(sys.exit, 3)\n"
+                     "def boom():\n    raise ValueError('in exit')\n"
+                     "atexit.register(boom)\n", program=True)
+    assert_success(failing)  # as at a program's exit: printed, and nothing else
+    err = failing.text("stderr")
+    assert err.startswith("Exception ignored in atexit callback: <function boom at 0x")
+    assert "ValueError: in exit\n" in err and "SystemExit: 3\n" in err
+    assert "worker_python" not in err and "_end_program" not in err
+    pool = py.run_interrupted("from concurrent.futures import ThreadPoolExecutor\n"
+                              "import time\n"
+                              "ex = ThreadPoolExecutor(thread_name_prefix='pool')\n"
+                              "ex.submit(time.sleep, 100)\n", after=1.0, program=True)
+    assert pool.done["status"] == "interrupted"
+    assert pool.text("stderr").startswith(
+        "Interrupted while the program waited for 1 thread (pool_0):")
+    assert_success(py.run("print('next')"))
+
+
 def test_an_intervals_output_between_cells_is_in_the_next_cell(js: AgentDriver) -> None:
     assert_success(js.run(
         "let n = 0; const h = setInterval(() => { console.log('tick', n++);"

@@ -101,7 +101,9 @@ class Server:
     authorizations: list[str | None] = field(default_factory=list)
     """The ``Authorization`` header of each upgrade."""
     restart: list[Item] = field(default_factory=lambda: [RESTARTED])
-    """The server's answer to a ``restart`` frame."""
+    """The server's answer to a ``restart`` frame..."""
+    restarts: list[list[Item]] = field(default_factory=list)
+    """...unless this has answers left: each restart takes the next."""
 
 
 async def send_item(ws: ServerConnection, item: Item) -> None:
@@ -134,7 +136,7 @@ async def scripted_server() -> AsyncIterator[Server]:
             server.received.append(message)
             frame = fr.decode_client(message)
             if isinstance(frame, fr.Restart):
-                for item in server.restart:
+                for item in server.restarts.pop(0) if server.restarts else server.restart:
                     if item == "drop":
                         ws.transport.abort()
                         return
@@ -747,6 +749,8 @@ async def test_a_stream_cell_id_in_use_is_refused(server: Server) -> None:
             await frames_of(s.stream("again", cell_id="mine"))
         with pytest.raises(CellIdInUse, match="cell id 'mine' is already in use"):
             await s.execute("again", cell_id="mine")
+        with pytest.raises(ValueError, match="a cell id has 1 to"):  # not one made up
+            await s.execute("empty", cell_id="")
         async with asyncio.timeout(BOUND):
             named = await s.execute("named", cell_id="theirs")  # execute names its cell too
         assert named.result.id == "theirs"
@@ -832,15 +836,25 @@ async def test_an_on_output_that_must_be_awaited_is_refused(server: Server) -> N
 
     async with session(server) as s:
         with pytest.raises(TypeError, match="on_output must be a plain function"):
-            await s.execute("x", on_output=consume)  # type: ignore[arg-type]
+            await s.execute("x", on_output=consume)
         assert server.received == []  # refused before it was sent
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no "coroutine ... was never awaited"
             with pytest.raises(TypeError, match="on_output must be a plain function"):
                 async with asyncio.timeout(BOUND):
-                    await s.execute("y", on_output=lambda frame: consume(frame))  # type: ignore[arg-type]
+                    await s.execute("y", on_output=lambda frame: consume(frame))
             gc.collect()
         assert (await s.execute("z", on_output=lambda frame: None)).stdout == "out z\nmore\n"
+        # One that starts a task is fine: the task runs (it was refused too: the diff review).
+        forwarded: list[str] = []
+
+        async def forward(frame: fr.Stream) -> None:
+            forwarded.append(frame.text)
+
+        started = await s.execute(
+            "t", on_output=lambda frame: asyncio.ensure_future(forward(frame)))
+        await asyncio.sleep(0)  # the tasks' turn
+        assert forwarded == ["out t\n", "err\n", "more\n"] and started.status == "success"
 
 
 async def test_restart_returns_once_the_interpreter_is_restarted(server: Server) -> None:
@@ -867,6 +881,42 @@ async def test_restart_returns_once_the_interpreter_is_restarted(server: Server)
         assert refused.value.error == refusal
         server.restart = [RESTARTED]
         assert await s.execute("still") is not None
+
+
+async def test_restart_does_not_count_the_time_a_stream_consumer_paused_reading(
+        server: Server) -> None:
+    """Its answer waited behind the frames a stalled consumer had not taken: the restart's
+    bound ran out meanwhile, and the client closed the session (the diff review)."""
+    server.script = lambda request: [
+        *[fr.Stream(id=request.id, name="stdout", text=f"{n}") for n in range(300)],
+        result(request.id)]
+    async with asyncio.timeout(BOUND):
+        s = await connect(server.url, result_grace=0.5)
+    async with s:
+        stream = s.stream("x")
+        async with asyncio.timeout(BOUND):
+            await anext(stream)  # reading pauses at 256 waiting frames
+            restart = asyncio.ensure_future(s.restart())
+            await asyncio.sleep(1.5)  # three times the bound
+            assert not restart.done()
+            rest = [frame async for frame in stream]
+            assert await restart == RESTARTED
+        assert isinstance(rest[-1], fr.Result) and s.ended is None
+
+
+async def test_a_cancelled_restart_s_answer_is_not_taken_for_the_next_one(
+        server: Server) -> None:
+    """A cancelled restart left the queue of waiting ones, so its refusal was taken as the
+    answer of the restart after it (the diff review)."""
+    refusal = fr.Error(code="rate_limited", message="too many requests; retry in 1 s")
+    server.restarts = [[0.3, refusal], [RESTARTED]]
+    async with session(server) as s:
+        first = asyncio.ensure_future(s.restart())
+        await asyncio.sleep(0.05)
+        first.cancel()
+        async with asyncio.timeout(BOUND):
+            assert await s.restart() == RESTARTED
+        assert first.cancelled()
 
 
 async def test_a_restart_without_an_answer_gives_up_on_the_session(server: Server) -> None:
