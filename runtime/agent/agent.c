@@ -93,6 +93,16 @@ extern char **environ;
 #define LINGER_BYTES ((size_t)64 * 1024)
 #define LINGER_OVERSLEEP 0.001
 #define LINGER_OVERSLEEPS 3
+/* A cell whose output comes in more than BUSY_FRAMES reads within BUSY_WINDOW seconds is
+ * read every BUSY_PAUSE seconds for the rest of the window: what it wrote meanwhile waits in
+ * its pipe and goes as one frame. Each read was a frame, and each frame costs the engine's
+ * attach stream and the service alike, whatever its size: a few cells writing one byte
+ * every 0.4 ms (29 KB each, far from any output cap) made the service 100 times slower for
+ * every other session (a review). Output at a human's pace (the benchmark's line every
+ * 3 ms, 33 a window) is never held. */
+#define BUSY_WINDOW 0.1
+#define BUSY_FRAMES 50
+#define BUSY_PAUSE 0.01
 #define PROC_READ (16 * 1024)
 #define MAX_CONTROL_LINE ((size_t)2 << 20)
 #define MAX_ID_LEN 256
@@ -1432,6 +1442,9 @@ static struct {
     int oom_fd;
     double linger_until; /* < 0: none */
     bool lingering;
+    double busy_start;  /* the window whose reads of user output are counted */
+    int busy_reads;
+    double quiet_until; /* < 0: none; until then the user's pipes are not read */
     int oversleeps;
     /* the wait whose descriptors are being handled */
     bool in_batch;
@@ -2022,8 +2035,14 @@ static void forward(Stream *s, const unsigned char *data, size_t n) {
     }
     if (n == 0) return;
     cell->forwarded += (int64_t)n;
+    double now = monotonic();
+    if (now - A.busy_start >= BUSY_WINDOW) {
+        A.busy_start = now;
+        A.busy_reads = 0;
+    }
+    if (++A.busy_reads > BUSY_FRAMES) A.quiet_until = now + BUSY_PAUSE;
     if (A.lingering && A.cell == cell && buf_size(&A.outbuf) == 0)
-        A.linger_until = monotonic() + LINGER;
+        A.linger_until = now + LINGER;
     Buf text = {0};
     utf8_decode_part(&s->dec, data, n, false, &text);
     send_text(cell->id, cell->idlen, s->name, text.data ? buf_head(&text) : "", buf_size(&text));
@@ -3059,6 +3078,14 @@ static void on_worker_message(Body *msg, Buf *err) {
             return;
         }
         bool has_exit = exit_code && exit_code->type == J_INT;
+        if (has_exit && (exit_code->ival < INT32_MIN || exit_code->ival > INT32_MAX)) {
+            /* No worker makes one (they exit as a process would, 0 to 255), and the
+             * service takes a 32-bit code alone: passed on, it made the whole sandbox be
+             * replaced (a review), where a message breaking the protocol restarts the
+             * worker. */
+            buf_adds(err, "worker sent an exit code out of range");
+            return;
+        }
         const char *lit = NULL;
         size_t litlen = 0;
         if (has_exit) {
@@ -3221,6 +3248,9 @@ static void on_worker_exit(pid_t pid, int status, bool have_rusage, const struct
 
 static void start_cell(Exec *e) {
     A.cell_count++;
+    A.busy_reads = 0; /* a cell's output is counted from its start */
+    A.busy_start = monotonic();
+    A.quiet_until = -1;
     Cell *cell = xrealloc(NULL, sizeof *cell);
     memset(cell, 0, sizeof *cell);
     cell->id = e->id;
@@ -3816,33 +3846,43 @@ static int run(void) {
         struct pollfd fds[MAX_POLL];
         size_t n = 0;
         size_t queued = buf_size(&A.outbuf);
+        double quiet = A.quiet_until >= 0 ? A.quiet_until - monotonic() : 0;
+        if (quiet <= 0) A.quiet_until = -1;
         if (A.stdin_open && queued < HARD_WATER) add_poll(fds, &n, 0, POLLIN);
         if (queued < HIGH_WATER) {
-            /* the control pipe first: a display is sent before output read with it */
+            /* the control pipe first: a display is sent before output read with it (a
+             * display or a done reads the pipes, quiet or not: nothing comes after them) */
             if (A.worker && !A.worker->ctl_eof) add_poll(fds, &n, A.worker->ctl_r, POLLIN);
             Stream *ss;
             size_t ns = streams_of(&ss);
-            for (size_t i = 0; i < ns; i++)
+            for (size_t i = 0; i < ns && quiet <= 0; i++)
                 if (!ss[i].eof) add_poll(fds, &n, ss[i].fd, POLLIN);
+        }
+        double wait = linger; /* the output's linger, or the quiet's end: the sooner */
+        bool timed = lingered;
+        if (quiet > 0 && (!timed || quiet < wait)) {
+            wait = quiet;
+            timed = true;
         }
         if (A.worker && buf_size(&A.worker->ctl_out)) add_poll(fds, &n, A.worker->ctl_w, POLLOUT);
         if (queued && A.linger_until < 0) add_poll(fds, &n, 1, POLLOUT);
         struct timespec ts;
         double t0 = 0;
-        if (lingered) {
-            ts.tv_sec = (time_t)linger;
-            ts.tv_nsec = (long)((linger - (double)ts.tv_sec) * 1e9);
+        if (timed) {
+            ts.tv_sec = (time_t)wait;
+            ts.tv_nsec = (long)((wait - (double)ts.tv_sec) * 1e9);
             if (ts.tv_nsec < 0) ts.tv_nsec = 0;
             if (ts.tv_nsec > 999999999) ts.tv_nsec = 999999999;
             t0 = monotonic();
         }
-        int r = ppoll(fds, n, lingered ? &ts : NULL, &waitmask);
+        int r = ppoll(fds, n, timed ? &ts : NULL, &waitmask);
         if (r < 0 && errno != EINTR && errno != EAGAIN) {
             log_msg("ppoll failed: %s", strerror(errno));
             shutdown_agent(1);
             break;
         }
-        if (r == 0 && lingered && linger < 0.001) judge_linger(monotonic() - t0);
+        if (r == 0 && lingered && wait == linger && linger < 0.001)
+            judge_linger(monotonic() - t0);
         if (r > 0) {
             memcpy(A.batch, fds, n * sizeof fds[0]);
             A.nbatch = n;
@@ -3994,6 +4034,7 @@ int main(int argc, char **argv) {
     A.exit_code = -1;
     A.stdin_open = true;
     A.linger_until = -1;
+    A.quiet_until = -1;
     A.between_last = SIZE_MAX;
     A.lingering = true;
     A.rust_write_fds[0] = A.rust_write_fds[1] = -1;

@@ -1567,6 +1567,43 @@ def test_an_interrupt_in_a_programs_exit_functions_or_executor_is_told(
     assert_success(py.run("print('next')"))
 
 
+def test_a_trickle_of_output_is_read_in_batches_and_a_human_pace_is_not(
+        py: AgentDriver) -> None:
+    """Each read of a cell's output was a frame, whatever its size: one byte every 0.4 ms
+    made 2,500 frames a second, which the engine and the service paid for one by one, and
+    a few such cells slowed every other session 100 times (a review). Past 50 reads in
+    0.1 s the agent reads the pipes every 10 ms; a line every 3 ms (the benchmark's) is
+    still a frame each, at once."""
+    trickle = py.run("import os, time\nt = time.time()\n"
+                     "while time.time() - t < 1:\n    os.write(1, b'a'); time.sleep(0.0004)\n",
+                     timeout=20)
+    assert_success(trickle)
+    frames = [f for f in trickle.frames if f["t"] == "out"]
+    assert set(trickle.text()) == {"a"} and len(trickle.text()) > 1000  # nothing lost
+    assert len(frames) < 800, len(frames)  # 2,000 and more before
+    paced = py.run("import sys, time\nfor i in range(60):\n"
+                   "    sys.stdout.write(f'{i}\\n'); sys.stdout.flush(); time.sleep(0.003)\n")
+    assert_success(paced)
+    assert [f["text"] for f in paced.frames if f["t"] == "out"] == [f"{i}\n" for i in range(60)]
+
+
+@pytest.mark.parametrize("code", ["2147483648", "-2147483649", "1" + "0" * 30])
+def test_a_forged_exit_code_out_of_range_restarts_the_worker_alone(py: AgentDriver,
+                                                                   code: str) -> None:
+    """A done the cell wrote itself with an exit code past 32 bits went on to the service,
+    which took the agent's frame for a broken one and replaced the whole sandbox (a
+    review). It breaks the worker's protocol: the worker is restarted, as for any other."""
+    forged = py.run(
+        "import os\nfd = int(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2])\n"
+        "os.write(fd, b'{\"t\":\"done\",\"status\":\"success\",\"exit_code\":"
+        + code + ",\"error\":null}\\n')\nimport time; time.sleep(5)\n")
+    assert (forged.done["status"], forged.done["restarted"]) == ("error", True)
+    assert forged.done["error"] == ("interpreter broke the control protocol (worker sent an"
+                                    " exit code out of range); state was reset")
+    assert -(2**31) <= forged.done["exit_code"] < 2**31
+    assert_success(py.run("print(1)"))
+
+
 def test_an_intervals_output_between_cells_is_in_the_next_cell(js: AgentDriver) -> None:
     assert_success(js.run(
         "let n = 0; const h = setInterval(() => { console.log('tick', n++);"
