@@ -603,7 +603,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     with running_service(
             tmp, API_KEYS=",".join(f"{name}-0123456789ab" for name in (
                 "k-auth", "k-rate", "k-cells", "k-cap", "k-misc", "k-resume", "k-hist",
-                "k-addr", "k-addr2")),
+                "k-addr", "k-addr2", "k-sdk")),
             ADMIN_API_KEY="boss-0123456789ab",
             ALLOWED_ORIGINS="https://ok.example", RATE_LIMIT_PER_MINUTE="1",
             RATE_LIMIT_BURST="3", MAX_CONCURRENT_EXECUTIONS="1", ENABLE_RUST="false",
@@ -651,14 +651,14 @@ def test_the_sdk_s_execute_once_makes_the_call(locked: Service) -> None:
     """``ws_sandbox.client.execute_once``, the REST call for a caller that wants one result:
     the answer, and the service's refusals as SessionRefused with their status."""
     result = execute_once(locked.url, "import sys; print(sys.argv); sys.exit(3)",
-                          api_key="k-misc-0123456789ab", timeout=10)
+                          api_key="k-sdk-0123456789ab", timeout=10)  # its own rate limit
     assert (result.status, result.stdout, result.exit_code) == ("error", "['']\n", 3)
     assert len(result.execution_id) == 32 and result.language == "python"
     with pytest.raises(SessionRefused) as refused:
         execute_once(locked.http, "print(1)")
     assert (refused.value.http_status, refused.value.error.code) == (401, "unauthorized")
     with pytest.raises(SessionRefused) as refused:
-        execute_once(locked.http, "print(1)", language="cobol", api_key="k-misc-0123456789ab")
+        execute_once(locked.http, "print(1)", language="cobol", api_key="k-sdk-0123456789ab")
     assert refused.value.http_status == 400 and "cobol" in refused.value.error.message
 
 
@@ -858,7 +858,8 @@ def test_a_tenant_s_config_does_not_describe_the_host(locked: Service) -> None:
     /api/v1/config (a review). A tenant's key gets the limits and languages; the admin key
     (the operator) gets every setting but the secrets, as a service without keys does."""
     host_fields = {"audit_log_path", "history_db_path", "host", "port", "instance_name",
-                   "container_image", "seccomp_profile", "allowed_origins", "allowed_hosts"}
+                   "container_image", "seccomp_profile", "allowed_origins", "allowed_hosts",
+                   "secure_cookies"}
     status, _, tenant = call(locked, "/api/v1/config", headers=bearer("k-misc-0123456789ab"))
     assert status == 200 and not host_fields & set(tenant), tenant
     assert tenant["max_execution_time"] > 0 and "python" in tenant["enabled_languages"]
