@@ -93,15 +93,18 @@ extern char **environ;
 #define LINGER_BYTES ((size_t)64 * 1024)
 #define LINGER_OVERSLEEP 0.001
 #define LINGER_OVERSLEEPS 3
-/* A cell whose output comes in more than BUSY_FRAMES reads within BUSY_WINDOW seconds is
- * read every BUSY_PAUSE seconds for the rest of the window: what it wrote meanwhile waits in
- * its pipe and goes as one frame. Each read was a frame, and each frame costs the engine's
- * attach stream and the service alike, whatever its size: a few cells writing one byte
- * every 0.4 ms (29 KB each, far from any output cap) made the service 100 times slower for
- * every other session (a review). Output at a human's pace (the benchmark's line every
- * 3 ms, 33 a window) is never held. */
+/* A cell whose output comes in more than BUSY_FRAMES small reads (under BUSY_SMALL bytes)
+ * within BUSY_WINDOW seconds is read every BUSY_PAUSE seconds for the rest of the window:
+ * what it wrote meanwhile waits in its pipe and goes as one frame. Each read was a frame,
+ * and each frame costs the engine's attach stream and the service alike, whatever its size:
+ * a few cells writing one byte every 0.4 ms (29 KB each, far from any output cap) made the
+ * service 100 times slower for every other session (a review). Output at a human's pace
+ * (the benchmark's line every 3 ms, 33 a window) is never held, and neither is a flood of
+ * full reads (counting those cut 50 MB of output from 0.13 s to 1.4 s): its frames are few
+ * for their bytes, and the output cap bounds them. */
 #define BUSY_WINDOW 0.1
 #define BUSY_FRAMES 50
+#define BUSY_SMALL 4096
 #define BUSY_PAUSE 0.01
 #define PROC_READ (16 * 1024)
 #define MAX_CONTROL_LINE ((size_t)2 << 20)
@@ -2040,7 +2043,7 @@ static void forward(Stream *s, const unsigned char *data, size_t n) {
         A.busy_start = now;
         A.busy_reads = 0;
     }
-    if (++A.busy_reads > BUSY_FRAMES) A.quiet_until = now + BUSY_PAUSE;
+    if (n < BUSY_SMALL && ++A.busy_reads > BUSY_FRAMES) A.quiet_until = now + BUSY_PAUSE;
     if (A.lingering && A.cell == cell && buf_size(&A.outbuf) == 0)
         A.linger_until = now + LINGER;
     Buf text = {0};

@@ -371,7 +371,7 @@ def test_output_that_switches_streams_often_stays_small(page: Page) -> None:
     """A cell alternating stdout and stderr a byte at a time made one box per switch: tens of
     thousands of elements and stalls of a second (a review). Past 1,000 boxes the rest of a
     cell's output goes into one box for both streams, and none of it is lost. (Longer than
-    1,000 switches' worth: past 50 reads in 0.1 s the agent reads such a cell every 10 ms,
+    1,000 switches' worth: past 50 small reads in 0.1 s the agent reads such a cell every 10 ms,
     which makes two boxes of each batch.)"""
     cell = run_cell(page, (
         "import os, time\n"
