@@ -107,6 +107,7 @@ class SessionManager:
             resume_grace=s.resume_grace,
             interrupt_grace=s.interrupt_grace,
             restart_timeout=s.restart_timeout,
+            max_sandbox_replacements=s.max_sandbox_replacements,
         )
 
     # --- sessions --------------------------------------------------------------------------

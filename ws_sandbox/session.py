@@ -68,6 +68,8 @@ class SessionLimits:
     resume_grace: float
     interrupt_grace: float
     restart_timeout: float
+    #: Sandboxes the session may have replaced within :data:`REPLACEMENT_WINDOW`; 0: any.
+    max_sandbox_replacements: int
 
     def public(self) -> fr.Limits:
         """The limits as announced in the ``ready`` frame."""
@@ -93,6 +95,10 @@ def check_code_size(code: str, max_code_bytes: int) -> None:
     if size > max_code_bytes:
         raise PayloadTooLarge(f"code of {size} bytes exceeds the limit of {max_code_bytes} bytes")
 
+
+REPLACEMENT_WINDOW = 60.0
+"""Seconds over which a session's sandbox replacements are counted (see
+``SessionLimits.max_sandbox_replacements``)."""
 
 CLOCK_RESOLUTION_MS = 1.0
 """How coarse the ``now`` the driver gives may be: uvloop's ``loop.time()`` is libuv's, which
@@ -249,6 +255,8 @@ class Session:
     _restart_pending: bool = False
     #: Output characters the sandbox sent since the running (or last) cell started.
     _received: int = 0
+    #: When each sandbox replacement of the last :data:`REPLACEMENT_WINDOW` was asked for.
+    _replacements: deque[float] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         if self.limits.max_lifetime is not None:
@@ -447,10 +455,30 @@ class Session:
             self._finish(cell, now, status=status, error=error, exit_code=None,
                          state_lost=True)
         self._restart_pending = False
-        self.state = State.RECOVERING
         self.phase = Phase.NORMAL
         self._timers.phase = None
+        if self._replacements_exhausted(now):
+            cap = self.limits.max_sandbox_replacements
+            self.close("sandbox_lost", now, f"the sandbox was lost {cap + 1} times within"
+                       f" {REPLACEMENT_WINDOW:g} s (the last time: {reason}); a session may"
+                       f" have {cap} replaced in that time")
+            return
+        self.state = State.RECOVERING
         self._actions.append(ReplaceSandbox(reason))
+
+    def _replacements_exhausted(self, now: float) -> bool:
+        """Count a sandbox lost at ``now``; whether that is one more than the session may
+        have replaced within :data:`REPLACEMENT_WINDOW` (each replacement makes the engine
+        create and start a container: a cell that kills its sandbox in a loop would keep it
+        doing so, at every other session's cost)."""
+        cap = self.limits.max_sandbox_replacements
+        if cap <= 0:
+            return False
+        times = self._replacements
+        times.append(now)
+        while times and times[0] <= now - REPLACEMENT_WINDOW:
+            times.popleft()
+        return len(times) > cap
 
     def _over_allowance(self, chars: int, now: float) -> bool:
         """Count ``chars`` of output from the sandbox (:func:`_cost`); past what its agent may

@@ -127,6 +127,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "resume_grace": (*TIMEOUT_RANGE, "seconds"),
     "interrupt_grace": (*TIMEOUT_RANGE, "seconds"),
     "restart_timeout": (*TIMEOUT_RANGE, "seconds"),
+    "max_sandbox_replacements": (0, 10_000, ""),
     "sandbox_start_timeout": (*TIMEOUT_RANGE, "seconds"),
     "exit_wait_timeout": (*TIMEOUT_RANGE, "seconds"),
     "stop_timeout": (0.0, TIMEOUT_RANGE[1], "seconds"),
@@ -250,6 +251,12 @@ class Settings:
         "doc": "Open files per process"})
     fsize_limit_mb: int = field(default=64, metadata={"env": "FSIZE_LIMIT_MB",
         "doc": "Largest file a process may write"})
+    max_sandbox_replacements: int = field(default=10, metadata={
+        "env": "MAX_SANDBOX_REPLACEMENTS",
+        "doc": "Sandboxes one session may have replaced within a minute (its code killed the"
+        " agent or the container, ran it out of memory, or did not stop when restarted); one"
+        " more closes the session (sandbox_lost), so a cell cannot make the engine start"
+        " containers in a loop. 0: no cap"})
     # --- timeouts (seconds; "none" for no limit where allowed) ----------------------------
     idle_timeout: float | None = field(default=300.0, metadata={"env": "IDLE_TIMEOUT",
         "doc": "Close a session after this long without a cell or a frame"})

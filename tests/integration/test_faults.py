@@ -42,6 +42,33 @@ async def test_sandbox_killed_from_outside_is_replaced(make_service: ServiceFact
         assert not container_exists(short.strip())
 
 
+async def test_a_session_whose_cells_keep_killing_the_sandbox_is_closed(
+        make_service: ServiceFactory) -> None:
+    """Each lost sandbox is replaced, up to ``MAX_SANDBOX_REPLACEMENTS`` a minute: the next
+    loss closes the session (``sandbox_lost``, saying why), and no container is left."""
+    with make_service(ENABLE_JAVASCRIPT="false", ENABLE_RUST="false", ENABLE_SHELL="false",
+                      POOL_SIZE="1", MAX_SANDBOX_REPLACEMENTS="2") as svc:
+        svc.wait_pool_full()
+        kill = "import os, time; os.kill(1, 15); time.sleep(20)"
+        async with await connect(svc.url) as s:
+            for _ in range(2):
+                r = await asyncio.wait_for(s.execute(kill), 30)
+                assert r.status == "killed" and r.result.state_lost, r.result
+                assert (await s.execute("print(2 + 2)")).stdout == "4\n"  # replaced
+            r = await asyncio.wait_for(s.execute(kill), 30)  # its cell still gets a result
+            assert r.status == "killed", r.result
+            with pytest.raises(SessionClosed) as closed:
+                await asyncio.wait_for(s.execute("print(1)"), 30)
+            assert closed.value.reason == "sandbox_lost"
+            assert "lost 3 times within 60 s" in closed.value.message
+        deadline = time.monotonic() + 15
+        while len(svc.containers()) > 1 and time.monotonic() < deadline:  # the pool's one
+            await asyncio.sleep(0.2)
+        assert len(svc.containers()) == 1, svc.containers()
+        status, body = svc.get("/api/v1/health")
+        assert status == 200 and body["status"] == "ok", body
+
+
 def _dockerd() -> tuple[int, list[str]]:
     pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True,
                              check=True).stdout.split()[0])

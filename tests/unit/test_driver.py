@@ -29,7 +29,8 @@ BOUND = 10.0
 LIMITS = SessionLimits(
     max_execution_time=5.0, default_execution_time=2.0, max_memory_mb=64,
     max_output_bytes=1000, max_code_bytes=1000, max_queued_cells=4, idle_timeout=30.0,
-    max_lifetime=60.0, resume_grace=0.5, interrupt_grace=0.1, restart_timeout=0.2)
+    max_lifetime=60.0, resume_grace=0.5, interrupt_grace=0.1, restart_timeout=0.2,
+    max_sandbox_replacements=3)
 
 
 class FakeSandbox:

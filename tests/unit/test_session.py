@@ -34,7 +34,8 @@ from ws_sandbox.session import (
 LIMITS = SessionLimits(
     max_execution_time=30.0, default_execution_time=10.0, max_memory_mb=512,
     max_output_bytes=100, max_code_bytes=1000, max_queued_cells=2, idle_timeout=60.0,
-    max_lifetime=600.0, resume_grace=5.0, interrupt_grace=1.0, restart_timeout=2.0)
+    max_lifetime=600.0, resume_grace=5.0, interrupt_grace=1.0, restart_timeout=2.0,
+    max_sandbox_replacements=3)
 
 
 def new(limits: SessionLimits = LIMITS) -> Session:
@@ -462,6 +463,58 @@ def test_sandbox_lost_mid_cell() -> None:
     assert result.error == ("memory limit of 512 MB exceeded; the sandbox was replaced;"
                             " state and files are lost")
     assert any(isinstance(a, ReplaceSandbox) for a in s.actions_to_run())
+
+
+def lose_sandbox(s: Session, now: float, cell_id: str) -> list[ReplaceSandbox]:
+    """Run a cell whose sandbox dies; return the replacements asked for."""
+    execute(s, cell_id, now=now)
+    s.sandbox_failed("the agent exited", now)
+    return [a for a in s.actions_to_run() if isinstance(a, ReplaceSandbox)]
+
+
+def test_a_session_that_keeps_losing_its_sandbox_is_closed() -> None:
+    """Each replacement makes the engine create and start a container: a cell that kills
+    its sandbox (``os.kill(1, 15)``) in a loop had 32 replaced in 3 s (a review). Past
+    ``max_sandbox_replacements`` within a minute the session closes, and says why."""
+    s = new()  # max_sandbox_replacements=3
+    for i in range(3):
+        assert lose_sandbox(s, float(i), f"c{i}") == [ReplaceSandbox("the agent exited")]
+        s.sandbox_replaced(i + 0.5)
+        s.frames_to_send()
+    execute(s, "c3", now=3.0)
+    execute(s, "queued", now=3.0)
+    s.sandbox_failed("the agent exited", 3.0)
+    frames = s.frames_to_send()
+    [result] = only(frames, fr.Result)
+    assert isinstance(result, fr.Result) and result.id == "c3" and result.status == "killed"
+    [cancelled] = only(frames, fr.Error)
+    assert isinstance(cancelled, fr.Error) and cancelled.id == "queued"
+    assert frames[-1] == fr.Closed(
+        reason="sandbox_lost",
+        message="the sandbox was lost 4 times within 60 s (the last time: the agent"
+                " exited); a session may have 3 replaced in that time")
+    actions = s.actions_to_run()
+    assert not [a for a in actions if isinstance(a, ReplaceSandbox)]
+    assert actions[-1] == CloseSession("sandbox_lost")
+    assert s.state is State.CLOSED
+
+
+def test_sandbox_replacements_are_counted_over_the_last_minute_only() -> None:
+    s = new()
+    for i, now in enumerate((0.0, 1.0, 2.0, 60.0, 61.0, 62.0)):
+        # at 60 s the loss at 0 s is a minute old: three within the window, never four
+        assert lose_sandbox(s, now, f"c{i}"), now
+        s.sandbox_replaced(now + 0.5)
+    assert not lose_sandbox(s, 62.5, "c6")  # the fourth within a minute
+    assert s.close_reason == "sandbox_lost"
+
+
+def test_no_cap_on_sandbox_replacements_with_zero() -> None:
+    s = new(dataclasses.replace(LIMITS, max_sandbox_replacements=0))
+    for i in range(50):
+        assert lose_sandbox(s, i * 0.01, f"c{i}")
+        s.sandbox_replaced(i * 0.01 + 0.005)
+    assert s.state is State.IDLE
 
 
 def test_idle_timeout_closes_with_reason() -> None:
