@@ -9,6 +9,7 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Match, Mount
 
 from ws_sandbox import frames as fr
 from ws_sandbox import metrics
@@ -149,11 +150,38 @@ async def on_sandbox_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (404, 405) in the same JSON shape."""
+    """Starlette's own errors (404, 405) in the same JSON shape, saying what was wrong."""
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONBody(ErrorBody(error=ErrorDetail(code=code, message=str(exc.detail))),
+    message = str(exc.detail)
+    path = request.url.path
+    if exc.status_code == 404:
+        message = f"no endpoint at {quoted(path)}"
+        if (other := _other_slash(request)) is not None:
+            message += f"; did you mean {quoted(other)}? (paths are exact)"
+        elif path.startswith("/api/"):
+            message += "; the API's paths are listed at /api/v1/openapi.json"
+    elif exc.status_code == 405 and (allow := {k.lower(): v for k, v in (
+            exc.headers or {}).items()}.get("allow")):
+        message = f"{request.method} is not allowed on {quoted(path)}; it takes {allow}"
+    return JSONBody(ErrorBody(error=ErrorDetail(code=code, message=message)),
                     status_code=exc.status_code, headers=exc.headers)
+
+
+def _other_slash(request: Request) -> str | None:
+    """The request's path with its trailing slash taken off, or one added, if that is an
+    endpoint of the service (never a redirect: see ``app.py``)."""
+    path = request.url.path
+    other = path.rstrip("/") if path.endswith("/") else path + "/"
+    if not other or other == path:
+        return None
+    scope = {**request.scope, "path": other, "type": "http"}
+    for route in request.app.router.routes:
+        if isinstance(route, BaseRoute) and not isinstance(route, Mount):
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return other
+    return None
 
 
 async def on_bug(request: Request, exc: Exception) -> Response:

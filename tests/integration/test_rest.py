@@ -357,11 +357,22 @@ def test_wrong_content_type_is_415(service: Service) -> None:
 def test_unknown_path_and_method_are_json(service: Service) -> None:
     status, _, err = call(service, "/api/v1/nothing")
     assert status == 404 and err["error"]["code"] == "not_found"
+    assert err["error"]["message"] == ("no endpoint at '/api/v1/nothing'; the API's paths are"
+                                       " listed at /api/v1/openapi.json")
+    # A slash added is no redirect (the Host header would name where to go): the 404 says
+    # which path was meant (it said "Not Found").
+    for path, meant in (("/api/v1/health/", "/api/v1/health"),
+                        ("/api/v1/executions/", "/api/v1/executions")):
+        status, _, err = call(service, path)
+        assert status == 404, err
+        assert err["error"]["message"] == (f"no endpoint at {path!r}; did you mean"
+                                           f" {meant!r}? (paths are exact)")
     # GET on the POST-only route: a 405 that says which method (the demo's mount at / used
     # to answer it with a 404).
     status, headers, err = call(service, "/api/v1/execute")
     assert status == 405 and err["error"]["code"] == "method_not_allowed"
     assert headers["allow"] == "POST"
+    assert err["error"]["message"] == "GET is not allowed on '/api/v1/execute'; it takes POST"
 
 
 # --- stats, metrics, config, history, docs ----------------------------------------------
