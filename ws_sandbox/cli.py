@@ -74,7 +74,7 @@ def _exec(args: argparse.Namespace) -> int:
                                 open_timeout=args.open_timeout, result_grace=args.result_grace)
         result: fr.Result | None = None
         async with session, contextlib.aclosing(
-                session.stream(code, timeout=args.timeout)) as frames:
+                session.stream(code, timeout=args.timeout, program=True)) as frames:
             async for frame in frames:  # output and displays in the order they came
                 match frame:
                     case fr.Stream() | fr.Display():
@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     run = sub.add_parser("exec", help="run one cell on a running service, streaming output",
+                         description="Run the code as one program in a fresh session of a"
+                         " running service, its output streamed as it comes. It ends as the"
+                         " program would: a Python program's threads that are not daemons,"
+                         " and its exit functions, are waited for.",
                          epilog=EXIT_STATUSES,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("code", help="the code, or - to read it from standard input")

@@ -530,7 +530,8 @@ class ClientSession:
                   else "connection_lost")
         return SessionClosed(reason, str(exc) if exc else "connection lost", self.closed)
 
-    def _start(self, cell_id: str, code: str, timeout: float | None, route: Route) -> bytes:
+    def _start(self, cell_id: str, code: str, timeout: float | None, route: Route, *,
+               program: bool = False) -> bytes:
         """Check and encode a cell, then register it (its route, its place in the order);
         return the frame to send. A cell that cannot be sent, or that the server could only
         refuse without its id (which would leave its caller waiting), is refused here and
@@ -543,7 +544,8 @@ class ClientSession:
             raise ValueError(f"a cell id has 1 to {fr.MAX_CELL_ID} characters, not"
                              f" {len(cell_id)}")
         try:
-            data = fr.encode(fr.Execute(id=cell_id, code=code, timeout=timeout))
+            data = fr.encode(fr.Execute(id=cell_id, code=code, timeout=timeout,
+                                        program=program))
         except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8, so no frame
             what = "cell id" if _is_utf8(code) else "code"
             raise SessionRefused(fr.Error(
@@ -567,7 +569,8 @@ class ClientSession:
         return f"{self._prefix}-{next(self._ids)}"
 
     async def stream(self, code: str, *, timeout: float | None = None,
-                     cell_id: str | None = None) -> AsyncGenerator[fr.ServerFrame, None]:
+                     cell_id: str | None = None,
+                     program: bool = False) -> AsyncGenerator[fr.ServerFrame, None]:
         """Run a cell and yield its frames, ending with its ``result`` (or ``error``).
 
         A consumer that stops taking frames holds the whole session up: past a few hundred
@@ -576,7 +579,8 @@ class ClientSession:
         session waits for a resume). The time reading is paused is the consumer's: the
         result bound (``result_grace``) does not run meanwhile. A loop that may leave early
         (``break``, an exception) should close the generator, so that the session reads on
-        at once rather than when the generator is collected:
+        at once rather than when the generator is collected (``cell_id`` and ``program``:
+        as for :meth:`execute`):
 
         .. code-block:: python
 
@@ -593,7 +597,7 @@ class ClientSession:
         """
         cell_id = self._cell_id(cell_id)
         queue = _StreamQueue(lambda pause: self._pause(id(queue), pause))
-        request = self._start(cell_id, code, timeout, queue)
+        request = self._start(cell_id, code, timeout, queue, program=program)
         try:
             await self._send_data(request)
             while True:
@@ -616,7 +620,7 @@ class ClientSession:
 
     async def execute(self, code: str, *, timeout: float | None = None,
                       on_output: Callable[[fr.Stream], object] | None = None,
-                      cell_id: str | None = None) -> CellResult:
+                      cell_id: str | None = None, program: bool = False) -> CellResult:
         """Run a cell and collect its output.
 
         ``timeout`` (seconds, positive and finite) is the cell's bound on the server; None
@@ -634,6 +638,11 @@ class ClientSession:
         ``cell_id`` names the cell (its frames carry it; by default the client makes one
         up): a caller whose connection dropped finds the cell's frames by it among
         :attr:`events` of the resumed session.
+
+        ``program=True`` runs the cell as a whole program: its end waits for the work it
+        left, as the program's exit would (Python: threads that are not daemons, an
+        executor's queue, ``atexit`` functions), as a one-shot call does; a notebook cell's
+        end does not. (A service older than the flag refuses such a cell: ``bad_request``.)
 
         Cancelling ``execute`` (or a timeout around it) only stops waiting: the cell keeps
         running, or stays queued, on the server, and its later frames go to :attr:`events`.
@@ -658,7 +667,7 @@ class ClientSession:
         cell_id = self._cell_id(cell_id)
         collector = _Collector(on_output, fr.output_allowance(self.ready.limits.max_output_bytes),
                                functools.partial(self._too_much_output, cell_id))
-        request = self._start(cell_id, code, timeout, collector)
+        request = self._start(cell_id, code, timeout, collector, program=program)
         try:
             await self._send_data(request)
             return await collector.done

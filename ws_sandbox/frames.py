@@ -35,13 +35,17 @@ class Frame(msgspec.Struct, kw_only=True, tag_field="type"):
 # lenient the other way: a newer service may add fields to its frames.)
 
 
-class Execute(Frame, tag="execute", forbid_unknown_fields=True):
+class Execute(Frame, tag="execute", forbid_unknown_fields=True, omit_defaults=True):
     """Run one cell. ``timeout`` (seconds) is at most ``MAX_EXECUTION_TIME``: a larger one is
-    refused, never clamped; none means ``DEFAULT_EXECUTION_TIME``."""
+    refused, never clamped; none means ``DEFAULT_EXECUTION_TIME``. ``program``: the cell is a
+    whole program, whose end waits for the work it left as a program's exit does (Python:
+    its threads that are not daemons, and its exit functions); a notebook cell's does not.
+    (Defaults are left out when encoded: a service without ``program`` reads the frame.)"""
 
     id: CellId
     code: str
     timeout: float | None = None
+    program: bool = False
 
 
 class Interrupt(Frame, tag="interrupt", forbid_unknown_fields=True):

@@ -147,7 +147,7 @@ class SessionManager:
     async def open(self, language: str, sink: FrameSink, *, client_id: str = "",
                    origin: Origin = "session", send_ready: bool = True,
                    admit_cell: Callable[[], None] | None = None,
-                   address: str = "", programs: bool = False) -> SessionRunner:
+                   address: str = "") -> SessionRunner:
         """Open a session with a sandbox from the pool and start running it.
 
         ``origin`` names the adapter in the session's execution records (stats, audit,
@@ -155,8 +155,7 @@ class SessionManager:
         say); it refuses by raising a :class:`~ws_sandbox.exceptions.SandboxError`.
         ``client_id`` is the caller's identity (``key:...`` or an address): at most
         ``MAX_SESSIONS_PER_KEY`` sessions are open for one. ``address`` is its peer
-        address, recorded with each cell. ``programs``: each cell is a whole program, whose
-        end waits for the work it left (a one-shot call's).
+        address, recorded with each cell.
 
         Raises:
             LanguageUnavailable: unknown or disabled language.
@@ -198,7 +197,7 @@ class SessionManager:
         loop = asyncio.get_running_loop()
         session_id = secrets.token_hex(12)
         core = Session(session_id=session_id, language=lang, limits=self.limits(),
-                       now=loop.time(), admit_cell=admit_cell, programs=programs)
+                       now=loop.time(), admit_cell=admit_cell)
         runner = SessionRunner(core, sandbox, acquire=lambda: self._acquire(lang),
                                send_timeout=self.settings.send_timeout,
                                on_cell=self._cell_finished, client_id=client_id,

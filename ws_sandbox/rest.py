@@ -258,12 +258,13 @@ async def execute(request: Request) -> Response:
     execution_id = uuid.uuid4().hex
     sink = CollectingSink(execution_id)
     runner = await manager.open(language, sink, client_id=client_id, origin="rest",
-                                send_ready=False, programs=True,
+                                send_ready=False,
                                 address=getattr(request.state, "client_address", client_id))
     ending = "the one-shot execution ended"
     try:
+        # A whole program: its end waits for the threads and exit functions it left.
         await runner.feed(ClientRequest(fr.Execute(id=execution_id, code=req.code,
-                                                   timeout=timeout)))
+                                                   timeout=timeout, program=True)))
         gone = asyncio.ensure_future(client_disconnected(request.receive))
         try:
             async with asyncio.timeout(timeout + RESULT_GRACE + manager.settings.interrupt_grace

@@ -168,6 +168,8 @@ class Cell:
     code: str
     timeout: float
     submitted_at: float
+    #: A whole program: its end waits for the work it left (see :class:`~.frames.Execute`).
+    program: bool = False
     #: The peer address of the connection that sent it (for the records).
     address: str = ""
     started_at: float | None = None
@@ -247,8 +249,6 @@ class Session:
     close_reason: fr.CloseReason | None = None
     #: Decides whether a client's cell may be queued at all (raises SandboxError if not).
     admit_cell: Callable[[], None] | None = None
-    #: Each cell is a whole program (a one-shot call): see :class:`~.agent_wire.Exec`.
-    programs: bool = False
     _frames: list[fr.ServerFrame] = field(default_factory=list)
     _actions: list[Action] = field(default_factory=list)
     _timers: _Timers = field(default_factory=_Timers)
@@ -365,7 +365,7 @@ class Session:
             raise QueueFull(f"{len(self.queue)} cells are already waiting; the limit is"
                             f" {limits.max_queued_cells}")
         cell = Cell(id=request.id, code=request.code, timeout=timeout, submitted_at=now,
-                    address=address)
+                    program=request.program, address=address)
         self.queue.append(cell)
         self._start_next(now)
         return cell
@@ -606,7 +606,7 @@ class Session:
         self.state = State.RUNNING
         self.phase = Phase.NORMAL
         self._send(aw.Exec(id=cell.id, code=cell.code,
-                           max_output_bytes=self.limits.max_output_bytes, program=self.programs))
+                           max_output_bytes=self.limits.max_output_bytes, program=cell.program))
 
     def _charge(self, cell: Cell, size: int) -> int:
         """Count ``size`` bytes of output; return how many of them may still be sent."""

@@ -33,6 +33,22 @@ def test_exec_reads_code_from_stdin_and_prints_the_value(service: Service) -> No
     assert done.returncode == 0
 
 
+LATE_THREAD = ("import threading, time\n"
+               "def late():\n"
+               "    time.sleep(0.5)\n"
+               "    print('late', flush=True)\n"
+               "threading.Thread(target=late).start()\n"
+               "print('main')\n")
+
+
+def test_exec_runs_the_code_as_a_program(service: Service) -> None:
+    """Its end waits for a thread the program left, as ``python3 prog.py`` and a one-shot
+    call do (a notebook cell's end does not: ``late`` was lost with the session)."""
+    done = run_cli(service, "-", stdin=LATE_THREAD)
+    assert done.stdout == "main\nlate\n", done
+    assert done.returncode == 0, done
+
+
 def test_exec_reports_a_refusal(service: Service) -> None:
     done = run_cli(service, "-l", "cobol", "whatever")
     assert done.returncode == 2

@@ -46,6 +46,22 @@ async def test_state_persists_across_cells(service: Service, language: str) -> N
         assert r2.stdout == expected
 
 
+async def test_a_program_cell_ends_as_its_program_would(service: Service) -> None:
+    """``program=True``: the cell's end waits for the thread it left (its output is in the
+    cell's result) and runs its exit functions; the next cell is a notebook cell again."""
+    code = ("import atexit, threading, time\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), print('thread'))).start()\n"
+            "atexit.register(print, 'exit function')\n")
+    async with await connect(service.url) as s:
+        r = await s.execute(code, program=True)
+        assert (r.status, r.stdout) == ("success", "thread\nexit function\n"), r
+        notebook = await s.execute(code)
+        assert (notebook.status, notebook.stdout) == ("success", ""), notebook
+        # the notebook cell left its thread running: its line comes with a later cell
+        later = await s.execute("import time; time.sleep(1)")
+        assert "thread" in later.stdout, later
+
+
 async def test_rust_cell_compiles_and_runs(service: Service) -> None:
     async with await connect(service.url, language="rust") as s:
         r = await s.execute('fn main() { let v: Vec<u32> = (1..=4).collect();'

@@ -215,6 +215,19 @@ async def test_frames_leave_as_text_messages(server: Server) -> None:
     assert isinstance(fr.decode_client(server.received[1]), fr.Interrupt)
 
 
+async def test_a_program_cell_says_so_and_a_notebook_cell_sends_only_what_it_sets(
+        server: Server) -> None:
+    async with session(server) as s:
+        async with asyncio.timeout(BOUND):
+            await s.execute("a", program=True)
+            await frames_of(s.stream("b", program=True))
+            await s.execute("c")
+    sent = [json.loads(m) for m in server.received]
+    assert [m.get("program") for m in sent] == [True, True, None]
+    # the defaults are left out: a service older than ``program`` reads the frame
+    assert set(sent[2]) == {"type", "id", "code"}, sent[2]
+
+
 async def test_frames_without_a_cell_or_of_another_cell_go_to_events(
         server: Server) -> None:
     stray = fr.Stream(id="someone-else", name="stdout", text="stray\n")

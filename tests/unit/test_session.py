@@ -65,18 +65,31 @@ def only(frames: list[fr.ServerFrame], kind: type[fr.Frame]) -> list[fr.ServerFr
     return [f for f in frames if isinstance(f, kind)]
 
 
-def test_a_programs_session_marks_each_exec_a_program() -> None:
-    """A one-shot call's session (``programs``) asks the agent to wait, at the cell's end,
-    for the work the program left; a notebook session never does."""
-    s = Session(session_id="s1", language="python", limits=LIMITS, now=0.0, programs=True)
-    execute(s)
+def test_a_program_cell_asks_the_agent_to_wait_for_what_it_left() -> None:
+    """A cell sent as a whole program (a one-shot call's, ``ws-sandbox exec``'s) asks the
+    agent to wait, at its end, for the work the program left; a notebook cell never does,
+    and the next cell of the session is a notebook cell again unless it says otherwise."""
+    s = new()
+    s.receive_client('{"type": "execute", "id": "c1", "code": "print(1)", "program": true}',
+                     0.0)
     assert sent_to_agent(s) == [aw.Exec(id="c1", code="print(1)", max_output_bytes=100,
                                         program=True)]
-    plain = new()
-    execute(plain)
-    [frame] = sent_to_agent(plain)
+    s.receive_agent(done(), 0.1)
+    execute(s, "c2", now=0.2)
+    [frame] = sent_to_agent(s)
     assert isinstance(frame, aw.Exec) and frame.program is False
     assert b"program" not in aw.encode(frame)  # as the agent was always sent it
+
+
+@pytest.mark.parametrize("value", ['"yes"', "1", "null", "[]"])
+def test_program_must_be_a_boolean(value: str) -> None:
+    s = new()
+    s.receive_client(f'{{"type": "execute", "id": "c1", "code": "1", "program": {value}}}',
+                     0.0)
+    [error] = s.frames_to_send()
+    assert isinstance(error, fr.Error) and error.code == "bad_request" and error.id == "c1"
+    assert "Expected `bool`" in error.message and "$.program" in error.message, error
+    assert not sent_to_agent(s)
 
 
 def test_execute_sends_exec_and_result_follows_output() -> None:
