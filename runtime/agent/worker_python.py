@@ -1211,6 +1211,7 @@ def _end_program(status: str, error: "str | None",
         hook = sys.unraisablehook
         sys.unraisablehook = _exit_function_error
         try:
+            phase = "ran exit functions"  # they run (and are cleared) whatever is raised
             atexit._run_exitfuncs()
         finally:
             sys.unraisablehook = hook
@@ -1232,7 +1233,45 @@ def _end_program(status: str, error: "str | None",
         _report_exception(exc)
     finally:
         _state.running = False
+        try:
+            _reopen_after_program(threading, phase == "ran exit functions")
+        except BaseException as exc:  # the user replaced the parts it mends
+            _report_exception(exc)
     return status, error, exit_code
+
+
+#: Modules whose exit hook (``_python_exit``, given to ``threading._register_atexit``) shuts
+#: their executors for good, and the flag it sets.
+_EXECUTOR_MODULES = (("concurrent.futures.thread", "_shutdown"),
+                     ("concurrent.futures.process", "_global_shutdown"))
+
+
+def _reopen_after_program(threading: "Any", exit_functions_ran: bool) -> None:
+    """Undo what a program's end did to the interpreter, which lives on for the session's
+    next cells: an executor's exit hook shut every executor for good ("cannot schedule new
+    futures after interpreter shutdown", asyncio's ``run_in_executor`` too), and ran once,
+    so the next program's end would have waited for ever for an executor's idle threads;
+    ``multiprocessing`` thought the process exiting, and its exit function was gone with
+    the others. Each is set as importing the module left it."""
+    register = getattr(threading, "_register_atexit", None)
+    hooks = getattr(threading, "_threading_atexits", None)
+    for name, flag in _EXECUTOR_MODULES:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        if getattr(module, flag, None) is True:
+            setattr(module, flag, False)
+        exit_hook = getattr(module, "_python_exit", None)
+        if (callable(register) and callable(exit_hook) and isinstance(hooks, list)
+                and exit_hook not in hooks):
+            register(exit_hook)
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and exit_functions_ran:
+        if getattr(util, "_exiting", None) is True:
+            setattr(util, "_exiting", False)  # noqa: B010 - a private name
+        import atexit
+
+        atexit.register(util._exit_function)
 
 
 def _exit_function_error(unraisable: "Any") -> None:

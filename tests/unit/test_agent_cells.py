@@ -1519,6 +1519,34 @@ def test_a_program_waits_for_an_executor_and_its_exit_functions(py: AgentDriver)
     assert kept.text() == "cell\n"  # a notebook cell runs no exit function
 
 
+def test_the_interpreter_works_on_after_a_programs_end(py: AgentDriver) -> None:
+    """A WebSocket session may send a program cell and then more cells to the same
+    interpreter. A program's end shut every executor for good (the next ``submit``, and
+    asyncio's ``run_in_executor``, raised "cannot schedule new futures after interpreter
+    shutdown"), and ran the executors' exit hook once, so the next program's end waited for
+    its executor's idle threads until the time limit; ``multiprocessing`` thought the
+    process exiting, and its exit function was gone."""
+    first = py.run("from concurrent.futures import ThreadPoolExecutor\n"
+                   "import multiprocessing.util, time\n"
+                   "ThreadPoolExecutor(2).submit(lambda: (time.sleep(0.1), print('one')))\n",
+                   program=True, timeout=10)
+    assert_success(first)
+    assert first.text() == "one\n"
+    second = py.run("import atexit\n"
+                    "ThreadPoolExecutor(2).submit(lambda: (time.sleep(0.1), print('two')))\n"
+                    # registered again: multiprocessing's exit function, only
+                    "print(multiprocessing.util.is_exiting(), atexit._ncallbacks())\n",
+                    program=True, timeout=5)
+    assert_success(second)
+    assert second.text() == "False 1\ntwo\n", second.text("stderr")
+    notebook = py.run("import asyncio\n"
+                      "async def f():\n"
+                      "    return await asyncio.get_running_loop().run_in_executor(None, int)\n"
+                      "print(asyncio.run(f()))\n", timeout=5)
+    assert_success(notebook)
+    assert notebook.text() == "0\n"
+
+
 def test_an_interrupt_ends_a_programs_wait_and_names_the_threads(py: AgentDriver) -> None:
     """A thread that never ends holds the program, as it holds ``python3 prog.py``, until
     the interrupt (the time limit), which says what was waited for and what to do."""
