@@ -630,19 +630,18 @@ def _mime_bundle(value: "Any") -> dict[str, str]:
             else:
                 _left_out(data, mime, f"{len(form):,} characters",
                           f"{MAX_REPR_CHARS:,} characters at most")
-    too_big: tuple[str, int] | None = None
+    too_big: list[tuple[str, int]] = []
     for mime, method in (("image/png", "_repr_png_"), ("image/jpeg", "_repr_jpeg_")):
         image = _repr_method(value, method)
         if isinstance(image, bytes):
             if len(image) > MAX_IMAGE_BYTES:
-                too_big = too_big or (mime, len(image))
+                too_big.append((mime, len(image)))
                 continue
             data[mime] = binascii.b2a_base64(image, newline=False).decode("ascii")
             break  # one image form: a PIL image has both
     else:
-        if too_big is not None:
-            _left_out(data, too_big[0], f"{too_big[1]:,} bytes",
-                      f"{MAX_IMAGE_BYTES:,} bytes at most")
+        for mime, size in too_big:  # each form tried (only the first was named)
+            _left_out(data, mime, f"{size:,} bytes", f"{MAX_IMAGE_BYTES:,} bytes at most")
     return data
 
 

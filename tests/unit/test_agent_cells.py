@@ -502,6 +502,13 @@ def test_python_final_expression_carries_its_png_form(py: AgentDriver) -> None:
     assert set(big.displays[0]["data"]) == {"text/plain"}
     assert big.displays[0]["data"]["text/plain"].endswith(
         ">\n[image/png of 600,000 bytes not shown: a display carries 525,000 bytes at most]")
+    both = py.run("class B:\n    def _repr_png_(self):\n        return b'x' * 600_000\n"
+                  "    def _repr_jpeg_(self):\n        return b'y' * 530_000\nB()",
+                  max_output_bytes=1 << 30)
+    assert set(both.displays[0]["data"]) == {"text/plain"}
+    assert both.displays[0]["data"]["text/plain"].endswith(  # each form (only PNG was named)
+        ">\n[image/png of 600,000 bytes not shown: a display carries 525,000 bytes at most]"
+        "\n[image/jpeg of 530,000 bytes not shown: a display carries 525,000 bytes at most]")
     fits = py.run("class S:\n    def _repr_png_(self):\n        return b'x' * 525_000\nS()",
                   max_output_bytes=1 << 30)
     assert len(fits.displays[0]["data"]["image/png"]) == 700_000
