@@ -57,6 +57,18 @@
   // Characters that reorder the text around them (Trojan Source): a cell's output could make
   // its text read otherwise than it is. Shown by name instead, e.g. ⟦U+202E⟧.
   const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
+  // Terminal escapes in output (`ls --color=always`, `grep --color`, rich, pytest --color):
+  // colours, bold, dim, italic and underline (SGR) are shown with the page's own classes,
+  // every other sequence (cursor moves, titles, OSC 8 links, charsets) is dropped; they were
+  // shown raw. A sequence split between two frames waits for its rest, up to ANSI_HELD.
+  // Order matters: CSI, then OSC, then any other escape (an ESC alone goes too).
+  const ANSI_SEQUENCE =
+    /\x1b(?:\[([0-?]*)([ -/]*)([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~]|$)/g;
+  const ANSI_UNFINISHED = /\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[ -/]*)$/;
+  const ANSI_HELD = 256;
+  // A cell changing colour every character would make an element each: past this many
+  // styled stretches in one cell, the rest of its output is shown plain.
+  const MAX_STYLED_PER_CELL = 5000;
 
   const CLOSE_REASONS = {
     idle_timeout: "idle for too long",
@@ -411,8 +423,119 @@
         el("pre", { class: "run-text" }));
       cell.out.append(run);
     }
-    appendText(run.lastElementChild, frame.text);
+    appendTerminalText(cell, name, run.lastElementChild, frame.text);
     cell.out.hidden = false;
+  }
+
+  // ------------------------------------------------------------------ terminal escapes
+  function newStyle() {
+    return { fg: null, bg: null, bold: false, dim: false, italic: false, underline: false };
+  }
+
+  // The classes of a style, or "" for the default (plain text).
+  function styleClasses(style) {
+    const names = [];
+    if (style.fg !== null) names.push(`fg-${style.fg}`);
+    if (style.bg !== null) names.push(`bg-${style.bg}`);
+    if (style.bold) names.push("ansi-bold");
+    if (style.dim) names.push("ansi-dim");
+    if (style.italic) names.push("ansi-italic");
+    if (style.underline) names.push("ansi-underline");
+    return names.join(" ");
+  }
+
+  // A 256-colour index as one of the 16 the page has (the cube and the greys: nearest).
+  function basicColour(n) {
+    if (!(n >= 0 && n <= 255)) return null;
+    if (n < 16) return n;
+    if (n >= 232) return n < 244 ? (n < 238 ? 0 : 8) : (n < 250 ? 7 : 15);
+    const c = n - 16, r = Math.floor(c / 36), g = Math.floor(c / 6) % 6, b = c % 6;
+    const bright = Math.max(r, g, b) > 3 ? 8 : 0;
+    const bits = (r > 1 ? 1 : 0) | (g > 1 ? 2 : 0) | (b > 1 ? 4 : 0);
+    return bits === 0 ? (Math.max(r, g, b) > 0 ? 8 : 0) : bits + bright;
+  }
+
+  // Apply one SGR sequence's parameters ("1;31", "" is a reset) to a style.
+  function applySgr(style, params) {
+    const codes = params.split(/[;:]/).map((p) => (p === "" ? 0 : Number(p)));
+    for (let i = 0; i < codes.length; i++) {
+      const c = codes[i];
+      if (c === 0) Object.assign(style, newStyle());
+      else if (c === 1) style.bold = true;
+      else if (c === 2) style.dim = true;
+      else if (c === 3) style.italic = true;
+      else if (c === 4) style.underline = true;
+      else if (c === 22) style.bold = style.dim = false;
+      else if (c === 23) style.italic = false;
+      else if (c === 24) style.underline = false;
+      else if (c >= 30 && c <= 37) style.fg = c - 30;
+      else if (c >= 90 && c <= 97) style.fg = c - 90 + 8;
+      else if (c === 39) style.fg = null;
+      else if (c >= 40 && c <= 47) style.bg = c - 40;
+      else if (c >= 100 && c <= 107) style.bg = c - 100 + 8;
+      else if (c === 49) style.bg = null;
+      else if (c === 38 || c === 48) {
+        let colour = null;  // 38;5;n (256 colours) or 38;2;r;g;b (as a 256 colour's cube)
+        if (codes[i + 1] === 5) {
+          colour = basicColour(codes[i + 2]);
+          i += 2;
+        } else if (codes[i + 1] === 2) {
+          const [r, g, b] = codes.slice(i + 2, i + 5).map((v) => Math.round((v || 0) / 51));
+          colour = basicColour(16 + 36 * Math.min(r, 5) + 6 * Math.min(g, 5) + Math.min(b, 5));
+          i += 4;
+        }
+        if (c === 38) style.fg = colour;
+        else style.bg = colour;
+      }
+    }
+  }
+
+  // Append a stream's text to a run's <pre>, its escapes applied: the cell's style carries
+  // over from frame to frame and between its streams (one terminal), an unfinished escape
+  // at the end of a frame waits for the next frame of its stream.
+  function appendTerminalText(cell, name, node, text) {
+    const held = cell.ansiHeld || (cell.ansiHeld = {});
+    text = (held[name] || "") + text;
+    held[name] = "";
+    const unfinished = ANSI_UNFINISHED.exec(text);
+    if (unfinished && unfinished[0].length <= ANSI_HELD) {
+      held[name] = unfinished[0];
+      text = text.slice(0, unfinished.index);
+    }
+    if (!text.includes("\x1b") && !cell.ansiStyle) {
+      appendText(node, text);  // the usual case: no escape seen in this cell
+      return;
+    }
+    const style = cell.ansiStyle || (cell.ansiStyle = newStyle());
+    let at = 0;
+    for (const match of text.matchAll(ANSI_SEQUENCE)) {
+      appendStyled(cell, node, text.slice(at, match.index), styleClasses(style));
+      if (match[3] === "m" && match[2] === "") applySgr(style, match[1]);
+      at = match.index + match[0].length;
+    }
+    appendStyled(cell, node, text.slice(at), styleClasses(style));
+  }
+
+  function appendStyled(cell, node, text, classes) {
+    if (!text) return;
+    if (!classes) {
+      appendText(node, text);
+      return;
+    }
+    const last = node.lastChild;
+    if (last && last.nodeType === Node.ELEMENT_NODE && last.className === classes
+        && last.textContent.length < TEXT_NODE_CHARS) {
+      last.firstChild.appendData(cellText(text));
+    } else if ((cell.styled = (cell.styled || 0) + 1) > MAX_STYLED_PER_CELL) {
+      appendText(node, text);
+    } else {
+      node.append(el("span", { class: classes, text: cellText(text) }));
+    }
+  }
+
+  // Text shown whole (a value, an error): its escapes dropped, its style not shown.
+  function plainText(text) {
+    return cellText(String(text).replace(ANSI_SEQUENCE, ""));
   }
 
   // A cell's text, with the characters that reorder text shown by name (BIDI_CONTROLS).
@@ -457,7 +580,8 @@
       node = el("img", { src: `data:image/png;base64,${data["image/png"]}`,
         alt: `image output of cell ${cell.n}` });
     } else if (typeof data["text/plain"] === "string") {
-      node = el("pre", { class: "run-text", text: cellText(data["text/plain"]) });
+      node = el("pre", { class: "run-text" });
+      appendTerminalText({}, "display", node, data["text/plain"]);
     } else {
       node = el("p", { class: "note", text: `(output of type ${Object.keys(data).join(", ")})` });
     }
@@ -495,7 +619,7 @@
     if (frame.exit_code != null) meta.push(`exit ${frame.exit_code}`);
     cell.meta.textContent = meta.join(" · ");
     const notes = [];
-    if (frame.error) notes.push(cellText(frame.error));
+    if (frame.error) notes.push(plainText(frame.error));
     if (frame.truncated) notes.push("Output was truncated: the cell printed more than the limit.");
     if (frame.state_lost) notes.push("The interpreter was restarted: variables from earlier cells are gone.");
     for (const text of notes) cell.notes.append(el("p", { class: "note", text }));

@@ -412,6 +412,35 @@ def test_characters_that_reorder_text_are_shown_by_name(page: Page) -> None:
     assert not re.search("[\u202a-\u202e\u2066-\u2069]", shown), shown
 
 
+def test_terminal_colours_are_shown_and_other_escapes_dropped(page: Page) -> None:
+    """Escapes were shown raw (``\\x1b[31m``). Colours and bold become classes of the page;
+    a cursor move, a charset switch and an OSC 8 link go; an escape split between two
+    frames is joined; the style carries over from one frame, and stream, to the next."""
+    cell = run_cell(page, (
+        "import sys, time\n"
+        "E = '\\x1b'\n"
+        "print(f'{E}[31mred{E}[0m plain {E}[1;32mbold green{E}(B{E}[m', flush=True)\n"
+        "sys.stdout.write(f'{E}[3'); sys.stdout.flush(); time.sleep(0.3)\n"
+        "sys.stdout.write(f'4mblue{E}[2K\\n'); sys.stdout.flush(); time.sleep(0.3)\n"
+        "print(f'still blue{E}[0m {E}]8;;https://example.com{E}\\\\link{E}]8;;{E}\\\\',"
+        " flush=True)\n"
+        "print(f'{E}[38;5;196mcube red{E}[39m', flush=True)\n"
+        "raise ValueError(f'{E}[31mboom{E}[0m')\n"))
+    expect(cell).to_have_attribute("data-status", "error")
+    shown = stdout(cell)
+    assert shown == "red plain bold green\nblue\nstill blue link\ncube red\n", repr(shown)
+    out = cell.locator(".run.stdout .run-text")
+    expect(out.locator("span.fg-1").first).to_have_text("red")
+    expect(out.locator("span.fg-2.ansi-bold")).to_have_text("bold green")
+    expect(out.locator("span.fg-4")).to_have_text("blue\nstill blue")
+    expect(out.locator("span.fg-9")).to_have_text("cube red")
+    colour = out.locator("span.fg-1").first.evaluate("(s) => getComputedStyle(s).color")
+    plain = out.evaluate("(p) => getComputedStyle(p).color")
+    assert colour != plain, (colour, plain)
+    expect(cell.locator(".notes")).to_contain_text("ValueError: boom")
+    assert "\x1b" not in cell.evaluate("(li) => li.textContent")
+
+
 def test_screenshot_with_output(browser: Browser, service: Service, artifacts: Path) -> None:
     page = open_page(browser, service.http + "/", width=1280, height=780)
     wait_ready(page)
