@@ -462,8 +462,8 @@ class ClientSession:
         self._paused: set[int] = set()  # the stream queues that paused reading
         self._paused_at = 0.0  # when reading paused (loop time)
         self._paused_total = 0.0  # seconds paused before that
-        # restart() calls waiting for their answer, in sending order.
-        self._restarts: collections.deque[asyncio.Future[fr.Restarted]] = collections.deque()
+        # restart() calls waiting for their answer, by request id, in sending order.
+        self._restarts: dict[str, asyncio.Future[fr.Restarted]] = {}
         self.events: asyncio.Queue[fr.ServerFrame | UnknownFrame] = asyncio.Queue(
             maxsize=max_events)
         self.events_dropped = 0
@@ -690,10 +690,11 @@ class ClientSession:
         time a :meth:`stream` consumer held reading up is not counted), or the client gives
         up on the session, as for a late result. Cancelling the call only stops waiting.
 
-        The protocol's ``restart`` names no request, so answers are matched in order: a
-        restart asked while one is under way is answered by that one's frame (the server
-        joins them), and one sent just as an earlier restart's answer is on its way may
-        return with that answer.
+        A restart asked while one is under way is answered by that one's frame (the server
+        joins them). Each request carries an id, which the server's answer names, so a
+        restart sent just as an earlier one's answer is on its way waits for its own. (A
+        service that does not name them is answered in order: there, such a restart
+        returns with the earlier one's answer.)
 
         Raises:
             SessionRefused: the server refused it (``rate_limited``): nothing restarted.
@@ -703,9 +704,11 @@ class ClientSession:
         self._check_open()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[fr.Restarted] = loop.create_future()
-        self._restarts.append(waiter)  # there until answered: a cancelled one takes its answer
+        request_id = self._new_id()
+        # There until answered: a cancelled one takes its answer.
+        self._restarts[request_id] = waiter
         try:
-            await self.send(fr.Restart())
+            await self.send(fr.Restart(id=request_id))
             grace = self.result_grace
             if grace is None:
                 return await asyncio.shield(waiter)
@@ -796,17 +799,28 @@ class ClientSession:
             self._event(frame)
             return
         cell = getattr(frame, "id", None)
+        if isinstance(frame, fr.Error) and isinstance(cell, str) and cell in self._restarts:
+            if not (waiter := self._restarts.pop(cell)).done():  # a refused restart
+                waiter.set_exception(SessionRefused(frame, None))
+            self._event(frame)
+            return
         if not isinstance(cell, str):
             if isinstance(frame, fr.Restarted):
                 self._restart_bound()
-                while self._restarts:  # a restart asked while one is under way joins it
-                    if not (waiter := self._restarts.popleft()).done():
+                # Those it names (a restart asked while one is under way joins it), or,
+                # from a service that names none, every one waiting.
+                answered = list(self._restarts) if frame.ids is None else frame.ids
+                for request_id in answered:
+                    if request_id in self._restarts and not (
+                            waiter := self._restarts.pop(request_id)).done():
                         waiter.set_result(frame)
-            elif (isinstance(frame, fr.Error) and self._restarts
-                  and not (waiter := self._restarts.popleft()).done()):
-                # an error without a cell id answers a restart: refused (rate_limited); a
-                # cancelled restart's answer is taken by its place
-                waiter.set_exception(SessionRefused(frame, None))
+            elif isinstance(frame, fr.Error) and self._restarts:
+                # From a service that names no restart: an error without a cell id answers
+                # the oldest restart, refused (rate_limited); a cancelled restart's answer
+                # is taken by its place.
+                oldest = next(iter(self._restarts))
+                if not (waiter := self._restarts.pop(oldest)).done():
+                    waiter.set_exception(SessionRefused(frame, None))
             self._event(frame)
             return
         deliver = self._cells.get(cell)
@@ -938,8 +952,9 @@ class ClientSession:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        while self._restarts:
-            if not (waiter := self._restarts.popleft()).done():
+        restarts, self._restarts = self._restarts, {}
+        for waiter in restarts.values():
+            if not waiter.done():
                 waiter.set_exception(self._closed_error())
         if self._paused:  # a stalled stream() consumer: the close must still be read
             self._paused.clear()

@@ -52,8 +52,12 @@ class Interrupt(Frame, tag="interrupt", forbid_unknown_fields=True):
     """Interrupt the running cell (Python gets KeyboardInterrupt)."""
 
 
-class Restart(Frame, tag="restart", forbid_unknown_fields=True):
-    """Restart the interpreter: the session's state is lost, the container kept."""
+class Restart(Frame, tag="restart", forbid_unknown_fields=True, omit_defaults=True):
+    """Restart the interpreter: the session's state is lost, the container kept. ``id``
+    (optional, chosen by the client) comes back in the ``restarted`` frame's ``ids`` that
+    answers it, or on the ``error`` frame that refuses it."""
+
+    id: CellId | None = None
 
 
 ClientFrame = Execute | Interrupt | Restart
@@ -126,10 +130,14 @@ class Error(Frame, tag="error"):
 
 
 class Restarted(Frame, tag="restarted"):
-    """The interpreter or the whole sandbox is fresh: the session's state is lost."""
+    """The interpreter or the whole sandbox is fresh: the session's state is lost. ``ids``:
+    the ids of the ``restart`` requests it answers (it answers every restart sent since the
+    last one, with an id or without); empty when none gave one. (None: from a service that
+    does not send ``ids``.)"""
 
     reason: Literal["interpreter_restarted", "sandbox_replaced"]
     message: str
+    ids: list[str] | None = None
 
 
 class Closed(Frame, tag="closed"):

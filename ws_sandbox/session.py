@@ -96,6 +96,10 @@ def check_code_size(code: str, max_code_bytes: int) -> None:
         raise PayloadTooLarge(f"code of {size} bytes exceeds the limit of {max_code_bytes} bytes")
 
 
+MAX_RESTART_IDS = 64
+"""Restart requests with ids that may wait for one ``restarted`` frame (each joins the
+restart under way, free): more are refused, so that the frame stays small."""
+
 REPLACEMENT_WINDOW = 60.0
 """Seconds over which a session's sandbox replacements are counted (see
 ``SessionLimits.max_sandbox_replacements``)."""
@@ -255,6 +259,8 @@ class Session:
     _restart_pending: bool = False
     #: Output characters the sandbox sent since the running (or last) cell started.
     _received: int = 0
+    #: The ids of the restart requests the next ``restarted`` frame answers.
+    _restart_ids: list[str] = field(default_factory=list)
     #: When each sandbox replacement of the last :data:`REPLACEMENT_WINDOW` was asked for.
     _replacements: deque[float] = field(default_factory=deque)
 
@@ -336,15 +342,18 @@ class Session:
                 self.interrupt(now)
             case fr.Restart():
                 try:
+                    if frame.id is not None and len(self._restart_ids) >= MAX_RESTART_IDS:
+                        raise QueueFull(f"{len(self._restart_ids)} restarts already wait for"
+                                        f" the one under way; the limit is {MAX_RESTART_IDS}")
                     if self.admit_cell is not None and not admitted and self._restart_starts():
                         # A restart starts an interpreter: it costs what a cell does (free,
                         # a client restarted 47 interpreters a second past its rate limit:
                         # a review). One under way is joined without a token.
                         self.admit_cell()
                 except SandboxError as exc:
-                    self._error(exc)
+                    self._error(exc, cell_id=frame.id)
                     return
-                self.restart(now)
+                self.restart(now, request_id=frame.id)
             case _:  # pragma: no cover - exhaustiveness
                 raise AssertionError(frame)
 
@@ -385,8 +394,14 @@ class Session:
         recovery, nor come after the end)."""
         return not (self.state in (State.CLOSED, State.RECOVERING) or self._restart_pending)
 
-    def restart(self, now: float) -> None:
-        """Restart the interpreter (state is lost); a running cell ends as interrupted."""
+    def restart(self, now: float, *, request_id: str | None = None) -> None:
+        """Restart the interpreter (state is lost); a running cell ends as interrupted.
+        ``request_id``: the client's id of the request, named in the ``restarted`` frame
+        that answers it."""
+        if self.state is State.CLOSED:
+            return
+        if request_id is not None:
+            self._restart_ids.append(request_id)
         if not self._restart_starts():
             return  # a restart under way answers this one too (its deadline stands)
         if self.running is not None:
@@ -423,7 +438,8 @@ class Session:
                     self._timers.phase = None
                     self._frames.append(fr.Restarted(
                         reason="interpreter_restarted",
-                        message="the interpreter was restarted; state is lost"))
+                        message="the interpreter was restarted; state is lost",
+                        ids=self._answered_restarts()))
                     if self.state is State.RECOVERING:
                         self.state = State.IDLE
                         self.phase = Phase.NORMAL
@@ -465,6 +481,11 @@ class Session:
             return
         self.state = State.RECOVERING
         self._actions.append(ReplaceSandbox(reason))
+
+    def _answered_restarts(self) -> list[str]:
+        """The ids of the restart requests a ``restarted`` frame sent now answers."""
+        ids, self._restart_ids = self._restart_ids, []
+        return ids
 
     def _replacements_exhausted(self, now: float) -> bool:
         """Count a sandbox lost at ``now``; whether that is one more than the session may
@@ -509,7 +530,8 @@ class Session:
         self._restart_pending = False  # a fresh sandbox answers a restart under way too
         self._timers.phase = None
         self._frames.append(fr.Restarted(
-            reason="sandbox_replaced", message="the sandbox was replaced; state is lost"))
+            reason="sandbox_replaced", message="the sandbox was replaced; state is lost",
+            ids=self._answered_restarts()))
         self._start_next(now)
 
     # --- connection and time ---------------------------------------------------------------

@@ -62,6 +62,21 @@ async def test_a_program_cell_ends_as_its_program_would(service: Service) -> Non
         assert "thread" in later.stdout, later
 
 
+async def test_a_restart_is_answered_by_name(service: Service) -> None:
+    """The ``restarted`` frame names the restart requests it answers; the state is gone."""
+    async with websockets.connect(service.url + "/api/v1/sessions/ws?language=python") as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(json.dumps({"type": "execute", "id": "c1", "code": "x = 1"}))
+        assert json.loads(await ws.recv())["type"] == "result"
+        await ws.send(json.dumps({"type": "restart", "id": "first"}))
+        await ws.send(json.dumps({"type": "restart", "id": "joined"}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        assert answer["type"] == "restarted" and answer["ids"] == ["first", "joined"], answer
+        await ws.send(json.dumps({"type": "execute", "id": "c2", "code": "print('x' in dir())"}))
+        frames = [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in range(2)]
+        assert frames[0]["text"] == "False\n", frames
+
+
 async def test_rust_cell_compiles_and_runs(service: Service) -> None:
     async with await connect(service.url, language="rust") as s:
         r = await s.execute('fn main() { let v: Vec<u32> = (1..=4).collect();'

@@ -104,6 +104,9 @@ class Server:
     """The server's answer to a ``restart`` frame..."""
     restarts: list[list[Item]] = field(default_factory=list)
     """...unless this has answers left: each restart takes the next."""
+    names_restarts: bool = False
+    """Name the restart each answer is for, as the service does (``restarted``'s ``ids``
+    where the item has none, a refusal's ``id``); by default, as an older service, not."""
 
 
 async def send_item(ws: ServerConnection, item: Item) -> None:
@@ -140,6 +143,11 @@ async def scripted_server() -> AsyncIterator[Server]:
                     if item == "drop":
                         ws.transport.abort()
                         return
+                    if server.names_restarts and isinstance(item, fr.Restarted) and (
+                            item.ids is None):
+                        item = msgspec.structs.replace(item, ids=[frame.id] if frame.id else [])
+                    elif server.names_restarts and isinstance(item, fr.Error):
+                        item = msgspec.structs.replace(item, id=frame.id)
                     await send_item(ws, item)
             if not isinstance(frame, fr.Execute):
                 continue
@@ -894,6 +902,32 @@ async def test_restart_returns_once_the_interpreter_is_restarted(server: Server)
         assert refused.value.error == refusal
         server.restart = [RESTARTED]
         assert await s.execute("still") is not None
+
+
+async def test_a_restart_waits_for_the_answer_that_names_it(server: Server) -> None:
+    """Answers were matched in order, so a restart sent just as another's answer was on its
+    way returned with that answer, before its own restart happened. The service names the
+    requests each ``restarted`` answers, and the refusal's: each waits for its own."""
+    server.names_restarts = True
+    replaced = fr.Restarted(reason="sandbox_replaced", message="lost", ids=[])
+    async with session(server) as s:
+        async with asyncio.timeout(BOUND):
+            first, second = await asyncio.gather(s.restart(), s.restart())
+        assert first.ids and second.ids and first.ids != second.ids
+        sent = [fr.decode_client(m) for m in server.received]
+        assert [f.id for f in sent if isinstance(f, fr.Restart)] == first.ids + second.ids
+        # a sandbox replaced for another reason answers no restart of this client's
+        server.restart = [replaced, 0.3, RESTARTED]
+        async with asyncio.timeout(BOUND):
+            answer = await s.restart()
+        assert answer.reason == "interpreter_restarted" and answer.ids, answer
+        refusal = fr.Error(code="rate_limited", message="too many requests; retry in 1 s")
+        server.restart = [refusal]
+        with pytest.raises(SessionRefused, match="rate_limited") as refused:
+            async with asyncio.timeout(BOUND):
+                await s.restart()
+        assert refused.value.error.id is not None
+        assert not s._restarts
 
 
 async def test_restart_does_not_count_the_time_a_stream_consumer_paused_reading(

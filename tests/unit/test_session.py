@@ -626,6 +626,59 @@ def test_restarts_while_one_is_in_progress_are_part_of_it() -> None:
     assert sent_to_agent(s) == [aw.RestartWorker()]
 
 
+def test_restarted_names_the_restarts_it_answers() -> None:
+    """A restart may carry an id: the ``restarted`` frame that answers it names it, with
+    every other one that joined (without an id: not named); the next restart's answer names
+    only the next. (Matched in order, a client took one restart's answer for a later one's.)"""
+    s = new()
+    s.receive_client('{"type": "restart", "id": "r1"}', 1.0)
+    s.receive_client('{"type": "restart"}', 1.1)
+    s.receive_client('{"type": "restart", "id": "r2"}', 1.2)
+    s.receive_agent(aw.Restarted(), 1.3)
+    assert s.frames_to_send() == [fr.Restarted(
+        reason="interpreter_restarted", message="the interpreter was restarted; state is lost",
+        ids=["r1", "r2"])]
+    s.receive_client('{"type": "restart", "id": "r3"}', 2.0)
+    s.receive_agent(aw.Restarted(), 2.1)
+    [answer] = s.frames_to_send()
+    assert isinstance(answer, fr.Restarted) and answer.ids == ["r3"]
+    # a sandbox replaced while a restart waits answers it too; one that nobody asked for
+    # names none
+    s.receive_client('{"type": "restart", "id": "r4"}', 3.0)
+    s.sandbox_failed("gone", 3.1)
+    s.sandbox_replaced(3.2)
+    [answer] = only(s.frames_to_send(), fr.Restarted)
+    assert isinstance(answer, fr.Restarted) and answer.reason == "sandbox_replaced"
+    assert answer.ids == ["r4"]
+    s.sandbox_failed("gone", 4.0)
+    s.sandbox_replaced(4.1)
+    [answer] = only(s.frames_to_send(), fr.Restarted)
+    assert isinstance(answer, fr.Restarted) and answer.ids == []
+
+
+def test_a_refused_restart_is_named_and_ids_are_bounded() -> None:
+    session = admitting(False, True)
+    session.receive_client('{"type": "restart", "id": "r1"}', 1.0)
+    [error] = session.frames_to_send()
+    assert isinstance(error, fr.Error) and (error.code, error.id) == ("rate_limited", "r1")
+    session.receive_client('{"type": "restart", "id": "r2"}', 1.1)
+    for n in range(200):  # each joins the one under way, free; at most 64 are named
+        session.receive_client(f'{{"type": "restart", "id": "j{n}"}}', 1.2)
+    refused = only(session.frames_to_send(), fr.Error)
+    assert len(refused) == 200 - 63 and all(
+        isinstance(e, fr.Error) and e.code == "queue_full" for e in refused)
+    session.receive_agent(aw.Restarted(), 2.0)
+    [answer] = session.frames_to_send()
+    assert isinstance(answer, fr.Restarted)
+    assert answer.ids == ["r2"] + [f"j{n}" for n in range(63)]
+    assert sent_to_agent(session) == [aw.RestartWorker()]  # r2's, once
+    for bad in ('""', "7", '"' + "x" * 129 + '"'):
+        session.receive_client(f'{{"type": "restart", "id": {bad}}}', 3.0)
+        [error] = session.frames_to_send()
+        assert isinstance(error, fr.Error) and error.code == "bad_request", bad
+    assert not sent_to_agent(session)
+
+
 def test_restart_that_never_completes_replaces_the_sandbox() -> None:
     s = new()
     s.receive_client('{"type": "restart"}', 1.0)
