@@ -148,6 +148,9 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "history_output_bytes": (0, 2**30, "bytes"),
 }
 
+#: rustc's ``-C opt-level`` values (the agent takes these alone, too).
+RUST_OPT_LEVELS = ("0", "1", "2", "3", "s", "z")
+
 #: Timeouts that may be ``none`` (no limit).
 _OPTIONAL = frozenset({"idle_timeout", "max_lifetime", "send_timeout", "request_timeout"})
 
@@ -301,6 +304,11 @@ class Settings:
     python_preload: str = field(default="", metadata={"env": "PYTHON_PRELOAD",
         "doc": "Modules a Python sandbox imports before it joins the pool (e.g. numpy,pandas):"
         " faster first cells, but each sandbox costs more CPU to start and more memory"})
+    rust_opt_level: str = field(default="0", metadata={"env": "RUST_OPT_LEVEL",
+        "doc": "rustc's -C opt-level for Rust cells: 0 (the fastest to compile), 1, 2, 3, s"
+        " or z. A higher level compiles slower and runs loops many times faster (measured in"
+        " the image: a 90-line program compiled in 0.75 s and ran in 0.5 s at 0, compiled in"
+        " 1.5 s and ran in 19 ms at 1); overflow checks and debug assertions stay on"})
     pool_size: int = field(default=2, metadata={"env": "POOL_SIZE",
         "doc": "Started, never-used containers kept ready per enabled language"})
     network_mode: str = field(default="none", metadata={"env": "NETWORK_MODE",
@@ -500,6 +508,9 @@ class Settings:
                 problems.append(str(exc))
         need(self.container_runtime in ("", "runc", "runsc"),
              "CONTAINER_RUNTIME must be empty, runc or runsc")
+        need(self.rust_opt_level in RUST_OPT_LEVELS,
+             f"RUST_OPT_LEVEL must be one of {', '.join(RUST_OPT_LEVELS)}, not"
+             f" {self.rust_opt_level!r}")
         need(self.log_level in ("debug", "info", "warning", "error"),
              "LOG_LEVEL must be debug, info, warning or error")
         need(bool(self.container_image.strip()), "CONTAINER_IMAGE must not be empty")

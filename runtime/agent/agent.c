@@ -2597,6 +2597,16 @@ static bool write_file(int fd, const char *data, size_t n, int *err) {
     return ok;
 }
 
+/* rustc's -C opt-level for Rust cells: WS_SANDBOX_RUST_OPT_LEVEL (the service's
+ * RUST_OPT_LEVEL), one of 0, 1, 2, 3, s and z; 0 (the fastest to compile) otherwise. */
+static const char *rust_opt_level(void) {
+    static const char *const levels[] = {"0", "1", "2", "3", "s", "z"};
+    const char *chosen = getenv("WS_SANDBOX_RUST_OPT_LEVEL");
+    for (size_t i = 0; chosen && i < sizeof levels / sizeof *levels; i++)
+        if (strcmp(chosen, levels[i]) == 0) return levels[i];
+    return "0";
+}
+
 static void start_rust(Cell *cell, const char *code, size_t codelen) {
     Buf dir = {0};
     Buf err = {0};
@@ -2693,8 +2703,13 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
     cell->workdir = xstrndup(path, strlen(path));
     buf_free(&dir);
     const char *rustc = which(3, "rustc");
+    char opt_level[16];
+    snprintf(opt_level, sizeof opt_level, "opt-level=%s", rust_opt_level());
+    /* Overflow checks and debug assertions stay on at every level: a cell's arithmetic
+     * fails as it does in a debug build (past level 0 rustc would let it wrap silently). */
     char *argv[] = {(char *)(rustc ? rustc : "rustc"), "--edition", "2021", "--crate-name",
-                    "main", "-o", "main", wrap ? RUST_ROOT : "main.rs",
+                    "main", "-C", opt_level, "-C", "overflow-checks=on", "-C",
+                    "debug-assertions=on", "-o", "main", wrap ? RUST_ROOT : "main.rs",
                     tests ? "--test" : NULL, NULL};
     spawn_rust(argv, cell->workdir, H_RUSTC);
 }

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Service, warm_service
+from tests.integration.conftest import Service, ServiceFactory, warm_service
 from ws_sandbox import frames as fr
 from ws_sandbox.client import connect
 
@@ -310,6 +310,24 @@ async def test_the_sandbox_s_own_uid_has_a_name(big_service: Service, language: 
         result = await s.execute(code, timeout=20)
         assert (result.status, result.stderr) == ("success", ""), result
         assert result.stdout.lower() == "sandbox /workspace sandbox true\n", result
+
+
+async def test_rust_opt_level_reaches_the_images_rustc(make_service: ServiceFactory) -> None:
+    """``RUST_OPT_LEVEL=2``: a loop of ten billion additions, which a debug build runs for
+    far longer than the cell's 10 s, ends at once (rustc 1.63 takes the flags); an overflow
+    still panics."""
+    with make_service(ENABLE_PYTHON="false", ENABLE_JAVASCRIPT="false", ENABLE_SHELL="false",
+                      RUST_OPT_LEVEL="2") as svc:
+        async with await connect(svc.url, language="rust") as s:
+            loop = await s.execute("let n = 10_000_000_000 + std::env::args().count() as u64;\n"
+                                   "let mut s: u64 = 0;\n"
+                                   "for i in 0..n { s = s.wrapping_add(i); }\n"
+                                   "println!(\"{s}\");\n", timeout=10)
+            assert (loop.status, loop.stdout) == ("success", "13106511857580896768\n"), loop
+            overflow = await s.execute("let n: u8 = std::env::args().count() as u8 + 254;\n"
+                                       "println!(\"{}\", n + 1);\n", timeout=30)
+            assert overflow.status == "error", overflow
+            assert "attempt to add with overflow" in overflow.stderr, overflow
 
 
 async def test_rust_snippets_in_the_images_rustc(big_service: Service) -> None:

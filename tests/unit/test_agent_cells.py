@@ -3631,6 +3631,47 @@ def test_a_non_utf8_path_entry_leaves_every_frame_valid_utf8(tmp_path: Path) -> 
         assert driver.close() == 0
 
 
+@pytest.mark.parametrize(("chosen", "level"), [
+    (None, "0"), ("0", "0"), ("2", "2"), ("3", "3"), ("s", "s"), ("z", "z"),
+    ("fast", "0"), ("3 -C link-arg=x", "0"), ("", "0")])
+def test_rust_cells_compile_at_the_chosen_opt_level(tmp_path: Path, chosen: str | None,
+                                                    level: str) -> None:
+    """``RUST_OPT_LEVEL`` reaches rustc as ``-C opt-level``, only as one of its values, and
+    overflow checks and debug assertions stay on (past level 0 rustc turns them off)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    rustc = bin_dir / "rustc"
+    rustc.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/args\nexit 1\n',
+                     encoding="utf-8")
+    rustc.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    env.pop("WS_SANDBOX_RUST_OPT_LEVEL", None)
+    if chosen is not None:
+        env["WS_SANDBOX_RUST_OPT_LEVEL"] = chosen
+    driver = start("rust", env=env)
+    try:
+        driver.run("fn main() {}")
+    finally:
+        assert driver.close() == 0
+    args = (tmp_path / "args").read_text(encoding="utf-8").splitlines()
+    flags = [args[i + 1] for i, arg in enumerate(args) if arg == "-C"]
+    assert flags == [f"opt-level={level}", "overflow-checks=on", "debug-assertions=on"], args
+
+
+def test_an_optimised_rust_cell_still_panics_on_overflow() -> None:
+    require_program("rustc")
+    driver = start("rust", env={**os.environ, "WS_SANDBOX_RUST_OPT_LEVEL": "3"})
+    try:
+        result = driver.run("fn main() {\n"
+                            "    let n: u8 = std::env::args().count() as u8 + 254;\n"
+                            "    println!(\"{}\", n + 1);\n"
+                            "}\n", timeout=60)
+    finally:
+        assert driver.close() == 0
+    assert result.done["status"] == "error", result.frames
+    assert "attempt to add with overflow" in result.text("stderr"), result.frames
+
+
 def test_a_program_without_a_shebang_is_not_run_by_the_shell(tmp_path: Path) -> None:
     """The agent starts programs with execve: an executable text file without a #! line
     fails with ENOEXEC (execvp would run it with /bin/sh instead)."""
