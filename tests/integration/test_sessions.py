@@ -17,6 +17,7 @@ import websockets
 
 from tests.conftest import RUNTIME_IMAGE, wait_for
 from tests.integration.conftest import Service, ServiceFactory, container_exists
+from ws_sandbox import blocking
 from ws_sandbox import frames as fr
 from ws_sandbox.client import ClientSession, SessionClosed, SessionRefused, connect
 
@@ -75,6 +76,17 @@ async def test_a_restart_is_answered_by_name(service: Service) -> None:
         await ws.send(json.dumps({"type": "execute", "id": "c2", "code": "print('x' in dir())"}))
         frames = [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in range(2)]
         assert frames[0]["text"] == "False\n", frames
+
+
+def test_the_blocking_client_keeps_state_and_restarts(service: Service) -> None:
+    """``ws_sandbox.blocking``: the same session, without an event loop of the caller's."""
+    with blocking.connect(service.url) as s:
+        assert s.execute("x = 6").status == "success"
+        shown: list[str] = []
+        r = s.execute("print(x * 7)", on_output=lambda f: shown.append(f.text))
+        assert (r.status, r.stdout, shown) == ("success", "42\n", ["42\n"])
+        assert s.restart().reason == "interpreter_restarted"
+        assert s.execute("print('x' in dir())").stdout == "False\n"
 
 
 async def test_rust_cell_compiles_and_runs(service: Service) -> None:
