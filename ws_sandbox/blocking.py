@@ -132,7 +132,8 @@ class BlockingSession:
                     return
                 yield frame
         finally:
-            self._runner.call(frames.aclose())
+            if not self._runner.loop.is_closed():  # (a generator outliving its session)
+                self._runner.call(frames.aclose())
 
     def interrupt(self) -> None:
         """Interrupt the running cell."""
