@@ -157,7 +157,9 @@ def container_config(settings: Settings, language: Language, process_id: str,
             "LANG=C.UTF-8",
             "PATH=/usr/local/bin:/usr/bin:/bin",
             f"WS_SANDBOX_PRELOAD={settings.python_preload}",
-            f"WS_SANDBOX_RUST_OPT_LEVEL={settings.rust_opt_level}",
+            # (a Rust sandbox's alone: the others have no use for it)
+            *([f"WS_SANDBOX_RUST_OPT_LEVEL={settings.rust_opt_level}"]
+              if language == "rust" else []),
             # OpenBLAS (numpy, scipy) and OpenMP start a thread per host CPU when loaded:
             # on a large host, more tasks than PIDS_LIMIT allows, for CPUs the sandbox may
             # not use. As many as its CPU limit.

@@ -912,10 +912,12 @@ async def test_rate_limit_counts_session_opens_and_cells(locked: Service) -> Non
         assert "retry in" in refused.value.error.message
         # A restart starts an interpreter: it takes a token too (it took none, and a client
         # restarted 47 interpreters a second past its limit: a review). Refused, it gets
-        # an error without a cell id, and nothing restarts.
+        # an error with the restart's id (the client names each), and nothing restarts.
         with pytest.raises(SessionRefused) as restart:
             await s.restart()
-        assert (restart.value.error.code, restart.value.error.id) == ("rate_limited", None)
+        sent = restart.value.error.id
+        assert restart.value.error.code == "rate_limited" and sent is not None
+        assert sent.startswith(s._prefix), sent
         async with asyncio.timeout(30):
             while not isinstance(event := await s.events.get(), fr.Error):
                 assert not isinstance(event, fr.Restarted), event

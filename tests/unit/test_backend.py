@@ -65,6 +65,14 @@ def test_node_may_use_three_quarters_of_the_sandboxs_memory(memory: int, heap: i
     assert f"NODE_OPTIONS=--max-old-space-size={heap}" in env
 
 
+def test_a_rust_sandbox_alone_is_told_the_opt_level() -> None:
+    settings = Settings(rust_opt_level="2")
+    assert "WS_SANDBOX_RUST_OPT_LEVEL=2" in container_config(settings, "rust", "test")["Env"]
+    for language in ("python", "javascript", "shell"):
+        env = container_config(settings, language, "test")["Env"]
+        assert not [e for e in env if e.startswith("WS_SANDBOX_RUST_OPT_LEVEL")], language
+
+
 class _Container:
     """Stands in for aiodocker's container: ``wait`` never returns unless it has an exit
     code (it is still running)."""
