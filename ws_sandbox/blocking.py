@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -28,7 +29,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ws_sandbox import frames as fr
-from ws_sandbox.client import RESULT_GRACE, CellResult, ClientSession, UnknownFrame
+from ws_sandbox.client import (
+    RESULT_GRACE,
+    CellResult,
+    ClientSession,
+    SessionClosed,
+    UnknownFrame,
+)
 from ws_sandbox.client import connect as connect_async
 
 __all__ = ["BlockingSession", "connect"]
@@ -55,7 +62,14 @@ class _LoopThread:
 
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the loop; block until it ends. A ``KeyboardInterrupt`` of
-        the waiting thread cancels it, then is raised."""
+        the waiting thread cancels it, then is raised.
+
+        Raises:
+            SessionClosed: the session was closed (its loop is gone).
+        """
+        if self.loop.is_closed():
+            coroutine.close()  # never to run: no "never awaited" warning
+            raise SessionClosed("client_closed", "the session is closed")
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result()
@@ -161,6 +175,8 @@ class BlockingSession:
 
     def _cell(self, awaitable: Awaitable[T]) -> T:
         """Wait for a cell's call; on Ctrl-C, interrupt the cell on the server too."""
+        if self._runner.loop.is_closed() and inspect.iscoroutine(awaitable):
+            awaitable.close()  # (``call`` refuses it: no "never awaited" warning)
         try:
             return self._runner.call(_awaited(awaitable))
         except KeyboardInterrupt:

@@ -65,6 +65,9 @@ def test_execute_stream_restart_and_close_block_and_answer(server: Server) -> No
         assert session.events() == []
         assert len(client_threads()) == 1
     assert client_threads() == []  # the session's thread is gone with it
+    with pytest.raises(SessionClosed, match="closed"):
+        session.execute("after the end")
+    session.close()  # twice: nothing more to do
     sent = [fr.decode_client(m) for m in server.received]
     assert [type(f).__name__ for f in sent] == ["Execute", "Execute", "Restart"]
     assert isinstance(sent[1], fr.Execute) and sent[1].program
