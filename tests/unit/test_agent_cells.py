@@ -1088,10 +1088,13 @@ def test_interrupt_when_idle_is_ignored(py: AgentDriver) -> None:
     assert py.run("v").displays[0]["data"]["text/plain"] == "5"
 
 
-#: Cells that run until they are interrupted: one that waits, one that spins.
+#: Cells that run until they are interrupted: one that waits, one that spins. The shell's
+#: waits in a builtin without forking (a pty master nobody writes to): ``<(:)`` forks a
+#: subshell first, and a SIGINT that lands as bash forks is lost (a known limit, see
+#: ``test_interrupt_sent_with_the_cell_stops_it``), which failed a CI run once.
 _WAITS = {"py": "import time\ntime.sleep(100)",
           "js": "await new Promise((resolve) => setTimeout(resolve, 100_000))",
-          "sh": "read -t 100 <> <(:)"}
+          "sh": "read -t 100 <> /dev/ptmx"}
 _SPINS = {"py": "while True:\n    pass", "sh": "while :; do :; done"}
 _SET = {"py": "kept = 'yes'", "js": "var kept = 'yes'", "sh": "kept=yes"}
 _GET = {"py": "print(kept)", "js": "console.log(kept)", "sh": "echo $kept"}
