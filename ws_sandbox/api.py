@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Mount
 
 from ws_sandbox import frames as fr
@@ -159,13 +159,25 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
         message = f"no endpoint at {quoted(path)}"
         if (other := _other_slash(request)) is not None:
             message += f"; did you mean {quoted(other)}? (paths are exact)"
+        elif _jupyter_path(path):
+            message += ("; the Jupyter endpoint serves /api, /api/status, /api/kernelspecs and"
+                        " /api/kernels")
         elif path.startswith("/api/"):
             message += "; the API's paths are listed at /api/v1/openapi.json"
     elif exc.status_code == 405 and (allow := {k.lower(): v for k, v in (
             exc.headers or {}).items()}.get("allow")):
         message = f"{request.method} is not allowed on {quoted(path)}; it takes {allow}"
+    if _jupyter_path(path):  # Jupyter Server's shape, which Jupyter clients read
+        return JSONResponse({"message": message, "reason": code},
+                            status_code=exc.status_code, headers=exc.headers)
     return JSONBody(ErrorBody(error=ErrorDetail(code=code, message=message)),
                     status_code=exc.status_code, headers=exc.headers)
+
+
+def _jupyter_path(path: str) -> bool:
+    """Whether ``path`` is under the Jupyter endpoint's ``/api`` (not ours, ``/api/v1``)."""
+    return (path == "/api" or path.startswith("/api/")) and not (
+        path == "/api/v1" or path.startswith("/api/v1/"))
 
 
 def _other_slash(request: Request) -> str | None:

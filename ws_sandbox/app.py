@@ -92,6 +92,7 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def _serving(app: Starlette) -> AsyncIterator[None]:
         app.state.started = time.monotonic()
+        app.state.started_at = time.time()  # wall clock, for Jupyter's /api/status
         async with DockerBackend(settings) as backend:
             try:
                 try:

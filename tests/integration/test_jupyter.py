@@ -20,7 +20,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -418,6 +419,48 @@ async def test_kernelspecs(service: Service) -> None:
     assert specs["python3"]["spec"]["language"] == "python"
     status, version = service.get("/api")
     assert status == 200 and "version" in version
+    # One kernelspec by name, as Jupyter Server serves it (a review found it missing).
+    status, spec = service.get("/api/kernelspecs/bash")
+    assert status == 200 and spec == specs["bash"]
+    status, missing = service.get("/api/kernelspecs/cobol")
+    assert status == 404
+    assert missing == {"message": "no such kernel 'cobol'; available: python3, javascript,"
+                                  " bash, rust", "reason": "not_found"}
+
+
+async def test_an_unknown_jupyter_path_is_a_jupyter_shaped_404(service: Service) -> None:
+    """Under /api (not ours, /api/v1), 404 and 405 bodies are Jupyter Server's shape,
+    ``{"message", "reason"}``, which Jupyter clients read."""
+    status, body = service.get("/api/sessions")
+    assert status == 404
+    assert body == {"message": "no endpoint at '/api/sessions'; the Jupyter endpoint serves"
+                               " /api, /api/status, /api/kernelspecs and /api/kernels",
+                    "reason": "not_found"}
+    status, body = service.get("/api/kernels/x/restart")
+    assert status == 405
+    assert body == {"message": "GET is not allowed on '/api/kernels/x/restart'; it takes POST",
+                    "reason": "method_not_allowed"}
+
+
+async def test_status_counts_the_callers_kernels_and_channels(service: Service) -> None:
+    status, body = service.get("/api/status")
+    assert status == 200
+    before = cast(dict[str, Any], body)
+    assert set(before) == {"started", "last_activity", "kernels", "connections"}
+    started = datetime.fromisoformat(before["started"].replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - started).total_seconds()) < 3600
+    async with aiohttp.ClientSession() as http:
+        kernel_id = await start_kernel(service, http)
+        async with websockets.connect(f"{service.url}/api/kernels/{kernel_id}/channels"):
+            status, body = service.get("/api/status")
+            assert status == 200
+            now = cast(dict[str, Any], body)
+            assert now["kernels"] == before["kernels"] + 1
+            assert now["connections"] == before["connections"] + 1
+            assert now["started"] == before["started"]
+            assert now["last_activity"] >= before["last_activity"]
+        async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
+            assert response.status == 204
 
 
 async def test_kernelspecs_follow_enabled_languages(secured: Service) -> None:
@@ -508,6 +551,10 @@ async def test_restart_loses_state(service: Service) -> None:
             after = await k.execute("print(kept)")
             error = next(m for m in after.messages if m["msg_type"] == "error")
             assert error["content"]["ename"] == "NameError"
+            # Counted from 1 again, as the worker names the cell: a fresh interpreter.
+            reply = next(m for m in after.messages if m["msg_type"] == "execute_reply")
+            assert reply["content"]["execution_count"] == 1
+            assert '  File "<cell-1>", line 1, in <module>' in error["content"]["traceback"]
             again = await k.execute("print('fresh')")
             assert again.stdout == "fresh\n"
         async with http.delete(f"{service.http}/api/kernels/{kernel_id}") as response:
@@ -739,6 +786,12 @@ async def test_limits_and_reaping(make_service: ServiceFactory) -> None:
                 error = next(m for m in run.messages if m["msg_type"] == "error")
                 assert error["content"]["ename"] == "TimeoutError"
                 assert "time limit of 2 s" in error["content"]["evalue"]
+                # Where it stopped, then why: Open WebUI shows the traceback alone, and it
+                # ended in KeyboardInterrupt (a review).
+                traceback = error["content"]["traceback"]
+                assert traceback[0] == "Traceback (most recent call last):", traceback
+                assert traceback[-2:] == [
+                    "KeyboardInterrupt", f"TimeoutError: {error['content']['evalue']}"]
                 host = (await k.execute("import socket; print(socket.gethostname())")
                         ).stdout.strip()
             assert container_exists(host)
@@ -776,6 +829,10 @@ async def test_kernels_and_their_cells_take_rate_limit_tokens(
                 reply = next(m for m in refused.messages if m["msg_type"] == "execute_reply")
                 assert reply["content"]["status"] == "error"
                 assert "rate limit of 1 calls per minute" in reply["content"]["evalue"]
+                # Named as an exception, and it took no execution count (a review).
+                assert reply["content"]["ename"] == "RateLimited"
+                assert reply["content"]["execution_count"] == 2
+                assert not [m for m in refused.messages if m["msg_type"] == "execute_input"]
             async with http.post(svc.http + "/api/kernels") as response:
                 assert response.status == 429, await response.text()
                 assert (await response.json())["reason"] == "rate_limited"

@@ -239,7 +239,10 @@ def judge(report: Report, label: str, run: dict[str, Any]) -> None:
         report.check(where + ": traceback in stderr, no ANSI", ok, _short(out))
     elif case == "time_limit":
         # The service's MAX_EXECUTION_TIME must end the cell, well before Open WebUI gives up.
-        ok = (stdout == "sleeping" and bool(stderr) and "Execution timed out" not in stderr
+        # What Open WebUI shows says why the cell ended, not only KeyboardInterrupt.
+        ok = (stdout == "sleeping" and isinstance(stderr, str)
+              and f"TimeoutError: execution time limit of {MAX_EXECUTION_TIME} s exceeded"
+              in stderr and "Execution timed out" not in stderr
               and run["seconds"] < OPENWEBUI_TIMEOUT / 2)
         report.check(where + f": ended by the {MAX_EXECUTION_TIME} s limit", ok, _short(out))
     elif case == "blocked":

@@ -249,6 +249,60 @@ async def test_statuses_become_errors(status: fr.Status, ename: str) -> None:
     assert error["content"]["traceback"] == [f"{ename}: why: {status}"]
 
 
+PY_INTERRUPTED = ('Traceback (most recent call last):\n  File "<cell-1>", line 1, in'
+                  ' <module>\n    time.sleep(9)\nKeyboardInterrupt\n')
+
+
+@pytest.mark.parametrize(("language", "stderr", "status", "stopped_at"), [
+    ("python3", PY_INTERRUPTED, "timeout", "KeyboardInterrupt"),
+    ("python3", PY_INTERRUPTED, "killed", "KeyboardInterrupt"),
+    ("javascript", "Interrupted\n", "timeout", "Interrupted"),
+    ("javascript", "Interrupted\n", "killed", "Interrupted"),
+])
+async def test_a_stopped_cells_traceback_ends_saying_why(
+        language: str, stderr: str, status: fr.Status, stopped_at: str) -> None:
+    """A review: a Python cell stopped by its time limit showed only ``KeyboardInterrupt``
+    in Open WebUI, which shows the traceback alone; a JavaScript one printed "Interrupted"
+    as a stream before its error. Where the cell stopped stays; why ends the traceback."""
+    kernel, runner, conn = await make_kernel(language)
+    await kernel.handle(request("time.sleep(9)"), conn)
+    cell = runner.executes()[0].id
+    await send(kernel, fr.Stream(id=cell, name="stderr", text=stderr))
+    await send(kernel, result(cell, status, "execution time limit of 3 s exceeded"))
+    assert not conn.of("stream")
+    (error,) = conn.of("error")
+    ename = {"timeout": "TimeoutError", "killed": "KernelKilled"}[status]
+    assert error["content"]["ename"] == ename
+    assert error["content"]["traceback"][-2:] == [
+        stopped_at, f"{ename}: execution time limit of 3 s exceeded"]
+    assert error["content"]["traceback"] == [
+        *stderr.splitlines(), f"{ename}: execution time limit of 3 s exceeded"]
+
+
+@pytest.mark.parametrize(("language", "stderr"), [("python3", PY_INTERRUPTED),
+                                                   ("javascript", "Interrupted\n")])
+async def test_an_interrupted_cells_traceback_is_where_it_stopped(language: str,
+                                                                   stderr: str) -> None:
+    kernel, runner, conn = await make_kernel(language)
+    await kernel.handle(request("time.sleep(9)"), conn)
+    cell = runner.executes()[0].id
+    await send(kernel, fr.Stream(id=cell, name="stderr", text=stderr))
+    await send(kernel, result(cell, "interrupted", "interrupted by the client"))
+    (error,) = conn.of("error")
+    assert error["content"]["ename"] == "KeyboardInterrupt"
+    assert error["content"]["traceback"] == stderr.splitlines()
+
+
+async def test_interrupted_printed_by_a_javascript_cell_that_succeeds_is_a_stream() -> None:
+    kernel, runner, conn = await make_kernel("javascript")
+    await kernel.handle(request("console.error('Interrupted')"), conn)
+    cell = runner.executes()[0].id
+    await send(kernel, fr.Stream(id=cell, name="stderr", text="Interrupted\n"))
+    await send(kernel, result(cell))
+    assert [m["content"]["text"] for m in conn.of("stream")] == ["Interrupted\n"]
+    assert not conn.of("error")
+
+
 async def test_queue_and_stop_on_error_abort() -> None:
     kernel, runner, conn = await make_kernel()
     await kernel.handle(request("a", "m1"), conn)
@@ -396,6 +450,29 @@ async def test_refused_cell_ends_with_error() -> None:
     await send(kernel, fr.Error(code="payload_too_large", message="too big", id=cell))
     assert conn.of("execute_reply")[0]["content"]["status"] == "error"
     assert kernel.execution_state == "idle"
+    # Our error code reads as an exception's name, as ``ename`` is in Jupyter.
+    assert conn.of("error")[0]["content"]["ename"] == "PayloadTooLarge"
+    assert conn.of("error")[0]["content"]["evalue"] == "too big"
+
+
+async def test_a_rate_limited_cell_is_refused_before_it_counts() -> None:
+    """A review: a rate-limited cell's ``ename`` was ``rate_limited`` and it used up an
+    execution count. The kernel asks the limit before counting; the session is told the
+    cell was admitted, so that it takes one token, not two."""
+    kernel, runner, conn = await make_kernel(admit=refusing(True, False, True))
+    await kernel.handle(request("a", "m1"), conn)
+    await send(kernel, result(runner.executes()[0].id))
+    await kernel.handle(request("b", "m2"), conn)
+    await kernel.handle(request("c", "m3"), conn)
+    assert [e.code for e in runner.executes()] == ["a", "c"]
+    assert all(isinstance(e, ClientRequest) and e.admitted for e in runner.events
+               if isinstance(e, ClientRequest) and isinstance(e.frame, fr.Execute))
+    refused = [m for m in conn.sent if m["parent_header"]["msg_id"] == "m2"]
+    assert [m["msg_type"] for m in refused] == ["status", "error", "execute_reply", "status"]
+    assert refused[1]["content"]["ename"] == "RateLimited"
+    assert refused[1]["content"]["evalue"] == "slow down"
+    assert refused[2]["content"]["execution_count"] == 1
+    assert [m["content"]["execution_count"] for m in conn.of("execute_input")] == [1, 2]
 
 
 @pytest.mark.parametrize("code", [5, ["x = 1"], None])
@@ -493,6 +570,62 @@ async def test_restart_waits_for_restarted() -> None:
     assert states == ["restarting", "idle"]
 
 
+async def test_a_restart_counts_from_one_again() -> None:
+    """A review: the execution count went on after a restart; a restarted ipykernel, and
+    our worker's ``<cell-N>`` in tracebacks, start again at 1."""
+    kernel, runner, conn = await make_kernel()
+    for msg_id in ("m1", "m2"):
+        await kernel.handle(request("x", msg_id), conn)
+        await send(kernel, result(runner.executes()[-1].id))
+    task = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    await send(kernel, fr.Restarted(reason="interpreter_restarted", message=""))
+    await task
+    await kernel.handle(request("y", "m3"), conn)
+    assert [m["content"]["execution_count"] for m in conn.of("execute_input")] == [1, 2, 1]
+    # So does a sandbox replaced without being asked.
+    await send(kernel, result(runner.executes()[-1].id))
+    await send(kernel, fr.Restarted(reason="sandbox_replaced", message="it died"))
+    await kernel.handle(request("z", "m4"), conn)
+    assert conn.of("execute_input")[-1]["content"]["execution_count"] == 1
+
+
+async def test_a_restart_during_a_cell_answers_the_requests_in_order() -> None:
+    """A review: the queued cells' ``aborted`` replies went out before the running cell's
+    reply. Now: the running cell's reply, then the aborted ones; a cell sent after the
+    restart is not aborted by the stopped cell's failure, and runs once it is fresh."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("running()", "m1"), conn)
+    await kernel.handle(request("queued()", "m2"), conn)
+    await kernel.handle(request("queued()", "m3"), conn)
+    task = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    await kernel.handle(request("after()", "m4"), conn)
+    assert not conn.of("execute_reply")
+    await send(kernel, result(runner.executes()[0].id, "killed", "restarted"))
+    await send(kernel, fr.Restarted(reason="interpreter_restarted", message=""))
+    await task
+    replies = [(m["parent_header"]["msg_id"], m["content"]["status"])
+               for m in conn.of("execute_reply")]
+    assert replies == [("m1", "error"), ("m2", "aborted"), ("m3", "aborted")]
+    assert [e.code for e in runner.executes()] == ["running()", "after()"]
+    await send(kernel, result(runner.executes()[-1].id))
+    assert conn.of("execute_reply")[-1]["parent_header"]["msg_id"] == "m4"
+
+
+async def test_queued_cells_a_restart_took_are_aborted_if_the_session_closes() -> None:
+    kernel, _, conn = await make_kernel()
+    await kernel.handle(request("running()", "m1"), conn)
+    await kernel.handle(request("queued()", "m2"), conn)
+    task = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    await send(kernel, fr.Closed(reason="sandbox_lost", message="gone"))
+    with pytest.raises(BackendError):
+        await task
+    assert [(m["parent_header"]["msg_id"], m["content"]["status"])
+            for m in conn.of("execute_reply")] == [("m2", "aborted")]
+
+
 def refusing(*answers: bool) -> Callable[[], None]:
     """An ``admit`` that admits or refuses (a rate limit) in this order."""
     allowed = iter(answers)
@@ -509,8 +642,8 @@ async def test_a_refused_restart_changes_nothing_and_one_under_way_is_joined_fre
     session nothing. A restart asked for while one is under way joins it without a token
     (each took one, and a review spent 18 tokens on one restart), and the session is fed
     one restart, which it does not admit again."""
-    kernel, runner, conn = await make_kernel(admit=refusing(False, True))
-    await kernel.handle(request("running()", "m1"), conn)
+    kernel, runner, conn = await make_kernel(admit=refusing(True, False, True))
+    await kernel.handle(request("running()", "m1"), conn)  # admitted
     await kernel.handle(request("queued()", "m2"), conn)
     with pytest.raises(RateLimited, match="slow down"):
         await kernel.restart()

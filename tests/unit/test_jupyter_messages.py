@@ -23,6 +23,21 @@ def test_decode_tolerates_what_real_clients_send() -> None:
     assert msg.header.date == ""
 
 
+def test_decode_takes_null_as_missing() -> None:
+    """A review: ``"date": null`` in a header (or ``"metadata": null``) closed the channel
+    with 1008. ``null`` is taken as the field left out."""
+    msg = jm.decode(json.dumps({
+        "header": {"msg_id": "m1", "msg_type": "execute_request", "username": None,
+                   "session": None, "date": None, "version": None},
+        "parent_header": None, "metadata": None, "content": None, "channel": None,
+        "buffers": None}))
+    assert msg.header == jm.Header(msg_id="m1", msg_type="execute_request")
+    assert msg.header.version == jm.PROTOCOL_VERSION
+    assert (msg.metadata, msg.content, msg.buffers, msg.channel_name) == ({}, {}, [], "shell")
+    with pytest.raises(BadRequest, match="no msg_type"):
+        jm.decode('{"header": {"msg_type": null}}')
+
+
 def test_decode_minimal_header_only() -> None:
     msg = jm.decode('{"header": {"msg_type": "kernel_info_request"}, "channel": "control"}')
     assert msg.msg_type == "kernel_info_request"

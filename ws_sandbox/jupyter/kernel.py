@@ -70,8 +70,10 @@ _TRACEBACK_STARTS: dict[str, re.Pattern[str]] = {
     # a syntax error as V8 shows it ("cell-1:1", the line, a caret), and what no code caught
     # after "Uncaught". The text is the cell's: the name is bounded and has no dots, so a
     # search costs one pass over it (a line of "Error." repeated took quadratic time).
-    "javascript": re.compile(r"^(Uncaught |cell-\d+:\d+\n|[\w$]{0,64}(Error|Exception)\b"
-                             r"[^\n]*\n[ \t]+at )", re.MULTILINE),
+    # "Interrupted" is what the worker prints when a cell is stopped (an interrupt, its time
+    # limit): the error message says it, not a stream before it.
+    "javascript": re.compile(r"^(Uncaught |Interrupted\n|cell-\d+:\d+\n|[\w$]{0,64}"
+                             r"(Error|Exception)\b[^\n]*\n[ \t]+at )", re.MULTILINE),
 }
 _json = msgspec.json.Encoder()
 _ENAMES: dict[str, str] = {"timeout": "TimeoutError", "interrupted": "KeyboardInterrupt",
@@ -166,6 +168,9 @@ class Kernel:
         """Connections still taking the held messages: what comes meanwhile waits here."""
         self._current: _Execution | None = None
         self._pending: deque[_Execution] = deque()
+        self._aborted_by_restart: deque[_Execution] = deque()
+        """Cells that were queued when a restart came during a cell: aborted once that cell
+        has its reply, so that replies go out in the order the requests came."""
         self._restarting = False
         self._restart_waiters: list[asyncio.Future[None]] = []
         self._cells = 0
@@ -346,6 +351,15 @@ class Kernel:
     async def _start_next(self) -> None:
         while self._current is None and self._pending and not self.dead:
             execution = self._pending.popleft()
+            if execution.refused is None and execution.code.strip() and self._admit:
+                # The rate limit is asked here, before the cell counts, so that a refused
+                # cell takes no execution count and is told why in Jupyter's terms; the
+                # session is then told the cell was admitted.
+                try:
+                    self._admit()
+                except RateLimited as exc:
+                    await self._refuse(execution, "RateLimited", exc.message)
+                    continue
             self._current = execution
             if not execution.silent and execution.store_history:  # as ipykernel counts
                 self.execution_count += 1
@@ -374,7 +388,8 @@ class Kernel:
                 self.runner.feed_nowait(ClientRequest(fr.Execute(
                     id=execution.cell_id, code=execution.code,
                     timeout=self._execution_timeout),
-                    address=execution.origin.address if execution.origin else ""))
+                    address=execution.origin.address if execution.origin else "",
+                    admitted=self._admit is not None))
 
     # --- REST operations -------------------------------------------------------------------
 
@@ -412,8 +427,12 @@ class Kernel:
         self._restart_waiters.append(waiter)
         if not self._restarting:
             self._restarting = True
-            while self._pending:
-                await self._abort(self._pending.popleft())
+            doomed, self._pending = list(self._pending), deque()
+            if self._current is None:
+                for execution in doomed:
+                    await self._abort(execution)
+            else:  # after the running cell's reply, which the restart brings
+                self._aborted_by_restart.extend(doomed)
             # Taken here or joined: the session does not ask again.
             self.runner.feed_nowait(ClientRequest(fr.Restart(), admitted=True))
         try:
@@ -468,11 +487,15 @@ class Kernel:
                 if current is not None and cell_id is not None and cell_id == current.cell_id:
                     await self._end_current(fr.Result(
                         id=cell_id, status="error", exit_code=None, execution_time_ms=0.0,
-                        memory_used_mb=None, error=f"{code}: {message}"))
+                        memory_used_mb=None, error=f"{_class_name(code)}: {message}"))
                 else:
                     log.info("kernel %s: session error %s: %s", self.id, code, message)
             case fr.Restarted(message=message):
                 self._restarting = False
+                # A fresh interpreter counts from 1 again, as a restarted ipykernel does (and
+                # as our workers name the cells in tracebacks: "<cell-1>").
+                self.execution_count = 0
+                await self._abort_all(self._aborted_by_restart)
                 # Nobody asked for it (no restart waits) and nobody sees it: the next
                 # connection gets the notice, the next cell the news that the state is gone.
                 unseen = not self._connections and not self._restart_waiters
@@ -495,8 +518,8 @@ class Kernel:
                 await self._start_next()
             case fr.Closed():
                 self._mark_dead()
-                while self._pending:
-                    await self._abort(self._pending.popleft())
+                await self._abort_all(self._aborted_by_restart)
+                await self._abort_all(self._pending)
             case fr.Ready():
                 pass
             case _:  # pragma: no cover - exhaustiveness
@@ -557,7 +580,13 @@ class Kernel:
             ename, evalue = jm.split_error(result.error, _ENAMES.get(result.status, "Error"))
             if result.status in ("timeout", "interrupted", "killed"):
                 ename, evalue = _ENAMES[result.status], result.error or result.status
-            traceback = jm.strip_ansi(held).splitlines() if held else [f"{ename}: {evalue}"]
+            traceback = jm.strip_ansi(held).splitlines() if held else []
+            # A cell stopped by its time limit, or killed, was interrupted where it was:
+            # its traceback ends in KeyboardInterrupt (Python) or "Interrupted" (Node).
+            # Clients that show only the traceback (Open WebUI) must still see why.
+            if not traceback or (result.status in ("timeout", "killed")
+                                 and traceback[-1] != f"{ename}: {evalue}"):
+                traceback.append(f"{ename}: {evalue}")
             error = {"ename": _cut(ename), "evalue": _cut(evalue),
                      "traceback": [_cut(line) for line in traceback]}
             await self._publish("error", error, current.parent)
@@ -569,13 +598,15 @@ class Kernel:
         # stop_on_error aborts what arrived before the failed cell's reply went out, as
         # ipykernel does. Taken now, before ``idle`` is sent: a request that arrives once
         # the client saw it (its next cell) is not part of them, and runs.
-        doomed: list[_Execution] = []
-        if failed and current.stop_on_error and not current.silent:  # as ipykernel
-            doomed, self._pending = list(self._pending), deque()
+        # A cell a restart stopped does not abort the cells sent after the restart: they
+        # are for the fresh interpreter.
+        doomed, self._aborted_by_restart = self._aborted_by_restart, deque()
+        if failed and current.stop_on_error and not current.silent and not self._restarting:
+            doomed.extend(self._pending)  # as ipykernel
+            self._pending = deque()
         await self._publish("status", {"execution_state": "idle"}, current.parent)
         self._current = None
-        for execution in doomed:
-            await self._abort(execution)
+        await self._abort_all(doomed)
         if not self._restarting:
             await self._start_next()
 
@@ -596,6 +627,11 @@ class Kernel:
             "user_expressions": {}, "payload": []}, "shell", execution.parent,
             metadata={"status": "aborted"}), execution.origin)
         await self._publish("status", {"execution_state": "idle"}, execution.parent)
+
+    async def _abort_all(self, executions: deque[_Execution]) -> None:
+        """Abort ``executions`` in order, emptying the queue."""
+        while executions:
+            await self._abort(executions.popleft())
 
     def _mark_dead(self) -> None:
         self.dead = True
@@ -687,6 +723,12 @@ class Kernel:
 
     def _touch(self) -> None:
         self.last_activity = jm.now_iso()
+
+
+def _class_name(code: str) -> str:
+    """An error code of ours as an exception's name: ``rate_limited`` -> ``RateLimited``
+    (Jupyter clients show ``ename`` as a class name)."""
+    return "".join(part[:1].upper() + part[1:] for part in code.split("_")) or "Error"
 
 
 def _cut(text: str) -> str:

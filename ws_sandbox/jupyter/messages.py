@@ -81,6 +81,35 @@ class Incoming(msgspec.Struct, kw_only=True):
         return self.channel_name in CLIENT_CHANNELS
 
 
+class _WireHeader(msgspec.Struct, kw_only=True):
+    """A header as clients send it: any field may be ``null`` (taken as missing)."""
+
+    msg_id: HeaderField | None = None
+    msg_type: HeaderField | None = None
+    username: HeaderField | None = None
+    session: HeaderField | None = None
+    date: HeaderField | None = None
+    version: HeaderField | None = None
+
+
+class _WireIncoming(msgspec.Struct, kw_only=True):
+    """A client message as sent: ``null`` where :class:`Incoming` has a default is the
+    default (a review's client sent ``"date": null`` and ``"metadata": null``)."""
+
+    header: _WireHeader
+    metadata: dict[str, Any] | None = None
+    content: dict[str, Any] | None = None
+    channel: HeaderField | None = None
+    buffers: list[Any] | None = None
+
+    def incoming(self) -> Incoming:
+        header = Header(**{name: value for name, value
+                           in msgspec.structs.asdict(self.header).items() if value is not None})
+        return Incoming(header=header, metadata=self.metadata or {},
+                        content=self.content or {}, channel=self.channel,
+                        buffers=self.buffers or [])
+
+
 class Outgoing(msgspec.Struct, kw_only=True):
     """A message to the client."""
 
@@ -94,7 +123,7 @@ class Outgoing(msgspec.Struct, kw_only=True):
     buffers: list[Any] = msgspec.field(default_factory=list)
 
 
-_decoder = msgspec.json.Decoder(Incoming)
+_decoder = msgspec.json.Decoder(_WireIncoming)
 _encoder = msgspec.json.Encoder()
 
 
@@ -109,7 +138,7 @@ def decode(data: str | bytes) -> Incoming:
         raise PayloadTooLarge(f"message of {len(data)} characters exceeds the limit of"
                               f" {MAX_INCOMING_CHARS}")
     try:
-        message = _decoder.decode(data)
+        message = _decoder.decode(data).incoming()
     except DECODE_ERRORS as exc:
         raise BadRequest(f"invalid Jupyter message: {decode_error_text(exc, data)}") from None
     if not message.header.msg_type:
@@ -152,7 +181,13 @@ def encode(message: Outgoing) -> str:
 
 def now_iso() -> str:
     """The current time as ISO 8601 with a time zone, as the protocol asks."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return iso(None)
+
+
+def iso(timestamp: float | None) -> str:
+    """A Unix time (now when None) as ISO 8601 in UTC, ending in ``Z``."""
+    when = datetime.now(UTC) if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def header_dict(header: Header) -> dict[str, Any]:

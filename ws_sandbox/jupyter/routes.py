@@ -1,6 +1,7 @@
 """Starlette routes of the Jupyter Server kernel API.
 
-``GET /api``, ``GET /api/kernelspecs``, ``GET|POST /api/kernels``,
+``GET /api``, ``GET /api/status``, ``GET /api/kernelspecs[/{name}]``,
+``GET|POST /api/kernels``,
 ``GET|DELETE /api/kernels/{id}``, ``POST /api/kernels/{id}/interrupt|restart``, the
 WebSocket ``/api/kernels/{id}/channels`` and the login form ``GET|POST /login``. Errors are
 JSON bodies ``{"message", "reason"}`` as Jupyter Server sends them.
@@ -35,7 +36,7 @@ from ws_sandbox.exceptions import (
 from ws_sandbox.jupyter import auth
 from ws_sandbox.jupyter import messages as jm
 from ws_sandbox.jupyter.kernels import KernelRegistry
-from ws_sandbox.jupyter.specs import kernelspecs_model
+from ws_sandbox.jupyter.specs import find_spec, kernelspecs_model
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.ratelimit import Pace, RateLimiter
 from ws_sandbox.rest import client_disconnected, read_body
@@ -140,6 +141,24 @@ async def kernelspecs(request: Request) -> Response:
     """``GET /api/kernelspecs``: one kernelspec per enabled language."""
     manager: SessionManager = request.app.state.manager
     return JSONResponse(kernelspecs_model(manager.settings.enabled_languages))
+
+
+async def kernelspec(request: Request) -> Response:
+    """``GET /api/kernelspecs/{name}``: one kernelspec (404 when it is not enabled)."""
+    manager: SessionManager = request.app.state.manager
+    name = str(request.path_params["name"])
+    return JSONResponse(find_spec(name, manager.settings.enabled_languages).model())
+
+
+async def status(request: Request) -> Response:
+    """``GET /api/status``: when the service started, its last activity, and the kernels
+    and channels the caller can see, as Jupyter Server reports them."""
+    started = jm.iso(request.app.state.started_at)
+    visible = registry(request.app).list(_identity(request))
+    return JSONResponse({
+        "started": started,
+        "last_activity": max((k.last_activity for k in visible), default=started),
+        "kernels": len(visible), "connections": sum(k.connections for k in visible)})
 
 
 async def list_kernels(request: Request) -> Response:
@@ -363,7 +382,9 @@ def routes() -> list[BaseRoute]:
     """Every route of the Jupyter endpoint, to add to the application."""
     return [
         Route("/api", api_version, methods=["GET"]),
+        Route("/api/status", guarded(status), methods=["GET"]),
         Route("/api/kernelspecs", guarded(kernelspecs), methods=["GET"]),
+        Route("/api/kernelspecs/{name}", guarded(kernelspec), methods=["GET"]),
         Route("/api/kernels", guarded(kernels), methods=["GET", "POST"]),
         Route("/api/kernels/{kernel_id}", guarded(kernel_item), methods=["GET", "DELETE"]),
         Route("/api/kernels/{kernel_id}/interrupt", guarded(interrupt_kernel),
