@@ -615,6 +615,9 @@
     S.pending.delete(frame.id);
     setCellStatus(cell, frame.status);
     const meta = [`${formatMs(frame.execution_time_ms)}`];
+    if (typeof frame.compile_time_ms === "number") {
+      meta[0] += ` (compiling ${formatMs(frame.compile_time_ms)})`;
+    }
     meta.push(frame.memory_used_mb == null ? "memory n/a" : `${frame.memory_used_mb.toFixed(1)} MB`);
     if (frame.exit_code != null) meta.push(`exit ${frame.exit_code}`);
     cell.meta.textContent = meta.join(" · ");

@@ -98,6 +98,7 @@ class Done(AgentFrame, tag="done"):
     restarted: bool = False
     truncated: bool = False
     oom_killed: bool = False
+    compile_time_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class Restarted(AgentFrame, tag="restarted"):

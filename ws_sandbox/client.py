@@ -1046,6 +1046,7 @@ class OneShotResult(msgspec.Struct, kw_only=True):
     language: str = ""
     truncated: bool = False
     display: list[dict[str, str]] = msgspec.field(default_factory=list)
+    compile_time_ms: float | None = None
 
 
 ONE_SHOT_WAIT = 300.0

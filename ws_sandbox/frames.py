@@ -119,6 +119,8 @@ class Result(Frame, tag="result"):
     error: str | None
     truncated: bool = False
     state_lost: bool = False
+    #: Rust: how much of ``execution_time_ms`` rustc took (None for the other languages).
+    compile_time_ms: float | None = None
 
 
 class Error(Frame, tag="error"):

@@ -66,6 +66,8 @@ class ExecuteResponse(msgspec.Struct, kw_only=True):
     language: str
     truncated: bool = False
     display: list[dict[str, str]] = msgspec.field(default_factory=list)
+    #: Rust: how much of ``execution_time_ms`` compiling took (null for other languages).
+    compile_time_ms: float | None = None
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):
@@ -293,4 +295,5 @@ async def execute(request: Request) -> Response:
         stderr="".join(sink.stderr), execution_time_ms=result.execution_time_ms,
         memory_used_mb=result.memory_used_mb, exit_code=result.exit_code,
         error=result.error, language=language,
-        truncated=result.truncated or sink.display_dropped > 0, display=sink.display))
+        truncated=result.truncated or sink.display_dropped > 0, display=sink.display,
+        compile_time_ms=result.compile_time_ms))

@@ -699,11 +699,14 @@ class Session:
         assert cell.started_at is not None
         seen_ms = (now - cell.started_at) * 1000.0 + CLOCK_RESOLUTION_MS
         elapsed = min(done.execution_time_ms, seen_ms)
+        compile_ms = None if done.compile_time_ms is None else min(done.compile_time_ms,
+                                                                   elapsed)
         memory = done.memory_used_mb
         if memory is not None:
             memory = min(memory, float(self.limits.max_memory_mb))
         self._finish(cell, now, status=status, error=error, exit_code=done.exit_code,
-                     state_lost=done.restarted, elapsed_ms=elapsed, memory_mb=memory)
+                     state_lost=done.restarted, elapsed_ms=elapsed, memory_mb=memory,
+                     compile_ms=compile_ms)
         if self._restart_pending:
             # The restart's own ``restarted`` frame ends the recovery.
             self.state = State.RECOVERING
@@ -712,7 +715,7 @@ class Session:
 
     def _finish(self, cell: Cell, now: float, *, status: fr.Status, error: str | None,
                 exit_code: int | None, state_lost: bool, elapsed_ms: float | None = None,
-                memory_mb: float | None = None) -> None:
+                memory_mb: float | None = None, compile_ms: float | None = None) -> None:
         assert cell.started_at is not None
         if elapsed_ms is None:
             elapsed_ms = (now - cell.started_at) * 1000.0
@@ -720,7 +723,8 @@ class Session:
             id=cell.id, status=status, exit_code=exit_code,
             execution_time_ms=round(elapsed_ms, 3),
             memory_used_mb=None if memory_mb is None else round(memory_mb, 2),
-            error=error, truncated=cell.truncated, state_lost=state_lost)
+            error=error, truncated=cell.truncated, state_lost=state_lost,
+            compile_time_ms=None if compile_ms is None else round(compile_ms, 3))
         self._frames.append(result)
         self._actions.append(CellFinished(cell, result))
         self.cells_run += 1

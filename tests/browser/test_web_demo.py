@@ -112,7 +112,10 @@ def test_each_language_runs_and_streams_are_told_apart(page: Page) -> None:
         stderr = cell.locator(".run.stderr")
         expect(stderr).to_contain_text("oops")
         expect(stderr.locator(".run-label")).to_have_text("stderr")
-        expect(cell.locator(".meta")).to_have_text(re.compile(r"^[\d.]+ m?s · [\d.]+ MB · exit 0$"))
+        # A Rust cell says how much of its time was rustc's.
+        compiling = r" \(compiling [\d.]+ m?s\)" if language == "rust" else ""
+        expect(cell.locator(".meta")).to_have_text(
+            re.compile(rf"^[\d.]+ m?s{compiling} · [\d.]+ MB · exit 0$"))
     # Four cells, four history entries; choosing one loads its code again.
     expect(page.locator("#history li")).to_have_count(4)
     page.locator("#history button", has_text="println").click()

@@ -124,6 +124,10 @@ def test_execute_fields_and_statuses(service: Service) -> None:
     assert (ok["status"], ok["stdout"], ok["stderr"], ok["exit_code"], ok["error"]) == (
         "success", "out\n", "err\n", 0, None)
     assert ok["execution_time_ms"] >= 0 and len(ok["execution_id"]) == 32
+    assert ok["compile_time_ms"] is None
+    rust = run(service, 'fn main() { println!("hi"); }', "rust")
+    assert (rust["status"], rust["stdout"]) == ("success", "hi\n"), rust
+    assert 0 < rust["compile_time_ms"] <= rust["execution_time_ms"], rust
     failed = run(service, "raise ValueError('boom')")
     assert failed["status"] == "error" and "ValueError: boom" in failed["stderr"]
     slow = run(service, "while True:\n    pass", timeout=1)

@@ -101,6 +101,9 @@ async def test_rust_cell_compiles_and_runs(service: Service) -> None:
                             ' println!("sum={}", v.iter().sum::<u32>()); }')
         assert r.status == "success", r
         assert r.stdout == "sum=10\n"
+        # rustc's share of the cell's time is passed on.
+        compiled = r.result.compile_time_ms
+        assert compiled is not None and 0 < compiled <= r.result.execution_time_ms, r.result
         bad = await s.execute("fn main() { let x: u32 = \"no\"; }")
         assert bad.status == "error"
         assert "mismatched types" in bad.stderr

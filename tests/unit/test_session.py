@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ws_sandbox import agent_wire as aw
 from ws_sandbox import frames as fr
-from ws_sandbox.exceptions import BadRequest, RateLimited
+from ws_sandbox.exceptions import BadRequest, RateLimited, SandboxLost
 from ws_sandbox.frames import AGENT_FRAME_CHARS as AGENT_FRAME
 from ws_sandbox.frames import OUTPUT_ALLOWANCE_SLACK
 from ws_sandbox.frames import display_chars as agent_display_chars
@@ -129,6 +129,27 @@ def test_a_cell_quicker_than_the_loop_s_clock_keeps_the_agent_s_time() -> None:
     [result] = only(s.frames_to_send(), fr.Result)
     assert isinstance(result, fr.Result)
     assert result.execution_time_ms == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(("claimed", "shown"), [(None, None), (180.1234, 180.123),
+                                                (5000.0, 250.0)])
+def test_a_rust_cells_compile_time_is_passed_on_no_longer_than_the_cell(
+        claimed: float | None, shown: float | None) -> None:
+    """The agent reports rustc's time (``compile_time_ms``); it is passed on in the result,
+    and, being the agent's word, never as more than the whole cell took."""
+    s = new()
+    execute(s)
+    s.receive_agent(done(execution_time_ms=250.0, compile_time_ms=claimed), 0.5)
+    [result] = only(s.frames_to_send(), fr.Result)
+    assert isinstance(result, fr.Result)
+    assert result.execution_time_ms == 250.0 and result.compile_time_ms == shown
+    assert (b'"compile_time_ms":null' in fr.encode(result)) is (shown is None)
+
+
+def test_a_negative_compile_time_is_refused() -> None:
+    body = b'{"t": "done", "id": "c1", "status": "success", "compile_time_ms": -1}'
+    with pytest.raises(SandboxLost, match="compile_time_ms"):
+        aw.AgentDecoder().feed(len(body).to_bytes(4, "big") + body)
 
 
 def test_memory_claim_is_capped_at_the_limit() -> None:
