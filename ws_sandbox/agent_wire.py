@@ -105,7 +105,15 @@ class Restarted(AgentFrame, tag="restarted"):
     """The interpreter was restarted on request."""
 
 
-FromAgent = AgentReady | Out | AgentDisplay | Done | Restarted
+class Lost(AgentFrame, tag="lost"):
+    """The interpreter ended between cells (work an earlier cell left running ended it, or
+    it was killed) and a fresh one is starting: its state is gone. ``error`` says how it
+    ended. Not an answer to a restart."""
+
+    error: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+
+
+FromAgent = AgentReady | Out | AgentDisplay | Done | Restarted | Lost
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[FromAgent] = msgspec.json.Decoder(FromAgent)

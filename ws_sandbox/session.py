@@ -444,6 +444,15 @@ class Session:
                         self.state = State.IDLE
                         self.phase = Phase.NORMAL
                         self._start_next(now)
+            case aw.Lost(error=error):
+                # Told at once (the next cell's result says state_lost too). A restart under
+                # way, or a sandbox being replaced, brings its own ``restarted``.
+                if self.state is not State.RECOVERING and not self._restart_pending:
+                    self._frames.append(fr.Restarted(
+                        reason="interpreter_restarted",
+                        message=f"{error or 'the interpreter ended'} between cells (work an"
+                                f" earlier cell left running ended it, or it was killed);"
+                                f" state is lost", ids=[]))
             case aw.AgentReady():
                 pass  # a stray greeting changes nothing
             case _:  # pragma: no cover - exhaustiveness

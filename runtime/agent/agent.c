@@ -3212,38 +3212,34 @@ static void on_worker_exit(pid_t pid, int status, bool have_rusage, const struct
     int code = have_rusage ? exitcode_of(status) : 0;
     long long peak = have_rusage ? ru->ru_maxrss : 0;
     Cell *cell = A.cell;
+    Buf err = {0};
+    /* How it ended, in words (nothing for an exit with 0 unless it broke the protocol). */
+    bool has_err = code != 0 || w->broken;
+    if (w->broken) {
+        buf_addf(&err, "%s broke the control protocol (", noun());
+        buf_adds(&err, w->broken);
+        buf_addc(&err, ')');
+    } else if (code > 0) {
+        buf_addf(&err, "%s exited with code %d", noun(), code);
+    } else if (code < 0) {
+        buf_addf(&err, "%s was killed by signal ", noun());
+        signal_description(&err, -code);
+    }
     if (cell) {
         drain_streams(cell, false);
         const char *st;
         long long exit_code;
-        Buf err = {0};
-        bool has_err = false;
         if (code >= 0) {
             st = code == 0 ? "success" : "error";
-            if (code != 0) {
-                buf_addf(&err, "%s exited with code %d", noun(), code);
-                has_err = true;
-            }
             exit_code = code;
         } else {
             int sig = -code;
             st = cell->interrupted && sig == SIGINT ? "interrupted" : "error";
-            buf_addf(&err, "%s was killed by signal ", noun());
-            signal_description(&err, sig);
-            has_err = true;
             exit_code = 128 + sig;
-        }
-        if (w->broken) {
-            buf_clear(&err);
-            buf_addf(&err, "%s broke the control protocol (", noun());
-            buf_adds(&err, w->broken);
-            buf_addc(&err, ')');
-            has_err = true;
         }
         if (has_err) buf_adds(&err, "; state was reset");
         finish_cell(st, true, exit_code, NULL, 0, has_err ? buf_cstr(&err) : NULL,
                     has_err ? buf_size(&err) : 0, true, peak, false);
-        buf_free(&err);
     } else if (!w->ready && ++A.unready_exits >= MAX_UNREADY_EXITS) {
         log_msg("worker %d exited with %d before it was ready, %d workers in a row; giving up",
                 (int)pid, code, A.unready_exits);
@@ -3251,7 +3247,19 @@ static void on_worker_exit(pid_t pid, int status, bool have_rusage, const struct
     } else {
         log_msg("worker %d exited with %d while idle; restarting it", (int)pid, code);
         A.state_lost = true;
+        if (w->ready) {
+            /* Told now, not only with the next cell's done: a client waiting between cells
+             * (a notebook) learns at once that its state is gone. */
+            if (!has_err) buf_addf(&err, "%s exited with code 0", noun());
+            Buf m = {0};
+            buf_adds(&m, "{\"t\":\"lost\",\"error\":");
+            json_str(&m, buf_head(&err), buf_size(&err), false);
+            buf_addc(&m, '}');
+            send_simple(buf_cstr(&m));
+            buf_free(&m);
+        }
     }
+    buf_free(&err);
     close_worker(w);
     A.worker = NULL;
     /* Its state is lost, and so is what it started: a process a cell left running (joblib's

@@ -178,6 +178,21 @@ async def test_timeout_on_signal_ignoring_code_restarts_and_says_state_lost(
         assert after.stdout == "False\n"
 
 
+async def test_an_interpreter_ended_between_cells_is_told_at_once(service: Service) -> None:
+    """A thread an earlier cell left calls ``os._exit``: a ``restarted`` frame comes when it
+    happens (it came only with the next cell's result, as ``state_lost``)."""
+    async with await connect(service.url) as s:
+        await s.execute("import os, threading, time\nkept = 1\n"
+                        "threading.Thread(target=lambda: (time.sleep(0.5), os._exit(5))).start()")
+        async with asyncio.timeout(15):
+            while not isinstance(event := await s.events.get(), fr.Restarted):
+                pass
+        assert event.reason == "interpreter_restarted" and event.ids == []
+        assert event.message.startswith("interpreter exited with code 5 between cells"), event
+        after = await s.execute("print('kept' in globals())")
+        assert after.stdout == "False\n" and after.result.state_lost
+
+
 async def test_interrupt_keeps_python_state(service: Service) -> None:
     async with await connect(service.url) as s:
         await s.execute("kept = 7")

@@ -877,6 +877,38 @@ def test_python_keyboard_interrupt_raised_by_the_code_is_an_error(py: AgentDrive
     assert py.run("print(keep)").text() == "1\n"
 
 
+@pytest.mark.parametrize(("language", "code", "error"), [
+    ("python", "import os, threading, time\n"
+               "threading.Thread(target=lambda: (time.sleep(0.3), os._exit(5))).start()",
+     "interpreter exited with code 5"),
+    # Between cells no cell's memory-kill count tells a kill by the OOM killer apart.
+    ("shell", "(sleep 0.3; kill -9 $$) &",
+     "shell was killed by signal SIGKILL (killed, possibly by the out-of-memory killer)"),
+    ("javascript", "setTimeout(() => process.exit(0), 300).unref()",
+     "interpreter exited with code 0"),
+])
+def test_an_interpreter_that_ends_between_cells_is_told_at_once(
+        language: str, code: str, error: str) -> None:
+    """Work a cell left running ends the interpreter after the cell: its state is gone.
+    The service was told only with the next cell's ``done`` (``restarted``), so a client
+    waiting between cells believed its variables were still there. Now a ``lost`` frame
+    comes at once; the next cell still says ``restarted``, and runs in a fresh one."""
+    if language == "javascript":
+        require_program("node")
+    driver = start(language)
+    try:
+        first = driver.run(code)
+        assert (first.done["status"], first.done["restarted"]) == ("success", False), first
+        _, lost = driver.recv(10)
+        assert lost == {"t": "lost", "error": error}
+        after = driver.run({"python": "print(1)", "shell": "echo 1",
+                            "javascript": "console.log(1)"}[language])
+        assert after.text() == "1\n"
+        assert (after.done["status"], after.done["restarted"]) == ("success", True), after
+    finally:
+        assert driver.close() == 0
+
+
 @pytest.mark.parametrize(
     ("code", "signum", "description"),
     [

@@ -604,6 +604,37 @@ def test_close_cancels_queued_cells() -> None:
     assert s.frames_to_send() == []
 
 
+def test_an_interpreter_lost_between_cells_is_told_at_once() -> None:
+    """The agent's ``lost`` (the interpreter ended between cells) becomes a ``restarted``
+    frame at once, answering no restart; the session goes on, and cells run."""
+    s = new()
+    s.receive_agent(aw.Lost(error="interpreter exited with code 5"), 1.0)
+    [frame] = s.frames_to_send()
+    assert frame == fr.Restarted(
+        reason="interpreter_restarted",
+        message="interpreter exited with code 5 between cells (work an earlier cell left"
+                " running ended it, or it was killed); state is lost", ids=[])
+    assert s.state is State.IDLE
+    execute(s, "a", now=1.1)
+    assert [f.id for f in sent_to_agent(s) if isinstance(f, aw.Exec)] == ["a"]
+    # While a cell runs (its exec waits in the agent for the fresh interpreter): told too.
+    s.receive_agent(aw.Lost(error=""), 1.2)
+    [frame] = s.frames_to_send()
+    assert isinstance(frame, fr.Restarted) and frame.message.startswith(
+        "the interpreter ended between cells")
+    assert s.state is State.RUNNING
+
+
+def test_a_lost_interpreter_during_a_restart_is_the_restarts_news() -> None:
+    s = new()
+    s.receive_client('{"type": "restart", "id": "r1"}', 1.0)
+    s.receive_agent(aw.Lost(error="interpreter exited with code 5"), 1.1)
+    assert s.frames_to_send() == []
+    s.receive_agent(aw.Restarted(), 1.2)
+    [frame] = s.frames_to_send()
+    assert isinstance(frame, fr.Restarted) and frame.ids == ["r1"]
+
+
 def test_client_restart_when_idle() -> None:
     s = new()
     s.receive_client('{"type": "restart"}', 1.0)
@@ -880,7 +911,7 @@ def test_a_restart_under_way_is_joined_without_a_token() -> None:
 # --- invariants over random event sequences ------------------------------------------------
 
 EVENT_KINDS = ("exec_short", "exec_long", "interrupt", "restart", "out", "display", "done",
-               "done_restarted", "restarted", "stray_done", "flood", "sandbox_failed",
+               "done_restarted", "restarted", "lost", "stray_done", "flood", "sandbox_failed",
                "sandbox_replaced", "detach", "attach")
 
 
@@ -932,6 +963,8 @@ def test_every_deadline_is_acted_on_and_every_cell_ends_once(
                 s.receive_agent(done(cell.id, restarted=kind == "done_restarted"), now)
             case "restarted":
                 s.receive_agent(aw.Restarted(), now)
+            case "lost":
+                s.receive_agent(aw.Lost(error="interpreter exited with code 5"), now)
             case "stray_done":
                 s.receive_agent(done("nobody"), now)
             case "flood":  # output past what the agent may send: a protocol breach
