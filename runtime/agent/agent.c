@@ -1431,6 +1431,8 @@ static struct {
     size_t between_raw;      /* the bytes of it kept (at most BETWEEN_KEEP) */
     long long between_dropped;
     size_t between_last;     /* where the last record of it starts; SIZE_MAX: none */
+    size_t between_display_raw; /* the bytes of the displays kept (BETWEEN_DISPLAY_KEEP) */
+    long long between_displays_dropped;
     Exec *pending_exec;
     Worker *worker;
     ChildEntry children[MAX_CHILDREN];
@@ -1882,6 +1884,25 @@ static size_t streams_of(Stream **out) {
  * for the length, the text; a write to the stream of the last record extends it); the rest
  * is counted and dropped. A restart drops it all: it came from the interpreter it ends. */
 #define BETWEEN_KEEP (64 * 1024)
+/* Displays made between cells (a thread's figure) wait the same way, as records of their own
+ * (BETWEEN_DISPLAY or BETWEEN_RESULT for the kind, four bytes of length, four of cost, then
+ * the display's data as JSON), up to BETWEEN_DISPLAY_KEEP bytes; the rest are counted and
+ * dropped. */
+#define BETWEEN_DISPLAY_KEEP (2 * 1024 * 1024)
+#define BETWEEN_DISPLAY 2
+#define BETWEEN_RESULT 3
+
+/* Big-endian 32-bit lengths of the records below. */
+static void put_u32(unsigned char *p, size_t v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static size_t get_u32(const unsigned char *p) {
+    return (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+}
 
 static void hold_between(Stream *s, const unsigned char *data, size_t n) {
     size_t room = BETWEEN_KEEP - A.between_raw;
@@ -1899,20 +1920,34 @@ static void hold_between(Stream *s, const unsigned char *data, size_t n) {
         unsigned char *last = A.between_last < buf_size(b)
                                   ? (unsigned char *)buf_head(b) + A.between_last : NULL;
         if (last && last[0] == stream) {
-            len += (size_t)last[1] << 24 | (size_t)last[2] << 16 | (size_t)last[3] << 8 | last[4];
+            len += get_u32(last + 1);
         } else {
             A.between_last = buf_size(b);
             unsigned char h[5] = {stream};
             buf_add(b, h, sizeof h);
             last = (unsigned char *)buf_head(b) + A.between_last;
         }
-        last[1] = (unsigned char)(len >> 24);
-        last[2] = (unsigned char)(len >> 16);
-        last[3] = (unsigned char)(len >> 8);
-        last[4] = (unsigned char)len;
+        put_u32(last + 1, len);
         buf_add(b, buf_head(&text), buf_size(&text));
     }
     buf_free(&text);
+}
+
+/* A display made between cells: `data` is its data as JSON, `cost` what it counts against
+ * a cell's output budget. */
+static void hold_display(bool result, const Buf *data, int64_t cost) {
+    size_t n = buf_size(data);
+    if (n > BETWEEN_DISPLAY_KEEP - A.between_display_raw) {
+        A.between_displays_dropped++;
+        return;
+    }
+    A.between_display_raw += n;
+    A.between_last = buf_size(&A.between);
+    unsigned char h[9] = {result ? BETWEEN_RESULT : BETWEEN_DISPLAY};
+    put_u32(h + 1, n);
+    put_u32(h + 5, (size_t)cost);
+    buf_add(&A.between, h, sizeof h);
+    buf_add(&A.between, buf_head(data), n);
 }
 
 static void drop_between(void) {
@@ -1920,6 +1955,8 @@ static void drop_between(void) {
     A.between_raw = 0;
     A.between_dropped = 0;
     A.between_last = SIZE_MAX;
+    A.between_display_raw = 0;
+    A.between_displays_dropped = 0;
 }
 
 /* Send text (valid UTF-8) as the cell's output, within what is left of its budget and at
@@ -1940,6 +1977,35 @@ static bool forward_text(Cell *cell, const char *name, const char *text, size_t 
     return !cut;
 }
 
+/* Send a display of `cell` (`data`: its data as JSON) if the cell's output budget has room
+ * for its cost; false (and the cell truncated) when it has not. A frame too large to send
+ * becomes a note of the same kind. */
+static bool send_display(Cell *cell, const char *kind, const char *data, size_t n,
+                         int64_t cost) {
+    if (cell->forwarded + cost > cell->max_output) {
+        cell->truncated = true;
+        return false;
+    }
+    cell->forwarded += cost;
+    A.linger_until = -1;
+    for (int whole = 1; whole >= 0; whole--) {
+        size_t mark = frame_open();
+        Buf *b = &A.outbuf;
+        buf_adds(b, "{\"t\":\"display\",\"id\":");
+        json_str(b, cell->id, cell->idlen, false);
+        buf_adds(b, ",\"kind\":\"");
+        buf_adds(b, kind);
+        buf_adds(b, "\",\"data\":");
+        if (whole)
+            buf_add(b, data, n);
+        else
+            buf_adds(b, "{\"text/plain\":\"<output too large to display>\"}");
+        buf_addc(b, '}');
+        if (frame_close(mark)) break;
+    }
+    return true;
+}
+
 /* The output that waited between cells, as the first output of the cell that starts: at
  * most half of the cell's budget, so that the cell's own output and the line saying where
  * the output came from still fit; what is past it is dropped whole, not some of each
@@ -1949,11 +2015,23 @@ static void send_between(Cell *cell) {
     size_t off = 0, size = buf_size(&A.between);
     int64_t share = cell->max_output / 2 - 160, sent = 0; /* room for the line, below */
     if (share < 0) share = 0;
-    long long dropped = A.between_dropped;
+    long long dropped = A.between_dropped, displays_dropped = A.between_displays_dropped;
     bool whole = true;
     while (off + 5 <= size) {
-        size_t len = (size_t)p[off + 1] << 24 | (size_t)p[off + 2] << 16 |
-                     (size_t)p[off + 3] << 8 | (size_t)p[off + 4];
+        size_t len = get_u32(p + off + 1);
+        if (p[off] == BETWEEN_DISPLAY || p[off] == BETWEEN_RESULT) {
+            int64_t cost = (int64_t)get_u32(p + off + 5);
+            const char *kind = p[off] == BETWEEN_RESULT ? "execute_result" : "display_data";
+            bool sent_it = whole && sent + cost <= share;
+            if (sent_it) {
+                int64_t before = cell->forwarded;
+                sent_it = send_display(cell, kind, (const char *)p + off + 9, len, cost);
+                sent += cell->forwarded - before;
+            }
+            if (!sent_it) displays_dropped++;
+            off += 9 + len;
+            continue;
+        }
         const char *text = (const char *)p + off + 5;
         if (whole) {
             int64_t before = cell->forwarded;
@@ -1971,6 +2049,9 @@ static void send_between(Cell *cell) {
     if (dropped > 0)
         buf_addf(&m, "; %lld more byte%s of it %s dropped", dropped, dropped == 1 ? "" : "s",
                  dropped == 1 ? "was" : "were");
+    if (displays_dropped > 0)
+        buf_addf(&m, "; %lld display%s of it %s dropped", displays_dropped,
+                 displays_dropped == 1 ? "" : "s", displays_dropped == 1 ? "was" : "were");
     buf_adds(&m, ")\n");
     forward_text(cell, "stderr", buf_head(&m), buf_size(&m), INT64_MAX);
     buf_free(&m);
@@ -2994,7 +3075,7 @@ static void answer_display(Body *msg) {
 }
 
 static void on_display(Body *msg, Buf *err) {
-    Cell *cell = A.cell ? A.cell : A.last_cell;
+    Cell *cell = A.cell;
     JVal *kind = jobj_get(&msg->obj, "kind");
     JVal *data = jobj_get(&msg->obj, "data");
     bool kind_ok = jstr_eq(kind, "execute_result") || jstr_eq(kind, "display_data");
@@ -3002,7 +3083,7 @@ static void on_display(Body *msg, Buf *err) {
         buf_adds(err, "invalid display message");
         return;
     }
-    if (A.cell) forward_output_first();
+    forward_output_first(); /* between cells, held before the display, as written */
     /* The data object's members: first-seen key order, last value, only str: str. */
     JObj o = {0};
     Buf perr = {0};
@@ -3031,39 +3112,26 @@ static void on_display(Body *msg, Buf *err) {
         size += (int64_t)char_count(o.m[i].key, o.m[i].klen) +
                 (int64_t)char_count(v->str, v->slen) + 1;
     }
-    if (cell && clean) {
-        if (cell->forwarded + size > cell->max_output) {
-            cell->truncated = true;
-        } else {
-            cell->forwarded += size;
-            A.linger_until = -1;
-            size_t mark = frame_open();
-            Buf *b = &A.outbuf;
-            buf_adds(b, "{\"t\":\"display\",\"id\":");
-            json_str(b, cell->id, cell->idlen, false);
-            buf_adds(b, ",\"kind\":");
-            json_str(b, kind->str, kind->slen, false);
-            buf_adds(b, ",\"data\":{");
-            bool first = true;
-            for (size_t i = 0; i < n; i++) {
-                if (use[i] < 0) continue;
-                if (!first) buf_addc(b, ',');
-                first = false;
-                json_str(b, o.m[i].key, o.m[i].klen, false);
-                buf_addc(b, ':');
-                json_str(b, o.m[use[i]].val.str, o.m[use[i]].val.slen, false);
-            }
-            buf_adds(b, "}}");
-            if (!frame_close(mark)) {
-                mark = frame_open();
-                buf_adds(b, "{\"t\":\"display\",\"id\":");
-                json_str(b, cell->id, cell->idlen, false);
-                buf_adds(b, ",\"kind\":");
-                json_str(b, kind->str, kind->slen, false);
-                buf_adds(b, ",\"data\":{\"text/plain\":\"<output too large to display>\"}}");
-                frame_close(mark);
-            }
+    if (clean) {
+        bool result = jstr_eq(kind, "execute_result");
+        Buf d = {0};
+        buf_addc(&d, '{');
+        bool first = true;
+        for (size_t i = 0; i < n; i++) {
+            if (use[i] < 0) continue;
+            if (!first) buf_addc(&d, ',');
+            first = false;
+            json_str(&d, o.m[i].key, o.m[i].klen, false);
+            buf_addc(&d, ':');
+            json_str(&d, o.m[use[i]].val.str, o.m[use[i]].val.slen, false);
         }
+        buf_addc(&d, '}');
+        if (cell)
+            send_display(cell, result ? "execute_result" : "display_data", buf_head(&d),
+                         buf_size(&d), size);
+        else  /* made between cells (by a thread an earlier cell left): for the next cell */
+            hold_display(result, &d, size);
+        buf_free(&d);
     }
     free(use);
     jobj_free(&o);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import signal
@@ -191,6 +192,23 @@ async def test_an_interpreter_ended_between_cells_is_told_at_once(service: Servi
         assert event.message.startswith("interpreter exited with code 5 between cells"), event
         after = await s.execute("print('kept' in globals())")
         assert after.stdout == "False\n" and after.result.state_lost
+
+
+async def test_a_figure_a_thread_draws_between_cells_is_in_the_next_cell(
+        service: Service) -> None:
+    """It went out under the ended cell's id, and the service dropped it."""
+    async with await connect(service.url) as s:
+        await s.execute("import threading, time\nimport matplotlib.pyplot as plt\n"
+                        "def draw():\n    time.sleep(0.5)\n    plt.plot([1, 2, 3])\n"
+                        "    plt.show()\n"
+                        "threading.Thread(target=draw).start()")
+        await asyncio.sleep(3)
+        after = await s.execute("print('own')")
+        assert after.stdout == "own\n"
+        [figure] = after.displays
+        assert figure.kind == "display_data"
+        assert base64.b64decode(figure.data["image/png"]).startswith(b"\x89PNG\r\n\x1a\n")
+        assert "written between cells" in after.stderr
 
 
 async def test_interrupt_keeps_python_state(service: Service) -> None:

@@ -1514,6 +1514,61 @@ def test_a_threads_output_between_cells_is_in_the_next_cell(py: AgentDriver) -> 
     assert py.run("print('second')").text() == "tick 0\ntick 1\ntick 2\nsecond\n"
 
 
+def test_a_display_made_between_cells_is_in_the_next_cell(py: AgentDriver) -> None:
+    """A figure or ``display`` from a thread an earlier cell left went out under that cell's
+    id once it had ended, and the service dropped it. It now waits for the next cell, with
+    the text written between cells, in the order they were made."""
+    assert_success(py.run(
+        "import threading, time\n"
+        "def work():\n"
+        "    time.sleep(0.2); print('before'); display({'a': 1}); print('after')\n"
+        "threading.Thread(target=work).start()\n"))
+    time.sleep(1.0)
+    assert py.frames.empty()  # nothing under the ended cell's id
+    cell_id = py.exec("print('own')")
+    result = py.collect(cell_id, time.monotonic())
+    kinds = [(f["t"], f.get("text") or f.get("data")) for f in result.frames]
+    # What was written before the display comes before it. (What comes after it may too:
+    # a thread that is not the cell's own does not wait for its display to be sent.)
+    assert kinds[0] == ("out", "before\n") or kinds[0] == ("out", "before\nafter\n"), kinds
+    assert ("display", {"text/plain": "{'a': 1}"}) in kinds[1:3], kinds
+    assert result.text() == "before\nafter\nown\n"
+    assert result.text("stderr") == f"{BETWEEN_NOTE})\n"
+    assert result.displays[0]["id"] == cell_id
+    assert result.displays[0]["kind"] == "display_data"
+    again = py.run("print('again')")
+    assert (again.text(), again.displays) == ("again\n", [])  # held once, not again
+
+
+def test_displays_held_between_cells_keep_within_the_next_cells_budget(
+        py: AgentDriver) -> None:
+    """At most half of the next cell's output budget goes to what waited, displays
+    included; the rest is dropped, and the line says how many displays."""
+    assert_success(py.run(
+        "import threading, time\n"
+        "def work():\n"
+        "    time.sleep(0.2)\n"
+        "    for i in range(5): display(str(i) * 200)\n"
+        "threading.Thread(target=work).start()\n"))
+    time.sleep(1.0)
+    # Half of 1000, less room for the line: one display of 64 + 10 + 202 + 1 fits.
+    after = py.run("print('own')", max_output_bytes=1000)
+    assert [d["data"]["text/plain"] for d in after.displays] == [repr("0" * 200)]
+    assert after.text("stderr") == f"{BETWEEN_NOTE}; 4 displays of it were dropped)\n"
+    assert after.text() == "own\n" and after.done["truncated"] is False
+
+
+def test_a_restart_drops_what_waited_between_cells(py: AgentDriver) -> None:
+    assert_success(py.run(
+        "import threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), display('late'))).start()\n"))
+    time.sleep(1.0)
+    py.send({"t": "restart"})
+    assert py.recv()[1] == {"t": "restarted"}
+    after = py.run("print('own')")
+    assert (after.text(), after.text("stderr"), after.displays) == ("own\n", "", [])
+
+
 THREADS_LEFT = (
     "import threading, time\n"
     "def work(n):\n"
