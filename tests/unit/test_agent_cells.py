@@ -1558,17 +1558,6 @@ def test_displays_held_between_cells_keep_within_the_next_cells_budget(
     assert after.text() == "own\n" and after.done["truncated"] is False
 
 
-def test_a_restart_drops_what_waited_between_cells(py: AgentDriver) -> None:
-    assert_success(py.run(
-        "import threading, time\n"
-        "threading.Thread(target=lambda: (time.sleep(0.2), display('late'))).start()\n"))
-    time.sleep(1.0)
-    py.send({"t": "restart"})
-    assert py.recv()[1] == {"t": "restarted"}
-    after = py.run("print('own')")
-    assert (after.text(), after.text("stderr"), after.displays) == ("own\n", "", [])
-
-
 THREADS_LEFT = (
     "import threading, time\n"
     "def work(n):\n"
@@ -1812,15 +1801,16 @@ def test_output_between_cells_takes_at_most_half_the_next_cells_budget(
 
 def test_a_restart_drops_the_output_held_between_cells(py: AgentDriver) -> None:
     """It came from the interpreter the restart ends: a fresh interpreter's first cell
-    showed it (a review)."""
+    showed it (a review). Displays too."""
     assert_success(py.run(
         "import threading, time\n"
-        "threading.Thread(target=lambda: (time.sleep(0.2), print('old'))).start()"))
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('old'), display('old'))"
+        ").start()"))
     time.sleep(1.0)
     py.send({"t": "restart"})
     assert py.recv()[1] == {"t": "restarted"}
     after = py.run("print('fresh')")
-    assert (after.text(), after.text("stderr")) == ("fresh\n", "")
+    assert (after.text(), after.text("stderr"), after.displays) == ("fresh\n", "", [])
 
 
 def test_top_level_await(py: AgentDriver) -> None:
