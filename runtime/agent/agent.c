@@ -1937,11 +1937,11 @@ static void hold_between(Stream *s, const unsigned char *data, size_t n) {
  * a cell's output budget. */
 static void hold_display(bool result, const Buf *data, int64_t cost) {
     size_t n = buf_size(data);
-    if (n > BETWEEN_DISPLAY_KEEP - A.between_display_raw) {
+    if (n + 9 > BETWEEN_DISPLAY_KEEP - A.between_display_raw) { /* its record's 9 too */
         A.between_displays_dropped++;
         return;
     }
-    A.between_display_raw += n;
+    A.between_display_raw += n + 9;
     A.between_last = buf_size(&A.between);
     unsigned char h[9] = {result ? BETWEEN_RESULT : BETWEEN_DISPLAY};
     put_u32(h + 1, n);

@@ -1556,6 +1556,17 @@ def test_displays_held_between_cells_keep_within_the_next_cells_budget(
     assert [d["data"]["text/plain"] for d in after.displays] == [repr("0" * 200)]
     assert after.text("stderr") == f"{BETWEEN_NOTE}; 4 displays of it were dropped)\n"
     assert after.text() == "own\n" and after.done["truncated"] is False
+    # What waits is bounded too: 2 MiB of displays (20 of about 100 kB here), whatever
+    # the next cell's budget.
+    assert_success(py.run(
+        "def work():\n"
+        "    time.sleep(0.2)\n"
+        "    for i in range(25): display('x' * 99_990)\n"
+        "threading.Thread(target=work).start()\n"))
+    time.sleep(2.0)
+    after = py.run("print('own')", max_output_bytes=64 << 20)
+    assert len(after.displays) == 20
+    assert after.text("stderr") == f"{BETWEEN_NOTE}; 5 displays of it were dropped)\n"
 
 
 THREADS_LEFT = (
