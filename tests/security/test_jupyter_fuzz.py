@@ -296,22 +296,24 @@ def readable(message: Any) -> bool:
     """Whether the documented rules let the service read ``message`` (an independent oracle):
     an object, a header object with a non-empty string msg_type, header strings that are
     strings of at most 256 characters, dict fields that are objects (``parent_header`` is
-    not read), a string (or null) channel, a list of buffers."""
+    not read), a string channel, a list of buffers; ``null`` for any of these but the header
+    is taken as the field left out (docs/jupyter.md)."""
     if not isinstance(message, dict) or not isinstance(message.get("header"), dict):
         return False
     header = message["header"]
-    if any(k in header and not (isinstance(header[k], str) and len(header[k]) <= 256)
+    if any(header.get(k) is not None
+           and not (isinstance(header[k], str) and len(header[k]) <= 256)
            for k in _HEADER_STRINGS):
         return False
     if not header.get("msg_type"):
         return False
-    if any(k in message and not isinstance(message[k], dict)
+    if any(message.get(k) is not None and not isinstance(message[k], dict)
            for k in ("metadata", "content")):
         return False
     channel = message.get("channel")
     if channel is not None and not (isinstance(channel, str) and len(channel) <= 256):
         return False  # a channel name is bounded as a header field is
-    return not ("buffers" in message and not isinstance(message["buffers"], list))
+    return message.get("buffers") is None or isinstance(message["buffers"], list)
 
 
 def framed(body: bytes, buffers: list[bytes]) -> bytes:
@@ -408,7 +410,7 @@ def expected_answer(message: Any) -> str | None:
         return None
     msg_type = message["header"]["msg_type"]
     if msg_type == "comm_open":
-        comm_id = message.get("content", {}).get("comm_id")
+        comm_id = (message.get("content") or {}).get("comm_id")
         return "comm_close" if isinstance(comm_id, str) and len(comm_id) <= 256 else None
     if msg_type.endswith("_request"):
         return str(msg_type.removesuffix("_request") + "_reply")
