@@ -3129,8 +3129,10 @@ static void on_display(Body *msg, Buf *err) {
         if (cell)
             send_display(cell, result ? "execute_result" : "display_data", buf_head(&d),
                          buf_size(&d), size);
-        else  /* made between cells (by a thread an earlier cell left): for the next cell */
+        else if (A.last_cell) /* between cells (a thread an earlier cell left): the next's */
             hold_display(result, &d, size);
+        else /* before the first cell (a preloaded module's), as its output: not a cell's */
+            log_msg("dropping a display made before the first cell");
         buf_free(&d);
     }
     free(use);
