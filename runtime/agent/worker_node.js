@@ -96,6 +96,24 @@ globalThis.exports = globalThis.module.exports;
 userRequire.main = globalThis.module;
 process.mainModule = globalThis.module;
 globalThis.console = new Console({ stdout: process.stdout, stderr: process.stderr });
+// Node 19 and later have a global `crypto` (Web Crypto's randomUUID, getRandomValues and
+// subtle), which code written for them, or for a browser, uses without a require: on Node 18
+// it failed with "crypto is not defined". Node 18's REPL has one too, the module, which is
+// both: it has randomUUID, getRandomValues and subtle as well as createHash and the rest.
+// Loaded on first use (the worker's start does not pay for it), and a cell may set it
+// (`const crypto = require('crypto')` becomes an assignment to it).
+if (!('crypto' in globalThis)) {
+  const ObjectDefineProperty = Object.defineProperty;  // as it was at the start
+  const settle = (value) => ObjectDefineProperty(globalThis, 'crypto', {
+    value, writable: true, configurable: true, enumerable: false,
+  });
+  ObjectDefineProperty(globalThis, 'crypto', {
+    configurable: true,
+    enumerable: false,
+    get() { const value = require('crypto'); settle(value); return value; },
+    set(value) { settle(value); },
+  });
+}
 
 // --- errors ------------------------------------------------------------------------------
 // The frame of the async function a cell with top-level `await` runs in (its `})()`, the

@@ -250,6 +250,23 @@ async def test_model_written_javascript_imports_and_exports(big_service: Service
         assert after.stdout == "c/d 42\n", after
 
 
+async def test_model_written_javascript_finds_a_global_crypto(big_service: Service) -> None:
+    """Node 19 and later (and browsers) have a global ``crypto``, which model-written code
+    uses without a require; the image's Node 18 said "crypto is not defined". It is the
+    module, as in Node 18's REPL: Web Crypto's calls and the module's; a cell may still
+    declare its own."""
+    async with await connect(big_service.url, language="javascript") as s:
+        r = await s.execute(
+            "console.log(crypto.randomUUID().length, typeof crypto.subtle.digest,"
+            " crypto.getRandomValues(new Uint8Array(4)).length,"
+            " crypto.createHash('sha256').update('a').digest('hex').slice(0, 8))")
+        assert (r.status, r.stdout) == ("success", "36 function 4 ca978112\n"), r
+        own = await s.execute("const crypto = require('crypto'); console.log(typeof crypto)")
+        assert (own.status, own.stdout) == ("success", "object\n"), own
+        other = await s.execute("let crypto = 'mine'; console.log(crypto)")
+        assert (other.status, other.stdout) == ("success", "mine\n"), other
+
+
 async def test_model_written_javascript_callbacks_print_within_their_cell(
         big_service: Service) -> None:
     """In the runtime image's Node.js: a cell ends once the work it started is done, so what
