@@ -516,17 +516,25 @@ def _run(body: "types.CodeType | None", last: "types.CodeType | None",
     task = loop.create_task(_run_async(body, last, glb))
     try:
         return loop.run_until_complete(task)
-    except BaseException:
+    except BaseException as exc:
         # An interrupt (or an error of the loop's) left the cell's task pending: it resumed
         # in every later cell that awaits, printing on (a review). Cancelled, as asyncio.run
         # cancels its main task on Ctrl-C; its own clean-up runs now, within the interrupt's
         # grace.
         if not task.done():
             task.cancel()
-            try:  # noqa: SIM105 - contextlib is not loaded in the worker, and need not be
+            try:
                 loop.run_until_complete(task)
-            except BaseException:
-                pass
+            except BaseException as ended:
+                # The interrupt came in the loop's wait, so its traceback was the loop's
+                # (selectors.py), not a line of the cell: where the cell stood is in the
+                # traceback of the cancellation its ``await`` raised, from the cell on.
+                tb = ended.__traceback__
+                while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(
+                        "<cell-"):
+                    tb = tb.tb_next
+                if isinstance(exc, KeyboardInterrupt) and tb is not None:
+                    raise exc.with_traceback(tb) from None
         raise
 
 

@@ -1095,6 +1095,13 @@ def test_python_an_interrupted_await_cell_does_not_run_on(py: AgentDriver) -> No
     assert result.text().endswith("cleaned up\n")
     later = py.run("await asyncio.sleep(0.5)\nprint('done')")
     assert later.text() == "done\n"
+    # Where the cell stood, as for a cell without await (its traceback was the event
+    # loop's, in selectors.py, with no line of the cell's).
+    stderr = result.text("stderr")
+    assert '  File "<cell-1>", line 9, in <module>\n    await tick()\n' in stderr, stderr
+    assert '  File "<cell-1>", line 5, in tick\n' in stderr, stderr
+    assert stderr.endswith("KeyboardInterrupt\n") and "selectors" not in stderr, stderr
+    assert "CancelledError" not in stderr, stderr
 
 
 def test_python_forked_children_never_speak_for_the_worker(py: AgentDriver) -> None:
