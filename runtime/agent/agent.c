@@ -2356,6 +2356,12 @@ static bool make_tempdir(Buf *path, int *err) {
 #define RUST_ROOT_RESULT_SOURCE                                                           \
     "#[allow(unreachable_code)] fn main() -> Result<(), Box<dyn std::error::Error>> {\n" \
     "    include!(\"main.rs\")\n}\n"
+/* ... and of a snippet with no `?` in its code, which needs no Result: there `return;`
+ * ends the program, as in a main of its own (it failed with E0069, "`return;` in a function
+ * whose return type is not `()`"). */
+#define RUST_ROOT_UNIT_SOURCE                                                             \
+    "#[allow(unreachable_code)] fn main() {\n"                                            \
+    "    let _ = include!(\"main.rs\");\n}\n"
 
 static bool rust_ident_char(unsigned char c) {
     return c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -2484,6 +2490,22 @@ static bool rust_ends_in_result(const char *s, size_t n) {
         i++;
     }
     return i < n && rust_skip_blanks(s, n, i + 1) == n;
+}
+
+/* Whether a snippet has a `?` in its code (not in a comment, string or char literal): the
+ * try operator needs main to return a Result (`?Sized` counts too: no harm, the Result main
+ * serves it as before). */
+static bool rust_has_question(const char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        size_t end = rust_skip_token(s, n, i);
+        if (end > i) {
+            i = end;
+            continue;
+        }
+        if (s[i] == '?') return true;
+        i++;
+    }
+    return false;
 }
 
 /* Whether a Rust source declares `fn main` (the word `fn`, blanks, the word `main`) in its
@@ -2762,7 +2784,10 @@ static void start_rust(Cell *cell, const char *code, size_t codelen) {
             add_replacing_surrogates(&root, code + attrs[a][0], attrs[a][1] - attrs[a][0]);
             buf_addc(&root, '\n');
         }
-        buf_adds(&root, result ? RUST_ROOT_RESULT_SOURCE : RUST_ROOT_SOURCE);
+        buf_adds(&root, result ? RUST_ROOT_RESULT_SOURCE
+                        : rust_has_question(code + shebang, codelen - shebang)
+                            ? RUST_ROOT_SOURCE
+                            : RUST_ROOT_UNIT_SOURCE);
         ok = fd >= 0 && write_file(fd, buf_head(&root), buf_size(&root), &e);
         if (fd < 0) e = errno;
         buf_free(&root);

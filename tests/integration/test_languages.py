@@ -349,7 +349,8 @@ async def test_rust_opt_level_reaches_the_images_rustc(make_service: ServiceFact
 
 async def test_rust_snippets_in_the_images_rustc(big_service: Service) -> None:
     """The image's rustc (older than the host's) takes what the agent makes of a snippet: a
-    function and its tests run as tests, an opening inner attribute keeps ``?``, and the notes
+    function and its tests run as tests, an opening inner attribute keeps ``?``, ``return;``
+    ends a snippet without ``?``, and the notes
     on a missing crate and on the empty stdin come."""
     async with await connect(big_service.url, language="rust") as s:
         tests = await s.execute("fn add(a: i32, b: i32) -> i32 { a + b }\n#[cfg(test)]\n"
@@ -360,6 +361,9 @@ async def test_rust_snippets_in_the_images_rustc(big_service: Service) -> None:
         attr = await s.execute('#![allow(unused)]\nlet n: i32 = "42".parse()?;\n'
                                'let spare = 1;\nprintln!("{n}");\nn', timeout=30)
         assert (attr.status, attr.stdout, attr.stderr) == ("success", "42\n", ""), attr
+        early = await s.execute('let x = 3;\nif x > 2 { println!("big"); return; }\n'
+                                'println!("small");', timeout=30)
+        assert (early.status, early.stdout) == ("success", "big\n"), early
         crate = await s.execute("use rand::Rng;\nlet x: u8 = rand::random();", timeout=30)
         assert crate.result.error == ("compilation failed: only Rust's standard library is"
                                       " here: crates (rand, serde, regex, tokio...) are not,"
