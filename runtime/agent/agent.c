@@ -3348,7 +3348,9 @@ static void on_worker_exit(pid_t pid, int status, bool have_rusage, const struct
             if (!has_err) buf_addf(&err, "%s exited with code 0", noun());
             Buf m = {0};
             buf_adds(&m, "{\"t\":\"lost\",\"error\":");
-            json_str(&m, buf_head(&err), buf_size(&err), false);
+            /* at most MAX_ERROR_LEN characters, as a done's error (the service takes 4096) */
+            json_str(&m, buf_head(&err),
+                     char_offset(buf_head(&err), buf_size(&err), MAX_ERROR_LEN), false);
             buf_addc(&m, '}');
             send_simple(buf_cstr(&m));
             buf_free(&m);

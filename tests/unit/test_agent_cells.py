@@ -1746,6 +1746,24 @@ def test_a_forged_exit_code_out_of_range_restarts_the_worker_alone(py: AgentDriv
     assert_success(py.run("print(1)"))
 
 
+def test_a_protocol_broken_between_cells_is_told_in_a_bounded_lost_frame(
+        py: AgentDriver) -> None:
+    """A thread writes a line of its own to the control pipe between cells: the worker is
+    restarted, and the ``lost`` frame says why, in at most 2000 characters (the service
+    takes 4096 and would replace the whole sandbox for a longer one)."""
+    assert_success(py.run(
+        "import os, threading, time\n"
+        "fd = int(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2])\n"
+        "junk = b'{\"t\":\"' + b'x' * 100_000 + b'\"}\\n'\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), os.write(fd, junk))).start()\n"))
+    _, lost = py.recv(10)
+    assert lost["t"] == "lost", lost
+    assert lost["error"].startswith("interpreter broke the control protocol ("), lost
+    assert len(lost["error"]) <= 2000
+    after = py.run("print(1)")
+    assert (after.text(), after.done["restarted"]) == ("1\n", True)
+
+
 def test_an_intervals_output_between_cells_is_in_the_next_cell(js: AgentDriver) -> None:
     assert_success(js.run(
         "let n = 0; const h = setInterval(() => { console.log('tick', n++);"
