@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+import msgspec
 import pytest
 
 from ws_sandbox import frames as fr
@@ -611,6 +612,81 @@ async def test_a_restart_during_a_cell_answers_the_requests_in_order() -> None:
     assert [e.code for e in runner.executes()] == ["running()", "after()"]
     await send(kernel, result(runner.executes()[-1].id))
     assert conn.of("execute_reply")[-1]["parent_header"]["msg_id"] == "m4"
+
+
+def lost(cell_id: str, status: fr.Status = "timeout") -> fr.Result:
+    """A cell's result whose interpreter was restarted after it (or died in it)."""
+    return msgspec.structs.replace(result(cell_id, status, "why"), state_lost=True)
+
+
+async def test_counts_start_again_with_the_first_cell_of_a_fresh_interpreter() -> None:
+    """A review: after a restart nobody asked for, the cell already queued kept the old
+    count, and the restart's reset then made later counts go backwards (3, then 1, 2 for
+    ``<cell-1>``, ``<cell-2>``...); an interpreter that died in a cell (no ``restarted``)
+    never reset the count. The first cell the fresh interpreter runs is 1."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x = 1", "m1"), conn)
+    await send(kernel, result(runner.executes()[-1].id))
+    await kernel.handle(request("stuck()", "m2", stop_on_error=False), conn)
+    await kernel.handle(request("queued()", "m3"), conn)
+    await send(kernel, lost(runner.executes()[-1].id))  # the time limit restarted it
+    await send(kernel, fr.Restarted(reason="interpreter_restarted", message="", ids=[]))
+    await send(kernel, result(runner.executes()[-1].id))
+    await kernel.handle(request("after()", "m4"), conn)
+    await send(kernel, lost(runner.executes()[-1].id, "error"))  # os._exit: no restarted
+    await kernel.handle(request("again()", "m5"), conn)
+    counts = [m["content"]["execution_count"] for m in conn.of("execute_input")]
+    assert counts == [1, 2, 1, 2, 1]
+
+
+async def test_a_cell_whose_interpreter_ended_says_so_last_in_its_traceback() -> None:
+    """A review: a cell that printed a caught ValueError's traceback and then ended its
+    interpreter showed that traceback alone, ending in ValueError, in Open WebUI."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("crash()"), conn)
+    cell = runner.executes()[0].id
+    await send(kernel, fr.Stream(id=cell, name="stderr", text=(
+        'Traceback (most recent call last):\n  File "<cell-1>", line 2\nValueError: bad\n')))
+    await send(kernel, msgspec.structs.replace(result(
+        cell, "error", "interpreter exited with code 3; state is lost"), state_lost=True))
+    (error,) = conn.of("error")
+    assert error["content"]["traceback"][-2:] == [
+        "ValueError: bad", "Error: interpreter exited with code 3; state is lost"]
+
+
+async def test_a_restart_while_a_cell_starts_aborts_it_with_those_behind_it() -> None:
+    """A review: a restart that came while the next cell's first messages went out (a slow
+    client) let that cell run in the fresh interpreter after the cells behind it had their
+    ``aborted`` replies. It was sent before the restart: it is aborted first, in order."""
+    gate = asyncio.Event()
+
+    class SlowOnM2(FakeConnection):
+        async def send_text(self, text: str) -> None:
+            if '"execute_input"' in text and '"m2"' in text:
+                await gate.wait()  # m2's execute_input waits, as m1 ends
+            await super().send_text(text)
+
+    kernel = Kernel(find_spec("python3", ("python",)), owner="jupyter", send_timeout=5.0,
+                    execution_timeout=30.0, restart_timeout=1.0, max_queued=16,
+                    max_code_bytes=1 << 20)
+    runner = FakeRunner()
+    kernel.bind(cast(SessionRunner, runner))
+    slow = SlowOnM2()
+    await kernel.connect(slow)
+    for msg_id in ("m1", "m2", "m3"):
+        await kernel.handle(request("x", msg_id), slow)
+    ending = asyncio.create_task(send(kernel, result(runner.executes()[0].id)))
+    await asyncio.sleep(0.05)
+    restarting = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0.05)
+    gate.set()
+    await ending
+    assert len(runner.executes()) == 1  # m2 never went to the session
+    await send(kernel, fr.Restarted(reason="interpreter_restarted", message="", ids=[]))
+    await restarting
+    replies = [(m["parent_header"]["msg_id"], m["content"]["status"])
+               for m in slow.of("execute_reply")]
+    assert replies == [("m1", "ok"), ("m2", "aborted"), ("m3", "aborted")]
 
 
 async def test_queued_cells_a_restart_took_are_aborted_if_the_session_closes() -> None:

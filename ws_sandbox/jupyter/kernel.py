@@ -383,6 +383,14 @@ class Kernel:
             if self._lost_note is not None and not execution.silent:
                 note, self._lost_note = self._lost_note, None
                 await self._publish_stream(execution, "stderr", note)
+            if self._restarting:
+                # A restart came while this cell's first messages went out (a slow client):
+                # it was sent before the restart, so it is aborted with the cells behind it,
+                # in order, as a cell queued when the restart came is.
+                self._current = None
+                await self._abort(execution)
+                await self._abort_all(self._aborted_by_restart)
+                return
             self._has_state = True
             if self.runner is not None:
                 self.runner.feed_nowait(ClientRequest(fr.Execute(
@@ -492,10 +500,12 @@ class Kernel:
                     log.info("kernel %s: session error %s: %s", self.id, code, message)
             case fr.Restarted(message=message):
                 self._restarting = False
-                # A fresh interpreter counts from 1 again, as a restarted ipykernel does (and
-                # as our workers name the cells in tracebacks: "<cell-1>").
-                self.execution_count = 0
                 await self._abort_all(self._aborted_by_restart)
+                # A fresh interpreter counts from 1 again, as a restarted ipykernel does (and
+                # as our workers name the cells in tracebacks: "<cell-1>"). A cell already
+                # sent (it waited in the session for the fresh interpreter) is its first.
+                current = self._current
+                self.execution_count = 1 if current is not None and current.count else 0
                 # Nobody asked for it (no restart waits) and nobody sees it: the next
                 # connection gets the notice, the next cell the news that the state is gone.
                 unseen = not self._connections and not self._restart_waiters
@@ -582,9 +592,10 @@ class Kernel:
                 ename, evalue = _ENAMES[result.status], result.error or result.status
             traceback = jm.strip_ansi(held).splitlines() if held else []
             # A cell stopped by its time limit, or killed, was interrupted where it was:
-            # its traceback ends in KeyboardInterrupt (Python) or "Interrupted" (Node).
-            # Clients that show only the traceback (Open WebUI) must still see why.
-            if not traceback or (result.status in ("timeout", "killed")
+            # its traceback ends in KeyboardInterrupt (Python) or "Interrupted" (Node). One
+            # whose interpreter ended held perhaps an unrelated traceback it printed. Clients
+            # that show only the traceback (Open WebUI) must still see why.
+            if not traceback or ((result.status in ("timeout", "killed") or result.state_lost)
                                  and traceback[-1] != f"{ename}: {evalue}"):
                 traceback.append(f"{ename}: {evalue}")
             error = {"ename": _cut(ename), "evalue": _cut(evalue),
@@ -607,6 +618,10 @@ class Kernel:
         await self._publish("status", {"execution_state": "idle"}, current.parent)
         self._current = None
         await self._abort_all(doomed)
+        if result is not None and result.state_lost:
+            # The interpreter is fresh (restarted after the cell, or it died in it): the
+            # next cell is its first, as the worker names it ("<cell-1>").
+            self.execution_count = 0
         if not self._restarting:
             await self._start_next()
 
