@@ -426,6 +426,10 @@ async def test_kernelspecs(service: Service) -> None:
     assert status == 404
     assert missing == {"message": "no such kernel 'cobol'; available: python3, javascript,"
                                   " bash, rust", "reason": "not_found"}
+    # Only under its own name: an alias starts a kernel, but Jupyter Server has no
+    # kernelspec "python" (a spec served under it would name another).
+    status, _ = service.get("/api/kernelspecs/python")
+    assert status == 404
 
 
 async def test_an_unknown_jupyter_path_is_a_jupyter_shaped_404(service: Service) -> None:
@@ -548,6 +552,14 @@ async def test_restart_loses_state(service: Service) -> None:
             k = Kernel(service, http, kernel_id, ws)
             assert (await k.execute("kept = 'yes'\nprint(kept)")).stdout == "yes\n"
             assert await k.post("restart") == 200
+            # "starting", not "restarting": JupyterLab reads that as a restart nobody asked
+            # for and tells its user the kernel died.
+            statuses: list[str] = []
+            while statuses[-1:] != ["idle"]:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if message["msg_type"] == "status" and not message["parent_header"]:
+                    statuses.append(message["content"]["execution_state"])
+            assert statuses == ["starting", "idle"]
             after = await k.execute("print(kept)")
             error = next(m for m in after.messages if m["msg_type"] == "error")
             assert error["content"]["ename"] == "NameError"

@@ -554,6 +554,8 @@ async def test_interrupt_and_shutdown_requests() -> None:
 
 
 async def test_restart_waits_for_restarted() -> None:
+    """The fresh kernel says ``starting``: ``restarting`` on iopub means a restart nobody
+    asked for to JupyterLab, which then tells its user the kernel died (a review)."""
     kernel, runner, conn = await make_kernel()
 
     async def restarted() -> None:
@@ -568,7 +570,7 @@ async def test_restart_waits_for_restarted() -> None:
     await task
     assert kernel.execution_state == "idle"
     states = [m["content"]["execution_state"] for m in conn.of("status")]
-    assert states == ["restarting", "idle"]
+    assert states == ["starting", "idle"]
 
 
 async def test_a_restart_counts_from_one_again() -> None:

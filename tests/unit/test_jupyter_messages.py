@@ -181,3 +181,6 @@ def test_find_spec() -> None:
     assert find_spec("bash", langs).language == "shell"
     with pytest.raises(NotFound, match="available: python3, bash"):
         find_spec("rust", langs)
+    assert find_spec("bash", langs, aliases=False).name == "bash"
+    with pytest.raises(NotFound, match="no such kernel 'python'"):
+        find_spec("python", langs, aliases=False)

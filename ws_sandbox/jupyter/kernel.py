@@ -516,7 +516,11 @@ class Kernel:
                                        f" (variables, imports and files of earlier cells are"
                                        f" gone)\n")
                 self._has_state = False
-                for state in ("restarting", "idle"):
+                # "restarting" is what Jupyter Server sends for a restart nobody asked for;
+                # JupyterLab takes it for one (it shows "the kernel appears to have died"
+                # and reconnects). An asked restart's fresh kernel says "starting" instead.
+                first = "starting" if self._restart_waiters else "restarting"
+                for state in (first, "idle"):
                     notice = self._build("status", {"execution_state": state}, "iopub", None)
                     if unseen:
                         self._hold(jm.encode(notice))

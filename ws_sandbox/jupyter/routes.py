@@ -147,7 +147,8 @@ async def kernelspec(request: Request) -> Response:
     """``GET /api/kernelspecs/{name}``: one kernelspec (404 when it is not enabled)."""
     manager: SessionManager = request.app.state.manager
     name = str(request.path_params["name"])
-    return JSONResponse(find_spec(name, manager.settings.enabled_languages).model())
+    spec = find_spec(name, manager.settings.enabled_languages, aliases=False)
+    return JSONResponse(spec.model())
 
 
 async def status(request: Request) -> Response:

@@ -74,15 +74,18 @@ def default_spec(languages: tuple[Language, ...]) -> KernelSpec:
     return specs[0]
 
 
-def find_spec(name: str | None, languages: tuple[Language, ...]) -> KernelSpec:
-    """The enabled kernelspec called ``name`` (the default when ``name`` is empty).
+def find_spec(name: str | None, languages: tuple[Language, ...], *,
+              aliases: bool = True) -> KernelSpec:
+    """The enabled kernelspec called ``name`` (the default when ``name`` is empty); with
+    ``aliases``, one of :data:`ALIASES` names one too (starting a kernel takes them, but a
+    kernelspec is served only under its own name, as Jupyter Server serves it).
 
     Raises:
         NotFound: no such kernelspec, or its language is switched off.
     """
     if not name:
         return default_spec(languages)
-    wanted = ALIASES.get(name, name)
+    wanted = ALIASES.get(name, name) if aliases else name
     for spec in enabled_specs(languages):
         if spec.name == wanted:
             return spec
