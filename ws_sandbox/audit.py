@@ -161,7 +161,8 @@ class AuditLog:
             "language": record.language, "code_bytes": record.code_bytes,
             "code_sha256": record.code_sha256, "status": record.status,
             "exit_code": record.exit_code, "execution_time_ms": record.execution_time_ms,
-            "memory_used_mb": record.memory_used_mb, "output_bytes": record.output_bytes,
+            "memory_used_mb": record.memory_used_mb,
+            "compile_time_ms": record.compile_time_ms, "output_bytes": record.output_bytes,
             "truncated": record.truncated, "error": record.error,
         }
         self._put(line)

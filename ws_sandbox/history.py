@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS executions (
     exit_code INTEGER,
     execution_time_ms REAL NOT NULL,
     memory_used_mb REAL,
+    compile_time_ms REAL,
     output_bytes INTEGER NOT NULL,
     truncated INTEGER NOT NULL,
     error TEXT,
@@ -89,6 +90,10 @@ SCHEMA_VERSION = 1
 """The layout of the history's database, kept as SQLite's ``user_version``. 0 is a database
 written before it was kept (brought up to date on open); one above this, written by a later
 version, is refused: its inserts would fail, one by one, for as long as the service ran."""
+ADDED_COLUMNS = {"address": "TEXT NOT NULL DEFAULT ''", "compile_time_ms": "REAL"}
+"""Columns added since layout 1 began, as ``ALTER TABLE`` defines them: a database without
+one gets it on open, its rows keeping the default. They need no new layout version: a
+version before them writes and reads such a database as it wrote its own."""
 T = TypeVar("T")
 
 
@@ -274,9 +279,10 @@ class History:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
-        if "address" not in _columns(db):
-            # A database written before the address was kept: its rows keep ''.
-            db.execute("ALTER TABLE executions ADD COLUMN address TEXT NOT NULL DEFAULT ''")
+        have = _columns(db)
+        for name, definition in ADDED_COLUMNS.items():
+            if name not in have:  # a database written before it was kept
+                db.execute(f"ALTER TABLE executions ADD COLUMN {name} {definition}")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db = db
         self._prune(time.time())
@@ -468,7 +474,7 @@ def _check_layout(path: Path) -> None:
             raise sqlite3.DatabaseError(
                 f"it holds tables that are not the history's ({', '.join(others[:5])});"
                 " it was left as it is")
-        if tables and (missing := sorted(set(_COLUMNS) - {"address"} - _columns(db))):
+        if tables and (missing := sorted(set(_COLUMNS) - set(ADDED_COLUMNS) - _columns(db))):
             raise sqlite3.DatabaseError(
                 f"its executions table is not the history's (no {', '.join(missing[:5])});"
                 " it was left as it is")

@@ -50,6 +50,9 @@ class ExecutionRecord(msgspec.Struct, kw_only=True):
     exit_code: int | None
     execution_time_ms: float
     memory_used_mb: float | None
+    #: Rust: rustc's share of ``execution_time_ms``; ``None`` for the other languages, and
+    #: in history rows written before it was kept.
+    compile_time_ms: float | None = None
     output_bytes: int
     truncated: bool
     error: str | None
@@ -83,6 +86,7 @@ def record_of(runner: SessionRunner, finished: CellFinished) -> ExecutionRecord:
         exit_code=result.exit_code,
         execution_time_ms=result.execution_time_ms,
         memory_used_mb=result.memory_used_mb,
+        compile_time_ms=result.compile_time_ms,
         output_bytes=cell.output_bytes,
         truncated=result.truncated,
         error=result.error,

@@ -128,6 +128,8 @@ def test_execute_fields_and_statuses(service: Service) -> None:
     rust = run(service, 'fn main() { println!("hi"); }', "rust")
     assert (rust["status"], rust["stdout"]) == ("success", "hi\n"), rust
     assert 0 < rust["compile_time_ms"] <= rust["execution_time_ms"], rust
+    status, _, kept = call(service, f"/api/v1/executions/{rust['execution_id']}")
+    assert status == 200 and kept["compile_time_ms"] == rust["compile_time_ms"], kept
     failed = run(service, "raise ValueError('boom')")
     assert failed["status"] == "error" and "ValueError: boom" in failed["stderr"]
     slow = run(service, "while True:\n    pass", timeout=1)

@@ -20,13 +20,15 @@ from ws_sandbox.records import ExecutionRecord
 from ws_sandbox.settings import Settings
 
 
-def record(n: int) -> ExecutionRecord:
+def record(n: int, compile_time_ms: float | None = None) -> ExecutionRecord:
     return ExecutionRecord(
         execution_id=f"e{n}", session_id="s", cell_id=f"c{n}", origin="session",
-        client="key:abc", address="192.0.2.9", language="python", started_at=1.0,
+        client="key:abc", address="192.0.2.9",
+        language="python" if compile_time_ms is None else "rust", started_at=1.0,
         finished_at=2.0,
         code_bytes=8, code_sha256="ab" * 32, status="success", exit_code=0,
-        execution_time_ms=3.5, memory_used_mb=12.0, output_bytes=2, truncated=False,
+        execution_time_ms=3.5, memory_used_mb=12.0, compile_time_ms=compile_time_ms,
+        output_bytes=2, truncated=False,
         error=None, stdout="1\n")
 
 
@@ -34,7 +36,7 @@ async def test_every_line_is_written_by_close(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "audit.log"
     async with AuditLog(path, max_bytes=10_000_000, backups=2) as audit:
         for n in range(500):
-            audit.record(record(n))
+            audit.record(record(n, 190.5 if n == 1 else None))
         audit.event("admin_limits_changed", changes={"max_code_bytes": 10})
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == 501
@@ -42,8 +44,10 @@ async def test_every_line_is_written_by_close(tmp_path: Path) -> None:
     first = lines[0]
     for key in ("time", "execution_id", "session_id", "client", "language", "code_bytes",
                 "code_sha256", "status", "exit_code", "execution_time_ms",
-                "memory_used_mb", "output_bytes", "truncated"):
+                "memory_used_mb", "compile_time_ms", "output_bytes", "truncated"):
         assert key in first
+    assert first["compile_time_ms"] is None  # a Python cell's
+    assert (lines[1]["language"], lines[1]["compile_time_ms"]) == ("rust", 190.5)
     # A keyed caller is named by its key and recorded with its address (the key alone
     # before: where a leaked key was used from could not be told).
     assert (first["client"], first["address"]) == ("key:abc", "192.0.2.9")
@@ -120,7 +124,7 @@ async def test_a_failed_rotation_keeps_the_lines_and_the_writer(
     path = tmp_path / "audit.log"
     blocker = tmp_path / "audit.log.1"
     (blocker / "x").mkdir(parents=True)
-    async with AuditLog(path, max_bytes=6600, backups=1) as audit:  # ~18 lines a file
+    async with AuditLog(path, max_bytes=7000, backups=1) as audit:  # ~18 lines a file
         for n in range(20):
             audit.record(record(n))
         audit.event("admin_limits_changed", changes={})  # handed over at once

@@ -23,7 +23,7 @@ from ws_sandbox.records import ExecutionRecord
 
 def record(n: int, *, status: str = "success", language: str = "python",
            finished_at: float | None = None, stdout: str = "out\n",
-           client: str = "127.0.0.1") -> ExecutionRecord:
+           client: str = "127.0.0.1", compile_time_ms: float | None = None) -> ExecutionRecord:
     now = time.time() if finished_at is None else finished_at
     return ExecutionRecord(
         execution_id=f"e{n}", session_id="s", cell_id=f"c{n}", origin="rest",
@@ -31,7 +31,8 @@ def record(n: int, *, status: str = "success", language: str = "python",
         finished_at=now,
         code_bytes=8, code_sha256="ab" * 32, status=status,  # type: ignore[arg-type]
         exit_code=0 if status == "success" else 1, execution_time_ms=10.0,
-        memory_used_mb=None, output_bytes=len(stdout), truncated=False, error=None,
+        memory_used_mb=None, compile_time_ms=compile_time_ms, output_bytes=len(stdout),
+        truncated=False, error=None,
         stdout=stdout, stderr="")
 
 
@@ -238,13 +239,17 @@ async def test_a_quiet_service_forgets_on_time(tmp_path: Path,
         assert await h.get("e2") is not None
 
 
-async def test_rows_keep_the_address_and_an_older_database_gains_the_column(
+async def test_rows_keep_the_address_and_compile_time_and_an_older_database_gains_them(
         tmp_path: Path) -> None:
-    """A keyed caller's row held its key's identity alone; the address is kept beside it.
-    A database written before that gets the column, its old rows an empty address."""
+    """A keyed caller's row held its key's identity alone; the address is kept beside it,
+    and a Rust cell's compile time. A database written before those gets the columns, its
+    old rows an empty address and no compile time."""
     path = tmp_path / "h.db"
     old = sqlite3.connect(path)
-    old.executescript(history_module._SCHEMA.replace("    address TEXT NOT NULL DEFAULT '',\n", ""))
+    old.executescript(history_module._SCHEMA.replace("    address TEXT NOT NULL DEFAULT '',\n", "")
+                      .replace("    compile_time_ms REAL,\n", ""))
+    assert not {"address", "compile_time_ms"} & {
+        row[1] for row in old.execute("PRAGMA table_info(executions)")}
     old.execute("INSERT INTO executions (execution_id, session_id, cell_id, origin, client,"
                 " language, started_at, finished_at, code_bytes, code_sha256, status,"
                 " execution_time_ms, output_bytes, truncated, stdout, stderr) VALUES"
@@ -253,14 +258,15 @@ async def test_rows_keep_the_address_and_an_older_database_gains_the_column(
     old.commit()
     old.close()
     async with history(path) as h:
-        h.record(record(1, client="key:k"))
+        h.record(record(1, client="key:k", language="rust", compile_time_ms=190.5))
         new = await h.get("e1")
         assert new is not None and (new["client"], new["address"]) == ("key:k", "192.0.2.9")
+        assert new["compile_time_ms"] == 190.5
         before = await h.get("old")
-        assert before is not None and before["address"] == ""
+        assert before is not None and (before["address"], before["compile_time_ms"]) == ("", None)
         page = await h.list(client="key:k")
-        assert [(i["execution_id"], i["address"]) for i in page.items] == [
-            ("e1", "192.0.2.9"), ("old", "")]
+        assert [(i["execution_id"], i["address"], i["compile_time_ms"]) for i in page.items] == [
+            ("e1", "192.0.2.9", 190.5), ("old", "", None)]
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:

@@ -435,10 +435,9 @@ class Kernel:
         self._restart_waiters.append(waiter)
         if not self._restarting:
             self._restarting = True
-            doomed, self._pending = list(self._pending), deque()
+            doomed, self._pending = self._pending, deque()
             if self._current is None:
-                for execution in doomed:
-                    await self._abort(execution)
+                await self._abort_all(doomed)
             else:  # after the running cell's reply, which the restart brings
                 self._aborted_by_restart.extend(doomed)
             # Taken here or joined: the session does not ask again.
