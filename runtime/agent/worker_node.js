@@ -115,6 +115,10 @@ if (!('crypto' in globalThis)) {
   });
 }
 
+// Later releases' builtins that code written for them uses without a thought (`toSorted`,
+// `Object.groupBy`, `Promise.withResolvers`), where this Node lacks them: node_builtins.js.
+require('./node_builtins.js').install();
+
 // --- errors ------------------------------------------------------------------------------
 // The frame of the async function a cell with top-level `await` runs in (its `})()`, the
 // line after the cell's last), as `cell-N:L:`: not a line the user wrote.

@@ -267,6 +267,28 @@ async def test_model_written_javascript_finds_a_global_crypto(big_service: Servi
         assert (other.status, other.stdout) == ("success", "mine\n"), other
 
 
+async def test_model_written_javascript_finds_later_nodes_builtins(big_service: Service) -> None:
+    """The image's Node 18 lacks what Node 20 to 22 added and model-written code uses (it
+    said "arr.toSorted is not a function"): node_builtins.js defines them where Node lacks
+    them, and they behave as the language says (tests/unit/test_node_builtins.py)."""
+    async with await connect(big_service.url, language="javascript") as s:
+        r = await s.execute(
+            "const xs = [3, 1, 2];\n"
+            "console.log(xs.toSorted(), xs.toReversed(), xs.with(-1, 9), xs.toSpliced(0, 1), xs)\n"
+            "console.log(Int8Array.of(3, -1).toSorted(), 'a\\uD800'.toWellFormed().length)\n"
+            "console.log(Object.groupBy([1, 2, 3], (n) => n % 2 ? 'odd' : 'even'))\n"
+            "console.log(Map.groupBy([1, 2], (n) => n > 1).get(true))\n"
+            "const { promise, resolve } = Promise.withResolvers(); resolve(7);\n"
+            "console.log(await promise, Object.keys(Array.prototype).length)")
+        assert r.status == "success", r
+        assert r.stdout.splitlines() == [
+            "[ 1, 2, 3 ] [ 2, 1, 3 ] [ 3, 1, 9 ] [ 1, 2 ] [ 3, 1, 2 ]",
+            "Int8Array(2) [ -1, 3 ] 2",
+            "[Object: null prototype] { odd: [ 1, 3 ], even: [ 2 ] }",
+            "[ 2 ]",
+            "7 0"], r
+
+
 async def test_model_written_javascript_callbacks_print_within_their_cell(
         big_service: Service) -> None:
     """In the runtime image's Node.js: a cell ends once the work it started is done, so what
