@@ -38,6 +38,12 @@ class FakeRunner:
         return [e for e in self.events
                 if isinstance(e, ClientRequest) and isinstance(e.frame, fr.Restart)]
 
+    def answer(self, message: str = "") -> fr.Restarted:
+        """The session's ``restarted`` frame that answers the restarts asked for."""
+        ids = [e.frame.id for e in self.restarts()
+               if isinstance(e.frame, fr.Restart) and e.frame.id is not None]
+        return fr.Restarted(reason="interpreter_restarted", message=message, ids=ids)
+
     def executes(self) -> list[fr.Execute]:
         return [e.frame for e in self.events
                 if isinstance(e, ClientRequest) and isinstance(e.frame, fr.Execute)]
@@ -559,7 +565,7 @@ async def test_restart_waits_for_restarted() -> None:
     kernel, runner, conn = await make_kernel()
 
     async def restarted() -> None:
-        await send(kernel, fr.Restarted(reason="interpreter_restarted", message=""))
+        await send(kernel, runner.answer())
 
     task = asyncio.create_task(kernel.restart())
     await asyncio.sleep(0)
@@ -573,6 +579,78 @@ async def test_restart_waits_for_restarted() -> None:
     assert states == ["starting", "idle"]
 
 
+def unparented_states(conn: FakeConnection) -> list[str]:
+    return [m["content"]["execution_state"] for m in conn.of("status") if not m["parent_header"]]
+
+
+async def test_a_loss_on_its_way_as_a_restart_is_asked_is_not_taken_for_its_answer() -> None:
+    """A review: the kernel took whichever ``restarted`` frame came next for its restart's.
+    An interpreter lost between cells, its news still queued as the client asked for a
+    restart, released the restart at once (as ``starting``), and the asked restart's own
+    answer then said ``restarting``: JupyterLab's "the kernel appears to have died". The
+    session names the restarts a ``restarted`` frame answers; the loss says nothing (the
+    client is restarting it anyway), the answer says ``starting``."""
+    kernel, runner, conn = await make_kernel()
+    task = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    (asked,) = runner.restarts()
+    assert isinstance(asked.frame, fr.Restart) and asked.frame.id
+    await send(kernel, fr.Restarted(reason="interpreter_restarted", message="it ended", ids=[]))
+    await asyncio.sleep(0.05)
+    assert not task.done() and kernel.execution_state == "restarting"
+    assert unparented_states(conn) == []
+    await send(kernel, runner.answer())
+    await task
+    assert unparented_states(conn) == ["starting", "idle"]
+    assert kernel.execution_state == "idle"
+
+
+async def test_a_restart_given_up_on_is_still_asked_for_when_it_comes() -> None:
+    """A review: a restart that timed out (the client was told it failed) came later as
+    one nobody asked for: ``restarting``, and with nobody connected, a "state is lost" note
+    for the next cell. It is the client's own restart: ``starting``, no note."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x = 1"), conn)
+    await send(kernel, result(runner.executes()[-1].id))
+    with pytest.raises(BackendError, match="did not restart in time"):
+        await kernel.restart()  # make_kernel's restart_timeout: 1 s
+    await send(kernel, runner.answer("restarted"))
+    assert unparented_states(conn) == ["starting", "idle"]
+    kernel.disconnect(conn)
+    with pytest.raises(BackendError):
+        await kernel.restart()
+    await send(kernel, runner.answer("restarted"))
+    later = FakeConnection()
+    await kernel.connect(later)
+    assert later.sent == []  # nothing held: not a loss nobody saw
+    await kernel.handle(request("print(x)", "m2"), later)
+    assert "stream" not in later.types()
+
+
+async def test_an_asked_restart_takes_back_the_held_news_of_an_earlier_loss() -> None:
+    """A review: a loss nobody saw holds ``restarting`` for the next client; a restart asked
+    for after it (over REST, nobody connected) left it held, so the next client was told of
+    a crash after the restart it asked for. The asked restart drops it, as it drops the
+    note for the next cell."""
+    kernel, runner, conn = await make_kernel()
+    await kernel.handle(request("x = 1"), conn)
+    await send(kernel, result(runner.executes()[-1].id))
+    kernel.disconnect(conn)
+    await send(kernel, fr.Restarted(reason="sandbox_replaced", message="replaced", ids=[]))
+    assert [m for m in kernel._held if '"restarting"' in m]
+    task = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    await send(kernel, runner.answer())
+    await task
+    later = FakeConnection()
+    await kernel.connect(later)
+    assert unparented_states(later) == []
+    assert [m["msg_type"] for m in later.sent].count("status") == [
+        m["msg_type"] for m in later.sent if m["parent_header"]].count("status")
+    await kernel.handle(request("print(x)", "m3"), later)
+    assert "stream" not in later.types()
+
+
 async def test_a_restart_counts_from_one_again() -> None:
     """A review: the execution count went on after a restart; a restarted ipykernel, and
     our worker's ``<cell-N>`` in tracebacks, start again at 1."""
@@ -582,7 +660,7 @@ async def test_a_restart_counts_from_one_again() -> None:
         await send(kernel, result(runner.executes()[-1].id))
     task = asyncio.create_task(kernel.restart())
     await asyncio.sleep(0)
-    await send(kernel, fr.Restarted(reason="interpreter_restarted", message=""))
+    await send(kernel, runner.answer())
     await task
     await kernel.handle(request("y", "m3"), conn)
     assert [m["content"]["execution_count"] for m in conn.of("execute_input")] == [1, 2, 1]
@@ -606,7 +684,7 @@ async def test_a_restart_during_a_cell_answers_the_requests_in_order() -> None:
     await kernel.handle(request("after()", "m4"), conn)
     assert not conn.of("execute_reply")
     await send(kernel, result(runner.executes()[0].id, "killed", "restarted"))
-    await send(kernel, fr.Restarted(reason="interpreter_restarted", message=""))
+    await send(kernel, runner.answer())
     await task
     replies = [(m["parent_header"]["msg_id"], m["content"]["status"])
                for m in conn.of("execute_reply")]
@@ -684,7 +762,7 @@ async def test_a_restart_while_a_cell_starts_aborts_it_with_those_behind_it() ->
     gate.set()
     await ending
     assert len(runner.executes()) == 1  # m2 never went to the session
-    await send(kernel, fr.Restarted(reason="interpreter_restarted", message="", ids=[]))
+    await send(kernel, runner.answer())
     await restarting
     replies = [(m["parent_header"]["msg_id"], m["content"]["status"])
                for m in slow.of("execute_reply")]
@@ -733,7 +811,7 @@ async def test_a_refused_restart_changes_nothing_and_one_under_way_is_joined_fre
     await asyncio.sleep(0)
     restarts = runner.restarts()
     assert len(restarts) == 1 and restarts[0].admitted is True
-    await send(kernel, fr.Restarted(reason="interpreter_restarted", message=""))
+    await send(kernel, runner.answer())
     await asyncio.wait_for(asyncio.gather(first, joined), 5)
     assert not kernel._pending  # the admitted restart dropped the queued cell
 
@@ -917,7 +995,7 @@ async def test_a_state_loss_is_not_news_when_there_was_no_state_or_it_was_asked_
     # A restart the client asked for (over REST, with nobody connected) is no news either.
     task = asyncio.create_task(kernel.restart())
     await asyncio.sleep(0)
-    await send(kernel, fr.Restarted(reason="interpreter_restarted", message="restarted"))
+    await send(kernel, runner.answer("restarted"))
     await task
     last = FakeConnection()
     await kernel.connect(last)

@@ -173,6 +173,15 @@ class Kernel:
         has its reply, so that replies go out in the order the requests came."""
         self._restarting = False
         self._restart_waiters: list[asyncio.Future[None]] = []
+        self._restart_id: str | None = None
+        """The id of the restart the waiters wait for (the session's ``restarted`` frame
+        names the restarts it answers)."""
+        self._asked_restarts: set[str] = set()
+        """Ids of restarts asked for and not answered yet, those given up on included: a
+        ``restarted`` frame that answers none was nobody's request."""
+        self._restarts = 0
+        self._held_notices: list[str] = []
+        """The held ``status`` messages of a state loss nobody saw."""
         self._cells = 0
         self._has_state = False
         """A cell reached the interpreter since it was last fresh."""
@@ -211,7 +220,7 @@ class Kernel:
         """Add a WebSocket; it first gets what was held while nobody listened, then what
         was sent to it meanwhile, in order."""
         replay = _Replay(self._held)
-        self._held, self._held_chars = deque(), 0
+        self._held, self._held_chars, self._held_notices = deque(), 0, []
         self._replaying[conn] = replay
         self._connections.append(conn)
         self._touch()
@@ -440,13 +449,20 @@ class Kernel:
                 await self._abort_all(doomed)
             else:  # after the running cell's reply, which the restart brings
                 self._aborted_by_restart.extend(doomed)
+            self._restarts += 1
+            self._restart_id = f"jupyter-restart-{self._restarts}"
+            self._asked_restarts.add(self._restart_id)
             # Taken here or joined: the session does not ask again.
-            self.runner.feed_nowait(ClientRequest(fr.Restart(), admitted=True))
+            self.runner.feed_nowait(ClientRequest(fr.Restart(id=self._restart_id),
+                                                  admitted=True))
         try:
             async with asyncio.timeout(self._restart_timeout):
                 await asyncio.shield(waiter)
         except TimeoutError:
-            self._restarting = False  # the next restart asks the session again
+            # The next restart asks the session again. This one is still asked for: when
+            # it comes, it is not told as a restart nobody asked for.
+            self._restarting = False
+            self._restart_id = None
             raise BackendError("the kernel did not restart in time") from None
         finally:
             with contextlib.suppress(ValueError):
@@ -497,19 +513,32 @@ class Kernel:
                         memory_used_mb=None, error=f"{_class_name(code)}: {message}"))
                 else:
                     log.info("kernel %s: session error %s: %s", self.id, code, message)
-            case fr.Restarted(message=message):
-                self._restarting = False
+            case fr.Restarted(message=message, ids=ids):
+                answered = set(ids or ())
+                # Asked for, or a loss that came while a restart asked for was on its way
+                # (the interpreter died between cells, its news still queued): either way
+                # the client is restarting it, and hears of it as of its own restart.
+                asked = bool(answered & self._asked_restarts) or self._restart_id is not None
+                self._asked_restarts -= answered
+                ours = self._restart_id in answered
+                if ours:
+                    self._restarting = False
+                    self._restart_id = None
                 await self._abort_all(self._aborted_by_restart)
                 # A fresh interpreter counts from 1 again, as a restarted ipykernel does (and
                 # as our workers name the cells in tracebacks: "<cell-1>"). A cell already
                 # sent (it waited in the session for the fresh interpreter) is its first.
                 current = self._current
                 self.execution_count = 1 if current is not None and current.count else 0
-                # Nobody asked for it (no restart waits) and nobody sees it: the next
-                # connection gets the notice, the next cell the news that the state is gone.
-                unseen = not self._connections and not self._restart_waiters
-                if self._restart_waiters:
-                    self._lost_note = None  # the client restarted it: it knows
+                # Nobody asked for it and nobody sees it: the next connection gets the
+                # notice, the next cell the news that the state is gone.
+                unseen = not self._connections and not asked
+                if asked:
+                    # The client restarted it: it knows, and a loss before it that nobody
+                    # saw is no news any more.
+                    self._lost_note = None
+                    self._unhold(self._held_notices)
+                    self._held_notices = []
                 elif unseen and self._has_state:
                     self._lost_note = (f"{message or 'the kernel restarted; state is lost'}"
                                        f" (variables, imports and files of earlier cells are"
@@ -518,17 +547,23 @@ class Kernel:
                 # "restarting" is what Jupyter Server sends for a restart nobody asked for;
                 # JupyterLab takes it for one (it shows "the kernel appears to have died"
                 # and reconnects). An asked restart's fresh kernel says "starting" instead.
-                first = "starting" if self._restart_waiters else "restarting"
-                for state in (first, "idle"):
+                # A loss during an asked restart whose answer is still to come says nothing:
+                # that answer does.
+                states = () if asked and not ours and self._restart_id is not None else (
+                    "starting" if asked else "restarting", "idle")
+                for state in states:
                     notice = self._build("status", {"execution_state": state}, "iopub", None)
                     if unseen:
-                        self._hold(jm.encode(notice))
+                        self._held_notices.append(jm.encode(notice))
+                        self._hold(self._held_notices[-1])
                     else:
                         await self._send(notice, None)
-                for waiter in self._restart_waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
-                await self._start_next()
+                if ours:
+                    for waiter in self._restart_waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
+                if not self._restarting:
+                    await self._start_next()
             case fr.Closed():
                 self._mark_dead()
                 await self._abort_all(self._aborted_by_restart)
@@ -699,6 +734,13 @@ class Kernel:
         # All at once: the message waits at most ``send_timeout`` however many connections
         # are slow, and the session's loop, which sends it, with it.
         await asyncio.gather(*(self._send_to(conn, text) for conn in conns))
+
+    def _unhold(self, texts: Sequence[str]) -> None:
+        """Drop held messages (those still held: the next connection may have taken them)."""
+        for text in texts:
+            with contextlib.suppress(ValueError):
+                self._held.remove(text)
+                self._held_chars -= len(text)
 
     def _hold(self, text: str) -> None:
         """Keep a message for the next connection, within the buffer's bounds."""
