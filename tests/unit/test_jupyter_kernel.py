@@ -605,6 +605,23 @@ async def test_a_loss_on_its_way_as_a_restart_is_asked_is_not_taken_for_its_answ
     assert kernel.execution_state == "idle"
 
 
+async def test_a_restart_the_session_refuses_fails_at_once() -> None:
+    """The session refuses a restart with an ``error`` frame carrying its id (too many wait
+    for one under way): the caller hears why at once, not at its timeout, and a cell sent
+    meanwhile runs."""
+    kernel, runner, conn = await make_kernel()
+    task = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    (asked,) = runner.restarts()
+    assert isinstance(asked.frame, fr.Restart)
+    await kernel.handle(request("after()", "m1"), conn)
+    await send(kernel, fr.Error(id=asked.frame.id, code="queue_full", message="too many"))
+    with pytest.raises(BackendError, match="the restart was refused: too many"):
+        await asyncio.wait_for(task, 0.5)
+    assert kernel.execution_state == "busy"
+    assert [e.code for e in runner.executes()] == ["after()"]
+
+
 async def test_a_restart_given_up_on_is_still_asked_for_when_it_comes() -> None:
     """A review: a restart that timed out (the client was told it failed) came later as
     one nobody asked for: ``restarting``, and with nobody connected, a "state is lost" note

@@ -511,6 +511,16 @@ class Kernel:
                     await self._end_current(fr.Result(
                         id=cell_id, status="error", exit_code=None, execution_time_ms=0.0,
                         memory_used_mb=None, error=f"{_class_name(code)}: {message}"))
+                elif cell_id is not None and cell_id == self._restart_id:
+                    # The session refused the restart: its callers hear why now, not at
+                    # their timeout, and the cells sent meanwhile run.
+                    self._asked_restarts.discard(cell_id)
+                    self._restarting, self._restart_id = False, None
+                    for waiter in self._restart_waiters:
+                        if not waiter.done():
+                            waiter.set_exception(BackendError(f"the restart was refused:"
+                                                              f" {message}"))
+                    await self._start_next()
                 else:
                     log.info("kernel %s: session error %s: %s", self.id, code, message)
             case fr.Restarted(message=message, ids=ids):
