@@ -2845,8 +2845,16 @@ static void on_rustc_exit(pid_t pid, int status, bool have_rusage, const struct 
     discard_session(pid);
     Cell *cell = A.cell;
     if (!cell) return;
-    cell->compile_ms = (monotonic() - cell->started) * 1000;
+    /* rustc's time, when it compiled or failed on its own (one an interrupt stopped, or a
+     * signal killed, compiled nothing: the cell's time is not its; an interrupt may end it
+     * with a status, its linker's "signal: 2"), once its last words are read: a negative
+     * compile_ms is what tells rust_scan_stderr that they are rustc's. */
+    double compile_ms = (monotonic() - cell->started) * 1000;
     int code = have_rusage ? exitcode_of(status) : 0;
+    if (code == 0 || (code > 0 && !cell->interrupted)) {
+        all_read(cell);
+        cell->compile_ms = compile_ms;
+    }
     if (code != 0) {
         long long peak = have_rusage ? ru->ru_maxrss : 0;
         if (cell->interrupted) {
@@ -2857,7 +2865,7 @@ static void on_rustc_exit(pid_t pid, int status, bool have_rusage, const struct 
             signal_description(&m, -code);
             finish_simple("error", 128 - code, buf_cstr(&m), peak);
             buf_free(&m);
-        } else if (all_read(cell)->missing_crate) {
+        } else if (cell->missing_crate) {
             /* A crate from crates.io (rand, serde): rustc's message does not say why it is
              * missing, and a model tried again with another. */
             forward(&A.rust_streams[1], (const unsigned char *)RUST_NO_CRATES "\n",

@@ -130,6 +130,9 @@ def test_execute_fields_and_statuses(service: Service) -> None:
     assert 0 < rust["compile_time_ms"] <= rust["execution_time_ms"], rust
     status, _, kept = call(service, f"/api/v1/executions/{rust['execution_id']}")
     assert status == 200 and kept["compile_time_ms"] == rust["compile_time_ms"], kept
+    # Stopped while rustc ran: no compile time (all its time was reported as rustc's).
+    stopped = run(service, 'fn main() { println!("hi"); }', "rust", timeout=0.05)
+    assert (stopped["status"], stopped["compile_time_ms"]) == ("timeout", None), stopped
     failed = run(service, "raise ValueError('boom')")
     assert failed["status"] == "error" and "ValueError: boom" in failed["stderr"]
     slow = run(service, "while True:\n    pass", timeout=1)

@@ -3180,11 +3180,23 @@ def test_rust_compile_and_run(rs: AgentDriver) -> None:
     assert result.done["compile_time_ms"] > 0
 
 
+def test_rust_stopped_while_compiling_has_no_compile_time(rs: AgentDriver) -> None:
+    """``compile_time_ms`` is rustc's share of a cell that compiled; a cell interrupted (or
+    timed out) while rustc ran reported all its time as rustc's (a review)."""
+    result = rs.run_interrupted('fn main() { println!("x"); }', after=0.05, timeout=60)
+    assert result.done["status"] == "interrupted", result.done
+    assert "compile_time_ms" not in result.done, result.done
+    again = rs.run('fn main() { println!("y"); }', timeout=60)
+    assert_success(again)
+    assert 0 < again.done["compile_time_ms"] <= again.done["execution_time_ms"]
+
+
 def test_rust_compile_error(rs: AgentDriver) -> None:
     result = rs.run('fn main() { let x: i32 = "a"; }', timeout=60)
     assert result.done["status"] == "error"
     assert result.done["error"] == "compilation failed"
     assert "E0308" in result.text("stderr")
+    assert 0 < result.done["compile_time_ms"] <= result.done["execution_time_ms"]
 
 
 def test_rust_statements_without_main_run_as_its_body(rs: AgentDriver) -> None:
