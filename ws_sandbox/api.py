@@ -13,10 +13,11 @@ from starlette.routing import BaseRoute, Match, Mount
 
 from ws_sandbox import frames as fr
 from ws_sandbox import metrics
-from ws_sandbox.auth import is_key_identity, key_identity
+from ws_sandbox.auth import is_operator_identity
 from ws_sandbox.connections import ConnectionGate
 from ws_sandbox.exceptions import BadRequest, NotFound, SandboxError, UpgradeRequired, quoted
 from ws_sandbox.manager import SessionManager
+from ws_sandbox.query import check_params, whole_number
 from ws_sandbox.refusals import AUTH_REASONS
 from ws_sandbox.rest import ErrorBody, ErrorDetail, JSONBody, error_response
 from ws_sandbox.settings import LANGUAGES, language_named
@@ -71,10 +72,7 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number, not {quoted(raw)}") from None
+    value = whole_number(name, raw)
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}")
     return value
@@ -102,14 +100,13 @@ def _own_only(request: Request) -> str | None:
     """The identity whose executions alone the caller may read: an API key's own; None (all)
     for the admin key, and where no key is needed (one tenant)."""
     caller = str(getattr(request.state, "client_id", ""))
-    if not is_key_identity(caller):
-        return None
-    admin_key = request.app.state.manager.settings.admin_api_key
-    return None if admin_key and caller == key_identity(admin_key) else caller
+    settings = request.app.state.manager.settings
+    return None if is_operator_identity(settings, caller) else caller
 
 
 async def executions(request: Request) -> Response:
     """``GET /api/v1/executions?status=&language=&limit=&offset=``: newest first."""
+    check_params(request.query_params.multi_items(), ("status", "language", "limit", "offset"))
     history = _history(request).history
     assert history is not None
     page = await history.list(

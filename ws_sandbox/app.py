@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 from ws_sandbox import __version__, web
 from ws_sandbox import frames as fr
 from ws_sandbox.api import is_operator
-from ws_sandbox.auth import AuthMiddleware, check_request
+from ws_sandbox.auth import AuthMiddleware, check_request, is_operator_identity
 from ws_sandbox.backend import DockerBackend
 from ws_sandbox.connections import ConnectionGate
 from ws_sandbox.exceptions import ConfigError, EngineUnavailable, SandboxError
@@ -60,10 +60,16 @@ async def health(request: Request) -> JSONResponse:
         "sessions": manager.active,
         "uptime_s": round(time.monotonic() - request.app.state.started, 3),
     }
+    # The details are the operator's: a tenant's key, as a caller without one, gets the
+    # status alone (the engine, the runtimes and the problems describe the host, as the
+    # config that a tenant's key reads leaves out).
     try:
-        check_request(settings, authorization=request.headers.get("authorization"),
-                      api_key=None, address="", admin=False)
+        operator = is_operator_identity(settings, check_request(
+            settings, authorization=request.headers.get("authorization"), api_key=None,
+            address="", admin=False))
     except SandboxError:
+        operator = False
+    if not operator:
         body = {"status": body["status"]}
     return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -123,6 +123,15 @@ def check_request(settings: Settings, *, authorization: str | None = None,
     return key_identity(given)
 
 
+def is_operator_identity(settings: Settings, caller: str) -> bool:
+    """Whether ``caller`` (an identity :func:`check_request` gave) is the service's operator:
+    the admin key, or anyone where no key is needed (one tenant). A key of API_KEYS is a
+    tenant."""
+    if not is_key_identity(caller):
+        return True
+    return bool(settings.admin_api_key) and caller == key_identity(settings.admin_api_key)
+
+
 def check_origin(settings: Settings, origin: str | None, host: str | None) -> None:
     """Refuse a browser WebSocket from another site.
 

@@ -7,8 +7,8 @@ loop of their own.
 
     with connect("ws://127.0.0.1:8090", language="python") as session:
         session.execute("x = 6")
-        result = session.execute("print(x * 7)", on_output=print)
-        print(result.status, result.stdout)
+        result = session.execute("print(x * 7)", on_output=lambda s: print(s.text, end=""))
+        print(result.status, result.stdout == "42\n")
 
 It wraps the async client (:mod:`ws_sandbox.client`): each session has an event loop of
 its own, in a thread of its own, and every method blocks until the async one it calls has

@@ -5,8 +5,8 @@
     from ws_sandbox.client import connect
 
     async with connect("ws://127.0.0.1:8090", language="python") as session:
-        result = await session.execute("print('hi')", on_output=print)
-        print(result.status, result.stdout)
+        result = await session.execute("print('hi')", on_output=lambda s: print(s.text, end=""))
+        print(result.status)
 
 ``connect`` works like ``websockets.connect``: ``async with connect(...)`` closes the
 session at the end; ``session = await connect(...)`` (then ``async with session`` or
@@ -676,8 +676,9 @@ class ClientSession:
 
     async def interrupt(self) -> None:
         """Interrupt the running cell. It returns once the frame is sent: the cell's own
-        result says what the interrupt did (``interrupted``; ``killed`` with
-        ``state_lost`` when the code ignored it and the interpreter was restarted)."""
+        result says what the interrupt did (``interrupted``, with ``state_lost`` and exit
+        code 137 when the code ignored it for the interrupt grace and the interpreter was
+        restarted)."""
         await self.send(fr.Interrupt())
 
     async def restart(self) -> fr.Restarted:

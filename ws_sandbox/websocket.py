@@ -19,11 +19,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from ws_sandbox import frames as fr
 from ws_sandbox.asgi_extensions import ABORT, SEND_MANY
 from ws_sandbox.driver import ClientGone, ClientMessage, CloseRequest
-from ws_sandbox.exceptions import SandboxError
+from ws_sandbox.exceptions import BadRequest, SandboxError
 from ws_sandbox.manager import SessionManager
+from ws_sandbox.query import check_params
 from ws_sandbox.ratelimit import Pace, RateLimiter
 
 log = logging.getLogger(__name__)
+
+#: The query parameters of the session endpoint (``api_key`` is the auth middleware's).
+SESSION_PARAMS = ("language", "resume", "api_key")
 
 
 def close_reason(reason: str) -> str:
@@ -127,12 +131,17 @@ async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
     """Serve one WebSocket session until the client leaves."""
     manager: SessionManager = websocket.app.state.manager
     await websocket.accept()
-    token = websocket.query_params.get("resume")
+    params = websocket.query_params
+    token = params.get("resume")
     # The auth middleware names the caller (an API key or the peer's address).
     address = getattr(websocket.state, "client_address", client_address(websocket))
     client_id = getattr(websocket.state, "client_id", address)
     try:
-        if token:
+        check_params(params.multi_items(), SESSION_PARAMS)
+        if token is not None and "language" in params:
+            raise BadRequest("a session is opened (language) or resumed (resume), not both:"
+                             " a resumed session keeps its language")
+        if token is not None:  # an empty one too: it resumes nothing (invalid_token)
             runner = await manager.resume(token, sink, client_id=client_id, address=address)
         else:
             language = websocket.query_params.get("language", "python")

@@ -437,6 +437,16 @@ def test_stats_metrics_config_and_history(service: Service) -> None:
     status, _, err = call(service, "/api/v1/executions?language=cobol")
     assert status == 400 and "language must be one of python, javascript" in \
         err["error"]["message"]
+    # A misspelt filter listed every execution, and int() took other scripts' digits (a
+    # review): refused, by name.
+    status, _, err = call(service, "/api/v1/executions?stauts=error")
+    assert status == 400 and err["error"]["message"] == (
+        "unknown query parameter 'stauts'; this endpoint takes status, language, limit,"
+        " offset"), err
+    for query in ("limit=%EF%BC%91", "limit=3_0", "offset=+3", "limit=1&limit=2"):
+        status, _, err = call(service, f"/api/v1/executions?{query}")
+        message = err["error"]["message"]
+        assert status == 400 and ("limit" in message or "offset" in message), (query, err)
     status, _, err = call(service, "/api/v1/executions/nope")
     assert status == 404
     # A value the client sent is quoted back cut short: 5,000 characters of it came back
@@ -697,7 +707,10 @@ def test_keys_are_required(locked: Service) -> None:
     assert (status, health) == (200, {"status": "ok"})
     status, _, health = call(locked, "/api/v1/health", headers=bearer("wrong"))
     assert (status, health) == (200, {"status": "ok"})
+    # Nor does a tenant's key get more (it did: a review): the details are the operator's.
     status, _, health = call(locked, "/api/v1/health", headers=bearer("k-auth-0123456789ab"))
+    assert (status, health) == (200, {"status": "ok"})
+    status, _, health = call(locked, "/api/v1/health", headers=bearer("boss-0123456789ab"))
     assert status == 200 and health["status"] == "ok" and "engine" in health, health
     assert "pool" in health and "problems" in health
     status, _, ok = call(locked, "/api/v1/execute", body, headers=bearer("k-auth-0123456789ab"))

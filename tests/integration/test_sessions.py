@@ -418,6 +418,26 @@ async def test_unknown_language_is_refused(service: Service) -> None:
     assert "python" in info.value.error.message
 
 
+@pytest.mark.parametrize(("query", "code", "says"), [
+    ("lang=javascript", "bad_request", "unknown query parameter 'lang'; this endpoint takes"
+                                       " language, resume, api_key"),
+    ("language=js&language=rust", "bad_request", "query parameter 'language' is given twice"),
+    ("language=js&resume=x", "bad_request", "a session is opened (language) or resumed"),
+    ("resume=", "invalid_token", ""),
+])
+async def test_a_misspelt_or_conflicting_query_is_refused_by_name(
+        service: Service, query: str, code: str, says: str) -> None:
+    """``?lang=javascript`` opened a Python session and ``?resume=`` a fresh one (a
+    review): the session endpoint takes the parameters it names, once each."""
+    async with websockets.connect(f"{service.url}/api/v1/sessions/ws?{query}") as ws:
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert (error["type"], error["code"]) == ("error", code), error
+    assert error["message"].startswith(says), error
+    assert ws.close_code == 1008
+
+
 async def test_a_session_opened_by_an_alias_is_ready_in_its_language(service: Service) -> None:
     async with await connect(service.url, language="node") as session:
         assert session.ready.language == "javascript"

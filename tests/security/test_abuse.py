@@ -1035,8 +1035,15 @@ print(open("/tmp/hardlink").read())
 
 async def test_request_cannot_switch_the_network_on(battery: Service) -> None:
     base = battery.url
+    # Parameters the endpoint does not take are refused (they were ignored).
     query = "language=python&network_mode=host&network=host&privileged=true&cap_add=ALL"
     async with websockets.connect(f"{base}/api/v1/sessions/ws?{query}") as ws:
+        refused = fr.decode_server(await ws.recv())
+        assert isinstance(refused, fr.Error) and refused.code == "bad_request", refused
+        assert "network_mode" in refused.message
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    async with websockets.connect(f"{base}/api/v1/sessions/ws?language=python") as ws:
         ready = fr.decode_server(await ws.recv())
         assert isinstance(ready, fr.Ready), ready
         await ws.send(json.dumps({
