@@ -265,6 +265,9 @@ that none becomes a 500, a dropped session or a hang."""
 LONE_SURROGATE = ("JSON is malformed: a \\u escape is half of a UTF-16 surrogate pair, without"
                   " the other half (such as \\ud800 alone); text must be valid Unicode")
 
+BYTE_ORDER_MARK = ("JSON is malformed: it starts with a byte order mark (EF BB BF), which JSON"
+                   " text has none of: send the UTF-8 without it (byte 0)")
+
 _HIGH_HALF_THEN_QUOTE = re.compile(r'\\u[dD][89abAB][0-9a-fA-F]{2}[^\\]{0,6}"')
 
 
@@ -296,4 +299,7 @@ def decode_error_text(exc: Exception, data: str | bytes) -> str:
     if _is_lone_surrogate(exc, data):
         at = re.search(r" \(byte [0-9]+\)$", text)
         return LONE_SURROGATE + (at.group() if at else "")
+    bom = b"\xef\xbb\xbf" if isinstance(data, bytes) else "\ufeff"
+    if data[:len(bom)] == bom and text.endswith("(byte 0)"):
+        return BYTE_ORDER_MARK
     return text

@@ -58,6 +58,19 @@ def test_a_surrogate_pair_escape_is_one_character() -> None:
     assert isinstance(frame, fr.Execute) and frame.code == "\U0001f600"
 
 
+@pytest.mark.parametrize("data", ['\ufeff{"type": "interrupt"}',
+                                  b'\xef\xbb\xbf{"type": "interrupt"}'])
+def test_a_byte_order_mark_is_named(data: str | bytes) -> None:
+    """msgspec says "invalid character (byte 0)" of a byte order mark, which some editors
+    and Windows tools write first (a review): the message names it."""
+    with pytest.raises(BadRequest) as refused:
+        fr.decode_client(data)
+    assert "starts with a byte order mark (EF BB BF)" in str(refused.value)
+    with pytest.raises(BadRequest) as other:
+        fr.decode_client('x{"type": "interrupt"}')
+    assert "byte order mark" not in str(other.value)
+
+
 def test_a_field_named_like_msgspecs_words_is_not_taken_for_a_surrogate() -> None:
     with pytest.raises(BadRequest) as refused:
         fr.decode_client('{"type": "execute", "id": "c1", "truncated": 1, "code": "\\ud800"}')
