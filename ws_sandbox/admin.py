@@ -24,7 +24,7 @@ from ws_sandbox.exceptions import (
     quoted,
 )
 from ws_sandbox.manager import SessionManager
-from ws_sandbox.rest import JSONBody, read_body
+from ws_sandbox.rest import JSONBody, check_json_media, read_body
 from ws_sandbox.surface import Surface
 
 UNSET: Any = msgspec.UNSET
@@ -71,6 +71,7 @@ async def update_limits(request: Request) -> Response:
     """``PATCH /api/v1/admin/limits``: change some limits; all or none are applied."""
     manager: SessionManager = request.app.state.manager
     surface: Surface = request.app.state.surface
+    check_json_media(request)
     body = await read_body(request, fr.message_limit(1024))
     try:
         update = _decoder.decode(body)

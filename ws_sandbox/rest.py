@@ -32,6 +32,7 @@ from ws_sandbox.exceptions import (
     SandboxLost,
     UnsupportedMediaType,
     decode_error_text,
+    quoted,
 )
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.ratelimit import RateLimiter
@@ -236,16 +237,33 @@ async def read_body(request: Request, limit: int, budget: BodyBudget | None = No
     return b"".join(chunks)
 
 
+def check_json_media(request: Request) -> None:
+    """A JSON body's Content-Type: ``application/json``, and its charset, if it names one,
+    UTF-8 (JSON is UTF-8, RFC 8259: a body sent as Latin-1 was read as UTF-8).
+
+    Raises:
+        UnsupportedMediaType: naming what was sent.
+    """
+    media, *params = request.headers.get("content-type", "").split(";")
+    media = media.strip().lower()
+    if media != "application/json":
+        sent = quoted(media) if media else "missing"
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {sent}")
+    for param in params:
+        name, _, value = param.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType(
+                f"JSON is UTF-8: send it as such, not as charset={quoted(charset)}")
+
+
 async def execute(request: Request) -> Response:
     """``POST /api/v1/execute``: run one program in a fresh sandbox and return its result."""
     manager: SessionManager = request.app.state.manager
     limiter: RateLimiter = request.app.state.limiter
     client_id: str = getattr(request.state, "client_id", "unknown")
     limiter.check(client_id)
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, not {media or 'missing'}")
+    check_json_media(request)
     body = await read_body(request, fr.message_limit(manager.settings.max_code_bytes),
                            request.app.state.bodies)
     if not body.strip():

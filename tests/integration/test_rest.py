@@ -361,6 +361,16 @@ def test_wrong_content_type_is_415(service: Service) -> None:
     status, _, err = call(service, "/api/v1/execute", b'{"code": "print(1)"}',
                           headers={"Content-Type": "text/plain"})
     assert status == 415 and err["error"]["code"] == "unsupported_media_type"
+    assert err["error"]["message"] == "Content-Type must be application/json, not 'text/plain'"
+    # JSON is UTF-8: a body sent as Latin-1 was read as UTF-8 (a review).
+    status, _, err = call(service, "/api/v1/execute", '{"code": "print(\'é\')"}'.encode(
+        "latin-1"), headers={"Content-Type": "application/json; charset=ISO-8859-1"})
+    assert (status, err["error"]["message"]) == (
+        415, "JSON is UTF-8: send it as such, not as charset='iso-8859-1'"), err
+    for ctype in ("application/json; charset=utf-8", 'application/json;charset="UTF-8"'):
+        status, _, ok = call(service, "/api/v1/execute", {"code": "print(1)"},
+                             headers={"Content-Type": ctype})
+        assert status == 200 and ok["stdout"] == "1\n", (ctype, ok)
 
 
 def test_unknown_path_and_method_are_json(service: Service) -> None:
@@ -994,6 +1004,9 @@ async def test_admin_api(locked: Service) -> None:
     status, _, err = call(locked, "/api/v1/admin/limits", {"max_memory_mb": 1},
                           method="PATCH", headers=admin)
     assert status == 400  # not changeable at run time
+    status, _, err = call(locked, "/api/v1/admin/limits", b"max_code_bytes=10", method="PATCH",
+                          headers={**admin, "Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 415, err  # as /execute answers (a form was taken: a review)
     status, _, err = call(locked, "/api/v1/admin/limits", b'{"\xff": 1}', method="PATCH",
                           headers=admin)  # bad UTF-8 in a key: UnicodeDecodeError (was a 500)
     assert status == 400 and "can't decode byte 0xff" in err["error"]["message"]
