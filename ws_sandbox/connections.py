@@ -124,13 +124,21 @@ def total_for(open_files: int) -> int:
     return max(1, int(open_files * TOTAL_SHARE))
 
 
+def raw_error_response(status: int, phrase: str, code: str, message: str,
+                       headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A whole HTTP response, for a connection then closed, with the service's JSON error
+    body: for what is refused below the application (uvicorn's own answers are plain
+    text)."""
+    body = msgspec.json.encode({"error": {"code": code, "message": message}})
+    fields = [("content-type", "application/json"), ("content-length", str(len(body))),
+              *headers, ("connection", "close")]
+    head = f"HTTP/1.1 {status} {phrase}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields)
+    return (head + "\r\n").encode() + body
+
+
 def refusal_response(refusal: TooManyConnections) -> bytes:
     """The whole HTTP response that answers a refused connection (then closed): the
     service's JSON error body, ``Retry-After``."""
-    body = msgspec.json.encode({"error": {"code": refusal.code, "message": refusal.message}})
-    head = (f"HTTP/1.1 {refusal.http_status} Service Unavailable\r\n"
-            "content-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n"
-            f"retry-after: {refusal.retry_after_header}\r\n"
-            "connection: close\r\n\r\n")
-    return head.encode() + body
+    return raw_error_response(refusal.http_status, "Service Unavailable", refusal.code,
+                              refusal.message,
+                              (("retry-after", f"{refusal.retry_after_header}"),))

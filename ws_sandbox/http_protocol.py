@@ -46,7 +46,12 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ws_sandbox.connections import LINGER, ConnectionGate, refusal_response
+from ws_sandbox.connections import (
+    LINGER,
+    ConnectionGate,
+    raw_error_response,
+    refusal_response,
+)
 from ws_sandbox.ws_protocol import BatchingWebSocketProtocol
 
 __all__ = ["RequestDeadlineProtocol", "with_timeouts"]
@@ -57,23 +62,32 @@ log = logging.getLogger(__name__)
 #: head is whole, and while its body comes. Any other state: read, or the connection ends.
 _ARRIVING = (h11.IDLE, h11.SEND_BODY)
 
-_TIMEOUT_BODY = b"the request took too long to arrive\n"
+#: Characters of h11's reason for refusing a request that a 400 quotes.
+REASON_CHARS = 200
+
+
 #: Sent to a client whose request head was still incomplete at the deadline.
-TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                    % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
+TIMEOUT_RESPONSE = raw_error_response(408, "Request Timeout", "request_timeout",
+                                  "the request took too long to arrive")
 
 
 class _UnambiguousLength(h11.Connection):
-    """h11's server connection, refusing a request whose body's length is told twice."""
+    """h11's server connection, refusing a request whose body's length is told twice, and
+    keeping why it refused the last one (:attr:`refused_because`)."""
+
+    refused_because = ""
 
     def next_event(self) -> Any:
-        event = super().next_event()
-        if isinstance(event, h11.Request):
-            names = {name.lower() for name, _ in event.headers}
-            if b"content-length" in names and b"transfer-encoding" in names:
-                raise h11.RemoteProtocolError(
-                    "both Content-Length and Transfer-Encoding", error_status_hint=400)
+        try:
+            event = super().next_event()
+            if isinstance(event, h11.Request):
+                names = {name.lower() for name, _ in event.headers}
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    raise h11.RemoteProtocolError(
+                        "both Content-Length and Transfer-Encoding", error_status_hint=400)
+        except h11.RemoteProtocolError as exc:
+            self.refused_because = str(exc)
+            raise
         return event
 
 
@@ -131,6 +145,17 @@ class RequestDeadlineProtocol(H11Protocol):
         self._lingering = True
         self.transport.write_eof()
         self._deadline = self.loop.call_later(LINGER, self.transport.abort)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot read: the service's JSON error, saying why (uvicorn's is
+        plain text, "Invalid HTTP request received.", which a client's JSON parse of the
+        error then failed on)."""
+        why = getattr(self.conn, "refused_because", "") or "it could not be read"
+        if len(why) > REASON_CHARS:
+            why = why[:REASON_CHARS] + "..."
+        self.transport.write(raw_error_response(400, "Bad Request", "bad_request",
+                                                f"the HTTP request is malformed: {why}"))
+        self.transport.close()
 
     def _leave_gate(self) -> None:
         if self._admitted is not None and self.gate is not None:

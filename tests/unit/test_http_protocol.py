@@ -247,6 +247,35 @@ async def test_a_body_whose_length_is_told_twice_is_refused_and_the_connection_c
     data, _ = await read_until_closed(reader)
     assert data.startswith(b"HTTP/1.1 400 "), data
     assert data.count(b"HTTP/1.1 ") == 1, data  # nothing answered the hidden request
+    error = json.loads(data.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "bad_request"
+    assert error["message"] in (
+        "the HTTP request is malformed: both Content-Length and Transfer-Encoding",
+        "the HTTP request is malformed: Only Transfer-Encoding: chunked is supported"), error
+    writer.close()
+
+
+@pytest.mark.parametrize(("head", "why"), [
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", "Content-Length"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+     "Content-Length"),
+    (b"GET /echo HTTP/1.1\r\n\r\n", "Host"),
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n", "malformed"),
+])
+async def test_a_request_h11_cannot_read_gets_a_json_error_saying_why(
+        server: tuple[int, App], head: bytes, why: str) -> None:
+    """uvicorn answered these with plain text, "Invalid HTTP request received.", where every
+    other error is the service's JSON body (a README walkthrough): h11's reason, in JSON."""
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    data, _ = await read_until_closed(reader)
+    status, _, body = data.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 ") and b"application/json" in status, data
+    error = json.loads(body)["error"]
+    assert error["code"] == "bad_request"
+    assert error["message"].startswith("the HTTP request is malformed: "), error
+    assert why.lower() in error["message"].lower(), error
     writer.close()
 
 
