@@ -16,10 +16,15 @@ from starlette.routing import Route, WebSocketRoute
 from ws_sandbox import __version__, web
 from ws_sandbox import frames as fr
 from ws_sandbox.api import is_operator
-from ws_sandbox.auth import AuthMiddleware, check_request, is_operator_identity
+from ws_sandbox.auth import (
+    AuthMiddleware,
+    check_request,
+    guesses_of,
+    is_operator_identity,
+)
 from ws_sandbox.backend import DockerBackend
 from ws_sandbox.connections import ConnectionGate
-from ws_sandbox.exceptions import ConfigError, EngineUnavailable, SandboxError
+from ws_sandbox.exceptions import ConfigError, EngineUnavailable, SandboxError, WrongCredential
 from ws_sandbox.jupyter.routes import routes as jupyter_routes
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.pool import WarmPool
@@ -35,9 +40,9 @@ log = logging.getLogger(__name__)
 async def health(request: Request) -> JSONResponse:
     """Engine reachable, image present, pool state, runtime in use; 503 when it cannot serve.
 
-    Public, for monitors; but on a service with API keys a caller without one gets the
-    status alone: the engine's version, the runtimes, the problems that leave sandboxes
-    weaker and the pool's errors are for its operators, not for whoever can reach it.
+    Public, for monitors; but on a service with API keys only the operator's key gets more
+    than the status: the engine's version, the runtimes, the problems that leave sandboxes
+    weaker and the pool's errors describe the host (:func:`is_health_operator`).
     """
     manager: SessionManager = request.app.state.manager
     settings = manager.settings
@@ -60,18 +65,35 @@ async def health(request: Request) -> JSONResponse:
         "sessions": manager.active,
         "uptime_s": round(time.monotonic() - request.app.state.started, 3),
     }
-    # The details are the operator's: a tenant's key, as a caller without one, gets the
-    # status alone (the engine, the runtimes and the problems describe the host, as the
-    # config that a tenant's key reads leaves out).
-    try:
-        operator = is_operator_identity(settings, check_request(
-            settings, authorization=request.headers.get("authorization"), api_key=None,
-            address="", admin=False))
-    except SandboxError:
-        operator = False
-    if not operator:
+    if not is_health_operator(request, settings):
         body = {"status": body["status"]}
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def is_health_operator(request: Request, settings: Settings) -> bool:
+    """Whether health's caller gets its details: the operator (the admin key, or anyone
+    where no key is needed), not a tenant's key, as a tenant's config leaves out what
+    describes the host. Health is public, so the auth middleware checks no key here: a key
+    it is given is checked as the middleware would, wrong ones counted against the address
+    (``AUTH_FAILURES_PER_MINUTE``), and one from an address past that limit is not checked
+    at all. Otherwise health answered every guess of the admin key, without limit (a
+    review)."""
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        return not settings.api_key_list
+    address = str(getattr(request.state, "client_address", "unknown"))
+    guesses = guesses_of(request.app)
+    try:
+        if guesses is not None:
+            guesses.check(address)
+        caller = check_request(settings, authorization=authorization, address=address)
+    except WrongCredential:
+        if guesses is not None:
+            guesses.failed(address)
+        return False
+    except SandboxError:
+        return False
+    return is_operator_identity(settings, caller)
 
 
 async def config(request: Request) -> JSONResponse:

@@ -670,7 +670,10 @@ def test_past_auth_failures_per_minute_no_credential_is_checked(
         for _ in range(20):  # right keys are no guesses
             assert call(svc, "/api/v1/config",
                         headers=bearer("right-key-1234-0123456789ab"))[0] == 200
-        assert call(svc, "/api/v1/stats", headers=bearer("wrong-1"))[0] == 403
+        # Health is public, but a key it is given is a guess too: it answered every guess
+        # of the admin key (details or not) without limit (a review).
+        status, _, health = call(svc, "/api/v1/health", headers=bearer("wrong-1"))
+        assert (status, health) == (200, {"status": "ok"})
         assert call(svc, "/api/v1/admin/limits", headers=bearer("wrong-2"))[0] == 403
         assert call(svc, "/api/kernels?token=wrong-3")[0] == 403
         status, _, page = call(svc, "/login", b"password=wrong-4", headers={
@@ -685,6 +688,10 @@ def test_past_auth_failures_per_minute_no_credential_is_checked(
             assert "AUTH_FAILURES_PER_MINUTE" in json.dumps(err)
         assert call(svc, "/api/v1/stats")[0] == 401  # no credential: nothing to guess
         assert call(svc, "/api/v1/health")[0] == 200
+        # Past the limit, health checks no key, the right admin key neither.
+        status, _, health = call(svc, "/api/v1/health",
+                                 headers=bearer("admin-key-1234-0123456789ab"))
+        assert (status, health) == (200, {"status": "ok"})
 
 
 def test_the_sdk_s_execute_once_makes_the_call(locked: Service) -> None:

@@ -644,6 +644,21 @@ async def test_a_restart_given_up_on_is_still_asked_for_when_it_comes() -> None:
     assert "stream" not in later.types()
 
 
+async def test_a_caller_that_joined_a_restart_is_released_by_its_answer() -> None:
+    """A review: the first caller's timeout forgot the restart's id, so its answer, coming
+    later, released no one, and a caller that had joined it was told it failed."""
+    kernel, runner, _ = await make_kernel()  # restart_timeout: 1 s
+    first = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0.5)
+    joined = asyncio.create_task(kernel.restart())
+    with pytest.raises(BackendError, match="did not restart in time"):
+        await first
+    assert len(runner.restarts()) == 1 and kernel.execution_state == "restarting"
+    await send(kernel, runner.answer())
+    await asyncio.wait_for(joined, 0.3)
+    assert kernel.execution_state == "idle"
+
+
 async def test_an_asked_restart_takes_back_the_held_news_of_an_earlier_loss() -> None:
     """A review: a loss nobody saw holds ``restarting`` for the next client; a restart asked
     for after it (over REST, nobody connected) left it held, so the next client was told of

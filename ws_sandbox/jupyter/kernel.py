@@ -459,10 +459,13 @@ class Kernel:
             async with asyncio.timeout(self._restart_timeout):
                 await asyncio.shield(waiter)
         except TimeoutError:
-            # The next restart asks the session again. This one is still asked for: when
-            # it comes, it is not told as a restart nobody asked for.
-            self._restarting = False
-            self._restart_id = None
+            # Once no caller waits for it, the next restart asks the session again. This
+            # one is still asked for: when it comes, it is not told as a restart nobody
+            # asked for. A caller that joined it later waits on (its own timeout runs): it
+            # was released by no answer, once the first caller gave up (a review).
+            if all(other is waiter for other in self._restart_waiters):
+                self._restarting = False
+                self._restart_id = None
             raise BackendError("the kernel did not restart in time") from None
         finally:
             with contextlib.suppress(ValueError):
