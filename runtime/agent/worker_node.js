@@ -57,6 +57,7 @@ const CTL_IN = Number(process.argv[2]);
 const CTL_OUT = Number(process.argv[3]);
 const MAX_REPR_CHARS = 100000;
 const WORKER_FILE = __filename;
+const BUILTINS_FILE = path.join(__dirname, 'node_builtins.js');
 
 function send(obj) {
   try {
@@ -180,10 +181,12 @@ function userStack(err) {
   return stackOf(err) + (note ? `\n${note}` : '');
 }
 
-// Whether a line of a stack is a frame the user did not write: this worker's, Node's
-// internals', or the async function a cell with top-level `await` runs in.
+// Whether a line of a stack is a frame the user did not write: this worker's, the later
+// builtins' it adds (node_builtins.js), Node's internals', or the async function a cell with
+// top-level `await` runs in.
 function hiddenFrame(l) {
-  return /^\s+at /.test(l) && (l.includes(WORKER_FILE) || /\(node:|at node:/.test(l) ||
+  return /^\s+at /.test(l) && (l.includes(WORKER_FILE) || l.includes(BUILTINS_FILE) ||
+    /\(node:|at node:/.test(l) ||
     (wrapperFrame !== null && /^\s+at (?:async )?cell-\d+:\d+:\d+$/.test(l) &&
       l.trim().replace(/^at (?:async )?/, '').startsWith(wrapperFrame)));
 }

@@ -279,14 +279,18 @@ async def test_model_written_javascript_finds_later_nodes_builtins(big_service: 
             "console.log(Object.groupBy([1, 2, 3], (n) => n % 2 ? 'odd' : 'even'))\n"
             "console.log(Map.groupBy([1, 2], (n) => n > 1).get(true))\n"
             "const { promise, resolve } = Promise.withResolvers(); resolve(7);\n"
-            "console.log(await promise, Object.keys(Array.prototype).length)")
+            "console.log(await promise, Object.keys(Array.prototype).length)\n"
+            "try { xs.with(5, 0) } catch (e) {\n"
+            "  console.log(e.name, /node_builtins/.test(e.stack))\n"
+            "}")
         assert r.status == "success", r
         assert r.stdout.splitlines() == [
             "[ 1, 2, 3 ] [ 2, 1, 3 ] [ 3, 1, 9 ] [ 1, 2 ] [ 3, 1, 2 ]",
             "Int8Array(2) [ -1, 3 ] 2",
             "[Object: null prototype] { odd: [ 1, 3 ], even: [ 2 ] }",
             "[ 2 ]",
-            "7 0"], r
+            "7 0",
+            "RangeError false"], r  # no frame of the worker's file in a user's stack
 
 
 async def test_model_written_javascript_callbacks_print_within_their_cell(
