@@ -32,6 +32,16 @@ def _queued(manager: SessionManager) -> int:
     return sum(info.queued for info in manager.list())
 
 
+def pool_view(pool: dict[str, dict[str, int | str | None]], *, operator: bool
+              ) -> dict[str, dict[str, int | str | None]]:
+    """The warm pool's state as a caller sees it: a start's error (``last_error``) names
+    the engine's and the host's things (images, paths), so it is the operator's, as
+    health's details are; a tenant sees ``None`` (a review)."""
+    if operator:
+        return pool
+    return {language: {**state, "last_error": None} for language, state in pool.items()}
+
+
 async def stats(request: Request) -> Response:
     """``GET /api/v1/stats``: totals, active sessions, queue depth, latency, uptime."""
     manager: SessionManager = request.app.state.manager
@@ -39,7 +49,7 @@ async def stats(request: Request) -> Response:
     body = surface.stats.snapshot()
     body["active_sessions"] = manager.active
     body["queued_cells"] = _queued(manager)
-    body["pool"] = manager.pool.state()
+    body["pool"] = pool_view(manager.pool.state(), operator=is_operator(request))
     body["rate_limited"] = surface.limiter.refused
     body["sessions_refused"] = {r: manager.refused[r] for r in metrics.REFUSAL_REASONS}
     body["auth_refused"] = {r: surface.refusals.auth[r] for r in AUTH_REASONS}

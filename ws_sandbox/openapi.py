@@ -32,7 +32,7 @@ _ERRORS = {"400": "Bad request: invalid JSON, wrong types, unknown or disabled l
            "401": "API key missing", "403": "API key or origin refused",
            "404": "No such execution or session (history: also when it is off)",
            "413": "Code or body too large",
-           "415": "Body is not application/json",
+           "415": "Body is not application/json, or not UTF-8",
            "426": "A plain HTTP request to a WebSocket endpoint (Upgrade: websocket)",
            "429": "Rate limited, or the caller holds MAX_SESSIONS_PER_KEY sessions"
                   " (Retry-After)",
@@ -98,7 +98,7 @@ ENDPOINTS: list[tuple[str, str, str, str | None, str | None, tuple[str, ...]]] =
     ("get", "/api/v1/admin/limits", "Limits changeable at run time (admin key)", None, None,
      ("401", "403")),
     ("patch", "/api/v1/admin/limits", "Change limits (admin key; validated, audited)",
-     "LimitsUpdate", None, ("400", "401", "403", "413")),
+     "LimitsUpdate", None, ("400", "401", "403", "413", "415")),
     ("get", "/api/v1/admin/sessions", "Live sessions (admin key)", None, None,
      ("401", "403")),
     ("delete", "/api/v1/admin/sessions/{session_id}", "End a session (admin key)", None,

@@ -18,14 +18,22 @@ _DIGITS = re.compile(r"[0-9]+")
 MAX_DIGITS = 18
 
 
+#: Taken by every endpoint that checks its parameters, and ignored: a browser's cache
+#: buster (jQuery's ``cache: false`` adds ``_=<time>``).
+IGNORED = ("_",)
+
+
 def check_params(items: Iterable[tuple[str, str]], allowed: tuple[str, ...]) -> None:
-    """Refuse a parameter that is not one of ``allowed``, or one given twice.
+    """Refuse a parameter that is not one of ``allowed`` (nor :data:`IGNORED`), or one of
+    them given twice.
 
     Raises:
         BadRequest: naming the parameter and the ones this endpoint takes.
     """
     seen: set[str] = set()
     for name, _ in items:
+        if name in IGNORED:
+            continue
         if name not in allowed:
             takes = ", ".join(allowed) if allowed else "none"
             raise BadRequest(f"unknown query parameter {quoted(name)}; this endpoint takes"
@@ -43,7 +51,7 @@ def whole_number(name: str, raw: str) -> int:
     """
     if not _DIGITS.fullmatch(raw):
         raise BadRequest(f"{name} must be a whole number, not {quoted(raw)}")
-    if len(raw) > MAX_DIGITS:  # int() refuses past 4,300 digits, and no bound is near
+    if len(raw.lstrip("0")) > MAX_DIGITS:  # int() refuses past 4,300 digits; no bound is near
         raise BadRequest(f"{name} must be a whole number of at most {MAX_DIGITS} digits, not"
                          f" {quoted(raw)}")
     return int(raw)

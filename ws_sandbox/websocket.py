@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from ws_sandbox import frames as fr
 from ws_sandbox.asgi_extensions import ABORT, SEND_MANY
 from ws_sandbox.driver import ClientGone, ClientMessage, CloseRequest
-from ws_sandbox.exceptions import BadRequest, SandboxError
+from ws_sandbox.exceptions import SandboxError
 from ws_sandbox.manager import SessionManager
 from ws_sandbox.query import check_params
 from ws_sandbox.ratelimit import Pace, RateLimiter
@@ -138,10 +138,9 @@ async def serve_session(websocket: WebSocket, sink: WebSocketSink) -> None:
     client_id = getattr(websocket.state, "client_id", address)
     try:
         check_params(params.multi_items(), SESSION_PARAMS)
-        if token is not None and "language" in params:
-            raise BadRequest("a session is opened (language) or resumed (resume), not both:"
-                             " a resumed session keeps its language")
-        if token is not None:  # an empty one too: it resumes nothing (invalid_token)
+        # A resume, an empty token's too (it resumes nothing: invalid_token); a language
+        # beside it is ignored, the session's own kept.
+        if token is not None:
             runner = await manager.resume(token, sink, client_id=client_id, address=address)
         else:
             language = websocket.query_params.get("language", "python")

@@ -11,6 +11,8 @@ from ws_sandbox.query import check_params, whole_number
 def test_the_parameters_an_endpoint_names_pass() -> None:
     check_params([("status", "error"), ("limit", "5")], ("status", "language", "limit"))
     check_params([], ())
+    # A browser's cache buster, anywhere, even twice (a review: jQuery's cache: false).
+    check_params([("_", "1732838400"), ("status", "error"), ("_", "2")], ("status",))
 
 
 @pytest.mark.parametrize(("items", "message"), [
@@ -35,3 +37,4 @@ def test_whole_numbers_are_ascii_digits() -> None:
             whole_number("limit", raw)
     with pytest.raises(BadRequest, match="at most 18 digits"):
         whole_number("limit", "9" * 5000)  # int() refuses past 4,300 digits: no 500
+    assert whole_number("limit", "0" * 30 + "1") == 1  # leading zeros are no digits of it
