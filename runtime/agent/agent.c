@@ -1567,15 +1567,37 @@ static const char *which(int slot, const char *name) {
     return NULL;
 }
 
+/* Every node a sandbox runs (the JavaScript worker, a `node` a cell starts, and their
+ * children and worker threads) loads node_preload.js first: the later releases' builtins that
+ * code written for them uses (node_builtins.js), where this Node lacks them. After the
+ * options the service gave (the heap's size). Made once; the environment keeps it. */
+static char *node_options(const char *given) {
+    Buf b = {0};
+    buf_adds(&b, "NODE_OPTIONS=");
+    if (*given) {
+        buf_adds(&b, given);
+        buf_addc(&b, ' ');
+    }
+    buf_adds(&b, "--require=\"");
+    buf_adds(&b, A.agent_dir);
+    buf_adds(&b, "/node_preload.js\"");
+    return (char *)buf_cstr(&b);
+}
+
 static void build_child_env(void) {
     size_t n = 0;
     for (char **e = environ; *e; e++) n++;
-    A.child_env = xrealloc(NULL, (n + 4) * sizeof(char *));
+    A.child_env = xrealloc(NULL, (n + 5) * sizeof(char *));
     size_t k = 0;
-    bool path = false, lang = false, mpl = false;
+    bool path = false, lang = false, mpl = false, node = false;
     for (char **e = environ; *e; e++) {
         if (strncmp(*e, "WS_SANDBOX_AGENT", 16) == 0) continue;
         if (strchr(*e, '=') == NULL) continue;
+        if (strncmp(*e, "NODE_OPTIONS=", 13) == 0) {
+            A.child_env[k++] = node_options(*e + 13);
+            node = true;
+            continue;
+        }
         if (strncmp(*e, "PATH=", 5) == 0) path = true;
         if (strncmp(*e, "LANG=", 5) == 0) lang = true;
         if (strncmp(*e, "MPLBACKEND=", 11) == 0) mpl = true;
@@ -1584,6 +1606,7 @@ static void build_child_env(void) {
     if (!path) A.child_env[k++] = "PATH=/usr/local/bin:/usr/bin:/bin";
     if (!lang) A.child_env[k++] = "LANG=C.UTF-8";
     if (!mpl) A.child_env[k++] = "MPLBACKEND=Agg";
+    if (!node) A.child_env[k++] = node_options("");
     A.child_env[k] = NULL;
 }
 

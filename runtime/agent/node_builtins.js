@@ -12,9 +12,9 @@
 //
 // They run on the builtins as this file found them (as the language's own do): a cell that
 // replaces `Array.prototype.sort` or `Map.prototype.set` does not change what they do.
-// The worker installs them at its start (`install()`), in its cells' context only (not in a
-// `node` a cell starts, a worker thread or a `vm` context); tests compare them with Node's
-// own.
+// Every node a sandbox runs installs them first (node_preload.js, which the agent's
+// NODE_OPTIONS requires), the worker too (`install()`; not a `vm` context a cell makes);
+// tests compare them with Node's own.
 'use strict';
 
 const uncurry = (fn) => Function.prototype.call.bind(fn);

@@ -284,6 +284,15 @@ async def test_model_written_javascript_finds_later_nodes_builtins(big_service: 
             "  console.log(e.name, /node_builtins/.test(e.stack))\n"
             "}")
         assert r.status == "success", r
+        # So do a worker thread's and a child node's (every node loads node_preload.js).
+        elsewhere = await s.execute(
+            "const { Worker } = require('worker_threads');\n"
+            "await new Promise((resolve) => new Worker(\"require('worker_threads')"
+            ".parentPort.postMessage([2, 1].toSorted().join())\", { eval: true })\n"
+            "  .on('message', (m) => { console.log(m); resolve(); }));\n"
+            "console.log(require('child_process').execSync("
+            "'node -p \"typeof Object.groupBy\"').toString().trim())")
+        assert (elsewhere.status, elsewhere.stdout) == ("success", "1,2\nfunction\n"), elsewhere
         assert r.stdout.splitlines() == [
             "[ 1, 2, 3 ] [ 2, 1, 3 ] [ 3, 1, 9 ] [ 1, 2 ] [ 3, 1, 2 ]",
             "Int8Array(2) [ -1, 3 ] 2",

@@ -3164,6 +3164,16 @@ def test_shell_killed_by_a_signal_is_described(sh: AgentDriver, signal_name: str
     assert sh.run('echo "[$GONE]"').text() == "[]\n"
 
 
+def test_a_node_a_cell_starts_gets_the_later_builtins(sh: AgentDriver) -> None:
+    """Every node a sandbox runs loads node_preload.js (the agent's NODE_OPTIONS, after the
+    service's): a `node` a shell cell starts has the later releases' builtins too, as the
+    JavaScript worker's cells do (a review found them the cells' alone)."""
+    result = sh.run('node -e "console.log(typeof Object.groupBy, typeof Promise.withResolvers,'
+                    ' [3, 1, 2].toSorted().join())"', timeout=30)
+    assert_success(result)
+    assert result.text() == "function function 1,2,3\n"
+
+
 def test_shell_binary_garbage(sh: AgentDriver) -> None:
     result = sh.run("printf 'a\\377\\000b'")
     assert result.text() == "a\ufffd\x00b"
