@@ -103,9 +103,9 @@ class Service:
 
 def start_service(tmp: Path, **env: str) -> Service:
     """Start ``ws-sandbox serve`` with settings ``env`` and wait until it is healthy."""
-    if env.get("API_KEYS") and not env.get("ADMIN_API_KEY"):
+    if env.get("API_KEYS") and "ADMIN_API_KEY" not in env:
         # The harness reads health's details (the warm pool), which only the operator's key
-        # gets where keys are needed: one of its own.
+        # gets where keys are needed: one of its own (a test that wants none passes "").
         env = {**env, "ADMIN_API_KEY": HARNESS_ADMIN_KEY}
     port = free_port()
     instance = f"wsb-test-{uuid.uuid4().hex[:8]}"
@@ -118,6 +118,10 @@ def start_service(tmp: Path, **env: str) -> Service:
                 # The audit log and history of a test service stay in its directory.
                 "AUDIT_LOG_PATH": str(tmp / f"audit-{port}.log"),
                 "HISTORY_DB_PATH": str(tmp / f"history-{port}.sqlite3")}
+    # Keys come from the test alone: ones exported in the developer's shell would change
+    # every service, and the harness's calls would send the wrong key.
+    for name in ("API_KEYS", "ADMIN_API_KEY", "JUPYTER_TOKEN", "JUPYTER_PASSWORD"):
+        full_env.pop(name, None)
     full_env.update(env)
     log_path = tmp / f"service-{port}.log"
     with log_path.open("wb") as log:

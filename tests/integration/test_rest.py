@@ -694,6 +694,20 @@ def test_past_auth_failures_per_minute_no_credential_is_checked(
         assert (status, health) == (200, {"status": "ok"})
 
 
+def test_with_keys_and_no_admin_key_health_gives_everyone_the_status_alone(
+        make_service: ServiceFactory) -> None:
+    """Health's details are the operator's: where keys are needed and there is no admin key,
+    nobody gets them, a tenant's key neither (docs/service.md)."""
+    with make_service(API_KEYS="solo-key-0123456789ab", ADMIN_API_KEY="",
+                      ENABLE_JAVASCRIPT="false", ENABLE_SHELL="false",
+                      ENABLE_RUST="false") as svc:
+        for headers in ({}, bearer("solo-key-0123456789ab"), bearer("wrong-key")):
+            status, _, health = call(svc, "/api/v1/health", headers=headers)
+            assert (status, health) == (200, {"status": "ok"}), (headers, health)
+        status, _, stats = call(svc, "/api/v1/stats", headers=bearer("solo-key-0123456789ab"))
+        assert status == 200 and "pool" in stats  # the key itself works
+
+
 def test_the_sdk_s_execute_once_makes_the_call(locked: Service) -> None:
     """``ws_sandbox.client.execute_once``, the REST call for a caller that wants one result:
     the answer, and the service's refusals as SessionRefused with their status."""
