@@ -519,10 +519,7 @@ class Kernel:
                     # their timeout, and the cells sent meanwhile run.
                     self._asked_restarts.discard(cell_id)
                     self._restarting, self._restart_id = False, None
-                    for waiter in self._restart_waiters:
-                        if not waiter.done():
-                            waiter.set_exception(BackendError(f"the restart was refused:"
-                                                              f" {message}"))
+                    self._settle_waiters(BackendError(f"the restart was refused: {message}"))
                     await self._start_next()
                 else:
                     log.info("kernel %s: session error %s: %s", self.id, code, message)
@@ -562,7 +559,7 @@ class Kernel:
                 # and reconnects). An asked restart's fresh kernel says "starting" instead.
                 # A loss during an asked restart whose answer is still to come says nothing:
                 # that answer does.
-                states = () if asked and not ours and self._restart_id is not None else (
+                states = () if self._restart_id is not None else (
                     "starting" if asked else "restarting", "idle")
                 for state in states:
                     notice = self._build("status", {"execution_state": state}, "iopub", None)
@@ -572,9 +569,7 @@ class Kernel:
                     else:
                         await self._send(notice, None)
                 if ours:
-                    for waiter in self._restart_waiters:
-                        if not waiter.done():
-                            waiter.set_result(None)
+                    self._settle_waiters(None)
                 if not self._restarting:
                     await self._start_next()
             case fr.Closed():
@@ -702,9 +697,17 @@ class Kernel:
     def _mark_dead(self) -> None:
         self.dead = True
         self._restarting = False
+        self._settle_waiters(BackendError("the kernel died"))
+
+    def _settle_waiters(self, error: BackendError | None) -> None:
+        """Tell the callers waiting for the restart under way it is done, or ``error``."""
         for waiter in self._restart_waiters:
-            if not waiter.done():
-                waiter.set_exception(BackendError("the kernel died"))
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
                 waiter.exception()  # retrieved: a waiter that timed out must not warn
 
     # --- sending ---------------------------------------------------------------------------
