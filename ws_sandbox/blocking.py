@@ -13,8 +13,12 @@ loop of their own.
 It wraps the async client (:mod:`ws_sandbox.client`): each session has an event loop of
 its own, in a thread of its own, and every method blocks until the async one it calls has
 returned, with the same arguments, results, bounds and errors. ``on_output`` is called from
-that thread. A Ctrl-C (``KeyboardInterrupt``) while a cell runs interrupts the cell on the
-server too, then raises: the session goes on, as a notebook's does.
+that thread: there, :meth:`BlockingSession.interrupt` is sent without waiting,
+:meth:`~BlockingSession.events` works, and the other methods, which would wait for the
+thread that is calling them, raise :class:`CalledFromCallback`. A Ctrl-C
+(``KeyboardInterrupt``) while a cell runs interrupts the cell on the server too, then
+raises: the session goes on, as a notebook's does. A session nobody closes is closed when it
+is collected, or when the interpreter exits.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import inspect
 import signal
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -32,15 +37,30 @@ from ws_sandbox import frames as fr
 from ws_sandbox.client import (
     RESULT_GRACE,
     CellResult,
+    ClientError,
     ClientSession,
     SessionClosed,
     UnknownFrame,
 )
 from ws_sandbox.client import connect as connect_async
 
-__all__ = ["BlockingSession", "connect"]
+__all__ = ["BlockingSession", "CalledFromCallback", "connect"]
 
 T = TypeVar("T")
+
+
+class CalledFromCallback(ClientError, RuntimeError):
+    """A blocking session's method was called from the session's own thread (an
+    ``on_output`` callback), where waiting for it would wait for itself for ever. Only
+    :meth:`BlockingSession.interrupt` (sent without waiting) and
+    :meth:`~BlockingSession.events` may be called there; call the others after ``execute``
+    returns, or from another thread."""
+
+
+_FROM_CALLBACK = ("a session method was called from the session's own thread (an on_output"
+                  " callback), where it would wait for itself: only interrupt() and events()"
+                  " may be called there; call the others after execute() returns, or from"
+                  " another thread")
 
 
 class _LoopThread:
@@ -48,6 +68,7 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self._started: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._run, name="ws-sandbox-client",
                                         daemon=True)
         self._thread.start()
@@ -59,6 +80,11 @@ class _LoopThread:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
+        self.loop.close()  # (stopped by stop(), or by a collected session's close)
+
+    def on_loop(self) -> bool:
+        """Whether the caller is the loop's own thread (an ``on_output`` callback)."""
+        return threading.get_ident() == self._thread.ident
 
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the loop; block until it ends. A ``KeyboardInterrupt`` of
@@ -66,16 +92,31 @@ class _LoopThread:
 
         Raises:
             SessionClosed: the session was closed (its loop is gone).
+            CalledFromCallback: the caller is the loop's own thread.
         """
-        if self.loop.is_closed():
+        if self.loop.is_closed() or self.on_loop():
             coroutine.close()  # never to run: no "never awaited" warning
-            raise SessionClosed("client_closed", "the session is closed")
+            if self.loop.is_closed():
+                raise SessionClosed("client_closed", "the session is closed")
+            raise CalledFromCallback(_FROM_CALLBACK)
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result()
         except BaseException:
             future.cancel()
             raise
+
+    def start_soon(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Start ``coroutine`` on the loop from the loop's own thread, without waiting for
+        it; what it raises is dropped (the session ended: the callback's cell ends too)."""
+        task = self.loop.create_task(coroutine)
+        self._started.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._started.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" warning
 
     def stop(self) -> None:
         """Cancel what still runs on the loop (a call given up by a Ctrl-C), then stop it."""
@@ -104,6 +145,9 @@ class BlockingSession:
         self.session = session
         """The async session it wraps (use it on :attr:`loop` only)."""
         self._runner = runner
+        # A session nobody closed (a notebook cell run again makes a new one) is closed when
+        # it is collected, or at exit: its thread, socket and sandbox are not left behind.
+        self._finalizer = weakref.finalize(self, _close_unused, session, runner)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -146,11 +190,16 @@ class BlockingSession:
                     return
                 yield frame
         finally:
-            if not self._runner.loop.is_closed():  # (a generator outliving its session)
+            # (a generator outliving its session, or run by ``on_output``: never started)
+            if not self._runner.loop.is_closed() and not self._runner.on_loop():
                 self._runner.call(frames.aclose())
 
     def interrupt(self) -> None:
-        """Interrupt the running cell."""
+        """Interrupt the running cell. From ``on_output`` (the session's own thread), the
+        interrupt is sent without waiting."""
+        if self._runner.on_loop():
+            self._runner.start_soon(self.session.interrupt())
+            return
         self._runner.call(self.session.interrupt())
 
     def restart(self) -> fr.Restarted:
@@ -158,24 +207,32 @@ class BlockingSession:
         return self._runner.call(self.session.restart())
 
     def events(self) -> list[fr.ServerFrame | UnknownFrame]:
-        """Take the frames waiting in the session's :attr:`~.ClientSession.events`."""
-        async def take() -> list[fr.ServerFrame | UnknownFrame]:
+        """Take the frames waiting in the session's :attr:`~.ClientSession.events` (from
+        ``on_output`` too: it does not wait)."""
+        def take() -> list[fr.ServerFrame | UnknownFrame]:
             queue = self.session.events
             return [queue.get_nowait() for _ in range(queue.qsize())]
 
-        return self._runner.call(take())
+        async def taken() -> list[fr.ServerFrame | UnknownFrame]:
+            return take()
+
+        return take() if self._runner.on_loop() else self._runner.call(taken())
 
     def close(self) -> None:
-        """Close the session (the server removes the sandbox) and stop its thread."""
-        try:
-            if not self._runner.loop.is_closed():
-                self._runner.call(self.session.close())
-        finally:
-            self._runner.stop()
+        """Close the session (the server removes the sandbox) and stop its thread.
+
+        Raises:
+            CalledFromCallback: called from ``on_output``.
+        """
+        if self._runner.on_loop():
+            raise CalledFromCallback(_FROM_CALLBACK)
+        self._finalizer.detach()
+        _close(self.session, self._runner)
 
     def _cell(self, awaitable: Awaitable[T]) -> T:
         """Wait for a cell's call; on Ctrl-C, interrupt the cell on the server too."""
-        if self._runner.loop.is_closed() and inspect.iscoroutine(awaitable):
+        if (self._runner.loop.is_closed() or self._runner.on_loop()) and (
+                inspect.iscoroutine(awaitable)):
             awaitable.close()  # (``call`` refuses it: no "never awaited" warning)
         try:
             return self._runner.call(_awaited(awaitable))
@@ -195,6 +252,31 @@ class BlockingSession:
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
+
+
+def _close(session: ClientSession, runner: _LoopThread) -> None:
+    try:
+        if not runner.loop.is_closed():
+            runner.call(session.close())
+    finally:
+        runner.stop()
+
+
+def _close_unused(session: ClientSession, runner: _LoopThread) -> None:
+    """Close a session its caller let go of without closing it. Collected in its own thread
+    (the last reference dropped by a callback), it closes there without waiting, and the
+    loop stops once it has."""
+    if runner.on_loop():
+        async def close_and_stop() -> None:
+            try:
+                await session.close()
+            finally:
+                runner.loop.stop()
+
+        runner.start_soon(close_and_stop())
+        return
+    with contextlib.suppress(ClientError):  # nobody is there to be told
+        _close(session, runner)
 
 
 def connect(url: str, *, language: str = "python", resume: str | None = None,

@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import http.client
 import inspect
 import itertools
 import math
@@ -609,6 +610,12 @@ class ClientSession:
                     return
         finally:
             self._cells.pop(cell_id, None)
+            # Frames that came and were not taken (the consumer left early) go where a cell
+            # nobody waits for sends its frames.
+            for left in queue.frames:
+                if not isinstance(left, SessionClosed):
+                    self._event(left)
+            queue.frames.clear()
             self._pause(id(queue), False)
 
     def _cell_id(self, chosen: str | None) -> str:
@@ -637,7 +644,9 @@ class ClientSession:
 
         ``cell_id`` names the cell (its frames carry it; by default the client makes one
         up): a caller whose connection dropped finds the cell's frames by it among
-        :attr:`events` of the resumed session.
+        :attr:`events` of the resumed session (all of them, unless the service made more
+        while the connection was down than it keeps: the ``ready`` frame's
+        ``frames_dropped`` says how many it did not keep, the oldest first).
 
         ``program=True`` runs the cell as a whole program: its end waits for the work it
         left, as the program's exit would (Python: threads that are not daemons, an
@@ -1017,6 +1026,37 @@ def _check_seconds(name: str, value: float | None) -> float | None:
     return value
 
 
+def _authorization(api_key: str | None) -> dict[str, str]:
+    """The ``Authorization`` header that carries ``api_key`` (none without one).
+
+    Raises:
+        ValueError: ``api_key`` has a character no key of the service has (printable ASCII
+            without spaces: a key read from a file with its newline, say); the message
+            says where, and does not repeat the key.
+    """
+    if not api_key:
+        return {}
+    if not isinstance(api_key, str):
+        raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
+    for at, char in enumerate(api_key):
+        if not "!" <= char <= "~":
+            what = f"{char!a}" if char <= " " or char == "\x7f" else "a non-ASCII character"
+            raise ValueError(f"api_key has {what} at character {at}: a key is printable ASCII"
+                             " without spaces (strip what reading it left)")
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib's handler sends the request's headers, the API key
+    among them, to wherever the answer points (another host too)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx is then raised as an HTTPError
+
+
+_OPEN_URL = urllib.request.build_opener(_NoRedirects).open
+
+
 def _refusal(url: str, status: int, body: bytes | None,
              what: str = "the WebSocket upgrade") -> SessionRefused | ConnectFailed:
     """An HTTP refusal: the service's, with its JSON error (``{"error": {"code",
@@ -1070,7 +1110,8 @@ def execute_once(url: str, code: str, *, language: str = "python",
         language: its language (or an alias: ``bash``, ``node``, ``py``...).
         timeout: the program's time limit on the server (seconds); None: the service's
             default.
-        api_key: sent as ``Authorization: Bearer``.
+        api_key: sent as ``Authorization: Bearer`` (to ``url`` alone: a redirect is not
+            followed).
         result_grace: seconds the answer may take beyond ``timeout`` (or, without one,
             ``ONE_SHOT_WAIT``), as each network wait's bound.
 
@@ -1078,14 +1119,18 @@ def execute_once(url: str, code: str, *, language: str = "python",
         SessionRefused: the service refused the call (400, 401, 403, 413, 429, 503...:
             ``http_status``, and the code and message of its JSON error).
         ConnectFailed: the URL is invalid, the service could not be reached or did not
-            answer in time, or the answer was not the service's (``http_status``).
-        ValueError: ``timeout`` or ``result_grace`` is not a positive number of seconds.
+            answer in time, or the answer was not the service's (``http_status``; a
+            redirect's 3xx too), or was cut short.
+        ValueError: ``timeout`` or ``result_grace`` is not a positive number of seconds, or
+            ``api_key`` has a character no key has.
     """
     _check_seconds("timeout", timeout)
     if _check_seconds("result_grace", result_grace) is None:
         raise ValueError("result_grace must be a positive, finite number of seconds")
     if not isinstance(code, str):
         raise TypeError(f"code must be a str, not {type(code).__name__}")
+    headers = {"Content-Type": "application/json", "Accept": "application/json",
+               **_authorization(api_key)}
     endpoint = _endpoint(url, "", "/api/v1/execute", http=True)
     request: dict[str, Any] = {"code": code, "language": language}
     if timeout is not None:
@@ -1096,12 +1141,9 @@ def execute_once(url: str, code: str, *, language: str = "python",
         raise SessionRefused(fr.Error(
             code="bad_request", message=f"the code cannot be encoded as UTF-8 (character"
             f" {exc.start}: {exc.reason})"), None) from None
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
     wait = (ONE_SHOT_WAIT if timeout is None else timeout) + result_grace
     try:
-        with urllib.request.urlopen(urllib.request.Request(
+        with _OPEN_URL(urllib.request.Request(
                 endpoint, data=body, headers=headers, method="POST"), timeout=wait) as answer:
             data = answer.read()
     except urllib.error.HTTPError as exc:
@@ -1112,6 +1154,11 @@ def execute_once(url: str, code: str, *, language: str = "python",
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConnectFailed(f"cannot reach {url}: {reason}") from exc
+    except http.client.HTTPException as exc:  # not HTTP, or cut short
+        raise ConnectFailed(f"{url} did not answer the call as an HTTP server does: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    except ValueError as exc:  # a host name that cannot be encoded, a NUL in it
+        raise ConnectFailed(f"cannot call {url!r}: {exc}") from exc
     try:
         return msgspec.json.decode(data, type=OneShotResult)
     except DECODE_ERRORS as exc:
@@ -1130,7 +1177,8 @@ class connect:
             endpoint's own URL works too); a query and a fragment are dropped.
         language: language of the session.
         resume: a token from an earlier ``ready`` frame, to resume that session.
-        api_key: sent as ``Authorization: Bearer``.
+        api_key: sent as ``Authorization: Bearer`` (to ``url`` alone: the WebSocket client
+            drops it on a redirect to another host).
         open_timeout: seconds to wait for the handshake, then as long for the ``ready``
             frame (after a refusal, as long again for the server to close); positive and
             finite, or None to wait for ever.
@@ -1146,7 +1194,8 @@ class connect:
         SessionClosed: the connection closed before ``ready`` (``connection_lost``), or the
             first frame was not ``ready`` or ``error`` (``protocol_error``).
         ValueError: ``open_timeout``, ``result_grace`` or ``max_events`` is not a positive
-            number (this one at once, not awaited).
+            number, or ``api_key`` has a character no key has (this one at once, not
+            awaited).
         ConnectFailed: the URL is invalid (not ``ws://`` or ``wss://``, a bad port), the
             service could not be reached (the ``OSError`` is its cause), the handshake
             failed (an HTTP answer that is not the service's: ``http_status``), or no
@@ -1160,6 +1209,7 @@ class connect:
         _check_seconds("open_timeout", open_timeout)
         _check_seconds("result_grace", result_grace)
         _check_max_events(max_events)
+        _authorization(api_key)
         self._open = functools.partial(
             _open, url, language=language, resume=resume, api_key=api_key,
             open_timeout=open_timeout, max_size=max_size, result_grace=result_grace,
@@ -1212,7 +1262,7 @@ async def _open(url: str, *, language: str, resume: str | None, api_key: str | N
                 result_grace: float | None, max_events: int) -> ClientSession:
     query = {"resume": resume} if resume else {"language": language}
     endpoint = _endpoint(url, urlencode(query))
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    headers = _authorization(api_key)
     try:
         ws = await websockets.connect(endpoint,
                                       additional_headers=headers, max_size=max_size,
@@ -1229,6 +1279,8 @@ async def _open(url: str, *, language: str, resume: str | None, api_key: str | N
             from exc
     except OSError as exc:
         raise ConnectFailed(f"cannot reach {url}: {exc}") from exc
+    except ValueError as exc:  # a host name that cannot be encoded, a NUL in it
+        raise ConnectFailed(f"cannot connect to {url!r}: {exc}") from exc
     assert isinstance(ws, _Connection)
     try:
         try:

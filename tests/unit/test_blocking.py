@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.unit.test_client import BOUND, RESTARTED, Server, echo, scripted_server
 from ws_sandbox import frames as fr
-from ws_sandbox.blocking import connect
-from ws_sandbox.client import SessionClosed, SessionRefused
+from ws_sandbox.blocking import CalledFromCallback, connect
+from ws_sandbox.client import SessionClosed, SessionRefused, UnknownFrame
 
 
 @pytest.fixture
@@ -131,3 +133,63 @@ async def test_ctrl_c_interrupts_the_running_cell_and_the_session_goes_on() -> N
     assert (process.returncode, out) == (0, b"interrupted\nout after\nmore\n"), err
     sent = [type(fr.decode_client(m)).__name__ for m in server.received]
     assert sent == ["Execute", "Interrupt", "Execute"], sent
+
+
+def test_on_output_may_interrupt_and_take_events_but_not_wait(server: Server) -> None:
+    """``on_output`` runs on the session's own thread: a method that waits for that thread
+    would wait for ever (the process hung, and Ctrl-C could not free it). ``interrupt()``
+    is sent without waiting, ``events()`` answers, and the others raise at once."""
+    taken: list[list[fr.ServerFrame | UnknownFrame]] = []
+    with connect(server.url) as session:
+        def interrupt_on_first(frame: fr.Stream) -> None:
+            if frame.text == "out x\n":
+                session.interrupt()
+                taken.append(session.events())
+
+        assert session.execute("x", on_output=interrupt_on_first).status == "success"
+        assert session.execute("y").status == "success"  # sent after the interrupt
+        assert taken == [[]]
+        for call in (lambda: session.execute("z"), session.restart, session.close,
+                     lambda: list(session.stream("z"))):
+            def waits(frame: fr.Stream, call: Callable[[], object] = call) -> None:
+                call()
+
+            with pytest.raises(CalledFromCallback, match="on_output"):
+                session.execute("w", on_output=waits)
+        assert session.execute("v").status == "success"  # the session goes on
+    sent = [type(fr.decode_client(m)).__name__ for m in server.received]
+    assert sent[:3] == ["Execute", "Interrupt", "Execute"], sent
+    assert sent.count("Execute") == 7 and "Restart" not in sent, sent
+
+
+def wait_for_close(server: Server) -> None:
+    deadline = time.monotonic() + BOUND
+    while not server.closes and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_session_nobody_closes_is_closed_when_collected(server: Server) -> None:
+    """A notebook cell run again makes a new session and drops the old one: its thread,
+    its connection and (on the service) its sandbox went on until the process ended."""
+    session = connect(server.url)
+    [thread] = client_threads()
+    del session
+    gc.collect()
+    thread.join(BOUND)
+    assert not thread.is_alive()
+    wait_for_close(server)
+    assert server.closes == [1000]  # closed as close() closes it: the sandbox goes at once
+
+
+def test_a_session_collected_on_its_own_thread_closes_without_waiting(server: Server) -> None:
+    session = connect(server.url)
+    [thread] = client_threads()
+    finalizer = session._finalizer
+    session._runner.loop.call_soon_threadsafe(finalizer)  # as a collection there would run it
+    thread.join(BOUND)
+    assert not thread.is_alive() and session._runner.loop.is_closed()
+    wait_for_close(server)
+    assert server.closes == [1000]
+    with pytest.raises(SessionClosed):
+        session.execute("x")
+    session.close()  # nothing more to do

@@ -1348,7 +1348,7 @@ class HttpServer:
 @contextlib.contextmanager
 def http_server(status: int, body: bytes, delay: float = 0.0) -> Iterator[HttpServer]:
     """An HTTP server that answers every POST with ``status`` and ``body`` after ``delay``
-    seconds."""
+    seconds (and a GET with 404)."""
     seen = HttpServer("")
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -1361,6 +1361,12 @@ def http_server(status: int, body: bytes, delay: float = 0.0) -> Iterator[HttpSe
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self) -> None:  # (where a redirected POST goes)
+            seen.requests.append((self.path, self.headers.get("Authorization"), None))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
         def log_message(self, *args: object) -> None:
             pass
@@ -1427,3 +1433,99 @@ def test_execute_once_bounds_its_wait_and_says_what_failed() -> None:
         client.execute_once(server.url, "\udcff")
     with pytest.raises(ValueError, match="timeout"):
         client.execute_once(server.url, "x", timeout=-1)
+
+
+@contextlib.contextmanager
+def raw_http_server(answer: bytes) -> Iterator[str]:
+    """A server that reads a request's head, writes ``answer`` (bytes as they are: not HTTP,
+    or cut short) and closes the connection; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.settimeout(BOUND)
+                    head = b""
+                    while b"\r\n\r\n" not in head and (chunk := connection.recv(65536)):
+                        head += chunk
+                    connection.sendall(answer)
+                    connection.shutdown(socket.SHUT_WR)
+                    while connection.recv(65536):  # the body: unread, close would reset
+                        pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # (close alone does not end a blocked accept)
+        listener.close()
+        thread.join(BOUND)
+
+
+def test_execute_once_follows_no_redirect_and_sends_the_key_nowhere_else() -> None:
+    """urllib's redirect handler sent every header, the API key among them, to the host the
+    answer named (a review)."""
+    with http_server(200, json.dumps(ANSWER).encode()) as elsewhere:
+        redirect = (f"HTTP/1.1 302 Found\r\nLocation: {elsewhere.url}/x\r\n"
+                    "Content-Length: 0\r\n\r\n").encode()
+        with raw_http_server(redirect) as url, pytest.raises(ConnectFailed) as raised:
+            client.execute_once(url, "print(1)", api_key="k-0123456789abcdef")
+    assert elsewhere.requests == []
+    assert raised.value.http_status == 302 and "HTTP 302" in str(raised.value)
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n{\"execution_id\"",  # cut short
+    b"SSH-2.0-OpenSSH_9.2\r\n",  # not HTTP
+    b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n",  # a header line too long
+    b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n",  # too many headers
+])
+def test_execute_once_turns_a_broken_answer_into_connect_failed(answer: bytes) -> None:
+    with raw_http_server(answer) as url, pytest.raises(ConnectFailed, match="HTTP server"):
+        client.execute_once(url, "print(1)")
+
+
+async def test_a_url_that_cannot_be_used_is_connect_failed() -> None:
+    """A host name that IDNA cannot encode (a label over 63 characters) or a NUL raised
+    ``UnicodeError`` and ``ValueError``, outside the client's exceptions (a review)."""
+    for url in ("http://" + "a" * 70 + ".example:8090", "http://127.0.0.\x001:8090",
+                "http://127.0.0.1:8090/a b"):
+        with pytest.raises(ConnectFailed):
+            client.execute_once(url, "print(1)", result_grace=1)
+        with pytest.raises(ConnectFailed):
+            async with asyncio.timeout(BOUND):
+                await connect(url.replace("http", "ws"), open_timeout=1)
+
+
+@pytest.mark.parametrize(("key", "what"), [
+    ("s3cret-key-0123456789\n", r"'\\n' at character 21"),
+    (" s3cret-key-0123456789", "' ' at character 0"),
+    ("s3cret-kéy-0123456789", "a non-ASCII character at character 8"),
+])
+def test_an_api_key_no_service_has_is_refused_without_being_repeated(key: str,
+                                                                      what: str) -> None:
+    """A key read from a file with its newline went into a ValueError (and a traceback, a
+    log) whole, or became a ``UnicodeEncodeError`` (a review)."""
+    for call in (lambda: client.execute_once("http://127.0.0.1:1", "x", api_key=key),
+                 lambda: connect("ws://127.0.0.1:1", api_key=key)):
+        with pytest.raises(ValueError, match=what) as raised:
+            call()
+        assert "0123456789" not in str(raised.value)
+
+
+async def test_frames_a_stream_left_behind_go_to_events(server: Server) -> None:
+    """A consumer that left a stream early lost the frames already read for it, the result
+    among them; they go to ``events``, as a cell's nobody waits for do."""
+    async with session(server) as s:
+        async with asyncio.timeout(BOUND):
+            stream = s.stream("x")
+            first = await anext(stream)
+            await s.execute("y")  # its result comes after x's: x's frames are all read
+            await stream.aclose()
+        left = [s.events.get_nowait() for _ in range(s.events.qsize())]
+    assert isinstance(first, fr.Stream) and first.text == "out x\n"
+    assert [type(f).__name__ for f in left] == ["Stream", "Display", "Stream", "Result"]
+    assert isinstance(left[-1], fr.Result) and left[-1].id == first.id
