@@ -179,6 +179,9 @@ def create_app(settings: Settings) -> Starlette:
     app.state.gate = ConnectionGate(settings.max_connections_per_address)
     # The server's WebSocket message limit: set once, at start (server.serve).
     app.state.ws_max_size = fr.ws_message_limit(settings.max_code_bytes)
-    # One-shot bodies held at once: two of the largest, or 64 MiB.
-    app.state.bodies = BodyBudget(max(2 * fr.message_limit(settings.max_code_bytes), 64 << 20))
+    # One-shot bodies held at once: two of the largest, or 64 MiB; by one caller, one of the
+    # largest, or a quarter.
+    largest = fr.message_limit(settings.max_code_bytes)
+    limit = max(2 * largest, 64 << 20)
+    app.state.bodies = BodyBudget(limit, share=max(largest, limit // 4))
     return app

@@ -170,13 +170,13 @@ class SessionManager:
         # callers' sessions to end would not help, closing one of its own would.
         per_key = self.settings.max_sessions_per_key
         if per_key and (held := self.held_by(client_id)) >= per_key:
-            self._refuse(TooManySessions.code, client_id)
+            self.note_refused(TooManySessions.code, client_id)
             raise TooManySessions(
                 f"too many sessions: this caller ({client_id}) has {held} open, the limit is"
                 f" {per_key} per API key or client address (MAX_SESSIONS_PER_KEY); end one"
                 " of them first", retry_after=5)
         if self.active >= self.settings.max_concurrent_executions:
-            self._refuse(CapacityError.code, client_id)
+            self.note_refused(CapacityError.code, client_id)
             raise CapacityError(
                 f"at capacity: {self.active} sessions are open, the limit is"
                 f" {self.settings.max_concurrent_executions}", retry_after=5)
@@ -222,7 +222,8 @@ class SessionManager:
                         token=self.signer.sign(runner.session_id),
                         limits=runner.core.limits.public(), resumed=resumed)
 
-    def _refuse(self, reason: str, client_id: str) -> None:
+    def note_refused(self, reason: str, client_id: str) -> None:
+        """Count a session open (a one-shot call's too) refused at a limit for ``reason``."""
         self.refused[reason] += 1
         if self.on_refused is not None:
             self.on_refused(reason, client_id)

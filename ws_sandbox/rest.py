@@ -178,36 +178,59 @@ def _error_of(frame: fr.Error) -> SandboxError:
 
 
 class BodyBudget:
-    """The bytes of one-shot request bodies being received at once, service-wide.
+    """The bytes of one-shot request bodies being received at once, service-wide, and per
+    caller.
 
     A body may take ``REQUEST_TIMEOUT`` to arrive, and each is held whole until then: a
     client sending all but the last bytes of many large bodies held 850 MiB per API key
     for a minute (a review). Past ``limit`` in flight, a body's next bytes are refused
-    (503, ``at_capacity``) instead of kept.
+    (503, ``at_capacity``) instead of kept. One caller (an API key, or an address without
+    one) may hold ``share`` of it: one tenant's slow bodies took the whole budget, and every
+    other tenant's one-shot calls were refused for as long as it kept them coming (a
+    review).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, share: int | None = None) -> None:
         self.limit = limit
+        self.share = limit if share is None else min(share, limit)
         self.in_flight = 0
+        self._held: dict[str, int] = {}  # bytes in flight by caller (none held: no entry)
 
-    def take(self, size: int) -> None:
-        """Count ``size`` more bytes received.
+    def take(self, size: int, caller: str = "") -> None:
+        """Count ``size`` more bytes received for ``caller``.
 
         Raises:
-            CapacityError: they would pass the limit.
+            CapacityError: they would pass the caller's share, or the limit.
         """
+        held = self._held.get(caller, 0)
+        if held + size > self.share:
+            raise CapacityError(f"{held} bytes of this caller's request bodies are being"
+                                " received already, the most one caller may send at once;"
+                                " retry once they have come", retry_after=1)
         if self.in_flight + size > self.limit:
             raise CapacityError(f"{self.in_flight} bytes of request bodies are being received"
                                 f" already, the most the service holds at once; retry",
                                 retry_after=1)
         self.in_flight += size
+        self._held[caller] = held + size
 
-    def give_back(self, size: int) -> None:
+    def give_back(self, size: int, caller: str = "") -> None:
         self.in_flight -= size
+        if size:
+            if (held := self._held[caller] - size) > 0:
+                self._held[caller] = held
+            else:
+                del self._held[caller]
+
+    def held(self, caller: str = "") -> int:
+        """Bytes of ``caller``'s bodies in flight."""
+        return self._held.get(caller, 0)
 
 
-async def read_body(request: Request, limit: int, budget: BodyBudget | None = None) -> bytes:
-    """Read the body, refusing it as soon as it exceeds ``limit`` bytes (or ``budget``).
+async def read_body(request: Request, limit: int, budget: BodyBudget | None = None,
+                    caller: str = "") -> bytes:
+    """Read the body, refusing it as soon as it exceeds ``limit`` bytes (or ``budget``, of
+    which ``caller`` has a share).
 
     Raises:
         PayloadTooLarge: the body (or its announced length) is above ``limit``.
@@ -227,13 +250,13 @@ async def read_body(request: Request, limit: int, budget: BodyBudget | None = No
             if size > limit:
                 raise too_large
             if budget is not None:
-                budget.take(len(chunk))
+                budget.take(len(chunk), caller)
             chunks.append(chunk)
     except ClientDisconnect:
         raise BadRequest(f"the client disconnected after {size} bytes of the body") from None
     finally:
         if budget is not None:
-            budget.give_back(sum(map(len, chunks)))
+            budget.give_back(sum(map(len, chunks)), caller)
     return b"".join(chunks)
 
 
@@ -264,8 +287,12 @@ async def execute(request: Request) -> Response:
     client_id: str = getattr(request.state, "client_id", "unknown")
     limiter.check(client_id)
     check_json_media(request)
-    body = await read_body(request, fr.message_limit(manager.settings.max_code_bytes),
-                           request.app.state.bodies)
+    try:
+        body = await read_body(request, fr.message_limit(manager.settings.max_code_bytes),
+                               request.app.state.bodies, client_id)
+    except CapacityError as exc:
+        manager.note_refused(exc.code, client_id)  # in stats, and the refusals' summary
+        raise
     if not body.strip():
         raise BadRequest('the request body is empty: send a JSON object such as'
                          ' {"code": "print(1)", "language": "python"}')

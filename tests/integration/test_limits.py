@@ -10,8 +10,10 @@ tens of seconds or minutes), never fast from slow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -532,3 +534,52 @@ async def test_a_connection_s_messages_are_paced_and_others_are_not_held_back(
         assert answered[rate - 1] < answered[-1] and answered[-1] >= 1.8, answered
         assert f"sends more than {rate} messages a second (CLIENT_MESSAGES_PER_SECOND)" \
             in svc.log()
+
+
+# --- one-shot bodies in flight: one key cannot take every other key's room ------------------
+
+
+def slow_body(svc: Service, key: str, length: int, sent: int) -> socket.socket:
+    """A one-shot call announcing ``length`` bytes of body and sending ``sent`` of them."""
+    conn = socket.create_connection(("127.0.0.1", int(svc.http.rsplit(":", 1)[1])), timeout=30)
+    conn.sendall((f"POST /api/v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {length}\r\n\r\n").encode())
+    with contextlib.suppress(OSError):  # (refused mid-body: the answer is read below)
+        conn.sendall(b" " * sent)
+    return conn
+
+
+def answer_of(conn: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+            data += chunk
+    return data
+
+
+def test_one_key_s_slow_bodies_leave_room_for_another_key(make_service: ServiceFactory) -> None:
+    """A tenant sending all but the last byte of bodies that added up to the service's 64
+    MiB of bodies in flight had every other tenant's one-shot calls refused for as long as
+    it went on (a review). One caller holds at most its share (a quarter, or the largest
+    body): its next body is refused, counted, and another key's call still runs."""
+    key_a, key_b = "slow-body-a-0123456789ab", "slow-body-b-0123456789ab"
+    # MAX_CODE_BYTES=4 MiB: the largest body is 6 x 4 MiB and 64 KiB; the share is that.
+    with make_service(API_KEYS=f"{key_a},{key_b}", MAX_CODE_BYTES=str(4 << 20),
+                      POOL_SIZE="1", **PYTHON_ONLY) as svc:
+        largest = 6 * (4 << 20) + 65536
+        held = [slow_body(svc, key_a, largest, 20 << 20)]
+        try:
+            refused = slow_body(svc, key_a, 8 << 20, 8 << 20)
+            with refused:
+                answer = answer_of(refused)
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
+            assert b"the most one caller may send at once" in answer, answer[-400:]
+            status, _, ok = call(svc, "/api/v1/execute", {"code": "print('b')"},
+                                 headers=bearer(key_b))
+            assert status == 200 and ok["stdout"] == "b\n", ok
+            stats = svc.get("/api/v1/stats")[1]
+            assert stats["sessions_refused"]["at_capacity"] == 1, stats  # type: ignore[index]
+        finally:
+            for conn in held:
+                conn.close()
