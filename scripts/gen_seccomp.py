@@ -13,8 +13,12 @@ from pathlib import Path
 # Moby's unconditional allow-list (profiles/seccomp/default.json), one name per word.
 MOBY_ALLOW = Path(__file__).with_name("seccomp_moby_allow.txt").read_text().split()
 
+# Linux AIO: denied with ENOSYS (its own rule, below).
+AIO = {"io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
+       "io_pgetevents_time64"}
+
 # Denied here although Docker's default allows them; the reasons are in runtime/seccomp.md.
-DENIED_FROM_MOBY = {
+DENIED_FROM_MOBY = AIO | {
     "adjtimex", "clock_adjtime", "clock_adjtime64",          # clock
     "io_uring_setup", "io_uring_enter", "io_uring_register",  # io_uring
     "name_to_handle_at",                                       # file handles
@@ -82,6 +86,9 @@ def profile() -> dict[str, object]:
     # clone3 passes its flags in memory, where seccomp cannot look: answer ENOSYS so that
     # glibc and Node fall back to clone, whose flags the rule above checks.
     rules.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38})
+    # Linux AIO's contexts count against one limit for the whole host (fs.aio-max-nr): not
+    # ours to take. ENOSYS, as a kernel without AIO answers: libaio's users fall back.
+    rules.append({"names": sorted(AIO), "action": "SCMP_ACT_ERRNO", "errnoRet": 38})
     return {
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": 1,

@@ -121,6 +121,11 @@ def container_config(settings: Settings, language: Language, process_id: str,
             "/workspace": tmpfs_opts.format(uid=uid, mode="0700",
                                             size=settings.workspace_size_mb),
             "/tmp": tmpfs_opts.format(uid=uid, mode="1777", size=settings.tmp_size_mb),
+            # No pseudo-terminals: the kernel has 3,072 for every container of the host
+            # together (kernel.pty.max less its reserve), and one sandbox's processes held
+            # them all (a review). An empty, read-only /dev/pts in place of Docker's devpts:
+            # /dev/ptmx then leads nowhere (ENOENT).
+            "/dev/pts": "ro,nosuid,nodev,noexec,size=4k",
         },
         "CapDrop": ["ALL"] if settings.drop_all_capabilities else [],
         "SecurityOpt": security_opt,

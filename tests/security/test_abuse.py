@@ -593,6 +593,34 @@ async def test_a_session_cannot_use_up_another_s_per_user_kernel_limits(
         assert uids[0] != uids[1]
 
 
+PTY_HOG = """
+import os
+try:
+    master, slave = os.openpty()
+    print("opened a pty")
+except OSError as exc:
+    print(type(exc).__name__, exc.errno)
+print(os.listdir("/dev/pts"))
+try:
+    open("/dev/pts/ptmx", "w")
+except OSError as exc:
+    print(type(exc).__name__, exc.errno)
+"""
+
+
+async def test_no_sandbox_can_take_the_host_s_pseudo_terminals(battery: Service) -> None:
+    """The kernel's pseudo-terminals (3,072 for all containers) are one pool for the host:
+    one sandbox's processes held every one, and another session's openpty() and the
+    engine's `docker exec -t` failed (a review). A sandbox has none. RUNSC: gVisor's own
+    devpts stays (its terminals are its own, not the host's), read-only: EROFS."""
+    r = await run(battery, "python", PTY_HOG)
+    lines = r.stdout.splitlines()
+    if RUNSC:
+        assert lines[0] == f"OSError {errno.EROFS}", r
+    else:
+        assert lines == [f"FileNotFoundError {errno.ENOENT}", "[]", f"OSError {errno.EROFS}"], r
+
+
 # --------------------------------------------------------------------------- privilege
 
 async def test_no_privilege(battery: Service) -> None:
@@ -686,6 +714,8 @@ SYSCALLS = {
     "perf_event_open": (298, 0, 0, -1, -1, 0),
     "userfaultfd": (323, 0),
     "io_uring_setup": (425, 1, 0),
+    # Linux AIO: contexts count against one limit for the whole host (fs.aio-max-nr).
+    "io_setup": (206, 1, 0),
     "init_module": (175, 0, 0, 0),
     "reboot": (169, 0xFEE1DEAD, 672274793, 0x4321FEDC, 0),
     "chroot": (161, 0),

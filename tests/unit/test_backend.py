@@ -265,8 +265,15 @@ def test_each_sandbox_gets_a_uid_of_its_own() -> None:
     assert all(b - a in (1, 1 - len(SANDBOX_UIDS)) for a, b in itertools.pairwise(uids))
     config = container_config(Settings(), "python", "test", uids[0])
     assert config["User"] == f"{uids[0]}:{uids[0]}"
-    for mount in config["HostConfig"]["Tmpfs"].values():
-        assert f"uid={uids[0]},gid={uids[0]}," in mount
+    for path in ("/workspace", "/tmp"):
+        assert f"uid={uids[0]},gid={uids[0]}," in config["HostConfig"]["Tmpfs"][path]
+
+
+def test_no_pseudo_terminals() -> None:
+    """The kernel's pseudo-terminals are one pool for every container of the host: an empty,
+    read-only /dev/pts stands in place of Docker's devpts."""
+    tmpfs = container_config(Settings(), "python", "test")["HostConfig"]["Tmpfs"]
+    assert tmpfs["/dev/pts"].split(",")[0] == "ro"
 
 
 class _StuckStream:
