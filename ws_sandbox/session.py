@@ -681,6 +681,14 @@ class Session:
         error = done.error
         if cell.timed_out:
             status, error = "timeout", self._timeout_error(cell)
+        elif done.oom_killed and done.status == "success":
+            # The kernel killed a process at the memory limit, and the cell did not fail
+            # for it: a child whose end it handled, or what an earlier cell left running (it
+            # was reported killed with exit code 0). Said on stderr, not made its failure.
+            status = "success"
+            note = f"[a process was killed: {self._oom_error()}]\n"
+            cell.stderr.append(note)
+            self._frames.append(fr.Stream(id=cell.id, name="stderr", text=note))
         elif done.oom_killed:
             status, error = "killed", self._oom_error()
         elif cell.interrupted and done.status in ("interrupted", "error", "killed"):

@@ -225,6 +225,25 @@ async def test_what_an_interpreter_the_memory_limit_killed_started_ends_with_it(
         assert (left.status, left.stdout) == ("success", "0\n"), left
 
 
+async def test_a_cell_that_handles_its_child_s_oom_kill_is_no_failure(
+        battery: Service) -> None:
+    """A cell whose child the memory limit killed, and which went on (``echo rc=$?``), was
+    reported killed with exit code 0 (a review): it succeeds, and stderr says what the
+    kernel did. RUNSC: the memory limit ends the whole sandbox (its Sentry), not a process
+    in it: the cell is killed, as a memory bomb is."""
+    limit = BATTERY_ENV["MAX_MEMORY_MB"]
+    async with await connect(battery.url, language="shell") as s:
+        r = await s.execute("head -c 600M /dev/zero | python3 -c 'import sys;"
+                            " b = sys.stdin.buffer.read()'; echo rc=$?", timeout=20)
+        if RUNSC:
+            assert r.status == "killed", r
+            assert f"memory limit of {limit} MB" in (r.result.error or ""), r
+        else:
+            assert (r.status, r.result.exit_code, r.stdout) == ("success", 0, "rc=137\n"), r
+            assert f"[a process was killed: memory limit of {limit} MB exceeded]" in r.stderr, r
+        await still_works(s, "shell")
+
+
 def docker_disk_used() -> int:
     path = "/var/lib/docker" if os.path.isdir("/var/lib/docker") else "/"
     return shutil.disk_usage(path).used

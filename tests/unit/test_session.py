@@ -486,6 +486,22 @@ def test_oom_reported_by_agent_is_killed_with_the_limit_named() -> None:
     assert "memory limit of 512 MB exceeded" in (result.error or "")
 
 
+def test_a_cell_that_succeeds_beside_an_oom_kill_is_not_made_killed() -> None:
+    """A process an earlier cell left running was killed at the memory limit during a cell
+    that printed "ok" and exited 0: the cell was reported killed, "memory limit exceeded"
+    (a review). It stays a success, with the kill said on stderr."""
+    s = new()
+    execute(s)
+    s.receive_agent(done(oom_killed=True), 1)
+    frames = s.frames_to_send()
+    [result] = only(frames, fr.Result)
+    assert isinstance(result, fr.Result)
+    assert (result.status, result.exit_code, result.error) == ("success", 0, None)
+    [note] = only(frames, fr.Stream)
+    assert isinstance(note, fr.Stream) and note.name == "stderr"
+    assert note.text == "[a process was killed: memory limit of 512 MB exceeded]\n"
+
+
 def test_sandbox_lost_mid_cell() -> None:
     s = new()
     execute(s)
