@@ -39,6 +39,11 @@ from ws_sandbox.session import (
 
 log = logging.getLogger(__name__)
 
+TOKEN_ENDED = ("the session of this token has ended (or was opened with another API key:"
+               " a session is resumed with the key that opened it)")
+"""Why a resume is refused, whether its session ended or is another key's: one answer, so
+that a leaked token does not tell another key's holder whether the session still lives."""
+
 INBOX_SIZE = 64
 CLIENT_BYTES = 16 * 1024 * 1024
 """Memory the client's messages waiting in the inbox may take, as Python holds them, beyond
@@ -537,7 +542,7 @@ class SessionRunner:
                     async with asyncio.timeout(self._send_timeout):
                         await event.sink.send_frames([fr.Error(
                             code="invalid_token",
-                            message="the session of this token has ended")])
+                            message=TOKEN_ENDED)])
                 with contextlib.suppress(Exception):
                     await event.sink.close(1008, "invalid_token")
         if self._closing:

@@ -18,6 +18,7 @@ from ws_sandbox import frames as fr
 from ws_sandbox.auth import is_key_identity
 from ws_sandbox.backend import DockerBackend, Sandbox
 from ws_sandbox.driver import (
+    TOKEN_ENDED,
     CellObserver,
     ClientBack,
     CloseRequest,
@@ -242,15 +243,16 @@ class SessionManager:
         """
         session_id = self.signer.verify(token)
         runner = self._runners.get(session_id)
-        if runner is None or runner.closed.is_set():
-            raise InvalidToken("the session of this token has ended")
-        if is_key_identity(runner.client_id) and client_id != runner.client_id:
-            raise InvalidToken("this session was opened with another API key")
+        # One answer for both: "another key's" told another key's holder, with a leaked
+        # token, whether the session still lived (a review).
+        if runner is None or runner.closed.is_set() or (
+                is_key_identity(runner.client_id) and client_id != runner.client_id):
+            raise InvalidToken(TOKEN_ENDED)
         runner.address = address or runner.address
         await runner.feed(ClientBack(sink, self.ready_frame(runner, resumed=True)))
         if runner.closed.is_set() and not runner.attached_to(sink):
             # It ended while the resume waited for room in its inbox: nothing will answer.
-            raise InvalidToken("the session of this token has ended")
+            raise InvalidToken(TOKEN_ENDED)
         return runner
 
     def get(self, session_id: str) -> SessionRunner | None:

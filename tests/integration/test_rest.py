@@ -901,11 +901,17 @@ async def test_a_session_is_resumed_only_with_its_own_key(locked: Service) -> No
     with pytest.raises(SessionRefused) as refused:  # a leaked token, another key's holder
         await connect(locked.url, api_key="k-auth-0123456789ab", resume=token)
     assert refused.value.error.code == "invalid_token"
-    assert "another API key" in refused.value.error.message
+    alive = refused.value.error.message
+    assert "another API key" in alive
     async with await connect(locked.url, api_key="k-resume-0123456789ab", resume=token) as again:
         assert again.ready.resumed
         assert (await again.execute("print(kept)")).stdout == "1\n"
     await asyncio.sleep(0.3)  # the one slot frees when the session closes
+    # Once it has ended, the other key's holder hears the same: a refusal that differed told
+    # it whether the session still lived (a review).
+    with pytest.raises(SessionRefused) as refused:
+        await connect(locked.url, api_key="k-auth-0123456789ab", resume=token)
+    assert (refused.value.error.code, refused.value.error.message) == ("invalid_token", alive)
 
 
 def test_an_api_key_in_a_rest_url_is_refused_with_a_hint(locked: Service) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+
 import pytest
 
 from ws_sandbox.auth import key_identity
@@ -269,3 +273,18 @@ async def test_secure_cookies_marks_every_cookie_secure(secure: bool) -> None:
     for response in (page, login, logout):
         [header] = response.headers.get_list("set-cookie")
         assert ("; secure" in header.lower()) is secure, header
+
+
+def test_a_login_cookie_gives_nothing_to_guess_the_token_with() -> None:
+    """The cookie's payload is readable (signed, not encrypted): it held sha256 of the token,
+    so a tenant that logged in with its own API key could guess the token offline, past
+    AUTH_FAILURES_PER_MINUTE (a review). What it holds now is keyed with the session secret."""
+    token = "jupyter-token-0123456789"
+    s = settings(jupyter_token=token, api_keys="tenant-key-0123456789abc")
+    cookie = auth.LoginSigner(s).sign(key_identity("tenant-key-0123456789abc"))
+    payload = cookie.split(".")[0]
+    stamp, _ = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert stamp != hashlib.sha256(token.encode()).hexdigest()[:16]
+    other = Settings.from_env({}, session_secret="t" * 32, jupyter_token=token)
+    assert stamp != auth.LoginSigner(other)._stamp  # not the token's alone
+    assert auth.LoginSigner(s).identity(cookie) == key_identity("tenant-key-0123456789abc")

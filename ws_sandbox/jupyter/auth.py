@@ -123,8 +123,12 @@ class LoginSigner:
         self._settings = settings
         self._serializer = itsdangerous.URLSafeTimedSerializer(settings.session_secret,
                                                                salt=_SALT)
-        self._stamp = hashlib.sha256(
-            (settings.jupyter_password or settings.jupyter_token).encode()).hexdigest()[:16]
+        # Keyed with the session secret: the cookie's payload is signed, not encrypted, and
+        # a plain hash of the password (or token) in it let anyone who logged in, with an
+        # API key of their own, guess the token offline at the hash's speed (a review).
+        self._stamp = hmac.new(settings.session_secret.encode(),
+                               (settings.jupyter_password or settings.jupyter_token).encode(),
+                               hashlib.sha256).hexdigest()[:16]
 
     def sign(self, identity: str = LOGIN_IDENTITY) -> str:
         """A fresh login cookie value for ``identity``."""
