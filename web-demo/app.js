@@ -125,6 +125,12 @@
     refused: "refused", unknown: "unknown",
   };
   const RECONNECT_MAX_ATTEMPTS = 8;
+  // Seconds a cell's result may come after its timeout (the service's interrupt grace, a
+  // restart, a new sandbox) before the page takes the connection for dead: a connection
+  // that stops carrying anything without closing (a dead NAT or Wi-Fi path) left a cell
+  // "running" for good (a review). The page then resumes the session on a new connection;
+  // a cell whose result still does not come within its bound again is given up as lost.
+  const RESULT_GRACE_S = 10;
   const RECONNECT_BASE_MS = 500;
   const RECONNECT_MAX_MS = 8000;
 
@@ -168,6 +174,8 @@
     lastError: null,     // the last error frame without a cell id (explains a refusal)
     attempts: 0,         // reconnection attempts since the last `ready`
     timer: null,         // pending reconnection
+    deadline: null,      // the first unfinished cell's bound (a timer), and that cell's id
+    deadlineFor: null,
     cells: new Map(),    // cell id -> {el, status, ...}
     pending: new Set(),  // ids of cells sent and not finished
     counter: 0,
@@ -215,6 +223,7 @@
   }
 
   function refreshRunningState() {
+    armDeadline();
     if (!S.ready) return;
     const n = S.pending.size;
     if (n === 0) setState("ready", `ready — ${LANGUAGE_NAMES[S.language] || S.language}`);
@@ -294,6 +303,7 @@
   function onClose(event) {
     S.ready = false;
     S.ws = null;
+    armDeadline();  // (none while there is no connection)
     if (S.closedFrame) {
       const reason = S.closedFrame.reason;
       finalClose(CLOSE_REASONS[reason] || S.closedFrame.message || reason);
@@ -389,8 +399,23 @@
     S.token = frame.token;
     S.sessionId = frame.session_id;
     S.limits = frame.limits || null;
-    if (frame.resumed) showNotice("Reconnected: the session and its state were kept.", "info");
-    else if (ui.notice.dataset.kind !== "error") hideNotice();
+    const dropped = frame.resumed && frame.frames_dropped > 0 ? frame.frames_dropped : 0;
+    if (dropped) {
+      // The service keeps 1024 frames for a client that is away, the newest: what was made
+      // before them is gone, and the page said nothing of it (a review).
+      showNotice(`Reconnected: the session and its state were kept, but ${dropped} frame${
+        dropped === 1 ? "" : "s"} of output made while the connection was down did not fit`
+        + " what the service keeps, and were lost.");
+      for (const id of S.pending) {
+        const cell = S.cells.get(id);
+        if (!cell || cell.gap) continue;
+        cell.gap = true;
+        cell.notes.append(el("p", { class: "note",
+          text: "Some of this cell's output may be missing: it was made while the connection was down." }));
+      }
+    } else if (frame.resumed) {
+      showNotice("Reconnected: the session and its state were kept.", "info");
+    } else if (ui.notice.dataset.kind !== "error") hideNotice();
     if (S.limits) {
       const l = S.limits;
       ui.timeout.max = String(l.max_execution_time);
@@ -404,7 +429,64 @@
   }
 
   function cellOf(frame) {
-    return S.cells.get(frame.id);
+    const cell = S.cells.get(frame.id);
+    if (cell) settleEarlier(cell);
+    return cell;
+  }
+
+  // Cells run in order: once a later cell's frames come, an earlier one still waiting for
+  // its result, after a resume that lost frames, has ended, and its result was among them.
+  function settleEarlier(cell) {
+    for (const id of S.pending) {
+      const earlier = S.cells.get(id);
+      if (!earlier || earlier === cell || earlier.n > cell.n) continue;
+      if (!earlier.gap) continue;
+      S.pending.delete(id);
+      setCellStatus(earlier, "unknown");
+      earlier.notes.append(el("p", { class: "note",
+        text: "It ended while the connection was down; its result was lost." }));
+    }
+  }
+
+  // The first unfinished cell's bound: its timeout, then RESULT_GRACE_S. A timer per cell
+  // that becomes the first, only while a connection is up.
+  function armDeadline() {
+    const first = S.ready && S.ws ? S.pending.values().next().value : undefined;
+    if (first === S.deadlineFor && S.deadline !== null) return;
+    clearTimeout(S.deadline);
+    S.deadline = null;
+    S.deadlineFor = first === undefined ? null : first;
+    const cell = first === undefined ? null : S.cells.get(first);
+    if (!cell) return;
+    const l = S.limits || {};
+    const timeout = Math.min(cell.timeout || l.default_execution_time || 30,
+      l.max_execution_time || Infinity);
+    S.deadline = setTimeout(() => onDeadline(first), (timeout + RESULT_GRACE_S) * 1000);
+  }
+
+  function onDeadline(id) {
+    S.deadline = null;
+    const cell = S.cells.get(id);
+    if (!cell || !S.pending.has(id)) {
+      armDeadline();
+      return;
+    }
+    cell.expired = (cell.expired || 0) + 1;
+    if (cell.expired >= 2) {
+      // Resumed once already and still nothing: its result is not coming.
+      S.pending.delete(id);
+      setCellStatus(cell, "unknown");
+      cell.notes.append(el("p", { class: "note",
+        text: "No result came for this cell within its time limit and a grace: it was lost." }));
+      refreshRunningState();
+      return;
+    }
+    // The connection may be dead without the browser knowing (nothing closed it): resume
+    // the session on a new one. The old one's events are not ours any more.
+    const ws = S.ws;
+    S.generation++;
+    try { ws.close(4001, "no answer in time"); } catch { /* closing already */ }
+    onClose({ code: 1006 });
   }
 
   function onStream(frame) {
@@ -672,6 +754,7 @@
       cell.notes.append(el("p", { class: "note", text: why }));
     }
     S.pending.clear();
+    armDeadline();
   }
 
   function addCell(id, code) {
@@ -730,8 +813,18 @@
     const frame = { type: "execute", id, code };
     const timeout = Number(ui.timeout.value);
     if (ui.timeout.value && timeout > 0) frame.timeout = timeout;
-    addCell(id, code);
+    const cell = addCell(id, code);
+    cell.timeout = frame.timeout;
     addHistory(code, S.language);
+    // Refused here as the service would: a frame over its message limit closed the
+    // connection (1009), and the cell stayed "queued" for good (a review).
+    const size = new TextEncoder().encode(code).length;
+    if (S.limits && size > S.limits.max_code_bytes) {
+      setCellStatus(cell, "refused");
+      cell.notes.append(el("p", { class: "note", text: errorWords("payload_too_large",
+        `code of ${size} bytes exceeds the limit of ${S.limits.max_code_bytes} bytes`) }));
+      return;
+    }
     S.pending.add(id);
     S.ws.send(JSON.stringify(frame));
     refreshRunningState();

@@ -6,6 +6,7 @@ what appears. Every test is a plain ``def`` (Playwright's sync API refuses a run
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -224,6 +225,73 @@ def test_reconnects_with_the_resume_token(page: Page, service: Service,
     page.close()
 
 
+def test_a_silent_connection_is_taken_for_dropped(browser: Browser, service: Service) -> None:
+    """A connection that carries nothing more and never closes (a dead NAT or Wi-Fi path)
+    left a cell "running" for good (a review). Past the cell's timeout and the page's grace,
+    the page resumes the session on a new connection; the cell, whose result the dead one
+    swallowed, is given up as lost after its bound again, and the session goes on."""
+    page = browser.new_page()
+    page.set_default_timeout(20_000)
+    routes: list[WebSocketRoute] = []
+    dead: list[WebSocketRoute] = []  # routes that carry nothing more, either way
+
+    def proxy(ws: WebSocketRoute) -> None:
+        routes.append(ws)
+        server = ws.connect_to_server()
+        ws.on_message(lambda message: None if ws in dead else server.send(message))
+        server.on_message(lambda message: None if ws in dead else ws.send(message))
+
+    page.route_web_socket("**/api/v1/sessions/ws*", proxy)
+    page.goto(service.http + "/")
+    wait_ready(page)
+    expect(run_cell(page, "x = 41")).to_have_attribute("data-status", "success")
+    page.fill("#timeout", "1")
+    dead.append(routes[-1])
+    cell = run_cell(page, "print('never seen')")
+    routes_before = len(routes)
+    # Resumed after 1 s and the 10 s grace (the dead connection's route is left open).
+    expect(page.locator("#notice")).to_contain_text("Reconnected", timeout=25_000)
+    assert len(routes) == routes_before + 1 and "resume=" in routes[-1].url
+    expect(cell).to_have_attribute("data-status", "unknown", timeout=25_000)
+    expect(cell.locator(".notes")).to_contain_text("it was lost")
+    wait_ready(page)
+    assert run_cell_output(page, "print(x + 1)") == "42\n"
+    page.close()
+
+
+def test_output_lost_while_away_is_told(browser: Browser, service: Service) -> None:
+    """The service keeps 1024 frames for a client that is away: a resume whose ``ready``
+    says more were dropped was shown as "the session and its state were kept", and the
+    running cell's missing output went unremarked (a review)."""
+    page = browser.new_page()
+    page.set_default_timeout(20_000)
+    routes: list[WebSocketRoute] = []
+
+    def proxy(ws: WebSocketRoute) -> None:
+        routes.append(ws)
+        server = ws.connect_to_server()
+        ws.on_message(server.send)
+
+        def to_page(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "ready" and frame.get("resumed"):
+                frame["frames_dropped"] = 7  # as the service says when its replay overflowed
+            ws.send(json.dumps(frame))
+
+        server.on_message(to_page)
+
+    page.route_web_socket("**/api/v1/sessions/ws*", proxy)
+    page.goto(service.http + "/")
+    wait_ready(page)
+    cell = run_cell(page, "import time; time.sleep(2); print('late')")
+    expect(cell).to_have_attribute("data-status", "queued")
+    routes[-1].close(code=4001, reason="network blip")
+    expect(page.locator("#notice")).to_contain_text("7 frames of output", timeout=15_000)
+    expect(cell.locator(".notes")).to_contain_text("may be missing")
+    expect(cell).to_have_attribute("data-status", "success")  # its result was kept
+    page.close()
+
+
 def test_refusals_and_idle_timeout(browser: Browser, make_service: ServiceFactory) -> None:
     with make_service(IDLE_TIMEOUT="2", MAX_CONCURRENT_EXECUTIONS="1", MAX_CODE_BYTES="1024",
                       API_KEYS="demo-key-0123456789ab", ENABLE_JAVASCRIPT="0", ENABLE_RUST="0",
@@ -286,6 +354,13 @@ def test_refusals_and_idle_timeout(browser: Browser, make_service: ServiceFactor
         expect(big).to_have_attribute("data-status", "refused")
         expect(big.locator(".notes")).to_contain_text("larger than the service accepts")
         expect(second.locator("#state")).to_have_attribute("data-state", "ready")
+        # One over the service's message limit too: sent, it closed the connection (1009)
+        # and the cell stayed queued for good (a review); the page refuses it first.
+        huge = run_cell(second, "# " + "x" * 100_000)
+        expect(huge).to_have_attribute("data-status", "refused")
+        expect(huge.locator(".notes")).to_contain_text("code of 100002 bytes exceeds")
+        expect(second.locator("#state")).to_have_attribute("data-state", "ready")
+        assert run_cell_output(second, "print('still here')") == "still here\n"
         first.close()
         second.close()
 
