@@ -639,17 +639,16 @@ class Session:
         self._send(aw.Exec(id=cell.id, code=cell.code,
                            max_output_bytes=self.limits.max_output_bytes, program=cell.program))
 
-    def _charge(self, cell: Cell, size: int) -> int:
-        """Count ``size`` bytes of output; return how many of them may still be sent."""
-        room = max(self.limits.max_output_bytes - cell.output_bytes, 0)
-        cell.output_bytes += size
-        return min(room, size)
+    def _room(self, cell: Cell) -> int:
+        """Bytes of output ``cell`` may still send (its ``output_bytes`` are those sent)."""
+        return max(self.limits.max_output_bytes - cell.output_bytes, 0)
 
     def _output(self, cell: Cell, name: fr.StreamName, text: str) -> None:
         if cell.truncated:
             return
         raw = text.encode("utf-8", "surrogatepass")
-        allowed = self._charge(cell, len(raw))
+        allowed = min(self._room(cell), len(raw))
+        cell.output_bytes += allowed
         if allowed < len(raw):
             text = raw[:allowed].decode("utf-8", "ignore")
             cell.truncated = True
@@ -662,12 +661,13 @@ class Session:
         if cell.truncated:
             return
         size = display_size(frame.data)
-        if self._charge(cell, size) < size:
+        if size > self._room(cell):
             cell.truncated = True
             self._frames.append(fr.Stream(
                 id=cell.id, name="stderr",
                 text=TRUNCATION_MARKER.format(limit=self.limits.max_output_bytes)))
             return
+        cell.output_bytes += size
         self._frames.append(fr.Display(id=cell.id, kind=frame.kind, data=dict(frame.data)))
 
     def _oom_error(self) -> str:

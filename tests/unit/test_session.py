@@ -289,6 +289,10 @@ def test_output_is_capped_with_a_visible_marker() -> None:
     assert "ccc" not in text
     result = frames[-1]
     assert isinstance(result, fr.Result) and result.truncated
+    # The record counts what was sent, the cap's worth: it counted the whole chunk that
+    # went past the cap (196,608 bytes recorded where 65,536 were sent: a review).
+    [finished] = [a for a in s.actions_to_run() if isinstance(a, CellFinished)]
+    assert finished.cell.output_bytes == 100
 
 
 def test_cap_never_splits_a_multibyte_character() -> None:
