@@ -48,7 +48,13 @@ DENIED = sorted(DENIED_FROM_MOBY | {
 
 # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET: clone may set none of them.
 CLONE_NAMESPACE_FLAGS = 0x7E020000
-AF_VSOCK = 40
+# The socket families a sandbox may open (each its own rule: libseccomp let everything through
+# for one rule comparing the same argument three times): Unix sockets, netlink (getaddrinfo,
+# if_nameindex) and the loopback's TCP and UDP, which the service answers EAFNOSUPPORT
+# instead under runc unless ALLOW_LOOPBACK_SOCKETS (settings.load_seccomp_profile). No other
+# family (VSOCK, ALG, TIPC, RDS, CAN, ...): kernel code no cell needs.
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+SOCKET_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK)
 PERSONALITY_SAFE = (0x0, 0x8, 0xFFFFFFFF)  # PER_LINUX, PER_LINUX32, query current
 # mknod and mknodat make only files, FIFOs and sockets: their mode's file type (S_IFMT) is
 # none (a regular file), S_IFREG, S_IFIFO or S_IFSOCK, never S_IFCHR nor S_IFBLK.
@@ -60,8 +66,9 @@ MKNOD_MODE_ARG = {"mknod": 1, "mknodat": 2}
 def profile() -> dict[str, object]:
     allow = sorted(n for n in MOBY_ALLOW if n not in DENIED and n not in MKNOD_MODE_ARG)
     rules: list[dict[str, object]] = [{"names": allow, "action": "SCMP_ACT_ALLOW"}]
-    rules.append({"names": ["socket"], "action": "SCMP_ACT_ALLOW",
-                  "args": [{"index": 0, "value": AF_VSOCK, "op": "SCMP_CMP_NE"}]})
+    for family in SOCKET_FAMILIES:
+        rules.append({"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+                      "args": [{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}]})
     for name, index in MKNOD_MODE_ARG.items():
         for kind in MKNOD_TYPES:
             rules.append({"names": [name], "action": "SCMP_ACT_ALLOW",

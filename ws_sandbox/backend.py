@@ -113,7 +113,8 @@ def container_config(settings: Settings, language: Language, process_id: str,
     # The profile is read once per path (cached), never per container.
     security_opt = ["no-new-privileges:true",
                     "seccomp=" + load_seccomp_profile(settings.seccomp_profile_path,
-                                                      settings.container_runtime)]
+                                                      settings.container_runtime,
+                                                      settings.loopback_sockets)]
     host_config: dict[str, Any] = {
         "NetworkMode": settings.network_mode,
         "ReadonlyRootfs": settings.read_only_root,

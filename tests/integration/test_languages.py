@@ -69,9 +69,11 @@ SOURCES: dict[str, dict[str, str]] = {
 
 @pytest.fixture(scope="module")
 def big_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """A service with the default 1 MiB output cap (the shared one caps at 64 KiB)."""
+    """A service with the default 1 MiB output cap (the shared one caps at 64 KiB), and
+    loopback sockets (a cell's local server and its client)."""
     path: Path = tmp_path_factory.mktemp("languages")
-    with warm_service(path, MAX_CONCURRENT_EXECUTIONS="20") as svc:
+    with warm_service(path, MAX_CONCURRENT_EXECUTIONS="20",
+                      ALLOW_LOOPBACK_SOCKETS="true") as svc:
         yield svc
 
 

@@ -42,6 +42,10 @@ BATTERY_ENV = {
     "SESSION_SECRET": "canary-session-secret-3f9a",
     "ADMIN_API_KEY": "canary-admin-key-3f9a",
     "AWS_SECRET_ACCESS_KEY": "canary-aws-3f9a",
+    # Loopback TCP and UDP on (under runc the default refuses them, which
+    # test_tcp_and_udp_sockets_are_refused_by_default checks): the network tests prove what
+    # a sandbox that has them still cannot do (egress, raw sockets, CAP_NET_*).
+    "ALLOW_LOOPBACK_SOCKETS": "true",
 }
 
 
