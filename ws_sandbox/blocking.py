@@ -18,7 +18,8 @@ that thread: there, :meth:`BlockingSession.interrupt` is sent without waiting,
 thread that is calling them, raise :class:`CalledFromCallback`. A Ctrl-C
 (``KeyboardInterrupt``) while a cell runs interrupts the cell on the server too, then
 raises: the session goes on, as a notebook's does. A session nobody closes is closed when it
-is collected, or when the interpreter exits.
+is collected (not at exit: its connection drops with the process, and the service keeps the
+session for a resume until its ``RESUME_GRACE``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import signal
 import threading
 import weakref
@@ -146,8 +148,12 @@ class BlockingSession:
         """The async session it wraps (use it on :attr:`loop` only)."""
         self._runner = runner
         # A session nobody closed (a notebook cell run again makes a new one) is closed when
-        # it is collected, or at exit: its thread, socket and sandbox are not left behind.
-        self._finalizer = weakref.finalize(self, _close_unused, session, runner)
+        # it is collected: its thread, socket and sandbox are not left behind. Not at exit,
+        # where a close could wait on a loop thread a callback holds, and a process may
+        # leave a session for another to resume (a review); nor in a forked child, which has
+        # no loop thread and shares the parent's socket.
+        self._finalizer = weakref.finalize(self, _close_unused, session, runner, os.getpid())
+        self._finalizer.atexit = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -262,10 +268,12 @@ def _close(session: ClientSession, runner: _LoopThread) -> None:
         runner.stop()
 
 
-def _close_unused(session: ClientSession, runner: _LoopThread) -> None:
-    """Close a session its caller let go of without closing it. Collected in its own thread
-    (the last reference dropped by a callback), it closes there without waiting, and the
-    loop stops once it has."""
+def _close_unused(session: ClientSession, runner: _LoopThread, pid: int) -> None:
+    """Close a session its caller let go of without closing it (in the process that opened
+    it). Collected in its own thread (the last reference dropped by a callback), it closes
+    there without waiting, and the loop stops once it has."""
+    if os.getpid() != pid:
+        return
     if runner.on_loop():
         async def close_and_stop() -> None:
             try:

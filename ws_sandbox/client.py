@@ -45,6 +45,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.frames import DATA_OPCODES, Frame
 from websockets.protocol import Event, State
@@ -1057,6 +1058,15 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _OPEN_URL = urllib.request.build_opener(_NoRedirects).open
 
 
+class _ConnectHere(ws_connect):
+    """The WebSocket client's ``connect``, following no redirect: it dropped the API key on
+    a redirect to another host, but opened the session there all the same, and the user's
+    code went to it (a review). A 3xx is a failed connection, as ``execute_once`` has it."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 def _refusal(url: str, status: int, body: bytes | None,
              what: str = "the WebSocket upgrade") -> SessionRefused | ConnectFailed:
     """An HTTP refusal: the service's, with its JSON error (``{"error": {"code",
@@ -1177,8 +1187,8 @@ class connect:
             endpoint's own URL works too); a query and a fragment are dropped.
         language: language of the session.
         resume: a token from an earlier ``ready`` frame, to resume that session.
-        api_key: sent as ``Authorization: Bearer`` (to ``url`` alone: the WebSocket client
-            drops it on a redirect to another host).
+        api_key: sent as ``Authorization: Bearer`` (to ``url`` alone: a redirect is not
+            followed).
         open_timeout: seconds to wait for the handshake, then as long for the ``ready``
             frame (after a refusal, as long again for the server to close); positive and
             finite, or None to wait for ever.
@@ -1264,10 +1274,8 @@ async def _open(url: str, *, language: str, resume: str | None, api_key: str | N
     endpoint = _endpoint(url, urlencode(query))
     headers = _authorization(api_key)
     try:
-        ws = await websockets.connect(endpoint,
-                                      additional_headers=headers, max_size=max_size,
-                                      open_timeout=open_timeout,
-                                      create_connection=_Connection)
+        ws = await _ConnectHere(endpoint, additional_headers=headers, max_size=max_size,
+                                open_timeout=open_timeout, create_connection=_Connection)
     except InvalidStatus as exc:
         raise _refusal(url, exc.response.status_code, bytes(exc.response.body)) from exc
     except InvalidURI as exc:

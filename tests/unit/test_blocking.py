@@ -193,3 +193,32 @@ def test_a_session_collected_on_its_own_thread_closes_without_waiting(server: Se
     with pytest.raises(SessionClosed):
         session.execute("x")
     session.close()  # nothing more to do
+
+
+LEFT_OPEN = """
+import os, sys
+from ws_sandbox.blocking import connect
+session = connect(sys.argv[1])
+print(session.execute("x").stdout, end="", flush=True)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a child's normal exit: the parent's session is not its to close
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), flush=True)
+# The parent exits without closing: its connection drops, the session waits for a resume.
+"""
+
+
+async def test_exit_and_fork_close_nothing_and_wait_for_nothing() -> None:
+    """Closing an unclosed session at exit hung a forked child for ever (no loop thread
+    there), waited on a loop a callback held, and ended a session another process was to
+    resume (a review): at exit, and in a child, nothing is closed."""
+    async with scripted_server() as server:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", LEFT_OPEN, server.url, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        async with asyncio.timeout(BOUND):
+            out, err = await process.communicate()
+            await server.ended.wait()
+    assert (process.returncode, out) == (0, b"out x\nmore\nchild 0\n"), err
+    assert server.closes != [1000], server.closes  # dropped, not closed: resumable

@@ -1529,3 +1529,15 @@ async def test_frames_a_stream_left_behind_go_to_events(server: Server) -> None:
     assert isinstance(first, fr.Stream) and first.text == "out x\n"
     assert [type(f).__name__ for f in left] == ["Stream", "Display", "Stream", "Result"]
     assert isinstance(left[-1], fr.Result) and left[-1].id == first.id
+
+
+async def test_connect_follows_no_redirect(server: Server) -> None:
+    """The WebSocket client dropped the key on a redirect to another host but opened the
+    session there all the same, and the user's code went to it (a review)."""
+    redirect = (f"HTTP/1.1 302 Found\r\nLocation: {server.url}/api/v1/sessions/ws\r\n"
+                "Content-Length: 0\r\n\r\n").encode()
+    with raw_http_server(redirect) as url, pytest.raises(ConnectFailed) as raised:
+        async with asyncio.timeout(BOUND):
+            await connect(url.replace("http", "ws"), api_key="k-0123456789abcdef")
+    assert raised.value.http_status == 302, raised.value
+    assert server.paths == []  # the server it pointed to was never asked
