@@ -115,10 +115,15 @@ class RateLimiter:
         return bucket
 
     def _refuse(self, key: str, wait: float, message: str) -> None:
+        self.note_refused(key)
+        raise RateLimited(message, retry_after=wait)
+
+    def note_refused(self, key: str) -> None:
+        """Count a call of ``key`` refused as ``rate_limited`` (by this limiter, or by a
+        limit of the caller's own that answers as it does)."""
         self.refused += 1
         if self._on_refused is not None:
             self._on_refused(RateLimited.code, key)
-        raise RateLimited(message, retry_after=wait)
 
     def _prune(self, now: float) -> None:
         for key, bucket in list(self._buckets.items()):

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from ws_sandbox import frames as fr
+from ws_sandbox.auth import is_key_identity
 from ws_sandbox.driver import ClientRequest, CloseRequest
 from ws_sandbox.exceptions import (
     DECODE_ERRORS,
@@ -28,6 +29,7 @@ from ws_sandbox.exceptions import (
     BadRequest,
     CapacityError,
     PayloadTooLarge,
+    RateLimited,
     SandboxError,
     SandboxLost,
     UnsupportedMediaType,
@@ -184,10 +186,11 @@ class BodyBudget:
     A body may take ``REQUEST_TIMEOUT`` to arrive, and each is held whole until then: a
     client sending all but the last bytes of many large bodies held 850 MiB per API key
     for a minute (a review). Past ``limit`` in flight, a body's next bytes are refused
-    (503, ``at_capacity``) instead of kept. One caller (an API key, or an address without
-    one) may hold ``share`` of it: one tenant's slow bodies took the whole budget, and every
-    other tenant's one-shot calls were refused for as long as it kept them coming (a
-    review).
+    (503, ``at_capacity``) instead of kept. One API key may hold ``share`` of it (then 429,
+    ``rate_limited``: its own limit): one tenant's slow bodies took the whole budget, and
+    every other tenant's one-shot calls were refused for as long as it kept them coming (a
+    review). Callers without a key (``caller`` None) have no share: their identity is an
+    address, which a proxy gives every client alike.
     """
 
     def __init__(self, limit: int, share: int | None = None) -> None:
@@ -196,45 +199,48 @@ class BodyBudget:
         self.in_flight = 0
         self._held: dict[str, int] = {}  # bytes in flight by caller (none held: no entry)
 
-    def take(self, size: int, caller: str = "") -> None:
+    def take(self, size: int, caller: str | None = None) -> None:
         """Count ``size`` more bytes received for ``caller``.
 
         Raises:
-            CapacityError: they would pass the caller's share, or the limit.
+            RateLimited: they would pass the caller's share.
+            CapacityError: they would pass the limit.
         """
-        held = self._held.get(caller, 0)
-        if held + size > self.share:
-            raise CapacityError(f"{held} bytes of this caller's request bodies are being"
-                                " received already, the most one caller may send at once;"
-                                " retry once they have come", retry_after=1)
+        held = 0 if caller is None else self._held.get(caller, 0)
+        if caller is not None and held + size > self.share:
+            raise RateLimited(f"{held} bytes of this API key's request bodies are being"
+                              " received already, the most one key may send at once; retry"
+                              " once they have come", retry_after=1)
         if self.in_flight + size > self.limit:
             raise CapacityError(f"{self.in_flight} bytes of request bodies are being received"
                                 f" already, the most the service holds at once; retry",
                                 retry_after=1)
         self.in_flight += size
-        self._held[caller] = held + size
+        if caller is not None:
+            self._held[caller] = held + size
 
-    def give_back(self, size: int, caller: str = "") -> None:
+    def give_back(self, size: int, caller: str | None = None) -> None:
         self.in_flight -= size
-        if size:
+        if size and caller is not None:
             if (held := self._held[caller] - size) > 0:
                 self._held[caller] = held
             else:
                 del self._held[caller]
 
-    def held(self, caller: str = "") -> int:
+    def held(self, caller: str) -> int:
         """Bytes of ``caller``'s bodies in flight."""
         return self._held.get(caller, 0)
 
 
 async def read_body(request: Request, limit: int, budget: BodyBudget | None = None,
-                    caller: str = "") -> bytes:
+                    caller: str | None = None) -> bytes:
     """Read the body, refusing it as soon as it exceeds ``limit`` bytes (or ``budget``, of
     which ``caller`` has a share).
 
     Raises:
         PayloadTooLarge: the body (or its announced length) is above ``limit``.
         CapacityError: the bodies being received at once would pass ``budget``.
+        RateLimited: ``caller``'s would pass its share of it.
         BadRequest: the client went away before the whole body came (nobody reads the
             answer; it keeps the error log for real errors).
     """
@@ -289,9 +295,13 @@ async def execute(request: Request) -> Response:
     check_json_media(request)
     try:
         body = await read_body(request, fr.message_limit(manager.settings.max_code_bytes),
-                               request.app.state.bodies, client_id)
+                               request.app.state.bodies,
+                               client_id if is_key_identity(client_id) else None)
+    except RateLimited:  # (counted in stats and the refusals' summary, as the limiter's)
+        limiter.note_refused(client_id)
+        raise
     except CapacityError as exc:
-        manager.note_refused(exc.code, client_id)  # in stats, and the refusals' summary
+        manager.note_refused(exc.code, client_id)
         raise
     if not body.strip():
         raise BadRequest('the request body is empty: send a JSON object such as'

@@ -561,8 +561,9 @@ def answer_of(conn: socket.socket) -> bytes:
 def test_one_key_s_slow_bodies_leave_room_for_another_key(make_service: ServiceFactory) -> None:
     """A tenant sending all but the last byte of bodies that added up to the service's 64
     MiB of bodies in flight had every other tenant's one-shot calls refused for as long as
-    it went on (a review). One caller holds at most its share (a quarter, or the largest
-    body): its next body is refused, counted, and another key's call still runs."""
+    it went on (a review). One key holds at most its share (a quarter, or the largest
+    body): its next body is refused (429, its own limit), counted, and another key's call
+    still runs."""
     key_a, key_b = "slow-body-a-0123456789ab", "slow-body-b-0123456789ab"
     # MAX_CODE_BYTES=4 MiB: the largest body is 6 x 4 MiB and 64 KiB; the share is that.
     with make_service(API_KEYS=f"{key_a},{key_b}", MAX_CODE_BYTES=str(4 << 20),
@@ -573,13 +574,13 @@ def test_one_key_s_slow_bodies_leave_room_for_another_key(make_service: ServiceF
             refused = slow_body(svc, key_a, 8 << 20, 8 << 20)
             with refused:
                 answer = answer_of(refused)
-            assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
-            assert b"the most one caller may send at once" in answer, answer[-400:]
+            assert answer.startswith(b"HTTP/1.1 429"), answer[:300]
+            assert b"the most one key may send at once" in answer, answer[-400:]
             status, _, ok = call(svc, "/api/v1/execute", {"code": "print('b')"},
                                  headers=bearer(key_b))
             assert status == 200 and ok["stdout"] == "b\n", ok
             stats = svc.get("/api/v1/stats")[1]
-            assert stats["sessions_refused"]["at_capacity"] == 1, stats  # type: ignore[index]
+            assert stats["rate_limited"] == 1, stats  # its own limit, as the limiter's
         finally:
             for conn in held:
                 conn.close()
