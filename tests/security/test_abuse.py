@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -547,6 +548,14 @@ async def test_tcp_and_udp_sockets_are_refused_by_default(make_service: ServiceF
     env = {k: v for k, v in BATTERY_ENV.items() if k != "ALLOW_LOOPBACK_SOCKETS"}
     with make_service(**env, POOL_SIZE="0") as svc:
         r = await run(svc, language, NO_INET[language], timeout=10)
+        # What a model's cell would meet: the error says why ("Address family not
+        # supported" alone reads as an IPv6 problem: a review).
+        fetch = {"python": "import urllib.request\n"
+                           "urllib.request.urlopen('http://127.0.0.1:8000/', timeout=5)",
+                 "javascript": "await fetch('http://127.0.0.1:8000/')"}.get(language)
+        local = await run(svc, language, fetch, timeout=10) if fetch else None
+    if local is not None and not RUNSC:
+        assert "TCP and UDP sockets are off in this sandbox" in local.stderr, local
     out = r.stdout + r.stderr
     if language == "python":
         expected = ["opened"] * 3 if RUNSC else ["EAFNOSUPPORT"] * 3
@@ -556,6 +565,49 @@ async def test_tcp_and_udp_sockets_are_refused_by_default(make_service: ServiceF
     else:
         # (RUNSC: nothing listens there, and the socket was made.)
         assert ("Connection refused" if RUNSC else "Address family not supported") in out, r
+
+
+SOCKETCALL = r"""
+import ctypes, mmap, struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+page = libc.mmap(None, 4096, 7, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40, -1, 0)  # 32-bit
+# push rbx; mov eax, 102 (socketcall); mov ebx, 1 (SYS_SOCKET); mov ecx, args; int 0x80;
+# pop rbx; ret: the i386 ABI's socket multiplexer, whose arguments seccomp cannot see.
+args = page + 2048
+code = (bytes.fromhex("53b8") + struct.pack("<I", 102) + bytes.fromhex("bb")
+        + struct.pack("<I", 1) + bytes.fromhex("b9") + struct.pack("<I", args)
+        + bytes.fromhex("cd805bc3"))
+ctypes.memmove(page, code, len(code))
+call = ctypes.CFUNCTYPE(ctypes.c_int)(page)
+for family in (2, 10, 40):  # AF_INET, AF_INET6, AF_VSOCK
+    ctypes.memmove(args, struct.pack("<III", family, 1, 0), 12)
+    call()
+import os
+links = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:  # (the listing's own descriptor, closed by now)
+        pass
+print(sum(link.startswith("socket:") for link in links), "sockets")
+"""
+
+
+async def test_the_32_bit_abi_is_killed(battery: Service) -> None:
+    """On x86, libseccomp turns socket()'s rules into rules of ``socketcall`` (i386's socket
+    multiplexer, through ``int 0x80``), whose first argument is the call's number: it gave a
+    cell IPv4, IPv6 and VSOCK sockets past the profile's family rules (a review). The
+    profile lists the native ABI alone: such a call kills its process (SIGSYS)."""
+    code = ("import subprocess, sys\n"
+            f"r = subprocess.run([sys.executable, '-c', {SOCKETCALL!r}], capture_output=True,"
+            " text=True)\nprint(r.stdout, end='')\nprint('exit', r.returncode)")
+    r = await run(battery, "python", code, timeout=20)
+    # RUNSC: gVisor reads int 0x80 as a native call (102 is getuid there): no socket either.
+    expected = ["0 sockets", "exit 0"] if RUNSC else [f"exit -{signal.SIGSYS}"]
+    assert r.stdout.splitlines() == expected, r
 
 
 # --------------------------------------------------------------------------- secrets

@@ -24,7 +24,7 @@ DENIED = [
     "swapon", "swapoff", "acct", "open_by_handle_at", "name_to_handle_at",
     "io_uring_setup", "io_uring_enter", "io_uring_register", "fanotify_init",
     "io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
-    "io_pgetevents_time64",
+    "io_pgetevents_time64", "socketcall",
     "lookup_dcookie", "iopl", "ioperm", "settimeofday", "clock_settime", "clock_settime64",
     "adjtimex", "clock_adjtime", "vm86", "vm86old", "quotactl", "nfsservctl", "mbind",
     "migrate_pages", "move_pages", "set_mempolicy", "syslog", "sethostname",
