@@ -131,6 +131,9 @@ let wrapperFrame = null;
 const NO_NETWORK_CODES = new Set(['EAI_AGAIN', 'ENOTFOUND', 'ENETUNREACH', 'EHOSTUNREACH']);
 const NO_NETWORK_NOTE = 'There is no network here: host names do not resolve and nothing ' +
   'outside the sandbox can be reached.';
+// TCP and UDP sockets refused (EAFNOSUPPORT: the service's seccomp profile under runc).
+const NO_SOCKETS_NOTE = 'TCP and UDP sockets are off in this sandbox, even on localhost: a ' +
+  'local server and its client cannot run here. Unix sockets, pipes and in-process calls work.';
 
 // Cells are not a file: like Node's REPL, they have no __dirname or __filename (defined as
 // globals, ES modules would see them too). Code written for a script reaches for them often.
@@ -165,9 +168,9 @@ function errorNote(err) {
     }
     let e = err;
     for (let depth = 0; depth < 8 && e !== null && typeof e === 'object'; depth++) {
-      if (NO_NETWORK_CODES.has(e.code)) {
-        return e === err ? NO_NETWORK_NOTE : `${String(e.message)}. ${NO_NETWORK_NOTE}`;
-      }
+      const note = NO_NETWORK_CODES.has(e.code) ? NO_NETWORK_NOTE
+        : e.code === 'EAFNOSUPPORT' ? NO_SOCKETS_NOTE : '';
+      if (note) return e === err ? note : `${String(e.message)}. ${note}`;
       e = e.cause;
     }
   } catch (e) {

@@ -932,6 +932,9 @@ MISSING_MODULE_NOTE = ("Packages cannot be installed here: there is no network a
 NO_INPUT_NOTE = "There is no input here: stdin is at its end, so put the values in the code."
 NO_NETWORK_NOTE = ("There is no network here: host names do not resolve and nothing outside the"
                    " sandbox can be reached.")
+NO_SOCKETS_NOTE = ("TCP and UDP sockets are off in this sandbox, even on localhost: a local server"
+                   " and its client cannot run here. Unix sockets (AF_UNIX), pipes and"
+                   " in-process calls work.")
 NO_SPACE_NOTE = ("The sandbox's disk is full: /workspace and /tmp are small, in memory"
                  " (`df -h /workspace /tmp` shows them). Delete files to make room, or write less.")
 
@@ -952,10 +955,11 @@ def _file_size_note() -> str:
     return f"A file here may be no larger than the sandbox's file size limit{size}."
 
 
-def _is_no_network(exc: BaseException) -> bool:
-    """Whether ``exc`` comes of the sandbox having no network: a name that did not resolve
-    (``socket.gaierror``) or a network out of reach, on its own or as the cause of what a
-    library raised (``urllib``'s ``URLError``, ``requests``' ``ConnectionError``)."""
+def _network_note(exc: BaseException) -> str | None:
+    """The note for ``exc`` if it comes of the sandbox having no network (a name that did not
+    resolve, ``socket.gaierror``, or a network out of reach) or no TCP and UDP sockets
+    (EAFNOSUPPORT: the service's seccomp profile under runc), on its own or as the cause of
+    what a library raised (``urllib``'s ``URLError``, ``requests``' ``ConnectionError``)."""
     socket = sys.modules.get("socket")  # not imported: no name was looked up
     todo: list[object] = [exc]
     seen: set[int] = set()
@@ -966,14 +970,16 @@ def _is_no_network(exc: BaseException) -> bool:
                 continue
             seen.add(id(err))
             if socket is not None and isinstance(err, socket.gaierror):
-                return True
+                return NO_NETWORK_NOTE
             if isinstance(err, OSError) and err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-                return True
+                return NO_NETWORK_NOTE
+            if isinstance(err, OSError) and err.errno == errno.EAFNOSUPPORT:
+                return NO_SOCKETS_NOTE
             # URLError and urllib3's MaxRetryError keep what failed as their reason.
             todo += [err.__cause__, err.__context__, getattr(err, "reason", None)]
     except BaseException:  # the user's exception class misbehaves (even with SystemExit)
-        return False
-    return False
+        return None
+    return None
 
 
 def _is_missing_package(exc: BaseException) -> bool:
@@ -1013,8 +1019,8 @@ def _add_hint(exc: BaseException) -> None:
         note = MISSING_MODULE_NOTE
     elif isinstance(exc, EOFError) and exc.args == ("EOF when reading a line",):
         note = NO_INPUT_NOTE
-    elif _is_no_network(exc):
-        note = NO_NETWORK_NOTE
+    elif (network := _network_note(exc)) is not None:
+        note = network
     elif _os_errno(exc) == errno.EFBIG:
         note = _file_size_note()
     elif _os_errno(exc) == errno.ENOSPC:

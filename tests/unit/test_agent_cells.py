@@ -616,6 +616,28 @@ def test_python_no_network_errors_say_there_is_no_network(py: AgentDriver, code:
     assert "There is no network here" in result.done["error"]
 
 
+@pytest.mark.parametrize("code", [
+    "import errno\nraise OSError(errno.EAFNOSUPPORT, 'Address family not supported by protocol')",
+    "import errno, urllib.error\n"
+    "raise urllib.error.URLError(OSError(errno.EAFNOSUPPORT, 'Address family not supported'))",
+])
+def test_python_refused_sockets_say_so(py: AgentDriver, code: str) -> None:
+    """Under runc a sandbox opens no TCP or UDP socket by default: "Address family not
+    supported by protocol" alone reads as an IPv6 problem (a review)."""
+    result = py.run(code)
+    assert result.done["status"] == "error"
+    assert "TCP and UDP sockets are off in this sandbox" in result.text("stderr"), result
+    assert "TCP and UDP sockets are off" in result.done["error"]
+
+
+def test_js_refused_sockets_say_so(js: AgentDriver) -> None:
+    result = js.run("throw Object.assign(new Error('listen EAFNOSUPPORT: address family not"
+                    " supported 127.0.0.1'), { code: 'EAFNOSUPPORT' })")
+    assert result.done["status"] == "error"
+    assert "TCP and UDP sockets are off in this sandbox" in result.text("stderr"), result
+    assert "TCP and UDP sockets are off" in result.done["error"]
+
+
 def test_python_other_errors_get_no_network_note(py: AgentDriver) -> None:
     """Nor does an exception whose attributes raise, even SystemExit or KeyboardInterrupt
     (that ended the interpreter, or made the cell interrupted: a review)."""
