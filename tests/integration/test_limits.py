@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -551,10 +552,16 @@ def slow_body(svc: Service, key: str, length: int, sent: int) -> socket.socket:
 
 
 def answer_of(conn: socket.socket) -> bytes:
+    """The answer's head and its body (Content-Length's worth, or up to the close)."""
     data = b""
     with contextlib.suppress(OSError):
         while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
             data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        while (length is None or len(body) < int(length[1])) and (chunk := conn.recv(65536)):
+            body += chunk
+        data = head + b"\r\n\r\n" + body
     return data
 
 
