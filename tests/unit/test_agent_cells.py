@@ -3215,7 +3215,11 @@ def test_rust_compile_and_run(rs: AgentDriver) -> None:
 def test_rust_stopped_while_compiling_has_no_compile_time(rs: AgentDriver) -> None:
     """``compile_time_ms`` is rustc's share of a cell that compiled; a cell interrupted (or
     timed out) while rustc ran reported all its time as rustc's (a review)."""
-    result = rs.run_interrupted('fn main() { println!("x"); }', after=0.05, timeout=60)
+    # Enough for rustc to take well over the 50 ms before the interrupt, even on a busy
+    # machine (a program of one line once compiled and ran first in CI).
+    slow = "".join(f"fn f{i}(x: u64) -> u64 {{ x.wrapping_mul({i}).rotate_left(3) }}\n"
+                   for i in range(3000))
+    result = rs.run_interrupted(slow + 'fn main() { println!("x"); }', after=0.05, timeout=60)
     assert result.done["status"] == "interrupted", result.done
     assert "compile_time_ms" not in result.done, result.done
     again = rs.run('fn main() { println!("y"); }', timeout=60)
