@@ -26,8 +26,23 @@ set --
 # Armed again before every cell: once the trap has returned from a cell waiting for a program
 # (an interrupted `sleep`), bash 5.2 runs it no more for a cell of builtins only (a `while`
 # loop), which then ran on until the agent restarted the shell.
-__ws_trap='if (( __ws_running )); then __ws_intr=1; return 130 2>/dev/null; else __ws_sig=1; fi'
+#
+# The trap's `return` leaves the innermost function alone: a cell interrupted in a function
+# (`f() { ...; }; while :; do f; done`, or in the worker's own `__ws_status` just before the
+# code ran) went on running until the agent restarted the shell. So the trap also sets a
+# DEBUG trap, which runs before the next command at each level (bash keeps a DEBUG trap set
+# inside a function when it returns), and returns from each function in turn and then from
+# cell.bash; back at the worker's top level (its own file alone in BASH_SOURCE) it puts
+# back the cell's own DEBUG action, if the cell set one.
+__ws_trap='if (( __ws_running )); then __ws_stop; builtin trap "$__ws_unwind" DEBUG; return 130 2>/dev/null; else __ws_sig=1; fi'
+__ws_unwind='if (( ${#BASH_SOURCE[@]} > 1 )); then return 130; fi; builtin trap -- "$__ws_debug" DEBUG'
+__ws_debug=-
 builtin trap "$__ws_trap" INT
+# A cell stopped by an interrupt: with the cells' `set -e` on, the 130 that each level
+# returns ended the shell, and the session's state was lost ("bash exits: set -e is on and a
+# command failed", for a user's Stop). `set -e` is off until the cell has ended.
+__ws_sete=0
+__ws_stop() { __ws_intr=1; [[ $- != *e* ]] || { set +e; __ws_sete=1; }; }
 # bash says nothing when `set -e` ends it in the middle of a cell: say why its state is lost
 # (a failed command noted by the ERR trap, not an `exit`).
 __ws_failed=0
@@ -51,6 +66,7 @@ __ws_err=''
 # commands that run the cell (they fail when its last command did: with `set -E`, a trap ran
 # three times for one failure where a script's runs once).
 __ws_run_err() {
+    (( ! __ws_intr )) || return 0  # the 130 of each function an interrupt unwinds
     [[ $BASH_COMMAND != 'eval "$__ws_code"' && $BASH_COMMAND != '. "$__ws_cell"' ]] || return 0
     __ws_status "$__ws_e" || eval "$__ws_err"
 }
@@ -115,6 +131,7 @@ trap() {
         elif __ws_is_err "$__ws_s"; then
             if [[ $__ws_action == - ]]; then __ws_err=''; else __ws_err=$__ws_action; fi
         else
+            [[ ${__ws_s^^} != @(DEBUG|SIGDEBUG) ]] || __ws_debug=$__ws_action
             __ws_other+=("$__ws_s")
         fi
     done
@@ -203,6 +220,7 @@ while :; do
     __ws_running=0
     __ws_last=$__ws_rc
     if (( __ws_intr )); then
+        (( ! __ws_sete )) || { __ws_sete=0; set -e; }
         __ws_p=0
         __ws_fresh || __ws_p=$?
         (( __ws_p == 77 )) || __ws_unstale

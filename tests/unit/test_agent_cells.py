@@ -3051,6 +3051,50 @@ def test_shell_a_bare_return_gives_its_status_after_an_interrupt(
     assert "echo child" in sh.run("trap -p CHLD").text()
 
 
+@pytest.mark.parametrize("code", [
+    "f() { while :; do :; done; }; f; echo after-f",
+    "g() { local i=0; while :; do i=$((i + 1)); done; }; f() { g; echo after-g; }; f; echo end",
+    "tick() { :; }; while :; do tick; done; echo after-loop",
+])
+def test_shell_an_interrupt_in_a_function_stops_the_whole_cell(sh: AgentDriver,
+                                                               code: str) -> None:
+    """The INT trap's ``return`` ended only the function the interrupt landed in: the rest of
+    the cell ran on (``after-f`` printed, or a loop that calls a function went on for ever,
+    and the service restarted the shell, its state lost). The interrupt now unwinds every
+    function and the cell; a cell's ERR action is not run for the 130 each one returns, and
+    no trap of the worker's is left behind."""
+    sh.run("KEPT=yes; trap 'echo err-action' ERR")
+    for _ in range(3):
+        result = sh.run_interrupted(code, after=0.3)
+        assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+        assert (result.text(), result.text("stderr")) == ("", "")
+    after = sh.run("trap -p DEBUG; echo $KEPT; false")
+    assert after.text() == "yes\nerr-action\n"
+
+
+@pytest.mark.parametrize("code", ["while :; do :; done", "f() { while :; do :; done; }; f",
+                                  "sleep 100"])
+def test_shell_set_e_survives_an_interrupt(sh: AgentDriver, code: str) -> None:
+    """Models start shell cells with ``set -euo pipefail``: after that, an interrupt of a
+    loop of builtins ended the shell ("bash exits: set -e is on and a command failed") and
+    lost its state, for the 130 the interrupt returned. ``set -e`` is off while the
+    interrupt ends the cell, and on again after; an interrupt right behind its cell too."""
+    sh.run("set -euo pipefail; KEPT=yes")
+    stopped = sh.run_interrupted(code, after=0.3)
+    assert (stopped.done["status"], stopped.done["restarted"]) == ("interrupted", False)
+    assert stopped.text("stderr") == ""
+    if not code.startswith("sleep"):  # (a SIGINT as bash forks a program: do_interrupt)
+        sent_at = time.monotonic()
+        behind = sh.exec(code)
+        sh.send({"t": "interrupt"})
+        result = sh.collect(behind, sent_at)
+        assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
+    assert sh.run('echo "$KEPT $-"').text().startswith("yes e")
+    ended = sh.run("false; echo not-reached")  # set -e still ends the shell
+    assert ended.done["restarted"] is True
+    assert ended.text("stderr") == "bash exits: set -e is on and a command failed\n"
+
+
 def test_shell_errors_name_the_cells_own_line(sh: AgentDriver) -> None:
     """The cell is run by an eval on the 11th line of cell.bash, so bash named line 13 for
     the cell's third (a review: a model fixing code by line number edits the wrong one)."""
