@@ -525,12 +525,14 @@ def test_screenshot_with_output(browser: Browser, service: Service, artifacts: P
     example = page.input_value("#code")
     cell = run_cell(page, example)
     expect(cell).to_have_attribute("data-status", "success", timeout=15_000)
+    page.fill("#timeout", "20")  # a first matplotlib import: 0.2 s as a rule, 10 s in CI once
     plot = run_cell(page, "import matplotlib.pyplot as plt\nimport numpy as np\n"
                           "x = np.linspace(0, 4 * np.pi, 200)\n"
                           "plt.figure(figsize=(5, 2.6))\nplt.plot(x, np.sin(x), label='sin')\n"
                           "plt.plot(x, np.cos(x), label='cos')\nplt.legend()\nplt.show()")
     expect(plot).to_have_attribute("data-status", "success", timeout=20_000)
     expect(plot.locator("img")).to_be_visible()
+    page.fill("#timeout", "")
     page.fill("#code", example)
     page.evaluate("document.activeElement.blur()")
     page.screenshot(path=str(artifacts / "web-demo.png"), full_page=True)

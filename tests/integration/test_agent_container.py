@@ -314,7 +314,7 @@ def test_python_starts_from_bytecode_without_slow_imports() -> None:
     image, and a fresh
     worker (no preload, the service's default) has loaded none of the modules that cost a
     start milliseconds; what the image dropped for speed (matplotlib's namespace .pth,
-    Debian's sitecustomize) loses nothing."""
+    Debian's sitecustomize, mpl_toolkits' pkg_resources) loses nothing."""
     sandbox = Sandbox("python", env={"WS_SANDBOX_PRELOAD": ""})
     try:
         sandbox.send({"t": "hello"})
@@ -328,7 +328,9 @@ def test_python_starts_from_bytecode_without_slow_imports() -> None:
             "    args = open(f'/proc/{pid}/cmdline', 'rb').read().decode().split('\\0')\n"
             "    print(next(a for a in args if a.startswith('/opt/')))\n"
             "import mpl_toolkits.mplot3d, mpl_toolkits.axes_grid1\n"
-            "print(mpl_toolkits.__path__)"
+            "print(mpl_toolkits.__path__)\n"
+            "import matplotlib.pyplot\n"
+            "print('pkg_resources' in sys.modules)"
         )
         _, frames = sandbox.run(code)
         assert done(frames)["status"] == "success", text(frames, "stderr")
@@ -337,6 +339,7 @@ def test_python_starts_from_bytecode_without_slow_imports() -> None:
         assert lines[1:3] == ["/opt/ws_sandbox/agent/agent",
                               "/opt/ws_sandbox/agent/worker_python.pyc"]
         assert lines[3] == "['/usr/lib/python3/dist-packages/mpl_toolkits']"
+        assert lines[4] == "False"  # mpl_toolkits' __init__ imported it (60 ms a first plot)
         # A traceback still shows the cell's own source lines.
         _, frames = sandbox.run("def f():\n    return 1 / 0")
         _, frames = sandbox.run("x = 1\nf()")
