@@ -87,14 +87,18 @@ class StoreThread(Executor):
             if not future.set_running_or_notify_cancel():
                 continue
             self._started_at = time.monotonic()
+            error: BaseException | None = None
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:  # the caller's to see, as an executor does
-                future.set_exception(exc)
+                error = exc
+            # Idle before the caller hears: it may look at once (it saw a call "running" for
+            # microseconds after its answer, in a CI run).
+            self._started_at = None
+            if error is not None:
+                future.set_exception(error)
             else:
                 future.set_result(result)
-            finally:
-                self._started_at = None
 
 
 def daemon(target: Callable[[], None], name: str) -> tuple[threading.Thread, Future[None]]:
