@@ -34,15 +34,18 @@ set --
 # inside a function when it returns), and returns from each function in turn and then from
 # cell.bash; back at the worker's top level (its own file alone in BASH_SOURCE) it puts
 # back the cell's own DEBUG action, if the cell set one.
-__ws_trap='if (( __ws_running )); then __ws_stop; builtin trap "$__ws_unwind" DEBUG; return 130 2>/dev/null; else __ws_sig=1; fi'
-__ws_unwind='if (( ${#BASH_SOURCE[@]} > 1 )); then return 130; fi; builtin trap -- "$__ws_debug" DEBUG'
+# - Each level returns 0, not 130: neither `set -e` nor an ERR trap takes that for a
+#   failure (a 130 ended a `set -e` shell, its state lost, and `local -` in a function gave
+#   `-e` back before any trap could take it off), and the DEBUG trap returns before a `then`,
+#   an `&&` or a loop's body can run after it. The worker makes the cell's status 130.
+# - Once per level, from the deepest the trap left: a function's RETURN action (`trap 'rm
+#   -f "$tmp"' RETURN`, a clean-up) runs at the level being left, and returning from it ran
+#   it again, for ever.
+__ws_trap='if (( __ws_running )); then __ws_intr=1 __ws_depth=${#BASH_SOURCE[@]}; builtin trap "$__ws_unwind" DEBUG; return 0 2>/dev/null; else __ws_sig=1; fi'
+__ws_unwind='if (( ${#BASH_SOURCE[@]} == 1 )); then builtin trap -- "$__ws_debug" DEBUG; elif (( ${#BASH_SOURCE[@]} < __ws_depth )); then __ws_depth=${#BASH_SOURCE[@]}; return 0; fi'
+__ws_depth=0
 __ws_debug=-
 builtin trap "$__ws_trap" INT
-# A cell stopped by an interrupt: with the cells' `set -e` on, the 130 that each level
-# returns ended the shell, and the session's state was lost ("bash exits: set -e is on and a
-# command failed", for a user's Stop). `set -e` is off until the cell has ended.
-__ws_sete=0
-__ws_stop() { __ws_intr=1; [[ $- != *e* ]] || { set +e; __ws_sete=1; }; }
 # bash says nothing when `set -e` ends it in the middle of a cell: say why its state is lost
 # (a failed command noted by the ERR trap, not an `exit`).
 __ws_failed=0
@@ -66,7 +69,7 @@ __ws_err=''
 # commands that run the cell (they fail when its last command did: with `set -E`, a trap ran
 # three times for one failure where a script's runs once).
 __ws_run_err() {
-    (( ! __ws_intr )) || return 0  # the 130 of each function an interrupt unwinds
+    (( ! __ws_intr )) || return 0  # an interrupted command is not the cell's failure
     [[ $BASH_COMMAND != 'eval "$__ws_code"' && $BASH_COMMAND != '. "$__ws_cell"' ]] || return 0
     __ws_status "$__ws_e" || eval "$__ws_err"
 }
@@ -213,14 +216,13 @@ while :; do
     # line of ours (`case $- in`), not the worker's loop; a cell that traces nothing pays no
     # redirection (its 6 system calls cost most under gVisor, where each takes tens of us).
     case $- in
-        *[xv]*) { __ws_rc=$? __ws_opts=$-; set +xv; } 2>/dev/null ;;
-        *) __ws_rc=$? __ws_opts='' ;;
+        *[xv]*) { __ws_rc=$(( __ws_intr ? 130 : $? )) __ws_opts=$-; set +xv; } 2>/dev/null ;;
+        *) __ws_rc=$(( __ws_intr ? 130 : $? )) __ws_opts='' ;;
     esac
     [[ -z $__ws_exit ]] || __ws_at_exit  # (a call per cell cost 6 us: tested first)
     __ws_running=0
     __ws_last=$__ws_rc
     if (( __ws_intr )); then
-        (( ! __ws_sete )) || { __ws_sete=0; set -e; }
         __ws_p=0
         __ws_fresh || __ws_p=$?
         (( __ws_p == 77 )) || __ws_unstale

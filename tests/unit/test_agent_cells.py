@@ -3073,26 +3073,53 @@ def test_shell_an_interrupt_in_a_function_stops_the_whole_cell(sh: AgentDriver,
 
 
 @pytest.mark.parametrize("code", ["while :; do :; done", "f() { while :; do :; done; }; f",
-                                  "sleep 100"])
+                                  "sleep 100",
+                                  "quiet() { local -; set +x; \"$@\"; }; quiet sleep 100"])
 def test_shell_set_e_survives_an_interrupt(sh: AgentDriver, code: str) -> None:
     """Models start shell cells with ``set -euo pipefail``: after that, an interrupt of a
     loop of builtins ended the shell ("bash exits: set -e is on and a command failed") and
-    lost its state, for the 130 the interrupt returned. ``set -e`` is off while the
-    interrupt ends the cell, and on again after; an interrupt right behind its cell too."""
+    lost its state, for the 130 the interrupt returned; so did one in a function with
+    ``local -``, which gives ``-e`` back as it returns. An interrupt returns 0 from each
+    level it ends, and the cell's status is 130; an interrupt right behind its cell too."""
     sh.run("set -euo pipefail; KEPT=yes")
     stopped = sh.run_interrupted(code, after=0.3)
     assert (stopped.done["status"], stopped.done["restarted"]) == ("interrupted", False)
-    assert stopped.text("stderr") == ""
-    if not code.startswith("sleep"):  # (a SIGINT as bash forks a program: do_interrupt)
+    assert (stopped.done["exit_code"], stopped.text("stderr")) == (130, "")
+    if "sleep" not in code:  # (a SIGINT as bash forks a program: do_interrupt)
         sent_at = time.monotonic()
         behind = sh.exec(code)
         sh.send({"t": "interrupt"})
         result = sh.collect(behind, sent_at)
         assert (result.done["status"], result.done["restarted"]) == ("interrupted", False)
-    assert sh.run('echo "$KEPT $-"').text().startswith("yes e")
+    assert sh.run('echo "$? $KEPT $-"').text().startswith("130 yes e")
     ended = sh.run("false; echo not-reached")  # set -e still ends the shell
     assert ended.done["restarted"] is True
     assert ended.text("stderr") == "bash exits: set -e is on and a command failed\n"
+
+
+def test_shell_an_interrupt_leaves_a_functions_options_and_clean_up_as_bash_would(
+        sh: AgentDriver) -> None:
+    """A review of the unwinding: a function's RETURN clean-up (``trap '...' RETURN``) was
+    run again for each return out of it, for ever (no ``done``; the service restarted the
+    shell); a function's ``local -; set -e`` left ``set -e`` on for later cells; a branch
+    after the interrupted function (``while f; do``) ran, and the cell's status was 0."""
+    sh.run("KEPT=yes")
+    local = sh.run_interrupted("f() { local -; set -e; while :; do :; done; }; f", after=0.3)
+    assert local.done["status"] == "interrupted"
+    assert sh.run("false; echo $KEPT").text() == "yes\n"  # no set -e left on
+    for code in ("f() { while :; do :; done; }; while f; do echo body; done",
+                 "f() { while :; do :; done; }; if f; then echo then; fi; f && echo and"):
+        branch = sh.run_interrupted(code, after=0.3)
+        assert (branch.done["status"], branch.done["exit_code"]) == ("interrupted", 130)
+        assert branch.text() == ""
+        assert sh.run("echo $?").text() == "130\n"
+    # Last: a RETURN trap the worker's `trap` sets runs at every later return (agent.md).
+    for body in ("sleep 100", "while :; do :; done"):
+        clean_up = sh.run_interrupted("work() { trap 'echo cleaned' RETURN; " + body
+                                      + "; echo after; }; work; echo end", after=0.3)
+        assert (clean_up.done["status"], clean_up.done["restarted"]) == ("interrupted", False)
+        assert "cleaned\n" in clean_up.text() and "after" not in clean_up.text()
+        assert "yes\n" in sh.run("echo $KEPT").text()
 
 
 def test_shell_errors_name_the_cells_own_line(sh: AgentDriver) -> None:
