@@ -93,14 +93,16 @@ __ws_at_exit() {
 __ws_traps() {
     local __ws_list __ws_line __ws_s __ws_lines=()
     local __ws_exit_wanted=$(( $# == 0 )) __ws_err_wanted=$(( $# == 0 ))
-    local __ws_has_exit=0 __ws_has_err=0
+    local __ws_ret_wanted=$(( $# == 0 )) __ws_has_exit=0 __ws_has_err=0
     __ws_list=$(builtin trap -p "$@") || return
     for __ws_s; do
         if __ws_is_exit "$__ws_s"; then __ws_exit_wanted=1
-        elif __ws_is_err "$__ws_s"; then __ws_err_wanted=1; fi
+        elif __ws_is_err "$__ws_s"; then __ws_err_wanted=1
+        elif __ws_is_ret "$__ws_s"; then __ws_ret_wanted=1; fi
     done
     while IFS= read -r __ws_line; do
         [[ -n $__ws_line && $__ws_line != *__ws_* ]] || continue
+        [[ $__ws_line != "trap -- '' DEBUG" || $__ws_debug != - ]] || continue
         [[ $__ws_line != *' EXIT' ]] || __ws_has_exit=1
         [[ $__ws_line != *' ERR' ]] || __ws_has_err=1
         __ws_lines+=("$__ws_line")
@@ -112,9 +114,20 @@ __ws_traps() {
     if (( __ws_err_wanted && ! __ws_has_err )) && [[ -n $__ws_err ]]; then
         printf 'trap -- %s ERR\n' "${__ws_err@Q}"
     fi
+    if (( __ws_ret_wanted )) && [[ -n $__ws_ret ]]; then
+        printf 'trap -- %s RETURN\n' "${__ws_ret@Q}"
+    fi
 }
 __ws_is_exit() { local __ws_s=${1^^}; [[ ${__ws_s#SIG} == EXIT || $1 == 0 ]]; }
 __ws_is_err() { local __ws_s=${1^^}; [[ ${__ws_s#SIG} == ERR ]]; }
+__ws_is_ret() { local __ws_s=${1^^}; [[ ${__ws_s#SIG} == RETURN ]]; }
+# A cell's RETURN action (`f() { tmp=$(mktemp); trap 'rm -f "$tmp"' RETURN; ...; }`, a
+# function's clean-up) runs from this one, as in a script: not as `trap` itself returns (set
+# by the builtin in this function, it ran there, at once: the file was gone before its
+# use), nor as cell.bash returns to the worker (at the end of every later cell) or as one of
+# the worker's functions does. `$?` is the status being returned.
+__ws_ret=''
+__ws_on_return='__ws_rs=$?; if [[ -n $__ws_ret && ${#BASH_SOURCE[@]} -gt 1 && ${FUNCNAME[0]-} != @(trap|__ws_*) ]]; then __ws_status "$__ws_rs" && :; eval "$__ws_ret"; fi'
 trap() {
     local __ws_print=0 __ws_s __ws_other=()
     while [[ ${1-} == -?* ]]; do
@@ -133,8 +146,16 @@ trap() {
             if [[ $__ws_action == - ]]; then __ws_exit=''; else __ws_exit=$__ws_action; fi
         elif __ws_is_err "$__ws_s"; then
             if [[ $__ws_action == - ]]; then __ws_err=''; else __ws_err=$__ws_action; fi
+        elif __ws_is_ret "$__ws_s"; then
+            if [[ $__ws_action == - ]]; then __ws_ret=''; else __ws_ret=$__ws_action; fi
+            builtin trap -- "$__ws_on_return" RETURN
+        elif [[ ${__ws_s^^} == ?(SIG)DEBUG ]]; then
+            __ws_debug=$__ws_action
+            # Taken off in a function (this one), bash puts a DEBUG trap back as it returns:
+            # an ignored one stays, and runs nothing.
+            if [[ $__ws_action == - ]]; then builtin trap -- '' DEBUG
+            else builtin trap -- "$__ws_action" DEBUG; fi
         else
-            [[ ${__ws_s^^} != @(DEBUG|SIGDEBUG) ]] || __ws_debug=$__ws_action
             __ws_other+=("$__ws_s")
         fi
     done

@@ -3113,13 +3113,27 @@ def test_shell_an_interrupt_leaves_a_functions_options_and_clean_up_as_bash_woul
         assert (branch.done["status"], branch.done["exit_code"]) == ("interrupted", 130)
         assert branch.text() == ""
         assert sh.run("echo $?").text() == "130\n"
-    # Last: a RETURN trap the worker's `trap` sets runs at every later return (agent.md).
     for body in ("sleep 100", "while :; do :; done"):
         clean_up = sh.run_interrupted("work() { trap 'echo cleaned' RETURN; " + body
                                       + "; echo after; }; work; echo end", after=0.3)
         assert (clean_up.done["status"], clean_up.done["restarted"]) == ("interrupted", False)
-        assert "cleaned\n" in clean_up.text() and "after" not in clean_up.text()
-        assert "yes\n" in sh.run("echo $KEPT").text()
+        assert clean_up.text() == "cleaned\n"
+        assert sh.run("echo $KEPT").text() == "yes\n"
+
+
+def test_shell_a_functions_return_trap_runs_as_it_returns(sh: AgentDriver) -> None:
+    """``trap '...' RETURN`` in a function (a script's clean-up of its temporary file) ran at
+    once, as the worker's ``trap`` function returned (the file was gone before its use),
+    then at the end of that cell and of every later one; ``trap - RETURN`` and ``trap -
+    DEBUG`` did not take a trap off (bash put it back as the function returned; a review)."""
+    made = sh.run("work() { tmp=$(mktemp); trap 'echo \"clean $?\"; rm -f \"$tmp\"' RETURN\n"
+                  "  [ -e \"$tmp\" ] && echo exists; false; }\nwork; echo \"end $?\"")
+    assert (made.text(), made.text("stderr")) == ("exists\nclean 1\nend 1\n", "")
+    kept = sh.run('[ -e "$tmp" ] || echo removed; trap -p RETURN; f() { :; }; f')
+    assert kept.text() == "removed\ntrap -- 'echo \"clean $?\"; rm -f \"$tmp\"' RETURN\n"
+    assert sh.run("trap - RETURN; trap -p; f; echo ok").text() == "ok\n"
+    assert sh.run("trap 'n=$((n + 1))' DEBUG; n=0; :; :; echo $n").text() == "3\n"
+    assert sh.run("trap - DEBUG; n=0; :; :; echo $n; trap -p").text() == "0\n"
 
 
 def test_shell_errors_name_the_cells_own_line(sh: AgentDriver) -> None:
