@@ -125,9 +125,13 @@ __ws_is_ret() { local __ws_s=${1^^}; [[ ${__ws_s#SIG} == RETURN ]]; }
 # function's clean-up) runs from this one, as in a script: not as `trap` itself returns (set
 # by the builtin in this function, it ran there, at once: the file was gone before its
 # use), nor as cell.bash returns to the worker (at the end of every later cell) or as one of
-# the worker's functions does. `$?` is the status being returned.
+# the worker's functions does. `$?` is the status being returned. In a subshell too (`x=$(f)`,
+# `f | cat`), where EXIT and ERR are the builtin's. An interrupt that lands in the action
+# returns from it, and bash runs it again: it is then skipped, once, at that level (it ran
+# for ever, a review).
 __ws_ret=''
-__ws_on_return='__ws_rs=$?; if [[ -n $__ws_ret && ${#BASH_SOURCE[@]} -gt 1 && ${FUNCNAME[0]-} != @(trap|__ws_*) ]]; then __ws_status "$__ws_rs" && :; eval "$__ws_ret"; fi'
+__ws_rlvl=0
+__ws_on_return='__ws_rs=$?; if (( __ws_intr && __ws_rlvl == ${#BASH_SOURCE[@]} )); then __ws_rlvl=0; elif [[ -n $__ws_ret && ${#BASH_SOURCE[@]} -gt 1 && ${FUNCNAME[0]-} != @(trap|__ws_*) ]]; then __ws_rlvl=${#BASH_SOURCE[@]}; __ws_status "$__ws_rs" && :; eval "$__ws_ret"; __ws_rlvl=0; fi'
 trap() {
     local __ws_print=0 __ws_s __ws_other=()
     while [[ ${1-} == -?* ]]; do
@@ -138,11 +142,13 @@ trap() {
         esac
     done
     if (( $# == 0 || __ws_print )); then __ws_traps "$@"; return; fi
-    if [[ $BASHPID != "$__ws_pid" ]]; then builtin trap -- "$@"; return; fi
-    local __ws_action=$1
+    local __ws_action=$1 __ws_sub=0
+    [[ $BASHPID == "$__ws_pid" ]] || __ws_sub=1  # a subshell's EXIT and ERR are its own
     if (( $# == 1 )); then __ws_action=-; else shift; fi  # `trap EXIT` resets EXIT
     for __ws_s; do
-        if __ws_is_exit "$__ws_s"; then
+        if (( __ws_sub )) && { __ws_is_exit "$__ws_s" || __ws_is_err "$__ws_s"; }; then
+            __ws_other+=("$__ws_s")
+        elif __ws_is_exit "$__ws_s"; then
             if [[ $__ws_action == - ]]; then __ws_exit=''; else __ws_exit=$__ws_action; fi
         elif __ws_is_err "$__ws_s"; then
             if [[ $__ws_action == - ]]; then __ws_err=''; else __ws_err=$__ws_action; fi

@@ -3134,6 +3134,15 @@ def test_shell_a_functions_return_trap_runs_as_it_returns(sh: AgentDriver) -> No
     assert sh.run("trap - RETURN; trap -p; f; echo ok").text() == "ok\n"
     assert sh.run("trap 'n=$((n + 1))' DEBUG; n=0; :; :; echo $n").text() == "3\n"
     assert sh.run("trap - DEBUG; n=0; :; :; echo $n; trap -p").text() == "0\n"
+    # In a subshell (a function's output taken with $(...)), and interrupted inside the action.
+    sub = sh.run("g() { local d; d=$(mktemp -d); trap 'rm -rf \"$d\"' RETURN\n"
+                 "  echo data > \"$d/a\"; cat \"$d/a\"; }\nx=$(g); echo \"x=[$x]\"")
+    assert (sub.text(), sub.text("stderr")) == ("x=[data]\n", "")
+    stuck = sh.run_interrupted("h() { trap 'echo in-return; while :; do :; done' RETURN; }\n"
+                               "h; echo after", after=0.5)
+    assert (stuck.done["status"], stuck.done["restarted"]) == ("interrupted", False)
+    assert stuck.text() == "in-return\n"
+    assert sh.run("trap - RETURN; echo alive").text() == "alive\n"
 
 
 def test_shell_errors_name_the_cells_own_line(sh: AgentDriver) -> None:
