@@ -3606,9 +3606,10 @@ static void reap(void) {
  * before its cell began looks for the mark behind the cell's code (only an interrupt can follow
  * it before the cell's `done`), and stops the cell at once if it is there; a mark read between
  * cells is an ended cell's, and is dropped. Still missed at times (protocol/agent.md): a
- * JavaScript cell that spins from its first line (Node between reading the cell and arming
- * `breakOnSigint`), and a shell cell whose first command is a program (bash's child loses a
- * SIGINT that lands as it is forked); the service's grace then restarts the interpreter. */
+ * JavaScript cell that spins from its first line, rarely (a SIGINT sent between the worker's
+ * last look and its run's start), and a shell cell whose first command is a program (bash's
+ * child loses a SIGINT that lands as it is forked); the service's grace then restarts the
+ * interpreter. */
 static void do_interrupt(void) {
     Cell *cell = A.cell;
     if (!cell) return;

@@ -49,6 +49,11 @@ const { Console } = require('console');
 const { builtinModules, createRequire } = require('module');
 const { pathToFileURL } = require('url');
 const writeSync = fs.writeSync;
+const readSync = fs.readSync;
+const { Buffer } = require('buffer');
+const { StringDecoder } = require('string_decoder');
+const StringDecoderWrite = uncurry(StringDecoder.prototype.write);
+const TypedArrayPrototypeSubarray = uncurry(Object.getPrototypeOf(Uint8Array.prototype).subarray);
 const { nextTick } = process;
 const SocketRef = uncurry(net.Socket.prototype.ref);
 const SocketUnref = uncurry(net.Socket.prototype.unref);
@@ -326,9 +331,10 @@ function rejectionsReported() {
 // a cell that has not begun, it ends that cell without running it; read while the cell awaits,
 // it ends the wait (Node drops a SIGINT that lands while `breakOnSigint` is being taken down,
 // as the synchronous part of a cell that awaits returns); read once the cell has ended, it is
-// dropped. Not covered: a SIGINT that lands between reading a cell and the start of its
-// synchronous run, if the mark came in a later read: a cell that awaits still ends (its mark
-// arrives while it waits), a synchronous loop runs on until the service restarts the worker.
+// dropped. A SIGINT that lands between reading a cell and the start of its synchronous run is
+// seen just before the run (interruptedBeforeRun), unless it is sent in the microseconds
+// between that look and the run's start: a cell that awaits still ends (its mark arrives
+// while it waits), a synchronous loop runs on until the service restarts the worker.
 //
 // `breakOnSigint` starts Node's SIGINT watchdog for each run and stops it after: a thread
 // created and joined, signal masks and the SIGINT handler swapped, about 25 system calls per
@@ -385,10 +391,31 @@ function holdSigintWatchdog() {
   }
 }
 
-if (!holdSigintWatchdog()) {
+const watchdogHeld = holdSigintWatchdog();
+if (!watchdogHeld) {
   process.on('SIGINT', () => {
     if (cancelWait) cancelWait();
   });
+}
+
+// A SIGINT that lands between reading a cell and the start of its run is not seen by the run:
+// a cell that spins from its first line (`while (true) {}`) ran on until the service restarted
+// the worker, its state lost (13 of 100 interrupts sent right behind such a cell). So just
+// before the run the worker reads what has come on the control pipe: the agent writes the
+// mark before the SIGINT, so a SIGINT sent by then has its mark there, and the cell stops
+// before it runs. The held watchdog keeps a SIGINT that came with no run as pending (a run's
+// end clears it): one without a mark was late, an ended cell's, and is taken and dropped (and
+// the pipe read again, for a SIGINT of this cell's sent since). Left: one sent between this
+// look and the run's start (4 in 1,000 interrupts sent right behind, on a loaded machine).
+function interruptedBeforeRun() {
+  if (!watchdogHeld) return false;
+  readControlNow();
+  if (!interruptPending && contextify.watchdogHasPendingSigint()) {
+    contextify.startSigintWatchdog(); // held: only counts, and the stop after it takes the signal
+    contextify.stopSigintWatchdog();
+    readControlNow(); // (a SIGINT of this cell's since the read above: its mark is here now)
+  }
+  return interruptPending;
 }
 
 function isInterrupt(err) {
@@ -809,6 +836,10 @@ async function runCell(code) {
   try {
     const compiled = compile(code, filename);
     valueless = Boolean(compiled.valueless);
+    if (interruptedBeforeRun()) {
+      process.stderr.write('Interrupted\n');
+      return frame({ t: 'done', status: 'interrupted', exit_code: 130, error: 'interrupted' });
+    }
     value = compiled.script.runInThisContext({ breakOnSigint: true, displayErrors: false });
     if (value !== null && (typeof value === 'object' || typeof value === 'function') &&
         typeof value.then === 'function') {
@@ -1397,10 +1428,32 @@ async function pump() {
 }
 
 let pending = '';
+// One decoder for what the stream reads and what readControlNow reads, in the order read.
+const decoder = new StringDecoder('utf8');
 const ctl = new net.Socket({ fd: CTL_IN, readable: true, writable: false });
-ctl.setEncoding('utf8');
 ctl.on('data', (chunk) => {
-  pending += chunk;
+  takeControl(StringDecoderWrite(decoder, chunk));
+  pump();
+});
+
+// What has come on the control pipe and the stream has not read yet, read now, while the
+// event loop waits (the pipe is non-blocking: libuv made it so for the stream).
+const controlBuffer = Buffer.allocUnsafe(65536);
+function readControlNow() {
+  for (;;) {
+    let n;
+    try {
+      n = readSync(CTL_IN, controlBuffer, 0, controlBuffer.length, null);
+    } catch (err) {
+      return; // EAGAIN: nothing more
+    }
+    if (n <= 0) return; // the end: the stream sees it too
+    takeControl(StringDecoderWrite(decoder, TypedArrayPrototypeSubarray(controlBuffer, 0, n)));
+  }
+}
+
+function takeControl(text) {
+  pending += text;
   let nl;
   while ((nl = StringPrototypeIndexOf(pending, '\n')) >= 0) {
     const line = StringPrototypeSlice(pending, 0, nl);
@@ -1423,8 +1476,7 @@ ctl.on('data', (chunk) => {
     const code = field('code');
     ArrayPrototypePush(queue, frame({ code: code !== undefined ? String(code) : '', interrupted: false }));
   }
-  pump();
-});
+}
 ctl.on('end', () => process.exit(0));
 ctl.on('error', () => process.exit(0));
 
