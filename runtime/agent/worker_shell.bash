@@ -63,7 +63,8 @@ builtin trap __ws_exiting EXIT
 # each failing command six system calls), nor `__ws_run_err` when there is no ERR action.
 # (`0` less the arithmetic's `0`: bash expands no pattern for an empty value.)
 __ws_zero=0
-builtin trap '${__ws_zero%$(( __ws_e = $?, __ws_failed = 1, 0 ))}${__ws_err:+__ws_run_err}' ERR
+__ws_on_err='${__ws_zero%$(( __ws_e = $?, __ws_failed = 1, 0 ))}${__ws_err:+__ws_run_err}'
+builtin trap "$__ws_on_err" ERR
 __ws_err=''
 # The cell's ERR action, with the failed command's status as `$?`; not for the worker's own
 # commands that run the cell (they fail when its last command did: with `set -E`, a trap ran
@@ -152,6 +153,9 @@ trap() {
             if [[ $__ws_action == - ]]; then __ws_exit=''; else __ws_exit=$__ws_action; fi
         elif __ws_is_err "$__ws_s"; then
             if [[ $__ws_action == - ]]; then __ws_err=''; else __ws_err=$__ws_action; fi
+            # In a function (without `set -E`) bash took the worker's ERR trap off on the
+            # way in: set there, the action ran only once the function had returned (a review).
+            builtin trap -- "$__ws_on_err" ERR
         elif __ws_is_ret "$__ws_s"; then
             if [[ $__ws_action == - ]]; then __ws_ret=''; else __ws_ret=$__ws_action; fi
             builtin trap -- "$__ws_on_return" RETURN

@@ -3256,6 +3256,16 @@ def test_shell_a_cells_err_trap_runs_once_per_failure_and_keeps_the_set_e_note(
     assert reset.text() == ""
 
 
+def test_shell_an_err_trap_set_in_a_function_runs_there(sh: AgentDriver) -> None:
+    """bash takes the ERR trap off on the way into a function (without ``set -E``), and the
+    worker's was gone there: an ERR action a function set ran only once it had returned,
+    not for its own failures, as a script's does (a review)."""
+    result = sh.run('f() { trap "echo E rc=\\$?" ERR; false; echo f-end; }; f; echo top')
+    assert result.text() == "E rc=1\nf-end\ntop\n"
+    assert sh.run("false; echo after").text() == "E rc=1\nafter\n"
+    assert sh.run("trap - ERR; false; echo none; trap -p").text() == "none\n"
+
+
 def test_shell_set_x_traces_the_cells_own_commands_alone(sh: AgentDriver) -> None:
     """After ``set -x``, each later cell's stderr showed about 20 lines of the worker's own
     loop (its control pipe's read, the ``done`` line it wrote), and ``set -v`` showed its
