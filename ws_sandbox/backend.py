@@ -39,6 +39,22 @@ from ws_sandbox.settings import Language, Settings, load_seccomp_profile
 
 log = logging.getLogger(__name__)
 
+_NO_CONNECTION = 900
+"""The status aiodocker gives a ``DockerError`` for a connection the engine did not take."""
+
+ENGINE_RETRY_AFTER = 5.0
+"""Seconds a caller is told to wait when the engine does not answer (a restart, say)."""
+
+
+def _engine_unavailable(exc: BaseException) -> EngineUnavailable:
+    """The error a caller sees when the engine does not answer: what failed goes to the
+    operator's log, not to the caller. aiodocker reports a connection the engine did not take
+    as a ``DockerError`` (status 900), and that went to callers as ``backend_error``, with
+    the engine socket's path and no ``Retry-After`` (a soak test across engine restarts)."""
+    log.warning("the Docker engine does not answer: %s", exc)
+    return EngineUnavailable("the container engine does not answer; retry in a few seconds",
+                             retry_after=ENGINE_RETRY_AFTER)
+
 LABEL_APP = "org.ws_sandbox.app"
 LABEL_INSTANCE = "org.ws_sandbox.instance"
 LABEL_PROCESS = "org.ws_sandbox.process"
@@ -570,9 +586,11 @@ class DockerBackend:
                 raise ImageMissing(
                     f"runtime image {image} is missing (CONTAINER_IMAGE); run"
                     f" `ws-sandbox build-image --tag {image}`") from exc
+            if exc.status == _NO_CONNECTION:
+                raise _engine_unavailable(exc) from exc
             raise BackendError(f"cannot create a sandbox: {exc.message}") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
+            raise _engine_unavailable(exc) from exc
         stream = attach(self.docker, container.id)
         sandbox = Sandbox(self, container, stream, language)
         try:
@@ -592,10 +610,10 @@ class DockerBackend:
                 raise SandboxLost(
                     f"sandbox did not start within {self.settings.sandbox_start_timeout:g} s"
                     f"; agent said: {sandbox.stderr_tail[-300:]!r}") from exc
-            if isinstance(exc, aiodocker.DockerError):
+            if isinstance(exc, aiodocker.DockerError) and exc.status != _NO_CONNECTION:
                 raise BackendError(f"cannot start a sandbox: {exc.message}") from exc
-            if isinstance(exc, (aiohttp.ClientError, OSError)):
-                raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
+            if isinstance(exc, (aiodocker.DockerError, aiohttp.ClientError, OSError)):
+                raise _engine_unavailable(exc) from exc
             raise
         if self._unremoved:  # the engine answers again: finish what it could not do before
             await self.retry_removals()

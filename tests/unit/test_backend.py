@@ -26,7 +26,7 @@ from ws_sandbox.backend import (
     attach,
     container_config,
 )
-from ws_sandbox.exceptions import SandboxLost
+from ws_sandbox.exceptions import EngineUnavailable, SandboxLost
 from ws_sandbox.settings import Settings
 
 
@@ -383,3 +383,22 @@ def test_runsc_problems_name_what_is_wrong_with_the_engine() -> None:
     bare = EngineInfo(True, "24", ("runc",), "runc", True, runtime_args={"runc": ()})
     (problem,) = bare.problems("runsc")
     assert problem.startswith("the engine has no runtime named runsc (it has: runc)")
+
+
+async def test_an_engine_that_does_not_answer_is_engine_unavailable_with_a_retry(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """aiodocker reports a connection the engine did not take as a ``DockerError`` (status
+    900), and callers got ``backend_error``, with the engine socket's path and no
+    ``Retry-After``, while the engine restarted (a soak test). They get the documented
+    ``engine_unavailable`` and a retry; the detail goes to the operator's log."""
+    socket = tmp_path / "no-engine" / "docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
+    async with DockerBackend(Settings()) as backend:
+        with pytest.raises(EngineUnavailable) as refused:
+            await backend.start_sandbox("python")
+    assert refused.value.code == "engine_unavailable"
+    assert refused.value.retry_after == 5.0 and refused.value.retry_after_header == "5"
+    assert str(socket) not in refused.value.message
+    assert refused.value.message == ("the container engine does not answer; retry in a few"
+                                     " seconds")
+    assert str(socket) in caplog.text  # the operator's log has what failed
