@@ -350,6 +350,15 @@ class _Collector:
                 self.done.set_exception(frame)
 
 
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    """Take a done future's error, if any, as seen: a session that ended while a cell or a
+    restart was being sent failed its future and the send alike, and the caller got the
+    send's error; asyncio then printed "Future exception was never retrieved" for the
+    other (a soak test)."""
+    if future.done() and not future.cancelled():
+        future.exception()
+
+
 def _awaitable_callback(returned: object) -> TypeError:
     """The error of an ``on_output`` that is an ``async def`` (or returned a coroutine):
     nothing would run it, and its output was lost without a word (a review). A task or a
@@ -683,6 +692,7 @@ class ClientSession:
             return await collector.done
         finally:
             self._cells.pop(cell_id, None)
+            _mark_retrieved(collector.done)
 
     async def interrupt(self) -> None:
         """Interrupt the running cell. It returns once the frame is sent: the cell's own
@@ -741,6 +751,7 @@ class ClientSession:
         finally:
             if not waiter.done():
                 waiter.cancel()
+            _mark_retrieved(waiter)
 
     def _paused_seconds(self) -> float:
         """Seconds reading has been paused for :meth:`stream` consumers, all told."""

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
@@ -295,6 +296,36 @@ async def test_a_dropped_connection_ends_the_running_cell(server: Server) -> Non
         with pytest.raises(SessionClosed):
             async with asyncio.timeout(BOUND):
                 await s.execute("y")
+
+
+@pytest.mark.parametrize("call", ["execute", "restart"])
+async def test_a_session_that_ends_while_a_call_is_sent_raises_once(server: Server,
+                                                                    call: str) -> None:
+    """A session that ended while a cell (or a restart) was being sent failed the call's
+    future and the send alike: the caller got the send's error, and asyncio then printed
+    "Future exception was never retrieved" for the other (a soak test: a session resumed
+    elsewhere)."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        async with session(server) as s:
+            connection_send = s.ws.send
+
+            async def send_as_the_session_ends(*args: Any, **kwargs: Any) -> None:
+                s._end(SessionClosed("resumed_elsewhere", "another connection resumed it"))
+                await connection_send(*args, **kwargs)
+                raise websockets.ConnectionClosed(None, None)
+
+            s.ws.send = send_as_the_session_ends  # type: ignore[method-assign]
+            with pytest.raises(SessionClosed, match="resumed_elsewhere"):
+                async with asyncio.timeout(BOUND):
+                    await (s.execute("x") if call == "execute" else s.restart())
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert not [c for c in unhandled if "never retrieved" in c.get("message", "")], unhandled
 
 
 async def test_an_invalid_frame_ends_the_session_with_a_reason(server: Server) -> None:
