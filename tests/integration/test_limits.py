@@ -551,6 +551,26 @@ def slow_body(svc: Service, key: str, length: int, sent: int) -> socket.socket:
     return conn
 
 
+def wait_read_by_service(svc: Service, conn: socket.socket) -> None:
+    """Wait until nothing ``conn`` sent is left in either end's socket buffers: the kernel's
+    table of TCP sockets (/proc/net/tcp) has the bytes each side has queued."""
+    port, mine = int(svc.http.rsplit(":", 1)[1]), conn.getsockname()[1]
+    deadline = time.monotonic() + 30
+    while True:
+        queued = 0
+        with open("/proc/net/tcp") as table:
+            for line in list(table)[1:]:
+                fields = line.split()
+                ends = {int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)}
+                if ends == {port, mine}:
+                    sent, unread = (int(n, 16) for n in fields[4].split(":"))
+                    queued += sent + unread
+        if queued == 0:
+            return
+        assert time.monotonic() < deadline, f"{queued} bytes still queued after 30 s"
+        time.sleep(0.05)
+
+
 def answer_of(conn: socket.socket) -> bytes:
     """The answer's head and its body (Content-Length's worth, or up to the close)."""
     data = b""
@@ -578,11 +598,12 @@ def test_one_key_s_slow_bodies_leave_room_for_another_key(make_service: ServiceF
         largest = 6 * (4 << 20) + 65536
         held = [slow_body(svc, key_a, largest, 20 << 20)]
         try:
-            # The second is the largest body too: the first's 20 MiB may still be partly in
-            # the sockets' buffers (up to about 10 MiB on loopback) when it comes. With 8 MiB,
-            # a CI run's service read it whole beside the part of the first it had read (400:
-            # a body of spaces is empty).
-            refused = slow_body(svc, key_a, largest, largest)
+            # The first's 20 MiB may sit in the sockets' buffers (a loopback socket's grows
+            # to 32 MiB here, net.ipv4.tcp_rmem) when the second comes: twice in CI the
+            # service read the second whole first (400: a body of spaces is empty). So the
+            # second goes once the service has read the first's bytes off its socket.
+            wait_read_by_service(svc, held[0])
+            refused = slow_body(svc, key_a, 8 << 20, 8 << 20)
             with refused:
                 answer = answer_of(refused)
             assert answer.startswith(b"HTTP/1.1 429"), answer[:300]
