@@ -41,10 +41,28 @@ set --
 # - Once per level, from the deepest the trap left: a function's RETURN action (`trap 'rm
 #   -f "$tmp"' RETURN`, a clean-up) runs at the level being left, and returning from it ran
 #   it again, for ever.
+# Back at the worker's top level it takes itself off: cell.bash sets the cell's DEBUG trap
+# again before the next cell's code.
 __ws_trap='if (( __ws_running )); then __ws_intr=1 __ws_depth=${#BASH_SOURCE[@]}; builtin trap "$__ws_unwind" DEBUG; return 0 2>/dev/null; else __ws_sig=1; fi'
-__ws_unwind='if (( ${#BASH_SOURCE[@]} == 1 )); then builtin trap -- "$__ws_debug" DEBUG; elif (( ${#BASH_SOURCE[@]} < __ws_depth )); then __ws_depth=${#BASH_SOURCE[@]}; return 0; fi'
+__ws_unwind='if (( ${#BASH_SOURCE[@]} == 1 )); then builtin trap - DEBUG; elif (( ${#BASH_SOURCE[@]} < __ws_depth )); then __ws_depth=${#BASH_SOURCE[@]}; return 0; fi'
 __ws_depth=0
+# A cell's DEBUG action (`trap 'echo "+ $BASH_COMMAND"' DEBUG`) runs before the cell's own
+# commands, as a script's runs before the script's: not before the worker's (it ran before
+# about 22 of them between cells, its output in the cell's, and with `shopt -s extdebug` an
+# action that returned non-zero made bash skip them: no `done`, and the service restarted
+# the shell), and in every later cell (a sourced file hides the DEBUG trap set outside it:
+# it ran for none of a later cell's commands). The worker keeps the action in __ws_debug
+# ('-' for none) and gives bash __ws_on_debug, which runs it once __ws_dlive is 1 (cell.bash
+# sets it just before the code), for a command that is neither in the worker's file nor
+# cell.bash's `eval` of the code (which bash also runs the trap for when the ERR trap runs
+# after it). A single command of expansions that comes to nothing otherwise, so that a
+# cell's `set -x` shows none of it; `$?` is the one the action should see, and with
+# `extdebug` the action's status is the trap's.
 __ws_debug=-
+__ws_dlive=0
+declare -A __ws_wsrc=(["_${BASH_SOURCE[0]}"]=1 ['_eval "$__ws_code"']=1)
+__ws_dgo=('' eval)
+__ws_on_debug='${__ws_dgo[__ws_dg = __ws_dlive && !0${__ws_wsrc[_${BASH_SOURCE[0]-}]}${__ws_wsrc[_$BASH_COMMAND]}]} ${__ws_dgo[__ws_dg]:+"$__ws_debug"}'
 builtin trap "$__ws_trap" INT
 # bash says nothing when `set -e` ends it in the middle of a cell: say why its state is lost
 # (a failed command noted by the ERR trap, not an `exit`).
@@ -94,16 +112,18 @@ __ws_at_exit() {
 __ws_traps() {
     local __ws_list __ws_line __ws_s __ws_lines=()
     local __ws_exit_wanted=$(( $# == 0 )) __ws_err_wanted=$(( $# == 0 ))
-    local __ws_ret_wanted=$(( $# == 0 )) __ws_has_exit=0 __ws_has_err=0
+    local __ws_ret_wanted=$(( $# == 0 )) __ws_dbg_wanted=$(( $# == 0 )) __ws_has_exit=0
+    local __ws_has_err=0
     __ws_list=$(builtin trap -p "$@") || return
     for __ws_s; do
         if __ws_is_exit "$__ws_s"; then __ws_exit_wanted=1
         elif __ws_is_err "$__ws_s"; then __ws_err_wanted=1
-        elif __ws_is_ret "$__ws_s"; then __ws_ret_wanted=1; fi
+        elif __ws_is_ret "$__ws_s"; then __ws_ret_wanted=1
+        elif [[ ${__ws_s^^} == ?(SIG)DEBUG ]]; then __ws_dbg_wanted=1; fi
     done
     while IFS= read -r __ws_line; do
         [[ -n $__ws_line && $__ws_line != *__ws_* ]] || continue
-        [[ $__ws_line != "trap -- '' DEBUG" || $__ws_debug != - ]] || continue
+        [[ $__ws_line != "trap -- '' DEBUG" ]] || continue  # the worker's, or as below
         [[ $__ws_line != *' EXIT' ]] || __ws_has_exit=1
         [[ $__ws_line != *' ERR' ]] || __ws_has_err=1
         __ws_lines+=("$__ws_line")
@@ -112,6 +132,11 @@ __ws_traps() {
         printf 'trap -- %s EXIT\n' "${__ws_exit@Q}"
     fi
     (( ${#__ws_lines[@]} == 0 )) || printf '%s\n' "${__ws_lines[@]}"
+    # The cell's DEBUG action, which the builtin in this function does not see without `set
+    # -T` (shown in a function too, where a script's `trap -p` would not show it).
+    if (( __ws_dbg_wanted )) && [[ $__ws_debug != - ]]; then
+        printf 'trap -- %s DEBUG\n' "${__ws_debug@Q}"
+    fi
     if (( __ws_err_wanted && ! __ws_has_err )) && [[ -n $__ws_err ]]; then
         printf 'trap -- %s ERR\n' "${__ws_err@Q}"
     fi
@@ -134,6 +159,8 @@ __ws_ret=''
 __ws_rlvl=0
 __ws_on_return='__ws_rs=$?; if (( __ws_intr && __ws_rlvl == ${#BASH_SOURCE[@]} )); then __ws_rlvl=0; elif [[ -n $__ws_ret && ${#BASH_SOURCE[@]} -gt 1 && ${FUNCNAME[0]-} != @(trap|__ws_*) ]]; then __ws_rlvl=${#BASH_SOURCE[@]}; __ws_status "$__ws_rs" && :; eval "$__ws_ret"; __ws_rlvl=0; fi'
 trap() {
+    local -  # a cell's `set -x` shows one line of this function, not all of them
+    set +xv
     local __ws_print=0 __ws_s __ws_other=()
     while [[ ${1-} == -?* ]]; do
         case $1 in
@@ -164,7 +191,7 @@ trap() {
             # Taken off in a function (this one), bash puts a DEBUG trap back as it returns:
             # an ignored one stays, and runs nothing.
             if [[ $__ws_action == - ]]; then builtin trap -- '' DEBUG
-            else builtin trap -- "$__ws_action" DEBUG; fi
+            else builtin trap -- "${__ws_action:+$__ws_on_debug}" DEBUG; fi
         else
             __ws_other+=("$__ws_s")
         fi
@@ -191,8 +218,9 @@ command_not_found_handle() {
 }
 __ws_last=0  # the last cell's status: the next one's `$?` (cell.bash)
 __ws_opts=''  # the shell's options as the last cell left them
-__ws_trace() { [[ $__ws_opts != *v* ]] || set -v; [[ $__ws_opts != *x* ]] || set -x; }
+__ws_trace() { __ws_dlive=1; [[ $__ws_opts != *v* ]] || set -v; [[ $__ws_opts != *x* ]] || set -x; }
 __ws_status() { return "$1"; }
+__ws_begin() { __ws_dlive=1; return "$1"; }
 # bash 5.2: once the INT trap has returned from a cell that a loop of builtins ran (the trap
 # then runs from bash's pending-traps loop, which skips its clean-up on that return), bash
 # takes itself to be in a trap for the rest of its life, and a bare `return` in any function
@@ -240,7 +268,7 @@ while :; do
     __ws_intr=0
     __ws_failed=0
     builtin trap "$__ws_trap" INT
-    __ws_running=1
+    __ws_running=1 __ws_dlive=0
     . "$__ws_cell"
     # Tracing (`set -x`, `set -v`) is the cell's: off for the worker, on again before the
     # next cell's code (cell.bash). Switched off quietly, so that a traced cell shows one

@@ -3256,6 +3256,46 @@ def test_shell_a_cells_err_trap_runs_once_per_failure_and_keeps_the_set_e_note(
     assert reset.text() == ""
 
 
+def test_shell_a_debug_trap_runs_before_the_cells_commands_as_in_a_script(
+        sh: AgentDriver) -> None:
+    """A cell's DEBUG action ran before about 22 of the worker's own commands between cells
+    (their text in the cell's output), for none of a later cell's commands (the sourced cell
+    hid it), and with ``extdebug`` an action that returned non-zero made bash skip the
+    worker's commands: no ``done``. Now it runs as a script's would: before each of the
+    cells' own commands, in this cell and the later ones."""
+    def out(code: str) -> tuple[str, str, str]:
+        result = sh.run(code, timeout=10)
+        return result.text(), result.text("stderr"), result.done["status"]
+
+    trace = "trap 'echo \"D:$BASH_COMMAND\"' DEBUG"
+    assert out(f"{trace}; echo one") == ("D:echo one\none\n", "", "success")
+    assert out("echo two") == ("D:echo two\ntwo\n", "", "success")
+    assert out("f() { echo in; }; f; trap -p DEBUG") == (
+        f"D:f\nin\nD:trap -p DEBUG\n{trace.replace('trap ', 'trap -- ')}\n", "", "success")
+    # With `set -T` it runs in functions too, and on the way into one (as bash runs it).
+    assert out("set -T; f") == ("D:set -T\nD:f\nD:f\nD:echo in\nin\n", "", "success")
+    assert out("set +T; trap - DEBUG; echo three") == (
+        "D:set +T\nD:trap - DEBUG\nthree\n", "", "success")
+    assert out("echo none; trap -p") == ("none\n", "", "success")
+    # extdebug: an action's non-zero status skips the command, the cell's and no other.
+    skip = "shopt -s extdebug; trap '[[ $BASH_COMMAND != skip* ]]' DEBUG"
+    assert out(f"{skip}; echo a; skipme; echo b") == ("a\nb\n", "", "success")
+    assert out("echo c; skip-too") == ("c\n", "", "success")
+    assert out("trap - DEBUG; shopt -u extdebug; skipped 2>/dev/null; echo $?") == (
+        "127\n", "", "success")
+    # `set -x` shows the cell's commands and the action's, none of the worker's.
+    traced = sh.run("set -x; trap 'echo D' DEBUG; echo x")
+    assert traced.text() == "D\nx\n"
+    assert "__ws_" not in traced.text("stderr")
+    assert sh.run("set +x; trap - DEBUG; echo y").text() == "D\nD\ny\n"
+    # An interrupt leaves the action in place.
+    sh.run("trap 'n=$((n + 1))' DEBUG; n=0")
+    stopped = sh.run_interrupted("while :; do :; done", after=0.3)
+    assert stopped.done["status"] == "interrupted"
+    counted = sh.run("echo $n; trap -p DEBUG").text().split("\n")
+    assert int(counted[0]) > 100 and counted[1] == "trap -- 'n=$((n + 1))' DEBUG"
+
+
 def test_shell_an_err_trap_set_in_a_function_runs_there(sh: AgentDriver) -> None:
     """bash takes the ERR trap off on the way into a function (without ``set -E``), and the
     worker's was gone there: an ERR action a function set ran only once it had returned,
