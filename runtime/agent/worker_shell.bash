@@ -55,14 +55,18 @@ __ws_depth=0
 # ('-' for none) and gives bash __ws_on_debug, which runs it once __ws_dlive is 1 (cell.bash
 # sets it just before the code), for a command that is neither in the worker's file nor
 # cell.bash's `eval` of the code (which bash also runs the trap for when the ERR trap runs
-# after it). A single command of expansions that comes to nothing otherwise, so that a
-# cell's `set -x` shows none of it; `$?` is the one the action should see, and with
-# `extdebug` the action's status is the trap's.
+# after it). A single command of expansions (quoted, whatever the cell's IFS; with defaults,
+# under `set -u`) that comes to nothing otherwise, so that a cell's `set -x` shows none of
+# it; `$?` is the one the action should see, and with `extdebug` the action's status is the
+# trap's. The worker's RETURN trap holds it off for its own commands. After each cell the
+# worker takes the DEBUG trap off (cell.bash sets it again), so that one a cell set with
+# `builtin trap` (or in POSIX mode, where `trap` is the builtin) runs before a few of the
+# worker's commands after the cell, and no more.
 __ws_debug=-
 __ws_dlive=0
 declare -A __ws_wsrc=(["_${BASH_SOURCE[0]}"]=1 ['_eval "$__ws_code"']=1)
 __ws_dgo=('' eval)
-__ws_on_debug='${__ws_dgo[__ws_dg = __ws_dlive && !0${__ws_wsrc[_${BASH_SOURCE[0]-}]}${__ws_wsrc[_$BASH_COMMAND]}]} ${__ws_dgo[__ws_dg]:+"$__ws_debug"}'
+__ws_on_debug='"${__ws_dgo[@]:1:(__ws_dg = __ws_dlive && !0${__ws_wsrc[_${BASH_SOURCE-}]-}${__ws_wsrc[_$BASH_COMMAND]-})}" ${__ws_dgo[__ws_dg]:+"$__ws_debug"}'
 builtin trap "$__ws_trap" INT
 # bash says nothing when `set -e` ends it in the middle of a cell: say why its state is lost
 # (a failed command noted by the ERR trap, not an `exit`).
@@ -157,7 +161,7 @@ __ws_is_ret() { local __ws_s=${1^^}; [[ ${__ws_s#SIG} == RETURN ]]; }
 # for ever, a review).
 __ws_ret=''
 __ws_rlvl=0
-__ws_on_return='__ws_rs=$?; if (( __ws_intr && __ws_rlvl == ${#BASH_SOURCE[@]} )); then __ws_rlvl=0; elif [[ -n $__ws_ret && ${#BASH_SOURCE[@]} -gt 1 && ${FUNCNAME[0]-} != @(trap|__ws_*) ]]; then __ws_rlvl=${#BASH_SOURCE[@]}; __ws_status "$__ws_rs" && :; eval "$__ws_ret"; __ws_rlvl=0; fi'
+__ws_on_return='__ws_rs=$? __ws_rdl=$__ws_dlive __ws_dlive=0; if (( __ws_intr && __ws_rlvl == ${#BASH_SOURCE[@]} )); then __ws_rlvl=0; elif [[ -n $__ws_ret && ${#BASH_SOURCE[@]} -gt 1 && ${FUNCNAME[0]-} != @(trap|__ws_*) ]]; then __ws_rlvl=${#BASH_SOURCE[@]}; __ws_status "$__ws_rs" && :; eval "$__ws_ret"; __ws_rlvl=0; fi; __ws_dlive=$__ws_rdl'
 trap() {
     local -  # a cell's `set -x` shows one line of this function, not all of them
     set +xv
@@ -278,6 +282,7 @@ while :; do
         *[xv]*) { __ws_rc=$(( __ws_intr ? 130 : $? )) __ws_opts=$-; set +xv; } 2>/dev/null ;;
         *) __ws_rc=$(( __ws_intr ? 130 : $? )) __ws_opts='' ;;
     esac
+    builtin trap - DEBUG
     [[ -z $__ws_exit ]] || __ws_at_exit  # (a call per cell cost 6 us: tested first)
     __ws_running=0
     __ws_last=$__ws_rc

@@ -3288,6 +3288,20 @@ def test_shell_a_debug_trap_runs_before_the_cells_commands_as_in_a_script(
     assert traced.text() == "D\nx\n"
     assert "__ws_" not in traced.text("stderr")
     assert sh.run("set +x; trap - DEBUG; echo y").text() == "D\nD\ny\n"
+    # Under `set -u`, with an IFS of the letters of `eval`, and for a function's RETURN
+    # action with `set -T` (once more for the RETURN action, as for the ERR trap after the
+    # failure: the function returns 3; bash runs it before `echo R` instead).
+    assert out(f"set -u; {trace}; echo one") == ("D:echo one\none\n", "", "success")
+    assert out("IFS=vale; echo two; unset IFS") == (
+        "D:IFS=vale\nD:echo two\ntwo\nD:unset IFS\n", "", "success")
+    assert out("set -T; f() { trap 'echo R' RETURN; return 3; }; f; echo $?") == (
+        "D:set -T\nD:f\nD:f\nD:trap 'echo R' RETURN\nD:return 3\nD:return 3\nR\n"
+        "D:return 3\nD:echo $?\n3\n", "", "success")
+    assert out("set +T +u; trap - DEBUG RETURN") == (
+        "D:set +T +u\nD:trap - DEBUG RETURN\n", "", "success")
+    # One set with `builtin trap` runs before a few of the worker's commands, then is gone.
+    assert out("builtin trap 'echo B' DEBUG; echo a")[0].startswith("B\na\nB\n")
+    assert out("echo b") == ("b\n", "", "success")
     # An interrupt leaves the action in place.
     sh.run("trap 'n=$((n + 1))' DEBUG; n=0")
     stopped = sh.run_interrupted("while :; do :; done", after=0.3)
