@@ -43,7 +43,7 @@ set --
 #   it again, for ever.
 # Back at the worker's top level it takes itself off: cell.bash sets the cell's DEBUG trap
 # again before the next cell's code.
-__ws_trap='if (( __ws_running )); then __ws_intr=1 __ws_depth=${#BASH_SOURCE[@]}; builtin trap "$__ws_unwind" DEBUG; return 0 2>/dev/null; else __ws_sig=1; fi'
+__ws_trap='if (( __ws_running && (__ws_intr = 1) )); then __ws_depth=${#BASH_SOURCE[@]}; builtin trap "$__ws_unwind" DEBUG; return 0 2>/dev/null; else __ws_sig=1; fi'
 __ws_unwind='if (( ${#BASH_SOURCE[@]} == 1 )); then builtin trap - DEBUG; elif (( ${#BASH_SOURCE[@]} < __ws_depth )); then __ws_depth=${#BASH_SOURCE[@]}; return 0; fi'
 __ws_depth=0
 # A cell's DEBUG action (`trap 'echo "+ $BASH_COMMAND"' DEBUG`) runs before the cell's own
@@ -55,7 +55,8 @@ __ws_depth=0
 # ('-' for none) and gives bash __ws_on_debug, which runs it once __ws_dlive is 1 (cell.bash
 # sets it just before the code), for a command that is neither in the worker's file nor
 # cell.bash's `eval` of the code (which bash also runs the trap for when the ERR trap runs
-# after it). A single command of expansions (quoted, whatever the cell's IFS; with defaults,
+# after it), nor the worker's INT trap's (once the interrupt is noted), nor its EXIT trap's
+# (`$BASH_COMMAND` is the worker's `. "$__ws_cell"` there). A single command of expansions (quoted, whatever the cell's IFS; with defaults,
 # under `set -u`) that comes to nothing otherwise, so that a cell's `set -x` shows none of
 # it; `$?` is the one the action should see, and with `extdebug` the action's status is the
 # trap's. The worker's RETURN trap holds it off for its own commands. After each cell the
@@ -64,9 +65,16 @@ __ws_depth=0
 # worker's commands after the cell, and no more.
 __ws_debug=-
 __ws_dlive=0
-declare -A __ws_wsrc=(["_${BASH_SOURCE[0]}"]=1 ['_eval "$__ws_code"']=1)
+declare -A __ws_wsrc=(["_${BASH_SOURCE[0]}"]=1 ['_eval "$__ws_code"']=1 ['_. "$__ws_cell"']=1)
 __ws_dgo=('' eval)
-__ws_on_debug='"${__ws_dgo[@]:1:(__ws_dg = __ws_dlive && !0${__ws_wsrc[_${BASH_SOURCE-}]-}${__ws_wsrc[_$BASH_COMMAND]-})}" ${__ws_dgo[__ws_dg]:+"$__ws_debug"}'
+__ws_on_debug='"${__ws_dgo[@]:1:(__ws_dtop |= ${#BASH_SOURCE[@]} == 1, __ws_dg = __ws_dlive && !__ws_intr && !0${__ws_wsrc[_${BASH_SOURCE-}]-}${__ws_wsrc[_$BASH_COMMAND]-})}" ${__ws_dgo[__ws_dg]:+"$__ws_debug"}'
+__ws_dtop=0
+# A cell that took the trap off with `builtin trap - DEBUG` (or set another with the
+# builtin) took the action off: it came back at the next cell (a review). The trap runs
+# before the worker's first command after the cell only if it is still the worker's.
+__ws_debug_kept() {
+    (( __ws_dtop || __ws_intr )) || [[ -z $__ws_debug ]] || __ws_debug=-
+}
 builtin trap "$__ws_trap" INT
 # bash says nothing when `set -e` ends it in the middle of a cell: say why its state is lost
 # (a failed command noted by the ERR trap, not an `exit`).
@@ -191,6 +199,11 @@ trap() {
             if [[ $__ws_action == - ]]; then __ws_ret=''; else __ws_ret=$__ws_action; fi
             builtin trap -- "$__ws_on_return" RETURN
         elif [[ ${__ws_s^^} == ?(SIG)DEBUG ]]; then
+            # Taken off in a function of the cell's without `set -T`, the caller's trap is
+            # back as it returns (bash kept none for the function), as in a script.
+            if [[ $__ws_action == - && ${FUNCNAME[1]-source} != source && $- != *T* ]]; then
+                continue
+            fi
             __ws_debug=$__ws_action
             # Taken off in a function (this one), bash puts a DEBUG trap back as it returns:
             # an ignored one stays, and runs nothing.
@@ -272,7 +285,7 @@ while :; do
     __ws_intr=0
     __ws_failed=0
     builtin trap "$__ws_trap" INT
-    __ws_running=1 __ws_dlive=0
+    __ws_running=1 __ws_dlive=0 __ws_dtop=0
     . "$__ws_cell"
     # Tracing (`set -x`, `set -v`) is the cell's: off for the worker, on again before the
     # next cell's code (cell.bash). Switched off quietly, so that a traced cell shows one
@@ -283,6 +296,7 @@ while :; do
         *) __ws_rc=$(( __ws_intr ? 130 : $? )) __ws_opts='' ;;
     esac
     builtin trap - DEBUG
+    [[ $__ws_debug == - ]] || __ws_debug_kept
     [[ -z $__ws_exit ]] || __ws_at_exit  # (a call per cell cost 6 us: tested first)
     __ws_running=0
     __ws_last=$__ws_rc
